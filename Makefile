@@ -1,0 +1,55 @@
+# campus-edge-agent: the two commands a fresh Debian machine needs (as root),
+# plus the long runs that stay out of CI.
+#   make demo   set up and run the agent on simulated pins against a local broker
+#   make test   set up and run ruff, mypy --strict and the whole test suite
+#   make bench  benchmarks against raw paho-mqtt (QUICK=1 for a short run)
+#   make soak   the fault suite at full counts
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all demo test lint typecheck pytest bench soak clean deps mosquitto venv
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	@if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+		echo "installing python3-venv"; apt-get update && apt-get install -y python3-venv; fi
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+		echo "installing mosquitto"; apt-get update && apt-get install -y mosquitto mosquitto-clients; }
+
+deps: venv mosquitto
+
+lint: venv
+	$(VENV)/bin/ruff check agent tests bench scripts
+
+typecheck: venv
+	$(VENV)/bin/mypy agent
+
+pytest: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: deps lint typecheck pytest
+
+demo: deps
+	$(PY) scripts/demo.py
+
+bench: deps
+	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+soak: deps
+	SOAK=1 $(PY) -m pytest tests/faults -m slow -p no:cacheprovider -s $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,296 @@
+"""YAML with line numbers, and the small validators the schema is built from.
+
+PyYAML's plain ``safe_load`` forgets where a value came from, and a technician
+standing at a gate needs ``gate.yaml:14: inputs[0].pin: ...`` to fix a typo.  So
+the document is composed into nodes and turned into :class:`MarkedMap` /
+:class:`MarkedList` values that remember the line of every key and item.
+Validators either return a coerced value or raise :class:`Invalid` whose text
+says what was expected and, where we can guess, the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+_MISSING = object()
+
+
+class Invalid(Exception):  # noqa: N818 - reads as "raise Invalid(...)" like esphome
+    """A single value failed validation; the message is shown to a person."""
+
+
+class MarkedMap(dict[str, Any]):
+    """A mapping that remembers its own line and the line of each key."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: dict[str, int] = {}
+
+
+class MarkedList(list[Any]):
+    """A sequence that remembers its own line and the line of each item."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.item_lines: list[int] = []
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Composer:
+    def __init__(self, errors: list[tuple[int, str, str]]) -> None:
+        self.errors = errors
+        self.constructor = yaml.SafeLoader("")
+
+    def value(self, node: yaml.Node, path: str) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            out = MarkedMap(_line(node))
+            self.constructor.flatten_mapping(node)
+            for key_node, value_node in node.value:
+                key = self.constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    self.errors.append((_line(key_node), path, f"keys must be words, got {key!r}"))
+                    continue
+                sub = f"{path}.{key}" if path else key
+                if key in out:
+                    self.errors.append(
+                        (_line(key_node), sub, f"duplicate key (first given on line {out.key_lines[key]})"),
+                    )
+                    continue
+                out[key] = self.value(value_node, sub)
+                out.key_lines[key] = _line(key_node)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            seq = MarkedList(_line(node))
+            for i, item in enumerate(node.value):
+                seq.append(self.value(item, f"{path}[{i}]"))
+                seq.item_lines.append(_line(item))
+            return seq
+        return self.constructor.construct_object(node, deep=True)
+
+
+def load_marked(path: Path) -> tuple[Any, list[tuple[int, str, str]]]:
+    """Parse ``path`` into marked values; return them with structural problems.
+
+    Raises:
+        Invalid: the file cannot be read or is not YAML at all.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise Invalid(f"{path}: file not found; pass the right path with -c FILE") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Invalid(f"{path}: cannot read: {exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise Invalid(f"{where}: not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise Invalid(f"{path}: not valid YAML: {exc}") from None
+    errors: list[tuple[int, str, str]] = []
+    if node is None:
+        return MarkedMap(1), errors
+    return _Composer(errors).value(node, ""), errors
+
+
+@dataclass
+class Ctx:
+    """Collects every problem of one file so all are reported together."""
+
+    file: Path
+    problems: list[str] = field(default_factory=list)
+
+    def error(self, line: int, path: str, message: str) -> None:
+        self.problems.append(f"{self.file}:{line}: {path}: {message}")
+
+
+class Section:
+    """Reads one mapping of the config, key by key, and reports unused keys.
+
+    ``get`` records each key it was asked for; ``done`` turns every other key
+    into an "unknown key" problem with a did-you-mean.
+    """
+
+    def __init__(self, ctx: Ctx, value: Any, path: str, line: int) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.line = line
+        self.ok = True
+        self._seen: set[str] = set()
+        if value is None:
+            value = MarkedMap(line)
+        if not isinstance(value, MarkedMap):
+            ctx.error(line, path, f"expected a mapping of keys, got {_describe(value)}")
+            self.ok = False
+            value = MarkedMap(line)
+        self.data: MarkedMap = value
+
+    def key_line(self, key: str) -> int:
+        return self.data.key_lines.get(key, self.data.line)
+
+    def sub(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def raw(self, key: str) -> Any:
+        self._seen.add(key)
+        return self.data.get(key)
+
+    def get(self, key: str, check: Callable[[Any], T], default: Any = _MISSING) -> T:
+        """Return the checked value of ``key``, or ``default`` when it is absent.
+
+        A problem is recorded (and ``default``, or None, returned) when the value
+        is invalid or a required key is missing, so reading carries on.
+        """
+        self._seen.add(key)
+        if key not in self.data or self.data[key] is None:
+            if default is _MISSING:
+                self.ctx.error(self.data.line, self.sub(key), "required key is missing")
+                self.ok = False
+                return None  # type: ignore[return-value]
+            return default  # type: ignore[no-any-return]
+        try:
+            return check(self.data[key])
+        except Invalid as exc:
+            self.ctx.error(self.key_line(key), self.sub(key), str(exc))
+            self.ok = False
+            return None if default is _MISSING else default  # type: ignore[no-any-return]
+
+    def section(self, key: str) -> Section:
+        self._seen.add(key)
+        return Section(self.ctx, self.data.get(key), self.sub(key), self.key_line(key))
+
+    def items(self, key: str) -> Iterator[tuple[Section, int]]:
+        """Yield a :class:`Section` for each mapping in the list under ``key``."""
+        self._seen.add(key)
+        value = self.data.get(key)
+        if value is None:
+            return
+        if not isinstance(value, MarkedList):
+            self.ctx.error(self.key_line(key), self.sub(key), f"expected a list, got {_describe(value)}")
+            self.ok = False
+            return
+        for i, item in enumerate(value):
+            yield Section(self.ctx, item, f"{self.sub(key)}[{i}]", value.item_lines[i]), i
+
+    def done(self, allowed: tuple[str, ...] = ()) -> None:
+        known = tuple(self._seen) + allowed
+        for key in self.data:
+            if key in known:
+                continue
+            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            fix = f"did you mean '{hint[0]}'?" if hint else f"known keys: {', '.join(sorted(known))}"
+            self.ctx.error(self.key_line(key), self.sub(key), f"unknown key; {fix}")
+            self.ok = False
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, MarkedMap):
+        return "a mapping"
+    if isinstance(value, MarkedList):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return f"{value!r}"
+
+
+# ---- validators: each returns the coerced value or raises Invalid ----------
+
+
+def string(value: Any) -> str:
+    """A plain string; numbers and booleans are refused so nothing is guessed."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        raise Invalid(f"expected text, got {value!r}; did you forget quotes around the value?")
+    raise Invalid(f"expected text, got {_describe(value)}")
+
+
+def nonempty(value: Any) -> str:
+    s = string(value)
+    if not s.strip():
+        raise Invalid("must not be empty")
+    return s
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise Invalid(f"expected true or false, got {_describe(value)}")
+
+
+def integer(lo: int, hi: int, what: str = "a whole number") -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected {what} {lo}-{hi}, got {_describe(value)}")
+        if not lo <= value <= hi:
+            raise Invalid(f"expected {what} {lo}-{hi}, got {value}")
+        return value
+
+    return check
+
+
+def number(lo: float, hi: float, unit: str = "") -> Callable[[Any], float]:
+    suffix = f" {unit}" if unit else ""
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid(f"expected a number {lo:g}-{hi:g}{suffix}, got {_describe(value)}")
+        if not lo <= value <= hi:
+            raise Invalid(f"expected a number {lo:g}-{hi:g}{suffix}, got {value:g}")
+        return float(value)
+
+    return check
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        s = value if isinstance(value, str) else str(value)
+        if s in choices:
+            return s
+        hint = difflib.get_close_matches(s, choices, n=1, cutoff=0.5)
+        fix = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise Invalid(f"expected one of {', '.join(choices)}, got {_describe(value)}{fix}")
+
+    return check
+
+
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def topic_id(value: Any) -> str:
+    """An id that becomes an MQTT topic level (site, device, input and camera names)."""
+    s = string(value)
+    if not _ID.fullmatch(s):
+        bad = "".join(sorted({c for c in s if c in "+#/"}))
+        why = f" ('{bad}' cannot appear in an MQTT topic level)" if bad else ""
+        raise Invalid(
+            f"expected lower-case letters, digits and '-', starting with a letter or digit, "
+            f"at most 63 characters, got {s!r}{why}",
+        )
+    return s
+
+
+def topic_prefix(value: Any) -> str:
+    s = nonempty(value)
+    levels = s.split("/")
+    if any(not lvl for lvl in levels) or any(c in s for c in "+#") or s.startswith("$"):
+        raise Invalid(f"expected topic levels like 'campus' or 'org/campus' without '+', '#' or '$', got {s!r}")
+    return s

@@ -1,0 +1,178 @@
+"""The local control socket: how ``campus-agent status`` and ``simulate`` reach the agent.
+
+A UNIX stream socket (mode 0660, so a technicians' group can use it), one JSON
+request line in, one JSON reply line out.  Requests are served one at a time
+with a short timeout, so a stuck client cannot pile up threads; nothing here is
+on the button's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError, ControlError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+MAX_REQUEST = 64 * 1024
+_CLIENT_TIMEOUT_S = 2.0
+
+
+class ControlServer:
+    """Serves ``{"cmd": name, ...}`` requests with the registered handlers."""
+
+    def __init__(self, path: Path, handlers: dict[str, Handler], mode: int = 0o660) -> None:
+        self.path = Path(path)
+        self._handlers = handlers
+        self._mode = mode
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        """Bind the socket (replacing a stale one) and serve in a thread.
+
+        Raises:
+            ControlError: another agent is already listening there, or the path is unusable.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            if _is_listening(self.path):
+                raise ControlError(f"another agent is already running on control socket {self.path}")
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self.path))
+            os.chmod(self.path, self._mode)
+            sock.listen(8)
+        except OSError as exc:
+            sock.close()
+            raise ControlError(f"cannot open control socket {self.path}: {exc}; check control.socket") from exc
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closed.is_set():
+                    return
+                continue
+            with conn:
+                conn.settimeout(_CLIENT_TIMEOUT_S)
+                try:
+                    reply = self._answer(_read_line(conn))
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                except (OSError, ValueError) as exc:
+                    log.debug("control client went away: %s", exc)
+
+    def _answer(self, raw: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(raw)
+        except (ValueError, RecursionError):
+            return {"ok": False, "error": "request is not JSON"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": "request needs a 'cmd' string"}
+        handler = self._handlers.get(req["cmd"])
+        if handler is None:
+            return {"ok": False, "error": f"unknown request '{req['cmd']}'; known: {', '.join(sorted(self._handlers))}"}
+        try:
+            return {"ok": True, **handler(req)}
+        except AgentError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control request %r failed", req["cmd"])
+            return {"ok": False, "error": f"internal error: {exc}"}
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._sock is not None:
+            self._sock.close()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    def __enter__(self) -> ControlServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ControlServer {self.path} {'closed' if self._closed.is_set() else 'serving'}>"
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise ValueError("request too large")
+    return buf.split(b"\n", 1)[0]
+
+
+def _is_listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def request(path: Path, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    """Send one request to a running agent and return its reply.
+
+    Raises:
+        ControlError: the agent is not running, not reachable, or refused the request.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except FileNotFoundError:
+        raise ControlError(
+            f"no agent is listening on {path}: is it running? (systemctl status campus-agent)",
+        ) from None
+    except PermissionError:
+        raise ControlError(f"no permission to use {path}: run as root or as a member of its group") from None
+    except OSError as exc:
+        raise ControlError(f"cannot talk to the agent on {path}: {exc}") from None
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise ControlError(f"the agent on {path} gave no usable answer") from None
+    if not isinstance(reply, dict):
+        raise ControlError(f"the agent on {path} gave no usable answer")
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error", "refused")))
+    return reply

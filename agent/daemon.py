@@ -1,0 +1,303 @@
+"""Wiring the parts together: start/stop order, signals, and the watchdog.
+
+Start order puts the button first: the outbox is opened and the inputs are
+armed before anything touches the network, and systemd hears ``READY=1``
+then, not when a broker answers; a Pi that boots offline still records every
+press.  Stop order is the reverse, with the inputs closed last so a press
+during shutdown is still recorded for the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from agent.config.model import Config
+from agent.control import ControlServer
+from agent.errors import CommandError, OutboxError
+from agent.events import Clock, Event, EventType, Stamp
+from agent.health import Health, Heartbeat, StatusSources, TestMode
+from agent.inputs import Inputs
+from agent.notify import Notifier
+from agent.outbox import Outbox, OutboxRow
+from agent.pins import close_pin_factory, make_pin_factory
+from agent.uplink import LinkState, Uplink
+
+log = logging.getLogger(__name__)
+
+_RECENT = 50
+_UNSAVED_MAX = 10_000
+
+
+class Agent:
+    """One running agent: owns every part and the order they start and stop in."""
+
+    def __init__(self, cfg: Config, *, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or Clock()
+        self.notifier = notifier or Notifier()
+        self.test_mode = TestMode(self.clock)
+        self.outbox: Outbox | None = None
+        self.inputs: Inputs | None = None
+        self.uplink: Uplink | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.control: ControlServer | None = None
+        self.health: Health | None = None
+        self._factory: Any = None
+        self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
+        self._unsaved: deque[Event] = deque(maxlen=_UNSAVED_MAX)
+        self._record_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stopped = False
+        self.stall_after_s = max(20.0, 2 * cfg.mqtt.connect_timeout_s + 5.0)
+
+    # ---- start and stop ----------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.cfg
+        self.outbox = Outbox(
+            cfg.outbox.path, site=cfg.device.site, device=cfg.device.id, max_mb=cfg.outbox.max_mb,
+            wall=self.clock.wall, mono=self.clock.mono,
+        )
+        self._factory = make_pin_factory(cfg.gpio.pin_factory)
+        self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock, emit=self.record)
+        self.inputs.arm()
+        self._record_started()
+        self.uplink = Uplink(
+            cfg.mqtt,
+            topic_root=cfg.topic_root,
+            outbox=self.outbox,
+            status=self._status_doc,
+            offline=self._offline_doc,
+            on_link=self._on_link,
+            on_delivered=self._on_delivered,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+        )
+        self.health = Health(
+            site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
+            sources=StatusSources(link=self.uplink.state, inputs=self.inputs.states, warnings=self._warnings),
+            test_mode=self.test_mode,
+        )
+        self.heartbeat = Heartbeat(
+            interval_s=cfg.heartbeat.interval_s,
+            publish=lambda: self.uplink.publish_status(self._status_doc()) if self.uplink else None,
+            mono=self.clock.mono,
+            ticks=[self._retry_unsaved, self._watch_test_mode()],
+        )
+        self.uplink.start()
+        self.heartbeat.start()
+        self.control = ControlServer(cfg.control.socket, self._control_handlers())
+        self.control.start()
+        pending = self.outbox.pending()
+        self.notifier.ready(f"inputs armed; outbox open, {pending} pending; connecting to {cfg.mqtt.brokers[0]}")
+        log.info(
+            "agent %s/%s started: %d inputs armed, outbox %s (%d pending), broker %s",
+            cfg.device.site, cfg.device.id, len(cfg.inputs), cfg.outbox.path, pending,
+            ", ".join(str(b) for b in cfg.mqtt.brokers),
+        )
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        self.notifier.stopping()
+        for part in (self.control, self.heartbeat, self.uplink):
+            if part is not None:
+                try:
+                    part.close() if isinstance(part, ControlServer) else part.stop()
+                except Exception:
+                    log.exception("stopping %r failed; carrying on with shutdown", part)
+        if self.inputs is not None:
+            self.inputs.close()
+        close_pin_factory(self._factory)
+        if self.outbox is not None:
+            self.outbox.close()
+        log.info("agent stopped")
+
+    def run(self) -> int:
+        """Start, then serve until SIGTERM/SIGINT, feeding the watchdog while healthy."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        try:
+            self.start()
+            interval = min(self.notifier.watchdog_interval or 1.0, 1.0)
+            while not self._stop.wait(interval):
+                self._feed_watchdog()
+        finally:
+            self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ---- the button's path ---------------------------------------------------------
+
+    def record(self, type: EventType, source: str, stamp: Stamp, data: Mapping[str, Any]) -> None:  # noqa: A002
+        """Make an event durable, then wake the sender.  Called on the inputs thread."""
+        test = type.is_alarm and self.test_mode.active()
+        event = Event.create(self.clock, type, source, at=stamp, test=test, data=data)
+        with self._record_lock:
+            seq = self._put(event)
+        self._recent.appendleft({"id": event.id, "seq": seq, "type": type.value, "source": source,
+                                 "ts": event.ts, "test": test, "delivered": False})
+        if self.uplink is not None:
+            self.uplink.wake()
+        if self.inputs is not None and type is not EventType.AGENT_STARTED:
+            self.inputs.note_event(source, event.ts, test=test)
+        if self.heartbeat is not None:
+            self.heartbeat.changed()
+        log.info("recorded %s%s from %s as seq %s (id %s)", type.value, " (test)" if test else "", source, seq, event.id)
+
+    def _put(self, event: Event) -> int | None:
+        assert self.outbox is not None
+        try:
+            return self.outbox.put(event)
+        except OutboxError as exc:
+            self._unsaved.append(event)
+            log.critical("%s; kept %d events in memory only, retrying every second", exc, len(self._unsaved))
+            return None
+
+    def _retry_unsaved(self) -> None:
+        while self._unsaved and self.outbox is not None:
+            event = self._unsaved[0]
+            with self._record_lock:
+                try:
+                    seq = self.outbox.put(event)
+                except OutboxError:
+                    return
+                self._unsaved.popleft()
+            log.warning("event %s kept in memory is now recorded as seq %d", event.id, seq)
+            if self.uplink is not None:
+                self.uplink.wake()
+
+    def _record_started(self) -> None:
+        assert self.outbox is not None
+        rec = self.outbox.recovery
+        data: dict[str, Any] = {"reason": self._start_reason(), "pending": rec.pending}
+        if rec.moved_aside is not None:
+            data["outbox_recovered"] = {"moved_aside": str(rec.moved_aside), "salvaged": rec.salvaged}
+        self.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
+
+    def _start_reason(self) -> str:
+        """``boot`` on the first start since the Pi booted, ``restart`` after that."""
+        path = self.cfg.outbox.path.with_name("agent-state.json")
+        try:
+            last = json.loads(path.read_text(encoding="utf-8")).get("boot_id")
+        except (OSError, ValueError, AttributeError):
+            last = None
+        try:
+            path.write_text(json.dumps({"boot_id": self.clock.boot_id}), encoding="utf-8")
+        except OSError as exc:
+            log.warning("cannot write %s (%s); start reasons may read 'boot' after restarts", path, exc)
+        return "restart" if last == self.clock.boot_id else "boot"
+
+    # ---- what the other parts call back ------------------------------------------
+
+    def _status_doc(self) -> dict[str, Any]:
+        assert self.health is not None
+        return self.health.status()
+
+    def _offline_doc(self, reason: str) -> dict[str, Any]:
+        if self.health is None:
+            raise RuntimeError("health is built before the uplink starts")
+        return self.health.offline(reason)
+
+    def _on_link(self, state: LinkState) -> None:
+        pending = self.outbox.pending() if self.outbox else 0
+        if state.connected:
+            self.notifier.status(f"connected to {state.broker}; {pending} events pending")
+        else:
+            self.notifier.status(f"broker unreachable ({state.last_error}); {pending} events buffered")
+        if self.heartbeat is not None:
+            self.heartbeat.changed()
+
+    def _on_delivered(self, row: OutboxRow) -> None:
+        for item in self._recent:
+            if item["seq"] == row.seq:
+                item["delivered"] = True
+                break
+        if row.alarm:
+            log.info("%s event seq %d delivered to the broker", row.type, row.seq)
+
+    def _warnings(self) -> list[str]:
+        out = []
+        if self._unsaved:
+            out.append(f"{len(self._unsaved)} events held in memory: outbox cannot write")
+        tls = self.cfg.mqtt.tls
+        if tls is not None and not tls.check_hostname:
+            out.append("TLS host name checking is off (mqtt.tls.check_hostname: false)")
+        return out
+
+    def _watch_test_mode(self) -> Any:
+        was = [False]
+
+        def tick() -> None:
+            now = self.test_mode.active()
+            if now != was[0]:
+                was[0] = now
+                if self.heartbeat is not None:
+                    self.heartbeat.changed()
+
+        return tick
+
+    # ---- watchdog -----------------------------------------------------------------------
+
+    def stalled(self) -> list[str]:
+        """Names of threads that have made no progress for ``stall_after_s``."""
+        now = self.clock.mono()
+        parts = {"uplink-sender": self.uplink, "heartbeat": self.heartbeat, "inputs": self.inputs}
+        return [name for name, p in parts.items() if p is not None and now - p.progress > self.stall_after_s]
+
+    def _feed_watchdog(self) -> None:
+        stalled = self.stalled()
+        if stalled:
+            log.error("threads not making progress: %s; not feeding the watchdog", ", ".join(stalled))
+            self.notifier.status(f"stalled: {', '.join(stalled)}")
+            return
+        self.notifier.watchdog()
+
+    # ---- the control socket -----------------------------------------------------------
+
+    def _control_handlers(self) -> dict[str, Any]:
+        return {
+            "status": self._ctl_status,
+            "simulate": self._ctl_simulate,
+            "test_mode": self._ctl_test_mode,
+        }
+
+    def _ctl_status(self, _req: dict[str, Any]) -> dict[str, Any]:
+        assert self.uplink is not None
+        link = self.uplink.state()
+        return {
+            "status": self._status_doc(),
+            "link": {"connected": link.connected, "broker": link.broker, "last_error": link.last_error,
+                     "inflight": link.inflight, "published": link.published, "delivered": link.delivered,
+                     "refused": link.refused},
+            "recent_events": list(self._recent),
+            "config": str(self.cfg.source),
+        }
+
+    def _ctl_simulate(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.inputs is not None
+        name, action = req.get("input"), req.get("action")
+        if not isinstance(name, str) or action not in ("press", "release"):
+            raise CommandError("simulate needs an input name and 'press' or 'release'")
+        self.inputs.simulate(name, active=action == "press")
+        return {"input": name, "action": action}
+
+    def _ctl_test_mode(self, req: dict[str, Any]) -> dict[str, Any]:
+        minutes = req.get("minutes")
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes <= 240:
+            raise CommandError("test mode takes minutes 0-240 (0 ends it)")
+        until = self.test_mode.set(float(minutes))
+        log.info("test mode %s", f"on until {until}" if until else "off")
+        if self.heartbeat is not None:
+            self.heartbeat.changed()
+        return {"test_mode_until": until}

@@ -1,0 +1,52 @@
+"""The agent's exceptions: one base, one leaf per kind of failure.
+
+Each leaf also inherits the builtin it resembles, so callers that only know
+Python's own exceptions still catch it.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base class of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError, ValueError):
+    """The configuration file is missing, unreadable or invalid.
+
+    ``problems`` holds one line per problem, each ``file:line: key.path: what is
+    wrong``, so a technician can fix them all in one pass.
+    """
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class OutboxError(AgentError, OSError):
+    """The durable outbox could not be opened or written."""
+
+
+class OutboxFullError(OutboxError):
+    """The outbox has no room left for this event, even after eviction."""
+
+
+class HardwareError(AgentError, RuntimeError):
+    """A GPIO pin or other device could not be set up."""
+
+
+class CommandError(AgentError, ValueError):
+    """An inbound command was refused; the message says why."""
+
+    def __init__(self, reason: str, cmd_id: str | None = None) -> None:
+        self.reason = reason
+        self.cmd_id = cmd_id
+        super().__init__(reason)
+
+
+class ControlError(AgentError, ConnectionError):
+    """The local control socket could not be reached or answered an error."""
+
+
+class CameraError(AgentError, RuntimeError):
+    """A camera probe failed; the message is the one-line detail for status."""

@@ -1,0 +1,224 @@
+"""Event documents of the wire contract, their ids, and the clock they are stamped with.
+
+An event is stamped at the moment its input changed (``Stamp``), not when it is
+sent.  A Pi has no real-time clock, so every stamp carries whether the system
+clock was NTP-synchronised, plus ``boot_id`` and ``mono_ms`` with which the
+central side can re-time events taken before the clock was set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+CONTRACT_VERSION = 1
+
+
+class EventType(str, Enum):
+    PANIC = "panic"
+    TAMPER = "tamper"
+    INPUT_FAULT = "input_fault"
+    INPUT_RESTORED = "input_restored"
+    CAMERA_FAULT = "camera_fault"
+    CAMERA_RESTORED = "camera_restored"
+    AGENT_STARTED = "agent_started"
+
+    @property
+    def is_alarm(self) -> bool:
+        """Alarms are fsynced on put and never evicted from the outbox."""
+        return self in (EventType.PANIC, EventType.TAMPER)
+
+
+def iso_ms(wall: float) -> str:
+    """UTC with milliseconds and a ``Z``, as the contract writes every ``ts``."""
+    t = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def new_id() -> str:
+    """A random 128-bit id in hex: what the central side de-duplicates on."""
+    return uuid.uuid4().hex
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h>; trailing padding leaves room for newer kernels.
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long),
+        ("time_usec", ctypes.c_long),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_pad", ctypes.c_int * 32),
+    ]
+
+
+_TIME_ERROR = 5
+_STA_UNSYNC = 0x0040
+
+
+def kernel_clock_synced() -> bool:
+    """Ask the kernel (``adjtimex``) whether NTP has disciplined the clock.
+
+    chrony, ntpd and systemd-timesyncd all clear the kernel's unsynchronised
+    flag once they have a fix; a Pi that booted without network keeps it set.
+    Any failure to ask counts as "not synchronised": we never claim a good
+    clock we have not seen.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        tx = _Timex()
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return False
+    return bool(state not in (-1, _TIME_ERROR) and not tx.status & _STA_UNSYNC)
+
+
+def read_boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """The kernel's id of this boot; ``mono_ms`` values compare only within one."""
+    try:
+        return path.read_text(encoding="ascii").strip().replace("-", "")
+    except OSError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """When something happened: wall clock, monotonic clock, and sync state."""
+
+    wall: float
+    mono: float
+    synced: bool
+
+
+class Clock:
+    """Wall and monotonic time, sync state and boot id, behind one seam.
+
+    Tests pass their own ``wall``/``mono``/``synced`` functions; timers in the
+    agent use ``mono`` only, so a wall-clock jump never stalls or races them.
+    The kernel is asked about sync at most every ``sync_ttl_s`` seconds because
+    the answer changes rarely and stamping happens on the button's path.
+    """
+
+    def __init__(
+        self,
+        *,
+        wall: Any = time.time,
+        mono: Any = time.monotonic,
+        synced: Any = kernel_clock_synced,
+        boot_id: str | None = None,
+        sync_ttl_s: float = 10.0,
+    ) -> None:
+        self.wall = wall
+        self.mono = mono
+        self._synced_fn = synced
+        self.boot_id = boot_id if boot_id is not None else read_boot_id()
+        self._ttl = sync_ttl_s
+        self._synced: bool | None = None
+        self._checked = 0.0
+
+    def synced(self) -> bool:
+        now = self.mono()
+        if self._synced is None or now - self._checked >= self._ttl:
+            self._synced = bool(self._synced_fn())
+            self._checked = now
+        return self._synced
+
+    def stamp(self) -> Stamp:
+        return Stamp(wall=self.wall(), mono=self.mono(), synced=self.synced())
+
+    def __repr__(self) -> str:
+        return f"Clock(boot_id={self.boot_id[:8]}..., synced={self._synced})"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event document, minus ``seq`` which the outbox assigns on put."""
+
+    type: EventType
+    source: str
+    id: str
+    ts: str
+    clock_synced: bool
+    boot_id: str
+    mono_ms: int
+    test: bool = False
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        clock: Clock,
+        type: EventType,  # noqa: A002 - the contract's own name
+        source: str,
+        *,
+        at: Stamp | None = None,
+        test: bool = False,
+        data: Mapping[str, Any] | None = None,
+    ) -> Event:
+        s = at if at is not None else clock.stamp()
+        return cls(
+            type=type,
+            source=source,
+            id=new_id(),
+            ts=iso_ms(s.wall),
+            clock_synced=s.synced,
+            boot_id=clock.boot_id,
+            mono_ms=int(s.mono * 1000),
+            test=test,
+            data=dict(data or {}),
+        )
+
+    def body(self, site: str, device: str) -> str:
+        """The document as JSON, without ``v`` and ``seq`` (see :func:`with_seq`)."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "site": site,
+                "device": device,
+                "type": self.type.value,
+                "source": self.source,
+                "test": self.test,
+                "ts": self.ts,
+                "clock_synced": self.clock_synced,
+                "boot_id": self.boot_id,
+                "mono_ms": self.mono_ms,
+                "data": dict(self.data),
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+
+def with_seq(body: str, seq: int) -> bytes:
+    """The wire payload: ``v`` and ``seq`` spliced in front of a stored body.
+
+    ``seq`` is only known inside the outbox's insert transaction, so the body
+    is stored without it and the two are joined on the way out; cheaper than a
+    JSON round trip per event during a drain.
+    """
+    return f'{{"v":{CONTRACT_VERSION},"seq":{seq},{body[1:]}'.encode()

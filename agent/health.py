@@ -1,0 +1,240 @@
+"""Live state, the status document built from it, and the heartbeat timer.
+
+Status is never queued: an old status is worth nothing.  The timer thread
+builds a fresh document every ``heartbeat.interval_s`` and whenever something
+in it changes state, and hands it to the uplink's single status slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.events import CONTRACT_VERSION, Clock, iso_ms
+from agent.inputs import InputState
+from agent.outbox import Outbox
+from agent.uplink import LinkState
+
+log = logging.getLogger(__name__)
+
+MAX_DETAIL = 160
+
+
+@dataclass
+class StatusSources:
+    """Where each section of the status document comes from (callables, so tests can fake them)."""
+
+    link: Callable[[], LinkState]
+    inputs: Callable[[], dict[str, InputState]]
+    cameras: Callable[[], dict[str, dict[str, Any]]] = dict
+    outputs: Callable[[], dict[str, dict[str, Any]]] | None = None
+    commands: Callable[[], dict[str, Any]] | None = None
+    warnings: Callable[[], list[str]] = list
+
+
+class TestMode:
+    """Presses are sent with ``test: true`` until the deadline (monotonic time)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._until_mono: float | None = None
+        self._until_wall: float | None = None
+        self._lock = threading.Lock()
+
+    def set(self, minutes: float) -> str | None:
+        """Start test mode for ``minutes`` (0 ends it); return the end as ISO time."""
+        with self._lock:
+            if minutes <= 0:
+                self._until_mono = self._until_wall = None
+                return None
+            self._until_mono = self._clock.mono() + minutes * 60
+            self._until_wall = self._clock.wall() + minutes * 60
+            return iso_ms(self._until_wall)
+
+    def active(self) -> bool:
+        with self._lock:
+            if self._until_mono is None:
+                return False
+            if self._clock.mono() >= self._until_mono:
+                self._until_mono = self._until_wall = None
+                log.info("test mode ended")
+                return False
+            return True
+
+    def until(self) -> str | None:
+        return iso_ms(self._until_wall) if self.active() and self._until_wall is not None else None
+
+
+def read_cpu_temp(root: Path = Path("/sys/class/thermal")) -> float | None:
+    try:
+        for zone in sorted(root.glob("thermal_zone*")):
+            text = (zone / "temp").read_text(encoding="ascii").strip()
+            return round(int(text) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def system_vitals(outbox_dir: Path) -> dict[str, Any]:
+    try:
+        free_mb: int | None = shutil.disk_usage(outbox_dir).free // (1024 * 1024)
+    except OSError:
+        free_mb = None
+    try:
+        load1: float | None = round(os.getloadavg()[0], 2)
+    except OSError:
+        load1 = None
+    return {"cpu_temp_c": read_cpu_temp(), "disk_free_mb": free_mb, "load1": load1}
+
+
+class Health:
+    """Builds the contract's status and offline documents from live state."""
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        device: str,
+        clock: Clock,
+        outbox: Outbox,
+        sources: StatusSources,
+        test_mode: TestMode,
+    ) -> None:
+        self.site = site
+        self.device = device
+        self.clock = clock
+        self.outbox = outbox
+        self.sources = sources
+        self.test_mode = test_mode
+        self._started = clock.mono()
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.stamp()
+        link = self.sources.link()
+        ob = self.outbox.stats()
+        doc: dict[str, Any] = {
+            "v": CONTRACT_VERSION,
+            "site": self.site,
+            "device": self.device,
+            "state": "online",
+            "ts": iso_ms(now.wall),
+            "clock_synced": now.synced,
+            "agent": {
+                "version": __version__,
+                "boot_id": self.clock.boot_id,
+                "uptime_s": int(now.mono - self._started),
+            },
+            "link": {
+                "connected_since": iso_ms(link.connected_since) if link.connected_since else None,
+                "reconnects": link.reconnects,
+                "broker": link.broker,
+            },
+            "outbox": {
+                "pending": ob.pending,
+                "oldest_age_s": ob.oldest_age_s,
+                "dropped": ob.dropped,
+                "disk_low": ob.disk_low,
+            },
+            "inputs": {
+                name: {"kind": s.kind, "state": s.state, "last_event": s.last_event, "last_test": s.last_test}
+                for name, s in self.sources.inputs().items()
+            },
+            "cameras": {
+                name: {**cam, "detail": str(cam.get("detail", ""))[:MAX_DETAIL]}
+                for name, cam in self.sources.cameras().items()
+            },
+            "system": system_vitals(self.outbox.path.parent),
+            "test_mode_until": self.test_mode.until(),
+        }
+        if self.sources.outputs is not None:
+            doc["outputs"] = self.sources.outputs()
+        if self.sources.commands is not None:
+            doc["commands"] = self.sources.commands()
+        warnings = self.sources.warnings()
+        if warnings:
+            doc["warnings"] = [w[:MAX_DETAIL] for w in warnings[:8]]
+        return doc
+
+    def offline(self, reason: str) -> dict[str, Any]:
+        return {
+            "v": CONTRACT_VERSION,
+            "site": self.site,
+            "device": self.device,
+            "state": "offline",
+            "reason": reason,
+            "ts": iso_ms(self.clock.wall()),
+        }
+
+
+@dataclass
+class Heartbeat:
+    """The timer thread: periodic status, status on change, and small periodic tasks.
+
+    ``ticks`` run about once a second on this thread (test-mode expiry and the
+    like); they must be quick.  ``progress`` is what the watchdog looks at.
+    """
+
+    interval_s: float
+    publish: Callable[[], None]
+    mono: Callable[[], float]
+    ticks: list[Callable[[], None]] = field(default_factory=list)
+    min_gap_s: float = 0.2
+    progress: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._wake = threading.Event()
+        self._changed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.progress = self.mono()
+
+    def changed(self) -> None:
+        """Something in the status changed state: publish soon (coalesced)."""
+        self._changed = True
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_beat = self.mono()
+        last = -1e9
+        while not self._stop.is_set():
+            now = self.mono()
+            self.progress = now
+            for tick in self.ticks:
+                try:
+                    tick()
+                except Exception:
+                    log.exception("periodic task failed; carrying on")
+            due = now >= next_beat or (self._changed and now - last >= self.min_gap_s)
+            if due:
+                self._changed = False
+                last = now
+                next_beat = now + self.interval_s
+                try:
+                    self.publish()
+                except Exception:
+                    log.exception("building the status document failed; will try again next heartbeat")
+            wait = min(1.0, max(0.0, next_beat - now))
+            if self._changed:
+                wait = min(wait, max(0.0, last + self.min_gap_s - now))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None

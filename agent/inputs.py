@@ -1,0 +1,300 @@
+"""Panic buttons and tamper switches on GPIO: debounce, contact type, supervision.
+
+Wiring (BCM numbering, internal pull-up on): one side of the switch to the pin,
+the other to ground.
+
+* ``normally_open`` (a push button): the pin reads low while pressed.
+* ``normally_closed`` (a supervised loop or an enclosure switch): the pin reads
+  low at rest and high when the contact opens, so a cut wire reads as active,
+  never as silently idle.
+
+gpiozero's callback thread only records the raw edge with its time stamp and
+returns; the debounce (our own: gpiozero's mock pins ignore ``bounce_time``),
+the stuck-input supervision and the durable put run on this module's thread.
+An edge is accepted once the level has been stable for ``debounce_ms``; the
+event keeps the time of the first edge, i.e. when the person pressed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config.model import Contact, InputConfig, InputKind
+from agent.errors import HardwareError
+from agent.events import Clock, EventType, Stamp
+from agent.pins import is_mock
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[EventType, str, Stamp, Mapping[str, Any]], None]
+
+
+class Debouncer:
+    """Pure debounce logic, driven by explicit times so tests can use a fake clock.
+
+    Feed it every raw edge with :meth:`edge`; call :meth:`settle` at or after
+    :meth:`deadline`.  A level must hold for ``debounce_s`` to count; a glitch
+    shorter than that is dropped.  The accepted change carries the stamp of the
+    first edge away from the previous stable level.
+    """
+
+    def __init__(self, debounce_s: float, initial: bool) -> None:
+        self.debounce_s = debounce_s
+        self.stable = initial
+        self._level = initial
+        self._changed_at = 0.0
+        self._first: Stamp | None = None
+
+    def edge(self, level: bool, stamp: Stamp) -> None:
+        if level == self._level:
+            return
+        self._level = level
+        self._changed_at = stamp.mono
+        if level != self.stable and self._first is None:
+            self._first = stamp
+
+    def deadline(self) -> float | None:
+        if self._first is None:
+            return None
+        return self._changed_at + self.debounce_s
+
+    def settle(self, now: float) -> Stamp | None:
+        """Return the stamp of an accepted change (``stable`` flipped), else None."""
+        if self._first is None or now - self._changed_at < self.debounce_s:
+            return None
+        first, self._first = self._first, None
+        if self._level == self.stable:
+            return None
+        self.stable = self._level
+        return first
+
+
+@dataclass(frozen=True)
+class InputState:
+    """One input as the status document and ``campus-agent status`` show it."""
+
+    name: str
+    kind: str
+    pin: int
+    state: str
+    active_since: float | None
+    last_event: str | None
+    last_test: str | None
+
+
+class _Input:
+    def __init__(self, cfg: InputConfig, button: Any) -> None:
+        self.cfg = cfg
+        self.button = button
+        self.debouncer = Debouncer(cfg.debounce_ms / 1000.0, initial=False)
+        self.active_since: float | None = None
+        self.faulted = False
+        self.last_event: str | None = None
+        self.last_test: str | None = None
+
+    def active_from_raw(self, pin_low: bool) -> bool:
+        return pin_low if self.cfg.contact is Contact.NORMALLY_OPEN else not pin_low
+
+    def state(self) -> str:
+        if self.faulted:
+            return "fault"
+        return "active" if self.debouncer.stable else "ok"
+
+
+class Inputs:
+    """Arms the configured inputs and turns their debounced changes into events.
+
+    Args:
+        configs: the ``inputs`` section.
+        pin_factory: from :func:`agent.pins.make_pin_factory`.
+        clock: stamps edges; its ``mono`` drives debounce and stuck timers.
+        emit: called on this module's thread with (type, input name, stamp, data)
+            for every event; it must do the durable put and return.
+    """
+
+    def __init__(self, configs: tuple[InputConfig, ...], *, pin_factory: Any, clock: Clock, emit: Emit) -> None:
+        self._configs = configs
+        self._factory = pin_factory
+        self._clock = clock
+        self._emit = emit
+        self._inputs: dict[str, _Input] = {}
+        self._cond = threading.Condition()
+        self._edges: list[tuple[str, bool, Stamp]] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.progress = clock.mono()
+
+    def arm(self, *, start_thread: bool = True) -> None:
+        """Claim the pins and start watching them.
+
+        Raises:
+            HardwareError: a pin cannot be claimed, naming the pin and the input.
+        """
+        from gpiozero import Button  # noqa: PLC0415 - gpiozero stays behind this seam
+
+        for cfg in self._configs:
+            try:
+                button = Button(cfg.pin, pull_up=True, bounce_time=None, pin_factory=self._factory)
+                if is_mock(self._factory) and cfg.contact is Contact.NORMALLY_CLOSED:
+                    button.pin.drive_low()  # a simulated loop starts closed, as when wired
+            except Exception as exc:
+                self.close()
+                raise HardwareError(
+                    f"inputs: cannot claim GPIO{cfg.pin} for input '{cfg.name}': {exc}; "
+                    "check that no other program uses the pin and the user is in the gpio group",
+                ) from exc
+            item = _Input(cfg, button)
+            now = self._clock.stamp()
+            initial = item.active_from_raw(bool(button.is_pressed))
+            self._inputs[cfg.name] = item
+            button.when_pressed = lambda _d, n=cfg.name: self._raw_edge(n, pin_low=True)
+            button.when_released = lambda _d, n=cfg.name: self._raw_edge(n, pin_low=False)
+            if initial:
+                log.warning("input %s (GPIO%d) is active at start; treating it as a new activation", cfg.name, cfg.pin)
+                item.debouncer.edge(True, now)
+        if start_thread:
+            self._thread = threading.Thread(target=self._run, name="inputs", daemon=True)
+            self._thread.start()
+        self.poll(self._clock.mono())
+
+    def _raw_edge(self, name: str, *, pin_low: bool) -> None:
+        # gpiozero's thread: stamp, queue, notify; nothing else.
+        stamp = self._clock.stamp()
+        with self._cond:
+            self._edges.append((name, pin_low, stamp))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                wait = self._next_deadline()
+                if not self._edges:
+                    now = self._clock.mono()
+                    self._cond.wait(timeout=1.0 if wait is None else max(0.0, min(1.0, wait - now)))
+                if self._closed:
+                    return
+            self.poll(self._clock.mono())
+
+    def _next_deadline(self) -> float | None:
+        deadlines = []
+        for item in self._inputs.values():
+            d = item.debouncer.deadline()
+            if d is not None:
+                deadlines.append(d)
+            if item.active_since is not None and not item.faulted and item.cfg.stuck_after_s > 0:
+                deadlines.append(item.active_since + item.cfg.stuck_after_s)
+        return min(deadlines) if deadlines else None
+
+    def poll(self, now: float) -> None:
+        """Apply queued edges and every debounce or stuck timer due at ``now``."""
+        self.progress = now
+        with self._cond:
+            edges, self._edges = self._edges, []
+        for name, pin_low, stamp in edges:
+            item = self._inputs[name]
+            item.debouncer.edge(item.active_from_raw(pin_low), stamp)
+            first = item.debouncer.settle(stamp.mono)  # accepts at once only when debounce is 0
+            if first is not None:
+                self._changed(item, first)
+        for item in self._inputs.values():
+            first = item.debouncer.settle(now)
+            if first is not None:
+                self._changed(item, first)
+            self._check_stuck(item, now)
+
+    def _changed(self, item: _Input, stamp: Stamp) -> None:
+        name = item.cfg.name
+        if item.debouncer.stable:
+            item.active_since = stamp.mono
+            kind = EventType.PANIC if item.cfg.kind is InputKind.PANIC_BUTTON else EventType.TAMPER
+            log.info("input %s active (GPIO%d)", name, item.cfg.pin)
+            self._emit(kind, name, stamp, {"pin": item.cfg.pin, "contact": item.cfg.contact.value})
+            return
+        held = stamp.mono - (item.active_since or stamp.mono)
+        item.active_since = None
+        log.info("input %s released after %.2f s", name, held)
+        if item.faulted:
+            item.faulted = False
+            self._emit(EventType.INPUT_RESTORED, name, stamp, {"held_s": round(held, 3)})
+
+    def _check_stuck(self, item: _Input, now: float) -> None:
+        limit = item.cfg.stuck_after_s
+        if item.faulted or item.active_since is None or limit <= 0 or now - item.active_since < limit:
+            return
+        item.faulted = True
+        nc = item.cfg.contact is Contact.NORMALLY_CLOSED
+        reason = "open_loop" if nc else "stuck"
+        log.error(
+            "input %s (GPIO%d) has been active for %.0f s: %s; no further alarms from it until it returns; "
+            "check the %s",
+            item.cfg.name, item.cfg.pin, now - item.active_since, reason.replace("_", " "),
+            "wiring for a cut or loose wire" if nc else "button for a jam",
+        )
+        stamp = Stamp(wall=self._clock.wall(), mono=now, synced=self._clock.synced())
+        self._emit(EventType.INPUT_FAULT, item.cfg.name, stamp, {"reason": reason, "active_s": round(now - item.active_since, 3)})
+
+    # ---- technician and status helpers ---------------------------------------
+
+    def note_event(self, name: str, ts: str, *, test: bool) -> None:
+        item = self._inputs.get(name)
+        if item is not None:
+            item.last_event = ts
+            if test:
+                item.last_test = ts
+
+    def simulate(self, name: str, *, active: bool) -> None:
+        """Drive a simulated pin as if the switch were pressed or released.
+
+        Raises:
+            HardwareError: pins are real, or no such input.
+        """
+        if not is_mock(self._factory):
+            raise HardwareError("simulate needs gpio.pin_factory: mock; real pins are pressed by hand")
+        item = self._inputs.get(name)
+        if item is None:
+            raise HardwareError(f"no input named '{name}'; configured: {', '.join(self._inputs) or 'none'}")
+        pin_low = active if item.cfg.contact is Contact.NORMALLY_OPEN else not active
+        pin = item.button.pin
+        pin.drive_low() if pin_low else pin.drive_high()
+
+    def states(self) -> dict[str, InputState]:
+        return {
+            name: InputState(
+                name=name,
+                kind=item.cfg.kind.value,
+                pin=item.cfg.pin,
+                state=item.state(),
+                active_since=item.active_since,
+                last_event=item.last_event,
+                last_test=item.last_test,
+            )
+            for name, item in self._inputs.items()
+        }
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        for item in self._inputs.values():
+            item.button.close()
+
+    def __enter__(self) -> Inputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<Inputs closed>"
+        return "<Inputs " + ", ".join(f"{n}={i.state()}" for n, i in self._inputs.items()) + ">"

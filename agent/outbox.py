@@ -1,0 +1,450 @@
+"""The durable outbox: every event is committed to SQLite before it is sent.
+
+Rules it keeps (architecture.md):
+
+* ``put`` returns only after COMMIT with ``synchronous=FULL`` in WAL mode, so a
+  crash or power cut after ``put`` returned loses nothing.
+* A row leaves only through ``ack`` (the uplink calls it on a successful PUBACK)
+  or through eviction, which takes the oldest non-alarm rows first and never a
+  ``panic`` or ``tamper`` row; evictions are counted in ``dropped``.
+* Disk is bounded.  A WAL database on a 100 % full filesystem cannot even
+  delete, so ``max_page_count`` is kept below the filesystem's free space minus
+  a headroom for the WAL, and non-alarm events may use only
+  ``NON_ALARM_SHARE`` of the cap: the rest is the documented reserve for alarms.
+* A database that SQLite cannot read at start is moved aside, loudly, its
+  readable rows are salvaged into a fresh file, and ``seq`` carries on above
+  the highest one seen, so it stays strictly increasing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import OutboxError, OutboxFullError
+from agent.events import Event, with_seq
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+NON_ALARM_SHARE = 0.8
+HEADROOM_BYTES = 4 * 1024 * 1024
+_WAL_AUTOCHECKPOINT_PAGES = 100
+_JOURNAL_SIZE_LIMIT = 1024 * 1024
+_EVICT_CHUNK = 64
+_LIMITS_TTL_S = 1.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    alarm INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_evictable ON outbox (alarm, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored event, ready to publish."""
+
+    seq: int
+    id: str
+    type: str
+    alarm: bool
+    created: float
+    body: str
+
+    @property
+    def payload(self) -> bytes:
+        return with_seq(self.body, self.seq)
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    oldest_age_s: float | None
+    dropped: int
+    db_bytes: int
+    cap_bytes: int
+    disk_low: bool
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``open`` found: shown in ``agent_started`` and logged."""
+
+    pending: int
+    moved_aside: Path | None
+    salvaged: int
+
+
+class Outbox:
+    """SQLite outbox shared by the input threads (put) and the sender (batch/ack).
+
+    One connection behind one lock: puts are short and the lock is never held
+    across network I/O, so a slow broker never delays recording a press.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        site: str,
+        device: str,
+        max_mb: float = 200.0,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        headroom_bytes: int = HEADROOM_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self._site = site
+        self._device = device
+        self._wall = wall
+        self._mono = mono
+        self._headroom = headroom_bytes
+        self._lock = threading.Lock()
+        self._closed = False
+        self._limits_at = -1e9
+        self._disk_low = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn, self.recovery = self._open_or_recover()
+        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
+        self._allowed_pages = self._cap_pages
+        self._pending = int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        self._dropped = self._meta("dropped")
+        self._refresh_limits(force=True)
+
+    # ---- opening and recovery ------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+        return conn
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise _CorruptError(f"quick_check: {result}")
+            conn.executescript(_SCHEMA)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise OutboxError(
+                    f"{self.path} has outbox schema {version}, this agent knows {SCHEMA_VERSION}; "
+                    "install the matching agent version",
+                )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_or_recover(self) -> tuple[sqlite3.Connection, Recovery]:
+        try:
+            conn = self._open_checked()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise OutboxError(
+                    f"cannot open outbox {self.path}: {exc}; check the folder exists and is writable by this user",
+                ) from exc
+            aside = self._move_aside(exc)
+            conn = self._open_checked()
+            salvaged = _salvage(aside, conn)
+            log.critical(
+                "outbox %s was unreadable (%s); moved it to %s, salvaged %d events into a new outbox; "
+                "keep the old file for inspection",
+                self.path, exc, aside, salvaged,
+            )
+            pending = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            return conn, Recovery(pending=pending, moved_aside=aside, salvaged=salvaged)
+        except OutboxError:
+            raise
+        except OSError as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}; check the folder exists and is writable") from exc
+        pending = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return conn, Recovery(pending=pending, moved_aside=None, salvaged=0)
+
+    def _move_aside(self, exc: Exception) -> Path:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.rename(Path(f"{aside}{suffix}"))
+        except OSError as err:
+            raise OutboxError(f"outbox {self.path} is unreadable ({exc}) and could not be moved aside: {err}") from err
+        return aside
+
+    # ---- limits and eviction -------------------------------------------------
+
+    def _meta(self, key: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _page_counts(self) -> tuple[int, int]:
+        pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages, free
+
+    def _refresh_limits(self, *, force: bool = False) -> None:
+        now = self._mono()
+        if not force and now - self._limits_at < _LIMITS_TTL_S:
+            return
+        self._limits_at = now
+        pages, _ = self._page_counts()
+        try:
+            st = os.statvfs(self.path.parent)
+            fs_free = st.f_bavail * st.f_frsize
+        except OSError:
+            fs_free = self._cap_pages * self._page_size
+        room = max(0, (fs_free - self._headroom) // self._page_size)
+        allowed = max(pages, min(self._cap_pages, pages + room))
+        was_low = self._disk_low
+        self._disk_low = allowed < self._cap_pages
+        if self._disk_low and not was_low:
+            log.error(
+                "outbox filesystem %s is nearly full (%d MB free); outbox capped at %d MB instead of %d MB; "
+                "alarms are still recorded, other events are evicted first; free disk space",
+                self.path.parent, fs_free // 1_000_000, allowed * self._page_size // 1_000_000,
+                self._cap_pages * self._page_size // 1_000_000,
+            )
+        elif was_low and not self._disk_low:
+            log.warning("outbox filesystem %s has room again; full cap restored", self.path.parent)
+        if allowed != self._allowed_pages:
+            self._conn.execute(f"PRAGMA max_page_count={int(allowed)}")
+            self._allowed_pages = allowed
+
+    def _evict(self, count: int) -> int:
+        """Delete the oldest ``count`` non-alarm rows; return how many went."""
+        cur = self._conn.execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE alarm = 0 ORDER BY seq LIMIT ?)",
+            (count,),
+        )
+        n = max(0, cur.rowcount)
+        if n:
+            self._dropped += n
+            self._pending -= n
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (self._dropped,),
+            )
+            log.warning("outbox full: evicted %d oldest non-alarm events (%d dropped so far)", n, self._dropped)
+        return n
+
+    def _make_room_for_non_alarm(self) -> None:
+        pages, free = self._page_counts()
+        limit = int(self._allowed_pages * NON_ALARM_SHARE)
+        if pages - free >= limit:
+            with self._txn():
+                self._evict(_EVICT_CHUNK)
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # ---- the public surface --------------------------------------------------
+
+    def put(self, event: Event) -> int:
+        """Commit ``event`` durably and return its ``seq``.
+
+        Raises:
+            OutboxFullError: no room even after evicting every non-alarm row.
+            OutboxError: the database failed in another way.
+        """
+        alarm = event.type.is_alarm
+        body = event.body(self._site, self._device)
+        created_ms = int(self._wall() * 1000)
+        with self._lock:
+            self._check_open()
+            for _attempt in range(1000):
+                try:
+                    self._refresh_limits()
+                    if not alarm:
+                        self._make_room_for_non_alarm()
+                    with self._txn():
+                        cur = self._conn.execute(
+                            "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)",
+                            (event.id, event.type.value, int(alarm), created_ms, body),
+                        )
+                    self._pending += 1
+                    return int(cur.lastrowid or 0)
+                except sqlite3.OperationalError as exc:
+                    if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
+                        raise OutboxError(f"outbox {self.path}: cannot record {event.type.value} event: {exc}") from exc
+                    self._refresh_limits(force=True)
+                    try:
+                        with self._txn():
+                            evicted = self._evict(_EVICT_CHUNK)
+                    except sqlite3.OperationalError:
+                        evicted = 0
+                    if not evicted:
+                        break
+            raise OutboxFullError(
+                f"outbox {self.path} is full ({self._pending} events, all alarms) and the disk has no room; "
+                "the event is not recorded on disk; free disk space or raise outbox.max_mb",
+            )
+
+    def next_batch(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        """The oldest ``limit`` rows with ``seq > after_seq``, in ``seq`` order."""
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT seq, id, type, alarm, created_ms, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [OutboxRow(r[0], r[1], r[2], bool(r[3]), r[4] / 1000.0, r[5]) for r in rows]
+
+    def get(self, seq: int) -> OutboxRow | None:
+        batch = self.next_batch(seq - 1, 1)
+        return batch[0] if batch and batch[0].seq == seq else None
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged rows; return how many were still there.
+
+        Acks are not fsynced: losing one to a power cut only means the event is
+        sent again, and the contract allows duplicates, never loss.
+        """
+        keys = list(seqs)
+        if not keys:
+            return 0
+        removed = 0
+        with self._lock:
+            self._check_open()
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._txn():
+                    for i in range(0, len(keys), 500):
+                        chunk = keys[i : i + 500]
+                        marks = ",".join("?" * len(chunk))
+                        cur = self._conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
+                        removed += max(0, cur.rowcount)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {self.path}: cannot delete acknowledged events: {exc}") from exc
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")
+            self._pending -= removed
+        return removed
+
+    def pending(self) -> int:
+        return self._pending
+
+    def stats(self) -> OutboxStats:
+        with self._lock:
+            self._check_open()
+            row = self._conn.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            last = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            pages, _ = self._page_counts()
+            return OutboxStats(
+                pending=self._pending,
+                oldest_age_s=None if row is None else max(0.0, round(self._wall() - row[0] / 1000.0, 3)),
+                dropped=self._dropped,
+                db_bytes=pages * self._page_size,
+                cap_bytes=self._cap_pages * self._page_size,
+                disk_low=self._disk_low,
+                last_seq=int(last[0]) if last else 0,
+            )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OutboxError(f"outbox {self.path} is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<Outbox {self.path} closed>"
+        return f"<Outbox {self.path} pending={self._pending} dropped={self._dropped}>"
+
+
+class _CorruptError(sqlite3.DatabaseError):
+    """SQLite opened the file but its own check found damage."""
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    if isinstance(exc, _CorruptError):
+        return True
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return True
+    # sqlite3 leaves the code unset for some errors raised while preparing a statement.
+    return not name and any(w in str(exc) for w in ("malformed", "not a database"))
+
+
+def _salvage(old: Path, conn: sqlite3.Connection) -> int:
+    """Copy what can still be read from a moved-aside outbox; best effort."""
+    rows: list[tuple[object, ...]] = []
+    top = 0
+    try:
+        src = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        with contextlib.suppress(sqlite3.Error):
+            r = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+            top = int(r[0]) if r else 0
+        with contextlib.suppress(sqlite3.Error):
+            cur = src.execute("SELECT seq, id, type, alarm, created_ms, body FROM outbox ORDER BY seq")
+            while True:
+                try:
+                    row = cur.fetchone()
+                except sqlite3.Error:
+                    break
+                if row is None:
+                    break
+                rows.append(tuple(row))
+    finally:
+        src.close()
+    top = max([top] + [int(r[0]) for r in rows])  # type: ignore[call-overload]
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?,?,?,?,?,?)", rows)
+    if top:
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
+    conn.execute("COMMIT")
+    return len(rows)

@@ -1,0 +1,91 @@
+"""Shared fixtures: a real mosquitto per session, mock pins, configs, schemas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from agent import schemas
+from tests.support.agentproc import AgentProc, unique_id, write_config
+from tests.support.broker import Broker
+from tests.support.mqtt import Central
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One mosquitto for the whole session; tests keep apart by unique device ids."""
+    b = Broker(tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker this test may stop and restart (same port)."""
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def device() -> str:
+    return unique_id("gate")
+
+
+@pytest.fixture
+def central(broker: Broker, device: str) -> Iterator[Central]:
+    c = Central(broker.port, topics=(f"campus/+/{device}/#",))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def mock_factory() -> Iterator[Any]:
+    from gpiozero.pins.mock import MockFactory
+
+    f = MockFactory()
+    try:
+        yield f
+    finally:
+        f.reset()
+        f.close()
+
+
+@pytest.fixture(scope="session")
+def validators() -> dict[str, jsonschema.protocols.Validator]:
+    out = {}
+    for name in schemas.NAMES:
+        schema = schemas.load(name)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        out[name] = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    return out
+
+
+@pytest.fixture
+def validate(validators: dict[str, Any]) -> Any:
+    def check(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
+        errors = sorted(validators[kind].iter_errors(doc), key=str)
+        assert not errors, f"{kind} document breaks the contract: {[e.message for e in errors]}\n{doc}"
+        return doc
+
+    return check
+
+
+@pytest.fixture
+def agent_proc(tmp_path: Path) -> Iterator[Any]:
+    """Factory: agent_proc(port, device=..., **config) → a started AgentProc, cleaned up after."""
+    procs: list[AgentProc] = []
+
+    def make(port: int, *, device: str, start: bool = True, workdir: Path | None = None, **extra: Any) -> AgentProc:
+        cfg = write_config(workdir or tmp_path / device, port, device=device, **extra)
+        p = AgentProc(cfg)
+        procs.append(p)
+        return p.start() if start else p
+
+    yield make
+    for p in procs:
+        p.cleanup()

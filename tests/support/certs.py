@@ -1,0 +1,92 @@
+"""Throwaway PKI for tests: CA, server cert (127.0.0.1/localhost), client certs."""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass
+class Issued:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    cert_path: Path
+    key_path: Path
+
+
+def _write(dirpath: Path, stem: str, cert, key) -> Issued:
+    cp, kp = dirpath / f"{stem}.crt", dirpath / f"{stem}.key"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,  # "BEGIN PRIVATE KEY"
+                                     serialization.NoEncryption()))
+    kp.chmod(0o600)
+    return Issued(cert, key, cp, kp)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _validity(b: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.timezone.utc)
+    return b.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+
+
+def make_ca(dirpath: Path, cn: str = "Test CA", stem: str = "ca") -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (_validity(x509.CertificateBuilder())
+            .subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+            .sign(key, hashes.SHA256()))
+    return _write(Path(dirpath), stem, cert, key)
+
+
+def issue(ca: Issued, dirpath: Path, cn: str, stem: str, *, server: bool,
+          dns: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1",)) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    b = (_validity(x509.CertificateBuilder())
+         .subject_name(_name(cn)).issuer_name(ca.cert.subject)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
+                                      content_commitment=False, data_encipherment=False,
+                                      key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                      encipher_only=False, decipher_only=False), critical=True)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                               else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                        critical=False))
+    if server:
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]),
+            critical=False)
+    cert = b.sign(ca.key, hashes.SHA256())
+    return _write(Path(dirpath), stem, cert, key)
+
+
+def make_pki(dirpath: Path, devices=("gate-north-1", "gate-south-2")) -> dict[str, Issued]:
+    dirpath = Path(dirpath)
+    ca = make_ca(dirpath)
+    pki = {"ca": ca, "server": issue(ca, dirpath, "localhost", "server", server=True)}
+    for d in devices:
+        pki[d] = issue(ca, dirpath, d, d, server=False)
+    rogue = make_ca(dirpath, "Rogue CA", stem="rogue-ca")
+    pki["rogue-ca"] = rogue
+    pki["rogue"] = issue(rogue, dirpath, devices[0], "rogue-client", server=False)
+    return pki
