@@ -65,8 +65,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def format_status(reply: dict[str, Any]) -> str:
     st, link = reply["status"], reply["link"]
-    lines = [f"device   {st['site']}/{st['device']}  agent {st['agent']['version']}  up {st['agent']['uptime_s']} s"
-             f"  clock {'synchronised' if st['clock_synced'] else 'NOT synchronised'}"]
+    clock = "synchronised" if st["clock_synced"] else "NOT synchronised"
+    agent = st["agent"]
+    lines = [f"device   {st['site']}/{st['device']}  agent {agent['version']}  up {agent['uptime_s']} s  clock {clock}"]
     if link["connected"]:
         lines.append(f"link     connected to {link['broker']} since {st['link']['connected_since']}"
                      f" ({st['link']['reconnects']} reconnects)")
@@ -85,11 +86,12 @@ def format_status(reply: dict[str, Any]) -> str:
         lines.append(f"output   {name:<12} {o.get('pattern', '-')}")
     if st.get("test_mode_until"):
         lines.append(f"test     test mode on until {st['test_mode_until']}")
-    for w in st.get("warnings", []):
-        lines.append(f"WARNING  {w}")
-    for ev in reply.get("recent_events", [])[:10]:
-        lines.append(f"event    seq {ev['seq']} {ev['type']:<15} {ev['source']:<12} {ev['ts']}"
-                     f"{' test' if ev['test'] else ''} {'delivered' if ev['delivered'] else 'pending'}")
+    lines.extend(f"WARNING  {w}" for w in st.get("warnings", []))
+    lines.extend(
+        f"event    seq {ev['seq']} {ev['type']:<15} {ev['source']:<12} {ev['ts']}"
+        f"{' test' if ev['test'] else ''} {'delivered' if ev['delivered'] else 'pending'}"
+        for ev in reply.get("recent_events", [])[:10]
+    )
     return "\n".join(lines)
 
 

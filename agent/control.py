@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from agent.errors import AgentError, ControlError
 
@@ -43,6 +42,7 @@ class ControlServer:
 
         Raises:
             ControlError: another agent is already listening there, or the path is unusable.
+
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
@@ -52,7 +52,7 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(self.path))
-            os.chmod(self.path, self._mode)
+            self.path.chmod(self._mode)
             sock.listen(8)
         except OSError as exc:
             sock.close()
@@ -110,7 +110,7 @@ class ControlServer:
         with contextlib.suppress(OSError):
             self.path.unlink()
 
-    def __enter__(self) -> ControlServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -147,6 +147,7 @@ def request(path: Path, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[s
 
     Raises:
         ControlError: the agent is not running, not reachable, or refused the request.
+
     """
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -153,7 +153,8 @@ class Agent:
             self.inputs.note_event(source, event.ts, test=test)
         if self.heartbeat is not None:
             self.heartbeat.changed()
-        log.info("recorded %s%s from %s as seq %s (id %s)", type.value, " (test)" if test else "", source, seq, event.id)
+        log.info("recorded %s%s from %s as seq %s (id %s)",
+                 type.value, " (test)" if test else "", source, seq, event.id)
 
     def _put(self, event: Event) -> int | None:
         assert self.outbox is not None

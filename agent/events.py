@@ -16,14 +16,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 CONTRACT_VERSION = 1
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     PANIC = "panic"
     TAMPER = "tamper"
     INPUT_FAULT = "input_fault"
@@ -40,7 +40,7 @@ class EventType(str, Enum):
 
 def iso_ms(wall: float) -> str:
     """UTC with milliseconds and a ``Z``, as the contract writes every ``ts``."""
-    t = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(wall, dt.UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 

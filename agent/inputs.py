@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from agent.config.model import Contact, InputConfig, InputKind
 from agent.errors import HardwareError
@@ -49,7 +49,7 @@ class Debouncer:
         self._changed_at = 0.0
         self._first: Stamp | None = None
 
-    def edge(self, level: bool, stamp: Stamp) -> None:
+    def edge(self, *, level: bool, stamp: Stamp) -> None:
         if level == self._level:
             return
         self._level = level
@@ -114,6 +114,7 @@ class Inputs:
         clock: stamps edges; its ``mono`` drives debounce and stuck timers.
         emit: called on this module's thread with (type, input name, stamp, data)
             for every event; it must do the durable put and return.
+
     """
 
     def __init__(self, configs: tuple[InputConfig, ...], *, pin_factory: Any, clock: Clock, emit: Emit) -> None:
@@ -133,6 +134,7 @@ class Inputs:
 
         Raises:
             HardwareError: a pin cannot be claimed, naming the pin and the input.
+
         """
         from gpiozero import Button  # noqa: PLC0415 - gpiozero stays behind this seam
 
@@ -155,7 +157,7 @@ class Inputs:
             button.when_released = lambda _d, n=cfg.name: self._raw_edge(n, pin_low=False)
             if initial:
                 log.warning("input %s (GPIO%d) is active at start; treating it as a new activation", cfg.name, cfg.pin)
-                item.debouncer.edge(True, now)
+                item.debouncer.edge(level=True, stamp=now)
         if start_thread:
             self._thread = threading.Thread(target=self._run, name="inputs", daemon=True)
             self._thread.start()
@@ -177,9 +179,13 @@ class Inputs:
                 if not self._edges:
                     now = self._clock.mono()
                     self._cond.wait(timeout=1.0 if wait is None else max(0.0, min(1.0, wait - now)))
-                if self._closed:
-                    return
+            if self.closed:
+                return
             self.poll(self._clock.mono())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _next_deadline(self) -> float | None:
         deadlines = []
@@ -198,7 +204,7 @@ class Inputs:
             edges, self._edges = self._edges, []
         for name, pin_low, stamp in edges:
             item = self._inputs[name]
-            item.debouncer.edge(item.active_from_raw(pin_low), stamp)
+            item.debouncer.edge(level=item.active_from_raw(pin_low), stamp=stamp)
             first = item.debouncer.settle(stamp.mono)  # accepts at once only when debounce is 0
             if first is not None:
                 self._changed(item, first)
@@ -237,7 +243,8 @@ class Inputs:
             "wiring for a cut or loose wire" if nc else "button for a jam",
         )
         stamp = Stamp(wall=self._clock.wall(), mono=now, synced=self._clock.synced())
-        self._emit(EventType.INPUT_FAULT, item.cfg.name, stamp, {"reason": reason, "active_s": round(now - item.active_since, 3)})
+        data = {"reason": reason, "active_s": round(now - item.active_since, 3)}
+        self._emit(EventType.INPUT_FAULT, item.cfg.name, stamp, data)
 
     # ---- technician and status helpers ---------------------------------------
 
@@ -253,6 +260,7 @@ class Inputs:
 
         Raises:
             HardwareError: pins are real, or no such input.
+
         """
         if not is_mock(self._factory):
             raise HardwareError("simulate needs gpio.pin_factory: mock; real pins are pressed by hand")
@@ -288,7 +296,7 @@ class Inputs:
         for item in self._inputs.values():
             item.button.close()
 
-    def __enter__(self) -> Inputs:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event, with_seq
@@ -124,7 +125,7 @@ class Outbox:
         self._conn, self.recovery = self._open_or_recover()
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
-        self._allowed_pages = self._cap_pages
+        self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
         self._pending = int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
         self._dropped = self._meta("dropped")
         self._refresh_limits(force=True)
@@ -180,12 +181,14 @@ class Outbox:
         except OutboxError:
             raise
         except OSError as exc:
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}; check the folder exists and is writable") from exc
+            raise OutboxError(
+                f"cannot open outbox {self.path}: {exc}; check the folder exists and is writable",
+            ) from exc
         pending = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
         return conn, Recovery(pending=pending, moved_aside=None, salvaged=0)
 
     def _move_aside(self, exc: Exception) -> Path:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 1
         while aside.exists():
@@ -283,6 +286,7 @@ class Outbox:
         Raises:
             OutboxFullError: no room even after evicting every non-alarm row.
             OutboxError: the database failed in another way.
+
         """
         alarm = event.type.is_alarm
         body = event.body(self._site, self._device)
@@ -390,7 +394,7 @@ class Outbox:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
-    def __enter__(self) -> Outbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -27,6 +27,7 @@ def make_pin_factory(name: str) -> Any:
 
     Raises:
         HardwareError: the backend cannot be loaded here, with what to install.
+
     """
     if name == "default":
         return None

@@ -70,9 +70,10 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) 
 def describe_connect_error(exc: BaseException, timeout_s: float) -> str:
     """Turn what connect() raised into words a technician can act on."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate check failed: {exc.verify_message}; check mqtt.tls.ca_file and the broker's host name"
+        why = getattr(exc, "verify_message", None) or exc
+        return f"TLS certificate check failed: {why}; check mqtt.tls.ca_file and the broker's host name"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}; check the certificates on both sides"
+        return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}; check the certificates on both sides"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
@@ -108,6 +109,7 @@ class Uplink:
         on_command: called on paho's thread with (name, payload) per command.
         on_link: called when the link goes up or down.
         on_delivered: called on the sender thread for every acknowledged row.
+
     """
 
     def __init__(
@@ -294,7 +296,8 @@ class Uplink:
 
         def on_connect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
             if rc.is_failure:
-                s.refused = f"broker refused the connection: {rc}; check mqtt.username, password_file or the client certificate"
+                s.refused = (f"broker refused the connection: {rc}; "
+                             "check mqtt.username, password_file or the client certificate")
             s.connack.set()
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:

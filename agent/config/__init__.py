@@ -53,6 +53,7 @@ def load_config(path: Path | str) -> Config:
 
     Raises:
         ConfigError: with every problem found, sorted by line.
+
     """
     path = Path(path)
     try:

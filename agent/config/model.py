@@ -7,7 +7,7 @@ place that says what a technician may leave out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 
@@ -33,12 +33,12 @@ class Secret:
         return hash(self.source)
 
 
-class InputKind(str, Enum):
+class InputKind(StrEnum):
     PANIC_BUTTON = "panic_button"
     TAMPER = "tamper"
 
 
-class Contact(str, Enum):
+class Contact(StrEnum):
     """How the switch is wired between the pin and ground (pin pulled up).
 
     ``normally_open``: the circuit closes when pressed, so the pin reads low when
@@ -50,7 +50,7 @@ class Contact(str, Enum):
     NORMALLY_CLOSED = "normally_closed"
 
 
-class CameraKind(str, Enum):
+class CameraKind(StrEnum):
     PICAMERA2 = "picamera2"
     HTTP_SNAPSHOT = "http_snapshot"
     RTSP = "rtsp"

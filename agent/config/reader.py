@@ -15,11 +15,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import yaml
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 _MISSING = object()
 
@@ -87,6 +88,7 @@ def load_marked(path: Path) -> tuple[Any, list[tuple[int, str, str]]]:
 
     Raises:
         Invalid: the file cannot be read or is not YAML at all.
+
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -153,7 +155,13 @@ class Section:
         self._seen.add(key)
         return self.data.get(key)
 
-    def get(self, key: str, check: Callable[[Any], T], default: Any = _MISSING) -> T:
+    @overload
+    def get(self, key: str, check: Callable[[Any], T]) -> T: ...
+
+    @overload
+    def get(self, key: str, check: Callable[[Any], T], default: D) -> T | D: ...
+
+    def get(self, key: str, check: Callable[[Any], T], default: Any = _MISSING) -> Any:
         """Return the checked value of ``key``, or ``default`` when it is absent.
 
         A problem is recorded (and ``default``, or None, returned) when the value
@@ -164,14 +172,14 @@ class Section:
             if default is _MISSING:
                 self.ctx.error(self.data.line, self.sub(key), "required key is missing")
                 self.ok = False
-                return None  # type: ignore[return-value]
-            return default  # type: ignore[no-any-return]
+                return None
+            return default
         try:
             return check(self.data[key])
         except Invalid as exc:
             self.ctx.error(self.key_line(key), self.sub(key), str(exc))
             self.ok = False
-            return None if default is _MISSING else default  # type: ignore[no-any-return]
+            return None if default is _MISSING else default
 
     def section(self, key: str) -> Section:
         self._seen.add(key)

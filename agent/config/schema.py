@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from agent.config.model import (
@@ -167,7 +167,7 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
         sec.ctx.error(sec.key_line("password_file"), sec.sub("password_file"),
                       "a password needs a username; add mqtt.username")
     cfg = MqttConfig(
-        brokers=tuple(b for b in brokers if b.host is not None),
+        brokers=tuple(b for b in brokers if cast("str | None", b.host) is not None),
         keepalive_s=sec.get("keepalive_s", integer(5, 1200, "seconds,"), 30),
         topic_prefix=sec.get("topic_prefix", topic_prefix, "campus"),
         client_id=sec.get("client_id", nonempty, f"{device.site}-{device.id}"),
@@ -225,7 +225,11 @@ def _outputs(root: Section) -> OutputsConfig:
 
 
 def _camera_url(kind: CameraKind | None) -> Any:
-    schemes = {CameraKind.HTTP_SNAPSHOT: ("http", "https"), CameraKind.RTSP: ("rtsp",)}.get(kind, ())
+    known: dict[CameraKind | None, tuple[str, ...]] = {
+        CameraKind.HTTP_SNAPSHOT: ("http", "https"),
+        CameraKind.RTSP: ("rtsp",),
+    }
+    schemes = known.get(kind, ())
 
     def check(value: Any) -> str:
         url = nonempty(value)
@@ -277,7 +281,7 @@ def _socket_path(base: Path) -> Any:
 def _check_pins(root: Section, inputs: list[tuple[InputConfig, Section]], outputs: Section) -> None:
     used: dict[int, str] = {}
     for cfg, sec in inputs:
-        if cfg.pin is None:
+        if cast("int | None", cfg.pin) is None:
             continue
         if cfg.pin in used:
             root.ctx.error(sec.key_line("pin"), sec.sub("pin"), f"pin {cfg.pin} is already used by {used[cfg.pin]}")

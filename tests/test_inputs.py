@@ -1,0 +1,206 @@
+"""Inputs: our own debounce on a fake clock, contact types and supervision on mock pins."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from agent.config.model import Contact, InputConfig, InputKind
+from agent.errors import HardwareError
+from agent.events import Clock, EventType, Stamp
+from agent.inputs import Debouncer, Inputs
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def st(t: float) -> Stamp:
+    return Stamp(wall=1.7e9 + t, mono=t, synced=True)
+
+
+def test_debouncer__press_accepted_after_stable_period_with_first_edge_time():
+    d = Debouncer(0.05, initial=False)
+    d.edge(level=True, stamp=st(10.0))
+    d.edge(level=False, stamp=st(10.002))  # contact bounce
+    d.edge(level=True, stamp=st(10.004))
+    assert d.settle(10.03) is None
+    assert d.deadline() == pytest.approx(10.054)
+    got = d.settle(10.054)
+    assert got is not None
+    assert got.mono == 10.0, "the event is stamped when the person pressed, not when debounce ended"
+    assert d.stable is True
+
+
+def test_debouncer__glitch_shorter_than_debounce_is_dropped():
+    d = Debouncer(0.05, initial=False)
+    d.edge(level=True, stamp=st(1.0))
+    d.edge(level=False, stamp=st(1.01))
+    assert d.settle(1.2) is None
+    assert d.stable is False
+    assert d.deadline() is None
+
+
+def test_debouncer__zero_debounce_accepts_at_once():
+    d = Debouncer(0.0, initial=False)
+    d.edge(level=True, stamp=st(5.0))
+    assert d.settle(5.0) is not None
+
+
+def test_debouncer__release_is_debounced_too():
+    d = Debouncer(0.05, initial=True)
+    d.edge(level=False, stamp=st(2.0))
+    d.edge(level=True, stamp=st(2.01))
+    d.edge(level=False, stamp=st(2.02))
+    assert d.settle(2.06) is None
+    assert d.settle(2.071) is not None
+    assert d.stable is False
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[EventType, str, Stamp, dict[str, Any]]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, kind: EventType, source: str, stamp: Stamp, data: Any) -> None:
+        with self.cond:
+            self.events.append((kind, source, stamp, dict(data)))
+            self.cond.notify_all()
+
+    def kinds(self) -> list[tuple[str, str]]:
+        return [(k.value, s) for k, s, _, _ in self.events]
+
+    def wait(self, n: int, timeout: float = 5.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.events) >= n, timeout), self.kinds()
+
+
+def cfg(name: str = "panic", pin: int = 17, *, kind: InputKind = InputKind.PANIC_BUTTON,
+        contact: Contact = Contact.NORMALLY_OPEN, debounce_ms: int = 50, stuck_after_s: float = 0) -> InputConfig:
+    return InputConfig(name=name, kind=kind, pin=pin, contact=contact, debounce_ms=debounce_ms,
+                       stuck_after_s=stuck_after_s, silent=False)
+
+
+@pytest.fixture
+def fake_clock():
+    mono = FakeTime()
+    return mono, Clock(wall=lambda: 1.7e9 + mono.t, mono=mono, synced=lambda: False, boot_id="b")
+
+
+def test_inputs__press_on_mock_pin_is_one_panic_after_debounce(mock_factory, fake_clock):
+    mono, clock = fake_clock
+    rec = Recorder()
+    inputs = Inputs((cfg(),), pin_factory=mock_factory, clock=clock, emit=rec)
+    inputs.arm(start_thread=False)
+    pin = mock_factory.pin(17)
+    pin.drive_low()  # pressed: normally open button closes to ground
+    mono.t += 0.01
+    pin.drive_high()  # bounce
+    mono.t += 0.001
+    pin.drive_low()
+    inputs.poll(mono.t)
+    assert rec.events == []
+    mono.t += 0.06
+    inputs.poll(mono.t)
+    assert rec.kinds() == [("panic", "panic")]
+    assert rec.events[0][2].mono == pytest.approx(1000.0)
+    assert inputs.states()["panic"].state == "active"
+    pin.drive_high()
+    mono.t += 0.06
+    inputs.poll(mono.t)
+    assert inputs.states()["panic"].state == "ok"
+    assert rec.kinds() == [("panic", "panic")], "a release is not an alarm"
+    inputs.close()
+
+
+def test_inputs__normally_closed_cut_wire_is_active(mock_factory, fake_clock):
+    mono, clock = fake_clock
+    rec = Recorder()
+    tamper = cfg("lid", 27, kind=InputKind.TAMPER, contact=Contact.NORMALLY_CLOSED, debounce_ms=0)
+    inputs = Inputs((tamper,), pin_factory=mock_factory, clock=clock, emit=rec)
+    inputs.arm(start_thread=False)
+    assert inputs.states()["lid"].state == "ok", "a closed loop at rest is ok"
+    mock_factory.pin(27).drive_high()  # the loop opens: lid lifted or wire cut
+    inputs.poll(mono.t)
+    assert rec.kinds() == [("tamper", "lid")]
+    assert inputs.states()["lid"].state == "active"
+    inputs.close()
+
+
+def test_inputs__stuck_gives_one_fault_no_more_alarms_then_restored(mock_factory, fake_clock):
+    mono, clock = fake_clock
+    rec = Recorder()
+    inputs = Inputs((cfg(debounce_ms=0, stuck_after_s=10),), pin_factory=mock_factory, clock=clock, emit=rec)
+    inputs.arm(start_thread=False)
+    pin = mock_factory.pin(17)
+    pin.drive_low()
+    inputs.poll(mono.t)
+    for _ in range(30):  # held down for 30 s, polled every second
+        mono.t += 1
+        inputs.poll(mono.t)
+    assert rec.kinds() == [("panic", "panic"), ("input_fault", "panic")]
+    assert rec.events[1][3]["reason"] == "stuck"
+    assert inputs.states()["panic"].state == "fault"
+    pin.drive_high()
+    mono.t += 0.5
+    inputs.poll(mono.t)
+    assert rec.kinds()[-1] == ("input_restored", "panic")
+    assert inputs.states()["panic"].state == "ok"
+    inputs.close()
+
+
+def test_inputs__open_loop_fault_reason(mock_factory, fake_clock):
+    mono, clock = fake_clock
+    rec = Recorder()
+    c = cfg(contact=Contact.NORMALLY_CLOSED, debounce_ms=0, stuck_after_s=5)
+    inputs = Inputs((c,), pin_factory=mock_factory, clock=clock, emit=rec)
+    inputs.arm(start_thread=False)
+    mock_factory.pin(17).drive_high()
+    inputs.poll(mono.t)
+    mono.t += 6
+    inputs.poll(mono.t)
+    assert rec.kinds() == [("panic", "panic"), ("input_fault", "panic")]
+    assert rec.events[1][3]["reason"] == "open_loop"
+    inputs.close()
+
+
+def test_inputs__thread_delivers_press_with_real_time(mock_factory):
+    rec = Recorder()
+    inputs = Inputs((cfg(debounce_ms=20),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=rec)
+    inputs.arm()
+    try:
+        inputs.simulate("panic", active=True)
+        rec.wait(1)
+        assert rec.kinds() == [("panic", "panic")]
+    finally:
+        inputs.close()
+
+
+def test_inputs__simulate_refused_on_real_pins_and_unknown_names(mock_factory):
+    inputs = Inputs((cfg(),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=Recorder())
+    inputs.arm(start_thread=False)
+    with pytest.raises(HardwareError, match="no input named 'desk'; configured: panic"):
+        inputs.simulate("desk", active=True)
+    inputs._factory = object()
+    with pytest.raises(HardwareError, match="simulate needs gpio.pin_factory: mock"):
+        inputs.simulate("panic", active=True)
+    inputs._factory = mock_factory
+    inputs.close()
+    inputs.close()
+    assert repr(inputs) == "<Inputs closed>"
+
+
+def test_inputs__pin_claimed_twice_names_pin_and_input(mock_factory):
+    clock = Clock(synced=lambda: False)
+    first = Inputs((cfg(),), pin_factory=mock_factory, clock=clock, emit=Recorder())
+    first.arm(start_thread=False)
+    second = Inputs((cfg("desk"),), pin_factory=mock_factory, clock=clock, emit=Recorder())
+    with pytest.raises(HardwareError, match="cannot claim GPIO17 for input 'desk'"):
+        second.arm(start_thread=False)
+    first.close()

@@ -1,0 +1,182 @@
+"""The SQLite outbox: durability settings, seq, FIFO, acks, eviction, recovery."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.errors import OutboxFullError
+from agent.events import Clock, Event, EventType
+from agent.outbox import NON_ALARM_SHARE, Outbox
+
+CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+
+
+def ev(kind: EventType = EventType.PANIC, source: str = "panic", **data: object) -> Event:
+    return Event.create(CLOCK, kind, source, data=data)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path):
+    ob = Outbox(tmp_path / "outbox.db", site="main", device="gate-1")
+    yield ob
+    ob.close()
+
+
+def test_outbox__wal_and_full_sync(outbox):
+    conn = outbox._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: survives power loss
+
+
+def test_outbox__put_is_committed_before_it_returns(outbox, tmp_path):
+    e = ev()
+    seq = outbox.put(e)
+    other = sqlite3.connect(tmp_path / "outbox.db")  # a second connection sees only committed rows
+    assert other.execute("SELECT id FROM outbox WHERE seq = ?", (seq,)).fetchone() == (e.id,)
+    other.close()
+
+
+def test_outbox__payload_is_the_contract_document(outbox):
+    e = ev(pin=17)
+    seq = outbox.put(e)
+    row = outbox.next_batch(0, 10)[0]
+    doc = json.loads(row.payload)
+    assert doc["v"] == 1
+    assert doc["seq"] == seq
+    assert doc["id"] == e.id
+    assert doc["site"] == "main"
+    assert doc["device"] == "gate-1"
+    assert doc["data"] == {"pin": 17}
+
+
+def test_outbox__fifo_and_ack_deletes_only_acked(outbox):
+    seqs = [outbox.put(ev()) for _ in range(5)]
+    assert seqs == sorted(seqs)
+    assert [r.seq for r in outbox.next_batch(0, 3)] == seqs[:3]
+    assert [r.seq for r in outbox.next_batch(seqs[2], 10)] == seqs[3:]
+    assert outbox.ack([seqs[1], seqs[3]]) == 2
+    assert [r.seq for r in outbox.next_batch(0, 10)] == [seqs[0], seqs[2], seqs[4]]
+    assert outbox.pending() == 3
+    assert outbox.ack([seqs[1]]) == 0  # a duplicate PUBACK changes nothing
+    assert outbox.pending() == 3
+
+
+def test_outbox__seq_keeps_growing_across_reopen_even_when_empty(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, site="s", device="d") as ob:
+        last = [ob.put(ev()) for _ in range(3)][-1]
+        ob.ack(range(1, last + 1))
+        assert ob.pending() == 0
+    with Outbox(path, site="s", device="d") as ob:
+        assert ob.put(ev()) == last + 1
+        assert ob.recovery.moved_aside is None
+
+
+def test_outbox__stats(outbox):
+    assert outbox.stats().oldest_age_s is None
+    outbox.put(ev())
+    st = outbox.stats()
+    assert st.pending == 1
+    assert st.oldest_age_s is not None
+    assert st.oldest_age_s >= 0
+    assert st.dropped == 0
+    assert st.last_seq == 1
+
+
+def test_outbox__eviction_drops_oldest_non_alarms_never_panic(tmp_path, caplog):
+    ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
+    panics = [ob.put(ev()) for _ in range(50)]
+    blob = "x" * 2000
+    with caplog.at_level(logging.WARNING):
+        for _ in range(1500):  # far more than 1 MiB of camera events
+            ob.put(ev(EventType.CAMERA_FAULT, "cam", detail=blob))
+    st = ob.stats()
+    assert st.dropped > 0
+    assert "evicted" in caplog.text
+    remaining = {r.seq for r in ob.next_batch(0, 100_000)}
+    assert set(panics) <= remaining, "a panic event was evicted"
+    assert st.db_bytes <= st.cap_bytes
+    # the reserve above the non-alarm share still takes alarms
+    more = [ob.put(ev()) for _ in range(100)]
+    assert set(more) <= {r.seq for r in ob.next_batch(0, 100_000)}
+    # the oldest non-alarm rows went first: the survivors are the newest ones
+    cams = [r.seq for r in ob.next_batch(0, 100_000) if r.type == "camera_fault"]
+    assert cams == sorted(cams)
+    assert cams[-1] == max(remaining)
+    dropped = ob.stats().dropped
+    ob.close()
+    with Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1) as again:
+        assert again.stats().dropped == dropped  # the count survives restarts
+
+
+def test_outbox__full_of_alarms_refuses_clearly(tmp_path):
+    ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
+    big = "y" * 3000
+    with pytest.raises(OutboxFullError, match="all alarms"):
+        for _ in range(2000):
+            ob.put(ev(note=big))
+    assert ob.stats().db_bytes <= ob.stats().cap_bytes
+    ob.close()
+
+
+def test_outbox__non_alarm_share_leaves_room_for_alarms(tmp_path):
+    ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
+    for _ in range(1500):
+        ob.put(ev(EventType.CAMERA_FAULT, "cam", detail="z" * 2000))
+    pages, free = ob._page_counts()
+    assert (pages - free) <= ob._allowed_pages * NON_ALARM_SHARE + 64
+    ob.close()
+
+
+def test_outbox__low_disk_caps_below_free_space(tmp_path, caplog):
+    # a headroom larger than the free space simulates a nearly full filesystem
+    with caplog.at_level(logging.ERROR):
+        ob = Outbox(tmp_path / "o.db", site="s", device="d", headroom_bytes=1 << 60)
+    assert ob.stats().disk_low
+    assert "nearly full" in caplog.text
+    ob.put(ev())  # the file's existing pages still take an alarm
+    ob.close()
+
+
+def test_outbox__corrupt_file_is_moved_aside_loudly(tmp_path, caplog):
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with caplog.at_level(logging.CRITICAL):
+        ob = Outbox(path, site="s", device="d")
+    assert ob.recovery.moved_aside is not None
+    assert ob.recovery.moved_aside.exists()
+    assert ob.recovery.moved_aside.read_bytes().startswith(b"this is not a database")
+    assert "unreadable" in caplog.text
+    assert ob.put(ev()) == 1
+    ob.close()
+
+
+def test_outbox__damaged_file_is_salvaged_and_seq_continues(tmp_path):
+    path = tmp_path / "outbox.db"
+    with Outbox(path, site="s", device="d") as ob:
+        ids = [ob.put(ev()) for _ in range(200)]
+    data = bytearray(path.read_bytes())
+    page = 4096
+    # wreck the last page (leaf rows of the newest events) but keep the header and schema
+    data[-page:] = b"\xff" * page
+    path.write_bytes(bytes(data))
+    with Outbox(path, site="s", device="d") as ob:
+        assert ob.recovery.moved_aside is not None
+        assert 150 < ob.recovery.salvaged < len(ids), "readable rows must be salvaged, the wrecked page not"
+        survivors = [r.seq for r in ob.next_batch(0, 1000)]
+        assert survivors == sorted(survivors)
+        assert set(survivors) <= set(ids)
+        assert ob.put(ev()) == max(ids) + 1, "seq must stay strictly increasing after recovery"
+
+
+def test_outbox__closed_repr_and_idempotent_close(tmp_path):
+    ob = Outbox(tmp_path / "o.db", site="s", device="d")
+    assert "pending=0" in repr(ob)
+    ob.close()
+    ob.close()
+    assert "closed" in repr(ob)
