@@ -35,7 +35,7 @@ def _name(cn: str) -> x509.Name:
 
 
 def _validity(b: x509.CertificateBuilder) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return b.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
 
 

@@ -49,7 +49,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy", daemon=True)
 
     # ---------- control API: thread-safe, returns when done ----------
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         self._call(self._listen())
         return self
