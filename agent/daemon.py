@@ -17,11 +17,13 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from agent.commands import CommandHandler
 from agent.config.model import Config
 from agent.control import ControlServer
-from agent.errors import CommandError, OutboxError
+from agent.errors import CommandError, HardwareError, OutboxError
 from agent.events import Clock, Event, EventType, Stamp
 from agent.health import Health, Heartbeat, StatusSources, TestMode
+from agent.indicators import Indicators
 from agent.inputs import Inputs
 from agent.notify import Notifier
 from agent.outbox import Outbox, OutboxRow
@@ -48,6 +50,11 @@ class Agent:
         self.heartbeat: Heartbeat | None = None
         self.control: ControlServer | None = None
         self.health: Health | None = None
+        self.commands: CommandHandler | None = None
+        self.indicators: Indicators | None = None
+        self._indicators_ok = False
+        self._hardware_warnings: list[str] = []
+        self._silent = {i.name: i.silent for i in cfg.inputs}
         self._factory: Any = None
         self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
         self._unsaved: deque[Event] = deque(maxlen=_UNSAVED_MAX)
@@ -65,15 +72,33 @@ class Agent:
             wall=self.clock.wall, mono=self.clock.mono,
         )
         self._factory = make_pin_factory(cfg.gpio.pin_factory)
+        self.indicators = Indicators(cfg.outputs, pin_factory=self._factory, mono=self.clock.mono)
         self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock, emit=self.record)
         self.inputs.arm()
+        try:
+            self.indicators.start()
+            self._indicators_ok = True
+        except HardwareError as exc:
+            # Feedback is lost, alarms are not: carry on and say so in every status.
+            log.error("%s; running without LED/buzzer feedback", exc)  # noqa: TRY400 - the message says it all
+            self._hardware_warnings.append(f"LED/buzzer unavailable: {exc}")
         self._record_started()
+        self.commands = CommandHandler(
+            on_ack=self._cmd_ack,
+            on_ping=lambda: self.heartbeat.changed() if self.heartbeat is not None else None,
+            on_test_mode=self._cmd_test_mode,
+            reply=lambda doc: self.uplink.publish("reply", doc) if self.uplink is not None else None,
+            rate_per_min=cfg.commands.rate_per_min,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+        )
         self.uplink = Uplink(
             cfg.mqtt,
             topic_root=cfg.topic_root,
             outbox=self.outbox,
             status=self._status_doc,
             offline=self._offline_doc,
+            on_command=self.commands.handle,
             on_link=self._on_link,
             on_delivered=self._on_delivered,
             wall=self.clock.wall,
@@ -81,7 +106,11 @@ class Agent:
         )
         self.health = Health(
             site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
-            sources=StatusSources(link=self.uplink.state, inputs=self.inputs.states, warnings=self._warnings),
+            sources=StatusSources(
+                link=self.uplink.state, inputs=self.inputs.states, commands=self.commands.counters,
+                outputs=self.indicators.patterns if self._indicators_ok else None,
+                warnings=self._warnings,
+            ),
             test_mode=self.test_mode,
         )
         self.heartbeat = Heartbeat(
@@ -114,6 +143,8 @@ class Agent:
                     part.close() if isinstance(part, ControlServer) else part.stop()
                 except Exception:
                     log.exception("stopping %r failed; carrying on with shutdown", part)
+        if self.indicators is not None:
+            self.indicators.close()
         if self.inputs is not None:
             self.inputs.close()
         close_pin_factory(self._factory)
@@ -149,6 +180,8 @@ class Agent:
                                  "ts": event.ts, "test": test, "delivered": False})
         if self.uplink is not None:
             self.uplink.wake()
+        if type.is_alarm and self.indicators is not None:
+            self.indicators.alarm_recorded(event.id, silent=self._silent.get(source, False))
         if self.inputs is not None and type is not EventType.AGENT_STARTED:
             self.inputs.note_event(source, event.ts, test=test)
         if self.heartbeat is not None:
@@ -211,6 +244,8 @@ class Agent:
         return self.health.offline(reason)
 
     def _on_link(self, state: LinkState) -> None:
+        if self.indicators is not None:
+            self.indicators.link(state.connected)
         pending = self.outbox.pending() if self.outbox else 0
         if state.connected:
             self.notifier.status(f"connected to {state.broker}; {pending} events pending")
@@ -220,6 +255,8 @@ class Agent:
             self.heartbeat.changed()
 
     def _on_delivered(self, row: OutboxRow) -> None:
+        if row.alarm and self.indicators is not None:
+            self.indicators.alarm_delivered(row.id)
         for item in self._recent:
             if item["seq"] == row.seq:
                 item["delivered"] = True
@@ -227,8 +264,23 @@ class Agent:
         if row.alarm:
             log.info("%s event seq %d delivered to the broker", row.type, row.seq)
 
+    def _cmd_ack(self, event_id: str) -> bool:
+        # paho's thread: a snapshot of the recent events, nothing that blocks
+        shown = self.indicators is not None and self.indicators.acknowledged(event_id)
+        known = shown or any(e["id"] == event_id for e in list(self._recent))
+        if known:
+            log.info("the centre acknowledged event %s", event_id)
+        return known
+
+    def _cmd_test_mode(self, minutes: int) -> str | None:
+        until = self.test_mode.set(float(minutes))
+        log.info("test mode %s (command from the centre)", f"on until {until}" if until else "off")
+        if self.heartbeat is not None:
+            self.heartbeat.changed()
+        return until
+
     def _warnings(self) -> list[str]:
-        out = []
+        out = list(self._hardware_warnings)
         if self._unsaved:
             out.append(f"{len(self._unsaved)} events held in memory: outbox cannot write")
         tls = self.cfg.mqtt.tls
@@ -253,7 +305,8 @@ class Agent:
     def stalled(self) -> list[str]:
         """Names of threads that have made no progress for ``stall_after_s``."""
         now = self.clock.mono()
-        parts = {"uplink-sender": self.uplink, "heartbeat": self.heartbeat, "inputs": self.inputs}
+        parts = {"uplink-sender": self.uplink, "heartbeat": self.heartbeat, "inputs": self.inputs,
+                 "indicators": self.indicators}
         return [name for name, p in parts.items() if p is not None and now - p.progress > self.stall_after_s]
 
     def _feed_watchdog(self) -> None:

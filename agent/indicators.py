@@ -1,0 +1,406 @@
+"""Feedback for the person who pressed: an acknowledge LED and a buzzer.
+
+Wiring (BCM numbering; both outputs optional, each under ``outputs`` with
+``pin`` and ``active_high``):
+
+* ``ack_led``: GPIO pin → 330 Ω resistor → LED anode, LED cathode → ground,
+  with ``active_high: true`` (the default).  For an LED that the pin sinks
+  (3V3 → resistor → LED → pin) or a low-trigger driver module, set
+  ``active_high: false``: the pin is then driven low to light it.
+* ``buzzer``: an *active* buzzer (it has its own oscillator; a passive one
+  only clicks) between the pin and ground, ``active_high: true``.  A buzzer
+  drawing more than about 10 mA goes through a transistor (NPN, 1 kΩ base
+  resistor from the pin).  The common 3-pin buzzer modules are low-trigger:
+  set ``active_high: false`` for them, and check the module pulls its input
+  up: when the agent stops, the pin is released as an input with no pull.
+
+Patterns, each output running its own from the moment it started:
+
+============  ===================================  ===============================
+pattern       ack_led                              buzzer
+============  ===================================  ===============================
+idle          0.05 s flash every 5 s (armed)       off
+sending       4 Hz blink (0.125 s on / 0.125 off)  one 0.1 s chirp
+sent          1 Hz blink (0.5 s on / 0.5 off)      two 0.1 s chirps, 0.1 s apart
+acknowledged  steady on                            one 1 s tone
+fault         double flash every 2 s (0.1 s each)  off
+============  ===================================  ===============================
+
+First match wins: ``acknowledged`` for ``ack_hold_s`` after the centre's ack;
+``sending`` while any recorded alarm is undelivered (each new press restarts
+it: another chirp); ``sent`` for ``sent_hold_s`` (120 s) after a delivery, or
+until the ack; ``fault`` once the broker has been unreachable for longer than
+``fault_after_s`` (counted from start if it never connected); else ``idle``.
+A shorter outage stays ``idle``: a blip must not alarm anyone.  An ack counts
+as delivery (the centre has the alarm).  Silent inputs are silent end to end:
+the buzzer's pattern is computed from audible alarms only, so neither their
+press nor their ack sounds it; the LED still shows them.
+
+Callers (the inputs thread, the uplink sender, the command handler) only update
+state under a lock and wake this module's one thread, which computes each
+output's level with :func:`level` and touches a pin only when it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from itertools import accumulate
+from typing import Any, Self
+
+from agent.config.model import OutputConfig, OutputsConfig
+from agent.errors import HardwareError
+
+log = logging.getLogger(__name__)
+
+SENT_HOLD_S = 120.0
+_RECENT_ALARMS = 256
+_MAX_WAIT_S = 1.0
+
+
+class Pattern(StrEnum):
+    IDLE = "idle"
+    SENDING = "sending"
+    SENT = "sent"
+    ACKNOWLEDGED = "acknowledged"
+    FAULT = "fault"
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Alternating on/off durations in milliseconds, starting with on."""
+
+    steps_ms: tuple[float, ...]
+    repeat: bool
+
+
+_LED = "ack_led"
+_BUZZER = "buzzer"
+_TIMELINES: dict[tuple[str, str], _Timeline] = {
+    (_LED, Pattern.IDLE): _Timeline((50, 4950), repeat=True),
+    (_LED, Pattern.SENDING): _Timeline((125, 125), repeat=True),
+    (_LED, Pattern.SENT): _Timeline((500, 500), repeat=True),
+    (_LED, Pattern.ACKNOWLEDGED): _Timeline((math.inf,), repeat=False),
+    (_LED, Pattern.FAULT): _Timeline((100, 150, 100, 1650), repeat=True),
+    (_BUZZER, Pattern.IDLE): _Timeline((), repeat=False),
+    (_BUZZER, Pattern.SENDING): _Timeline((100,), repeat=False),
+    (_BUZZER, Pattern.SENT): _Timeline((100, 100, 100), repeat=False),
+    (_BUZZER, Pattern.ACKNOWLEDGED): _Timeline((1000,), repeat=False),
+    (_BUZZER, Pattern.FAULT): _Timeline((), repeat=False),
+}
+
+
+def _timeline(output: str, pattern: str) -> _Timeline:
+    try:
+        return _TIMELINES[(output, pattern)]
+    except KeyError:
+        raise ValueError(f"no pattern '{pattern}' for output '{output}'") from None
+
+
+def _ms(t: float) -> float:
+    """Seconds to milliseconds, snapped to the nanosecond so ``since + edge - since`` lands on the edge."""
+    return round(t * 1000.0, 6)
+
+
+def _level_ms(tl: _Timeline, ms: float) -> bool:
+    total = sum(tl.steps_ms)
+    if ms < 0 or total == 0:
+        return False
+    if tl.repeat:
+        ms %= total
+    for i, end in enumerate(accumulate(tl.steps_ms)):
+        if ms < end:
+            return i % 2 == 0
+    return False
+
+
+def level(output: str, pattern: str, t: float) -> bool:
+    """Whether ``output`` (``ack_led`` or ``buzzer``) is on ``t`` seconds into ``pattern``; ValueError if unknown."""
+    return _level_ms(_timeline(output, pattern), _ms(t))
+
+
+def next_edge(output: str, pattern: str, t: float) -> float | None:
+    """When the level next changes after ``t``, in seconds since the pattern started; None if it never does."""
+    tl = _timeline(output, pattern)
+    ms = _ms(t)
+    bounds = [0.0, *accumulate(tl.steps_ms)]
+    total = bounds[-1]
+    if tl.repeat and ms >= 0:
+        base = ms // total * total
+        bounds = [base + b for b in bounds] + [base + total + b for b in bounds]
+    current = _level_ms(tl, ms)
+    for b in bounds:
+        if b > ms and not math.isinf(b) and _level_ms(tl, b) != current:
+            return b / 1000.0
+    return None
+
+
+@dataclass
+class _Alarm:
+    silent: bool
+    delivered_at: float | None = None
+    acked_at: float | None = None
+
+
+@dataclass
+class _Output:
+    """One output: its config, its gpiozero device once claimed, and what the thread last did."""
+
+    name: str
+    cfg: OutputConfig
+    device: Any = None
+    pattern: Pattern | None = None
+    since: float = 0.0
+    generation: int = 0
+    applied: bool | None = None
+    failed: bool = False
+
+    @property
+    def audible_only(self) -> bool:
+        return self.name == _BUZZER
+
+
+class Indicators:
+    """Runs the LED and buzzer patterns from alarm, delivery, ack and link news.
+
+    Args:
+        cfg: the ``outputs`` section; an output left out is simply not driven.
+        pin_factory: from :func:`agent.pins.make_pin_factory`.
+        mono: monotonic clock in seconds; tests pass a fake one and call :meth:`tick`.
+        sent_hold_s: how long ``sent`` runs after a delivery when no ack comes, seconds.
+
+    Every public method is thread-safe and returns at once; none touches a pin
+    except :meth:`tick`, :meth:`start` and :meth:`close`.
+
+    """
+
+    def __init__(
+        self, cfg: OutputsConfig, *, pin_factory: Any, mono: Callable[[], float] = time.monotonic,
+        sent_hold_s: float = SENT_HOLD_S,
+    ) -> None:
+        self._cfg = cfg
+        self._factory = pin_factory
+        self._mono = mono
+        self._sent_hold_s = sent_hold_s
+        self._outputs = [_Output(n, c) for n, c in ((_LED, cfg.ack_led), (_BUZZER, cfg.buzzer)) if c is not None]
+        self._cond = threading.Condition()
+        self._tick_lock = threading.Lock()
+        self._alarms: dict[str, _Alarm] = {}  # recent alarms, oldest first
+        self._generations: Counter[tuple[bool, Pattern]] = Counter()
+        self._connected = False
+        self._down_since = mono()
+        self._dirty = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._progress = mono()
+
+    @property
+    def progress(self) -> float:
+        """Monotonic time of the thread's last loop; now, when there is nothing to drive."""
+        return self._progress if self._thread is not None else self._mono()
+
+    def start(self, *, start_thread: bool = True) -> None:
+        """Claim the output pins (all off) and start the indicator thread.
+
+        Args:
+            start_thread: False in tests that drive :meth:`tick` with a fake clock.
+
+        Raises:
+            HardwareError: a pin cannot be claimed, naming the pin and the output;
+                pins already claimed are released and the object is closed.
+
+        """
+        from gpiozero import LED, Buzzer  # noqa: PLC0415 - gpiozero stays behind this seam
+
+        for out in self._outputs:
+            cls, cfg = (LED if out.name == _LED else Buzzer), out.cfg
+            try:
+                out.device = cls(cfg.pin, active_high=cfg.active_high, initial_value=False, pin_factory=self._factory)
+            except Exception as exc:
+                self.close()
+                raise HardwareError(
+                    f"outputs.{out.name}: cannot claim GPIO{cfg.pin}: {exc}; "
+                    "check that no other program uses the pin and the user is in the gpio group",
+                ) from exc
+            out.applied = False
+        if start_thread and self._outputs:
+            self._thread = threading.Thread(target=self._run, name="indicators", daemon=True)
+            self._thread.start()
+
+    # ---- news from the other threads: update state, wake the thread, return ----------
+
+    def alarm_recorded(self, event_id: str, *, silent: bool) -> None:
+        """An alarm was made durable; ``silent`` keeps the buzzer out of it."""
+        with self._cond:
+            if event_id in self._alarms:
+                return
+            self._alarms[event_id] = _Alarm(silent=silent)
+            while len(self._alarms) > _RECENT_ALARMS:  # the oldest delivered one goes first
+                old = next((k for k, a in self._alarms.items() if a.delivered_at is not None), None)
+                del self._alarms[old if old is not None else next(iter(self._alarms))]
+            self._bump(Pattern.SENDING, silent=silent)
+
+    def alarm_delivered(self, event_id: str) -> None:
+        """The broker acknowledged the alarm (PUBACK); repeats and unknown ids are ignored."""
+        with self._cond:
+            alarm = self._alarms.get(event_id)
+            if alarm is not None and alarm.delivered_at is None:
+                alarm.delivered_at = self._mono()
+                self._wake()
+
+    def acknowledged(self, event_id: str) -> bool:
+        """The centre acknowledged ``event_id``; True (and the ack pattern runs) if it is a recent alarm of ours."""
+        with self._cond:
+            alarm = self._alarms.get(event_id)
+            if alarm is None:
+                return False
+            alarm.acked_at = self._mono()
+            if alarm.delivered_at is None:
+                alarm.delivered_at = alarm.acked_at
+            self._bump(Pattern.ACKNOWLEDGED, silent=alarm.silent)
+            return True
+
+    def link(self, connected: bool) -> None:
+        """The broker connection came up or went down."""
+        with self._cond:
+            if connected != self._connected:
+                self._connected = connected
+                self._down_since = self._mono()
+                self._wake()
+
+    def patterns(self) -> dict[str, dict[str, str]]:
+        """The status section: ``{"ack_led": {"pattern": "sent"}, ...}`` for configured outputs."""
+        now = self._mono()
+        with self._cond:
+            return {o.name: {"pattern": self._pattern(now, audible_only=o.audible_only).value} for o in self._outputs}
+
+    # ---- the indicator thread --------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Set every output to its level at monotonic time ``now`` (seconds)."""
+        self._tick(now)
+
+    def _tick(self, now: float) -> float:
+        """Apply the levels at ``now``; return when something next changes."""
+        with self._tick_lock:
+            self._progress = now
+            wanted: list[tuple[_Output, bool]] = []
+            with self._cond:
+                wake = min(now + _MAX_WAIT_S, self._next_state_change(now))
+                for out in self._outputs:
+                    pattern = self._pattern(now, audible_only=out.audible_only)
+                    gen = self._generations[(out.audible_only, pattern)]
+                    if pattern != out.pattern or gen != out.generation:
+                        out.pattern, out.since, out.generation = pattern, now, gen
+                    edge = next_edge(out.name, pattern, now - out.since)
+                    if edge is not None:
+                        wake = min(wake, out.since + edge)
+                    wanted.append((out, level(out.name, pattern, now - out.since)))
+            for out, on in wanted:
+                if on != out.applied and out.device is not None:
+                    self._drive(out, on=on)
+            return wake
+
+    def _drive(self, out: _Output, *, on: bool) -> None:
+        try:
+            out.device.on() if on else out.device.off()
+            out.applied = on
+            out.failed = False
+        except Exception:
+            if not out.failed:
+                log.exception("cannot switch %s (GPIO%d); will keep trying", out.name, out.cfg.pin)
+            out.failed = True
+
+    def _run(self) -> None:
+        while True:
+            try:
+                wake = self._tick(self._mono())
+            except Exception:
+                log.exception("indicator tick failed; retrying in %.0f s", _MAX_WAIT_S)
+                wake = self._mono() + _MAX_WAIT_S
+            with self._cond:
+                if not self._dirty and not self._closed:
+                    self._cond.wait(timeout=min(_MAX_WAIT_S, max(0.0, wake - self._mono())))
+                self._dirty = False
+                if self._closed:
+                    return
+
+    # ---- state, read and written under self._cond ------------------------------------------
+
+    def _wake(self) -> None:
+        self._dirty = True
+        self._cond.notify_all()
+
+    def _bump(self, pattern: Pattern, *, silent: bool) -> None:
+        """Restart ``pattern`` from its beginning (a new chirp) on the outputs that see this alarm."""
+        self._generations[(False, pattern)] += 1
+        if not silent:
+            self._generations[(True, pattern)] += 1
+        self._wake()
+
+    def _pattern(self, now: float, *, audible_only: bool) -> Pattern:
+        sending = sent = False
+        for a in self._alarms.values():
+            if audible_only and a.silent:
+                continue
+            if a.acked_at is not None and now - a.acked_at < self._cfg.ack_hold_s:
+                return Pattern.ACKNOWLEDGED
+            if a.delivered_at is None:
+                sending = True
+            elif a.acked_at is None and now - a.delivered_at < self._sent_hold_s:
+                sent = True
+        if sending:
+            return Pattern.SENDING
+        if sent:
+            return Pattern.SENT
+        if not self._connected and now - self._down_since > self._cfg.fault_after_s:
+            return Pattern.FAULT
+        return Pattern.IDLE
+
+    def _next_state_change(self, now: float) -> float:
+        """The next time a pattern may change by the clock alone (ack or sent hold ends, fault starts)."""
+        times = [] if self._connected else [self._down_since + self._cfg.fault_after_s]
+        for a in self._alarms.values():
+            if a.acked_at is not None:
+                times.append(a.acked_at + self._cfg.ack_hold_s)
+            elif a.delivered_at is not None:
+                times.append(a.delivered_at + self._sent_hold_s)
+        return min((t for t in times if t > now), default=math.inf)
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the thread, switch every output off and release the pins; idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        with self._tick_lock:
+            for out in (o for o in self._outputs if o.device is not None):
+                try:
+                    out.device.off()
+                    out.device.close()
+                except Exception:
+                    log.exception("cannot release %s (GPIO%d)", out.name, out.cfg.pin)
+                out.device, out.applied = None, None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<Indicators closed>"
+        shown = ", ".join(f"{n}={p['pattern']}" for n, p in self.patterns().items())
+        return f"<Indicators {shown or 'no outputs'}>"

@@ -1,0 +1,386 @@
+"""Indicator patterns: the pure timelines, the state machine on a fake clock, and real MockFactory pins."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from gpiozero import LED, Buzzer
+from gpiozero.pins.mock import MockPin
+
+from agent import schemas
+from agent.config.model import OutputConfig, OutputsConfig
+from agent.errors import HardwareError
+from agent.indicators import Indicators, Pattern, level, next_edge
+
+LED_PIN, BUZZER_PIN = 22, 23
+T0 = 1000.0
+HOLD, FAULT_AFTER, SENT_HOLD = 30.0, 60.0, 120.0
+
+
+class FakeClock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class WatchedPin(MockPin):
+    """A MockPin that counts writes and lets a test wait for a state."""
+
+    def __init__(self, factory: Any, info: Any) -> None:
+        self.writes = 0
+        self.changed = threading.Condition()
+        super().__init__(factory, info)
+
+    def _set_state(self, value: Any) -> None:
+        self.writes += 1
+        super()._set_state(value)
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_for(self, state: bool, timeout: float) -> bool:
+        with self.changed:
+            return bool(self.changed.wait_for(lambda: self.state == state, timeout))
+
+
+def outputs(*, led: bool = True, buzzer: bool = True, active_high: bool = True) -> OutputsConfig:
+    return OutputsConfig(
+        ack_led=OutputConfig(pin=LED_PIN, active_high=active_high) if led else None,
+        buzzer=OutputConfig(pin=BUZZER_PIN, active_high=active_high) if buzzer else None,
+        ack_hold_s=HOLD,
+        fault_after_s=FAULT_AFTER,
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ind(mock_factory: Any, clock: FakeClock) -> Iterator[Indicators]:
+    """Connected indicators on mock pins 22 (LED) and 23 (buzzer), driven by tick() only."""
+    i = Indicators(outputs(), pin_factory=mock_factory, mono=clock, sent_hold_s=SENT_HOLD)
+    i.start(start_thread=False)
+    i.link(True)
+    i.tick(clock.t)
+    yield i
+    i.close()
+
+
+def at(ind: Indicators, clock: FakeClock, t: float) -> dict[str, str]:
+    clock.t = t
+    ind.tick(t)
+    return {name: p["pattern"] for name, p in ind.patterns().items()}
+
+
+def run(ind: Indicators, clock: FakeClock, pins: dict[str, Any], until: float, step: float = 0.01) -> dict[str, Any]:
+    """Tick every ``step`` seconds up to ``until`` (since T0); each pin's changes as (time since T0, state)."""
+    changes: dict[str, list[tuple[float, bool]]] = {name: [] for name in pins}
+    last = {name: pin.state for name, pin in pins.items()}
+    start = clock.t
+    for k in range(1, round((T0 + until - start) / step) + 1):
+        clock.t = start + k * step
+        ind.tick(clock.t)
+        for name, pin in pins.items():
+            if pin.state != last[name]:
+                last[name] = pin.state
+                changes[name].append((round(clock.t - T0, 3), pin.state))
+    return changes
+
+
+@pytest.fixture
+def pins(mock_factory: Any) -> dict[str, Any]:
+    return {"led": mock_factory.pin(LED_PIN), "buzzer": mock_factory.pin(BUZZER_PIN)}
+
+
+# ---- the pure timelines ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("output", "pattern", "t", "on"), [
+    ("ack_led", "idle", 0.0, True), ("ack_led", "idle", 0.049, True), ("ack_led", "idle", 0.05, False),
+    ("ack_led", "idle", 4.99, False), ("ack_led", "idle", 5.0, True), ("ack_led", "idle", 86400.01, True),
+    ("ack_led", "sending", 0.0, True), ("ack_led", "sending", 0.124, True), ("ack_led", "sending", 0.125, False),
+    ("ack_led", "sending", 0.25, True), ("ack_led", "sending", 0.375, False),
+    ("ack_led", "sent", 0.0, True), ("ack_led", "sent", 0.499, True), ("ack_led", "sent", 0.5, False),
+    ("ack_led", "sent", 1.0, True),
+    ("ack_led", "acknowledged", 0.0, True), ("ack_led", "acknowledged", 3600.0, True),
+    ("ack_led", "fault", 0.0, True), ("ack_led", "fault", 0.1, False), ("ack_led", "fault", 0.25, True),
+    ("ack_led", "fault", 0.35, False), ("ack_led", "fault", 1.99, False), ("ack_led", "fault", 2.0, True),
+    ("buzzer", "idle", 0.0, False), ("buzzer", "idle", 5.0, False),
+    ("buzzer", "sending", 0.0, True), ("buzzer", "sending", 0.099, True), ("buzzer", "sending", 0.1, False),
+    ("buzzer", "sending", 0.25, False), ("buzzer", "sending", 60.0, False),
+    ("buzzer", "sent", 0.05, True), ("buzzer", "sent", 0.15, False), ("buzzer", "sent", 0.25, True),
+    ("buzzer", "sent", 0.3, False), ("buzzer", "sent", 1.0, False),
+    ("buzzer", "acknowledged", 0.0, True), ("buzzer", "acknowledged", 0.999, True),
+    ("buzzer", "acknowledged", 1.0, False), ("buzzer", "fault", 0.0, False), ("buzzer", "fault", 1.0, False),
+    ("ack_led", "sending", -0.01, False), ("ack_led", "acknowledged", -1.0, False),
+])
+def test_level__table(output: str, pattern: str, t: float, on: bool) -> None:
+    assert level(output, pattern, t) is on
+
+
+def test_level__unknown_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="no pattern 'blink' for output 'ack_led'"):
+        level("ack_led", "blink", 0.0)
+    with pytest.raises(ValueError, match="no pattern 'idle' for output 'siren'"):
+        next_edge("siren", "idle", 0.0)
+
+
+@pytest.mark.parametrize(("output", "pattern", "t", "edge"), [
+    ("ack_led", "idle", 0.0, 0.05), ("ack_led", "idle", 0.05, 5.0), ("ack_led", "idle", 7.0, 10.0),
+    ("ack_led", "sending", 0.1, 0.125), ("ack_led", "sent", 0.6, 1.0),
+    ("ack_led", "fault", 0.12, 0.25), ("ack_led", "fault", 0.3, 0.35), ("ack_led", "fault", 1.0, 2.0),
+    ("ack_led", "acknowledged", 0.0, None), ("ack_led", "acknowledged", -1.0, 0.0),
+    ("buzzer", "idle", 0.0, None), ("buzzer", "fault", 3.0, None), ("buzzer", "sending", 0.0, 0.1),
+    ("buzzer", "sending", 0.1, None), ("buzzer", "sent", 0.15, 0.2), ("buzzer", "sent", 0.25, 0.3),
+    ("buzzer", "acknowledged", 0.5, 1.0), ("buzzer", "acknowledged", 1.5, None),
+])
+def test_next_edge__table(output: str, pattern: str, t: float, edge: float | None) -> None:
+    assert next_edge(output, pattern, t) == edge
+
+
+@pytest.mark.parametrize("output", ["ack_led", "buzzer"])
+@pytest.mark.parametrize("pattern", list(Pattern))
+def test_next_edge__agrees_with_level(output: str, pattern: str) -> None:
+    for k in range(0, 6000, 7):
+        t = k / 1000
+        edge = next_edge(output, pattern, t)
+        end = edge if edge is not None else t + 10.0
+        assert all(level(output, pattern, t + j * (end - t) / 50) == level(output, pattern, t) for j in range(50))
+        if edge is not None:
+            assert level(output, pattern, edge) != level(output, pattern, t)
+
+
+def test_patterns__match_the_status_schema() -> None:
+    outputs_schema = schemas.load("status")["$defs"]["online"]["properties"]["outputs"]
+    assert outputs_schema["additionalProperties"]["properties"]["pattern"]["enum"] == [p.value for p in Pattern]
+
+
+def test_patterns__led_patterns_differ_at_a_glance() -> None:
+    """Over 2 s, no two LED patterns light the LED the same way."""
+    shapes = {tuple(level("ack_led", p, k / 100) for k in range(200)) for p in Pattern}
+    assert len(shapes) == len(Pattern)
+
+
+# ---- the state machine on a fake clock ---------------------------------------------------------
+
+def test_state__idle_while_armed_and_connected(ind: Indicators, clock: FakeClock) -> None:
+    assert at(ind, clock, T0 + 3600) == {"ack_led": "idle", "buzzer": "idle"}
+
+
+def test_state__recorded_sending_delivered_sent_then_idle(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    assert at(ind, clock, T0 + 1) == {"ack_led": "sending", "buzzer": "sending"}
+    clock.t = T0 + 2
+    ind.alarm_delivered("e1")
+    assert at(ind, clock, T0 + 2) == {"ack_led": "sent", "buzzer": "sent"}
+    assert at(ind, clock, T0 + 2 + SENT_HOLD - 0.01)["ack_led"] == "sent"
+    assert at(ind, clock, T0 + 2 + SENT_HOLD)["ack_led"] == "idle"
+
+
+def test_state__sending_lasts_until_every_alarm_is_delivered(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    ind.alarm_recorded("e2", silent=False)
+    ind.alarm_delivered("e1")
+    ind.alarm_delivered("unknown")
+    assert at(ind, clock, T0 + 1)["ack_led"] == "sending"
+    ind.alarm_delivered("e2")
+    assert at(ind, clock, T0 + 2)["ack_led"] == "sent"
+
+
+def test_state__ack_holds_for_ack_hold_s_then_returns(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    ind.alarm_delivered("e1")
+    clock.t = T0 + 5
+    assert ind.acknowledged("e1") is True
+    assert at(ind, clock, T0 + 5) == {"ack_led": "acknowledged", "buzzer": "acknowledged"}
+    assert at(ind, clock, T0 + 5 + HOLD - 0.01)["ack_led"] == "acknowledged"
+    assert at(ind, clock, T0 + 5 + HOLD) == {"ack_led": "idle", "buzzer": "idle"}
+
+
+def test_state__ack_before_delivery_counts_as_delivered(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    assert ind.acknowledged("e1") is True
+    assert at(ind, clock, T0 + 1)["ack_led"] == "acknowledged"
+    assert at(ind, clock, T0 + HOLD + 1)["ack_led"] == "idle"
+
+
+def test_state__ack_outranks_a_pending_alarm(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    ind.alarm_delivered("e1")
+    ind.alarm_recorded("e2", silent=False)
+    ind.acknowledged("e1")
+    assert at(ind, clock, T0 + 1)["ack_led"] == "acknowledged"
+    assert at(ind, clock, T0 + HOLD + 1)["ack_led"] == "sending"
+
+
+def test_state__unknown_event_ack_is_false(ind: Indicators, clock: FakeClock) -> None:
+    assert ind.acknowledged("not-ours") is False
+    assert at(ind, clock, T0 + 1)["ack_led"] == "idle"
+
+
+def test_state__fault_after_fault_after_s_disconnected(ind: Indicators, clock: FakeClock) -> None:
+    clock.t = T0 + 10
+    ind.link(False)
+    assert at(ind, clock, T0 + 10 + FAULT_AFTER)["ack_led"] == "idle"
+    assert at(ind, clock, T0 + 10 + FAULT_AFTER + 0.01) == {"ack_led": "fault", "buzzer": "fault"}
+    ind.alarm_recorded("e1", silent=False)
+    assert at(ind, clock, T0 + 100)["ack_led"] == "sending"
+    ind.link(True)
+    ind.alarm_delivered("e1")
+    assert at(ind, clock, T0 + 101)["ack_led"] == "sent"
+    assert at(ind, clock, T0 + 101 + SENT_HOLD)["ack_led"] == "idle"
+
+
+def test_state__never_connected_faults_after_start(mock_factory: Any, clock: FakeClock) -> None:
+    with Indicators(outputs(), pin_factory=mock_factory, mono=clock) as ind:
+        assert at(ind, clock, T0 + FAULT_AFTER)["ack_led"] == "idle"
+        assert at(ind, clock, T0 + FAULT_AFTER + 1)["ack_led"] == "fault"
+
+
+def test_state__silent_alarm_leaves_the_buzzer_out(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("quiet", silent=True)
+    assert at(ind, clock, T0 + 1) == {"ack_led": "sending", "buzzer": "idle"}
+    ind.alarm_delivered("quiet")
+    ind.acknowledged("quiet")
+    assert at(ind, clock, T0 + 2) == {"ack_led": "acknowledged", "buzzer": "idle"}
+
+
+def test_state__recent_alarms_are_bounded(ind: Indicators, clock: FakeClock) -> None:
+    for k in range(300):
+        ind.alarm_recorded(f"e{k}", silent=False)
+    assert ind.acknowledged("e0") is False
+    assert ind.acknowledged("e299") is True
+
+
+def test_state__no_outputs_claims_nothing(mock_factory: Any, clock: FakeClock) -> None:
+    with Indicators(outputs(led=False, buzzer=False), pin_factory=mock_factory, mono=clock) as ind:
+        ind.start()
+        ind.alarm_recorded("e1", silent=False)
+        assert ind.acknowledged("e1") is True
+        ind.tick(T0 + 1)
+        assert ind.patterns() == {}
+        assert not mock_factory.pins
+        assert repr(ind) == "<Indicators no outputs>"
+
+
+# ---- the pins, over time -----------------------------------------------------------------------
+
+def test_pins__idle_flash_every_5_s(ind: Indicators, clock: FakeClock, pins: dict[str, Any]) -> None:
+    assert run(ind, clock, pins, until=12.0) == {
+        "led": [(0.05, False), (5.0, True), (5.05, False), (10.0, True), (10.05, False)],
+        "buzzer": [],
+    }
+    assert len(pins["buzzer"].states) == 1
+
+
+def test_pins__an_alarm_from_press_to_ack(ind: Indicators, clock: FakeClock, pins: dict[str, Any]) -> None:
+    run(ind, clock, pins, until=1.0)
+    ind.alarm_recorded("e1", silent=False)
+    ind.tick(clock.t)
+    assert (pins["led"].state, pins["buzzer"].state) == (True, True)
+    assert run(ind, clock, pins, until=3.0, step=0.005) == {
+        "led": [(1.0 + k * 0.125, k % 2 == 0) for k in range(1, 17)],
+        "buzzer": [(1.1, False)],
+    }
+    ind.alarm_delivered("e1")
+    assert run(ind, clock, pins, until=5.0) == {
+        "led": [(3.51, False), (4.01, True), (4.51, False)],  # on at 3.0 already (4 Hz), on through 3.5
+        "buzzer": [(3.01, True), (3.11, False), (3.21, True), (3.31, False)],
+    }
+    ind.acknowledged("e1")
+    assert run(ind, clock, pins, until=5 + HOLD + 1) == {
+        "led": [(5.01, True), (35.05, False)],  # the hold ends at 35.0 into idle's first 50 ms flash
+        "buzzer": [(5.01, True), (6.01, False)],
+    }
+    assert ind.patterns() == {"ack_led": {"pattern": "idle"}, "buzzer": {"pattern": "idle"}}
+
+
+def test_pins__fault_double_flash(ind: Indicators, clock: FakeClock, pins: dict[str, Any]) -> None:
+    ind.link(False)
+    run(ind, clock, pins, until=FAULT_AFTER)
+    assert pins["led"].state is True  # the idle flash at 60 s runs on into the fault's first flash
+    assert run(ind, clock, pins, until=FAULT_AFTER + 2.5) == {
+        "led": [(60.11, False), (60.26, True), (60.36, False), (62.01, True), (62.11, False), (62.26, True),
+                (62.36, False)],
+        "buzzer": [],
+    }
+
+
+def test_pins__silent_input_never_sounds(ind: Indicators, clock: FakeClock, pins: dict[str, Any]) -> None:
+    ind.alarm_recorded("quiet", silent=True)
+    run(ind, clock, pins, until=2.0)
+    ind.alarm_delivered("quiet")
+    run(ind, clock, pins, until=4.0)
+    ind.acknowledged("quiet")
+    # steady for ack_hold_s, then idle, whose first 50 ms flash runs on from the steady light
+    assert run(ind, clock, pins, until=40.0)["led"] == [(4.01, True), (34.05, False), (39.0, True), (39.05, False)]
+    assert [s.state for s in pins["buzzer"].states] == [False]
+
+
+def test_pins__active_low_outputs_are_inverted(mock_factory: Any, clock: FakeClock) -> None:
+    with Indicators(outputs(active_high=False), pin_factory=mock_factory, mono=clock) as ind:
+        ind.start(start_thread=False)
+        led, buzzer = mock_factory.pin(LED_PIN), mock_factory.pin(BUZZER_PIN)
+        assert (led.state, buzzer.state) == (True, True)  # high = off
+        ind.link(True)
+        ind.tick(T0)
+        assert (led.state, buzzer.state) == (False, True)  # idle flash starts: LED lit by driving low
+        assert run(ind, clock, {"led": led}, until=6.0) == {"led": [(0.05, True), (5.0, False), (5.05, True)]}
+        ind.alarm_recorded("e1", silent=False)
+        ind.tick(clock.t)
+        assert buzzer.state is False
+    assert (led.state, buzzer.state) == (True, True)
+
+
+def test_pins__written_only_on_change(mock_factory: Any, clock: FakeClock) -> None:
+    led = mock_factory.pin(LED_PIN, pin_class=WatchedPin)
+    with Indicators(outputs(buzzer=False), pin_factory=mock_factory, mono=clock) as ind:
+        ind.start(start_thread=False)
+        ind.link(True)
+        led.writes = 0
+        ind.tick(T0)
+        changes = run(ind, clock, {"led": led}, until=11.0, step=0.005)["led"]
+        assert led.writes == 1 + len(changes) == 6
+
+
+def test_pins__claim_failure_names_the_pin(mock_factory: Any, clock: FakeClock) -> None:
+    other = LED(BUZZER_PIN, pin_factory=mock_factory)
+    ind = Indicators(outputs(), pin_factory=mock_factory, mono=clock)
+    with pytest.raises(HardwareError, match=r"outputs\.buzzer: cannot claim GPIO23: "):
+        ind.start()
+    assert repr(ind) == "<Indicators closed>"
+    LED(LED_PIN, pin_factory=mock_factory).close()  # the LED pin claimed first was released
+    other.close()
+
+
+def test_pins__close_switches_off_and_is_idempotent(ind: Indicators, clock: FakeClock, mock_factory: Any) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    ind.tick(clock.t)
+    assert mock_factory.pin(BUZZER_PIN).state is True
+    ind.close()
+    ind.close()
+    ind.tick(clock.t + 1)
+    assert mock_factory.pin(LED_PIN).state is False
+    assert mock_factory.pin(BUZZER_PIN).state is False
+    Buzzer(BUZZER_PIN, pin_factory=mock_factory).close()
+
+
+def test_thread__drives_the_pins_on_its_own(mock_factory: Any) -> None:
+    buzzer = mock_factory.pin(BUZZER_PIN, pin_class=WatchedPin)
+    with Indicators(outputs(), pin_factory=mock_factory) as ind:
+        ind.link(True)
+        ind.start()
+        before = ind.progress
+        ind.alarm_recorded("e1", silent=False)
+        assert buzzer.wait_for(True, timeout=2.0), "the chirp did not start"
+        assert buzzer.wait_for(False, timeout=2.0), "the chirp did not end"
+        assert ind.patterns() == {"ack_led": {"pattern": "sending"}, "buzzer": {"pattern": "sending"}}
+        assert ind.progress > before
+        assert [s.state for s in buzzer.states] == [False, True, False]
+        assert 0.09 < buzzer.states[2].timestamp < 1.0  # the chirp's length, timed by MockPin on the real clock
+    assert (mock_factory.pin(LED_PIN).state, buzzer.state) == (False, False)
