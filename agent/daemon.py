@@ -158,12 +158,16 @@ class Agent:
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         try:
             self.start()
-            interval = min(self.notifier.watchdog_interval or 1.0, 1.0)
-            while not self._stop.wait(interval):
-                self._feed_watchdog()
+            self.serve()
         finally:
             self.stop()
         return 0
+
+    def serve(self) -> None:
+        """Feed the watchdog until asked to stop (the main thread's job once started)."""
+        interval = min(self.notifier.watchdog_interval or 1.0, 1.0)
+        while not self._stop.wait(interval):
+            self._feed_watchdog()
 
     def request_stop(self) -> None:
         self._stop.set()

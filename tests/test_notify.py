@@ -1,0 +1,141 @@
+"""sd_notify: READY, STATUS, WATCHDOG only while threads make progress, STOPPING."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import load_config
+from agent.daemon import Agent
+from agent.notify import Notifier
+from tests.support.agentproc import write_config
+from tests.support.broker import free_port
+
+
+class NotifySocket:
+    """Plays systemd's side: the datagram socket a Type=notify daemon reports to."""
+
+    def __init__(self, abstract: bool) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.path: str | None = None
+        if abstract:
+            name = f"test-notify-{uuid.uuid4().hex}"
+            self.sock.bind("\0" + name)
+            self.env_value = "@" + name
+        else:
+            self.path = os.path.join(tempfile.mkdtemp(prefix="ntf-", dir="/tmp"), "notify.sock")
+            self.sock.bind(self.path)
+            self.env_value = self.path
+
+    def recv(self, timeout: float) -> tuple[int | None, dict[str, str]] | None:
+        self.sock.settimeout(timeout)
+        try:
+            data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        except TimeoutError:
+            return None
+        pid = None
+        for level, typ, cdata in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+                pid, _uid, _gid = struct.unpack("iII", cdata[:12])
+        return pid, dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+
+    def until(self, pred: Any, timeout: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            got = self.recv(left)
+            if got is not None and pred(got[1]):
+                return got[1]
+        raise TimeoutError("expected notification did not arrive")
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path:
+            os.unlink(self.path)
+            os.rmdir(os.path.dirname(self.path))
+
+
+@pytest.fixture(params=[False, True], ids=["path", "abstract"])
+def notify_socket(request) -> Iterator[NotifySocket]:
+    ns = NotifySocket(abstract=request.param)
+    yield ns
+    ns.close()
+
+
+def test_notifier__noop_outside_systemd():
+    n = Notifier(env={})
+    assert not n.enabled
+    assert n.send("READY=1") is False
+    assert n.watchdog_interval is None
+
+
+def test_notifier__watchdog_interval_is_half_and_respects_pid():
+    assert Notifier(env={"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
+    assert Notifier(env={"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, pid=2).watchdog_interval is None
+    assert Notifier(env={"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "7"}, pid=7).watchdog_interval == 15.0
+
+
+def test_notifier__sends_to_path_and_abstract_sockets(notify_socket):
+    n = Notifier(env={"NOTIFY_SOCKET": notify_socket.env_value})
+    assert n.ready("inputs armed")
+    got = notify_socket.recv(2)
+    assert got is not None
+    pid, msg = got
+    assert msg == {"READY": "1", "STATUS": "inputs armed"}
+    assert pid == os.getpid()
+
+
+@pytest.mark.broker
+def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(notify_socket, tmp_path):
+    """READY arrives with the broker down; WATCHDOG stops once the sender thread hangs."""
+    cfg = load_config(write_config(tmp_path, free_port(), device="wd-1"))
+    env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": "400000"}
+    agent = Agent(cfg, notifier=Notifier(env=env))
+    agent.stall_after_s = 1.5
+    hang = threading.Event()
+    agent.start()
+    server = threading.Thread(target=agent.serve, daemon=True)
+    server.start()
+    try:
+        ready = notify_socket.until(lambda m: "READY" in m, 10)
+        assert "inputs armed" in ready["STATUS"]
+        for _ in range(3):
+            notify_socket.until(lambda m: m.get("WATCHDOG") == "1", 5)
+        assert agent.uplink is not None
+
+        def stuck(_s: Any) -> float:
+            hang.wait(30)
+            return 0.1
+
+        agent.uplink._send_round = stuck  # type: ignore[method-assign]
+        agent.uplink._sleep = stuck  # the sender is between attempts while the broker is down
+        stalled = notify_socket.until(lambda m: m.get("STATUS", "").startswith("stalled"), 10)
+        assert "uplink-sender" in stalled["STATUS"]
+        seen = []
+        deadline = time.monotonic() + 2.0  # five watchdog intervals
+        while (left := deadline - time.monotonic()) > 0:
+            got = notify_socket.recv(left)
+            if got is not None:
+                seen.append(got[1])
+        assert seen, "the agent should keep reporting its stalled status"
+        assert not [m for m in seen if "WATCHDOG" in m], "WATCHDOG=1 must stop while a thread is stuck"
+    finally:
+        hang.set()
+        agent.request_stop()
+        server.join(5)
+        agent.stop()
+    assert notify_socket.until(lambda m: "STOPPING" in m, 5)["STOPPING"] == "1"
+
+
+def test_paths_fit_unix_socket_limit():
+    assert len(str(Path(tempfile.gettempdir()) / "ntf-xxxxxxxx" / "notify.sock")) < 107
