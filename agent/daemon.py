@@ -9,6 +9,7 @@ during shutdown is still recorded for the next start.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import signal
@@ -17,10 +18,11 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from agent.certinfo import expiry_warning
 from agent.commands import CommandHandler
 from agent.config.model import Config
 from agent.control import ControlServer
-from agent.errors import CommandError, HardwareError, OutboxError
+from agent.errors import CommandError, ConfigError, HardwareError, OutboxError
 from agent.events import Clock, Event, EventType, Stamp
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
@@ -55,6 +57,8 @@ class Agent:
         self._indicators_ok = False
         self._hardware_warnings: list[str] = []
         self._silent = {i.name: i.silent for i in cfg.inputs}
+        self._cert_checked: float | None = None
+        self._cert_note: str | None = None
         self._factory: Any = None
         self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
         self._unsaved: deque[Event] = deque(maxlen=_UNSAVED_MAX)
@@ -123,6 +127,10 @@ class Agent:
         self.heartbeat.start()
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
+        self._cert_warning()
+        if cfg.mqtt.tls is not None and not cfg.mqtt.tls.check_hostname:
+            log.warning("TLS host name checking is OFF (mqtt.tls.check_hostname: false): any certificate from "
+                        "the campus CA is accepted as the broker; use this only in a lab")
         pending = self.outbox.pending()
         self.notifier.ready(f"inputs armed; outbox open, {pending} pending; connecting to {cfg.mqtt.brokers[0]}")
         log.info(
@@ -283,12 +291,31 @@ class Agent:
             self.heartbeat.changed()
         return until
 
+    def _cert_warning(self) -> str | None:
+        """Client certificate expiry, re-read at most hourly (a renewed file is picked up)."""
+        tls = self.cfg.mqtt.tls
+        if tls is None or tls.cert_file is None:
+            return None
+        now = self.clock.mono()
+        if self._cert_checked is None or now - self._cert_checked >= 3600:
+            self._cert_checked = now
+            try:
+                warning = expiry_warning(tls.cert_file, dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC))
+            except ConfigError as exc:
+                warning = str(exc)
+            if warning and warning != self._cert_note:
+                log.warning("%s", warning)
+            self._cert_note = warning
+        return self._cert_note
+
     def _warnings(self) -> list[str]:
         out = list(self._hardware_warnings)
+        cert = self._cert_warning()
+        if cert:
+            out.append(cert)
         if self._unsaved:
             out.append(f"{len(self._unsaved)} events held in memory: outbox cannot write")
-        tls = self.cfg.mqtt.tls
-        if tls is not None and not tls.check_hostname:
+        if self.cfg.mqtt.tls is not None and not self.cfg.mqtt.tls.check_hostname:
             out.append("TLS host name checking is off (mqtt.tls.check_hostname: false)")
         return out
 

@@ -34,9 +34,10 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _validity(b: x509.CertificateBuilder) -> x509.CertificateBuilder:
+def _validity(b: x509.CertificateBuilder, days: float = 2.0, start_days_ago: float = 0.0) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
-    return b.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+    begin = now - dt.timedelta(minutes=5) - dt.timedelta(days=start_days_ago)
+    return b.not_valid_before(begin).not_valid_after(now + dt.timedelta(days=days))
 
 
 def make_ca(dirpath: Path, cn: str = "Test CA", stem: str = "ca") -> Issued:
@@ -57,9 +58,11 @@ def make_ca(dirpath: Path, cn: str = "Test CA", stem: str = "ca") -> Issued:
 
 
 def issue(ca: Issued, dirpath: Path, cn: str, stem: str, *, server: bool,
-          dns: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1",)) -> Issued:
+          dns: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1",),
+          days: float = 2.0, start_days_ago: float = 0.0) -> Issued:
+    """Issue a certificate; ``days`` < 0 gives an expired one (valid until that many days ago)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    b = (_validity(x509.CertificateBuilder())
+    b = (_validity(x509.CertificateBuilder(), days, start_days_ago)
          .subject_name(_name(cn)).issuer_name(ca.cert.subject)
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

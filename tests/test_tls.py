@@ -1,0 +1,210 @@
+"""TLS, client certificates and the example ACL against a real mosquitto."""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from agent.certinfo import expiry_warning, not_after
+from agent.config import load_config
+from tests.support.agentproc import AgentProc, write_config
+from tests.support.broker import Broker
+from tests.support.certs import Issued, issue, make_ca, make_pki
+from tests.support.mqtt import Central
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parents[1]
+DEV = "gate-north-1"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Issued]:
+    d = tmp_path_factory.mktemp("pki")
+    p = make_pki(d, devices=(DEV, "gate-south-2", "central"))
+    p[DEV] = issue(p["ca"], d, DEV, DEV, server=False, days=365)  # far from expiry: no warning
+    p["expired"] = issue(p["ca"], d, "localhost", "expired", server=True, days=-1, start_days_ago=3)
+    p["otherhost"] = issue(p["ca"], d, "otherhost", "otherhost", server=True, dns=("otherhost.lan",), ips=())
+    p["soon"] = issue(p["ca"], d, DEV, "soon", server=False, days=10)
+    return p
+
+
+def tls_broker(tmp_path: Path, pki: dict[str, Issued], server: str = "server") -> Broker:
+    """The example broker config's listener settings, with test paths and the shipped ACL file."""
+    extra = (f"cafile {pki['ca'].cert_path}\ncertfile {pki[server].cert_path}\nkeyfile {pki[server].key_path}\n"
+             "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+             f"acl_file {ROOT / 'config' / 'mosquitto' / 'campus.acl'}\n")
+    return Broker(tmp_path / "tls-broker", listener_extra=extra).start()
+
+
+@pytest.fixture
+def broker_ok(tmp_path, pki) -> Iterator[Broker]:
+    b = tls_broker(tmp_path, pki)
+    yield b
+    b.stop()
+
+
+def central_for(b: Broker, pki: dict[str, Issued], device: str = DEV) -> Central:
+    return Central(b.port, topics=(f"campus/main/{device}/#",), ca_certs=str(pki["ca"].cert_path),
+                   certfile=str(pki["central"].cert_path), keyfile=str(pki["central"].key_path))
+
+
+def agent_cfg(tmp_path: Path, port: int, pki: dict[str, Issued], *, device: str = DEV, ca: str = "ca",
+              cert: str = DEV, host: str = "127.0.0.1") -> Path:
+    return write_config(tmp_path / "agent", port, device=device,
+                        mqtt={"host": host, "tls": {"ca_file": str(pki[ca].cert_path),
+                                                    "cert_file": str(pki[cert].cert_path),
+                                                    "key_file": str(pki[cert].key_path)}})
+
+
+def wait_log(agent: AgentProc, text: str, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = agent.log.read_text()
+        if text in log:
+            return log
+        time.sleep(0.05)
+    raise TimeoutError(f"{text!r} not in the agent's log:\n{agent.log.read_text()[-3000:]}")
+
+
+def test_tls__mutual_tls_delivers(tmp_path, pki, broker_ok, validate):
+    central = central_for(broker_ok, pki)
+    agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki)).start()
+    try:
+        central.wait_for(lambda m: m.topic.endswith("/status") and m.doc["state"] == "online")
+        agent.click()
+        validate("event", central.wait_for(lambda m: m.topic.endswith("/event/panic")).doc)
+    finally:
+        agent.cleanup()
+        central.close()
+
+
+@pytest.mark.parametrize(("case", "server", "ca", "words"), [
+    ("wrong_ca", "server", "rogue-ca", "TLS certificate check failed"),
+    ("expired_server_cert", "expired", "ca", "certificate has expired"),
+    ("wrong_host", "otherhost", "ca", "mismatch, certificate is not valid for '127.0.0.1'"),
+])
+def test_tls__bad_server_is_refused_clearly_and_presses_still_recorded(tmp_path, pki, case, server, ca, words):
+    b = tls_broker(tmp_path, pki, server=server)
+    agent = AgentProc(agent_cfg(tmp_path, b.port, pki, ca=ca)).start()
+    try:
+        log = wait_log(agent, "unreachable (TLS certificate check failed")
+        assert words in log, log[-2000:]
+        assert "retrying in" in log
+        agent.click()
+        recorded = agent.wait_recorded(1)
+        assert recorded[0]["delivered"] is False
+        st = agent.status()
+        assert st["link"]["connected"] is False
+        assert st["status"]["outbox"]["pending"] >= 2  # agent_started + the press, kept for later
+    finally:
+        agent.cleanup()
+        b.stop()
+
+
+class Device:
+    """A bare paho client holding a device certificate (MQTT 5, to see PUBACK reason codes)."""
+
+    def __init__(self, port: int, pki: dict[str, Issued], cn: str) -> None:
+        self.acks: queue.Queue[Any] = queue.Queue()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{cn}-{uuid.uuid4().hex[:6]}",
+                             protocol=MQTTProtocolVersion.MQTTv5)
+        self.c.tls_set(ca_certs=str(pki["ca"].cert_path), certfile=str(pki[cn].cert_path),
+                       keyfile=str(pki[cn].key_path))
+        self.c.on_publish = lambda _c, _u, mid, rc, _p: self.acks.put(rc)
+        self.c.connect("127.0.0.1", port, keepalive=10)
+        self.c.loop_start()
+
+    def pub(self, topic: str, payload: bytes) -> Any:
+        self.c.publish(topic, payload, qos=1)
+        return self.acks.get(timeout=10)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_acl__device_cannot_publish_under_another_devices_root(tmp_path, pki, broker_ok):
+    central = Central(broker_ok.port, topics=("campus/#",), ca_certs=str(pki["ca"].cert_path),
+                      certfile=str(pki["central"].cert_path), keyfile=str(pki["central"].key_path))
+    dev = Device(broker_ok.port, pki, DEV)
+    try:
+        rc = dev.pub("campus/main/gate-south-2/event/panic", b'{"forged": true}')
+        assert rc.is_failure
+        assert rc.value == 135  # Not authorized
+        dev.pub(f"campus/main/{DEV}/event/panic", b'{"sentinel": true}')
+        before = []
+        while True:  # a subscriber sees one publisher's messages in order: anything forged comes first
+            m = central.msgs.get(timeout=10)
+            if m.topic == f"campus/main/{DEV}/event/panic":
+                break
+            before.append(m.topic)
+        assert "campus/main/gate-south-2/event/panic" not in before
+        with pytest.raises(queue.Empty):
+            while True:
+                if central.msgs.get(timeout=0.5).topic.startswith("campus/main/gate-south-2"):
+                    break
+    finally:
+        dev.close()
+        central.close()
+
+
+def test_acl__agent_with_someone_elses_id_keeps_its_events(tmp_path, pki, broker_ok):
+    """The broker refuses (MQTT 5 PUBACK 135): the events stay in the outbox, counted as refused."""
+    agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, device="gate-south-2", cert=DEV)).start()
+    try:
+        agent.click()
+        deadline = time.monotonic() + 15
+        while agent.status()["link"]["refused"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = agent.status()
+        assert st["link"]["refused"] >= 1
+        assert st["status"]["outbox"]["pending"] >= 1
+        assert "broker refused" in agent.log.read_text()
+    finally:
+        agent.cleanup()
+
+
+def test_certinfo__expiry_read_from_pem(pki):
+    end = not_after(pki["soon"].cert_path)
+    assert end == pki["soon"].cert.not_valid_after_utc.replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC)
+    assert "expires on" in (expiry_warning(pki["soon"].cert_path, now) or "")
+    assert expiry_warning(pki[DEV].cert_path, now) is None
+    assert "EXPIRED" in (expiry_warning(pki["expired"].cert_path, now) or "")
+
+
+def test_tls__certificate_expiring_soon_warns_in_status(tmp_path, pki, broker_ok, validate):
+    agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, cert="soon")).start()
+    try:
+        warnings = agent.status()["status"]["warnings"]
+        assert any("expires on" in w and "renew" in w for w in warnings), warnings
+        validate("status", agent.status()["status"])
+        assert "expires on" in agent.log.read_text()
+    finally:
+        agent.cleanup()
+
+
+def test_tls__hostname_checking_off_is_never_silent(tmp_path, pki):
+    cfg_path = write_config(tmp_path / "a", 8883, device=DEV, mqtt={"host": "b", "tls": {
+        "ca_file": str(pki["ca"].cert_path), "check_hostname": False}})
+    assert load_config(cfg_path).mqtt.tls.check_hostname is False  # type: ignore[union-attr]
+    agent = AgentProc(cfg_path).start()
+    try:
+        assert any("host name checking is off" in w for w in agent.status()["status"]["warnings"])
+        assert "TLS host name checking is OFF" in agent.log.read_text()
+    finally:
+        agent.cleanup()
+
+
+def test_certs__rogue_ca_is_distinct(pki):
+    assert make_ca is not None
+    assert pki["rogue-ca"].cert.subject != pki["ca"].cert.subject
