@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from agent.cameras import Cameras
 from agent.certinfo import expiry_warning
 from agent.commands import CommandHandler
 from agent.config.model import Config
@@ -54,6 +55,7 @@ class Agent:
         self.health: Health | None = None
         self.commands: CommandHandler | None = None
         self.indicators: Indicators | None = None
+        self.cameras: Cameras | None = None
         self._indicators_ok = False
         self._hardware_warnings: list[str] = []
         self._silent = {i.name: i.silent for i in cfg.inputs}
@@ -108,10 +110,15 @@ class Agent:
             wall=self.clock.wall,
             mono=self.clock.mono,
         )
+        self.cameras = Cameras(
+            cfg.cameras, clock=self.clock, emit=self.record,
+            on_change=lambda: self.heartbeat.changed() if self.heartbeat is not None else None,
+        )
         self.health = Health(
             site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
             sources=StatusSources(
-                link=self.uplink.state, inputs=self.inputs.states, commands=self.commands.counters,
+                link=self.uplink.state, inputs=self.inputs.states, cameras=self.cameras.states,
+                commands=self.commands.counters,
                 outputs=self.indicators.patterns if self._indicators_ok else None,
                 warnings=self._warnings,
             ),
@@ -125,6 +132,7 @@ class Agent:
         )
         self.uplink.start()
         self.heartbeat.start()
+        self.cameras.start()
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
         self._cert_warning()
@@ -145,10 +153,10 @@ class Agent:
         self._stopped = True
         self._stop.set()
         self.notifier.stopping()
-        for part in (self.control, self.heartbeat, self.uplink):
+        for part in (self.cameras, self.control, self.heartbeat, self.uplink):
             if part is not None:
                 try:
-                    part.close() if isinstance(part, ControlServer) else part.stop()
+                    part.stop() if isinstance(part, (Heartbeat, Uplink)) else part.close()
                 except Exception:
                     log.exception("stopping %r failed; carrying on with shutdown", part)
         if self.indicators is not None:
@@ -337,7 +345,7 @@ class Agent:
         """Names of threads that have made no progress for ``stall_after_s``."""
         now = self.clock.mono()
         parts = {"uplink-sender": self.uplink, "heartbeat": self.heartbeat, "inputs": self.inputs,
-                 "indicators": self.indicators}
+                 "indicators": self.indicators, "cameras": self.cameras}
         return [name for name, p in parts.items() if p is not None and now - p.progress > self.stall_after_s]
 
     def _feed_watchdog(self) -> None:

@@ -24,7 +24,8 @@ from agent.uplink import LinkState
 
 log = logging.getLogger(__name__)
 
-MAX_DETAIL = 160
+MAX_DETAIL = 120  # characters of a camera detail or warning in status: keeps it under 4 KiB
+MAX_WARNINGS = 3
 
 
 @dataclass
@@ -161,7 +162,7 @@ class Health:
             doc["commands"] = self.sources.commands()
         warnings = self.sources.warnings()
         if warnings:
-            doc["warnings"] = [w[:MAX_DETAIL] for w in warnings[:8]]
+            doc["warnings"] = [w[:MAX_DETAIL] for w in warnings[:MAX_WARNINGS]]
         return doc
 
     def offline(self, reason: str) -> dict[str, Any]:

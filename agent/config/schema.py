@@ -48,6 +48,7 @@ from agent.config.reader import (
 
 PIN_FACTORIES = ("default", "mock", "lgpio", "rpigpio", "pigpio", "native")
 UNIX_PATH_MAX = 107
+MAX_CAMERAS = 16
 _BCM = integer(0, 27, "a BCM pin number")
 
 
@@ -326,6 +327,9 @@ def build(root: Section) -> Config | None:
     heartbeat = HeartbeatConfig(interval_s=hb.get("interval_s", number(5, 3600, "seconds"), 30.0))
     hb.done()
     cameras = [(_camera(s, base), s) for s, _ in root.items("cameras")]
+    if len(cameras) > MAX_CAMERAS:
+        root.ctx.error(root.key_line("cameras"), "cameras",
+                       f"at most {MAX_CAMERAS} cameras per device (status must stay small); got {len(cameras)}")
     _unique_names(root.ctx, cameras)
     ob = root.section("outbox")
     outbox = OutboxConfig(

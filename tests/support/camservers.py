@@ -35,6 +35,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if mode == "hang":
             cam.release.wait()
             return
+        if mode in ("raw", "cut"):  # not HTTP at all / hang up half-way through the JPEG
+            head = b"" if mode == "raw" else b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\n"
+            self.wfile.write(head + b"Content-Length: %d\r\n\r\n" % len(JPEG) + JPEG[:500])
+            self.close_connection = True
+            return
         if mode in ("basic", "digest") and not self._authorized(mode):
             challenge = (f'Digest realm="{cam.realm}", nonce="{cam.nonce}", qop="auth", algorithm=MD5'
                          if mode == "digest" else f'Basic realm="{cam.realm}"')
@@ -83,8 +88,9 @@ class HttpCamera:
     Modes: ``jpeg`` (200 image/jpeg), ``error500``, ``basic`` / ``digest`` (the
     JPEG only with the right login, else 401 with that challenge), ``garbage``
     (200 image/jpeg with an HTML body), ``html`` (200 text/html),
-    ``truncated`` (half a JPEG) and ``hang`` (read the request, never answer
-    until :meth:`stop`).  ``hits`` counts requests, so a test can wait for probes.
+    ``truncated`` (half a JPEG), ``cut`` (hangs up half-way through the body),
+    ``raw`` (not HTTP) and ``hang`` (read the request, never answer until
+    :meth:`stop`).  ``hits`` counts requests, so a test can wait for probes.
     """
 
     realm = "IP Camera"

@@ -1,0 +1,217 @@
+"""Camera health: each camera probed on its own schedule, with hysteresis, off the button's path.
+
+Each camera has its own daemon thread probing it every ``probe_interval_s``
+seconds (monotonic clock).  The probe (``camprobes.py``) runs on a
+short-lived thread that the worker waits on for at most the camera's time
+budget, so a probe stuck in a driver or in DNS is reported as hung (and not
+started again until it returns) while the worker, ``states()`` and
+``progress`` carry on.
+
+Hysteresis: ``fail_after`` consecutive failures emit one ``camera_fault``; the
+first success after that, one ``camera_restored``.  ``ok`` is None until the
+first success or fault and then follows those events, so status and events
+never disagree; ``detail`` is always the latest probe's finding.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Self
+
+from agent.camprobes import PiCameraProbe, ProbeResult, address_of, elapsed_ms, one_line, probe_http, probe_rtsp
+from agent.config.model import CameraConfig, CameraKind
+from agent.errors import CameraError
+from agent.events import Clock, EventType, Stamp, iso_ms
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[EventType, str, Stamp, Mapping[str, Any]], None]
+_HANG_GRACE_S = 1.0
+
+
+def _hang_detail(cfg: CameraConfig, limit_s: float) -> str:
+    if cfg.kind is CameraKind.PICAMERA2:
+        return f"no still from camera {cfg.camera_num} within {limit_s:g} s: camera or driver hung; reboot the Pi"
+    return f"probe of {address_of(cfg.url or '', 0)[2]} hung for {limit_s:g} s: network or DNS stuck; check the network"
+
+
+class _Camera:
+    """One camera's probe, time budget (s) and hysteresis state (status fields under Cameras' lock)."""
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        self.cfg = cfg
+        probes = {CameraKind.HTTP_SNAPSHOT: functools.partial(probe_http, cfg),
+                  CameraKind.RTSP: functools.partial(probe_rtsp, cfg)}
+        self.probe = probes.get(cfg.kind) or PiCameraProbe(cfg).probe
+        # HTTP digest auth takes two round trips, each bounded by requests' own timeouts.
+        self.limit_s = cfg.timeout_s if cfg.kind is CameraKind.PICAMERA2 else 2 * cfg.timeout_s + _HANG_GRACE_S
+        self.ok: bool | None = None
+        self.checked: str | None = None
+        self.detail = "not checked yet"
+        self.failures = 0
+        self.first_failure = 0.0
+        self.hung: threading.Thread | None = None  # a probe that overran its budget and is still running
+        self.hung_since = 0.0
+        self.probe_lock = threading.Lock()
+
+
+class Cameras:
+    """Probes the configured cameras, each on its own thread and schedule, and reports their health.
+
+    Args:
+        configs: the ``cameras`` section.
+        clock: stamps events; its ``mono`` drives the schedules.
+        emit: called on a camera's thread with (type, camera name, stamp, data)
+            once per ``camera_fault`` and ``camera_restored``; it must do the
+            durable put and return.
+        on_change: called whenever a camera's ``ok`` changes, so the status is
+            republished at once.
+
+    """
+
+    def __init__(
+        self, configs: tuple[CameraConfig, ...], *, clock: Clock, emit: Emit, on_change: Callable[[], None],
+    ) -> None:
+        self._clock = clock
+        self._emit = emit
+        self._on_change = on_change
+        self._cams = {cfg.name: _Camera(cfg) for cfg in configs}
+        self._lock = threading.Lock()  # guards the status fields; never held during a probe or a callback
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._progress = float(clock.mono())
+
+    @property
+    def progress(self) -> float:
+        """Monotonic time (s) of the last worker activity; "now" when no worker runs."""
+        return self._progress if self._threads and not self._stop.is_set() else float(self._clock.mono())
+
+    def start(self) -> None:
+        """Start one daemon thread per camera; each probes at once, then every ``probe_interval_s``."""
+        if self._threads or self._stop.is_set():
+            return
+        for cam in self._cams.values():
+            t = threading.Thread(target=self._run, args=(cam,), name=f"camera-{cam.cfg.name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _run(self, cam: _Camera) -> None:
+        due = self._clock.mono()
+        while not self._stop.is_set():
+            now = self._progress = self._clock.mono()
+            if now < due:
+                self._stop.wait(min(1.0, due - now))
+                continue
+            due = now + cam.cfg.probe_interval_s
+            try:
+                self._probe(cam)
+            except Exception:
+                log.exception("camera %s: probe bookkeeping failed; trying again next round", cam.cfg.name)
+
+    def probe_now(self, name: str) -> ProbeResult:
+        """Probe one camera on the caller's thread, waiting at most its time budget, and record the result.
+
+        Raises:
+            CameraError: no camera has that name.
+
+        """
+        cam = self._cams.get(name)
+        if cam is None:
+            raise CameraError(f"no camera named '{name}'; configured: {', '.join(self._cams) or 'none'}")
+        return self._probe(cam)
+
+    def _probe(self, cam: _Camera) -> ProbeResult:
+        with cam.probe_lock:
+            result = self._bounded(cam)
+        if not self._stop.is_set():
+            self._record(cam, result)
+        return result
+
+    def _bounded(self, cam: _Camera) -> ProbeResult:
+        t0 = time.monotonic()
+        hang = _hang_detail(cam.cfg, cam.limit_s)
+        if cam.hung is not None and cam.hung.is_alive():
+            return ProbeResult(ok=False, detail=one_line(f"{hang} (still, after {t0 - cam.hung_since:.0f} s)"),
+                               elapsed_ms=0)
+        box: list[ProbeResult] = []
+
+        def work() -> None:
+            try:
+                box.append(cam.probe())
+            except Exception as exc:  # a library surprise becomes a failed probe, logged with its traceback
+                log.exception("camera %s: probe raised", cam.cfg.name)
+                box.append(ProbeResult(ok=False, detail=one_line(f"probe error {type(exc).__name__}: {exc}"),
+                                       elapsed_ms=elapsed_ms(t0)))
+
+        thread = threading.Thread(target=work, name=f"probe-{cam.cfg.name}", daemon=True)
+        thread.start()
+        while thread.is_alive() and not self._stop.is_set() and time.monotonic() < t0 + cam.limit_s:
+            thread.join(min(0.25, max(0.0, t0 + cam.limit_s - time.monotonic())))
+            self._progress = self._clock.mono()
+        if box:
+            return box[0]
+        cam.hung, cam.hung_since = thread, t0
+        return ProbeResult(ok=False, detail=one_line(hang), elapsed_ms=elapsed_ms(t0))
+
+    def _record(self, cam: _Camera, result: ProbeResult) -> None:
+        stamp = self._clock.stamp()
+        name, kind = cam.cfg.name, cam.cfg.kind.value
+        with self._lock:
+            was, failures = cam.ok, cam.failures
+            cam.checked, cam.detail = iso_ms(stamp.wall), result.detail
+            cam.failures = 0 if result.ok else failures + 1
+            if cam.failures == 1:
+                cam.first_failure = stamp.mono
+            if result.ok or (was is not False and cam.failures >= cam.cfg.fail_after):
+                cam.ok = result.ok
+            now, down_s = cam.ok, round(stamp.mono - cam.first_failure, 1)
+        log.debug("camera %s probe: ok=%s %s", name, result.ok, result.detail)
+        if now is was:
+            return
+        if now is False:
+            log.warning("camera %s (%s) FAULT after %d failed probes: %s", name, kind, failures + 1, result.detail)
+            data = {"kind": kind, "detail": result.detail, "failures": failures + 1}
+            self._call(self._emit, EventType.CAMERA_FAULT, name, stamp, data)
+        elif was is False:
+            log.info("camera %s (%s) restored after %.0f s down: %s", name, kind, down_s, result.detail)
+            data = {"kind": kind, "detail": result.detail, "failures": failures, "down_s": down_s}
+            self._call(self._emit, EventType.CAMERA_RESTORED, name, stamp, data)
+        self._call(self._on_change)
+
+    @staticmethod
+    def _call(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # the daemon's callbacks report their own trouble; a camera thread must survive them
+            log.exception("camera callback %r failed", fn)
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Each camera for the status document: ``ok`` (None before the first verdict), ``checked``, ``detail``."""
+        with self._lock:
+            return {n: {"ok": c.ok, "checked": c.checked, "detail": c.detail} for n, c in self._cams.items()}
+
+    def close(self) -> None:
+        """Stop the workers, waiting a second at most: a hung probe's daemon thread is left behind."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        deadline = time.monotonic() + 1.0
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._stop.is_set():
+            return "<Cameras closed>"
+        words = {True: "ok", False: "fault", None: "unknown"}
+        return "<Cameras " + ", ".join(f"{n}={words[s['ok']]}" for n, s in self.states().items()) + ">"
