@@ -1,0 +1,132 @@
+"""A reference central consumer for campus edge agents (contract v1).
+
+Shows the four things every central server must get right:
+
+1. a persistent session (MQTT 5 clean_start=False with a session expiry), so
+   events published while the consumer is down wait at the broker;
+2. de-duplication on the event ``id`` (delivery is at least once);
+3. gap detection on ``seq`` per device (a gap is either still in flight or
+   was evicted under the documented disk rule: look at the status's
+   ``outbox.dropped``);
+4. re-timing events stamped while the device clock was not synchronised.
+
+Run:  python docs/examples/reference_consumer.py --host broker.campus.lan --port 1883
+With several consumer instances behind a clustered broker, pass --group NAME
+to use the shared subscription ``$share/NAME/campus/+/+/event/#``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+@dataclass
+class Device:
+    last_seq: int = 0
+    boot_offsets: dict[str, float] = field(default_factory=dict)  # boot_id -> wall - mono (s), from synced docs
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+class Consumer:
+    """Pure logic: feed it (topic, payload) and it returns what a person should see."""
+
+    def __init__(self, dedup_size: int = 100_000) -> None:
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.dedup_size = dedup_size
+        self.devices: dict[tuple[str, str], Device] = {}
+
+    def handle(self, topic: str, payload: bytes) -> list[str]:
+        parts = topic.split("/")
+        if len(parts) < 4:
+            return []
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return [f"ignored non-JSON message on {topic}"]
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            return [f"ignored message of unknown version on {topic}"]
+        dev = self.devices.setdefault((parts[1], parts[2]), Device())
+        if parts[3] == "status":
+            dev.status = doc
+            return [f"{parts[1]}/{parts[2]} is {doc.get('state')}"]
+        if parts[3] != "event":
+            return []
+        return self._event(dev, doc)
+
+    def _event(self, dev: Device, doc: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        if doc["id"] in self.seen:  # at-least-once: a redelivery after a reconnect
+            return out
+        self.seen[doc["id"]] = None
+        if len(self.seen) > self.dedup_size:
+            self.seen.popitem(last=False)
+        seq = int(doc["seq"])
+        if dev.last_seq and seq > dev.last_seq + 1:
+            dropped = dev.status.get("outbox", {}).get("dropped")
+            out.append(f"gap: seq {dev.last_seq + 1}..{seq - 1} from {doc['site']}/{doc['device']} not seen "
+                       f"(still in flight, or evicted: device reports {dropped} dropped)")
+        dev.last_seq = max(dev.last_seq, seq)
+        when = self.retime(dev, doc)
+        test = " (TEST)" if doc["test"] else ""
+        out.append(f"{doc['type'].upper()}{test} at {doc['site']}/{doc['device']} from {doc['source']} "
+                   f"at {when} seq {seq}")
+        return out
+
+    def retime(self, dev: Device, doc: dict[str, Any]) -> str:
+        """Best known wall time of an event; marked '~' when re-timed, '?' when unknown."""
+        ts = dt.datetime.fromisoformat(doc["ts"]).timestamp()
+        offset = ts - doc["mono_ms"] / 1000.0
+        if doc["clock_synced"]:
+            dev.boot_offsets[doc["boot_id"]] = offset
+            return doc["ts"]
+        known = dev.boot_offsets.get(doc["boot_id"])
+        if known is None:
+            return f"{doc['ts']}?"  # re-time later, once a synced event of this boot arrives
+        fixed = dt.datetime.fromtimestamp(known + doc["mono_ms"] / 1000.0, dt.UTC)
+        return fixed.isoformat(timespec="milliseconds").replace("+00:00", "Z") + "~"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument("--client-id", default="central-reference-consumer")
+    ap.add_argument("--group", help="shared subscription group (clustered broker, several consumers)")
+    args = ap.parse_args(argv)
+    consumer = Consumer()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    events = "campus/+/+/event/#" if not args.group else f"$share/{args.group}/campus/+/+/event/#"
+
+    def on_connect(c: mqtt.Client, _u: Any, flags: Any, _rc: Any, _p: Any) -> None:
+        if not flags.session_present:  # a new session: (re)subscribe; an old one keeps its subscriptions
+            c.subscribe([(events, 1), ("campus/+/+/status", 1)])
+
+    def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+        for line in consumer.handle(m.topic, m.payload):
+            print(line, flush=True)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 7 * 24 * 3600  # keep queued events for a week while we are down
+    client.connect(args.host, args.port, keepalive=30, clean_start=False, properties=props)
+    try:
+        client.loop_forever()
+    except KeyboardInterrupt:
+        client.disconnect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

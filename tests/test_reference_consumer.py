@@ -1,0 +1,73 @@
+"""The reference consumer in docs/examples: de-dup, gaps and re-timing, and live against an agent."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("reference_consumer", ROOT / "docs/examples/reference_consumer.py")
+assert spec is not None
+assert spec.loader is not None
+ref = importlib.util.module_from_spec(spec)
+sys.modules["reference_consumer"] = ref
+spec.loader.exec_module(ref)
+
+
+def event(seq: int, *, eid: str | None = None, synced: bool = True, ts: str = "2026-11-29T06:00:10.000Z",
+          mono_ms: int = 10_000, boot: str = "b1") -> bytes:
+    return json.dumps({"v": 1, "id": eid or f"{seq:032x}", "seq": seq, "site": "main", "device": "g1",
+                       "type": "panic", "source": "panic", "test": False, "ts": ts, "clock_synced": synced,
+                       "boot_id": boot, "mono_ms": mono_ms, "data": {}}).encode()
+
+
+def test_consumer__dedup_on_id():
+    c = ref.Consumer()
+    assert len(c.handle("campus/main/g1/event/panic", event(1))) == 1
+    assert c.handle("campus/main/g1/event/panic", event(1)) == []
+
+
+def test_consumer__gap_reported_with_dropped_count():
+    c = ref.Consumer()
+    c.handle("campus/main/g1/status", json.dumps({"v": 1, "state": "online", "outbox": {"dropped": 2}}).encode())
+    c.handle("campus/main/g1/event/panic", event(1))
+    lines = c.handle("campus/main/g1/event/panic", event(4))
+    assert lines[0].startswith("gap: seq 2..3 from main/g1 not seen")
+    assert "2 dropped" in lines[0]
+
+
+def test_consumer__retimes_unsynced_events_of_the_same_boot():
+    c = ref.Consumer()
+    c.handle("campus/main/g1/event/panic", event(1, synced=True, ts="2026-11-29T06:00:10.000Z", mono_ms=10_000))
+    line = c.handle("campus/main/g1/event/panic",
+                    event(2, synced=False, ts="1970-01-01T00:00:30.000Z", mono_ms=25_500))[0]
+    assert "at 2026-11-29T06:00:25.500Z~" in line
+    unknown = c.handle("campus/main/g1/event/panic", event(3, synced=False, boot="other", ts="1970-01-01T00:00:01.000Z"))
+    assert "1970-01-01T00:00:01.000Z?" in unknown[0]
+
+
+def test_consumer__ignores_garbage():
+    c = ref.Consumer()
+    assert c.handle("campus/main/g1/event/panic", b"\xff") == ["ignored non-JSON message on campus/main/g1/event/panic"]
+    assert "unknown version" in c.handle("campus/main/g1/event/panic", b'{"v": 2}')[0]
+
+
+@pytest.mark.broker
+def test_consumer__live_against_a_real_agent(broker, central, agent_proc, device):
+    agent = agent_proc(broker.port, device=device)
+    agent.click()
+    agent.click()
+    central.wait_events(2, "panic")
+    c = ref.Consumer()
+    lines: list[Any] = []
+    for m in central.all:
+        lines += c.handle(m.topic, m.payload)
+        lines += c.handle(m.topic, m.payload)  # every message twice: duplicates must vanish
+    alarms = [line for line in lines if line.startswith("PANIC")]
+    assert len(alarms) == 2
+    assert not [line for line in lines if line.startswith("gap")]
