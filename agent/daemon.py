@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _RECENT = 50
 _UNSAVED_MAX = 10_000
+_STATUS_EVERY_S = 10.0
 
 
 class Agent:
@@ -79,7 +80,8 @@ class Agent:
         )
         self._factory = make_pin_factory(cfg.gpio.pin_factory)
         self.indicators = Indicators(cfg.outputs, pin_factory=self._factory, mono=self.clock.mono)
-        self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock, emit=self.record)
+        self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock, emit=self.record,
+                             on_change=lambda: self.heartbeat.changed() if self.heartbeat is not None else None)
         self.inputs.arm()
         try:
             self.indicators.start()
@@ -182,8 +184,21 @@ class Agent:
     def serve(self) -> None:
         """Feed the watchdog until asked to stop (the main thread's job once started)."""
         interval = min(self.notifier.watchdog_interval or 1.0, 1.0)
+        next_status = self.clock.mono() + _STATUS_EVERY_S
         while not self._stop.wait(interval):
             self._feed_watchdog()
+            if self.clock.mono() >= next_status:
+                next_status = self.clock.mono() + _STATUS_EVERY_S
+                self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        """One line for ``systemctl status``: link and outbox depth."""
+        link = self.uplink.state() if self.uplink is not None else None
+        pending = self.outbox.pending() if self.outbox is not None else 0
+        if link is not None and link.connected:
+            return f"connected to {link.broker}; {pending} events pending"
+        reason = link.last_error if link is not None and link.last_error else "connecting"
+        return f"broker unreachable ({reason}); {pending} events buffered"
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -266,11 +281,7 @@ class Agent:
     def _on_link(self, state: LinkState) -> None:
         if self.indicators is not None:
             self.indicators.link(state.connected)
-        pending = self.outbox.pending() if self.outbox else 0
-        if state.connected:
-            self.notifier.status(f"connected to {state.broker}; {pending} events pending")
-        else:
-            self.notifier.status(f"broker unreachable ({state.last_error}); {pending} events buffered")
+        self.notifier.status(self._status_line())
         if self.heartbeat is not None:
             self.heartbeat.changed()
 

@@ -114,11 +114,22 @@ class Inputs:
         clock: stamps edges; its ``mono`` drives debounce and stuck timers.
         emit: called on this module's thread with (type, input name, stamp, data)
             for every event; it must do the durable put and return.
+        on_change: called after every accepted state change (also a release,
+            which is no event), so the status can be republished at once.
 
     """
 
-    def __init__(self, configs: tuple[InputConfig, ...], *, pin_factory: Any, clock: Clock, emit: Emit) -> None:
+    def __init__(
+        self,
+        configs: tuple[InputConfig, ...],
+        *,
+        pin_factory: Any,
+        clock: Clock,
+        emit: Emit,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self._configs = configs
+        self._on_change = on_change
         self._factory = pin_factory
         self._clock = clock
         self._emit = emit
@@ -215,6 +226,11 @@ class Inputs:
             self._check_stuck(item, now)
 
     def _changed(self, item: _Input, stamp: Stamp) -> None:
+        self._accept(item, stamp)
+        if self._on_change is not None:
+            self._on_change()
+
+    def _accept(self, item: _Input, stamp: Stamp) -> None:
         name = item.cfg.name
         if item.debouncer.stable:
             item.active_since = stamp.mono
@@ -245,6 +261,8 @@ class Inputs:
         stamp = Stamp(wall=self._clock.wall(), mono=now, synced=self._clock.synced())
         data = {"reason": reason, "active_s": round(now - item.active_since, 3)}
         self._emit(EventType.INPUT_FAULT, item.cfg.name, stamp, data)
+        if self._on_change is not None:
+            self._on_change()
 
     # ---- technician and status helpers ---------------------------------------
 

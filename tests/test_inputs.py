@@ -204,3 +204,17 @@ def test_inputs__pin_claimed_twice_names_pin_and_input(mock_factory):
     with pytest.raises(HardwareError, match="cannot claim GPIO17 for input 'desk'"):
         second.arm(start_thread=False)
     first.close()
+
+
+def test_inputs__every_state_change_notifies_even_a_release(mock_factory, fake_clock):
+    mono, clock = fake_clock
+    changes: list[str] = []
+    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=clock, emit=Recorder(),
+                    on_change=lambda: changes.append(inputs.states()["panic"].state))
+    inputs.arm(start_thread=False)
+    mock_factory.pin(17).drive_low()
+    inputs.poll(mono.t)
+    mock_factory.pin(17).drive_high()
+    inputs.poll(mono.t)
+    assert changes == ["active", "ok"]
+    inputs.close()
