@@ -57,8 +57,7 @@ class ControlServer:
         except OSError as exc:
             sock.close()
             raise ControlError(f"cannot open control socket {self.path}: {exc}; check control.socket") from exc
-        sock.settimeout(0.5)
-        self._sock = sock
+        self._sock = sock  # blocking accept: an idle agent does not wake up for it; close() shuts it down
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
 
@@ -67,8 +66,6 @@ class ControlServer:
         while not self._closed.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
             except OSError:
                 if self._closed.is_set():
                     return
@@ -104,6 +101,8 @@ class ControlServer:
             return
         self._closed.set()
         if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
             self._sock.close()
         if self._thread is not None:
             self._thread.join(2.0)

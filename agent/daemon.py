@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 _RECENT = 50
 _UNSAVED_MAX = 10_000
 _STATUS_EVERY_S = 10.0
+_SERVE_TICK_S = 5.0
 
 
 class Agent:
@@ -183,7 +184,7 @@ class Agent:
 
     def serve(self) -> None:
         """Feed the watchdog until asked to stop (the main thread's job once started)."""
-        interval = min(self.notifier.watchdog_interval or 1.0, 1.0)
+        interval = min(self.notifier.watchdog_interval or _SERVE_TICK_S, _SERVE_TICK_S)
         next_status = self.clock.mono() + _STATUS_EVERY_S
         while not self._stop.wait(interval):
             self._feed_watchdog()

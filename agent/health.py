@@ -180,8 +180,9 @@ class Health:
 class Heartbeat:
     """The timer thread: periodic status, status on change, and small periodic tasks.
 
-    ``ticks`` run about once a second on this thread (test-mode expiry and the
-    like); they must be quick.  ``progress`` is what the watchdog looks at.
+    ``ticks`` run every ``tick_s`` seconds on this thread (test-mode expiry,
+    retrying events held in memory); they must be quick.  ``progress`` is what
+    the watchdog looks at.
     """
 
     interval_s: float
@@ -189,6 +190,7 @@ class Heartbeat:
     mono: Callable[[], float]
     ticks: list[Callable[[], None]] = field(default_factory=list)
     min_gap_s: float = 0.2
+    tick_s: float = 5.0
     progress: float = 0.0
 
     def __post_init__(self) -> None:
@@ -227,7 +229,7 @@ class Heartbeat:
                     self.publish()
                 except Exception:
                     log.exception("building the status document failed; will try again next heartbeat")
-            wait = min(1.0, max(0.0, next_beat - now))
+            wait = min(self.tick_s, max(0.0, next_beat - now))
             if self._changed:
                 wait = min(wait, max(0.0, last + self.min_gap_s - now))
             self._wake.wait(wait)

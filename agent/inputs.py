@@ -31,6 +31,7 @@ from agent.pins import is_mock
 log = logging.getLogger(__name__)
 
 Emit = Callable[[EventType, str, Stamp, Mapping[str, Any]], None]
+_IDLE_S = 5.0  # longest sleep with nothing to do: often enough for the watchdog, rare enough to idle cheaply
 
 
 class Debouncer:
@@ -189,7 +190,7 @@ class Inputs:
                 wait = self._next_deadline()
                 if not self._edges:
                     now = self._clock.mono()
-                    self._cond.wait(timeout=1.0 if wait is None else max(0.0, min(1.0, wait - now)))
+                    self._cond.wait(timeout=_IDLE_S if wait is None else max(0.0, min(_IDLE_S, wait - now)))
             if self.closed:
                 return
             self.poll(self._clock.mono())

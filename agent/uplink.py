@@ -43,7 +43,8 @@ CommandHandler = Callable[[str, bytes], None]
 _REFUSED_RETRY_MIN_S = 5.0
 _REFUSED_RETRY_MAX_S = 600.0
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
-_IDLE_WAKE_S = 1.0
+_IDLE_WAKE_S = 1.0  # granularity of waits between connection attempts (stop stays responsive)
+_IDLE_S = 5.0  # longest wait while connected with nothing to send; any news wakes the sender at once
 
 
 @dataclass(frozen=True)
@@ -367,7 +368,7 @@ class Uplink:
         now = self._mono()
         room = self.cfg.max_inflight - len(self._inflight)
         if room <= 0:
-            return _IDLE_WAKE_S
+            return _IDLE_S
         rate = self.cfg.drain_rate_per_s
         self._next_send = max(self._next_send, now - self.cfg.max_inflight / rate)
         if self._next_send > now:
@@ -379,7 +380,7 @@ class Uplink:
         for row in rows:
             info = s.client.publish(f"{self.root}/event/{row.type}", row.payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return _IDLE_WAKE_S  # the connection is going; the next session resends
+                return _IDLE_S  # the connection is going; on_disconnect wakes us, the next session resends
             self._retry_at.pop(row.seq, None)
             self._next_send += 1.0 / rate
             self._inflight[info.mid] = row
@@ -388,8 +389,8 @@ class Uplink:
         if len(rows) == budget < room:
             return max(0.0, self._next_send - now)
         if self._retry_at:
-            return min(_IDLE_WAKE_S, max(0.01, min(self._retry_at.values()) - now))
-        return _IDLE_WAKE_S
+            return min(_IDLE_S, max(0.01, min(self._retry_at.values()) - now))
+        return _IDLE_S
 
     def _due_retries(self, now: float, room: int) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
