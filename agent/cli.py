@@ -18,6 +18,7 @@ from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_config
 from agent.control import request
 from agent.errors import AgentError, ConfigError, ControlError
+from agent.monitor import add_monitor_parsers
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--minutes", type=int, default=30, choices=range(1, 241), metavar="N",
                     help="how long, 1-240 (default 30)")
     tm.set_defaults(func=cmd_test_mode)
+
+    add_monitor_parsers(sub)
     return p
 
 

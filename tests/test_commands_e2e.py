@@ -169,3 +169,19 @@ def test_fuzz__afterwards_ping_and_press_still_work(module_rig):
     module_rig.command("ping", ping)
     assert module_rig.reply_to(ok_id)["ok"] is True
     assert module_rig.press_delivered()["type"] == "panic"
+
+
+def test_cli_ack__real_agent_answers_and_shows_acknowledged(rig, broker):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.agentproc import ROOT
+
+    event = rig.press_delivered()
+    device = rig.root.split("/", 1)[1]
+    r = subprocess.run([sys.executable, "-m", "agent", "ack", event["id"], "--device", device,
+                        "--broker", f"127.0.0.1:{broker.port}"], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert rig.agent.status()["status"]["outputs"]["ack_led"]["pattern"] == "acknowledged"

@@ -1,0 +1,138 @@
+"""Acknowledging alarms: the contract's ``ack`` command, and matching its reply.
+
+Used by ``campus-agent monitor --ack`` (alarms come and go, replies arrive
+among events) and by ``campus-agent ack`` (one command, one reply).  Pure
+logic: the caller publishes and feeds the replies in, so it is tested without
+a broker.  Not thread-safe: one thread uses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from agent.display import Alarm, Line, LineKind, clock_text, decode, device_key, warning_line
+from agent.events import CONTRACT_VERSION, iso_ms, new_id
+
+REPLY_TIMEOUT_S = 10.0
+_MAX_UNACKED = 1000
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def valid_event_id(text: str) -> bool:
+    """True for an event ``id`` as the contract writes it: 32 lower-case hex digits."""
+    return _EVENT_ID.fullmatch(text) is not None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A device's answer to a command (``R/reply``)."""
+
+    cmd_id: str
+    ok: bool
+    error: str | None
+
+
+def ack_command(event_id: str, wall: float) -> tuple[str, bytes]:
+    """A fresh ``ack`` command for ``event_id``: its ``id`` and its payload."""
+    cmd_id = f"c-{new_id()}"
+    doc = {"v": CONTRACT_VERSION, "id": cmd_id, "ts": iso_ms(wall), "event_id": event_id}
+    return cmd_id, json.dumps(doc, separators=(",", ":")).encode()
+
+
+def parse_reply(payload: bytes) -> Reply | None:
+    """The reply in ``payload``, or ``None`` when it is not a readable one."""
+    doc = decode(payload)
+    if isinstance(doc, str):
+        return None
+    cmd_id, ok, error = doc.get("cmd_id"), doc.get("ok"), doc.get("error")
+    if not isinstance(cmd_id, str) or not isinstance(ok, bool):
+        return None
+    return Reply(cmd_id, ok, error if isinstance(error, str) else None)
+
+
+class AckDesk:
+    """Which alarms still wait for an ack, and which acks still wait for a reply.
+
+    An alarm whose ack is refused, or unanswered after ``reply_timeout_s``
+    seconds, is offered again: the operator should not believe a device
+    signalled "help is coming" when it did not.
+
+    Args:
+        prefix: the topic prefix (``mqtt.topic_prefix``).
+        reply_timeout_s: how long to wait for a device's reply, in seconds.
+        tz: time zone of the printed clock times; ``None`` is the local one.
+
+    """
+
+    def __init__(self, prefix: str = "campus", *, reply_timeout_s: float = REPLY_TIMEOUT_S,
+                 tz: dt.tzinfo | None = None) -> None:
+        self.prefix = prefix
+        self.reply_timeout_s = reply_timeout_s
+        self._tz = tz
+        self._unacked: OrderedDict[str, Alarm] = OrderedDict()
+        self._sent: dict[str, tuple[Alarm, float]] = {}
+
+    def __repr__(self) -> str:
+        return f"<AckDesk {len(self._unacked)} alarms unacknowledged, {len(self._sent)} acks awaiting a reply>"
+
+    def command_topic(self, alarm: Alarm) -> str:
+        return f"{self.prefix}/{alarm.site}/{alarm.device}/cmd/ack"
+
+    def offer(self, alarm: Alarm) -> None:
+        """A new panic or tamper event: it may now be acknowledged."""
+        self._unacked[alarm.event_id] = alarm
+        self._unacked.move_to_end(alarm.event_id)
+        if len(self._unacked) > _MAX_UNACKED:
+            self._unacked.popitem(last=False)
+
+    def next_unacked(self) -> Alarm | None:
+        """The most recent alarm not yet acknowledged, or ``None``."""
+        return next(reversed(self._unacked.values()), None)
+
+    def sent(self, alarm: Alarm, cmd_id: str, now: float) -> None:
+        """``cmd_id`` acknowledges ``alarm``; its reply is now expected."""
+        self._unacked.pop(alarm.event_id, None)
+        self._sent[cmd_id] = (alarm, now)
+
+    def failed(self, cmd_id: str) -> None:
+        """The ack ``cmd_id`` could not be published: offer its alarm again."""
+        entry = self._sent.pop(cmd_id, None)
+        if entry is not None:
+            self.offer(entry[0])
+
+    def feed(self, topic: str, payload: bytes, at: float) -> list[Line]:
+        """Take a message; a reply to one of our acks becomes a line, anything else nothing."""
+        if not (topic.startswith(f"{self.prefix}/") and topic.endswith("/reply")):
+            return []
+        reply = parse_reply(payload)
+        if reply is None:
+            problem = decode(payload)
+            why = problem if isinstance(problem, str) else "no cmd_id or ok"
+            return [warning_line(at, f"{topic}: unreadable reply ({why}); ignored", self._tz)]
+        entry = self._sent.pop(reply.cmd_id, None)
+        if entry is None:
+            return []  # a reply to another client's command
+        alarm = entry[0]
+        if not reply.ok:
+            self.offer(alarm)
+        verdict = "accepted" if reply.ok else f"REFUSED: {reply.error or 'no reason given'}"
+        text = (f"{clock_text(at, self._tz)}  {device_key(alarm.site, alarm.device)}  "
+                f"ack of {alarm.type} {alarm.event_id} {verdict}")
+        record = {"kind": "reply", "arrived": iso_ms(at), "site": alarm.site, "device": alarm.device,
+                  "cmd_id": reply.cmd_id, "event_id": alarm.event_id, "ok": reply.ok, "error": reply.error}
+        return [Line(LineKind.REPLY, text, record)]
+
+    def tick(self, now: float) -> list[Line]:
+        """Give up on acks that got no reply in time, and offer their alarms again."""
+        lines: list[Line] = []
+        for cmd_id, (alarm, sent_at) in list(self._sent.items()):
+            if now - sent_at > self.reply_timeout_s:
+                del self._sent[cmd_id]
+                self.offer(alarm)
+                lines.append(warning_line(now, f"{alarm.key}: no reply to ack {cmd_id} within "
+                                               f"{self.reply_timeout_s:g} s; is the device online?", self._tz))
+        return lines

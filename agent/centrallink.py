@@ -1,0 +1,262 @@
+"""The monitor's side of MQTT: connect, subscribe, publish and wait; paho stays in here.
+
+What :mod:`agent.uplink` is for the agent, this is for ``campus-agent monitor``
+and ``campus-agent ack``: messages leave as :class:`Incoming` values, link
+changes as :class:`LinkNote`, and failures as :class:`~agent.errors.AgentError`
+in words a technician can act on.
+
+MQTT 5 with clean start and a random ``monitor-<hex>`` client id: never the
+``client_id`` from the agent's config, which would push the agent itself off
+the broker (session takeover).  paho reconnects on its own after the first
+connection; subscriptions are renewed then, because a clean start forgets them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config.model import BrokerAddress, MqttConfig
+from agent.errors import AgentError
+from agent.uplink import describe_connect_error, tls_context
+
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+_KEEPALIVE_S = 30
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message as it arrived; ``arrival`` is wall-clock seconds."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    arrival: float
+
+
+@dataclass(frozen=True)
+class LinkNote:
+    """The connection dropped (``up`` false) or came back after a drop."""
+
+    up: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """Where to connect and how: ``mqtt`` brings TLS and credentials from a config file."""
+
+    brokers: tuple[BrokerAddress, ...]
+    mqtt: MqttConfig | None = None
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not self.brokers:
+            raise ValueError("LinkSettings needs at least one broker")
+
+
+Inbox = queue.SimpleQueue[Incoming | LinkNote]
+
+
+class CentralLink:
+    """One MQTT 5 connection for a monitor; use as a context manager.
+
+    Args:
+        settings: brokers (tried in order), TLS and credentials.
+        inbox: where messages and link notes go; paho's thread only puts here.
+        name: the client id prefix, ``monitor`` or ``ack``.
+        wall: the clock that stamps ``Incoming.arrival``.
+
+    """
+
+    def __init__(self, settings: LinkSettings, inbox: Inbox, *, name: str = "monitor",
+                 wall: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.client_id = f"{name}-{uuid.uuid4().hex[:12]}"
+        self._inbox = inbox
+        self._wall = wall
+        self._client: mqtt.Client | None = None
+        self.broker: BrokerAddress | None = None
+        self._topics: list[str] = []
+        self._done = threading.Condition()
+        self._results: dict[int, str | None] = {}
+        self._renewals: set[int] = set()
+        self._connack = threading.Event()
+        self._refused: str | None = None
+        self._up = False
+        self._closing = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f"connected to {self.broker}" if self._up else "not connected"
+        return f"<CentralLink {self.client_id} {where}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._up
+
+    def connect(self) -> BrokerAddress:
+        """Connect to the first broker that answers.
+
+        Raises:
+            AgentError: no broker could be reached; the message names each
+                ``host:port`` tried and why it failed.
+
+        """
+        failures: list[str] = []
+        for broker in self.settings.brokers:
+            why = self._try(broker)
+            if why is None:
+                self.broker = broker
+                return broker
+            failures.append(f"{broker} ({why})")
+        if len(failures) == 1:
+            raise AgentError(f"cannot reach broker {failures[0]}")
+        raise AgentError(f"cannot reach any broker: {'; '.join(failures)}")
+
+    def subscribe(self, topics: Sequence[str], timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK; renewed after every reconnect."""
+        client = self._connected_client()
+        self._topics = list(topics)
+        rc, mid = client.subscribe([(t, 1) for t in self._topics])
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise AgentError(f"could not subscribe on {self.broker}: {mqtt.error_string(rc)}")
+        why = self._wait(mid, timeout, "SUBACK")
+        if why is not None:
+            raise AgentError(f"broker {self.broker} refused the subscription ({why}); check its ACL for this user")
+
+    def publish(self, topic: str, payload: bytes, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+        """Publish at QoS 1 and wait for a successful PUBACK."""
+        info = self._connected_client().publish(topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise AgentError(f"could not publish to {topic}: {mqtt.error_string(info.rc)}")
+        why = self._wait(info.mid, timeout, "PUBACK")
+        if why is not None:
+            raise AgentError(f"broker {self.broker} refused the publish to {topic} ({why}); "
+                             "check its ACL for this user")
+
+    def close(self) -> None:
+        """Disconnect and stop paho's thread; safe to call more than once."""
+        self._closing = True
+        self._drop_client()
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self._up = False
+
+    # ---- inside ------------------------------------------------------------------
+
+    def _try(self, broker: BrokerAddress) -> str | None:
+        """One connection attempt; ``None`` when it is up, else why not."""
+        self._connack.clear()
+        self._refused = None
+        try:
+            client = self._make_client()
+            client.connect(broker.host, broker.port, keepalive=_KEEPALIVE_S, clean_start=True)
+        except (OSError, ValueError) as exc:
+            return describe_connect_error(exc, self.settings.connect_timeout_s)
+        self._client = client
+        client.loop_start()
+        why = self._refusal() if self._connack.wait(self.settings.connect_timeout_s) else (
+            f"no CONNACK within {self.settings.connect_timeout_s:g} s")
+        if why is not None:
+            self._drop_client()
+        return why
+
+    def _refusal(self) -> str | None:
+        return self._refused
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=MQTTProtocolVersion.MQTTv5)
+        client.connect_timeout = self.settings.connect_timeout_s
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        cfg = self.settings.mqtt
+        if cfg is not None and cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password.reveal() if cfg.password is not None else None)
+        if cfg is not None and cfg.tls is not None:
+            client.tls_set_context(tls_context(cfg))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        return client
+
+    def _connected_client(self) -> mqtt.Client:
+        if self._client is None or not self._up:
+            raise AgentError("not connected to a broker")
+        return self._client
+
+    def _wait(self, mid: int, timeout: float, what: str) -> str | None:
+        deadline = time.monotonic() + timeout
+        with self._done:
+            try:
+                while mid not in self._results:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise AgentError(f"no {what} from {self.broker} within {timeout:g} s")
+                    self._done.wait(left)
+                return self._results[mid]
+            finally:
+                self._results.pop(mid, None)
+
+    # paho's network thread: record, queue, notify; nothing that blocks.
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        if rc.is_failure:
+            self._refused = f"broker refused the connection: {rc}; check the username, password or certificate"
+            self._connack.set()
+            return
+        if self._connack.is_set() and self._topics:
+            # A reconnect: clean start dropped the subscriptions; nobody waits for this SUBACK.
+            _rc, mid = client.subscribe([(t, 1) for t in self._topics])
+            if mid is not None:
+                self._renewals.add(mid)
+            self._inbox.put(LinkNote(up=True, text=f"reconnected to {self.broker}"))
+        self._up = True
+        self._connack.set()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        was_up, self._up = self._up, False
+        if not self._connack.is_set():
+            self._refused = (f"the broker closed the connection before answering ({rc}); "
+                             "does it want TLS or a client certificate? give them with -c FILE")
+            self._connack.set()
+        elif was_up and not self._closing:
+            self._inbox.put(LinkNote(up=False, text=f"lost the connection to {self.broker} ({rc}); reconnecting"))
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.put(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), self._wall()))
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        if mid in self._renewals:
+            self._renewals.discard(mid)
+            return
+        refused = [str(rc) for rc in rcs if rc.is_failure]
+        self._settle(mid, ", ".join(refused) if refused else None)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self._settle(mid, str(rc) if rc.is_failure else None)
+
+    def _settle(self, mid: int, why: str | None) -> None:
+        with self._done:
+            self._results[mid] = why
+            self._done.notify_all()

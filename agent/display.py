@@ -1,0 +1,145 @@
+"""What the monitor prints, and how it reads payloads it cannot trust.
+
+Shared by :mod:`agent.fleet` (events and device states) and :mod:`agent.acks`
+(replies): the :class:`Line` value, clock times and durations for people, and
+:func:`decode`, which turns any payload into a JSON object or a reason, never
+an exception: a broken device must not take the monitor down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from agent.events import iso_ms
+
+MAX_PAYLOAD = 65_536
+KEY_WIDTH = 20
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def valid_id(text: str) -> bool:
+    """True for a contract site or device id; they become topic levels."""
+    return _ID.fullmatch(text) is not None
+
+
+class LineKind(StrEnum):
+    EVENT = "event"
+    STATE = "state"
+    REPLY = "reply"
+    WARNING = "warning"
+    DEVICE = "device"
+    ACK = "ack"
+    LINK = "link"
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A panic or tamper event the centre may acknowledge."""
+
+    site: str
+    device: str
+    event_id: str
+    type: str
+    arrival: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.site}/{self.device}"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One thing to print: ``text`` for people, ``record`` for ``--json``.
+
+    ``alarm`` is set on the event line of a panic or tamper, so the runner can
+    offer it for acknowledgement without parsing text.
+    """
+
+    kind: LineKind
+    text: str
+    record: Mapping[str, Any]
+    alarm: Alarm | None = None
+
+
+def clock_text(at: float, tz: dt.tzinfo | None) -> str:
+    """``HH:MM:SS.mmm`` of a wall time in ``tz`` (``None``: local time)."""
+    t = dt.datetime.fromtimestamp(at, tz)
+    return t.strftime("%H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+
+
+def device_key(site: str, device: str) -> str:
+    """``site/device``, padded so that printed lines line up."""
+    return f"{site}/{device}".ljust(KEY_WIDTH)
+
+
+def warning_line(at: float, text: str, tz: dt.tzinfo | None) -> Line:
+    return Line(LineKind.WARNING, f"{clock_text(at, tz)}  WARNING  {text}",
+                {"kind": "warning", "arrived": iso_ms(at), "text": text})
+
+
+def decode(payload: bytes) -> dict[str, Any] | str:
+    """The JSON object in ``payload``, or a short reason why there is none."""
+    if len(payload) > MAX_PAYLOAD:
+        return f"payload of {len(payload)} bytes is too large"
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "payload is not UTF-8"
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested arrays
+        return f"payload is not JSON ({str(exc)[:60]})"
+    if not isinstance(doc, dict):
+        return f"payload is JSON {type(doc).__name__}, not an object"
+    return doc
+
+
+def parse_ts(value: object) -> float | None:
+    """A contract ``ts`` as epoch seconds; ``None`` when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t.timestamp() if t.tzinfo is not None else None
+
+
+def text_or(value: object, default: str) -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def span(seconds: float) -> str:
+    """A duration for people, rounded down: ``46 ms``, ``4.2 s``, ``91 s``, ``12 min``, ``3 h``, ``2 d``."""
+    s = abs(seconds)
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 120:
+        return f"{int(s)} s"
+    if s < 7200:
+        return f"{int(s // 60)} min"
+    if s < 172_800:
+        return f"{int(s // 3600)} h"
+    return f"{int(s // 86400)} d"
+
+
+def delay_text(seconds: float | None) -> str:
+    """Arrival minus ``ts``, signed: negative when the device's clock runs ahead."""
+    if seconds is None:
+        return "?"
+    return ("+" if seconds >= 0 else "-") + span(seconds)
+
+
+def ago(seconds: float) -> str:
+    s = max(0.0, seconds)
+    return f"{int(s)} s ago" if s < 10 else f"{span(s)} ago"
