@@ -17,6 +17,7 @@ from typing import Any
 from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_config
 from agent.control import request
+from agent.doctor import add_doctor_parser
 from agent.errors import AgentError, ConfigError, ControlError
 from agent.monitor import add_monitor_parsers
 
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     tm.set_defaults(func=cmd_test_mode)
 
     add_monitor_parsers(sub)
+    add_doctor_parser(sub)
     return p
 
 

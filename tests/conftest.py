@@ -10,9 +10,15 @@ import jsonschema
 import pytest
 
 from agent import schemas
-from tests.support.agentproc import AgentProc, unique_id, write_config
+from tests.support.agentproc import AgentProc, remove_socket_dirs, unique_id, write_config
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _socket_dirs() -> Iterator[None]:
+    yield
+    remove_socket_dirs()
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,17 @@ def unique_id(prefix: str = "dev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+_SOCKETS = Path("/tmp") / f"cea-{os.getpid()}"  # one folder per test process, removed at session end
+
+
 def short_socket_path() -> Path:
     """UNIX socket paths stop at 107 bytes; pytest's tmp_path can be longer."""
-    return Path(tempfile.mkdtemp(prefix="cea-", dir="/tmp")) / "ctl.sock"
+    _SOCKETS.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=_SOCKETS)) / "ctl.sock"
+
+
+def remove_socket_dirs() -> None:
+    shutil.rmtree(_SOCKETS, ignore_errors=True)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

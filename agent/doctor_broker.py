@@ -1,0 +1,322 @@
+"""The broker checks of ``campus-agent doctor``: DNS, TCP, TLS, login and a round trip, step by step.
+
+Each step is its own function, so a failure names the layer it happened in
+(a typo in the host name, a firewall, a wrong CA, a wrong password, an ACL)
+instead of the one "cannot connect" a full MQTT client would report.  The TLS
+step uses the agent's own :func:`~agent.uplink.tls_context`, so it trusts
+exactly what the agent trusts.
+
+The MQTT steps go through :class:`~agent.doctor_mqtt.MqttProbe`, which keeps
+paho to itself and never uses the agent's own client id.  The round trip
+publishes to ``{root}/doctor/ping``, so the broker's ACL must allow this
+device ``{root}/doctor/#`` (mosquitto: ``pattern readwrite campus/+/%u/doctor/#``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from agent.certinfo import not_after
+from agent.config.model import BrokerAddress, Config, MqttConfig
+from agent.doctor_checks import Check, run_with_deadline
+from agent.doctor_mqtt import MqttProbe
+from agent.errors import ConfigError
+from agent.uplink import describe_connect_error, tls_context
+
+EXPIRY_WARN_DAYS = 30
+_ALERT_WAIT_S = 0.5  # TLS 1.3 sends a refusal of our client certificate just after the handshake
+_LOGIN_REFUSED = {134, 135, 138, 140}  # bad user name or password, not authorised, banned, bad auth method
+
+Address = tuple[socket.AddressFamily, Any]  # (family, sockaddr)
+
+
+def _days(left: dt.timedelta) -> str:
+    n = left.days
+    return f"{n} day{'' if n == 1 else 's'}"
+
+
+# ---- DNS and TCP -----------------------------------------------------------------
+
+
+def check_dns(broker: BrokerAddress, timeout_s: float) -> tuple[Check, list[Address]]:
+    """Resolve the broker's host name; return the verdict and the (family, address) list for TCP."""
+    label = f"broker {broker}"
+    try:
+        infos = run_with_deadline(
+            lambda: socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM), timeout_s, "doctor-dns")
+    except socket.gaierror as exc:
+        return Check.fail(f"{label}: host name {broker.host} not found ({exc.strerror})",
+                          "check mqtt.host (or brokers) for a typo, and the Pi's DNS server (/etc/resolv.conf)"), []
+    except TimeoutError:
+        return Check.fail(f"{label}: no DNS answer for {broker.host} within {timeout_s:g} s",
+                          "check the Pi's network and its DNS server (/etc/resolv.conf)"), []
+    addrs: list[Address] = list(dict.fromkeys((family, sockaddr) for family, _t, _p, _c, sockaddr in infos))
+    try:
+        ipaddress.ip_address(broker.host)
+    except ValueError:
+        shown = ", ".join(str(a[0]) for _f, a in addrs)
+        return Check.ok(f"{label}: DNS {broker.host} → {shown}"), addrs
+    return Check.ok(f"{label}: {broker.host} is an address, no DNS lookup needed"), addrs
+
+
+def check_tcp(broker: BrokerAddress, addrs: list[Address],
+              timeout_s: float) -> tuple[Check, socket.socket | None]:
+    """Open a TCP connection to the first address that answers; the caller closes the socket."""
+    label = f"broker {broker}"
+    first: tuple[str, OSError] | None = None
+    for family, sockaddr in addrs:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout_s)
+        t0 = time.monotonic()
+        try:
+            sock.connect(sockaddr)
+        except OSError as err:
+            sock.close()
+            first = first or (str(sockaddr[0]), err)
+            continue
+        ms = int((time.monotonic() - t0) * 1000)
+        return Check.ok(f"{label}: TCP connected to {sockaddr[0]} port {broker.port} in {ms} ms"), sock
+    if first is None:
+        return Check.fail(f"{label}: no address to connect to", "check mqtt.host"), None
+    where, exc = first
+    if isinstance(exc, ConnectionRefusedError):
+        return Check.fail(f"{label}: connection refused by {where} port {broker.port}",
+                          "nothing listens there: check mqtt.port and that the broker (mosquitto) runs"), None
+    if isinstance(exc, TimeoutError):
+        return Check.fail(f"{label}: no answer from {where} port {broker.port} within {timeout_s:g} s",
+                          f"a firewall drops the connection or the host is down: check the network path and "
+                          f"that port {broker.port} is open"), None
+    return Check.fail(f"{label}: cannot reach {where} ({exc.strerror or exc})",
+                      "check the Pi's network (cable or Wi-Fi, ip route) and the broker address"), None
+
+
+# ---- TLS -------------------------------------------------------------------------
+
+
+def _verify_failure(exc: ssl.SSLCertVerificationError, broker: BrokerAddress) -> tuple[str, str]:
+    why = exc.verify_message or str(exc)
+    code = exc.verify_code
+    if code == 10:
+        return (f"the broker's certificate has expired ({why})",
+                "the broker's admin must renew its certificate; the agent cannot connect until then")
+    if code == 9:
+        return (f"the broker's certificate is not valid yet ({why})",
+                "this Pi's clock is probably wrong: see the clock line; else the certificate starts in the future")
+    if code in (62, 64):
+        return (f"the broker's certificate is not valid for {broker.host} ({why})",
+                "set mqtt.host to a name in the broker's certificate, or have the certificate reissued with this name")
+    if code in (2, 18, 19, 20, 21):
+        return (f"the broker's certificate is not signed by the CA in mqtt.tls.ca_file ({why})",
+                "set mqtt.tls.ca_file to the campus CA that signed the broker's certificate")
+    return f"TLS certificate check failed ({why})", "check mqtt.tls.ca_file and the broker's certificate"
+
+
+def _alert_failure(reason: str) -> tuple[str, str]:
+    """Words for a TLS alert the broker sent about our side of the handshake."""
+    if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+        return (f"the broker requires a client certificate ({reason})",
+                "set mqtt.tls.cert_file and key_file to this device's certificate and key")
+    if "EXPIRED" in reason:
+        return (f"the broker refused this device's client certificate as expired ({reason})",
+                "renew the client certificate (mqtt.tls.cert_file)")
+    if any(word in reason for word in ("UNKNOWN_CA", "BAD_CERTIFICATE", "DECRYPT_ERROR", "UNSUPPORTED_CERTIFICATE")):
+        return (f"the broker refused this device's client certificate ({reason})",
+                "use a client certificate signed by the CA the broker trusts (mqtt.tls.cert_file)")
+    if any(word in reason for word in ("WRONG_VERSION_NUMBER", "RECORD_LAYER", "UNEXPECTED_EOF", "PACKET_LENGTH")):
+        return (f"the broker does not speak TLS on this port ({reason})",
+                "use the broker's TLS port (usually 8883), or remove mqtt.tls for a plain port")
+    return f"TLS handshake failed ({reason})", "check the certificates on both sides and the broker's log"
+
+
+def _server_expiry(peer: dict[str, Any], now: dt.datetime) -> tuple[bool, str]:
+    """(expires soon?, words) for the broker's certificate as seen in the handshake."""
+    raw = peer.get("notAfter")
+    if not isinstance(raw, str):
+        return False, "certificate expiry unknown"
+    end = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(raw), dt.UTC)
+    left = end - now
+    soon = left <= dt.timedelta(days=EXPIRY_WARN_DAYS)
+    return soon, f"broker certificate valid until {end:%Y-%m-%d} ({_days(left)})"
+
+
+def check_tls(cfg: MqttConfig, broker: BrokerAddress, sock: socket.socket, timeout_s: float,
+              now: dt.datetime) -> Check:
+    """Handshake on ``sock`` with the agent's own TLS context; report the broker certificate's expiry.
+
+    ``sock`` is closed in every case.
+    """
+    label = f"broker {broker}: TLS"
+    try:
+        ctx = tls_context(cfg)
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        return Check.fail(f"{label}: cannot load the certificates ({exc})",
+                          "check mqtt.tls ca_file, cert_file and key_file (the key must match the certificate)")
+    try:
+        with ctx.wrap_socket(sock, server_hostname=broker.host) as tls:
+            version, peer = tls.version(), tls.getpeercert() or {}
+            tls.settimeout(min(timeout_s, _ALERT_WAIT_S))
+            try:
+                closed = tls.recv(1) == b""
+            except TimeoutError:
+                closed = False  # no alert: the broker waits for our CONNECT, as it should
+    except ssl.SSLCertVerificationError as exc:
+        what, todo = _verify_failure(exc, broker)
+        return Check.fail(f"{label}: {what}", todo)
+    except ssl.SSLError as exc:
+        what, todo = _alert_failure(str(exc.reason or exc))
+        return Check.fail(f"{label}: {what}", todo)
+    except TimeoutError:
+        return Check.fail(f"{label}: no TLS answer within {timeout_s:g} s",
+                          "check that this port speaks TLS (usually 8883) and the broker is not overloaded")
+    except OSError as exc:
+        return Check.fail(f"{label}: the broker dropped the connection during the handshake "
+                          f"({exc.strerror or exc}): this port may not speak TLS",
+                          "use the broker's TLS port (usually 8883), or remove mqtt.tls for a plain port; "
+                          "else read the broker's log")
+    if closed:
+        return Check.fail(f"{label}: the broker hung up right after the handshake",
+                          "it probably refused the client certificate: check mqtt.tls.cert_file and the broker's log")
+    soon, expiry = _server_expiry(peer, now)
+    if soon:
+        return Check.warn(f"{label} handshake ok ({version}), but {expiry}",
+                          "ask the broker's admin to renew its certificate before it expires")
+    return Check.ok(f"{label} handshake ok ({version}), {expiry}")
+
+
+def check_client_cert(cfg: MqttConfig, now: dt.datetime) -> list[Check]:
+    """The expiry of this device's client certificate, and a warning when host name checking is off."""
+    found: list[Check] = []
+    tls = cfg.tls
+    if tls is None:
+        return found
+    if not tls.check_hostname:
+        found.append(Check.warn("TLS host name checking is off (mqtt.tls.check_hostname: false)",
+                                "lab brokers only: set mqtt.tls.check_hostname: true"))
+    if tls.cert_file is None:
+        return found
+    try:
+        end = not_after(tls.cert_file)
+    except ConfigError as exc:
+        found.append(Check.fail(str(exc), "set mqtt.tls.cert_file to this device's PEM certificate"))
+        return found
+    left = end - now
+    if left.total_seconds() <= 0:
+        found.append(Check.fail(f"client certificate {tls.cert_file} EXPIRED on {end:%Y-%m-%d}",
+                                "renew it now: the broker refuses an expired certificate"))
+    elif left <= dt.timedelta(days=EXPIRY_WARN_DAYS):
+        found.append(Check.warn(f"client certificate {tls.cert_file} expires on {end:%Y-%m-%d} (in {_days(left)})",
+                                "renew it before then (mqtt.tls.cert_file)"))
+    else:
+        found.append(Check.ok(f"client certificate {tls.cert_file} valid until {end:%Y-%m-%d} ({_days(left)})"))
+    return found
+
+
+# ---- MQTT ------------------------------------------------------------------------
+
+
+def _login_todo(cfg: MqttConfig) -> str:
+    if cfg.username is not None:
+        return "check mqtt.username and the password in mqtt.password_file against the broker's password file"
+    if cfg.tls is not None and cfg.tls.cert_file is not None:
+        return "the broker does not accept this certificate's identity (its CN): check the broker's users and ACL"
+    return "the broker wants a login: set mqtt.username and password_file, or a client certificate"
+
+
+def check_login(cfg: MqttConfig, broker: BrokerAddress, probe: MqttProbe, timeout_s: float) -> Check:
+    """MQTT CONNECT with the agent's credentials; the verdict on the CONNACK."""
+    label = f"broker {broker}: MQTT {cfg.protocol}"
+    try:
+        probe.connect(broker)
+    except (OSError, ValueError) as exc:
+        return Check.fail(f"{label}: {describe_connect_error(exc, timeout_s)}", "see the TCP and TLS lines above")
+    note = probe.wait(time.monotonic() + timeout_s, "connack")
+    if note is None:
+        return Check.fail(f"{label}: no CONNACK within {timeout_s:g} s",
+                          "the broker accepted the connection but does not answer MQTT: check its log and port")
+    if note.kind == "lost":
+        return Check.fail(f"{label}: the broker closed the connection before CONNACK ({note.words})",
+                          "read the broker's log; with TLS it may refuse the client certificate, "
+                          "without TLS the port may be a TLS port (add mqtt.tls)")
+    if not note.failure:
+        who = f"user {cfg.username}" if cfg.username else "client certificate" if cfg.tls else "anonymous"
+        return Check.ok(f"{label} login accepted ({who}, client id {probe.client_id})")
+    if note.code in _LOGIN_REFUSED:
+        return Check.fail(f"{label}: CONNACK not authorised: {note.words}", _login_todo(cfg))
+    if note.code == 132:
+        return Check.fail(f"{label}: CONNACK {note.words}",
+                          "the broker does not speak this MQTT version: set mqtt.protocol: '3.1.1'")
+    return Check.fail(f"{label}: CONNACK refused: {note.words}", "read the broker's log for the reason")
+
+
+def check_round_trip(broker: BrokerAddress, root: str, prefix: str, probe: MqttProbe, timeout_s: float) -> Check:
+    """Subscribe to ``{root}/doctor/#``, publish a nonce at QoS 1 to ``{root}/doctor/ping``, wait for it.
+
+    mosquitto grants a subscription the ACL forbids and then silently drops
+    what it would deliver, so only a message that comes back proves the path.
+    """
+    label = f"broker {broker}: round trip"
+    topic, pattern = f"{root}/doctor/ping", f"{root}/doctor/#"
+    acl = (f"check the broker ACL allows {pattern} (read and write) for this device, "
+           f"e.g. 'pattern readwrite {prefix}/+/%u/doctor/#'")
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    sub_mid = probe.subscribe(pattern)
+    if sub_mid is None:
+        return Check.fail(f"{label}: the subscription could not be sent", "read the broker's log")
+    note = probe.wait(deadline, "suback")
+    while note is not None and note.kind == "suback" and note.mid != sub_mid:
+        note = probe.wait(deadline, "suback")
+    if note is None or note.kind == "lost":
+        why = f"connection lost ({note.words})" if note else f"no SUBACK within {timeout_s:g} s"
+        return Check.fail(f"{label} on {topic}: {why}", "read the broker's log")
+    if note.failure:
+        return Check.fail(f"{label}: broker refused the subscription to {pattern} ({note.words})", acl)
+    nonce = f"doctor {uuid.uuid4().hex}".encode()
+    pub_mid = probe.publish(topic, nonce)
+    if pub_mid is None:
+        return Check.fail(f"{label} on {topic}: the publish could not be sent", "read the broker's log")
+    while (note := probe.wait(deadline, "puback", "message")) is not None:
+        if note.kind == "lost":
+            return Check.fail(f"{label} on {topic}: connection lost ({note.words})", "read the broker's log")
+        if note.kind == "puback" and note.mid == pub_mid and note.failure:
+            return Check.fail(f"{label}: broker refused the publish to {topic} ({note.words})", acl)
+        if note.kind == "message" and note.payload == nonce:
+            ms = int((time.monotonic() - t0) * 1000)
+            return Check.ok(f"{label}: published and received {topic} in {ms} ms")
+    return Check.fail(f"{label} on {topic} not received within {timeout_s:g} s", acl)
+
+
+# ---- all steps for one broker ------------------------------------------------------
+
+
+def check_broker(cfg: Config, broker: BrokerAddress, timeout_s: float, now: dt.datetime) -> Iterator[Check]:
+    """Every step for one broker, yielded as each is known; stops at the first FAIL."""
+    mq = cfg.mqtt
+    dns, addrs = check_dns(broker, timeout_s)
+    yield dns
+    if dns.failed:
+        return
+    tcp, sock = check_tcp(broker, addrs, timeout_s)
+    yield tcp
+    if sock is None:
+        return
+    if mq.tls is None:
+        sock.close()
+    else:
+        tls = check_tls(mq, broker, sock, timeout_s, now)
+        yield tls
+        if tls.failed:
+            return
+    with MqttProbe(mq, timeout_s) as probe:
+        login = check_login(mq, broker, probe, timeout_s)
+        yield login
+        if not login.failed:
+            yield check_round_trip(broker, cfg.topic_root, mq.topic_prefix, probe, timeout_s)

@@ -1,0 +1,109 @@
+"""The doctor's own short MQTT connection: the one place besides ``uplink.py`` that drives paho.
+
+A :class:`MqttProbe` connects once with a client id of ``{client_id}-doctor``
+(the agent's own id would make the broker drop the running agent: session
+takeover), never reconnects and sends no will.  paho's callbacks only put
+:class:`Note` values on a queue, so reason codes leave here as numbers and
+words and the checks wait on one queue with one deadline.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass
+from typing import Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config.model import BrokerAddress, MqttConfig
+from agent.uplink import tls_context
+
+_KEEPALIVE_S = 30
+
+
+@dataclass(frozen=True)
+class Note:
+    """One paho callback, as plain values: kind is connack, suback, puback, message or lost."""
+
+    kind: str
+    code: int = 0
+    words: str = ""
+    failure: bool = False
+    mid: int = 0
+    payload: bytes = b""
+
+
+def _note(kind: str, rc: ReasonCode, mid: int = 0) -> Note:
+    return Note(kind, code=int(rc.value), words=str(rc), failure=bool(rc.is_failure), mid=mid)
+
+
+class MqttProbe:
+    """One short doctor connection; paho's callbacks only put :class:`Note` values on a queue."""
+
+    def __init__(self, cfg: MqttConfig, timeout_s: float) -> None:
+        v5 = cfg.protocol == "5"
+        self.notes: queue.Queue[Note] = queue.Queue()
+        self.client_id = f"{cfg.client_id}-doctor"
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+            reconnect_on_failure=False,
+        )
+        self._client.connect_timeout = timeout_s
+        if cfg.username is not None:
+            self._client.username_pw_set(cfg.username, cfg.password.reveal() if cfg.password is not None else None)
+        if cfg.tls is not None:
+            self._client.tls_set_context(tls_context(cfg))
+        self._looping = False
+        put = self.notes.put
+        self._client.on_connect = lambda _c, _u, _f, rc, _p: put(_note("connack", rc))
+        self._client.on_disconnect = lambda _c, _u, _f, rc, _p: put(_note("lost", rc))
+        self._client.on_subscribe = lambda _c, _u, mid, rcs, _p: put(
+            next((_note("suback", rc, mid) for rc in rcs if rc.is_failure), Note("suback", mid=mid)))
+        self._client.on_publish = lambda _c, _u, mid, rc, _p: put(_note("puback", rc, mid))
+        self._client.on_message = lambda _c, _u, msg: put(Note("message", payload=bytes(msg.payload)))
+
+    def connect(self, broker: BrokerAddress) -> None:
+        """Start the connection; the CONNACK arrives as a note.  Raises what socket and ssl raise."""
+        self._client.connect(broker.host, broker.port, keepalive=_KEEPALIVE_S)
+        self._client.loop_start()
+        self._looping = True
+
+    def subscribe(self, topic: str) -> int | None:
+        rc, mid = self._client.subscribe(topic, qos=1)
+        return mid if rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def publish(self, topic: str, payload: bytes) -> int | None:
+        info = self._client.publish(topic, payload, qos=1)
+        return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def wait(self, deadline: float, *kinds: str) -> Note | None:
+        """The next note of one of ``kinds`` (a lost connection always counts), or None at the deadline."""
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                note = self.notes.get(timeout=left)
+            except queue.Empty:
+                return None
+            if note.kind in kinds or note.kind == "lost":
+                return note
+        return None
+
+    def close(self) -> None:
+        if self._looping:
+            self._looping = False
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<doctor MQTT probe {self.client_id} {'open' if self._looping else 'closed'}>"
