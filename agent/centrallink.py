@@ -25,9 +25,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.brokers import describe_connect_error, tls_context
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.errors import AgentError
-from agent.uplink import describe_connect_error, tls_context
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 _KEEPALIVE_S = 30

@@ -23,12 +23,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from agent.brokers import describe_connect_error, tls_context
 from agent.certinfo import not_after
 from agent.config.model import BrokerAddress, Config, MqttConfig
 from agent.doctor_checks import Check, run_with_deadline
 from agent.doctor_mqtt import MqttProbe
 from agent.errors import ConfigError
-from agent.uplink import describe_connect_error, tls_context
 
 EXPIRY_WARN_DAYS = 30
 _ALERT_WAIT_S = 0.5  # TLS 1.3 sends a refusal of our client certificate just after the handshake

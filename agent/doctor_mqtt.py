@@ -18,8 +18,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.brokers import tls_context
 from agent.config.model import BrokerAddress, MqttConfig
-from agent.uplink import tls_context
 
 _KEEPALIVE_S = 30
 

@@ -19,7 +19,6 @@ Rules it keeps (architecture.md):
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import os
 import sqlite3
@@ -32,6 +31,7 @@ from typing import Self
 
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event, with_seq
+from agent.outbox_recovery import CorruptError, is_corruption, move_aside, salvage
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Outbox:
         try:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
-                raise _CorruptError(f"quick_check: {result}")
+                raise CorruptError(f"quick_check: {result}")
             conn.executescript(_SCHEMA)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -164,13 +164,13 @@ class Outbox:
         try:
             conn = self._open_checked()
         except sqlite3.DatabaseError as exc:
-            if not _is_corruption(exc):
+            if not is_corruption(exc):
                 raise OutboxError(
                     f"cannot open outbox {self.path}: {exc}; check the folder exists and is writable by this user",
                 ) from exc
-            aside = self._move_aside(exc)
+            aside = move_aside(self.path, exc)
             conn = self._open_checked()
-            salvaged = _salvage(aside, conn)
+            salvaged = salvage(aside, conn)
             log.critical(
                 "outbox %s was unreadable (%s); moved it to %s, salvaged %d events into a new outbox; "
                 "keep the old file for inspection",
@@ -186,22 +186,6 @@ class Outbox:
             ) from exc
         pending = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
         return conn, Recovery(pending=pending, moved_aside=None, salvaged=0)
-
-    def _move_aside(self, exc: Exception) -> Path:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-            n += 1
-        try:
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(Path(f"{aside}{suffix}"))
-        except OSError as err:
-            raise OutboxError(f"outbox {self.path} is unreadable ({exc}) and could not be moved aside: {err}") from err
-        return aside
 
     # ---- limits and eviction -------------------------------------------------
 
@@ -404,51 +388,3 @@ class Outbox:
         if self._closed:
             return f"<Outbox {self.path} closed>"
         return f"<Outbox {self.path} pending={self._pending} dropped={self._dropped}>"
-
-
-class _CorruptError(sqlite3.DatabaseError):
-    """SQLite opened the file but its own check found damage."""
-
-
-def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    if isinstance(exc, _CorruptError):
-        return True
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-        return True
-    # sqlite3 leaves the code unset for some errors raised while preparing a statement.
-    return not name and any(w in str(exc) for w in ("malformed", "not a database"))
-
-
-def _salvage(old: Path, conn: sqlite3.Connection) -> int:
-    """Copy what can still be read from a moved-aside outbox; best effort."""
-    rows: list[tuple[object, ...]] = []
-    top = 0
-    try:
-        src = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return 0
-    try:
-        with contextlib.suppress(sqlite3.Error):
-            r = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            top = int(r[0]) if r else 0
-        with contextlib.suppress(sqlite3.Error):
-            cur = src.execute("SELECT seq, id, type, alarm, created_ms, body FROM outbox ORDER BY seq")
-            while True:
-                try:
-                    row = cur.fetchone()
-                except sqlite3.Error:
-                    break
-                if row is None:
-                    break
-                rows.append(tuple(row))
-    finally:
-        src.close()
-    top = max([top] + [int(r[0]) for r in rows])  # type: ignore[call-overload]
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?,?,?,?,?,?)", rows)
-    if top:
-        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
-        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
-    conn.execute("COMMIT")
-    return len(rows)

@@ -18,8 +18,6 @@ import json
 import logging
 import queue
 import random
-import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -29,19 +27,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.outbox import Outbox, OutboxRow
+from agent.sendwindow import SendWindow
 
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], dict[str, Any]]
 CommandHandler = Callable[[str, bytes], None]
 
-_REFUSED_RETRY_MIN_S = 5.0
-_REFUSED_RETRY_MAX_S = 600.0
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
 _IDLE_WAKE_S = 1.0  # granularity of waits between connection attempts (stop stays responsive)
 _IDLE_S = 5.0  # longest wait while connected with nothing to send; any news wakes the sender at once
@@ -60,30 +57,6 @@ class LinkState:
     published: int
     delivered: int
     refused: int
-
-
-def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
-    """Full jitter: uniform in [0, min(max, min * 2**attempt)]."""
-    ceiling = min(max_s, min_s * (2 ** min(attempt, 30)))
-    return rng.uniform(0.0, ceiling)
-
-
-def describe_connect_error(exc: BaseException, timeout_s: float) -> str:
-    """Turn what connect() raised into words a technician can act on."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        why = getattr(exc, "verify_message", None) or exc
-        return f"TLS certificate check failed: {why}; check mqtt.tls.ca_file and the broker's host name"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}; check the certificates on both sides"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"host name not found ({exc.strerror})"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return f"no answer within {timeout_s:g} s"
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)
 
 
 class _Session:
@@ -152,11 +125,7 @@ class Uplink:
         self._reconnects = 0
         self._sessions = 0
         self._last_error: str | None = None
-        self._inflight: dict[int, OutboxRow] = {}
-        self._retry_at: dict[int, float] = {}
-        self._refusals: dict[int, int] = {}
-        self._cursor = 0
-        self._next_send = 0.0
+        self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
         self._published = 0
         self._delivered = 0
         self._refused = 0
@@ -194,7 +163,7 @@ class Uplink:
             connected_since=self._connected_since,
             reconnects=self._reconnects,
             last_error=self._last_error,
-            inflight=len(self._inflight),
+            inflight=len(self._window),
             published=self._published,
             delivered=self._delivered,
             refused=self._refused,
@@ -331,10 +300,7 @@ class Uplink:
         if self._sessions > 1:
             self._reconnects += 1
         self._last_error = None
-        self._inflight.clear()
-        self._retry_at.clear()
-        self._refusals.clear()
-        self._cursor = 0
+        self._window.reset()
         with self._slot_lock:
             self._status_slot = None
         log.info("connected to broker %s; %d events to send", s.broker, self.outbox.pending())
@@ -364,81 +330,43 @@ class Uplink:
         return self._fill_window(s)
 
     def _fill_window(self, s: _Session) -> float:
-        """Publish due rows in ``seq`` order, paced by a token bucket of one window."""
+        """Publish what the window allows, in ``seq`` order; return how long to wait."""
         now = self._mono()
-        room = self.cfg.max_inflight - len(self._inflight)
-        if room <= 0:
-            return _IDLE_S
-        rate = self.cfg.drain_rate_per_s
-        self._next_send = max(self._next_send, now - self.cfg.max_inflight / rate)
-        if self._next_send > now:
-            return self._next_send - now
-        budget = min(room, int((now - self._next_send) * rate) + 1)
-        rows = self._due_retries(now, budget)
-        if len(rows) < budget:
-            rows += self.outbox.next_batch(self._cursor, budget - len(rows))
-        for row in rows:
+        for row in self._window.take(now):
             info = s.client.publish(f"{self.root}/event/{row.type}", row.payload, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return _IDLE_S  # the connection is going; on_disconnect wakes us, the next session resends
-            self._retry_at.pop(row.seq, None)
-            self._next_send += 1.0 / rate
-            self._inflight[info.mid] = row
-            self._cursor = max(self._cursor, row.seq)
+            self._window.sent(info.mid, row)
             self._published += 1
-        if len(rows) == budget < room:
-            return max(0.0, self._next_send - now)
-        if self._retry_at:
-            return min(_IDLE_S, max(0.01, min(self._retry_at.values()) - now))
-        return _IDLE_S
-
-    def _due_retries(self, now: float, room: int) -> list[OutboxRow]:
-        rows: list[OutboxRow] = []
-        for seq in sorted(self._retry_at):
-            if len(rows) >= room:
-                break
-            if self._retry_at[seq] > now:
-                continue
-            row = self.outbox.get(seq)
-            if row is None:
-                del self._retry_at[seq]
-                continue
-            rows.append(row)
-        return rows
+        return self._window.wait_s(now, _IDLE_S)
 
     def _process_acks(self) -> None:
         done: list[OutboxRow] = []
+        now = self._mono()
         while True:
             try:
                 mid, rc = self._acks.get_nowait()
             except queue.Empty:
                 break
-            row = self._inflight.pop(mid, None)
+            refused = rc is not None and rc.is_failure
+            row, retry_in = self._window.settle(mid, refused=refused, now=now)
             if row is None:
                 continue
-            if rc is not None and rc.is_failure:
-                self._refuse(row, rc)
-            else:
-                self._refusals.pop(row.seq, None)
+            if retry_in is None:
                 done.append(row)
+                continue
+            self._refused += 1
+            log.error(
+                "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
+                "check the broker's ACL for %s/event/#",
+                row.type, row.seq, rc, retry_in, self.root,
+            )
         if done:
             self.outbox.ack(r.seq for r in done)
             self._delivered += len(done)
             for row in done:
                 if self._on_delivered is not None:
                     self._on_delivered(row)
-
-    def _refuse(self, row: OutboxRow, rc: ReasonCode) -> None:
-        n = self._refusals.get(row.seq, 0)
-        delay = min(_REFUSED_RETRY_MAX_S, _REFUSED_RETRY_MIN_S * 2 ** min(n, 16))
-        self._refusals[row.seq] = n + 1
-        self._retry_at[row.seq] = self._mono() + delay
-        self._refused += 1
-        log.error(
-            "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
-            "check the broker's ACL for %s/event/#",
-            row.type, row.seq, rc, delay, self.root,
-        )
 
     def _publish_raw(self, s: _Session, topic: str, payload: bytes, *, retain: bool) -> int:
         info = s.client.publish(topic, payload, qos=1, retain=retain)
@@ -454,8 +382,8 @@ class Uplink:
                 continue
             if got == mid:
                 break
-            row = self._inflight.pop(got, None)
-            if row is not None and not (_rc is not None and _rc.is_failure):
+            row, retry_in = self._window.settle(got, refused=_rc is not None and _rc.is_failure, now=self._mono())
+            if row is not None and retry_in is None:
                 self.outbox.ack([row.seq])
         s.client.disconnect()
         log.info("disconnected from broker %s (shutdown)", s.broker)
@@ -466,7 +394,7 @@ class Uplink:
         if not s.lost.is_set():
             s.client.disconnect()
         s.client.loop_stop()
-        self._inflight.clear()
+        self._window.reset()
         while True:  # acks of this client's mids must not match the next client's
             try:
                 self._acks.get_nowait()
@@ -483,18 +411,8 @@ class Uplink:
                 log.exception("link-change handler failed; carrying on")
 
 
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    """Server verification always on; host name checking only off when configured."""
-    assert cfg.tls is not None
-    ctx = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
-    if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
-        ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
-    ctx.check_hostname = cfg.tls.check_hostname
-    return ctx
-
-
 def _encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-__all__ = ["LinkState", "Properties", "Uplink", "backoff_delay", "describe_connect_error", "tls_context"]
+__all__ = ["LinkState", "Uplink", "backoff_delay", "describe_connect_error", "tls_context"]
