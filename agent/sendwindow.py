@@ -58,7 +58,7 @@ class SendWindow:
         if self._next_send > now:
             self._paced = True
             return []
-        budget = min(room, int((now - self._next_send) * self.rate) + 1)
+        budget = min(room, int((now - self._next_send) * self.rate + 1e-6) + 1)  # 1e-6: float dust
         rows = self._due_retries(now, budget)
         if len(rows) < budget:
             rows += self.outbox.next_batch(self._cursor, budget - len(rows))
