@@ -35,7 +35,7 @@ def test_window__in_order_and_never_more_than_max_inflight(outbox):
     assert w.wait_s(100.0, 5.0) == 5.0  # full: only an ack can help, and it wakes the sender
     row, retry = w.settle(1, refused=False, now=100.0)
     assert (row.seq, retry) == (1, None)
-    assert send_all(w, 100.0, first_mid=4) == [4]
+    assert send_all(w, 100.001, first_mid=4) == [4]
 
 
 def test_window__pacing_spreads_a_drain(outbox):
