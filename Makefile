@@ -32,7 +32,7 @@ mosquitto:
 deps: venv mosquitto
 
 lint: venv
-	$(VENV)/bin/ruff check agent tests bench scripts docs/examples
+	$(VENV)/bin/ruff check $(wildcard agent tests bench scripts docs/examples)
 
 typecheck: venv
 	$(VENV)/bin/mypy agent
