@@ -11,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint typecheck pytest bench soak clean deps mosquitto venv
+.PHONY: all demo test lint typecheck pytest bench soak clean deps mosquitto faketime venv
 
 all: test
 
@@ -29,7 +29,11 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
 		echo "installing mosquitto"; apt-get update && apt-get install -y mosquitto mosquitto-clients; }
 
-deps: venv mosquitto
+faketime:
+	@ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || { \
+		echo "installing faketime (the clock-jump fault test)"; apt-get update && apt-get install -y faketime; }
+
+deps: venv mosquitto faketime
 
 lint: venv
 	$(VENV)/bin/ruff check $(wildcard agent tests bench scripts docs/examples)

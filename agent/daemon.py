@@ -10,7 +10,6 @@ during shutdown is still recorded for the next start.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import signal
 import threading
@@ -31,6 +30,7 @@ from agent.inputs import Inputs
 from agent.notify import Notifier
 from agent.outbox import Outbox, OutboxRow
 from agent.pins import close_pin_factory, make_pin_factory
+from agent.statefile import State, StateFile
 from agent.uplink import LinkState, Uplink
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,20 @@ class Agent:
         self._record_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = False
+        self._state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
+        self._start_reason = "boot"
         self.stall_after_s = max(20.0, 2 * cfg.mqtt.connect_timeout_s + 5.0)
 
     # ---- start and stop ----------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.cfg
+        before = self._state.load()
         self.outbox = Outbox(
             cfg.outbox.path, site=cfg.device.site, device=cfg.device.id, max_mb=cfg.outbox.max_mb,
-            wall=self.clock.wall, mono=self.clock.mono,
+            wall=self.clock.wall, mono=self.clock.mono, seq_floor=self._state.seq_floor(before),
         )
+        self._start_reason = "restart" if before.boot_id == self.clock.boot_id else "boot"
         self._factory = make_pin_factory(cfg.gpio.pin_factory)
         self.indicators = Indicators(cfg.outputs, pin_factory=self._factory, mono=self.clock.mono)
         self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock, emit=self.record,
@@ -131,7 +135,7 @@ class Agent:
             interval_s=cfg.heartbeat.interval_s,
             publish=lambda: self.uplink.publish_status(self._status_doc()) if self.uplink else None,
             mono=self.clock.mono,
-            ticks=[self._retry_unsaved, self._watch_test_mode()],
+            ticks=[self._retry_unsaved, self._watch_test_mode(), self._save_state],
         )
         self.uplink.start()
         self.heartbeat.start()
@@ -168,6 +172,7 @@ class Agent:
             self.inputs.close()
         close_pin_factory(self._factory)
         if self.outbox is not None:
+            self._save_state()
             self.outbox.close()
         log.info("agent stopped")
 
@@ -212,8 +217,8 @@ class Agent:
         event = Event.create(self.clock, type, source, at=stamp, test=test, data=data)
         with self._record_lock:
             seq = self._put(event)
-        self._recent.appendleft({"id": event.id, "seq": seq, "type": type.value, "source": source,
-                                 "ts": event.ts, "test": test, "delivered": False})
+            self._recent.appendleft({"id": event.id, "seq": seq, "type": type.value, "source": source,
+                                     "ts": event.ts, "test": test, "delivered": False})
         if self.uplink is not None:
             self.uplink.wake()
         if type.is_alarm and self.indicators is not None:
@@ -222,8 +227,12 @@ class Agent:
             self.inputs.note_event(source, event.ts, test=test)
         if self.heartbeat is not None:
             self.heartbeat.changed()
-        log.info("recorded %s%s from %s as seq %s (id %s)",
-                 type.value, " (test)" if test else "", source, seq, event.id)
+        if seq is not None:
+            log.info("recorded %s%s from %s as seq %d (id %s)",
+                     type.value, " (test)" if test else "", source, seq, event.id)
+        else:
+            log.error("held %s%s from %s in memory, not yet on disk (id %s)",
+                      type.value, " (test)" if test else "", source, event.id)
 
     def _put(self, event: Event) -> int | None:
         assert self.outbox is not None
@@ -243,6 +252,10 @@ class Agent:
                 except OutboxError:
                     return
                 self._unsaved.popleft()
+                for item in self._recent:
+                    if item["id"] == event.id:
+                        item["seq"] = seq
+                        break
             log.warning("event %s kept in memory is now recorded as seq %d", event.id, seq)
             if self.uplink is not None:
                 self.uplink.wake()
@@ -250,23 +263,16 @@ class Agent:
     def _record_started(self) -> None:
         assert self.outbox is not None
         rec = self.outbox.recovery
-        data: dict[str, Any] = {"reason": self._start_reason(), "pending": rec.pending}
+        data: dict[str, Any] = {"reason": self._start_reason, "pending": rec.pending}
         if rec.moved_aside is not None:
             data["outbox_recovered"] = {"moved_aside": str(rec.moved_aside), "salvaged": rec.salvaged}
         self.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
+        self._save_state()
 
-    def _start_reason(self) -> str:
-        """``boot`` on the first start since the Pi booted, ``restart`` after that."""
-        path = self.cfg.outbox.path.with_name("agent-state.json")
-        try:
-            last = json.loads(path.read_text(encoding="utf-8")).get("boot_id")
-        except (OSError, ValueError, AttributeError):
-            last = None
-        try:
-            path.write_text(json.dumps({"boot_id": self.clock.boot_id}), encoding="utf-8")
-        except OSError as exc:
-            log.warning("cannot write %s (%s); start reasons may read 'boot' after restarts", path, exc)
-        return "restart" if last == self.clock.boot_id else "boot"
+    def _save_state(self) -> None:
+        """Keep the boot id and seq high-water mark outside the outbox (see statefile.py)."""
+        if self.outbox is not None:
+            self._state.save(State(self.clock.boot_id, self.outbox.stats().last_seq))
 
     # ---- what the other parts call back ------------------------------------------
 

@@ -110,6 +110,7 @@ class Outbox:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         headroom_bytes: int = HEADROOM_BYTES,
+        seq_floor: int = 0,
     ) -> None:
         self.path = Path(path)
         self._site = site
@@ -117,6 +118,7 @@ class Outbox:
         self._wall = wall
         self._mono = mono
         self._headroom = headroom_bytes
+        self._seq_floor = seq_floor
         self._lock = threading.Lock()
         self._closed = False
         self._limits_at = -1e9
@@ -170,7 +172,7 @@ class Outbox:
                 ) from exc
             aside = move_aside(self.path, exc)
             conn = self._open_checked()
-            salvaged = salvage(aside, conn)
+            salvaged = salvage(aside, conn, seq_floor=self._seq_floor)
             log.critical(
                 "outbox %s was unreadable (%s); moved it to %s, salvaged %d events into a new outbox; "
                 "keep the old file for inspection",
@@ -215,10 +217,10 @@ class Outbox:
         self._disk_low = allowed < self._cap_pages
         if self._disk_low and not was_low:
             log.error(
-                "outbox filesystem %s is nearly full (%d MB free); outbox capped at %d MB instead of %d MB; "
-                "alarms are still recorded, other events are evicted first; free disk space",
-                self.path.parent, fs_free // 1_000_000, allowed * self._page_size // 1_000_000,
-                self._cap_pages * self._page_size // 1_000_000,
+                "outbox filesystem %s is nearly full (%.1f MB free); outbox capped at its current %.1f MB "
+                "instead of %.1f MB; alarms are still recorded, other events are evicted first; free disk space",
+                self.path.parent, fs_free / 1e6, allowed * self._page_size / 1e6,
+                self._cap_pages * self._page_size / 1e6,
             )
         elif was_low and not self._disk_low:
             log.warning("outbox filesystem %s has room again; full cap restored", self.path.parent)
@@ -292,7 +294,10 @@ class Outbox:
                 except sqlite3.OperationalError as exc:
                     if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
                         raise OutboxError(f"outbox {self.path}: cannot record {event.type.value} event: {exc}") from exc
+                    before = self._allowed_pages
                     self._refresh_limits(force=True)
+                    if self._allowed_pages > before:
+                        continue  # the disk has room again: try at once, evict nothing
                     try:
                         with self._txn():
                             evicted = self._evict(_EVICT_CHUNK)
@@ -352,6 +357,7 @@ class Outbox:
     def stats(self) -> OutboxStats:
         with self._lock:
             self._check_open()
+            self._refresh_limits()  # a disk that fills while nothing happens shows up in the next status
             row = self._conn.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
             last = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             pages, _ = self._page_counts()

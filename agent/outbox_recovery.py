@@ -47,33 +47,74 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
     return not name and any(w in str(exc) for w in ("malformed", "not a database"))
 
 
-def salvage(old: Path, conn: sqlite3.Connection) -> int:
-    """Copy what can still be read from a moved-aside outbox; best effort."""
-    rows: list[tuple[object, ...]] = []
-    top = 0
+def salvage(old: Path, conn: sqlite3.Connection, *, seq_floor: int = 0) -> int:
+    """Copy every row that can still be read from a moved-aside outbox into ``conn``.
+
+    A damaged page stops a table scan, so the scan only finds the seqs it can;
+    then every seq up to the highest known one is read by its primary key, each
+    in its own try, so rows after a damaged page are found too.  ``seq`` then
+    continues above the highest seq seen (or ``seq_floor``, the high-water mark
+    the agent kept outside the database), so it never goes backwards.
+    """
     try:
         src = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
     except sqlite3.Error:
-        return 0
+        return _set_top(conn, [], seq_floor)
     try:
-        with contextlib.suppress(sqlite3.Error):
-            r = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            top = int(r[0]) if r else 0
-        with contextlib.suppress(sqlite3.Error):
-            cur = src.execute("SELECT seq, id, type, alarm, created_ms, body FROM outbox ORDER BY seq")
-            while True:
-                try:
-                    row = cur.fetchone()
-                except sqlite3.Error:
-                    break
-                if row is None:
-                    break
-                rows.append(tuple(row))
+        top = _top_seq(src)
+        known = _scan_seqs(src)
+        top = max([top, *known])
+        # Pending rows are the newest ones: probe down to well below the oldest seq the scans found.
+        low = max(1, min(known) - _PROBE_BELOW, top - _PROBE_LIMIT) if known else max(1, top - _PROBE_LIMIT)
+        rows = []
+        for seq in range(low, top + 1):
+            row = _read_row(src, seq)
+            if row is not None:
+                rows.append(row)
     finally:
         src.close()
-    top = max([top] + [int(r[0]) for r in rows])  # type: ignore[call-overload]
+    return _set_top(conn, rows, max(top, seq_floor))
+
+
+_PROBE_LIMIT = 1_000_000  # seqs probed one by one at most: seconds on a Pi, once, after corruption
+_PROBE_BELOW = 100_000  # how far below the oldest readable seq damaged rows are looked for
+_COLUMNS = "seq, id, type, alarm, created_ms, body"
+
+
+def _top_seq(src: sqlite3.Connection) -> int:
+    with contextlib.suppress(sqlite3.Error):
+        r = src.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(r[0]) if r else 0
+    return 0
+
+
+def _scan_seqs(src: sqlite3.Connection) -> list[int]:
+    seqs: list[int] = []
+    for sql in ("SELECT seq FROM outbox INDEXED BY outbox_evictable", "SELECT seq FROM outbox"):
+        with contextlib.suppress(sqlite3.Error):
+            cur = src.execute(sql)
+            while True:
+                try:
+                    r = cur.fetchone()
+                except sqlite3.Error:
+                    break
+                if r is None:
+                    break
+                seqs.append(int(r[0]))
+    return seqs
+
+
+def _read_row(src: sqlite3.Connection, seq: int) -> tuple[object, ...] | None:
+    try:
+        r = src.execute(f"SELECT {_COLUMNS} FROM outbox WHERE seq = ?", (seq,)).fetchone()  # noqa: S608
+    except sqlite3.Error:
+        return None
+    return tuple(r) if r is not None else None
+
+
+def _set_top(conn: sqlite3.Connection, rows: list[tuple[object, ...]], top: int) -> int:
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?,?,?,?,?,?)", rows)
+    conn.executemany(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) VALUES (?,?,?,?,?,?)", rows)  # noqa: S608
     if top:
         conn.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))

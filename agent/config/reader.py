@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import yaml
+import yaml.reader
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -51,36 +52,75 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+MAX_NODES = 20_000  # a technician's config has a few hundred; more is an alias bomb or the wrong file
+_CONSTRUCT_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, AttributeError)
+
+
 class _Composer:
+    """Turns composed YAML nodes into marked values, one node at a time.
+
+    Each node is built once (aliases share the result), the total is capped at
+    :data:`MAX_NODES`, and a value PyYAML cannot build (``!!int abc``,
+    ``2026-02-30``, unknown tags) becomes a problem on its line, not a traceback.
+    """
+
     def __init__(self, errors: list[tuple[int, str, str]]) -> None:
         self.errors = errors
         self.constructor = yaml.SafeLoader("")
+        self.built: dict[int, Any] = {}
+        self.count = 0
 
     def value(self, node: yaml.Node, path: str) -> Any:
+        if id(node) in self.built:
+            return self.built[id(node)]
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise Invalid(f"more than {MAX_NODES} values (nested aliases?); this is not an agent config")
         if isinstance(node, yaml.MappingNode):
-            out = MarkedMap(_line(node))
-            self.constructor.flatten_mapping(node)
-            for key_node, value_node in node.value:
-                key = self.constructor.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    self.errors.append((_line(key_node), path, f"keys must be words, got {key!r}"))
-                    continue
-                sub = f"{path}.{key}" if path else key
-                if key in out:
-                    self.errors.append(
-                        (_line(key_node), sub, f"duplicate key (first given on line {out.key_lines[key]})"),
-                    )
-                    continue
-                out[key] = self.value(value_node, sub)
-                out.key_lines[key] = _line(key_node)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            seq = MarkedList(_line(node))
+            out: Any = self._mapping(node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            out = MarkedList(_line(node))
+            self.built[id(node)] = out
             for i, item in enumerate(node.value):
-                seq.append(self.value(item, f"{path}[{i}]"))
-                seq.item_lines.append(_line(item))
-            return seq
-        return self.constructor.construct_object(node, deep=True)
+                out.append(self.value(item, f"{path}[{i}]"))
+                out.item_lines.append(_line(item))
+        else:
+            out = self._scalar(node, path)
+        self.built[id(node)] = out
+        return out
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except _CONSTRUCT_ERRORS as exc:
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            message = f"cannot read this value ({why}); quote it if it is meant as text"
+            self.errors.append((_line(node), path or "(top level)", message))
+            return None
+
+    def _mapping(self, node: yaml.MappingNode, path: str) -> MarkedMap:
+        out = MarkedMap(_line(node))
+        self.built[id(node)] = out
+        try:
+            self.constructor.flatten_mapping(node)
+        except _CONSTRUCT_ERRORS as exc:
+            why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            self.errors.append((_line(node), path or "(top level)", f"cannot merge keys here ({why})"))
+            return out
+        for key_node, value_node in node.value:
+            key = self._scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                self.errors.append((_line(key_node), path or "(top level)", "keys must be words"))
+                continue
+            sub = f"{path}.{key}" if path else key
+            if key in out:
+                self.errors.append(
+                    (_line(key_node), sub, f"duplicate key (first given on line {out.key_lines[key]})"),
+                )
+                continue
+            out[key] = self.value(value_node, sub)
+            out.key_lines[key] = _line(key_node)
+        return out
 
 
 def load_marked(path: Path) -> tuple[Any, list[tuple[int, str, str]]]:
@@ -90,24 +130,37 @@ def load_marked(path: Path) -> tuple[Any, list[tuple[int, str, str]]]:
         Invalid: the file cannot be read or is not YAML at all.
 
     """
+    where = printable(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise Invalid(f"{path}: file not found; pass the right path with -c FILE") from None
+        raise Invalid(f"{where}: file not found; pass the right path with -c FILE") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise Invalid(f"{path}: cannot read: {exc}") from None
+        raise Invalid(f"{where}: cannot read: {exc}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        errors: list[tuple[int, str, str]] = []
+        if node is None:
+            return MarkedMap(1), errors
+        return _Composer(errors).value(node, ""), errors
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise Invalid(f"{where}: not valid YAML: {exc.problem}") from None
+        at = f"{where}:{mark.line + 1}" if mark is not None else where
+        raise Invalid(f"{at}: not valid YAML: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        raise Invalid(f"{where}:{line}: not valid YAML: {exc.reason} (character {exc.character!r})") from None
     except yaml.YAMLError as exc:
-        raise Invalid(f"{path}: not valid YAML: {exc}") from None
-    errors: list[tuple[int, str, str]] = []
-    if node is None:
-        return MarkedMap(1), errors
-    return _Composer(errors).value(node, ""), errors
+        raise Invalid(f"{where}: not valid YAML: {printable(str(exc).splitlines()[0])}") from None
+    except RecursionError:
+        raise Invalid(f"{where}: not valid as a config: nested too deeply") from None
+
+
+def printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped, so each problem stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass
@@ -118,7 +171,7 @@ class Ctx:
     problems: list[str] = field(default_factory=list)
 
     def error(self, line: int, path: str, message: str) -> None:
-        self.problems.append(f"{self.file}:{line}: {path}: {message}")
+        self.problems.append(f"{printable(str(self.file))}:{line}: {printable(path)}: {printable(message)}")
 
 
 class Section:

@@ -54,7 +54,10 @@ _BCM = integer(0, 27, "a BCM pin number")
 
 def _path(base: Path) -> Any:
     def check(value: Any) -> Path:
-        p = Path(nonempty(value)).expanduser()
+        text = nonempty(value)
+        if "\x00" in text:
+            raise Invalid("a path cannot contain a NUL character")
+        p = Path(text).expanduser()
         return p if p.is_absolute() else (base / p)
 
     return check
@@ -272,7 +275,11 @@ def _socket_path(base: Path) -> Any:
 
     def check(value: Any) -> Path:
         p: Path = as_path(value)
-        if len(os.fsencode(p)) > UNIX_PATH_MAX:
+        try:
+            size = len(os.fsencode(p))
+        except UnicodeEncodeError:
+            raise Invalid(f"{str(p)!r} cannot be a file name on this system; use plain characters") from None
+        if size > UNIX_PATH_MAX:
             raise Invalid(f"UNIX socket paths stop at {UNIX_PATH_MAX} bytes; {p} is longer, pick a shorter one")
         return p
 
