@@ -17,9 +17,7 @@ from typing import Any
 from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_config
 from agent.control import request
-from agent.doctor import add_doctor_parser
 from agent.errors import AgentError, ConfigError, ControlError
-from agent.monitor import add_monitor_parsers
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -111,7 +109,15 @@ def cmd_test_mode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+_DEVICE_COMMANDS = frozenset({"run", "check-config", "status", "simulate", "test-mode"})
+
+
+def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``tools=False`` leaves out doctor, monitor and ack.
+
+    Those import paho and more; ``campus-agent run`` never needs them, and not
+    importing them keeps the daemon's memory near a bare interpreter's.
+    """
     p = argparse.ArgumentParser(prog="campus-agent", description="Campus panic-button and camera-health edge agent.")
     p.add_argument("--version", action="version", version=f"campus-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,13 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how long, 1-240 (default 30)")
     tm.set_defaults(func=cmd_test_mode)
 
-    add_monitor_parsers(sub)
-    add_doctor_parser(sub)
+    if tools:
+        from agent.doctor import add_doctor_parser  # noqa: PLC0415 - see the docstring
+        from agent.monitor import add_monitor_parsers  # noqa: PLC0415
+
+        add_monitor_parsers(sub)
+        add_doctor_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(tools=not words or words[0] not in _DEVICE_COMMANDS).parse_args(words)
     try:
         return int(args.func(args))
     except ConfigError as exc:

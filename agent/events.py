@@ -9,8 +9,8 @@ central side can re-time events taken before the clock was set.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import datetime as dt
+import functools
 import json
 import time
 import uuid
@@ -81,6 +81,12 @@ _TIME_ERROR = 5
 _STA_UNSYNC = 0x0040
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # The process's own symbols include libc; ctypes.util.find_library would fork ldconfig every call.
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def kernel_clock_synced() -> bool:
     """Ask the kernel (``adjtimex``) whether NTP has disciplined the clock.
 
@@ -90,7 +96,7 @@ def kernel_clock_synced() -> bool:
     clock we have not seen.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = _libc()
         tx = _Timex()
         state = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):

@@ -30,7 +30,7 @@ from agent.pins import is_mock
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[EventType, str, Stamp, Mapping[str, Any]], None]
+Emit = Callable[[list[tuple[EventType, str, Stamp, Mapping[str, Any]]]], None]
 _IDLE_S = 5.0  # longest sleep with nothing to do: often enough for the watchdog, rare enough to idle cheaply
 
 
@@ -113,8 +113,9 @@ class Inputs:
         configs: the ``inputs`` section.
         pin_factory: from :func:`agent.pins.make_pin_factory`.
         clock: stamps edges; its ``mono`` drives debounce and stuck timers.
-        emit: called on this module's thread with (type, input name, stamp, data)
-            for every event; it must do the durable put and return.
+        emit: called on this module's thread with the list of (type, input name,
+            stamp, data) one poll accepted; it must make them durable (one
+            commit for the lot) and return.
         on_change: called after every accepted state change (also a release,
             which is no event), so the status can be republished at once.
 
@@ -134,6 +135,7 @@ class Inputs:
         self._factory = pin_factory
         self._clock = clock
         self._emit = emit
+        self._batch: list[tuple[EventType, str, Stamp, Mapping[str, Any]]] = []
         self._inputs: dict[str, _Input] = {}
         self._cond = threading.Condition()
         self._edges: list[tuple[str, bool, Stamp]] = []
@@ -148,11 +150,13 @@ class Inputs:
             HardwareError: a pin cannot be claimed, naming the pin and the input.
 
         """
-        from gpiozero import Button  # noqa: PLC0415 - gpiozero stays behind this seam
+        # DigitalInputDevice is gpiozero's Button without its hold thread, which wakes 10 times a
+        # second per input; stuck inputs are supervised here instead.
+        from gpiozero import DigitalInputDevice  # noqa: PLC0415 - gpiozero stays behind this seam
 
         for cfg in self._configs:
             try:
-                button = Button(cfg.pin, pull_up=True, bounce_time=None, pin_factory=self._factory)
+                button = DigitalInputDevice(cfg.pin, pull_up=True, bounce_time=None, pin_factory=self._factory)
                 if is_mock(self._factory) and cfg.contact is Contact.NORMALLY_CLOSED:
                     button.pin.drive_low()  # a simulated loop starts closed, as when wired
             except Exception as exc:
@@ -163,10 +167,10 @@ class Inputs:
                 ) from exc
             item = _Input(cfg, button)
             now = self._clock.stamp()
-            initial = item.active_from_raw(bool(button.is_pressed))
+            initial = item.active_from_raw(bool(button.is_active))
             self._inputs[cfg.name] = item
-            button.when_pressed = lambda _d, n=cfg.name: self._raw_edge(n, pin_low=True)
-            button.when_released = lambda _d, n=cfg.name: self._raw_edge(n, pin_low=False)
+            button.when_activated = lambda _d, n=cfg.name: self._raw_edge(n, pin_low=True)
+            button.when_deactivated = lambda _d, n=cfg.name: self._raw_edge(n, pin_low=False)
             if initial:
                 log.warning("input %s (GPIO%d) is active at start; treating it as a new activation", cfg.name, cfg.pin)
                 item.debouncer.edge(level=True, stamp=now)
@@ -210,7 +214,18 @@ class Inputs:
         return min(deadlines) if deadlines else None
 
     def poll(self, now: float) -> None:
-        """Apply queued edges and every debounce or stuck timer due at ``now``."""
+        """Apply queued edges and every debounce or stuck timer due at ``now``; record what changed."""
+        try:
+            self._poll(now)
+        finally:
+            batch, self._batch = self._batch, []
+            if batch:
+                self._emit(batch)
+
+    def _out(self, kind: EventType, name: str, stamp: Stamp, data: Mapping[str, Any]) -> None:
+        self._batch.append((kind, name, stamp, data))
+
+    def _poll(self, now: float) -> None:
         self.progress = now
         with self._cond:
             edges, self._edges = self._edges, []
@@ -237,14 +252,14 @@ class Inputs:
             item.active_since = stamp.mono
             kind = EventType.PANIC if item.cfg.kind is InputKind.PANIC_BUTTON else EventType.TAMPER
             log.info("input %s active (GPIO%d)", name, item.cfg.pin)
-            self._emit(kind, name, stamp, {"pin": item.cfg.pin, "contact": item.cfg.contact.value})
+            self._out(kind, name, stamp, {"pin": item.cfg.pin, "contact": item.cfg.contact.value})
             return
         held = stamp.mono - (item.active_since or stamp.mono)
         item.active_since = None
         log.info("input %s released after %.2f s", name, held)
         if item.faulted:
             item.faulted = False
-            self._emit(EventType.INPUT_RESTORED, name, stamp, {"held_s": round(held, 3)})
+            self._out(EventType.INPUT_RESTORED, name, stamp, {"held_s": round(held, 3)})
 
     def _check_stuck(self, item: _Input, now: float) -> None:
         limit = item.cfg.stuck_after_s
@@ -261,7 +276,7 @@ class Inputs:
         )
         stamp = Stamp(wall=self._clock.wall(), mono=now, synced=self._clock.synced())
         data = {"reason": reason, "active_s": round(now - item.active_since, 3)}
-        self._emit(EventType.INPUT_FAULT, item.cfg.name, stamp, data)
+        self._out(EventType.INPUT_FAULT, item.cfg.name, stamp, data)
         if self._on_change is not None:
             self._on_change()
 

@@ -66,11 +66,14 @@ def test_debouncer__release_is_debounced_too():
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[EventType, str, Stamp, dict[str, Any]]] = []
+        self.batches: list[int] = []
         self.cond = threading.Condition()
 
-    def __call__(self, kind: EventType, source: str, stamp: Stamp, data: Any) -> None:
+    def __call__(self, batch: list[tuple[EventType, str, Stamp, Any]]) -> None:
         with self.cond:
-            self.events.append((kind, source, stamp, dict(data)))
+            self.batches.append(len(batch))
+            for kind, source, stamp, data in batch:
+                self.events.append((kind, source, stamp, dict(data)))
             self.cond.notify_all()
 
     def kinds(self) -> list[tuple[str, str]]:
@@ -217,4 +220,20 @@ def test_inputs__every_state_change_notifies_even_a_release(mock_factory, fake_c
     mock_factory.pin(17).drive_high()
     inputs.poll(mono.t)
     assert changes == ["active", "ok"]
+    inputs.close()
+
+
+def test_inputs__edges_queued_before_one_poll_are_emitted_as_one_batch(mock_factory, fake_clock):
+    """Group commit: a burst on several inputs becomes one durable put, not one fsync per press."""
+    mono, clock = fake_clock
+    rec = Recorder()
+    pins = (5, 6, 12, 13)
+    inputs = Inputs(tuple(cfg(f"p{p}", p, debounce_ms=0) for p in pins), pin_factory=mock_factory, clock=clock,
+                    emit=rec)
+    inputs.arm(start_thread=False)
+    for p in pins:
+        mock_factory.pin(p).drive_low()
+    inputs.poll(mono.t)
+    assert rec.batches == [4]
+    assert sorted(s for _, s, _, _ in rec.events) == ["p12", "p13", "p5", "p6"]
     inputs.close()

@@ -201,3 +201,25 @@ def test_statefile__round_trip_and_floor(tmp_path):
     assert sf.seq_floor(State("boot-1", 42)) == 42 + SEQ_MARGIN
     (tmp_path / "agent-state.json").write_text("{not json")
     assert sf.load() == State(None, 0)
+
+
+def test_outbox__put_many_is_one_transaction_in_order(outbox, tmp_path):
+    events = [ev() for _ in range(5)] + [ev(EventType.CAMERA_FAULT, "cam")]
+    seqs = outbox.put_many(events)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 6
+    assert [r.id for r in outbox.next_batch(0, 10)] == [e.id for e in events]
+    assert outbox.pending() == 6
+
+
+def test_outbox__put_many_all_or_nothing_when_full(tmp_path):
+    ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
+    big = "y" * 3000
+    with pytest.raises(OutboxFullError):
+        for _ in range(200):
+            ob.put_many([ev(note=big) for _ in range(10)])
+    before = ob.pending()
+    with pytest.raises(OutboxFullError):
+        ob.put_many([ev(note=big) for _ in range(50)])
+    assert ob.pending() == before, "a failed batch must leave nothing half-written"
+    ob.close()

@@ -1,0 +1,176 @@
+"""Figures that cross the broker: press → delivery latency and the drain rate after an outage.
+
+Each agent run has its baseline run in the same broker, measured by the same
+subscriber program (``bench/subscriber.py``, a separate process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.config import load_config
+from agent.events import with_seq
+from agent.outbox import Outbox
+from bench.common import (
+    BENCH,
+    PY,
+    SITE,
+    BenchBroker,
+    EntryAgentProc,
+    Procs,
+    agent_config,
+    bulk_fill,
+    cpu_ticks_s,
+    sample_event,
+    start_subscriber,
+    stop_process,
+    summary,
+)
+from tests.support.agentproc import unique_id
+
+
+def write_template(path: Path, device: str) -> Path:
+    """A real panic event's wire payload with placeholders for id, mono_ms and seq."""
+    ev = sample_event()
+    payload = with_seq(ev.body(SITE, device), 123456).decode()
+    payload = (payload.replace(f'"id":"{ev.id}"', '"id":"__ID__"')
+               .replace(f'"mono_ms":{ev.mono_ms}', '"mono_ms":__MONO__').replace('"seq":123456', '"seq":__SEQ__'))
+    if not all(k in payload for k in ("__ID__", "__MONO__", "__SEQ__")):
+        raise RuntimeError(f"cannot make a template from {payload}")
+    path.write_text(payload)
+    return path
+
+
+def first_arrivals(sub: dict[str, Any], match: str) -> dict[str, tuple[float, Any]]:
+    """id → (first arrival time, mono_ms) for topics containing ``match``; repeats are ignored."""
+    out: dict[str, tuple[float, Any]] = {}
+    for t, topic, eid, mono_ms, _seq, _state in sub["arrivals"]:
+        if match in topic and eid is not None and eid not in out:
+            out[eid] = (t, mono_ms)
+    return out
+
+
+def _latencies_ms(sub: dict[str, Any]) -> list[float]:
+    return [(t - mono_ms / 1000.0) * 1000.0 for t, mono_ms in first_arrivals(sub, "/event/panic").values()]
+
+
+# ---- press → delivery ------------------------------------------------------------------------------
+
+
+def agent_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float) -> dict[str, Any]:
+    """Press a mock pin inside a running agent ``n`` times; latency = arrival - the event's ``mono_ms``."""
+    dev = unique_id("lat")
+    cfg = agent_config(work / dev, broker.port, dev)  # input 'panic' with debounce_ms: 0
+    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#"], work / dev / "sub.json",
+                           expect=n, match="/event/panic", timeout=n * gap_ms / 1000.0 + 60)
+    agent = EntryAgentProc(cfg, procs).start()
+    try:
+        agent.wait_connected()
+        time.sleep(0.5)  # agent_started and the birth status are out of the way
+        start = time.monotonic() + 0.05
+        for i in range(n):
+            delay = start + i * gap_ms / 1000.0 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            agent.click("panic")
+        result = sub.result(timeout=30)
+    finally:
+        agent.stop()
+    lat = _latencies_ms(result)
+    return {**summary(lat), "delivered": len(lat), "expected": n}
+
+
+def baseline_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float,
+                     fsync_dir: Path) -> dict[str, Any]:
+    """Raw paho QoS 1, each message stamped, written and fsynced on the outbox's disk, then published."""
+    dev = unique_id("raw")
+    (work / dev).mkdir(parents=True, exist_ok=True)
+    template = write_template(work / dev / "template.json", dev)
+    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#"], work / dev / "sub.json",
+                           expect=n, match="/event/panic", timeout=n * gap_ms / 1000.0 + 60)
+    pub = procs.popen([PY, str(BENCH / "rawpub.py"), "latency", "--port", str(broker.port), "--topic",
+                       f"campus/{SITE}/{dev}/event/panic", "--template", str(template), "--count", str(n),
+                       "--gap-ms", str(gap_ms), "--fsync-dir", str(fsync_dir)], stdout=subprocess.PIPE)
+    out, _ = pub.communicate(timeout=n * gap_ms / 1000.0 + 60)
+    stop_process(pub)
+    pub_result = json.loads(out.decode().strip().splitlines()[-1])
+    result = sub.result(timeout=30)
+    lat = _latencies_ms(result)
+    fs = pub_result.get("fsync_us", [])
+    return {**summary(lat), "delivered": len(lat), "expected": n,
+            "fsync_us_p50": summary(fs, 1)["p50"], "fsync_us_p99": summary(fs, 1)["p99"]}
+
+
+# ---- drain after an outage ---------------------------------------------------------------------------
+
+
+def _drain_rate(sub: dict[str, Any], n: int) -> dict[str, Any]:
+    """From the sender's start (its online status / start marker) to the last new id at the subscriber."""
+    starts = [t for t, topic, _id, _m, _s, state in sub["arrivals"] if topic.endswith("/status") and state == "online"]
+    firsts = first_arrivals(sub, "/event/panic")
+    dupes = sum(1 for _t, topic, *_ in sub["arrivals"] if "/event/panic" in topic) - len(firsts)
+    out: dict[str, Any] = {"expected": n, "distinct": len(firsts), "duplicates": dupes, "valid": len(firsts) == n}
+    if starts and firsts:
+        elapsed = max(t for t, _ in firsts.values()) - starts[0]
+        out["elapsed_s"] = round(elapsed, 3)
+        out["events_per_s"] = round(n / elapsed, 1) if out["valid"] else None
+    else:
+        out["events_per_s"] = None
+    return out
+
+
+def agent_drain(procs: Procs, broker: BenchBroker, work: Path, n: int, window: int,
+                rate: float | None) -> dict[str, Any]:
+    """``n`` events waiting in the outbox, then the agent meets the broker: time until the subscriber has all.
+
+    ``rate`` None keeps the configured default pacing; otherwise it sets
+    ``mqtt.drain_rate_per_s`` (100000, the maximum, for the unpaced figure).
+    """
+    dev = unique_id("drain")
+    mqtt_cfg: dict[str, Any] = {"max_inflight": window}
+    if rate is not None:
+        mqtt_cfg["drain_rate_per_s"] = rate
+    cfg = agent_config(work / dev, broker.port, dev, mqtt=mqtt_cfg, outbox={"max_mb": 500})
+    with Outbox(work / dev / "outbox.db", site=SITE, device=dev, max_mb=500) as ob:
+        bulk_fill(ob, n)
+    timeout = n / 200.0 + 60
+    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
+                           work / dev / "sub.json", expect=n, match="/event/panic", timeout=timeout)
+    agent = EntryAgentProc(cfg, procs).start()
+    try:
+        result = sub.result(timeout=timeout + 10)
+        cpu_s = cpu_ticks_s(agent.proc.pid) if agent.proc is not None else math.nan
+    finally:
+        agent.stop()
+    # CPU per event is far less sensitive to a busy machine than the rate; it includes start-up (~0.3 s)
+    return {**_drain_rate(result, n), "cpu_us_per_event": round(cpu_s / n * 1e6, 1),
+            "drain_rate_per_s": load_config(cfg).mqtt.drain_rate_per_s, "max_inflight": window}
+
+
+def baseline_drain(procs: Procs, broker: BenchBroker, work: Path, n: int, window: int) -> dict[str, Any]:
+    """Raw paho QoS 1 publishing ``n`` prebuilt messages through the same in-flight window."""
+    dev = unique_id("rawdrain")
+    (work / dev).mkdir(parents=True, exist_ok=True)
+    template = write_template(work / dev / "template.json", dev)
+    timeout = n / 200.0 + 60
+    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
+                           work / dev / "sub.json", expect=n, match="/event/panic", timeout=timeout)
+    pub = procs.popen([PY, str(BENCH / "rawpub.py"), "drain", "--port", str(broker.port), "--topic",
+                       f"campus/{SITE}/{dev}/event/panic", "--marker-topic", f"campus/{SITE}/{dev}/status",
+                       "--template", str(template), "--count", str(n), "--window", str(window),
+                       "--timeout", str(timeout)], stdout=subprocess.PIPE)
+    try:
+        out, _ = pub.communicate(timeout=timeout + 30)
+    finally:
+        stop_process(pub)
+    result = sub.result(timeout=30)
+    res = _drain_rate(result, n)
+    pub_result = json.loads(out.decode().strip().splitlines()[-1])
+    res["publisher_elapsed_s"] = round(pub_result.get("publisher_elapsed_s", 0.0), 3)
+    res["cpu_us_per_event"] = round(pub_result.get("cpu_s", math.nan) / n * 1e6, 1)
+    return res

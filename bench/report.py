@@ -1,0 +1,142 @@
+"""Targets of issue 6 checked against the figures, and the readable table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench.machine import machine_line
+
+
+def _ok(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not math.isnan(x)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return round(a / b, 2) if _ok(a) and _ok(b) and b else None
+
+
+def _verdict(passed: bool | None, valid: bool = True) -> str:
+    if not valid:
+        return "INVALID"
+    return "n/a" if passed is None else ("PASS" if passed else "MISS")
+
+
+def evaluate(res: dict[str, Any], figs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One entry per target: the measured ratio or value, the limit, and PASS/MISS/INVALID/n/a."""
+    t: dict[str, dict[str, Any]] = {}
+    valid = {name: bool(f.get("valid")) for name, f in figs.items()}
+
+    r = _ratio(res["press_to_delivery_ms"]["p99"], res["baseline_delivery_ms"]["p99"])
+    t["press_to_delivery"] = {"target": "p99 <= 2x baseline p99", "ratio": r,
+                              "result": _verdict(None if r is None else r <= 2.0, valid.get("latency", True))}
+    r = _ratio(res["drain_events_per_s"], res["baseline_events_per_s"])
+    t["drain"] = {"target": ">= 0.7x baseline", "ratio": r,
+                  "result": _verdict(None if r is None else r >= 0.7, valid.get("drain", True))}
+    r = _ratio(res["enqueue_us"]["p99"], res["baseline_fsync_us"]["p99"])
+    t["enqueue"] = {"target": "p99 <= 3x baseline p99", "ratio": r,
+                    "result": _verdict(None if r is None else r <= 3.0, valid.get("enqueue", True))}
+
+    b = res.get("burst") or {}
+    if b.get("presses"):
+        worst = max(b["edge_to_durable_ms"]["max"], b["callback_held_ms_max"])
+        all_in = b["recorded"] == b["presses"] == b["delivered"]
+        t["burst"] = {"target": "all recorded and delivered, button path <= 50 ms", "worst_ms": worst,
+                      "ratio": round(worst / 50.0, 2), "result": _verdict(all_in and worst <= 50.0 and
+                                                                          b["press_span_s"] <= 1.0)}
+    else:
+        t["burst"] = {"target": "all recorded, button path <= 50 ms", "ratio": None, "result": "n/a"}
+
+    delta = (round(res["rss_mb"] - res["baseline_rss_mb"], 2)
+             if _ok(res["rss_mb"]) and _ok(res["baseline_rss_mb"]) else None)
+    heavy = b.get("heavy_modules_loaded")
+    t["memory"] = {"target": "<= baseline + 4 MB; requests/picamera2 not imported", "delta_mb": delta,
+                   "heavy_modules_loaded": heavy, "ratio": None if delta is None else round(delta / 4.0, 2),
+                   "result": _verdict(None if delta is None else delta <= 4.0 and not heavy, valid.get("memory", True))}
+    cpu = res["idle_cpu_pct"]
+    t["idle_cpu"] = {"target": "<= 0.1 % of one core", "ratio": round(cpu / 0.1, 2) if _ok(cpu) else None,
+                     "result": _verdict(cpu <= 0.1 if _ok(cpu) else None, valid.get("memory", True))}
+
+    scale = {k: v for k, v in (res.get("outbox_scale") or {}).items() if v}
+    if len(scale) >= 2:
+        lo, hi = min(scale, key=int), max(scale, key=int)
+        re_ = _ratio(scale[hi]["enqueue_us"], scale[lo]["enqueue_us"])
+        rd = _ratio(scale[hi]["drain_us"], scale[lo]["drain_us"])
+        ok = re_ is not None and rd is not None and re_ <= 1.5 and rd <= 1.5
+        t["outbox_scale"] = {"target": f"per-event cost at {hi} <= 1.5x at {lo}", "enqueue_ratio": re_,
+                             "drain_ratio": rd, "ratio": max(re_ or 0, rd or 0), "result": _verdict(ok)}
+    else:
+        t["outbox_scale"] = {"target": "flat", "ratio": None, "result": "n/a"}
+    return t
+
+
+def _f(x: Any, nd: int = 1) -> str:
+    if not _ok(x):
+        return "-"
+    return f"{x:,.{nd}f}"
+
+
+def _res(t: dict[str, Any], unit: str = "x") -> str:
+    r = t.get("ratio")
+    return f"{t['result']}" + (f" ({r}{unit})" if r is not None else "")
+
+
+def render(res: dict[str, Any]) -> str:
+    """The table as Markdown, with the machine and the mode above it."""
+    t = res["targets"]
+    lat, blat = res["press_to_delivery_ms"], res["baseline_delivery_ms"]
+    enq, fs = res["enqueue_us"], res["baseline_fsync_us"]
+    b = res.get("burst") or {}
+    paced = res.get("drain_paced") or {}
+    scale = res.get("outbox_scale") or {}
+    cpu = res.get("drain_cpu_us_per_event") or {}
+    plan = res["plan"]
+    rows = [
+        ("press → delivery latency p50 / p99 (ms)", f"{_f(lat['p50'], 2)} / {_f(lat['p99'], 2)}",
+         f"{_f(blat['p50'], 2)} / {_f(blat['p99'], 2)}", "p99 ≤ 2x baseline", _res(t["press_to_delivery"])),
+        (f"drain rate after an outage, {plan['drain_events']:,} events (events/s)",
+         f"{_f(res['drain_events_per_s'], 0)} ({_f(cpu.get('agent'), 0)} µs CPU/event)",
+         f"{_f(res['baseline_events_per_s'], 0)} ({_f(cpu.get('baseline'), 0)} µs CPU/event)", "≥ 0.7x baseline",
+         _res(t["drain"])),
+        (f"durable enqueue p50 / p99 (µs, {res['details'].get('enqueue', {}).get('payload_bytes', '?')} B)",
+         f"{_f(enq['p50'], 0)} / {_f(enq['p99'], 0)}", f"{_f(fs['p50'], 0)} / {_f(fs['p99'], 0)}",
+         "p99 ≤ 3x baseline", _res(t["enqueue"])),
+        (f"burst: {b.get('presses', '-')} presses in {_f(b.get('press_span_s'), 2)} s on 8 inputs",
+         (f"{b.get('recorded', '-')} recorded, {b.get('delivered', '-')} delivered; edge → durable p99 "
+          f"{_f(b.get('edge_to_durable_ms', {}).get('p99'), 1)} ms, max {_f(t['burst'].get('worst_ms'), 1)} ms")
+         if b else "-", "—", "none lost, ≤ 50 ms", _res(t["burst"])),
+        (f"memory: RSS after {res['setup']['memory_window']} (MB)", _f(res["rss_mb"], 1),
+         _f(res["baseline_rss_mb"], 1), "≤ baseline + 4 MB",
+         f"{t['memory']['result']} (+{_f(t['memory']['delta_mb'], 1)} MB)"),
+        (f"idle CPU, {plan['idle_window_s']:g} s windows, 30 s heartbeat (% of one core)",
+         _f(res["idle_cpu_pct"], 3), "—", "≤ 0.1 %", _res(t["idle_cpu"])),
+    ]
+    measured = [lv for lv in scale if scale[lv]]
+    top = max(measured, key=int) if len(measured) >= 2 else None
+    for lv in sorted(scale, key=int):
+        v = scale[lv]
+        rows.append((f"outbox at {int(lv):,} pending: enqueue / drain (µs per event)",
+                     f"{_f(v['enqueue_us'], 0)} / {_f(v['drain_us'], 1)}" if v else "not measured", "—",
+                     "flat (≤ 1.5x at 10³)", _res(t["outbox_scale"]) if lv == top else ""))
+    m = res["machine"]
+    out = [f"### Benchmarks ({res['mode']} run, {res['measured_at']})", "",
+           f"Machine: {machine_line(m)}; load average at end {m.get('loadavg_end')}.", "",
+           "| figure | agent | baseline (same run) | target | result |", "|---|---|---|---|---|"]
+    out += [f"| {' | '.join(r)} |" for r in rows]
+    out += ["", (f"Medians over {plan['latency_reps']} (latency), {plan['drain_reps']} (drain), "
+            f"{plan['enqueue_reps']} (enqueue), {plan['burst_reps']} (burst), {plan['memory_agents']} (memory) "
+            f"and {plan['scale_reps']} (scale) repetitions. Presses on mock pins with `debounce_ms: 0`; "
+            f"{plan['presses']:,} presses {plan['press_gap_ms']:g} ms apart per latency run. "
+            f"Paced drain at the default `drain_rate_per_s: {paced.get('drain_rate_per_s', '-')}`: "
+            f"{_f(paced.get('events_per_s'), 0)} events/s over {paced.get('events', '-')} events. "
+            f"Took {res['duration_s']:.0f} s.")]
+    if res["mode"] == "quick":
+        out += ["", ("Quick run: fewer presses, events and repetitions and a shorter memory and idle window; "
+                     "a full run is the reference.")]
+    notes = (res["details"].get("scale") or {}).get("notes") or []
+    if notes:
+        out += ["", "Outbox scale: " + "; ".join(notes) + "."]
+    bad = [name for name, f in res["details"].items() if not f.get("valid", False)]
+    if bad:
+        out += ["", f"INVALID figures (loss, errors or broker drops): {', '.join(bad)}; see `details` in the JSON."]
+    return "\n".join(out) + "\n"

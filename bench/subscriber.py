@@ -1,0 +1,100 @@
+"""The central side of the benchmarks: a separate process that subscribes and stamps every arrival.
+
+Prints ``READY`` once subscribed.  Exits when ``--expect`` distinct event ids
+on topics containing ``--match`` have arrived, after ``--timeout`` seconds, or
+on SIGTERM/SIGINT, and then writes every arrival to ``--out`` as JSON:
+``[arrival_monotonic_s, topic, id, mono_ms, seq, state]``.  The arrival time
+is ``time.monotonic()`` (CLOCK_MONOTONIC, the same clock the agent stamps
+``mono_ms`` with), taken first thing in the message callback; payloads are
+parsed only after the run, so the callback costs the same for every sender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+_ID = b'"id":"'
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--topic", action="append", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--expect", type=int, default=0)
+    p.add_argument("--match", default="/event/")
+    p.add_argument("--timeout", type=float, default=60.0)
+    args = p.parse_args()
+
+    arrivals: list[tuple[float, str, bytes | bytearray]] = []
+    ids: set[bytes | bytearray] = set()
+    done = threading.Event()
+    match = args.match
+
+    def on_message(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        t = time.monotonic()
+        payload = m.payload
+        topic = m.topic
+        arrivals.append((t, topic, payload))
+        if match in topic:
+            i = payload.find(_ID)
+            if i >= 0:
+                ids.add(payload[i + 6 : i + 38])
+                if args.expect and len(ids) >= args.expect:
+                    done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:8]}",
+                    protocol=MQTTProtocolVersion.MQTTv5)
+
+    def on_connect(cl: mqtt.Client, *_a: Any) -> None:
+        for t in args.topic:
+            cl.subscribe(t, qos=1)
+
+    c.on_connect = on_connect
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *_a: subscribed.set()
+    c.on_message = on_message
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_a: done.set())
+    c.connect("127.0.0.1", args.port, keepalive=30)
+    c.loop_start()
+    ready_at = time.monotonic()
+    try:
+        if not subscribed.wait(10):
+            print("NO SUBACK", flush=True)
+            return 1
+        print("READY", flush=True)
+        timed_out = not done.wait(args.timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    rows = [[t, topic, *_fields(payload)] for t, topic, payload in list(arrivals)]
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"ready_at": ready_at, "timed_out": timed_out, "arrivals": rows}))
+    tmp.replace(args.out)
+    return 0
+
+
+def _fields(payload: bytes | bytearray) -> list[Any]:
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return [None, None, None, None]
+    if not isinstance(doc, dict):
+        return [None, None, None, None]
+    return [doc.get("id"), doc.get("mono_ms"), doc.get("seq"), doc.get("state")]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
