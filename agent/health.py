@@ -190,19 +190,27 @@ class Heartbeat:
     mono: Callable[[], float]
     ticks: list[Callable[[], None]] = field(default_factory=list)
     min_gap_s: float = 0.2
+    settle_s: float = 0.05
     tick_s: float = 5.0
     progress: float = 0.0
 
     def __post_init__(self) -> None:
         self._wake = threading.Event()
         self._changed = False
+        self._changed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.progress = self.mono()
 
     def changed(self) -> None:
-        """Something in the status changed state: publish soon (coalesced)."""
-        self._changed = True
+        """Something in the status changed state: publish soon (coalesced).
+
+        "Soon" is ``settle_s`` later, so the event that caused the change goes
+        out first instead of sharing the interpreter with a status being built.
+        """
+        if not self._changed:
+            self._changed_at = self.mono()
+            self._changed = True
         self._wake.set()
 
     def start(self) -> None:
@@ -211,17 +219,20 @@ class Heartbeat:
 
     def _run(self) -> None:
         next_beat = self.mono()
+        next_tick = self.mono()
         last = -1e9
         while not self._stop.is_set():
             now = self.mono()
             self.progress = now
-            for tick in self.ticks:
-                try:
-                    tick()
-                except Exception:
-                    log.exception("periodic task failed; carrying on")
-            due = now >= next_beat or (self._changed and now - last >= self.min_gap_s)
-            if due:
+            if now >= next_tick:
+                next_tick = now + self.tick_s
+                for tick in self.ticks:
+                    try:
+                        tick()
+                    except Exception:
+                        log.exception("periodic task failed; carrying on")
+            change_due = max(last + self.min_gap_s, self._changed_at + self.settle_s)
+            if now >= next_beat or (self._changed and now >= change_due):
                 self._changed = False
                 last = now
                 next_beat = now + self.interval_s
@@ -229,9 +240,9 @@ class Heartbeat:
                     self.publish()
                 except Exception:
                     log.exception("building the status document failed; will try again next heartbeat")
-            wait = min(self.tick_s, max(0.0, next_beat - now))
+            wait = max(0.0, min(next_tick, next_beat) - now)
             if self._changed:
-                wait = min(wait, max(0.0, last + self.min_gap_s - now))
+                wait = min(wait, max(0.0, change_due - now))
             self._wake.wait(wait)
             self._wake.clear()
 

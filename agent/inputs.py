@@ -251,7 +251,7 @@ class Inputs:
         if item.debouncer.stable:
             item.active_since = stamp.mono
             kind = EventType.PANIC if item.cfg.kind is InputKind.PANIC_BUTTON else EventType.TAMPER
-            log.info("input %s active (GPIO%d)", name, item.cfg.pin)
+            log.debug("input %s active (GPIO%d)", name, item.cfg.pin)  # the 'recorded' line follows at INFO
             self._out(kind, name, stamp, {"pin": item.cfg.pin, "contact": item.cfg.contact.value})
             return
         held = stamp.mono - (item.active_since or stamp.mono)

@@ -42,7 +42,7 @@ _WAL_AUTOCHECKPOINT_PAGES = 100
 _JOURNAL_SIZE_LIMIT = 1024 * 1024
 _EVICT_CHUNK = 64
 _LIMITS_TTL_S = 1.0
-_CACHE_KIB = 512  # page cache per connection; SQLite's 2 MB default stays allocated after a big drain
+_CACHE_KIB = 256  # page cache per connection; SQLite's 2 MB default stays allocated after a big drain
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

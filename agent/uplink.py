@@ -319,6 +319,7 @@ class Uplink:
     def _send_round(self, s: _Session) -> float:
         """Process acks, send status/replies and fill the window; return how long to wait."""
         self._process_acks()
+        wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
         with self._slot_lock:
             status, self._status_slot = self._status_slot, None
             replies = list(self._replies)
@@ -327,7 +328,7 @@ class Uplink:
             self._publish_raw(s, f"{self.root}/status", _encode(status), retain=True)
         for topic, payload in replies:
             self._publish_raw(s, topic, payload, retain=False)
-        return self._fill_window(s)
+        return wait
 
     def _fill_window(self, s: _Session) -> float:
         """Publish what the window allows, in ``seq`` order; return how long to wait."""
