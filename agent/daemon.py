@@ -17,8 +17,6 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from agent.cameras import Cameras
-from agent.certinfo import expiry_warning
 from agent.commands import CommandHandler
 from agent.config.model import Config
 from agent.control import ControlServer
@@ -57,7 +55,7 @@ class Agent:
         self.health: Health | None = None
         self.commands: CommandHandler | None = None
         self.indicators: Indicators | None = None
-        self.cameras: Cameras | None = None
+        self.cameras: Any = None  # agent.cameras.Cameras, imported only when cameras are configured
         self._indicators_ok = False
         self._hardware_warnings: list[str] = []
         self._silent = {i.name: i.silent for i in cfg.inputs}
@@ -117,14 +115,18 @@ class Agent:
             wall=self.clock.wall,
             mono=self.clock.mono,
         )
-        self.cameras = Cameras(
-            cfg.cameras, clock=self.clock, emit=self.record,
-            on_change=lambda: self.heartbeat.changed() if self.heartbeat is not None else None,
-        )
+        if cfg.cameras:
+            from agent.cameras import Cameras  # noqa: PLC0415 - a post without cameras does not pay for them
+
+            self.cameras = Cameras(
+                cfg.cameras, clock=self.clock, emit=self.record,
+                on_change=lambda: self.heartbeat.changed() if self.heartbeat is not None else None,
+            )
         self.health = Health(
             site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
             sources=StatusSources(
-                link=self.uplink.state, inputs=self.inputs.states, cameras=self.cameras.states,
+                link=self.uplink.state, inputs=self.inputs.states,
+                cameras=self.cameras.states if self.cameras is not None else dict,
                 commands=self.commands.counters,
                 outputs=self.indicators.patterns if self._indicators_ok else None,
                 warnings=self._warnings,
@@ -139,7 +141,8 @@ class Agent:
         )
         self.uplink.start()
         self.heartbeat.start()
-        self.cameras.start()
+        if self.cameras is not None:
+            self.cameras.start()
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
         self._cert_warning()
@@ -345,6 +348,8 @@ class Agent:
         now = self.clock.mono()
         if self._cert_checked is None or now - self._cert_checked >= 3600:
             self._cert_checked = now
+            from agent.certinfo import expiry_warning  # noqa: PLC0415 - only devices with a client certificate
+
             try:
                 warning = expiry_warning(tls.cert_file, dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC))
             except ConfigError as exc:

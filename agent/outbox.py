@@ -130,6 +130,7 @@ class Outbox:
         # switching the pragma back and forth per ack cost a tenth of the sender's time in a drain.
         self._ack_conn = self._connect()
         self._ack_conn.execute("PRAGMA synchronous=NORMAL")
+        self._ack_conn.execute("PRAGMA cache_size=-64")  # deletes by key touch few pages
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
         self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count

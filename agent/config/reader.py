@@ -10,7 +10,6 @@ says what was expected and, where we can guess, the fix.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -256,10 +255,16 @@ class Section:
         for key in self.data:
             if key in known:
                 continue
-            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = _close(key, known, 0.6)
             fix = f"did you mean '{hint[0]}'?" if hint else f"known keys: {', '.join(sorted(known))}"
             self.ctx.error(self.key_line(key), self.sub(key), f"unknown key; {fix}")
             self.ok = False
+
+
+def _close(word: str, known: tuple[str, ...], cutoff: float) -> list[str]:
+    import difflib  # noqa: PLC0415 - only a config with a mistake pays for it (the daemon's memory)
+
+    return difflib.get_close_matches(word, known, n=1, cutoff=cutoff)
 
 
 def _describe(value: Any) -> str:
@@ -326,7 +331,7 @@ def one_of(*choices: str) -> Callable[[Any], str]:
         s = value if isinstance(value, str) else str(value)
         if s in choices:
             return s
-        hint = difflib.get_close_matches(s, choices, n=1, cutoff=0.5)
+        hint = _close(s, choices, 0.5)
         fix = f"; did you mean '{hint[0]}'?" if hint else ""
         raise Invalid(f"expected one of {', '.join(choices)}, got {_describe(value)}{fix}")
 
