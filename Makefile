@@ -33,7 +33,7 @@ faketime:
 	@ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || { \
 		echo "installing faketime (the clock-jump fault test)"; apt-get update && apt-get install -y faketime; }
 
-deps: venv mosquitto faketime
+deps: venv mosquitto
 
 lint: venv
 	$(VENV)/bin/ruff check $(wildcard agent tests bench scripts docs/examples)
@@ -41,7 +41,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy agent
 
-pytest: deps
+pytest: deps faketime
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: deps lint typecheck pytest
@@ -52,7 +52,7 @@ demo: deps
 bench: deps
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 
-soak: deps
+soak: deps faketime
 	SOAK=1 $(PY) -m pytest tests/faults -m slow -p no:cacheprovider -s $(PYTEST_ARGS)
 
 clean:
