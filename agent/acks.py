@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent.display import Alarm, Line, LineKind, clock_text, decode, device_key, warning_line
-from agent.events import CONTRACT_VERSION, iso_ms, new_id
+from agent.events import CONTRACT_VERSION, is_event_id, iso_ms, new_id
 
 REPLY_TIMEOUT_S = 10.0
 _MAX_UNACKED = 1000
-_EVENT_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def valid_event_id(text: str) -> bool:
-    """True for an event ``id`` as the contract writes it: 32 lower-case hex digits."""
-    return _EVENT_ID.fullmatch(text) is not None
+valid_event_id = is_event_id
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,10 @@ def not_after(path: Path) -> dt.datetime:
         raise ConfigError(f"{path}: cannot read the certificate's expiry date ({exc})") from exc
 
 
-def expiry_warning(path: Path, now: dt.datetime, days: int = 30) -> str | None:
+WARN_DAYS = 30  # how long before expiry the agent and doctor start warning
+
+
+def expiry_warning(path: Path, now: dt.datetime, days: int = WARN_DAYS) -> str | None:
     """A one-line warning when the certificate expires within ``days`` (or has)."""
     end = not_after(path)
     left = end - now

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import CommandError
-from agent.events import CONTRACT_VERSION, iso_ms
+from agent.events import CONTRACT_VERSION, is_event_id, iso_ms
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,6 @@ _KNOWN = ", ".join(sorted(NAMES))
 _FIELDS = {"ack": ("event_id",), "ping": (), "test_mode": ("minutes",)}
 _NEEDS = {"event_id": "the 32-hex id of the event it acknowledges", "minutes": f"minutes 0-{MAX_MINUTES} (0 ends it)"}
 _PEEK_LIMIT = 16 * MAX_PAYLOAD
-_EVENT_ID = re.compile(r"[0-9a-f]{32}")
 _TOO_DEEP = f"nesting too deep; at most {MAX_DEPTH} levels are allowed"
 _JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
 _BURST = 10
@@ -210,7 +208,7 @@ def _id_problem(value: object) -> str | None:
 
 
 _CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "event_id": (lambda v: isinstance(v, str) and _EVENT_ID.fullmatch(v) is not None, "32 lowercase hex digits"),
+    "event_id": (is_event_id, "32 lowercase hex digits"),
     "minutes": (lambda v: type(v) is int and 0 <= v <= MAX_MINUTES, f"an integer 0-{MAX_MINUTES}"),
 }
 

@@ -3,7 +3,7 @@
 Each step is its own function, so a failure names the layer it happened in
 (a typo in the host name, a firewall, a wrong CA, a wrong password, an ACL)
 instead of the one "cannot connect" a full MQTT client would report.  The TLS
-step uses the agent's own :func:`~agent.uplink.tls_context`, so it trusts
+step uses the agent's own :func:`~agent.brokers.tls_context`, so it trusts
 exactly what the agent trusts.
 
 The MQTT steps go through :class:`~agent.doctor_mqtt.MqttProbe`, which keeps
@@ -24,13 +24,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from agent.brokers import describe_connect_error, tls_context
-from agent.certinfo import not_after
+from agent.certinfo import WARN_DAYS, not_after
 from agent.config.model import BrokerAddress, Config, MqttConfig
 from agent.doctor_checks import Check, run_with_deadline
 from agent.doctor_mqtt import MqttProbe
 from agent.errors import ConfigError
 
-EXPIRY_WARN_DAYS = 30
+EXPIRY_WARN_DAYS = WARN_DAYS
 _ALERT_WAIT_S = 0.5  # TLS 1.3 sends a refusal of our client certificate just after the handshake
 _LOGIN_REFUSED = {134, 135, 138, 140}  # bad user name or password, not authorised, banned, bad auth method
 

@@ -12,6 +12,7 @@ import ctypes
 import datetime as dt
 import functools
 import json
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -47,6 +48,14 @@ def iso_ms(wall: float) -> str:
 def new_id() -> str:
     """A random 128-bit id in hex: what the central side de-duplicates on."""
     return uuid.uuid4().hex
+
+
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_event_id(value: object) -> bool:
+    """True for an event ``id`` as :func:`new_id` writes it: 32 lower-case hex digits."""
+    return isinstance(value, str) and _EVENT_ID.fullmatch(value) is not None
 
 
 class _Timex(ctypes.Structure):

@@ -42,6 +42,7 @@ _WAL_AUTOCHECKPOINT_PAGES = 100
 _JOURNAL_SIZE_LIMIT = 1024 * 1024
 _EVICT_CHUNK = 64
 _LIMITS_TTL_S = 1.0
+_INSERT = "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)"
 _CACHE_KIB = 256  # page cache per connection; SQLite's 2 MB default stays allocated after a big drain
 
 _SCHEMA = """
@@ -293,7 +294,7 @@ class Outbox:
                         self._make_room_for_non_alarm()
                     with self._txn():
                         cur = self._conn.execute(
-                            "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)",
+                            _INSERT,
                             (event.id, event.type.value, int(alarm), created_ms, body),
                         )
                     self._pending += 1
@@ -339,7 +340,7 @@ class Outbox:
                 with self._txn():
                     for row in rows:
                         cur = self._conn.execute(
-                            "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)", row,
+                            _INSERT, row,
                         )
                         seqs.append(int(cur.lastrowid or 0))
             except sqlite3.OperationalError as exc:

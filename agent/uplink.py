@@ -349,8 +349,7 @@ class Uplink:
                 mid, rc = self._acks.get_nowait()
             except queue.Empty:
                 break
-            refused = rc is not None and rc.is_failure
-            row, retry_in = self._window.settle(mid, refused=refused, now=now)
+            row, retry_in = self._window.settle(mid, refused=_is_refusal(rc), now=now)
             if row is None:
                 continue
             if retry_in is None:
@@ -378,12 +377,12 @@ class Uplink:
         deadline = self._mono() + _SHUTDOWN_ACK_TIMEOUT_S
         while self._mono() < deadline and not s.lost.is_set():
             try:
-                got, _rc = self._acks.get(timeout=0.05)
+                got, rc = self._acks.get(timeout=0.05)
             except queue.Empty:
                 continue
             if got == mid:
                 break
-            row, retry_in = self._window.settle(got, refused=_rc is not None and _rc.is_failure, now=self._mono())
+            row, retry_in = self._window.settle(got, refused=_is_refusal(rc), now=self._mono())
             if row is not None and retry_in is None:
                 self.outbox.ack([row.seq])
         s.client.disconnect()
@@ -410,6 +409,11 @@ class Uplink:
                 self._on_link(self.state())
             except Exception:
                 log.exception("link-change handler failed; carrying on")
+
+
+def _is_refusal(rc: ReasonCode | None) -> bool:
+    """A PUBACK reason >= 0x80 (MQTT 5): the broker did not take the message, whatever paho says."""
+    return rc is not None and rc.is_failure
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
