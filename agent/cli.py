@@ -150,8 +150,8 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
     tm.set_defaults(func=cmd_test_mode)
 
     if tools:
-        from agent.doctor import add_doctor_parser  # noqa: PLC0415 - see the docstring
-        from agent.monitor import add_monitor_parsers  # noqa: PLC0415
+        from agent.central.monitor import add_monitor_parsers  # noqa: PLC0415
+        from agent.doctor.runner import add_doctor_parser  # noqa: PLC0415 - see the docstring
 
         add_monitor_parsers(sub)
         add_doctor_parser(sub)

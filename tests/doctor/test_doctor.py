@@ -27,8 +27,7 @@ import yaml
 
 from agent.config import DEFAULT_PATH, load_config
 from agent.config.model import CameraConfig, CameraKind, OutboxConfig
-from agent.doctor import Host, _Printer, add_doctor_parser, cmd_doctor, probe_agent, run_doctor
-from agent.doctor_checks import (
+from agent.doctor.checks import (
     Check,
     Level,
     check_camera,
@@ -38,12 +37,13 @@ from agent.doctor_checks import (
     check_systemd,
     run_with_deadline,
 )
+from agent.doctor.runner import Host, _Printer, add_doctor_parser, cmd_doctor, probe_agent, run_doctor
 from tests.support.agentproc import AgentProc, short_socket_path, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.camservers import HttpCamera, RtspServer
 from tests.support.certs import Issued, issue, make_pki
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEV = "gate-north-1"
 ROOT_TOPIC = f"campus/main/{DEV}"
 ACL_LINE = "pattern readwrite campus/+/%u/doctor/#"

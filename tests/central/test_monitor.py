@@ -18,14 +18,21 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.acks import AckDesk, ack_command, parse_reply
-from agent.centrallink import LinkSettings
+from agent.central.acks import AckDesk, ack_command, parse_reply
+from agent.central.display import Alarm, LineKind
+from agent.central.fleet import DeviceState, FleetView
+from agent.central.link import LinkSettings
+from agent.central.monitor import (
+    MonitorOptions,
+    Target,
+    add_monitor_parsers,
+    broker_address,
+    resolve_target,
+    run_monitor,
+)
 from agent.config import BrokerAddress
-from agent.display import Alarm, LineKind
 from agent.errors import AgentError, ConfigError
 from agent.events import iso_ms, new_id
-from agent.fleet import DeviceState, FleetView
-from agent.monitor import MonitorOptions, Target, add_monitor_parsers, broker_address, resolve_target, run_monitor
 from tests.support.agentproc import unique_id, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.certs import make_pki

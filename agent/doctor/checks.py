@@ -1,7 +1,7 @@
 """The local checks of ``campus-agent doctor``: one small function per check, each returning verdicts.
 
 Every check returns :class:`Check` values and never raises for a finding, so
-the runner (``doctor.py``) can print each line the moment it is known and a
+the runner (``runner.py``) can print each line the moment it is known and a
 test can call any check on its own.  A check that is not OK always says what
 to do: the technician reading it is standing at a gate, not at a desk.
 """

@@ -1,6 +1,6 @@
 """What the monitor prints, and how it reads payloads it cannot trust.
 
-Shared by :mod:`agent.fleet` (events and device states) and :mod:`agent.acks`
+Shared by :mod:`agent.central.fleet` (events and device states) and :mod:`agent.central.acks`
 (replies): the :class:`Line` value, clock times and durations for people, and
 :func:`decode`, which turns any payload into a JSON object or a reason, never
 an exception: a broken device must not take the monitor down.

@@ -28,8 +28,8 @@ from typing import Any, TextIO, TypeVar
 
 from agent.config import DEFAULT_PATH, Config, load_config
 from agent.control import request
-from agent.doctor_broker import check_broker, check_client_cert
-from agent.doctor_checks import (
+from agent.doctor.broker import check_broker, check_client_cert
+from agent.doctor.checks import (
     Check,
     Level,
     check_camera,

@@ -2,7 +2,7 @@
 
 :class:`FleetView` is pure logic: it takes messages as (topic, payload, arrival
 time) and returns the lines to print, so it is tested without a broker or a
-terminal.  :mod:`agent.monitor` owns the network, the clock and the screen.
+terminal.  :mod:`agent.central.monitor` owns the network, the clock and the screen.
 It is not thread-safe: one thread feeds it.
 
 Decisions:
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from agent.display import (
+from agent.central.display import (
     Alarm,
     Line,
     LineKind,

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from agent.acks import AckDesk, Reply, ack_command, parse_reply, valid_event_id
-from agent.centrallink import DEFAULT_CONNECT_TIMEOUT_S, CentralLink, Inbox, Incoming, LinkNote, LinkSettings
+from agent.central.acks import AckDesk, Reply, ack_command, parse_reply, valid_event_id
+from agent.central.display import Line, LineKind, clock_text, device_key, valid_id
+from agent.central.fleet import FleetView
+from agent.central.link import DEFAULT_CONNECT_TIMEOUT_S, CentralLink, Inbox, Incoming, LinkNote, LinkSettings
 from agent.config import DEFAULT_PATH, BrokerAddress, load_config
-from agent.display import Line, LineKind, clock_text, device_key, valid_id
 from agent.errors import AgentError, ConfigError
 from agent.events import iso_ms
-from agent.fleet import FleetView
 
 EXIT_OK, EXIT_FAIL = 0, 1
 TABLE_EVERY_S = 10.0

@@ -6,7 +6,7 @@ instead of the one "cannot connect" a full MQTT client would report.  The TLS
 step uses the agent's own :func:`~agent.brokers.tls_context`, so it trusts
 exactly what the agent trusts.
 
-The MQTT steps go through :class:`~agent.doctor_mqtt.MqttProbe`, which keeps
+The MQTT steps go through :class:`~agent.doctor.mqtt.MqttProbe`, which keeps
 paho to itself and never uses the agent's own client id.  The round trip
 publishes to ``{root}/doctor/ping``, so the broker's ACL must allow this
 device ``{root}/doctor/#`` (mosquitto: ``pattern readwrite campus/+/%u/doctor/#``).
@@ -26,8 +26,8 @@ from typing import Any
 from agent.brokers import describe_connect_error, tls_context
 from agent.certinfo import WARN_DAYS, not_after
 from agent.config.model import BrokerAddress, Config, MqttConfig
-from agent.doctor_checks import Check, run_with_deadline
-from agent.doctor_mqtt import MqttProbe
+from agent.doctor.checks import Check, run_with_deadline
+from agent.doctor.mqtt import MqttProbe
 from agent.errors import ConfigError
 
 EXPIRY_WARN_DAYS = WARN_DAYS

@@ -13,7 +13,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from agent.display import Alarm, Line, LineKind, clock_text, decode, device_key, warning_line
+from agent.central.display import Alarm, Line, LineKind, clock_text, decode, device_key, warning_line
 from agent.events import CONTRACT_VERSION, is_event_id, iso_ms, new_id
 
 REPLY_TIMEOUT_S = 10.0
