@@ -14,15 +14,11 @@ centre shows it, tests match it).  Decisions worth knowing:
   :data:`MAX_PAYLOAD` they are parsed once more only to find an id to answer.
 - **Strictness.** ``v`` is the integer 1; ``minutes`` an integer 0-240 (not
   ``true``, not ``5.0``); ``event_id`` 32 lowercase hex digits; ``ts`` an
-  optional string, kept but not interpreted.  ``null`` counts as missing.
-  Unknown fields are ignored (the contract may add optional ones), but nesting
-  deeper than :data:`MAX_DEPTH` levels is refused.
-- **Flood control.** One token bucket (``rate_per_min``, burst of at most 10)
-  is checked *before* parsing, so a flood costs a clock read per message.  Over
-  the limit, commands are refused and at most 3 a minute are answered: a
-  command flood never becomes a reply flood.
-- **Counting.** ``accepted`` counts ``ok: true`` replies; ``rejected`` counts
-  everything else, including an ``ack`` of an unknown event.
+  optional string.  ``null`` counts as missing.  Unknown fields are ignored,
+  but nesting deeper than :data:`MAX_DEPTH` levels is refused.
+- **Obeying** is :mod:`agent.cmdguard`'s: a rate budget per name (checked
+  before parsing), no retained or stale commands, each id obeyed once.
+- **Counting.** ``accepted`` counts ``ok: true`` replies; ``rejected`` the rest.
 - **Logging.** Each kind of refusal is logged once, then at most every 5
   minutes with how many went unlogged, so a flood cannot fill the journal.
 """
@@ -31,15 +27,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from agent.cmdguard import Budgets, LogThrottle, ReplayWindow, staleness
 from agent.errors import CommandError
-from agent.events import CONTRACT_VERSION, is_event_id, iso_ms
+from agent.events import CONTRACT_VERSION, is_event_id, iso_ms, kernel_clock_synced
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +51,6 @@ _NEEDS = {"event_id": "the 32-hex id of the event it acknowledges", "minutes": f
 _PEEK_LIMIT = 16 * MAX_PAYLOAD
 _TOO_DEEP = f"nesting too deep; at most {MAX_DEPTH} levels are allowed"
 _JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-_BURST = 10
-_LIMITED_REPLIES_PER_MIN = 3
 _LOG_EVERY_S = 300.0
 
 
@@ -72,10 +66,8 @@ class _RefusedError(CommandError):
 class Command:
     """One valid command, ready to carry out.
 
-    One class serves all three commands because they share the envelope and
-    differ by one field.  A field the command does not take is always ``None``,
-    and construction refuses anything else (raising :class:`CommandError`), so
-    holding a ``Command`` means holding a valid one.
+    One class for all three (same envelope, one field apart); construction
+    validates (raising :class:`CommandError`), so a ``Command`` is a valid one.
 
     Attributes:
         name: ``ack``, ``ping`` or ``test_mode`` (the ``cmd/{name}`` topic level).
@@ -157,9 +149,6 @@ def _parse(name: str, payload: bytes) -> Command:
     cmd_id = _reply_id(doc.get("id"))
     if _too_deep(doc, MAX_DEPTH):
         raise _RefusedError("too deep", _TOO_DEEP, cmd_id)
-    problem = _id_problem(doc.get("id"))
-    if problem is not None:
-        raise _RefusedError("bad id", problem, cmd_id)
     v, speaks = doc.get("v"), f"this agent speaks v={CONTRACT_VERSION}"
     if v is None:
         raise _RefusedError("version", f"field 'v' is missing; {speaks}", cmd_id)
@@ -167,7 +156,7 @@ def _parse(name: str, payload: bytes) -> Command:
         raise _RefusedError("version", f"unsupported version v={_show(v)}; {speaks}", cmd_id)
     return Command(
         name=name,
-        id=doc["id"],
+        id=cast("str", doc.get("id")),  # validated once, by Command itself
         event_id=doc.get("event_id") if name == "ack" else None,
         minutes=doc.get("minutes") if name == "test_mode" else None,
         ts=doc.get("ts"),
@@ -197,7 +186,7 @@ def _reply_id(value: object) -> str | None:
     return value
 
 
-def _id_problem(value: object) -> str | None:
+def _id_problem(value: object) -> str | None:  # checked once, in Command.__post_init__
     if value is None:
         return "field 'id' is missing; every command needs one so its reply can be matched"
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID:
@@ -218,13 +207,9 @@ def _too_deep(doc: object, limit: int) -> bool:
     stack: list[tuple[object, int]] = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
-        children: Iterable[object]
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
+        if not isinstance(node, (dict, list)):
             continue
+        children: Iterable[object] = node.values() if isinstance(node, dict) else node
         if depth > limit:
             return True
         stack.extend((child, depth + 1) for child in children)
@@ -244,24 +229,6 @@ def _quote(name: str) -> str:
     return repr(name if len(name) <= 40 else name[:37] + "...")
 
 
-class _Bucket:
-    """Token bucket on the monotonic clock: ``per_min`` tokens a minute, at most ``burst`` saved."""
-
-    def __init__(self, per_min: float, burst: int, now: float) -> None:
-        self._per_s = per_min / 60.0
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._at = now
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + max(0.0, now - self._at) * self._per_s)
-        self._at = max(self._at, now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
 class CommandHandler:
     """Answers inbound commands: validate, rate-limit, carry out, reply, count.
 
@@ -275,9 +242,10 @@ class CommandHandler:
         on_test_mode: called with minutes (0 ends it); returns the end as ISO
             time, or None when test mode is off.
         reply: publishes one reply document on ``R/reply``.
-        rate_per_min: commands a minute carried out; more are refused.
-        wall: the wall clock (seconds), for the replies' ``ts``.
-        mono: the monotonic clock (seconds), for the rate limit and log throttling.
+        rate_per_min: commands a minute carried out, per command name; more are refused.
+        wall: the wall clock (seconds), for the replies' ``ts`` and the commands' age.
+        mono: the monotonic clock (seconds), for the rate limit, replay window and log throttling.
+        synced: whether the wall clock is NTP-synchronised (only then is a command's ``ts`` judged).
 
     A callback may raise :class:`CommandError` to refuse with its own reason;
     any other exception is logged and answered as a failure.
@@ -294,6 +262,7 @@ class CommandHandler:
         rate_per_min: int,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        synced: Callable[[], bool] = kernel_clock_synced,
     ) -> None:
         if rate_per_min < 1:
             raise ValueError(f"rate_per_min must be at least 1, got {rate_per_min}")
@@ -304,18 +273,25 @@ class CommandHandler:
         self._rate = rate_per_min
         self._wall = wall
         self._mono = mono
-        now = mono()
-        self._bucket = _Bucket(rate_per_min, max(1, min(_BURST, rate_per_min)), now)
-        self._limited_replies = _Bucket(_LIMITED_REPLIES_PER_MIN, _LIMITED_REPLIES_PER_MIN, now)
+        self._synced = synced
+        self._budgets = Budgets(NAMES, rate_per_min, mono())
+        self._replays = ReplayWindow()
         self._lock = threading.Lock()  # handle() on paho's thread, counters() on the heartbeat's
         self._accepted = 0
         self._rejected = 0
-        self._logged: dict[str, tuple[float, int]] = {}  # kind -> (last logged, hidden since)
+        self._logged = LogThrottle(_LOG_EVERY_S)
 
-    def handle(self, name: str, payload: bytes) -> None:
-        """Validate, carry out and answer one command; never raises."""
+    def handle(self, name: str, payload: bytes, *, retained: bool = False) -> None:
+        """Validate, carry out and answer one command; never raises.
+
+        Args:
+            name: the ``{name}`` level of the ``R/cmd/{name}`` topic.
+            payload: the raw message payload.
+            retained: the message's retain flag; a retained command is refused.
+
+        """
         try:
-            self._handle(name, payload)
+            self._handle(name, payload, retained=retained)
         except Exception as exc:  # only a bug lands here; paho's thread must live on
             self._refuse(name, None, "internal", "command handling failed", self._mono(), exc_info=exc)
 
@@ -328,11 +304,10 @@ class CommandHandler:
         c = self.counters()
         return f"<CommandHandler accepted={c['accepted']} rejected={c['rejected']} limit={self._rate}/min>"
 
-    def _handle(self, name: str, payload: bytes) -> None:
+    def _handle(self, name: str, payload: bytes, *, retained: bool) -> None:
         now = self._mono()
         with self._lock:
-            allowed = self._bucket.take(now)
-            answer = not allowed and self._limited_replies.take(now)
+            allowed, answer = self._budgets.admit(name, now)
         if not allowed:
             reason = f"rate limited: more than {self._rate} commands a minute"
             self._refuse(name, _id_of(name, payload) if answer else None, "rate limited", reason, now)
@@ -341,6 +316,15 @@ class CommandHandler:
             cmd = parse_command(name, payload)
         except CommandError as exc:
             self._refuse(name, exc.cmd_id, exc.kind if isinstance(exc, _RefusedError) else "refused", exc.reason, now)
+            return
+        stale = staleness(cmd.ts, self._wall(), retained=retained, synced=retained or self._synced())
+        if stale is not None:
+            self._refuse(cmd.name, cmd.id, "retained" if retained else "stale", stale, now)
+            return
+        with self._lock:
+            repeated = self._replays.check_and_add(cmd.id, now)
+        if repeated is not None:
+            self._refuse(cmd.name, cmd.id, "repeated id", repeated, now)
             return
         extra: dict[str, Any] = {}
         crash: Exception | None = None
@@ -392,14 +376,8 @@ class CommandHandler:
             self._send(cmd_id, reason, now)
 
     def _due(self, kind: str, now: float) -> int | None:
-        """How many of ``kind`` went unlogged if it is time to log one again, else None."""
         with self._lock:
-            last, hidden = self._logged.get(kind, (-math.inf, 0))
-            if now - last >= _LOG_EVERY_S:
-                self._logged[kind] = (now, 0)
-                return hidden
-            self._logged[kind] = (last, hidden + 1)
-            return None
+            return self._logged.due(kind, now)
 
     def _send(self, cmd_id: str, error: str | None, now: float, extra: dict[str, Any] | None = None) -> None:
         try:
@@ -418,4 +396,4 @@ def _id_of(name: str, payload: bytes) -> str | None:
         return exc.cmd_id
 
 
-__all__ = ["MAX_PAYLOAD", "NAMES", "Command", "CommandError", "CommandHandler", "parse_command"]
+__all__ = ["MAX_MINUTES", "MAX_PAYLOAD", "NAMES", "Command", "CommandError", "CommandHandler", "parse_command"]

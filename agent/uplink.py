@@ -37,7 +37,7 @@ from agent.sendwindow import SendWindow
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], dict[str, Any]]
-CommandHandler = Callable[[str, bytes], None]
+CommandHandler = Callable[..., None]  # (name, payload, *, retained)
 
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
 _IDLE_WAKE_S = 1.0  # granularity of waits between connection attempts (stop stays responsive)
@@ -285,7 +285,7 @@ class Uplink:
             name = msg.topic[len(self.root) + len("/cmd/") :]
             if self._on_command is not None:
                 try:
-                    self._on_command(name, bytes(msg.payload))
+                    self._on_command(name, bytes(msg.payload), retained=bool(msg.retain))
                 except Exception:
                     log.exception("command %r could not be handled; ignoring it", name)
 
