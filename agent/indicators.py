@@ -26,7 +26,9 @@ acknowledged  steady on                            one 1 s tone
 fault         double flash every 2 s (0.1 s each)  off
 ============  ===================================  ===============================
 
-First match wins: ``acknowledged`` for ``ack_hold_s`` after the centre's ack;
+First match wins: ``acknowledged`` for ``ack_hold_s`` after the centre's first
+ack of an alarm, unless a newer alarm is still unacknowledged (the outputs
+follow the newest alarm: a late or replayed ack of an old one changes nothing);
 ``sending`` while any recorded alarm is undelivered (each new press restarts
 it: another chirp); ``sent`` for ``sent_hold_s`` (120 s) after a delivery, or
 until the ack; ``fault`` once the broker has been unreachable for longer than
@@ -50,95 +52,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from itertools import accumulate
 from typing import Any, Self
 
 from agent.config.model import OutputConfig, OutputsConfig
 from agent.errors import HardwareError
+from agent.patterns import BUZZER as _BUZZER
+from agent.patterns import LED as _LED
+from agent.patterns import Pattern, level, next_edge
 
 log = logging.getLogger(__name__)
 
 SENT_HOLD_S = 120.0
 _RECENT_ALARMS = 256
 _MAX_WAIT_S = 1.0
-
-
-class Pattern(StrEnum):
-    IDLE = "idle"
-    SENDING = "sending"
-    SENT = "sent"
-    ACKNOWLEDGED = "acknowledged"
-    FAULT = "fault"
-
-
-@dataclass(frozen=True)
-class _Timeline:
-    """Alternating on/off durations in milliseconds, starting with on."""
-
-    steps_ms: tuple[float, ...]
-    repeat: bool
-
-
-_LED = "ack_led"
-_BUZZER = "buzzer"
-_TIMELINES: dict[tuple[str, str], _Timeline] = {
-    (_LED, Pattern.IDLE): _Timeline((50, 4950), repeat=True),
-    (_LED, Pattern.SENDING): _Timeline((125, 125), repeat=True),
-    (_LED, Pattern.SENT): _Timeline((500, 500), repeat=True),
-    (_LED, Pattern.ACKNOWLEDGED): _Timeline((math.inf,), repeat=False),
-    (_LED, Pattern.FAULT): _Timeline((100, 150, 100, 1650), repeat=True),
-    (_BUZZER, Pattern.IDLE): _Timeline((), repeat=False),
-    (_BUZZER, Pattern.SENDING): _Timeline((100,), repeat=False),
-    (_BUZZER, Pattern.SENT): _Timeline((100, 100, 100), repeat=False),
-    (_BUZZER, Pattern.ACKNOWLEDGED): _Timeline((1000,), repeat=False),
-    (_BUZZER, Pattern.FAULT): _Timeline((), repeat=False),
-}
-
-
-def _timeline(output: str, pattern: str) -> _Timeline:
-    try:
-        return _TIMELINES[(output, pattern)]
-    except KeyError:
-        raise ValueError(f"no pattern '{pattern}' for output '{output}'") from None
-
-
-def _ms(t: float) -> float:
-    """Seconds to milliseconds, snapped to the nanosecond so ``since + edge - since`` lands on the edge."""
-    return round(t * 1000.0, 6)
-
-
-def _level_ms(tl: _Timeline, ms: float) -> bool:
-    total = sum(tl.steps_ms)
-    if ms < 0 or total == 0:
-        return False
-    if tl.repeat:
-        ms %= total
-    for i, end in enumerate(accumulate(tl.steps_ms)):
-        if ms < end:
-            return i % 2 == 0
-    return False
-
-
-def level(output: str, pattern: str, t: float) -> bool:
-    """Whether ``output`` (``ack_led`` or ``buzzer``) is on ``t`` seconds into ``pattern``; ValueError if unknown."""
-    return _level_ms(_timeline(output, pattern), _ms(t))
-
-
-def next_edge(output: str, pattern: str, t: float) -> float | None:
-    """When the level next changes after ``t``, in seconds since the pattern started; None if it never does."""
-    tl = _timeline(output, pattern)
-    ms = _ms(t)
-    bounds = [0.0, *accumulate(tl.steps_ms)]
-    total = bounds[-1]
-    if tl.repeat and ms >= 0:
-        base = ms // total * total
-        bounds = [base + b for b in bounds] + [base + total + b for b in bounds]
-    current = _level_ms(tl, ms)
-    for b in bounds:
-        if b > ms and not math.isinf(b) and _level_ms(tl, b) != current:
-            return b / 1000.0
-    return None
 
 
 @dataclass
@@ -255,11 +181,17 @@ class Indicators:
                 self._wake()
 
     def acknowledged(self, event_id: str) -> bool:
-        """The centre acknowledged ``event_id``; True (and the ack pattern runs) if it is a recent alarm of ours."""
+        """The centre acknowledged ``event_id``; True if it is a recent alarm of ours.
+
+        The ack pattern runs only when no newer alarm is still unacknowledged,
+        and only for the first ack of an alarm: a repeat does not restart it.
+        """
         with self._cond:
             alarm = self._alarms.get(event_id)
             if alarm is None:
                 return False
+            if alarm.acked_at is not None:
+                return True
             alarm.acked_at = self._mono()
             if alarm.delivered_at is None:
                 alarm.delivered_at = alarm.acked_at
@@ -345,11 +277,13 @@ class Indicators:
         self._wake()
 
     def _pattern(self, now: float, *, audible_only: bool) -> Pattern:
-        sending = sent = False
-        for a in self._alarms.values():
+        sending = sent = newer_unacked = False
+        for a in reversed(self._alarms.values()):  # newest first: an old ack never hides a newer alarm
             if audible_only and a.silent:
                 continue
-            if a.acked_at is not None and now - a.acked_at < self._cfg.ack_hold_s:
+            if a.acked_at is None:
+                newer_unacked = True
+            elif now - a.acked_at < self._cfg.ack_hold_s and not newer_unacked:
                 return Pattern.ACKNOWLEDGED
             if a.delivered_at is None:
                 sending = True

@@ -209,13 +209,33 @@ def test_state__ack_before_delivery_counts_as_delivered(ind: Indicators, clock: 
     assert at(ind, clock, T0 + HOLD + 1)["ack_led"] == "idle"
 
 
-def test_state__ack_outranks_a_pending_alarm(ind: Indicators, clock: FakeClock) -> None:
+def test_state__ack_of_an_older_alarm_does_not_hide_a_newer_one(ind: Indicators, clock: FakeClock) -> None:
+    """Issue 14.4: a replayed or late ack for e1 must not show "acknowledged" while e2 is unanswered."""
     ind.alarm_recorded("e1", silent=False)
     ind.alarm_delivered("e1")
     ind.alarm_recorded("e2", silent=False)
-    ind.acknowledged("e1")
+    assert ind.acknowledged("e1") is True  # it is ours: the reply still says ok
+    assert at(ind, clock, T0 + 1) == {"ack_led": "sending", "buzzer": "sending"}
+    ind.alarm_delivered("e2")
+    assert at(ind, clock, T0 + 2)["ack_led"] == "sent"
+    assert ind.acknowledged("e2") is True
+    assert at(ind, clock, T0 + 3)["ack_led"] == "acknowledged"
+
+
+def test_state__ack_of_the_newest_alarm_outranks_an_older_pending_one(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    ind.alarm_recorded("e2", silent=False)
+    ind.acknowledged("e2")
     assert at(ind, clock, T0 + 1)["ack_led"] == "acknowledged"
     assert at(ind, clock, T0 + HOLD + 1)["ack_led"] == "sending"
+
+
+def test_state__a_repeated_ack_does_not_restart_the_hold(ind: Indicators, clock: FakeClock) -> None:
+    ind.alarm_recorded("e1", silent=False)
+    ind.acknowledged("e1")
+    clock.t = T0 + HOLD - 1
+    assert ind.acknowledged("e1") is True
+    assert at(ind, clock, T0 + HOLD + 0.5)["ack_led"] == "idle"
 
 
 def test_state__unknown_event_ack_is_false(ind: Indicators, clock: FakeClock) -> None:
