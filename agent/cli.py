@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import DEFAULT_PATH, Config, load_config
+from agent.config import DEFAULT_PATH, Config, load_config, load_control_socket
 from agent.control import request
 from agent.errors import AgentError, ConfigError, ControlError
 
@@ -30,15 +30,40 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
 
 
+ALLOW_ROOT_ENV = "CAMPUS_AGENT_ALLOW_ROOT"
+
+
 def _load(path: Path) -> Config:
     return load_config(path)
+
+
+def _root_refusal(args: argparse.Namespace) -> str | None:
+    """Why ``run`` will not start as root, or None.
+
+    The agent needs no privilege (GPIO and cameras come through groups), and
+    as root it would follow links the service user can plant in its own
+    directories.  ``--allow-root`` (or ``CAMPUS_AGENT_ALLOW_ROOT=1``, for test
+    rigs and containers that only have root) says it is meant.
+    """
+    if os.geteuid() != 0 or args.allow_root or os.environ.get(ALLOW_ROOT_ENV) == "1":
+        return None
+    return ("refusing to run as root: the agent needs no privileges, and as root it would follow files the "
+            "service user can plant; start it as its own user (systemctl start campus-agent), or pass "
+            "--allow-root for a lab bench")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent  # noqa: PLC0415 - keeps check-config and status light
 
+    os.umask(0o077)  # the outbox, its state file and anything else written stay private, also when run by hand
+    refusal = _root_refusal(args)
+    if refusal is not None:
+        print(f"campus-agent: {refusal}", file=sys.stderr)
+        return EXIT_CONFIG
     cfg = _load(args.config)
     _setup_logging(args.log_level or cfg.log_level)
+    if cfg.mqtt.allow_plaintext_password:
+        logging.getLogger("agent").warning("%s", cfg.warnings[0])
     return Agent(cfg).run()
 
 
@@ -46,12 +71,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
     print(f"{cfg.source}: OK: device {cfg.device.site}/{cfg.device.id}, {len(cfg.inputs)} inputs, "
           f"{len(cfg.cameras)} cameras, broker {', '.join(str(b) for b in cfg.mqtt.brokers)}")
+    for warning in cfg.warnings:
+        print(f"{cfg.source}: WARNING: {warning}")
     return EXIT_OK
 
 
 def _ask(args: argparse.Namespace, cmd: str, **fields: Any) -> dict[str, Any]:
-    cfg = _load(args.config)
-    return request(cfg.control.socket, cmd, **fields)
+    # Only control.socket: a technician in the control group may not read the secrets (docs/install.md).
+    return request(load_control_socket(args.config), cmd, **fields)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -128,6 +155,8 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
 
     run = with_config(sub.add_parser("run", help="run the agent in the foreground (what systemd runs)"))
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--allow-root", action="store_true",
+                     help=f"run even as root (refused otherwise; or set {ALLOW_ROOT_ENV}=1)")
     run.set_defaults(func=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")

@@ -366,8 +366,7 @@ class Agent:
             out.append(cert)
         if self._unsaved:
             out.append(f"{len(self._unsaved)} events held in memory: outbox cannot write")
-        if self.cfg.mqtt.tls is not None and not self.cfg.mqtt.tls.check_hostname:
-            out.append("TLS host name checking is off (mqtt.tls.check_hostname: false)")
+        out.extend(self.cfg.warnings)  # weakened security the config asks for (agent/config/model.py)
         return out
 
     def _watch_test_mode(self) -> Any:

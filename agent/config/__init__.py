@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
+from agent.config.files import secret_file, trusted_file
 from agent.config.model import (
     BrokerAddress,
     CameraConfig,
@@ -23,8 +25,8 @@ from agent.config.model import (
     Secret,
     TlsConfig,
 )
-from agent.config.reader import Ctx, Invalid, Section, load_marked
-from agent.config.schema import build
+from agent.config.reader import Ctx, Invalid, MarkedMap, Section, load_marked
+from agent.config.schema import build, control_socket
 from agent.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/campus-agent/agent.yaml")
@@ -42,7 +44,9 @@ __all__ = [
     "OutputConfig",
     "Secret",
     "TlsConfig",
+    "doctor_mqtt",
     "load_config",
+    "load_control_socket",
 ]
 
 _LINE = re.compile(r":(\d+): ")
@@ -72,3 +76,73 @@ def load_config(path: Path | str) -> Config:
 def _line_of(problem: str) -> int:
     m = _LINE.search(problem)
     return int(m.group(1)) if m else 0
+
+
+def load_control_socket(path: Path | str) -> Path:
+    """Only ``control.socket`` from the config at ``path``: what ``status``, ``simulate`` and ``test-mode`` need.
+
+    Reads no secret and judges no other key, so a technician in the control
+    group (who may read the config but none of the secrets) can talk to the agent.
+
+    Raises:
+        ConfigError: the file is not YAML, or ``control.socket`` is invalid.
+
+    """
+    path = Path(path)
+    try:
+        data, _structural = load_marked(path)
+    except Invalid as exc:
+        raise ConfigError(str(exc)) from None
+    ctx = Ctx(path)
+    root = Section(ctx, data if isinstance(data, MarkedMap) else None, "", getattr(data, "line", 1))
+    socket = control_socket(root.section("control"), path.parent)
+    if ctx.problems:
+        raise ConfigError(sorted(ctx.problems, key=_line_of))
+    return socket
+
+
+def doctor_mqtt(cfg: Config) -> MqttConfig:
+    """The MQTT settings ``doctor`` logs in with: the device's, with doctor's own identity when one is given.
+
+    With the example broker (client id bound to the certificate) logging in
+    with the device's own identity would knock the running agent off, so
+    doctor gets an identity of its own (docs/install.md); its files are checked here.
+
+    Raises:
+        ConfigError: a doctor file is missing or has a dangerous owner or mode.
+
+    """
+    d, mq = cfg.doctor, cfg.mqtt
+    if not d.given:
+        return mq
+    problems: list[str] = []
+    base = cfg.source.parent
+
+    def check(key: str, value: Path, *, secret: bool) -> Path:
+        try:
+            return (secret_file if secret else trusted_file)(base)(str(value))  # type: ignore[no-any-return]
+        except Invalid as exc:
+            problems.append(f"{cfg.source}: doctor.{key}: {exc}")
+            return value
+
+    if d.cert_file is not None and d.key_file is not None:
+        if mq.tls is None:
+            raise ConfigError(f"{cfg.source}: doctor.cert_file: a client certificate needs TLS; add mqtt.tls")
+        with_cert = dataclasses.replace(mq.tls, cert_file=check("cert_file", d.cert_file, secret=False),
+                                        key_file=check("key_file", d.key_file, secret=True))
+        out = dataclasses.replace(mq, tls=with_cert, username=None, password=None)
+    else:
+        assert d.password_file is not None
+        if mq.tls is None:
+            raise ConfigError(f"{cfg.source}: doctor.password_file: a password needs TLS; add mqtt.tls")
+        secret_path = check("password_file", d.password_file, secret=True)
+        try:
+            text = "" if problems else secret_path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{cfg.source}: doctor.password_file: cannot read {secret_path}: {exc}")
+            text = ""
+        no_cert = dataclasses.replace(mq.tls, cert_file=None, key_file=None)
+        out = dataclasses.replace(mq, tls=no_cert, username=d.username, password=Secret(text, secret_path))
+    if problems:
+        raise ConfigError(problems)
+    return out

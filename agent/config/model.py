@@ -90,6 +90,7 @@ class MqttConfig:
     username: str | None
     password: Secret | None
     tls: TlsConfig | None
+    allow_plaintext_password: bool  # the lab switch, and only when it is in use (a warning in every status)
     connect_timeout_s: float
     reconnect_min_s: float
     reconnect_max_s: float
@@ -158,6 +159,24 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class DoctorConfig:
+    """``campus-agent doctor``'s own broker identity: files are checked only when doctor uses them.
+
+    The agent never reads them (the service user need not be able to), and
+    with no identity given doctor falls back to the device's own.
+    """
+
+    username: str | None
+    password_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+    @property
+    def given(self) -> bool:
+        return self.username is not None or self.cert_file is not None
+
+
+@dataclass(frozen=True)
 class CommandsConfig:
     rate_per_min: int
 
@@ -176,7 +195,18 @@ class Config:
     control: ControlConfig
     commands: CommandsConfig
     log_level: str
+    doctor: DoctorConfig
 
     @property
     def topic_root(self) -> str:
         return f"{self.mqtt.topic_prefix}/{self.device.site}/{self.device.id}"
+
+    @property
+    def warnings(self) -> list[str]:
+        """Weakened security the config asks for: logged at start and shown in every status."""
+        out = []
+        if self.mqtt.allow_plaintext_password:
+            out.append("the MQTT password is sent without TLS (mqtt.allow_plaintext_password: true); lab use only")
+        if self.mqtt.tls is not None and not self.mqtt.tls.check_hostname:
+            out.append("TLS host name checking is off (mqtt.tls.check_hostname: false)")
+        return out

@@ -37,6 +37,12 @@ class MarkedMap(dict[str, Any]):
         self.line = line
         self.key_lines: dict[str, int] = {}
 
+    def __repr__(self) -> str:
+        # Never the contents: aliases share nodes, so text of a small file can grow exponentially.
+        return f"<a mapping of {len(self)} keys, line {self.line}>"
+
+    __str__ = __repr__
+
 
 class MarkedList(list[Any]):
     """A sequence that remembers its own line and the line of each item."""
@@ -45,6 +51,11 @@ class MarkedList(list[Any]):
         super().__init__()
         self.line = line
         self.item_lines: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"<a list of {len(self)} items, line {self.line}>"  # bounded: see MarkedMap
+
+    __str__ = __repr__
 
 
 def _line(node: yaml.Node) -> int:
@@ -328,6 +339,8 @@ def number(lo: float, hi: float, unit: str = "") -> Callable[[Any], float]:
 
 def one_of(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
+        if not isinstance(value, (str, bool, int, float)):  # non-scalars are refused before any formatting
+            raise Invalid(f"expected one of {', '.join(choices)}, got {_describe(value)}")
         s = value if isinstance(value, str) else str(value)
         if s in choices:
             return s
@@ -345,8 +358,8 @@ def topic_id(value: Any) -> str:
     """An id that becomes an MQTT topic level (site, device, input and camera names)."""
     s = string(value)
     if not _ID.fullmatch(s):
-        bad = "".join(sorted({c for c in s if c in "+#/"}))
-        why = f" ('{bad}' cannot appear in an MQTT topic level)" if bad else ""
+        bad = "".join(sorted({c for c in s if c in _RESERVED}))
+        why = f" ({_why(bad)})" if bad else ""
         raise Invalid(
             f"expected lower-case letters, digits and '-', starting with a letter or digit, "
             f"at most 63 characters, got {s!r}{why}",
@@ -354,9 +367,30 @@ def topic_id(value: Any) -> str:
     return s
 
 
+_RESERVED = "+#$/."
+_PREFIX_LEVEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
+def _why(bad: str) -> str:
+    """Why each of these characters cannot be used, for the technician who typed them."""
+    reasons = []
+    if set(bad) & set("+#"):
+        reasons.append("'+' and '#' are MQTT wildcards")
+    if "$" in bad:
+        reasons.append("brokers reserve '$' topics for themselves")
+    if "/" in bad:
+        reasons.append("'/' separates topic levels")
+    if "." in bad:
+        reasons.append("RabbitMQ maps '.' to '/', so two devices could share a topic")
+    return "; ".join(reasons)
+
+
 def topic_prefix(value: Any) -> str:
+    """The topic prefix: one or more levels of letters, digits, '_' and '-', joined by '/'."""
     s = nonempty(value)
-    levels = s.split("/")
-    if any(not lvl for lvl in levels) or any(c in s for c in "+#") or s.startswith("$"):
-        raise Invalid(f"expected topic levels like 'campus' or 'org/campus' without '+', '#' or '$', got {s!r}")
+    if not all(_PREFIX_LEVEL.fullmatch(level) for level in s.split("/")):
+        bad = "".join(sorted({c for c in s if c in _RESERVED.replace("/", "")}))
+        why = f" ({_why(bad)})" if bad else ""
+        raise Invalid(f"expected topic levels like 'campus' or 'org/campus' (letters, digits, '_' and '-' "
+                      f"between single '/'), got {s[:80]!r}{why}")
     return s

@@ -7,11 +7,11 @@ config file's folder, so a config and its certificates can travel together.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from agent.config.files import path_check, secret_file, trusted_file
 from agent.config.model import (
     BrokerAddress,
     CameraConfig,
@@ -21,6 +21,7 @@ from agent.config.model import (
     Contact,
     ControlConfig,
     DeviceConfig,
+    DoctorConfig,
     GpioConfig,
     HeartbeatConfig,
     InputConfig,
@@ -52,49 +53,8 @@ MAX_CAMERAS = 16
 _BCM = integer(0, 27, "a BCM pin number")
 
 
-def _path(base: Path) -> Any:
-    def check(value: Any) -> Path:
-        text = nonempty(value)
-        if "\x00" in text:
-            raise Invalid("a path cannot contain a NUL character")
-        p = Path(text).expanduser()
-        return p if p.is_absolute() else (base / p)
-
-    return check
-
-
-def _existing_file(base: Path) -> Any:
-    as_path = _path(base)
-
-    def check(value: Any) -> Path:
-        p: Path = as_path(value)
-        if not p.is_file():
-            raise Invalid(f"file {p} not found; check the path or copy the file there")
-        if not os.access(p, os.R_OK):
-            raise Invalid(f"file {p} is not readable by this user; check its owner and mode")
-        return p
-
-    return check
-
-
-def _secret_file(base: Path) -> Any:
-    """A file holding a secret: it must exist and must not be readable by others."""
-    existing = _existing_file(base)
-
-    def check(value: Any) -> Path:
-        p: Path = existing(value)
-        mode = stat.S_IMODE(p.stat().st_mode)
-        if mode & (stat.S_IROTH | stat.S_IWOTH):
-            raise Invalid(
-                f"{p} is readable by others (mode {mode:04o}); it holds a secret: run 'chmod 600 {p}'",
-            )
-        return p
-
-    return check
-
-
 def _read_secret(sec: Section, key: str, base: Path) -> Secret | None:
-    p = sec.get(key, _secret_file(base), None)
+    p = sec.get(key, secret_file(base), None)
     if p is None:
         return None
     try:
@@ -132,13 +92,17 @@ def _tls(sec: Section, base: Path) -> TlsConfig | None:
         return None
     t = sec.section("tls")
     cfg = TlsConfig(
-        ca_file=t.get("ca_file", _existing_file(base), None),
-        cert_file=t.get("cert_file", _existing_file(base), None),
-        key_file=t.get("key_file", _secret_file(base), None),
+        ca_file=t.get("ca_file", trusted_file(base), None),
+        cert_file=t.get("cert_file", trusted_file(base), None),
+        key_file=t.get("key_file", secret_file(base), None),
         check_hostname=t.get("check_hostname", boolean, True),
     )
     if (cfg.cert_file is None) != (cfg.key_file is None) and t.ok:
         t.ctx.error(t.line, t.path, "cert_file and key_file go together; give both or neither")
+    if not cfg.check_hostname and cfg.ca_file is None and t.ok:
+        t.ctx.error(t.key_line("check_hostname"), t.sub("check_hostname"),
+                    "check_hostname: false needs ca_file: without the campus CA any public certificate "
+                    "for any name would be accepted as the broker; add ca_file")
     t.done()
     return cfg
 
@@ -170,15 +134,21 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
     if password is not None and username is None:
         sec.ctx.error(sec.key_line("password_file"), sec.sub("password_file"),
                       "a password needs a username; add mqtt.username")
+    plaintext_ok = sec.get("allow_plaintext_password", boolean, False)
+    if password is not None and tls is None and not plaintext_ok:
+        sec.ctx.error(sec.key_line("password_file"), sec.sub("password_file"),
+                      "a password without TLS is sent in clear text to anyone on the network; add an mqtt.tls "
+                      "section (ca_file at least), or for a lab only set mqtt.allow_plaintext_password: true")
     cfg = MqttConfig(
         brokers=tuple(b for b in brokers if cast("str | None", b.host) is not None),
         keepalive_s=sec.get("keepalive_s", integer(5, 1200, "seconds,"), 30),
         topic_prefix=sec.get("topic_prefix", topic_prefix, "campus"),
-        client_id=sec.get("client_id", nonempty, f"{device.site}-{device.id}"),
+        client_id=sec.get("client_id", nonempty, f"{device.site}/{device.id}"),  # '/' is in no id: injective
         protocol=sec.get("protocol", lambda v: one_of("5", "3.1.1")(str(v)), "5"),
         username=username,
         password=password,
         tls=tls,
+        allow_plaintext_password=bool(plaintext_ok) and password is not None and tls is None,
         connect_timeout_s=sec.get("connect_timeout_s", number(1, 120, "seconds"), 10.0),
         reconnect_min_s=rmin,
         reconnect_max_s=rmax,
@@ -271,7 +241,7 @@ def _camera(sec: Section, base: Path) -> CameraConfig:
 
 
 def _socket_path(base: Path) -> Any:
-    as_path = _path(base)
+    as_path = path_check(base)
 
     def check(value: Any) -> Path:
         p: Path = as_path(value)
@@ -284,6 +254,29 @@ def _socket_path(base: Path) -> Any:
         return p
 
     return check
+
+
+def control_socket(ctl: Section, base: Path) -> Path:
+    """``control.socket`` (its one key); also read alone by the light path for ``status``."""
+    socket: Path = ctl.get("socket", _socket_path(base), Path("/run/campus-agent/control.sock"))
+    ctl.done()
+    return socket
+
+
+def _doctor(root: Section, base: Path) -> DoctorConfig:
+    sec = root.section("doctor")
+    cfg = DoctorConfig(
+        username=sec.get("username", nonempty, None),
+        password_file=sec.get("password_file", path_check(base), None),
+        cert_file=sec.get("cert_file", path_check(base), None),
+        key_file=sec.get("key_file", path_check(base), None),
+    )
+    if (cfg.cert_file is None) != (cfg.key_file is None) and sec.ok:
+        sec.ctx.error(sec.line, sec.path, "cert_file and key_file go together; give both or neither")
+    if (cfg.username is None) != (cfg.password_file is None) and sec.ok:
+        sec.ctx.error(sec.line, sec.path, "username and password_file go together; give both or neither")
+    sec.done()
+    return cfg
 
 
 def _check_pins(root: Section, inputs: list[tuple[InputConfig, Section]], outputs: Section) -> None:
@@ -340,16 +333,15 @@ def build(root: Section) -> Config | None:
     _unique_names(root.ctx, cameras)
     ob = root.section("outbox")
     outbox = OutboxConfig(
-        path=ob.get("path", _path(base), Path("/var/lib/campus-agent/outbox.db")),
+        path=ob.get("path", path_check(base), Path("/var/lib/campus-agent/outbox.db")),
         max_mb=ob.get("max_mb", number(1, 100000, "MiB"), 200.0),
     )
     ob.done()
-    ctl = root.section("control")
-    control = ControlConfig(socket=ctl.get("socket", _socket_path(base), Path("/run/campus-agent/control.sock")))
-    ctl.done()
+    control = ControlConfig(socket=control_socket(root.section("control"), base))
     cmd = root.section("commands")
     commands = CommandsConfig(rate_per_min=cmd.get("rate_per_min", integer(1, 6000), 60))
     cmd.done()
+    doctor = _doctor(root, base)
     log = root.section("log")
     level = log.get("level", one_of("debug", "info", "warning", "error"), "info")
     log.done()
@@ -369,4 +361,5 @@ def build(root: Section) -> Config | None:
         control=control,
         commands=commands,
         log_level=level,
+        doctor=doctor,
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.brokers import describe_connect_error, tls_context
 from agent.certinfo import WARN_DAYS, not_after
+from agent.config import doctor_mqtt
 from agent.config.model import BrokerAddress, Config, MqttConfig
 from agent.doctor.checks import Check, run_with_deadline
 from agent.doctor.mqtt import MqttProbe
@@ -299,7 +300,11 @@ def check_round_trip(broker: BrokerAddress, root: str, prefix: str, probe: MqttP
 
 def check_broker(cfg: Config, broker: BrokerAddress, timeout_s: float, now: dt.datetime) -> Iterator[Check]:
     """Every step for one broker, yielded as each is known; stops at the first FAIL."""
-    mq = cfg.mqtt
+    try:
+        mq = doctor_mqtt(cfg)  # doctor's own identity when the config gives one (docs/install.md)
+    except ConfigError as exc:
+        yield Check.fail(str(exc), "fix the doctor section of the config (docs/install.md, doctor identity)")
+        return
     dns, addrs = check_dns(broker, timeout_s)
     yield dns
     if dns.failed:

@@ -1,6 +1,6 @@
 """The doctor's own short MQTT connection: the one place besides ``uplink.py`` that drives paho.
 
-A :class:`MqttProbe` connects once with a client id of ``{client_id}-doctor``
+A :class:`MqttProbe` connects once with a client id of ``{client_id}/doctor``
 (the agent's own id would make the broker drop the running agent: session
 takeover), never reconnects and sends no will.  paho's callbacks only put
 :class:`Note` values on a queue, so reason codes leave here as numbers and
@@ -46,7 +46,7 @@ class MqttProbe:
     def __init__(self, cfg: MqttConfig, timeout_s: float) -> None:
         v5 = cfg.protocol == "5"
         self.notes: queue.Queue[Note] = queue.Queue()
-        self.client_id = f"{cfg.client_id}-doctor"
+        self.client_id = f"{cfg.client_id}/doctor"  # '/' is in no device id: never another device's id
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,

@@ -178,7 +178,7 @@ def test_doctor__good_setup_is_all_ok(tmp_path: Path, pki: dict[str, Issued], go
     find(lines, "OK", f"broker localhost:{good_broker.port}: DNS localhost → ", "127.0.0.1")
     find(lines, "OK", "TCP connected to 127.0.0.1")
     find(lines, "OK", "TLS handshake ok (TLSv1.3)", "broker certificate valid until")
-    find(lines, "OK", "MQTT 5 login accepted (client certificate, client id main-gate-north-1-doctor)")
+    find(lines, "OK", "MQTT 5 login accepted (client certificate, client id main/gate-north-1/doctor)")
     find(lines, "OK", f"round trip: published and received {ROOT_TOPIC}/doctor/ping")
     find(lines, "OK", "camera gate-cam (http_snapshot", "200 image/jpeg")
     find(lines, "OK", "camera yard-cam (rtsp", "RTSP/1.0 200 OK")
@@ -382,7 +382,7 @@ def test_doctor__failover_broker_is_checked_too(tmp_path: Path, password_broker:
     secret.write_text(PASSWORD)
     secret.chmod(0o600)
     cfg = write_cfg(tmp_path, 0, mqtt={
-        "host": None, "port": None, "username": DEV, "password_file": str(secret),
+        "host": None, "port": None, "username": DEV, "password_file": str(secret), "allow_plaintext_password": True,
         "brokers": [{"host": "127.0.0.1", "port": password_broker.port}, {"host": "127.0.0.1", "port": port}]})
     rc, lines = doctor(cfg)
     assert rc == 1
@@ -476,7 +476,8 @@ def password_cfg(tmp_path: Path, port: int, password: str, protocol: str = "5") 
     secret.write_text(password)
     secret.chmod(0o600)
     return write_cfg(tmp_path / "agent", port,
-                        mqtt={"username": DEV, "password_file": str(secret), "protocol": protocol})
+                        mqtt={"username": DEV, "password_file": str(secret), "protocol": protocol,
+                              "allow_plaintext_password": True})
 
 
 @pytest.mark.broker
@@ -484,7 +485,7 @@ def password_cfg(tmp_path: Path, port: int, password: str, protocol: str = "5") 
 def test_doctor__password_login(tmp_path: Path, password_broker: Broker, protocol: str) -> None:
     rc, lines = doctor(password_cfg(tmp_path, password_broker.port, PASSWORD, protocol))
     assert rc == 0, "\n".join(lines)
-    find(lines, "OK", f"MQTT {protocol} login accepted (user {DEV}, client id main-{DEV}-doctor)")
+    find(lines, "OK", f"MQTT {protocol} login accepted (user {DEV}, client id main/{DEV}/doctor)")
     find(lines, "OK", "round trip")
     assert not any(PASSWORD in ln for ln in lines)
 
