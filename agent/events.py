@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
+import errno
 import functools
 import json
 import re
@@ -96,21 +97,34 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def kernel_clock_synced() -> bool:
+TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+def kernel_clock_synced(adjtimex: Any = None, flag: Path = TIMESYNCD_FLAG) -> bool:
     """Ask the kernel (``adjtimex``) whether NTP has disciplined the clock.
 
     chrony, ntpd and systemd-timesyncd all clear the kernel's unsynchronised
     flag once they have a fix; a Pi that booted without network keeps it set.
-    Any failure to ask counts as "not synchronised": we never claim a good
-    clock we have not seen.
+    Under the shipped unit ``ProtectClock=yes`` refuses even this read-only
+    call with EPERM (systemd issue 26413), so then the answer comes from
+    systemd-timesyncd's ``flag`` file, which it creates once it has synchronised
+    the clock (docs/architecture.md).  Any other failure to ask counts as "not
+    synchronised": we never claim a good clock we have not seen.
+
+    Args:
+        adjtimex: the libc function, for tests; the real one by default.
+        flag: systemd-timesyncd's "synchronised" file.
+
     """
+    tx = _Timex()
     try:
-        libc = _libc()
-        tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
+        call = adjtimex if adjtimex is not None else _libc().adjtimex
+        state = call(ctypes.byref(tx))
     except (OSError, AttributeError):
         return False
-    return bool(state not in (-1, _TIME_ERROR) and not tx.status & _STA_UNSYNC)
+    if state == -1:
+        return ctypes.get_errno() == errno.EPERM and flag.exists()
+    return bool(state != _TIME_ERROR and not tx.status & _STA_UNSYNC)
 
 
 def read_boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
