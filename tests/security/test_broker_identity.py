@@ -122,7 +122,7 @@ def test_example_broker__refuses_packets_over_64_kib(
     sender = Client(example_broker, "central", topics=("campus/main/gate-north-1/reply",))
     try:
         assert sender.pub("campus/main/gate-north-1/cmd/ping", json.dumps({"v": 1, "id": "small"})) == 0
-        topic, payload, _ = sender.msgs.get(timeout=15)
+        _topic, payload, _ = sender.msgs.get(timeout=15)
         assert json.loads(payload)["cmd_id"] == "small"
         assert agent.status()["status"]["commands"] == {"accepted": 1, "rejected": 0}
     finally:
