@@ -6,10 +6,10 @@ decides whether it may be *obeyed* now.  The three rules, and why:
 - **Budgets per command name.** Each name (``ack``, ``ping``, ``test_mode``,
   and one shared budget for unknown names) has its own token bucket of
   ``rate_per_min`` (burst of at most 10) and its own allowance of 3 answered
-  refusals a minute.  The example ACL lets a technician's ``doctor`` identity
-  send only ``ping``, and only the centre send ``ack`` and ``test_mode``, so a
-  ping flood (or garbage on ``cmd/anything``) can no longer lock the centre's
-  acks out, and a command flood still never becomes a reply flood.
+  refusals a minute.  MQTT does not tell a device who published, so the
+  budget cannot be per sender; per name, a flood of pings from a runaway tool
+  or garbage on ``cmd/anything`` no longer locks out the centre's ``ack`` and
+  ``test_mode``, and a command flood still never becomes a reply flood.
 - **Retained or stale commands are refused.** A retained command is replayed
   by the broker on every connect (a forgotten ``test_mode`` would mark real
   presses as tests for hours).  When this device's clock is synchronised, a
