@@ -83,10 +83,12 @@ def guard(p: Path, *, secret: bool) -> None:
     mode = stat.S_IMODE(st.st_mode)
     what = "it holds a secret" if secret else "the agent trusts what it says"
     fix_mode = "600" if secret else "644"
-    if st.st_uid not in _allowed_owners():
+    allowed = _allowed_owners()
+    if st.st_uid not in allowed:
         euid = os.geteuid()
         owner = SERVICE_USER if euid == 0 else _user(euid).split(" ")[0]
-        raise Invalid(f"{p} is owned by {_user(st.st_uid)}, not by {_user(euid)} or root; {what}: "
+        names = " or ".join(_user(uid) for uid in sorted(allowed))
+        raise Invalid(f"{p} is owned by {_user(st.st_uid)}, not by {names}; {what}: "
                       f"check its content, then run 'chown {owner} {p}'")
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise Invalid(f"{p} is writable by {'others' if mode & stat.S_IWOTH else 'its group'} (mode {mode:04o}); "
