@@ -42,7 +42,7 @@ def check_config(path: Path, *, limit_mb: int | None = None) -> subprocess.Compl
             resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
 
     return subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120, preexec_fn=limit, check=False)  # noqa: PLW1509
+                          text=True, cwd=ROOT, timeout=120, preexec_fn=limit, check=False)
 
 
 def secret(tmp_path: Path, name: str = "mqtt.pass", mode: int = 0o600, text: str = "s3cret\n") -> Path:
