@@ -70,7 +70,8 @@ say "creating the virtual environment in $PREFIX/venv (it sees the apt packages)
 mkdir -p "$PREFIX"
 if [ "${SKIP_PIP:-0}" != 1 ]; then
     python3 -m venv --system-site-packages "$PREFIX/venv"
-    "$PREFIX/venv/bin/pip" install --quiet --upgrade "$SRC"
+    # exact, tested versions of every dependency (constraints.txt), never whatever is newest today
+    "$PREFIX/venv/bin/pip" install --quiet --upgrade --constraint "$SRC/constraints.txt" "$SRC"
 else
     mkdir -p "$PREFIX/venv/bin"
 fi
@@ -81,23 +82,23 @@ ln -sf /opt/campus-agent/venv/bin/campus-agent "$BIN"
 
 install -D -m 0644 "$SRC/systemd/campus-agent.service" "$UNIT"
 
-install -d -m 0750 "$ETC"
-group=campus-agent
-getent group "$group" >/dev/null 2>&1 || group=root
-chgrp "$group" "$ETC" 2>/dev/null || true
+# The config holds no secret (those live in their own files, owner-only), so it is readable by
+# all: technicians in campus-agent-ctl read control.socket from it for status/test-mode/simulate.
+install -d -m 0755 "$ETC"
 if [ -e "$ETC/agent.yaml" ]; then
     say "kept your $ETC/agent.yaml (the new example is $PREFIX/config/gate.yaml)"
 else
-    install -m 0640 "$SRC/config/gate.yaml" "$ETC/agent.yaml"
-    chgrp "$group" "$ETC/agent.yaml" 2>/dev/null || true
+    install -m 0644 "$SRC/config/gate.yaml" "$ETC/agent.yaml"
     say "wrote $ETC/agent.yaml from the gate example: edit it now"
 fi
 
 run_systemctl daemon-reload
 say "installed.  Next:
-  1. edit $ETC/agent.yaml; put ca.crt, client.crt, client.key and mqtt.pass beside it
-     (chgrp campus-agent, chmod 640 for secrets: never readable by others)
+  1. edit $ETC/agent.yaml; put ca.crt and client.crt beside it (mode 0644, owner root),
+     and the secrets client.key and mqtt.pass owned by the service user, readable by it alone:
+       install -m 0600 -o campus-agent -g campus-agent client.key $ETC/
   2. campus-agent check-config $ETC/agent.yaml
   3. systemctl enable --now campus-agent
-  4. campus-agent status; campus-agent doctor
-  Technicians: usermod -aG campus-agent <user> to use campus-agent status without sudo."
+  4. campus-agent status; sudo campus-agent doctor
+  Technicians: usermod -aG campus-agent-ctl <user> to use status, test-mode and simulate without sudo
+  (never add people to the campus-agent group; see docs/install.md, Threat model)."

@@ -4,6 +4,7 @@ uninstall keeps the outbox unless asked."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "install.sh"
 
 
-def run(dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, DESTDIR=str(dest), SKIP_APT="1", SKIP_PIP="1", SKIP_USER="1", SKIP_SYSTEMCTL="1")
+def run(dest: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DESTDIR": str(dest), "SKIP_APT": "1", "SKIP_PIP": "1", "SKIP_USER": "1",
+           "SKIP_SYSTEMCTL": "1", **env_extra}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60,
                           check=False)
 
@@ -22,7 +24,8 @@ def test_install__lays_out_files_and_keeps_existing_config(tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = tmp_path / "etc/campus-agent/agent.yaml"
     assert cfg.read_text() == (ROOT / "config/gate.yaml").read_text()
-    assert oct(cfg.stat().st_mode & 0o777) == "0o640"
+    assert oct(cfg.stat().st_mode & 0o777) == "0o644"  # no secret in it: the control group reads control.socket
+    assert oct((tmp_path / "etc/campus-agent").stat().st_mode & 0o777) == "0o755"
     assert (tmp_path / "etc/systemd/system/campus-agent.service").read_text() == \
         (ROOT / "systemd/campus-agent.service").read_text()
     assert os.readlink(tmp_path / "usr/local/bin/campus-agent") == "/opt/campus-agent/venv/bin/campus-agent"
@@ -56,3 +59,38 @@ def test_install__unknown_option_exits_2(tmp_path):
     r = run(tmp_path, "--bogus")
     assert r.returncode == 2
     assert "unknown option --bogus" in r.stderr
+
+
+def test_install__pip_installs_with_the_pinned_constraints(tmp_path):
+    """Issue 14.9: dependencies come at the tested versions (constraints.txt), whatever is newest that day."""
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    python3 = fakebin / "python3"
+    # plays "python3 -m venv DIR": a venv whose pip records its arguments
+    python3.write_text('#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exit 3\nfor d; do :; done\nmkdir -p "$d/bin"\n'
+                       'printf \'#!/bin/sh\\necho "$@" > %s/pip-args\\n\' "$d" > "$d/bin/pip"\n'
+                       'chmod +x "$d/bin/pip"\n')
+    python3.chmod(0o755)
+    dest = tmp_path / "root"
+    r = run(dest, SKIP_PIP="0", PATH=f"{fakebin}:{os.environ['PATH']}")
+    assert r.returncode == 0, r.stderr
+    args = (dest / "opt/campus-agent/venv/pip-args").read_text().split()
+    assert args[:2] == ["install", "--quiet"]
+    assert f"--constraint={ROOT}/constraints.txt" in " ".join(args).replace("--constraint ", "--constraint=")
+
+
+def test_constraints__pin_every_runtime_dependency_exactly():
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pins[name.lower()] = version
+    setup = (ROOT / "setup.py").read_text()
+    required = re.search(r"install_requires=\[(.*?)\]", setup, re.DOTALL)
+    assert required
+    for name in re.findall(r'"([A-Za-z0-9_.-]+)', required.group(1)):
+        assert name.lower() in pins, f"{name} is not pinned in constraints.txt"
+    text = (ROOT / "constraints.txt").read_text() + SCRIPT.read_text()
+    assert "http" not in text, "no registry host is named"
