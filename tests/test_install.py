@@ -81,8 +81,8 @@ def test_install__pip_installs_with_the_pinned_constraints(tmp_path):
 
 def test_constraints__pin_every_runtime_dependency_exactly():
     pins = {}
-    for line in (ROOT / "constraints.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in (ROOT / "constraints.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
             assert version, f"not an exact pin: {line}"
