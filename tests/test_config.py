@@ -167,7 +167,7 @@ def test_load__socket_path_too_long(tmp_path):
 def test_examples__are_valid(tmp_path, name):
     """The shipped examples load once the files they name exist (paths moved into tmp)."""
     text = (ROOT / "config" / name).read_text().replace("/etc/campus-agent/", f"{tmp_path}/")
-    for secret in ("mqtt.pass", "client.key", "shop-cam.pass", "ca.crt", "client.crt"):
+    for secret in ("mqtt.pass", "client.key", "shop-cam.pass", "ca.crt", "client.crt", "doctor.crt", "doctor.key"):
         p = tmp_path / secret
         p.write_text("x\n")
         p.chmod(0o600)
