@@ -69,19 +69,33 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
     return p
 
 
+# An ACL keyed on the device id alone, doctor using the device's identity: how brokers set up
+# before the {site}/{id} identities look.  The shipped example (config/mosquitto/, doctor with its
+# own identity) is run in tests/security/test_broker_identity.py.
+LEGACY_ACL = f"""\
+user central
+topic read campus/#
+topic write campus/+/+/cmd/#
+pattern write campus/+/%u/status
+pattern write campus/+/%u/event/#
+pattern write campus/+/%u/reply
+pattern read campus/+/%u/cmd/#
+{ACL_LINE}
+"""
+
+
 @pytest.fixture(scope="module")
 def acl_with_doctor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped example ACL, which carries the one line doctor needs."""
-    path = ROOT / "config" / "mosquitto" / "campus.acl"
-    assert ACL_LINE in path.read_text().splitlines()
+    """An ACL with the one line doctor needs."""
+    path = tmp_path_factory.mktemp("acl") / "campus.acl"
+    path.write_text(LEGACY_ACL)
     return path
 
 
 def acl_without_doctor(tmp_path: Path) -> Path:
-    """The shipped ACL as an older broker would have it: without the doctor line."""
+    """The same ACL as an older broker would have it: without the doctor line."""
     path = tmp_path / "campus-old.acl"
-    text = (ROOT / "config" / "mosquitto" / "campus.acl").read_text()
-    path.write_text("\n".join(line for line in text.splitlines() if line != ACL_LINE) + "\n")
+    path.write_text("\n".join(line for line in LEGACY_ACL.splitlines() if line != ACL_LINE) + "\n")
     return path
 
 
