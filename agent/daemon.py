@@ -347,7 +347,6 @@ class Agent:
             return None
         now = self.clock.mono()
         if self._cert_checked is None or now - self._cert_checked >= 3600:
-            self._cert_checked = now
             from agent.certinfo import expiry_warning  # noqa: PLC0415 - only devices with a client certificate
 
             try:
@@ -357,6 +356,7 @@ class Agent:
             if warning and warning != self._cert_note:
                 log.warning("%s", warning)
             self._cert_note = warning
+            self._cert_checked = now  # only now: a status asked meanwhile (control thread) reads the file too
         return self._cert_note
 
     def _warnings(self) -> list[str]:

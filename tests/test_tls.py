@@ -30,10 +30,12 @@ DEV = "gate-north-1"
 def pki(tmp_path_factory) -> dict[str, Issued]:
     d = tmp_path_factory.mktemp("pki")
     p = make_pki(d, devices=(DEV, "gate-south-2", "central"))
-    p[DEV] = issue(p["ca"], d, DEV, DEV, server=False, days=365)  # far from expiry: no warning
+    # device CNs are {site}/{id}, as the shipped ACL expects (docs/install.md, "Broker identities")
+    p[DEV] = issue(p["ca"], d, f"main/{DEV}", DEV, server=False, days=365)  # far from expiry: no warning
+    p["gate-south-2"] = issue(p["ca"], d, "main/gate-south-2", "gate-south-2", server=False)
     p["expired"] = issue(p["ca"], d, "localhost", "expired", server=True, days=-1, start_days_ago=3)
     p["otherhost"] = issue(p["ca"], d, "otherhost", "otherhost", server=True, dns=("otherhost.lan",), ips=())
-    p["soon"] = issue(p["ca"], d, DEV, "soon", server=False, days=10)
+    p["soon"] = issue(p["ca"], d, f"main/{DEV}", "soon", server=False, days=10)
     return p
 
 
