@@ -90,12 +90,12 @@ class MqttConfig:
     username: str | None
     password: Secret | None
     tls: TlsConfig | None
-    allow_plaintext_password: bool  # the lab switch, and only when it is in use (a warning in every status)
     connect_timeout_s: float
     reconnect_min_s: float
     reconnect_max_s: float
     max_inflight: int
     drain_rate_per_s: float
+    allow_plaintext_password: bool = False  # the lab switch, and only when in use (a warning in every status)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Config:
     control: ControlConfig
     commands: CommandsConfig
     log_level: str
-    doctor: DoctorConfig
+    doctor: DoctorConfig = DoctorConfig(None, None, None, None)  # frozen, so one shared default is safe
 
     @property
     def topic_root(self) -> str:
