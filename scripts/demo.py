@@ -123,7 +123,7 @@ def main() -> int:
         wait_port(port)
         print(f"demo: mosquitto on 127.0.0.1:{port}; agent config {cfg_path}", flush=True)
         view = live_view(port)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), CAMPUS_AGENT_ALLOW_ROOT="1")  # a dev box or container as root
         log = (work / "agent.log").open("wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg_path)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT))
