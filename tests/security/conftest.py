@@ -166,7 +166,7 @@ class Client:
 
     def until(self, topic: str, timeout: float = 10.0) -> list[tuple[str, bytes, bool]]:
         """Messages taken off the queue before the first one on ``topic`` (the sentinel technique)."""
-        before = []
+        before: list[tuple[str, bytes, bool]] = []
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
