@@ -7,15 +7,20 @@ campus.acl; the agent runs as a process with its own certificate.
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.security.conftest import ROOT, Client, ExampleBroker, device_config
+from tests.support.broker import Broker
 from tests.support.certs import Issued
 
 pytestmark = pytest.mark.broker
@@ -137,3 +142,45 @@ def test_example_files__bind_identity_and_limit_packets() -> None:
     acl = (ROOT / "config" / "mosquitto" / "campus.acl").read_text()
     assert "+/%u" not in acl, "the site must come from the identity, not a wildcard"
     assert "pattern write campus/%u/event/#" in acl
+
+
+def test_identity__the_same_acl_works_with_passwords_named_site_slash_id(tmp_path: Path) -> None:
+    """docs/install.md: a password broker uses user names {site}/{id}; '/' in %u must work in the ACL."""
+    pw = tmp_path / "passwd"
+    pw.touch()
+    pw.chmod(0o600)
+    for user in ("main/gate-north-2", "central"):
+        subprocess.run(["mosquitto_passwd", "-b", str(pw), user, "pw-" + user.replace("/", "-")], check=True,
+                       capture_output=True)
+    b = Broker(tmp_path / "pw", listener_extra=(f"allow_anonymous false\npassword_file {pw}\n"
+                                               f"use_username_as_clientid true\n"
+                                               f"acl_file {ROOT / 'config' / 'mosquitto' / 'campus.acl'}\n")).start()
+    got: queue.Queue[str] = queue.Queue()
+    acks: queue.Queue[int] = queue.Queue()
+
+    def client(user: str) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=MQTTProtocolVersion.MQTTv5)
+        c.username_pw_set(user, "pw-" + user.replace("/", "-"))
+        c.on_message = lambda _c, _u, m: got.put(m.topic)
+        c.on_publish = lambda _c, _u, _m, rc, _p: acks.put(int(rc.value))
+        c.connect("127.0.0.1", b.port)
+        c.loop_start()
+        return c
+
+    central = client("central")
+    device = client("main/gate-north-2")
+    try:
+        subscribed = queue.Queue[int]()
+        central.on_subscribe = lambda *_a: subscribed.put(1)
+        central.subscribe("campus/#", qos=1)
+        subscribed.get(timeout=10)
+        device.publish("campus/main/gate-north-1/event/panic", b"forged", qos=1)
+        assert acks.get(timeout=10) == 135
+        device.publish("campus/main/gate-north-2/event/panic", b"sentinel", qos=1)
+        assert acks.get(timeout=10) == 0
+        assert got.get(timeout=10) == "campus/main/gate-north-2/event/panic"
+    finally:
+        for c in (central, device):
+            c.disconnect()
+            c.loop_stop()
+        b.stop()
