@@ -1,4 +1,4 @@
-"""The send window on its own: order, in-flight limit, pacing, refusals, resets."""
+"""The send window on its own: order, alarms first, in-flight limit, pacing, refusals, resets."""
 
 from __future__ import annotations
 
@@ -6,16 +6,34 @@ import pytest
 
 from agent.events import Clock, Event, EventType
 from agent.outbox import Outbox
-from agent.sendwindow import REFUSED_RETRY_MIN_S, SendWindow
+from agent.sendwindow import (
+    REFUSED_ALARM_RETRY_MAX_S,
+    REFUSED_ALARM_RETRY_MIN_S,
+    REFUSED_RETRY_MIN_S,
+    SendWindow,
+)
 
 CLOCK = Clock(synced=lambda: True, boot_id="b")
 
 
+def alarm() -> Event:
+    return Event.create(CLOCK, EventType.PANIC, "panic")
+
+
+def routine() -> Event:
+    return Event.create(CLOCK, EventType.INPUT_FAULT, "panic", data={"reason": "stuck", "active_s": 60})
+
+
+def practice() -> Event:
+    return Event.create(CLOCK, EventType.PANIC, "panic", test=True)
+
+
 @pytest.fixture
 def outbox(tmp_path):
+    """Ten routine rows, seq 1..10."""
     ob = Outbox(tmp_path / "o.db", site="s", device="d")
     for _ in range(10):
-        ob.put(Event.create(CLOCK, EventType.PANIC, "panic"))
+        ob.put(routine())
     yield ob
     ob.close()
 
@@ -73,3 +91,85 @@ def test_window__unknown_mid_and_reset(outbox):
     assert len(w) == 0
     assert send_all(w, 2.0, first_mid=1) == [1, 2, 3, 4, 5]  # a new connection sends from the oldest again
     assert "inflight=5" in repr(w)
+
+
+# ---- alarms first ----------------------------------------------------------------------------------
+
+
+def test_window__a_real_alarm_overtakes_the_backlog(outbox):
+    w = SendWindow(outbox, max_inflight=3, rate_per_s=1e6)
+    assert send_all(w, 100.0) == [1, 2, 3]
+    late = outbox.put(alarm())  # seq 11, behind 7 unsent routine rows
+    assert w.take(100.0) == []  # the window is full: the alarm waits for a slot, not for the backlog
+    w.settle(1, refused=False, now=100.0)
+    assert send_all(w, 100.1, first_mid=4) == [late]  # the next publish is the alarm
+    w.settle(2, refused=False, now=100.1)
+    assert send_all(w, 100.2, first_mid=5) == [4]  # then the backlog goes on in seq order, without it again
+
+
+def test_window__alarms_in_seq_order_then_the_rest(outbox):
+    a1, t1, a2 = outbox.put(alarm()), outbox.put(practice()), outbox.put(alarm())
+    w = SendWindow(outbox, max_inflight=6, rate_per_s=1e6)
+    assert send_all(w, 100.0) == [a1, a2, 1, 2, 3, 4]
+    assert t1 == 12  # a test press is routine: it keeps its place in seq order
+    for mid in range(1, 7):
+        w.settle(mid, refused=False, now=100.0)
+    outbox.ack([a1, a2, 1, 2, 3, 4])
+    assert send_all(w, 100.1, first_mid=7) == [5, 6, 7, 8, 9, 10]
+    assert send_all(w, 100.2, first_mid=13) == []  # full window again
+    for mid in range(7, 13):
+        w.settle(mid, refused=False, now=100.2)
+    assert send_all(w, 100.3, first_mid=13) == [t1]
+
+
+def test_window__refused_alarm_retries_soon_and_ahead_of_routine_rows(outbox):
+    a = outbox.put(alarm())
+    w = SendWindow(outbox, max_inflight=2, rate_per_s=1e6)
+    assert send_all(w, 100.0) == [a, 1]
+    row, retry = w.settle(1, refused=True, now=100.0)
+    assert (row.seq, retry) == (a, REFUSED_ALARM_RETRY_MIN_S)
+    assert w.refused_alarms == 1
+    assert w.wait_s(100.0, 5.0) == pytest.approx(REFUSED_ALARM_RETRY_MIN_S)
+    assert send_all(w, 100.5, first_mid=3) == [2]  # routine rows flow meanwhile
+    w.settle(2, refused=False, now=100.5)
+    w.settle(3, refused=False, now=100.5)
+    assert send_all(w, 101.0, first_mid=4) == [a, 3]  # once due, the alarm goes first again
+    delays = [w.settle(4, refused=True, now=101.0)[1]]
+    for i in range(10):
+        now = 200.0 + 100 * i
+        assert send_all(w, now, first_mid=10 + i)[0] == a
+        delays.append(w.settle(10 + i, refused=True, now=now)[1])
+    assert delays[:4] == [2.0, 4.0, 8.0, REFUSED_ALARM_RETRY_MAX_S]  # short, capped: never ten minutes
+    assert max(delays) == REFUSED_ALARM_RETRY_MAX_S
+
+
+def test_window__refused_routine_row_never_holds_up_an_alarm(outbox):
+    w = SendWindow(outbox, max_inflight=1, rate_per_s=1e6)
+    assert send_all(w, 100.0) == [1]
+    w.settle(1, refused=True, now=100.0)  # routine row 1 waits 5 s
+    a = outbox.put(alarm())
+    assert send_all(w, 100.0 + REFUSED_RETRY_MIN_S, first_mid=2) == [a]  # its retry is due, the alarm still wins
+    w.settle(2, refused=False, now=105.0)
+    assert send_all(w, 105.1, first_mid=3) == [1]
+
+
+def test_window__test_presses_are_not_alarms_for_ordering(tmp_path):
+    with Outbox(tmp_path / "t.db", site="s", device="d") as ob:
+        seqs = [ob.put(practice()) for _ in range(3)] + [ob.put(alarm())]
+        rows = ob.next_batch(0, 10)
+        assert [r.urgent for r in rows] == [False, False, False, True]
+        assert [r.alarm for r in rows] == [True] * 4  # still alarms for eviction: never evicted
+        w = SendWindow(ob, max_inflight=10, rate_per_s=1e6)
+        assert send_all(w, 1.0) == [seqs[3], *seqs[:3]]
+
+
+def test_window__pacing_applies_to_alarms_too(outbox):
+    """A backlog of alarms must not flood subscribers either; one press waits at most one token."""
+    w = SendWindow(outbox, max_inflight=4, rate_per_s=2.0)
+    assert send_all(w, 100.0) == [1, 2, 3, 4]
+    for mid in (1, 2, 3, 4):
+        w.settle(mid, refused=False, now=100.0)
+    a = outbox.put(alarm())
+    assert w.take(100.0) == []
+    assert w.wait_s(100.0, 5.0) == pytest.approx(0.5)
+    assert [r.seq for r in w.take(100.5)] == [a]
