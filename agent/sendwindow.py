@@ -9,7 +9,8 @@ at a rate central subscribers and the broker's queues keep up with.
 Two lanes (architecture.md, "Alarms first"): real alarms (panic and tamper
 that are not test presses) are taken before every other row, each lane in
 ``seq`` order with a cursor of its own, so a press made behind a backlog is
-the next row published once a slot in the window and a pacing token are free.
+the next row published once a slot in the window is free (it may borrow the
+next pacing token, so it does not wait for the pace either).
 A row refused by the broker (an MQTT 5 PUBACK reason >= 0x80) stays in the
 outbox and is retried with backoff while later rows keep flowing; a refused
 alarm is retried on a short schedule (1 s doubling to 15 s) and still ahead of
@@ -81,13 +82,13 @@ class SendWindow:
         self._next_send = max(self._next_send, now - (self.max_inflight - 1) / self.rate)  # burst: one window
         if self._next_send > now:
             self._paced = True
-            return []
+            # A real alarm may borrow the next token: it goes now and the row after it waits one
+            # interval longer.  Only one can be borrowed, so the long-run rate stays ``rate``.
+            return self._from_lane(self._alarms, now, 1) if self._next_send - now <= 1.0 / self.rate else []
         budget = min(room, int((now - self._next_send) * self.rate + 1e-6) + 1)  # 1e-6: float dust
         rows: list[OutboxRow] = []
         for lane in (self._alarms, self._routine):
-            rows += self._due_retries(lane, now, budget - len(rows))
-            if len(rows) < budget:
-                rows += self.outbox.next_batch(lane.cursor, budget - len(rows), urgent=lane.urgent)
+            rows += self._from_lane(lane, now, budget - len(rows))
         self._paced = len(rows) == budget < room
         return rows
 
@@ -133,6 +134,15 @@ class SendWindow:
 
     def _lane(self, row: OutboxRow) -> _Lane:
         return self._alarms if row.urgent else self._routine
+
+    def _from_lane(self, lane: _Lane, now: float, room: int) -> list[OutboxRow]:
+        """Up to ``room`` rows of one lane: its due retries, then its next rows in ``seq`` order."""
+        if room <= 0:
+            return []
+        rows = self._due_retries(lane, now, room)
+        if len(rows) < room:
+            rows += self.outbox.next_batch(lane.cursor, room - len(rows), urgent=lane.urgent)
+        return rows
 
     def _due_retries(self, lane: _Lane, now: float, room: int) -> list[OutboxRow]:
         rows: list[OutboxRow] = []

@@ -163,13 +163,16 @@ def test_window__test_presses_are_not_alarms_for_ordering(tmp_path):
         assert send_all(w, 1.0) == [seqs[3], *seqs[:3]]
 
 
-def test_window__pacing_applies_to_alarms_too(outbox):
-    """A backlog of alarms must not flood subscribers either; one press waits at most one token."""
+def test_window__an_alarm_borrows_one_token_and_a_backlog_of_alarms_is_still_paced(outbox):
     w = SendWindow(outbox, max_inflight=4, rate_per_s=2.0)
     assert send_all(w, 100.0) == [1, 2, 3, 4]
     for mid in (1, 2, 3, 4):
         w.settle(mid, refused=False, now=100.0)
-    a = outbox.put(alarm())
-    assert w.take(100.0) == []
-    assert w.wait_s(100.0, 5.0) == pytest.approx(0.5)
-    assert [r.seq for r in w.take(100.5)] == [a]
+    assert w.take(100.0) == []  # routine rows wait for the next token (100.5)
+    a1, a2 = outbox.put(alarm()), outbox.put(alarm())
+    assert send_all(w, 100.0, first_mid=5) == [a1]  # the alarm goes at once, on the next token
+    assert w.take(100.0) == []  # only one token can be borrowed: the second alarm waits
+    assert w.wait_s(100.0, 5.0) == pytest.approx(1.0)
+    assert send_all(w, 100.5, first_mid=6) == [a2]  # borrowing again, half an interval early
+    assert w.take(100.5) == []
+    assert [r.seq for r in w.take(101.5)] == [5]  # the long-run rate is still 2/s
