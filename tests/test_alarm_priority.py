@@ -9,16 +9,23 @@ recorded plus one send window (the rows that were already in flight).
 
 from __future__ import annotations
 
+import logging
+import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.config import load_config
 from agent.events import Clock, Event, EventType
 from agent.outbox import Outbox
 from agent.outbox_lanes import URGENT_MARK
+from agent.uplink import Uplink
+from tests.support.agentproc import unique_id, write_config
+from tests.support.broker import Broker
 from tests.support.mqtt import Central, Msg
 
 CLOCK = Clock(synced=lambda: True, boot_id="b00t")
@@ -153,3 +160,68 @@ def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, a
     ids = [m.doc["id"] for m in _snapshot(central)]
     assert len(ids) == len(set(ids))  # one session: nothing sent twice
     agent.stop()
+
+
+@pytest.mark.broker
+def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path: Path, caplog) -> None:
+    """MQTT 5: an ACL refuses the alarm (PUBACK 0x87); it is retried 1, 2, 4 s later, loudly, not after minutes."""
+    dev = unique_id("acl")
+    root = f"campus/main/{dev}"
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    pw.touch()
+    pw.chmod(0o600)
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), dev, "a-secret"], check=True)
+    routine_only = (f"user {dev}\ntopic write {root}/status\ntopic write {root}/event/input_fault\n"
+                    f"topic read {root}/cmd/#\n")
+    acl.write_text(routine_only)
+    b = Broker(tmp_path / "acl-broker", listener_extra=f"allow_anonymous false\npassword_file {pw}\nacl_file {acl}\n")
+    b.start()
+    secret = tmp_path / "secret"
+    secret.write_text("a-secret")
+    secret.chmod(0o600)
+    cfg = write_config(tmp_path / "cfg", b.port, device=dev,
+                       mqtt={"username": dev, "password_file": str(secret), "protocol": 5, "client_id": dev})
+    outbox = Outbox(tmp_path / "o.db", site="main", device=dev)
+    delivered: list[str] = []
+    up = Uplink(load_config(cfg).mqtt, topic_root=root, outbox=outbox, status=lambda: {"v": 1, "state": "online"},
+                offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+                on_delivered=lambda row: delivered.append(row.type))
+    try:
+        with caplog.at_level(logging.ERROR, logger="agent.uplink"):
+            alarm_seq = outbox.put(Event.create(CLOCK, EventType.PANIC, "panic"))
+            up.start()
+            for _ in range(3):
+                outbox.put(Event.create(CLOCK, EventType.INPUT_FAULT, "panic", data={"reason": "stuck"}))
+                up.wake()
+            _wait_until(lambda: _refusals(caplog, alarm_seq) >= 3 and delivered.count("input_fault") == 3,
+                        "three refusals of the alarm and the routine rows delivered")
+            assert outbox.pending() == 1  # only the alarm: kept, never deleted on a refusal
+            lines = [r for r in caplog.records if f"seq {alarm_seq} " in r.getMessage()]
+            assert all(r.levelno == logging.CRITICAL for r in lines)
+            assert [_retry_s(r.getMessage()) for r in lines[:3]] == [1, 2, 4]
+            acl.write_text(routine_only + f"topic write {root}/event/#\n")  # the ACL is fixed
+            assert b.proc is not None
+            b.proc.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL
+            _wait_until(lambda: "panic" in delivered, "the alarm delivered after the ACL fix", timeout=60)
+            assert outbox.pending() == 0
+    finally:
+        up.stop()
+        outbox.close()
+        b.stop()
+
+
+def _refusals(caplog: pytest.LogCaptureFixture, seq: int) -> int:
+    return sum(1 for r in caplog.records if f"event seq {seq} " in r.getMessage())
+
+
+def _retry_s(message: str) -> int:
+    return int(message.split("retrying in ")[1].split(" s", maxsplit=1)[0])
+
+
+def _wait_until(pred: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
