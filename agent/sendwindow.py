@@ -9,8 +9,9 @@ at a rate central subscribers and the broker's queues keep up with.
 Two lanes (architecture.md, "Alarms first"): real alarms (panic and tamper
 that are not test presses) are taken before every other row, each lane in
 ``seq`` order with a cursor of its own, so a press made behind a backlog is
-the next row published once a slot in the window is free (it may borrow the
-next pacing token, so it does not wait for the pace either).
+the next row published.  Routine rows leave one slot of the window free and
+an alarm may borrow the next pacing token, so it goes at once: it waits
+neither for a routine row's PUBACK nor for the pace.
 A row refused by the broker (an MQTT 5 PUBACK reason >= 0x80) stays in the
 outbox and is retried with backoff while later rows keep flowing; a refused
 alarm is retried on a short schedule (1 s doubling to 15 s) and still ahead of
@@ -64,7 +65,7 @@ class SendWindow:
         self.refused_alarms = 0  # refusals of real alarms since start: each one is also logged as CRITICAL
 
     def reset(self) -> None:
-        """A new connection: nothing is in flight, everything is sent again from the oldest row."""
+        """A new connection: nothing is in flight, everything is sent again (real alarms first)."""
         self._inflight.clear()
         self._alarms = _Lane(urgent=True)
         self._routine = _Lane(urgent=False)
@@ -86,9 +87,11 @@ class SendWindow:
             # interval longer.  Only one can be borrowed, so the long-run rate stays ``rate``.
             return self._from_lane(self._alarms, now, 1) if self._next_send - now <= 1.0 / self.rate else []
         budget = min(room, int((now - self._next_send) * self.rate + 1e-6) + 1)  # 1e-6: float dust
-        rows: list[OutboxRow] = []
-        for lane in (self._alarms, self._routine):
-            rows += self._from_lane(lane, now, budget - len(rows))
+        rows = self._from_lane(self._alarms, now, budget)
+        # The last free slot is kept for an alarm, so one recorded later never waits for a routine
+        # row's PUBACK (a slow broker's round trip) before it can go.
+        spare = 1 if self.max_inflight > 1 else 0
+        rows += self._from_lane(self._routine, now, min(budget, room - spare) - len(rows))
         self._paced = len(rows) == budget < room
         return rows
 

@@ -12,7 +12,8 @@ the outbox file and builds a fresh uplink.
 Invariants: no alarm is lost (every real alarm is in the outbox or was taken by
 the broker, and all are acknowledged after enough good rounds), no row is
 published twice within one session except after a refusal, real alarms are
-always chosen before routine rows, and ``seq`` never goes back.
+always chosen before routine rows (which leave one slot of the window free
+for them), and ``seq`` never goes back.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class DeliveryMachine(RuleBasedStateMachine):
                 assert not routine_sent, f"alarm seq {seq} published after a routine row in the same round"
             else:
                 routine_sent = True
+        waiting_routine = [q for q, st_ in s.state.items() if st_ == "inflight" and q not in self.urgent]
+        assert len(waiting_routine) <= WINDOW - 1, "routine rows took the slot kept for an alarm"
         if routine_sent:  # then no alarm could have gone instead
             for seq in self.urgent.keys() & self.pending:
                 st_ = s.state.get(seq)
