@@ -31,6 +31,7 @@ from typing import Self
 
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event, with_seq
+from agent.outbox_lanes import LANE_INDEX, URGENT_MARK, select_batch, select_one
 from agent.outbox_recovery import CorruptError, is_corruption, move_aside, salvage
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,15 @@ class OutboxRow:
     @property
     def payload(self) -> bytes:
         return with_seq(self.body, self.seq)
+
+    @property
+    def urgent(self) -> bool:
+        """A real alarm (panic or tamper, not a test press): sent before every other row."""
+        return self.alarm and URGENT_MARK in self.body
+
+    @classmethod
+    def from_db(cls, r: tuple[int, str, str, int, int, str]) -> OutboxRow:
+        return cls(r[0], r[1], r[2], bool(r[3]), r[4] / 1000.0, r[5])
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,7 @@ class Outbox:
             if result != "ok":
                 raise CorruptError(f"quick_check: {result}")
             conn.executescript(_SCHEMA)
+            conn.executescript(LANE_INDEX)  # also upgrades an outbox written before the alarm lane
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -350,19 +361,23 @@ class Outbox:
             self._pending += len(seqs)
             return seqs
 
-    def next_batch(self, after_seq: int, limit: int) -> list[OutboxRow]:
-        """The oldest ``limit`` rows with ``seq > after_seq``, in ``seq`` order."""
+    def next_batch(self, after_seq: int, limit: int, *, urgent: bool | None = None) -> list[OutboxRow]:
+        """The oldest ``limit`` rows with ``seq > after_seq``, in ``seq`` order.
+
+        ``urgent=True`` reads only real alarms, ``urgent=False`` only the other
+        rows (test presses included), ``None`` every row (see ``outbox_lanes``).
+        """
         with self._lock:
             self._check_open()
-            rows = self._conn.execute(
-                "SELECT seq, id, type, alarm, created_ms, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-        return [OutboxRow(r[0], r[1], r[2], bool(r[3]), r[4] / 1000.0, r[5]) for r in rows]
+            rows = select_batch(self._conn, after_seq, limit, urgent)
+        return [OutboxRow.from_db(r) for r in rows]
 
     def get(self, seq: int) -> OutboxRow | None:
-        batch = self.next_batch(seq - 1, 1)
-        return batch[0] if batch and batch[0].seq == seq else None
+        """Row ``seq`` if it is still pending (neither acknowledged nor evicted)."""
+        with self._lock:
+            self._check_open()
+            r = select_one(self._conn, seq)
+        return None if r is None else OutboxRow.from_db(r)
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged rows; return how many were still there.

@@ -331,7 +331,7 @@ class Uplink:
         return wait
 
     def _fill_window(self, s: _Session) -> float:
-        """Publish what the window allows, in ``seq`` order; return how long to wait."""
+        """Publish what the window allows, real alarms first; return how long to wait."""
         now = self._mono()
         for row in self._window.take(now):
             info = s.client.publish(f"{self.root}/event/{row.type}", row.payload, qos=1)
@@ -356,7 +356,8 @@ class Uplink:
                 done.append(row)
                 continue
             self._refused += 1
-            log.error(
+            log.log(  # a refused real alarm is the worst thing the link can report
+                logging.CRITICAL if row.urgent else logging.ERROR,
                 "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
                 "check the broker's ACL for %s/event/#",
                 row.type, row.seq, rc, retry_in, self.root,

@@ -1,6 +1,6 @@
 """Benchmarks of issue 6: the agent against raw paho-mqtt, fsync and a bare Python, on a loopback mosquitto.
 
-    .venv/bin/python bench/run.py            # full run (about 15 minutes; run it on a quiet machine)
+    .venv/bin/python bench/run.py            # full run (about 18 minutes; run it on a quiet machine)
     .venv/bin/python bench/run.py --quick    # reduced counts, same keys, under 3 minutes
     .venv/bin/python bench/run.py --only drain,enqueue --quick   # some figures (for profiling)
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if os.environ.get("CAMPUS_BENCH_AGENT_PATH"):  # before anything imports the agent
     sys.path.insert(0, os.environ["CAMPUS_BENCH_AGENT_PATH"])
 
-from bench import delivery, idle, local
+from bench import backlog, delivery, idle, local
 from bench.common import (
     BENCH,
     PY,
@@ -56,7 +56,7 @@ from bench.machine import agent_under_test, machine_info
 from bench.report import evaluate, render
 from tests.support.agentproc import unique_id
 
-FIGURES = ("latency", "drain", "enqueue", "burst", "memory", "scale")
+FIGURES = ("latency", "drain", "enqueue", "burst", "memory", "scale", "backlog")
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,7 @@ def fig_scale(plan: Plan, work: Path) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
     "latency": fig_latency, "drain": fig_drain, "enqueue": fig_enqueue, "burst": fig_burst,
     "memory": fig_memory, "scale": fig_scale,
+    "backlog": lambda plan, work: backlog.figure(plan.mode, work),  # issue 9: real presses behind 50,000 pending
 }
 
 
@@ -264,6 +265,7 @@ def assemble(plan: Plan, machine: dict[str, Any], figs: dict[str, dict[str, Any]
         "outbox_scale": scale.get("outbox_scale", {str(lv): None for lv in FULL.scale_levels}),
         "burst": {k: v for k, v in figs.get("burst", {}).items() if k != "runs"},
         "drain_paced": drain.get("drain_paced"),
+        "backlog": {k: v for k, v in figs.get("backlog", {}).items() if k != "runs"},
         "drain_cpu_us_per_event": {"agent": drain.get("drain_cpu_us_per_event", nan),
                                    "baseline": drain.get("baseline_cpu_us_per_event", nan)},
         "plan": asdict(plan),
