@@ -182,7 +182,8 @@ def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path:
     secret.write_text("a-secret")
     secret.chmod(0o600)
     cfg = write_config(tmp_path / "cfg", b.port, device=dev,
-                       mqtt={"username": dev, "password_file": str(secret), "protocol": 5, "client_id": dev})
+                       mqtt={"username": dev, "password_file": str(secret), "protocol": 5, "client_id": dev,
+                            "allow_plaintext_password": True})
     outbox = Outbox(tmp_path / "o.db", site="main", device=dev)
     delivered: list[str] = []
     up = Uplink(load_config(cfg).mqtt, topic_root=root, outbox=outbox, status=lambda: {"v": 1, "state": "online"},
