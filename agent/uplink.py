@@ -83,6 +83,10 @@ class Uplink:
         on_command: called on paho's thread with (name, payload) per command.
         on_link: called when the link goes up or down.
         on_delivered: called on the sender thread for every acknowledged row.
+        held: events held in memory because the outbox cannot store them
+            (agent/recorder.py); sent directly after the outbox rows while the
+            link is up, acknowledged through ``on_delivered`` and never acked
+            in the outbox by the sender.
 
     """
 
@@ -97,6 +101,7 @@ class Uplink:
         on_command: CommandHandler | None = None,
         on_link: Callable[[LinkState], None] | None = None,
         on_delivered: Callable[[OutboxRow], None] | None = None,
+        held: Callable[[], list[OutboxRow]] | None = None,
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
@@ -109,6 +114,8 @@ class Uplink:
         self._on_command = on_command
         self._on_link = on_link
         self._on_delivered = on_delivered
+        self._held = held
+        self._held_inflight: dict[int, OutboxRow] = {}  # paho mid -> held row; reset with the window
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wall = wall
         self._mono = mono
@@ -320,6 +327,7 @@ class Uplink:
         """Process acks, send status/replies and fill the window; return how long to wait."""
         self._process_acks()
         wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
+        self._send_held(s)
         with self._slot_lock:
             status, self._status_slot = self._status_slot, None
             replies = list(self._replies)
@@ -341,6 +349,19 @@ class Uplink:
             self._published += 1
         return self._window.wait_s(now, _IDLE_S)
 
+    def _send_held(self, s: _Session) -> None:
+        """Publish events held in memory (not in the outbox) that are not in flight on this connection."""
+        if self._held is None:
+            return
+        flying = {r.id for r in self._held_inflight.values()}
+        for row in self._held():
+            if row.id not in flying:
+                info = s.client.publish(f"{self.root}/event/{row.type}", row.payload, qos=1)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return
+                self._held_inflight[info.mid] = row
+                self._published += 1
+
     def _process_acks(self) -> None:
         done: list[OutboxRow] = []
         now = self._mono()
@@ -350,6 +371,10 @@ class Uplink:
             except queue.Empty:
                 break
             row, retry_in = self._window.settle(mid, refused=_is_refusal(rc), now=now)
+            held = self._held_inflight.pop(mid, None)
+            if held is not None and not _is_refusal(rc) and self._on_delivered is not None:
+                self._delivered += 1
+                self._on_delivered(held)  # a refused one stays held and goes again on the next connection
             if row is None:
                 continue
             if retry_in is None:
@@ -395,6 +420,7 @@ class Uplink:
             s.client.disconnect()
         s.client.loop_stop()
         self._window.reset()
+        self._held_inflight.clear()
         while True:  # acks of this client's mids must not match the next client's
             try:
                 self._acks.get_nowait()

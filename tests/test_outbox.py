@@ -185,22 +185,9 @@ def test_outbox__closed_repr_and_idempotent_close(tmp_path):
 def test_outbox__unreadable_file_resumes_seq_above_the_floor(tmp_path):
     path = tmp_path / "outbox.db"
     path.write_bytes(b"\x00garbage" * 1000)
-    with Outbox(path, site="s", device="d", seq_floor=1300) as ob:
+    with Outbox(path, site="s", device="d", seq_mark=300) as ob:
         assert ob.recovery.moved_aside is not None
         assert ob.put(ev()) == 1301, "seq must not go backwards when nothing of the old file is readable"
-
-
-def test_statefile__round_trip_and_floor(tmp_path):
-    from agent.statefile import SEQ_MARGIN, State, StateFile
-
-    sf = StateFile(tmp_path / "agent-state.json")
-    assert sf.load() == State(None, 0)
-    assert sf.seq_floor(sf.load()) == 0
-    sf.save(State("boot-1", 42))
-    assert StateFile(tmp_path / "agent-state.json").load() == State("boot-1", 42)
-    assert sf.seq_floor(State("boot-1", 42)) == 42 + SEQ_MARGIN
-    (tmp_path / "agent-state.json").write_text("{not json")
-    assert sf.load() == State(None, 0)
 
 
 def test_outbox__put_many_is_one_transaction_in_order(outbox, tmp_path):
