@@ -171,7 +171,7 @@ class Inputs:
                 if self._closed:
                     return
                 wait = self._next_deadline()
-                if not self._edges:
+                if not self._edges and not self._batch:  # a batch kept after a failed emit goes again now
                     now = self._clock.mono()
                     self._cond.wait(timeout=_IDLE_S if wait is None else max(0.0, min(_IDLE_S, wait - now)))
             if self.closed:
