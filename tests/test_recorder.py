@@ -167,7 +167,7 @@ def test_recorder__recent_events_are_safe_across_threads(tmp_path):
                     recorder.delivered(row)
                     recorder.knows(row.id)
                     recorder.recent()
-        except BaseException as exc:  # noqa: BLE001 - any error in the other thread fails the test
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=deliver)
