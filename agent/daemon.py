@@ -274,7 +274,7 @@ class Agent:
     def _save_state(self) -> None:
         """Keep the boot id and seq high-water mark (reserved seqs included) outside the outbox."""
         if self.outbox is not None:
-            self._state.save(State(self.clock.boot_id, self.outbox.stats().last_seq))
+            self._state.save(State(self.clock.boot_id, self.outbox.top_seq()))
 
     # ---- what the other parts call back ------------------------------------------
 

@@ -13,14 +13,11 @@ Rules it keeps (architecture.md):
   ``NON_ALARM_SHARE`` of the cap: the rest is the documented reserve for alarms.
 * A database that SQLite cannot read at start is moved aside, loudly, its
   readable rows are salvaged into a fresh file, and ``seq`` carries on above
-  the highest one seen, so it stays strictly increasing.  Recovery is
-  restartable: a moved-aside file not yet salvaged (a crash in between) is
-  salvaged at the next start (outbox_recovery.py).
-* ``seq`` never goes back: when the file's own counter is below the high-water
-  mark kept outside it (``seq_mark``, from agent-state.json), the file is not
-  the one the mark was taken from (deleted, replaced, moved) and ``seq``
-  resumes :data:`~agent.statefile.SEQ_MARGIN` above the mark.  Seqs handed out
-  by :meth:`Outbox.reserve_seq` for events held in memory are never reused.
+  the highest one seen; restartably (outbox_db.py, outbox_recovery.py).
+* ``seq`` never goes back: a file whose counter is below the high-water mark
+  kept outside it (``seq_mark``, agent-state.json) was deleted or replaced, and
+  ``seq`` resumes above the mark; seqs :meth:`Outbox.reserve_seq` handed out
+  for events held in memory are never reused.
 """
 
 from __future__ import annotations
@@ -303,6 +300,11 @@ class Outbox:
         with self._seq_lock:
             self._top += 1
             self._reserved_top = self._top
+            return self._top
+
+    def top_seq(self) -> int:
+        """The highest seq used or reserved; memory only, so it never waits behind a stuck commit."""
+        with self._seq_lock:
             return self._top
 
     def note_dropped(self, n: int) -> None:

@@ -9,9 +9,10 @@ Held events keep ``seq`` order and never lose their place:
 
 * each gets a seq at once (:meth:`Outbox.reserve_seq`), so it can be sent
   before it is on disk and keeps that seq when it gets there;
-* while any event is held, new events join the queue behind it instead of
-  overtaking it on the way to disk, so the inputs thread never waits on an
-  outbox that is already known to be failing;
+* while any event is held, or the last write failed and none has worked
+  since, new events join the queue behind it instead of overtaking it on the
+  way to disk, so the inputs thread never waits on an outbox already known to
+  be failing (the retry thread finds out when it works again);
 * the ``recorder-retry`` thread stores them as soon as the outbox takes
   writes again (tried every :data:`RETRY_S`, at once when news arrives); an
   alarm is tried even when a non-alarm before it does not fit a full disk;
@@ -128,6 +129,7 @@ class Recorder:
         self._held: dict[str, _Held] = {}  # insertion order is seq order
         self._was_held: dict[str, bool] = {}  # id -> stored since; forgotten once delivered
         self._dropped = 0
+        self._failing = False  # the last write failed and none has worked since
         self._retry = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -151,7 +153,7 @@ class Recorder:
             made.append((Event.create(self._clock, type_, source, at=stamp, test=test, data=data), test))
         events = [e for e, _ in made]
         with self._lock:
-            queue_behind = bool(self._held)
+            queue_behind = bool(self._held) or self._failing
         seqs: list[int | None] = [None] * len(events)
         if not queue_behind:
             with self._put_lock:
@@ -175,8 +177,9 @@ class Recorder:
 
     def _put(self, events: list[Event]) -> list[int | None]:
         """Commit what the outbox takes; None for each event it did not."""
+        self._failing = True  # until a write below proves otherwise
         try:
-            return list(self.outbox.put_many(events))
+            seqs = list(self.outbox.put_many(events))
         except OutboxFullError:
             pass  # one by one: alarms still fit the reserve where the whole batch did not
         except OutboxError as exc:
@@ -186,18 +189,22 @@ class Recorder:
             log.critical("recording %d events failed unexpectedly; kept in memory, retrying every second",
                          len(events), exc_info=True)
             return [None] * len(events)
-        seqs: list[int | None] = []
+        else:
+            self._failing = False
+            return list(seqs)
+        one_by_one: list[int | None] = []
         for event in events:
             try:
-                seqs.append(self.outbox.put(event))
+                one_by_one.append(self.outbox.put(event))
+                self._failing = False
             except OutboxError as exc:
                 log.critical("%s; kept %d events in memory only, retrying every second", exc, len(self._held) + 1)
-                seqs.append(None)
+                one_by_one.append(None)
             except Exception:
                 log.critical("recording a %s event failed unexpectedly; kept in memory", event.type.value,
                              exc_info=True)
-                seqs.append(None)
-        return seqs
+                one_by_one.append(None)
+        return one_by_one
 
     def _hold(self, events: list[Event]) -> dict[str, int]:
         reserved = {}
@@ -261,6 +268,7 @@ class Recorder:
                     continue  # a non-alarm that does not fit must not keep an alarm behind it off the disk
                 except OutboxError:
                     break
+                self._failing = False
                 stored += 1
                 with self._lock:
                     delivered_meanwhile = self._held.pop(held.id, None) is None

@@ -127,7 +127,7 @@ def test_press__made_while_a_commit_is_stuck_is_recorded(broker, agent_proc, dev
     assert sorted(e["source"] for e in got) == ["a", "b"]
 
 
-def test_seq__never_goes_back_when_the_outbox_is_deleted(broker, agent_proc, device, tmp_path):
+def test_seq__never_goes_back_when_the_outbox_is_deleted(broker, central, agent_proc, device, tmp_path, validate):
     """Issue 9 item 3: outbox.db* deleted, agent-state.json kept: the next seq is above the old ones."""
     agent = agent_proc(broker.port, device=device)
     for _ in range(3):
@@ -142,3 +142,5 @@ def test_seq__never_goes_back_when_the_outbox_is_deleted(broker, agent_proc, dev
     assert new["seq"] > old_max, f"seq went back from {old_max} to {new['seq']}"
     started = next(e for e in agent.recent() if e["type"] == "agent_started")
     assert started["seq"] > old_max
+    msg = central.wait_for(lambda m: m.topic.endswith("/event/agent_started") and m.doc["id"] == started["id"])
+    assert validate("event", msg.doc)["data"]["seq_resumed_above"] >= old_max
