@@ -196,7 +196,11 @@ class Uplink:
         while not self._stopping.is_set():
             self.progress = self._mono()
             broker = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
-            was_up = self._connect_and_serve(broker)
+            try:
+                was_up = self._connect_and_serve(broker)
+            except Exception:  # e.g. an ack failing past the outbox's busy timeout: the rows stay, sent again
+                log.exception("uplink: the connection to %s failed unexpectedly; reconnecting", broker)
+                self._last_error, was_up = "internal error (see the log)", False
             if self._stopping.is_set():
                 break
             if was_up:
