@@ -210,3 +210,44 @@ def test_outbox__put_many_all_or_nothing_when_full(tmp_path):
         ob.put_many([ev(note=big) for _ in range(50)])
     assert ob.pending() == before, "a failed batch must leave nothing half-written"
     ob.close()
+
+
+def test_outbox__reserved_seq_is_never_handed_out_again(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, site="s", device="d") as ob:
+        first = ob.put(ev())
+        held = ev()
+        reserved = ob.reserve_seq()
+        assert reserved == first + 1
+        assert ob.put(ev()) == first + 2, "an auto seq must skip the one reserved for a held event"
+        assert ob.put(held, seq=reserved) == reserved, "the held event keeps the seq it may have been sent with"
+        assert [r.id for r in ob.next_batch(0, 10)][1] == held.id
+        assert ob.top_seq() == first + 2
+    with Outbox(path, site="s", device="d") as ob:
+        assert ob.put(ev()) == first + 3
+
+
+def test_outbox__state_mark_is_honoured_only_when_the_file_is_behind_it(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, site="s", device="d") as ob:
+        top = max(ob.put(ev()) for _ in range(3))
+    with Outbox(path, site="s", device="d", seq_mark=top) as ob:
+        assert ob.recovery.seq_resumed_above is None, "the file's own counter is trusted when it is not behind"
+        assert ob.put(ev()) == top + 1
+    for f in tmp_path.glob("o.db*"):
+        f.unlink()  # a technician frees space, or outbox.path changed
+    with Outbox(path, site="s", device="d", seq_mark=top + 1) as ob:
+        assert ob.recovery.seq_resumed_above == top + 1 + 1000
+        assert ob.put(ev()) == top + 1 + 1000 + 1
+
+
+def test_outbox__salvaged_file_is_renamed_and_never_salvaged_twice(tmp_path):
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with Outbox(path, site="s", device="d") as ob:
+        aside = ob.recovery.moved_aside
+        assert aside is not None
+        assert aside.name.startswith("outbox.db.corrupt-")
+        assert aside.name.endswith(".salvaged")
+    with Outbox(path, site="s", device="d") as ob:
+        assert ob.recovery.moved_aside is None
