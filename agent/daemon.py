@@ -169,16 +169,16 @@ class Agent:
         self._stop.set()
         self.notifier.stopping()
         closers: list[tuple[str, Callable[[], None] | None]] = [
-            ("control", self.control.close if self.control else None),
+            ("control", self.control.close if self.control is not None else None),
             ("cameras", self.cameras.close if self.cameras is not None else None),
             ("heartbeat", self.heartbeat.close),
             ("uplink", self.uplink.stop if self.uplink is not None else None),
-            ("indicators", self.indicators.close if self.indicators else None),
-            ("inputs", self.inputs.close if self.inputs else None),
-            ("recorder", self.recorder.close if self.recorder else None),
+            ("indicators", self.indicators.close if self.indicators is not None else None),
+            ("inputs", self.inputs.close if self.inputs is not None else None),
+            ("recorder", self.recorder.close if self.recorder is not None else None),
             ("pin factory", lambda: close_pin_factory(self._factory)),
             ("state file", self._save_state),
-            ("outbox", self.outbox.close if self.outbox else None),
+            ("outbox", self.outbox.close if self.outbox is not None else None),
         ]
         for name, close in closers:
             if close is None:

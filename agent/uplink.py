@@ -116,6 +116,7 @@ class Uplink:
         self._on_delivered = on_delivered
         self._held = held
         self._held_inflight: dict[int, OutboxRow] = {}  # paho mid -> held row; reset with the window
+        self._held_refused: set[str] = set()  # ids the broker refused on this connection: not again on it
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wall = wall
         self._mono = mono
@@ -357,9 +358,9 @@ class Uplink:
         """Publish events held in memory (not in the outbox) that are not in flight on this connection."""
         if self._held is None:
             return
-        flying = {r.id for r in self._held_inflight.values()}
+        skip = {r.id for r in self._held_inflight.values()} | self._held_refused
         for row in self._held():
-            if row.id not in flying:
+            if row.id not in skip:
                 info = s.client.publish(f"{self.root}/event/{row.type}", row.payload, qos=1)
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     return
@@ -376,9 +377,11 @@ class Uplink:
                 break
             row, retry_in = self._window.settle(mid, refused=_is_refusal(rc), now=now)
             held = self._held_inflight.pop(mid, None)
-            if held is not None and not _is_refusal(rc) and self._on_delivered is not None:
+            if held is not None and _is_refusal(rc):
+                self._held_refused.add(held.id)  # stays held; sent again on the next connection
+            elif held is not None and self._on_delivered is not None:
                 self._delivered += 1
-                self._on_delivered(held)  # a refused one stays held and goes again on the next connection
+                self._on_delivered(held)
             if row is None:
                 continue
             if retry_in is None:
@@ -425,6 +428,7 @@ class Uplink:
         s.client.loop_stop()
         self._window.reset()
         self._held_inflight.clear()
+        self._held_refused.clear()
         while True:  # acks of this client's mids must not match the next client's
             try:
                 self._acks.get_nowait()
