@@ -147,9 +147,9 @@ class Agent:
         self.heartbeat.start()
         if self.cameras is not None:
             self.cameras.start()
+        self._cert_warning()  # before the control socket answers: a status must never see it half-read
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
-        self._cert_warning()
         if cfg.mqtt.tls is not None and not cfg.mqtt.tls.check_hostname:
             log.warning("TLS host name checking is OFF (mqtt.tls.check_hostname: false): any certificate from "
                         "the campus CA is accepted as the broker; use this only in a lab")
