@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import random
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.config.model import BrokerAddress, MqttConfig
+from agent.errors import OutboxError
 from agent.outbox import Outbox, OutboxRow
 from agent.sendwindow import SendWindow
 
@@ -331,7 +333,11 @@ class Uplink:
     def _send_round(self, s: _Session) -> float:
         """Process acks, send status/replies and fill the window; return how long to wait."""
         self._process_acks()
-        wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
+        try:
+            wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
+        except (OutboxError, sqlite3.Error) as exc:  # the outbox cannot be read: held events still go
+            log.error("outbox: %s; sending only the events held in memory", exc)  # noqa: TRY400 - says it all
+            wait = _IDLE_S
         self._send_held(s)
         with self._slot_lock:
             status, self._status_slot = self._status_slot, None

@@ -7,6 +7,7 @@ in the outbox, be sent again and end up acknowledged; the thread carries on.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from agent.errors import OutboxError
 from agent.events import Clock, Event, EventType
 from agent.outbox import Outbox
+from agent.recorder import Recorder
 from agent.uplink import Uplink
 from tests.support.mqtt import Central
 from tests.test_uplink import mqtt_cfg
@@ -59,4 +61,41 @@ def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, d
     finally:
         uplink.stop()
         central.close()
+        outbox.close()
+
+
+class Unusable(Outbox):
+    """An outbox on a disk that fails every read and write (I/O errors)."""
+
+    def next_batch(self, after_seq: int, limit: int) -> Any:
+        raise sqlite3.DatabaseError("disk I/O error")
+
+    def _insert(self, rows: Any, *, all_alarms: bool) -> list[int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(tmp_path, broker, device):
+    root = f"campus/main/{device}"
+    outbox = Unusable(tmp_path / "outbox.db", site="main", device=device)
+    recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.5)
+    central = Central(broker.port, topics=(f"{root}/event/#",))
+    uplink = Uplink(mqtt_cfg(broker.port, client_id=device), topic_root=root, outbox=outbox,
+                    status=lambda: {"v": 1, "state": "online"},
+                    offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+                    on_delivered=recorder.delivered, held=recorder.held)
+    recorder.hooks.wake = uplink.wake
+    try:
+        uplink.start()
+        recorder.record_many([(EventType.PANIC, "panic", CLOCK.stamp(), {})])
+        held = recorder.recent()[0]
+        msg = central.wait_for(lambda m: m.topic == f"{root}/event/panic", timeout=20)
+        assert (msg.doc["id"], msg.doc["seq"]) == (held["id"], held["seq"])
+        deadline = time.monotonic() + 20
+        while recorder.held_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert recorder.held_count() == 0, "the PUBACK of the directly sent alarm was never processed"
+    finally:
+        uplink.stop()
+        central.close()
+        recorder.close()
         outbox.close()
