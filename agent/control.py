@@ -1,9 +1,11 @@
 """The local control socket: how ``campus-agent status`` and ``simulate`` reach the agent.
 
 A UNIX stream socket (mode 0660, so a technicians' group can use it), one JSON
-request line in, one JSON reply line out.  Requests are served one at a time
-with a short timeout, so a stuck client cannot pile up threads; nothing here is
-on the button's path.
+request line in, one JSON reply line out.  Requests are served one at a time,
+each within an overall deadline (:data:`REQUEST_DEADLINE_S` from accept to the
+last byte of the reply, not per ``recv``), so a client that trickles a byte
+at a time cannot hold ``status`` for longer than that, and a stuck client
+cannot pile up threads; nothing here is on the button's path.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
-_CLIENT_TIMEOUT_S = 2.0
+REQUEST_DEADLINE_S = 2.0
 
 
 class ControlServer:
@@ -70,13 +73,20 @@ class ControlServer:
                 if self._closed.is_set():
                     return
                 continue
-            with conn:
-                conn.settimeout(_CLIENT_TIMEOUT_S)
-                try:
-                    reply = self._answer(_read_line(conn))
-                    conn.sendall(json.dumps(reply).encode() + b"\n")
-                except (OSError, ValueError) as exc:
-                    log.debug("control client went away: %s", exc)
+            try:
+                with conn:
+                    self._serve_one(conn, time.monotonic() + REQUEST_DEADLINE_S)
+            except Exception:
+                log.exception("control request failed; serving the next one")
+
+    def _serve_one(self, conn: socket.socket, deadline: float) -> None:
+        try:
+            raw = _read_line(conn, deadline)
+            reply = self._answer(raw)
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except (OSError, ValueError) as exc:
+            log.debug("control client went away or was too slow: %s", exc)
 
     def _answer(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -119,9 +129,14 @@ class ControlServer:
         return f"<ControlServer {self.path} {'closed' if self._closed.is_set() else 'serving'}>"
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: socket.socket, deadline: float) -> bytes:
+    """One request line, all of it before ``deadline`` (monotonic), however slowly it trickles."""
     buf = b""
     while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request within {REQUEST_DEADLINE_S:g} s")
+        conn.settimeout(left)
         chunk = conn.recv(4096)
         if not chunk:
             break

@@ -1,10 +1,16 @@
 """Wiring the parts together: start/stop order, signals, and the watchdog.
 
-Start order puts the button first: the outbox is opened and the inputs are
-armed before anything touches the network, and systemd hears ``READY=1``
-then, not when a broker answers; a Pi that boots offline still records every
-press.  Stop order is the reverse, with the inputs closed last so a press
-during shutdown is still recorded for the next start.
+Start order puts the button first: the outbox is opened, the recorder built
+and the inputs are armed before anything touches the network, and systemd
+hears ``READY=1`` then, not when a broker answers; a Pi that boots offline
+still records every press.  Then the uplink, the heartbeat, the cameras and
+the control socket start.
+
+Stop order, each part closed once even if another fails: the control socket,
+the cameras, the heartbeat, the uplink (``offline``/``shutdown`` while
+connected), the indicators, then the inputs, whose last poll records what is
+still queued or debouncing, then the recorder, which stores what it still
+holds in memory, then the pin factory, the state file and, last, the outbox.
 """
 
 from __future__ import annotations
@@ -13,28 +19,26 @@ import datetime as dt
 import logging
 import signal
 import threading
-from collections import deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Self
 
-from agent.commands import CommandHandler
+from agent.commands import MAX_MINUTES, CommandHandler
 from agent.config.model import Config
 from agent.control import ControlServer
-from agent.errors import CommandError, ConfigError, HardwareError, OutboxError
-from agent.events import Clock, Event, EventType, Stamp
+from agent.errors import CommandError, ConfigError, HardwareError
+from agent.events import Clock, EventType
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
 from agent.inputs import Inputs
 from agent.notify import Notifier
-from agent.outbox import Outbox, OutboxRow
+from agent.outbox import Outbox
 from agent.pins import close_pin_factory, make_pin_factory
+from agent.recorder import Hooks, Recorder
 from agent.statefile import State, StateFile
 from agent.uplink import LinkState, Uplink
 
 log = logging.getLogger(__name__)
 
-_RECENT = 50
-_UNSAVED_MAX = 10_000
 _STATUS_EVERY_S = 10.0
 _SERVE_TICK_S = 5.0
 
@@ -46,11 +50,17 @@ class Agent:
         self.cfg = cfg
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier()
-        self.test_mode = TestMode(self.clock)
+        self.test_mode, self._test_was = TestMode(self.clock), False
         self.outbox: Outbox | None = None
+        self.recorder: Recorder | None = None
         self.inputs: Inputs | None = None
         self.uplink: Uplink | None = None
-        self.heartbeat: Heartbeat | None = None
+        # Built now, started later: its changed() is safe to call from the first press on, no guards.
+        self.heartbeat = Heartbeat(
+            interval_s=cfg.heartbeat.interval_s, mono=self.clock.mono,
+            publish=lambda: self.uplink.publish_status(self._status_doc()) if self.uplink else None,
+            ticks=[self._watch_test_mode, self._save_state],
+        )
         self.control: ControlServer | None = None
         self.health: Health | None = None
         self.commands: CommandHandler | None = None
@@ -62,9 +72,6 @@ class Agent:
         self._cert_checked: float | None = None
         self._cert_note: str | None = None
         self._factory: Any = None
-        self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
-        self._unsaved: deque[Event] = deque(maxlen=_UNSAVED_MAX)
-        self._record_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = False
         self._state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
@@ -78,13 +85,17 @@ class Agent:
         before = self._state.load()
         self.outbox = Outbox(
             cfg.outbox.path, site=cfg.device.site, device=cfg.device.id, max_mb=cfg.outbox.max_mb,
-            wall=self.clock.wall, mono=self.clock.mono, seq_floor=self._state.seq_floor(before),
+            wall=self.clock.wall, mono=self.clock.mono, seq_mark=before.last_seq,
         )
         self._start_reason = "restart" if before.boot_id == self.clock.boot_id else "boot"
+        self.recorder = Recorder(
+            self.outbox, clock=self.clock, site=cfg.device.site, device=cfg.device.id,
+            test_mode=self.test_mode.active, hooks=self._recorder_hooks(),
+        )
         self._factory = make_pin_factory(cfg.gpio.pin_factory)
         self.indicators = Indicators(cfg.outputs, pin_factory=self._factory, mono=self.clock.mono)
-        self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock, emit=self.record_many,
-                             on_change=lambda: self.heartbeat.changed() if self.heartbeat is not None else None)
+        self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock,
+                             emit=self.recorder.record_many, on_change=self.heartbeat.changed)
         self.inputs.arm()
         try:
             self.indicators.start()
@@ -96,7 +107,7 @@ class Agent:
         self._record_started()
         self.commands = CommandHandler(
             on_ack=self._cmd_ack,
-            on_ping=lambda: self.heartbeat.changed() if self.heartbeat is not None else None,
+            on_ping=self.heartbeat.changed,
             on_test_mode=self._cmd_test_mode,
             reply=lambda doc: self.uplink.publish("reply", doc) if self.uplink is not None else None,
             rate_per_min=cfg.commands.rate_per_min,
@@ -111,17 +122,16 @@ class Agent:
             offline=self._offline_doc,
             on_command=self.commands.handle,
             on_link=self._on_link,
-            on_delivered=self._on_delivered,
+            on_delivered=self.recorder.delivered,
+            held=self.recorder.held,
             wall=self.clock.wall,
             mono=self.clock.mono,
         )
         if cfg.cameras:
             from agent.cameras import Cameras  # noqa: PLC0415 - a post without cameras does not pay for them
 
-            self.cameras = Cameras(
-                cfg.cameras, clock=self.clock, emit=self.record,
-                on_change=lambda: self.heartbeat.changed() if self.heartbeat is not None else None,
-            )
+            self.cameras = Cameras(cfg.cameras, clock=self.clock, emit=self.recorder.record,
+                                   on_change=self.heartbeat.changed)
         self.health = Health(
             site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
             sources=StatusSources(
@@ -133,19 +143,13 @@ class Agent:
             ),
             test_mode=self.test_mode,
         )
-        self.heartbeat = Heartbeat(
-            interval_s=cfg.heartbeat.interval_s,
-            publish=lambda: self.uplink.publish_status(self._status_doc()) if self.uplink else None,
-            mono=self.clock.mono,
-            ticks=[self._retry_unsaved, self._watch_test_mode(), self._save_state],
-        )
         self.uplink.start()
         self.heartbeat.start()
         if self.cameras is not None:
             self.cameras.start()
+        self._cert_warning()  # before the control socket answers: a status must never see it half-read
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
-        self._cert_warning()
         if cfg.mqtt.tls is not None and not cfg.mqtt.tls.check_hostname:
             log.warning("TLS host name checking is OFF (mqtt.tls.check_hostname: false): any certificate from "
                         "the campus CA is accepted as the broker; use this only in a lab")
@@ -158,26 +162,50 @@ class Agent:
         )
 
     def stop(self) -> None:
+        """Stop every part in the order the module docstring gives; idempotent."""
         if self._stopped:
             return
         self._stopped = True
         self._stop.set()
         self.notifier.stopping()
-        for part in (self.cameras, self.control, self.heartbeat, self.uplink):
-            if part is not None:
-                try:
-                    part.stop() if isinstance(part, (Heartbeat, Uplink)) else part.close()
-                except Exception:
-                    log.exception("stopping %r failed; carrying on with shutdown", part)
-        if self.indicators is not None:
-            self.indicators.close()
-        if self.inputs is not None:
-            self.inputs.close()
-        close_pin_factory(self._factory)
-        if self.outbox is not None:
-            self._save_state()
-            self.outbox.close()
+        closers: list[tuple[str, Callable[[], None] | None]] = [
+            ("control", self.control.close if self.control is not None else None),
+            ("cameras", self.cameras.close if self.cameras is not None else None),
+            ("heartbeat", self.heartbeat.close),
+            ("uplink", self.uplink.stop if self.uplink is not None else None),
+            ("indicators", self.indicators.close if self.indicators is not None else None),
+            ("inputs", self.inputs.close if self.inputs is not None else None),
+            ("recorder", self.recorder.close if self.recorder is not None else None),
+            ("pin factory", lambda: close_pin_factory(self._factory)),
+            ("state file", self._save_state),
+            ("outbox", self.outbox.close if self.outbox is not None else None),
+        ]
+        for name, close in closers:
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                log.exception("stopping the %s failed; carrying on with shutdown", name)
         log.info("agent stopped")
+
+    def close(self) -> None:
+        """Same as :meth:`stop`: the resource-owner spelling, for ``with Agent(cfg) as agent``."""
+        self.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        name = f"{self.cfg.device.site}/{self.cfg.device.id}"
+        if self._stopped:
+            return f"<Agent {name} stopped>"
+        if self.outbox is None or self.recorder is None:
+            return f"<Agent {name} not started>"
+        return f"<Agent {name} running pending={self.outbox.pending()} held={self.recorder.held_count()}>"
 
     def run(self) -> int:
         """Start, then serve until SIGTERM/SIGINT, feeding the watchdog while healthy."""
@@ -212,89 +240,41 @@ class Agent:
     def request_stop(self) -> None:
         self._stop.set()
 
-    # ---- the button's path ---------------------------------------------------------
+    # ---- the button's path (agent/recorder.py records) -----------------------------------
 
-    def record(self, type: EventType, source: str, stamp: Stamp, data: Mapping[str, Any]) -> None:  # noqa: A002
-        """Make one event durable, then wake the sender (cameras, agent_started)."""
-        self.record_many([(type, source, stamp, data)])
+    def _recorder_hooks(self) -> Hooks:
+        def alarm_recorded(event_id: str, source: str) -> None:
+            if self.indicators is not None:
+                self.indicators.alarm_recorded(event_id, silent=self._silent.get(source, False))
 
-    def record_many(self, items: list[tuple[EventType, str, Stamp, Mapping[str, Any]]]) -> None:
-        """Make events durable in one commit (one fsync), then wake the sender once.
+        def alarm_delivered(event_id: str) -> None:
+            if self.indicators is not None:
+                self.indicators.alarm_delivered(event_id)
 
-        Called on the inputs thread with everything one poll accepted: under a
-        burst of presses, group commit keeps the button path from queueing
-        behind one fsync per event.
-        """
-        made = []
-        for type_, source, stamp, data in items:
-            test = type_.is_alarm and self.test_mode.active()
-            made.append((Event.create(self.clock, type_, source, at=stamp, test=test, data=data), test))
-        with self._record_lock:
-            seqs = self._put_many([event for event, _ in made])
-            for (event, test), seq in zip(made, seqs, strict=True):
-                self._recent.appendleft({"id": event.id, "seq": seq, "type": event.type.value,
-                                         "source": event.source, "ts": event.ts, "test": test, "delivered": False})
-        if self.uplink is not None:
-            self.uplink.wake()
-        for (event, test), seq in zip(made, seqs, strict=True):
-            if event.type.is_alarm and self.indicators is not None:
-                self.indicators.alarm_recorded(event.id, silent=self._silent.get(event.source, False))
-            if self.inputs is not None and event.type is not EventType.AGENT_STARTED:
-                self.inputs.note_event(event.source, event.ts, test=test)
-            what = f"{event.type.value}{' (test)' if test else ''} from {event.source}"
-            if seq is not None:
-                log.info("recorded %s as seq %d (id %s)", what, seq, event.id)
-            else:
-                log.error("held %s in memory, not yet on disk (id %s)", what, event.id)
-        if self.heartbeat is not None:
-            self.heartbeat.changed()
+        def noted(source: str, ts: str, test: bool) -> None:
+            if self.inputs is not None:
+                self.inputs.note_event(source, ts, test=test)
 
-    def _put_many(self, events: list[Event]) -> list[int | None]:
-        assert self.outbox is not None
-        try:
-            return list(self.outbox.put_many(events))
-        except OutboxError:
-            pass  # one by one: whatever fits is still recorded, the rest is held in memory
-        seqs: list[int | None] = []
-        for event in events:
-            try:
-                seqs.append(self.outbox.put(event))
-            except OutboxError as exc:
-                self._unsaved.append(event)
-                log.critical("%s; kept %d events in memory only, retrying every few seconds", exc, len(self._unsaved))
-                seqs.append(None)
-        return seqs
-
-    def _retry_unsaved(self) -> None:
-        while self._unsaved and self.outbox is not None:
-            event = self._unsaved[0]
-            with self._record_lock:
-                try:
-                    seq = self.outbox.put(event)
-                except OutboxError:
-                    return
-                self._unsaved.popleft()
-                for item in self._recent:
-                    if item["id"] == event.id:
-                        item["seq"] = seq
-                        break
-            log.warning("event %s kept in memory is now recorded as seq %d", event.id, seq)
-            if self.uplink is not None:
-                self.uplink.wake()
+        return Hooks(wake=lambda: self.uplink.wake() if self.uplink is not None else None,
+                     changed=self.heartbeat.changed, alarm_recorded=alarm_recorded,
+                     alarm_delivered=alarm_delivered, noted=noted, mark=self._save_state)
 
     def _record_started(self) -> None:
         assert self.outbox is not None
+        assert self.recorder is not None
         rec = self.outbox.recovery
         data: dict[str, Any] = {"reason": self._start_reason, "pending": rec.pending}
         if rec.moved_aside is not None:
             data["outbox_recovered"] = {"moved_aside": str(rec.moved_aside), "salvaged": rec.salvaged}
-        self.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
+        if rec.seq_resumed_above is not None:
+            data["seq_resumed_above"] = rec.seq_resumed_above
+        self.recorder.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
         self._save_state()
 
     def _save_state(self) -> None:
-        """Keep the boot id and seq high-water mark outside the outbox (see statefile.py)."""
+        """Keep the boot id and seq high-water mark (reserved seqs included) outside the outbox."""
         if self.outbox is not None:
-            self._state.save(State(self.clock.boot_id, self.outbox.stats().last_seq))
+            self._state.save(State(self.clock.boot_id, self.outbox.top_seq()))
 
     # ---- what the other parts call back ------------------------------------------
 
@@ -311,24 +291,12 @@ class Agent:
         if self.indicators is not None:
             self.indicators.link(state.connected)
         self.notifier.status(self._status_line())
-        if self.heartbeat is not None:
-            self.heartbeat.changed()
-
-    def _on_delivered(self, row: OutboxRow) -> None:
-        if row.alarm and self.indicators is not None:
-            self.indicators.alarm_delivered(row.id)
-        for item in self._recent:
-            if item["seq"] == row.seq:
-                item["delivered"] = True
-                break
-        if row.alarm:
-            # DEBUG: at INFO, this line per event was a quarter of the sender's time in a drain
-            log.debug("%s event seq %d delivered to the broker", row.type, row.seq)
+        self.heartbeat.changed()
 
     def _cmd_ack(self, event_id: str) -> bool:
         # paho's thread: a snapshot of the recent events, nothing that blocks
         shown = self.indicators is not None and self.indicators.acknowledged(event_id)
-        known = shown or any(e["id"] == event_id for e in list(self._recent))
+        known = shown or (self.recorder is not None and self.recorder.knows(event_id))
         if known:
             log.info("the centre acknowledged event %s", event_id)
         return known
@@ -336,8 +304,7 @@ class Agent:
     def _cmd_test_mode(self, minutes: int) -> str | None:
         until = self.test_mode.set(float(minutes))
         log.info("test mode %s (command from the centre)", f"on until {until}" if until else "off")
-        if self.heartbeat is not None:
-            self.heartbeat.changed()
+        self.heartbeat.changed()
         return until
 
     def _cert_warning(self) -> str | None:
@@ -364,22 +331,17 @@ class Agent:
         cert = self._cert_warning()
         if cert:
             out.append(cert)
-        if self._unsaved:
-            out.append(f"{len(self._unsaved)} events held in memory: outbox cannot write")
+        held = self.recorder.held_count() if self.recorder is not None else 0
+        if held:
+            out.append(f"{held} events held in memory: outbox cannot write")
         out.extend(self.cfg.warnings)  # weakened security the config asks for (agent/config/model.py)
         return out
 
-    def _watch_test_mode(self) -> Any:
-        was = [False]
-
-        def tick() -> None:
-            now = self.test_mode.active()
-            if now != was[0]:
-                was[0] = now
-                if self.heartbeat is not None:
-                    self.heartbeat.changed()
-
-        return tick
+    def _watch_test_mode(self) -> None:
+        now = self.test_mode.active()
+        if now != self._test_was:
+            self._test_was = now
+            self.heartbeat.changed()
 
     # ---- watchdog -----------------------------------------------------------------------
 
@@ -415,7 +377,7 @@ class Agent:
             "link": {"connected": link.connected, "broker": link.broker, "last_error": link.last_error,
                      "inflight": link.inflight, "published": link.published, "delivered": link.delivered,
                      "refused": link.refused},
-            "recent_events": list(self._recent),
+            "recent_events": self.recorder.recent() if self.recorder is not None else [],
             "config": str(self.cfg.source),
         }
 
@@ -429,10 +391,9 @@ class Agent:
 
     def _ctl_test_mode(self, req: dict[str, Any]) -> dict[str, Any]:
         minutes = req.get("minutes")
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes <= 240:
-            raise CommandError("test mode takes minutes 0-240 (0 ends it)")
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes <= MAX_MINUTES:
+            raise CommandError(f"test mode takes minutes 0-{MAX_MINUTES} (0 ends it)")
         until = self.test_mode.set(float(minutes))
         log.info("test mode %s", f"on until {until}" if until else "off")
-        if self.heartbeat is not None:
-            self.heartbeat.changed()
+        self.heartbeat.changed()
         return {"test_mode_until": until}

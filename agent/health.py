@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from agent import __version__
 from agent.events import CONTRACT_VERSION, Clock, iso_ms
@@ -252,3 +252,17 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(2.0)
             self._thread = None
+
+    def close(self) -> None:
+        """Stop the timer thread; idempotent (the resource-owner spelling of :meth:`stop`)."""
+        self.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stop.is_set() else ("running" if self._thread is not None else "not started")
+        return f"<Heartbeat every {self.interval_s:g} s {state}{' change pending' if self._changed else ''}>"

@@ -13,6 +13,19 @@ returns; the debounce (our own: gpiozero's mock pins ignore ``bounce_time``),
 the stuck-input supervision and the durable put run on this module's thread.
 An edge is accepted once the level has been stable for ``debounce_ms``; the
 event keeps the time of the first edge, i.e. when the person pressed.
+
+Queued edges are replayed on their own time stamps, never on the time this
+thread gets round to them: while a commit stalls (an SD card's fsync, a
+locked outbox), a press and its release may both wait in the queue, and the
+press still counts if it held ``debounce_ms`` between its two edges.
+
+On :meth:`Inputs.close` the thread stops, then a last poll runs: queued edges
+are applied, and a level still within its debounce is waited for (at most
+``debounce_ms``) and recorded if it held by its own stamps, so a press made
+during shutdown is recorded before the outbox closes.  A press still held at
+stop is recorded once it has held ``debounce_ms``; if it is still held at the
+next start it is recorded again there ("active at start"): at worst one alarm
+twice, never none.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from agent.config.model import Contact, InputConfig, InputKind
+from agent.debounce import Debouncer
 from agent.errors import HardwareError
 from agent.events import Clock, EventType, Stamp
 from agent.pins import is_mock
@@ -32,46 +46,8 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[list[tuple[EventType, str, Stamp, Mapping[str, Any]]]], None]
 _IDLE_S = 5.0  # longest sleep with nothing to do: often enough for the watchdog, rare enough to idle cheaply
-
-
-class Debouncer:
-    """Pure debounce logic, driven by explicit times so tests can use a fake clock.
-
-    Feed it every raw edge with :meth:`edge`; call :meth:`settle` at or after
-    :meth:`deadline`.  A level must hold for ``debounce_s`` to count; a glitch
-    shorter than that is dropped.  The accepted change carries the stamp of the
-    first edge away from the previous stable level.
-    """
-
-    def __init__(self, debounce_s: float, initial: bool) -> None:
-        self.debounce_s = debounce_s
-        self.stable = initial
-        self._level = initial
-        self._changed_at = 0.0
-        self._first: Stamp | None = None
-
-    def edge(self, *, level: bool, stamp: Stamp) -> None:
-        if level == self._level:
-            return
-        self._level = level
-        self._changed_at = stamp.mono
-        if level != self.stable and self._first is None:
-            self._first = stamp
-
-    def deadline(self) -> float | None:
-        if self._first is None:
-            return None
-        return self._changed_at + self.debounce_s
-
-    def settle(self, now: float) -> Stamp | None:
-        """Return the stamp of an accepted change (``stable`` flipped), else None."""
-        if self._first is None or now - self._changed_at < self.debounce_s:
-            return None
-        first, self._first = self._first, None
-        if self._level == self.stable:
-            return None
-        self.stable = self._level
-        return first
+_ERROR_PAUSE_S = 0.5  # after a failed poll: retry soon, but never spin
+_CLOSE_JOIN_S = 15.0  # close() waits this long for a poll stuck in a commit (the outbox's busy timeout is 10 s)
 
 
 @dataclass(frozen=True)
@@ -138,6 +114,7 @@ class Inputs:
         self._batch: list[tuple[EventType, str, Stamp, Mapping[str, Any]]] = []
         self._inputs: dict[str, _Input] = {}
         self._cond = threading.Condition()
+        self._poll_lock = threading.Lock()  # one poll at a time: the thread's, or close()'s last one
         self._edges: list[tuple[str, bool, Stamp]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -175,15 +152,17 @@ class Inputs:
                 log.warning("input %s (GPIO%d) is active at start; treating it as a new activation", cfg.name, cfg.pin)
                 item.debouncer.edge(level=True, stamp=now)
         if start_thread:
+            # The thread makes the first poll: polling here as well would race it (two polls at once).
             self._thread = threading.Thread(target=self._run, name="inputs", daemon=True)
             self._thread.start()
-        self.poll(self._clock.mono())
+        else:
+            self.poll(self._clock.mono())
 
     def _raw_edge(self, name: str, *, pin_low: bool) -> None:
-        # gpiozero's thread: stamp, queue, notify; nothing else.
-        stamp = self._clock.stamp()
+        # gpiozero's thread: stamp, queue, notify; nothing else.  Stamped under the lock, so the queue is
+        # in stamp order and an edge a poll did not take is stamped at or after that poll's "now".
         with self._cond:
-            self._edges.append((name, pin_low, stamp))
+            self._edges.append((name, pin_low, self._clock.stamp()))
             self._cond.notify()
 
     def _run(self) -> None:
@@ -192,12 +171,18 @@ class Inputs:
                 if self._closed:
                     return
                 wait = self._next_deadline()
-                if not self._edges:
+                if not self._edges and not self._batch:  # a batch kept after a failed emit goes again now
                     now = self._clock.mono()
                     self._cond.wait(timeout=_IDLE_S if wait is None else max(0.0, min(_IDLE_S, wait - now)))
             if self.closed:
                 return
-            self.poll(self._clock.mono())
+            try:
+                self.poll()
+            except Exception:
+                # Whatever failed, poll() kept the edges and the batch; the thread carries on.
+                log.exception("inputs: a poll failed; its edges and events are kept and retried")
+                with self._cond:
+                    self._cond.wait(_ERROR_PAUSE_S)
 
     @property
     def closed(self) -> bool:
@@ -213,28 +198,42 @@ class Inputs:
                 deadlines.append(item.active_since + item.cfg.stuck_after_s)
         return min(deadlines) if deadlines else None
 
-    def poll(self, now: float) -> None:
-        """Apply queued edges and every debounce or stuck timer due at ``now``; record what changed."""
-        try:
-            self._poll(now)
-        finally:
-            batch, self._batch = self._batch, []
-            if batch:
-                self._emit(batch)
+    def poll(self, now: float | None = None) -> None:
+        """Apply queued edges and every debounce or stuck timer due at ``now``; record what changed.
+
+        ``now`` defaults to the clock, read after the queue is taken.  If the
+        emit raises, the batch is kept and offered again by the next poll.
+        """
+        with self._poll_lock:
+            try:
+                self._poll(now)
+            finally:
+                batch, self._batch = self._batch, []
+                if batch:
+                    try:
+                        self._emit(batch)
+                    except BaseException:
+                        self._batch = batch + self._batch
+                        raise
 
     def _out(self, kind: EventType, name: str, stamp: Stamp, data: Mapping[str, Any]) -> None:
         self._batch.append((kind, name, stamp, data))
 
-    def _poll(self, now: float) -> None:
-        self.progress = now
+    def _poll(self, at: float | None) -> None:
         with self._cond:
             edges, self._edges = self._edges, []
-        for name, pin_low, stamp in edges:
+            now = self._clock.mono() if at is None else at
+        self.progress = now
+        for n, (name, pin_low, stamp) in enumerate(edges):
             item = self._inputs[name]
-            item.debouncer.edge(level=item.active_from_raw(pin_low), stamp=stamp)
-            first = item.debouncer.settle(stamp.mono)  # accepts at once only when debounce is 0
-            if first is not None:
-                self._changed(item, first)
+            try:
+                first = item.debouncer.edge(level=item.active_from_raw(pin_low), stamp=stamp)
+                if first is not None:
+                    self._changed(item, first)
+            except BaseException:
+                with self._cond:  # the edges not yet applied go back to the front of the queue
+                    self._edges[:0] = edges[n + 1 :]
+                raise
         for item in self._inputs.values():
             first = item.debouncer.settle(now)
             if first is not None:
@@ -320,15 +319,33 @@ class Inputs:
         }
 
     def close(self) -> None:
+        """Stop the thread, record what is still queued or debouncing (module doc), release the pins."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(2.0)
+            self._thread.join(_CLOSE_JOIN_S)
+        try:
+            self._last_poll()
+        except Exception:
+            log.exception("inputs: the last poll at stop failed")
         for item in self._inputs.values():
             item.button.close()
+
+    def _last_poll(self) -> None:
+        self.poll()
+        # A level still within its debounce is waited for (at most debounce_ms), then judged by its stamps.
+        due = [d for i in self._inputs.values() if (d := i.debouncer.deadline()) is not None]
+        if not due:
+            return
+        until = max(due)
+        left = until - self._clock.mono()
+        if 0 < left <= max(i.cfg.debounce_ms for i in self._inputs.values()) / 1000.0:
+            with self._cond:
+                self._cond.wait_for(lambda: self._clock.mono() >= until, timeout=left)
+        self.poll()
 
     def __enter__(self) -> Self:
         return self

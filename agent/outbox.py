@@ -13,7 +13,11 @@ Rules it keeps (architecture.md):
   ``NON_ALARM_SHARE`` of the cap: the rest is the documented reserve for alarms.
 * A database that SQLite cannot read at start is moved aside, loudly, its
   readable rows are salvaged into a fresh file, and ``seq`` carries on above
-  the highest one seen, so it stays strictly increasing.
+  the highest one seen; restartably (outbox_db.py, outbox_recovery.py).
+* ``seq`` never goes back: a file whose counter is below the high-water mark
+  kept outside it (``seq_mark``, agent-state.json) was deleted or replaced, and
+  ``seq`` resumes above the mark; seqs :meth:`Outbox.reserve_seq` handed out
+  for events held in memory are never reused.
 """
 
 from __future__ import annotations
@@ -31,33 +35,18 @@ from typing import Self
 
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event, with_seq
-from agent.outbox_lanes import LANE_INDEX, URGENT_MARK, select_batch, select_one
-from agent.outbox_recovery import CorruptError, is_corruption, move_aside, salvage
+from agent.outbox_db import Recovery, connect, count, is_full, last_seq, open_or_recover, raise_seq
+from agent.outbox_lanes import URGENT_MARK, select_batch, select_one
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 NON_ALARM_SHARE = 0.8
 HEADROOM_BYTES = 4 * 1024 * 1024
-_WAL_AUTOCHECKPOINT_PAGES = 100
-_JOURNAL_SIZE_LIMIT = 1024 * 1024
 _EVICT_CHUNK = 64
 _LIMITS_TTL_S = 1.0
-_INSERT = "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)"
-_CACHE_KIB = 256  # page cache per connection; SQLite's 2 MB default stays allocated after a big drain
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    alarm INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_evictable ON outbox (alarm, seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+# seq NULL: SQLite's AUTOINCREMENT picks it; a seq reserved for a held event is inserted as given.
+_INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
+_Row = tuple[int | None, str, str, int, int, str]
 
 
 @dataclass(frozen=True)
@@ -96,15 +85,6 @@ class OutboxStats:
     last_seq: int
 
 
-@dataclass(frozen=True)
-class Recovery:
-    """What ``open`` found: shown in ``agent_started`` and logged."""
-
-    pending: int
-    moved_aside: Path | None
-    salvaged: int
-
-
 class Outbox:
     """SQLite outbox shared by the input threads (put) and the sender (batch/ack).
 
@@ -122,7 +102,8 @@ class Outbox:
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         headroom_bytes: int = HEADROOM_BYTES,
-        seq_floor: int = 0,
+        seq_mark: int = 0,
+        busy_timeout_s: float = 10.0,
     ) -> None:
         self.path = Path(path)
         self._site = site
@@ -130,83 +111,41 @@ class Outbox:
         self._wall = wall
         self._mono = mono
         self._headroom = headroom_bytes
-        self._seq_floor = seq_floor
         self._lock = threading.Lock()
+        self._seq_lock = threading.Lock()  # reserve_seq never waits behind a commit stuck on the outbox lock
         self._closed = False
         self._limits_at = -1e9
         self._disk_low = False
+        self._dropped_dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn, self.recovery = self._open_or_recover()
+        self._conn, self.recovery = open_or_recover(self.path, busy_timeout_s, seq_mark)
+        self._log_recovery(self.recovery)
+        self._top = last_seq(self._conn)  # highest seq used or reserved
+        self._reserved_top = 0  # highest seq reserved for an event held in memory
         # Deletes of acknowledged rows go through a connection of their own, set to NORMAL once:
         # switching the pragma back and forth per ack cost a tenth of the sender's time in a drain.
-        self._ack_conn = self._connect()
+        self._ack_conn = connect(self.path, busy_timeout_s)
         self._ack_conn.execute("PRAGMA synchronous=NORMAL")
         self._ack_conn.execute("PRAGMA cache_size=-64")  # deletes by key touch few pages
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
         self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
-        self._pending = int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        self._pending = count(self._conn)
         self._dropped = self._meta("dropped")
         self._refresh_limits(force=True)
 
-    # ---- opening and recovery ------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
-        conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
-        conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
-        return conn
-
-    def _open_checked(self) -> sqlite3.Connection:
-        conn = self._connect()
-        try:
-            result = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if result != "ok":
-                raise CorruptError(f"quick_check: {result}")
-            conn.executescript(_SCHEMA)
-            conn.executescript(LANE_INDEX)  # also upgrades an outbox written before the alarm lane
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise OutboxError(
-                    f"{self.path} has outbox schema {version}, this agent knows {SCHEMA_VERSION}; "
-                    "install the matching agent version",
-                )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _open_or_recover(self) -> tuple[sqlite3.Connection, Recovery]:
-        try:
-            conn = self._open_checked()
-        except sqlite3.DatabaseError as exc:
-            if not is_corruption(exc):
-                raise OutboxError(
-                    f"cannot open outbox {self.path}: {exc}; check the folder exists and is writable by this user",
-                ) from exc
-            aside = move_aside(self.path, exc)
-            conn = self._open_checked()
-            salvaged = salvage(aside, conn, seq_floor=self._seq_floor)
+    def _log_recovery(self, rec: Recovery) -> None:
+        if rec.moved_aside is not None:
             log.critical(
                 "outbox %s was unreadable (%s); moved it to %s, salvaged %d events into a new outbox; "
                 "keep the old file for inspection",
-                self.path, exc, aside, salvaged,
+                self.path, rec.reason, rec.moved_aside, rec.salvaged,
             )
-            pending = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
-            return conn, Recovery(pending=pending, moved_aside=aside, salvaged=salvaged)
-        except OutboxError:
-            raise
-        except OSError as exc:
-            raise OutboxError(
-                f"cannot open outbox {self.path}: {exc}; check the folder exists and is writable",
-            ) from exc
-        pending = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
-        return conn, Recovery(pending=pending, moved_aside=None, salvaged=0)
+        if rec.seq_resumed_above is not None:
+            log.warning(
+                "outbox %s counts seq lower than agent-state.json's mark %s: it was deleted or replaced; "
+                "seq resumes above %d so it never goes back", self.path, rec.seq_mark, rec.seq_resumed_above,
+            )
 
     # ---- limits and eviction -------------------------------------------------
 
@@ -257,11 +196,7 @@ class Outbox:
         if n:
             self._dropped += n
             self._pending -= n
-            self._conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (self._dropped,),
-            )
+            self._save_dropped()
             log.warning("outbox full: evicted %d oldest non-alarm events (%d dropped so far)", n, self._dropped)
         return n
 
@@ -271,6 +206,33 @@ class Outbox:
         if pages - free >= limit:
             with self._txn():
                 self._evict(_EVICT_CHUNK)
+
+    def _insert(self, rows: list[_Row], *, all_alarms: bool) -> list[int]:
+        """One transaction for ``rows``; raw sqlite3 errors, the callers turn them into words."""
+        self._refresh_limits()
+        if not all_alarms:
+            self._make_room_for_non_alarm()
+        with self._txn():
+            if self._reserved_top:
+                raise_seq(self._conn, self._reserved_top)  # AUTOINCREMENT must never pick a reserved seq
+            if self._dropped_dirty:
+                self._save_dropped()
+            seqs = [int(self._conn.execute(_INSERT, row).lastrowid or 0) for row in rows]
+        self._pending += len(seqs)
+        self._dropped_dirty = False
+        with self._seq_lock:
+            self._top = max(self._top, *seqs)
+        return seqs
+
+    def _row(self, event: Event, seq: int | None, created_ms: int) -> _Row:
+        return (seq, event.id, event.type.value, int(event.type.is_alarm), created_ms,
+                event.body(self._site, self._device))
+
+    def _save_dropped(self) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('dropped', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (self._dropped,),
+        )
 
     @contextlib.contextmanager
     def _txn(self) -> Iterator[None]:
@@ -285,33 +247,22 @@ class Outbox:
 
     # ---- the public surface --------------------------------------------------
 
-    def put(self, event: Event) -> int:
-        """Commit ``event`` durably and return its ``seq``.
+    def put(self, event: Event, *, seq: int | None = None) -> int:
+        """Commit ``event`` durably and return its ``seq`` (``seq``: one :meth:`reserve_seq` gave it).
 
         Raises:
             OutboxFullError: no room even after evicting every non-alarm row.
-            OutboxError: the database failed in another way.
+            OutboxError: the database failed in another way (locked past the busy timeout, I/O).
 
         """
-        alarm = event.type.is_alarm
-        body = event.body(self._site, self._device)
-        created_ms = int(self._wall() * 1000)
+        row = self._row(event, seq, int(self._wall() * 1000))
         with self._lock:
             self._check_open()
             for _attempt in range(1000):
                 try:
-                    self._refresh_limits()
-                    if not alarm:
-                        self._make_room_for_non_alarm()
-                    with self._txn():
-                        cur = self._conn.execute(
-                            _INSERT,
-                            (event.id, event.type.value, int(alarm), created_ms, body),
-                        )
-                    self._pending += 1
-                    return int(cur.lastrowid or 0)
-                except sqlite3.OperationalError as exc:
-                    if getattr(exc, "sqlite_errorname", "") != "SQLITE_FULL":
+                    return self._insert([row], all_alarms=event.type.is_alarm)[0]
+                except sqlite3.Error as exc:
+                    if not is_full(exc):
                         raise OutboxError(f"outbox {self.path}: cannot record {event.type.value} event: {exc}") from exc
                     before = self._allowed_pages
                     self._refresh_limits(force=True)
@@ -320,7 +271,7 @@ class Outbox:
                     try:
                         with self._txn():
                             evicted = self._evict(_EVICT_CHUNK)
-                    except sqlite3.OperationalError:
+                    except sqlite3.Error:
                         evicted = 0
                     if not evicted:
                         break
@@ -334,32 +285,43 @@ class Outbox:
 
         All or nothing: on a full disk nothing is written and
         :class:`OutboxFullError` is raised, so the caller can fall back to
-        :meth:`put`, which evicts per event.
+        :meth:`put`, which evicts per event.  Any other database failure, the
+        eviction's included, is an :class:`OutboxError`: nothing escapes raw.
         """
         if len(events) == 1:
             return [self.put(events[0])]
         created_ms = int(self._wall() * 1000)
-        rows = [(e.id, e.type.value, int(e.type.is_alarm), created_ms, e.body(self._site, self._device))
-                for e in events]
+        rows = [self._row(e, None, created_ms) for e in events]
         with self._lock:
             self._check_open()
-            self._refresh_limits()
-            if not all(e.type.is_alarm for e in events):
-                self._make_room_for_non_alarm()
-            seqs: list[int] = []
             try:
-                with self._txn():
-                    for row in rows:
-                        cur = self._conn.execute(
-                            _INSERT, row,
-                        )
-                        seqs.append(int(cur.lastrowid or 0))
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+                return self._insert(rows, all_alarms=all(e.type.is_alarm for e in events))
+            except sqlite3.Error as exc:
+                if is_full(exc):
                     raise OutboxFullError(f"outbox {self.path} has no room for {len(events)} events at once") from exc
                 raise OutboxError(f"outbox {self.path}: cannot record {len(events)} events: {exc}") from exc
-            self._pending += len(seqs)
-            return seqs
+
+    def reserve_seq(self) -> int:
+        """A seq for an event held in memory: sendable now, stored later with :meth:`put` (``seq=``).
+
+        Memory only (the outbox may be unusable); every later insert keeps
+        SQLite's counter above it, and the caller saves it as the high-water mark.
+        """
+        with self._seq_lock:
+            self._top += 1
+            self._reserved_top = self._top
+            return self._top
+
+    def top_seq(self) -> int:
+        """The highest seq used or reserved; memory only, so it never waits behind a stuck commit."""
+        with self._seq_lock:
+            return self._top
+
+    def note_dropped(self, n: int) -> None:
+        """Count ``n`` events lost outside the file (the memory fallback overflowed) in ``dropped``."""
+        with self._seq_lock:
+            self._dropped += n
+            self._dropped_dirty = True  # persisted with the next commit
 
     def next_batch(self, after_seq: int, limit: int, *, urgent: bool | None = None) -> list[OutboxRow]:
         """The oldest ``limit`` rows with ``seq > after_seq``, in ``seq`` order.
@@ -414,7 +376,6 @@ class Outbox:
             self._check_open()
             self._refresh_limits()  # a disk that fills while nothing happens shows up in the next status
             row = self._conn.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
-            last = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
             pages, _ = self._page_counts()
             return OutboxStats(
                 pending=self._pending,
@@ -423,7 +384,7 @@ class Outbox:
                 db_bytes=pages * self._page_size,
                 cap_bytes=self._cap_pages * self._page_size,
                 disk_low=self._disk_low,
-                last_seq=int(last[0]) if last else 0,
+                last_seq=max(self._top, last_seq(self._conn)),
             )
 
     def _check_open(self) -> None:
@@ -450,3 +411,4 @@ class Outbox:
         if self._closed:
             return f"<Outbox {self.path} closed>"
         return f"<Outbox {self.path} pending={self._pending} dropped={self._dropped}>"
+

@@ -3,16 +3,29 @@
 Only corruption counts (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``, a failed
 ``quick_check``); a permission or I/O error is reported, never "recovered",
 because moving a healthy file aside would hide its events.
+
+Restartable in two steps: the file is renamed to ``<name>.corrupt-<time>``
+first, and only after its rows are committed into the new outbox is it
+renamed again to ``<name>.corrupt-<time>.salvaged``.  Any ``.corrupt-*`` file
+without that suffix was moved but not salvaged (the agent stopped in
+between) and is salvaged at the next start; salvaging twice only re-inserts
+rows already there (``INSERT OR IGNORE`` by seq), nothing is resent in between.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
+import logging
 import sqlite3
 from pathlib import Path
 
 from agent.errors import OutboxError
+
+log = logging.getLogger(__name__)
+
+SALVAGED = ".salvaged"
 
 
 def move_aside(path: Path, exc: Exception) -> Path:
@@ -20,7 +33,7 @@ def move_aside(path: Path, exc: Exception) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
-    while aside.exists():
+    while aside.exists() or aside.with_name(aside.name + SALVAGED).exists():
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
         n += 1
     try:
@@ -31,6 +44,36 @@ def move_aside(path: Path, exc: Exception) -> Path:
     except OSError as err:
         raise OutboxError(f"outbox {path} is unreadable ({exc}) and could not be moved aside: {err}") from err
     return aside
+
+
+def unsalvaged(path: Path) -> list[Path]:
+    """Files moved aside from ``path`` whose rows are not yet committed into an outbox, oldest first."""
+    found = path.parent.glob(f"{glob.escape(path.name)}.corrupt-*")
+    return sorted(f for f in found if not f.name.endswith(("-wal", "-shm", SALVAGED)))
+
+
+def salvage_leftovers(path: Path, conn: sqlite3.Connection) -> tuple[Path | None, int]:
+    """Salvage every unsalvaged moved-aside file into ``conn``; return (the last one, rows salvaged)."""
+    last: Path | None = None
+    total = 0
+    for aside in unsalvaged(path):
+        total += salvage(aside, conn)
+        last = _mark_salvaged(aside)
+    return last, total
+
+
+def _mark_salvaged(aside: Path) -> Path:
+    done = aside.with_name(aside.name + SALVAGED)
+    try:
+        for suffix in ("-wal", "-shm", ""):  # the main file last: its name is the marker
+            src = Path(f"{aside}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{done}{suffix}"))
+    except OSError as exc:
+        log.warning("cannot rename %s after salvaging it (%s); it will be salvaged again at the next start, "
+                    "which only repeats rows already there", aside, exc)
+        return aside
+    return done
 
 
 class CorruptError(sqlite3.DatabaseError):

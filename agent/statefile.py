@@ -1,15 +1,24 @@
 """The agent's small state file beside the outbox: the last boot id and the seq high-water mark.
 
-Kept outside SQLite on purpose.  When the outbox itself is unreadable and has
-to be moved aside, this file is what keeps ``seq`` from going backwards: the
-new outbox starts :data:`SEQ_MARGIN` above the mark, because events recorded
-after the last save (at most one heartbeat tick) may have used a few seqs.
+Kept outside SQLite on purpose.  When the outbox is deleted, replaced or
+unreadable, this file is what keeps ``seq`` from going backwards: a file whose
+own counter is below the mark resumes :data:`SEQ_MARGIN` above it, because
+events recorded after the last save (at most one heartbeat tick) may have used
+a few seqs.  The mark includes seqs reserved for events held in memory.
+
+Written atomically and safely in a directory others may write to: a fresh
+temporary file from :func:`tempfile.mkstemp` (``O_CREAT|O_EXCL``, never a
+fixed name, so a planted symlink is never followed), fsynced, then renamed
+over the old file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,21 +51,27 @@ class StateFile:
             return State(None, 0)
 
     def save(self, state: State) -> None:
-        """Write ``state`` if it changed (write a temporary file, then rename over the old one)."""
+        """Write ``state`` if it changed: a new temporary file, fsync, rename over the old one."""
         if state == self._saved:
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        data = json.dumps({"boot_id": state.boot_id, "last_seq": state.last_seq}).encode()
+        tmp: str | None = None
         try:
-            tmp.write_text(json.dumps({"boot_id": state.boot_id, "last_seq": state.last_seq}), encoding="utf-8")
-            tmp.replace(self.path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            Path(tmp).replace(self.path)
+            tmp = None
         except OSError as exc:
             if not self._warned:
                 log.warning("cannot write %s (%s); start reasons may read 'boot' after restarts, and seq could "
-                            "restart lower if the outbox is ever damaged", self.path, exc)
+                            "restart lower if the outbox is ever deleted or damaged", self.path, exc)
                 self._warned = True
             return
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    Path(tmp).unlink()
         self._saved = state
-
-    def seq_floor(self, state: State) -> int:
-        """Where seq resumes if the outbox has to be rebuilt (0: no mark known)."""
-        return state.last_seq + SEQ_MARGIN if state.last_seq else 0

@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import random
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.config.model import BrokerAddress, MqttConfig
+from agent.errors import OutboxError
 from agent.outbox import Outbox, OutboxRow
 from agent.sendwindow import SendWindow
 
@@ -83,6 +85,10 @@ class Uplink:
         on_command: called on paho's thread with (name, payload) per command.
         on_link: called when the link goes up or down.
         on_delivered: called on the sender thread for every acknowledged row.
+        held: events held in memory because the outbox cannot store them
+            (agent/recorder.py); sent directly after the outbox rows while the
+            link is up, acknowledged through ``on_delivered`` and never acked
+            in the outbox by the sender.
 
     """
 
@@ -97,6 +103,7 @@ class Uplink:
         on_command: CommandHandler | None = None,
         on_link: Callable[[LinkState], None] | None = None,
         on_delivered: Callable[[OutboxRow], None] | None = None,
+        held: Callable[[], list[OutboxRow]] | None = None,
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
@@ -109,6 +116,9 @@ class Uplink:
         self._on_command = on_command
         self._on_link = on_link
         self._on_delivered = on_delivered
+        self._held = held
+        self._held_inflight: dict[int, OutboxRow] = {}  # paho mid -> held row; reset with the window
+        self._held_refused: set[str] = set()  # ids the broker refused on this connection: not again on it
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wall = wall
         self._mono = mono
@@ -189,7 +199,11 @@ class Uplink:
         while not self._stopping.is_set():
             self.progress = self._mono()
             broker = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
-            was_up = self._connect_and_serve(broker)
+            try:
+                was_up = self._connect_and_serve(broker)
+            except Exception:  # e.g. an ack failing past the outbox's busy timeout: the rows stay, sent again
+                log.exception("uplink: the connection to %s failed unexpectedly; reconnecting", broker)
+                self._last_error, was_up = "internal error (see the log)", False
             if self._stopping.is_set():
                 break
             if was_up:
@@ -319,7 +333,12 @@ class Uplink:
     def _send_round(self, s: _Session) -> float:
         """Process acks, send status/replies and fill the window; return how long to wait."""
         self._process_acks()
-        wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
+        try:
+            wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
+        except (OutboxError, sqlite3.Error) as exc:  # the outbox cannot be read: held events still go
+            log.error("outbox: %s; sending only the events held in memory", exc)  # noqa: TRY400 - says it all
+            wait = _IDLE_S
+        self._send_held(s)
         with self._slot_lock:
             status, self._status_slot = self._status_slot, None
             replies = list(self._replies)
@@ -341,6 +360,19 @@ class Uplink:
             self._published += 1
         return self._window.wait_s(now, _IDLE_S)
 
+    def _send_held(self, s: _Session) -> None:
+        """Publish events held in memory (not in the outbox) that are not in flight on this connection."""
+        if self._held is None:
+            return
+        skip = {r.id for r in self._held_inflight.values()} | self._held_refused
+        for row in self._held():
+            if row.id not in skip:
+                info = s.client.publish(f"{self.root}/event/{row.type}", row.payload, qos=1)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return
+                self._held_inflight[info.mid] = row
+                self._published += 1
+
     def _process_acks(self) -> None:
         done: list[OutboxRow] = []
         now = self._mono()
@@ -350,6 +382,12 @@ class Uplink:
             except queue.Empty:
                 break
             row, retry_in = self._window.settle(mid, refused=_is_refusal(rc), now=now)
+            held = self._held_inflight.pop(mid, None)
+            if held is not None and _is_refusal(rc):
+                self._held_refused.add(held.id)  # stays held; sent again on the next connection
+            elif held is not None and self._on_delivered is not None:
+                self._delivered += 1
+                self._on_delivered(held)
             if row is None:
                 continue
             if retry_in is None:
@@ -396,6 +434,8 @@ class Uplink:
             s.client.disconnect()
         s.client.loop_stop()
         self._window.reset()
+        self._held_inflight.clear()
+        self._held_refused.clear()
         while True:  # acks of this client's mids must not match the next client's
             try:
                 self._acks.get_nowait()

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "presses": len(edges),
         "press_span_s": round(max(edges) - min(edges), 3) if edges else None,
         "recorded": recorded[0],
-        "in_memory_only": len(agent._unsaved),
+        "in_memory_only": agent.recorder.held_count() if agent.recorder else 0,
         "outbox_pending_after": pending,
         "edge_to_durable_ms": summary(path_ms, 2),
         "callback_held_ms": summary(held, 3),

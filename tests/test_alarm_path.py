@@ -103,3 +103,44 @@ def test_clean_stop__retained_offline_shutdown(broker, agent_proc, device, valid
     assert doc is not None
     validate("status", doc)
     assert (doc["state"], doc["reason"]) == ("offline", "shutdown")
+
+
+def test_press__made_while_a_commit_is_stuck_is_recorded(broker, agent_proc, device, tmp_path):
+    """Issue 9 item 1: a 300 ms press queued behind a 3 s write lock on outbox.db still counts."""
+    inputs = [{"name": "a", "kind": "panic_button", "pin": 5, "debounce_ms": 50},
+              {"name": "b", "kind": "panic_button", "pin": 6, "debounce_ms": 50}]
+    agent = agent_proc(broker.port, device=device, inputs=inputs)
+    agent.wait_recorded(1, type_="agent_started")
+    lock = sqlite3.connect(tmp_path / device / "outbox.db", isolation_level=None, timeout=10)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # a slow disk: the agent's commits wait for this
+        taken = time.monotonic()
+        for name in ("a", "b"):
+            agent.press(name)
+            time.sleep(0.3)  # how long the person holds the button
+            agent.release(name)
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - taken)))  # the stall lasts 3 s in all
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+    got = agent.wait_recorded(2, timeout=15)
+    assert sorted(e["source"] for e in got) == ["a", "b"]
+
+
+def test_seq__never_goes_back_when_the_outbox_is_deleted(broker, central, agent_proc, device, tmp_path, validate):
+    """Issue 9 item 3: outbox.db* deleted, agent-state.json kept: the next seq is above the old ones."""
+    agent = agent_proc(broker.port, device=device)
+    for _ in range(3):
+        agent.click("panic")
+    old_max = max(e["seq"] for e in agent.wait_recorded(3))
+    assert agent.stop() == 0
+    for f in (tmp_path / device).glob("outbox.db*"):
+        f.unlink()
+    agent.start()
+    agent.click("panic")
+    (new,) = agent.wait_recorded(1)
+    assert new["seq"] > old_max, f"seq went back from {old_max} to {new['seq']}"
+    started = next(e for e in agent.recent() if e["type"] == "agent_started")
+    assert started["seq"] > old_max
+    msg = central.wait_for(lambda m: m.topic.endswith("/event/agent_started") and m.doc["id"] == started["id"])
+    assert validate("event", msg.doc)["data"]["seq_resumed_above"] >= old_max

@@ -237,3 +237,96 @@ def test_inputs__edges_queued_before_one_poll_are_emitted_as_one_batch(mock_fact
     assert rec.batches == [4]
     assert sorted(s for _, s, _, _ in rec.events) == ["p12", "p13", "p5", "p6"]
     inputs.close()
+
+
+def test_inputs__press_and_release_queued_behind_a_slow_commit_still_count(mock_factory, fake_clock):
+    """Issue 9 item 1: both edges wait in the queue; the press held 300 ms by its own stamps."""
+    mono, clock = fake_clock
+    rec = Recorder()
+    inputs = Inputs((cfg(debounce_ms=50),), pin_factory=mock_factory, clock=clock, emit=rec)
+    inputs.arm(start_thread=False)
+    pin = mock_factory.pin(17)
+    pin.drive_low()
+    mono.t += 0.3
+    pin.drive_high()
+    mono.t += 2.7  # the thread was stuck in a commit all this while
+    inputs.poll(mono.t)
+    assert rec.kinds() == [("panic", "panic")]
+    assert rec.events[0][2].mono == pytest.approx(1000.0)
+    assert inputs.states()["panic"].state == "ok"
+    inputs.close()
+
+
+def test_inputs__close_records_queued_and_debouncing_edges(mock_factory, fake_clock):
+    mono, clock = fake_clock
+    rec = Recorder()
+    inputs = Inputs((cfg("a", 5, debounce_ms=50), cfg("b", 6, debounce_ms=50)), pin_factory=mock_factory,
+                    clock=clock, emit=rec)
+    inputs.arm(start_thread=False)
+    mock_factory.pin(5).drive_low()  # queued, never polled: held 60 ms by its stamps at stop
+    mono.t += 0.06
+    inputs.close()
+    assert rec.kinds() == [("panic", "a")]
+
+
+def test_inputs__close_waits_out_a_press_still_within_debounce(mock_factory):
+    rec = Recorder()
+    inputs = Inputs((cfg(debounce_ms=150),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=rec)
+    inputs.arm()
+    inputs.simulate("panic", active=True)  # still held, 150 ms not yet over when stop begins
+    inputs.close()
+    assert rec.kinds() == [("panic", "panic")], "a press made during shutdown must be recorded"
+
+
+def test_inputs__arm_leaves_polling_to_the_inputs_thread(mock_factory):
+    """Issue 9 item 8: arm() must not poll on the caller's thread while the inputs thread polls."""
+    threads: list[str] = []
+
+    class Watched(Inputs):
+        def poll(self, now: float | None = None) -> None:
+            threads.append(threading.current_thread().name)
+            super().poll(now)
+
+    rec = Recorder()
+    inputs = Watched((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=rec)
+    inputs.arm()
+    try:
+        inputs.simulate("panic", active=True)
+        rec.wait(1)
+        assert set(threads) == {"inputs"}, threads
+    finally:
+        inputs.close()
+
+
+def test_inputs__thread_survives_failures_and_keeps_the_batch(mock_factory, caplog):
+    """Issue 9 item 5: a failing emit or callback is logged with its traceback; nothing is dropped."""
+    rec = Recorder()
+    failures = {"emit": 1, "on_change": 1}
+
+    def emit(batch: list[tuple[EventType, str, Stamp, Any]]) -> None:
+        if failures["emit"]:
+            failures["emit"] -= 1
+            raise RuntimeError("disk on fire")
+        rec(batch)
+
+    def on_change() -> None:
+        if failures["on_change"]:
+            failures["on_change"] -= 1
+            raise RuntimeError("status builder broke")
+
+    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=emit,
+                    on_change=on_change)
+    inputs.arm()
+    try:
+        inputs.simulate("panic", active=True)
+        rec.wait(1)
+        inputs.simulate("panic", active=False)
+        inputs.simulate("panic", active=True)
+        rec.wait(2)
+        assert rec.kinds() == [("panic", "panic"), ("panic", "panic")]
+        assert inputs._thread is not None
+        assert inputs._thread.is_alive()
+        assert "disk on fire" in caplog.text
+        assert "Traceback" in caplog.text
+    finally:
+        inputs.close()

@@ -185,22 +185,9 @@ def test_outbox__closed_repr_and_idempotent_close(tmp_path):
 def test_outbox__unreadable_file_resumes_seq_above_the_floor(tmp_path):
     path = tmp_path / "outbox.db"
     path.write_bytes(b"\x00garbage" * 1000)
-    with Outbox(path, site="s", device="d", seq_floor=1300) as ob:
+    with Outbox(path, site="s", device="d", seq_mark=300) as ob:
         assert ob.recovery.moved_aside is not None
         assert ob.put(ev()) == 1301, "seq must not go backwards when nothing of the old file is readable"
-
-
-def test_statefile__round_trip_and_floor(tmp_path):
-    from agent.statefile import SEQ_MARGIN, State, StateFile
-
-    sf = StateFile(tmp_path / "agent-state.json")
-    assert sf.load() == State(None, 0)
-    assert sf.seq_floor(sf.load()) == 0
-    sf.save(State("boot-1", 42))
-    assert StateFile(tmp_path / "agent-state.json").load() == State("boot-1", 42)
-    assert sf.seq_floor(State("boot-1", 42)) == 42 + SEQ_MARGIN
-    (tmp_path / "agent-state.json").write_text("{not json")
-    assert sf.load() == State(None, 0)
 
 
 def test_outbox__put_many_is_one_transaction_in_order(outbox, tmp_path):
@@ -223,3 +210,44 @@ def test_outbox__put_many_all_or_nothing_when_full(tmp_path):
         ob.put_many([ev(note=big) for _ in range(50)])
     assert ob.pending() == before, "a failed batch must leave nothing half-written"
     ob.close()
+
+
+def test_outbox__reserved_seq_is_never_handed_out_again(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, site="s", device="d") as ob:
+        first = ob.put(ev())
+        held = ev()
+        reserved = ob.reserve_seq()
+        assert reserved == first + 1
+        assert ob.put(ev()) == first + 2, "an auto seq must skip the one reserved for a held event"
+        assert ob.put(held, seq=reserved) == reserved, "the held event keeps the seq it may have been sent with"
+        assert [r.id for r in ob.next_batch(0, 10)][1] == held.id
+        assert ob.top_seq() == first + 2
+    with Outbox(path, site="s", device="d") as ob:
+        assert ob.put(ev()) == first + 3
+
+
+def test_outbox__state_mark_is_honoured_only_when_the_file_is_behind_it(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, site="s", device="d") as ob:
+        top = max(ob.put(ev()) for _ in range(3))
+    with Outbox(path, site="s", device="d", seq_mark=top) as ob:
+        assert ob.recovery.seq_resumed_above is None, "the file's own counter is trusted when it is not behind"
+        assert ob.put(ev()) == top + 1
+    for f in tmp_path.glob("o.db*"):
+        f.unlink()  # a technician frees space, or outbox.path changed
+    with Outbox(path, site="s", device="d", seq_mark=top + 1) as ob:
+        assert ob.recovery.seq_resumed_above == top + 1 + 1000
+        assert ob.put(ev()) == top + 1 + 1000 + 1
+
+
+def test_outbox__salvaged_file_is_renamed_and_never_salvaged_twice(tmp_path):
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with Outbox(path, site="s", device="d") as ob:
+        aside = ob.recovery.moved_aside
+        assert aside is not None
+        assert aside.name.startswith("outbox.db.corrupt-")
+        assert aside.name.endswith(".salvaged")
+    with Outbox(path, site="s", device="d") as ob:
+        assert ob.recovery.moved_aside is None

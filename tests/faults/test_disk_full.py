@@ -55,7 +55,7 @@ pytestmark = pytest.mark.broker
 
 KIB = 1024
 MIB = 1024 * KIB
-HELD = re.compile(r"CRITICAL agent\.daemon: .*the event is not recorded on disk.*kept (\d+) events in memory only")
+HELD = re.compile(r"CRITICAL agent\.recorder: .*the event is not recorded on disk.*kept (\d+) events in memory only")
 
 
 @pytest.fixture

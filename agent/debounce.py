@@ -1,0 +1,61 @@
+"""Our own debounce: a level must hold ``debounce_ms`` to count, judged on the edges' own stamps.
+
+gpiozero's mock pins ignore ``bounce_time``, and real long wires at a gate pick
+up noise, so debounce is pure logic here, tested with a fake clock and a
+property-based test (tests/test_debounce_props.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+from agent.events import Stamp
+
+
+class Debouncer:
+    """Pure debounce logic, driven by explicit times so tests can use a fake clock.
+
+    Feed it every raw edge, in time order, with :meth:`edge`; call
+    :meth:`settle` at or after :meth:`deadline`.  A level must hold for
+    ``debounce_s`` to count; a glitch shorter than that is dropped.  The
+    accepted change carries the stamp of the first edge away from the previous
+    stable level.  Only the edges' own stamps decide: how late they are fed in
+    changes nothing.
+    """
+
+    def __init__(self, debounce_s: float, initial: bool) -> None:
+        self.debounce_s = debounce_s
+        self.stable = initial
+        self._level = initial
+        self._changed_at = -math.inf
+        self._first: Stamp | None = None
+
+    def edge(self, *, level: bool, stamp: Stamp) -> Stamp | None:
+        """Apply one raw edge; return the stamp of a change the level it ends had already earned.
+
+        The level before this edge held from the previous edge until
+        ``stamp.mono``: if that is ``debounce_s`` or more it is accepted here,
+        even when both edges waited in the queue behind a slow commit.
+        """
+        accepted = self.settle(stamp.mono)
+        if level != self._level:
+            self._level = level
+            self._changed_at = stamp.mono
+            if level != self.stable and self._first is None:
+                self._first = stamp
+        return accepted
+
+    def deadline(self) -> float | None:
+        if self._first is None:
+            return None
+        return self._changed_at + self.debounce_s
+
+    def settle(self, now: float) -> Stamp | None:
+        """Return the stamp of an accepted change (``stable`` flipped), else None."""
+        if self._first is None or now - self._changed_at < self.debounce_s:
+            return None
+        first, self._first = self._first, None
+        if self._level == self.stable:
+            return None
+        self.stable = self._level
+        return first

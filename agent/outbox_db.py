@@ -1,0 +1,139 @@
+"""The outbox's SQLite plumbing: durable connections, the schema, opening with recovery, the seq counter.
+
+Kept apart from :mod:`agent.outbox` (what is stored and when) so each stays
+small; nothing here decides policy beyond "seq never goes back".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import OutboxError
+from agent.outbox_lanes import LANE_INDEX
+from agent.outbox_recovery import CorruptError, is_corruption, move_aside, salvage_leftovers
+from agent.statefile import SEQ_MARGIN
+
+SCHEMA_VERSION = 1
+_WAL_AUTOCHECKPOINT_PAGES = 100
+_JOURNAL_SIZE_LIMIT = 1024 * 1024
+_CACHE_KIB = 256  # page cache per connection; SQLite's 2 MB default stays allocated after a big drain
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    alarm INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_evictable ON outbox (alarm, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What opening found: shown in ``agent_started`` and logged."""
+
+    pending: int
+    moved_aside: Path | None
+    salvaged: int
+    reason: str | None = None  # why the file was moved aside (SQLite's words)
+    seq_mark: int | None = None  # the state file's mark, when seq had to jump over it
+    seq_resumed_above: int | None = None
+
+
+def is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the cap (``max_page_count``) or the disk; both mean "evict, or hold"."""
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
+
+
+def count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def raise_seq(conn: sqlite3.Connection, top: int) -> None:
+    """Make SQLite's AUTOINCREMENT counter at least ``top`` (inside the caller's transaction)."""
+    if conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox' AND seq < ?", (top, top)).rowcount:
+        return
+    if conn.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'outbox'").fetchone() is None:
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
+
+
+def connect(path: Path, busy_s: float) -> sqlite3.Connection:
+    """WAL + synchronous=FULL: a commit survives a power cut; a small WAL keeps a full disk deletable."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_s)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+    return conn
+
+
+def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:
+    conn = connect(path, busy_s)
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise CorruptError(f"quick_check: {result}")
+        conn.executescript(_SCHEMA)
+        conn.executescript(LANE_INDEX)  # also upgrades an outbox written before the alarm lane
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise OutboxError(
+                f"{path} has outbox schema {version}, this agent knows {SCHEMA_VERSION}; "
+                "install the matching agent version",
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_or_recover(path: Path, busy_s: float, seq_mark: int) -> tuple[sqlite3.Connection, Recovery]:
+    """Open ``path``; move a corrupt file aside and salvage it; keep seq above ``seq_mark``.
+
+    Restartable: salvage looks for every moved-aside file not yet salvaged,
+    so a crash between moving a file and the salvage commit loses nothing.
+    """
+    reason: str | None = None
+    try:
+        try:
+            conn = _open_checked(path, busy_s)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise OutboxError(
+                    f"cannot open outbox {path}: {exc}; check the folder exists and is writable by this user",
+                ) from exc
+            reason = str(exc)
+            move_aside(path, exc)
+            conn = _open_checked(path, busy_s)
+    except OSError as exc:
+        raise OutboxError(f"cannot open outbox {path}: {exc}; check the folder exists and is writable") from exc
+    try:
+        aside, salvaged = salvage_leftovers(path, conn)
+        top = last_seq(conn)
+        floor = seq_mark + SEQ_MARGIN if seq_mark > top else None
+        if floor is not None:
+            # Below the state file's mark: not the file the mark came from (deleted, replaced, moved).
+            conn.execute("BEGIN IMMEDIATE")
+            raise_seq(conn, floor)
+            conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    if aside is not None and reason is None:
+        reason = "left moved aside by an earlier start that stopped before salvaging it"
+    return conn, Recovery(pending=count(conn), moved_aside=aside, salvaged=salvaged, reason=reason,
+                          seq_mark=seq_mark if floor is not None else None, seq_resumed_above=floor)

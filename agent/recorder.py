@@ -1,0 +1,375 @@
+"""Edge → durable event: one commit per batch, events held in memory, and the recent-events list.
+
+The inputs thread, the camera threads and the agent's start all record
+through :meth:`Recorder.record_many`, which never raises: whatever the outbox
+does (full, locked past its busy timeout, an I/O error, a bug), every event is
+either committed or held in memory, and said so in the log.
+
+Held events keep ``seq`` order and never lose their place:
+
+* each gets a seq at once (:meth:`Outbox.reserve_seq`), so it can be sent
+  before it is on disk and keeps that seq when it gets there;
+* while any event is held, or the last write failed and none has worked
+  since, new events join the queue behind it instead of overtaking it on the
+  way to disk, so the inputs thread never waits on an outbox already known to
+  be failing (the retry thread finds out when it works again);
+* the ``recorder-retry`` thread stores them as soon as the outbox takes
+  writes again (tried every :data:`RETRY_S`, at once when news arrives); an
+  alarm is tried even when a non-alarm before it does not fit a full disk;
+* the uplink reads :meth:`Recorder.held` after the outbox rows and sends them
+  directly while the link is up; one acknowledged that way is not stored at
+  all, one already stored is deleted from the outbox.
+* The memory queue is bounded (:data:`MAX_HELD`); past it the oldest
+  non-alarm goes first, an alarm only when nothing else is left, and every
+  drop is counted in the status's ``outbox.dropped``.
+
+Recent events are frozen :class:`RecentEvent` values in a tuple that is
+replaced, never changed in place, so readers on other threads (the control
+socket, paho's thread for a centre's ack) iterate a snapshot that cannot
+change under them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from agent.errors import OutboxError, OutboxFullError
+from agent.events import Clock, Event, EventType, Stamp
+from agent.outbox import Outbox, OutboxRow
+
+log = logging.getLogger(__name__)
+
+Item = tuple[EventType, str, Stamp, Mapping[str, Any]]
+RECENT = 50
+MAX_HELD = 10_000
+RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class RecentEvent:
+    """One recently recorded event as ``campus-agent status`` shows it."""
+
+    id: str
+    seq: int
+    type: str
+    source: str
+    ts: str
+    test: bool
+    delivered: bool = False
+    on_disk: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _nothing(*_args: object) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """What the rest of the agent hears from the recorder; a hook that raises is logged, never fatal."""
+
+    wake: Callable[[], None] = _nothing  # the sender: something new to send
+    changed: Callable[[], None] = _nothing  # the heartbeat: the status changed
+    alarm_recorded: Callable[[str, str], None] = _nothing  # (event id, source): LED/buzzer
+    alarm_delivered: Callable[[str], None] = _nothing  # event id
+    noted: Callable[[str, str, bool], None] = _nothing  # (input name, ts, test): the status's last_event
+    mark: Callable[[], None] = _nothing  # seqs were reserved: save the high-water mark now
+
+
+@dataclass(frozen=True)
+class _Held:
+    event: Event
+    row: OutboxRow
+
+
+class Recorder:
+    """Makes events durable (or holds them), keeps the recent list, answers the uplink about held events.
+
+    Args:
+        outbox: where events are committed.
+        clock: stamps, boot id.
+        site: for the stored document.
+        device: for the stored document.
+        test_mode: True while presses count as tests.
+        hooks: see :class:`Hooks`; may be filled in after construction.
+        max_held: bound of the memory fallback.
+
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        clock: Clock,
+        site: str,
+        device: str,
+        test_mode: Callable[[], bool] = lambda: False,
+        hooks: Hooks | None = None,
+        max_held: int = MAX_HELD,
+        retry_s: float = RETRY_S,
+    ) -> None:
+        self.outbox = outbox
+        self.hooks = hooks or Hooks()
+        self._clock = clock
+        self._site = site
+        self._device = device
+        self._test_mode = test_mode
+        self._max_held = max_held
+        self._retry_s = retry_s
+        self._put_lock = threading.Lock()  # one writer of the outbox at a time, in seq order
+        self._lock = threading.Lock()  # guards the fields below; never held across I/O
+        self._recent: tuple[RecentEvent, ...] = ()
+        self._held: dict[str, _Held] = {}  # insertion order is seq order
+        self._was_held: dict[str, bool] = {}  # id -> stored since; forgotten once delivered
+        self._dropped = 0
+        self._failing = False  # the last write failed and none has worked since
+        self._retry = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ---- recording -----------------------------------------------------------------
+
+    def record(self, type: EventType, source: str, stamp: Stamp, data: Mapping[str, Any]) -> None:  # noqa: A002
+        """Make one event durable, then wake the sender (cameras, agent_started)."""
+        self.record_many([(type, source, stamp, data)])
+
+    def record_many(self, items: list[Item]) -> None:
+        """Make events durable in one commit (one fsync), or hold them; never raises.
+
+        Called on the inputs thread with everything one poll accepted: under a
+        burst of presses, group commit keeps the button path from queueing
+        behind one fsync per event.
+        """
+        made = []
+        for type_, source, stamp, data in items:
+            test = type_.is_alarm and self._test_mode()
+            made.append((Event.create(self._clock, type_, source, at=stamp, test=test, data=data), test))
+        events = [e for e, _ in made]
+        with self._lock:
+            queue_behind = bool(self._held) or self._failing
+        seqs: list[int | None] = [None] * len(events)
+        if not queue_behind:
+            with self._put_lock:
+                seqs = self._put(events)
+        held = [e for e, s in zip(events, seqs, strict=True) if s is None]
+        reserved = self._hold(held) if held else {}
+        with self._lock:
+            fresh = tuple(
+                RecentEvent(e.id, s if s is not None else reserved[e.id], e.type.value, e.source, e.ts, test,
+                            on_disk=s is not None)
+                for (e, test), s in zip(made, seqs, strict=True)
+            )
+            self._recent = (*reversed(fresh), *self._recent)[:RECENT]
+        self._call(self.hooks.wake)
+        for (event, test), seq in zip(made, seqs, strict=True):
+            self._announce(event, test, seq, reserved.get(event.id))
+        if held:
+            self._call(self.hooks.mark)
+            self._retry.set()
+        self._call(self.hooks.changed)
+
+    def _put(self, events: list[Event]) -> list[int | None]:
+        """Commit what the outbox takes; None for each event it did not."""
+        self._failing = True  # until a write below proves otherwise
+        try:
+            seqs = list(self.outbox.put_many(events))
+        except OutboxFullError:
+            pass  # one by one: alarms still fit the reserve where the whole batch did not
+        except OutboxError as exc:
+            log.critical("%s; kept %d events in memory only, retrying every second", exc, len(events))
+            return [None] * len(events)
+        except Exception:
+            log.critical("recording %d events failed unexpectedly; kept in memory, retrying every second",
+                         len(events), exc_info=True)
+            return [None] * len(events)
+        else:
+            self._failing = False
+            return list(seqs)
+        one_by_one: list[int | None] = []
+        for event in events:
+            try:
+                one_by_one.append(self.outbox.put(event))
+                self._failing = False
+            except OutboxError as exc:
+                log.critical("%s; kept %d events in memory only, retrying every second", exc, len(self._held) + 1)
+                one_by_one.append(None)
+            except Exception:
+                log.critical("recording a %s event failed unexpectedly; kept in memory", event.type.value,
+                             exc_info=True)
+                one_by_one.append(None)
+        return one_by_one
+
+    def _hold(self, events: list[Event]) -> dict[str, int]:
+        reserved = {}
+        created = self._clock.wall()
+        with self._lock:
+            for event in events:
+                seq = self.outbox.reserve_seq()
+                reserved[event.id] = seq
+                row = OutboxRow(seq, event.id, event.type.value, event.type.is_alarm, created,
+                                event.body(self._site, self._device))
+                self._held[event.id] = _Held(event, row)
+                self._was_held[event.id] = False
+            while len(self._held) > self._max_held:
+                self._drop_one()
+        self._ensure_thread()
+        return reserved
+
+    def _drop_one(self) -> None:
+        victim = next((k for k, h in self._held.items() if not h.event.type.is_alarm), next(iter(self._held)))
+        gone = self._held.pop(victim)
+        self._was_held.pop(victim, None)
+        self._dropped += 1
+        self.outbox.note_dropped(1)
+        log.error("memory fallback full (%d events): dropped %s event %s seq %d (%d dropped so far)%s",
+                  self._max_held, gone.event.type.value, victim, gone.row.seq, self._dropped,
+                  "" if not gone.event.type.is_alarm else "; every held event is an alarm")
+
+    def _announce(self, event: Event, test: bool, seq: int | None, reserved: int | None) -> None:
+        if event.type.is_alarm:
+            self._call(self.hooks.alarm_recorded, event.id, event.source)
+        if event.type is not EventType.AGENT_STARTED:
+            self._call(self.hooks.noted, event.source, event.ts, test)
+        what = f"{event.type.value}{' (test)' if test else ''} from {event.source}"
+        if seq is not None:
+            log.info("recorded %s as seq %d (id %s)", what, seq, event.id)
+        else:
+            log.error("held %s in memory, not yet on disk (id %s); reserved seq %s", what, event.id, reserved)
+
+    # ---- held events ------------------------------------------------------------------
+
+    def held(self) -> list[OutboxRow]:
+        """Events held in memory, oldest first, ready to send directly (the uplink's hook)."""
+        with self._lock:
+            return [h.row for h in self._held.values()]
+
+    def held_count(self) -> int:
+        return len(self._held)
+
+    def flush_held(self) -> int:
+        """Store held events the outbox takes now, in seq order; return how many were stored."""
+        stored = 0
+        with self._put_lock:
+            for held in self.held():
+                with self._lock:
+                    if held.id not in self._held:
+                        continue  # delivered directly meanwhile: nothing left to store
+                    event = self._held[held.id].event
+                try:
+                    seq = self.outbox.put(event, seq=held.seq)
+                except OutboxFullError:
+                    continue  # a non-alarm that does not fit must not keep an alarm behind it off the disk
+                except OutboxError:
+                    break
+                self._failing = False
+                stored += 1
+                with self._lock:
+                    delivered_meanwhile = self._held.pop(held.id, None) is None
+                    if not delivered_meanwhile:
+                        self._was_held[held.id] = True
+                    self._recent = tuple(dataclasses.replace(r, on_disk=True) if r.id == held.id else r
+                                         for r in self._recent)
+                log.warning("event %s kept in memory is now recorded as seq %d", held.id, seq)
+                if delivered_meanwhile:
+                    self._ack_stored(seq)
+        if stored:
+            self._call(self.hooks.wake)
+            self._call(self.hooks.changed)
+        return stored
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            self._thread = threading.Thread(target=self._run_retry, name="recorder-retry", daemon=True)
+            self._thread.start()
+
+    def _run_retry(self) -> None:
+        while True:
+            self._retry.wait(self._retry_s if self._held else None)
+            self._retry.clear()
+            if self._closed:
+                return
+            try:
+                self.flush_held()
+            except Exception:
+                log.exception("storing events held in memory failed; they are kept and retried")
+
+    def _ack_stored(self, seq: int) -> None:
+        try:
+            self.outbox.ack([seq])
+        except OutboxError as exc:
+            log.warning("%s; the event may be sent once more", exc)
+
+    # ---- delivery and the recent list ----------------------------------------------------
+
+    def delivered(self, row: OutboxRow) -> None:
+        """The broker acknowledged ``row`` (from the outbox or sent directly from memory)."""
+        with self._lock:
+            if any(r.id == row.id for r in self._recent):
+                self._recent = tuple(dataclasses.replace(r, delivered=True) if r.id == row.id else r
+                                     for r in self._recent)
+            self._held.pop(row.id, None)
+            stored = self._was_held.pop(row.id, False)
+        if stored:
+            self._ack_stored(row.seq)  # sent directly but also stored since: the stored copy need not go
+        if row.alarm:
+            self._call(self.hooks.alarm_delivered, row.id)
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The last :data:`RECENT` events, newest first, as plain dicts (a snapshot)."""
+        return [r.as_dict() for r in self._recent]
+
+    def knows(self, event_id: str) -> bool:
+        return any(r.id == event_id for r in self._recent)
+
+    @property
+    def dropped(self) -> int:
+        """Events the memory fallback had to drop (also in the outbox's ``dropped``)."""
+        return self._dropped
+
+    # ---- lifetime ----------------------------------------------------------------------
+
+    @staticmethod
+    def _call(hook: Callable[..., None], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("recorder hook %s failed; the event itself is safe", getattr(hook, "__name__", hook))
+
+    def close(self) -> None:
+        """Stop the retry thread after one last attempt to store what is held; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        self._retry.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(15.0)
+        if self._held:
+            try:
+                self.flush_held()
+            except Exception:
+                log.exception("storing held events at stop failed")
+        if self._held:
+            log.critical("stopping with %d events not on disk (ids %s); they are lost",
+                         len(self._held), ", ".join(list(self._held)[:20]))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<Recorder closed>"
+        return f"<Recorder recent={len(self._recent)} held={len(self._held)} dropped={self._dropped}>"

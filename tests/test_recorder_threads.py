@@ -1,0 +1,101 @@
+"""Long-lived threads on the recording path survive faults and keep what they hold (issue 9 item 5).
+
+Here: the uplink's sender when the outbox fails an ack (a commit stuck past its
+busy timeout raises OutboxError on the sender's thread).  The row must stay
+in the outbox, be sent again and end up acknowledged; the thread carries on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from agent.errors import OutboxError
+from agent.events import Clock, Event, EventType
+from agent.outbox import Outbox
+from agent.recorder import Recorder
+from agent.uplink import Uplink
+from tests.support.mqtt import Central
+from tests.test_uplink import mqtt_cfg
+
+pytestmark = pytest.mark.broker
+CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+
+
+class AckFailsOnce(Outbox):
+    failures = 1
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise OutboxError(f"outbox {self.path}: cannot delete acknowledged events: database is locked")
+        return super().ack(seqs)
+
+
+def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, device, caplog):
+    root = f"campus/main/{device}"
+    outbox = AckFailsOnce(tmp_path / "outbox.db", site="main", device=device)
+    delivered: list[int] = []
+    central = Central(broker.port, topics=(f"{root}/event/#",))
+    uplink = Uplink(mqtt_cfg(broker.port, client_id=device), topic_root=root, outbox=outbox,
+                    status=lambda: {"v": 1, "state": "online"},
+                    offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+                    on_delivered=lambda row: delivered.append(row.seq))
+    try:
+        uplink.start()
+        event = Event.create(CLOCK, EventType.PANIC, "panic")
+        seq = outbox.put(event)
+        uplink.wake()
+        deadline = time.monotonic() + 30
+        while (outbox.pending() or not delivered) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outbox.pending() == 0, "the row whose ack failed was never acknowledged"
+        assert delivered == [seq]
+        copies: list[Any] = [d for d in central.events("panic") if d["id"] == event.id]
+        assert len(copies) >= 2, "the row must be sent again after the failed ack"
+        assert "failed unexpectedly; reconnecting" in caplog.text
+    finally:
+        uplink.stop()
+        central.close()
+        outbox.close()
+
+
+class Unusable(Outbox):
+    """An outbox on a disk that fails every read and write (I/O errors)."""
+
+    def next_batch(self, after_seq: int, limit: int) -> Any:
+        raise sqlite3.DatabaseError("disk I/O error")
+
+    def _insert(self, rows: Any, *, all_alarms: bool) -> list[int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(tmp_path, broker, device):
+    root = f"campus/main/{device}"
+    outbox = Unusable(tmp_path / "outbox.db", site="main", device=device)
+    recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.5)
+    central = Central(broker.port, topics=(f"{root}/event/#",))
+    uplink = Uplink(mqtt_cfg(broker.port, client_id=device), topic_root=root, outbox=outbox,
+                    status=lambda: {"v": 1, "state": "online"},
+                    offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+                    on_delivered=recorder.delivered, held=recorder.held)
+    recorder.hooks.wake = uplink.wake
+    try:
+        uplink.start()
+        recorder.record_many([(EventType.PANIC, "panic", CLOCK.stamp(), {})])
+        held = recorder.recent()[0]
+        msg = central.wait_for(lambda m: m.topic == f"{root}/event/panic", timeout=20)
+        assert (msg.doc["id"], msg.doc["seq"]) == (held["id"], held["seq"])
+        deadline = time.monotonic() + 20
+        while recorder.held_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert recorder.held_count() == 0, "the PUBACK of the directly sent alarm was never processed"
+    finally:
+        uplink.stop()
+        central.close()
+        recorder.close()
+        outbox.close()

@@ -1,0 +1,45 @@
+"""agent-state.json: round trip, damage reads as empty, and safe writes in a shared folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agent.statefile import State, StateFile
+
+
+def test_statefile__round_trip_and_damage(tmp_path: Path) -> None:
+    sf = StateFile(tmp_path / "agent-state.json")
+    assert sf.load() == State(None, 0)
+    sf.save(State("boot-1", 42))
+    assert StateFile(tmp_path / "agent-state.json").load() == State("boot-1", 42)
+    (tmp_path / "agent-state.json").write_text("{not json")
+    assert sf.load() == State(None, 0)
+
+
+def test_statefile__planted_symlink_at_the_old_temp_name_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    for name in (".agent-state.json.tmp", ".agent-state.json.tmp.tmp"):
+        (tmp_path / name).symlink_to(victim)
+    sf = StateFile(tmp_path / "agent-state.json")
+    sf.save(State("boot-1", 7))
+    assert victim.read_text() == "precious", "the state file write followed a planted symlink"
+    assert sf.load() == State("boot-1", 7)
+    assert not (tmp_path / "agent-state.json").is_symlink()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+    assert leftovers == [], "temporary files must not be left behind"
+
+
+def test_statefile__unwritable_folder_warns_once_and_keeps_running(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        sf = StateFile(folder / "agent-state.json")
+        sf.save(State("b", 1))
+        sf.save(State("b", 2))
+        if os.geteuid() != 0:  # root writes anyway
+            assert caplog.text.count("cannot write") == 1
+    finally:
+        folder.chmod(0o700)
