@@ -67,7 +67,7 @@ def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, d
 class Unusable(Outbox):
     """An outbox on a disk that fails every read and write (I/O errors)."""
 
-    def next_batch(self, after_seq: int, limit: int) -> Any:
+    def next_batch(self, after_seq: int, limit: int, *, urgent: bool | None = None) -> Any:
         raise sqlite3.DatabaseError("disk I/O error")
 
     def _insert(self, rows: Any, *, all_alarms: bool) -> list[int]:
