@@ -127,8 +127,12 @@ class PhotoStore:
         if self._closed:
             raise OutboxError(f"photo store {self.path} is closed")
 
-    def put(self, photo: Photo) -> int:
-        """Commit ``photo`` durably, dropping the oldest photos to stay under the cap; return how many were dropped.
+    def put(self, photo: Photo) -> list[tuple[str, str]]:
+        """Commit ``photo`` durably, dropping the oldest photos to stay under the cap.
+
+        Returns:
+            The (event_id, camera) of each photo dropped to make room, oldest first,
+            so each can be reported (``snapshot_failed``, reason ``dropped``).
 
         Raises:
             OutboxError: the store is closed, or the photo alone is larger than the whole cap.
@@ -145,12 +149,13 @@ class PhotoStore:
             try:
                 conn.execute("DELETE FROM photos WHERE event_id = ? AND camera = ?", (photo.event_id, photo.camera))
                 total = int(conn.execute("SELECT coalesce(sum(size), 0) FROM photos").fetchone()[0])
-                dropped = 0
+                dropped: list[tuple[str, str]] = []
                 while total + size > self.cap_bytes:
-                    seq, old = conn.execute("SELECT seq, size FROM photos ORDER BY seq LIMIT 1").fetchone()
+                    seq, old, eid, cam = conn.execute(
+                        "SELECT seq, size, event_id, camera FROM photos ORDER BY seq LIMIT 1").fetchone()
                     conn.execute("DELETE FROM photos WHERE seq = ?", (seq,))
                     total -= int(old)
-                    dropped += 1
+                    dropped.append((str(eid), str(cam)))
                 conn.execute(
                     "INSERT INTO photos (event_id, camera, part, parts, taken_ms, size, jpeg) VALUES (?,?,?,?,?,?,?)",
                     (photo.event_id, photo.camera, photo.part, photo.parts, int(photo.taken * 1000), size,
@@ -158,7 +163,7 @@ class PhotoStore:
                 )
                 if dropped:
                     conn.execute("INSERT INTO meta (key, value) VALUES ('dropped', ?) "
-                                 "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value", (dropped,))
+                                 "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value", (len(dropped),))
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -166,10 +171,10 @@ class PhotoStore:
                 raise
             self._bytes = total + size
             self._pending = int(conn.execute("SELECT count(*) FROM photos").fetchone()[0])
-            self._dropped += dropped
+            self._dropped += len(dropped)
         if dropped:
             log.warning("photo store over %d MiB: dropped the %d oldest photo(s) to keep %s",
-                        self.cap_bytes >> 20, dropped, photo)
+                        self.cap_bytes >> 20, len(dropped), photo)
         return dropped
 
     def pending(self, limit: int = 8) -> list[Photo]:

@@ -55,7 +55,7 @@ _PI_START_S = 2.0  # seconds a Pi camera may take to open and start on top of ti
 _USER_AGENT = "campus-edge-agent snapshot"
 
 REASONS = ("unreachable", "timeout", "login", "http_error", "not_jpeg", "too_large", "camera_error", "hung",
-           "busy", "store_error", "stopped")
+           "busy", "store_error", "stopped", "dropped")
 
 
 class SnapshotError(CameraError):
@@ -296,12 +296,15 @@ class Snapshots:
             jpeg = self._bounded(w)
             photo = Photo(job.event_id, name, jpeg, self._wall(), job.part, job.parts)
             try:
-                self._store.put(photo)
+                dropped = self._store.put(photo)
             except Exception as exc:
                 raise SnapshotError("store_error", f"photo store: {type(exc).__name__}: {exc}") from None
         except SnapshotError as exc:
             self._failed(job.event_id, name, exc)
             return
+        for old_event, old_camera in dropped:
+            self._failed(old_event, old_camera, SnapshotError(
+                "dropped", f"dropped unsent to make room in the photo store (snapshots.max_mb {self.cfg.max_mb:g})"))
         log.info("snapshot %s for event %s: %d bytes stored", name, job.event_id, len(jpeg))
         self._call(self._on_stored)
 
