@@ -55,7 +55,7 @@ _PI_START_S = 2.0  # seconds a Pi camera may take to open and start on top of ti
 _USER_AGENT = "campus-edge-agent snapshot"
 
 REASONS = ("unreachable", "timeout", "login", "http_error", "not_jpeg", "too_large", "camera_error", "hung",
-           "busy", "store_error", "stopped", "dropped")
+           "busy", "store_error", "stopped", "dropped", "refused")  # refused: photosend.PhotoDrain
 
 
 class SnapshotError(CameraError):
