@@ -50,7 +50,7 @@ STATE_VERSION = 1
 BUCKETS_PER_DOUBLING = 4
 BUCKET_FLOOR_S = 0.001  # bucket 0 holds everything below 1 ms
 BUCKETS = 4 * 32  # up to 2**32 ms (about 50 days); the last bucket also holds anything longer
-MAX_PATHS = 16  # brokers remembered; the least recently used beyond this are forgotten
+MAX_PATHS = 8  # brokers remembered; the least recently used beyond this are forgotten
 
 _MINUTE, _HOUR, _DAY = 60, 3600, 86400
 _HOUR_RING = (_MINUTE, 60)  # slot length (s), slots kept
@@ -232,7 +232,8 @@ class LinkStats:
             self._mark = max(self._mark, now) if self._since is not None else now
             return
         up = self._up is not None
-        t = self._mark
+        # a long gap (or a clock jumping years ahead) is walked only over the hours still kept
+        t = max(self._mark, now - _HOUR * (self._hours.keep + 1))
         while t < now:
             end = min(now, (math.floor(t / _HOUR) + 1) * _HOUR)
             hour = self._hour(t)
@@ -265,7 +266,9 @@ class LinkStats:
         """The ``link.stats`` status object; every figure names its period and the start of its first slot."""
         with self._lock:
             self._advance(now)
-            paths = {broker: self._path_doc(p, now) for broker, p in sorted(self._paths.items())}
+            docs = {broker: self._path_doc(p, now) for broker, p in sorted(self._paths.items())}
+            # a broker with nothing in 31 days (taken out of the config) leaves status, which must stay small
+            paths = {broker: doc for broker, doc in docs.items() if doc["31d"]["count"]}
             return {
                 "since": iso_ms(self._since) if self._since is not None else None,
                 "transmit": paths,

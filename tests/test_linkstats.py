@@ -68,7 +68,7 @@ def test_linkstats__windows_expire() -> None:
     assert _tx(stats, T0 + 60 * 60)["count"] == 1  # the first minute slot left the hour
     assert _tx(stats, T0 + 90 * 60)["count"] == 0
     assert _tx(stats, T0 + 30 * 86400, "31d")["count"] == 2
-    assert _tx(stats, T0 + 31 * 86400, "31d")["count"] == 0
+    assert BROKER not in stats.snapshot(T0 + 31 * 86400)["transmit"]
 
 
 def test_linkstats__availability_through_outages() -> None:
@@ -242,3 +242,77 @@ def test_linkstats__snapshot_is_valid_in_the_status_schema() -> None:
     link_stats = schema["$defs"]["link_stats"]
     jsonschema.validate(stats.snapshot(T0 + 60), {**link_stats, "$defs": schema["$defs"]})
     jsonschema.validate(LinkStats(T0).snapshot(T0), {**link_stats, "$defs": schema["$defs"]})
+
+
+def test_linkstats__status_stays_small() -> None:
+    stats = LinkStats(T0)
+    stats.link_up(BROKER, T0)
+    for i in range(MAX_PATHS):
+        stats.delivered(f"broker-{i}.campus.example.org:8883", 0.1, T0 + i)
+    stats.link_down(T0 + 100)
+    doc = stats.snapshot(T0 + 200)
+    assert len(json.dumps(doc)) < 3000
+    later = stats.snapshot(T0 + 32 * 86400)
+    assert later["transmit"] == {}, "a broker silent for 31 days leaves the status"
+    assert len(json.dumps(later)) < 500
+
+
+def test_linkstats__years_long_clock_jump_is_cheap_and_bounded() -> None:
+    stats = LinkStats(T0)
+    stats.link_up(BROKER, T0)
+    far = T0 + 40 * 365 * 86400
+    doc = stats.snapshot(far)["availability"]["7d"]
+    assert doc["percent"] == 100.0
+    assert 7 * 86400 - 3600 <= doc["observed_s"] <= 7 * 86400  # the current hour has only begun
+    assert len(stats._hours.slots) <= 7 * 24 + 1
+
+
+steps = st.lists(st.tuples(st.floats(min_value=0.0, max_value=7200.0, allow_nan=False),
+                           st.sampled_from(["up-a", "up-b", "down", "restart"])), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=steps, gap=st.floats(min_value=0.0, max_value=3600.0, allow_nan=False))
+def test_linkstats__availability_matches_an_exact_timeline(script: list[tuple[float, str]], gap: float) -> None:
+    """Any connects, disconnects and restarts (each restart down for ``gap`` s): figures equal the exact timeline."""
+    stats = LinkStats(T0)
+    now = T0
+    since: float | None = None
+    up = False
+    up_s = 0.0
+    downs: list[float] = []  # closed outages' lengths
+    down_from: float | None = None
+    for dt, action in script:
+        if up:
+            up_s += dt
+        now += dt
+        if action == "restart":
+            saved = json.loads(json.dumps(stats.to_state(now)))
+            now += gap
+            stats = LinkStats.from_state(saved, now)
+            if since is not None and down_from is None:
+                down_from = now - gap
+            up = False
+        elif action == "down":
+            stats.link_down(now)
+            if since is not None and down_from is None:
+                down_from = now
+            up = False
+        else:
+            stats.link_up(f"broker-{action[-1]}:1883", now)
+            since = now if since is None else since
+            if down_from is not None:
+                downs.append(now - down_from)
+                down_from = None
+            up = True
+    av = stats.snapshot(now)["availability"]["7d"]
+    if since is None:
+        assert av["percent"] is None
+        return
+    observed = now - since
+    assert av["observed_s"] == round(observed)
+    if observed > 0:
+        assert av["percent"] == pytest.approx(100 * up_s / observed, abs=0.002)
+    running = [now - down_from] if down_from is not None else []
+    assert av["outages"] == len(downs) + len(running)
+    assert av["longest_outage_s"] == pytest.approx(max(downs + running, default=0.0), abs=0.1)

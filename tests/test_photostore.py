@@ -58,8 +58,8 @@ def test_photostore__survives_reopen_with_parts_and_times(tmp_path: Path) -> Non
 def test_photostore__cap_drops_oldest_photos_and_counts_them(tmp_path: Path) -> None:
     path = tmp_path / "photos.db"
     with PhotoStore(path, max_mb=1) as store:  # room for 5 photos of 200 kB
-        for i in range(8):
-            store.put(photo(f"e{i}", size=200 * KB, seed=i))
+        dropped = [store.put(photo(f"e{i}", size=200 * KB, seed=i)) for i in range(8)]
+        assert dropped == [[]] * 5 + [[("e0", "gate-cam")], [("e1", "gate-cam")], [("e2", "gate-cam")]]
         assert [p.event_id for p in store.pending(10)] == ["e3", "e4", "e5", "e6", "e7"]
         assert store.stats().dropped == 3
         assert store.stats().bytes <= store.cap_bytes
@@ -212,3 +212,20 @@ class StoreMachine(RuleBasedStateMachine):
 
 StoreMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=20, deadline=None)
 test_photostore__stateful = StoreMachine.TestCase
+
+
+def test_photostore__stats_fit_the_status_schema(tmp_path: Path) -> None:
+    import dataclasses
+
+    import jsonschema
+
+    from agent.schemas import load
+
+    schema = load("status")
+    with PhotoStore(tmp_path / "photos.db", max_mb=1) as store:
+        for i in range(7):
+            store.put(photo(f"e{i}", size=200 * KB, seed=i))
+        stats = dataclasses.asdict(store.stats())
+    doc = {k: stats[k] for k in ("pending", "bytes", "dropped")}
+    assert doc == {"pending": 5, "bytes": 5 * 200 * KB, "dropped": 2}
+    jsonschema.validate(doc, {**schema["$defs"]["photos"], "$defs": schema["$defs"]})
