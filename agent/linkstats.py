@@ -108,7 +108,7 @@ class _Hist:
         return self.top
 
     def dump(self) -> list[Any]:
-        return [self.count, round(self.total, 4), round(self.top, 4), sorted(self.buckets.items())]
+        return [self.count, round(self.total, 6), self.top, sorted(self.buckets.items())]
 
     @classmethod
     def load(cls, doc: Any) -> _Hist:
@@ -328,7 +328,7 @@ class LinkStats:
                         "days": _dump_ring(p.days.slots.items())}
                     for b, p in self._paths.items()
                 },
-                "hours": [[i, round(h.up_s, 3), round(h.down_s, 3), h.outages, round(h.longest_s, 1)]
+                "hours": [[i, h.up_s, h.down_s, h.outages, round(h.longest_s, 1)]
                           for i, h in self._hours.slots.items()],
             }
 
