@@ -211,3 +211,68 @@ def test_photo_drain__broker_acl_refusal_drops_the_photo(tmp_path: Path, store: 
     finally:
         tx.close()
         b.stop()
+
+
+# ---- the rule composed with a real outbox: what the sender will do -------------------------------------
+
+class SenderModel:
+    """The sender's round as uplink.py will run it: events from the outbox first, then at most one photo."""
+
+    def __init__(self, outbox: Any, drain: PhotoDrain) -> None:
+        self.outbox = outbox
+        self.drain = drain
+        self.inflight_events: dict[int, int] = {}  # mid -> seq
+        self.wire: list[str] = []
+        self.mid = 0
+
+    def round(self) -> None:
+        sent = set(self.inflight_events.values())
+        for row in self.outbox.next_batch(0, 100):
+            if row.seq not in sent:
+                self.mid += 1
+                self.inflight_events[self.mid] = row.seq
+                self.wire.append(f"event:{row.type}:{row.id}")
+        idle = not self.inflight_events and self.outbox.pending() == 0
+        msg = self.drain.take(events_idle=idle)
+        if msg is not None:
+            self.mid += 1
+            self.drain.sent(self.mid, msg)
+            self.wire.append(f"photo:{dict(msg.user_properties)['event_id']}")
+
+    def ack_all(self) -> None:
+        for mid, seq in list(self.inflight_events.items()):
+            self.outbox.ack([seq])
+            del self.inflight_events[mid]
+        if self.drain.busy:
+            assert self.drain._inflight is not None
+            self.drain.settle(self.drain._inflight[0])
+
+
+def test_photo_drain__alarm_first_and_a_new_alarm_overtakes_pending_photos(tmp_path: Path, store: PhotoStore) -> None:
+    from agent.events import Clock, Event, EventType
+    from agent.outbox import Outbox
+
+    clock = Clock(boot_id="b" * 32)
+    with Outbox(tmp_path / "outbox.db", site="main", device="gate-1") as outbox:
+        model = SenderModel(outbox, PhotoDrain(store, ROOT, on_failed=Failures()))
+        first = Event.create(clock, EventType.PANIC, "panic")
+        outbox.put(first)
+        store.put(photo(first.id, "a-cam", 1, 2))  # both photos are ready at once (a fast camera)
+        store.put(photo(first.id, "b-cam", 2, 2))
+        model.round()
+        assert model.wire == [f"event:panic:{first.id}"], "the alarm goes first, no photo with it"
+        model.ack_all()
+        model.round()
+        assert model.wire[-1] == f"photo:{first.id}"
+        second = Event.create(clock, EventType.PANIC, "panic")
+        outbox.put(second)  # a new alarm while the second photo still waits
+        model.ack_all()
+        model.round()
+        assert model.wire[-1] == f"event:panic:{second.id}", "the new alarm overtakes the waiting photo"
+        model.ack_all()
+        model.round()
+        assert model.wire[-1] == f"photo:{first.id}"
+        model.ack_all()
+        model.round()
+        assert store.pending() == []
+        assert [w.split(":")[0] for w in model.wire] == ["event", "photo", "event", "photo"]
