@@ -1,0 +1,389 @@
+"""Transmission times and link availability, measured the way an alarm receiver measures a path.
+
+EN 50136-1 practice judges an alarm transmission path by the *transmission
+time* (event recorded → receiver has it; we use record → broker PUBACK) as a
+mean and a 95th percentile, and by *availability* (the share of time the path
+could carry an alarm).  This module keeps both with bounded memory:
+
+* per broker (path), a histogram of transmission times in fixed log-spaced
+  buckets (4 per doubling, so any quantile read back is at most one bucket,
+  about 19 %, above the exact value), kept per minute for the last hour and per
+  UTC day for the last 31 days, plus exact count, sum (→ mean) and maximum;
+* for the link as a whole (connected to any broker), connected and
+  disconnected seconds per hour for the last 7 days, and each outage counted,
+  with its length, in the hour it ended.
+
+Windows are wall-clock slots, because the figures must survive restarts and
+the monotonic clock does not.  "Last hour" is the current minute and the 59
+before it; "31 d" the current UTC day and the 30 before; "24 h" and "7 d" the
+current hour and the 23 (167) before; every figure in :meth:`LinkStats.snapshot`
+carries its period and the start of its first slot.  A clock that steps back
+more than one slot drops the slots now "in the future".
+
+Restarts: :meth:`LinkStats.to_state` is saved with the agent's state file;
+:meth:`LinkStats.from_state` counts the whole time between that save and the
+next connect as one outage (the centre heard nothing then), joined to an
+outage already running at the save.  Up-time after the last save and before a
+crash (at most one save interval) is therefore counted as down: the figures
+err on the side of the operator.  Before the very first connect nothing is
+counted: an uninstalled device has no path to measure.
+
+Thread-safe: the sender thread calls :meth:`delivered`, :meth:`link_up` and
+:meth:`link_down`; the heartbeat thread calls :meth:`snapshot` and
+:meth:`to_state`.  Every call is O(slots) at most and never blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.events import iso_ms
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+BUCKETS_PER_DOUBLING = 4
+BUCKET_FLOOR_S = 0.001  # bucket 0 holds everything below 1 ms
+BUCKETS = 4 * 32  # up to 2**32 ms (about 50 days); the last bucket also holds anything longer
+MAX_PATHS = 8  # brokers remembered; the least recently used beyond this are forgotten
+
+_MINUTE, _HOUR, _DAY = 60, 3600, 86400
+_HOUR_RING = (_MINUTE, 60)  # slot length (s), slots kept
+_MONTH_RING = (_DAY, 31)
+_AVAIL_RING = (_HOUR, 7 * 24)
+_PERIODS_AV = (("24h", 24), ("7d", 7 * 24))
+
+
+def bucket_of(latency_s: float) -> int:
+    """The histogram bucket of a transmission time in seconds (0 below 1 ms, capped at the last)."""
+    if not latency_s >= BUCKET_FLOOR_S:  # also catches NaN
+        return 0
+    i = 1 + int(math.log2(latency_s / BUCKET_FLOOR_S) * BUCKETS_PER_DOUBLING)
+    return min(i, BUCKETS - 1)
+
+
+def bucket_upper(index: int) -> float:
+    """The upper edge (seconds) of a bucket: bucket ``i`` holds ``[upper(i-1), upper(i))``."""
+    return BUCKET_FLOOR_S * 2 ** (index / BUCKETS_PER_DOUBLING)
+
+
+@dataclass
+class _Hist:
+    """One slot's transmission times: exact count, sum and max, and the bucket counts."""
+
+    count: int = 0
+    total: float = 0.0
+    top: float = 0.0
+    buckets: dict[int, int] = field(default_factory=dict)
+
+    def add(self, latency_s: float, n: int = 1) -> None:
+        self.count += n
+        self.total += latency_s * n
+        self.top = max(self.top, latency_s)
+        b = bucket_of(latency_s)
+        self.buckets[b] = self.buckets.get(b, 0) + n
+
+    def merge(self, other: _Hist) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.top = max(self.top, other.top)
+        for b, c in other.buckets.items():
+            self.buckets[b] = self.buckets.get(b, 0) + c
+
+    def quantile(self, q: float) -> float | None:
+        """Nearest-rank quantile, read as its bucket's upper edge but never above the exact maximum."""
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for b in sorted(self.buckets):
+            seen += self.buckets[b]
+            if seen >= rank:
+                return min(bucket_upper(b), self.top)
+        return self.top
+
+    def dump(self) -> list[Any]:
+        return [self.count, round(self.total, 6), self.top, sorted(self.buckets.items())]
+
+    @classmethod
+    def load(cls, doc: Any) -> _Hist:
+        count, total, top, pairs = doc
+        h = cls(int(count), float(total), float(top), {int(b): int(c) for b, c in pairs})
+        if h.count < 0 or any(not 0 <= b < BUCKETS or c < 0 for b, c in h.buckets.items()):
+            raise ValueError("histogram out of range")
+        return h
+
+
+class _Ring:
+    """Slots of ``width`` seconds, at most ``keep`` of them, keyed by ``floor(wall / width)``."""
+
+    def __init__(self, width: int, keep: int) -> None:
+        self.width = width
+        self.keep = keep
+        self.slots: dict[int, Any] = {}
+
+    def index(self, now: float) -> int:
+        return int(now // self.width)
+
+    def prune(self, now: float) -> None:
+        cur = self.index(now)
+        stale = [i for i in self.slots if i <= cur - self.keep or i > cur + 1]
+        for i in stale:
+            del self.slots[i]
+
+    def window(self, now: float, slots: int | None = None) -> tuple[float, list[Any]]:
+        """(start of the window's first slot, the slots inside it), for the last ``slots`` slots."""
+        cur = self.index(now)
+        n = self.keep if slots is None else slots
+        first = cur - n + 1
+        return first * self.width, [v for i, v in self.slots.items() if first <= i <= cur + 1]
+
+
+@dataclass
+class _Hour:
+    """One hour of the link: seconds connected and not, outages that ended in it and the longest (s)."""
+
+    up_s: float = 0.0
+    down_s: float = 0.0
+    outages: int = 0
+    longest_s: float = 0.0
+
+
+class _Path:
+    def __init__(self) -> None:
+        self.minutes = _Ring(*_HOUR_RING)
+        self.days = _Ring(*_MONTH_RING)
+        self.used = 0.0
+
+
+class LinkStats:
+    """Transmission times per broker and link availability, with bounded memory; see the module docstring.
+
+    Args:
+        now: wall-clock time (s) the agent started; nothing is counted before the first :meth:`link_up`.
+
+    """
+
+    def __init__(self, now: float | None = None) -> None:
+        self._lock = threading.Lock()
+        self._paths: dict[str, _Path] = {}
+        self._hours = _Ring(*_AVAIL_RING)
+        self._since: float | None = None  # first connect ever: availability is counted from here
+        self._up: str | None = None  # broker in use, None while disconnected
+        self._mark = now or 0.0  # time up to which up/down seconds have been attributed
+        self._outage_start: float | None = None
+
+    def __repr__(self) -> str:
+        with self._lock:
+            state = f"up via {self._up}" if self._up else ("down" if self._since is not None else "never connected")
+            return f"<LinkStats {state}, {len(self._paths)} paths, {len(self._hours.slots)} hours>"
+
+    # ---- inputs (sender thread) -------------------------------------------
+
+    def delivered(self, broker: str, latency_s: float, now: float) -> None:
+        """One event acknowledged by ``broker``, ``latency_s`` seconds after it was recorded."""
+        latency_s = max(0.0, latency_s) if math.isfinite(latency_s) else 0.0
+        with self._lock:
+            path = self._paths.get(broker)
+            if path is None:
+                path = self._paths[broker] = _Path()
+            path.used = now
+            if len(self._paths) > MAX_PATHS:
+                self._forget_paths()
+            for ring in (path.minutes, path.days):
+                i = ring.index(now)
+                slot = ring.slots.get(i)
+                if slot is None:
+                    ring.prune(now)
+                    slot = ring.slots[i] = _Hist()
+                slot.add(latency_s)
+
+    def link_up(self, broker: str, now: float) -> None:
+        """Connected (CONNACK accepted) to ``broker``; ends the running outage, if any."""
+        with self._lock:
+            if self._since is None:
+                self._since = self._mark = now
+            self._advance(now)
+            if self._outage_start is not None:
+                self._end_outage(now)
+            self._up = broker
+
+    def link_down(self, now: float) -> None:
+        """The connection is gone (or could not be made); an outage starts unless one is running."""
+        with self._lock:
+            self._advance(now)
+            if self._since is not None and self._outage_start is None:
+                self._outage_start = now
+            self._up = None
+
+    def _forget_paths(self) -> None:
+        while len(self._paths) > MAX_PATHS:
+            oldest = min(self._paths, key=lambda b: self._paths[b].used)
+            del self._paths[oldest]
+
+    def _advance(self, now: float) -> None:
+        """Attribute the seconds since the last mark to connected or disconnected, hour by hour."""
+        if self._since is None or now <= self._mark:
+            self._mark = max(self._mark, now) if self._since is not None else now
+            return
+        up = self._up is not None
+        # a long gap (or a clock jumping years ahead) is walked only over the hours still kept
+        t = max(self._mark, now - _HOUR * (self._hours.keep + 1))
+        while t < now:
+            end = min(now, (math.floor(t / _HOUR) + 1) * _HOUR)
+            hour = self._hour(t)
+            if up:
+                hour.up_s += end - t
+            else:
+                hour.down_s += end - t
+            t = end
+        self._mark = now
+        self._hours.prune(now)
+
+    def _hour(self, t: float) -> _Hour:
+        i = self._hours.index(t)
+        slot = self._hours.slots.get(i)
+        if slot is None:
+            slot = self._hours.slots[i] = _Hour()
+        return slot
+
+    def _end_outage(self, now: float) -> None:
+        assert self._outage_start is not None
+        length = max(0.0, now - self._outage_start)
+        hour = self._hour(now)
+        hour.outages += 1
+        hour.longest_s = max(hour.longest_s, length)
+        self._outage_start = None
+
+    # ---- outputs (heartbeat thread) ----------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The ``link.stats`` status object; every figure names its period and the start of its first slot."""
+        with self._lock:
+            self._advance(now)
+            docs = {broker: self._path_doc(p, now) for broker, p in sorted(self._paths.items())}
+            # a broker with nothing in 31 days (taken out of the config) leaves status, which must stay small
+            paths = {broker: doc for broker, doc in docs.items() if doc["31d"]["count"]}
+            return {
+                "since": iso_ms(self._since) if self._since is not None else None,
+                "transmit": paths,
+                "availability": {name: self._avail_doc(now, n) for name, n in _PERIODS_AV},
+            }
+
+    @staticmethod
+    def _path_doc(path: _Path, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, ring in (("1h", path.minutes), ("31d", path.days)):
+            start, slots = ring.window(now)
+            total = _Hist()
+            for s in slots:
+                total.merge(s)
+            p95 = total.quantile(0.95)
+            out[name] = {
+                "from": iso_ms(start),
+                "count": total.count,
+                "mean_ms": _ms(total.total / total.count) if total.count else None,
+                "p95_ms": _ms(p95) if p95 is not None else None,
+                "max_ms": _ms(total.top) if total.count else None,
+            }
+        return out
+
+    def _avail_doc(self, now: float, hours: int) -> dict[str, Any]:
+        start, slots = self._hours.window(now, hours)
+        up = sum(h.up_s for h in slots)
+        down = sum(h.down_s for h in slots)
+        outages = sum(h.outages for h in slots)
+        longest = max((h.longest_s for h in slots), default=0.0)
+        if self._outage_start is not None:
+            outages += 1
+            longest = max(longest, now - self._outage_start)
+        observed = up + down
+        return {
+            "from": iso_ms(max(start, self._since)) if self._since is not None else None,
+            "observed_s": round(observed),
+            "percent": round(100.0 * up / observed, 3) if observed > 0 else None,
+            "outages": outages,
+            "longest_outage_s": round(longest, 1),
+        }
+
+    # ---- persistence ---------------------------------------------------------
+
+    def to_state(self, now: float) -> dict[str, Any]:
+        """A JSON-ready copy for the agent's state file (a few tens of kB at most)."""
+        with self._lock:
+            self._advance(now)
+            return {
+                "v": STATE_VERSION,
+                "saved": now,
+                "since": self._since,
+                "outage_start": self._outage_start if self._up is None else None,
+                "paths": {
+                    b: {"used": p.used,
+                        "minutes": _dump_ring(p.minutes.slots.items()),
+                        "days": _dump_ring(p.days.slots.items())}
+                    for b, p in self._paths.items()
+                },
+                "hours": [[i, h.up_s, h.down_s, h.outages, round(h.longest_s, 1)]
+                          for i, h in self._hours.slots.items()],
+            }
+
+    @classmethod
+    def from_state(cls, doc: Any, now: float) -> LinkStats:
+        """Restore saved figures; the time since the save counts as down until the next :meth:`link_up`.
+
+        A missing, foreign or damaged document gives fresh statistics (logged), never an exception.
+        """
+        stats = cls(now)
+        if doc is None:
+            return stats
+        try:
+            stats._load(doc, now)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            log.warning("link statistics in the state file are unreadable (%s: %s); starting them afresh",
+                        type(exc).__name__, exc)
+            return cls(now)
+        return stats
+
+    def _load(self, doc: Any, now: float) -> None:
+        if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
+            raise ValueError(f"not version {STATE_VERSION} statistics")
+        saved = float(doc["saved"])
+        since = doc["since"]
+        for broker, p in dict(doc["paths"]).items():
+            path = _Path()
+            path.used = float(p["used"])
+            path.minutes.slots = _load_ring(p["minutes"])
+            path.days.slots = _load_ring(p["days"])
+            for ring in (path.minutes, path.days):
+                ring.prune(now)
+            self._paths[str(broker)] = path
+        self._forget_paths()
+        for i, up_s, down_s, outages, longest in doc["hours"]:
+            self._hours.slots[int(i)] = _Hour(float(up_s), float(down_s), int(outages), float(longest))
+        self._hours.prune(now)
+        if since is None:
+            self._mark = now
+            return
+        self._since = float(since)
+        start = doc.get("outage_start")
+        self._outage_start = float(start) if start is not None else min(saved, now)
+        self._mark = min(saved, now)
+        self._up = None
+        self._advance(now)  # the restart gap is down time
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 1)
+
+
+def _dump_ring(items: Iterable[tuple[int, Any]]) -> list[Any]:
+    return [[i, h.dump()] for i, h in items]
+
+
+def _load_ring(doc: Any) -> dict[int, Any]:
+    return {int(i): _Hist.load(h) for i, h in doc}

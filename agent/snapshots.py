@@ -1,0 +1,384 @@
+"""A still image with every real alarm, taken off the button's path and stored durably for the sender.
+
+:meth:`Snapshots.request` is called right after the alarm event is committed
+(any thread; it only queues).  Each camera has its own worker thread that
+takes the still, checks it, and commits it to the :class:`PhotoStore`; then
+``on_stored`` wakes the sender, which publishes photos only when no event is
+waiting.  When a still cannot be had, ``on_failed(event_id, camera, reason,
+detail)`` is called once so the daemon records a ``snapshot_failed`` event:
+a missing photo always says why.
+
+* ``picamera2``: opened, configured for a ``width`` x ``height`` still,
+  started, a few frames let through for exposure, ``capture_file`` into
+  memory as JPEG at ``quality`` (lowered step by step until it fits
+  ``max_kb``), then stopped and closed.  The health probe does not keep the
+  camera open either, so neither holds it between uses; a ``lock`` shared with
+  the probe keeps them from opening it at the same moment.
+* ``http_snapshot``, and ``rtsp`` with a ``snapshot_url``: one GET through
+  requests with the camera's basic or digest login, read up to ``max_kb``.
+
+A capture runs on a short-lived thread that the camera's worker waits on for
+at most its time budget: a driver or DNS that hangs yields ``hung`` and the
+camera is not asked again until that capture returns, so one stuck camera
+never delays another camera or the next alarm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+from agent.config.model import CameraConfig, CameraKind
+from agent.config.snapshots import SnapshotsConfig
+from agent.errors import CameraError
+from agent.photostore import Photo, PhotoStore
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+OnFailed = Callable[[str, str, str, str], None]  # (event_id, camera, reason, detail)
+QUEUE_PER_CAMERA = 8  # stills waiting per camera; beyond it an alarm storm gets "busy", not a backlog
+_WARMUP_FRAMES = 3  # auto exposure settles within a few frames after start
+_QUALITY_STEP = 15  # JPEG quality is lowered by this until the still fits max_kb ...
+_QUALITY_FLOOR = 30  # ... but not below this: a smaller but useless photo helps nobody
+_PI_START_S = 2.0  # seconds a Pi camera may take to open and start on top of timeout_s
+_USER_AGENT = "campus-edge-agent snapshot"
+
+REASONS = ("unreachable", "timeout", "login", "http_error", "not_jpeg", "too_large", "camera_error", "hung",
+           "busy", "store_error", "stopped", "dropped", "refused")  # refused: photosend.PhotoDrain
+
+
+class SnapshotError(CameraError):
+    """A still could not be taken; ``reason`` is one of :data:`REASONS`, the message says what to check."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        self.reason = reason
+        super().__init__(detail)
+
+
+@dataclass(frozen=True)
+class _Job:
+    event_id: str
+    part: int
+    parts: int
+
+
+def _jpeg_problem(body: bytes) -> str | None:
+    if not body.startswith(b"\xff\xd8"):
+        return f"starts {body[:4].hex(' ') or 'empty'}, no FF D8 marker"
+    if not body.rstrip(b"\r\n\x00 ").endswith(b"\xff\xd9"):
+        return f"{len(body)} bytes with no FF D9 end marker (truncated)"
+    return None
+
+
+class HttpStill:
+    """Fetches one still over HTTP(S) with the camera's login; used for ``http_snapshot`` and ``rtsp`` cameras."""
+
+    def __init__(self, cfg: CameraConfig, url: str, max_bytes: int) -> None:
+        self.cfg = cfg
+        self.url = url
+        self.max_bytes = max_bytes
+        self.limit_s = 2 * cfg.timeout_s + 1.0  # digest auth takes two round trips
+
+    def take(self) -> bytes:
+        import requests  # noqa: PLC0415 - only agents with HTTP cameras pay for requests
+        from requests.auth import HTTPBasicAuth, HTTPDigestAuth  # noqa: PLC0415
+
+        cfg = self.cfg
+        auth: requests.auth.AuthBase | None = None
+        if cfg.username is not None:
+            secret = cfg.password.reveal() if cfg.password is not None else ""
+            auth = HTTPDigestAuth(cfg.username, secret) if cfg.auth == "digest" else HTTPBasicAuth(cfg.username, secret)
+        t0 = time.monotonic()
+        try:
+            with requests.get(self.url, auth=auth, stream=True, timeout=(cfg.timeout_s, cfg.timeout_s),
+                              headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT}) as resp:
+                self._check_status(resp.status_code, has_login=auth is not None)
+                body = self._read(resp, t0)
+        except requests.Timeout:
+            raise SnapshotError("timeout", f"no still from {cfg.name} within {cfg.timeout_s:g} s") from None
+        except requests.RequestException as exc:
+            raise SnapshotError("unreachable", f"cannot fetch a still from {cfg.name} ({type(exc).__name__}); "
+                                 "check the network and snapshot URL") from None
+        problem = _jpeg_problem(body)
+        if problem is not None:
+            raise SnapshotError("not_jpeg", f"{cfg.name} sent no JPEG ({problem}); check the snapshot URL")
+        return body
+
+    def _check_status(self, code: int, *, has_login: bool) -> None:
+        if code == 200:
+            return
+        if code == 401:
+            fix = "check the camera's username and password_file" if has_login else "set username and password_file"
+            raise SnapshotError("login", f"HTTP 401 from {self.cfg.name}: {fix}")
+        raise SnapshotError("http_error", f"HTTP {code} from {self.cfg.name}")
+
+    def _read(self, resp: requests.Response, t0: float) -> bytes:
+        body = bytearray()
+        for chunk in resp.iter_content(65536):
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise SnapshotError("too_large", f"{self.cfg.name} sent more than {self.max_bytes // 1024} kB; "
+                                     "lower the camera's snapshot resolution or raise snapshots.max_kb")
+            if time.monotonic() - t0 > self.limit_s:
+                raise SnapshotError("timeout", f"still from {self.cfg.name} still arriving after {self.limit_s:g} s")
+        return bytes(body)
+
+
+class PiStill:
+    """Takes one JPEG still from a Raspberry Pi camera through picamera2 (imported at the first capture).
+
+    Wiring: the CSI ribbon as for the health probe (``camprobes.PiCameraProbe``).
+    """
+
+    def __init__(self, cfg: CameraConfig, snaps: SnapshotsConfig, max_bytes: int) -> None:
+        self.cfg = cfg
+        self.size = (snaps.width, snaps.height)
+        self.quality = snaps.quality
+        self.max_bytes = max_bytes
+        self.limit_s = cfg.timeout_s + _PI_START_S
+        self._module: Any = None
+
+    def take(self) -> bytes:
+        if self._module is None:
+            try:
+                self._module = importlib.import_module("picamera2")
+            except ImportError:
+                raise SnapshotError("camera_error", "picamera2 is not installed: install python3-picamera2") from None
+        num = self.cfg.camera_num
+        try:
+            cam = self._module.Picamera2(num)
+        except Exception as exc:
+            raise SnapshotError("camera_error", f"camera {num} cannot be opened ({type(exc).__name__}: {exc}); "
+                                 "another program may be using it") from None
+        try:
+            cam.configure(cam.create_still_configuration(main={"size": self.size}))
+            cam.start()
+            for _ in range(_WARMUP_FRAMES):
+                cam.capture_metadata()
+            quality = self.quality
+            while True:
+                cam.options["quality"] = quality
+                buf = io.BytesIO()
+                cam.capture_file(buf, format="jpeg")
+                data = buf.getvalue()
+                if len(data) <= self.max_bytes:
+                    return data
+                if quality <= _QUALITY_FLOOR:
+                    raise SnapshotError("too_large", f"still of {len(data) // 1024} kB at quality {quality} "
+                                         f"exceeds max_kb {self.max_bytes // 1024}; lower snapshots.width/height")
+                quality = max(_QUALITY_FLOOR, quality - _QUALITY_STEP)
+        except SnapshotError:
+            raise
+        except Exception as exc:
+            raise SnapshotError("camera_error", f"camera {num} failed to capture ({type(exc).__name__}: "
+                                 f"{exc}); reboot the Pi if it persists") from None
+        finally:
+            for release in (cam.stop, cam.close):
+                with contextlib.suppress(Exception):  # the still is taken or failed; the next capture reopens
+                    release()
+
+
+class _Worker:
+    """One camera's queue, thread and hung-capture marker."""
+
+    def __init__(self, cfg: CameraConfig, taker: HttpStill | PiStill, lock: threading.Lock) -> None:
+        self.cfg = cfg
+        self.taker = taker
+        self.lock = lock
+        self.jobs: queue.Queue[_Job | None] = queue.Queue(QUEUE_PER_CAMERA)
+        self.hung: threading.Thread | None = None
+        self.thread: threading.Thread | None = None
+
+
+class Snapshots:
+    """Takes, checks and stores a still per camera for each real alarm; never blocks the caller.
+
+    Args:
+        cameras: the ``cameras`` section (only those some input photographs get a worker).
+        cfg: the ``snapshots`` settings and triggers.
+        store: where photos wait for the sender.
+        on_stored: called on the camera's worker after a photo is committed (wake the sender).
+        on_failed: called once per missing photo with (event_id, camera, reason, detail); on the
+            camera's worker, or on the caller of :meth:`request` for ``busy`` and ``stopped``.
+        locks: per camera name, a lock shared with that camera's health probe.
+        wall: the wall clock (s) stamped on each photo.
+
+    """
+
+    def __init__(
+        self,
+        cameras: tuple[CameraConfig, ...],
+        cfg: SnapshotsConfig,
+        store: PhotoStore,
+        *,
+        on_stored: Callable[[], None],
+        on_failed: OnFailed,
+        locks: Mapping[str, threading.Lock] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self._store = store
+        self._on_stored = on_stored
+        self._on_failed = on_failed
+        self._wall = wall
+        self._stop = threading.Event()
+        used = {cam for _, cams in cfg.triggers for cam in cams}
+        max_bytes = cfg.max_kb * 1024
+        self._workers: dict[str, _Worker] = {}
+        for cam in cameras:
+            if cam.name not in used:
+                continue
+            url = cfg.still_url(cam)
+            taker: HttpStill | PiStill
+            if cam.kind is CameraKind.PICAMERA2:
+                taker = PiStill(cam, cfg, max_bytes)
+            elif url is not None:
+                taker = HttpStill(cam, url, max_bytes)
+            else:  # the config refuses this; kept as a log line should a caller build its own config
+                log.warning("camera %s has no still URL; no photos from it", cam.name)
+                continue
+            lock = (locks or {}).get(cam.name) or threading.Lock()
+            self._workers[cam.name] = _Worker(cam, taker, lock)
+
+    def start(self) -> None:
+        """Start one daemon thread per photographing camera (idempotent)."""
+        for w in self._workers.values():
+            if w.thread is None and not self._stop.is_set():
+                w.thread = threading.Thread(target=self._run, args=(w,), name=f"snapshot-{w.cfg.name}", daemon=True)
+                w.thread.start()
+
+    def request(self, event_id: str, input_name: str) -> int:
+        """Queue a still from each camera ``input_name`` photographs; return how many were queued.
+
+        Call after the alarm is committed, from any thread: this only puts on queues.
+        """
+        cams = [c for c in self.cfg.cameras_for(input_name) if c in self._workers]
+        queued = 0
+        for part, name in enumerate(cams, start=1):
+            if self._stop.is_set():
+                self._failed(event_id, name, SnapshotError("stopped", "the agent is stopping"))
+                continue
+            try:
+                self._workers[name].jobs.put_nowait(_Job(event_id, part, len(cams)))
+                queued += 1
+            except queue.Full:
+                self._failed(event_id, name, SnapshotError(
+                    "busy", f"{QUEUE_PER_CAMERA} stills already waiting for {name}; alarm storm or a slow camera"))
+        return queued
+
+    def _run(self, w: _Worker) -> None:
+        while True:
+            job = w.jobs.get()
+            if job is None or self._stop.is_set():
+                if job is not None:
+                    self._failed(job.event_id, w.cfg.name, SnapshotError("stopped", "the agent stopped first"))
+                return
+            try:
+                self._take(w, job)
+            except Exception:  # a surprise in the bookkeeping must not end this camera's photos
+                log.exception("snapshot %s for %s: unexpected failure", w.cfg.name, job.event_id)
+
+    def _take(self, w: _Worker, job: _Job) -> None:
+        name = w.cfg.name
+        try:
+            jpeg = self._bounded(w)
+            photo = Photo(job.event_id, name, jpeg, self._wall(), job.part, job.parts)
+            try:
+                dropped = self._store.put(photo)
+            except Exception as exc:
+                raise SnapshotError("store_error", f"photo store: {type(exc).__name__}: {exc}") from None
+        except SnapshotError as exc:
+            self._failed(job.event_id, name, exc)
+            return
+        for old_event, old_camera in dropped:
+            self._failed(old_event, old_camera, SnapshotError(
+                "dropped", f"dropped unsent to make room in the photo store (snapshots.max_mb {self.cfg.max_mb:g})"))
+        log.info("snapshot %s for event %s: %d bytes stored", name, job.event_id, len(jpeg))
+        self._call(self._on_stored)
+
+    def _bounded(self, w: _Worker) -> bytes:
+        """Run the capture on its own thread and wait at most the camera's budget (s) for it."""
+        if w.hung is not None and w.hung.is_alive():
+            raise SnapshotError("hung", f"{w.cfg.name}: the previous capture is still hung; camera or network stuck")
+        limit = w.taker.limit_s
+        box: list[bytes | SnapshotError] = []
+
+        def work() -> None:
+            if not w.lock.acquire(timeout=limit):
+                box.append(SnapshotError("busy", f"{w.cfg.name}: its health probe held the camera for {limit:g} s"))
+                return
+            try:
+                box.append(w.taker.take())
+            except SnapshotError as exc:
+                box.append(exc)
+            except Exception as exc:  # a library surprise becomes a failed still, logged with its traceback
+                log.exception("snapshot %s: capture raised", w.cfg.name)
+                box.append(SnapshotError("camera_error", f"{type(exc).__name__}: {exc}"))
+            finally:
+                w.lock.release()
+
+        t = threading.Thread(target=work, name=f"still-{w.cfg.name}", daemon=True)
+        t.start()
+        t.join(2 * limit)  # up to the lock wait plus the capture itself
+        if not box:
+            w.hung = t
+            raise SnapshotError("hung", f"no still from {w.cfg.name} within {2 * limit:g} s; camera or network stuck")
+        got = box[0]
+        if isinstance(got, SnapshotError):
+            raise got
+        return got
+
+    def _failed(self, event_id: str, camera: str, exc: SnapshotError) -> None:
+        log.warning("snapshot %s for event %s failed (%s): %s", camera, event_id, exc.reason, exc)
+        self._call(self._on_failed, event_id, camera, exc.reason, str(exc))
+
+    @staticmethod
+    def _call(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # the daemon's handlers report their own trouble; a camera worker must survive them
+            log.exception("snapshot callback %r failed", fn)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the workers; stills still queued are reported ``stopped``; a hung capture is left behind."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for w in self._workers.values():
+            with contextlib.suppress(queue.Full):
+                w.jobs.put_nowait(None)
+        deadline = time.monotonic() + timeout
+        for w in self._workers.values():
+            if w.thread is not None and w.thread is not threading.current_thread():
+                w.thread.join(max(0.0, deadline - time.monotonic()))
+            while True:  # whatever the worker did not reach
+                try:
+                    job = w.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    self._failed(job.event_id, w.cfg.name, SnapshotError("stopped", "the agent stopped first"))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._stop.is_set():
+            return "<Snapshots closed>"
+        waiting = ", ".join(f"{n}={w.jobs.qsize()}" for n, w in self._workers.items())
+        return f"<Snapshots cameras: {waiting or 'none'}>"
