@@ -189,6 +189,10 @@ class Cameras:
         except Exception:  # the daemon's callbacks report their own trouble; a camera thread must survive them
             log.exception("camera callback %r failed", fn)
 
+    def locks(self) -> dict[str, threading.Lock]:
+        """Per camera, the lock its probe holds: a still taken under it never opens the Pi camera twice."""
+        return {name: cam.probe_lock for name, cam in self._cams.items()}
+
     def states(self) -> dict[str, dict[str, Any]]:
         """Each camera for the status document: ``ok`` (None before the first verdict), ``checked``, ``detail``."""
         with self._lock:

@@ -33,6 +33,7 @@ class EventType(StrEnum):
     CAMERA_FAULT = "camera_fault"
     CAMERA_RESTORED = "camera_restored"
     AGENT_STARTED = "agent_started"
+    SNAPSHOT_FAILED = "snapshot_failed"
 
     @property
     def is_alarm(self) -> bool:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from agent.config.snapshots import NO_SNAPSHOTS, SnapshotsConfig
+
 
 class Secret:
     """A password read from a file; never printed, logged or repr'd."""
@@ -196,6 +198,7 @@ class Config:
     commands: CommandsConfig
     log_level: str
     doctor: DoctorConfig = DoctorConfig(None, None, None, None)  # frozen, so one shared default is safe
+    snapshots: SnapshotsConfig = NO_SNAPSHOTS
 
     @property
     def topic_root(self) -> str:

@@ -46,6 +46,7 @@ from agent.config.reader import (
     topic_id,
     topic_prefix,
 )
+from agent.config.snapshots import CAMERA_KEYS, INPUT_KEYS, parse_snapshot_config
 
 PIN_FACTORIES = ("default", "mock", "lgpio", "rpigpio", "pigpio", "native")
 UNIX_PATH_MAX = 107
@@ -174,7 +175,7 @@ def _input(sec: Section) -> InputConfig:
                               0.0 if kind is InputKind.TAMPER else 120.0),
         silent=sec.get("silent", boolean, False),
     )
-    sec.done()
+    sec.done(INPUT_KEYS)  # read by agent/config/snapshots.py
     return cfg
 
 
@@ -236,7 +237,7 @@ def _camera(sec: Section, base: Path) -> CameraConfig:
         auth=sec.get("auth", one_of("basic", "digest"), "basic"),
         camera_num=sec.get("camera_num", integer(0, 15, "a camera index"), 0),
     )
-    sec.done()
+    sec.done(CAMERA_KEYS)  # read by agent/config/snapshots.py
     return cfg
 
 
@@ -331,6 +332,7 @@ def build(root: Section) -> Config | None:
         root.ctx.error(root.key_line("cameras"), "cameras",
                        f"at most {MAX_CAMERAS} cameras per device (status must stay small); got {len(cameras)}")
     _unique_names(root.ctx, cameras)
+    snapshots = parse_snapshot_config(root, inputs, cameras)
     ob = root.section("outbox")
     outbox = OutboxConfig(
         path=ob.get("path", path_check(base), Path("/var/lib/campus-agent/outbox.db")),
@@ -362,4 +364,5 @@ def build(root: Section) -> Config | None:
         commands=commands,
         log_level=level,
         doctor=doctor,
+        snapshots=snapshots,
     )

@@ -63,6 +63,10 @@ class SnapshotsConfig:
         return bool(self.triggers)
 
 
+NO_SNAPSHOTS = SnapshotsConfig(max_kb=400, max_mb=50.0, width=1280, height=720, quality=80)
+"""A config without photos (the defaults of ``parse_snapshot_config``, no triggers)."""
+
+
 def _names(value: Any) -> list[str]:
     if isinstance(value, str):
         raise Invalid(f"expected a list of names like [{value}], got the single name {value!r}; put it in [ ]")

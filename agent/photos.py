@@ -1,0 +1,89 @@
+"""A still with every alarm: the store, the camera workers and the sender's drain, built and closed together.
+
+The daemon owns one :class:`Photos` when any input names a camera to photograph
+(``inputs[].snapshot`` or ``cameras[].snapshot_on``).  It is told of an alarm
+only after the alarm is committed (the recorder's ``alarm_recorded`` hook), so
+a photo can never delay or lose the alarm; the uplink takes photos from
+:attr:`drain` only when no event is waiting, so a new alarm overtakes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Self
+
+from agent.config.model import Config
+from agent.photosend import PhotoDrain
+from agent.photostore import PhotoStore
+from agent.snapshots import Snapshots
+
+log = logging.getLogger(__name__)
+
+OnFailed = Callable[[str, str, str, str], None]  # (event id, camera, reason, detail)
+
+
+class Photos:
+    """Photos for one agent: ``request`` on an alarm, ``drain`` for the sender, ``status`` for the heartbeat.
+
+    Args:
+        cfg: the whole config (``snapshots``, ``cameras``, ``outbox.path``, the topic root).
+        wake: wakes the sender once a photo is stored.
+        on_failed: records a ``snapshot_failed`` event (any thread).
+        locks: per camera, the lock its health probe holds, so a still and a probe never
+            open the Pi camera at once.
+        wall: the wall clock (s).
+
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        wake: Callable[[], None],
+        on_failed: OnFailed,
+        locks: Mapping[str, threading.Lock] | None,
+        wall: Callable[[], float],
+    ) -> None:
+        self.store = PhotoStore(cfg.outbox.path.with_name("photos.db"), max_mb=cfg.snapshots.max_mb, wall=wall)
+        self.snapshots = Snapshots(cfg.cameras, cfg.snapshots, self.store, on_stored=wake, on_failed=on_failed,
+                                   locks=locks, wall=wall)
+        self.drain = PhotoDrain(self.store, cfg.topic_root, on_failed=on_failed)
+        self._closed = False
+
+    def start(self) -> None:
+        self.snapshots.start()
+        pending = self.store.stats().pending
+        if pending:
+            log.info("%d photos from before the restart wait to be sent", pending)
+
+    def request(self, event_id: str, source: str) -> None:
+        """The alarm ``event_id`` from input ``source`` is committed: queue its stills."""
+        if not self._closed:
+            self.snapshots.request(event_id, source)
+
+    def status(self) -> dict[str, Any]:
+        """The status document's ``photos`` object."""
+        s = self.store.stats()
+        return {"pending": s.pending, "bytes": s.bytes, "dropped": s.dropped}
+
+    def close(self) -> None:
+        """Stop the camera workers (queued stills are reported ``stopped``), then close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        self.snapshots.close()
+        self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<Photos closed>"
+        s = self.store.stats()
+        return f"<Photos pending={s.pending} bytes={s.bytes} dropped={s.dropped}>"
