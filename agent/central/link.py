@@ -5,15 +5,23 @@ and ``campus-agent ack``: messages leave as :class:`Incoming` values, link
 changes as :class:`LinkNote`, and failures as :class:`~agent.errors.AgentError`
 in words a technician can act on.
 
-MQTT 5 with clean start and a random ``monitor-<hex>`` client id: never the
+Clean start and a random ``monitor-<hex>`` client id: never the
 ``client_id`` from the agent's config, which would push the agent itself off
 the broker (session takeover).  paho reconnects on its own after the first
 connection; subscriptions are renewed then, because a clean start forgets them.
+
+Protocol ``auto`` (the default) tries MQTT 5 and, when the broker says it
+does not speak it (CONNACK 0x84, or 0x01 in 3.1.1 form) or closes the socket
+before any CONNACK, tries MQTT 3.1.1 on the same broker at once, and keeps
+to it for the life of the process.  TLS always verifies the broker's
+certificate against ``--cafile`` (or the system's CAs), TLS 1.2 at least;
+there is no switch to turn that off.
 """
 
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -25,12 +33,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.brokers import describe_connect_error, tls_context
-from agent.config.model import BrokerAddress, MqttConfig
+from agent.brokers import describe_connect_error
+from agent.config.model import BrokerAddress, Secret, TlsConfig
 from agent.errors import AgentError
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+PROTOCOLS = ("auto", "5", "3.1.1")
 _KEEPALIVE_S = 30
+_VERSIONS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+# "I do not speak this protocol": MQTT 5's 0x84, or 0x01 when a 3.1.1 broker answers a v5 CONNECT.
+_UNSUPPORTED_PROTOCOL = frozenset({0x84, 0x01})
 
 
 @dataclass(frozen=True)
@@ -53,22 +65,45 @@ class LinkNote:
 
 @dataclass(frozen=True)
 class LinkSettings:
-    """Where to connect and how: ``mqtt`` brings TLS and credentials from a config file."""
+    """Where to connect and how: brokers in order, protocol, TLS and credentials.
+
+    ``tls`` ``None`` is plain MQTT; ``protocol`` is ``auto``, ``5`` or ``3.1.1``.
+    """
 
     brokers: tuple[BrokerAddress, ...]
-    mqtt: MqttConfig | None = None
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    protocol: str = "auto"
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password: Secret | None = None
 
     def __post_init__(self) -> None:
         if not self.brokers:
             raise ValueError("LinkSettings needs at least one broker")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol '{self.protocol}' is not one of {', '.join(PROTOCOLS)}")
+
+    def __repr__(self) -> str:
+        how = "TLS" if self.tls is not None else "plain"
+        who = f"user {self.username}" if self.username else "anonymous"
+        return f"<LinkSettings {', '.join(map(str, self.brokers))} MQTT {self.protocol} {how} {who}>"
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Verify the broker always (TLS 1.2 or later); present a client certificate when one is given."""
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None and tls.key_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    ctx.check_hostname = tls.check_hostname
+    return ctx
 
 
 Inbox = queue.SimpleQueue[Incoming | LinkNote]
 
 
 class CentralLink:
-    """One MQTT 5 connection for a monitor; use as a context manager.
+    """One MQTT connection for a monitor or an ack; use as a context manager.
 
     Args:
         settings: brokers (tried in order), TLS and credentials.
@@ -92,6 +127,9 @@ class CentralLink:
         self._renewals: set[int] = set()
         self._connack = threading.Event()
         self._refused: str | None = None
+        self._refused_code: int | None = None
+        self._closed_early = False
+        self._version = "5" if settings.protocol == "auto" else settings.protocol
         self._up = False
         self._closing = False
 
@@ -108,6 +146,11 @@ class CentralLink:
     @property
     def connected(self) -> bool:
         return self._up
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version in use (or to be tried next): ``5`` or ``3.1.1``."""
+        return self._version
 
     def connect(self) -> BrokerAddress:
         """Connect to the first broker that answers.
@@ -164,12 +207,33 @@ class CentralLink:
     # ---- inside ------------------------------------------------------------------
 
     def _try(self, broker: BrokerAddress) -> str | None:
+        """Connect to ``broker``, falling back from MQTT 5 to 3.1.1 under ``auto``; ``None`` when up."""
+        why = self._attempt(broker)
+        if why is None or self.settings.protocol != "auto" or self._version != "5":
+            return why
+        if self._refused_code not in _UNSUPPORTED_PROTOCOL and not self._closed_early:
+            return why
+        self._version = "3.1.1"
+        retry = self._attempt(broker)
+        if retry is None:
+            self._inbox.put(LinkNote(up=True, text=f"{broker} does not speak MQTT 5 ({why}); using MQTT 3.1.1, "
+                                                   "which cannot report a refused publish"))
+            return None
+        self._version = "5"
+        if self._closed_early:  # the same answer to both: say it once
+            return f"{why}; MQTT 3.1.1 the same"
+        return f"MQTT 5: {why}; MQTT 3.1.1: {retry}"
+
+    def _attempt(self, broker: BrokerAddress) -> str | None:
         """One connection attempt; ``None`` when it is up, else why not."""
         self._connack.clear()
-        self._refused = None
+        self._refused, self._refused_code, self._closed_early = None, None, False
         try:
             client = self._make_client()
-            client.connect(broker.host, broker.port, keepalive=_KEEPALIVE_S, clean_start=True)
+            if self._version == "5":
+                client.connect(broker.host, broker.port, keepalive=_KEEPALIVE_S, clean_start=True)
+            else:
+                client.connect(broker.host, broker.port, keepalive=_KEEPALIVE_S)
         except (OSError, ValueError) as exc:
             return describe_connect_error(exc, self.settings.connect_timeout_s)
         self._client = client
@@ -185,14 +249,14 @@ class CentralLink:
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=MQTTProtocolVersion.MQTTv5)
+                             protocol=_VERSIONS[self._version])
         client.connect_timeout = self.settings.connect_timeout_s
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        cfg = self.settings.mqtt
-        if cfg is not None and cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password.reveal() if cfg.password is not None else None)
-        if cfg is not None and cfg.tls is not None:
-            client.tls_set_context(tls_context(cfg))
+        s = self.settings
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password.reveal() if s.password is not None else None)
+        if s.tls is not None:
+            client.tls_set_context(tls_context(s.tls))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -222,7 +286,10 @@ class CentralLink:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
-            self._refused = f"broker refused the connection: {rc}; check the username, password or certificate"
+            self._refused_code = rc.value
+            hint = ("the broker does not speak this MQTT version; try --protocol"
+                    if rc.value in _UNSUPPORTED_PROTOCOL else "check the username, password or certificate")
+            self._refused = f"broker refused the connection: {rc}; {hint}"
             self._connack.set()
             return
         if self._connack.is_set() and self._topics:
@@ -237,8 +304,9 @@ class CentralLink:
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         was_up, self._up = self._up, False
         if not self._connack.is_set():
-            self._refused = (f"the broker closed the connection before answering ({rc}); "
-                             "does it want TLS or a client certificate? give them with -c FILE")
+            self._closed_early = True
+            self._refused = (f"the broker closed the connection before answering ({rc}); does it want TLS or a "
+                             "client certificate (--cafile, --cert/--key), or another MQTT version (--protocol)?")
             self._connack.set()
         elif was_up and not self._closing:
             self._inbox.put(LinkNote(up=False, text=f"lost the connection to {self.broker} ({rc}); reconnecting"))
