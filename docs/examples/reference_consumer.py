@@ -112,12 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         if not flags.session_present:  # a new session: (re)subscribe; an old one keeps its subscriptions
             c.subscribe([(events, 1), ("campus/+/+/status", 1)])
 
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, _rcs: Any, _p: Any) -> None:
+        print(f"subscribed to {events} and campus/+/+/status", file=sys.stderr, flush=True)
+
     def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
         for line in consumer.handle(m.topic, m.payload):
             print(line, flush=True)
 
     client.on_connect = on_connect
     client.on_message = on_message
+    client.on_subscribe = on_subscribe
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 7 * 24 * 3600  # keep queued events for a week while we are down
     client.connect(args.host, args.port, keepalive=30, clean_start=False, properties=props)

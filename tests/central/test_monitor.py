@@ -182,7 +182,7 @@ def test_fleet__retained_statuses_fill_the_table_quietly(fleet):
     assert fleet.feed(topic("status", "b-2"), enc(status("b-2", pending=3)), T0, retained=True) == []
     fleet.feed(topic("event/panic", "c-3"), enc(event("c-3")), T0)
     text = table(fleet, 0, T0 + 75)
-    assert "3 devices: 1 online, 0 OVERDUE, 1 offline, 1 unknown" in table
+    assert "3 devices: 1 online, 0 OVERDUE, 1 offline, 1 unknown" in text
     assert "main/a-1                offline   (lost)            -       -" in text
     assert "main/b-2                online    75 s ago          3       -" in text
     assert "main/c-3                ?         -                 -       panic 75 s ago" in text
