@@ -16,6 +16,9 @@ docs/examples) and each fleet size N, on a fresh mosquitto on loopback:
    never printed, **duplicated** are events printed more than once.
 5. Peak RSS (VmHWM) of the consumer.
 
+A third consumer, ``paho`` (bench/fleet_paho.py), is a bare paho subscriber
+that only prints ids: the floor any Python consumer on paho pays.
+
 Also measured in this process: the monitor's memory per device (tracemalloc
 over a :class:`~agent.central.fleet.FleetView` fed N statuses) and the
 per-device load a centre's broker carries at defaults.
@@ -103,7 +106,7 @@ class Reader:
                 self.sentinel_at = at
 
     def _event_key(self, line: str) -> Any:
-        if self.kind == "monitor":
+        if self.kind in ("monitor", "paho"):
             m = _MON_EVENT.search(line)
             return m.group(1) if m else None
         m = _REF_EVENT.match(line)
@@ -113,6 +116,8 @@ class Reader:
 def consumer_cmd(kind: str, port: int) -> list[str]:
     if kind == "monitor":
         return [PY, "-m", "agent", "monitor", "--broker", f"127.0.0.1:{port}", "--protocol", "5"]
+    if kind == "paho":
+        return [PY, str(ROOT / "bench/fleet_paho.py"), str(port)]
     return [PY, str(ROOT / "docs/examples/reference_consumer.py"), "--host", "127.0.0.1", "--port", str(port),
             "--client-id", f"fleet-bench-{os.getpid()}"]
 
@@ -174,7 +179,7 @@ def run_one(kind: str, n: int, phases: Phases, workdir: Path) -> dict[str, Any]:
         cpu_pct = 100 * (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - w0)
         gen_command(gen, f"burst {phases.burst_rate} {phases.burst_s}", phases.burst_s + 60)
         sent = [json.loads(line) for line in log.read_text().splitlines() if line]
-        keys = [s["id"] if kind == "monitor" else (s["device"], s["seq"]) for s in sent]
+        keys = [s["id"] if kind != "reference" else (s["device"], s["seq"]) for s in sent]
         deadline = time.monotonic() + phases.settle_s
         while time.monotonic() < deadline and any(k not in reader.first_at for k in keys):
             time.sleep(0.05)
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows (make bench-fleet QUICK=1)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="fleet sizes, comma-separated")
-    ap.add_argument("--consumers", default="monitor,reference")
+    ap.add_argument("--consumers", default="monitor,reference,paho",
+                    help="monitor, reference (docs/examples), paho (a bare subscriber: the floor)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet", help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
