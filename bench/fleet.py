@@ -188,6 +188,8 @@ def run_one(kind: str, n: int, phases: Phases, workdir: Path) -> dict[str, Any]:
                 if k in reader.first_at]
         return {
             "consumer": kind, "devices": n, "ingest_s": round(ingest, 3), "steady_cpu_pct": round(cpu_pct, 1),
+            "ingest_us_per_status": round(1e6 * ingest / n),
+            "cpu_us_per_heartbeat": round(1e4 * cpu_pct / (beats / phases.steady_s)) if beats else None,
             "steady_statuses": beats, "rss_mb": peak_rss_mb(proc.pid),
             "events": len(keys), "lag_p50_ms": round(pct(lags, 50), 1), "lag_p99_ms": round(pct(lags, 99), 1),
             "lag_max_ms": round(max(lags), 1) if lags else None,
@@ -205,15 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows (make bench-fleet QUICK=1)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="fleet sizes, comma-separated")
-    ap.add_argument("--consumers", default="monitor,reference,paho",
-                    help="monitor, reference (docs/examples), paho (a bare subscriber: the floor)")
+    ap.add_argument("--consumers", help="comma-separated: monitor, reference (docs/examples), paho (a bare "
+                                        "subscriber: the floor); default all three, with --quick the monitor")
+    ap.add_argument("--phases", metavar="STEADY,BURST", help="seconds of each phase (overrides --quick's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet", help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     phases = Phases(steady_s=8, burst_s=3) if args.quick else Phases(steady_s=30, burst_s=6)
+    if args.phases:
+        steady, burst = (float(x) for x in args.phases.split(","))
+        phases = Phases(steady_s=steady, burst_s=burst)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-        for kind in args.consumers.split(","):
+        for kind in (args.consumers or ("monitor" if args.quick else "monitor,reference,paho")).split(","):
             for n in sizes:
                 r = run_one(kind, n, phases, Path(tmp))
                 print(json.dumps(r), flush=True)

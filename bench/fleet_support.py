@@ -142,12 +142,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         rows = [r for r in doc["results"] if r["consumer"] == kind]
         base = rows[0]
         out += [f"**{kind}**", "",
-                ("| devices | retained ingest (s) | steady CPU (% core) | event lag p50 / p99 (ms) | peak RSS (MB) "
-                "| missed / duplicated |"),
-                "|---|---|---|---|---|---|"]
+                ("| devices | retained ingest (s) | per status (µs) | steady CPU (% core) | per heartbeat (µs CPU) "
+                 "| event lag p50 / p99 (ms) | peak RSS (MB) | missed / duplicated |"),
+                "|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            out.append(f"| {r['devices']:,} | {r['ingest_s']} ({_ratio(r, base, 'ingest_s')}) "
-                       f"| {r['steady_cpu_pct']} ({_ratio(r, base, 'steady_cpu_pct')}) "
+            out.append(f"| {r['devices']:,} | {r['ingest_s']} | {r['ingest_us_per_status']} "
+                       f"({_ratio(r, base, 'ingest_us_per_status')}) "
+                       f"| {r['steady_cpu_pct']} | {r['cpu_us_per_heartbeat']} ({_ratio(r, base, 'cpu_us_per_heartbeat')}) "
                        f"| {r['lag_p50_ms']} / {r['lag_p99_ms']} ({_ratio(r, base, 'lag_p99_ms')}) "
                        f"| {r['rss_mb']} ({_ratio(r, base, 'rss_mb')}) | {r['missed']} / {r['duplicated']} |")
         out.append("")
