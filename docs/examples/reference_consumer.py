@@ -10,9 +10,12 @@ Shows the four things every central server must get right:
    ``outbox.dropped``);
 4. re-timing events stamped while the device clock was not synchronised.
 
-Run:  python docs/examples/reference_consumer.py --host broker.campus.lan --port 1883
-With several consumer instances behind a clustered broker, pass --group NAME
-to use the shared subscription ``$share/NAME/campus/+/+/event/#``.
+Run:  python docs/examples/reference_consumer.py --host broker.campus.lan --port 8883 \
+          --cafile ca.crt --cert central.crt --key central.key
+With several consumer instances (MQTT 5 broker: mosquitto 2, EMQX, HiveMQ),
+give each its own --client-id and the same --group NAME: the shared
+subscription ``$share/NAME/campus/+/+/event/#`` hands each event to one of
+them.  RabbitMQ 3.10 has no shared subscriptions: one consumer per queue.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -103,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=1883)
     ap.add_argument("--client-id", default="central-reference-consumer")
     ap.add_argument("--group", help="shared subscription group (clustered broker, several consumers)")
+    ap.add_argument("--cafile", help="TLS: verify the broker with this CA (TLS is off without it)")
+    ap.add_argument("--cert", help="TLS: client certificate")
+    ap.add_argument("--key", help="TLS: client key")
+    ap.add_argument("--username")
+    ap.add_argument("--password-file", help="first line is the password; needs --cafile")
     args = ap.parse_args(argv)
+    if args.password_file and not args.cafile:
+        ap.error("--password-file needs --cafile: a password must not cross the network in clear")
     consumer = Consumer()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=MQTTProtocolVersion.MQTTv5)
     events = "campus/+/+/event/#" if not args.group else f"$share/{args.group}/campus/+/+/event/#"
@@ -119,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in consumer.handle(m.topic, m.payload):
             print(line, flush=True)
 
+    if args.cafile:
+        client.tls_set(ca_certs=args.cafile, certfile=args.cert, keyfile=args.key)
+    if args.username:
+        password = Path(args.password_file).read_text().splitlines()[0] if args.password_file else None
+        client.username_pw_set(args.username, password)
     client.on_connect = on_connect
     client.on_message = on_message
     client.on_subscribe = on_subscribe
