@@ -156,7 +156,7 @@ def test_fleet__counts_kept_as_states_change_match_a_recount():
         else:
             fleet.feed(topic(i), status(site, device, at), at)
         fleet.tick(at)
-    recount = {s: 0 for s in DeviceState}
+    recount = dict.fromkeys(DeviceState, 0)
     for row in fleet.rows(T0 + 3000):
         recount[row.state] += 1
     assert fleet.counts() == recount

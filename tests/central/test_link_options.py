@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
@@ -195,10 +196,8 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -232,5 +231,5 @@ def test_monitor__auto_falls_back_to_3_1_1_and_says_so(v311, broker, device, cap
 def test_monitor__auto_does_not_fall_back_when_nothing_listens(capsys):
     port = free_port()
     assert cli("monitor", "--broker", f"127.0.0.1:{port}", "--once") == 1
-    assert capsys.readouterr().err.strip() == f"campus-agent monitor: cannot reach broker 127.0.0.1:{port} " \
-                                              "(connection refused)"
+    want = f"campus-agent monitor: cannot reach broker 127.0.0.1:{port} (connection refused)"
+    assert capsys.readouterr().err.strip() == want
