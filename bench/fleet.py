@@ -34,6 +34,7 @@ import json
 import os
 import re
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,12 +204,26 @@ def run_one(kind: str, n: int, phases: Phases, workdir: Path) -> dict[str, Any]:
         broker.stop()
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for repeated runs: the median of each figure, the worst of missed, duplicated and dropped."""
+    row: dict[str, Any] = dict(runs[0])
+    for key, value in runs[0].items():
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if key in ("missed", "duplicated", "broker_dropped"):
+            row[key] = max(values)
+        elif isinstance(value, (int, float)) and key != "devices" and values:
+            row[key] = round(statistics.median(values), 3)
+    row["runs"] = runs
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows (make bench-fleet QUICK=1)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="fleet sizes, comma-separated")
     ap.add_argument("--consumers", help="comma-separated: monitor, reference (docs/examples), paho (a bare "
                                         "subscriber: the floor); default all three, with --quick the monitor")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per consumer and size; the report shows medians")
     ap.add_argument("--phases", metavar="STEADY,BURST", help="seconds of each phase (overrides --quick's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet", help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
@@ -221,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         for kind in (args.consumers or ("monitor" if args.quick else "monitor,reference,paho")).split(","):
             for n in sizes:
-                r = run_one(kind, n, phases, Path(tmp))
-                print(json.dumps(r), flush=True)
-                results.append(r)
+                runs = []
+                for _ in range(args.repeat):
+                    runs.append(run_one(kind, n, phases, Path(tmp)))
+                    print(json.dumps(runs[-1]), flush=True)
+                results.append(median_run(runs))
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick,
-           "phases": phases.__dict__, "machine": machine_note(), "results": results,
+           "phases": phases.__dict__, "machine": machine_note(), "repeat": args.repeat, "results": results,
            "memory_per_device_bytes": memory_per_device(max(sizes)), "load_per_device": load_per_device()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -136,7 +136,8 @@ def load_per_device(interval_s: float = HEARTBEAT_S) -> dict[str, float]:
 
 def render_markdown(doc: dict[str, Any]) -> str:
     """The README table: one row per size, each figure with its ratio to the 100-device figure."""
-    out = [(f"Fleet bench {doc['when']} ({'quick' if doc['quick'] else 'full'}; {doc['machine']['cpus']} cores, "
+    out = [(f"Fleet bench {doc['when']} ({'quick' if doc['quick'] else 'full'}; median of {doc.get('repeat', 1)} "
+            f"run(s) per row; {doc['machine']['cpus']} cores, "
            f"load average {doc['machine']['load_avg_1_5_15']}; {doc['machine']['note']})"), ""]
     for kind in dict.fromkeys(r["consumer"] for r in doc["results"]):
         rows = [r for r in doc["results"] if r["consumer"] == kind]
