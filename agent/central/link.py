@@ -21,7 +21,6 @@ there is no switch to turn that off.
 from __future__ import annotations
 
 import queue
-import ssl
 import threading
 import time
 import uuid
@@ -34,11 +33,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import describe_connect_error
-from agent.config.model import BrokerAddress, Secret, TlsConfig
+from agent.central.settings import DEFAULT_CONNECT_TIMEOUT_S, LinkSettings, tls_context
+from agent.config.model import BrokerAddress
 from agent.errors import AgentError
 
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
-PROTOCOLS = ("auto", "5", "3.1.1")
 _KEEPALIVE_S = 30
 _TRICKLE_GAP_S = 0.02
 _TRICKLE_PACKETS = 4
@@ -63,42 +61,6 @@ class LinkNote:
 
     up: bool
     text: str
-
-
-@dataclass(frozen=True)
-class LinkSettings:
-    """Where to connect and how: brokers in order, protocol, TLS and credentials.
-
-    ``tls`` ``None`` is plain MQTT; ``protocol`` is ``auto``, ``5`` or ``3.1.1``.
-    """
-
-    brokers: tuple[BrokerAddress, ...]
-    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
-    protocol: str = "auto"
-    tls: TlsConfig | None = None
-    username: str | None = None
-    password: Secret | None = None
-
-    def __post_init__(self) -> None:
-        if not self.brokers:
-            raise ValueError("LinkSettings needs at least one broker")
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol '{self.protocol}' is not one of {', '.join(PROTOCOLS)}")
-
-    def __repr__(self) -> str:
-        how = "TLS" if self.tls is not None else "plain"
-        who = f"user {self.username}" if self.username else "anonymous"
-        return f"<LinkSettings {', '.join(map(str, self.brokers))} MQTT {self.protocol} {how} {who}>"
-
-
-def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """Verify the broker always (TLS 1.2 or later); present a client certificate when one is given."""
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    ctx.check_hostname = tls.check_hostname
-    return ctx
 
 
 Inbox = queue.SimpleQueue[Incoming | LinkNote]

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from agent.central.acks import valid_event_id
 from agent.central.display import valid_id
-from agent.central.link import DEFAULT_CONNECT_TIMEOUT_S, PROTOCOLS, LinkSettings
 from agent.central.session import (
     EXIT_FAIL,
     EXIT_OK,
@@ -43,6 +42,7 @@ from agent.central.session import (
     send_ack,
     subscriptions,
 )
+from agent.central.settings import DEFAULT_CONNECT_TIMEOUT_S, PROTOCOLS, LinkSettings
 from agent.config import DEFAULT_PATH, BrokerAddress, load_config
 from agent.config.model import Secret, TlsConfig
 from agent.errors import AgentError, ConfigError

@@ -29,7 +29,8 @@ from agent.central import board
 from agent.central.acks import AckDesk, Reply, ack_command, parse_reply
 from agent.central.display import Line, LineKind, clock_text, device_key, escape, json_line
 from agent.central.fleet import FleetView
-from agent.central.link import CentralLink, Inbox, Incoming, LinkNote, LinkSettings
+from agent.central.link import CentralLink, Inbox, Incoming, LinkNote
+from agent.central.settings import LinkSettings
 from agent.errors import AgentError
 from agent.events import iso_ms
 

@@ -22,7 +22,6 @@ from agent.central.acks import AckDesk, ack_command, parse_reply
 from agent.central.board import table
 from agent.central.display import Alarm, LineKind
 from agent.central.fleet import DeviceState, FleetView
-from agent.central.link import LinkSettings
 from agent.central.monitor import (
     MonitorOptions,
     Target,
@@ -31,6 +30,7 @@ from agent.central.monitor import (
     resolve_target,
     run_monitor,
 )
+from agent.central.settings import LinkSettings
 from agent.config import BrokerAddress
 from agent.errors import AgentError, ConfigError
 from agent.events import iso_ms, new_id
