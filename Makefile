@@ -3,6 +3,7 @@
 #   make demo   set up and run the agent on simulated pins against a local broker
 #   make test   set up and run ruff, mypy --strict and the whole test suite
 #   make bench  benchmarks against raw paho-mqtt (QUICK=1 for a short run)
+#   make bench-fleet  the centre at 100 to 20,000 devices (QUICK=1: under 3 minutes)
 #   make soak   the fault suite at full counts
 
 SHELL := /bin/bash
@@ -11,7 +12,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint typecheck pytest bench soak clean deps mosquitto faketime venv
+.PHONY: all demo test lint typecheck pytest bench bench-fleet soak clean deps mosquitto faketime venv
 
 all: test
 
@@ -51,6 +52,9 @@ demo: deps
 
 bench: deps
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+bench-fleet: deps
+	$(PY) bench/fleet.py $(if $(QUICK),--quick,)
 
 soak: deps faketime
 	SOAK=1 $(PY) -m pytest tests/faults -m slow -p no:cacheprovider -s $(PYTEST_ARGS)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.mqtt import Central
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("reference_consumer", ROOT / "docs/examples/reference_consumer.py")
@@ -20,8 +26,8 @@ spec.loader.exec_module(ref)
 
 
 def event(seq: int, *, eid: str | None = None, synced: bool = True, ts: str = "2026-11-29T06:00:10.000Z",
-          mono_ms: int = 10_000, boot: str = "b1") -> bytes:
-    return json.dumps({"v": 1, "id": eid or f"{seq:032x}", "seq": seq, "site": "main", "device": "g1",
+          mono_ms: int = 10_000, boot: str = "b1", device: str = "g1") -> bytes:
+    return json.dumps({"v": 1, "id": eid or f"{seq:032x}", "seq": seq, "site": "main", "device": device,
                        "type": "panic", "source": "panic", "test": False, "ts": ts, "clock_synced": synced,
                        "boot_id": boot, "mono_ms": mono_ms, "data": {}}).encode()
 
@@ -71,3 +77,54 @@ def test_consumer__live_against_a_real_agent(broker, central, agent_proc, device
     alarms = [line for line in lines if line.startswith("PANIC")]
     assert len(alarms) == 2
     assert not [line for line in lines if line.startswith("gap")]
+
+
+class ConsumerProc:
+    """The reference consumer as a process; its stdout collected on a thread."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "docs/examples/reference_consumer.py"), "--host", "127.0.0.1", "--port",
+             str(port), "--client-id", f"ref-{uuid.uuid4().hex[:8]}", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.proc.stderr is not None
+        assert "subscribed to" in self.proc.stderr.readline()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def seqs(self, device: str) -> list[int]:
+        return [int(ln.rsplit(" ", 1)[1]) for ln in list(self.lines) if ln.startswith(f"PANIC at main/{device} ")]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.mark.broker
+def test_consumer__shared_subscription_gives_each_event_to_exactly_one_member(broker, device):
+    group = f"central-{uuid.uuid4().hex[:6]}"
+    members = [ConsumerProc(broker.port, "--group", group) for _ in range(2)]
+    pub = Central(broker.port, topics=("none/#",))
+    try:
+        for seq in range(1, 21):
+            pub.publish(f"campus/main/{device}/event/panic", event(seq, eid=uuid.uuid4().hex, device=device))
+        # Sentinels until each member has printed one: a copy of an earlier event would have come before it.
+        seq = 20
+        deadline = time.monotonic() + 20
+        while not all(any(s > 20 for s in m.seqs(device)) for m in members):
+            assert time.monotonic() < deadline, [m.lines for m in members]
+            seq += 1
+            pub.publish(f"campus/main/{device}/event/panic", event(seq, eid=uuid.uuid4().hex, device=device))
+            time.sleep(0.05)
+        got = [s for m in members for s in m.seqs(device) if s <= 20]
+        assert sorted(got) == list(range(1, 21))  # every event once, across the group
+        assert all(any(s <= 20 for s in m.seqs(device)) for m in members)  # and both members took a share
+    finally:
+        pub.close()
+        for m in members:
+            m.close()

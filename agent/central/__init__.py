@@ -1,5 +1,8 @@
 """The operator's tools at the security centre: ``campus-agent monitor`` and ``ack``.
 
-``link`` is this audience's only paho importer; ``fleet`` keeps per-device state,
-``acks`` the alarm/ack desk, ``display`` turns payloads into lines a person reads.
+``link`` is this audience's only paho importer (``settings``: where and how
+it connects); ``fleet`` keeps per-device state (``deadlines``: when each
+heartbeat is due), ``acks`` the alarm/ack desk, ``board`` the header,
+attention list and full table, ``display`` turns payloads into escaped lines
+a person reads, ``session`` is the print loop and ``monitor`` the command line.
 """

@@ -13,7 +13,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from agent.central.display import Alarm, Line, LineKind, clock_text, decode, device_key, warning_line
+from agent.central.display import Alarm, Line, LineKind, clock_text, decode, device_key, escape, warning_line
 from agent.events import CONTRACT_VERSION, is_event_id, iso_ms, new_id
 
 REPLY_TIMEOUT_S = 10.0
@@ -87,6 +87,10 @@ class AckDesk:
         """The most recent alarm not yet acknowledged, or ``None``."""
         return next(reversed(self._unacked.values()), None)
 
+    def unacked(self) -> list[Alarm]:
+        """Every alarm not yet acknowledged from here, newest first (at most 1,000)."""
+        return list(reversed(self._unacked.values()))
+
     def sent(self, alarm: Alarm, cmd_id: str, now: float) -> None:
         """``cmd_id`` acknowledges ``alarm``; its reply is now expected."""
         self._unacked.pop(alarm.event_id, None)
@@ -106,7 +110,7 @@ class AckDesk:
         if reply is None:
             problem = decode(payload)
             why = problem if isinstance(problem, str) else "no cmd_id or ok"
-            return [warning_line(at, f"{topic}: unreadable reply ({why}); ignored", self._tz)]
+            return [warning_line(at, f"{escape(topic)}: unreadable reply ({why}); ignored", self._tz)]
         entry = self._sent.pop(reply.cmd_id, None)
         if entry is None:
             return []  # a reply to another client's command
@@ -115,7 +119,7 @@ class AckDesk:
             self.offer(alarm)
         verdict = "accepted" if reply.ok else f"REFUSED: {reply.error or 'no reason given'}"
         text = (f"{clock_text(at, self._tz)}  {device_key(alarm.site, alarm.device)}  "
-                f"ack of {alarm.type} {alarm.event_id} {verdict}")
+                f"ack of {alarm.type} {alarm.event_id} {escape(verdict)}")
         record = {"kind": "reply", "arrived": iso_ms(at), "site": alarm.site, "device": alarm.device,
                   "cmd_id": reply.cmd_id, "event_id": alarm.event_id, "ok": reply.ok, "error": reply.error}
         return [Line(LineKind.REPLY, text, record)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,11 +22,74 @@ from agent.events import iso_ms
 MAX_PAYLOAD = 65_536
 KEY_WIDTH = 20
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Everything a terminal may act on: C0/C1 controls and DEL (Cc), format characters such as
+# bidi overrides (Cf), line/paragraph separators (Zl, Zp), and unassigned or surrogate code points.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def valid_id(text: str) -> bool:
     """True for a contract site or device id; they become topic levels."""
     return _ID.fullmatch(text) is not None
+
+
+def valid_type(text: str) -> bool:
+    """True for a well-formed event type (the contract's are lower-case words with ``_``).
+
+    Unknown but well-formed types are shown: a newer agent may send one.
+    """
+    return _TYPE.fullmatch(text) is not None
+
+
+def _unsafe(ch: str) -> bool:
+    return ch in _NAMED or (not ch.isprintable() and ch != " ") or unicodedata.category(ch) in _UNSAFE_CATEGORIES
+
+
+def escape(text: str, *, backslash: bool = True) -> str:
+    r"""``text`` with every character a terminal could act on made visible.
+
+    ``ESC`` becomes ``\x1b``, CR ``\r``, U+202E ``\u202e``, a backslash ``\\``: a
+    device cannot move the operator's cursor, erase a line or forge one.
+    Printable text (accents, CJK, emoji) is kept as it is.  ``backslash``
+    false leaves backslashes alone: the last pass over a line whose fields
+    were escaped already must not escape them twice.
+    """
+    if text.isascii() and text.isprintable() and (not backslash or "\\" not in text):
+        return text  # the common case, checked in C
+    out: list[str] = []
+    for ch in text:
+        if not _unsafe(ch) or (ch == "\\" and not backslash):
+            out.append(ch)
+        elif ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif ord(ch) <= 0xFF:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    """``record`` as one line of JSON with no character a terminal could act on.
+
+    ``json.dumps`` escapes C0 controls but, without ``ensure_ascii``, leaves C1
+    controls (U+009B is a one-byte CSI), bidi overrides and U+2028 raw.
+    """
+    text = json.dumps(record, ensure_ascii=False)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(_json_escape(ch) if ch != "\\" and _unsafe(ch) else ch for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    n = ord(ch)
+    if n <= 0xFFFF:
+        return f"\\u{n:04x}"
+    n -= 0x10000  # JSON spells astral code points as a surrogate pair
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
 
 
 class LineKind(StrEnum):
@@ -36,6 +100,8 @@ class LineKind(StrEnum):
     DEVICE = "device"
     ACK = "ack"
     LINK = "link"
+    SUMMARY = "summary"
+    ALARM = "alarm"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,15 @@ Decisions:
   ``overdue_after_s``).  A retained status counts from its ``ts`` when the
   device's clock was synchronised and ``ts`` is not in the future, so a device
   that went silent before the monitor started is flagged at once.
+- **Cost per message does not grow with the fleet.**  Each device's next
+  deadline sits in :class:`~agent.central.deadlines.Deadlines` (a heap with
+  lazy deletion); :meth:`FleetView.tick` pops only what has passed, and the
+  counts behind the header line are kept as states change, never by a scan.
+  Only the full table (on request) looks at every device.
+- **Nothing a device sends is printed raw**: text fields are escaped
+  (:func:`~agent.central.display.escape`), and the fields the contract
+  restricts (site, device, event id, type) are checked first; a message that
+  fails becomes one warning naming its topic.
 - All times are wall-clock seconds (``time.time()``): the delay shown for an
   event is arrival minus its ``ts``, which only the wall clock can give.
 """
@@ -27,27 +36,31 @@ Decisions:
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict, deque
+import heapq
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from agent.central.board import RANK, DeviceRow, DeviceState
+from agent.central.deadlines import Deadlines
 from agent.central.display import (
     Alarm,
     Line,
     LineKind,
-    ago,
     clock_text,
     decode,
     delay_text,
     device_key,
+    escape,
     int_or_none,
     parse_ts,
     span,
     text_or,
+    valid_id,
+    valid_type,
     warning_line,
 )
-from agent.events import iso_ms
+from agent.events import is_event_id, iso_ms
 
 DEFAULT_INTERVAL_S = 30.0
 OVERDUE_FACTOR = 3.0
@@ -55,35 +68,7 @@ DEDUP_IDS = 10_000
 ALARM_TYPES = frozenset({"panic", "tamper"})
 _GAP_WINDOW = 32
 _MIN_GAPS = 3
-_KEY_COL = 24
 _OFFLINE_WHY = {"lost": "the broker lost its connection (will)", "shutdown": "the agent stopped cleanly"}
-
-
-class DeviceState(StrEnum):
-    ONLINE = "online"
-    OVERDUE = "overdue"
-    OFFLINE = "offline"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    """One row of the device table, as of the ``now`` it was computed for."""
-
-    site: str
-    device: str
-    state: DeviceState
-    reason: str | None
-    heard: float | None
-    offline_at: float | None
-    interval_s: float
-    pending: int | None
-    last_event: str | None
-    last_event_at: float | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.site}/{self.device}"
 
 
 @dataclass(frozen=True)
@@ -97,25 +82,24 @@ class _Msg:
     retained: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class _Device:
     site: str
     device: str
-    status: str | None = None
+    state: DeviceState = DeviceState.UNKNOWN
     reason: str | None = None
     heard: float | None = None
     offline_at: float | None = None
-    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=_GAP_WINDOW))
+    gaps: list[float] = field(default_factory=list)
     pending: int | None = None
     dropped: int | None = None
-    flagged: bool = False
     last_event: str | None = None
     last_event_at: float | None = None
     max_seq: int | None = None
 
 
 class FleetView:
-    """Turns status and event messages into printable lines and a device table.
+    """Turns status and event messages into printable lines and device counts.
 
     Args:
         prefix: the topic prefix (``mqtt.topic_prefix``, default ``campus``).
@@ -142,12 +126,20 @@ class FleetView:
         self._dedup_ids = dedup_ids
         self._tz = tz
         self._devices: dict[str, _Device] = {}
+        self._deadlines = Deadlines()
+        self._counts = dict.fromkeys(DeviceState, 0)
+        self._attention: set[str] = set()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.events = 0
         self.duplicates = 0
 
     def __repr__(self) -> str:
         return f"<FleetView {self.prefix}: {len(self._devices)} devices, {self.events} events>"
+
+    @property
+    def work(self) -> int:
+        """Heap steps done so far: what tests count to show a message costs O(1), not O(fleet)."""
+        return self._deadlines.ops
 
     # ---- input -------------------------------------------------------------
 
@@ -156,7 +148,10 @@ class FleetView:
         head = f"{self.prefix}/"
         levels = topic[len(head):].split("/") if topic.startswith(head) else []
         if len(levels) < 3 or not levels[0] or not levels[1]:
-            return [self._warn(arrival, f"{topic}: not a {self.prefix}/SITE/DEVICE/... topic; ignored")]
+            return [self._warn(arrival, f"{escape(topic)}: not a {self.prefix}/SITE/DEVICE/... topic; ignored")]
+        if not (valid_id(levels[0]) and valid_id(levels[1])):
+            return [self._warn(arrival, f"{escape(topic)}: site or device is not a contract id "
+                                        "(lower-case letters, digits, '-'); ignored")]
         msg = _Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
         if msg.rest == ("status",):
             return self._status(msg)
@@ -165,70 +160,62 @@ class FleetView:
         return []  # replies are the AckDesk's; commands are not shown
 
     def tick(self, now: float) -> list[Line]:
-        """Flag devices that have just become overdue."""
+        """Flag devices whose heartbeat deadline has passed; costs one heap pop per deadline passed."""
         lines: list[Line] = []
-        for dev in self._devices.values():
-            if not dev.flagged and self._state(dev, now) is DeviceState.OVERDUE:
-                dev.flagged = True
-                silent = span(now - dev.heard) if dev.heard is not None else "?"
-                limit = (f"overdue after {span(self.overdue_after_s)}" if self.overdue_after_s is not None
-                         else f"expected every {span(self._interval(dev))}")
-                text = f"no heartbeat for {silent} ({limit})"
-                lines.append(self._state_line(dev, now, "OVERDUE", text))
+        for key in self._deadlines.pop_passed(now):
+            dev = self._devices[key]
+            if dev.state is not DeviceState.ONLINE:
+                continue
+            self._set_state(dev, DeviceState.OVERDUE)
+            silent = span(now - dev.heard) if dev.heard is not None else "?"
+            limit = (f"overdue after {span(self.overdue_after_s)}" if self.overdue_after_s is not None
+                     else f"expected every {span(self._interval(dev))}")
+            lines.append(self._state_line(dev, now, "OVERDUE", f"no heartbeat for {silent} ({limit})"))
         return lines
 
-    # ---- the table -------------------------------------------------------------
+    # ---- what the board shows ----------------------------------------------------
 
-    def rows(self, now: float) -> list[DeviceRow]:
-        return [
-            DeviceRow(site=d.site, device=d.device, state=self._state(d, now), reason=d.reason, heard=d.heard,
-                      offline_at=d.offline_at, interval_s=self._interval(d), pending=d.pending,
-                      last_event=d.last_event, last_event_at=d.last_event_at)
-            for _, d in sorted(self._devices.items())
-        ]
+    def counts(self) -> dict[DeviceState, int]:
+        """Devices per state as of the last :meth:`tick`; kept up to date, never counted."""
+        return dict(self._counts)
 
-    def table(self, now: float) -> str:
-        """The device table as plain text, with a one-line summary on top."""
-        rows = self.rows(now)
-        count = {s: sum(r.state is s for r in rows) for s in DeviceState}
-        head = (f"{len(rows)} devices: {count[DeviceState.ONLINE]} online, {count[DeviceState.OVERDUE]} OVERDUE, "
-                f"{count[DeviceState.OFFLINE]} offline, {count[DeviceState.UNKNOWN]} unknown; "
-                f"{_count(self.events, 'event')}, {_count(self.duplicates, 'duplicate')} suppressed")
-        w = max([_KEY_COL, *(len(r.key) + 2 for r in rows)])
-        out = [head, f"{'DEVICE':<{w}}{'STATE':<10}{'LAST HEARTBEAT':<18}{'OUTBOX':<8}LAST EVENT"]
-        for r in rows:
-            state = {DeviceState.OVERDUE: "OVERDUE", DeviceState.UNKNOWN: "?"}.get(r.state, r.state.value)
-            if r.state is DeviceState.OFFLINE:
-                beat = f"({r.reason})" + (f" {ago(now - r.offline_at)}" if r.offline_at is not None else "")
-            else:
-                beat = ago(now - r.heard) if r.heard is not None else "-"
-            online = r.state in (DeviceState.ONLINE, DeviceState.OVERDUE)
-            box = str(r.pending) if online and r.pending is not None else "-"
-            last = f"{r.last_event} {ago(now - r.last_event_at)}" if r.last_event_at is not None else "-"
-            out.append(f"{r.key:<{w}}{state:<10}{beat:<18}{box:<8}{last}")
-        return "\n".join(out)
+    def __len__(self) -> int:
+        return len(self._devices)
 
-    def device_lines(self, now: float) -> list[Line]:
-        """The table as one ``device`` line per device, for ``--json``."""
-        return [
-            Line(LineKind.DEVICE, r.key, {
-                "kind": "device", "site": r.site, "device": r.device, "state": r.state.value, "reason": r.reason,
-                "heartbeat_age_s": round(now - r.heard, 1) if r.heard is not None else None,
-                "interval_s": r.interval_s, "outbox_pending": r.pending, "last_event": r.last_event,
-                "last_event_age_s": round(now - r.last_event_at, 1) if r.last_event_at is not None else None,
-            })
-            for r in self.rows(now)
-        ]
+    def attention(self, now: float, limit: int) -> tuple[list[DeviceRow], int]:
+        """Up to ``limit`` rows of devices not online, problem first, and how many there are."""
+        keys = heapq.nsmallest(limit, self._attention, key=lambda k: (RANK[self._devices[k].state], k))
+        return [self._row(self._devices[k], now) for k in keys], len(self._attention)
+
+    def rows(self, now: float, *, site: str | None = None) -> list[DeviceRow]:
+        """Every device (or one site's), problem first: the full table, a scan on request only."""
+        rows = [self._row(d, now) for d in self._devices.values() if site is None or d.site == site]
+        return sorted(rows, key=lambda r: (RANK[r.state], r.key))
+
+    def _row(self, d: _Device, now: float) -> DeviceRow:
+        state = d.state
+        due = self._deadlines.due(f"{d.site}/{d.device}")
+        if state is DeviceState.ONLINE and due is not None and due < now:
+            state = DeviceState.OVERDUE  # between ticks: the table is exact at its own ``now``
+        return DeviceRow(site=d.site, device=d.device, state=state, reason=d.reason, heard=d.heard,
+                         offline_at=d.offline_at, interval_s=self._interval(d), pending=d.pending,
+                         last_event=d.last_event, last_event_at=d.last_event_at)
 
     # ---- message kinds -----------------------------------------------------------
 
     def _event(self, msg: _Msg) -> list[Line]:
         doc, at, site, device = decode(msg.payload), msg.at, msg.site, msg.device
+        where = escape(msg.topic)
         if isinstance(doc, str):
-            return [self._warn(at, f"{msg.topic}: {doc}; ignored")]
+            return [self._warn(at, f"{where}: {doc}; ignored")]
         eid = doc.get("id")
         if not isinstance(eid, str) or not eid:
-            return [self._warn(at, f"{msg.topic}: event without an id; ignored")]
+            return [self._warn(at, f"{where}: event without an id; ignored")]
+        if not is_event_id(eid):
+            return [self._warn(at, f"{where}: event id '{escape(eid[:40])}' is not 32 hex digits; ignored")]
+        problem = self._restricted(doc, msg)
+        if problem is not None:
+            return [self._warn(at, f"{where}: {problem}; ignored")]
         if eid in self._seen:
             self._seen.move_to_end(eid)
             self.duplicates += 1
@@ -238,7 +225,7 @@ class FleetView:
             self._seen.popitem(last=False)
         self.events += 1
         dev = self._device(site, device)
-        etype = text_or(doc.get("type"), msg.rest[1] if len(msg.rest) > 1 else "?")
+        etype = msg.rest[1]
         seq = int_or_none(doc.get("seq"))
         lines: list[Line] = []
         late = None
@@ -256,9 +243,9 @@ class FleetView:
         ts = parse_ts(doc.get("ts"))
         delay = at - ts if ts is not None else None
         test, synced = doc.get("test") is True, doc.get("clock_synced") is not False
-        parts = [self._clock(at), device_key(site, device), f"{etype:<15}",
-                 f"from {text_or(doc.get('source'), '?'):<10}", f"seq {_opt(seq):<6}", "TEST" if test else "    ",
-                 f"{delay_text(delay):>8}"]
+        source = escape(text_or(doc.get("source"), "?"))
+        parts = [self._clock(at), device_key(site, device), f"{etype:<15}", f"from {source:<10}",
+                 f"seq {_opt(seq):<6}", "TEST" if test else "    ", f"{delay_text(delay):>8}"]
         if not synced:
             parts.append("clock?")
         if late is not None:
@@ -272,59 +259,97 @@ class FleetView:
         lines.append(Line(LineKind.EVENT, "  ".join(parts), record, alarm))
         return lines
 
+    @staticmethod
+    def _restricted(doc: dict[str, Any], msg: _Msg) -> str | None:
+        """Why the contract-restricted fields of an event cannot be shown, or ``None``."""
+        topic_type = msg.rest[1] if len(msg.rest) == 2 else ""
+        if not valid_type(topic_type):
+            return "not an event/TYPE topic with a contract event type"
+        etype = doc.get("type", topic_type)
+        if etype != topic_type:
+            shown = escape(str(etype)[:40])
+            return f"type '{shown}' is not the topic's ('{topic_type}')"
+        for name, expected in (("site", msg.site), ("device", msg.device)):
+            value = doc.get(name, expected)
+            if value != expected:
+                return f"{name} '{escape(str(value)[:70])}' is not the topic's ('{expected}')"
+        return None
+
     def _status(self, msg: _Msg) -> list[Line]:
         doc, at, retained = decode(msg.payload), msg.at, msg.retained
+        where = escape(msg.topic)
         if isinstance(doc, str):
-            return [self._warn(at, f"{msg.topic}: {doc}; ignored")]
+            return [self._warn(at, f"{where}: {doc}; ignored")]
         state = doc.get("state")
         if state not in ("online", "offline"):
-            return [self._warn(at, f"{msg.topic}: status with state {state!r}; ignored")]
+            return [self._warn(at, f"{where}: status with state '{escape(str(state)[:40])}'; ignored")]
+        for name, expected in (("site", msg.site), ("device", msg.device)):
+            value = doc.get(name, expected)
+            if value != expected:
+                return [self._warn(at, f"{where}: {name} '{escape(str(value)[:70])}' is not the topic's "
+                                       f"('{expected}'); ignored")]
         dev = self._device(msg.site, msg.device)
-        was, was_flagged = dev.status, dev.flagged
-        dev.flagged = False
+        key = f"{dev.site}/{dev.device}"
+        was, was_overdue = dev.state, dev.state is DeviceState.OVERDUE
         if state == "offline":
-            dev.status, dev.reason = "offline", text_or(doc.get("reason"), "?")
+            self._deadlines.cancel(key)
+            self._set_state(dev, DeviceState.OFFLINE)
+            dev.reason = escape(text_or(doc.get("reason"), "?")[:40])
             dev.offline_at = None if retained else at
             dev.gaps.clear()
-            if retained or was == "offline":
+            if retained or was is DeviceState.OFFLINE:
                 return []
             return [self._state_line(dev, at, "OFFLINE", f"{dev.reason}: {_OFFLINE_WHY.get(dev.reason, '?')}")]
         heard = self._heard_at(doc, at, retained=retained)
-        if not retained and was == "online" and dev.heard is not None and heard > dev.heard:
+        if not retained and was in (DeviceState.ONLINE, DeviceState.OVERDUE) and dev.heard is not None \
+                and heard > dev.heard:
             gap = heard - dev.heard
             if len(dev.gaps) < _MIN_GAPS or gap <= OVERDUE_FACTOR * self._interval(dev):
                 dev.gaps.append(gap)
+                if len(dev.gaps) > _GAP_WINDOW:
+                    del dev.gaps[0]
         dev.heard = max(heard, dev.heard or heard)
-        dev.status, dev.reason, dev.offline_at = "online", None, None
+        dev.reason, dev.offline_at = None, None
+        self._set_state(dev, DeviceState.ONLINE)
+        limit = self.overdue_after_s if self.overdue_after_s is not None else OVERDUE_FACTOR * self._interval(dev)
+        self._deadlines.set(key, dev.heard + limit)
         outbox = doc.get("outbox")
         if isinstance(outbox, dict):
             dev.pending = int_or_none(outbox.get("pending"))
             dev.dropped = int_or_none(outbox.get("dropped"))
-        if retained or (was == "online" and not was_flagged):
+        if retained or (was is DeviceState.ONLINE):
             return []
-        why = "heartbeat back" if was_flagged else "was offline" if was == "offline" else "first status seen"
+        why = ("heartbeat back" if was_overdue else "was offline" if was is DeviceState.OFFLINE
+               else "first status seen")
         return [self._state_line(dev, at, "online", f"({why})")]
 
     # ---- helpers -------------------------------------------------------------------
 
     def _device(self, site: str, device: str) -> _Device:
         key = f"{site}/{device}"
-        if key not in self._devices:
-            self._devices[key] = _Device(site, device)
-        return self._devices[key]
+        dev = self._devices.get(key)
+        if dev is None:
+            dev = self._devices[key] = _Device(site, device)
+            self._counts[DeviceState.UNKNOWN] += 1
+            self._attention.add(key)
+        return dev
+
+    def _set_state(self, dev: _Device, state: DeviceState) -> None:
+        if dev.state is state:
+            return
+        self._counts[dev.state] -= 1
+        self._counts[state] += 1
+        dev.state = state
+        key = f"{dev.site}/{dev.device}"
+        if state is DeviceState.ONLINE:
+            self._attention.discard(key)
+        else:
+            self._attention.add(key)
 
     def _interval(self, dev: _Device) -> float:
         if len(dev.gaps) >= _MIN_GAPS:
             return max(dev.gaps)
         return max(self.default_interval_s, max(dev.gaps, default=0.0))
-
-    def _state(self, dev: _Device, now: float) -> DeviceState:
-        if dev.status == "offline":
-            return DeviceState.OFFLINE
-        if dev.status != "online" or dev.heard is None:
-            return DeviceState.UNKNOWN
-        limit = self.overdue_after_s if self.overdue_after_s is not None else OVERDUE_FACTOR * self._interval(dev)
-        return DeviceState.OVERDUE if now - dev.heard > limit else DeviceState.ONLINE
 
     @staticmethod
     def _heard_at(doc: dict[str, Any], at: float, *, retained: bool) -> float:
@@ -348,7 +373,3 @@ class FleetView:
 
 def _opt(value: int | None) -> str:
     return "?" if value is None else str(value)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -10,9 +10,12 @@ Shows the four things every central server must get right:
    ``outbox.dropped``);
 4. re-timing events stamped while the device clock was not synchronised.
 
-Run:  python docs/examples/reference_consumer.py --host broker.campus.lan --port 1883
-With several consumer instances behind a clustered broker, pass --group NAME
-to use the shared subscription ``$share/NAME/campus/+/+/event/#``.
+Run:  python docs/examples/reference_consumer.py --host broker.campus.lan --port 8883 \
+          --cafile ca.crt --cert central.crt --key central.key
+With several consumer instances (MQTT 5 broker: mosquitto 2, EMQX, HiveMQ),
+give each its own --client-id and the same --group NAME: the shared
+subscription ``$share/NAME/campus/+/+/event/#`` hands each event to one of
+them.  RabbitMQ 3.10 has no shared subscriptions: one consumer per queue.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -103,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=1883)
     ap.add_argument("--client-id", default="central-reference-consumer")
     ap.add_argument("--group", help="shared subscription group (clustered broker, several consumers)")
+    ap.add_argument("--cafile", help="TLS: verify the broker with this CA (TLS is off without it)")
+    ap.add_argument("--cert", help="TLS: client certificate")
+    ap.add_argument("--key", help="TLS: client key")
+    ap.add_argument("--username")
+    ap.add_argument("--password-file", help="first line is the password; needs --cafile")
     args = ap.parse_args(argv)
+    if args.password_file and not args.cafile:
+        ap.error("--password-file needs --cafile: a password must not cross the network in clear")
     consumer = Consumer()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=MQTTProtocolVersion.MQTTv5)
     events = "campus/+/+/event/#" if not args.group else f"$share/{args.group}/campus/+/+/event/#"
@@ -112,12 +123,21 @@ def main(argv: list[str] | None = None) -> int:
         if not flags.session_present:  # a new session: (re)subscribe; an old one keeps its subscriptions
             c.subscribe([(events, 1), ("campus/+/+/status", 1)])
 
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, _rcs: Any, _p: Any) -> None:
+        print(f"subscribed to {events} and campus/+/+/status", file=sys.stderr, flush=True)
+
     def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
         for line in consumer.handle(m.topic, m.payload):
             print(line, flush=True)
 
+    if args.cafile:
+        client.tls_set(ca_certs=args.cafile, certfile=args.cert, keyfile=args.key)
+    if args.username:
+        password = Path(args.password_file).read_text().splitlines()[0] if args.password_file else None
+        client.username_pw_set(args.username, password)
     client.on_connect = on_connect
     client.on_message = on_message
+    client.on_subscribe = on_subscribe
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 7 * 24 * 3600  # keep queued events for a week while we are down
     client.connect(args.host, args.port, keepalive=30, clean_start=False, properties=props)

@@ -19,9 +19,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.central.acks import AckDesk, ack_command, parse_reply
+from agent.central.board import table
 from agent.central.display import Alarm, LineKind
 from agent.central.fleet import DeviceState, FleetView
-from agent.central.link import LinkSettings
 from agent.central.monitor import (
     MonitorOptions,
     Target,
@@ -30,6 +30,7 @@ from agent.central.monitor import (
     resolve_target,
     run_monitor,
 )
+from agent.central.settings import LinkSettings
 from agent.config import BrokerAddress
 from agent.errors import AgentError, ConfigError
 from agent.events import iso_ms, new_id
@@ -109,7 +110,7 @@ def test_fleet__same_id_is_shown_once(fleet):
     fleet.feed(topic("event/panic"), enc(event(seq=1043)), T0 + 2)
     assert fleet.feed(topic("event/panic"), enc(doc), T0 + 3) == []  # a redelivery after a reconnect
     assert (fleet.events, fleet.duplicates) == (2, 2)
-    assert "2 events, 2 duplicates suppressed" in fleet.table(T0 + 3)
+    assert "2 events, 2 duplicates suppressed" in table(fleet, 0, T0 + 3)
 
 
 def test_fleet__dedup_memory_is_bounded():
@@ -149,7 +150,7 @@ def test_fleet__malformed_payload_is_one_warning(fleet, where, payload, why):
 
 
 def test_fleet__event_with_odd_fields_still_prints(fleet):
-    [line] = fleet.feed(topic("event/panic"), b'{"id": "x", "seq": true, "ts": "yesterday"}', T0)
+    [line] = fleet.feed(topic("event/panic"), b'{"id": "%s", "seq": true, "ts": "yesterday"}' % (b"a" * 32), T0)
     assert "panic" in line.text  # the type comes from the topic
     assert "seq ?" in line.text
     assert line.record["delay_ms"] is None
@@ -171,7 +172,7 @@ def test_fleet__will_marks_device_offline(fleet):
     assert "lost: the broker lost its connection (will)" in line.text
     [row] = fleet.rows(T0 + 7)
     assert (row.state, row.reason) == (DeviceState.OFFLINE, "lost")
-    assert "main/gate-north-1       offline   (lost) 2 s ago    -" in fleet.table(T0 + 7)
+    assert "main/gate-north-1       offline   (lost) 2 s ago    -" in table(fleet, 0, T0 + 7)
     assert fleet.feed(topic("status"), enc(offline()), T0 + 6) == []  # said once
     assert "was offline" in fleet.feed(topic("status"), enc(status()), T0 + 9)[0].text
 
@@ -180,11 +181,11 @@ def test_fleet__retained_statuses_fill_the_table_quietly(fleet):
     assert fleet.feed(topic("status", "a-1"), enc(offline("a-1")), T0, retained=True) == []
     assert fleet.feed(topic("status", "b-2"), enc(status("b-2", pending=3)), T0, retained=True) == []
     fleet.feed(topic("event/panic", "c-3"), enc(event("c-3")), T0)
-    table = fleet.table(T0 + 75)
-    assert "3 devices: 1 online, 0 OVERDUE, 1 offline, 1 unknown" in table
-    assert "main/a-1                offline   (lost)            -       -" in table
-    assert "main/b-2                online    75 s ago          3       -" in table
-    assert "main/c-3                ?         -                 -       panic 75 s ago" in table
+    text = table(fleet, 0, T0 + 75)
+    assert "3 devices: 1 online, 0 OVERDUE, 1 offline, 1 unknown" in text
+    assert "main/a-1                offline   (lost)            -       -" in text
+    assert "main/b-2                online    75 s ago          3       -" in text
+    assert "main/c-3                ?         -                 -       panic 75 s ago" in text
 
 
 def test_fleet__overdue_after_three_default_intervals(fleet):
@@ -194,7 +195,7 @@ def test_fleet__overdue_after_three_default_intervals(fleet):
     assert "OVERDUE" in line.text
     assert "no heartbeat for 91 s (expected every 30 s)" in line.text
     assert fleet.tick(T0 + 92) == []  # flagged once
-    assert "main/gate-north-1       OVERDUE   92 s ago          3" in fleet.table(T0 + 92)
+    assert "main/gate-north-1       OVERDUE   92 s ago          3" in table(fleet, 0, T0 + 92)
     [back] = fleet.feed(topic("status"), enc(status()), T0 + 95)
     assert "online" in back.text
     assert "heartbeat back" in back.text
@@ -322,7 +323,7 @@ def test_resolve_target__says_what_to_pass_without_broker_or_config(tmp_path):
 def test_resolve_target__config_gives_brokers_and_prefix_broker_flag_overrides(tmp_path):
     cfg = write_config(tmp_path, 1884, device="gate-1", mqtt={"topic_prefix": "north"})
     t = resolve_target(None, cfg, None)
-    assert (t.link.brokers, t.prefix, t.link.mqtt is not None) == ((BrokerAddress("127.0.0.1", 1884),), "north", True)
+    assert (t.link.brokers, t.prefix, t.link.protocol) == ((BrokerAddress("127.0.0.1", 1884),), "north", "5")
     t = resolve_target(BrokerAddress("b", 1), cfg, "south")
     assert (t.link.brokers, t.prefix) == ((BrokerAddress("b", 1),), "south")
 
@@ -552,12 +553,12 @@ def test_monitor__tls_and_client_certificate_from_the_config(tmp_path, device, c
             c.publish(topic("status", device), enc(status(device, ts=time.time())), retain=True)
         finally:
             c.close()
-        assert cli("monitor", "-c", str(cfg), "--once") == 0
+        assert cli("monitor", "-c", str(cfg), "--once", "--table") == 0
         assert f"main/{device}".ljust(24) + "online" in capsys.readouterr().out
         assert cli("monitor", "--broker", f"localhost:{tls_broker.port}", "--once") == 1  # no TLS: refused
         err = capsys.readouterr().err
         assert f"cannot reach broker localhost:{tls_broker.port} (the broker closed the connection" in err
-        assert "does it want TLS or a client certificate?" in err
+        assert "does it want TLS or a client certificate (--cafile, --cert/--key)" in err
     finally:
         tls_broker.stop()
 

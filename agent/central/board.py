@@ -1,0 +1,135 @@
+"""The monitor's board: one header line, what needs attention, every alarm; the full table on request.
+
+At 20,000 devices a table of every device every ten seconds is unreadable
+and costs a scan each time.  The board shows a header with the counts
+(kept up to date by :class:`~agent.central.fleet.FleetView`, never counted),
+then only the devices that are not online (at most ``limit`` of them,
+problem first) and every alarm not yet acknowledged from this monitor.
+The full table, sorted problem first, is printed on request (``t`` + Enter,
+or ``--table``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from agent.central.display import Alarm, Line, LineKind, ago, clock_text
+from agent.events import iso_ms
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from agent.central.fleet import FleetView
+
+ATTENTION_LINES = 40
+_KEY_COL = 24
+
+
+class DeviceState(StrEnum):
+    ONLINE = "online"
+    OVERDUE = "overdue"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+
+# Problem first: the order of the attention list and of the full table.
+RANK = {DeviceState.OVERDUE: 0, DeviceState.OFFLINE: 1, DeviceState.UNKNOWN: 2, DeviceState.ONLINE: 3}
+_SHOWN = {DeviceState.OVERDUE: "OVERDUE", DeviceState.UNKNOWN: "?"}
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """One row of the device table, as of the ``now`` it was computed for."""
+
+    site: str
+    device: str
+    state: DeviceState
+    reason: str | None
+    heard: float | None
+    offline_at: float | None
+    interval_s: float
+    pending: int | None
+    last_event: str | None
+    last_event_at: float | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.site}/{self.device}"
+
+
+def header(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None) -> str:
+    """``HH:MM:SS.mmm  N devices: a online, b OVERDUE, c offline, d unknown; k unacknowledged alarms; ...``."""
+    n = fleet.counts()
+    return (f"{clock_text(now, tz)}  {len(fleet)} devices: {n[DeviceState.ONLINE]} online, "
+            f"{n[DeviceState.OVERDUE]} OVERDUE, {n[DeviceState.OFFLINE]} offline, {n[DeviceState.UNKNOWN]} unknown; "
+            f"{_count(alarms, 'unacknowledged alarm')}; {_count(fleet.events, 'event')}, "
+            f"{_count(fleet.duplicates, 'duplicate')} suppressed")
+
+
+def summary(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, limit: int = ATTENTION_LINES,
+            tz: dt.tzinfo | None = None) -> str:
+    """The header, the devices that need attention (at most ``limit``), then every unacknowledged alarm."""
+    rows, total = fleet.attention(now, limit)
+    out = [header(fleet, len(alarms), now, tz)]
+    if rows:
+        out += _table_lines(rows, now)
+    if total > len(rows):
+        out.append(f"... and {total - len(rows)} more not online: t + Enter (or --table) prints the full table")
+    for a in alarms:
+        out.append(f"ALARM  {a.key:<{_KEY_COL - 7}}{a.type:<10}{ago(now - a.arrival):<18}id {a.event_id} "
+                   "not acknowledged")
+    return "\n".join(out)
+
+
+def table(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None) -> str:
+    """The header and every device, problem first."""
+    return "\n".join([header(fleet, alarms, now, tz), *_table_lines(fleet.rows(now), now)])
+
+
+def summary_lines(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, full: bool,
+                  limit: int = ATTENTION_LINES) -> list[Line]:
+    """For ``--json``: a ``summary`` record, then a ``device`` record per device shown, then the alarms."""
+    n = fleet.counts()
+    rows, total = (fleet.rows(now), len(fleet)) if full else fleet.attention(now, limit)
+    record = {"kind": "summary", "at": iso_ms(now), "devices": len(fleet),
+              **{s.value: n[s] for s in DeviceState}, "unacknowledged_alarms": len(alarms),
+              "events": fleet.events, "duplicates": fleet.duplicates,
+              "listed": len(rows), "not_listed": total - len(rows)}
+    lines = [Line(LineKind.SUMMARY, "summary", record)]
+    lines += [device_line(r, now) for r in rows]
+    lines += [Line(LineKind.ALARM, a.event_id, {"kind": "alarm", "site": a.site, "device": a.device, "type": a.type,
+                                                "id": a.event_id, "arrived": iso_ms(a.arrival), "acknowledged": False})
+              for a in alarms]
+    return lines
+
+
+def device_line(r: DeviceRow, now: float) -> Line:
+    return Line(LineKind.DEVICE, r.key, {
+        "kind": "device", "site": r.site, "device": r.device, "state": r.state.value, "reason": r.reason,
+        "heartbeat_age_s": round(now - r.heard, 1) if r.heard is not None else None,
+        "interval_s": r.interval_s, "outbox_pending": r.pending, "last_event": r.last_event,
+        "last_event_age_s": round(now - r.last_event_at, 1) if r.last_event_at is not None else None,
+    })
+
+
+def _table_lines(rows: Sequence[DeviceRow], now: float) -> list[str]:
+    w = max([_KEY_COL, *(len(r.key) + 2 for r in rows)])
+    out = [f"{'DEVICE':<{w}}{'STATE':<10}{'LAST HEARTBEAT':<18}{'OUTBOX':<8}LAST EVENT"]
+    for r in rows:
+        state = _SHOWN.get(r.state, r.state.value)
+        if r.state is DeviceState.OFFLINE:
+            beat = f"({r.reason})" + (f" {ago(now - r.offline_at)}" if r.offline_at is not None else "")
+        else:
+            beat = ago(now - r.heard) if r.heard is not None else "-"
+        online = r.state in (DeviceState.ONLINE, DeviceState.OVERDUE)
+        box = str(r.pending) if online and r.pending is not None else "-"
+        last = f"{r.last_event} {ago(now - r.last_event_at)}" if r.last_event_at is not None else "-"
+        out.append(f"{r.key:<{w}}{state:<10}{beat:<18}{box:<8}{last}")
+    return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -1,0 +1,243 @@
+"""The monitor's print loop and the one-shot ack: the only code that touches the screen.
+
+One thread (the caller's) owns the fleet view, the ack desk and ``out``;
+paho's thread only puts messages in the inbox (:mod:`agent.central.link`).
+
+Decisions, for a centre with tens of thousands of devices:
+
+- **Alarms first.** Everything already queued is taken at once (up to
+  :data:`_BATCH`), and events are handled before statuses and replies, so a
+  panic that arrives behind 20,000 retained statuses is printed first.
+- **Ticks at most once a second**, never per message: overdue detection is
+  a heap pop per passed deadline (:mod:`agent.central.deadlines`).
+- **Every line is scrubbed on the way out**: fields were escaped where they
+  were read, and :func:`~agent.central.display.escape` runs once more over
+  each line (backslashes left alone) so no control character from a device
+  can reach the terminal, whatever code path built the line.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from agent.central import board
+from agent.central.acks import AckDesk, Reply, ack_command, parse_reply
+from agent.central.display import Line, LineKind, clock_text, device_key, escape, json_line
+from agent.central.fleet import FleetView
+from agent.central.link import CentralLink, Inbox, Incoming, LinkNote
+from agent.central.settings import LinkSettings
+from agent.errors import AgentError
+from agent.events import iso_ms
+
+EXIT_OK, EXIT_FAIL = 0, 1
+TABLE_EVERY_S = 10.0
+TICK_S = 1.0
+_FIRST_TABLE_S = 1.0
+_IDLE_S = 0.25
+_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the monitor connects, and the topic prefix it watches."""
+
+    link: LinkSettings
+    prefix: str = "campus"
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    """What ``campus-agent monitor`` shows; times in seconds, 0 or ``None`` meaning never.
+
+    ``full_table`` prints every device (problem first) where the default
+    board shows the header, the devices that need attention and the alarms.
+    """
+
+    site: str | None = None
+    json: bool = False
+    table_every_s: float = TABLE_EVERY_S
+    duration_s: float | None = None
+    overdue_after_s: float | None = None
+    full_table: bool = False
+
+
+def subscriptions(prefix: str, site: str | None, *, replies: bool) -> list[str]:
+    """The contract's central-side topics, for one site or (``None``) the whole fleet."""
+    scope = f"{prefix}/{site or '+'}/+"
+    return [f"{scope}/status", f"{scope}/event/#"] + ([f"{scope}/reply"] if replies else [])
+
+
+def run_monitor(target: Target, opts: MonitorOptions, *, out: TextIO, err: TextIO, keys: TextIO | None = None,
+                stop: threading.Event | None = None, wall: Callable[[], float] = time.time) -> int:
+    """Connect, subscribe and print until ``stop``, the duration, ``q`` or Ctrl-C.
+
+    ``keys`` is where Enter presses come from (``--ack``); ``None`` turns
+    acknowledging off.  Raises :class:`~agent.errors.AgentError` when no broker
+    can be reached.
+    """
+    inbox: Inbox = queue.SimpleQueue()
+    with CentralLink(target.link, inbox, wall=wall) as link:
+        broker = link.connect()
+        link.subscribe(subscriptions(target.prefix, opts.site, replies=keys is not None))
+        scope = f"{target.prefix}/{opts.site or '+'}/+"
+        hint = "; Enter acknowledges the latest alarm, t + Enter prints every device, q quits" if keys else ""
+        print(f"monitoring {scope} on {broker} as {link.client_id} (MQTT {link.protocol}){hint}; Ctrl-C stops",
+              file=err, flush=True)
+        pressed: queue.SimpleQueue[str] = queue.SimpleQueue()
+        if keys is not None:
+            threading.Thread(target=_read_keys, args=(keys, pressed), name="monitor-keys", daemon=True).start()
+        return _Session(link, inbox, target.prefix, opts, out, wall=wall).run(stop or threading.Event(), pressed)
+
+
+class _Session:
+    """The print loop: the only thread that touches the fleet view, the desk and ``out``."""
+
+    def __init__(self, link: CentralLink, inbox: Inbox, prefix: str, opts: MonitorOptions, out: TextIO, *,
+                 wall: Callable[[], float]) -> None:
+        self.link, self.inbox, self.opts, self.out, self.wall = link, inbox, opts, out, wall
+        self.fleet = FleetView(prefix, overdue_after_s=opts.overdue_after_s)
+        self.desk = AckDesk(prefix)
+
+    def run(self, stop: threading.Event, pressed: queue.SimpleQueue[str]) -> int:
+        start = self.wall()
+        end = start + self.opts.duration_s if self.opts.duration_s is not None else None
+        every = self.opts.table_every_s
+        next_table = start + min(_FIRST_TABLE_S, every) if every > 0 else None
+        next_tick = start + TICK_S
+        try:
+            while not stop.is_set():
+                now = self.wall()
+                if end is not None and now >= end:
+                    break
+                wait = min(_IDLE_S, *(t - now for t in (end, next_table, next_tick) if t is not None))
+                self._drain(max(0.0, wait))
+                if not self._keys(pressed):
+                    break
+                now = self.wall()
+                if now >= next_tick:
+                    if self.link.connected:  # a silent broker is not a silent fleet
+                        self._emit(self.fleet.tick(now) + self.desk.tick(now))
+                    next_tick = now + TICK_S
+                if next_table is not None and now >= next_table:
+                    self._board(now, full=self.opts.full_table)
+                    next_table = now + every
+        except KeyboardInterrupt:
+            pass
+        self._board(self.wall(), full=self.opts.full_table)
+        return EXIT_OK
+
+    def _drain(self, wait: float) -> None:
+        """Handle what has arrived, events first; at most a batch, so keys and ticks still get their turn."""
+        try:
+            first = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        batch = [first]
+        try:
+            while len(batch) < _BATCH:
+                batch.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        rest: list[Incoming | LinkNote] = []
+        for item in batch:
+            if isinstance(item, Incoming) and "/event/" in item.topic:
+                self._incoming(item)
+            else:
+                rest.append(item)
+        for item in rest:
+            if isinstance(item, Incoming):
+                self._incoming(item)
+            else:
+                self._note(self.wall(), LineKind.LINK, item.text)
+
+    def _incoming(self, item: Incoming) -> None:
+        lines = self.fleet.feed(item.topic, item.payload, item.arrival, retained=item.retained)
+        if item.topic.endswith("/reply"):
+            lines += self.desk.feed(item.topic, item.payload, item.arrival)
+        if lines:
+            self._emit(lines)
+
+    def _keys(self, pressed: queue.SimpleQueue[str]) -> bool:
+        """Act on keys pressed; False when the user asked to quit."""
+        while not pressed.empty():
+            key = pressed.get_nowait()
+            if key in ("q", "quit"):
+                return False
+            if key in ("", "a"):
+                self._ack(self.wall())
+            elif key in ("t", "table"):
+                self._board(self.wall(), full=True)
+        return True
+
+    def _ack(self, now: float) -> None:
+        alarm = self.desk.next_unacked()
+        if alarm is None:
+            self._note(now, LineKind.WARNING, "nothing to acknowledge: no unacknowledged panic or tamper event")
+            return
+        cmd_id, payload = ack_command(alarm.event_id, now)
+        self.desk.sent(alarm, cmd_id, now)
+        try:
+            self.link.publish(self.desk.command_topic(alarm), payload)
+        except AgentError as exc:
+            self.desk.failed(cmd_id)
+            self._note(now, LineKind.WARNING, f"ack not sent: {exc}")
+            return
+        text = (f"{clock_text(now, None)}  {device_key(alarm.site, alarm.device)}  ack sent for {alarm.type} "
+                f"{alarm.event_id} as {cmd_id}; waiting for the reply")
+        self._emit([Line(LineKind.ACK, text, {"kind": "ack", "sent": iso_ms(now), "site": alarm.site,
+                                              "device": alarm.device, "event_id": alarm.event_id, "cmd_id": cmd_id})])
+
+    def _note(self, now: float, kind: LineKind, text: str) -> None:
+        label = "WARNING" if kind is LineKind.WARNING else "LINK   "
+        self._emit([Line(kind, f"{clock_text(now, None)}  {label}  {text}",
+                         {"kind": kind.value, "arrived": iso_ms(now), "text": text})])
+
+    def _emit(self, lines: list[Line]) -> None:
+        for line in lines:
+            text = json_line(line.record) if self.opts.json else escape(line.text, backslash=False)
+            self.out.write(text + "\n")
+            if line.alarm is not None:
+                self.desk.offer(line.alarm)
+        if lines:
+            self.out.flush()
+
+    def _board(self, now: float, *, full: bool) -> None:
+        alarms = self.desk.unacked()
+        if self.opts.json:
+            self._emit(board.summary_lines(self.fleet, alarms, now, full=full))
+            return
+        text = board.table(self.fleet, len(alarms), now) if full else board.summary(self.fleet, alarms, now)
+        self.out.write("\n" + "\n".join(escape(ln, backslash=False) for ln in text.splitlines()) + "\n\n")
+        self.out.flush()
+
+
+def _read_keys(keys: TextIO, pressed: queue.SimpleQueue[str]) -> None:
+    for line in iter(keys.readline, ""):
+        pressed.put(line.strip().lower())
+
+
+def send_ack(target: Target, site: str, device: str, event_id: str, *, timeout: float) -> tuple[str, Reply | None]:
+    """Publish one ``ack`` and wait ``timeout`` seconds for its reply: (cmd_id, reply or None)."""
+    root = f"{target.prefix}/{site}/{device}"
+    inbox: Inbox = queue.SimpleQueue()
+    with CentralLink(target.link, inbox, name="ack") as link:
+        link.connect()
+        link.subscribe([f"{root}/reply"])
+        cmd_id, payload = ack_command(event_id, time.time())
+        link.publish(f"{root}/cmd/ack", payload)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = inbox.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(item, Incoming) and item.topic == f"{root}/reply":
+                reply = parse_reply(item.payload)
+                if reply is not None and reply.cmd_id == cmd_id:
+                    return cmd_id, reply
+        return cmd_id, None
