@@ -15,7 +15,6 @@ holds in memory, then the pin factory, the state file and, last, the outbox.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import signal
 import threading
@@ -25,16 +24,18 @@ from typing import Any, Self
 from agent.commands import MAX_MINUTES, CommandHandler
 from agent.config.model import Config
 from agent.control import ControlServer
-from agent.errors import CommandError, ConfigError, HardwareError
+from agent.errors import CommandError, HardwareError
 from agent.events import Clock, EventType
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
 from agent.inputs import Inputs
+from agent.notices import Notices
 from agent.notify import Notifier
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxRow
 from agent.pins import close_pin_factory, make_pin_factory
 from agent.recorder import Hooks, Recorder
 from agent.statefile import State, StateFile
+from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,13 @@ class Agent:
         self.recorder: Recorder | None = None
         self.inputs: Inputs | None = None
         self.uplink: Uplink | None = None
+        self.transmission = Transmission(cfg.outbox.path.with_name("link-stats.json"), wall=self.clock.wall,
+                                         mono=self.clock.mono, save_every_s=cfg.heartbeat.interval_s)
         # Built now, started later: its changed() is safe to call from the first press on, no guards.
         self.heartbeat = Heartbeat(
             interval_s=cfg.heartbeat.interval_s, mono=self.clock.mono,
             publish=lambda: self.uplink.publish_status(self._status_doc()) if self.uplink else None,
-            ticks=[self._watch_test_mode, self._save_state],
+            ticks=[self._watch_test_mode, self._save_state, self.transmission.save],
         )
         self.control: ControlServer | None = None
         self.health: Health | None = None
@@ -67,10 +70,9 @@ class Agent:
         self.indicators: Indicators | None = None
         self.cameras: Any = None  # agent.cameras.Cameras, imported only when cameras are configured
         self._indicators_ok = False
-        self._hardware_warnings: list[str] = []
         self._silent = {i.name: i.silent for i in cfg.inputs}
-        self._cert_checked: float | None = None
-        self._cert_note: str | None = None
+        self.notices = Notices(cfg, wall=self.clock.wall, mono=self.clock.mono,
+                               held=lambda: self.recorder.held_count() if self.recorder is not None else 0)
         self._factory: Any = None
         self._stop = threading.Event()
         self._stopped = False
@@ -103,7 +105,7 @@ class Agent:
         except HardwareError as exc:
             # Feedback is lost, alarms are not: carry on and say so in every status.
             log.error("%s; running without LED/buzzer feedback", exc)  # noqa: TRY400 - the message says it all
-            self._hardware_warnings.append(f"LED/buzzer unavailable: {exc}")
+            self.notices.hardware.append(f"LED/buzzer unavailable: {exc}")
         self._record_started()
         self.commands = CommandHandler(
             on_ack=self._cmd_ack,
@@ -122,7 +124,7 @@ class Agent:
             offline=self._offline_doc,
             on_command=self.commands.handle,
             on_link=self._on_link,
-            on_delivered=self.recorder.delivered,
+            on_delivered=self._delivered,
             held=self.recorder.held,
             wall=self.clock.wall,
             mono=self.clock.mono,
@@ -139,7 +141,8 @@ class Agent:
                 cameras=self.cameras.states if self.cameras is not None else dict,
                 commands=self.commands.counters,
                 outputs=self.indicators.patterns if self._indicators_ok else None,
-                warnings=self._warnings,
+                warnings=self.notices.lines,
+                link_stats=self.transmission.snapshot,
             ),
             test_mode=self.test_mode,
         )
@@ -147,7 +150,7 @@ class Agent:
         self.heartbeat.start()
         if self.cameras is not None:
             self.cameras.start()
-        self._cert_warning()  # before the control socket answers: a status must never see it half-read
+        self.notices.cert_warning()  # before the control socket answers: a status must never see it half-read
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
         if cfg.mqtt.tls is not None and not cfg.mqtt.tls.check_hostname:
@@ -173,6 +176,7 @@ class Agent:
             ("cameras", self.cameras.close if self.cameras is not None else None),
             ("heartbeat", self.heartbeat.close),
             ("uplink", self.uplink.stop if self.uplink is not None else None),
+            ("transmission figures", self.transmission.close),
             ("indicators", self.indicators.close if self.indicators is not None else None),
             ("inputs", self.inputs.close if self.inputs is not None else None),
             ("recorder", self.recorder.close if self.recorder is not None else None),
@@ -287,7 +291,13 @@ class Agent:
             raise RuntimeError("health is built before the uplink starts")
         return self.health.offline(reason)
 
+    def _delivered(self, row: OutboxRow) -> None:
+        assert self.recorder is not None
+        self.recorder.delivered(row)
+        self.transmission.delivered(row.created)
+
     def _on_link(self, state: LinkState) -> None:
+        self.transmission.link(state.connected, state.broker)
         if self.indicators is not None:
             self.indicators.link(state.connected)
         self.notifier.status(self._status_line())
@@ -306,36 +316,6 @@ class Agent:
         log.info("test mode %s (command from the centre)", f"on until {until}" if until else "off")
         self.heartbeat.changed()
         return until
-
-    def _cert_warning(self) -> str | None:
-        """Client certificate expiry, re-read at most hourly (a renewed file is picked up)."""
-        tls = self.cfg.mqtt.tls
-        if tls is None or tls.cert_file is None:
-            return None
-        now = self.clock.mono()
-        if self._cert_checked is None or now - self._cert_checked >= 3600:
-            from agent.certinfo import expiry_warning  # noqa: PLC0415 - only devices with a client certificate
-
-            try:
-                warning = expiry_warning(tls.cert_file, dt.datetime.fromtimestamp(self.clock.wall(), dt.UTC))
-            except ConfigError as exc:
-                warning = str(exc)
-            if warning and warning != self._cert_note:
-                log.warning("%s", warning)
-            self._cert_note = warning
-            self._cert_checked = now  # only now: a status asked meanwhile (control thread) reads the file too
-        return self._cert_note
-
-    def _warnings(self) -> list[str]:
-        out = list(self._hardware_warnings)
-        cert = self._cert_warning()
-        if cert:
-            out.append(cert)
-        held = self.recorder.held_count() if self.recorder is not None else 0
-        if held:
-            out.append(f"{held} events held in memory: outbox cannot write")
-        out.extend(self.cfg.warnings)  # weakened security the config asks for (agent/config/model.py)
-        return out
 
     def _watch_test_mode(self) -> None:
         now = self.test_mode.active()

@@ -38,6 +38,8 @@ class StatusSources:
     outputs: Callable[[], dict[str, dict[str, Any]]] | None = None
     commands: Callable[[], dict[str, Any]] | None = None
     warnings: Callable[[], list[str]] = list
+    link_stats: Callable[[], dict[str, Any]] | None = None  # agent/transmission.py: times and availability
+    photos: Callable[[], dict[str, Any]] | None = None  # agent/photos.py: stills waiting to be sent
 
 
 class TestMode:
@@ -160,6 +162,10 @@ class Health:
             doc["outputs"] = self.sources.outputs()
         if self.sources.commands is not None:
             doc["commands"] = self.sources.commands()
+        if self.sources.link_stats is not None:
+            doc["link"]["stats"] = self.sources.link_stats()
+        if self.sources.photos is not None:
+            doc["photos"] = self.sources.photos()
         warnings = self.sources.warnings()
         if warnings:
             doc["warnings"] = [w[:MAX_DETAIL] for w in warnings[:MAX_WARNINGS]]

@@ -55,23 +55,29 @@ class StateFile:
         if state == self._saved:
             return
         data = json.dumps({"boot_id": state.boot_id, "last_seq": state.last_seq}).encode()
-        tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(self.path)
-            tmp = None
+            write_atomic(self.path, data)
         except OSError as exc:
             if not self._warned:
                 log.warning("cannot write %s (%s); start reasons may read 'boot' after restarts, and seq could "
                             "restart lower if the outbox is ever deleted or damaged", self.path, exc)
                 self._warned = True
             return
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    Path(tmp).unlink()
         self._saved = state
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a fresh temporary file beside it, fsync, rename; raises OSError."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()

@@ -21,6 +21,19 @@ LINK = LinkState(connected=True, broker="b:1883", connected_since=1.7e9, reconne
                  inflight=0, published=0, delivered=0, refused=0)
 
 
+def _stats_two_brokers() -> dict:
+    from agent.linkstats import LinkStats
+
+    now = 1_800_000_000.0
+    stats = LinkStats()
+    for i, broker in enumerate(("broker-a.campus.example:8883", "broker-b.campus.example:8883")):
+        stats.link_up(broker, now + i)
+        for k in range(1000):
+            stats.delivered(broker, 0.001 * (k % 97) + 12.345, now + i + k)
+        stats.link_down(now + i + 2000)
+    return stats.snapshot(now + 5000)
+
+
 def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path, validate):
     clock = Clock(synced=lambda: True, boot_id="f" * 32)
     ob = Outbox(tmp_path / "o.db", site="main", device="gate-north-1")
@@ -38,6 +51,11 @@ def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path, validate):
     doc = validate("status", health.status())
     size = len(json.dumps(doc, separators=(",", ":")).encode())
     assert size < 4096, f"status is {size} bytes"
+    health.sources.link_stats = _stats_two_brokers
+    health.sources.photos = lambda: {"pending": 10**4, "bytes": 10**9, "dropped": 10**6}
+    doc = validate("status", health.status())
+    size = len(json.dumps(doc, separators=(",", ":")).encode())
+    assert size < 6144, f"status with link figures for two brokers and photos is {size} bytes"
     assert all(len(c["detail"]) <= 120 for c in doc["cameras"].values())
     ob.close()
 
