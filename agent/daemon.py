@@ -69,6 +69,7 @@ class Agent:
         self.commands: CommandHandler | None = None
         self.indicators: Indicators | None = None
         self.cameras: Any = None  # agent.cameras.Cameras, imported only when cameras are configured
+        self.photos: Any = None  # agent.photos.Photos, imported only when an input names a camera to photograph
         self._indicators_ok = False
         self._silent = {i.name: i.silent for i in cfg.inputs}
         self.notices = Notices(cfg, wall=self.clock.wall, mono=self.clock.mono,
@@ -134,6 +135,12 @@ class Agent:
 
             self.cameras = Cameras(cfg.cameras, clock=self.clock, emit=self.recorder.record,
                                    on_change=self.heartbeat.changed)
+        if cfg.snapshots.enabled:
+            from agent.photos import Photos  # noqa: PLC0415 - posts without photos do not pay for them
+
+            self.photos = Photos(cfg, wake=lambda: self.uplink.wake() if self.uplink else None,
+                                 on_failed=self._snapshot_failed, locks=self.cameras.locks() if self.cameras is not None else None,
+                                 wall=self.clock.wall)
         self.health = Health(
             site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
             sources=StatusSources(
@@ -143,6 +150,7 @@ class Agent:
                 outputs=self.indicators.patterns if self._indicators_ok else None,
                 warnings=self.notices.lines,
                 link_stats=self.transmission.snapshot,
+                photos=self.photos.status if self.photos is not None else None,
             ),
             test_mode=self.test_mode,
         )
@@ -150,6 +158,8 @@ class Agent:
         self.heartbeat.start()
         if self.cameras is not None:
             self.cameras.start()
+        if self.photos is not None:
+            self.photos.start()
         self.notices.cert_warning()  # before the control socket answers: a status must never see it half-read
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
@@ -176,6 +186,7 @@ class Agent:
             ("cameras", self.cameras.close if self.cameras is not None else None),
             ("heartbeat", self.heartbeat.close),
             ("uplink", self.uplink.stop if self.uplink is not None else None),
+            ("photos", self.photos.close if self.photos is not None else None),
             ("transmission figures", self.transmission.close),
             ("indicators", self.indicators.close if self.indicators is not None else None),
             ("inputs", self.inputs.close if self.inputs is not None else None),
@@ -247,9 +258,11 @@ class Agent:
     # ---- the button's path (agent/recorder.py records) -----------------------------------
 
     def _recorder_hooks(self) -> Hooks:
-        def alarm_recorded(event_id: str, source: str) -> None:
+        def alarm_recorded(event_id: str, source: str) -> None:  # committed (or held) already
             if self.indicators is not None:
                 self.indicators.alarm_recorded(event_id, silent=self._silent.get(source, False))
+            if self.photos is not None:
+                self.photos.request(event_id, source)
 
         def alarm_delivered(event_id: str) -> None:
             if self.indicators is not None:
@@ -290,6 +303,12 @@ class Agent:
         if self.health is None:
             raise RuntimeError("health is built before the uplink starts")
         return self.health.offline(reason)
+
+    def _snapshot_failed(self, event_id: str, camera: str, reason: str, detail: str) -> None:
+        """A photo of alarm ``event_id`` will not come: say why, as an event of its own (any thread)."""
+        assert self.recorder is not None
+        self.recorder.record(EventType.SNAPSHOT_FAILED, camera, self.clock.stamp(),
+                             {"event_id": event_id, "reason": reason, "detail": detail[:200]})
 
     def _delivered(self, row: OutboxRow) -> None:
         assert self.recorder is not None
