@@ -139,8 +139,8 @@ class Agent:
             from agent.photos import Photos  # noqa: PLC0415 - posts without photos do not pay for them
 
             self.photos = Photos(cfg, wake=lambda: self.uplink.wake() if self.uplink else None,
-                                 on_failed=self._snapshot_failed, locks=self.cameras.locks() if self.cameras is not None else None,
-                                 wall=self.clock.wall)
+                                 on_failed=self._snapshot_failed, wall=self.clock.wall,
+                                 locks=self.cameras.locks() if self.cameras is not None else None)
         self.health = Health(
             site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
             sources=StatusSources(
