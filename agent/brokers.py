@@ -20,20 +20,20 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) 
 
 
 def describe_connect_error(exc: BaseException, timeout_s: float) -> str:
-    """Turn what connect() raised into words a technician can act on."""
+    """Turn what connect() raised into words a technician can act on, naming the stage (DNS, TCP, TLS)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = getattr(exc, "verify_message", None) or exc
         return f"TLS certificate check failed: {why}; check mqtt.tls.ca_file and the broker's host name"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}; check the certificates on both sides"
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
+        return "TCP connection refused"
     if isinstance(exc, socket.gaierror):
-        return f"host name not found ({exc.strerror})"
+        return f"DNS: host name not found ({exc.strerror})"
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return f"no answer within {timeout_s:g} s"
+        return f"TCP: no answer within {timeout_s:g} s"
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
+        return f"TCP: {exc.strerror or exc}"
     return str(exc)
 
 
