@@ -92,11 +92,12 @@ class CommandRoute:
         """
         if step == "todo" and self.due(now, backlog_empty):
             return ("sent" if s.subscribe(f"{self.prefix}+") else step), False
-        if step != "sent" or not s.suback.is_set():
+        answered, refusal = s.suback()
+        if step != "sent" or not answered:
             return step, False
-        if s.sub_refusal is None:
+        if refusal is None:
             return "done", self.granted()
-        changed = self.failed(f"broker refused the subscription to {self.prefix}+ ({s.sub_refusal}); "
+        changed = self.failed(f"broker refused the subscription to {self.prefix}+ ({refusal}); "
                               f"check the broker's ACL lets this device read {self.prefix}#", now, killed_session=False)
         log.error("broker %s: %s; events keep flowing, commands are unavailable", s.broker, self.reason)
         return "todo", changed

@@ -126,8 +126,7 @@ class Session:
         self.lost_reason: str | None = None
         self.lost_code: int | None = None
         self.sub_mid: int | None = None
-        self.suback = threading.Event()
-        self.sub_refusal: str | None = None
+        self._subacks: dict[int, str | None] = {}  # mid -> refusal; the SUBACK may beat subscribe()'s return
         self._wake = wake
         self._on_ack = on_ack
         self._on_message = on_message
@@ -179,10 +178,7 @@ class Session:
         self._wake()
 
     def _subscribed(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
-        if mid != self.sub_mid:
-            return
-        self.sub_refusal = next((str(rc) for rc in rcs if rc.is_failure), None)
-        self.suback.set()
+        self._subacks[mid] = next((str(rc) for rc in rcs if rc.is_failure), None)
         self._wake()
 
     def _died(self, exc: BaseException) -> None:
@@ -236,12 +232,16 @@ class Session:
         return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
     def subscribe(self, topic: str) -> bool:
-        """Send the QoS 1 subscription; its SUBACK sets :attr:`suback`."""
-        self.suback.clear()
-        self.sub_refusal = None
+        """Send the QoS 1 subscription; :meth:`suback` tells its answer."""
         rc, mid = self.client.subscribe(topic, qos=1)
         self.sub_mid = mid if rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
         return self.sub_mid is not None
+
+    def suback(self) -> tuple[bool, str | None]:
+        """(answered, refusal in words or None) for the last subscription sent."""
+        if self.sub_mid is None or self.sub_mid not in self._subacks:
+            return False, None
+        return True, self._subacks[self.sub_mid]
 
     def close(self) -> None:
         """Disconnect (if still connected) and stop paho's thread; idempotent."""
