@@ -20,20 +20,20 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) 
 
 
 def describe_connect_error(exc: BaseException, timeout_s: float) -> str:
-    """Turn what connect() raised into words a technician can act on, naming the stage (DNS, TCP, TLS)."""
+    """Turn what connect() raised into words a technician can act on."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = getattr(exc, "verify_message", None) or exc
         return f"TLS certificate check failed: {why}; check mqtt.tls.ca_file and the broker's host name"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}; check the certificates on both sides"
     if isinstance(exc, ConnectionRefusedError):
-        return "TCP connection refused"
+        return "connection refused"
     if isinstance(exc, socket.gaierror):
-        return f"DNS: host name not found ({exc.strerror})"
+        return f"host name not found ({exc.strerror})"
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return f"TCP: no answer within {timeout_s:g} s"
+        return f"no answer within {timeout_s:g} s"
     if isinstance(exc, OSError):
-        return f"TCP: {exc.strerror or exc}"
+        return exc.strerror or str(exc)
     return str(exc)
 
 

@@ -15,6 +15,7 @@ counts as a lost connection, and the sender reconnects.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,7 +202,8 @@ class Session:
             self.client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s,
                                 properties=props)
         except (OSError, ValueError) as exc:
-            return ConnectFailure("connect", describe_connect_error(exc, self.cfg.connect_timeout_s))
+            words = describe_connect_error(exc, self.cfg.connect_timeout_s)
+            return ConnectFailure("connect", words if words.startswith("TLS") else f"{_stage(exc)}: {words}")
         self.client.loop_start()
         self._open = True
         return None
@@ -266,6 +268,11 @@ class Session:
         else:
             state = "connecting" if self._open else "new"
         return f"<Session {self.broker} MQTT {self.dialect.protocol} {state}>"
+
+
+def _stage(exc: BaseException) -> str:
+    """The layer a connect() error came from (TLS errors name themselves)."""
+    return "DNS" if isinstance(exc, socket.gaierror) else "TCP"
 
 
 def _refusal(rc: ReasonCode | None) -> str | None:

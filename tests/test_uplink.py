@@ -168,7 +168,7 @@ def test_uplink__unreachable_broker_log_says_what_and_next(tmp_path, device, rig
         rig.uplink.start()
         wait(lambda: "connect failed" in caplog.text, what="a warning")
     line = next(r.getMessage() for r in caplog.records if "connect failed" in r.getMessage())
-    assert f"broker 127.0.0.1:{dead} connect failed (TCP connection refused); 3 events buffered; retrying in" in line
+    assert f"broker 127.0.0.1:{dead} connect failed (TCP: connection refused); 3 events buffered; retrying in" in line
 
 
 def test_uplink__fails_over_to_the_next_broker(broker, central, device, rig_factory):
@@ -228,7 +228,7 @@ def test_uplink__repr_close_and_context_manager(tmp_path):
         assert repr(up) == "<Uplink campus/s/d disconnected (connecting) inflight=0>"
         up.start()
         wait(lambda: up.state().last_error, what="a failed attempt")
-        assert "TCP connection refused" in repr(up)
+        assert "TCP: connection refused" in repr(up)
     assert repr(up) == "<Uplink campus/s/d closed>"
     up.close()  # idempotent
     up.start()  # a closed uplink stays closed
