@@ -204,7 +204,7 @@ class Uplink:
             moving = f" on {nxt}" if nxt != broker else ""
             log.warning(
                 "broker %s %s (%s); %d events buffered; retrying%s in %.1f s",
-                broker, "connection lost" if failure is None else "connect failed", self._last_error,
+                broker, "connection lost" if failure is None else "unreachable", self._last_error,
                 self.outbox.pending(), moving, delay,
             )
             self._sleep(delay)
