@@ -59,7 +59,7 @@ class CommandRoute:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix  # {root}/cmd/
         self.available = False
-        self.reason: str | None = "not subscribed yet"
+        self.reason: str | None = "subscribing"
         self._retry_at = 0.0
         self._delay = RETRY_MIN_S
         self._after_backlog = False

@@ -267,18 +267,19 @@ class Uplink:
             self._status_slot = None
         log.info("connected to broker %s (MQTT %s%s); %d events to send", s.broker, s.dialect.protocol,
                  "" if self._dialect.retain else ", retain unavailable", self.outbox.pending())
-        self._publish_status(s, self._status())
+        wait = self._send_round(s)  # events first: never behind a status document or the subscription
+        subscription = self._tend_commands(s, "todo")
+        self._publish_status(s, self._status())  # after SUBSCRIBE: a central that sees "online" can command
         self._notify_link()
-        subscription = "todo"
         while not s.lost.is_set():
+            self._wake.wait(wait)
+            self._wake.clear()
             self.progress = self._mono()
             if self._stopping.is_set():
                 self._say_goodbye(s)
                 return
-            wait = self._send_round(s)  # events first: never behind a status document or the subscription
+            wait = self._send_round(s)
             subscription = self._tend_commands(s, subscription)
-            self._wake.wait(wait)
-            self._wake.clear()
         if s.lost_code == RETAIN_NOT_SUPPORTED:
             self._dialects.retain_refused(s.broker, s.dialect)
         self._commands.ended(s, subscription, self._mono())
