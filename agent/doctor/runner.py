@@ -119,7 +119,7 @@ def _link_checks(broker: object, link: dict[str, Any]) -> list[Check]:
         found.append(Check.warn("agent: retain unavailable on this broker; status and will are sent without retain",
                                 "ask the broker's admin to allow retain (mosquitto: retain_available true)"))
     cmds = link.get("commands") or {}
-    if cmds.get("available") is False:
+    if cmds.get("available") is False and cmds.get("reason") != "subscribing":  # a fresh connection is no fault
         found.append(Check.warn(f"agent: commands unavailable ({cmds.get('reason')}); events are still delivered",
                                 "check the broker's ACL and log for the cmd/+ subscription"))
     return found
