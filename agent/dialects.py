@@ -62,7 +62,7 @@ class Dialects:
         if tried.protocol == "5" and self._configured == "auto":
             nxt = Dialect("3.1.1", tried.retain)
             if failure.kind == "refused" and failure.code == UNSUPPORTED_PROTOCOL:
-                self._learn(broker, nxt, f"it answered an MQTT 5 CONNECT with {failure.words}")
+                self._learn(broker, nxt, "it answered MQTT 5 with CONNACK 0x84, unsupported protocol version")
                 return nxt
             if failure.kind == "closed":
                 self._suspect.setdefault(broker, []).append(
