@@ -117,19 +117,6 @@ class Agent:
             wall=self.clock.wall,
             mono=self.clock.mono,
         )
-        self.uplink = Uplink(
-            cfg.mqtt,
-            topic_root=cfg.topic_root,
-            outbox=self.outbox,
-            status=self._status_doc,
-            offline=self._offline_doc,
-            on_command=self.commands.handle,
-            on_link=self._on_link,
-            on_delivered=self._delivered,
-            held=self.recorder.held,
-            wall=self.clock.wall,
-            mono=self.clock.mono,
-        )
         if cfg.cameras:
             from agent.cameras import Cameras  # noqa: PLC0415 - a post without cameras does not pay for them
 
@@ -141,6 +128,20 @@ class Agent:
             self.photos = Photos(cfg, wake=lambda: self.uplink.wake() if self.uplink else None,
                                  on_failed=self._snapshot_failed, wall=self.clock.wall,
                                  locks=self.cameras.locks() if self.cameras is not None else None)
+        self.uplink = Uplink(
+            cfg.mqtt,
+            topic_root=cfg.topic_root,
+            outbox=self.outbox,
+            status=self._status_doc,
+            offline=self._offline_doc,
+            on_command=self.commands.handle,
+            on_link=self._on_link,
+            on_delivered=self._delivered,
+            held=self.recorder.held,
+            photos=self.photos.drain if self.photos is not None else None,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+        )
         self.health = Health(
             site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
             sources=StatusSources(

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from agent.config.snapshots import NO_SNAPSHOTS, SnapshotsConfig
 
+PROTOCOLS = ("auto", "5", "3.1.1")  # mqtt.protocol: auto tries MQTT 5 first and falls back to 3.1.1 per broker
+
 
 class Secret:
     """A password read from a file; never printed, logged or repr'd."""
@@ -88,7 +90,7 @@ class MqttConfig:
     keepalive_s: int
     topic_prefix: str
     client_id: str
-    protocol: str
+    protocol: str  # one of PROTOCOLS
     username: str | None
     password: Secret | None
     tls: TlsConfig | None
