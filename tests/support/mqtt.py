@@ -20,6 +20,7 @@ class Msg:
     payload: bytes
     retain: bool
     at: float
+    props: dict[str, Any] | None = None  # MQTT 5 content type and user properties, when present
 
     @property
     def doc(self) -> Any:
@@ -53,7 +54,12 @@ class Central:
             cl.subscribe(t, qos=1)
 
     def _on_message(self, cl: Any, ud: Any, m: mqtt.MQTTMessage) -> None:
-        msg = Msg(m.topic, bytes(m.payload), bool(m.retain), time.monotonic())
+        props = None
+        p = getattr(m, "properties", None)
+        if p is not None and (getattr(p, "ContentType", None) or getattr(p, "UserProperty", None)):
+            props = {"content_type": getattr(p, "ContentType", None),
+                     "user": dict(getattr(p, "UserProperty", None) or [])}
+        msg = Msg(m.topic, bytes(m.payload), bool(m.retain), time.monotonic(), props)
         with self._lock:
             self.all.append(msg)
         self.msgs.put(msg)
