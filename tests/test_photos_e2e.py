@@ -50,7 +50,8 @@ def test_photo__follows_its_alarm_with_mqtt5_properties(broker, device, agent_pr
         doc = validate("event", event.doc)
         assert photo.topic == f"campus/main/{device}/snapshot/{doc['id']}"
         assert arrived.index(event.topic) < arrived.index(photo.topic)  # the alarm first, always
-        assert photo.payload == camera.jpeg and not photo.retain
+        assert photo.payload == camera.jpeg
+        assert not photo.retain
         assert photo.props is not None
         assert photo.props["content_type"] == "image/jpeg"
         assert photo.props["user"]["event_id"] == doc["id"]
