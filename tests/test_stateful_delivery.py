@@ -77,6 +77,11 @@ class Session:
     refusals: dict[int, int] = field(default_factory=dict)
     due: dict[int, float] = field(default_factory=dict)  # seq → when a refused row may go again
 
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, **_props: Any) -> int | None:
+        """As agent.session.Session.publish: the mid, or None when the connection is going."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
 
 def _urgent(doc: dict[str, Any]) -> bool:
     return doc["type"] in ("panic", "tamper") and doc["test"] is False
@@ -143,7 +148,8 @@ class DeliveryMachine(RuleBasedStateMachine):
         waiting = self.session.client.waiting
         mid = sorted(waiting)[pick % len(waiting)]
         doc = waiting.pop(mid)
-        self.uplink._acks.put((mid, ReasonCode(PacketTypes.PUBACK, identifier=reason)))  # as paho's on_publish callback does
+        rc = ReasonCode(PacketTypes.PUBACK, identifier=reason)
+        self.uplink._acks.put((mid, str(rc) if rc.is_failure else None))  # as the session's on_publish does
         s, seq = self.session, doc["seq"]
         if reason == _SUCCESS:
             s.state[seq] = "acked"

@@ -343,12 +343,11 @@ def check_broker(cfg: Config, broker: BrokerAddress, timeout_s: float, now: dt.d
         yield tls
         if tls.failed:
             return
-    yield from _check_mqtt(cfg, broker, timeout_s)
+    yield from _check_mqtt(cfg, mq, broker, timeout_s)
 
 
-def _check_mqtt(cfg: Config, broker: BrokerAddress, timeout_s: float) -> Iterator[Check]:
-    """Login (auto: MQTT 5, then 3.1.1 if the broker speaks no MQTT 5), retain, and the round trip."""
-    mq = cfg.mqtt
+def _check_mqtt(cfg: Config, mq: MqttConfig, broker: BrokerAddress, timeout_s: float) -> Iterator[Check]:
+    """Login as ``mq`` says (auto: MQTT 5, then 3.1.1 if the broker speaks no MQTT 5), retain, round trip."""
     protocols = ("5", "3.1.1") if mq.protocol == "auto" else (mq.protocol,)
     why: str | None = None
     for i, protocol in enumerate(protocols):

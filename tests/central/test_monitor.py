@@ -323,7 +323,7 @@ def test_resolve_target__says_what_to_pass_without_broker_or_config(tmp_path):
 def test_resolve_target__config_gives_brokers_and_prefix_broker_flag_overrides(tmp_path):
     cfg = write_config(tmp_path, 1884, device="gate-1", mqtt={"topic_prefix": "north"})
     t = resolve_target(None, cfg, None)
-    assert (t.link.brokers, t.prefix, t.link.protocol) == ((BrokerAddress("127.0.0.1", 1884),), "north", "5")
+    assert (t.link.brokers, t.prefix, t.link.protocol) == ((BrokerAddress("127.0.0.1", 1884),), "north", "auto")
     t = resolve_target(BrokerAddress("b", 1), cfg, "south")
     assert (t.link.brokers, t.prefix) == ((BrokerAddress("b", 1),), "south")
 

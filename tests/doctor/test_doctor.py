@@ -610,7 +610,8 @@ def test_doctor__running_agent_is_reported_and_not_disturbed(tmp_path: Path, pki
     find(lines, "OK", "round trip")
     assert "simulated pins" not in report  # the agent's pins were not touched
     assert after["link"]["connected"] is True
-    assert after["status"]["link"] == before  # same connection: not kicked off by the doctor's client
+    same = ("connected_since", "reconnects", "broker", "protocol")  # link.stats moves on with time
+    assert {k: after["status"]["link"][k] for k in same} == {k: before[k] for k in same}  # not kicked off
     assert "already connected" not in good_broker.log.read_text()
 
 
