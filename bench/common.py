@@ -263,12 +263,14 @@ class SubscriberRun:
 
 
 def start_subscriber(procs: Procs, port: int, topics: Sequence[str], out: Path, *, expect: int, match: str,
-                     timeout: float) -> SubscriberRun:
+                     timeout: float, count_messages: bool = False) -> SubscriberRun:
     """Start the subscriber and wait for its SUBACK; it exits once ``expect`` distinct ids matched."""
     cmd = [PY, str(BENCH / "subscriber.py"), "--port", str(port), "--out", str(out), "--expect", str(expect),
            "--match", match, "--timeout", str(timeout)]
     for t in topics:
         cmd += ["--topic", t]
+    if count_messages:
+        cmd.append("--count-messages")
     proc = procs.popen(cmd, stdout=subprocess.PIPE)
     wait_line(proc, "READY", 15.0)
     return SubscriberRun(proc, out)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from agent.config import load_config
 from agent.events import with_seq
 from agent.outbox import Outbox
+from bench import peer
 from bench.common import (
     BENCH,
     PY,
@@ -55,34 +55,66 @@ def first_arrivals(sub: dict[str, Any], match: str) -> dict[str, tuple[float, An
     return out
 
 
-def _latencies_ms(sub: dict[str, Any]) -> list[float]:
-    return [(t - mono_ms / 1000.0) * 1000.0 for t, mono_ms in first_arrivals(sub, "/event/panic").values()]
+def _matched_ms(arrivals: list[float], press_ns: list[int]) -> list[float]:
+    """Arrival i belongs to press i (one message per press, in order); latency in ms, µs-exact stamps."""
+    return [(t * 1e9 - p) / 1e6 for t, p in zip(arrivals, press_ns, strict=False)]
+
+
+def _press_result(lat: list[float], arrived: int, n: int, pressed: dict[str, Any]) -> dict[str, Any]:
+    return {**summary(lat), "delivered": arrived, "expected": n, "rss_mb": pressed.get("rss_mb")}
+
+
+def _run_wrapper(procs: Procs, cmd: list[str], log: Path, out: Path, timeout: float,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
+    with log.open("ab") as logf:
+        proc = procs.popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+    try:
+        rc = proc.wait(timeout)
+    finally:
+        stop_process(proc)
+    if rc != 0 or not out.exists():
+        raise RuntimeError(f"{cmd[1]} exited with {rc}; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+    got: dict[str, Any] = json.loads(out.read_text())
+    return got
 
 
 # ---- press → delivery ------------------------------------------------------------------------------
+# Every contender is pressed the same way: a thread inside its own process stamps time.monotonic_ns()
+# and drives the mock pin (or, for raw paho, starts its write+fsync+publish); the same subscriber
+# program stamps the arrival on the same clock.
 
 
 def agent_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float) -> dict[str, Any]:
-    """Press a mock pin inside a running agent ``n`` times; latency = arrival - the event's ``mono_ms``."""
+    """The agent in-process (``bench/press_agent.py``); one ``/event/panic`` per press."""
     dev = unique_id("lat")
     cfg = agent_config(work / dev, broker.port, dev)  # input 'panic' with debounce_ms: 0
     sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#"], work / dev / "sub.json",
                            expect=n, match="/event/panic", timeout=n * gap_ms / 1000.0 + 60)
-    agent = EntryAgentProc(cfg, procs).start()
-    try:
-        agent.wait_connected()
-        time.sleep(0.5)  # agent_started and the birth status are out of the way
-        start = time.monotonic() + 0.05
-        for i in range(n):
-            delay = start + i * gap_ms / 1000.0 - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            agent.click("panic")
-        result = sub.result(timeout=30)
-    finally:
-        agent.stop()
-    lat = _latencies_ms(result)
-    return {**summary(lat), "delivered": len(lat), "expected": n}
+    out = work / dev / "presses.json"
+    pressed = _run_wrapper(procs, [PY, str(BENCH / "press_agent.py"), "--config", str(cfg), "--out", str(out),
+                                   "--count", str(n), "--gap-ms", str(gap_ms)],
+                           work / dev / "agent.log", out, timeout=n * gap_ms / 1000.0 + 60)
+    arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
+    return _press_result(_matched_ms(arrivals, pressed["press_ns"]), len(arrivals), n, pressed)
+
+
+def peer_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float,
+                 peer_py: Path) -> dict[str, Any]:
+    """mqtt-io in-process (``bench/press_mqttio.py``); an ``ON`` and an ``OFF`` message per press."""
+    dev = unique_id("peer")
+    prefix = f"peer/{dev}"
+    cfg = peer.write_config(work / dev / "mqtt-io.yml", broker.port, prefix, f"bench-{dev}")
+    sub = start_subscriber(procs, broker.port, [f"{prefix}/input/#"], work / dev / "sub.json",
+                           expect=2 * n, match="/input/panic", timeout=n * gap_ms / 1000.0 + 60,
+                           count_messages=True)
+    out = work / dev / "presses.json"
+    pressed = _run_wrapper(procs, [str(peer_py), str(BENCH / "press_mqttio.py"), "--config", str(cfg), "--out",
+                                   str(out), "--count", str(n), "--gap-ms", str(gap_ms)],
+                           work / dev / "mqtt-io.log", out, timeout=n * gap_ms / 1000.0 + 60,
+                           env={"GPIOZERO_PIN_FACTORY": "mock", "PYTHONPATH": ""})
+    result = sub.result(timeout=30)
+    arrivals = [t for t, topic, _i, _m, _s, state in result["arrivals"] if "/input/panic" in topic and state == "ON"]
+    return _press_result(_matched_ms(arrivals, pressed["press_ns"]), len(arrivals), n, pressed)
 
 
 def baseline_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float,
@@ -99,10 +131,9 @@ def baseline_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_
     out, _ = pub.communicate(timeout=n * gap_ms / 1000.0 + 60)
     stop_process(pub)
     pub_result = json.loads(out.decode().strip().splitlines()[-1])
-    result = sub.result(timeout=30)
-    lat = _latencies_ms(result)
+    arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
     fs = pub_result.get("fsync_us", [])
-    return {**summary(lat), "delivered": len(lat), "expected": n,
+    return {**_press_result(_matched_ms(arrivals, pub_result["press_ns"]), len(arrivals), n, {}),
             "fsync_us_p50": summary(fs, 1)["p50"], "fsync_us_p99": summary(fs, 1)["p99"]}
 
 

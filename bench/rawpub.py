@@ -1,6 +1,6 @@
 """The baselines: a bare paho-mqtt client doing the least the agent's job needs.
 
-``latency``: every ``--gap-ms``, stamp ``time.monotonic()``, write the payload
+``latency``: every ``--gap-ms``, stamp ``time.monotonic_ns()``, write the payload
 to a file in ``--fsync-dir`` and ``fsync`` it (one durable write on the
 outbox's disk), then publish it at QoS 1.  The payload carries the stamp as
 ``mono_ms`` exactly as an agent event does, so the subscriber measures both
@@ -60,6 +60,7 @@ def run_latency(args: argparse.Namespace, template: bytes) -> dict[str, Any]:
     c.connect("127.0.0.1", args.port, keepalive=30)
     c.loop_start()
     fsync_us: list[float] = []
+    press_ns: list[int] = []
     path = args.fsync_dir / f"rawpub-{os.getpid()}.dat"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -70,12 +71,14 @@ def run_latency(args: argparse.Namespace, template: bytes) -> dict[str, Any]:
             delay = start + i * args.gap_ms / 1000.0 - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            t = time.monotonic()
+            t_ns = time.monotonic_ns()
+            t = t_ns / 1e9
             payload = (template.replace(b"__ID__", uuid.uuid4().hex.encode())
                        .replace(b"__MONO__", str(int(t * 1000)).encode()).replace(b"__SEQ__", str(i + 1).encode()))
             os.write(fd, payload)
             os.fsync(fd)
-            fsync_us.append((time.monotonic() - t) * 1e6)
+            fsync_us.append((time.monotonic_ns() - t_ns) / 1e3)
+            press_ns.append(t_ns)
             c.publish(args.topic, payload, qos=1)
         ok = _wait_acks(acked, args.count, 30)
     finally:
@@ -83,7 +86,7 @@ def run_latency(args: argparse.Namespace, template: bytes) -> dict[str, Any]:
         path.unlink(missing_ok=True)
         c.disconnect()
         c.loop_stop()
-    return {"acked": acked[0], "all_acked": ok, "fsync_us": fsync_us}
+    return {"acked": acked[0], "all_acked": ok, "fsync_us": fsync_us, "press_ns": press_ns}
 
 
 def run_drain(args: argparse.Namespace, template: bytes) -> dict[str, Any]:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if os.environ.get("CAMPUS_BENCH_AGENT_PATH"):  # before anything imports the agent
     sys.path.insert(0, os.environ["CAMPUS_BENCH_AGENT_PATH"])
 
-from bench import backlog, delivery, idle, local
+from bench import backlog, delivery, idle, local, peer
 from bench.common import (
     BENCH,
     PY,
@@ -99,24 +99,32 @@ QUICK = Plan("quick", presses=200, press_gap_ms=20, latency_reps=2, drain_events
 
 
 def fig_latency(plan: Plan, work: Path) -> dict[str, Any]:
-    agent_runs, base_runs = [], []
+    peer_py = peer.peer_python(work.parent)  # made once under --workdir, reused by later runs
+    runs: dict[str, list[dict[str, Any]]] = {"agent": [], "baseline": [], "peer": []}
     with Procs() as procs:
         broker = start_broker(procs, work)
+        who = ["agent", "baseline", "peer"]
         for rep in range(plan.latency_reps):
-            order = [True, False] if rep % 2 == 0 else [False, True]  # alternate who goes first
-            for is_agent in order:
-                if is_agent:
-                    agent_runs.append(delivery.agent_latency(procs, broker, work, plan.presses, plan.press_gap_ms))
+            for name in who[rep % 3:] + who[: rep % 3]:  # each goes first in turn
+                if name == "agent":
+                    runs[name].append(delivery.agent_latency(procs, broker, work, plan.presses, plan.press_gap_ms))
+                elif name == "baseline":
+                    runs[name].append(delivery.baseline_latency(procs, broker, work, plan.presses,
+                                                                plan.press_gap_ms, fsync_dir=work))
                 else:
-                    base_runs.append(delivery.baseline_latency(procs, broker, work, plan.presses, plan.press_gap_ms,
-                                                               fsync_dir=work))
-    lost = [r for r in agent_runs + base_runs if r["delivered"] != r["expected"]]
+                    runs[name].append(delivery.peer_latency(procs, broker, work, plan.presses, plan.press_gap_ms,
+                                                            peer_py))
+    lost = [r for rs in runs.values() for r in rs if r["delivered"] != r["expected"]]
     return {
-        "press_to_delivery_ms": median_summary(agent_runs),
-        "baseline_delivery_ms": median_summary(base_runs),
-        "baseline_fsync_us": {"p50": median_of(base_runs, "fsync_us_p50", 1),
-                              "p99": median_of(base_runs, "fsync_us_p99", 1)},
-        "runs": {"agent": agent_runs, "baseline": base_runs},
+        "press_to_delivery_ms": median_summary(runs["agent"]),
+        "baseline_delivery_ms": median_summary(runs["baseline"]),
+        "peer_delivery_ms": median_summary(runs["peer"]),
+        "peer": {"name": peer.PEER, "versions": peer.peer_versions(peer_py),
+                 "rss_mb_after_presses": median_of(runs["peer"], "rss_mb", 2)},
+        "agent_rss_mb_after_presses": median_of(runs["agent"], "rss_mb", 2),
+        "baseline_fsync_us": {"p50": median_of(runs["baseline"], "fsync_us_p50", 1),
+                              "p99": median_of(runs["baseline"], "fsync_us_p99", 1)},
+        "runs": runs,
         "valid": not lost,
     }
 
@@ -255,6 +263,9 @@ def assemble(plan: Plan, machine: dict[str, Any], figs: dict[str, dict[str, Any]
         "agent_under_test": agent_under_test(),
         "press_to_delivery_ms": lat.get("press_to_delivery_ms", empty),
         "baseline_delivery_ms": lat.get("baseline_delivery_ms", empty),
+        "peer_delivery_ms": lat.get("peer_delivery_ms", empty),
+        "peer": lat.get("peer"),
+        "agent_rss_mb_after_presses": lat.get("agent_rss_mb_after_presses", nan),
         "drain_events_per_s": drain.get("drain_events_per_s", nan),
         "baseline_events_per_s": drain.get("baseline_events_per_s", nan),
         "enqueue_us": enq.get("enqueue_us", empty),
@@ -273,8 +284,10 @@ def assemble(plan: Plan, machine: dict[str, Any], figs: dict[str, dict[str, Any]
             "workdir_fs": machine["outbox_disk"]["fstype"],
             "broker_settings": list(BenchBroker.SETTINGS),
             "press_inputs": "mock pins, debounce_ms: 0 (the configured debounce delays a press by design)",
-            "latency": "subscriber's time.monotonic() at arrival minus the event's mono_ms (the edge); "
-                       "the baseline stamps mono_ms the same way, then write+fsync, then publishes",
+            "latency": "subscriber's time.monotonic() at arrival minus a time.monotonic_ns() stamp taken by a "
+                       "thread inside the publishing process just before it drives the mock pin (agent: "
+                       "bench/press_agent.py, mqtt-io: bench/press_mqttio.py) or, for raw paho, before its "
+                       "write+fsync+publish; arrival i is press i",
             "drain": "from the sender's online status (baseline: a start marker) to the last new id at the "
                      "subscriber; agent with drain_rate_per_s 100000 and max_inflight = the baseline's window",
             "memory_window": f"{plan.memory_s:g} s" + (" (quick: the full run uses 600 s)" if plan.mode == "quick"

@@ -1,9 +1,11 @@
 """The central side of the benchmarks: a separate process that subscribes and stamps every arrival.
 
 Prints ``READY`` once subscribed.  Exits when ``--expect`` distinct event ids
-on topics containing ``--match`` have arrived, after ``--timeout`` seconds, or
+on topics containing ``--match`` have arrived (with ``--count-messages``:
+``--expect`` messages on those topics, for a peer whose payload has no id), after ``--timeout`` seconds, or
 on SIGTERM/SIGINT, and then writes every arrival to ``--out`` as JSON:
-``[arrival_monotonic_s, topic, id, mono_ms, seq, state]``.  The arrival time
+``[arrival_monotonic_s, topic, id, mono_ms, seq, state]`` (a payload that is
+not a JSON object: its first 32 characters as ``state``).  The arrival time
 is ``time.monotonic()`` (CLOCK_MONOTONIC, the same clock the agent stamps
 ``mono_ms`` with), taken first thing in the message callback; payloads are
 parsed only after the run, so the callback costs the same for every sender.
@@ -35,19 +37,25 @@ def main() -> int:
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--match", default="/event/")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--count-messages", action="store_true", help="count messages, not distinct ids")
     args = p.parse_args()
 
     arrivals: list[tuple[float, str, bytes | bytearray]] = []
     ids: set[bytes | bytearray] = set()
     done = threading.Event()
     match = args.match
+    counted = [0]
 
     def on_message(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
         t = time.monotonic()
         payload = m.payload
         topic = m.topic
         arrivals.append((t, topic, payload))
-        if match in topic:
+        if match in topic and args.count_messages:
+            counted[0] += 1
+            if args.expect and counted[0] >= args.expect:
+                done.set()
+        elif match in topic:
             i = payload.find(_ID)
             if i >= 0:
                 ids.add(payload[i + 6 : i + 38])
@@ -90,9 +98,9 @@ def _fields(payload: bytes | bytearray) -> list[Any]:
     try:
         doc = json.loads(payload)
     except ValueError:
-        return [None, None, None, None]
+        return [None, None, None, bytes(payload[:32]).decode(errors="replace")]
     if not isinstance(doc, dict):
-        return [None, None, None, None]
+        return [None, None, None, bytes(payload[:32]).decode(errors="replace")]
     return [doc.get("id"), doc.get("mono_ms"), doc.get("seq"), doc.get("state")]
 
 
