@@ -307,4 +307,7 @@ def bulk_fill(ob: Outbox, count: int, kind: EventType = EventType.PANIC, chunk: 
                     "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)", rows)
             ob._pending += n
             left -= n
+        last = ob._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        if hasattr(ob, "_last_seq"):  # what the outbox has committed: the sender reads no further
+            ob._last_seq = int(last[0])
 

@@ -19,6 +19,7 @@ import functools
 import itertools
 import json
 import logging
+import shutil
 import statistics
 import sys
 import threading
@@ -38,14 +39,15 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from agent import daemon, inputs, outbox, uplink  # noqa: E402
 from agent.config import load_config  # noqa: E402
 
-# (mark, module attribute path, when): the button's path in the order a press walks it
+# (mark, class, method, when): the button's path in the order a press walks it.  Where the code has
+# changed a name, the first method of a "a|b" list that exists is marked.
 MARKS: tuple[tuple[str, Any, str, str], ...] = (
     ("raw_edge", inputs.Inputs, "_raw_edge", "enter"),
     ("poll", inputs.Inputs, "poll", "enter"),
     ("record_many", daemon.Agent, "record_many", "enter"),
-    ("put_many", outbox.Outbox, "put_many", "enter"),
-    ("committed", outbox.Outbox, "put_many", "exit"),
-    ("wake", uplink.Uplink, "wake", "enter"),
+    ("put", outbox.Outbox, "put_rows|put_many", "enter"),
+    ("committed", outbox.Outbox, "put_rows|put_many", "exit"),
+    ("wake", uplink.Uplink, "offer|wake", "enter"),
     ("record_done", daemon.Agent, "record_many", "exit"),
     ("send_round", uplink.Uplink, "_send_round", "enter"),
     ("next_batch", outbox.Outbox, "next_batch", "enter"),
@@ -85,11 +87,12 @@ def _is_event(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bool:
 
 
 def install(marks: Marks) -> None:
-    for name, owner, attr, when in MARKS:
-        fn = getattr(owner, attr, None)
-        if fn is None:
-            marks.missing.append(f"{name} ({owner.__name__}.{attr})")
+    for name, owner, attrs, when in MARKS:
+        attr = next((a for a in attrs.split("|") if hasattr(owner, a)), None)
+        if attr is None:
+            marks.missing.append(f"{name} ({owner.__name__}.{attrs})")
             continue
+        fn = getattr(owner, attr)
 
         def wrap(fn: Callable[..., Any], name: str = name, when: str = when) -> Callable[..., Any]:
             @functools.wraps(fn)
@@ -106,8 +109,9 @@ def install(marks: Marks) -> None:
         setattr(owner, attr, wrap(fn))
 
 
-# the critical path, and the marks beside it: (mark, measured from)
-PATH = ("press", "raw_edge", "poll", "record_many", "put_many", "committed", "wake", "send_round", "next_batch",
+# the critical path, and the marks beside it: (mark, measured from).  A mark a press does not pass
+# (a changed path skips a step) is left out and the next stage is measured from the mark before it.
+PATH = ("press", "raw_edge", "poll", "record_many", "put", "committed", "wake", "send_round", "next_batch",
         "row_read", "publish", "on_wire", "arrived")
 BESIDE = (("record_done", "wake"), ("published", "publish"))
 
@@ -116,12 +120,15 @@ def table(marks: Marks, arrivals: list[float]) -> list[tuple[str, float, float, 
     """(stage, median µs, p90 µs, samples) between consecutive marks on the path, then the ones beside it."""
     for p, t in zip(marks.presses, arrivals, strict=False):
         p["arrived"] = int(t * 1e9)
-    pairs = [(a, b, "") for a, b in itertools.pairwise(PATH)] + [(a, b, "  (beside) ") for b, a in BESIDE]
-    rows = []
-    for a, b, label in pairs:
-        d = [(p[b] - p[a]) / 1e3 for p in marks.presses if a in p and b in p]
-        if d:
-            rows.append((f"{label}{a} → {b}", statistics.median(d), _p90(d), len(d)))
+    stages: dict[str, list[float]] = {}
+    for p in marks.presses:
+        passed = [m for m in PATH if m in p and p[m] >= p["press"]]
+        for a, b in itertools.pairwise(passed):
+            stages.setdefault(f"{a} → {b}", []).append((p[b] - p[a]) / 1e3)
+        for b, a in BESIDE:
+            if a in p and b in p:
+                stages.setdefault(f"  (beside) {a} → {b}", []).append((p[b] - p[a]) / 1e3)
+    rows = [(name, statistics.median(d), _p90(d), len(d)) for name, d in stages.items()]
     total = [(p["arrived"] - p["press"]) / 1e3 for p in marks.presses if "arrived" in p]
     if total:
         rows.append(("press → arrived (total)", statistics.median(total), _p90(total), len(total)))
@@ -173,6 +180,7 @@ def main() -> int:
         finally:
             agent.stop()
             remove_socket_dirs()
+            procs.later(lambda: shutil.rmtree(work, ignore_errors=True))
     rows = table(marks, arrivals)
     print(f"{'stage':36} {'median µs':>10} {'p90 µs':>10} {'n':>5}")
     for name, med, p90, n in rows:
