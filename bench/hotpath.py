@@ -122,7 +122,16 @@ def table(marks: Marks, arrivals: list[float]) -> list[tuple[str, float, float, 
         p["arrived"] = int(t * 1e9)
     stages: dict[str, list[float]] = {}
     for p in marks.presses:
-        passed = [m for m in PATH if m in p and p[m] >= p["press"]]
+        # in the order the press passed them, up to the wire (a sender round after it is beside the path)
+        passed = [m for _t, m in sorted((p[m], m) for m in PATH if m in p and m != "arrived" and p[m] >= p["press"])]
+        if "on_wire" in passed:
+            passed = passed[: passed.index("on_wire") + 1]
+        sender = ("send_round", "next_batch", "row_read")  # a round that did not carry this press is beside it
+        if "wake" in passed and "publish" in passed:
+            w, pub = p["wake"], p["publish"]
+            passed = [m for m in passed if m not in sender or w <= p[m] <= pub]
+        if "arrived" in p:
+            passed.append("arrived")
         for a, b in itertools.pairwise(passed):
             stages.setdefault(f"{a} → {b}", []).append((p[b] - p[a]) / 1e3)
         for b, a in BESIDE:
