@@ -19,6 +19,7 @@ from bench import peer
 from bench.common import (
     BENCH,
     PY,
+    ROOT,
     SITE,
     BenchBroker,
     EntryAgentProc,
@@ -78,14 +79,24 @@ def _run_wrapper(procs: Procs, cmd: list[str], log: Path, out: Path, timeout: fl
     return got
 
 
+def _agent_env(agent_path: Path | None) -> dict[str, str] | None:
+    if agent_path is None:
+        return None
+    return {"CAMPUS_BENCH_AGENT_PATH": str(agent_path), "PYTHONPATH": f"{agent_path}:{ROOT}"}
+
+
 # ---- press → delivery ------------------------------------------------------------------------------
 # Every contender is pressed the same way: a thread inside its own process stamps time.monotonic_ns()
 # and drives the mock pin (or, for raw paho, starts its write+fsync+publish); the same subscriber
 # program stamps the arrival on the same clock.
 
 
-def agent_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float) -> dict[str, Any]:
-    """The agent in-process (``bench/press_agent.py``); one ``/event/panic`` per press."""
+def agent_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float,
+                  agent_path: Path | None = None) -> dict[str, Any]:
+    """The agent in-process (``bench/press_agent.py``); one ``/event/panic`` per press.
+
+    ``agent_path``: a folder holding another ``agent`` package to measure instead (A/B runs).
+    """
     dev = unique_id("lat")
     cfg = agent_config(work / dev, broker.port, dev)  # input 'panic' with debounce_ms: 0
     sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#"], work / dev / "sub.json",
@@ -93,7 +104,8 @@ def agent_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms:
     out = work / dev / "presses.json"
     pressed = _run_wrapper(procs, [PY, str(BENCH / "press_agent.py"), "--config", str(cfg), "--out", str(out),
                                    "--count", str(n), "--gap-ms", str(gap_ms)],
-                           work / dev / "agent.log", out, timeout=n * gap_ms / 1000.0 + 60)
+                           work / dev / "agent.log", out, timeout=n * gap_ms / 1000.0 + 60,
+                           env=_agent_env(agent_path))
     arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
     return _press_result(_matched_ms(arrivals, pressed["press_ns"]), len(arrivals), n, pressed)
 
