@@ -220,7 +220,7 @@ class Heartbeat:
         if not self._changed:
             self._changed_at = self.mono()
             self._changed = True
-        self._wake.set()
+            self._wake.set()  # once: the thread then sleeps until the change is due
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)

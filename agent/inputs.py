@@ -112,6 +112,7 @@ class Inputs:
         self._clock = clock
         self._emit = emit
         self._batch: list[tuple[EventType, str, Stamp, Mapping[str, Any]]] = []
+        self._changes = 0  # accepted changes in this poll: on_change runs once, after the emit
         self._inputs: dict[str, _Input] = {}
         self._cond = threading.Condition()
         self._poll_lock = threading.Lock()  # one poll at a time: the thread's, or close()'s last one
@@ -209,12 +210,17 @@ class Inputs:
                 self._poll(now)
             finally:
                 batch, self._batch = self._batch, []
-                if batch:
-                    try:
-                        self._emit(batch)
-                    except BaseException:
-                        self._batch = batch + self._batch
-                        raise
+                try:
+                    if batch:
+                        try:
+                            self._emit(batch)
+                        except BaseException:
+                            self._batch = batch + self._batch
+                            raise
+                finally:
+                    if self._changes and self._on_change is not None:
+                        self._on_change()  # after the emit: the status never wakes a thread ahead of the alarm
+                    self._changes = 0
 
     def _out(self, kind: EventType, name: str, stamp: Stamp, data: Mapping[str, Any]) -> None:
         self._batch.append((kind, name, stamp, data))
@@ -242,8 +248,7 @@ class Inputs:
 
     def _changed(self, item: _Input, stamp: Stamp) -> None:
         self._accept(item, stamp)
-        if self._on_change is not None:
-            self._on_change()
+        self._changes += 1
 
     def _accept(self, item: _Input, stamp: Stamp) -> None:
         name = item.cfg.name
@@ -276,8 +281,7 @@ class Inputs:
         stamp = Stamp(wall=self._clock.wall(), mono=now, synced=self._clock.synced())
         data = {"reason": reason, "active_s": round(now - item.active_since, 3)}
         self._out(EventType.INPUT_FAULT, item.cfg.name, stamp, data)
-        if self._on_change is not None:
-            self._on_change()
+        self._changes += 1
 
     # ---- technician and status helpers ---------------------------------------
 
