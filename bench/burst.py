@@ -39,7 +39,7 @@ HEAVY = ("requests", "urllib3", "picamera2", "libcamera", "cv2", "numpy")
 
 
 def _time_outbox_puts(path_ms: list[float], recorded: list[int]) -> None:
-    """Wrap ``Outbox.put`` (and ``put_many``, should it exist) to time each panic from its edge to durable.
+    """Wrap the outbox's put of one and of many events to time each panic from its edge to durable.
 
     The edge is the event's own ``mono_ms`` (the monotonic stamp taken on the
     pin callback, truncated to the millisecond, so a figure is at most 1 ms high).
@@ -55,15 +55,18 @@ def _time_outbox_puts(path_ms: list[float], recorded: list[int]) -> None:
                 path_ms.append(now * 1000.0 - ev.mono_ms)
                 recorded[0] += 1
 
-    put = Outbox.put
+    # the newest names first: put_row/put_rows return the committed rows, put/put_many call them
+    single = "put_row" if hasattr(Outbox, "put_row") else "put"
+    many = "put_rows" if hasattr(Outbox, "put_rows") else "put_many"
+    put = getattr(Outbox, single)
 
-    def timed_put(self: Outbox, event: Any) -> int:
-        seq = put(self, event)
+    def timed_put(self: Outbox, event: Any) -> Any:
+        out = put(self, event)
         note([event])
-        return seq
+        return out
 
-    Outbox.put = timed_put  # type: ignore[method-assign]
-    put_many = getattr(Outbox, "put_many", None)
+    setattr(Outbox, single, timed_put)
+    put_many = getattr(Outbox, many, None)
     if put_many is not None:
         def timed_put_many(self: Outbox, events: Any) -> Any:
             events = list(events)
@@ -71,7 +74,7 @@ def _time_outbox_puts(path_ms: list[float], recorded: list[int]) -> None:
             note(events)
             return out
 
-        Outbox.put_many = timed_put_many  # type: ignore[attr-defined]
+        setattr(Outbox, many, timed_put_many)
 
 
 def _drive(agent: Agent, name: str, count: int, offset: float, spacing: float, start: float,

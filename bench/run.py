@@ -89,7 +89,7 @@ FULL = Plan("full", presses=1000, press_gap_ms=25, latency_reps=3, drain_events=
             paced_events=5000, enqueue_puts=1000, enqueue_reps=5, burst_presses=1000, burst_reps=3,
             memory_s=600, memory_agents=3, idle_warmup_s=60, idle_window_s=60,
             scale_levels=(1_000, 100_000, 1_000_000), scale_puts=200, scale_drains=2000, scale_reps=5)
-QUICK = Plan("quick", presses=200, press_gap_ms=20, latency_reps=2, drain_events=10_000, drain_reps=2, window=20,
+QUICK = Plan("quick", presses=150, press_gap_ms=20, latency_reps=2, drain_events=8_000, drain_reps=2, window=20,
              paced_events=1000, enqueue_puts=300, enqueue_reps=3, burst_presses=1000, burst_reps=1,
              memory_s=40, memory_agents=2, idle_warmup_s=10, idle_window_s=30,
              scale_levels=(1_000, 100_000, 1_000_000), scale_puts=100, scale_drains=1000, scale_reps=3)
