@@ -303,3 +303,58 @@ def test_cli__snapshots_dir_that_cannot_be_made_is_one_line_and_exit_1(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"campus-agent monitor: --snapshots {blocker / 'sub'}: Not a directory; give a directory this "
                    "user may create and write"]
+
+
+@pytest.mark.broker
+def test_monitor__a_photo_built_as_the_device_builds_it_lands_at_the_contract_path(broker, central, device, runs,
+                                                                                   tmp_path):
+    from agent.photosend import photo_message
+    from agent.photostore import Photo as StoredPhoto
+
+    photos = tmp_path / "photos"
+    run = start(broker.port, photos)
+    runs.append(run)
+    alarm = event(device, type_="tamper")
+    central.publish(topic("event/tamper", device), enc(alarm))
+    for part in (1, 2):
+        msg = photo_message(f"campus/main/{device}", StoredPhoto(alarm["id"], f"cam-{part}", JPEG + bytes([part]),
+                                                                 T0, part, 2))
+        p = Properties(PacketTypes.PUBLISH)
+        p.ContentType = msg.content_type
+        p.UserProperty = list(msg.user_properties)
+        central.c.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=p).wait_for_publish(5)
+    out = run.wait_for(f"{alarm['id']}-2.jpg")
+    assert f"of tamper id {alarm['id']}  camera cam-1 1/2" in out
+    assert (photos / "main" / device / f"{alarm['id']}.jpg").read_bytes() == JPEG + b"\x01"
+    assert (photos / "main" / device / f"{alarm['id']}-2.jpg").read_bytes() == JPEG + b"\x02"
+
+
+def test_session__photos_are_handed_on_after_the_events_of_the_same_batch(tmp_path):
+    import io
+    import queue
+
+    from agent.central.link import Incoming
+    from agent.central.session import MonitorOptions, _Session
+
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    out = io.StringIO()
+    alarm = event("gate-north-1")
+    with PhotoSaver(tmp_path / "p") as saver:
+        session = _Session(None, inbox, "campus", MonitorOptions(table_every_s=0), out,  # type: ignore[arg-type]
+                           wall=lambda: T0, saver=saver)
+        printed_at_submit: list[str] = []
+        submit = saver.submit
+
+        def watching(photo: Any, payload: bytes) -> str | None:
+            printed_at_submit.append(out.getvalue())
+            return submit(photo, payload)
+
+        saver.submit = watching  # type: ignore[method-assign]
+        inbox.put(Incoming(f"campus/main/gate-north-1/snapshot/{alarm['id']}", JPEG, False, T0))
+        inbox.put(Incoming(topic("event/panic"), enc(alarm), False, T0))
+        session._drain(0)
+        saver.close()
+        session._saved()
+    [seen] = printed_at_submit
+    assert f"id {alarm['id']}" in seen  # the alarm was on screen before the photo went to the writer
+    assert "PHOTO            of panic" in out.getvalue()
