@@ -172,7 +172,11 @@ class PhotoSaver:
         while (item := self._todo.get()) is not None:
             photo, payload = item
             try:
-                self._done.put(self._save(photo, payload))
+                outcome = self._save(photo, payload)
+            except Exception as exc:  # the writer must outlive one bad photo; the loop shows why
+                outcome = Outcome(photo, None, why=f"unexpected {type(exc).__name__}: {exc}")
+            try:
+                self._done.put(outcome)
             finally:
                 with self._lock:
                     self._backlog -= len(payload)
