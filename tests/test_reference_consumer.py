@@ -128,3 +128,77 @@ def test_consumer__shared_subscription_gives_each_event_to_exactly_one_member(br
         pub.close()
         for m in members:
             m.close()
+
+
+# ---- --snapshots DIR: alarm photos ---------------------------------------------------------
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
+EID = "0123456789abcdef0123456789abcdef"
+
+
+def test_save_photo__parts_and_numbered_names_and_redeliveries(tmp_path):
+    root = tmp_path / "photos"
+    topic = f"campus/main/g1/snapshot/{EID}"
+    assert ref.save_photo(root, topic, JPEG, {"event_id": EID, "part": "1/2"}).endswith(f"main/g1/{EID}.jpg")
+    assert ref.save_photo(root, topic, JPEG + b"2", {"part": "2/2"}).endswith(f"{EID}-2.jpg")
+    assert ref.save_photo(root, topic, JPEG, {"part": "1/2"}) == f"main/g1: photo for {EID} already saved"
+    # MQTT 3.1.1: no part; a new photo takes the first free name, one already saved is skipped.
+    assert ref.save_photo(root, topic, JPEG + b"3", {}).endswith(f"{EID}-3.jpg")
+    assert ref.save_photo(root, topic, JPEG + b"2", {}) == f"main/g1: photo for {EID} already saved"
+    assert (root / "main/g1" / f"{EID}.jpg").read_bytes() == JPEG
+    assert sorted(p.name for p in (root / "main/g1").iterdir()) == [f"{EID}-2.jpg", f"{EID}-3.jpg", f"{EID}.jpg"]
+
+
+@pytest.mark.parametrize(("topic", "payload", "props", "why"), [
+    (f"campus/main/../snapshot/{EID}", JPEG, {}, "site or device is not a contract id"),
+    ("campus/main/g1/snapshot/..", JPEG, {}, "not an event id"),
+    (f"campus/main/g1/snapshot/{EID}", JPEG, {"event_id": "f" * 32}, "not an event id"),
+    (f"campus/main/g1\x1b[2J/snapshot/{EID}", JPEG, {}, "campus/main/g1\\x1b[2J/snapshot"),
+    (f"campus/main/g1/snapshot/{EID}", b"<html>", {}, "not a JPEG"),
+])
+def test_save_photo__refuses(tmp_path, topic, payload, props, why):
+    line = ref.save_photo(tmp_path / "photos", topic, payload, props)
+    assert line.startswith("refused photo on ")
+    assert why in line
+    assert "\x1b" not in line
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("where", ["device", "file"])
+def test_save_photo__a_planted_symlink_is_not_followed(tmp_path, where):
+    root, victim = tmp_path / "photos", tmp_path / "victim"
+    victim.mkdir()
+    (root / "main").mkdir(parents=True)
+    if where == "device":
+        (root / "main/g1").symlink_to(victim)
+    else:
+        (root / "main/g1").mkdir()
+        (root / "main/g1" / f"{EID}.jpg").symlink_to(victim / "keep")
+    line = ref.save_photo(root, f"campus/main/g1/snapshot/{EID}", JPEG, {"part": "1/1"})
+    assert line.startswith("refused photo on campus/main/g1/snapshot/")
+    assert list(victim.iterdir()) == []
+
+
+@pytest.mark.broker
+def test_consumer__snapshots_saves_a_photo_sent_with_mqtt5_properties(broker, device, tmp_path):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    photos = tmp_path / "photos"
+    consumer = ConsumerProc(broker.port, "--snapshots", str(photos))
+    pub = Central(broker.port, topics=("none/#",))
+    try:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = "image/jpeg"
+        props.UserProperty = [("event_id", EID), ("camera", "gate-cam"), ("part", "2/2")]
+        pub.c.publish(f"campus/main/{device}/snapshot/{EID}", JPEG, qos=1, properties=props).wait_for_publish(5)
+        deadline = time.monotonic() + 20
+        while not any(ln.startswith("PHOTO") for ln in list(consumer.lines)):
+            assert time.monotonic() < deadline, consumer.lines
+            time.sleep(0.02)
+    finally:
+        pub.close()
+        consumer.close()
+    path = photos / "main" / device / f"{EID}-2.jpg"
+    assert [ln for ln in consumer.lines if device in ln] == [f"PHOTO for {EID} at main/{device} saved as {path}"]
+    assert path.read_bytes() == JPEG

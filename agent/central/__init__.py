@@ -4,5 +4,7 @@
 it connects); ``fleet`` keeps per-device state (``deadlines``: when each
 heartbeat is due), ``acks`` the alarm/ack desk, ``board`` the header,
 attention list and full table, ``display`` turns payloads into escaped lines
-a person reads, ``session`` is the print loop and ``monitor`` the command line.
+a person reads, ``photos`` checks alarm photos and saves them on their own
+thread (``photofiles``: the safe write under ``--snapshots DIR``),
+``session`` is the print loop and ``monitor`` the command line.
 """

@@ -11,7 +11,7 @@ or ``--table``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -60,6 +60,10 @@ class DeviceRow:
         return f"{self.site}/{self.device}"
 
 
+def _no_photo(_event_id: str) -> str | None:
+    return None
+
+
 def header(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None) -> str:
     """``HH:MM:SS.mmm  N devices: a online, b OVERDUE, c offline, d unknown; k unacknowledged alarms; ...``."""
     n = fleet.counts()
@@ -70,8 +74,11 @@ def header(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = Non
 
 
 def summary(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, limit: int = ATTENTION_LINES,
-            tz: dt.tzinfo | None = None) -> str:
-    """The header, the devices that need attention (at most ``limit``), then every unacknowledged alarm."""
+            tz: dt.tzinfo | None = None, photo_of: Callable[[str], str | None] = _no_photo) -> str:
+    """The header, the devices that need attention (at most ``limit``), then every unacknowledged alarm.
+
+    ``photo_of`` gives an alarm's saved photo by event id (``monitor --snapshots``).
+    """
     rows, total = fleet.attention(now, limit)
     out = [header(fleet, len(alarms), now, tz)]
     if rows:
@@ -79,8 +86,9 @@ def summary(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, limit: int
     if total > len(rows):
         out.append(f"... and {total - len(rows)} more not online: t + Enter (or --table) prints the full table")
     for a in alarms:
+        photo = photo_of(a.event_id)
         out.append(f"ALARM  {a.key:<{_KEY_COL - 7}}{a.type:<10}{ago(now - a.arrival):<18}id {a.event_id} "
-                   "not acknowledged")
+                   "not acknowledged" + (f"  photo {photo}" if photo is not None else ""))
     return "\n".join(out)
 
 
@@ -90,7 +98,7 @@ def table(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None
 
 
 def summary_lines(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, full: bool,
-                  limit: int = ATTENTION_LINES) -> list[Line]:
+                  limit: int = ATTENTION_LINES, photo_of: Callable[[str], str | None] = _no_photo) -> list[Line]:
     """For ``--json``: a ``summary`` record, then a ``device`` record per device shown, then the alarms."""
     n = fleet.counts()
     rows, total = (fleet.rows(now), len(fleet)) if full else fleet.attention(now, limit)
@@ -101,7 +109,8 @@ def summary_lines(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, full
     lines = [Line(LineKind.SUMMARY, "summary", record)]
     lines += [device_line(r, now) for r in rows]
     lines += [Line(LineKind.ALARM, a.event_id, {"kind": "alarm", "site": a.site, "device": a.device, "type": a.type,
-                                                "id": a.event_id, "arrived": iso_ms(a.arrival), "acknowledged": False})
+                                                "id": a.event_id, "arrived": iso_ms(a.arrival), "acknowledged": False,
+                                                "photo": photo_of(a.event_id)})
               for a in alarms]
     return lines
 

@@ -102,6 +102,7 @@ class LineKind(StrEnum):
     LINK = "link"
     SUMMARY = "summary"
     ALARM = "alarm"
+    PHOTO = "photo"
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,18 @@ _UNSUPPORTED_PROTOCOL = frozenset({0x84, 0x01})
 
 @dataclass(frozen=True)
 class Incoming:
-    """One message as it arrived; ``arrival`` is wall-clock seconds."""
+    """One message as it arrived; ``arrival`` is wall-clock seconds.
+
+    ``content_type`` and ``user_properties`` are the MQTT 5 properties (``None``
+    and empty under MQTT 3.1.1, or when the sender set none).
+    """
 
     topic: str
     payload: bytes
     retained: bool
     arrival: float
+    content_type: str | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -286,7 +292,14 @@ class CentralLink:
             self._inbox.put(LinkNote(up=False, text=f"lost the connection to {self.broker} ({rc}); reconnecting"))
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.put(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), self._wall()))
+        props = getattr(msg, "properties", None)
+        if props is None:
+            self._inbox.put(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), self._wall()))
+            return
+        kind = getattr(props, "ContentType", None)
+        pairs = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()))
+        self._inbox.put(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), self._wall(),
+                                 kind if isinstance(kind, str) else None, pairs))
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
         if mid in self._renewals:

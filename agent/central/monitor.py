@@ -139,7 +139,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     every = args.table_every if args.table_every is not None else 0.0 if args.json or args.once else TABLE_EVERY_S
     opts = MonitorOptions(site=args.site, json=args.json, table_every_s=every,
                           duration_s=ONCE_S if args.once else args.duration,
-                          overdue_after_s=args.overdue_after, full_table=args.table)
+                          overdue_after_s=args.overdue_after, full_table=args.table, snapshots=args.snapshots)
     keys = sys.stdin if args.ack and sys.stdin.isatty() else None
     if args.ack and keys is None:
         print("campus-agent monitor: --ack needs a terminal on stdin; acknowledging is off "
@@ -194,6 +194,8 @@ def add_monitor_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                      help=f"print the board this often; 0 never (default {TABLE_EVERY_S:g}, with --json 0)")
     mon.add_argument("--overdue-after", type=_seconds, metavar="SECONDS",
                      help="a device is overdue after this long without a status (default: 3 x its heartbeat)")
+    mon.add_argument("--snapshots", type=Path, metavar="DIR",
+                     help="save alarm photos as DIR/SITE/DEVICE/EVENT_ID.jpg and show them on their alarms")
     mon.add_argument("--ack", action="store_true",
                      help="Enter (or a + Enter) acknowledges the latest panic/tamper; needs a terminal")
     mon.set_defaults(func=cmd_monitor)

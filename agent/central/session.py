@@ -10,6 +10,9 @@ Decisions, for a centre with tens of thousands of devices:
   panic that arrives behind 20,000 retained statuses is printed first.
 - **Ticks at most once a second**, never per message: overdue detection is
   a heap pop per passed deadline (:mod:`agent.central.deadlines`).
+- **Photos after events** (``--snapshots DIR``): a photo is checked here and
+  written on :class:`~agent.central.photos.PhotoSaver`'s thread; its PHOTO
+  line is printed when the file is in place (:mod:`agent.central.photos`).
 - **Every line is scrubbed on the way out**: fields were escaped where they
   were read, and :func:`~agent.central.display.escape` runs once more over
   each line (backslashes left alone) so no control character from a device
@@ -18,11 +21,13 @@ Decisions, for a centre with tens of thousands of devices:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from agent.central import board
@@ -30,6 +35,8 @@ from agent.central.acks import AckDesk, Reply, ack_command, parse_reply
 from agent.central.display import Line, LineKind, clock_text, device_key, escape, json_line
 from agent.central.fleet import FleetView
 from agent.central.link import CentralLink, Inbox, Incoming, LinkNote
+from agent.central.photos import PhotoDesk, PhotoSaver, check, is_snapshot
+from agent.central.photos import subscription as photo_subscription
 from agent.central.settings import LinkSettings
 from agent.errors import AgentError
 from agent.events import iso_ms
@@ -64,12 +71,14 @@ class MonitorOptions:
     duration_s: float | None = None
     overdue_after_s: float | None = None
     full_table: bool = False
+    snapshots: Path | None = None
 
 
-def subscriptions(prefix: str, site: str | None, *, replies: bool) -> list[str]:
+def subscriptions(prefix: str, site: str | None, *, replies: bool, photos: bool = False) -> list[str]:
     """The contract's central-side topics, for one site or (``None``) the whole fleet."""
     scope = f"{prefix}/{site or '+'}/+"
-    return [f"{scope}/status", f"{scope}/event/#"] + ([f"{scope}/reply"] if replies else [])
+    return ([f"{scope}/status", f"{scope}/event/#"] + ([f"{scope}/reply"] if replies else [])
+            + ([photo_subscription(prefix, site)] if photos else []))
 
 
 def run_monitor(target: Target, opts: MonitorOptions, *, out: TextIO, err: TextIO, keys: TextIO | None = None,
@@ -81,9 +90,17 @@ def run_monitor(target: Target, opts: MonitorOptions, *, out: TextIO, err: TextI
     can be reached.
     """
     inbox: Inbox = queue.SimpleQueue()
-    with CentralLink(target.link, inbox, wall=wall) as link:
+    with contextlib.ExitStack() as stack:
+        saver = None
+        if opts.snapshots is not None:
+            try:
+                saver = stack.enter_context(PhotoSaver(opts.snapshots))
+            except OSError as exc:
+                raise AgentError(f"--snapshots {opts.snapshots}: {exc.strerror or exc}; give a directory this user "
+                                 "may create and write") from None
+        link = stack.enter_context(CentralLink(target.link, inbox, wall=wall))
         broker = link.connect()
-        link.subscribe(subscriptions(target.prefix, opts.site, replies=keys is not None))
+        link.subscribe(subscriptions(target.prefix, opts.site, replies=keys is not None, photos=saver is not None))
         scope = f"{target.prefix}/{opts.site or '+'}/+"
         hint = "; Enter acknowledges the latest alarm, t + Enter prints every device, q quits" if keys else ""
         print(f"monitoring {scope} on {broker} as {link.client_id} (MQTT {link.protocol}){hint}; Ctrl-C stops",
@@ -91,17 +108,21 @@ def run_monitor(target: Target, opts: MonitorOptions, *, out: TextIO, err: TextI
         pressed: queue.SimpleQueue[str] = queue.SimpleQueue()
         if keys is not None:
             threading.Thread(target=_read_keys, args=(keys, pressed), name="monitor-keys", daemon=True).start()
-        return _Session(link, inbox, target.prefix, opts, out, wall=wall).run(stop or threading.Event(), pressed)
+        session = _Session(link, inbox, target.prefix, opts, out, wall=wall, saver=saver)
+        return session.run(stop or threading.Event(), pressed)
 
 
 class _Session:
     """The print loop: the only thread that touches the fleet view, the desk and ``out``."""
 
     def __init__(self, link: CentralLink, inbox: Inbox, prefix: str, opts: MonitorOptions, out: TextIO, *,
-                 wall: Callable[[], float]) -> None:
+                 wall: Callable[[], float], saver: PhotoSaver | None = None) -> None:
         self.link, self.inbox, self.opts, self.out, self.wall = link, inbox, opts, out, wall
+        self.prefix = prefix
         self.fleet = FleetView(prefix, overdue_after_s=opts.overdue_after_s)
         self.desk = AckDesk(prefix)
+        self.saver = saver
+        self.photos = PhotoDesk()
 
     def run(self, stop: threading.Event, pressed: queue.SimpleQueue[str]) -> int:
         start = self.wall()
@@ -116,6 +137,7 @@ class _Session:
                     break
                 wait = min(_IDLE_S, *(t - now for t in (end, next_table, next_tick) if t is not None))
                 self._drain(max(0.0, wait))
+                self._saved()
                 if not self._keys(pressed):
                     break
                 now = self.wall()
@@ -128,6 +150,9 @@ class _Session:
                     next_table = now + every
         except KeyboardInterrupt:
             pass
+        if self.saver is not None:
+            self.saver.close()  # what is queued is written first, so its lines are printed below
+            self._saved()
         self._board(self.wall(), full=self.opts.full_table)
         return EXIT_OK
 
@@ -144,16 +169,39 @@ class _Session:
         except queue.Empty:
             pass
         rest: list[Incoming | LinkNote] = []
+        photos: list[Incoming] = []
         for item in batch:
             if isinstance(item, Incoming) and "/event/" in item.topic:
                 self._incoming(item)
+            elif isinstance(item, Incoming) and self.saver is not None and is_snapshot(self.prefix, item.topic):
+                photos.append(item)
             else:
                 rest.append(item)
+        del batch
         for item in rest:
             if isinstance(item, Incoming):
                 self._incoming(item)
             else:
                 self._note(self.wall(), LineKind.LINK, item.text)
+        if self.saver is not None:
+            while photos:
+                self._photo(self.saver, photos.pop(0))
+
+    def _photo(self, saver: PhotoSaver, item: Incoming) -> None:
+        """Check a photo and hand it to the saver; a refusal is a warning now, a saved photo a line later."""
+        photo = check(self.prefix, item.topic, item.payload, item.arrival, content_type=item.content_type,
+                      user_properties=item.user_properties)
+        why = photo if isinstance(photo, str) else saver.submit(photo, item.payload)
+        if why is not None:
+            self._emit([self.photos.refused(item.arrival, why)])
+
+    def _saved(self) -> None:
+        """Print what the saver has finished since the last turn."""
+        if self.saver is None:
+            return
+        now = self.wall()
+        for outcome in self.saver.outcomes():
+            self._emit(self.photos.lines(outcome, now))
 
     def _incoming(self, item: Incoming) -> None:
         lines = self.fleet.feed(item.topic, item.payload, item.arrival, retained=item.retained)
@@ -203,15 +251,17 @@ class _Session:
             self.out.write(text + "\n")
             if line.alarm is not None:
                 self.desk.offer(line.alarm)
+                self.photos.alarm(line.alarm)
         if lines:
             self.out.flush()
 
     def _board(self, now: float, *, full: bool) -> None:
         alarms = self.desk.unacked()
         if self.opts.json:
-            self._emit(board.summary_lines(self.fleet, alarms, now, full=full))
+            self._emit(board.summary_lines(self.fleet, alarms, now, full=full, photo_of=self.photos.photo_of))
             return
-        text = board.table(self.fleet, len(alarms), now) if full else board.summary(self.fleet, alarms, now)
+        text = (board.table(self.fleet, len(alarms), now) if full
+                else board.summary(self.fleet, alarms, now, photo_of=self.photos.photo_of))
         self.out.write("\n" + "\n".join(escape(ln, backslash=False) for ln in text.splitlines()) + "\n\n")
         self.out.flush()
 

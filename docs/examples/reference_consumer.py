@@ -8,7 +8,12 @@ Shows the four things every central server must get right:
 3. gap detection on ``seq`` per device (a gap is either still in flight or
    was evicted under the documented disk rule: look at the status's
    ``outbox.dropped``);
-4. re-timing events stamped while the device clock was not synchronised.
+4. re-timing events stamped while the device clock was not synchronised;
+
+and, with ``--snapshots DIR``, saves alarm photos (``R/snapshot/{event_id}``)
+as ``DIR/{site}/{device}/{event_id}.jpg`` (``{event_id}-{n}.jpg`` for part
+*n* > 1) the safe way: ids checked before they become path parts, no symlink
+followed, the file written to a temporary name and renamed into place.
 
 Run:  python docs/examples/reference_consumer.py --host broker.campus.lan --port 8883 \
           --cafile ca.crt --cert central.crt --key central.key
@@ -21,9 +26,13 @@ them.  RabbitMQ 3.10 has no shared subscriptions: one consumer per queue.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
+import re
 import sys
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +42,73 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # site and device ids (contract)
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
+_PART = re.compile(r"([1-9][0-9]?)/([1-9][0-9]?)")
+MAX_PHOTO_BYTES = 16 * 1024 * 1024
+
+
+def save_photo(root: Path, topic: str, payload: bytes, user_properties: dict[str, str]) -> str:
+    """Save one photo under ``root``; the line to print (where it went, or why not).
+
+    The topic's levels come from a device: checked before they name a path,
+    and every directory is opened with O_NOFOLLOW, so nothing lands outside
+    ``root``.  Without MQTT 5's ``part`` (MQTT 3.1.1) the first free name is
+    taken; a photo whose bytes are already saved for the event is a
+    redelivery (at least once) and is skipped.
+    """
+    levels = topic.split("/")
+    shown = topic.encode("unicode_escape").decode("ascii")  # nothing a terminal acts on
+    if len(levels) != 5 or not (_ID.fullmatch(levels[1]) and _ID.fullmatch(levels[2])):
+        return f"refused photo on {shown}: site or device is not a contract id"
+    site, device, event_id = levels[1], levels[2], levels[4]
+    if not _EVENT_ID.fullmatch(event_id) or user_properties.get("event_id", event_id) != event_id:
+        return f"refused photo on {shown}: not an event id"
+    if len(payload) > MAX_PHOTO_BYTES or payload[:2] != b"\xff\xd8":
+        return f"refused photo on {shown}: not a JPEG of at most {MAX_PHOTO_BYTES} bytes"
+    part = _PART.fullmatch(user_properties.get("part", ""))
+    numbers = [int(part[1])] if part else range(1, 65)
+    fds: list[int] = []
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fds.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+        for level in (site, device):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(level, 0o750, dir_fd=fds[-1])
+            fds.append(os.open(level, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1]))
+        name = _free_name(fds[-1], event_id, numbers, payload)
+        if name is None:
+            return f"{site}/{device}: photo for {event_id} already saved"
+        tmp = f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640, dir_fd=fds[-1])
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, name, src_dir_fd=fds[-1], dst_dir_fd=fds[-1])
+    except OSError as exc:
+        return f"refused photo on {shown}: {exc.strerror or exc} (a symlink under {root} is never followed)"
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return f"PHOTO for {event_id} at {site}/{device} saved as {root / site / device / name}"
+
+
+def _free_name(dir_fd: int, event_id: str, numbers: range | list[int], payload: bytes) -> str | None:
+    """The name to write, or None when these bytes are saved already; OSError for a symlink in the way."""
+    for n in numbers:
+        name = f"{event_id}.jpg" if n == 1 else f"{event_id}-{n}.jpg"
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return name
+        with os.fdopen(fd, "rb") as f:
+            if f.read(MAX_PHOTO_BYTES + 1) == payload:
+                return None
+        if len(numbers) == 1:
+            return name  # MQTT 5 named the part: a newer photo for it replaces the old one
+    raise OSError(f"64 different photos for {event_id} already")
 
 
 @dataclass
@@ -112,21 +188,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", help="TLS: client key")
     ap.add_argument("--username")
     ap.add_argument("--password-file", help="first line is the password; needs --cafile")
+    ap.add_argument("--snapshots", type=Path, metavar="DIR", help="save alarm photos under DIR/SITE/DEVICE/")
     args = ap.parse_args(argv)
     if args.password_file and not args.cafile:
         ap.error("--password-file needs --cafile: a password must not cross the network in clear")
     consumer = Consumer()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=MQTTProtocolVersion.MQTTv5)
     events = "campus/+/+/event/#" if not args.group else f"$share/{args.group}/campus/+/+/event/#"
+    photos = "campus/+/+/snapshot/+" if not args.group else f"$share/{args.group}/campus/+/+/snapshot/+"
 
     def on_connect(c: mqtt.Client, _u: Any, flags: Any, _rc: Any, _p: Any) -> None:
         if not flags.session_present:  # a new session: (re)subscribe; an old one keeps its subscriptions
-            c.subscribe([(events, 1), ("campus/+/+/status", 1)])
+            c.subscribe([(events, 1), ("campus/+/+/status", 1)] + ([(photos, 1)] if args.snapshots else []))
 
     def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, _rcs: Any, _p: Any) -> None:
-        print(f"subscribed to {events} and campus/+/+/status", file=sys.stderr, flush=True)
+        also = f" and {photos}" if args.snapshots else ""
+        print(f"subscribed to {events} and campus/+/+/status{also}", file=sys.stderr, flush=True)
 
     def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+        if args.snapshots and m.topic.split("/")[3:4] == ["snapshot"]:
+            props = dict(getattr(m.properties, "UserProperty", None) or [])
+            print(save_photo(args.snapshots, m.topic, bytes(m.payload), props), flush=True)
+            return
         for line in consumer.handle(m.topic, m.payload):
             print(line, flush=True)
 
