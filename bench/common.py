@@ -222,6 +222,8 @@ class EntryAgentProc(AgentProc):
         entry = Path(PY).parent / "campus-agent"
         cmd = [str(entry), "run", "-c", str(self.config)] if entry.exists() else [PY, "-m", "agent", "run", "-c",
                                                                                   str(self.config)]
+        if os.geteuid() == 0:
+            cmd.append("--allow-root")  # the bench box runs as root; a Pi runs the unit's own user
         with self.log.open("ab") as logf:
             self.proc = self._procs.popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
