@@ -105,6 +105,7 @@ def format_status(reply: dict[str, Any]) -> str:
             lines.append(f"link     commands unavailable: {cmds.get('reason')}")
     else:
         lines.append(f"link     DISCONNECTED: {link['last_error'] or 'connecting'}")
+    lines.extend(_stats_lines(st["link"].get("stats")))
     ob = st["outbox"]
     age = f", oldest {ob['oldest_age_s']:.0f} s" if ob["oldest_age_s"] is not None else ""
     lines.append(f"outbox   {ob['pending']} pending{age}, {ob['dropped']} dropped"
@@ -116,6 +117,10 @@ def format_status(reply: dict[str, Any]) -> str:
         lines.append(f"camera   {name:<12} {'ok' if c.get('ok') else 'FAULT':<7} {c.get('detail', '')}")
     for name, o in st.get("outputs", {}).items():
         lines.append(f"output   {name:<12} {o.get('pattern', '-')}")
+    photos = st.get("photos")
+    if photos:
+        kib = photos["bytes"] // 1024
+        lines.append(f"photos   {photos['pending']} waiting ({kib} KiB), {photos['dropped']} dropped")
     if st.get("test_mode_until"):
         lines.append(f"test     test mode on until {st['test_mode_until']}")
     lines.extend(f"WARNING  {w}" for w in st.get("warnings", []))
@@ -125,6 +130,22 @@ def format_status(reply: dict[str, Any]) -> str:
         for ev in reply.get("recent_events", [])[:10]
     )
     return "\n".join(lines)
+
+
+def _stats_lines(stats: dict[str, Any] | None) -> list[str]:
+    """Transmission times per broker path and availability, each with the period it covers."""
+    if not stats:
+        return []
+    out = []
+    for broker, periods in stats.get("transmit", {}).items():
+        parts = [f"{name} n={p['count']} mean {p['mean_ms']} ms p95 {p['p95_ms']} ms max {p['max_ms']} ms"
+                 for name, p in periods.items() if p.get("count")]
+        out.append(f"sent     via {broker}: {'; '.join(parts) or 'nothing yet'}")
+    av = [f"{name} {a['percent']} % ({a['outages']} outages, longest {a['longest_outage_s']} s)"
+          for name, a in stats.get("availability", {}).items() if a.get("percent") is not None]
+    if av:
+        out.append(f"link up  {'; '.join(av)}")
+    return out
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import format_status
 from agent.linkstats import LinkStats
 from agent.transmission import Transmission
 
@@ -107,6 +108,11 @@ def test_status__link_stats_survive_sigkill(tmp_path, broker, device, agent_proc
     validate("status", status)
     agent.kill()
     agent.start()
-    after = agent.status()["status"]
+    reply = agent.status()
+    after = reply["status"]
     validate("status", after)
     assert delivered_count(after["link"]["stats"]) >= 1
+    shown = format_status(reply)  # what `campus-agent status` prints
+    assert f"via 127.0.0.1:{broker.port}: " in shown
+    assert "31d n=" in shown
+    assert "link up  24h " in shown
