@@ -172,10 +172,10 @@ def test_board__at_20000_devices_shows_a_header_the_devices_needing_attention_an
     alarms = [Alarm("site-1", "gate-00001", f"{k:032x}", "panic", T0) for k in range(3)]
     text = board.summary(fleet, alarms, T0 + 1, limit=40, tz=dt.UTC).splitlines()
     assert text[0].startswith("06:00:01.000  20000 devices: 19900 online, 100 OVERDUE, 0 offline, 0 unknown; "
-                              "3 unacknowledged alarms")
+                              "low availability 0; 3 unacknowledged alarms")
     assert len(text) == 1 + 1 + 40 + 1 + 3  # header, column titles, 40 devices, "... and 60 more", alarms
     assert all("OVERDUE" in line for line in text[2:42])
-    assert text[42].startswith("... and 60 more not online")
+    assert text[42].startswith("... and 60 more need attention")
     assert all(line.startswith("ALARM  site-1/gate-00001") for line in text[43:])
     full = board.table(fleet, 3, T0 + 1).splitlines()
     assert len(full) == 2 + 20_000
