@@ -94,7 +94,7 @@ def read_link_stats(status: dict[str, Any]) -> LinkFigures | str:
         return UNKNOWN
     try:
         if not isinstance(stats, dict):
-            raise _BadStatsError("is not an object")
+            raise _BadStatsError(" is not an object")
         p95, period = _worst_p95(stats.get("transmit", {}))
         avail, observed = _availability(stats.get("availability", {}))
     except _BadStatsError as exc:
