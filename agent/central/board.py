@@ -3,8 +3,11 @@
 At 20,000 devices a table of every device every ten seconds is unreadable
 and costs a scan each time.  The board shows a header with the counts
 (kept up to date by :class:`~agent.central.fleet.FleetView`, never counted),
-then only the devices that are not online (at most ``limit`` of them,
-problem first) and every alarm not yet acknowledged from this monitor.
+then only the devices that need attention (not online, or under 95 %
+availability over 7 days; at most ``limit`` of them, problem first) and
+every alarm not yet acknowledged from this monitor.  Each device row shows
+its p95 transmission time and 7-day availability
+(:mod:`agent.central.linkfigures`), ``-`` when unknown.
 The full table, sorted problem first, is printed on request (``t`` + Enter,
 or ``--table``).
 """
@@ -17,6 +20,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from agent.central.display import Alarm, Line, LineKind, ago, clock_text
+from agent.central.linkfigures import UNKNOWN, LinkFigures, avail_text, p95_text
 from agent.events import iso_ms
 
 if TYPE_CHECKING:
@@ -54,6 +58,7 @@ class DeviceRow:
     pending: int | None
     last_event: str | None
     last_event_at: float | None
+    link: LinkFigures = UNKNOWN
 
     @property
     def key(self) -> str:
@@ -65,10 +70,11 @@ def _no_photo(_event_id: str) -> str | None:
 
 
 def header(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None) -> str:
-    """``HH:MM:SS.mmm  N devices: a online, b OVERDUE, c offline, d unknown; k unacknowledged alarms; ...``."""
+    """``HH:MM:SS.mmm  N devices: a online, b OVERDUE, c offline, d unknown; low availability l; k unack...``."""
     n = fleet.counts()
     return (f"{clock_text(now, tz)}  {len(fleet)} devices: {n[DeviceState.ONLINE]} online, "
             f"{n[DeviceState.OVERDUE]} OVERDUE, {n[DeviceState.OFFLINE]} offline, {n[DeviceState.UNKNOWN]} unknown; "
+            f"low availability {fleet.low_availability}; "
             f"{_count(alarms, 'unacknowledged alarm')}; {_count(fleet.events, 'event')}, "
             f"{_count(fleet.duplicates, 'duplicate')} suppressed")
 
@@ -84,7 +90,7 @@ def summary(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, limit: int
     if rows:
         out += _table_lines(rows, now)
     if total > len(rows):
-        out.append(f"... and {total - len(rows)} more not online: t + Enter (or --table) prints the full table")
+        out.append(f"... and {total - len(rows)} more need attention: t + Enter (or --table) prints the full table")
     for a in alarms:
         photo = photo_of(a.event_id)
         out.append(f"ALARM  {a.key:<{_KEY_COL - 7}}{a.type:<10}{ago(now - a.arrival):<18}id {a.event_id} "
@@ -103,7 +109,8 @@ def summary_lines(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, full
     n = fleet.counts()
     rows, total = (fleet.rows(now), len(fleet)) if full else fleet.attention(now, limit)
     record = {"kind": "summary", "at": iso_ms(now), "devices": len(fleet),
-              **{s.value: n[s] for s in DeviceState}, "unacknowledged_alarms": len(alarms),
+              **{s.value: n[s] for s in DeviceState}, "low_availability": fleet.low_availability,
+              "unacknowledged_alarms": len(alarms),
               "events": fleet.events, "duplicates": fleet.duplicates,
               "listed": len(rows), "not_listed": total - len(rows)}
     lines = [Line(LineKind.SUMMARY, "summary", record)]
@@ -121,12 +128,14 @@ def device_line(r: DeviceRow, now: float) -> Line:
         "heartbeat_age_s": round(now - r.heard, 1) if r.heard is not None else None,
         "interval_s": r.interval_s, "outbox_pending": r.pending, "last_event": r.last_event,
         "last_event_age_s": round(now - r.last_event_at, 1) if r.last_event_at is not None else None,
+        **r.link.record(), "problem": r.link.problem(),
     })
 
 
 def _table_lines(rows: Sequence[DeviceRow], now: float) -> list[str]:
     w = max([_KEY_COL, *(len(r.key) + 2 for r in rows)])
-    out = [f"{'DEVICE':<{w}}{'STATE':<10}{'LAST HEARTBEAT':<18}{'OUTBOX':<8}LAST EVENT"]
+    titles = f"{'DEVICE':<{w}}{'STATE':<10}{'LAST HEARTBEAT':<18}{'OUTBOX':<8}{'P95':<14}{'AVAIL 7D':<10}"
+    out = [f"{titles}{'LAST EVENT':<24}PROBLEM"]
     for r in rows:
         state = _SHOWN.get(r.state, r.state.value)
         if r.state is DeviceState.OFFLINE:
@@ -136,8 +145,16 @@ def _table_lines(rows: Sequence[DeviceRow], now: float) -> list[str]:
         online = r.state in (DeviceState.ONLINE, DeviceState.OVERDUE)
         box = str(r.pending) if online and r.pending is not None else "-"
         last = f"{r.last_event} {ago(now - r.last_event_at)}" if r.last_event_at is not None else "-"
-        out.append(f"{r.key:<{w}}{state:<10}{beat:<18}{box:<8}{last}")
+        figures = f"{_cell(p95_text(r.link), 14)}{avail_text(r.link.avail_7d):<10}"
+        line = f"{r.key:<{w}}{state:<10}{beat:<18}{box:<8}{figures}"
+        problem = r.link.problem()
+        out.append(f"{line}{_cell(last, 24)}{problem}" if problem else f"{line}{last}")
     return out
+
+
+def _cell(text: str, width: int) -> str:
+    """``text`` padded to ``width``, with at least one space after it even when it is wider."""
+    return f"{text:<{width - 1}} "
 
 
 def _count(n: int, noun: str) -> str:

@@ -103,6 +103,7 @@ class LineKind(StrEnum):
     SUMMARY = "summary"
     ALARM = "alarm"
     PHOTO = "photo"
+    AVAILABILITY = "availability"
 
 
 @dataclass(frozen=True)

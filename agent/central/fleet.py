@@ -25,6 +25,8 @@ Decisions:
   lazy deletion); :meth:`FleetView.tick` pops only what has passed, and the
   counts behind the header line are kept as states change, never by a scan.
   Only the full table (on request) looks at every device.
+- **Link figures** (:mod:`agent.central.linkfigures`, which says how): a device
+  under 95 % availability over 7 days needs attention like one not online.
 - **Nothing a device sends is printed raw**: text fields are escaped
   (:func:`~agent.central.display.escape`), and the fields the contract
   restricts (site, device, event id, type) are checked first; a message that
@@ -60,6 +62,7 @@ from agent.central.display import (
     valid_type,
     warning_line,
 )
+from agent.central.linkfigures import UNKNOWN, LinkFigures, availability_line, read_link_stats
 from agent.events import is_event_id, iso_ms
 
 DEFAULT_INTERVAL_S = 30.0
@@ -96,6 +99,8 @@ class _Device:
     last_event: str | None = None
     last_event_at: float | None = None
     max_seq: int | None = None
+    link: LinkFigures = UNKNOWN
+    stats_bad: bool = False
 
 
 class FleetView:
@@ -129,6 +134,7 @@ class FleetView:
         self._deadlines = Deadlines()
         self._counts = dict.fromkeys(DeviceState, 0)
         self._attention: set[str] = set()
+        self.low_availability = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.events = 0
         self.duplicates = 0
@@ -183,7 +189,7 @@ class FleetView:
         return len(self._devices)
 
     def attention(self, now: float, limit: int) -> tuple[list[DeviceRow], int]:
-        """Up to ``limit`` rows of devices not online, problem first, and how many there are."""
+        """Up to ``limit`` rows of devices not online or under 95 % availability, problem first, and how many."""
         keys = heapq.nsmallest(limit, self._attention, key=lambda k: (RANK[self._devices[k].state], k))
         return [self._row(self._devices[k], now) for k in keys], len(self._attention)
 
@@ -199,7 +205,7 @@ class FleetView:
             state = DeviceState.OVERDUE  # between ticks: the table is exact at its own ``now``
         return DeviceRow(site=d.site, device=d.device, state=state, reason=d.reason, heard=d.heard,
                          offline_at=d.offline_at, interval_s=self._interval(d), pending=d.pending,
-                         last_event=d.last_event, last_event_at=d.last_event_at)
+                         last_event=d.last_event, last_event_at=d.last_event_at, link=d.link)
 
     # ---- message kinds -----------------------------------------------------------
 
@@ -317,11 +323,26 @@ class FleetView:
         if isinstance(outbox, dict):
             dev.pending = int_or_none(outbox.get("pending"))
             dev.dropped = int_or_none(outbox.get("dropped"))
-        if retained or (was is DeviceState.ONLINE):
-            return []
-        why = ("heartbeat back" if was_overdue else "was offline" if was is DeviceState.OFFLINE
-               else "first status seen")
-        return [self._state_line(dev, at, "online", f"({why})")]
+        lines = [] if retained or was is DeviceState.ONLINE else [self._state_line(
+            dev, at, "online", "(heartbeat back)" if was_overdue else "(was offline)" if was is DeviceState.OFFLINE
+            else "(first status seen)")]
+        return lines + self._figures(dev, doc, msg)
+
+    def _figures(self, dev: _Device, doc: dict[str, Any], msg: _Msg) -> list[Line]:
+        """Take the status's link figures; a line when they turn unreadable or the 95 % flag changes."""
+        got = read_link_stats(doc)
+        lines: list[Line] = []
+        if isinstance(got, str) and not dev.stats_bad:  # once, not at every heartbeat
+            lines.append(self._warn(msg.at, f"{escape(msg.topic)}: {got}; figures shown as '-'"))
+        dev.stats_bad = isinstance(got, str)
+        figures = UNKNOWN if isinstance(got, str) else got
+        was_low, dev.link = dev.link.low, figures
+        if figures.low != was_low:
+            self.low_availability += 1 if figures.low else -1
+            self._file(dev)
+            if not msg.retained:
+                lines.append(availability_line(dev.site, dev.device, figures, msg.at, self._clock(msg.at)))
+        return lines
 
     # ---- helpers -------------------------------------------------------------------
 
@@ -340,8 +361,12 @@ class FleetView:
         self._counts[dev.state] -= 1
         self._counts[state] += 1
         dev.state = state
+        self._file(dev)
+
+    def _file(self, dev: _Device) -> None:
+        """Keep the attention set right: devices not online, and those under 95 % availability."""
         key = f"{dev.site}/{dev.device}"
-        if state is DeviceState.ONLINE:
+        if dev.state is DeviceState.ONLINE and not dev.link.low:
             self._attention.discard(key)
         else:
             self._attention.add(key)

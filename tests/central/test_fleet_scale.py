@@ -19,14 +19,18 @@ from agent.central.fleet import FleetView
 from agent.central.link import Incoming
 from agent.central.session import MonitorOptions, _Session
 from agent.events import iso_ms, new_id
+from agent.linkstats import LinkStats
 
 T0 = dt.datetime(2026, 11, 29, 6, 0, 0, tzinfo=dt.UTC).timestamp()
 
 
-def status(site: str, device: str, ts: float) -> bytes:
+def status(site: str, device: str, ts: float, stats: dict[str, Any] | None = None) -> bytes:
+    link: dict[str, Any] = {"connected_since": iso_ms(ts), "reconnects": 0}
+    if stats is not None:
+        link["stats"] = stats
     return json.dumps({"v": 1, "site": site, "device": device, "state": "online", "ts": iso_ms(ts),
                        "clock_synced": True, "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
-                       "link": {"connected_since": iso_ms(ts), "reconnects": 0},
+                       "link": link,
                        "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0}, "inputs": {}, "cameras": {},
                        "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
                        "test_mode_until": None}).encode()
@@ -130,6 +134,41 @@ def test_fleet__work_per_status_does_not_grow_with_the_fleet(n):
     assert per_message <= 2, per_message  # one heap push per status, pops and compaction amortised
 
 
+def link_stats(down_s: float) -> dict[str, Any]:
+    """The agent's own ``link.stats`` after 3 h connected, then ``down_s`` seconds down, with 20 events."""
+    s = LinkStats(T0)
+    s.link_up("broker-a:8883", T0)
+    for k in range(20):
+        s.delivered("broker-a:8883", 0.02 + k * 0.005, T0 + 3 * 3600 - 600 + k)
+    s.link_down(T0 + 3 * 3600)
+    s.link_up("broker-a:8883", T0 + 3 * 3600 + down_s)
+    return s.snapshot(T0 + 3 * 3600 + down_s)
+
+
+def test_fleet__link_figures_and_the_95_percent_flag_cost_no_scan_at_10000_devices():
+    n, rng = 10_000, random.Random(13)
+    good, bad = link_stats(1.0), link_stats(1800.0)  # 99.99 % and 85.7 % over 7 days
+    fleet = FleetView(tz=dt.UTC)
+    low: set[int] = set()
+    for i in range(n):
+        site, device = name(i)
+        fleet.feed(topic(i), status(site, device, T0, good), T0)
+    plain = fleet._devices
+    fleet._devices = NoScan(plain)  # from here on, any walk over the fleet fails
+    before = fleet.work
+    for k in range(3000):  # devices drop under 95 % and come back, in any order
+        i = rng.randrange(n)
+        site, device = name(i)
+        flaky = rng.random() < 0.5
+        (low.add if flaky else low.discard)(i)
+        fleet.feed(topic(i), status(site, device, T0 + 30 + k * 0.01, bad if flaky else good), T0 + 30 + k * 0.01)
+        assert fleet.low_availability == len(low)
+    assert (fleet.work - before) / 3000 <= 2
+    assert fleet.attention(T0 + 60, 40)[1] == len(low)  # the attention set is kept, not searched
+    fleet._devices = plain
+    assert {r.key for r in fleet.rows(T0 + 60) if r.link.low} == {"/".join(name(i)) for i in low}
+
+
 def test_fleet__a_tick_with_nothing_due_does_no_work_at_20000_devices():
     fleet = FleetView(tz=dt.UTC)
     for i in range(20_000):
@@ -172,10 +211,10 @@ def test_board__at_20000_devices_shows_a_header_the_devices_needing_attention_an
     alarms = [Alarm("site-1", "gate-00001", f"{k:032x}", "panic", T0) for k in range(3)]
     text = board.summary(fleet, alarms, T0 + 1, limit=40, tz=dt.UTC).splitlines()
     assert text[0].startswith("06:00:01.000  20000 devices: 19900 online, 100 OVERDUE, 0 offline, 0 unknown; "
-                              "3 unacknowledged alarms")
+                              "low availability 0; 3 unacknowledged alarms")
     assert len(text) == 1 + 1 + 40 + 1 + 3  # header, column titles, 40 devices, "... and 60 more", alarms
     assert all("OVERDUE" in line for line in text[2:42])
-    assert text[42].startswith("... and 60 more not online")
+    assert text[42].startswith("... and 60 more need attention")
     assert all(line.startswith("ALARM  site-1/gate-00001") for line in text[43:])
     full = board.table(fleet, 3, T0 + 1).splitlines()
     assert len(full) == 2 + 20_000
@@ -183,9 +222,10 @@ def test_board__at_20000_devices_shows_a_header_the_devices_needing_attention_an
     assert "online" in full[102]  # problem first
 
 
-def test_fleet__memory_per_device_stays_under_the_documented_bound():
+@pytest.mark.parametrize("stats", [None, link_stats(1.0)], ids=["plain", "link-stats"])
+def test_fleet__memory_per_device_stays_under_the_documented_bound(stats):
     fleet = FleetView(tz=dt.UTC)
-    payloads = [(topic(i), status(*name(i), T0)) for i in range(5000)]
+    payloads = [(topic(i), status(*name(i), T0, stats)) for i in range(5000)]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

@@ -185,7 +185,7 @@ def test_fleet__retained_statuses_fill_the_table_quietly(fleet):
     assert "3 devices: 1 online, 0 OVERDUE, 1 offline, 1 unknown" in text
     assert "main/a-1                offline   (lost)            -       -" in text
     assert "main/b-2                online    75 s ago          3       -" in text
-    assert "main/c-3                ?         -                 -       panic 75 s ago" in text
+    assert "main/c-3                ?         -                 -       -             -         panic 75 s ago" in text
 
 
 def test_fleet__overdue_after_three_default_intervals(fleet):
