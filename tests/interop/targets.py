@@ -36,6 +36,8 @@ class Target:
     password: str | None = None
     will: bool = True
     retained_wildcard: bool = True  # retained messages delivered through '+'/'#' filters
+    speaks_v5: bool = True          # accepts an MQTT 5 CONNECT
+    shared_subscriptions: bool = True  # $share/{group}/... splits messages between the group
     server: Any = field(default=None, repr=False)
 
     @property
@@ -127,6 +129,8 @@ def amqtt(workdir: Path) -> Target:
         agent_protocol=None,
         expect_protocol="3.1.1",
         sub_v5=False,
+        speaks_v5=False,
+        shared_subscriptions=False,
         server=AmqttBroker(workdir).start(),
     )
 
@@ -142,5 +146,7 @@ def rabbitmq(workdir: Path, size: int) -> Target:
         username=USER,
         password=PASSWORD,
         retained_wildcard=False,
+        speaks_v5=False,
+        shared_subscriptions=False,
         server=RabbitCluster(workdir, size=size).start(),
     )

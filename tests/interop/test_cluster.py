@@ -10,6 +10,7 @@ on the surviving node.  That last test breaks the cluster, so it runs last.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -123,7 +124,7 @@ def test_node_holding_the_session_killed_every_press_delivered_via_the_other(
     latency = [m.at - pressed for (m, _), pressed in zip(by_seq, presser.times, strict=True)]
     arrivals = sorted(m.at for m, _ in got)
     first_after = min((a for a in arrivals if a > kill_at), default=float("nan"))
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     FIGURES.append(
         f"{t.name}: node killed with {made} presses every {PRESS_EVERY_S:g} s, all delivered via the other node; "
         f"first delivery {first_after - kill_at:.2f} s after the kill, max gap between deliveries "

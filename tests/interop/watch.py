@@ -147,6 +147,56 @@ def retained_on(port: int, topic: str, *, v5: bool, username: str | None = None,
     """The retained message a brand-new subscriber gets on exactly ``topic`` (None if none)."""
     with Watcher(port, (topic,), v5=v5, username=username, password=password, name="probe", timeout=timeout) as w:
         try:
-            return w.wait_for(lambda m: m.retain, timeout=2.0, what="a retained message").doc  # type: ignore[no-any-return]
+            # only what the filter matches: amqtt 0.12.1 may hand a new subscriber stray retained messages
+            hit = w.wait_for(lambda m: m.retain and mqtt.topic_matches_sub(topic, m.topic), timeout=2.0,
+                             what="a retained message")
+            return hit.doc  # type: ignore[no-any-return]
         except TimeoutError:
             return None
+
+
+def connect_result(port: int, *, v5: bool, username: str | None = None, password: str | None = None,
+                   timeout: float = 10.0) -> str:
+    """How the broker answers a CONNECT: 'accepted', 'refused: <reason>' or 'closed before CONNACK'."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
+                    protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+                    reconnect_on_failure=False)
+    if username is not None:
+        c.username_pw_set(username, password)
+    answer: list[str] = []
+    done = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        answer.append(f"refused: {rc}" if rc.is_failure else "accepted")
+        done.set()
+
+    def on_disconnect(_c: Any, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+        if not answer:
+            answer.append("closed before CONNACK")
+        done.set()
+
+    c.on_connect = on_connect
+    c.on_disconnect = on_disconnect
+    c.connect("127.0.0.1", port, keepalive=10)
+    c.loop_start()
+    try:
+        return answer[0] if done.wait(timeout) and answer else f"no answer within {timeout:g} s"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def publish(port: int, topic: str, payload: bytes, *, v5: bool, retain: bool = False, username: str | None = None,
+            password: str | None = None, timeout: float = 10.0) -> None:
+    """Publish one QoS 1 message as a short-lived client and wait for its PUBACK."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
+                    protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311)
+    if username is not None:
+        c.username_pw_set(username, password)
+    c.connect("127.0.0.1", port, keepalive=10)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
