@@ -1,6 +1,6 @@
 """Fixtures for the interop suite: one broker target per parameter, the agent as a real process.
 
-Brokers are module-scoped (a RabbitMQ node takes 5-10 s to boot), tests keep
+Brokers are session-scoped (a RabbitMQ node takes 5-10 s to boot), tests keep
 apart by unique device ids.  A broker that cannot run here is skipped with the
 reason, except that under CI mosquitto and amqtt must run (they are installed
 by ``make test``).  Figures measured by the tests are printed at the end and,
@@ -91,7 +91,7 @@ def make_target(name: str, workdir: Path) -> Target:
     raise ValueError(name)
 
 
-@pytest.fixture(scope="module", params=TARGETS)
+@pytest.fixture(scope="session", params=TARGETS)
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     t = make_target(request.param, tmp_path_factory.mktemp(request.param))
     yield t
