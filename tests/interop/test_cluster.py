@@ -129,4 +129,4 @@ def test_node_holding_the_session_killed_every_press_delivered_via_the_other(
         f"{t.name}: node killed with {made} presses every {PRESS_EVERY_S:g} s, all delivered via the other node; "
         f"first delivery {first_after - kill_at:.2f} s after the kill, max gap between deliveries "
         f"{max(gaps):.2f} s, max press-to-delivery {max(latency):.2f} s; "
-        f"commands after failover: {status.get('commands', 'n/a')}")
+        f"commands after failover: {status['link'].get('commands', 'not reported')}")

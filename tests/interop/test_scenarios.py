@@ -31,11 +31,13 @@ def root(device: str) -> str:
     return f"campus/main/{device}"
 
 
-def _check_protocol(target: Target, status: dict[str, Any]) -> None:
-    """When the agent reports what it negotiated, it must be what this broker speaks."""
-    got = status.get("link", {}).get("protocol")
-    if got is not None:
-        assert str(got) == target.expect_protocol, f"{target.name}: agent negotiated {got}"
+def _check_link(target: Target, status: dict[str, Any]) -> None:
+    """What the agent says it negotiated (optional status fields) must be what this broker offers."""
+    link = status.get("link", {})
+    if "protocol" in link:
+        assert str(link["protocol"]) == target.expect_protocol, f"{target.name}: agent negotiated {link}"
+    if "retain" in link:
+        assert link["retain"] is True, f"{target.name} supports retain, the agent says not: {link}"
 
 
 def test_online_status_seen_by_a_subscriber(live_target: Target, run_agent: Callable[..., AgentProc],
@@ -47,7 +49,10 @@ def test_online_status_seen_by_a_subscriber(live_target: Target, run_agent: Call
         msg = w.wait_for(lambda m: _state(m, topic) == "online", timeout=30, what="online status")
     doc = validate("status", msg.doc)
     assert (doc["site"], doc["device"]) == ("main", device)
-    _check_protocol(t, doc)
+    _check_link(t, doc)
+    # "connected" only on a good CONNACK: a refused or unanswered MQTT 5 attempt before it is not a session
+    connected = [ln for ln in agent.log.read_text().splitlines() if "connected to broker" in ln]
+    assert len(connected) == 1, f"{t.name}: one session expected, the agent log says {connected}"
     # A central that starts later still learns the device is online: the retained status, asked
     # for on the exact topic (RabbitMQ gives retained messages only there) of the node the agent uses.
     broker = agent.status()["link"]["broker"]
