@@ -69,8 +69,13 @@ def format_status(reply: dict[str, Any]) -> str:
     agent = st["agent"]
     lines = [f"device   {st['site']}/{st['device']}  agent {agent['version']}  up {agent['uptime_s']} s  clock {clock}"]
     if link["connected"]:
-        lines.append(f"link     connected to {link['broker']} since {st['link']['connected_since']}"
-                     f" ({st['link']['reconnects']} reconnects)")
+        sl = st["link"]
+        proto = f" MQTT {sl['protocol']}" if sl.get("protocol") else ""
+        lines.append(f"link     connected to {link['broker']}{proto} since {sl['connected_since']}"
+                     f" ({sl['reconnects']} reconnects){'' if sl.get('retain', True) else ', retain unavailable'}")
+        cmds = sl.get("commands") or {}
+        if cmds.get("available") is False:
+            lines.append(f"link     commands unavailable: {cmds.get('reason')}")
     else:
         lines.append(f"link     DISCONNECTED: {link['last_error'] or 'connecting'}")
     ob = st["outbox"]

@@ -312,7 +312,7 @@ class CommandHandler:
         self._rejected = 0
         self._logged: dict[str, tuple[float, int]] = {}  # kind -> (last logged, hidden since)
 
-    def handle(self, name: str, payload: bytes) -> None:
+    def handle(self, name: str, payload: bytes, *, retained: bool = False) -> None:  # noqa: ARG002 - the security helper gives it meaning
         """Validate, carry out and answer one command; never raises."""
         try:
             self._handle(name, payload)

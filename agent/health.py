@@ -138,6 +138,9 @@ class Health:
                 "connected_since": iso_ms(link.connected_since) if link.connected_since else None,
                 "reconnects": link.reconnects,
                 "broker": link.broker,
+                "protocol": link.protocol,
+                "retain": link.retain,
+                "commands": {"available": link.commands_available, "reason": link.commands_reason},
             },
             "outbox": {
                 "pending": ob.pending,

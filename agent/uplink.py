@@ -1,15 +1,22 @@
-"""The link to the broker: the only module that imports paho-mqtt.
+"""The link to the broker: outbox to broker, status, replies and commands, on one sender thread.
 
 One sender thread owns the whole connection life cycle.  Each connection
-attempt builds a fresh paho client (``reconnect_on_failure=False``), so paho's
-in-memory queue never outlives a connection and is never what we rely on: after
-every reconnect the sender re-publishes whatever is still in the outbox, oldest
-first.  A row is deleted only when its PUBACK arrives with a success reason
-code; an MQTT 5 broker that refuses a publish (reason >= 0x80) still makes
-paho report it as "published", so refusals are kept and retried.
+attempt is a fresh :class:`~agent.session.Session` (paho's reconnect is off),
+so paho's in-memory queue never outlives a connection and is never what we
+rely on: after every reconnect the sender re-publishes whatever is still in the
+outbox, oldest first.  A row is deleted only when its PUBACK arrives with a
+success reason code; an MQTT 5 broker that refuses a publish (reason >= 0x80)
+still makes paho report it as "published", so refusals are kept and retried.
 
-Reconnects use exponential backoff with full jitter, so hundreds of Pis do not
-hammer a restarted broker in lock-step, and walk the broker list on failure.
+A connection counts as working only once the broker's CONNACK accepts it:
+only then is "connected" logged and the backoff reset.  Anything short of that
+(TCP, TLS, no CONNACK, closed before CONNACK, CONNACK refused) is a failed
+attempt, and failed attempts walk the broker list.  A failure that is about the
+dialect (MQTT 5 not spoken, retain switched off; see :mod:`agent.dialects`) is
+retried on the same broker at once in the dialect that works.
+
+Reconnects use exponential backoff with full jitter (no lock-step storms).
+Events never wait for the command subscription (see :mod:`agent.linkstate`).
 """
 
 from __future__ import annotations
@@ -22,53 +29,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import Any, Self
 
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.config.model import BrokerAddress, MqttConfig
+from agent.dialects import Dialects
+from agent.linkstate import CommandHandler, CommandRoute, LinkState
 from agent.outbox import Outbox, OutboxRow
 from agent.sendwindow import SendWindow
+from agent.session import RETAIN_NOT_SUPPORTED, ConnectFailure, Dialect, Session
 
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], dict[str, Any]]
-CommandHandler = Callable[[str, bytes], None]
 
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
 _IDLE_WAKE_S = 1.0  # granularity of waits between connection attempts (stop stays responsive)
 _IDLE_S = 5.0  # longest wait while connected with nothing to send; any news wakes the sender at once
-
-
-@dataclass(frozen=True)
-class LinkState:
-    """What the status document's ``link`` section and the CLI show."""
-
-    connected: bool
-    broker: str | None
-    connected_since: float | None
-    reconnects: int
-    last_error: str | None
-    inflight: int
-    published: int
-    delivered: int
-    refused: int
-
-
-class _Session:
-    """One connection's paho client and the events its callbacks raise."""
-
-    def __init__(self, client: mqtt.Client, broker: BrokerAddress) -> None:
-        self.client = client
-        self.broker = broker
-        self.connack = threading.Event()
-        self.refused: str | None = None
-        self.lost = threading.Event()
-        self.lost_reason: str | None = None
 
 
 class Uplink:
@@ -80,7 +57,7 @@ class Uplink:
         outbox: where events come from and where PUBACKs are recorded.
         status: returns a fresh status document (birth message and heartbeats).
         offline: returns the ``offline`` document for a ``reason``.
-        on_command: called on paho's thread with (name, payload) per command.
+        on_command: called on paho's thread per command.
         on_link: called when the link goes up or down.
         on_delivered: called on the sender thread for every acknowledged row.
 
@@ -112,18 +89,23 @@ class Uplink:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wall = wall
         self._mono = mono
+        self._status_topic = f"{topic_root}/status"
+        self._cmd_prefix = f"{topic_root}/cmd/"
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
-        self._acks: queue.SimpleQueue[tuple[int, ReasonCode | None]] = queue.SimpleQueue()
+        self._acks: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
         self._status_slot: dict[str, Any] | None = None
         self._replies: deque[tuple[str, bytes]] = deque(maxlen=100)
         self._slot_lock = threading.Lock()
-        self._session: _Session | None = None
+        self._session: Session | None = None
+        self._dialect: Dialect | None = None  # of the last session the broker accepted
+        self._dialects = Dialects(cfg.protocol)
+        self._commands = CommandRoute(f"{topic_root}/cmd/")
         self._broker_index = 0
         self._connected_since: float | None = None
-        self._reconnects = 0
-        self._sessions = 0
+        self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
         self._last_error: str | None = None
         self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
         self._published = 0
@@ -134,7 +116,7 @@ class Uplink:
     # ---- public surface ------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or self._closed:
             return
         self._thread = threading.Thread(target=self._run, name="uplink-sender", daemon=True)
         self._thread.start()
@@ -144,7 +126,7 @@ class Uplink:
         self._wake.set()
 
     def publish_status(self, doc: dict[str, Any]) -> None:
-        """Publish ``doc`` retained; only the latest waiting one is ever sent."""
+        """Publish ``doc`` (retained where the broker allows); only the latest waiting one is ever sent."""
         with self._slot_lock:
             self._status_slot = doc
         self._wake.set()
@@ -156,17 +138,21 @@ class Uplink:
         self._wake.set()
 
     def state(self) -> LinkState:
-        s = self._session
+        s, d = self._session, self._dialect
         return LinkState(
             connected=self._connected_since is not None,
             broker=str(s.broker) if s is not None else None,
             connected_since=self._connected_since,
-            reconnects=self._reconnects,
+            reconnects=max(0, self._sessions - 1),
             last_error=self._last_error,
             inflight=len(self._window),
             published=self._published,
             delivered=self._delivered,
             refused=self._refused,
+            protocol=d.protocol if d is not None else None,
+            retain=d.retain if d is not None else True,
+            commands_available=self._commands.available,
+            commands_reason=self._commands.reason,
         )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -177,23 +163,39 @@ class Uplink:
             self._thread.join(timeout)
             self._thread = None
 
+    def close(self) -> None:
+        """Stop for good (idempotent); a closed uplink does not start again."""
+        self._closed = True
+        self.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
+        if self._closed:
+            return f"<Uplink {self.root} closed>"
         st = self.state()
-        where = f"connected to {st.broker}" if st.connected else "disconnected"
+        if st.connected:
+            where = f"connected to {st.broker} MQTT {st.protocol}{'' if st.retain else ' no retain'}"
+        else:
+            where = f"disconnected ({st.last_error or 'connecting'})"
         return f"<Uplink {self.root} {where} inflight={st.inflight}>"
 
-    # ---- the sender thread ---------------------------------------------------
+    # ---- the sender thread: attempts, failover, backoff ----------------------
 
     def _run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
             self.progress = self._mono()
             broker = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
-            was_up = self._connect_and_serve(broker)
+            failure = self._attempt(broker)
             if self._stopping.is_set():
                 break
-            if was_up:
-                attempt = 0
+            if failure is None:
+                attempt = 0  # the broker accepted a session: try it first again
             else:
                 attempt += 1
                 self._broker_index += 1
@@ -202,7 +204,7 @@ class Uplink:
             moving = f" on {nxt}" if nxt != broker else ""
             log.warning(
                 "broker %s %s (%s); %d events buffered; retrying%s in %.1f s",
-                broker, "connection lost" if was_up else "unreachable", self._last_error,
+                broker, "connection lost" if failure is None else "unreachable", self._last_error,
                 self.outbox.pending(), moving, delay,
             )
             self._sleep(delay)
@@ -216,107 +218,89 @@ class Uplink:
                 return
             self._stopping.wait(min(left, _IDLE_WAKE_S))
 
-    def _make_client(self) -> mqtt.Client:
-        v5 = self.cfg.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.cfg.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else True,
-            reconnect_on_failure=False,
-        )
-        client.connect_timeout = self.cfg.connect_timeout_s
-        client.max_inflight_messages_set(self.cfg.max_inflight + 16)
-        client.max_queued_messages_set(0)
-        client.will_set(f"{self.root}/status", _encode(self._offline("lost")), qos=1, retain=True)
-        if self.cfg.username is not None:
-            pw = self.cfg.password.reveal() if self.cfg.password is not None else None
-            client.username_pw_set(self.cfg.username, pw)
-        if self.cfg.tls is not None:
-            client.tls_set_context(tls_context(self.cfg))
-        return client
+    def _attempt(self, broker: BrokerAddress) -> ConnectFailure | None:
+        """Connect to ``broker``, falling back at once to a dialect it speaks; None if a session ran."""
+        dialect = self._dialects.first(broker)
+        while True:
+            failure = self._connect_and_serve(broker, dialect)
+            if failure is None or self._stopping.is_set():
+                return failure
+            nxt = self._dialects.fallback(broker, dialect, failure)
+            if nxt is None:
+                return failure
+            log.info("broker %s: %s; retrying at once with MQTT %s%s", broker, failure.words, nxt.protocol,
+                     "" if nxt.retain else " without retain")
+            dialect = nxt
 
-    def _connect_and_serve(self, broker: BrokerAddress) -> bool:
-        """Run one connection from attempt to end; True if it got a CONNACK."""
+    def _connect_and_serve(self, broker: BrokerAddress, dialect: Dialect) -> ConnectFailure | None:
+        """Run one connection from attempt to end; None if the broker accepted it (it ran as a session)."""
+        will = (self._status_topic, _encode(self._offline("lost")))
         try:
-            client = self._make_client()
+            s = Session(self.cfg, broker, dialect, will=will, wake=self._wake.set,
+                        on_ack=lambda mid, refusal: self._acks.put((mid, refusal)), on_message=self._command)
         except (OSError, ValueError) as exc:
             self._last_error = f"cannot set up the client: {exc}"
-            return False
-        s = _Session(client, broker)
-        self._wire(s)
+            return ConnectFailure("setup", self._last_error)
         self._session = s
-        try:
-            client.connect(broker.host, broker.port, keepalive=self.cfg.keepalive_s)
-        except (OSError, ValueError) as exc:
-            self._last_error = describe_connect_error(exc, self.cfg.connect_timeout_s)
-            return False
-        client.loop_start()
-        try:
-            if not s.connack.wait(self.cfg.connect_timeout_s) or s.refused is not None:
-                self._last_error = s.refused or f"no CONNACK within {self.cfg.connect_timeout_s:g} s"
-                return False
-            self._serve(s)
-            return True
-        finally:
-            self._teardown(s)
+        with s:
+            failure = s.open() or s.verdict(self.cfg.connect_timeout_s)
+            if s.code is not None:
+                self._dialects.answered(broker, dialect, retain_available=s.retain_available)
+            if failure is not None:
+                self._last_error = failure.words
+                return failure
+            try:
+                self._serve(s)
+            finally:
+                self._teardown(s)
+        return None
 
-    def _wire(self, s: _Session) -> None:
-        c = s.client
+    # ---- one accepted session ------------------------------------------------
 
-        def on_connect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-            if rc.is_failure:
-                s.refused = (f"broker refused the connection: {rc}; "
-                             "check mqtt.username, password_file or the client certificate")
-            s.connack.set()
-
-        def on_disconnect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-            # Fires once per connection; also after a refused CONNACK, where connack is already set.
-            s.lost_reason = str(rc)
-            s.lost.set()
-            s.connack.set()
-            self._wake.set()
-
-        def on_publish(_c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-            self._acks.put((mid, rc))
-            self._wake.set()
-
-        def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-            name = msg.topic[len(self.root) + len("/cmd/") :]
-            if self._on_command is not None:
-                try:
-                    self._on_command(name, bytes(msg.payload))
-                except Exception:
-                    log.exception("command %r could not be handled; ignoring it", name)
-
-        c.on_connect = on_connect
-        c.on_disconnect = on_disconnect
-        c.on_publish = on_publish
-        c.on_message = on_message
-
-    def _serve(self, s: _Session) -> None:
+    def _serve(self, s: Session) -> None:
+        self._dialect = Dialect(s.dialect.protocol, s.can_retain)
         self._connected_since = self._wall()
         self._sessions += 1
-        if self._sessions > 1:
-            self._reconnects += 1
         self._last_error = None
         self._window.reset()
         with self._slot_lock:
             self._status_slot = None
-        log.info("connected to broker %s; %d events to send", s.broker, self.outbox.pending())
-        s.client.subscribe(f"{self.root}/cmd/+", qos=1)
-        self._publish_raw(s, f"{self.root}/status", _encode(self._status()), retain=True)
+        log.info("connected to broker %s (MQTT %s%s); %d events to send", s.broker, s.dialect.protocol,
+                 "" if self._dialect.retain else ", retain unavailable", self.outbox.pending())
+        wait = self._send_round(s)  # events first: never behind a status document or the subscription
+        subscription = self._tend_commands(s, "todo")
+        self._publish_status(s, self._status())  # after SUBSCRIBE: a central that sees "online" can command
         self._notify_link()
         while not s.lost.is_set():
+            self._wake.wait(wait)
+            self._wake.clear()
             self.progress = self._mono()
             if self._stopping.is_set():
                 self._say_goodbye(s)
                 return
-            self._wake.wait(self._send_round(s))
-            self._wake.clear()
+            wait = self._send_round(s)
+            subscription = self._tend_commands(s, subscription)
+        if s.lost_code == RETAIN_NOT_SUPPORTED:
+            self._dialects.retain_refused(s.broker, s.dialect)
+        self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
 
-    def _send_round(self, s: _Session) -> float:
+    def _tend_commands(self, s: Session, subscription: str) -> str:
+        subscription, changed = self._commands.tend(s, subscription, self._mono(), lambda: self.outbox.pending() == 0)
+        if changed:
+            self.publish_status(self._status())
+        return subscription
+
+    def _command(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self._on_command is None or not topic.startswith(self._cmd_prefix):
+            return
+        name = topic[len(self._cmd_prefix) :]
+        try:
+            self._on_command(name, payload, retained=retained)
+        except Exception:
+            log.exception("command %r could not be handled; ignoring it", name)
+
+    def _send_round(self, s: Session) -> float:
         """Process acks, send status/replies and fill the window; return how long to wait."""
         self._process_acks()
         wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
@@ -325,32 +309,35 @@ class Uplink:
             replies = list(self._replies)
             self._replies.clear()
         if status is not None:
-            self._publish_raw(s, f"{self.root}/status", _encode(status), retain=True)
+            self._publish_status(s, status)
         for topic, payload in replies:
-            self._publish_raw(s, topic, payload, retain=False)
+            s.publish(topic, payload)
         return wait
 
-    def _fill_window(self, s: _Session) -> float:
+    def _fill_window(self, s: Session) -> float:
         """Publish what the window allows, in ``seq`` order; return how long to wait."""
         now = self._mono()
         for row in self._window.take(now):
-            info = s.client.publish(f"{self.root}/event/{row.type}", row.payload, qos=1)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            mid = s.publish(f"{self.root}/event/{row.type}", row.payload)
+            if mid is None:
                 return _IDLE_S  # the connection is going; on_disconnect wakes us, the next session resends
-            self._window.sent(info.mid, row)
+            self._window.sent(mid, row)
             self._published += 1
         return self._window.wait_s(now, _IDLE_S)
 
-    def _process_acks(self) -> None:
+    def _process_acks(self) -> set[int]:
+        """Settle every PUBACK waiting; return the mids that were not events (status, replies)."""
         done: list[OutboxRow] = []
+        others: set[int] = set()
         now = self._mono()
         while True:
             try:
-                mid, rc = self._acks.get_nowait()
+                mid, refusal = self._acks.get_nowait()
             except queue.Empty:
                 break
-            row, retry_in = self._window.settle(mid, refused=_is_refusal(rc), now=now)
+            row, retry_in = self._window.settle(mid, refused=refusal is not None, now=now)
             if row is None:
+                others.add(mid)
                 continue
             if retry_in is None:
                 done.append(row)
@@ -359,7 +346,7 @@ class Uplink:
             log.error(
                 "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
                 "check the broker's ACL for %s/event/#",
-                row.type, row.seq, rc, retry_in, self.root,
+                row.type, row.seq, refusal, retry_in, self.root,
             )
         if done:
             self.outbox.ack(r.seq for r in done)
@@ -367,39 +354,28 @@ class Uplink:
             for row in done:
                 if self._on_delivered is not None:
                     self._on_delivered(row)
+        return others
 
-    def _publish_raw(self, s: _Session, topic: str, payload: bytes, *, retain: bool) -> int:
-        info = s.client.publish(topic, payload, qos=1, retain=retain)
-        return int(info.mid)
+    def _publish_status(self, s: Session, doc: dict[str, Any]) -> int | None:
+        return s.publish(self._status_topic, _encode(doc), retain=True)
 
-    def _say_goodbye(self, s: _Session) -> None:
-        mid = self._publish_raw(s, f"{self.root}/status", _encode(self._offline("shutdown")), retain=True)
+    def _say_goodbye(self, s: Session) -> None:
+        mid = self._publish_status(s, self._offline("shutdown"))
         deadline = self._mono() + _SHUTDOWN_ACK_TIMEOUT_S
-        while self._mono() < deadline and not s.lost.is_set():
-            try:
-                got, rc = self._acks.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if got == mid:
+        while mid is not None and self._mono() < deadline and not s.lost.is_set():
+            if mid in self._process_acks():
                 break
-            row, retry_in = self._window.settle(got, refused=_is_refusal(rc), now=self._mono())
-            if row is not None and retry_in is None:
-                self.outbox.ack([row.seq])
-        s.client.disconnect()
+            self._wake.wait(0.05)
+            self._wake.clear()
+        s.close()
         log.info("disconnected from broker %s (shutdown)", s.broker)
 
-    def _teardown(self, s: _Session) -> None:
+    def _teardown(self, s: Session) -> None:
         was_up = self._connected_since is not None
         self._connected_since = None
-        if not s.lost.is_set():
-            s.client.disconnect()
-        s.client.loop_stop()
+        s.close()  # paho's thread has ended: no ack arrives after this
+        self._process_acks()  # PUBACKs that came in after the last round still count
         self._window.reset()
-        while True:  # acks of this client's mids must not match the next client's
-            try:
-                self._acks.get_nowait()
-            except queue.Empty:
-                break
         if was_up:
             self._notify_link()
 
@@ -411,13 +387,8 @@ class Uplink:
                 log.exception("link-change handler failed; carrying on")
 
 
-def _is_refusal(rc: ReasonCode | None) -> bool:
-    """A PUBACK reason >= 0x80 (MQTT 5): the broker did not take the message, whatever paho says."""
-    return rc is not None and rc.is_failure
-
-
 def _encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-__all__ = ["LinkState", "Uplink", "backoff_delay", "describe_connect_error", "tls_context"]
+__all__ = ["CommandHandler", "LinkState", "Uplink", "backoff_delay", "describe_connect_error", "tls_context"]

@@ -42,12 +42,12 @@ def test_press__reaches_central_with_every_contract_field(broker, central, agent
 
 def test_status__online_on_connect_validates(broker, central, agent_proc, device, validate):
     agent_proc(broker.port, device=device)
+    started = central.wait_for(lambda m: m.topic.endswith("/event/agent_started"))  # events go before the birth status
     msg = central.wait_for(lambda m: m.topic == f"campus/main/{device}/status")
     doc = validate("status", msg.doc)
     assert doc["state"] == "online"
     assert set(doc["inputs"]) == {"panic"}
     assert doc["link"]["broker"] == f"127.0.0.1:{broker.port}"
-    started = central.wait_for(lambda m: m.topic.endswith("/event/agent_started"))
     validate("event", started.doc)
     assert started.doc["data"]["reason"] in ("boot", "restart")
 

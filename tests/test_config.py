@@ -39,7 +39,7 @@ def test_load__minimal_config_gets_documented_defaults(tmp_path):
     assert cfg.mqtt.keepalive_s == 30
     assert cfg.mqtt.topic_prefix == "campus"
     assert cfg.mqtt.client_id == "main-gate-north-1"
-    assert cfg.mqtt.protocol == "5"
+    assert cfg.mqtt.protocol == "auto"
     assert cfg.inputs[0].kind is InputKind.PANIC_BUTTON
     assert cfg.inputs[0].contact is Contact.NORMALLY_OPEN
     assert cfg.inputs[0].debounce_ms == 50

@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho_client
 import pytest
 
+from agent import session
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.events import Clock, Event, EventType
 from agent.outbox import Outbox
+from agent.session import MAX_PACKET_SIZE
 from agent.uplink import Uplink, backoff_delay, describe_connect_error
 from tests.support.broker import Broker, free_port
 from tests.support.faultproxy import FaultProxy
@@ -53,12 +56,17 @@ class Rig:
         self.root = f"campus/main/{device}"
         self.outbox = Outbox(tmp_path / f"{device}.db", site="main", device=device)
         self.delivered: list[int] = []
+        self.commands: list[tuple[str, int, bool]] = []  # (name, payload size, retained)
         self.uplink = Uplink(
             cfg, topic_root=self.root, outbox=self.outbox,
             status=lambda: {"v": 1, "state": "online"},
             offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
             on_delivered=lambda row: self.delivered.append(row.seq),
+            on_command=self._command,
         )
+
+    def _command(self, name: str, payload: bytes, *, retained: bool = False) -> None:
+        self.commands.append((name, len(payload), retained))
 
     def put(self, n: int, kind: EventType = EventType.PANIC) -> list[str]:
         ids = []
@@ -160,7 +168,7 @@ def test_uplink__unreachable_broker_log_says_what_and_next(tmp_path, device, rig
         rig.uplink.start()
         wait(lambda: "unreachable" in caplog.text, what="a warning")
     line = next(r.getMessage() for r in caplog.records if "unreachable" in r.getMessage())
-    assert f"broker 127.0.0.1:{dead} unreachable (connection refused); 3 events buffered; retrying in" in line
+    assert f"broker 127.0.0.1:{dead} unreachable (TCP: connection refused); 3 events buffered; retrying in" in line
 
 
 def test_uplink__fails_over_to_the_next_broker(broker, central, device, rig_factory):
@@ -212,11 +220,65 @@ def test_describe_connect_error__words(exc, words):
     assert words in describe_connect_error(exc, 3.0)
 
 
-def test_uplink__repr_and_idle_stop(tmp_path):
+def test_uplink__repr_close_and_context_manager(tmp_path):
     ob = Outbox(tmp_path / "o.db", site="s", device="d")
-    up = Uplink(mqtt_cfg(free_port(), client_id="x"), topic_root="campus/s/d", outbox=ob,
-                status=dict, offline=lambda r: {})
-    assert "disconnected" in repr(up)
-    up.stop()  # never started: nothing to do
+    dead = free_port()
+    with Uplink(mqtt_cfg(dead, client_id="x"), topic_root="campus/s/d", outbox=ob,
+                status=dict, offline=lambda r: {}) as up:
+        assert repr(up) == "<Uplink campus/s/d disconnected (connecting) inflight=0>"
+        up.start()
+        wait(lambda: up.state().last_error, what="a failed attempt")
+        assert "TCP: connection refused" in repr(up)
+    assert repr(up) == "<Uplink campus/s/d closed>"
+    up.close()  # idempotent
+    up.start()  # a closed uplink stays closed
+    assert not any(t.name == "uplink-sender" and t.is_alive() for t in threading.enumerate())
     ob.close()
-    assert threading.active_count() >= 1
+
+
+def test_uplink__dead_network_thread_is_a_lost_link(broker, central, device, rig_factory, monkeypatch):
+    """A MemoryError kills paho's network thread (issue 14): the link is lost and rebuilt, presses still go out."""
+    real = paho_client.Client._handle_publish
+    injected = threading.Event()
+
+    def dies_once(self: paho_client.Client) -> Any:  # on the agent's clients only, not the test's central
+        if not injected.is_set():
+            injected.set()
+            raise MemoryError("injected: reading a huge command")
+        return real(self)
+
+    monkeypatch.setattr(session._Client, "_handle_publish", dies_once)
+    rig = rig_factory(mqtt_cfg(broker.port, client_id=device, max_inflight=5), device)
+    rig.uplink.start()
+    wait(lambda: rig.uplink.state().commands_available, what="the command subscription")
+    central.publish(f"{rig.root}/cmd/ping", b"{}")
+    assert injected.wait(10)
+    ids = rig.put(30)  # more than the window: a dead thread that reads no PUBACK would stall after 5
+    got = central.wait_events(30)
+    assert set(ids) <= {d["id"] for d in got}
+    wait(lambda: rig.outbox.pending() == 0, what="every row acknowledged")
+    assert rig.uplink.state().reconnects >= 1
+
+
+def test_uplink__commands_over_the_max_packet_size_never_reach_the_agent(broker, central, device, rig_factory):
+    """MQTT 5 Maximum Packet Size at CONNECT: the broker drops a command too big for the device."""
+    rig = rig_factory(mqtt_cfg(broker.port, client_id=device), device)
+    rig.uplink.start()
+    wait(lambda: rig.uplink.state().commands_available, what="the command subscription")
+    central.publish(f"{rig.root}/cmd/huge", b"x" * (MAX_PACKET_SIZE + 1))
+    central.publish(f"{rig.root}/cmd/small", b"{}")
+    wait(lambda: any(c[0] == "small" for c in rig.commands), what="the small command")
+    assert [c[0] for c in rig.commands] == ["small"]
+
+
+def test_uplink__passes_the_retain_flag_of_commands(broker, central, device, rig_factory):
+    rig = rig_factory(mqtt_cfg(broker.port, client_id=device), device)
+    central.publish(f"{rig.root}/cmd/old", b"{}", retain=True)  # waiting on the broker before the agent comes
+    try:
+        rig.uplink.start()
+        wait(lambda: rig.commands, what="the retained command")
+        central.publish(f"{rig.root}/cmd/new", b"{}")
+        wait(lambda: len(rig.commands) == 2, what="the live command")
+        assert rig.commands == [("old", 2, True), ("new", 2, False)]
+    finally:
+        central.publish(f"{rig.root}/cmd/old", b"", retain=True)

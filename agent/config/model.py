@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+PROTOCOLS = ("auto", "5", "3.1.1")  # mqtt.protocol: auto tries MQTT 5 first and falls back to 3.1.1 per broker
+
 
 class Secret:
     """A password read from a file; never printed, logged or repr'd."""
@@ -86,7 +88,7 @@ class MqttConfig:
     keepalive_s: int
     topic_prefix: str
     client_id: str
-    protocol: str
+    protocol: str  # one of PROTOCOLS
     username: str | None
     password: Secret | None
     tls: TlsConfig | None

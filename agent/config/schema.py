@@ -13,6 +13,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from agent.config.model import (
+    PROTOCOLS,
     BrokerAddress,
     CameraConfig,
     CameraKind,
@@ -175,7 +176,7 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
         keepalive_s=sec.get("keepalive_s", integer(5, 1200, "seconds,"), 30),
         topic_prefix=sec.get("topic_prefix", topic_prefix, "campus"),
         client_id=sec.get("client_id", nonempty, f"{device.site}-{device.id}"),
-        protocol=sec.get("protocol", lambda v: one_of("5", "3.1.1")(str(v)), "5"),
+        protocol=sec.get("protocol", lambda v: one_of(*PROTOCOLS)(str(v)), "auto"),
         username=username,
         password=password,
         tls=tls,

@@ -27,8 +27,9 @@ from agent.brokers import describe_connect_error, tls_context
 from agent.certinfo import WARN_DAYS, not_after
 from agent.config.model import BrokerAddress, Config, MqttConfig
 from agent.doctor.checks import Check, run_with_deadline
-from agent.doctor.mqtt import MqttProbe
+from agent.doctor.mqtt import MqttProbe, Note
 from agent.errors import ConfigError
+from agent.session import UNSUPPORTED_PROTOCOL
 
 EXPIRY_WARN_DAYS = WARN_DAYS
 _ALERT_WAIT_S = 0.5  # TLS 1.3 sends a refusal of our client certificate just after the handshake
@@ -231,13 +232,13 @@ def _login_todo(cfg: MqttConfig) -> str:
 
 
 def check_login(cfg: MqttConfig, broker: BrokerAddress, probe: MqttProbe, timeout_s: float) -> Check:
-    """MQTT CONNECT with the agent's credentials; the verdict on the CONNACK."""
-    label = f"broker {broker}: MQTT {cfg.protocol}"
+    """MQTT CONNECT with the agent's credentials; the verdict on the CONNACK (kept in ``probe.answer``)."""
+    label = f"broker {broker}: MQTT {probe.protocol}"
     try:
         probe.connect(broker)
     except (OSError, ValueError) as exc:
         return Check.fail(f"{label}: {describe_connect_error(exc, timeout_s)}", "see the TCP and TLS lines above")
-    note = probe.wait(time.monotonic() + timeout_s, "connack")
+    note = probe.answer = probe.wait(time.monotonic() + timeout_s, "connack")
     if note is None:
         return Check.fail(f"{label}: no CONNACK within {timeout_s:g} s",
                           "the broker accepted the connection but does not answer MQTT: check its log and port")
@@ -250,10 +251,32 @@ def check_login(cfg: MqttConfig, broker: BrokerAddress, probe: MqttProbe, timeou
         return Check.ok(f"{label} login accepted ({who}, client id {probe.client_id})")
     if note.code in _LOGIN_REFUSED:
         return Check.fail(f"{label}: CONNACK not authorised: {note.words}", _login_todo(cfg))
-    if note.code == 132:
+    if note.code == UNSUPPORTED_PROTOCOL:
         return Check.fail(f"{label}: CONNACK {note.words}",
-                          "the broker does not speak this MQTT version: set mqtt.protocol: '3.1.1'")
+                          "the broker does not speak this MQTT version: set mqtt.protocol: auto (or '3.1.1')")
     return Check.fail(f"{label}: CONNACK refused: {note.words}", "read the broker's log for the reason")
+
+
+def _not_mqtt5(answer: Note | None) -> str | None:
+    """Why an MQTT 5 CONNECT shows the broker speaks no MQTT 5 (auto then tries 3.1.1), or None."""
+    if answer is not None and answer.kind == "lost":
+        return f"it closed the connection at an MQTT 5 CONNECT, before any CONNACK ({answer.words})"
+    if answer is not None and answer.code == UNSUPPORTED_PROTOCOL:
+        return f"it answered an MQTT 5 CONNECT with {answer.words}"
+    return None
+
+
+def check_retain(broker: BrokerAddress, probe: MqttProbe) -> Check:
+    """Whether the broker keeps retained messages (MQTT 5 says so in the CONNACK; 3.1.1 cannot tell)."""
+    label = f"broker {broker}"
+    if probe.answer is not None and not probe.answer.retain_available:
+        return Check.warn(f"{label}: retain unavailable (CONNACK Retain Available 0): the agent publishes its "
+                          "status and will without retain; events are not affected",
+                          "a central that subscribes later sees this device only at its next heartbeat; "
+                          "ask the broker's admin to allow retain (mosquitto: retain_available true)")
+    if probe.protocol == "5":
+        return Check.ok(f"{label}: retained messages available")
+    return Check.ok(f"{label}: retain not checked (MQTT 3.1.1 cannot ask); the agent notices a refusal itself")
 
 
 def check_round_trip(broker: BrokerAddress, root: str, prefix: str, probe: MqttProbe, timeout_s: float) -> Check:
@@ -315,8 +338,26 @@ def check_broker(cfg: Config, broker: BrokerAddress, timeout_s: float, now: dt.d
         yield tls
         if tls.failed:
             return
-    with MqttProbe(mq, timeout_s) as probe:
-        login = check_login(mq, broker, probe, timeout_s)
-        yield login
-        if not login.failed:
+    yield from _check_mqtt(cfg, broker, timeout_s)
+
+
+def _check_mqtt(cfg: Config, broker: BrokerAddress, timeout_s: float) -> Iterator[Check]:
+    """Login (auto: MQTT 5, then 3.1.1 if the broker speaks no MQTT 5), retain, and the round trip."""
+    mq = cfg.mqtt
+    protocols = ("5", "3.1.1") if mq.protocol == "auto" else (mq.protocol,)
+    why: str | None = None
+    for i, protocol in enumerate(protocols):
+        with MqttProbe(mq, timeout_s, protocol) as probe:
+            login = check_login(mq, broker, probe, timeout_s)
+            if i + 1 < len(protocols) and (why := _not_mqtt5(probe.answer)) is not None:
+                continue
+            if why is not None and probe.answer is not None and probe.answer.kind == "connack":
+                yield Check.warn(f"broker {broker}: no MQTT 5 ({why}); MQTT 3.1.1 in use, as the agent does",
+                                 "MQTT 5 would add refusal visibility (an ACL refusal is seen, not silently "
+                                 "acknowledged): upgrade the broker, or set mqtt.protocol: '3.1.1'")
+            yield login
+            if login.failed:
+                return
+            yield check_retain(broker, probe)
             yield check_round_trip(broker, cfg.topic_root, mq.topic_prefix, probe, timeout_s)
+            return

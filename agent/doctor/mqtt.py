@@ -1,4 +1,4 @@
-"""The doctor's own short MQTT connection: the one place besides ``uplink.py`` that drives paho.
+"""The doctor's own short MQTT connection: the technician's one paho importer (the agent's is ``session.py``).
 
 A :class:`MqttProbe` connects once with a client id of ``{client_id}-doctor``
 (the agent's own id would make the broker drop the running agent: session
@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -34,17 +34,30 @@ class Note:
     failure: bool = False
     mid: int = 0
     payload: bytes = b""
+    retain_available: bool = True  # MQTT 5 CONNACK property Retain Available
 
 
 def _note(kind: str, rc: ReasonCode, mid: int = 0) -> Note:
     return Note(kind, code=int(rc.value), words=str(rc), failure=bool(rc.is_failure), mid=mid)
 
 
-class MqttProbe:
-    """One short doctor connection; paho's callbacks only put :class:`Note` values on a queue."""
+def _connack(rc: ReasonCode, props: Any) -> Note:
+    note = _note("connack", rc)
+    if props is not None and getattr(props, "RetainAvailable", 1) == 0:
+        return Note(note.kind, note.code, note.words, note.failure, retain_available=False)
+    return note
 
-    def __init__(self, cfg: MqttConfig, timeout_s: float) -> None:
-        v5 = cfg.protocol == "5"
+
+class MqttProbe:
+    """One short doctor connection; paho's callbacks only put :class:`Note` values on a queue.
+
+    ``protocol`` is ``5`` or ``3.1.1`` (``auto`` is the caller's loop over both).
+    """
+
+    def __init__(self, cfg: MqttConfig, timeout_s: float, protocol: str = "5") -> None:
+        v5 = protocol == "5"
+        self.protocol = protocol
+        self.answer: Note | None = None  # what the CONNECT got: a connack or lost note, None if nothing yet
         self.notes: queue.Queue[Note] = queue.Queue()
         self.client_id = f"{cfg.client_id}-doctor"
         self._client = mqtt.Client(
@@ -61,7 +74,7 @@ class MqttProbe:
             self._client.tls_set_context(tls_context(cfg))
         self._looping = False
         put = self.notes.put
-        self._client.on_connect = lambda _c, _u, _f, rc, _p: put(_note("connack", rc))
+        self._client.on_connect = lambda _c, _u, _f, rc, props: put(_connack(rc, props))
         self._client.on_disconnect = lambda _c, _u, _f, rc, _p: put(_note("lost", rc))
         self._client.on_subscribe = lambda _c, _u, mid, rcs, _p: put(
             next((_note("suback", rc, mid) for rc in rcs if rc.is_failure), Note("suback", mid=mid)))

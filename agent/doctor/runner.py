@@ -111,6 +111,20 @@ def _same_file(a: str | None, b: Path) -> bool:
         return True
 
 
+def _link_checks(broker: object, link: dict[str, Any]) -> list[Check]:
+    """The connected agent's link as its status shows it: MQTT version, retain, commands."""
+    proto = f" (MQTT {link['protocol']})" if link.get("protocol") else ""
+    found = [Check.ok(f"agent connected to broker {broker}{proto}")]
+    if link.get("retain") is False:
+        found.append(Check.warn("agent: retain unavailable on this broker; status and will are sent without retain",
+                                "ask the broker's admin to allow retain (mosquitto: retain_available true)"))
+    cmds = link.get("commands") or {}
+    if cmds.get("available") is False and cmds.get("reason") != "subscribing":  # a fresh connection is no fault
+        found.append(Check.warn(f"agent: commands unavailable ({cmds.get('reason')}); events are still delivered",
+                                "check the broker's ACL and log for the cmd/+ subscription"))
+    return found
+
+
 def check_running_agent(reply: dict[str, Any], cfg: Config) -> list[Check]:
     """The running agent's own view: itself, its broker link, and its outbox backlog."""
     st, link = reply.get("status", {}), reply.get("link", {})
@@ -120,7 +134,7 @@ def check_running_agent(reply: dict[str, Any], cfg: Config) -> list[Check]:
         found.append(Check.warn(f"the running agent uses {reply.get('config')}, not {cfg.source}",
                                 f"run doctor -c {reply.get('config')}, or restart the agent with this file"))
     if link.get("connected"):
-        found.append(Check.ok(f"agent connected to broker {link.get('broker')}"))
+        found.extend(_link_checks(link.get("broker"), st.get("link", {})))
     else:
         found.append(Check.fail(f"agent not connected to a broker: {link.get('last_error') or 'connecting'}",
                                 "see the broker lines below; presses are kept in the outbox meanwhile"))

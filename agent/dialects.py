@@ -1,0 +1,104 @@
+"""What each broker speaks, learnt per broker for the life of the process: MQTT version and retain.
+
+``mqtt.protocol: auto`` (the default) tries MQTT 5 first.  A broker that
+answers an MQTT 5 CONNECT with "unsupported protocol version" (CONNACK 0x84, or
+0x01 in 3.1.1 form) is retried at once with 3.1.1, and so is one that closes
+the socket before any CONNACK (RabbitMQ 3.10 does).  The closing is ambiguous
+(a broker restarting does it too), so it is remembered only once the 3.1.1
+attempt gets a CONNACK; the explicit answer is remembered at once.
+
+Retain works the same way for every version: a broker with retain switched off
+refuses a retained will (MQTT 5: CONNACK 0x9A; mosquitto under 3.1.1 closes
+the socket before CONNACK), announces it (CONNACK property Retain Available 0)
+or drops the connection at a retained publish (DISCONNECT 0x9A).  The agent then
+sends its will and status without retain.
+
+Each fact is logged once per broker, at WARNING, with what is lost by it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent.config.model import BrokerAddress
+from agent.session import RETAIN_NOT_SUPPORTED, UNSUPPORTED_PROTOCOL, ConnectFailure, Dialect
+
+log = logging.getLogger(__name__)
+
+_V5_WOULD_ADD = (
+    "MQTT 5 would add refusal visibility: under 3.1.1 a broker whose ACL refuses an event still acknowledges it "
+    "(the agent cannot tell it was dropped) and never says why it closes a connection; "
+    "upgrade the broker, or set mqtt.protocol: '3.1.1' to skip the MQTT 5 attempt"
+)
+_NO_RETAIN_COSTS = (
+    "status and the offline will are sent without retain, so a central that subscribes later "
+    "sees this device's status only at the next heartbeat; events are not affected"
+)
+
+
+class Dialects:
+    """The dialect to use with each broker, and the one to fall back to at once after a failure."""
+
+    def __init__(self, configured: str) -> None:
+        self._configured = configured  # "auto", "5" or "3.1.1"
+        self._learnt: dict[BrokerAddress, Dialect] = {}
+        self._suspect: dict[BrokerAddress, list[tuple[Dialect, str]]] = {}  # fallbacks tried, not yet proven
+
+    def first(self, broker: BrokerAddress) -> Dialect:
+        """What to try first with ``broker`` (a new round of attempts: earlier suspicions are dropped)."""
+        self._suspect.pop(broker, None)
+        return self._known(broker)
+
+    def _known(self, broker: BrokerAddress) -> Dialect:
+        default = Dialect("3.1.1" if self._configured == "3.1.1" else "5", retain=True)
+        return self._learnt.get(broker, default)
+
+    def fallback(self, broker: BrokerAddress, tried: Dialect, failure: ConnectFailure) -> Dialect | None:
+        """The dialect to retry ``broker`` with at once, or None when the failure is not about the dialect."""
+        if failure.kind == "refused" and failure.code == RETAIN_NOT_SUPPORTED and tried.retain:
+            nxt = Dialect(tried.protocol, retain=False)
+            self._learn(broker, nxt, "it refused the retained will: CONNACK 0x9A Retain not supported")
+            return nxt
+        if tried.protocol == "5" and self._configured == "auto":
+            nxt = Dialect("3.1.1", tried.retain)
+            if failure.kind == "refused" and failure.code == UNSUPPORTED_PROTOCOL:
+                self._learn(broker, nxt, "it answered MQTT 5 with CONNACK 0x84, unsupported protocol version")
+                return nxt
+            if failure.kind == "closed":
+                self._suspect.setdefault(broker, []).append(
+                    (nxt, "it closed the connection at an MQTT 5 CONNECT, before any CONNACK"))
+                return nxt
+        if tried.protocol == "3.1.1" and tried.retain and failure.kind == "closed":
+            nxt = Dialect("3.1.1", retain=False)
+            self._suspect.setdefault(broker, []).append(
+                (nxt, "it closed the connection at a CONNECT with a retained will"))
+            return nxt
+        return None
+
+    def answered(self, broker: BrokerAddress, dialect: Dialect, *, retain_available: bool) -> None:
+        """``broker`` sent a CONNACK to ``dialect``: a suspected fallback is proven."""
+        for tried, why in self._suspect.pop(broker, []):
+            if tried.protocol == dialect.protocol and (tried.retain or not dialect.retain):
+                self._learn(broker, tried, why)
+        if not retain_available and dialect.retain:
+            self._learn(broker, Dialect(dialect.protocol, retain=False),
+                        "its CONNACK says Retain Available 0")
+
+    def retain_refused(self, broker: BrokerAddress, dialect: Dialect) -> None:
+        """``broker`` dropped the session at a retained publish (DISCONNECT 0x9A)."""
+        if dialect.retain:
+            self._learn(broker, Dialect(dialect.protocol, retain=False),
+                        "it closed the session at a retained publish: DISCONNECT 0x9A Retain not supported")
+
+    def _learn(self, broker: BrokerAddress, dialect: Dialect, why: str) -> None:
+        old = self._known(broker)
+        self._learnt[broker] = dialect
+        if old.protocol != dialect.protocol:
+            log.warning("broker %s does not speak MQTT 5 (%s); using MQTT 3.1.1 with it while the agent runs. %s",
+                        broker, why, _V5_WOULD_ADD)
+        if old.retain and not dialect.retain:
+            log.warning("broker %s does not support retained messages (%s); %s", broker, why, _NO_RETAIN_COSTS)
+
+    def __repr__(self) -> str:
+        known = ", ".join(f"{b}: MQTT {d.protocol}{'' if d.retain else ' no retain'}" for b, d in self._learnt.items())
+        return f"<Dialects {self._configured} {{{known}}}>"

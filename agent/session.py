@@ -1,0 +1,280 @@
+"""One connection to one broker: the device's only paho importer.
+
+A :class:`Session` is built per connection attempt (paho's own reconnect is
+off), so nothing paho keeps in memory outlives a connection.  paho's types stop
+here: callbacks run on paho's network thread and only record plain facts and
+wake the sender (the CONNACK and whether it grants retain, PUBACKs, the SUBACK
+of the command subscription, commands, the end of the connection).
+
+That includes the end paho itself never reports: an exception that kills its
+network thread (a MemoryError while reading a huge packet).  The link would
+otherwise look "connected" while nothing is read or sent any more; here it
+counts as a lost connection, and the sender reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.brokers import describe_connect_error, tls_context
+from agent.config.model import BrokerAddress, MqttConfig
+
+log = logging.getLogger(__name__)
+
+MAX_PACKET_SIZE = 64 * 1024  # bytes; sent at CONNECT under MQTT 5 (docs/contract.md, commands)
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK; paho also maps a 3.1.1-form CONNACK 0x01 to it
+RETAIN_NOT_SUPPORTED = 0x9A  # CONNACK (a retained will) or DISCONNECT (a retained publish)
+_LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad user/password, not authorised, banned, bad auth
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How to talk to one broker: the MQTT version and whether retain may be used."""
+
+    protocol: str  # "5" or "3.1.1"
+    retain: bool
+
+
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why an attempt ended before a successful CONNACK, with the stage it failed in.
+
+    ``kind`` is ``setup``, ``connect`` (TCP or TLS, named in ``words``),
+    ``timeout`` (no CONNACK), ``closed`` (closed before any CONNACK),
+    ``refused`` (a CONNACK with a failure ``code``) or ``lost`` (closed right
+    after an accepting CONNACK).
+    """
+
+    kind: str
+    words: str
+    code: int | None = None
+
+
+def refusal_words(code: int, words: str) -> str:
+    """A refused CONNACK in words, blaming the credentials only when the code says so."""
+    if code in _LOGIN_REFUSED:
+        return (f"CONNACK refused: {words}; "
+                "check mqtt.username, password_file or the client certificate")
+    if code == UNSUPPORTED_PROTOCOL:
+        return f"CONNACK refused: {words}; the broker does not speak this MQTT version (mqtt.protocol)"
+    if code == RETAIN_NOT_SUPPORTED:
+        return f"CONNACK refused: {words} (the broker has retain switched off)"
+    return f"CONNACK refused: {words}"
+
+
+class _Client(mqtt.Client):
+    """paho's client, told when an exception kills its network thread.
+
+    ``loop_start()`` runs ``loop_forever()`` on its thread (paho documents
+    this), so the override sees whatever escapes paho's packet handling.
+    """
+
+    crashed: Callable[[BaseException], None] | None = None
+
+    def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> MQTTErrorCode:
+        try:
+            return super().loop_forever(timeout, retry_first_connection)
+        except Exception as exc:  # any exception here ends the link: report it, never lose it
+            if self.crashed is not None:
+                self.crashed(exc)
+            return MQTTErrorCode.MQTT_ERR_UNKNOWN
+
+
+class Session:
+    """One connection attempt and, if the broker accepts it, the session that follows.
+
+    Args:
+        cfg: the ``mqtt`` section (credentials, TLS, timeouts).
+        broker: where to connect.
+        dialect: the MQTT version and whether the will is retained.
+        will: topic and payload of the ``offline``/``lost`` will.
+        wake: called on paho's thread whenever something happened.
+        on_ack: ``(mid, refusal)`` per PUBACK; ``refusal`` is None on success, else the reason in words.
+        on_message: ``(topic, payload, retained)`` per incoming message.
+
+    """
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        broker: BrokerAddress,
+        dialect: Dialect,
+        *,
+        will: tuple[str, bytes],
+        wake: Callable[[], None],
+        on_ack: Callable[[int, str | None], None],
+        on_message: Callable[[str, bytes, bool], None],
+    ) -> None:
+        self.cfg = cfg
+        self.broker = broker
+        self.dialect = dialect
+        self.connack = threading.Event()  # set on a CONNACK or on the end of the connection
+        self.code: int | None = None  # the CONNACK's reason code
+        self.code_words = ""
+        self.retain_available = True  # MQTT 5 CONNACK property Retain Available
+        self.lost = threading.Event()
+        self.lost_reason: str | None = None
+        self.lost_code: int | None = None
+        self.sub_mid: int | None = None
+        self._subacks: dict[int, str | None] = {}  # mid -> refusal; the SUBACK may beat subscribe()'s return
+        self._wake = wake
+        self._on_ack = on_ack
+        self._on_message = on_message
+        self._open = False
+        self._crashed = False
+        v5 = dialect.protocol == "5"
+        self.client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+            reconnect_on_failure=False,
+        )
+        c = self.client
+        c.connect_timeout = cfg.connect_timeout_s
+        c.max_inflight_messages_set(cfg.max_inflight + 16)
+        c.max_queued_messages_set(0)
+        c.will_set(will[0], will[1], qos=1, retain=dialect.retain)
+        if cfg.username is not None:
+            c.username_pw_set(cfg.username, cfg.password.reveal() if cfg.password is not None else None)
+        if cfg.tls is not None:
+            c.tls_set_context(tls_context(cfg))
+        c.crashed = self._died
+        c.on_connect = self._connected
+        c.on_disconnect = self._disconnected
+        c.on_publish = self._published
+        c.on_subscribe = self._subscribed
+        c.on_message = lambda _c, _u, msg: self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
+
+    # ---- paho's thread -----------------------------------------------------------
+
+    def _connected(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
+        self.code, self.code_words = int(rc.value), str(rc)
+        if props is not None and getattr(props, "RetainAvailable", 1) == 0:
+            self.retain_available = False
+        self.connack.set()
+        self._wake()
+
+    def _disconnected(self, _c: Any, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
+        # Once per connection; also after a refused CONNACK, where connack is already set.
+        self.lost_code = int(rc.value) if getattr(flags, "is_disconnect_packet_from_server", False) else None
+        self.lost_reason = str(rc) if self.lost_reason is None else self.lost_reason
+        self.lost.set()
+        self.connack.set()
+        self._wake()
+
+    def _published(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self._on_ack(mid, _refusal(rc))
+        self._wake()
+
+    def _subscribed(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        self._subacks[mid] = next((str(rc) for rc in rcs if rc.is_failure), None)
+        self._wake()
+
+    def _died(self, exc: BaseException) -> None:
+        log.error("paho's network thread died (%s: %s); treating the link as lost", type(exc).__name__, exc)
+        self._crashed = True
+        self.lost_reason = f"network thread died ({type(exc).__name__})"
+        self.lost.set()
+        self.connack.set()
+        self._wake()
+
+    # ---- the sender's thread -----------------------------------------------------
+
+    def open(self) -> ConnectFailure | None:
+        """TCP, TLS and CONNECT; None when the CONNECT went out (the CONNACK comes later)."""
+        props = None
+        if self.dialect.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.MaximumPacketSize = MAX_PACKET_SIZE
+        try:
+            self.client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s,
+                                properties=props)
+        except (OSError, ValueError) as exc:
+            words = describe_connect_error(exc, self.cfg.connect_timeout_s)
+            return ConnectFailure("connect", words if words.startswith("TLS") else f"{_stage(exc)}: {words}")
+        self.client.loop_start()
+        self._open = True
+        return None
+
+    def verdict(self, timeout_s: float) -> ConnectFailure | None:
+        """Wait for the CONNACK; None when the broker accepted the session."""
+        got = self.connack.wait(timeout_s)
+        if self.code is None:
+            if not got:
+                return ConnectFailure("timeout", f"no CONNACK within {timeout_s:g} s "
+                                      "(the broker accepted TCP but did not answer MQTT)")
+            return ConnectFailure("closed", f"closed by the broker before CONNACK "
+                                  f"(MQTT {self.dialect.protocol}: {self.lost_reason})")
+        if self.code >= 0x80:
+            return ConnectFailure("refused", refusal_words(self.code, self.code_words), self.code)
+        if self.lost.is_set():
+            return ConnectFailure("lost", f"connection lost right after CONNACK ({self.lost_reason})")
+        return None
+
+    @property
+    def can_retain(self) -> bool:
+        """Whether retained publishes are allowed: the dialect says so and the CONNACK did not say otherwise."""
+        return self.dialect.retain and self.retain_available
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
+        """QoS 1 publish; the mid, or None when the connection is going."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain and self.can_retain)
+        return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def subscribe(self, topic: str) -> bool:
+        """Send the QoS 1 subscription; :meth:`suback` tells its answer."""
+        rc, mid = self.client.subscribe(topic, qos=1)
+        self.sub_mid = mid if rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+        return self.sub_mid is not None
+
+    def suback(self) -> tuple[bool, str | None]:
+        """(answered, refusal in words or None) for the last subscription sent."""
+        if self.sub_mid is None or self.sub_mid not in self._subacks:
+            return False, None
+        return True, self._subacks[self.sub_mid]
+
+    def close(self) -> None:
+        """Disconnect (if still connected) and stop paho's thread; idempotent."""
+        if not self._open:
+            return
+        self._open = False
+        if not self.lost.is_set() or self._crashed:
+            self.client.disconnect()  # a dead network thread: paho writes DISCONNECT and closes the socket here
+        self.client.loop_stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.lost.is_set():
+            state = f"lost ({self.lost_reason})"
+        elif self.code is not None:
+            state = "accepted" if self.code < 0x80 else f"refused ({self.code_words})"
+        else:
+            state = "connecting" if self._open else "new"
+        return f"<Session {self.broker} MQTT {self.dialect.protocol} {state}>"
+
+
+def _stage(exc: BaseException) -> str:
+    """The layer a connect() error came from (TLS errors name themselves)."""
+    return "DNS" if isinstance(exc, socket.gaierror) else "TCP"
+
+
+def _refusal(rc: ReasonCode | None) -> str | None:
+    """A PUBACK reason >= 0x80 (MQTT 5): the broker did not take the message, whatever paho says."""
+    return str(rc) if rc is not None and rc.is_failure else None

@@ -1,0 +1,88 @@
+"""Per-broker dialect learning (MQTT version, retain) and the command route's retry rule: pure logic."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from agent.config.model import BrokerAddress
+from agent.dialects import Dialects
+from agent.linkstate import RETRY_MIN_S, CommandRoute
+from agent.session import ConnectFailure, Dialect
+
+A, B = BrokerAddress("a", 1883), BrokerAddress("b", 1883)
+V5, V5_NR = Dialect("5", retain=True), Dialect("5", retain=False)
+V3, V3_NR = Dialect("3.1.1", retain=True), Dialect("3.1.1", retain=False)
+CLOSED = ConnectFailure("closed", "closed by the broker before CONNACK")
+NO_V5 = ConnectFailure("refused", "CONNACK refused: Unsupported protocol version", 0x84)
+NO_RETAIN = ConnectFailure("refused", "CONNACK refused: Retain not supported", 0x9A)
+NOT_AUTH = ConnectFailure("refused", "CONNACK refused: Not authorized", 0x87)
+TIMEOUT = ConnectFailure("timeout", "no CONNACK within 3 s")
+
+
+@pytest.mark.parametrize(("configured", "tried", "failure", "expected"), [
+    ("auto", V5, CLOSED, V3),
+    ("auto", V5, NO_V5, V3),
+    ("auto", V5, NO_RETAIN, V5_NR),
+    ("auto", V5, NOT_AUTH, None),
+    ("auto", V5, TIMEOUT, None),  # a silent broker is a failed attempt: fail over, do not guess a dialect
+    ("5", V5, CLOSED, None),
+    ("5", V5, NO_V5, None),
+    ("5", V5, NO_RETAIN, V5_NR),
+    ("3.1.1", V3, CLOSED, V3_NR),  # mosquitto under 3.1.1 closes at a retained will when retain is off
+    ("3.1.1", V3_NR, CLOSED, None),
+    ("auto", V3, NOT_AUTH, None),
+])
+def test_dialects_fallback__table(configured: str, tried: Dialect, failure: ConnectFailure,
+                                  expected: Dialect | None) -> None:
+    assert Dialects(configured).fallback(A, tried, failure) == expected
+
+
+def test_dialects__an_explicit_answer_is_remembered_per_broker_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    d = Dialects("auto")
+    with caplog.at_level(logging.WARNING, logger="agent.dialects"):
+        assert d.fallback(A, d.first(A), NO_V5) == V3
+        d.answered(A, V3, retain_available=True)
+        assert d.first(A) == V3
+        assert d.first(B) == V5, "learnt per broker"
+    assert len(caplog.records) == 1
+    assert "does not speak MQTT 5" in caplog.text
+    assert "refusal visibility" in caplog.text
+
+
+def test_dialects__a_closed_socket_is_remembered_only_once_3_1_1_gets_a_connack() -> None:
+    d = Dialects("auto")
+    assert d.fallback(A, d.first(A), CLOSED) == V3
+    assert d.first(A) == V5, "a broker that closes and then says nothing to 3.1.1 either gets MQTT 5 again"
+    assert d.fallback(A, d.first(A), CLOSED) == V3
+    d.answered(A, V3, retain_available=True)
+    assert d.first(A) == V3
+
+
+def test_dialects__retain_learnt_from_connack_property_or_disconnect(caplog: pytest.LogCaptureFixture) -> None:
+    d = Dialects("auto")
+    with caplog.at_level(logging.WARNING, logger="agent.dialects"):
+        d.answered(A, V5, retain_available=False)
+        d.retain_refused(B, V5)
+        d.retain_refused(B, V5_NR)  # already known: no second warning
+    assert d.first(A) == V5_NR
+    assert d.first(B) == V5_NR
+    assert caplog.text.count("does not support retained messages") == 2
+    assert "password" not in caplog.text
+    assert "username" not in caplog.text
+
+
+def test_command_route__refusal_retries_after_backoff_kill_waits_for_an_empty_backlog() -> None:
+    r = CommandRoute("campus/s/d/cmd/")
+    assert not r.available
+    assert r.due(0.0, lambda: False)
+    assert r.failed("refused", 100.0, killed_session=False)
+    assert not r.due(100.0 + RETRY_MIN_S - 1, lambda: True)
+    assert r.due(100.0 + RETRY_MIN_S, lambda: False), "a refusal does not wait for the backlog"
+    assert r.granted()
+    assert not r.granted(), "no change, no new status"
+    r.failed("killed", 200.0, killed_session=True)
+    assert not r.due(200.0 + RETRY_MIN_S, lambda: False), "a retry that may kill the session waits for the backlog"
+    assert r.due(200.0 + RETRY_MIN_S, lambda: True)
+    assert repr(r) == "<CommandRoute unavailable: killed>"
