@@ -45,6 +45,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "interop: black-box run against a broker nobody here wrote")
 
 
+# Agent bugs these runs found, per target, until the agent is fixed: strict, so a fix makes the run
+# fail with XPASS and this entry must go.  Only the scenarios with the agent (not the broker probes).
+KNOWN_AGENT_BUGS = {
+    "amqtt": ("agent bug (issue 10): amqtt 0.12.1 neither answers nor closes an MQTT 5 CONNECT that carries a "
+              "will, and protocol auto retries MQTT 5 after each 'no CONNACK' timeout, never 3.1.1"),
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -52,6 +60,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (getattr(item, "originalname", None), name) in FULL_ONLY:
             for mark in full_only():
                 item.add_marker(mark)
+        if name in KNOWN_AGENT_BUGS and "run_agent" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xfail(reason=KNOWN_AGENT_BUGS[name], strict=True, raises=TimeoutError))
 
 
 @pytest.hookimpl(wrapper=True)
