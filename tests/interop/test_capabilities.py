@@ -1,0 +1,71 @@
+"""What each broker supports, probed with plain paho clients (no agent): the facts behind README's Brokers table.
+
+Each probe's answer must match what the target declares, so a broker upgrade
+that changes a capability shows up here before it surprises the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import pytest
+
+from tests.interop.conftest import FIGURES
+from tests.interop.targets import Target
+from tests.interop.watch import Watcher, connect_result, publish, retained_on
+
+pytestmark = [pytest.mark.interop, pytest.mark.broker]
+
+
+def test_capabilities_match_the_declared_ones(live_target: Target) -> None:
+    t = live_target
+    creds = {"username": t.username, "password": t.password}
+    base = f"probe/{uuid.uuid4().hex[:8]}"
+
+    v5 = connect_result(t.port, v5=True, **creds)
+    assert connect_result(t.port, v5=False, **creds) == "accepted"
+
+    publish(t.port, f"{base}/r", b'{"kept": true}', v5=t.sub_v5, retain=True, **creds)
+    exact = retained_on(t.port, f"{base}/r", **t.watcher_args()) is not None
+    wildcard = retained_on(t.port, f"{base}/#", **t.watcher_args()) is not None
+
+    shared = _shared_subscription_splits(t, base)
+
+    FIGURES.append(f"{t.name}: MQTT 5 CONNECT {v5}; retained on exact filter {_yn(exact)}, through '#' "
+                   f"{_yn(wildcard)}; shared subscriptions {shared}")
+    assert (v5 == "accepted") == t.speaks_v5, v5
+    assert exact, "retained message not delivered on its exact topic"
+    assert wildcard == t.retained_wildcard
+    assert shared.startswith("yes") == t.shared_subscriptions, shared
+
+
+def _shared_subscription_splits(t: Target, base: str) -> str:
+    """Two members of one $share group: 6 messages must arrive once each, split between them."""
+    topic = f"$share/central/{base}/s"
+    try:
+        members = [Watcher(t.port, (topic,), name=f"member{i}", timeout=5, **t.watcher_args()) for i in (1, 2)]
+    except TimeoutError:
+        return "no (SUBSCRIBE refused)"
+    try:
+        for i in range(6):
+            publish(t.port, f"{base}/s", str(i).encode(), v5=t.sub_v5, **_creds(t))
+        got = []
+        for m in members:
+            with contextlib.suppress(TimeoutError):  # nothing more is coming: just let stragglers land
+                m.wait_for(lambda _m: False, timeout=1.0)
+            got.append(sum(1 for s in m.seen if s.topic == f"{base}/s"))  # amqtt adds stray retained ones
+    finally:
+        for m in members:
+            m.close()
+    if sum(got) == 6 and all(got):
+        return f"yes (split {got[0]}/{got[1]})"
+    return f"no (members got {got[0]} and {got[1]} of 6)"
+
+
+def _creds(t: Target) -> dict[str, str | None]:
+    return {"username": t.username, "password": t.password}
+
+
+def _yn(flag: bool) -> str:
+    return "yes" if flag else "no"
