@@ -5,7 +5,11 @@ answers an MQTT 5 CONNECT with "unsupported protocol version" (CONNACK 0x84, or
 0x01 in 3.1.1 form) is retried at once with 3.1.1, and so is one that closes
 the socket before any CONNACK (RabbitMQ 3.10 does).  The closing is ambiguous
 (a broker restarting does it too), so it is remembered only once the 3.1.1
-attempt gets a CONNACK; the explicit answer is remembered at once.
+attempt gets a CONNACK; the explicit answer is remembered at once.  A broker
+that takes an MQTT 5 CONNECT and never answers (amqtt 0.12 misreads the will in
+it) is not retried at once, since a dead node behaves the same and failover must
+stay quick: the next attempt on that broker is MQTT 3.1.1, the one after that 5
+again, until one of them gets a CONNACK.
 
 Retain works the same way for every version: a broker with retain switched off
 refuses a retained will (MQTT 5: CONNACK 0x9A; mosquitto under 3.1.1 closes
@@ -43,10 +47,16 @@ class Dialects:
         self._configured = configured  # "auto", "5" or "3.1.1"
         self._learnt: dict[BrokerAddress, Dialect] = {}
         self._suspect: dict[BrokerAddress, list[tuple[Dialect, str]]] = {}  # fallbacks tried, not yet proven
+        self._silent_to_v5: set[BrokerAddress] = set()  # last MQTT 5 CONNECT got no answer: try 3.1.1 next
 
     def first(self, broker: BrokerAddress) -> Dialect:
         """What to try first with ``broker`` (a new round of attempts: earlier suspicions are dropped)."""
         self._suspect.pop(broker, None)
+        if broker in self._silent_to_v5 and broker not in self._learnt:
+            self._silent_to_v5.discard(broker)  # 3.1.1 once; if it is silent too, MQTT 5 again next round
+            nxt = Dialect("3.1.1", retain=True)
+            self._suspect[broker] = [(nxt, "its MQTT 5 CONNECT got no CONNACK within the connect timeout")]
+            return nxt
         return self._known(broker)
 
     def _known(self, broker: BrokerAddress) -> Dialect:
@@ -68,6 +78,8 @@ class Dialects:
                 self._suspect.setdefault(broker, []).append(
                     (nxt, "it closed the connection at an MQTT 5 CONNECT, before any CONNACK"))
                 return nxt
+            if failure.kind == "timeout" and broker not in self._learnt:
+                self._silent_to_v5.add(broker)  # not at once: failover to the next broker comes first
         if tried.protocol == "3.1.1" and tried.retain and failure.kind == "closed":
             nxt = Dialect("3.1.1", retain=False)
             self._suspect.setdefault(broker, []).append(

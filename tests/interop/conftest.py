@@ -48,10 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # Agent bugs these runs found, per target, until the agent is fixed: strict, so a fix makes the run
 # fail with XPASS and this entry must go.  Only the scenarios with the agent (not the broker probes);
 # run under make interop only.
-KNOWN_AGENT_BUGS = {
-    "amqtt": ("agent bug (issue 10): amqtt 0.12.1 neither answers nor closes an MQTT 5 CONNECT that carries a "
-              "will, and protocol auto retries MQTT 5 after each 'no CONNACK' timeout, never 3.1.1"),
-}
+KNOWN_AGENT_BUGS: dict[str, str] = {}  # target -> why its agent scenarios are expected to fail (strict xfail)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
