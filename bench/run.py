@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if os.environ.get("CAMPUS_BENCH_AGENT_PATH"):  # before anything imports the agent
     sys.path.insert(0, os.environ["CAMPUS_BENCH_AGENT_PATH"])
 
-from bench import backlog, delivery, idle, local, peer
+from bench import backlog, delivery, idle, local, peer, photos
 from bench.common import (
     BENCH,
     PY,
@@ -56,7 +56,7 @@ from bench.machine import agent_under_test, machine_info
 from bench.report import evaluate, render
 from tests.support.agentproc import unique_id
 
-FIGURES = ("latency", "drain", "enqueue", "burst", "memory", "scale", "backlog")
+FIGURES = ("latency", "drain", "enqueue", "burst", "memory", "scale", "backlog", "photos")
 
 
 @dataclass(frozen=True)
@@ -242,6 +242,7 @@ RUNNERS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
     "latency": fig_latency, "drain": fig_drain, "enqueue": fig_enqueue, "burst": fig_burst,
     "memory": fig_memory, "scale": fig_scale,
     "backlog": lambda plan, work: backlog.figure(plan.mode, work),  # issue 9: real presses behind 50,000 pending
+    "photos": lambda plan, work: photos.figure(plan.mode, work),  # issue 13: alarms with photos on/off, press → photo
 }
 
 
@@ -277,6 +278,7 @@ def assemble(plan: Plan, machine: dict[str, Any], figs: dict[str, dict[str, Any]
         "burst": {k: v for k, v in figs.get("burst", {}).items() if k != "runs"},
         "drain_paced": drain.get("drain_paced"),
         "backlog": {k: v for k, v in figs.get("backlog", {}).items() if k != "runs"},
+        "photos": {k: v for k, v in figs.get("photos", {}).items() if k != "runs"},
         "drain_cpu_us_per_event": {"agent": drain.get("drain_cpu_us_per_event", nan),
                                    "baseline": drain.get("baseline_cpu_us_per_event", nan)},
         "plan": asdict(plan),
