@@ -268,6 +268,8 @@ class Agent:
         def alarm_delivered(event_id: str) -> None:
             if self.indicators is not None:
                 self.indicators.alarm_delivered(event_id)
+            if self.photos is not None:
+                self.photos.alarm_delivered(event_id)
 
         def noted(source: str, ts: str, test: bool) -> None:
             if self.inputs is not None:
@@ -297,8 +299,7 @@ class Agent:
     # ---- what the other parts call back ------------------------------------------
 
     def _status_doc(self) -> dict[str, Any]:
-        assert self.health is not None
-        return self.health.status()
+        return self.health.status() if self.health is not None else {}
 
     def _offline_doc(self, reason: str) -> dict[str, Any]:
         if self.health is None:

@@ -214,6 +214,9 @@ class Snapshots:
             camera's worker, or on the caller of :meth:`request` for ``busy`` and ``stopped``.
         locks: per camera name, a lock shared with that camera's health probe.
         wall: the wall clock (s) stamped on each photo.
+        gate: called on the camera's worker with the alarm's id before its still is
+            taken; returns once the alarm is out (or a bound passed), so a capture
+            never competes with the alarm it belongs to for the interpreter.
 
     """
 
@@ -227,8 +230,10 @@ class Snapshots:
         on_failed: OnFailed,
         locks: Mapping[str, threading.Lock] | None = None,
         wall: Callable[[], float] = time.time,
+        gate: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._gate = gate
         self._store = store
         self._on_stored = on_stored
         self._on_failed = on_failed
@@ -286,6 +291,8 @@ class Snapshots:
                     self._failed(job.event_id, w.cfg.name, SnapshotError("stopped", "the agent stopped first"))
                 return
             try:
+                if self._gate is not None:
+                    self._gate(job.event_id)
                 self._take(w, job)
             except Exception:  # a surprise in the bookkeeping must not end this camera's photos
                 log.exception("snapshot %s for %s: unexpected failure", w.cfg.name, job.event_id)
