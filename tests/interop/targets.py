@@ -99,6 +99,7 @@ class Target:
             secret.chmod(0o600)
             mqtt["username"] = self.username
             mqtt["password_file"] = str(secret)
+            mqtt["allow_plaintext_password"] = True  # a loopback test broker: RabbitMQ's guest login, no TLS
         return {"mqtt": mqtt}
 
     def logs(self) -> str:
