@@ -138,6 +138,11 @@ class Uplink:
         """Tell the sender a new row is in the outbox (called after put)."""
         self._wake.set()
 
+    def offer(self, rows: list[OutboxRow]) -> None:
+        """Hand rows just committed to the sender, which publishes them without reading them back."""
+        self._window.hand(rows)
+        self._wake.set()
+
     def publish_status(self, doc: dict[str, Any]) -> None:
         """Publish ``doc`` (retained where the broker allows); only the latest waiting one is ever sent."""
         with self._slot_lock:
