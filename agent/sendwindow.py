@@ -94,11 +94,19 @@ class SendWindow:
         """Rows just committed (any thread): :meth:`take` may publish them without reading them back."""
         self._handed.extend(rows)
 
+    def handed_waiting(self) -> bool:
+        """Whether a handed row is still unsent (the sender must look at it)."""
+        return bool(self._handed) or any(r.seq > self._lane(r).cursor for r in self._fresh)
+
     def __len__(self) -> int:
         return len(self._inflight)
 
-    def take(self, now: float) -> list[OutboxRow]:
-        """The rows that may be published now: real alarms first, then the rest; each in ``seq`` order."""
+    def take(self, now: float, *, memory_only: bool = False) -> list[OutboxRow]:
+        """The rows that may be published now: real alarms first, then the rest; each in ``seq`` order.
+
+        ``memory_only``: only when the handed rows are the whole backlog, else nothing (the committing
+        thread publishes a fresh row at once, a backlog is the sender's work).
+        """
         self._paced = False
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
@@ -111,9 +119,13 @@ class SendWindow:
             if self._next_send - now > 1.0 / self.rate:
                 return []
             self._memory = self._backlog_in_memory()
+            if memory_only and self._memory is None:
+                return []
             return self._from_lane(self._alarms, now, 1)
         budget = min(room, int((now - self._next_send) * self.rate + 1e-6) + 1)  # 1e-6: float dust
         self._memory = self._backlog_in_memory()
+        if memory_only and self._memory is None:
+            return []
         rows = self._from_lane(self._alarms, now, budget)
         # The last free slot is kept for an alarm, so one recorded later never waits for a routine
         # row's PUBACK (a slow broker's round trip) before it can go.

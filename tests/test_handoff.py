@@ -10,13 +10,18 @@ would prove nothing.
 
 from __future__ import annotations
 
+import json
 import random
+import threading
 
 import pytest
 
+from agent.config import load_config
 from agent.events import Clock, Event, EventType
 from agent.outbox import Outbox, OutboxRow
 from agent.sendwindow import SendWindow
+from agent.uplink import Uplink
+from tests.support.agentproc import write_config
 
 CLOCK = Clock(synced=lambda: True, boot_id="b")
 
@@ -91,3 +96,57 @@ def test_handoff__takes_what_a_read_would_take(tmp_path, seed):
         assert reads_saved > 0, "the hand-off was never used"
     finally:
         ob.close()
+
+
+class _Link:
+    """The session as the uplink's event sender uses it: publish returns a mid; the link stays up."""
+
+    def __init__(self) -> None:
+        self.lost = threading.Event()
+        self.sent: list[int] = []
+
+    def publish(self, topic: str, payload: bytes, **_kw: object) -> int:
+        self.sent.append(json.loads(payload)["seq"])
+        return len(self.sent)
+
+
+@pytest.fixture
+def uplink(tmp_path):
+    cfg = load_config(write_config(tmp_path, 1, device="d", mqtt={"max_inflight": 3})).mqtt
+    ob = Outbox(tmp_path / "o.db", site="s", device="d")
+    up = Uplink(cfg, topic_root="campus/s/d", outbox=ob, status=dict, offline=lambda r: {"reason": r})
+    link = _Link()
+    up._events.live = link  # as the sender's _serve does once the broker accepted the session
+    yield up, ob, link
+    ob.close()
+
+
+def test_offer__publishes_a_fresh_press_from_the_committing_thread(uplink):
+    up, ob, link = uplink
+    rows = ob.put_rows([Event.create(CLOCK, EventType.PANIC, "panic")])
+    up.offer(rows)
+    assert link.sent == [rows[0].seq]  # no sender round ran
+    assert not up._wake.is_set()  # nothing left for the sender: its PUBACK wakes it
+
+
+def test_offer__leaves_a_backlog_and_the_alarm_lane_to_the_sender(uplink):
+    up, ob, link = uplink
+    backlog = ob.put(Event.create(CLOCK, EventType.INPUT_FAULT, "panic", data={"reason": "stuck", "active_s": 1}))
+    up.offer(ob.put_rows([Event.create(CLOCK, EventType.PANIC, "panic")]))
+    assert link.sent == []  # a backlog: not the whole picture in memory, the sender reads the outbox
+    assert up._wake.is_set()
+    up._wake.clear()
+    unhanded_alarm = ob.put(Event.create(CLOCK, EventType.TAMPER, "tamper"))
+    up._events.fill(link, up._mono())  # the sender's round reads the outbox: alarms first, in seq order
+    assert link.sent == [2, unhanded_alarm]  # the backlog's routine row leaves the last slot to an alarm
+    assert ob.get(backlog) is not None
+
+
+def test_offer__never_waits_for_the_sender(uplink):
+    up, ob, link = uplink
+    with up._events.lock:  # the sender's round is running
+        up.offer(ob.put_rows([Event.create(CLOCK, EventType.PANIC, "panic")]))
+    assert link.sent == []
+    assert up._wake.is_set()  # the round after this one sends it
+    up._events.fill(link, up._mono())
+    assert link.sent == [1]
