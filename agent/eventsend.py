@@ -6,7 +6,9 @@ commit returns, so a press does not wait for the sender to wake up, read the
 row back and publish it.  Both go through :meth:`EventSender.fill` under
 :attr:`EventSender.lock`, so the window's bookkeeping (cursors, in flight,
 pacing) is never changed by two threads at once and no row goes out twice in
-a session.  The committing thread never waits for the lock: when the sender
+a session.  The PUBLISH packets are written to the socket from the
+publishing thread (:meth:`agent.session.Session.flush`), unless paho's
+network thread is reading or writing at that moment.  The committing thread never waits for the lock: when the sender
 holds it, the sender's next round publishes the rows.  It publishes only rows
 the window takes from memory (agent/sendwindow.py, the hand-off), never a
 backlog read from SQLite: that is the sender's work.
@@ -65,12 +67,15 @@ class EventSender:
 
     def fill(self, s: Session, now: float, *, memory_only: bool = False) -> float:
         """Publish what the window allows, real alarms first; return how long to wait.  Hold :attr:`lock`."""
-        for row in self.window.take(now, memory_only=memory_only):
+        rows = self.window.take(now, memory_only=memory_only)
+        for row in rows:
             mid = s.publish(self._prefix + row.type, row.payload)
             if mid is None:
                 return self._idle_s  # the connection is going; on_disconnect wakes the sender
             self.window.sent(mid, row)
             self.published += 1
+        if rows:
+            s.flush()  # on the wire now, from this thread
         return self.window.wait_s(now, self._idle_s)
 
     def __repr__(self) -> str:

@@ -74,13 +74,43 @@ def refusal_words(code: int, words: str) -> str:
 
 
 class _Client(mqtt.Client):
-    """paho's client, told when an exception kills its network thread.
+    """paho's client, told when an exception kills its network thread, and writable from another thread.
 
     ``loop_start()`` runs ``loop_forever()`` on its thread (paho documents
     this), so the override sees whatever escapes paho's packet handling.
+
+    :attr:`io` is one lock around paho's packet reads and writes (private in
+    paho 2.x, overridden here), so :meth:`write_now` may write from the
+    publishing thread: packets leave whole and in queue order, and a TLS
+    socket is used by one thread at a time.  Re-entrant: callbacks run inside
+    a read.
     """
 
     crashed: Callable[[BaseException], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.io = threading.RLock()  # before paho's __init__: nothing may read or write without it
+        super().__init__(*args, **kwargs)
+
+    def _packet_read(self) -> MQTTErrorCode:
+        with self.io:
+            return super()._packet_read()
+
+    def _packet_write(self) -> MQTTErrorCode:
+        with self.io:
+            return super()._packet_write()
+
+    def write_now(self) -> None:
+        """Write the queued packets on this thread, unless paho's thread is at the socket (it writes them then).
+
+        A write that fails leaves its packet queued: paho's thread meets the
+        same error on its next write or read and ends the connection as usual.
+        """
+        if self.io.acquire(blocking=False):
+            try:
+                super()._packet_write()
+            finally:
+                self.io.release()
 
     def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> MQTTErrorCode:
         try:
@@ -245,6 +275,11 @@ class Session:
                 props.UserProperty = list(user)
         info = self.client.publish(topic, payload, qos=1, retain=retain and self.can_retain, properties=props)
         return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def flush(self) -> None:
+        """Send what was just published from this thread, not after paho's network thread wakes up for it."""
+        if self._open:
+            self.client.write_now()
 
     def subscribe(self, topic: str) -> bool:
         """Send the QoS 1 subscription; :meth:`suback` tells its answer."""

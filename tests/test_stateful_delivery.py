@@ -90,6 +90,9 @@ class Session:
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
+    def flush(self) -> None:
+        """As agent.session.Session.flush; the fake client sends at publish."""
+
 
 def _urgent(doc: dict[str, Any]) -> bool:
     return doc["type"] in ("panic", "tamper") and doc["test"] is False
