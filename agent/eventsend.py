@@ -6,12 +6,13 @@ commit returns, so a press does not wait for the sender to wake up, read the
 row back and publish it.  Both go through :meth:`EventSender.fill` under
 :attr:`EventSender.lock`, so the window's bookkeeping (cursors, in flight,
 pacing) is never changed by two threads at once and no row goes out twice in
-a session.  The PUBLISH packets are written to the socket from the
-publishing thread (:meth:`agent.session.Session.flush`), unless paho's
-network thread is reading or writing at that moment.  The committing thread never waits for the lock: when the sender
-holds it, the sender's next round publishes the rows.  It publishes only rows
-the window takes from memory (agent/sendwindow.py, the hand-off), never a
-backlog read from SQLite: that is the sender's work.
+a session.  The PUBLISH packets are written to the socket by the publishing
+thread (:meth:`agent.session.Session.writing`) unless paho's network thread
+is reading or writing at that moment.  The committing thread never waits for
+the lock: when the sender holds it, the sender's next round publishes the
+rows.  It publishes only rows the window takes from memory
+(agent/sendwindow.py, the hand-off), never a backlog read from SQLite: that
+is the sender's work.
 """
 
 from __future__ import annotations
@@ -68,14 +69,14 @@ class EventSender:
     def fill(self, s: Session, now: float, *, memory_only: bool = False) -> float:
         """Publish what the window allows, real alarms first; return how long to wait.  Hold :attr:`lock`."""
         rows = self.window.take(now, memory_only=memory_only)
-        for row in rows:
-            mid = s.publish(self._prefix + row.type, row.payload)
-            if mid is None:
-                return self._idle_s  # the connection is going; on_disconnect wakes the sender
-            self.window.sent(mid, row)
-            self.published += 1
         if rows:
-            s.flush()  # on the wire now, from this thread
+            with s.writing():  # on the wire from this thread as the block ends
+                for row in rows:
+                    mid = s.publish(self._prefix + row.type, row.payload)
+                    if mid is None:
+                        return self._idle_s  # the connection is going; on_disconnect wakes the sender
+                    self.window.sent(mid, row)
+                    self.published += 1
         return self.window.wait_s(now, self._idle_s)
 
     def __repr__(self) -> str:

@@ -14,10 +14,11 @@ counts as a lost connection, and the sender reconnects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -80,8 +81,8 @@ class _Client(mqtt.Client):
     this), so the override sees whatever escapes paho's packet handling.
 
     :attr:`io` is one lock around paho's packet reads and writes (private in
-    paho 2.x, overridden here), so :meth:`write_now` may write from the
-    publishing thread: packets leave whole and in queue order, and a TLS
+    paho 2.x, overridden here), so a publishing thread may write its packets
+    itself (:meth:`writing`): they leave whole and in queue order, and a TLS
     socket is used by one thread at a time.  Re-entrant: callbacks run inside
     a read.
     """
@@ -100,18 +101,6 @@ class _Client(mqtt.Client):
         with self.io:
             return super()._packet_write()
 
-    def write_now(self) -> None:
-        """Write the queued packets on this thread, unless paho's thread is at the socket (it writes them then).
-
-        A write that fails leaves its packet queued: paho's thread meets the
-        same error on its next write or read and ends the connection as usual.
-        """
-        if self.io.acquire(blocking=False):
-            try:
-                super()._packet_write()
-            finally:
-                self.io.release()
-
     def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> MQTTErrorCode:
         try:
             return super().loop_forever(timeout, retry_first_connection)
@@ -119,6 +108,25 @@ class _Client(mqtt.Client):
             if self.crashed is not None:
                 self.crashed(exc)
             return MQTTErrorCode.MQTT_ERR_UNKNOWN
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the socket while publishing, then write the queued packets on this thread; never waits.
+
+        Held, paho's network thread (woken by each publish) waits for the lock
+        instead of racing this thread for the interpreter and the socket.
+        When paho's thread holds it (reading or writing), the packets are left
+        to it, as without this.  A write that fails leaves its packet queued:
+        paho's thread meets the same error and ends the connection as usual.
+        """
+        held = self.io.acquire(blocking=False)
+        try:
+            yield
+            if held:
+                super()._packet_write()
+        finally:
+            if held:
+                self.io.release()
 
 
 class Session:
@@ -276,10 +284,9 @@ class Session:
         info = self.client.publish(topic, payload, qos=1, retain=retain and self.can_retain, properties=props)
         return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
-    def flush(self) -> None:
-        """Send what was just published from this thread, not after paho's network thread wakes up for it."""
-        if self._open:
-            self.client.write_now()
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Publishes inside go on the wire from this thread on exit, not after paho's network thread wakes."""
+        return self.client.writing()
 
     def subscribe(self, topic: str) -> bool:
         """Send the QoS 1 subscription; :meth:`suback` tells its answer."""

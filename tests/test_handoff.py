@@ -10,6 +10,7 @@ would prove nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -109,8 +110,9 @@ class _Link:
         self.sent.append(json.loads(payload)["seq"])
         return len(self.sent)
 
-    def flush(self) -> None:
-        """Nothing to write: publish already recorded it."""
+    def writing(self) -> contextlib.nullcontext[None]:
+        """As agent.session.Session.writing; the fake sends at publish."""
+        return contextlib.nullcontext()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""The PUBLISH leaves from the publishing thread (Session.flush), not after paho's network thread wakes up.
+"""The PUBLISH leaves from the publishing thread (Session.writing), not after paho's network thread wakes up.
 
 A real mosquitto and a real Session: the socket write is recorded with the
-thread that made it.  Without the flush, paho's own thread writes the packet.
+thread that made it.  Without it, paho's own thread writes the packet.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp
             return send(data)
 
         s.client._sock_send = recording_send  # type: ignore[method-assign]
-        mid = s.publish("t/flush/event/panic", b'{"seq":1}')
-        assert mid is not None
-        s.flush()
+        with s.writing():
+            mid = s.publish("t/flush/event/panic", b'{"seq":1}')
+            assert mid is not None
         assert acked.wait(10.0), "no PUBACK for the flushed publish"
         assert acks == [(mid, None)]
         assert writers[0] == threading.current_thread().name, f"written by {writers}"

@@ -23,6 +23,7 @@ for them), and ``seq`` never goes back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -90,8 +91,9 @@ class Session:
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
-    def flush(self) -> None:
-        """As agent.session.Session.flush; the fake client sends at publish."""
+    def writing(self) -> contextlib.nullcontext[None]:
+        """As agent.session.Session.writing; the fake sends at publish."""
+        return contextlib.nullcontext()
 
 
 def _urgent(doc: dict[str, Any]) -> bool:
