@@ -276,6 +276,7 @@ class Agent:
                 self.inputs.note_event(source, ts, test=test)
 
         return Hooks(wake=lambda: self.uplink.wake() if self.uplink is not None else None,
+                     offer=lambda rows: self.uplink.offer(rows) if self.uplink is not None else None,
                      changed=self.heartbeat.changed, alarm_recorded=alarm_recorded,
                      alarm_delivered=alarm_delivered, noted=noted, mark=self._save_state)
 

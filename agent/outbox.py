@@ -248,7 +248,14 @@ class Outbox:
     # ---- the public surface --------------------------------------------------
 
     def put(self, event: Event, *, seq: int | None = None) -> int:
-        """Commit ``event`` durably and return its ``seq`` (``seq``: one :meth:`reserve_seq` gave it).
+        """Commit ``event`` durably and return its ``seq`` (see :meth:`put_row`)."""
+        return self.put_row(event, seq=seq).seq
+
+    def put_row(self, event: Event, *, seq: int | None = None) -> OutboxRow:
+        """Commit ``event`` durably and return the stored row (``seq``: one :meth:`reserve_seq` gave it).
+
+        The row is what :meth:`next_batch` would read back, so the sender can
+        publish it from memory (agent/sendwindow.py, the hand-off).
 
         Raises:
             OutboxFullError: no room even after evicting every non-alarm row.
@@ -260,7 +267,7 @@ class Outbox:
             self._check_open()
             for _attempt in range(1000):
                 try:
-                    return self._insert([row], all_alarms=event.type.is_alarm)[0]
+                    return _stored(row, self._insert([row], all_alarms=event.type.is_alarm)[0])
                 except sqlite3.Error as exc:
                     if not is_full(exc):
                         raise OutboxError(f"outbox {self.path}: cannot record {event.type.value} event: {exc}") from exc
@@ -281,7 +288,11 @@ class Outbox:
             )
 
     def put_many(self, events: list[Event]) -> list[int]:
-        """Commit ``events`` in one transaction (one fsync) and return their seqs, in order.
+        """Commit ``events`` in one transaction (one fsync) and return their seqs (see :meth:`put_rows`)."""
+        return [r.seq for r in self.put_rows(events)]
+
+    def put_rows(self, events: list[Event]) -> list[OutboxRow]:
+        """Commit ``events`` in one transaction (one fsync) and return the stored rows, in order.
 
         All or nothing: on a full disk nothing is written and
         :class:`OutboxFullError` is raised, so the caller can fall back to
@@ -289,17 +300,18 @@ class Outbox:
         eviction's included, is an :class:`OutboxError`: nothing escapes raw.
         """
         if len(events) == 1:
-            return [self.put(events[0])]
+            return [self.put_row(events[0])]
         created_ms = int(self._wall() * 1000)
         rows = [self._row(e, None, created_ms) for e in events]
         with self._lock:
             self._check_open()
             try:
-                return self._insert(rows, all_alarms=all(e.type.is_alarm for e in events))
+                seqs = self._insert(rows, all_alarms=all(e.type.is_alarm for e in events))
             except sqlite3.Error as exc:
                 if is_full(exc):
                     raise OutboxFullError(f"outbox {self.path} has no room for {len(events)} events at once") from exc
                 raise OutboxError(f"outbox {self.path}: cannot record {len(events)} events: {exc}") from exc
+        return [_stored(row, seq) for row, seq in zip(rows, seqs, strict=True)]
 
     def reserve_seq(self) -> int:
         """A seq for an event held in memory: sendable now, stored later with :meth:`put` (``seq=``).
@@ -316,6 +328,11 @@ class Outbox:
         """The highest seq used or reserved; memory only, so it never waits behind a stuck commit."""
         with self._seq_lock:
             return self._top
+
+    @property
+    def dropped(self) -> int:
+        """Events lost so far (evicted, or dropped from memory); a change tells the sender's hand-off to re-read."""
+        return self._dropped
 
     def note_dropped(self, n: int) -> None:
         """Count ``n`` events lost outside the file (the memory fallback overflowed) in ``dropped``."""
@@ -412,3 +429,7 @@ class Outbox:
             return f"<Outbox {self.path} closed>"
         return f"<Outbox {self.path} pending={self._pending} dropped={self._dropped}>"
 
+
+def _stored(row: _Row, seq: int) -> OutboxRow:
+    """The row as committed under ``seq``, as :meth:`Outbox.next_batch` would read it back."""
+    return OutboxRow(seq, row[1], row[2], bool(row[3]), row[4] / 1000.0, row[5])

@@ -76,6 +76,8 @@ class Hooks:
     """What the rest of the agent hears from the recorder; a hook that raises is logged, never fatal."""
 
     wake: Callable[[], None] = _nothing  # the sender: something new to send
+    # The sender, handed the rows just committed (it may publish them at once); wake is not called then.
+    offer: Callable[[list[OutboxRow]], None] | None = None
     changed: Callable[[], None] = _nothing  # the heartbeat: the status changed
     alarm_recorded: Callable[[str, str], None] = _nothing  # (event id, source): LED/buzzer
     alarm_delivered: Callable[[str], None] = _nothing  # event id
@@ -154,10 +156,11 @@ class Recorder:
         events = [e for e, _ in made]
         with self._lock:
             queue_behind = bool(self._held) or self._failing
-        seqs: list[int | None] = [None] * len(events)
+        rows: list[OutboxRow | None] = [None] * len(events)
         if not queue_behind:
             with self._put_lock:
-                seqs = self._put(events)
+                rows = self._put(events)
+        seqs = [r.seq if r is not None else None for r in rows]
         held = [e for e, s in zip(events, seqs, strict=True) if s is None]
         reserved = self._hold(held) if held else {}
         with self._lock:
@@ -167,7 +170,11 @@ class Recorder:
                 for (e, test), s in zip(made, seqs, strict=True)
             )
             self._recent = (*reversed(fresh), *self._recent)[:RECENT]
-        self._call(self.hooks.wake)
+        stored = [r for r in rows if r is not None]
+        if stored and self.hooks.offer is not None:
+            self._call(self.hooks.offer, stored)  # the rows as committed: the sender reads nothing back
+        else:
+            self._call(self.hooks.wake)
         for (event, test), seq in zip(made, seqs, strict=True):
             self._announce(event, test, seq, reserved.get(event.id))
         if held:
@@ -175,11 +182,11 @@ class Recorder:
             self._retry.set()
         self._call(self.hooks.changed)
 
-    def _put(self, events: list[Event]) -> list[int | None]:
+    def _put(self, events: list[Event]) -> list[OutboxRow | None]:
         """Commit what the outbox takes; None for each event it did not."""
         self._failing = True  # until a write below proves otherwise
         try:
-            seqs = list(self.outbox.put_many(events))
+            rows = self.outbox.put_rows(events)
         except OutboxFullError:
             pass  # one by one: alarms still fit the reserve where the whole batch did not
         except OutboxError as exc:
@@ -191,11 +198,11 @@ class Recorder:
             return [None] * len(events)
         else:
             self._failing = False
-            return list(seqs)
-        one_by_one: list[int | None] = []
+            return list(rows)
+        one_by_one: list[OutboxRow | None] = []
         for event in events:
             try:
-                one_by_one.append(self.outbox.put(event))
+                one_by_one.append(self.outbox.put_row(event))
                 self._failing = False
             except OutboxError as exc:
                 log.critical("%s; kept %d events in memory only, retrying every second", exc, len(self._held) + 1)

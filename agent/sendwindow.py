@@ -17,10 +17,21 @@ outbox and is retried with backoff while later rows keep flowing; a refused
 alarm is retried on a short schedule (1 s doubling to 15 s) and still ahead of
 routine rows, a refused routine row (5 s doubling to 10 min) after every
 alarm, so neither lane can hold up the other.
+
+The hand-off: rows just committed are handed in (:meth:`SendWindow.hand`)
+and :meth:`SendWindow.take` publishes them from memory instead of reading
+SQLite, but only while they are the whole backlog: every pending outbox row
+is either in flight or handed, and no refused row waits for a retry.  Then
+each lane's next rows in ``seq`` order are exactly the handed rows of that
+lane, so the choice (alarms first, pacing, the window) is the one a read
+would make.  Anything else (a backlog from before the connection, a retry,
+rows committed without a hand-off, a hand-off still on its way from another
+thread) reads the outbox as before: the outbox stays the truth.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from agent.outbox import Outbox, OutboxRow
@@ -62,6 +73,12 @@ class SendWindow:
         self._refusals: dict[int, int] = {}
         self._next_send = 0.0
         self._paced = False
+        self._handed: deque[OutboxRow] = deque()  # appended by committing threads (deque appends are atomic)
+        self._fresh: list[OutboxRow] = []  # handed rows not yet sent, in seq order
+        self._memory: list[OutboxRow] | None = None  # this take's rows from memory, or None: read the outbox
+        self._stale_upto = 0  # hand-offs of rows up to this seq are ignored (committed before a reset)
+        self._dropped_seen = outbox.dropped
+        self._suspect: set[int] = set()  # mids in flight when rows were evicted: maybe no longer pending
         self.refused_alarms = 0  # refusals of real alarms since start: each one is also logged as CRITICAL
 
     def reset(self) -> None:
@@ -70,12 +87,26 @@ class SendWindow:
         self._alarms = _Lane(urgent=True)
         self._routine = _Lane(urgent=False)
         self._refusals.clear()
+        self._suspect.clear()
+        self._forget_handed()  # the new connection reads everything from the outbox first
+
+    def hand(self, rows: list[OutboxRow]) -> None:
+        """Rows just committed (any thread): :meth:`take` may publish them without reading them back."""
+        self._handed.extend(rows)
+
+    def handed_waiting(self) -> bool:
+        """Whether a handed row is still unsent (the sender must look at it)."""
+        return bool(self._handed) or any(r.seq > self._lane(r).cursor for r in self._fresh)
 
     def __len__(self) -> int:
         return len(self._inflight)
 
-    def take(self, now: float) -> list[OutboxRow]:
-        """The rows that may be published now: real alarms first, then the rest; each in ``seq`` order."""
+    def take(self, now: float, *, memory_only: bool = False) -> list[OutboxRow]:
+        """The rows that may be published now: real alarms first, then the rest; each in ``seq`` order.
+
+        ``memory_only``: only when the handed rows are the whole backlog, else nothing (the committing
+        thread publishes a fresh row at once, a backlog is the sender's work).
+        """
         self._paced = False
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
@@ -85,8 +116,16 @@ class SendWindow:
             self._paced = True
             # A real alarm may borrow the next token: it goes now and the row after it waits one
             # interval longer.  Only one can be borrowed, so the long-run rate stays ``rate``.
-            return self._from_lane(self._alarms, now, 1) if self._next_send - now <= 1.0 / self.rate else []
+            if self._next_send - now > 1.0 / self.rate:
+                return []
+            self._memory = self._backlog_in_memory()
+            if memory_only and self._memory is None:
+                return []
+            return self._from_lane(self._alarms, now, 1)
         budget = min(room, int((now - self._next_send) * self.rate + 1e-6) + 1)  # 1e-6: float dust
+        self._memory = self._backlog_in_memory()
+        if memory_only and self._memory is None:
+            return []
         rows = self._from_lane(self._alarms, now, budget)
         # The last free slot is kept for an alarm, so one recorded later never waits for a routine
         # row's PUBACK (a slow broker's round trip) before it can go.
@@ -144,8 +183,50 @@ class SendWindow:
             return []
         rows = self._due_retries(lane, now, room)
         if len(rows) < room:
-            rows += self.outbox.next_batch(lane.cursor, room - len(rows), urgent=lane.urgent)
+            if self._memory is None:
+                rows += self.outbox.next_batch(lane.cursor, room - len(rows), urgent=lane.urgent)
+            else:
+                rows += [r for r in self._memory if r.urgent == lane.urgent][: room - len(rows)]
         return rows
+
+    def _forget_handed(self) -> None:
+        """Drop every hand-off so far; one still on its way for a row committed before now is ignored too.
+
+        Such a row may have been sent and deleted already; a read finds it if it is still pending.
+        """
+        self._stale_upto = self.outbox.top_seq()
+        self._handed.clear()
+        self._fresh = []
+
+    def _backlog_in_memory(self) -> list[OutboxRow] | None:
+        """The handed rows not yet sent, when they are every row a read would find; else None.
+
+        Exact, not a guess: every pending row is in flight or handed (the
+        counts match, and neither set holds a row that left the outbox
+        without this window's ack), and no refused row waits for a retry.
+        """
+        pending = self.outbox.pending()
+        dropped = self.outbox.dropped  # after pending: an eviction counts itself here first
+        if dropped != self._dropped_seen:  # rows were evicted: handed or in-flight ones may be gone
+            self._dropped_seen = dropped
+            self._forget_handed()
+            self._suspect = set(self._inflight)
+            return None
+        handed = self._handed
+        if handed:
+            while handed:
+                row = handed.popleft()
+                if row.seq > self._stale_upto:
+                    self._fresh.append(row)
+            self._fresh.sort(key=lambda r: r.seq)  # hand-offs from two threads may arrive out of order
+        self._fresh = fresh = [r for r in self._fresh if r.seq > self._lane(r).cursor]  # the rest went out
+        if self._suspect:
+            self._suspect &= self._inflight.keys()
+        if self._suspect or self._alarms.retry_at or self._routine.retry_at:
+            return None
+        if pending != len(self._inflight) + len(fresh):
+            return None  # a backlog, or a commit whose hand-off has not arrived yet
+        return fresh
 
     def _due_retries(self, lane: _Lane, now: float, room: int) -> list[OutboxRow]:
         rows: list[OutboxRow] = []

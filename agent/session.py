@@ -14,10 +14,11 @@ counts as a lost connection, and the sender reconnects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -74,13 +75,31 @@ def refusal_words(code: int, words: str) -> str:
 
 
 class _Client(mqtt.Client):
-    """paho's client, told when an exception kills its network thread.
+    """paho's client, told when an exception kills its network thread, and writable from another thread.
 
     ``loop_start()`` runs ``loop_forever()`` on its thread (paho documents
     this), so the override sees whatever escapes paho's packet handling.
+
+    :attr:`io` is one lock around paho's packet reads and writes (private in
+    paho 2.x, overridden here), so a publishing thread may write its packets
+    itself (:meth:`writing`): they leave whole and in queue order, and a TLS
+    socket is used by one thread at a time.  Re-entrant: callbacks run inside
+    a read.
     """
 
     crashed: Callable[[BaseException], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.io = threading.RLock()  # before paho's __init__: nothing may read or write without it
+        super().__init__(*args, **kwargs)
+
+    def _packet_read(self) -> MQTTErrorCode:
+        with self.io:
+            return super()._packet_read()
+
+    def _packet_write(self) -> MQTTErrorCode:
+        with self.io:
+            return super()._packet_write()
 
     def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> MQTTErrorCode:
         try:
@@ -89,6 +108,25 @@ class _Client(mqtt.Client):
             if self.crashed is not None:
                 self.crashed(exc)
             return MQTTErrorCode.MQTT_ERR_UNKNOWN
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the socket while publishing, then write the queued packets on this thread; never waits.
+
+        Held, paho's network thread (woken by each publish) waits for the lock
+        instead of racing this thread for the interpreter and the socket.
+        When paho's thread holds it (reading or writing), the packets are left
+        to it, as without this.  A write that fails leaves its packet queued:
+        paho's thread meets the same error and ends the connection as usual.
+        """
+        held = self.io.acquire(blocking=False)
+        try:
+            yield
+            if held:
+                super()._packet_write()
+        finally:
+            if held:
+                self.io.release()
 
 
 class Session:
@@ -245,6 +283,10 @@ class Session:
                 props.UserProperty = list(user)
         info = self.client.publish(topic, payload, qos=1, retain=retain and self.can_retain, properties=props)
         return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Publishes inside go on the wire from this thread on exit, not after paho's network thread wakes."""
+        return self.client.writing()
 
     def subscribe(self, topic: str) -> bool:
         """Send the QoS 1 subscription; :meth:`suback` tells its answer."""

@@ -36,6 +36,7 @@ from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.dialects import Dialects
 from agent.errors import OutboxError
+from agent.eventsend import EventSender
 from agent.linkstate import CommandHandler, CommandRoute, LinkState
 from agent.outbox import Outbox, OutboxRow
 from agent.photosend import PhotoDrain
@@ -121,7 +122,7 @@ class Uplink:
         self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
         self._last_error: str | None = None
         self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
-        self._published = 0
+        self._events = EventSender(self._window, topic_root, _IDLE_S)  # its lock: the window and the live session
         self._delivered = 0
         self._refused = 0
         self.progress = self._mono()
@@ -137,6 +138,11 @@ class Uplink:
     def wake(self) -> None:
         """Tell the sender a new row is in the outbox (called after put)."""
         self._wake.set()
+
+    def offer(self, rows: list[OutboxRow]) -> None:
+        """Rows just committed: published from this thread at once when the window picks them (eventsend.py)."""
+        if self._events.offer(rows, self._mono()):
+            self._wake.set()
 
     def publish_status(self, doc: dict[str, Any]) -> None:
         """Publish ``doc`` (retained where the broker allows); only the latest waiting one is ever sent."""
@@ -159,7 +165,7 @@ class Uplink:
             reconnects=max(0, self._sessions - 1),
             last_error=self._last_error,
             inflight=len(self._window),
-            published=self._published + self._side.published,
+            published=self._events.published + self._side.published,
             delivered=self._delivered + self._side.delivered,
             refused=self._refused,
             protocol=d.protocol if d is not None else None,
@@ -280,12 +286,14 @@ class Uplink:
         self._connected_since = self._wall()
         self._sessions += 1
         self._last_error = None
-        self._window.reset()
         with self._slot_lock:
             self._status_slot = None
         log.info("connected to broker %s (MQTT %s%s); %d events to send", s.broker, s.dialect.protocol,
                  "" if self._dialect.retain else ", retain unavailable", self.outbox.pending())
-        wait = self._send_round(s)  # events first: never behind a status document or the subscription
+        with self._events.lock:
+            self._window.reset()
+            self._events.live = s
+            wait = self._send_round(s)  # events first: never behind a status document or the subscription
         subscription = self._tend_commands(s, "todo")
         self._publish_status(s, self._status())  # after SUBSCRIBE: a central that sees "online" can command
         self._notify_link()
@@ -294,9 +302,12 @@ class Uplink:
             self._wake.clear()
             self.progress = self._mono()
             if self._stopping.is_set():
+                with self._events.lock:
+                    self._events.live = None  # offer() leaves the window alone from here on
                 self._say_goodbye(s)
                 return
-            wait = self._send_round(s)
+            with self._events.lock:
+                wait = self._send_round(s)
             subscription = self._tend_commands(s, subscription)
         if s.lost_code == RETAIN_NOT_SUPPORTED:
             self._dialects.retain_refused(s.broker, s.dialect)
@@ -322,7 +333,7 @@ class Uplink:
         """Process acks, send status/replies and fill the window; return how long to wait."""
         self._process_acks()
         try:
-            wait = self._fill_window(s)  # events first: an alarm never queues behind a status document
+            wait = self._events.fill(s, self._mono())  # events first: an alarm never queues behind a status document
         except (OutboxError, sqlite3.Error) as exc:  # the outbox cannot be read: held events still go
             log.error("outbox: %s; sending only the events held in memory", exc)  # noqa: TRY400 - says it all
             wait = _IDLE_S
@@ -337,17 +348,6 @@ class Uplink:
             s.publish(topic, payload)
         self._side.send_photo(s, events_idle=len(self._window) == 0 and self.outbox.pending() == 0)
         return wait
-
-    def _fill_window(self, s: Session) -> float:
-        """Publish what the window allows, real alarms first; return how long to wait."""
-        now = self._mono()
-        for row in self._window.take(now):
-            mid = s.publish(f"{self.root}/event/{row.type}", row.payload)
-            if mid is None:
-                return _IDLE_S  # the connection is going; on_disconnect wakes us, the next session resends
-            self._window.sent(mid, row)
-            self._published += 1
-        return self._window.wait_s(now, _IDLE_S)
 
     def _process_acks(self) -> set[int]:
         """Settle every PUBACK waiting; return the mids that were not events (status, replies)."""
@@ -400,6 +400,8 @@ class Uplink:
     def _teardown(self, s: Session) -> None:
         was_up = self._connected_since is not None
         self._connected_since = None
+        with self._events.lock:
+            self._events.live = None
         s.close()  # paho's thread has ended: no ack arrives after this
         self._process_acks()  # PUBACKs that came in after the last round still count
         self._window.reset()

@@ -9,6 +9,11 @@ queues them.  A disconnect ends the session as the sender's teardown does (the
 window is reset, late PUBACKs are dropped); a restart also closes and reopens
 the outbox file and builds a fresh uplink.
 
+The committing thread's hand-off (``Uplink.offer`` right after the commit,
+agent/eventsend.py) is driven too: it may publish the rows at once, arrive
+after the sender's round already read them, or find the sender's lock taken
+(a round running), and whatever it publishes is checked by the same rules.
+
 Invariants: no alarm is lost (every real alarm is in the outbox or was taken by
 the broker, and all are acknowledged after enough good rounds), no row is
 published twice within one session except after a refusal, real alarms are
@@ -18,7 +23,9 @@ for them), and ``seq`` never goes back.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +55,7 @@ CLOCK = Clock(synced=lambda: True, boot_id="b00t")
 WINDOW = 3
 _SUCCESS = 0x00
 _NOT_AUTHORIZED = 0x87
+HANDED = ("at_once", "late", "busy")  # when the committing thread's hand-off reaches the uplink
 _ROUND_S = 0.01  # each send round is a little later: the window's pacing needs time to pass
 
 
@@ -76,11 +84,16 @@ class Session:
     state: dict[int, str] = field(default_factory=dict)  # seq → inflight | acked | refused
     refusals: dict[int, int] = field(default_factory=dict)
     due: dict[int, float] = field(default_factory=dict)  # seq → when a refused row may go again
+    lost: threading.Event = field(default_factory=threading.Event)  # never set: the fake link stays up
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, **_props: Any) -> int | None:
         """As agent.session.Session.publish: the mid, or None when the connection is going."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         return int(info.mid) if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def writing(self) -> contextlib.nullcontext[None]:
+        """As agent.session.Session.writing; the fake sends at publish."""
+        return contextlib.nullcontext()
 
 
 def _urgent(doc: dict[str, Any]) -> bool:
@@ -95,22 +108,28 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.cfg = load_config(cfg).mqtt
         self.now = 1000.0
         self.outbox = Outbox(self.dir / "outbox.db", site="main", device="d")
-        self.uplink = self._new_uplink()
         self.session = Session()
+        self.uplink = self._new_uplink()
         self.urgent: dict[int, str] = {}  # seq → id of every real alarm put
         self.pending: set[int] = set()  # seqs put and not yet deleted by a successful PUBACK
         self.taken: set[str] = set()  # ids the broker accepted (PUBACK success, or received before a drop)
         self.last_seq = 0
 
     def _new_uplink(self) -> Uplink:
-        return Uplink(self.cfg, topic_root="campus/main/d", outbox=self.outbox, status=dict,
-                      offline=lambda reason: {"state": "offline", "reason": reason}, mono=lambda: self.now)
+        up = Uplink(self.cfg, topic_root="campus/main/d", outbox=self.outbox, status=dict,
+                    offline=lambda reason: {"state": "offline", "reason": reason}, mono=lambda: self.now)
+        up._events.live = self.session  # as the sender's _serve does once the CONNACK accepted
+        return up
 
     # ---- the sender's round, checked --------------------------------------------------------------
 
     def _round(self) -> None:
         self.now += _ROUND_S
         self.uplink._send_round(self.session)  # the seam: one wake of the sender thread
+        self._check_published()
+
+    def _check_published(self) -> None:
+        """What went out since the last check (a round, or a hand-off) obeys the order and window rules."""
         s = self.session
         new = [(mid, json.loads(p)) for mid, topic, p in s.client.log[s.seen :] if "/event/" in topic]
         s.seen = len(s.client.log)
@@ -133,15 +152,32 @@ class DeliveryMachine(RuleBasedStateMachine):
                 waiting = st_ == "inflight" or (st_ == "refused" and s.due[seq] > self.now)
                 assert waiting, f"a routine row went out while alarm seq {seq} was ready ({st_})"
 
-    def _put(self, kind: EventType, *, test: bool = False) -> None:
+    def _put(self, kind: EventType, *, test: bool = False, handed: str = "at_once") -> None:
         e = Event.create(CLOCK, kind, "panic", test=test)
-        seq = self.outbox.put(e)
+        rows = self.outbox.put_rows([e])
+        seq = rows[0].seq
         assert seq > self.last_seq, f"seq went back: {seq} after {self.last_seq}"
         self.last_seq = seq
         self.pending.add(seq)
         if kind.is_alarm and not test:
             self.urgent[seq] = e.id
-        self.uplink.wake()
+        self._hand(rows, handed)
+
+    def _hand(self, rows: list[Any], handed: str) -> None:
+        """The committing thread's hand-off: at once, after the sender's round, or while a round holds the lock."""
+        if handed == "late":
+            self._round()  # the sender read the rows first; the hand-off must not send them again
+            self.uplink.offer(rows)
+            self._check_published()
+            return
+        if handed == "busy":
+            with self.uplink._events.lock:  # a round is running: offer must neither wait nor publish
+                before = len(self.session.client.log)
+                self.uplink.offer(rows)
+                assert len(self.session.client.log) == before, "offer published while the sender held the lock"
+        else:
+            self.uplink.offer(rows)
+            self._check_published()
         self._round()
 
     def _answer(self, pick: int, reason: int) -> None:
@@ -175,26 +211,29 @@ class DeliveryMachine(RuleBasedStateMachine):
                 self.taken.add(doc["id"])  # the broker has it; the row stays and is sent again (a duplicate)
         self.uplink._window.reset()  # as the sender's teardown does
         self.session = Session()
+        self.uplink._events.live = self.session
 
     # ---- rules ------------------------------------------------------------------------------------------
 
-    @rule(kind=st.sampled_from([EventType.PANIC, EventType.TAMPER]))
-    def put_alarm(self, kind: EventType) -> None:
-        self._put(kind)
+    @rule(kind=st.sampled_from([EventType.PANIC, EventType.TAMPER]), handed=st.sampled_from(HANDED))
+    def put_alarm(self, kind: EventType, handed: str) -> None:
+        self._put(kind, handed=handed)
 
-    @rule(kind=st.sampled_from(["test_press", EventType.INPUT_FAULT, EventType.CAMERA_RESTORED]))
-    def put_routine(self, kind: Any) -> None:
+    @rule(kind=st.sampled_from(["test_press", EventType.INPUT_FAULT, EventType.CAMERA_RESTORED]),
+          handed=st.sampled_from(HANDED))
+    def put_routine(self, kind: Any, handed: str) -> None:
         if kind == "test_press":
-            self._put(EventType.PANIC, test=True)
+            self._put(EventType.PANIC, test=True, handed=handed)
         else:
-            self._put(kind)
+            self._put(kind, handed=handed)
 
-    @rule(n=st.integers(2, 8), alarms=st.integers(0, 8))
-    def put_burst(self, n: int, alarms: int) -> None:
+    @rule(n=st.integers(2, 8), alarms=st.integers(0, 8), handed=st.sampled_from(HANDED))
+    def put_burst(self, n: int, alarms: int, handed: str) -> None:
         """Several events in one commit, as the inputs thread records a burst."""
         events = [Event.create(CLOCK, EventType.PANIC if i < alarms else EventType.INPUT_FAULT, "panic")
                   for i in range(n)]
-        seqs = self.outbox.put_many(events)
+        rows = self.outbox.put_rows(events)
+        seqs = [r.seq for r in rows]
         assert seqs == sorted(seqs)
         assert seqs[0] > self.last_seq
         self.last_seq = seqs[-1]
@@ -202,7 +241,7 @@ class DeliveryMachine(RuleBasedStateMachine):
             self.pending.add(seq)
             if e.type.is_alarm:
                 self.urgent[seq] = e.id
-        self._round()
+        self._hand(rows, handed)
 
     @precondition(lambda self: self.session.client.waiting)
     @rule(pick=st.integers(0, WINDOW))
