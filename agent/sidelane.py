@@ -11,10 +11,12 @@ sees a PUBACK, so the window only ever sees its own rows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.outbox import OutboxRow
-from agent.photosend import PhotoDrain
+
+if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
+    from agent.photosend import PhotoDrain
 
 
 class Publisher(Protocol):

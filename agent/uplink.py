@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.config.model import BrokerAddress, MqttConfig
@@ -39,10 +39,12 @@ from agent.errors import OutboxError
 from agent.eventsend import EventSender
 from agent.linkstate import CommandHandler, CommandRoute, LinkState
 from agent.outbox import Outbox, OutboxRow
-from agent.photosend import PhotoDrain
 from agent.sendwindow import SendWindow
 from agent.session import RETAIN_NOT_SUPPORTED, ConnectFailure, Dialect, Session
 from agent.sidelane import SideLane
+
+if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
+    from agent.photosend import PhotoDrain
 
 log = logging.getLogger(__name__)
 
