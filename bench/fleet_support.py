@@ -18,15 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import BenchBroker  # noqa: E402
 from bench.fleet_gen import device_name, status_doc  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
 
 HEARTBEAT_S = 30.0
 # Fixed header (2-4 bytes), topic length (2), packet id (2), MQTT 5 property length (1).
 _MQTT_OVERHEAD = 9
 
 
-class FleetBroker(Broker):
+class FleetBroker(BenchBroker):
     """mosquitto as a centre would run it for a large fleet.
 
     ``max_queued_messages 0`` (no limit): the default of 1,000 queued QoS 1
@@ -34,22 +34,7 @@ class FleetBroker(Broker):
     delivery at subscription time.  No per-message debug log.
     """
 
-    def write_conf(self) -> None:
-        lines = ["per_listener_settings true", "persistence false", "log_dest stderr", "log_type error",
-                 "log_type warning", "log_type notice", "max_queued_messages 0", "max_queued_bytes 0",
-                 "max_inflight_messages 100"]
-        if os.geteuid() == 0:
-            lines.append("user root")
-        lines.append(f"listener {self.port} 127.0.0.1")
-        self.conf.write_text("\n".join(lines) + "\n" + self.listener_extra)
-
-    def dropped_warnings(self) -> int:
-        """mosquitto's log lines about dropping messages for a slow client."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return 0
-        return sum(1 for line in text.splitlines() if "dropp" in line.lower())
+    SETTINGS = ("max_queued_messages 0", "max_queued_bytes 0", "max_inflight_messages 100", "persistence false")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -100,23 +100,20 @@ def guard(p: Path, *, secret: bool) -> None:
 
 def trusted_file(base: Path) -> Any:
     """A CA or certificate: exists, readable, owned by us or root, writable by nobody else."""
-    existing = existing_file(base)
-
-    def check(value: Any) -> Path:
-        p: Path = existing(value)
-        guard(p, secret=False)
-        return p
-
-    return check
+    return _guarded_file(base, secret=False)
 
 
 def secret_file(base: Path) -> Any:
     """A password or key file: as :func:`trusted_file`, and readable by its owner only."""
+    return _guarded_file(base, secret=True)
+
+
+def _guarded_file(base: Path, *, secret: bool) -> Any:
     existing = existing_file(base)
 
     def check(value: Any) -> Path:
         p: Path = existing(value)
-        guard(p, secret=True)
+        guard(p, secret=secret)
         return p
 
     return check
