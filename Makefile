@@ -57,6 +57,7 @@ deps: venv mosquitto
 
 lint: venv
 	$(VENV)/bin/ruff check $(wildcard agent tests bench scripts docs/examples)
+	$(VENV)/bin/ruff format --check $(wildcard agent tests bench scripts docs/examples)
 
 typecheck: venv
 	$(VENV)/bin/mypy agent

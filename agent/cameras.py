@@ -44,8 +44,10 @@ class _Camera:
 
     def __init__(self, cfg: CameraConfig) -> None:
         self.cfg = cfg
-        probes = {CameraKind.HTTP_SNAPSHOT: functools.partial(probe_http, cfg),
-                  CameraKind.RTSP: functools.partial(probe_rtsp, cfg)}
+        probes = {
+            CameraKind.HTTP_SNAPSHOT: functools.partial(probe_http, cfg),
+            CameraKind.RTSP: functools.partial(probe_rtsp, cfg),
+        }
         self.probe = probes.get(cfg.kind) or PiCameraProbe(cfg).probe
         # HTTP digest auth takes two round trips, each bounded by requests' own timeouts.
         self.limit_s = cfg.timeout_s if cfg.kind is CameraKind.PICAMERA2 else 2 * cfg.timeout_s + _HANG_GRACE_S
@@ -74,7 +76,12 @@ class Cameras:
     """
 
     def __init__(
-        self, configs: tuple[CameraConfig, ...], *, clock: Clock, emit: Emit, on_change: Callable[[], None],
+        self,
+        configs: tuple[CameraConfig, ...],
+        *,
+        clock: Clock,
+        emit: Emit,
+        on_change: Callable[[], None],
     ) -> None:
         self._clock = clock
         self._emit = emit
@@ -135,8 +142,9 @@ class Cameras:
         t0 = time.monotonic()
         hang = _hang_detail(cam.cfg, cam.limit_s)
         if cam.hung is not None and cam.hung.is_alive():
-            return ProbeResult(ok=False, detail=one_line(f"{hang} (still, after {t0 - cam.hung_since:.0f} s)"),
-                               elapsed_ms=0)
+            return ProbeResult(
+                ok=False, detail=one_line(f"{hang} (still, after {t0 - cam.hung_since:.0f} s)"), elapsed_ms=0
+            )
         box: list[ProbeResult] = []
 
         def work() -> None:
@@ -144,8 +152,11 @@ class Cameras:
                 box.append(cam.probe())
             except Exception as exc:  # a library surprise becomes a failed probe, logged with its traceback
                 log.exception("camera %s: probe raised", cam.cfg.name)
-                box.append(ProbeResult(ok=False, detail=one_line(f"probe error {type(exc).__name__}: {exc}"),
-                                       elapsed_ms=elapsed_ms(t0)))
+                box.append(
+                    ProbeResult(
+                        ok=False, detail=one_line(f"probe error {type(exc).__name__}: {exc}"), elapsed_ms=elapsed_ms(t0)
+                    )
+                )
 
         thread = threading.Thread(target=work, name=f"probe-{cam.cfg.name}", daemon=True)
         thread.start()

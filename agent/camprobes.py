@@ -111,7 +111,8 @@ def _network_detail(exc: BaseException, host: str, where: str, timeout_s: float)
 
 def _http_status_detail(code: int, host: str, *, has_login: bool) -> str:
     hints = {
-        401: "check the camera username and password file" if has_login
+        401: "check the camera username and password file"
+        if has_login
         else "the camera wants a login; set username and password_file",
         403: "this user may not take snapshots; check its rights on the camera",
         404: "wrong snapshot path in the URL; see the camera's manual",
@@ -125,8 +126,9 @@ def _read_body(resp: requests.Response, deadline: float, where: str, timeout_s: 
     for chunk in resp.iter_content(65536):
         body += chunk
         if len(body) > _MAX_SNAPSHOT:
-            raise CameraError(f"answer from {where} passes {_MAX_SNAPSHOT >> 20} MiB: a video stream? "
-                              "use the snapshot URL")
+            raise CameraError(
+                f"answer from {where} passes {_MAX_SNAPSHOT >> 20} MiB: a video stream? use the snapshot URL"
+            )
         if time.monotonic() > deadline:
             raise CameraError(f"snapshot from {where} unfinished after {timeout_s:g} s ({len(body)} bytes): slow link")
     return bytes(body)
@@ -153,8 +155,13 @@ def probe_http(cfg: CameraConfig) -> ProbeResult:
 
     def check(t0: float) -> str:
         try:
-            with requests.get(url, auth=auth, stream=True, timeout=(cfg.timeout_s, cfg.timeout_s),
-                              headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT}) as resp:
+            with requests.get(
+                url,
+                auth=auth,
+                stream=True,
+                timeout=(cfg.timeout_s, cfg.timeout_s),
+                headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT},
+            ) as resp:
                 if resp.status_code != 200:
                     raise CameraError(_http_status_detail(resp.status_code, host, has_login=auth is not None))
                 ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -162,14 +169,19 @@ def probe_http(cfg: CameraConfig) -> ProbeResult:
         except requests.RequestException as exc:
             raise CameraError(_network_detail(exc, host, where, cfg.timeout_s)) from None
         if ctype not in _JPEG_TYPES:
-            raise CameraError(f"not a JPEG (content type {ctype or 'none'}, {len(body)} bytes) from {host}: "
-                              "check the snapshot URL")
+            raise CameraError(
+                f"not a JPEG (content type {ctype or 'none'}, {len(body)} bytes) from {host}: check the snapshot URL"
+            )
         if not body.startswith(b"\xff\xd8"):
-            raise CameraError(f"not a JPEG (starts {body[:4].hex(' ') or 'empty'}, no FF D8 marker) from {host}: "
-                              "check the snapshot URL")
+            raise CameraError(
+                f"not a JPEG (starts {body[:4].hex(' ') or 'empty'}, no FF D8 marker) from {host}: "
+                "check the snapshot URL"
+            )
         if not body.rstrip(b"\r\n\x00 ").endswith(b"\xff\xd9"):
-            raise CameraError(f"truncated JPEG ({len(body)} bytes, no FF D9 end marker) from {host}: "
-                              "camera overloaded or network trouble")
+            raise CameraError(
+                f"truncated JPEG ({len(body)} bytes, no FF D9 end marker) from {host}: "
+                "camera overloaded or network trouble"
+            )
         if len(body) < _MIN_JPEG:
             raise CameraError(f"JPEG of only {len(body)} bytes from {host}: the camera sends no real picture")
         return f"200 {ctype} {len(body)} bytes in {elapsed_ms(t0)} ms"
@@ -208,8 +220,9 @@ def probe_rtsp(cfg: CameraConfig) -> ProbeResult:
         if not status.startswith("RTSP/1.0 "):
             raise CameraError(f"not an RTSP answer from {where} (got {status[:40]!r}): check the port in the URL")
         if status.split()[1:2] != ["200"]:
-            hint = ("the camera wants a login even for OPTIONS" if " 401" in status
-                    else "check the stream path in the URL")
+            hint = (
+                "the camera wants a login even for OPTIONS" if " 401" in status else "check the stream path in the URL"
+            )
             raise CameraError(f"{status[:60]} from {host}: {hint}")
         return f"{status[:60]} in {elapsed_ms(t0)} ms"
 
@@ -254,8 +267,10 @@ class PiCameraProbe:
             try:
                 self._module = importlib.import_module("picamera2")
             except ImportError:
-                raise CameraError("picamera2 is not installed: install python3-picamera2 and give the agent's "
-                                  "venv system site packages") from None
+                raise CameraError(
+                    "picamera2 is not installed: install python3-picamera2 and give the agent's "
+                    "venv system site packages"
+                ) from None
         num = self.cfg.camera_num
         try:
             listed = list(self._module.Picamera2.global_camera_info())
@@ -272,8 +287,9 @@ class PiCameraProbe:
         if not sample:
             raise CameraError(f"camera {num} ({model}) returned an empty frame; reboot the Pi")
         if _is_dark(sample):
-            raise CameraError(f"covered: frame is uniformly dark (mean {mean}/255); check the lens for a cover, "
-                              "dirt or a dead light")
+            raise CameraError(
+                f"covered: frame is uniformly dark (mean {mean}/255); check the lens for a cover, dirt or a dead light"
+            )
         if sample == previous:
             raise CameraError("frozen: frame identical to the previous one; the camera pipeline hung, reboot the Pi")
         return f"{model} still {_STILL_SIZE[0]}x{_STILL_SIZE[1]} mean {mean}/255 in {elapsed_ms(t0)} ms"
@@ -282,8 +298,9 @@ class PiCameraProbe:
         try:
             cam = self._module.Picamera2(num)
         except Exception as exc:
-            raise CameraError(f"camera {num} ({model}) cannot be opened ({exc}): another program may be using it; "
-                              "else reboot the Pi") from None
+            raise CameraError(
+                f"camera {num} ({model}) cannot be opened ({exc}): another program may be using it; else reboot the Pi"
+            ) from None
         try:
             cam.configure(cam.create_still_configuration(main={"size": _STILL_SIZE, "format": "RGB888"}))
             cam.start()
@@ -294,8 +311,9 @@ class PiCameraProbe:
                 sample = _sample(cam.capture_array("main"))
             return sample
         except Exception as exc:
-            raise CameraError(f"camera {num} ({model}) failed to capture ({type(exc).__name__}: {exc}); "
-                              "reboot the Pi") from None
+            raise CameraError(
+                f"camera {num} ({model}) failed to capture ({type(exc).__name__}: {exc}); reboot the Pi"
+            ) from None
         finally:
             for release in (cam.stop, cam.close):
                 with contextlib.suppress(Exception):  # the verdict is made; the next probe reopens anyway

@@ -47,9 +47,11 @@ def _root_refusal(args: argparse.Namespace) -> str | None:
     """
     if os.geteuid() != 0 or args.allow_root or os.environ.get(ALLOW_ROOT_ENV) == "1":
         return None
-    return ("refusing to run as root: the agent needs no privileges, and as root it would follow files the "
-            "service user can plant; start it as its own user (systemctl start campus-agent), or pass "
-            "--allow-root for a lab bench")
+    return (
+        "refusing to run as root: the agent needs no privileges, and as root it would follow files the "
+        "service user can plant; start it as its own user (systemctl start campus-agent), or pass "
+        "--allow-root for a lab bench"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -69,8 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
-    print(f"{cfg.source}: OK: device {cfg.device.site}/{cfg.device.id}, {len(cfg.inputs)} inputs, "
-          f"{len(cfg.cameras)} cameras, broker {', '.join(str(b) for b in cfg.mqtt.brokers)}")
+    print(
+        f"{cfg.source}: OK: device {cfg.device.site}/{cfg.device.id}, {len(cfg.inputs)} inputs, "
+        f"{len(cfg.cameras)} cameras, broker {', '.join(str(b) for b in cfg.mqtt.brokers)}"
+    )
     for warning in cfg.warnings:
         print(f"{cfg.source}: WARNING: {warning}")
     return EXIT_OK
@@ -98,8 +102,10 @@ def format_status(reply: dict[str, Any]) -> str:
     if link["connected"]:
         sl = st["link"]
         proto = f" MQTT {sl['protocol']}" if sl.get("protocol") else ""
-        lines.append(f"link     connected to {link['broker']}{proto} since {sl['connected_since']}"
-                     f" ({sl['reconnects']} reconnects){'' if sl.get('retain', True) else ', retain unavailable'}")
+        lines.append(
+            f"link     connected to {link['broker']}{proto} since {sl['connected_since']}"
+            f" ({sl['reconnects']} reconnects){'' if sl.get('retain', True) else ', retain unavailable'}"
+        )
         cmds = sl.get("commands") or {}
         if cmds.get("available") is False:
             lines.append(f"link     commands unavailable: {cmds.get('reason')}")
@@ -108,11 +114,14 @@ def format_status(reply: dict[str, Any]) -> str:
     lines.extend(_stats_lines(st["link"].get("stats")))
     ob = st["outbox"]
     age = f", oldest {ob['oldest_age_s']:.0f} s" if ob["oldest_age_s"] is not None else ""
-    lines.append(f"outbox   {ob['pending']} pending{age}, {ob['dropped']} dropped"
-                 + (", DISK LOW" if ob.get("disk_low") else ""))
+    lines.append(
+        f"outbox   {ob['pending']} pending{age}, {ob['dropped']} dropped" + (", DISK LOW" if ob.get("disk_low") else "")
+    )
     for name, i in st["inputs"].items():
-        lines.append(f"input    {name:<12} {i['kind']:<13} {i['state']:<7} last event {i['last_event'] or '-'}"
-                     f"  last test {i['last_test'] or '-'}")
+        lines.append(
+            f"input    {name:<12} {i['kind']:<13} {i['state']:<7} last event {i['last_event'] or '-'}"
+            f"  last test {i['last_test'] or '-'}"
+        )
     for name, c in st.get("cameras", {}).items():
         lines.append(f"camera   {name:<12} {'ok' if c.get('ok') else 'FAULT':<7} {c.get('detail', '')}")
     for name, o in st.get("outputs", {}).items():
@@ -138,11 +147,17 @@ def _stats_lines(stats: dict[str, Any] | None) -> list[str]:
         return []
     out = []
     for broker, periods in stats.get("transmit", {}).items():
-        parts = [f"{name} n={p['count']} mean {p['mean_ms']} ms p95 {p['p95_ms']} ms max {p['max_ms']} ms"
-                 for name, p in periods.items() if p.get("count")]
+        parts = [
+            f"{name} n={p['count']} mean {p['mean_ms']} ms p95 {p['p95_ms']} ms max {p['max_ms']} ms"
+            for name, p in periods.items()
+            if p.get("count")
+        ]
         out.append(f"sent     via {broker}: {'; '.join(parts) or 'nothing yet'}")
-    av = [f"{name} {a['percent']} % ({a['outages']} outages, longest {a['longest_outage_s']} s)"
-          for name, a in stats.get("availability", {}).items() if a.get("percent") is not None]
+    av = [
+        f"{name} {a['percent']} % ({a['outages']} outages, longest {a['longest_outage_s']} s)"
+        for name, a in stats.get("availability", {}).items()
+        if a.get("percent") is not None
+    ]
     if av:
         out.append(f"link up  {'; '.join(av)}")
     return out
@@ -181,8 +196,9 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
 
     run = with_config(sub.add_parser("run", help="run the agent in the foreground (what systemd runs)"))
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    run.add_argument("--allow-root", action="store_true",
-                     help=f"run even as root (refused otherwise; or set {ALLOW_ROOT_ENV}=1)")
+    run.add_argument(
+        "--allow-root", action="store_true", help=f"run even as root (refused otherwise; or set {ALLOW_ROOT_ENV}=1)"
+    )
     run.set_defaults(func=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
@@ -200,8 +216,9 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
 
     tm = with_config(sub.add_parser("test-mode", help="send presses as tests for a while (technician patrol)"))
     tm.add_argument("state", choices=("on", "off"))
-    tm.add_argument("--minutes", type=int, default=30, choices=range(1, 241), metavar="N",
-                    help="how long, 1-240 (default 30)")
+    tm.add_argument(
+        "--minutes", type=int, default=30, choices=range(1, 241), metavar="N", help="how long, 1-240 (default 30)"
+    )
     tm.set_defaults(func=cmd_test_mode)
 
     if tools:

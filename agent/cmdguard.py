@@ -75,8 +75,10 @@ class Budgets:
 def staleness(ts: str | None, wall: float, *, retained: bool, synced: bool) -> str | None:
     """Why a command is too old (or retained) to obey, or None when it may be carried out."""
     if retained:
-        return ("retained commands are never obeyed (the broker would replay it on every connect); "
-                "publish commands with retain off")
+        return (
+            "retained commands are never obeyed (the broker would replay it on every connect); "
+            "publish commands with retain off"
+        )
     if not synced or ts is None:
         return None
     try:
@@ -89,8 +91,10 @@ def staleness(ts: str | None, wall: float, *, retained: bool, synced: bool) -> s
     if age > MAX_AGE_S:
         return f"stale command: sent {age:.0f} s ago; commands older than {MAX_AGE_S:.0f} s are refused"
     if -age > MAX_AHEAD_S:
-        return (f"command dated {-age:.0f} s in the future; more than {MAX_AHEAD_S:.0f} s ahead of this "
-                "device's synchronised clock is refused: check the sender's clock")
+        return (
+            f"command dated {-age:.0f} s in the future; more than {MAX_AHEAD_S:.0f} s ahead of this "
+            "device's synchronised clock is refused: check the sender's clock"
+        )
     return None
 
 
@@ -108,8 +112,10 @@ class ReplayWindow:
             self._seen.popitem(last=False)
         first = self._seen.get(cmd_id)
         if first is not None:
-            return (f"repeated command id: {cmd_id[:40]!r} was already handled {now - first:.0f} s ago; "
-                    "every command needs a new id")
+            return (
+                f"repeated command id: {cmd_id[:40]!r} was already handled {now - first:.0f} s ago; "
+                "every command needs a new id"
+            )
         self._seen[cmd_id] = now
         if len(self._seen) > self._size:
             self._seen.popitem(last=False)

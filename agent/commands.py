@@ -360,7 +360,14 @@ class CommandHandler:
         return None
 
     def _refuse(
-        self, name: str, cmd_id: str | None, kind: str, reason: str, now: float, *, exc_info: Exception | None = None,
+        self,
+        name: str,
+        cmd_id: str | None,
+        kind: str,
+        reason: str,
+        now: float,
+        *,
+        exc_info: Exception | None = None,
     ) -> None:
         with self._lock:
             self._rejected += 1
@@ -368,9 +375,14 @@ class CommandHandler:
         if hidden is not None:
             log.warning(
                 "ignored command %s%s: %s (%s)%s; more like it are only counted (status commands.rejected) "
-                "and logged at most every %.0f s", _quote(name), f" id {_quote(cmd_id)}" if cmd_id else "", reason,
+                "and logged at most every %.0f s",
+                _quote(name),
+                f" id {_quote(cmd_id)}" if cmd_id else "",
+                reason,
                 "answered ok:false" if cmd_id else "not answered",
-                f"; {hidden} more since the last report" if hidden else "", _LOG_EVERY_S, exc_info=exc_info,
+                f"; {hidden} more since the last report" if hidden else "",
+                _LOG_EVERY_S,
+                exc_info=exc_info,
             )
         if cmd_id is not None:
             self._send(cmd_id, reason, now)
@@ -381,8 +393,16 @@ class CommandHandler:
 
     def _send(self, cmd_id: str, error: str | None, now: float, extra: dict[str, Any] | None = None) -> None:
         try:
-            self._reply({"v": CONTRACT_VERSION, "cmd_id": cmd_id, "ok": error is None, "error": error,
-                         "ts": iso_ms(self._wall()), **(extra or {})})
+            self._reply(
+                {
+                    "v": CONTRACT_VERSION,
+                    "cmd_id": cmd_id,
+                    "ok": error is None,
+                    "error": error,
+                    "ts": iso_ms(self._wall()),
+                    **(extra or {}),
+                }
+            )
         except Exception:  # a reply that cannot be queued must not take paho's thread down
             if self._due("reply failed", now) is not None:
                 log.exception("could not queue the reply to command %s; carrying on", _quote(cmd_id))

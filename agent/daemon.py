@@ -56,11 +56,16 @@ class Agent:
         self.recorder: Recorder | None = None
         self.inputs: Inputs | None = None
         self.uplink: Uplink | None = None
-        self.transmission = Transmission(cfg.outbox.path.with_name("link-stats.json"), wall=self.clock.wall,
-                                         mono=self.clock.mono, save_every_s=cfg.heartbeat.interval_s)
+        self.transmission = Transmission(
+            cfg.outbox.path.with_name("link-stats.json"),
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+            save_every_s=cfg.heartbeat.interval_s,
+        )
         # Built now, started later: its changed() is safe to call from the first press on, no guards.
         self.heartbeat = Heartbeat(
-            interval_s=cfg.heartbeat.interval_s, mono=self.clock.mono,
+            interval_s=cfg.heartbeat.interval_s,
+            mono=self.clock.mono,
             publish=lambda: self.uplink.publish_status(self._status_doc()) if self.uplink else None,
             ticks=[self._watch_test_mode, self._save_state, self.transmission.save],
         )
@@ -72,8 +77,12 @@ class Agent:
         self.photos: Any = None  # agent.photos.Photos, imported only when an input names a camera to photograph
         self._indicators_ok = False
         self._silent = {i.name: i.silent for i in cfg.inputs}
-        self.notices = Notices(cfg, wall=self.clock.wall, mono=self.clock.mono,
-                               held=lambda: self.recorder.held_count() if self.recorder is not None else 0)
+        self.notices = Notices(
+            cfg,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+            held=lambda: self.recorder.held_count() if self.recorder is not None else 0,
+        )
         self._factory: Any = None
         self._stop = threading.Event()
         self._stopped = False
@@ -87,18 +96,32 @@ class Agent:
         cfg = self.cfg
         before = self._state.load()
         self.outbox = Outbox(
-            cfg.outbox.path, site=cfg.device.site, device=cfg.device.id, max_mb=cfg.outbox.max_mb,
-            wall=self.clock.wall, mono=self.clock.mono, seq_mark=before.last_seq,
+            cfg.outbox.path,
+            site=cfg.device.site,
+            device=cfg.device.id,
+            max_mb=cfg.outbox.max_mb,
+            wall=self.clock.wall,
+            mono=self.clock.mono,
+            seq_mark=before.last_seq,
         )
         self._start_reason = "restart" if before.boot_id == self.clock.boot_id else "boot"
         self.recorder = Recorder(
-            self.outbox, clock=self.clock, site=cfg.device.site, device=cfg.device.id,
-            test_mode=self.test_mode.active, hooks=self._recorder_hooks(),
+            self.outbox,
+            clock=self.clock,
+            site=cfg.device.site,
+            device=cfg.device.id,
+            test_mode=self.test_mode.active,
+            hooks=self._recorder_hooks(),
         )
         self._factory = make_pin_factory(cfg.gpio.pin_factory)
         self.indicators = Indicators(cfg.outputs, pin_factory=self._factory, mono=self.clock.mono)
-        self.inputs = Inputs(cfg.inputs, pin_factory=self._factory, clock=self.clock,
-                             emit=self.recorder.record_many, on_change=self.heartbeat.changed)
+        self.inputs = Inputs(
+            cfg.inputs,
+            pin_factory=self._factory,
+            clock=self.clock,
+            emit=self.recorder.record_many,
+            on_change=self.heartbeat.changed,
+        )
         self.inputs.arm()
         try:
             self.indicators.start()
@@ -120,14 +143,19 @@ class Agent:
         if cfg.cameras:
             from agent.cameras import Cameras  # noqa: PLC0415 - a post without cameras does not pay for them
 
-            self.cameras = Cameras(cfg.cameras, clock=self.clock, emit=self.recorder.record,
-                                   on_change=self.heartbeat.changed)
+            self.cameras = Cameras(
+                cfg.cameras, clock=self.clock, emit=self.recorder.record, on_change=self.heartbeat.changed
+            )
         if cfg.snapshots.enabled:
             from agent.photos import Photos  # noqa: PLC0415 - posts without photos do not pay for them
 
-            self.photos = Photos(cfg, wake=lambda: self.uplink.wake() if self.uplink else None,
-                                 on_failed=self._snapshot_failed, wall=self.clock.wall,
-                                 locks=self.cameras.locks() if self.cameras is not None else None)
+            self.photos = Photos(
+                cfg,
+                wake=lambda: self.uplink.wake() if self.uplink else None,
+                on_failed=self._snapshot_failed,
+                wall=self.clock.wall,
+                locks=self.cameras.locks() if self.cameras is not None else None,
+            )
         self.uplink = Uplink(
             cfg.mqtt,
             topic_root=cfg.topic_root,
@@ -143,9 +171,13 @@ class Agent:
             mono=self.clock.mono,
         )
         self.health = Health(
-            site=cfg.device.site, device=cfg.device.id, clock=self.clock, outbox=self.outbox,
+            site=cfg.device.site,
+            device=cfg.device.id,
+            clock=self.clock,
+            outbox=self.outbox,
             sources=StatusSources(
-                link=self.uplink.state, inputs=self.inputs.states,
+                link=self.uplink.state,
+                inputs=self.inputs.states,
                 cameras=self.cameras.states if self.cameras is not None else dict,
                 commands=self.commands.counters,
                 outputs=self.indicators.patterns if self._indicators_ok else None,
@@ -165,13 +197,19 @@ class Agent:
         self.control = ControlServer(cfg.control.socket, self._control_handlers())
         self.control.start()
         if cfg.mqtt.tls is not None and not cfg.mqtt.tls.check_hostname:
-            log.warning("TLS host name checking is OFF (mqtt.tls.check_hostname: false): any certificate from "
-                        "the campus CA is accepted as the broker; use this only in a lab")
+            log.warning(
+                "TLS host name checking is OFF (mqtt.tls.check_hostname: false): any certificate from "
+                "the campus CA is accepted as the broker; use this only in a lab"
+            )
         pending = self.outbox.pending()
         self.notifier.ready(f"inputs armed; outbox open, {pending} pending; connecting to {cfg.mqtt.brokers[0]}")
         log.info(
             "agent %s/%s started: %d inputs armed, outbox %s (%d pending), broker %s",
-            cfg.device.site, cfg.device.id, len(cfg.inputs), cfg.outbox.path, pending,
+            cfg.device.site,
+            cfg.device.id,
+            len(cfg.inputs),
+            cfg.outbox.path,
+            pending,
             ", ".join(str(b) for b in cfg.mqtt.brokers),
         )
 
@@ -275,10 +313,15 @@ class Agent:
             if self.inputs is not None:
                 self.inputs.note_event(source, ts, test=test)
 
-        return Hooks(wake=lambda: self.uplink.wake() if self.uplink is not None else None,
-                     offer=lambda rows: self.uplink.offer(rows) if self.uplink is not None else None,
-                     changed=self.heartbeat.changed, alarm_recorded=alarm_recorded,
-                     alarm_delivered=alarm_delivered, noted=noted, mark=self._save_state)
+        return Hooks(
+            wake=lambda: self.uplink.wake() if self.uplink is not None else None,
+            offer=lambda rows: self.uplink.offer(rows) if self.uplink is not None else None,
+            changed=self.heartbeat.changed,
+            alarm_recorded=alarm_recorded,
+            alarm_delivered=alarm_delivered,
+            noted=noted,
+            mark=self._save_state,
+        )
 
     def _record_started(self) -> None:
         assert self.outbox is not None
@@ -310,8 +353,12 @@ class Agent:
     def _snapshot_failed(self, event_id: str, camera: str, reason: str, detail: str) -> None:
         """A photo of alarm ``event_id`` will not come: say why, as an event of its own (any thread)."""
         assert self.recorder is not None
-        self.recorder.record(EventType.SNAPSHOT_FAILED, camera, self.clock.stamp(),
-                             {"event_id": event_id, "reason": reason, "detail": detail[:200]})
+        self.recorder.record(
+            EventType.SNAPSHOT_FAILED,
+            camera,
+            self.clock.stamp(),
+            {"event_id": event_id, "reason": reason, "detail": detail[:200]},
+        )
 
     def _delivered(self, row: OutboxRow) -> None:
         assert self.recorder is not None
@@ -350,8 +397,13 @@ class Agent:
     def stalled(self) -> list[str]:
         """Names of threads that have made no progress for ``stall_after_s``."""
         now = self.clock.mono()
-        parts = {"uplink-sender": self.uplink, "heartbeat": self.heartbeat, "inputs": self.inputs,
-                 "indicators": self.indicators, "cameras": self.cameras}
+        parts = {
+            "uplink-sender": self.uplink,
+            "heartbeat": self.heartbeat,
+            "inputs": self.inputs,
+            "indicators": self.indicators,
+            "cameras": self.cameras,
+        }
         return [name for name, p in parts.items() if p is not None and now - p.progress > self.stall_after_s]
 
     def _feed_watchdog(self) -> None:
@@ -376,9 +428,15 @@ class Agent:
         link = self.uplink.state()
         return {
             "status": self._status_doc(),
-            "link": {"connected": link.connected, "broker": link.broker, "last_error": link.last_error,
-                     "inflight": link.inflight, "published": link.published, "delivered": link.delivered,
-                     "refused": link.refused},
+            "link": {
+                "connected": link.connected,
+                "broker": link.broker,
+                "last_error": link.last_error,
+                "inflight": link.inflight,
+                "published": link.published,
+                "delivered": link.delivered,
+                "refused": link.refused,
+            },
             "recent_events": self.recorder.recent() if self.recorder is not None else [],
             "config": str(self.cfg.source),
         }

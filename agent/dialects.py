@@ -76,14 +76,16 @@ class Dialects:
                 return nxt
             if failure.kind == "closed":
                 self._suspect.setdefault(broker, []).append(
-                    (nxt, "it closed the connection at an MQTT 5 CONNECT, before any CONNACK"))
+                    (nxt, "it closed the connection at an MQTT 5 CONNECT, before any CONNACK")
+                )
                 return nxt
             if failure.kind == "timeout" and broker not in self._learnt:
                 self._silent_to_v5.add(broker)  # not at once: failover to the next broker comes first
         if tried.protocol == "3.1.1" and tried.retain and failure.kind == "closed":
             nxt = Dialect("3.1.1", retain=False)
             self._suspect.setdefault(broker, []).append(
-                (nxt, "it closed the connection at a CONNECT with a retained will"))
+                (nxt, "it closed the connection at a CONNECT with a retained will")
+            )
             return nxt
         return None
 
@@ -93,21 +95,27 @@ class Dialects:
             if tried.protocol == dialect.protocol and (tried.retain or not dialect.retain):
                 self._learn(broker, tried, why)
         if not retain_available and dialect.retain:
-            self._learn(broker, Dialect(dialect.protocol, retain=False),
-                        "its CONNACK says Retain Available 0")
+            self._learn(broker, Dialect(dialect.protocol, retain=False), "its CONNACK says Retain Available 0")
 
     def retain_refused(self, broker: BrokerAddress, dialect: Dialect) -> None:
         """``broker`` dropped the session at a retained publish (DISCONNECT 0x9A)."""
         if dialect.retain:
-            self._learn(broker, Dialect(dialect.protocol, retain=False),
-                        "it closed the session at a retained publish: DISCONNECT 0x9A Retain not supported")
+            self._learn(
+                broker,
+                Dialect(dialect.protocol, retain=False),
+                "it closed the session at a retained publish: DISCONNECT 0x9A Retain not supported",
+            )
 
     def _learn(self, broker: BrokerAddress, dialect: Dialect, why: str) -> None:
         old = self._known(broker)
         self._learnt[broker] = dialect
         if old.protocol != dialect.protocol:
-            log.warning("broker %s does not speak MQTT 5 (%s); using MQTT 3.1.1 with it while the agent runs. %s",
-                        broker, why, _V5_WOULD_ADD)
+            log.warning(
+                "broker %s does not speak MQTT 5 (%s); using MQTT 3.1.1 with it while the agent runs. %s",
+                broker,
+                why,
+                _V5_WOULD_ADD,
+            )
         if old.retain and not dialect.retain:
             log.warning("broker %s does not support retained messages (%s); %s", broker, why, _NO_RETAIN_COSTS)
 

@@ -107,7 +107,11 @@ class Indicators:
     """
 
     def __init__(
-        self, cfg: OutputsConfig, *, pin_factory: Any, mono: Callable[[], float] = time.monotonic,
+        self,
+        cfg: OutputsConfig,
+        *,
+        pin_factory: Any,
+        mono: Callable[[], float] = time.monotonic,
         sent_hold_s: float = SENT_HOLD_S,
     ) -> None:
         self._cfg = cfg

@@ -275,7 +275,10 @@ class Inputs:
         log.error(
             "input %s (GPIO%d) has been active for %.0f s: %s; no further alarms from it until it returns; "
             "check the %s",
-            item.cfg.name, item.cfg.pin, now - item.active_since, reason.replace("_", " "),
+            item.cfg.name,
+            item.cfg.pin,
+            now - item.active_since,
+            reason.replace("_", " "),
             "wiring for a cut or loose wire" if nc else "button for a jam",
         )
         stamp = Stamp(wall=self._clock.wall(), mono=now, synced=self._clock.synced())

@@ -97,8 +97,12 @@ class CommandRoute:
             return step, False
         if refusal is None:
             return "done", self.granted()
-        changed = self.failed(f"broker refused the subscription to {self.prefix}+ ({refusal}); "
-                              f"check the broker's ACL lets this device read {self.prefix}#", now, killed_session=False)
+        changed = self.failed(
+            f"broker refused the subscription to {self.prefix}+ ({refusal}); "
+            f"check the broker's ACL lets this device read {self.prefix}#",
+            now,
+            killed_session=False,
+        )
         log.error("broker %s: %s; events keep flowing, commands are unavailable", s.broker, self.reason)
         return "todo", changed
 
@@ -106,10 +110,18 @@ class CommandRoute:
         """Session ``s`` is over: if its SUBACK never came, the subscription killed it."""
         if step != "sent":
             return
-        self.failed(f"the broker closed the connection at the subscription to {self.prefix}+ ({s.lost_reason}); "
-                    "events are sent without commands", now, killed_session=True)
-        log.error("broker %s closed the connection at the command subscription (%s); events keep flowing, "
-                  "commands are unavailable until a later retry succeeds", s.broker, s.lost_reason)
+        self.failed(
+            f"the broker closed the connection at the subscription to {self.prefix}+ ({s.lost_reason}); "
+            "events are sent without commands",
+            now,
+            killed_session=True,
+        )
+        log.error(
+            "broker %s closed the connection at the command subscription (%s); events keep flowing, "
+            "commands are unavailable until a later retry succeeds",
+            s.broker,
+            s.lost_reason,
+        )
 
     def __repr__(self) -> str:
         return f"<CommandRoute {'available' if self.available else f'unavailable: {self.reason}'}>"

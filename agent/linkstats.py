@@ -323,13 +323,16 @@ class LinkStats:
                 "since": self._since,
                 "outage_start": self._outage_start if self._up is None else None,
                 "paths": {
-                    b: {"used": p.used,
+                    b: {
+                        "used": p.used,
                         "minutes": _dump_ring(p.minutes.slots.items()),
-                        "days": _dump_ring(p.days.slots.items())}
+                        "days": _dump_ring(p.days.slots.items()),
+                    }
                     for b, p in self._paths.items()
                 },
-                "hours": [[i, h.up_s, h.down_s, h.outages, round(h.longest_s, 1)]
-                          for i, h in self._hours.slots.items()],
+                "hours": [
+                    [i, h.up_s, h.down_s, h.outages, round(h.longest_s, 1)] for i, h in self._hours.slots.items()
+                ],
             }
 
     @classmethod
@@ -344,8 +347,11 @@ class LinkStats:
         try:
             stats._load(doc, now)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            log.warning("link statistics in the state file are unreadable (%s: %s); starting them afresh",
-                        type(exc).__name__, exc)
+            log.warning(
+                "link statistics in the state file are unreadable (%s: %s); starting them afresh",
+                type(exc).__name__,
+                exc,
+            )
             return cls(now)
         return stats
 

@@ -24,7 +24,11 @@ class Notices:
     """Collects the warnings; :meth:`lines` is the status source (any thread)."""
 
     def __init__(
-        self, cfg: Config, *, wall: Callable[[], float], mono: Callable[[], float],
+        self,
+        cfg: Config,
+        *,
+        wall: Callable[[], float],
+        mono: Callable[[], float],
         held: Callable[[], int] = lambda: 0,
     ) -> None:
         self.cfg = cfg

@@ -139,12 +139,18 @@ class Outbox:
             log.critical(
                 "outbox %s was unreadable (%s); moved it to %s, salvaged %d events into a new outbox; "
                 "keep the old file for inspection",
-                self.path, rec.reason, rec.moved_aside, rec.salvaged,
+                self.path,
+                rec.reason,
+                rec.moved_aside,
+                rec.salvaged,
             )
         if rec.seq_resumed_above is not None:
             log.warning(
                 "outbox %s counts seq lower than agent-state.json's mark %s: it was deleted or replaced; "
-                "seq resumes above %d so it never goes back", self.path, rec.seq_mark, rec.seq_resumed_above,
+                "seq resumes above %d so it never goes back",
+                self.path,
+                rec.seq_mark,
+                rec.seq_resumed_above,
             )
 
     # ---- limits and eviction -------------------------------------------------
@@ -177,7 +183,9 @@ class Outbox:
             log.error(
                 "outbox filesystem %s is nearly full (%.1f MB free); outbox capped at its current %.1f MB "
                 "instead of %.1f MB; alarms are still recorded, other events are evicted first; free disk space",
-                self.path.parent, fs_free / 1e6, allowed * self._page_size / 1e6,
+                self.path.parent,
+                fs_free / 1e6,
+                allowed * self._page_size / 1e6,
                 self._cap_pages * self._page_size / 1e6,
             )
         elif was_low and not self._disk_low:
@@ -225,8 +233,14 @@ class Outbox:
         return seqs
 
     def _row(self, event: Event, seq: int | None, created_ms: int) -> _Row:
-        return (seq, event.id, event.type.value, int(event.type.is_alarm), created_ms,
-                event.body(self._site, self._device))
+        return (
+            seq,
+            event.id,
+            event.type.value,
+            int(event.type.is_alarm),
+            created_ms,
+            event.body(self._site, self._device),
+        )
 
     def _save_dropped(self) -> None:
         self._conn.execute(

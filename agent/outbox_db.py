@@ -135,5 +135,11 @@ def open_or_recover(path: Path, busy_s: float, seq_mark: int) -> tuple[sqlite3.C
         raise
     if aside is not None and reason is None:
         reason = "left moved aside by an earlier start that stopped before salvaging it"
-    return conn, Recovery(pending=count(conn), moved_aside=aside, salvaged=salvaged, reason=reason,
-                          seq_mark=seq_mark if floor is not None else None, seq_resumed_above=floor)
+    return conn, Recovery(
+        pending=count(conn),
+        moved_aside=aside,
+        salvaged=salvaged,
+        reason=reason,
+        seq_mark=seq_mark if floor is not None else None,
+        seq_resumed_above=floor,
+    )

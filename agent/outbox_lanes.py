@@ -23,8 +23,10 @@ _URGENT = f"(alarm = 1 AND instr(body, '{URGENT_MARK}') > 0)"
 LANE_INDEX = f"CREATE INDEX IF NOT EXISTS outbox_lane ON outbox ({_URGENT}, seq);"
 COLUMNS = "seq, id, type, alarm, created_ms, body"
 _ALL = f"SELECT {COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"  # noqa: S608 - constants only
-_LANE = (f"SELECT {COLUMNS} FROM outbox INDEXED BY outbox_lane "  # noqa: S608 - constants only
-         f"WHERE {_URGENT} = ? AND seq > ? ORDER BY seq LIMIT ?")
+_LANE = (
+    f"SELECT {COLUMNS} FROM outbox INDEXED BY outbox_lane "  # noqa: S608 - constants only
+    f"WHERE {_URGENT} = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
 _ONE = f"SELECT {COLUMNS} FROM outbox WHERE seq = ?"  # noqa: S608 - constants only
 
 

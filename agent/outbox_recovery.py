@@ -70,8 +70,12 @@ def _mark_salvaged(aside: Path) -> Path:
             if src.exists():
                 src.rename(Path(f"{done}{suffix}"))
     except OSError as exc:
-        log.warning("cannot rename %s after salvaging it (%s); it will be salvaged again at the next start, "
-                    "which only repeats rows already there", aside, exc)
+        log.warning(
+            "cannot rename %s after salvaging it (%s); it will be salvaged again at the next start, "
+            "which only repeats rows already there",
+            aside,
+            exc,
+        )
         return aside
     return done
 

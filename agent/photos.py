@@ -57,8 +57,16 @@ class Photos:
         self.store = PhotoStore(cfg.outbox.path.with_name("photos.db"), max_mb=cfg.snapshots.max_mb, wall=wall)
         self._out: dict[str, None] = {}  # alarm ids acknowledged by the broker, oldest first
         self._out_cond = threading.Condition()
-        self.snapshots = Snapshots(cfg.cameras, cfg.snapshots, self.store, on_stored=wake, on_failed=on_failed,
-                                   locks=locks, wall=wall, gate=self._wait_for_alarm)
+        self.snapshots = Snapshots(
+            cfg.cameras,
+            cfg.snapshots,
+            self.store,
+            on_stored=wake,
+            on_failed=on_failed,
+            locks=locks,
+            wall=wall,
+            gate=self._wait_for_alarm,
+        )
         self.drain = PhotoDrain(self.store, cfg.topic_root, on_failed=on_failed)
         self._closed = False
 

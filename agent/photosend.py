@@ -96,9 +96,12 @@ class PhotoDrain:
         self.store.ack(photo.event_id, photo.camera)
         if refused:
             self.refused_count += 1
-            self._on_failed(photo.event_id, photo.camera, "refused",
-                            f"broker refused {self.root}/snapshot/{photo.event_id}; check its ACL for "
-                            f"{self.root}/snapshot/#")
+            self._on_failed(
+                photo.event_id,
+                photo.camera,
+                "refused",
+                f"broker refused {self.root}/snapshot/{photo.event_id}; check its ACL for {self.root}/snapshot/#",
+            )
         return True
 
     def reset(self) -> None:

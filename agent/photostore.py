@@ -116,8 +116,13 @@ class PhotoStore:
             return conn
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(self._wall())}")
-            log.warning("photo store %s is damaged (%s); moved aside to %s, starting an empty one (alarms are "
-                        "not affected: they live in the outbox)", self.path, exc, aside)
+            log.warning(
+                "photo store %s is damaged (%s); moved aside to %s, starting an empty one (alarms are "
+                "not affected: they live in the outbox)",
+                self.path,
+                exc,
+                aside,
+            )
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     Path(f"{self.path}{suffix}").rename(f"{aside}{suffix}")
@@ -152,18 +157,21 @@ class PhotoStore:
                 dropped: list[tuple[str, str]] = []
                 while total + size > self.cap_bytes:
                     seq, old, eid, cam = conn.execute(
-                        "SELECT seq, size, event_id, camera FROM photos ORDER BY seq LIMIT 1").fetchone()
+                        "SELECT seq, size, event_id, camera FROM photos ORDER BY seq LIMIT 1"
+                    ).fetchone()
                     conn.execute("DELETE FROM photos WHERE seq = ?", (seq,))
                     total -= int(old)
                     dropped.append((str(eid), str(cam)))
                 conn.execute(
                     "INSERT INTO photos (event_id, camera, part, parts, taken_ms, size, jpeg) VALUES (?,?,?,?,?,?,?)",
-                    (photo.event_id, photo.camera, photo.part, photo.parts, int(photo.taken * 1000), size,
-                     photo.jpeg),
+                    (photo.event_id, photo.camera, photo.part, photo.parts, int(photo.taken * 1000), size, photo.jpeg),
                 )
                 if dropped:
-                    conn.execute("INSERT INTO meta (key, value) VALUES ('dropped', ?) "
-                                 "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value", (len(dropped),))
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                        (len(dropped),),
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -173,8 +181,12 @@ class PhotoStore:
             self._pending = int(conn.execute("SELECT count(*) FROM photos").fetchone()[0])
             self._dropped += len(dropped)
         if dropped:
-            log.warning("photo store over %d MiB: dropped the %d oldest photo(s) to keep %s",
-                        self.cap_bytes >> 20, len(dropped), photo)
+            log.warning(
+                "photo store over %d MiB: dropped the %d oldest photo(s) to keep %s",
+                self.cap_bytes >> 20,
+                len(dropped),
+                photo,
+            )
         return dropped
 
     def pending(self, limit: int = 8) -> list[Photo]:
@@ -182,7 +194,8 @@ class PhotoStore:
         with self._lock:
             self._check_open()
             rows = self._conn.execute(
-                "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos ORDER BY seq LIMIT ?", (limit,),
+                "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos ORDER BY seq LIMIT ?",
+                (limit,),
             ).fetchall()
         return [Photo(e, c, bytes(j), t / 1000.0, p, n) for e, c, j, t, p, n in rows]
 
@@ -222,5 +235,7 @@ class PhotoStore:
     def __repr__(self) -> str:
         if self._closed:
             return f"<PhotoStore {self.path} closed>"
-        return (f"<PhotoStore {self.path} pending={self._pending} bytes={self._bytes}/{self.cap_bytes} "
-                f"dropped={self._dropped}>")
+        return (
+            f"<PhotoStore {self.path} pending={self._pending} bytes={self._bytes}/{self.cap_bytes} "
+            f"dropped={self._dropped}>"
+        )

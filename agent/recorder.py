@@ -165,8 +165,15 @@ class Recorder:
         reserved = self._hold(held) if held else {}
         with self._lock:
             fresh = tuple(
-                RecentEvent(e.id, s if s is not None else reserved[e.id], e.type.value, e.source, e.ts, test,
-                            on_disk=s is not None)
+                RecentEvent(
+                    e.id,
+                    s if s is not None else reserved[e.id],
+                    e.type.value,
+                    e.source,
+                    e.ts,
+                    test,
+                    on_disk=s is not None,
+                )
                 for (e, test), s in zip(made, seqs, strict=True)
             )
             self._recent = (*reversed(fresh), *self._recent)[:RECENT]
@@ -193,8 +200,11 @@ class Recorder:
             log.critical("%s; kept %d events in memory only, retrying every second", exc, len(events))
             return [None] * len(events)
         except Exception:
-            log.critical("recording %d events failed unexpectedly; kept in memory, retrying every second",
-                         len(events), exc_info=True)
+            log.critical(
+                "recording %d events failed unexpectedly; kept in memory, retrying every second",
+                len(events),
+                exc_info=True,
+            )
             return [None] * len(events)
         else:
             self._failing = False
@@ -208,8 +218,9 @@ class Recorder:
                 log.critical("%s; kept %d events in memory only, retrying every second", exc, len(self._held) + 1)
                 one_by_one.append(None)
             except Exception:
-                log.critical("recording a %s event failed unexpectedly; kept in memory", event.type.value,
-                             exc_info=True)
+                log.critical(
+                    "recording a %s event failed unexpectedly; kept in memory", event.type.value, exc_info=True
+                )
                 one_by_one.append(None)
         return one_by_one
 
@@ -220,8 +231,9 @@ class Recorder:
             for event in events:
                 seq = self.outbox.reserve_seq()
                 reserved[event.id] = seq
-                row = OutboxRow(seq, event.id, event.type.value, event.type.is_alarm, created,
-                                event.body(self._site, self._device))
+                row = OutboxRow(
+                    seq, event.id, event.type.value, event.type.is_alarm, created, event.body(self._site, self._device)
+                )
                 self._held[event.id] = _Held(event, row)
                 self._was_held[event.id] = False
             while len(self._held) > self._max_held:
@@ -235,9 +247,15 @@ class Recorder:
         self._was_held.pop(victim, None)
         self._dropped += 1
         self.outbox.note_dropped(1)
-        log.error("memory fallback full (%d events): dropped %s event %s seq %d (%d dropped so far)%s",
-                  self._max_held, gone.event.type.value, victim, gone.row.seq, self._dropped,
-                  "" if not gone.event.type.is_alarm else "; every held event is an alarm")
+        log.error(
+            "memory fallback full (%d events): dropped %s event %s seq %d (%d dropped so far)%s",
+            self._max_held,
+            gone.event.type.value,
+            victim,
+            gone.row.seq,
+            self._dropped,
+            "" if not gone.event.type.is_alarm else "; every held event is an alarm",
+        )
 
     def _announce(self, event: Event, test: bool, seq: int | None, reserved: int | None) -> None:
         if event.type.is_alarm:
@@ -281,8 +299,9 @@ class Recorder:
                     delivered_meanwhile = self._held.pop(held.id, None) is None
                     if not delivered_meanwhile:
                         self._was_held[held.id] = True
-                    self._recent = tuple(dataclasses.replace(r, on_disk=True) if r.id == held.id else r
-                                         for r in self._recent)
+                    self._recent = tuple(
+                        dataclasses.replace(r, on_disk=True) if r.id == held.id else r for r in self._recent
+                    )
                 log.warning("event %s kept in memory is now recorded as seq %d", held.id, seq)
                 if delivered_meanwhile:
                     self._ack_stored(seq)
@@ -321,8 +340,9 @@ class Recorder:
         """The broker acknowledged ``row`` (from the outbox or sent directly from memory)."""
         with self._lock:
             if any(r.id == row.id for r in self._recent):
-                self._recent = tuple(dataclasses.replace(r, delivered=True) if r.id == row.id else r
-                                     for r in self._recent)
+                self._recent = tuple(
+                    dataclasses.replace(r, delivered=True) if r.id == row.id else r for r in self._recent
+                )
             self._held.pop(row.id, None)
             stored = self._was_held.pop(row.id, False)
         if stored:
@@ -367,8 +387,11 @@ class Recorder:
             except Exception:
                 log.exception("storing held events at stop failed")
         if self._held:
-            log.critical("stopping with %d events not on disk (ids %s); they are lost",
-                         len(self._held), ", ".join(list(self._held)[:20]))
+            log.critical(
+                "stopping with %d events not on disk (ids %s); they are lost",
+                len(self._held),
+                ", ".join(list(self._held)[:20]),
+            )
 
     def __enter__(self) -> Self:
         return self

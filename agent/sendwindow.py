@@ -245,5 +245,7 @@ class SendWindow:
 
     def __repr__(self) -> str:
         retries = len(self._alarms.retry_at) + len(self._routine.retry_at)
-        return (f"<SendWindow inflight={len(self._inflight)} retries={retries} "
-                f"cursor={self._routine.cursor} alarm_cursor={self._alarms.cursor}>")
+        return (
+            f"<SendWindow inflight={len(self._inflight)} retries={retries} "
+            f"cursor={self._routine.cursor} alarm_cursor={self._alarms.cursor}>"
+        )

@@ -65,8 +65,7 @@ class ConnectFailure:
 def refusal_words(code: int, words: str) -> str:
     """A refused CONNACK in words, blaming the credentials only when the code says so."""
     if code in _LOGIN_REFUSED:
-        return (f"CONNACK refused: {words}; "
-                "check mqtt.username, password_file or the client certificate")
+        return f"CONNACK refused: {words}; check mqtt.username, password_file or the client certificate"
     if code == UNSUPPORTED_PROTOCOL:
         return f"CONNACK refused: {words}; the broker does not speak this MQTT version (mqtt.protocol)"
     if code == RETAIN_NOT_SUPPORTED:
@@ -237,8 +236,7 @@ class Session:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.MaximumPacketSize = MAX_PACKET_SIZE
         try:
-            self.client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s,
-                                properties=props)
+            self.client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s, properties=props)
         except (OSError, ValueError) as exc:
             words = describe_connect_error(exc, self.cfg.connect_timeout_s)
             return ConnectFailure("connect", words if words.startswith("TLS") else f"{_stage(exc)}: {words}")
@@ -251,10 +249,12 @@ class Session:
         got = self.connack.wait(timeout_s)
         if self.code is None:
             if not got:
-                return ConnectFailure("timeout", f"no CONNACK within {timeout_s:g} s "
-                                      "(the broker accepted TCP but did not answer MQTT)")
-            return ConnectFailure("closed", f"closed by the broker before CONNACK "
-                                  f"(MQTT {self.dialect.protocol}: {self.lost_reason})")
+                return ConnectFailure(
+                    "timeout", f"no CONNACK within {timeout_s:g} s (the broker accepted TCP but did not answer MQTT)"
+                )
+            return ConnectFailure(
+                "closed", f"closed by the broker before CONNACK (MQTT {self.dialect.protocol}: {self.lost_reason})"
+            )
         if self.code >= 0x80:
             return ConnectFailure("refused", refusal_words(self.code, self.code_words), self.code)
         if self.lost.is_set():
@@ -267,7 +267,12 @@ class Session:
         return self.dialect.retain and self.retain_available
 
     def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, content_type: str | None = None,
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        content_type: str | None = None,
         user: tuple[tuple[str, str], ...] = (),
     ) -> int | None:
         """QoS 1 publish; the mid, or None when the connection is going.

@@ -21,7 +21,12 @@ if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
 
 class Publisher(Protocol):
     def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, content_type: str | None = None,
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        content_type: str | None = None,
         user: tuple[tuple[str, str], ...] = (),
     ) -> int | None: ...
 

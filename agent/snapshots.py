@@ -54,8 +54,21 @@ _QUALITY_FLOOR = 30  # ... but not below this: a smaller but useless photo helps
 _PI_START_S = 2.0  # seconds a Pi camera may take to open and start on top of timeout_s
 _USER_AGENT = "campus-edge-agent snapshot"
 
-REASONS = ("unreachable", "timeout", "login", "http_error", "not_jpeg", "too_large", "camera_error", "hung",
-           "busy", "store_error", "stopped", "dropped", "refused")  # refused: photosend.PhotoDrain
+REASONS = (
+    "unreachable",
+    "timeout",
+    "login",
+    "http_error",
+    "not_jpeg",
+    "too_large",
+    "camera_error",
+    "hung",
+    "busy",
+    "store_error",
+    "stopped",
+    "dropped",
+    "refused",
+)  # refused: photosend.PhotoDrain
 
 
 class SnapshotError(CameraError):
@@ -102,15 +115,22 @@ class HttpStill:
             auth = HTTPDigestAuth(cfg.username, secret) if cfg.auth == "digest" else HTTPBasicAuth(cfg.username, secret)
         t0 = time.monotonic()
         try:
-            with requests.get(self.url, auth=auth, stream=True, timeout=(cfg.timeout_s, cfg.timeout_s),
-                              headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT}) as resp:
+            with requests.get(
+                self.url,
+                auth=auth,
+                stream=True,
+                timeout=(cfg.timeout_s, cfg.timeout_s),
+                headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT},
+            ) as resp:
                 self._check_status(resp.status_code, has_login=auth is not None)
                 body = self._read(resp, t0)
         except requests.Timeout:
             raise SnapshotError("timeout", f"no still from {cfg.name} within {cfg.timeout_s:g} s") from None
         except requests.RequestException as exc:
-            raise SnapshotError("unreachable", f"cannot fetch a still from {cfg.name} ({type(exc).__name__}); "
-                                 "check the network and snapshot URL") from None
+            raise SnapshotError(
+                "unreachable",
+                f"cannot fetch a still from {cfg.name} ({type(exc).__name__}); check the network and snapshot URL",
+            ) from None
         problem = _jpeg_problem(body)
         if problem is not None:
             raise SnapshotError("not_jpeg", f"{cfg.name} sent no JPEG ({problem}); check the snapshot URL")
@@ -129,8 +149,11 @@ class HttpStill:
         for chunk in resp.iter_content(65536):
             body += chunk
             if len(body) > self.max_bytes:
-                raise SnapshotError("too_large", f"{self.cfg.name} sent more than {self.max_bytes // 1024} kB; "
-                                     "lower the camera's snapshot resolution or raise snapshots.max_kb")
+                raise SnapshotError(
+                    "too_large",
+                    f"{self.cfg.name} sent more than {self.max_bytes // 1024} kB; "
+                    "lower the camera's snapshot resolution or raise snapshots.max_kb",
+                )
             if time.monotonic() - t0 > self.limit_s:
                 raise SnapshotError("timeout", f"still from {self.cfg.name} still arriving after {self.limit_s:g} s")
         return bytes(body)
@@ -160,8 +183,10 @@ class PiStill:
         try:
             cam = self._module.Picamera2(num)
         except Exception as exc:
-            raise SnapshotError("camera_error", f"camera {num} cannot be opened ({type(exc).__name__}: {exc}); "
-                                 "another program may be using it") from None
+            raise SnapshotError(
+                "camera_error",
+                f"camera {num} cannot be opened ({type(exc).__name__}: {exc}); another program may be using it",
+            ) from None
         try:
             cam.configure(cam.create_still_configuration(main={"size": self.size}))
             cam.start()
@@ -176,14 +201,19 @@ class PiStill:
                 if len(data) <= self.max_bytes:
                     return data
                 if quality <= _QUALITY_FLOOR:
-                    raise SnapshotError("too_large", f"still of {len(data) // 1024} kB at quality {quality} "
-                                         f"exceeds max_kb {self.max_bytes // 1024}; lower snapshots.width/height")
+                    raise SnapshotError(
+                        "too_large",
+                        f"still of {len(data) // 1024} kB at quality {quality} "
+                        f"exceeds max_kb {self.max_bytes // 1024}; lower snapshots.width/height",
+                    )
                 quality = max(_QUALITY_FLOOR, quality - _QUALITY_STEP)
         except SnapshotError:
             raise
         except Exception as exc:
-            raise SnapshotError("camera_error", f"camera {num} failed to capture ({type(exc).__name__}: "
-                                 f"{exc}); reboot the Pi if it persists") from None
+            raise SnapshotError(
+                "camera_error",
+                f"camera {num} failed to capture ({type(exc).__name__}: {exc}); reboot the Pi if it persists",
+            ) from None
         finally:
             for release in (cam.stop, cam.close):
                 with contextlib.suppress(Exception):  # the still is taken or failed; the next capture reopens
@@ -279,8 +309,13 @@ class Snapshots:
                 self._workers[name].jobs.put_nowait(_Job(event_id, part, len(cams)))
                 queued += 1
             except queue.Full:
-                self._failed(event_id, name, SnapshotError(
-                    "busy", f"{QUEUE_PER_CAMERA} stills already waiting for {name}; alarm storm or a slow camera"))
+                self._failed(
+                    event_id,
+                    name,
+                    SnapshotError(
+                        "busy", f"{QUEUE_PER_CAMERA} stills already waiting for {name}; alarm storm or a slow camera"
+                    ),
+                )
         return queued
 
     def _run(self, w: _Worker) -> None:
@@ -310,8 +345,13 @@ class Snapshots:
             self._failed(job.event_id, name, exc)
             return
         for old_event, old_camera in dropped:
-            self._failed(old_event, old_camera, SnapshotError(
-                "dropped", f"dropped unsent to make room in the photo store (snapshots.max_mb {self.cfg.max_mb:g})"))
+            self._failed(
+                old_event,
+                old_camera,
+                SnapshotError(
+                    "dropped", f"dropped unsent to make room in the photo store (snapshots.max_mb {self.cfg.max_mb:g})"
+                ),
+            )
         log.info("snapshot %s for event %s: %d bytes stored", name, job.event_id, len(jpeg))
         self._call(self._on_stored)
 

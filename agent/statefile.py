@@ -59,8 +59,12 @@ class StateFile:
             write_atomic(self.path, data)
         except OSError as exc:
             if not self._warned:
-                log.warning("cannot write %s (%s); start reasons may read 'boot' after restarts, and seq could "
-                            "restart lower if the outbox is ever deleted or damaged", self.path, exc)
+                log.warning(
+                    "cannot write %s (%s); start reasons may read 'boot' after restarts, and seq could "
+                    "restart lower if the outbox is ever deleted or damaged",
+                    self.path,
+                    exc,
+                )
                 self._warned = True
             return
         self._saved = state

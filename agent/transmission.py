@@ -34,7 +34,12 @@ class Transmission:
     """
 
     def __init__(
-        self, path: Path, *, wall: Callable[[], float], mono: Callable[[], float], save_every_s: float,
+        self,
+        path: Path,
+        *,
+        wall: Callable[[], float],
+        mono: Callable[[], float],
+        save_every_s: float,
     ) -> None:
         self.path = path
         self._wall = wall
@@ -86,8 +91,7 @@ class Transmission:
             write_atomic(self.path, data)
         except OSError as exc:
             if not self._warned:
-                log.warning("cannot write %s (%s); transmission figures will restart after a restart",
-                            self.path, exc)
+                log.warning("cannot write %s (%s); transmission figures will restart after a restart", self.path, exc)
                 self._warned = True
 
     def close(self) -> None:

@@ -230,8 +230,12 @@ class Uplink:
             moving = f" on {nxt}" if nxt != broker else ""
             log.warning(
                 "broker %s %s (%s); %d events buffered; retrying%s in %.1f s",
-                broker, "connection lost" if failure is None else "unreachable", self._last_error,
-                self.outbox.pending(), moving, delay,
+                broker,
+                "connection lost" if failure is None else "unreachable",
+                self._last_error,
+                self.outbox.pending(),
+                moving,
+                delay,
             )
             self._sleep(delay)
 
@@ -254,16 +258,28 @@ class Uplink:
             nxt = self._dialects.fallback(broker, dialect, failure)
             if nxt is None:
                 return failure
-            log.info("broker %s: %s; retrying at once with MQTT %s%s", broker, failure.words, nxt.protocol,
-                     "" if nxt.retain else " without retain")
+            log.info(
+                "broker %s: %s; retrying at once with MQTT %s%s",
+                broker,
+                failure.words,
+                nxt.protocol,
+                "" if nxt.retain else " without retain",
+            )
             dialect = nxt
 
     def _connect_and_serve(self, broker: BrokerAddress, dialect: Dialect) -> ConnectFailure | None:
         """Run one connection from attempt to end; None if the broker accepted it (it ran as a session)."""
         will = (self._status_topic, _encode(self._offline("lost")))
         try:
-            s = Session(self.cfg, broker, dialect, will=will, wake=self._wake.set,
-                        on_ack=lambda mid, refusal: self._acks.put((mid, refusal)), on_message=self._command)
+            s = Session(
+                self.cfg,
+                broker,
+                dialect,
+                will=will,
+                wake=self._wake.set,
+                on_ack=lambda mid, refusal: self._acks.put((mid, refusal)),
+                on_message=self._command,
+            )
         except (OSError, ValueError) as exc:
             self._last_error = f"cannot set up the client: {exc}"
             return ConnectFailure("setup", self._last_error)
@@ -290,8 +306,13 @@ class Uplink:
         self._last_error = None
         with self._slot_lock:
             self._status_slot = None
-        log.info("connected to broker %s (MQTT %s%s); %d events to send", s.broker, s.dialect.protocol,
-                 "" if self._dialect.retain else ", retain unavailable", self.outbox.pending())
+        log.info(
+            "connected to broker %s (MQTT %s%s); %d events to send",
+            s.broker,
+            s.dialect.protocol,
+            "" if self._dialect.retain else ", retain unavailable",
+            self.outbox.pending(),
+        )
         with self._events.lock:
             self._window.reset()
             self._events.live = s
@@ -375,7 +396,11 @@ class Uplink:
                 logging.CRITICAL if row.urgent else logging.ERROR,
                 "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
                 "check the broker's ACL for %s/event/#",
-                row.type, row.seq, refusal, retry_in, self.root,
+                row.type,
+                row.seq,
+                refusal,
+                retry_in,
+                self.root,
             )
         if done:
             self.outbox.ack(r.seq for r in done)

@@ -49,7 +49,7 @@ def main() -> int:
         with Procs() as procs:
             broker = start_broker(procs, work)
             for r in range(args.rounds):
-                for name in names[r % len(names):] + names[: r % len(names)]:
+                for name in names[r % len(names) :] + names[: r % len(names)]:
                     if name in variants:
                         res = delivery.agent_latency(procs, broker, work, args.presses, args.gap_ms, variants[name])
                     elif name == "mqtt-io":
@@ -58,16 +58,21 @@ def main() -> int:
                     else:
                         res = delivery.baseline_latency(procs, broker, work, args.presses, args.gap_ms, work)
                     runs[name].append(res)
-                    print(f"round {r} {name:10} p50 {res['p50']:.3f} p99 {res['p99']:.3f} ms "
-                          f"({res['delivered']}/{res['expected']})", flush=True)
+                    print(
+                        f"round {r} {name:10} p50 {res['p50']:.3f} p99 {res['p99']:.3f} ms "
+                        f"({res['delivered']}/{res['expected']})",
+                        flush=True,
+                    )
     finally:
         remove_socket_dirs()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'contender':12} {'p50 ms':>8} {'p99 ms':>8}  (median over {args.rounds} rounds)")
     summary = {}
     for name, rs in runs.items():
-        summary[name] = {"p50": round(statistics.median(x["p50"] for x in rs), 3),
-                         "p99": round(statistics.median(x["p99"] for x in rs), 3)}
+        summary[name] = {
+            "p50": round(statistics.median(x["p50"] for x in rs), 3),
+            "p99": round(statistics.median(x["p99"] for x in rs), 3),
+        }
         print(f"{name:12} {summary[name]['p50']:8.3f} {summary[name]['p99']:8.3f}")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))

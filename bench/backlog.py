@@ -54,12 +54,17 @@ def fill_test_presses(ob: Outbox, count: int, chunk: int = 10_000) -> None:
     """``count`` test presses, one transaction per ``chunk`` (set-up, not measured)."""
     clock = Clock()
     for start in range(0, count, chunk):
-        ob.put_many([Event.create(clock, EventType.PANIC, "panic", test=True, data={"pin": 17, "contact": "normally_open"})
-                     for _ in range(min(chunk, count - start))])
+        ob.put_many(
+            [
+                Event.create(clock, EventType.PANIC, "panic", test=True, data={"pin": 17, "contact": "normally_open"})
+                for _ in range(min(chunk, count - start))
+            ]
+        )
 
 
-def agent_backlog(procs: Procs, broker: BenchBroker, work: Path, pending: int, presses: int,
-                  gap_s: float) -> dict[str, Any]:
+def agent_backlog(
+    procs: Procs, broker: BenchBroker, work: Path, pending: int, presses: int, gap_s: float
+) -> dict[str, Any]:
     """One run: the backlog drains at the default rate while real presses are made."""
     dev = unique_id("backlog")
     cfg = agent_config(work / dev, broker.port, dev, outbox={"max_mb": 500})
@@ -67,8 +72,15 @@ def agent_backlog(procs: Procs, broker: BenchBroker, work: Path, pending: int, p
         fill_test_presses(ob, pending)
     timeout = pending / 250.0 + 120
     # every event: the backlog, agent_started and the presses
-    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
-                           work / dev / "sub.json", expect=pending + presses + 1, match="/event/", timeout=timeout)
+    sub = start_subscriber(
+        procs,
+        broker.port,
+        [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
+        work / dev / "sub.json",
+        expect=pending + presses + 1,
+        match="/event/",
+        timeout=timeout,
+    )
     agent = EntryAgentProc(cfg, procs).start()
     try:
         agent.wait_connected()
@@ -96,12 +108,19 @@ def _evaluate(sub: dict[str, Any], pending: int, presses: int) -> dict[str, Any]
     # Backlog events that arrived between each press and its delivery: at most about one send window
     # when the agent does its part; more means the wait was in the broker's or the subscriber's queue.
     times = sorted(t for t, *_ in backlog.values())
-    between = [bisect.bisect_left(times, t) - bisect.bisect_left(times, mono_ms / 1000.0)
-               for t, _topic, mono_ms, _seq in real.values()]
-    out: dict[str, Any] = {"pending": pending, "presses": presses, "backlog_delivered": len(backlog),
-                           "presses_delivered": len(real), "press_to_delivery_ms": summary(latency),
-                           "latencies_ms": sorted(round(x, 2) for x in latency),
-                           "backlog_arrivals_between_max": max(between, default=None)}
+    between = [
+        bisect.bisect_left(times, t) - bisect.bisect_left(times, mono_ms / 1000.0)
+        for t, _topic, mono_ms, _seq in real.values()
+    ]
+    out: dict[str, Any] = {
+        "pending": pending,
+        "presses": presses,
+        "backlog_delivered": len(backlog),
+        "presses_delivered": len(real),
+        "press_to_delivery_ms": summary(latency),
+        "latencies_ms": sorted(round(x, 2) for x in latency),
+        "backlog_arrivals_between_max": max(between, default=None),
+    }
     if online and backlog:
         last_real = max((t for t, *_ in real.values()), default=None)
         last_backlog = max(t for t, *_ in backlog.values())
@@ -122,20 +141,25 @@ def figure(mode: str, work: Path) -> dict[str, Any]:
         broker = start_broker(procs, work)
         for _ in range(p["reps"]):
             runs.append(agent_backlog(procs, broker, work, p["pending"], p["presses"], p["gap_s"]))
-            base.append(delivery.baseline_latency(procs, broker, work, p["presses"], p["gap_s"] * 1000,
-                                                  fsync_dir=work))
+            base.append(delivery.baseline_latency(procs, broker, work, p["presses"], p["gap_s"] * 1000, fsync_dir=work))
             idle.append(delivery.agent_latency(procs, broker, work, p["presses"], p["gap_s"] * 1000))
     lat = median_summary([r["press_to_delivery_ms"] for r in runs])
     blat = median_summary(base)
     ratio = round(lat["p99"] / blat["p99"], 2) if blat["p99"] else None
     return {
-        "pending": p["pending"], "presses": p["presses"], "press_gap_s": p["gap_s"],
-        "press_to_delivery_ms": lat, "baseline_delivery_ms": blat,
+        "pending": p["pending"],
+        "presses": p["presses"],
+        "press_gap_s": p["gap_s"],
+        "press_to_delivery_ms": lat,
+        "baseline_delivery_ms": blat,
         "idle_agent_delivery_ms": median_summary(idle),  # the same presses with nothing pending, for reference
         "drain_events_per_s": min(r.get("drain_events_per_s") or 0.0 for r in runs),
         "presses_during_drain": all(r.get("presses_during_drain") for r in runs),
-        "target": {"press_to_delivery": "p99 <= 2x baseline p99", "ratio": ratio,
-                   "result": "PASS" if ratio is not None and ratio <= 2.0 else "MISS"},
+        "target": {
+            "press_to_delivery": "p99 <= 2x baseline p99",
+            "ratio": ratio,
+            "result": "PASS" if ratio is not None and ratio <= 2.0 else "MISS",
+        },
         "runs": {"agent": runs, "baseline": base, "idle_agent": idle},
         "valid": all(r["valid"] for r in runs) and all(b["delivered"] == b["expected"] for b in [*base, *idle]),
     }
@@ -160,11 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
     lat, blat, ilat = res["press_to_delivery_ms"], res["baseline_delivery_ms"], res["idle_agent_delivery_ms"]
-    print(f"backlog {res['pending']:,} pending, {res['presses']} presses: press → delivery p50/p99 "
-          f"{lat['p50']:.2f}/{lat['p99']:.2f} ms (raw paho {blat['p50']:.2f}/{blat['p99']:.2f} ms, "
-          f"idle agent {ilat['p50']:.2f}/{ilat['p99']:.2f} ms, "
-          f"ratio {res['target']['ratio']}: {res['target']['result']}); drain {res['drain_events_per_s']:.0f} "
-          f"events/s; presses during the drain: {res['presses_during_drain']}; valid: {res['valid']}")
+    print(
+        f"backlog {res['pending']:,} pending, {res['presses']} presses: press → delivery p50/p99 "
+        f"{lat['p50']:.2f}/{lat['p99']:.2f} ms (raw paho {blat['p50']:.2f}/{blat['p99']:.2f} ms, "
+        f"idle agent {ilat['p50']:.2f}/{ilat['p99']:.2f} ms, "
+        f"ratio {res['target']['ratio']}: {res['target']['result']}); drain {res['drain_events_per_s']:.0f} "
+        f"events/s; presses during the drain: {res['presses_during_drain']}; valid: {res['valid']}"
+    )
     print(f"wrote {args.out}")
     return 0 if res["valid"] else 1
 

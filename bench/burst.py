@@ -68,6 +68,7 @@ def _time_outbox_puts(path_ms: list[float], recorded: list[int]) -> None:
     setattr(Outbox, single, timed_put)
     put_many = getattr(Outbox, many, None)
     if put_many is not None:
+
         def timed_put_many(self: Outbox, events: Any) -> Any:
             events = list(events)
             out = put_many(self, events)
@@ -77,8 +78,16 @@ def _time_outbox_puts(path_ms: list[float], recorded: list[int]) -> None:
         setattr(Outbox, many, timed_put_many)
 
 
-def _drive(agent: Agent, name: str, count: int, offset: float, spacing: float, start: float,
-           held: list[float], edges: list[float]) -> None:
+def _drive(
+    agent: Agent,
+    name: str,
+    count: int,
+    offset: float,
+    spacing: float,
+    start: float,
+    held: list[float],
+    edges: list[float],
+) -> None:
     assert agent.inputs is not None
     for i in range(count):
         delay = start + offset + i * spacing - time.monotonic()
@@ -93,10 +102,19 @@ def _drive(agent: Agent, name: str, count: int, offset: float, spacing: float, s
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     inputs = [{"name": f"panic{i}", "kind": "panic_button", "pin": p, "debounce_ms": 0} for i, p in enumerate(PINS)]
-    cfg_path = agent_config(args.workdir, args.port, args.device, inputs=inputs, outbox={"max_mb": 200},
-                            outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}})
-    logging.basicConfig(level=logging.INFO, filename=str(args.workdir / "agent.log"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg_path = agent_config(
+        args.workdir,
+        args.port,
+        args.device,
+        inputs=inputs,
+        outbox={"max_mb": 200},
+        outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}},
+    )
+    logging.basicConfig(
+        level=logging.INFO,
+        filename=str(args.workdir / "agent.log"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     agent = Agent(load_config(cfg_path))
     path_ms: list[float] = []
     recorded = [0]
@@ -112,8 +130,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         held: list[float] = []
         edges: list[float] = []
         start = time.monotonic() + 0.1
-        threads = [threading.Thread(target=_drive, args=(agent, f"panic{i}", per_input, i * spacing / len(PINS),
-                                                         spacing, start, held, edges)) for i in range(len(PINS))]
+        threads = [
+            threading.Thread(
+                target=_drive,
+                args=(agent, f"panic{i}", per_input, i * spacing / len(PINS), spacing, start, held, edges),
+            )
+            for i in range(len(PINS))
+        ]
         for t in threads:
             t.start()
         for t in threads:

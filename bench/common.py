@@ -60,8 +60,12 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def summary(values: Sequence[float], nd: int = 3) -> dict[str, float]:
     """p50, p99, max and count of one run's samples."""
-    return {"p50": round(pct(values, 50), nd), "p99": round(pct(values, 99), nd),
-            "max": round(max(values), nd) if values else math.nan, "n": len(values)}
+    return {
+        "p50": round(pct(values, 50), nd),
+        "p99": round(pct(values, 99), nd),
+        "max": round(max(values), nd) if values else math.nan,
+        "n": len(values),
+    }
 
 
 def median_of(runs: Iterable[dict[str, Any]], key: str, nd: int = 3) -> float:
@@ -71,8 +75,11 @@ def median_of(runs: Iterable[dict[str, Any]], key: str, nd: int = 3) -> float:
 
 def median_summary(runs: Sequence[dict[str, float]], nd: int = 3) -> dict[str, float]:
     """The median over repeated runs of each run's p50 and p99 (and the worst max)."""
-    return {"p50": median_of(runs, "p50", nd), "p99": median_of(runs, "p99", nd),
-            "max": round(max(float(r["max"]) for r in runs), nd)}
+    return {
+        "p50": median_of(runs, "p50", nd),
+        "p99": median_of(runs, "p99", nd),
+        "max": round(max(float(r["max"]) for r in runs), nd),
+    }
 
 
 # ---- child processes ---------------------------------------------------------------------
@@ -165,8 +172,15 @@ class BenchBroker(Broker):
     SETTINGS = ("max_queued_messages 1000000", "max_inflight_messages 100", "persistence false")
 
     def write_conf(self) -> None:
-        lines = ["per_listener_settings true", "log_dest stderr", "log_type error", "log_type warning",
-                 "log_type notice", "connection_messages true", *self.SETTINGS]
+        lines = [
+            "per_listener_settings true",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+            *self.SETTINGS,
+        ]
         if os.geteuid() == 0:
             lines.append("user root")
         lines.append(f"listener {self.port} 127.0.0.1")
@@ -220,8 +234,11 @@ class EntryAgentProc(AgentProc):
 
     def start(self, timeout: float = 20.0) -> EntryAgentProc:
         entry = Path(PY).parent / "campus-agent"
-        cmd = [str(entry), "run", "-c", str(self.config)] if entry.exists() else [PY, "-m", "agent", "run", "-c",
-                                                                                  str(self.config)]
+        cmd = (
+            [str(entry), "run", "-c", str(self.config)]
+            if entry.exists()
+            else [PY, "-m", "agent", "run", "-c", str(self.config)]
+        )
         if os.geteuid() == 0:
             cmd.append("--allow-root")  # the bench box runs as root; a Pi runs the unit's own user
         with self.log.open("ab") as logf:
@@ -264,11 +281,32 @@ class SubscriberRun:
         return json.loads(self.out.read_text()) if self.out.exists() else {"arrivals": [], "timed_out": True}
 
 
-def start_subscriber(procs: Procs, port: int, topics: Sequence[str], out: Path, *, expect: int, match: str,
-                     timeout: float, count_messages: bool = False) -> SubscriberRun:
+def start_subscriber(
+    procs: Procs,
+    port: int,
+    topics: Sequence[str],
+    out: Path,
+    *,
+    expect: int,
+    match: str,
+    timeout: float,
+    count_messages: bool = False,
+) -> SubscriberRun:
     """Start the subscriber and wait for its SUBACK; it exits once ``expect`` distinct ids matched."""
-    cmd = [PY, str(BENCH / "subscriber.py"), "--port", str(port), "--out", str(out), "--expect", str(expect),
-           "--match", match, "--timeout", str(timeout)]
+    cmd = [
+        PY,
+        str(BENCH / "subscriber.py"),
+        "--port",
+        str(port),
+        "--out",
+        str(out),
+        "--expect",
+        str(expect),
+        "--match",
+        match,
+        "--timeout",
+        str(timeout),
+    ]
     for t in topics:
         cmd += ["--topic", t]
     if count_messages:
@@ -306,10 +344,10 @@ def bulk_fill(ob: Outbox, count: int, kind: EventType = EventType.PANIC, chunk: 
                 rows.append((eid, kind.value, alarm, created, f"{head}{eid}{tail}"))
             with ob._txn():
                 ob._conn.executemany(
-                    "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)", rows)
+                    "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)", rows
+                )
             ob._pending += n
             left -= n
         last = ob._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         if hasattr(ob, "_last_seq"):  # what the outbox has committed: the sender reads no further
             ob._last_seq = int(last[0])
-

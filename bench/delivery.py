@@ -39,8 +39,11 @@ def write_template(path: Path, device: str) -> Path:
     """A real panic event's wire payload with placeholders for id, mono_ms and seq."""
     ev = sample_event()
     payload = with_seq(ev.body(SITE, device), 123456).decode()
-    payload = (payload.replace(f'"id":"{ev.id}"', '"id":"__ID__"')
-               .replace(f'"mono_ms":{ev.mono_ms}', '"mono_ms":__MONO__').replace('"seq":123456', '"seq":__SEQ__'))
+    payload = (
+        payload.replace(f'"id":"{ev.id}"', '"id":"__ID__"')
+        .replace(f'"mono_ms":{ev.mono_ms}', '"mono_ms":__MONO__')
+        .replace('"seq":123456', '"seq":__SEQ__')
+    )
     if not all(k in payload for k in ("__ID__", "__MONO__", "__SEQ__")):
         raise RuntimeError(f"cannot make a template from {payload}")
     path.write_text(payload)
@@ -65,8 +68,9 @@ def _press_result(lat: list[float], arrived: int, n: int, pressed: dict[str, Any
     return {**summary(lat), "delivered": arrived, "expected": n, "rss_mb": pressed.get("rss_mb")}
 
 
-def _run_wrapper(procs: Procs, cmd: list[str], log: Path, out: Path, timeout: float,
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
+def _run_wrapper(
+    procs: Procs, cmd: list[str], log: Path, out: Path, timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     with log.open("ab") as logf:
         proc = procs.popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
     try:
@@ -91,62 +95,134 @@ def _agent_env(agent_path: Path | None) -> dict[str, str] | None:
 # program stamps the arrival on the same clock.
 
 
-def agent_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float,
-                  agent_path: Path | None = None) -> dict[str, Any]:
+def agent_latency(
+    procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float, agent_path: Path | None = None
+) -> dict[str, Any]:
     """The agent in-process (``bench/press_agent.py``); one ``/event/panic`` per press.
 
     ``agent_path``: a folder holding another ``agent`` package to measure instead (A/B runs).
     """
     dev = unique_id("lat")
     cfg = agent_config(work / dev, broker.port, dev)  # input 'panic' with debounce_ms: 0
-    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#"], work / dev / "sub.json",
-                           expect=n, match="/event/panic", timeout=n * gap_ms / 1000.0 + 60)
+    sub = start_subscriber(
+        procs,
+        broker.port,
+        [f"campus/+/{dev}/event/#"],
+        work / dev / "sub.json",
+        expect=n,
+        match="/event/panic",
+        timeout=n * gap_ms / 1000.0 + 60,
+    )
     out = work / dev / "presses.json"
-    pressed = _run_wrapper(procs, [PY, str(BENCH / "press_agent.py"), "--config", str(cfg), "--out", str(out),
-                                   "--count", str(n), "--gap-ms", str(gap_ms)],
-                           work / dev / "agent.log", out, timeout=n * gap_ms / 1000.0 + 60,
-                           env=_agent_env(agent_path))
+    pressed = _run_wrapper(
+        procs,
+        [
+            PY,
+            str(BENCH / "press_agent.py"),
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--count",
+            str(n),
+            "--gap-ms",
+            str(gap_ms),
+        ],
+        work / dev / "agent.log",
+        out,
+        timeout=n * gap_ms / 1000.0 + 60,
+        env=_agent_env(agent_path),
+    )
     arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
     return _press_result(_matched_ms(arrivals, pressed["press_ns"]), len(arrivals), n, pressed)
 
 
-def peer_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float,
-                 peer_py: Path) -> dict[str, Any]:
+def peer_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float, peer_py: Path) -> dict[str, Any]:
     """mqtt-io in-process (``bench/press_mqttio.py``); an ``ON`` and an ``OFF`` message per press."""
     dev = unique_id("peer")
     prefix = f"peer/{dev}"
     cfg = peer.write_config(work / dev / "mqtt-io.yml", broker.port, prefix, f"bench-{dev}")
-    sub = start_subscriber(procs, broker.port, [f"{prefix}/input/#"], work / dev / "sub.json",
-                           expect=2 * n, match="/input/panic", timeout=n * gap_ms / 1000.0 + 60,
-                           count_messages=True)
+    sub = start_subscriber(
+        procs,
+        broker.port,
+        [f"{prefix}/input/#"],
+        work / dev / "sub.json",
+        expect=2 * n,
+        match="/input/panic",
+        timeout=n * gap_ms / 1000.0 + 60,
+        count_messages=True,
+    )
     out = work / dev / "presses.json"
-    pressed = _run_wrapper(procs, [str(peer_py), str(BENCH / "press_mqttio.py"), "--config", str(cfg), "--out",
-                                   str(out), "--count", str(n), "--gap-ms", str(gap_ms)],
-                           work / dev / "mqtt-io.log", out, timeout=n * gap_ms / 1000.0 + 60,
-                           env={"GPIOZERO_PIN_FACTORY": "mock", "PYTHONPATH": ""})
+    pressed = _run_wrapper(
+        procs,
+        [
+            str(peer_py),
+            str(BENCH / "press_mqttio.py"),
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--count",
+            str(n),
+            "--gap-ms",
+            str(gap_ms),
+        ],
+        work / dev / "mqtt-io.log",
+        out,
+        timeout=n * gap_ms / 1000.0 + 60,
+        env={"GPIOZERO_PIN_FACTORY": "mock", "PYTHONPATH": ""},
+    )
     result = sub.result(timeout=30)
     arrivals = [t for t, topic, _i, _m, _s, state in result["arrivals"] if "/input/panic" in topic and state == "ON"]
     return _press_result(_matched_ms(arrivals, pressed["press_ns"]), len(arrivals), n, pressed)
 
 
-def baseline_latency(procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float,
-                     fsync_dir: Path) -> dict[str, Any]:
+def baseline_latency(
+    procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float, fsync_dir: Path
+) -> dict[str, Any]:
     """Raw paho QoS 1, each message stamped, written and fsynced on the outbox's disk, then published."""
     dev = unique_id("raw")
     (work / dev).mkdir(parents=True, exist_ok=True)
     template = write_template(work / dev / "template.json", dev)
-    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#"], work / dev / "sub.json",
-                           expect=n, match="/event/panic", timeout=n * gap_ms / 1000.0 + 60)
-    pub = procs.popen([PY, str(BENCH / "rawpub.py"), "latency", "--port", str(broker.port), "--topic",
-                       f"campus/{SITE}/{dev}/event/panic", "--template", str(template), "--count", str(n),
-                       "--gap-ms", str(gap_ms), "--fsync-dir", str(fsync_dir)], stdout=subprocess.PIPE)
+    sub = start_subscriber(
+        procs,
+        broker.port,
+        [f"campus/+/{dev}/event/#"],
+        work / dev / "sub.json",
+        expect=n,
+        match="/event/panic",
+        timeout=n * gap_ms / 1000.0 + 60,
+    )
+    pub = procs.popen(
+        [
+            PY,
+            str(BENCH / "rawpub.py"),
+            "latency",
+            "--port",
+            str(broker.port),
+            "--topic",
+            f"campus/{SITE}/{dev}/event/panic",
+            "--template",
+            str(template),
+            "--count",
+            str(n),
+            "--gap-ms",
+            str(gap_ms),
+            "--fsync-dir",
+            str(fsync_dir),
+        ],
+        stdout=subprocess.PIPE,
+    )
     out, _ = pub.communicate(timeout=n * gap_ms / 1000.0 + 60)
     stop_process(pub)
     pub_result = json.loads(out.decode().strip().splitlines()[-1])
     arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
     fs = pub_result.get("fsync_us", [])
-    return {**_press_result(_matched_ms(arrivals, pub_result["press_ns"]), len(arrivals), n, {}),
-            "fsync_us_p50": summary(fs, 1)["p50"], "fsync_us_p99": summary(fs, 1)["p99"]}
+    return {
+        **_press_result(_matched_ms(arrivals, pub_result["press_ns"]), len(arrivals), n, {}),
+        "fsync_us_p50": summary(fs, 1)["p50"],
+        "fsync_us_p99": summary(fs, 1)["p99"],
+    }
 
 
 # ---- drain after an outage ---------------------------------------------------------------------------
@@ -167,8 +243,9 @@ def _drain_rate(sub: dict[str, Any], n: int) -> dict[str, Any]:
     return out
 
 
-def agent_drain(procs: Procs, broker: BenchBroker, work: Path, n: int, window: int,
-                rate: float | None) -> dict[str, Any]:
+def agent_drain(
+    procs: Procs, broker: BenchBroker, work: Path, n: int, window: int, rate: float | None
+) -> dict[str, Any]:
     """``n`` events waiting in the outbox, then the agent meets the broker: time until the subscriber has all.
 
     ``rate`` None keeps the configured default pacing; otherwise it sets
@@ -182,8 +259,15 @@ def agent_drain(procs: Procs, broker: BenchBroker, work: Path, n: int, window: i
     with Outbox(work / dev / "outbox.db", site=SITE, device=dev, max_mb=500) as ob:
         bulk_fill(ob, n)
     timeout = n / 200.0 + 60
-    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
-                           work / dev / "sub.json", expect=n, match="/event/panic", timeout=timeout)
+    sub = start_subscriber(
+        procs,
+        broker.port,
+        [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
+        work / dev / "sub.json",
+        expect=n,
+        match="/event/panic",
+        timeout=timeout,
+    )
     agent = EntryAgentProc(cfg, procs).start()
     try:
         result = sub.result(timeout=timeout + 10)
@@ -191,8 +275,12 @@ def agent_drain(procs: Procs, broker: BenchBroker, work: Path, n: int, window: i
     finally:
         agent.stop()
     # CPU per event is far less sensitive to a busy machine than the rate; it includes start-up (~0.3 s)
-    return {**_drain_rate(result, n), "cpu_us_per_event": round(cpu_s / n * 1e6, 1),
-            "drain_rate_per_s": load_config(cfg).mqtt.drain_rate_per_s, "max_inflight": window}
+    return {
+        **_drain_rate(result, n),
+        "cpu_us_per_event": round(cpu_s / n * 1e6, 1),
+        "drain_rate_per_s": load_config(cfg).mqtt.drain_rate_per_s,
+        "max_inflight": window,
+    }
 
 
 def baseline_drain(procs: Procs, broker: BenchBroker, work: Path, n: int, window: int) -> dict[str, Any]:
@@ -201,12 +289,37 @@ def baseline_drain(procs: Procs, broker: BenchBroker, work: Path, n: int, window
     (work / dev).mkdir(parents=True, exist_ok=True)
     template = write_template(work / dev / "template.json", dev)
     timeout = n / 200.0 + 60
-    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
-                           work / dev / "sub.json", expect=n, match="/event/panic", timeout=timeout)
-    pub = procs.popen([PY, str(BENCH / "rawpub.py"), "drain", "--port", str(broker.port), "--topic",
-                       f"campus/{SITE}/{dev}/event/panic", "--marker-topic", f"campus/{SITE}/{dev}/status",
-                       "--template", str(template), "--count", str(n), "--window", str(window),
-                       "--timeout", str(timeout)], stdout=subprocess.PIPE)
+    sub = start_subscriber(
+        procs,
+        broker.port,
+        [f"campus/+/{dev}/event/#", f"campus/+/{dev}/status"],
+        work / dev / "sub.json",
+        expect=n,
+        match="/event/panic",
+        timeout=timeout,
+    )
+    pub = procs.popen(
+        [
+            PY,
+            str(BENCH / "rawpub.py"),
+            "drain",
+            "--port",
+            str(broker.port),
+            "--topic",
+            f"campus/{SITE}/{dev}/event/panic",
+            "--marker-topic",
+            f"campus/{SITE}/{dev}/status",
+            "--template",
+            str(template),
+            "--count",
+            str(n),
+            "--window",
+            str(window),
+            "--timeout",
+            str(timeout),
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         out, _ = pub.communicate(timeout=timeout + 30)
     finally:

@@ -119,8 +119,16 @@ def consumer_cmd(kind: str, port: int) -> list[str]:
         return [PY, "-m", "agent", "monitor", "--broker", f"127.0.0.1:{port}", "--protocol", "5"]
     if kind == "paho":
         return [PY, str(ROOT / "bench/fleet_paho.py"), str(port)]
-    return [PY, str(ROOT / "docs/examples/reference_consumer.py"), "--host", "127.0.0.1", "--port", str(port),
-            "--client-id", f"fleet-bench-{os.getpid()}"]
+    return [
+        PY,
+        str(ROOT / "docs/examples/reference_consumer.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--client-id",
+        f"fleet-bench-{os.getpid()}",
+    ]
 
 
 def wait_for(what: str, check: Any, timeout: float) -> None:
@@ -152,15 +160,20 @@ def run_one(kind: str, n: int, phases: Phases, workdir: Path) -> dict[str, Any]:
     children: list[subprocess.Popen[bytes]] = []
     try:
         log = workdir / f"events-{kind}-{n}.jsonl"
-        gen = subprocess.Popen([PY, str(ROOT / "bench/fleet_gen.py"), "--port", str(broker.port), "--devices",
-                                str(n), "--log", str(log)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        gen = subprocess.Popen(
+            [PY, str(ROOT / "bench/fleet_gen.py"), "--port", str(broker.port), "--devices", str(n), "--log", str(log)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         children.append(gen)
         assert gen.stdout is not None
         ready = gen.stdout.readline().decode().split()
         if not ready or ready[0] != "ready":
             raise RuntimeError(f"fleet_gen did not start: {ready!r}")
-        proc = subprocess.Popen(consumer_cmd(kind, broker.port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            consumer_cmd(kind, broker.port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT
+        )
         children.append(proc)
         reader = Reader(proc, kind).start()
         assert proc.stderr is not None
@@ -185,14 +198,21 @@ def run_one(kind: str, n: int, phases: Phases, workdir: Path) -> dict[str, Any]:
         while time.monotonic() < deadline and any(k not in reader.first_at for k in keys):
             time.sleep(0.05)
         time.sleep(0.5)  # a duplicate printed late would still count
-        lags = [1000 * (reader.first_at[k] - s["sent"]) for k, s in zip(keys, sent, strict=True)
-                if k in reader.first_at]
+        lags = [
+            1000 * (reader.first_at[k] - s["sent"]) for k, s in zip(keys, sent, strict=True) if k in reader.first_at
+        ]
         return {
-            "consumer": kind, "devices": n, "ingest_s": round(ingest, 3), "steady_cpu_pct": round(cpu_pct, 1),
+            "consumer": kind,
+            "devices": n,
+            "ingest_s": round(ingest, 3),
+            "steady_cpu_pct": round(cpu_pct, 1),
             "ingest_us_per_status": round(1e6 * ingest / n),
             "cpu_us_per_heartbeat": round(1e4 * cpu_pct / (beats / phases.steady_s)) if beats else None,
-            "steady_statuses": beats, "rss_mb": peak_rss_mb(proc.pid),
-            "events": len(keys), "lag_p50_ms": round(pct(lags, 50), 1), "lag_p99_ms": round(pct(lags, 99), 1),
+            "steady_statuses": beats,
+            "rss_mb": peak_rss_mb(proc.pid),
+            "events": len(keys),
+            "lag_p50_ms": round(pct(lags, 50), 1),
+            "lag_p99_ms": round(pct(lags, 99), 1),
             "lag_max_ms": round(max(lags), 1) if lags else None,
             "missed": sum(1 for k in keys if k not in reader.first_at),
             "duplicated": sum(1 for k in keys if reader.seen[k] > 1),
@@ -221,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short windows (make bench-fleet QUICK=1)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="fleet sizes, comma-separated")
-    ap.add_argument("--consumers", help="comma-separated: monitor, reference (docs/examples), paho (a bare "
-                                        "subscriber: the floor); default all three, with --quick the monitor")
+    ap.add_argument(
+        "--consumers",
+        help="comma-separated: monitor, reference (docs/examples), paho (a bare "
+        "subscriber: the floor); default all three, with --quick the monitor",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs per consumer and size; the report shows medians")
     ap.add_argument("--phases", metavar="STEADY,BURST", help="seconds of each phase (overrides --quick's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet", help="writes OUT.json and OUT.md")
@@ -241,9 +264,16 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(run_one(kind, n, phases, Path(tmp)))
                     print(json.dumps(runs[-1]), flush=True)
                 results.append(median_run(runs))
-    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick,
-           "phases": phases.__dict__, "machine": machine_note(), "repeat": args.repeat, "results": results,
-           "memory_per_device_bytes": memory_per_device(max(sizes)), "load_per_device": load_per_device()}
+    doc = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick,
+        "phases": phases.__dict__,
+        "machine": machine_note(),
+        "repeat": args.repeat,
+        "results": results,
+        "memory_per_device_bytes": memory_per_device(max(sizes)),
+        "load_per_device": load_per_device(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(render_markdown(doc))

@@ -54,26 +54,49 @@ def device_name(i: int) -> tuple[str, str]:
 
 
 def status_doc(site: str, device: str, now: float, boot: str) -> dict[str, Any]:
-    return {"v": 1, "site": site, "device": device, "state": "online", "ts": iso(now), "clock_synced": True,
-            "agent": {"version": "0.1.0", "boot_id": boot, "uptime_s": 3600},
-            "link": {"connected_since": iso(now - 3600), "reconnects": 0},
-            "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0},
-            "inputs": {}, "cameras": {}, "system": {"cpu_temp_c": 48.3, "disk_free_mb": 11873, "load1": 0.12},
-            "test_mode_until": None}
+    return {
+        "v": 1,
+        "site": site,
+        "device": device,
+        "state": "online",
+        "ts": iso(now),
+        "clock_synced": True,
+        "agent": {"version": "0.1.0", "boot_id": boot, "uptime_s": 3600},
+        "link": {"connected_since": iso(now - 3600), "reconnects": 0},
+        "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0},
+        "inputs": {},
+        "cameras": {},
+        "system": {"cpu_temp_c": 48.3, "disk_free_mb": 11873, "load1": 0.12},
+        "test_mode_until": None,
+    }
 
 
 def event_doc(site: str, device: str, seq: int, now: float, boot: str) -> dict[str, Any]:
-    return {"v": 1, "id": uuid.uuid4().hex, "seq": seq, "site": site, "device": device, "type": "panic",
-            "source": "panic", "test": False, "ts": iso(now), "clock_synced": True, "boot_id": boot,
-            "mono_ms": int(now * 1000) % 10**9, "data": {"pin": 17, "contact": "normally_open"}}
+    return {
+        "v": 1,
+        "id": uuid.uuid4().hex,
+        "seq": seq,
+        "site": site,
+        "device": device,
+        "type": "panic",
+        "source": "panic",
+        "test": False,
+        "ts": iso(now),
+        "clock_synced": True,
+        "boot_id": boot,
+        "mono_ms": int(now * 1000) % 10**9,
+        "data": {"pin": 17, "contact": "normally_open"},
+    }
 
 
 def validate_sample(prefix: str) -> None:
     """A status and an event as this generator builds them must pass the contract's schemas."""
     schemas = ROOT / "agent" / "schemas"
     boot = uuid.uuid4().hex
-    for name, doc in (("status", status_doc("site-00", "gate-000000", time.time(), boot)),
-                      ("event", event_doc("site-00", "gate-000000", 1, time.time(), boot))):
+    for name, doc in (
+        ("status", status_doc("site-00", "gate-000000", time.time(), boot)),
+        ("event", event_doc("site-00", "gate-000000", 1, time.time(), boot)),
+    ):
         schema = json.loads((schemas / f"{name}.json").read_text())
         jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
     assert prefix
@@ -92,8 +115,11 @@ class Fleet:
         self.bytes = 0
 
     def _client(self, port: int, k: int) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleet-gen-{k}-{uuid.uuid4().hex[:6]}",
-                        protocol=MQTTProtocolVersion.MQTTv5)
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"fleet-gen-{k}-{uuid.uuid4().hex[:6]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
         up = threading.Event()
@@ -112,8 +138,9 @@ class Fleet:
 
     def status(self, i: int, *, retain: bool = True) -> mqtt.MQTTMessageInfo:
         site, device = device_name(i)
-        return self.publish(i, f"{self.prefix}/{site}/{device}/status",
-                            status_doc(site, device, time.time(), self.boot), retain=retain)
+        return self.publish(
+            i, f"{self.prefix}/{site}/{device}/status", status_doc(site, device, time.time(), self.boot), retain=retain
+        )
 
     def retained(self) -> float:
         t0 = time.monotonic()

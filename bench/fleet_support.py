@@ -82,9 +82,12 @@ def pct(values: list[float], q: float) -> float:
 
 def machine_note() -> dict[str, Any]:
     load = os.getloadavg()
-    return {"cpus": os.cpu_count(), "load_avg_1_5_15": [round(x, 2) for x in load],
-            "python": sys.version.split()[0],
-            "note": "shared machine: other sessions were running while this was measured"}
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg_1_5_15": [round(x, 2) for x in load],
+        "python": sys.version.split()[0],
+        "note": "shared machine: other sessions were running while this was measured",
+    }
 
 
 def memory_per_device(n: int) -> dict[str, float]:
@@ -113,35 +116,52 @@ def load_per_device(interval_s: float = HEARTBEAT_S) -> dict[str, float]:
     topic = f"campus/{site}/{device}/status"
     payload = len(json.dumps(status_doc(site, device, time.time(), "b" * 32), separators=(",", ":")))
     packet = payload + len(topic) + _MQTT_OVERHEAD
-    return {"status_bytes": packet, "messages_per_s_in": round(1 / interval_s, 4),
-            "bytes_per_s_in": round(packet / interval_s, 1),
-            "note": "per subscriber the same again out; plus a PUBACK (4 bytes) each way, MQTT keepalive "
-                    "PINGs every 60 s when idle (the status resets it)"}
+    return {
+        "status_bytes": packet,
+        "messages_per_s_in": round(1 / interval_s, 4),
+        "bytes_per_s_in": round(packet / interval_s, 1),
+        "note": "per subscriber the same again out; plus a PUBACK (4 bytes) each way, MQTT keepalive "
+        "PINGs every 60 s when idle (the status resets it)",
+    }
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
     """The README table: one row per size, each figure with its ratio to the 100-device figure."""
-    out = [(f"Fleet bench {doc['when']} ({'quick' if doc['quick'] else 'full'}; median of {doc.get('repeat', 1)} "
+    out = [
+        (
+            f"Fleet bench {doc['when']} ({'quick' if doc['quick'] else 'full'}; median of {doc.get('repeat', 1)} "
             f"run(s) per row; {doc['machine']['cpus']} cores, "
-           f"load average {doc['machine']['load_avg_1_5_15']}; {doc['machine']['note']})"), ""]
+            f"load average {doc['machine']['load_avg_1_5_15']}; {doc['machine']['note']})"
+        ),
+        "",
+    ]
     for kind in dict.fromkeys(r["consumer"] for r in doc["results"]):
         rows = [r for r in doc["results"] if r["consumer"] == kind]
         base = rows[0]
-        out += [f"**{kind}**", "",
-                ("| devices | retained ingest (s) | per status (µs) | steady CPU (% core) | per heartbeat (µs CPU) "
-                 "| event lag p50 / p99 (ms) | peak RSS (MB) | missed / duplicated |"),
-                "|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"**{kind}**",
+            "",
+            (
+                "| devices | retained ingest (s) | per status (µs) | steady CPU (% core) | per heartbeat (µs CPU) "
+                "| event lag p50 / p99 (ms) | peak RSS (MB) | missed / duplicated |"
+            ),
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            out.append(f"| {r['devices']:,} | {r['ingest_s']} | {r['ingest_us_per_status']} "
-                       f"({_ratio(r, base, 'ingest_us_per_status')}) "
-                       f"| {r['steady_cpu_pct']} | {r['cpu_us_per_heartbeat']} ({_ratio(r, base, 'cpu_us_per_heartbeat')}) "
-                       f"| {r['lag_p50_ms']} / {r['lag_p99_ms']} ({_ratio(r, base, 'lag_p99_ms')}) "
-                       f"| {r['rss_mb']} ({_ratio(r, base, 'rss_mb')}) | {r['missed']} / {r['duplicated']} |")
+            out.append(
+                f"| {r['devices']:,} | {r['ingest_s']} | {r['ingest_us_per_status']} "
+                f"({_ratio(r, base, 'ingest_us_per_status')}) "
+                f"| {r['steady_cpu_pct']} | {r['cpu_us_per_heartbeat']} ({_ratio(r, base, 'cpu_us_per_heartbeat')}) "
+                f"| {r['lag_p50_ms']} / {r['lag_p99_ms']} ({_ratio(r, base, 'lag_p99_ms')}) "
+                f"| {r['rss_mb']} ({_ratio(r, base, 'rss_mb')}) | {r['missed']} / {r['duplicated']} |"
+            )
         out.append("")
     mem, load = doc["memory_per_device_bytes"], doc["load_per_device"]
-    out.append(f"Monitor memory: {mem['bytes_per_device']} bytes per device (fleet view, {mem['devices']:,} "
-               f"devices, tracemalloc). Load per device at defaults: {load['messages_per_s_in']} messages/s, "
-               f"{load['bytes_per_s_in']} bytes/s in ({load['status_bytes']}-byte status every 30 s).")
+    out.append(
+        f"Monitor memory: {mem['bytes_per_device']} bytes per device (fleet view, {mem['devices']:,} "
+        f"devices, tracemalloc). Load per device at defaults: {load['messages_per_s_in']} messages/s, "
+        f"{load['bytes_per_s_in']} bytes/s in ({load['status_bytes']}-byte status every 30 s)."
+    )
     return "\n".join(out) + "\n"
 
 

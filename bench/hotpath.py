@@ -104,6 +104,7 @@ def install(marks: Marks) -> None:
                 if when == "exit" and (not check or _is_event(args, kwargs, name)):
                     marks.mark(name)
                 return out
+
             return marked
 
         setattr(owner, attr, wrap(fn))
@@ -111,8 +112,21 @@ def install(marks: Marks) -> None:
 
 # the critical path, and the marks beside it: (mark, measured from).  A mark a press does not pass
 # (a changed path skips a step) is left out and the next stage is measured from the mark before it.
-PATH = ("press", "raw_edge", "poll", "record_many", "put", "committed", "wake", "send_round", "next_batch",
-        "row_read", "publish", "on_wire", "arrived")
+PATH = (
+    "press",
+    "raw_edge",
+    "poll",
+    "record_many",
+    "put",
+    "committed",
+    "wake",
+    "send_round",
+    "next_batch",
+    "row_read",
+    "publish",
+    "on_wire",
+    "arrived",
+)
 BESIDE = (("record_done", "wake"), ("published", "publish"))
 
 
@@ -159,13 +173,21 @@ def main() -> int:
     marks = Marks()
     install(marks)
     work.mkdir(parents=True)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        filename=str(work / "agent.log"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", filename=str(work / "agent.log")
+    )
     with Procs() as procs:
         broker = start_broker(procs, work)
         cfg = agent_config(work / "dev", broker.port, "hotpath")
-        sub = start_subscriber(procs, broker.port, ["campus/+/hotpath/event/#"], work / "sub.json",
-                               expect=args.presses, match="/event/panic", timeout=args.presses * args.gap_ms / 1e3 + 60)
+        sub = start_subscriber(
+            procs,
+            broker.port,
+            ["campus/+/hotpath/event/#"],
+            work / "sub.json",
+            expect=args.presses,
+            match="/event/panic",
+            timeout=args.presses * args.gap_ms / 1e3 + 60,
+        )
         agent = daemon.Agent(load_config(cfg))
         agent.start()
         try:
@@ -181,8 +203,11 @@ def main() -> int:
                 marks.press()
                 pin.drive_low()
 
-            driver = threading.Thread(target=press_loop, args=(press, pin.drive_high),
-                                      kwargs={"count": args.presses, "gap_ms": args.gap_ms, "hold_ms": 5.0})
+            driver = threading.Thread(
+                target=press_loop,
+                args=(press, pin.drive_high),
+                kwargs={"count": args.presses, "gap_ms": args.gap_ms, "hold_ms": 5.0},
+            )
             driver.start()
             driver.join()
             arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
@@ -197,8 +222,12 @@ def main() -> int:
     if marks.missing:
         print("not marked (no such function in this code): " + ", ".join(marks.missing))
     if args.json:
-        args.json.write_text(json.dumps([{"stage": r[0], "median_us": round(r[1], 1), "p90_us": round(r[2], 1),
-                                          "n": r[3]} for r in rows], indent=1))
+        args.json.write_text(
+            json.dumps(
+                [{"stage": r[0], "median_us": round(r[1], 1), "p90_us": round(r[2], 1), "n": r[3]} for r in rows],
+                indent=1,
+            )
+        )
     return 0
 
 

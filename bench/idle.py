@@ -54,18 +54,23 @@ def _window_pct(a: tuple[float, Any], b: tuple[float, Any], seconds: float) -> d
 def _start_agent(procs: Procs, broker: BenchBroker, work: Path, prefix: str) -> EntryAgentProc:
     dev = unique_id(prefix)
     cfg = agent_config(
-        work / dev, broker.port, dev,
+        work / dev,
+        broker.port,
+        dev,
         mqtt={"keepalive_s": 30, "reconnect_min_s": 1, "reconnect_max_s": 60, "connect_timeout_s": 10},  # defaults
-        inputs=[{"name": "panic", "kind": "panic_button", "pin": 17},
-                {"name": "desk-panic", "kind": "panic_button", "pin": 5}],
+        inputs=[
+            {"name": "panic", "kind": "panic_button", "pin": 17},
+            {"name": "desk-panic", "kind": "panic_button", "pin": 5},
+        ],
         outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}},
         heartbeat={"interval_s": 30},
     )
     return EntryAgentProc(cfg, procs).start()
 
 
-def memory_and_idle(procs: Procs, broker: BenchBroker, work: Path, *, agents: int, total_s: float,
-                    warmup_s: float, window_s: float) -> dict[str, Any]:
+def memory_and_idle(
+    procs: Procs, broker: BenchBroker, work: Path, *, agents: int, total_s: float, warmup_s: float, window_s: float
+) -> dict[str, Any]:
     """``agents`` each of: pressed agents (RSS), untouched agents (idle CPU) and bare interpreters (baseline RSS).
 
     The pressed agents get 5 presses per input right after connecting, so
@@ -104,6 +109,13 @@ def memory_and_idle(procs: Procs, broker: BenchBroker, work: Path, *, agents: in
         a.stop()
     for p in bare:
         stop_process(p)
-    return {"rss_mb": rss, "idle_agents_rss_mb": idle_rss, "baseline_rss_mb": base_rss, "windows": windows,
-            "threads": threads, "ran_s": round(time.monotonic() - started, 1), "window_s": window_s,
-            "warmup_s": warmup_s}
+    return {
+        "rss_mb": rss,
+        "idle_agents_rss_mb": idle_rss,
+        "baseline_rss_mb": base_rss,
+        "windows": windows,
+        "threads": threads,
+        "ran_s": round(time.monotonic() - started, 1),
+        "window_s": window_s,
+        "warmup_s": warmup_s,
+    }

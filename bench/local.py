@@ -66,8 +66,13 @@ def enqueue(work: Path, n: int, reps: int) -> dict[str, Any]:
         with Outbox(d / "outbox.db", site=SITE, device=DEVICE) as ob:
             ob.put(_events(1)[0])  # the first put pays for schema pages; not part of the figure
             got = _timed_puts(ob, events, d / "fsync.dat")
-        runs.append({"enqueue": summary(got["put"], 1), "fsync": summary(got["fsync"], 1),
-                     "enqueue_cpu": summary(got["put_cpu"], 1)})
+        runs.append(
+            {
+                "enqueue": summary(got["put"], 1),
+                "fsync": summary(got["fsync"], 1),
+                "enqueue_cpu": summary(got["put_cpu"], 1),
+            }
+        )
         shutil.rmtree(d, ignore_errors=True)
     return {"runs": runs, "payload_bytes": size}
 
@@ -115,13 +120,19 @@ def outbox_scale(work: Path, levels: list[int], puts: int, drains: int, reps: in
             bulk_fill(obs[level], level)
             out[str(level)] = {"fill_s": round(time.monotonic() - t, 1)}
         for rep in range(reps):
-            for level in levels[rep % len(levels):] + levels[: rep % len(levels)]:
+            for level in levels[rep % len(levels) :] + levels[: rep % len(levels)]:
                 ob = obs[level]
                 got = _timed_puts(ob, _events(puts))
                 drain_us = _timed_drain(ob, min(drains, level // 2))
-                runs[level].append({"enqueue_us": pct(got["put"], 50), "enqueue_cpu_us": pct(got["put_cpu"], 50),
-                                    "drain_us": pct(drain_us, 50), "enqueue_mean_us": sum(got["put"]) / puts,
-                                    "drain_mean_us": sum(drain_us) / len(drain_us)})
+                runs[level].append(
+                    {
+                        "enqueue_us": pct(got["put"], 50),
+                        "enqueue_cpu_us": pct(got["put_cpu"], 50),
+                        "drain_us": pct(drain_us, 50),
+                        "enqueue_mean_us": sum(got["put"]) / puts,
+                        "drain_mean_us": sum(drain_us) / len(drain_us),
+                    }
+                )
                 bulk_fill(ob, level - ob.pending())
         for level in levels:
             keys = runs[level][0]

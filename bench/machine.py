@@ -43,8 +43,12 @@ def _mem_total_mb() -> int:
 def disk_info(path: Path) -> dict[str, Any]:
     """Filesystem and block device that ``path`` lives on (where the outbox is)."""
     src = _run_text(["findmnt", "-no", "SOURCE,FSTYPE,OPTIONS", "-T", str(path)]).split()
-    out: dict[str, Any] = {"path": str(path), "source": src[0] if src else "?", "fstype": src[1] if len(src) > 1 else "?",
-                           "options": src[2] if len(src) > 2 else ""}
+    out: dict[str, Any] = {
+        "path": str(path),
+        "source": src[0] if src else "?",
+        "fstype": src[1] if len(src) > 1 else "?",
+        "options": src[2] if len(src) > 2 else "",
+    }
     dev = Path(out["source"]).name
     block = Path("/sys/class/block") / dev
     if block.exists():
@@ -99,14 +103,21 @@ def agent_under_test() -> dict[str, Any]:
     where = Path(agent.__file__).resolve().parent
     head = _run_text(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     dirty = _run_text(["git", "-C", str(ROOT), "status", "--porcelain", "--", "agent"]).splitlines()
-    return {"package": str(where), "version": getattr(agent, "__version__", "?"), "git_head": head,
-            "uncommitted_in_agent": [line.strip() for line in dirty], "override": AGENT_PATH}
+    return {
+        "package": str(where),
+        "version": getattr(agent, "__version__", "?"),
+        "git_head": head,
+        "uncommitted_in_agent": [line.strip() for line in dirty],
+        "override": AGENT_PATH,
+    }
 
 
 def machine_line(m: dict[str, Any]) -> str:
     d = m["outbox_disk"]
     rot = {"0": "SSD/flash", "1": "rotational (as reported)"}.get(str(d.get("rotational")), "?")
-    return (f"{m['cpu']}, {m['cores_usable']} of {m['cores']} cores, {m['ram_mb'] // 1024} GB RAM; "
-            f"outbox on {d['fstype']} {d['source']} ({d.get('model') or 'unknown model'}, {rot}); "
-            f"{m['os']}, kernel {m['kernel']}, Python {m['python']}, paho-mqtt {m['paho_mqtt']}, "
-            f"SQLite {m['sqlite']}, mosquitto {m['mosquitto']}; load average at start {m['loadavg_start']}")
+    return (
+        f"{m['cpu']}, {m['cores_usable']} of {m['cores']} cores, {m['ram_mb'] // 1024} GB RAM; "
+        f"outbox on {d['fstype']} {d['source']} ({d.get('model') or 'unknown model'}, {rot}); "
+        f"{m['os']}, kernel {m['kernel']}, Python {m['python']}, paho-mqtt {m['paho_mqtt']}, "
+        f"SQLite {m['sqlite']}, mosquitto {m['mosquitto']}; load average at start {m['loadavg_start']}"
+    )

@@ -63,27 +63,57 @@ def _config(work: Path, port: int, dev: str, cam: SnapCamera, *, photos: bool) -
     panic: dict[str, Any] = {"name": "panic", "kind": "panic_button", "pin": 17, "debounce_ms": 0}
     if photos:
         panic["snapshot"] = [CAMERA]
-    return agent_config(work / dev, port, dev, inputs=[panic],
-                        cameras=[{"name": CAMERA, "kind": "http_snapshot", "url": cam.url,
-                                  "probe_interval_s": 3600, "timeout_s": 5}])
+    return agent_config(
+        work / dev,
+        port,
+        dev,
+        inputs=[panic],
+        cameras=[{"name": CAMERA, "kind": "http_snapshot", "url": cam.url, "probe_interval_s": 3600, "timeout_s": 5}],
+    )
 
 
-def one_run(procs: Procs, broker: BenchBroker, work: Path, cam: SnapCamera, *, photos: bool, presses: int,
-            gap_s: float) -> dict[str, Any]:
+def one_run(
+    procs: Procs, broker: BenchBroker, work: Path, cam: SnapCamera, *, photos: bool, presses: int, gap_s: float
+) -> dict[str, Any]:
     """One agent, ``presses`` presses; press → alarm (and, with ``photos``, press → photo) in ms."""
     dev = unique_id("photo-on" if photos else "photo-off")
     cfg = _config(work, broker.port, dev, cam, photos=photos)
     timeout = presses * gap_s + 60
     sub_out = work / dev / "sub.json"
     # ON: done when every photo is in (each follows its alarm); OFF: when every alarm is in
-    sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#", f"campus/+/{dev}/snapshot/#"], sub_out,
-                           expect=presses, match="/snapshot/" if photos else "/event/panic", timeout=timeout,
-                           count_messages=photos)
+    sub = start_subscriber(
+        procs,
+        broker.port,
+        [f"campus/+/{dev}/event/#", f"campus/+/{dev}/snapshot/#"],
+        sub_out,
+        expect=presses,
+        match="/snapshot/" if photos else "/event/panic",
+        timeout=timeout,
+        count_messages=photos,
+    )
     out = work / dev / "presses.json"
     with (work / dev / "agent.log").open("ab") as log:
-        proc = procs.popen([PY, str(BENCH / "photos.py"), "press", "--config", str(cfg), "--out", str(out),
-                            "--count", str(presses), "--gap-ms", str(gap_s * 1000), "--until", str(sub_out),
-                            "--timeout", str(timeout + 10)], stdout=log, stderr=log)
+        proc = procs.popen(
+            [
+                PY,
+                str(BENCH / "photos.py"),
+                "press",
+                "--config",
+                str(cfg),
+                "--out",
+                str(out),
+                "--count",
+                str(presses),
+                "--gap-ms",
+                str(gap_s * 1000),
+                "--until",
+                str(sub_out),
+                "--timeout",
+                str(timeout + 10),
+            ],
+            stdout=log,
+            stderr=log,
+        )
     rc = proc.wait(timeout + 40)
     got = sub.result(timeout=30)
     if rc != 0 or not out.exists():
@@ -93,8 +123,9 @@ def one_run(procs: Procs, broker: BenchBroker, work: Path, cam: SnapCamera, *, p
     return _evaluate(got, pressed["press_ns"], photos=photos, photos_status=pressed.get("photos"))
 
 
-def _evaluate(sub: dict[str, Any], press_ns: list[int], *, photos: bool,
-              photos_status: dict[str, Any] | None) -> dict[str, Any]:
+def _evaluate(
+    sub: dict[str, Any], press_ns: list[int], *, photos: bool, photos_status: dict[str, Any] | None
+) -> dict[str, Any]:
     """Arrival i of ``/event/panic`` is press i; a photo belongs to the press of the alarm its topic names."""
     alarms = sorted(first_arrivals(sub, "/event/panic").items(), key=lambda kv: kv[1][0])
     press_of = {eid: press_ns[i] for i, (eid, _v) in enumerate(alarms[: len(press_ns)])}
@@ -106,11 +137,14 @@ def _evaluate(sub: dict[str, Any], press_ns: list[int], *, photos: bool,
             photo_ms[eid] = (t * 1e9 - press_of[eid]) / 1e6
     failed = sum(1 for _t, topic, *_r in sub["arrivals"] if topic.endswith("/event/snapshot_failed"))
     n = len(press_ns)
-    out: dict[str, Any] = {"photos": photos, "expected": n, "delivered": len(alarm_ms),
-                           "alarm_ms": summary(alarm_ms)}
+    out: dict[str, Any] = {"photos": photos, "expected": n, "delivered": len(alarm_ms), "alarm_ms": summary(alarm_ms)}
     if photos:
-        out |= {"photos_delivered": len(photo_ms), "snapshot_failed": failed, "photo_ms": summary(list(photo_ms.values())),
-                "photos_status_at_end": photos_status}
+        out |= {
+            "photos_delivered": len(photo_ms),
+            "snapshot_failed": failed,
+            "photo_ms": summary(list(photo_ms.values())),
+            "photos_status_at_end": photos_status,
+        }
     out["valid"] = len(alarm_ms) == n and (not photos or len(photo_ms) == n)
     return out
 
@@ -124,9 +158,10 @@ def figure(mode: str, work: Path) -> dict[str, Any]:
         with Procs() as procs:
             broker = start_broker(procs, work)
             for rep in range(p["reps"]):
-                for photos in ((True, False) if rep % 2 == 0 else (False, True)):
+                for photos in (True, False) if rep % 2 == 0 else (False, True):
                     runs["on" if photos else "off"].append(
-                        one_run(procs, broker, work, cam, photos=photos, presses=p["presses"], gap_s=p["gap_s"]))
+                        one_run(procs, broker, work, cam, photos=photos, presses=p["presses"], gap_s=p["gap_s"])
+                    )
             drops = broker.dropped_warnings()
     finally:
         cam.stop()
@@ -136,15 +171,23 @@ def figure(mode: str, work: Path) -> dict[str, Any]:
     passed = all(r is not None and r <= TARGET_RATIO for r in ratio.values())
     valid = all(r["valid"] for rs in runs.values() for r in rs) and drops == 0
     return {
-        "presses": p["presses"], "press_gap_s": p["gap_s"], "reps": p["reps"], "jpeg_bytes": p["jpeg_bytes"],
+        "presses": p["presses"],
+        "press_gap_s": p["gap_s"],
+        "reps": p["reps"],
+        "jpeg_bytes": p["jpeg_bytes"],
         "camera": "http_snapshot on 127.0.0.1 (tests/support/snapcam.py)",
-        "alarm_photos_on_ms": on, "alarm_photos_off_ms": off,
+        "alarm_photos_on_ms": on,
+        "alarm_photos_off_ms": off,
         "press_to_photo_ms": median_summary([r["photo_ms"] for r in runs["on"]]),
         "photos_delivered": sum(r["photos_delivered"] for r in runs["on"]),
         "photos_expected": p["presses"] * len(runs["on"]),
-        "target": {"alarm_on_vs_off": f"p50 and p99 <= {TARGET_RATIO}x photos off", "ratio_p50": ratio["p50"],
-                   "ratio_p99": ratio["p99"], "ratio": max((r for r in ratio.values() if r is not None), default=None),
-                   "result": ("PASS" if passed else "MISS") if valid else "INVALID"},
+        "target": {
+            "alarm_on_vs_off": f"p50 and p99 <= {TARGET_RATIO}x photos off",
+            "ratio_p50": ratio["p50"],
+            "ratio_p99": ratio["p99"],
+            "ratio": max((r for r in ratio.values() if r is not None), default=None),
+            "result": ("PASS" if passed else "MISS") if valid else "INVALID",
+        },
         "broker_drop_warnings": drops,
         "runs": runs,
         "valid": valid,
@@ -183,8 +226,12 @@ def press_main(argv: list[str]) -> int:
         time.sleep(0.5)  # agent_started, the birth status and the camera's first probe are out of the way
         pin = agent.inputs._inputs["panic"].button.pin  # normally open: pressed = low
         stamps: list[int] = []
-        driver = threading.Thread(target=lambda: stamps.extend(press_loop(
-            pin.drive_low, pin.drive_high, count=args.count, gap_ms=args.gap_ms, hold_ms=5.0)), name="bench-driver")
+        driver = threading.Thread(
+            target=lambda: stamps.extend(
+                press_loop(pin.drive_low, pin.drive_high, count=args.count, gap_ms=args.gap_ms, hold_ms=5.0)
+            ),
+            name="bench-driver",
+        )
         driver.start()
         driver.join()
         deadline = time.monotonic() + args.timeout
@@ -230,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
 def line(res: dict[str, Any]) -> str:
     """The figure in one sentence."""
     on, off, ph, t = res["alarm_photos_on_ms"], res["alarm_photos_off_ms"], res["press_to_photo_ms"], res["target"]
-    return (f"photos: {res['presses']} presses x {res['reps']} runs each way, {res['jpeg_bytes'] // 1000} kB JPEG: "
-            f"press → alarm p50/p99 {on['p50']:.2f}/{on['p99']:.2f} ms with photos, {off['p50']:.2f}/{off['p99']:.2f} "
-            f"ms without (ratio {t['ratio_p50']}/{t['ratio_p99']}: {t['result']}); press → photo p50/p99 "
-            f"{ph['p50']:.1f}/{ph['p99']:.1f} ms; {res['photos_delivered']}/{res['photos_expected']} photos; "
-            f"valid: {res['valid']}")
+    return (
+        f"photos: {res['presses']} presses x {res['reps']} runs each way, {res['jpeg_bytes'] // 1000} kB JPEG: "
+        f"press → alarm p50/p99 {on['p50']:.2f}/{on['p99']:.2f} ms with photos, {off['p50']:.2f}/{off['p99']:.2f} "
+        f"ms without (ratio {t['ratio_p50']}/{t['ratio_p99']}: {t['result']}); press → photo p50/p99 "
+        f"{ph['p50']:.1f}/{ph['p99']:.1f} ms; {res['photos_delivered']}/{res['photos_expected']} photos; "
+        f"valid: {res['valid']}"
+    )
 
 
 if __name__ == "__main__":

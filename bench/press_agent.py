@@ -50,9 +50,12 @@ def main() -> int:
         time.sleep(0.5)  # agent_started and the birth status are out of the way
         pin = agent.inputs._inputs["panic"].button.pin  # normally open: pressed = low
         stamps: list[int] = []
-        driver = threading.Thread(target=lambda: stamps.extend(press_loop(
-            pin.drive_low, pin.drive_high, count=args.count, gap_ms=args.gap_ms, hold_ms=args.hold_ms)),
-            name="bench-driver")
+        driver = threading.Thread(
+            target=lambda: stamps.extend(
+                press_loop(pin.drive_low, pin.drive_high, count=args.count, gap_ms=args.gap_ms, hold_ms=args.hold_ms)
+            ),
+            name="bench-driver",
+        )
         driver.start()
         driver.join()
         time.sleep(0.5)

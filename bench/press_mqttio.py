@@ -55,8 +55,9 @@ def main() -> int:
                 return
             time.sleep(0.5)  # its birth status is out of the way
             pin = Device.pin_factory.pin(args.pin)  # mqtt-io's Button on this pin (pull-up: pressed = low)
-            stamps = press_loop(pin.drive_low, pin.drive_high, count=args.count, gap_ms=args.gap_ms,
-                                hold_ms=args.hold_ms)
+            stamps = press_loop(
+                pin.drive_low, pin.drive_high, count=args.count, gap_ms=args.gap_ms, hold_ms=args.hold_ms
+            )
             time.sleep(0.5)
             write_result(args.out, {"press_ns": stamps, "rss_mb": round(rss_mb(), 2)})
         except Exception as exc:

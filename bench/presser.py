@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 
-def press_loop(press: Callable[[], None], release: Callable[[], None], *, count: int, gap_ms: float,
-               hold_ms: float) -> list[int]:
+def press_loop(
+    press: Callable[[], None], release: Callable[[], None], *, count: int, gap_ms: float, hold_ms: float
+) -> list[int]:
     """Press ``count`` times ``gap_ms`` apart, releasing ``hold_ms`` after each press; return the stamps (ns)."""
     stamps: list[int] = []
     gap = gap_ms / 1000.0

@@ -33,8 +33,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 
 def _client(window: int) -> tuple[mqtt.Client, threading.Event, list[int]]:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
-                    protocol=MQTTProtocolVersion.MQTTv5)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+    )
     c.max_inflight_messages_set(window)
     c.max_queued_messages_set(0)
     connected = threading.Event()
@@ -73,8 +74,11 @@ def run_latency(args: argparse.Namespace, template: bytes) -> dict[str, Any]:
                 time.sleep(delay)
             t_ns = time.monotonic_ns()
             t = t_ns / 1e9
-            payload = (template.replace(b"__ID__", uuid.uuid4().hex.encode())
-                       .replace(b"__MONO__", str(int(t * 1000)).encode()).replace(b"__SEQ__", str(i + 1).encode()))
+            payload = (
+                template.replace(b"__ID__", uuid.uuid4().hex.encode())
+                .replace(b"__MONO__", str(int(t * 1000)).encode())
+                .replace(b"__SEQ__", str(i + 1).encode())
+            )
             os.write(fd, payload)
             os.fsync(fd)
             fsync_us.append((time.monotonic_ns() - t_ns) / 1e3)
@@ -90,8 +94,12 @@ def run_latency(args: argparse.Namespace, template: bytes) -> dict[str, Any]:
 
 
 def run_drain(args: argparse.Namespace, template: bytes) -> dict[str, Any]:
-    payloads = [template.replace(b"__ID__", uuid.uuid4().hex.encode()).replace(b"__MONO__", b"0")
-                .replace(b"__SEQ__", str(i + 1).encode()) for i in range(args.count)]
+    payloads = [
+        template.replace(b"__ID__", uuid.uuid4().hex.encode())
+        .replace(b"__MONO__", b"0")
+        .replace(b"__SEQ__", str(i + 1).encode())
+        for i in range(args.count)
+    ]
     c, connected, acked = _client(args.window)
     c.connect("127.0.0.1", args.port, keepalive=30)
     c.loop_start()

@@ -85,14 +85,50 @@ class Plan:
     scale_reps: int
 
 
-FULL = Plan("full", presses=1000, press_gap_ms=25, latency_reps=3, drain_events=50_000, drain_reps=3, window=20,
-            paced_events=5000, enqueue_puts=1000, enqueue_reps=5, burst_presses=1000, burst_reps=3,
-            memory_s=600, memory_agents=3, idle_warmup_s=60, idle_window_s=60,
-            scale_levels=(1_000, 100_000, 1_000_000), scale_puts=200, scale_drains=2000, scale_reps=5)
-QUICK = Plan("quick", presses=150, press_gap_ms=20, latency_reps=2, drain_events=8_000, drain_reps=2, window=20,
-             paced_events=1000, enqueue_puts=300, enqueue_reps=3, burst_presses=1000, burst_reps=1,
-             memory_s=40, memory_agents=2, idle_warmup_s=10, idle_window_s=30,
-             scale_levels=(1_000, 100_000, 1_000_000), scale_puts=100, scale_drains=1000, scale_reps=3)
+FULL = Plan(
+    "full",
+    presses=1000,
+    press_gap_ms=25,
+    latency_reps=3,
+    drain_events=50_000,
+    drain_reps=3,
+    window=20,
+    paced_events=5000,
+    enqueue_puts=1000,
+    enqueue_reps=5,
+    burst_presses=1000,
+    burst_reps=3,
+    memory_s=600,
+    memory_agents=3,
+    idle_warmup_s=60,
+    idle_window_s=60,
+    scale_levels=(1_000, 100_000, 1_000_000),
+    scale_puts=200,
+    scale_drains=2000,
+    scale_reps=5,
+)
+QUICK = Plan(
+    "quick",
+    presses=150,
+    press_gap_ms=20,
+    latency_reps=2,
+    drain_events=8_000,
+    drain_reps=2,
+    window=20,
+    paced_events=1000,
+    enqueue_puts=300,
+    enqueue_reps=3,
+    burst_presses=1000,
+    burst_reps=1,
+    memory_s=40,
+    memory_agents=2,
+    idle_warmup_s=10,
+    idle_window_s=30,
+    scale_levels=(1_000, 100_000, 1_000_000),
+    scale_puts=100,
+    scale_drains=1000,
+    scale_reps=3,
+)
 
 
 # ---- one function per figure; each gets its own broker and child processes --------------------------
@@ -105,25 +141,32 @@ def fig_latency(plan: Plan, work: Path) -> dict[str, Any]:
         broker = start_broker(procs, work)
         who = ["agent", "baseline", "peer"]
         for rep in range(plan.latency_reps):
-            for name in who[rep % 3:] + who[: rep % 3]:  # each goes first in turn
+            for name in who[rep % 3 :] + who[: rep % 3]:  # each goes first in turn
                 if name == "agent":
                     runs[name].append(delivery.agent_latency(procs, broker, work, plan.presses, plan.press_gap_ms))
                 elif name == "baseline":
-                    runs[name].append(delivery.baseline_latency(procs, broker, work, plan.presses,
-                                                                plan.press_gap_ms, fsync_dir=work))
+                    runs[name].append(
+                        delivery.baseline_latency(procs, broker, work, plan.presses, plan.press_gap_ms, fsync_dir=work)
+                    )
                 else:
-                    runs[name].append(delivery.peer_latency(procs, broker, work, plan.presses, plan.press_gap_ms,
-                                                            peer_py))
+                    runs[name].append(
+                        delivery.peer_latency(procs, broker, work, plan.presses, plan.press_gap_ms, peer_py)
+                    )
     lost = [r for rs in runs.values() for r in rs if r["delivered"] != r["expected"]]
     return {
         "press_to_delivery_ms": median_summary(runs["agent"]),
         "baseline_delivery_ms": median_summary(runs["baseline"]),
         "peer_delivery_ms": median_summary(runs["peer"]),
-        "peer": {"name": peer.PEER, "versions": peer.peer_versions(peer_py),
-                 "rss_mb_after_presses": median_of(runs["peer"], "rss_mb", 2)},
+        "peer": {
+            "name": peer.PEER,
+            "versions": peer.peer_versions(peer_py),
+            "rss_mb_after_presses": median_of(runs["peer"], "rss_mb", 2),
+        },
         "agent_rss_mb_after_presses": median_of(runs["agent"], "rss_mb", 2),
-        "baseline_fsync_us": {"p50": median_of(runs["baseline"], "fsync_us_p50", 1),
-                              "p99": median_of(runs["baseline"], "fsync_us_p99", 1)},
+        "baseline_fsync_us": {
+            "p50": median_of(runs["baseline"], "fsync_us_p50", 1),
+            "p99": median_of(runs["baseline"], "fsync_us_p99", 1),
+        },
         "runs": runs,
         "valid": not lost,
     }
@@ -137,8 +180,9 @@ def fig_drain(plan: Plan, work: Path) -> dict[str, Any]:
             order = [True, False] if rep % 2 == 0 else [False, True]
             for is_agent in order:
                 if is_agent:
-                    agent_runs.append(delivery.agent_drain(procs, broker, work, plan.drain_events, plan.window,
-                                                           rate=100_000))
+                    agent_runs.append(
+                        delivery.agent_drain(procs, broker, work, plan.drain_events, plan.window, rate=100_000)
+                    )
                 else:
                     base_runs.append(delivery.baseline_drain(procs, broker, work, plan.drain_events, plan.window))
         paced = delivery.agent_drain(procs, broker, work, plan.paced_events, plan.window, rate=None)
@@ -149,8 +193,11 @@ def fig_drain(plan: Plan, work: Path) -> dict[str, Any]:
         "baseline_events_per_s": median_of(base_runs, "events_per_s", 1),
         "drain_cpu_us_per_event": median_of(agent_runs, "cpu_us_per_event", 1),
         "baseline_cpu_us_per_event": median_of(base_runs, "cpu_us_per_event", 1),
-        "drain_paced": {"drain_rate_per_s": paced.get("drain_rate_per_s"), "events": plan.paced_events,
-                        "events_per_s": paced.get("events_per_s")},
+        "drain_paced": {
+            "drain_rate_per_s": paced.get("drain_rate_per_s"),
+            "events": plan.paced_events,
+            "events_per_s": paced.get("events_per_s"),
+        },
         "broker_drop_warnings": drops,
         "runs": {"agent": agent_runs, "baseline": base_runs, "paced": paced},
         "valid": not invalid and drops == 0,
@@ -177,11 +224,30 @@ def fig_burst(plan: Plan, work: Path) -> dict[str, Any]:
         for rep in range(plan.burst_reps):
             dev = unique_id("burst")
             (work / dev).mkdir(parents=True, exist_ok=True)
-            sub = start_subscriber(procs, broker.port, [f"campus/+/{dev}/event/#"], work / dev / "sub.json",
-                                   expect=plan.burst_presses, match="/event/panic", timeout=90)
-            proc = procs.popen([PY, str(BENCH / "burst.py"), "--port", str(broker.port), "--device", dev,
-                                "--workdir", str(work / dev), "--presses", str(plan.burst_presses)],
-                               stdout=subprocess.PIPE)
+            sub = start_subscriber(
+                procs,
+                broker.port,
+                [f"campus/+/{dev}/event/#"],
+                work / dev / "sub.json",
+                expect=plan.burst_presses,
+                match="/event/panic",
+                timeout=90,
+            )
+            proc = procs.popen(
+                [
+                    PY,
+                    str(BENCH / "burst.py"),
+                    "--port",
+                    str(broker.port),
+                    "--device",
+                    dev,
+                    "--workdir",
+                    str(work / dev),
+                    "--presses",
+                    str(plan.burst_presses),
+                ],
+                stdout=subprocess.PIPE,
+            )
             out, _ = proc.communicate(timeout=150)
             if proc.returncode != 0:
                 raise RuntimeError(f"burst run {rep} failed with {proc.returncode}")
@@ -205,8 +271,15 @@ def fig_burst(plan: Plan, work: Path) -> dict[str, Any]:
 def fig_memory(plan: Plan, work: Path) -> dict[str, Any]:
     with Procs() as procs:
         broker = start_broker(procs, work)
-        got = idle.memory_and_idle(procs, broker, work, agents=plan.memory_agents, total_s=plan.memory_s,
-                                   warmup_s=plan.idle_warmup_s, window_s=plan.idle_window_s)
+        got = idle.memory_and_idle(
+            procs,
+            broker,
+            work,
+            agents=plan.memory_agents,
+            total_s=plan.memory_s,
+            warmup_s=plan.idle_warmup_s,
+            window_s=plan.idle_window_s,
+        )
     windows = got["windows"]
     sched = [w["sched_pct"] for w in windows if w["sched_pct"] is not None]
     ticks = [w["ticks_pct"] for w in windows]
@@ -239,8 +312,12 @@ def fig_scale(plan: Plan, work: Path) -> dict[str, Any]:
 
 
 RUNNERS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
-    "latency": fig_latency, "drain": fig_drain, "enqueue": fig_enqueue, "burst": fig_burst,
-    "memory": fig_memory, "scale": fig_scale,
+    "latency": fig_latency,
+    "drain": fig_drain,
+    "enqueue": fig_enqueue,
+    "burst": fig_burst,
+    "memory": fig_memory,
+    "scale": fig_scale,
     "backlog": lambda plan, work: backlog.figure(plan.mode, work),  # issue 9: real presses behind 50,000 pending
     "photos": lambda plan, work: photos.figure(plan.mode, work),  # issue 13: alarms with photos on/off, press → photo
 }
@@ -249,8 +326,9 @@ RUNNERS: dict[str, Callable[[Plan, Path], dict[str, Any]]] = {
 # ---- assembling the results ------------------------------------------------------------------------
 
 
-def assemble(plan: Plan, machine: dict[str, Any], figs: dict[str, dict[str, Any]], started: float,
-             work: Path) -> dict[str, Any]:
+def assemble(
+    plan: Plan, machine: dict[str, Any], figs: dict[str, dict[str, Any]], started: float, work: Path
+) -> dict[str, Any]:
     nan = math.nan
     lat, drain, enq = figs.get("latency", {}), figs.get("drain", {}), figs.get("enqueue", {})
     mem, scale = figs.get("memory", {}), figs.get("scale", {})
@@ -279,21 +357,23 @@ def assemble(plan: Plan, machine: dict[str, Any], figs: dict[str, dict[str, Any]
         "drain_paced": drain.get("drain_paced"),
         "backlog": {k: v for k, v in figs.get("backlog", {}).items() if k != "runs"},
         "photos": {k: v for k, v in figs.get("photos", {}).items() if k != "runs"},
-        "drain_cpu_us_per_event": {"agent": drain.get("drain_cpu_us_per_event", nan),
-                                   "baseline": drain.get("baseline_cpu_us_per_event", nan)},
+        "drain_cpu_us_per_event": {
+            "agent": drain.get("drain_cpu_us_per_event", nan),
+            "baseline": drain.get("baseline_cpu_us_per_event", nan),
+        },
         "plan": asdict(plan),
         "setup": {
             "workdir_fs": machine["outbox_disk"]["fstype"],
             "broker_settings": list(BenchBroker.SETTINGS),
             "press_inputs": "mock pins, debounce_ms: 0 (the configured debounce delays a press by design)",
             "latency": "subscriber's time.monotonic() at arrival minus a time.monotonic_ns() stamp taken by a "
-                       "thread inside the publishing process just before it drives the mock pin (agent: "
-                       "bench/press_agent.py, mqtt-io: bench/press_mqttio.py) or, for raw paho, before its "
-                       "write+fsync+publish; arrival i is press i",
+            "thread inside the publishing process just before it drives the mock pin (agent: "
+            "bench/press_agent.py, mqtt-io: bench/press_mqttio.py) or, for raw paho, before its "
+            "write+fsync+publish; arrival i is press i",
             "drain": "from the sender's online status (baseline: a start marker) to the last new id at the "
-                     "subscriber; agent with drain_rate_per_s 100000 and max_inflight = the baseline's window",
-            "memory_window": f"{plan.memory_s:g} s" + (" (quick: the full run uses 600 s)" if plan.mode == "quick"
-                                                       else ""),
+            "subscriber; agent with drain_rate_per_s 100000 and max_inflight = the baseline's window",
+            "memory_window": f"{plan.memory_s:g} s"
+            + (" (quick: the full run uses 600 s)" if plan.mode == "quick" else ""),
             "baseline_rss": idle.BASELINE_IMPORTS,
         },
         "details": figs,
@@ -334,8 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reduced counts and shorter runs (under 3 minutes)")
     p.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {', '.join(FIGURES)}")
-    p.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
-                   help="where outboxes and logs go: put it on the filesystem the outbox lives on (default /var/tmp)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where outboxes and logs go: put it on the filesystem the outbox lives on (default /var/tmp)",
+    )
     p.add_argument("--out-dir", type=Path, default=BENCH / "results")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, outboxes)")
     args = p.parse_args(argv)
@@ -351,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     machine = machine_info(work)
     if machine["outbox_disk"]["fstype"] in ("tmpfs", "ramfs"):
-        print(f"WARNING: {work} is on {machine['outbox_disk']['fstype']}: fsync costs nothing there; "
-              "use --workdir on the outbox's real filesystem", file=sys.stderr)
+        print(
+            f"WARNING: {work} is on {machine['outbox_disk']['fstype']}: fsync costs nothing there; "
+            "use --workdir on the outbox's real filesystem",
+            file=sys.stderr,
+        )
     figs: dict[str, dict[str, Any]] = {}
     try:
         for name in FIGURES:

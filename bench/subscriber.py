@@ -62,8 +62,9 @@ def main() -> int:
                 if args.expect and len(ids) >= args.expect:
                     done.set()
 
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:8]}",
-                    protocol=MQTTProtocolVersion.MQTTv5)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+    )
 
     def on_connect(cl: mqtt.Client, *_a: Any) -> None:
         for t in args.topic:

@@ -61,8 +61,10 @@ def describe(topic: str, doc: dict[str, Any], arrived: float) -> str:
         except (KeyError, ValueError):
             delay = ""
         test = " TEST" if doc.get("test") else ""
-        return (f"{now}  EVENT   {who}  {doc.get('type'):<14} from {doc.get('source'):<10} "
-                f"seq {doc.get('seq')}{test}  {delay}")
+        return (
+            f"{now}  EVENT   {who}  {doc.get('type'):<14} from {doc.get('source'):<10} "
+            f"seq {doc.get('seq')}{test}  {delay}"
+        )
     if topic.endswith("/status"):
         if doc.get("state") == "offline":
             return f"{now}  STATUS  {who}  OFFLINE ({doc.get('reason')})"
@@ -97,7 +99,9 @@ def main() -> int:
 
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(mosquitto).exists():
-        raise SystemExit("demo: mosquitto is not installed; run `make demo` (it installs it) or apt-get install mosquitto")
+        raise SystemExit(
+            "demo: mosquitto is not installed; run `make demo` (it installs it) or apt-get install mosquitto"
+        )
     work = ROOT / "demo-run"  # kept after the demo so agent.log can be read
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -125,8 +129,14 @@ def main() -> int:
         view = live_view(port)
         env = dict(os.environ, PYTHONPATH=str(ROOT), CAMPUS_AGENT_ALLOW_ROOT="1")  # a dev box or container as root
         log = (work / "agent.log").open("wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg_path)], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "-c", str(cfg_path)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         print(f"demo: agent running; its log is {work / 'agent.log'}", flush=True)
         sock = cfg_path.parent / "control.sock"
         deadline = time.monotonic() + 20
@@ -136,8 +146,11 @@ def main() -> int:
                 break
             except ControlError:
                 time.sleep(0.1)
-        print(f"demo: pressing the simulated panic button every {args.every:g} s; press Enter to press it now, "
-              "Ctrl-C to stop", flush=True)
+        print(
+            f"demo: pressing the simulated panic button every {args.every:g} s; press Enter to press it now, "
+            "Ctrl-C to stop",
+            flush=True,
+        )
 
         def press(reason: str) -> None:
             try:
@@ -149,9 +162,11 @@ def main() -> int:
                 print(f"demo: could not press: {exc}", flush=True)
 
         if sys.stdin.isatty():
+
             def keys() -> None:
                 for _line in sys.stdin:
                     press("Enter")
+
             threading.Thread(target=keys, daemon=True).start()
         started = time.monotonic()
         next_press = started + 2.0

@@ -88,8 +88,11 @@ def test_sigkill__retained_offline_will_is_seen(broker, agent_proc, device, vali
     topic = f"campus/main/{device}/status"
     _wait(lambda: (retained(broker.port, topic) or {}).get("state") == "online", what="retained online status")
     agent.kill()
-    doc = _wait(lambda: (d := retained(broker.port, topic)) and d["state"] == "offline" and d,
-                timeout=15, what="retained offline will")
+    doc = _wait(
+        lambda: (d := retained(broker.port, topic)) and d["state"] == "offline" and d,
+        timeout=15,
+        what="retained offline will",
+    )
     validate("status", doc)
     assert doc["reason"] == "lost"
 
@@ -107,8 +110,10 @@ def test_clean_stop__retained_offline_shutdown(broker, agent_proc, device, valid
 
 def test_press__made_while_a_commit_is_stuck_is_recorded(broker, agent_proc, device, tmp_path):
     """Issue 9 item 1: a 300 ms press queued behind a 3 s write lock on outbox.db still counts."""
-    inputs = [{"name": "a", "kind": "panic_button", "pin": 5, "debounce_ms": 50},
-              {"name": "b", "kind": "panic_button", "pin": 6, "debounce_ms": 50}]
+    inputs = [
+        {"name": "a", "kind": "panic_button", "pin": 5, "debounce_ms": 50},
+        {"name": "b", "kind": "panic_button", "pin": 6, "debounce_ms": 50},
+    ]
     agent = agent_proc(broker.port, device=device, inputs=inputs)
     agent.wait_recorded(1, type_="agent_started")
     lock = sqlite3.connect(tmp_path / device / "outbox.db", isolation_level=None, timeout=10)

@@ -39,8 +39,12 @@ def _backlog_event(i: int) -> Event:
     if i % 3 == 0:
         return Event.create(CLOCK, EventType.PANIC, "panic", test=True, data={"pin": 17, "contact": "normally_open"})
     if i % 3 == 1:
-        return Event.create(CLOCK, EventType.CAMERA_FAULT, "gate-cam",
-                            data={"detail": "connection refused", "kind": "http", "failures": 3})
+        return Event.create(
+            CLOCK,
+            EventType.CAMERA_FAULT,
+            "gate-cam",
+            data={"detail": "connection refused", "kind": "http", "failures": 3},
+        )
     return Event.create(CLOCK, EventType.INPUT_RESTORED, "panic", data={"held_s": 1.0})
 
 
@@ -87,8 +91,10 @@ def test_outbox__an_outbox_from_before_the_alarm_lane_is_upgraded_in_place(tmp_p
     conn.executescript(_OLD_SCHEMA)
     for i, kind in enumerate([EventType.INPUT_FAULT, EventType.PANIC, EventType.INPUT_FAULT]):
         e = Event.create(CLOCK, kind, "panic")
-        conn.execute("INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)",
-                     (e.id, kind.value, int(kind.is_alarm), i, e.body("s", "d")))
+        conn.execute(
+            "INSERT INTO outbox (id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?)",
+            (e.id, kind.value, int(kind.is_alarm), i, e.body("s", "d")),
+        )
     conn.commit()
     conn.close()
     with Outbox(path, site="s", device="d") as ob:
@@ -133,8 +139,9 @@ def _wait_recorded(agent: Any, known: set[str], timeout: float = 30.0) -> tuple[
 @pytest.mark.broker
 def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, agent_proc, device, tmp_path):
     workdir = tmp_path / device
-    agent = agent_proc(broker.port, device=device, start=False, workdir=workdir, outbox={"max_mb": 200},
-                       mqtt={"max_inflight": WINDOW})  # drain_rate_per_s: the default (500/s)
+    agent = agent_proc(
+        broker.port, device=device, start=False, workdir=workdir, outbox={"max_mb": 200}, mqtt={"max_inflight": WINDOW}
+    )  # drain_rate_per_s: the default (500/s)
     _fill(workdir / "outbox.db", device, BACKLOG)
     agent.start()
     central.wait_events(200, timeout=60)  # the drain is under way
@@ -173,22 +180,37 @@ def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path:
     pw.touch()
     pw.chmod(0o600)
     subprocess.run(["mosquitto_passwd", "-b", str(pw), dev, "a-secret"], check=True)
-    routine_only = (f"user {dev}\ntopic write {root}/status\ntopic write {root}/event/input_fault\n"
-                    f"topic read {root}/cmd/#\n")
+    routine_only = (
+        f"user {dev}\ntopic write {root}/status\ntopic write {root}/event/input_fault\ntopic read {root}/cmd/#\n"
+    )
     acl.write_text(routine_only)
     b = Broker(tmp_path / "acl-broker", listener_extra=f"allow_anonymous false\npassword_file {pw}\nacl_file {acl}\n")
     b.start()
     secret = tmp_path / "secret"
     secret.write_text("a-secret")
     secret.chmod(0o600)
-    cfg = write_config(tmp_path / "cfg", b.port, device=dev,
-                       mqtt={"username": dev, "password_file": str(secret), "protocol": 5, "client_id": dev,
-                            "allow_plaintext_password": True})
+    cfg = write_config(
+        tmp_path / "cfg",
+        b.port,
+        device=dev,
+        mqtt={
+            "username": dev,
+            "password_file": str(secret),
+            "protocol": 5,
+            "client_id": dev,
+            "allow_plaintext_password": True,
+        },
+    )
     outbox = Outbox(tmp_path / "o.db", site="main", device=dev)
     delivered: list[str] = []
-    up = Uplink(load_config(cfg).mqtt, topic_root=root, outbox=outbox, status=lambda: {"v": 1, "state": "online"},
-                offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
-                on_delivered=lambda row: delivered.append(row.type))
+    up = Uplink(
+        load_config(cfg).mqtt,
+        topic_root=root,
+        outbox=outbox,
+        status=lambda: {"v": 1, "state": "online"},
+        offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+        on_delivered=lambda row: delivered.append(row.type),
+    )
     try:
         with caplog.at_level(logging.ERROR, logger="agent.uplink"):
             alarm_seq = outbox.put(Event.create(CLOCK, EventType.PANIC, "panic"))
@@ -196,8 +218,10 @@ def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path:
             for _ in range(3):
                 outbox.put(Event.create(CLOCK, EventType.INPUT_FAULT, "panic", data={"reason": "stuck"}))
                 up.wake()
-            _wait_until(lambda: _refusals(caplog, alarm_seq) >= 3 and delivered.count("input_fault") == 3,
-                        "three refusals of the alarm and the routine rows delivered")
+            _wait_until(
+                lambda: _refusals(caplog, alarm_seq) >= 3 and delivered.count("input_fault") == 3,
+                "three refusals of the alarm and the routine rows delivered",
+            )
             assert outbox.pending() == 1  # only the alarm: kept, never deleted on a refusal
             lines = [r for r in caplog.records if f"seq {alarm_seq} " in r.getMessage()]
             assert all(r.levelno == logging.CRITICAL for r in lines)

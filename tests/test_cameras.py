@@ -34,8 +34,16 @@ FAULT, RESTORED = EventType.CAMERA_FAULT, EventType.CAMERA_RESTORED
 def cam_cfg(kind: CameraKind, url: str | None = None, **kw: Any) -> CameraConfig:
     """Built directly: validation would refuse the short intervals that keep these tests fast."""
     base: dict[str, Any] = {
-        "name": "door", "kind": kind, "url": url, "timeout_s": 0.5, "probe_interval_s": 0.05, "fail_after": 2,
-        "username": None, "password": None, "auth": "basic", "camera_num": 0,
+        "name": "door",
+        "kind": kind,
+        "url": url,
+        "timeout_s": 0.5,
+        "probe_interval_s": 0.05,
+        "fail_after": 2,
+        "username": None,
+        "password": None,
+        "auth": "basic",
+        "camera_num": 0,
     }
     return CameraConfig(**(base | kw))
 
@@ -131,22 +139,76 @@ def closed_port() -> int:
 
 # ---- HTTP snapshot ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("mode", "login", "auth", "ok", "detail"), [
-    ("jpeg", None, "basic", True, r"^200 image/jpeg 20\d\d bytes in \d+ ms$"),
-    ("basic", PASSWORD, "basic", True, r"^200 image/jpeg 20\d\d bytes in \d+ ms$"),
-    ("digest", PASSWORD, "digest", True, r"^200 image/jpeg 20\d\d bytes in \d+ ms$"),
-    ("basic", "wrong", "basic", False, r"^HTTP 401 from 127\.0\.0\.1: check the camera username and password file$"),
-    ("digest", "wrong", "digest", False, r"^HTTP 401 from 127\.0\.0\.1: check the camera username and password file$"),
-    ("digest", None, "basic", False, r"^HTTP 401 from 127\.0\.0\.1: the camera wants a login; set username and password_file$"),
-    ("error500", None, "basic", False, r"^HTTP 500 from 127\.0\.0\.1: the camera reports an internal error; power-cycle it$"),
-    ("garbage", None, "basic", False, r"^not a JPEG \(starts 3c 68 74 6d, no FF D8 marker\) from 127\.0\.0\.1: check the snapshot URL$"),
-    ("html", None, "basic", False, r"^not a JPEG \(content type text/html, 36 bytes\) from 127\.0\.0\.1: check the snapshot URL$"),
-    ("truncated", None, "basic", False, r"^truncated JPEG \(1035 bytes, no FF D9 end marker\) from 127\.0\.0\.1"),
-    ("cut", None, "basic", False, r"^127\.0\.0\.1:\d+ dropped the connection mid-answer: camera rebooting or overloaded$"),
-    ("raw", None, "basic", False, r"^not an HTTP answer from 127\.0\.0\.1:\d+: check the port in the URL$"),
-    ("hang", None, "basic", False, r"^no answer from 127\.0\.0\.1:\d+ within 0\.5 s: camera off, hung or unreachable$"),
-])
-def test_probe_http__answers(http_camera: HttpCamera, mode: str, login: str | None, auth: str, ok: bool, detail: str) -> None:
+
+@pytest.mark.parametrize(
+    ("mode", "login", "auth", "ok", "detail"),
+    [
+        ("jpeg", None, "basic", True, r"^200 image/jpeg 20\d\d bytes in \d+ ms$"),
+        ("basic", PASSWORD, "basic", True, r"^200 image/jpeg 20\d\d bytes in \d+ ms$"),
+        ("digest", PASSWORD, "digest", True, r"^200 image/jpeg 20\d\d bytes in \d+ ms$"),
+        (
+            "basic",
+            "wrong",
+            "basic",
+            False,
+            r"^HTTP 401 from 127\.0\.0\.1: check the camera username and password file$",
+        ),
+        (
+            "digest",
+            "wrong",
+            "digest",
+            False,
+            r"^HTTP 401 from 127\.0\.0\.1: check the camera username and password file$",
+        ),
+        (
+            "digest",
+            None,
+            "basic",
+            False,
+            r"^HTTP 401 from 127\.0\.0\.1: the camera wants a login; set username and password_file$",
+        ),
+        (
+            "error500",
+            None,
+            "basic",
+            False,
+            r"^HTTP 500 from 127\.0\.0\.1: the camera reports an internal error; power-cycle it$",
+        ),
+        (
+            "garbage",
+            None,
+            "basic",
+            False,
+            r"^not a JPEG \(starts 3c 68 74 6d, no FF D8 marker\) from 127\.0\.0\.1: check the snapshot URL$",
+        ),
+        (
+            "html",
+            None,
+            "basic",
+            False,
+            r"^not a JPEG \(content type text/html, 36 bytes\) from 127\.0\.0\.1: check the snapshot URL$",
+        ),
+        ("truncated", None, "basic", False, r"^truncated JPEG \(1035 bytes, no FF D9 end marker\) from 127\.0\.0\.1"),
+        (
+            "cut",
+            None,
+            "basic",
+            False,
+            r"^127\.0\.0\.1:\d+ dropped the connection mid-answer: camera rebooting or overloaded$",
+        ),
+        ("raw", None, "basic", False, r"^not an HTTP answer from 127\.0\.0\.1:\d+: check the port in the URL$"),
+        (
+            "hang",
+            None,
+            "basic",
+            False,
+            r"^no answer from 127\.0\.0\.1:\d+ within 0\.5 s: camera off, hung or unreachable$",
+        ),
+    ],
+)
+def test_probe_http__answers(
+    http_camera: HttpCamera, mode: str, login: str | None, auth: str, ok: bool, detail: str
+) -> None:
     http_camera.mode = mode
     creds = {} if login is None else {"username": "tech", "password": Secret(login, Path("/p")), "auth": auth}
     r = probe_http(cam_cfg(CameraKind.HTTP_SNAPSHOT, http_camera.url, **creds))
@@ -157,19 +219,34 @@ def test_probe_http__answers(http_camera: HttpCamera, mode: str, login: str | No
 
 def test_probe_http__connection_refused(closed_port: int) -> None:
     r = probe_http(cam_cfg(CameraKind.HTTP_SNAPSHOT, f"http://127.0.0.1:{closed_port}/snap.jpg"))
-    assert r == ProbeResult(ok=False, detail=f"connection refused by 127.0.0.1:{closed_port}: camera off or wrong port",
-                            elapsed_ms=r.elapsed_ms)
+    assert r == ProbeResult(
+        ok=False,
+        detail=f"connection refused by 127.0.0.1:{closed_port}: camera off or wrong port",
+        elapsed_ms=r.elapsed_ms,
+    )
 
 
 # ---- RTSP ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("mode", "ok", "detail"), [
-    ("ok", True, r"^RTSP/1\.0 200 OK in \d+ ms$"),
-    ("not_found", False, r"^RTSP/1\.0 404 Not Found from 127\.0\.0\.1: check the stream path in the URL$"),
-    ("http", False, r"^not an RTSP answer from 127\.0\.0\.1:\d+ \(got 'HTTP/1\.1 400 Bad Request'\): check the port in the URL$"),
-    ("close", False, r"^127\.0\.0\.1:\d+ closed the connection without answering: not an RTSP server\? check the port$"),
-    ("hang", False, r"^no answer from 127\.0\.0\.1:\d+ within 0\.5 s: camera off, hung or unreachable$"),
-])
+
+@pytest.mark.parametrize(
+    ("mode", "ok", "detail"),
+    [
+        ("ok", True, r"^RTSP/1\.0 200 OK in \d+ ms$"),
+        ("not_found", False, r"^RTSP/1\.0 404 Not Found from 127\.0\.0\.1: check the stream path in the URL$"),
+        (
+            "http",
+            False,
+            r"^not an RTSP answer from 127\.0\.0\.1:\d+ \(got 'HTTP/1\.1 400 Bad Request'\): check the port in the URL$",
+        ),
+        (
+            "close",
+            False,
+            r"^127\.0\.0\.1:\d+ closed the connection without answering: not an RTSP server\? check the port$",
+        ),
+        ("hang", False, r"^no answer from 127\.0\.0\.1:\d+ within 0\.5 s: camera off, hung or unreachable$"),
+    ],
+)
 def test_probe_rtsp__answers(rtsp_server: RtspServer, mode: str, ok: bool, detail: str) -> None:
     rtsp_server.mode = mode
     r = probe_rtsp(cam_cfg(CameraKind.RTSP, rtsp_server.url))
@@ -186,6 +263,7 @@ def test_probe_rtsp__connection_refused(closed_port: int) -> None:
 
 # ---- hysteresis, events and status -----------------------------------------------------------
 
+
 def test_cameras__states_before_first_probe(make_cameras: Callable[..., Cameras], closed_port: int) -> None:
     cams = make_cameras(cam_cfg(CameraKind.RTSP, f"rtsp://127.0.0.1:{closed_port}/"))
     assert cams.states() == {"door": {"ok": None, "checked": None, "detail": "not checked yet"}}
@@ -194,8 +272,12 @@ def test_cameras__states_before_first_probe(make_cameras: Callable[..., Cameras]
 
 
 def test_cameras__one_fault_per_outage_one_restored_per_recovery(
-    make_cameras: Callable[..., Cameras], rtsp_server: RtspServer, recorder: Recorder,
-    caplog: pytest.LogCaptureFixture, validate: Any, clock: Clock,
+    make_cameras: Callable[..., Cameras],
+    rtsp_server: RtspServer,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    validate: Any,
+    clock: Clock,
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.cameras")
     cams = make_cameras(cam_cfg(CameraKind.RTSP, rtsp_server.url, fail_after=3))
@@ -222,7 +304,11 @@ def test_cameras__one_fault_per_outage_one_restored_per_recovery(
     assert (restored["kind"], restored["failures"]) == ("rtsp", 5)
     assert restored["down_s"] >= 0
     assert re.match(r"^RTSP/1\.0 200 OK in \d+ ms$", restored["detail"])
-    levels = [(r.levelname, r.getMessage()) for r in caplog.records if "FAULT" in r.getMessage() or "restored" in r.getMessage()]
+    levels = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if "FAULT" in r.getMessage() or "restored" in r.getMessage()
+    ]
     assert [lv for lv, _ in levels] == ["WARNING", "INFO"]
     assert "camera off or wrong port" in levels[0][1]
     for etype, source, stamp, data in recorder.events:
@@ -231,7 +317,9 @@ def test_cameras__one_fault_per_outage_one_restored_per_recovery(
 
 
 def test_cameras__first_probes_fail_then_fault_without_ever_ok(
-    make_cameras: Callable[..., Cameras], closed_port: int, recorder: Recorder,
+    make_cameras: Callable[..., Cameras],
+    closed_port: int,
+    recorder: Recorder,
 ) -> None:
     cams = make_cameras(cam_cfg(CameraKind.RTSP, f"rtsp://127.0.0.1:{closed_port}/", fail_after=2))
     cams.probe_now("door")
@@ -248,19 +336,28 @@ def _outage(http_camera: HttpCamera, kind: str) -> Callable[[], None]:
     return lambda: setattr(http_camera, "mode", kind)
 
 
-@pytest.mark.parametrize(("outage", "detail"), [
-    ("error500", r"^HTTP 500 from 127\.0\.0\.1: the camera reports an internal error; power-cycle it$"),
-    ("garbage", r"^not a JPEG \(starts 3c 68 74 6d"),
-    ("hang", r"^no answer from 127\.0\.0\.1:\d+ within 0\.5 s"),
-    ("password", r"^HTTP 401 from 127\.0\.0\.1: check the camera username and password file$"),
-])
+@pytest.mark.parametrize(
+    ("outage", "detail"),
+    [
+        ("error500", r"^HTTP 500 from 127\.0\.0\.1: the camera reports an internal error; power-cycle it$"),
+        ("garbage", r"^not a JPEG \(starts 3c 68 74 6d"),
+        ("hang", r"^no answer from 127\.0\.0\.1:\d+ within 0\.5 s"),
+        ("password", r"^HTTP 401 from 127\.0\.0\.1: check the camera username and password file$"),
+    ],
+)
 def test_cameras__http_outages_on_schedule(
-    make_cameras: Callable[..., Cameras], http_camera: HttpCamera, recorder: Recorder,
-    caplog: pytest.LogCaptureFixture, outage: str, detail: str,
+    make_cameras: Callable[..., Cameras],
+    http_camera: HttpCamera,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+    outage: str,
+    detail: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     http_camera.mode = "digest"
-    cams = make_cameras(cam_cfg(CameraKind.HTTP_SNAPSHOT, http_camera.url, username="tech", password=SECRET, auth="digest"))
+    cams = make_cameras(
+        cam_cfg(CameraKind.HTTP_SNAPSHOT, http_camera.url, username="tech", password=SECRET, auth="digest")
+    )
     cam = cams._cams["door"]
     cams.start()
     for round_ in (1, 2):
@@ -282,7 +379,9 @@ def test_cameras__http_outages_on_schedule(
 
 
 def test_cameras__rtsp_server_goes_away_and_comes_back(
-    make_cameras: Callable[..., Cameras], rtsp_server: RtspServer, recorder: Recorder,
+    make_cameras: Callable[..., Cameras],
+    rtsp_server: RtspServer,
+    recorder: Recorder,
 ) -> None:
     cams = make_cameras(cam_cfg(CameraKind.RTSP, rtsp_server.url, timeout_s=2))
     cam = cams._cams["door"]
@@ -291,7 +390,10 @@ def test_cameras__rtsp_server_goes_away_and_comes_back(
     rtsp_server.stop()
     wait_for(lambda: recorder.types() == [FAULT], "camera_fault")
     wait_for(lambda: cam.failures >= 5, "more failed probes while it is away")
-    assert cams.states()["door"]["detail"] == f"connection refused by 127.0.0.1:{rtsp_server.port}: camera off or wrong port"
+    assert (
+        cams.states()["door"]["detail"]
+        == f"connection refused by 127.0.0.1:{rtsp_server.port}: camera off or wrong port"
+    )
     rtsp_server.start()
     wait_for(lambda: recorder.types() == [FAULT, RESTORED], "camera_restored")
     seen = len(rtsp_server.requests)
@@ -301,6 +403,7 @@ def test_cameras__rtsp_server_goes_away_and_comes_back(
 
 
 # ---- picamera2, faked at its import boundary ---------------------------------------------------
+
 
 def frame(seed: int, size: int = 64 * 48 * 3) -> bytes:
     return random.Random(seed).randbytes(size)
@@ -322,8 +425,14 @@ class Frame:
 class FakePi:
     """State shared with a fake ``picamera2`` module put into ``sys.modules``."""
 
-    def __init__(self, *, cameras: tuple[dict[str, Any], ...] = ({"Model": "imx708", "Num": 0},),
-                 frames: tuple[Any, ...] = (), open_error: str | None = None, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        cameras: tuple[dict[str, Any], ...] = ({"Model": "imx708", "Num": 0},),
+        frames: tuple[Any, ...] = (),
+        open_error: str | None = None,
+        gate: threading.Event | None = None,
+    ) -> None:
         self.cameras = cameras
         self.frames = [Frame(f) if isinstance(f, bytes) else f for f in frames]
         self.open_error = open_error
@@ -383,18 +492,36 @@ def fake_pi(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakePi]:
     return install
 
 
-@pytest.mark.parametrize(("fake", "cfg", "ok", "detail"), [
-    ({"frames": (frame(1),)}, {}, True, r"^imx708 still 320x240 mean 1[23]\d/255 in \d+ ms$"),
-    ({"frames": (bytearray(frame(2)),)}, {}, True, r"^imx708 still 320x240 mean 1[23]\d/255 in \d+ ms$"),
-    ({"frames": (DARK, DARK, frame(3))}, {}, True, r"^imx708 still"),  # exposure settling, not covered
-    ({"cameras": ()}, {}, False, r"^no camera found by libcamera: check the ribbon cable"),
-    ({"frames": (frame(4),)}, {"camera_num": 1}, False, r"^camera 1 not found: libcamera lists 1; check camera_num"),
-    ({"frames": (DARK,)}, {}, False, r"^covered: frame is uniformly dark \(mean 3/255\); check the lens"),
-    ({"open_error": "Camera __init__ sequence did not complete."}, {}, False,
-     r"^camera 0 \(imx708\) cannot be opened \(Camera __init__ sequence did not complete\.\): another program"),
-])
-def test_picamera__probe(fake_pi: Callable[..., FakePi], make_cameras: Callable[..., Cameras],
-                         fake: dict[str, Any], cfg: dict[str, Any], ok: bool, detail: str) -> None:
+@pytest.mark.parametrize(
+    ("fake", "cfg", "ok", "detail"),
+    [
+        ({"frames": (frame(1),)}, {}, True, r"^imx708 still 320x240 mean 1[23]\d/255 in \d+ ms$"),
+        ({"frames": (bytearray(frame(2)),)}, {}, True, r"^imx708 still 320x240 mean 1[23]\d/255 in \d+ ms$"),
+        ({"frames": (DARK, DARK, frame(3))}, {}, True, r"^imx708 still"),  # exposure settling, not covered
+        ({"cameras": ()}, {}, False, r"^no camera found by libcamera: check the ribbon cable"),
+        (
+            {"frames": (frame(4),)},
+            {"camera_num": 1},
+            False,
+            r"^camera 1 not found: libcamera lists 1; check camera_num",
+        ),
+        ({"frames": (DARK,)}, {}, False, r"^covered: frame is uniformly dark \(mean 3/255\); check the lens"),
+        (
+            {"open_error": "Camera __init__ sequence did not complete."},
+            {},
+            False,
+            r"^camera 0 \(imx708\) cannot be opened \(Camera __init__ sequence did not complete\.\): another program",
+        ),
+    ],
+)
+def test_picamera__probe(
+    fake_pi: Callable[..., FakePi],
+    make_cameras: Callable[..., Cameras],
+    fake: dict[str, Any],
+    cfg: dict[str, Any],
+    ok: bool,
+    detail: str,
+) -> None:
     pi = fake_pi(**fake)
     r = make_cameras(cam_cfg(CameraKind.PICAMERA2, **cfg)).probe_now("door")
     assert r.ok is ok
@@ -419,12 +546,17 @@ def test_picamera__not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_picamera__capture_timeout_blocks_nothing(
-    fake_pi: Callable[..., FakePi], make_cameras: Callable[..., Cameras], rtsp_server: RtspServer,
-    recorder: Recorder, clock: Clock,
+    fake_pi: Callable[..., FakePi],
+    make_cameras: Callable[..., Cameras],
+    rtsp_server: RtspServer,
+    recorder: Recorder,
+    clock: Clock,
 ) -> None:
     gate = threading.Event()
     pi = fake_pi(frames=(frame(8), frame(9)), gate=gate)
-    cams = make_cameras(cam_cfg(CameraKind.PICAMERA2, name="pi", timeout_s=0.2), cam_cfg(CameraKind.RTSP, rtsp_server.url, timeout_s=2))
+    cams = make_cameras(
+        cam_cfg(CameraKind.PICAMERA2, name="pi", timeout_s=0.2), cam_cfg(CameraKind.RTSP, rtsp_server.url, timeout_s=2)
+    )
     try:
         cams.start()
         wait_for(lambda: recorder.types() == [FAULT], "camera_fault from the hung camera")
@@ -432,7 +564,9 @@ def test_picamera__capture_timeout_blocks_nothing(
         states = cams.states()
         assert time.monotonic() - t0 < 0.1, "states() must not wait for a hung probe"
         assert states["pi"]["ok"] is False
-        assert re.match(r"^no still from camera 0 within 0\.2 s: camera or driver hung; reboot the Pi", states["pi"]["detail"])
+        assert re.match(
+            r"^no still from camera 0 within 0\.2 s: camera or driver hung; reboot the Pi", states["pi"]["detail"]
+        )
         seen = len(rtsp_server.requests)
         wait_for(lambda: len(rtsp_server.requests) >= seen + 5, "the other camera to keep probing")
         assert cams.states()["door"]["ok"] is True
@@ -446,12 +580,15 @@ def test_picamera__capture_timeout_blocks_nothing(
 
 
 def test_cameras__close_does_not_wait_for_a_hung_probe(
-    fake_pi: Callable[..., FakePi], clock: Clock, recorder: Recorder,
+    fake_pi: Callable[..., FakePi],
+    clock: Clock,
+    recorder: Recorder,
 ) -> None:
     gate = threading.Event()
     pi = fake_pi(frames=(frame(10),), gate=gate)
-    cams = Cameras((cam_cfg(CameraKind.PICAMERA2, timeout_s=30),), clock=clock, emit=recorder.emit,
-                   on_change=recorder.on_change)
+    cams = Cameras(
+        (cam_cfg(CameraKind.PICAMERA2, timeout_s=30),), clock=clock, emit=recorder.emit, on_change=recorder.on_change
+    )
     try:
         cams.start()
         assert pi.capturing.wait(5), "the probe should have started"
@@ -484,7 +621,13 @@ def test_cameras__imports_nothing_it_does_not_need(tmp_path: Path) -> None:
         assert "requests" not in sys.modules, "requests loaded without an HTTP camera"
         assert "numpy" not in sys.modules
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
-                         cwd=Path(__file__).resolve().parent.parent, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith("picamera2 is not installed")

@@ -20,8 +20,15 @@ pytestmark = pytest.mark.broker
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False,
+    )
 
 
 def test_status__text_and_json(broker, agent_proc, device):
@@ -111,9 +118,12 @@ def test_ready__sent_with_broker_down(tmp_path):
     s.bind(path)
     s.settimeout(20)
     cfg = write_config(tmp_path, free_port(), device="offline-1")
-    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=path),
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=path),
+        stderr=subprocess.DEVNULL,
+    )
     try:
         msg = s.recv(4096).decode()
         assert "READY=1" in msg.splitlines()

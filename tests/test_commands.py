@@ -85,8 +85,20 @@ INVALID = [
     ("not_utf8", "ping", b'{"v":1,"id":"c-1","x":"\xff"}', "payload is not UTF-8", "c-1"),
     ("not_utf8_in_id", "ping", b'{"v":1,"id":"c-\xff"}', "payload is not UTF-8", None),
     ("not_utf8_at_all", "ping", b"\xff\xfe\x00", "payload is not UTF-8", None),
-    ("not_json", "ping", b"{v: 1}", "payload is not JSON: Expecting property name enclosed in double quotes at character 1", None),
-    ("truncated_json", "ping", b'{"v":1,"id":"c-1"', "payload is not JSON: Expecting ',' delimiter at character 17", None),
+    (
+        "not_json",
+        "ping",
+        b"{v: 1}",
+        "payload is not JSON: Expecting property name enclosed in double quotes at character 1",
+        None,
+    ),
+    (
+        "truncated_json",
+        "ping",
+        b'{"v":1,"id":"c-1"',
+        "payload is not JSON: Expecting ',' delimiter at character 17",
+        None,
+    ),
     ("array", "ping", b"[1, 2]", r"payload is not a JSON object \(it is an array\)", None),
     ("string", "ping", b'"ping"', r"payload is not a JSON object \(it is a string\)", None),
     ("number", "ping", b"1", r"payload is not a JSON object \(it is a number\)", None),
@@ -113,11 +125,29 @@ INVALID = [
     ("ts_number", "ping", cmd(ts=5), "field 'ts' must be a string, got 5$", "c-1"),
     ("event_id_missing", "ack", cmd(), "field 'event_id' is missing; ack needs the 32-hex id of the event", "c-1"),
     ("event_id_null", "ack", cmd(event_id=None), "field 'event_id' is missing", "c-1"),
-    ("event_id_upper", "ack", cmd(event_id=EID.upper()), "field 'event_id' must be 32 lowercase hex digits, got \"6F1C", "c-1"),
+    (
+        "event_id_upper",
+        "ack",
+        cmd(event_id=EID.upper()),
+        "field 'event_id' must be 32 lowercase hex digits, got \"6F1C",
+        "c-1",
+    ),
     ("event_id_short", "ack", cmd(event_id=EID[:31]), "field 'event_id' must be 32 lowercase hex digits", "c-1"),
-    ("event_id_newline", "ack", cmd(event_id=EID + "\n"), r'must be 32 lowercase hex digits, got "6f1c0d3e8a7b4c1f9e2d5a4b3c2d1e0f\\n"', "c-1"),
+    (
+        "event_id_newline",
+        "ack",
+        cmd(event_id=EID + "\n"),
+        r'must be 32 lowercase hex digits, got "6f1c0d3e8a7b4c1f9e2d5a4b3c2d1e0f\\n"',
+        "c-1",
+    ),
     ("event_id_number", "ack", cmd(event_id=123), "field 'event_id' must be 32 lowercase hex digits, got 123$", "c-1"),
-    ("minutes_missing", "test_mode", cmd(), r"field 'minutes' is missing; test_mode needs minutes 0-240 \(0 ends it\)", "c-1"),
+    (
+        "minutes_missing",
+        "test_mode",
+        cmd(),
+        r"field 'minutes' is missing; test_mode needs minutes 0-240 \(0 ends it\)",
+        "c-1",
+    ),
     ("minutes_too_big", "test_mode", cmd(minutes=999), "field 'minutes' must be an integer 0-240, got 999$", "c-1"),
     ("minutes_negative", "test_mode", cmd(minutes=-1), "field 'minutes' must be an integer 0-240, got -1$", "c-1"),
     ("minutes_bool", "test_mode", cmd(minutes=True), "field 'minutes' must be an integer 0-240, got true$", "c-1"),
@@ -210,9 +240,16 @@ class Fakes:
 
 def make(rate_per_min: int = 6000, *, synced: bool = True) -> tuple[CommandHandler, Fakes, Clock]:
     f, clock = Fakes(), Clock()
-    h = CommandHandler(on_ack=f.on_ack, on_ping=f.on_ping, on_test_mode=f.on_test_mode, reply=f.reply,
-                       rate_per_min=rate_per_min, wall=lambda: clock.wall, mono=lambda: clock.mono,
-                       synced=lambda: synced)
+    h = CommandHandler(
+        on_ack=f.on_ack,
+        on_ping=f.on_ping,
+        on_test_mode=f.on_test_mode,
+        reply=f.reply,
+        rate_per_min=rate_per_min,
+        wall=lambda: clock.wall,
+        mono=lambda: clock.mono,
+        synced=lambda: synced,
+    )
     return h, f, clock
 
 
@@ -253,13 +290,21 @@ def test_handler__test_mode_passes_minutes_and_reports_the_end() -> None:
     send(h, clock, "test_mode", cmd(id="c-2", minutes=0))
     assert f.test_modes == [30, 0]
     assert [(r["cmd_id"], r["ok"], r["test_mode_until"]) for r in f.replies] == [
-        ("c-1", True, "2026-11-29T07:00:00.000Z"), ("c-2", True, None)]
+        ("c-1", True, "2026-11-29T07:00:00.000Z"),
+        ("c-2", True, None),
+    ]
 
 
 @pytest.mark.parametrize(
     ("name", "payload"),
-    [("reboot", cmd()), ("test_mode", cmd(minutes=999)), ("ping", cmd(v=2)), ("ping", BIG),
-     ("ping", cmd(x=nested(20))), ("ack", cmd(event_id="nope"))],
+    [
+        ("reboot", cmd()),
+        ("test_mode", cmd(minutes=999)),
+        ("ping", cmd(v=2)),
+        ("ping", BIG),
+        ("ping", cmd(x=nested(20))),
+        ("ack", cmd(event_id="nope")),
+    ],
 )
 def test_handler__refusal_with_id_is_answered_with_the_parse_reason(name: str, payload: bytes) -> None:
     h, f, clock = make()
@@ -324,9 +369,13 @@ def test_handler__logs_each_kind_of_refusal_once(caplog: pytest.LogCaptureFixtur
             send(h, clock, "ping", b"not json")
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 2, msgs
-    assert msgs[0].startswith("ignored command 'reboot0' id 'c-1': unknown command 'reboot0'; known: ack, ping, test_mode "
-                              "(answered ok:false); more like it are only counted (status commands.rejected)")
-    assert msgs[1].startswith("ignored command 'ping': payload is not JSON: Expecting value at character 0 (not answered)")
+    assert msgs[0].startswith(
+        "ignored command 'reboot0' id 'c-1': unknown command 'reboot0'; known: ack, ping, test_mode "
+        "(answered ok:false); more like it are only counted (status commands.rejected)"
+    )
+    assert msgs[1].startswith(
+        "ignored command 'ping': payload is not JSON: Expecting value at character 0 (not answered)"
+    )
     assert h.counters() == {"accepted": 0, "rejected": 55}
     caplog.clear()
     clock.advance(300)
@@ -382,8 +431,17 @@ def test_handler__flood_never_becomes_a_reply_flood() -> None:
 
 def test_handler__stays_fast_on_hostile_payloads() -> None:
     h, _f, clock = make(rate_per_min=6000)
-    hostile = [BIG, HUGE, b"[" * 4000, b'{"a":' * 680 + b"1" + b"}" * 680, cmd(x=nested(MAX_DEPTH)), pad_to(MAX_PAYLOAD),
-               b"\xff" * MAX_PAYLOAD, b"[" * 60_000, json.dumps({"v": 1, "id": "c", "a": list(range(800))}).encode()]
+    hostile = [
+        BIG,
+        HUGE,
+        b"[" * 4000,
+        b'{"a":' * 680 + b"1" + b"}" * 680,
+        cmd(x=nested(MAX_DEPTH)),
+        pad_to(MAX_PAYLOAD),
+        b"\xff" * MAX_PAYLOAD,
+        b"[" * 60_000,
+        json.dumps({"v": 1, "id": "c", "a": list(range(800))}).encode(),
+    ]
     start = time.perf_counter()
     for _ in range(100):
         for p in hostile:
@@ -395,8 +453,13 @@ def test_handler__stays_fast_on_hostile_payloads() -> None:
 
 def test_handler__rate_per_min_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rate_per_min must be at least 1, got 0"):
-        CommandHandler(on_ack=lambda _e: True, on_ping=lambda: None, on_test_mode=lambda _m: None,
-                       reply=lambda _d: None, rate_per_min=0)
+        CommandHandler(
+            on_ack=lambda _e: True,
+            on_ping=lambda: None,
+            on_test_mode=lambda _m: None,
+            reply=lambda _d: None,
+            rate_per_min=0,
+        )
 
 
 def test_handler__repr_shows_counters() -> None:
@@ -408,18 +471,22 @@ def test_handler__repr_shows_counters() -> None:
 # ---- fuzzing: nothing but Command or CommandError, and the handler never raises ----------------
 
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50)
-json_val = st.recursive(json_leaf, lambda c: st.lists(c, max_size=5)
-                        | st.dictionaries(st.text(max_size=10), c, max_size=5), max_leaves=30)
+json_val = st.recursive(
+    json_leaf, lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=10), c, max_size=5), max_leaves=30
+)
 hex32 = st.text("0123456789abcdef", min_size=32, max_size=32)
 envelope = {"v": st.just(1), "id": st.text(min_size=1, max_size=MAX_ID)}
 extras = {"ts": st.text(max_size=30), "note": st.lists(json_leaf, max_size=5)}
 valid_cmds = st.one_of(
     st.tuples(st.just("ping"), st.fixed_dictionaries(envelope, optional=extras)),
     st.tuples(st.just("ack"), st.fixed_dictionaries({**envelope, "event_id": hex32}, optional=extras)),
-    st.tuples(st.just("test_mode"), st.fixed_dictionaries({**envelope, "minutes": st.integers(0, 240)}, optional=extras)),
+    st.tuples(
+        st.just("test_mode"), st.fixed_dictionaries({**envelope, "minutes": st.integers(0, 240)}, optional=extras)
+    ),
 )
 mutated = st.tuples(valid_cmds, st.sampled_from(["v", "id", "ts", "event_id", "minutes"]), json_val).map(
-    lambda t: {**t[0][1], t[1]: t[2]})  # near-misses
+    lambda t: {**t[0][1], t[1]: t[2]}
+)  # near-misses
 payloads = st.one_of(
     st.binary(max_size=8192),  # raw bytes, invalid UTF-8
     st.text().map(str.encode),  # UTF-8, mostly not JSON
@@ -461,4 +528,9 @@ def test_parse_command__accepts_every_valid_command(case: tuple[str, dict[str, A
     name, doc = case
     c = parse_command(name, json.dumps(doc).encode())
     assert (c.name, c.id, c.event_id, c.minutes, c.ts) == (
-        name, doc["id"], doc.get("event_id"), doc.get("minutes"), doc.get("ts"))
+        name,
+        doc["id"],
+        doc.get("event_id"),
+        doc.get("minutes"),
+        doc.get("ts"),
+    )

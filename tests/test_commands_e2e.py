@@ -30,8 +30,9 @@ class Rig:
         self.central.publish(f"{self.root}/cmd/{name}", payload)
 
     def reply_to(self, cmd_id: str, timeout: float = 10.0) -> dict[str, Any]:
-        return self.central.wait_for(lambda m: m.topic == f"{self.root}/reply" and m.doc.get("cmd_id") == cmd_id,
-                                     timeout).doc
+        return self.central.wait_for(
+            lambda m: m.topic == f"{self.root}/reply" and m.doc.get("cmd_id") == cmd_id, timeout
+        ).doc
 
     def press_delivered(self) -> dict[str, Any]:
         self.agent.click()
@@ -41,8 +42,13 @@ class Rig:
 def _rig(broker: Any, workdir: Path) -> Iterator[Rig]:
     device = unique_id("cmd")
     central = Central(broker.port, topics=(f"campus/main/{device}/#",))
-    cfg = write_config(workdir, broker.port, device=device, outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}},
-                       commands={"rate_per_min": 6000})
+    cfg = write_config(
+        workdir,
+        broker.port,
+        device=device,
+        outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}},
+        commands={"rate_per_min": 6000},
+    )
     agent = AgentProc(cfg).start()
     try:
         central.wait_for(lambda m: m.topic.endswith("/status") and m.doc.get("state") == "online")
@@ -140,22 +146,27 @@ def module_rig(broker, tmp_path_factory) -> Iterator[Rig]:
 
 
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
-json_val = st.recursive(json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
-                                                                                       max_size=4), max_leaves=20)
+json_val = st.recursive(
+    json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=20
+)
 payloads = st.one_of(
     st.binary(max_size=6000),
     st.text(max_size=200).map(str.encode),
     json_val.map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"v": st.sampled_from([1, 2, "1", None]), "id": st.text(max_size=40)},
-                          optional={"minutes": json_val, "event_id": json_val}).map(lambda d: json.dumps(d).encode()),
+    st.fixed_dictionaries(
+        {"v": st.sampled_from([1, 2, "1", None]), "id": st.text(max_size=40)},
+        optional={"minutes": json_val, "event_id": json_val},
+    ).map(lambda d: json.dumps(d).encode()),
     st.integers(1, 20_000).map(lambda n: b"[" * n),
 )
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(sorted(NAMES)) | st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", max_size=12),
-       payload=payloads)
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(sorted(NAMES)) | st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", max_size=12), payload=payloads
+)
 def test_fuzz__agent_survives_anything_on_every_command_topic(module_rig, name, payload):
     if not name:
         name = "x"
@@ -192,8 +203,14 @@ def test_cli_ack__real_agent_answers_and_shows_acknowledged(rig, broker):
 
     event = rig.press_delivered()
     device = rig.root.split("/", 1)[1]
-    r = subprocess.run([sys.executable, "-m", "agent", "ack", event["id"], "--device", device,
-                        "--broker", f"127.0.0.1:{broker.port}"], capture_output=True, text=True, timeout=60,
-                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "ack", event["id"], "--device", device, "--broker", f"127.0.0.1:{broker.port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert rig.agent.status()["status"]["outputs"]["ack_led"]["pattern"] == "acknowledged"

@@ -44,13 +44,16 @@ def test_handler__retained_is_refused_even_with_an_unsynchronised_clock() -> Non
     assert f.test_modes == []
 
 
-@pytest.mark.parametrize(("offset", "ok", "reason"), [
-    (-MAX_AGE_S - 5, False, r"stale command: sent 30\d s ago; commands older than 300 s are refused"),
-    (-MAX_AGE_S + 5, True, None),
-    (0, True, None),
-    (MAX_AHEAD_S - 5, True, None),
-    (MAX_AHEAD_S + 5, False, r"command dated 6\d s in the future"),
-])
+@pytest.mark.parametrize(
+    ("offset", "ok", "reason"),
+    [
+        (-MAX_AGE_S - 5, False, r"stale command: sent 30\d s ago; commands older than 300 s are refused"),
+        (-MAX_AGE_S + 5, True, None),
+        (0, True, None),
+        (MAX_AHEAD_S - 5, True, None),
+        (MAX_AHEAD_S + 5, False, r"command dated 6\d s in the future"),
+    ],
+)
 def test_handler__ts_bound_when_synced(offset: float, ok: bool, reason: str | None) -> None:
     h, f, clock = make()
     clock.advance(1)
@@ -91,7 +94,9 @@ def test_handler__replayed_ack_is_refused() -> None:
     h.handle("ack", ack)  # byte-identical copy
     assert f.acks == [EID]
     assert [r["ok"] for r in f.replies] == [True, False]
-    assert f.replies[1]["error"] == "repeated command id: 'a-1' was already handled 30 s ago; every command needs a new id"
+    assert (
+        f.replies[1]["error"] == "repeated command id: 'a-1' was already handled 30 s ago; every command needs a new id"
+    )
 
 
 def test_handler__repeated_id_across_names_is_refused() -> None:
@@ -127,7 +132,8 @@ def test_handler__ping_flood_does_not_lock_out_an_ack() -> None:
     h.handle("ack", cmd(id="genuine", event_id=EID))
     assert f.acks == [EID]
     assert {"v": 1, "cmd_id": "genuine", "ok": True, "error": None} in [
-        {k: r[k] for k in ("v", "cmd_id", "ok", "error")} for r in f.replies]
+        {k: r[k] for k in ("v", "cmd_id", "ok", "error")} for r in f.replies
+    ]
 
 
 def test_handler__garbage_on_unknown_names_does_not_lock_out_test_mode() -> None:

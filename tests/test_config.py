@@ -53,8 +53,13 @@ def test_load__minimal_config_gets_documented_defaults(tmp_path):
 def test_load__tamper_defaults_to_normally_closed_and_tls_port_8883(tmp_path):
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
-    cfg = load_config(_write(tmp_path, GOOD.replace("host: 127.0.0.1", "host: b\n  tls: {ca_file: ca.crt}")
-                             + "  - {name: lid, kind: tamper, pin: 27}\n"))
+    cfg = load_config(
+        _write(
+            tmp_path,
+            GOOD.replace("host: 127.0.0.1", "host: b\n  tls: {ca_file: ca.crt}")
+            + "  - {name: lid, kind: tamper, pin: 27}\n",
+        )
+    )
     assert cfg.inputs[1].contact is Contact.NORMALLY_CLOSED
     assert cfg.mqtt.brokers[0].port == 8883
     assert cfg.mqtt.tls is not None
@@ -63,60 +68,144 @@ def test_load__tamper_defaults_to_normally_closed_and_tls_port_8883(tmp_path):
 
 
 def test_load__brokers_list_for_failover(tmp_path):
-    cfg = load_config(_write(tmp_path, GOOD.replace(
-        "  host: 127.0.0.1", "  brokers: [{host: a.lan}, {host: b.lan, port: 1884}]")))
+    cfg = load_config(
+        _write(tmp_path, GOOD.replace("  host: 127.0.0.1", "  brokers: [{host: a.lan}, {host: b.lan, port: 1884}]"))
+    )
     assert [str(b) for b in cfg.mqtt.brokers] == ["a.lan:1883", "b.lan:1884"]
 
 
 # (case, yaml text, expected line, expected message regex)
 BAD = [
-    ("pin_not_a_number", GOOD.replace("pin: 17", "pin: seventeen"), 6,
-     r"inputs\[0\]\.pin: expected a BCM pin number 0-27, got 'seventeen'"),
-    ("pin_out_of_range", GOOD.replace("pin: 17", "pin: 40"), 6,
-     r"inputs\[0\]\.pin: expected a BCM pin number 0-27, got 40"),
-    ("unknown_key_did_you_mean", GOOD.replace("  host:", "  hots: x\n  host:"), 3,
-     r"mqtt\.hots: unknown key; did you mean 'host'\?"),
-    ("unknown_top_level_key", GOOD + "heartbeats: {interval_s: 10}\n", 7,
-     r"heartbeats: unknown key; did you mean 'heartbeat'\?"),
-    ("duplicate_input_name", GOOD + "  - {name: panic, pin: 18}\n", 7,
-     r"inputs\[1\]\.name: name 'panic' is already used by inputs\[0\]"),
-    ("duplicate_pin", GOOD + "  - {name: desk, pin: 17}\n", 7,
-     r"inputs\[1\]\.pin: pin 17 is already used by inputs\[0\] \(panic\)"),
-    ("output_pin_clash", GOOD + "outputs: {ack_led: {pin: 17}}\n", 7,
-     r"outputs\.ack_led\.pin: pin 17 is already used by inputs\[0\]"),
-    ("device_id_with_slash", GOOD.replace("gate-north-1", "gate/north"), 1,
-     r"device\.id: .*'/' separates topic levels"),
-    ("site_with_wildcard", GOOD.replace("site: main", "site: '#'"), 1,
-     r"device\.site: .*'\+' and '#' are MQTT wildcards"),
+    (
+        "pin_not_a_number",
+        GOOD.replace("pin: 17", "pin: seventeen"),
+        6,
+        r"inputs\[0\]\.pin: expected a BCM pin number 0-27, got 'seventeen'",
+    ),
+    (
+        "pin_out_of_range",
+        GOOD.replace("pin: 17", "pin: 40"),
+        6,
+        r"inputs\[0\]\.pin: expected a BCM pin number 0-27, got 40",
+    ),
+    (
+        "unknown_key_did_you_mean",
+        GOOD.replace("  host:", "  hots: x\n  host:"),
+        3,
+        r"mqtt\.hots: unknown key; did you mean 'host'\?",
+    ),
+    (
+        "unknown_top_level_key",
+        GOOD + "heartbeats: {interval_s: 10}\n",
+        7,
+        r"heartbeats: unknown key; did you mean 'heartbeat'\?",
+    ),
+    (
+        "duplicate_input_name",
+        GOOD + "  - {name: panic, pin: 18}\n",
+        7,
+        r"inputs\[1\]\.name: name 'panic' is already used by inputs\[0\]",
+    ),
+    (
+        "duplicate_pin",
+        GOOD + "  - {name: desk, pin: 17}\n",
+        7,
+        r"inputs\[1\]\.pin: pin 17 is already used by inputs\[0\] \(panic\)",
+    ),
+    (
+        "output_pin_clash",
+        GOOD + "outputs: {ack_led: {pin: 17}}\n",
+        7,
+        r"outputs\.ack_led\.pin: pin 17 is already used by inputs\[0\]",
+    ),
+    (
+        "device_id_with_slash",
+        GOOD.replace("gate-north-1", "gate/north"),
+        1,
+        r"device\.id: .*'/' separates topic levels",
+    ),
+    (
+        "site_with_wildcard",
+        GOOD.replace("site: main", "site: '#'"),
+        1,
+        r"device\.site: .*'\+' and '#' are MQTT wildcards",
+    ),
     ("upper_case_id", GOOD.replace("gate-north-1", "Gate-North"), 1, r"device\.id: expected lower-case"),
     ("empty_id", GOOD.replace("gate-north-1", "''"), 1, r"device\.id: expected lower-case"),
-    ("missing_device", GOOD.replace("device: {id: gate-north-1, site: main}\n", ""), 1,
-     r"device\.id: required key is missing"),
-    ("wrong_type_keepalive", GOOD.replace("  host: 127.0.0.1", "  host: 127.0.0.1\n  keepalive_s: soon"), 4,
-     r"mqtt\.keepalive_s: expected seconds, 5-1200, got 'soon'"),
-    ("keepalive_zero_disables_detection", GOOD.replace("  host: 127.0.0.1", "  host: h\n  keepalive_s: 0"), 4,
-     r"mqtt\.keepalive_s: expected seconds, 5-1200, got 0"),
-    ("bad_contact_did_you_mean", GOOD.replace("pin: 17}", "pin: 17, contact: normaly_open}"), 6,
-     r"inputs\[0\]\.contact: expected one of normally_open, normally_closed, got 'normaly_open'; "
-     r"did you mean 'normally_open'\?"),
-    ("bad_pin_factory", GOOD.replace("pin_factory: mock", "pin_factory: lgpoi"), 4,
-     r"gpio\.pin_factory: .*did you mean 'lgpio'\?"),
-    ("number_where_text", GOOD.replace("host: 127.0.0.1", "host: 10"), 3,
-     r"mqtt\.host: expected text, got 10; did you forget quotes"),
-    ("missing_password_file", GOOD.replace("host: 127.0.0.1", "host: h\n  username: u\n  password_file: nope.pass"),
-     5, r"mqtt\.password_file: file .*nope\.pass not found"),
-    ("duplicate_key", GOOD.replace("gpio: {pin_factory: mock}", "gpio: {pin_factory: mock}\ngpio: {}"), 5,
-     r"gpio: duplicate key \(first given on line 4\)"),
-    ("inputs_not_a_list", GOOD.replace("inputs:\n  - {name: panic, pin: 17}", "inputs: {name: panic}"), 5,
-     r"inputs: expected a list, got a mapping"),
-    ("camera_url_scheme", GOOD + "cameras: [{name: c, kind: rtsp, url: 'http://x/'}]\n", 7,
-     r"cameras\[0\]\.url: expected a URL like rtsp://host/"),
-    ("camera_password_in_url", GOOD + "cameras: [{name: c, kind: rtsp, url: 'rtsp://u:p@x/'}]\n", 7,
-     r"cameras\[0\]\.url: do not put a password in the URL"),
+    (
+        "missing_device",
+        GOOD.replace("device: {id: gate-north-1, site: main}\n", ""),
+        1,
+        r"device\.id: required key is missing",
+    ),
+    (
+        "wrong_type_keepalive",
+        GOOD.replace("  host: 127.0.0.1", "  host: 127.0.0.1\n  keepalive_s: soon"),
+        4,
+        r"mqtt\.keepalive_s: expected seconds, 5-1200, got 'soon'",
+    ),
+    (
+        "keepalive_zero_disables_detection",
+        GOOD.replace("  host: 127.0.0.1", "  host: h\n  keepalive_s: 0"),
+        4,
+        r"mqtt\.keepalive_s: expected seconds, 5-1200, got 0",
+    ),
+    (
+        "bad_contact_did_you_mean",
+        GOOD.replace("pin: 17}", "pin: 17, contact: normaly_open}"),
+        6,
+        r"inputs\[0\]\.contact: expected one of normally_open, normally_closed, got 'normaly_open'; "
+        r"did you mean 'normally_open'\?",
+    ),
+    (
+        "bad_pin_factory",
+        GOOD.replace("pin_factory: mock", "pin_factory: lgpoi"),
+        4,
+        r"gpio\.pin_factory: .*did you mean 'lgpio'\?",
+    ),
+    (
+        "number_where_text",
+        GOOD.replace("host: 127.0.0.1", "host: 10"),
+        3,
+        r"mqtt\.host: expected text, got 10; did you forget quotes",
+    ),
+    (
+        "missing_password_file",
+        GOOD.replace("host: 127.0.0.1", "host: h\n  username: u\n  password_file: nope.pass"),
+        5,
+        r"mqtt\.password_file: file .*nope\.pass not found",
+    ),
+    (
+        "duplicate_key",
+        GOOD.replace("gpio: {pin_factory: mock}", "gpio: {pin_factory: mock}\ngpio: {}"),
+        5,
+        r"gpio: duplicate key \(first given on line 4\)",
+    ),
+    (
+        "inputs_not_a_list",
+        GOOD.replace("inputs:\n  - {name: panic, pin: 17}", "inputs: {name: panic}"),
+        5,
+        r"inputs: expected a list, got a mapping",
+    ),
+    (
+        "camera_url_scheme",
+        GOOD + "cameras: [{name: c, kind: rtsp, url: 'http://x/'}]\n",
+        7,
+        r"cameras\[0\]\.url: expected a URL like rtsp://host/",
+    ),
+    (
+        "camera_password_in_url",
+        GOOD + "cameras: [{name: c, kind: rtsp, url: 'rtsp://u:p@x/'}]\n",
+        7,
+        r"cameras\[0\]\.url: do not put a password in the URL",
+    ),
     ("not_yaml", "device: {id: [\n", 2, r"not valid YAML"),
-    ("reconnect_min_above_max", GOOD.replace("  host: 127.0.0.1",
-                                             "  host: h\n  reconnect_min_s: 30\n  reconnect_max_s: 10"), 4,
-     r"mqtt\.reconnect_min_s: must not exceed reconnect_max_s \(10\)"),
+    (
+        "reconnect_min_above_max",
+        GOOD.replace("  host: 127.0.0.1", "  host: h\n  reconnect_min_s: 30\n  reconnect_max_s: 10"),
+        4,
+        r"mqtt\.reconnect_min_s: must not exceed reconnect_max_s \(10\)",
+    ),
 ]
 
 
@@ -141,8 +230,12 @@ def test_load__secret_readable_by_others_is_refused_with_chmod(tmp_path):
     secret = tmp_path / "mqtt.pass"
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
-    path = _write(tmp_path, GOOD.replace("host: 127.0.0.1", "host: h\n  username: u\n  password_file: mqtt.pass\n"
-                                                            "  allow_plaintext_password: true"))
+    path = _write(
+        tmp_path,
+        GOOD.replace(
+            "host: 127.0.0.1", "host: h\n  username: u\n  password_file: mqtt.pass\n  allow_plaintext_password: true"
+        ),
+    )
     with pytest.raises(ConfigError, match=rf"readable by others \(mode 0644\).*run 'chmod 600 {secret}'"):
         load_config(path)
     secret.chmod(0o600)
@@ -189,8 +282,14 @@ def test_check_config__exit_codes(tmp_path, capsys):
 
 def test_run__refuses_bad_config_with_exit_2(tmp_path):
     bad = _write(tmp_path, GOOD.replace("pin: 17", "pin: seventeen"))
-    r = subprocess.run([sys.executable, "-m", "agent", "run", "-c", str(bad)], capture_output=True, text=True,
-                       timeout=60, cwd=ROOT, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
     assert r.returncode == 2
     assert f"{bad}:6: inputs[0].pin:" in r.stderr
     assert "Traceback" not in r.stderr

@@ -55,10 +55,15 @@ gaps = st.lists(st.integers(1, 300), max_size=14)
 
 
 @settings(max_examples=400, deadline=None)
-@given(gaps=gaps, polls=st.lists(st.integers(0, 5000), max_size=12), tail=st.integers(0, 300),
-       db_units=st.sampled_from([0, 1, 20, 64, 100]))
-def test_debouncer__agrees_with_the_model_whatever_the_poll_times(gaps: list[int], polls: list[int], tail: int,
-                                                                  db_units: int) -> None:
+@given(
+    gaps=gaps,
+    polls=st.lists(st.integers(0, 5000), max_size=12),
+    tail=st.integers(0, 300),
+    db_units=st.sampled_from([0, 1, 20, 64, 100]),
+)
+def test_debouncer__agrees_with_the_model_whatever_the_poll_times(
+    gaps: list[int], polls: list[int], tail: int, db_units: int
+) -> None:
     times = [sum(gaps[: i + 1]) for i in range(len(gaps))]
     end = (times[-1] if times else 0) + tail
     d = Debouncer(db_units / UNIT, initial=False)
@@ -90,10 +95,15 @@ presses = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 300)), 
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=presses, polls=st.lists(st.integers(0, 8000), max_size=10), tail=st.integers(0, 300),
-       debounce_ms=st.sampled_from([0, 20, 50]))
-def test_inputs__pipeline_records_exactly_the_held_presses(steps: list[tuple[str, int]], polls: list[int],
-                                                           tail: int, debounce_ms: int) -> None:
+@given(
+    steps=presses,
+    polls=st.lists(st.integers(0, 8000), max_size=10),
+    tail=st.integers(0, 300),
+    debounce_ms=st.sampled_from([0, 20, 50]),
+)
+def test_inputs__pipeline_records_exactly_the_held_presses(
+    steps: list[tuple[str, int]], polls: list[int], tail: int, debounce_ms: int
+) -> None:
     """Two buttons, edges at any moments, polls at any moments (a slow commit delays them all)."""
     from gpiozero.pins.mock import MockFactory
 
@@ -106,8 +116,18 @@ def test_inputs__pipeline_records_exactly_the_held_presses(steps: list[tuple[str
         got.extend((source, stamp.mono) for kind, source, stamp, _ in batch if kind is EventType.PANIC)
 
     pins = {"a": 5, "b": 6}
-    cfgs = tuple(InputConfig(name=n, kind=InputKind.PANIC_BUTTON, pin=p, contact=Contact.NORMALLY_OPEN,
-                             debounce_ms=debounce_ms, stuck_after_s=0, silent=False) for n, p in pins.items())
+    cfgs = tuple(
+        InputConfig(
+            name=n,
+            kind=InputKind.PANIC_BUTTON,
+            pin=p,
+            contact=Contact.NORMALLY_OPEN,
+            debounce_ms=debounce_ms,
+            stuck_after_s=0,
+            silent=False,
+        )
+        for n, p in pins.items()
+    )
     inputs = Inputs(cfgs, pin_factory=mock_factory, clock=clock, emit=emit)
     inputs.arm(start_thread=False)
     pressed = dict.fromkeys(pins, False)

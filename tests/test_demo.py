@@ -14,9 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.broker
 def test_demo__shows_panic_events_and_stops(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--duration", "8", "--every", "2"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
-                       stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--duration", "8", "--every", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     panic_lines = [line for line in r.stdout.splitlines() if "EVENT" in line and " panic " in line]
     assert len(panic_lines) >= 2, r.stdout

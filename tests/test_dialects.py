@@ -21,25 +21,31 @@ NOT_AUTH = ConnectFailure("refused", "CONNACK refused: Not authorized", 0x87)
 TIMEOUT = ConnectFailure("timeout", "no CONNACK within 3 s")
 
 
-@pytest.mark.parametrize(("configured", "tried", "failure", "expected"), [
-    ("auto", V5, CLOSED, V3),
-    ("auto", V5, NO_V5, V3),
-    ("auto", V5, NO_RETAIN, V5_NR),
-    ("auto", V5, NOT_AUTH, None),
-    ("auto", V5, TIMEOUT, None),  # a silent broker is a failed attempt: fail over, do not guess a dialect
-    ("5", V5, CLOSED, None),
-    ("5", V5, NO_V5, None),
-    ("5", V5, NO_RETAIN, V5_NR),
-    ("3.1.1", V3, CLOSED, V3_NR),  # mosquitto under 3.1.1 closes at a retained will when retain is off
-    ("3.1.1", V3_NR, CLOSED, None),
-    ("auto", V3, NOT_AUTH, None),
-])
-def test_dialects_fallback__table(configured: str, tried: Dialect, failure: ConnectFailure,
-                                  expected: Dialect | None) -> None:
+@pytest.mark.parametrize(
+    ("configured", "tried", "failure", "expected"),
+    [
+        ("auto", V5, CLOSED, V3),
+        ("auto", V5, NO_V5, V3),
+        ("auto", V5, NO_RETAIN, V5_NR),
+        ("auto", V5, NOT_AUTH, None),
+        ("auto", V5, TIMEOUT, None),  # a silent broker is a failed attempt: fail over, do not guess a dialect
+        ("5", V5, CLOSED, None),
+        ("5", V5, NO_V5, None),
+        ("5", V5, NO_RETAIN, V5_NR),
+        ("3.1.1", V3, CLOSED, V3_NR),  # mosquitto under 3.1.1 closes at a retained will when retain is off
+        ("3.1.1", V3_NR, CLOSED, None),
+        ("auto", V3, NOT_AUTH, None),
+    ],
+)
+def test_dialects_fallback__table(
+    configured: str, tried: Dialect, failure: ConnectFailure, expected: Dialect | None
+) -> None:
     assert Dialects(configured).fallback(A, tried, failure) == expected
 
 
-def test_dialects__an_explicit_answer_is_remembered_per_broker_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_dialects__an_explicit_answer_is_remembered_per_broker_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     d = Dialects("auto")
     with caplog.at_level(logging.WARNING, logger="agent.dialects"):
         assert d.fallback(A, d.first(A), NO_V5) == V3

@@ -19,9 +19,17 @@ def test_failover__first_broker_stops_mid_stream_all_arrive_in_order_via_second(
     c1 = Central(b1.port, topics=(f"campus/+/{device}/#",))
     c2 = Central(b2.port, topics=(f"campus/+/{device}/#",))
     try:
-        agent = agent_proc(0, device=device, mqtt={"host": None, "port": None, "brokers": [{"host": "127.0.0.1", "port": b1.port},
-                                                               {"host": "127.0.0.1", "port": b2.port}],
-                                                   "drain_rate_per_s": 20, "max_inflight": 2})
+        agent = agent_proc(
+            0,
+            device=device,
+            mqtt={
+                "host": None,
+                "port": None,
+                "brokers": [{"host": "127.0.0.1", "port": b1.port}, {"host": "127.0.0.1", "port": b2.port}],
+                "drain_rate_per_s": 20,
+                "max_inflight": 2,
+            },
+        )
         c1.wait_for(lambda m: m.topic.endswith("/status") and m.doc["state"] == "online")
         for _ in range(30):  # recorded at once, drained at 20/s: the stream is still going when b1 stops
             agent.click()

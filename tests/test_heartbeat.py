@@ -17,8 +17,17 @@ from agent.outbox import Outbox
 from agent.uplink import LinkState
 from tests.support.camservers import HttpCamera
 
-LINK = LinkState(connected=True, broker="b:1883", connected_since=1.7e9, reconnects=2, last_error=None,
-                 inflight=0, published=0, delivered=0, refused=0)
+LINK = LinkState(
+    connected=True,
+    broker="b:1883",
+    connected_since=1.7e9,
+    reconnects=2,
+    last_error=None,
+    inflight=0,
+    published=0,
+    delivered=0,
+    refused=0,
+)
 
 
 def _stats_two_brokers() -> dict:
@@ -37,17 +46,36 @@ def _stats_two_brokers() -> dict:
 def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path, validate):
     clock = Clock(synced=lambda: True, boot_id="f" * 32)
     ob = Outbox(tmp_path / "o.db", site="main", device="gate-north-1")
-    inputs = {f"panic-button-{i}": InputState(f"panic-button-{i}", InputKind.PANIC_BUTTON.value, i, "fault",
-                                              None, "2026-11-29T06:01:02.345Z", "2026-11-29T06:01:02.345Z")
-              for i in range(8)}
-    cams = {f"camera-north-{i}": {"ok": False, "checked": "2026-11-29T06:01:02.345Z", "detail": "x" * 500}
-            for i in range(8)}
-    health = Health(site="main", device="gate-north-1", clock=clock, outbox=ob, test_mode=TestMode(clock),
-                    sources=StatusSources(link=lambda: LINK, inputs=lambda: inputs, cameras=lambda: cams,
-                                          outputs=lambda: {"ack_led": {"pattern": "sending"},
-                                                           "buzzer": {"pattern": "idle"}},
-                                          commands=lambda: {"accepted": 10**6, "rejected": 10**6},
-                                          warnings=lambda: ["w" * 300] * 20))
+    inputs = {
+        f"panic-button-{i}": InputState(
+            f"panic-button-{i}",
+            InputKind.PANIC_BUTTON.value,
+            i,
+            "fault",
+            None,
+            "2026-11-29T06:01:02.345Z",
+            "2026-11-29T06:01:02.345Z",
+        )
+        for i in range(8)
+    }
+    cams = {
+        f"camera-north-{i}": {"ok": False, "checked": "2026-11-29T06:01:02.345Z", "detail": "x" * 500} for i in range(8)
+    }
+    health = Health(
+        site="main",
+        device="gate-north-1",
+        clock=clock,
+        outbox=ob,
+        test_mode=TestMode(clock),
+        sources=StatusSources(
+            link=lambda: LINK,
+            inputs=lambda: inputs,
+            cameras=lambda: cams,
+            outputs=lambda: {"ack_led": {"pattern": "sending"}, "buzzer": {"pattern": "idle"}},
+            commands=lambda: {"accepted": 10**6, "rejected": 10**6},
+            warnings=lambda: ["w" * 300] * 20,
+        ),
+    )
     doc = validate("status", health.status())
     size = len(json.dumps(doc, separators=(",", ":")).encode())
     assert size < 4096, f"status is {size} bytes"
@@ -114,8 +142,13 @@ def test_cpu_temp__read_from_thermal_zone(tmp_path):
 def test_press__not_delayed_by_a_hung_camera_probe(broker, central, agent_proc, device):
     cam = HttpCamera("hang").start()
     try:
-        agent = agent_proc(broker.port, device=device, cameras=[
-            {"name": "gate-cam", "kind": "http_snapshot", "url": cam.url, "timeout_s": 5, "probe_interval_s": 5}])
+        agent = agent_proc(
+            broker.port,
+            device=device,
+            cameras=[
+                {"name": "gate-cam", "kind": "http_snapshot", "url": cam.url, "timeout_s": 5, "probe_interval_s": 5}
+            ],
+        )
         central.wait_for(lambda m: m.topic.endswith("/status") and m.doc["state"] == "online")
         deadline = time.monotonic() + 5
         while cam.hits == 0 and time.monotonic() < deadline:  # the probe is now stuck inside the camera
@@ -137,8 +170,9 @@ def test_press__not_delayed_by_a_hung_camera_probe(broker, central, agent_proc, 
 
 @pytest.mark.broker
 def test_stuck_button__one_fault_then_restored_end_to_end(broker, central, agent_proc, device, validate):
-    agent = agent_proc(broker.port, device=device,
-                       inputs=[{"name": "panic", "pin": 17, "debounce_ms": 0, "stuck_after_s": 1}])
+    agent = agent_proc(
+        broker.port, device=device, inputs=[{"name": "panic", "pin": 17, "debounce_ms": 0, "stuck_after_s": 1}]
+    )
     agent.press()
     fault = central.wait_for(lambda m: m.topic.endswith("/event/input_fault"), timeout=10).doc
     validate("event", fault)
@@ -153,8 +187,11 @@ def test_stuck_button__one_fault_then_restored_end_to_end(broker, central, agent
 
 @pytest.mark.broker
 def test_picamera2_missing__reported_not_fatal(broker, agent_proc, device):
-    agent = agent_proc(broker.port, device=device, cameras=[{"name": "door", "kind": "picamera2", "fail_after": 1,
-                                                             "probe_interval_s": 5}])
+    agent = agent_proc(
+        broker.port,
+        device=device,
+        cameras=[{"name": "door", "kind": "picamera2", "fail_after": 1, "probe_interval_s": 5}],
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         cam = agent.status()["status"]["cameras"]["door"]
@@ -171,8 +208,15 @@ def test_no_optional_hardware_imported(tmp_path: Path):
     import subprocess
     import sys
 
-    code = ("import sys, agent.daemon, agent.cli; "
-            "print(sorted(m for m in ('picamera2', 'lgpio', 'requests', 'numpy') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, agent.daemon, agent.cli; "
+        "print(sorted(m for m in ('picamera2', 'lgpio', 'requests', 'numpy') if m in sys.modules))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert r.stdout.strip() == "[]"

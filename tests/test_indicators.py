@@ -100,25 +100,54 @@ def pins(mock_factory: Any) -> dict[str, Any]:
 
 # ---- the pure timelines ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("output", "pattern", "t", "on"), [
-    ("ack_led", "idle", 0.0, True), ("ack_led", "idle", 0.049, True), ("ack_led", "idle", 0.05, False),
-    ("ack_led", "idle", 4.99, False), ("ack_led", "idle", 5.0, True), ("ack_led", "idle", 86400.01, True),
-    ("ack_led", "sending", 0.0, True), ("ack_led", "sending", 0.124, True), ("ack_led", "sending", 0.125, False),
-    ("ack_led", "sending", 0.25, True), ("ack_led", "sending", 0.375, False),
-    ("ack_led", "sent", 0.0, True), ("ack_led", "sent", 0.499, True), ("ack_led", "sent", 0.5, False),
-    ("ack_led", "sent", 1.0, True),
-    ("ack_led", "acknowledged", 0.0, True), ("ack_led", "acknowledged", 3600.0, True),
-    ("ack_led", "fault", 0.0, True), ("ack_led", "fault", 0.1, False), ("ack_led", "fault", 0.25, True),
-    ("ack_led", "fault", 0.35, False), ("ack_led", "fault", 1.99, False), ("ack_led", "fault", 2.0, True),
-    ("buzzer", "idle", 0.0, False), ("buzzer", "idle", 5.0, False),
-    ("buzzer", "sending", 0.0, True), ("buzzer", "sending", 0.099, True), ("buzzer", "sending", 0.1, False),
-    ("buzzer", "sending", 0.25, False), ("buzzer", "sending", 60.0, False),
-    ("buzzer", "sent", 0.05, True), ("buzzer", "sent", 0.15, False), ("buzzer", "sent", 0.25, True),
-    ("buzzer", "sent", 0.3, False), ("buzzer", "sent", 1.0, False),
-    ("buzzer", "acknowledged", 0.0, True), ("buzzer", "acknowledged", 0.999, True),
-    ("buzzer", "acknowledged", 1.0, False), ("buzzer", "fault", 0.0, False), ("buzzer", "fault", 1.0, False),
-    ("ack_led", "sending", -0.01, False), ("ack_led", "acknowledged", -1.0, False),
-])
+
+@pytest.mark.parametrize(
+    ("output", "pattern", "t", "on"),
+    [
+        ("ack_led", "idle", 0.0, True),
+        ("ack_led", "idle", 0.049, True),
+        ("ack_led", "idle", 0.05, False),
+        ("ack_led", "idle", 4.99, False),
+        ("ack_led", "idle", 5.0, True),
+        ("ack_led", "idle", 86400.01, True),
+        ("ack_led", "sending", 0.0, True),
+        ("ack_led", "sending", 0.124, True),
+        ("ack_led", "sending", 0.125, False),
+        ("ack_led", "sending", 0.25, True),
+        ("ack_led", "sending", 0.375, False),
+        ("ack_led", "sent", 0.0, True),
+        ("ack_led", "sent", 0.499, True),
+        ("ack_led", "sent", 0.5, False),
+        ("ack_led", "sent", 1.0, True),
+        ("ack_led", "acknowledged", 0.0, True),
+        ("ack_led", "acknowledged", 3600.0, True),
+        ("ack_led", "fault", 0.0, True),
+        ("ack_led", "fault", 0.1, False),
+        ("ack_led", "fault", 0.25, True),
+        ("ack_led", "fault", 0.35, False),
+        ("ack_led", "fault", 1.99, False),
+        ("ack_led", "fault", 2.0, True),
+        ("buzzer", "idle", 0.0, False),
+        ("buzzer", "idle", 5.0, False),
+        ("buzzer", "sending", 0.0, True),
+        ("buzzer", "sending", 0.099, True),
+        ("buzzer", "sending", 0.1, False),
+        ("buzzer", "sending", 0.25, False),
+        ("buzzer", "sending", 60.0, False),
+        ("buzzer", "sent", 0.05, True),
+        ("buzzer", "sent", 0.15, False),
+        ("buzzer", "sent", 0.25, True),
+        ("buzzer", "sent", 0.3, False),
+        ("buzzer", "sent", 1.0, False),
+        ("buzzer", "acknowledged", 0.0, True),
+        ("buzzer", "acknowledged", 0.999, True),
+        ("buzzer", "acknowledged", 1.0, False),
+        ("buzzer", "fault", 0.0, False),
+        ("buzzer", "fault", 1.0, False),
+        ("ack_led", "sending", -0.01, False),
+        ("ack_led", "acknowledged", -1.0, False),
+    ],
+)
 def test_level__table(output: str, pattern: str, t: float, on: bool) -> None:
     assert level(output, pattern, t) is on
 
@@ -130,15 +159,29 @@ def test_level__unknown_names_are_refused() -> None:
         next_edge("siren", "idle", 0.0)
 
 
-@pytest.mark.parametrize(("output", "pattern", "t", "edge"), [
-    ("ack_led", "idle", 0.0, 0.05), ("ack_led", "idle", 0.05, 5.0), ("ack_led", "idle", 7.0, 10.0),
-    ("ack_led", "sending", 0.1, 0.125), ("ack_led", "sent", 0.6, 1.0),
-    ("ack_led", "fault", 0.12, 0.25), ("ack_led", "fault", 0.3, 0.35), ("ack_led", "fault", 1.0, 2.0),
-    ("ack_led", "acknowledged", 0.0, None), ("ack_led", "acknowledged", -1.0, 0.0),
-    ("buzzer", "idle", 0.0, None), ("buzzer", "fault", 3.0, None), ("buzzer", "sending", 0.0, 0.1),
-    ("buzzer", "sending", 0.1, None), ("buzzer", "sent", 0.15, 0.2), ("buzzer", "sent", 0.25, 0.3),
-    ("buzzer", "acknowledged", 0.5, 1.0), ("buzzer", "acknowledged", 1.5, None),
-])
+@pytest.mark.parametrize(
+    ("output", "pattern", "t", "edge"),
+    [
+        ("ack_led", "idle", 0.0, 0.05),
+        ("ack_led", "idle", 0.05, 5.0),
+        ("ack_led", "idle", 7.0, 10.0),
+        ("ack_led", "sending", 0.1, 0.125),
+        ("ack_led", "sent", 0.6, 1.0),
+        ("ack_led", "fault", 0.12, 0.25),
+        ("ack_led", "fault", 0.3, 0.35),
+        ("ack_led", "fault", 1.0, 2.0),
+        ("ack_led", "acknowledged", 0.0, None),
+        ("ack_led", "acknowledged", -1.0, 0.0),
+        ("buzzer", "idle", 0.0, None),
+        ("buzzer", "fault", 3.0, None),
+        ("buzzer", "sending", 0.0, 0.1),
+        ("buzzer", "sending", 0.1, None),
+        ("buzzer", "sent", 0.15, 0.2),
+        ("buzzer", "sent", 0.25, 0.3),
+        ("buzzer", "acknowledged", 0.5, 1.0),
+        ("buzzer", "acknowledged", 1.5, None),
+    ],
+)
 def test_next_edge__table(output: str, pattern: str, t: float, edge: float | None) -> None:
     assert next_edge(output, pattern, t) == edge
 
@@ -167,6 +210,7 @@ def test_patterns__led_patterns_differ_at_a_glance() -> None:
 
 
 # ---- the state machine on a fake clock ---------------------------------------------------------
+
 
 def test_state__idle_while_armed_and_connected(ind: Indicators, clock: FakeClock) -> None:
     assert at(ind, clock, T0 + 3600) == {"ack_led": "idle", "buzzer": "idle"}
@@ -290,6 +334,7 @@ def test_state__no_outputs_claims_nothing(mock_factory: Any, clock: FakeClock) -
 
 # ---- the pins, over time -----------------------------------------------------------------------
 
+
 def test_pins__idle_flash_every_5_s(ind: Indicators, clock: FakeClock, pins: dict[str, Any]) -> None:
     assert run(ind, clock, pins, until=12.0) == {
         "led": [(0.05, False), (5.0, True), (5.05, False), (10.0, True), (10.05, False)],
@@ -325,8 +370,15 @@ def test_pins__fault_double_flash(ind: Indicators, clock: FakeClock, pins: dict[
     run(ind, clock, pins, until=FAULT_AFTER)
     assert pins["led"].state is True  # the idle flash at 60 s runs on into the fault's first flash
     assert run(ind, clock, pins, until=FAULT_AFTER + 2.5) == {
-        "led": [(60.11, False), (60.26, True), (60.36, False), (62.01, True), (62.11, False), (62.26, True),
-                (62.36, False)],
+        "led": [
+            (60.11, False),
+            (60.26, True),
+            (60.36, False),
+            (62.01, True),
+            (62.11, False),
+            (62.26, True),
+            (62.36, False),
+        ],
         "buzzer": [],
     }
 

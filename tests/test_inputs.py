@@ -84,10 +84,24 @@ class Recorder:
             assert self.cond.wait_for(lambda: len(self.events) >= n, timeout), self.kinds()
 
 
-def cfg(name: str = "panic", pin: int = 17, *, kind: InputKind = InputKind.PANIC_BUTTON,
-        contact: Contact = Contact.NORMALLY_OPEN, debounce_ms: int = 50, stuck_after_s: float = 0) -> InputConfig:
-    return InputConfig(name=name, kind=kind, pin=pin, contact=contact, debounce_ms=debounce_ms,
-                       stuck_after_s=stuck_after_s, silent=False)
+def cfg(
+    name: str = "panic",
+    pin: int = 17,
+    *,
+    kind: InputKind = InputKind.PANIC_BUTTON,
+    contact: Contact = Contact.NORMALLY_OPEN,
+    debounce_ms: int = 50,
+    stuck_after_s: float = 0,
+) -> InputConfig:
+    return InputConfig(
+        name=name,
+        kind=kind,
+        pin=pin,
+        contact=contact,
+        debounce_ms=debounce_ms,
+        stuck_after_s=stuck_after_s,
+        silent=False,
+    )
 
 
 @pytest.fixture
@@ -212,8 +226,13 @@ def test_inputs__pin_claimed_twice_names_pin_and_input(mock_factory):
 def test_inputs__every_state_change_notifies_even_a_release(mock_factory, fake_clock):
     mono, clock = fake_clock
     changes: list[str] = []
-    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=clock, emit=Recorder(),
-                    on_change=lambda: changes.append(inputs.states()["panic"].state))
+    inputs = Inputs(
+        (cfg(debounce_ms=0),),
+        pin_factory=mock_factory,
+        clock=clock,
+        emit=Recorder(),
+        on_change=lambda: changes.append(inputs.states()["panic"].state),
+    )
     inputs.arm(start_thread=False)
     mock_factory.pin(17).drive_low()
     inputs.poll(mono.t)
@@ -228,8 +247,9 @@ def test_inputs__edges_queued_before_one_poll_are_emitted_as_one_batch(mock_fact
     mono, clock = fake_clock
     rec = Recorder()
     pins = (5, 6, 12, 13)
-    inputs = Inputs(tuple(cfg(f"p{p}", p, debounce_ms=0) for p in pins), pin_factory=mock_factory, clock=clock,
-                    emit=rec)
+    inputs = Inputs(
+        tuple(cfg(f"p{p}", p, debounce_ms=0) for p in pins), pin_factory=mock_factory, clock=clock, emit=rec
+    )
     inputs.arm(start_thread=False)
     for p in pins:
         mock_factory.pin(p).drive_low()
@@ -260,8 +280,9 @@ def test_inputs__press_and_release_queued_behind_a_slow_commit_still_count(mock_
 def test_inputs__close_records_queued_and_debouncing_edges(mock_factory, fake_clock):
     mono, clock = fake_clock
     rec = Recorder()
-    inputs = Inputs((cfg("a", 5, debounce_ms=50), cfg("b", 6, debounce_ms=50)), pin_factory=mock_factory,
-                    clock=clock, emit=rec)
+    inputs = Inputs(
+        (cfg("a", 5, debounce_ms=50), cfg("b", 6, debounce_ms=50)), pin_factory=mock_factory, clock=clock, emit=rec
+    )
     inputs.arm(start_thread=False)
     mock_factory.pin(5).drive_low()  # queued, never polled: held 60 ms by its stamps at stop
     mono.t += 0.06
@@ -314,8 +335,13 @@ def test_inputs__thread_survives_failures_and_keeps_the_batch(mock_factory, capl
             failures["on_change"] -= 1
             raise RuntimeError("status builder broke")
 
-    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=emit,
-                    on_change=on_change)
+    inputs = Inputs(
+        (cfg(debounce_ms=0),),
+        pin_factory=mock_factory,
+        clock=Clock(synced=lambda: False),
+        emit=emit,
+        on_change=on_change,
+    )
     inputs.arm()
     try:
         inputs.simulate("panic", active=True)

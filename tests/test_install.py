@@ -13,10 +13,18 @@ SCRIPT = ROOT / "scripts" / "install.sh"
 
 
 def run(dest: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DESTDIR": str(dest), "SKIP_APT": "1", "SKIP_PIP": "1", "SKIP_USER": "1",
-           "SKIP_SYSTEMCTL": "1", **env_extra}
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60,
-                          check=False)
+    env = {
+        **os.environ,
+        "DESTDIR": str(dest),
+        "SKIP_APT": "1",
+        "SKIP_PIP": "1",
+        "SKIP_USER": "1",
+        "SKIP_SYSTEMCTL": "1",
+        **env_extra,
+    }
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
 
 
 def test_install__lays_out_files_and_keeps_existing_config(tmp_path):
@@ -26,8 +34,9 @@ def test_install__lays_out_files_and_keeps_existing_config(tmp_path):
     assert cfg.read_text() == (ROOT / "config/gate.yaml").read_text()
     assert oct(cfg.stat().st_mode & 0o777) == "0o644"  # no secret in it: the control group reads control.socket
     assert oct((tmp_path / "etc/campus-agent").stat().st_mode & 0o777) == "0o755"
-    assert (tmp_path / "etc/systemd/system/campus-agent.service").read_text() == \
-        (ROOT / "systemd/campus-agent.service").read_text()
+    assert (tmp_path / "etc/systemd/system/campus-agent.service").read_text() == (
+        ROOT / "systemd/campus-agent.service"
+    ).read_text()
     assert os.readlink(tmp_path / "usr/local/bin/campus-agent") == "/opt/campus-agent/venv/bin/campus-agent"
     assert (tmp_path / "usr/lib/sysusers.d/campus-agent.conf").exists()
 
@@ -67,9 +76,11 @@ def test_install__pip_installs_with_the_pinned_constraints(tmp_path):
     fakebin.mkdir()
     python3 = fakebin / "python3"
     # plays "python3 -m venv DIR": a venv whose pip records its arguments
-    python3.write_text('#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exit 3\nfor d; do :; done\nmkdir -p "$d/bin"\n'
-                       'printf \'#!/bin/sh\\necho "$@" > %s/pip-args\\n\' "$d" > "$d/bin/pip"\n'
-                       'chmod +x "$d/bin/pip"\n')
+    python3.write_text(
+        '#!/bin/sh\n[ "$1 $2" = "-m venv" ] || exit 3\nfor d; do :; done\nmkdir -p "$d/bin"\n'
+        'printf \'#!/bin/sh\\necho "$@" > %s/pip-args\\n\' "$d" > "$d/bin/pip"\n'
+        'chmod +x "$d/bin/pip"\n'
+    )
     python3.chmod(0o755)
     dest = tmp_path / "root"
     r = run(dest, SKIP_PIP="0", PATH=f"{fakebin}:{os.environ['PATH']}")

@@ -53,11 +53,21 @@ def is_status(pred: Callable[[dict[str, Any]], bool]) -> Callable[[Msg], bool]:
 
 @pytest.mark.parametrize("hang_up", [False, True], ids=["never-answers", "hangs-up-at-connect"])
 def test_link__first_broker_takes_tcp_but_no_mqtt__the_press_goes_via_the_second(
-        broker: Broker, central: Central, device: str, agent_proc: Any, hang_up: bool) -> None:
+    broker: Broker, central: Central, device: str, agent_proc: Any, hang_up: bool
+) -> None:
     connect_timeout, backoff_cap = 2.0, 1.0
     with SilentBroker(hang_up=hang_up) as dead:
-        agent = agent_proc(0, device=device, mqtt=brokers(dead.port, broker.port, connect_timeout_s=connect_timeout,
-                                                          reconnect_min_s=0.2, reconnect_max_s=backoff_cap))
+        agent = agent_proc(
+            0,
+            device=device,
+            mqtt=brokers(
+                dead.port,
+                broker.port,
+                connect_timeout_s=connect_timeout,
+                reconnect_min_s=0.2,
+                reconnect_max_s=backoff_cap,
+            ),
+        )
         agent.click()
         central.wait_events(1, "panic", timeout=2 * (connect_timeout + backoff_cap))
         assert link(agent)["broker"] == f"127.0.0.1:{broker.port}"
@@ -72,8 +82,9 @@ def test_link__first_broker_takes_tcp_but_no_mqtt__the_press_goes_via_the_second
 
 
 @pytest.mark.parametrize("v5", ["close", "0x84", "0x01"])
-def test_link__auto_falls_back_to_3_1_1_once_per_broker(broker: Broker, central: Central, device: str,
-                                                        agent_proc: Any, v5: str, validate: Any) -> None:
+def test_link__auto_falls_back_to_3_1_1_once_per_broker(
+    broker: Broker, central: Central, device: str, agent_proc: Any, v5: str, validate: Any
+) -> None:
     with GateProxy(broker.port, v5=v5) as gate:
         agent = agent_proc(gate.port, device=device)  # mqtt.protocol defaults to auto
         agent.click()
@@ -103,8 +114,9 @@ def test_link__explicit_5_does_not_fall_back_and_says_why(broker: Broker, device
 
 
 @pytest.mark.parametrize("protocol", ["auto", "3.1.1"])
-def test_link__retainless_broker_events_and_status_flow(tmp_path: Path, device: str, agent_proc: Any,
-                                                         protocol: str, validate: Any) -> None:
+def test_link__retainless_broker_events_and_status_flow(
+    tmp_path: Path, device: str, agent_proc: Any, protocol: str, validate: Any
+) -> None:
     b = Broker(tmp_path / "no-retain", listener_extra="allow_anonymous true\nretain_available false\n").start()
     c = Central(b.port, topics=(f"campus/+/{device}/#",))
     try:
@@ -134,7 +146,8 @@ def test_link__retainless_broker_events_and_status_flow(tmp_path: Path, device: 
 
 @pytest.mark.parametrize("mode", ["kill", "refuse"])
 def test_link__command_subscription_refused_or_fatal_events_still_flow(
-        broker: Broker, central: Central, device: str, agent_proc: Any, mode: str, validate: Any) -> None:
+    broker: Broker, central: Central, device: str, agent_proc: Any, mode: str, validate: Any
+) -> None:
     with GateProxy(broker.port, subscribe=mode) as gate:
         agent = agent_proc(gate.port, device=device)
         for _ in range(5):

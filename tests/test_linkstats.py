@@ -54,7 +54,11 @@ def test_linkstats__empty_window_reports_nulls_and_periods() -> None:
     later = T0 + 2 * 3600
     doc = stats.snapshot(later)
     assert doc["transmit"][BROKER]["1h"] == {
-        "from": "2027-01-15T01:01:00.000Z", "count": 0, "mean_ms": None, "p95_ms": None, "max_ms": None,
+        "from": "2027-01-15T01:01:00.000Z",
+        "count": 0,
+        "mean_ms": None,
+        "p95_ms": None,
+        "max_ms": None,
     }
     assert doc["transmit"][BROKER]["31d"]["count"] == 1
     assert doc["transmit"][BROKER]["31d"]["from"] == "2026-12-16T00:00:00.000Z"
@@ -98,8 +102,13 @@ def test_linkstats__running_outage_counts_until_now() -> None:
     stats.link_up(BROKER, T0)
     stats.link_down(T0 + 100)
     av = stats.snapshot(T0 + 200)["availability"]["24h"]
-    assert av == {"from": "2027-01-15T00:00:00.000Z", "observed_s": 200, "percent": 50.0,
-                  "outages": 1, "longest_outage_s": 100.0}
+    assert av == {
+        "from": "2027-01-15T00:00:00.000Z",
+        "observed_s": 200,
+        "percent": 50.0,
+        "outages": 1,
+        "longest_outage_s": 100.0,
+    }
 
 
 def test_linkstats__nothing_counted_before_first_connect() -> None:
@@ -107,8 +116,13 @@ def test_linkstats__nothing_counted_before_first_connect() -> None:
     stats.link_down(T0 + 10)
     av = stats.snapshot(T0 + 100)
     assert av["since"] is None
-    assert av["availability"]["24h"] == {"from": None, "observed_s": 0, "percent": None,
-                                         "outages": 0, "longest_outage_s": 0.0}
+    assert av["availability"]["24h"] == {
+        "from": None,
+        "observed_s": 0,
+        "percent": None,
+        "outages": 0,
+        "longest_outage_s": 0.0,
+    }
 
 
 def test_linkstats__restart_gap_is_one_outage() -> None:
@@ -151,9 +165,22 @@ def test_linkstats__state_round_trip_is_identical() -> None:
     assert again.snapshot(now) == stats.snapshot(now)
 
 
-@pytest.mark.parametrize("doc", [
-    {"v": 99}, {"v": 1}, [], "junk", {"v": 1, "saved": 1, "since": None, "paths": {"b": {"used": 0, "minutes": [[1, [1, 0, 0, [[999, 1]]]]], "days": []}}, "hours": []},
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"v": 99},
+        {"v": 1},
+        [],
+        "junk",
+        {
+            "v": 1,
+            "saved": 1,
+            "since": None,
+            "paths": {"b": {"used": 0, "minutes": [[1, [1, 0, 0, [[999, 1]]]]], "days": []}},
+            "hours": [],
+        },
+    ],
+)
 def test_linkstats__damaged_state_starts_afresh(doc: object, caplog: pytest.LogCaptureFixture) -> None:
     stats = LinkStats.from_state(doc, T0)
     assert stats.snapshot(T0) == LinkStats(T0).snapshot(T0)
@@ -267,8 +294,14 @@ def test_linkstats__years_long_clock_jump_is_cheap_and_bounded() -> None:
     assert len(stats._hours.slots) <= 7 * 24 + 1
 
 
-steps = st.lists(st.tuples(st.floats(min_value=0.0, max_value=7200.0, allow_nan=False),
-                           st.sampled_from(["up-a", "up-b", "down", "restart"])), min_size=1, max_size=40)
+steps = st.lists(
+    st.tuples(
+        st.floats(min_value=0.0, max_value=7200.0, allow_nan=False),
+        st.sampled_from(["up-a", "up-b", "down", "restart"]),
+    ),
+    min_size=1,
+    max_size=40,
+)
 
 
 @settings(max_examples=200, deadline=None)

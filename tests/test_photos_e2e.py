@@ -17,8 +17,9 @@ pytestmark = pytest.mark.broker
 def photo_config(cam: SnapCamera) -> dict[str, Any]:
     return {
         "inputs": [{"name": "panic", "kind": "panic_button", "pin": 17, "debounce_ms": 0, "snapshot": ["gate-cam"]}],
-        "cameras": [{"name": "gate-cam", "kind": "http_snapshot", "url": cam.url, "probe_interval_s": 3600,
-                     "timeout_s": 2}],
+        "cameras": [
+            {"name": "gate-cam", "kind": "http_snapshot", "url": cam.url, "probe_interval_s": 3600, "timeout_s": 2}
+        ],
     }
 
 
@@ -62,8 +63,7 @@ def test_photo__follows_its_alarm_with_mqtt5_properties(broker, device, agent_pr
         central.close()
 
 
-def test_photo__camera_error_is_a_snapshot_failed_event_and_the_alarm_still_goes(
-        broker, device, agent_proc, validate):
+def test_photo__camera_error_is_a_snapshot_failed_event_and_the_alarm_still_goes(broker, device, agent_proc, validate):
     cam = SnapCamera("error500").start()
     central = Central(broker.port, topics=(f"campus/+/{device}/#",))
     try:

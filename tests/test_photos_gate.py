@@ -12,11 +12,15 @@ from tests.support.snapcam import SnapCamera
 
 
 def make(tmp_path, cam: SnapCamera) -> Photos:
-    cfg = load_config(write_config(
-        tmp_path, 1, device="gate-1",
-        inputs=[{"name": "panic", "kind": "panic_button", "pin": 17, "snapshot": ["gate-cam"]}],
-        cameras=[{"name": "gate-cam", "kind": "http_snapshot", "url": cam.url, "timeout_s": 2}],
-    ))
+    cfg = load_config(
+        write_config(
+            tmp_path,
+            1,
+            device="gate-1",
+            inputs=[{"name": "panic", "kind": "panic_button", "pin": 17, "snapshot": ["gate-cam"]}],
+            cameras=[{"name": "gate-cam", "kind": "http_snapshot", "url": cam.url, "timeout_s": 2}],
+        )
+    )
     return Photos(cfg, wake=lambda: None, on_failed=lambda *a: None, locks=None, wall=time.time)
 
 

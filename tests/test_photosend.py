@@ -40,10 +40,18 @@ class Failures(list[tuple[str, str, str, str]]):
 def test_photo_message__topic_properties_and_flags() -> None:
     msg = photo_message(ROOT, photo("e1", "yard", 2, 3))
     assert msg == PhotoMessage(
-        topic=f"{ROOT}/snapshot/e1", payload=photo("e1").jpeg, content_type="image/jpeg",
-        user_properties=(("event_id", "e1"), ("camera", "yard"), ("part", "2/3"),
-                         ("taken", "2027-01-15T00:00:00.500Z")),
-        qos=1, retain=False)
+        topic=f"{ROOT}/snapshot/e1",
+        payload=photo("e1").jpeg,
+        content_type="image/jpeg",
+        user_properties=(
+            ("event_id", "e1"),
+            ("camera", "yard"),
+            ("part", "2/3"),
+            ("taken", "2027-01-15T00:00:00.500Z"),
+        ),
+        qos=1,
+        retain=False,
+    )
 
 
 def test_photo_drain__waits_for_events_and_keeps_one_in_flight(store: PhotoStore) -> None:
@@ -90,12 +98,14 @@ def test_photo_drain__refused_photo_is_dropped_and_reported(store: PhotoStore) -
     assert msg is not None
     drain.sent(3, msg)
     assert drain.settle(3, refused=True)
-    assert failures == [("e1", "a-cam", "refused",
-                         f"broker refused {ROOT}/snapshot/e1; check its ACL for {ROOT}/snapshot/#")]
+    assert failures == [
+        ("e1", "a-cam", "refused", f"broker refused {ROOT}/snapshot/e1; check its ACL for {ROOT}/snapshot/#")
+    ]
     assert [(p.event_id, p.camera) for p in store.pending()] == [("e1", "b-cam")], "only that camera's photo"
 
 
 # ---- through a real broker -------------------------------------------------------------------------
+
 
 class Sender:
     """What uplink.py will do with a PhotoMessage: paho Properties, QoS 1, and the PUBACK's reason code."""
@@ -103,8 +113,9 @@ class Sender:
     def __init__(self, port: int) -> None:
         self.acks: dict[int, int] = {}
         self.acked = threading.Condition()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gate-{uuid.uuid4().hex[:8]}",
-                             protocol=MQTTProtocolVersion.MQTTv5)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"gate-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+        )
         self.c.on_publish = self._on_publish
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
@@ -135,8 +146,11 @@ class Receiver:
         self.got: list[mqtt.MQTTMessage] = []
         self.cond = threading.Condition()
         subscribed = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"central-{uuid.uuid4().hex[:8]}",
-                             protocol=MQTTProtocolVersion.MQTTv5)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"central-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         self.c.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.c.on_subscribe = lambda *_: subscribed.set()
         self.c.on_message = self._on_message
@@ -178,8 +192,12 @@ def test_photo_drain__through_mosquitto_with_mqtt5_properties(broker: Broker, st
         assert m.payload == make_jpeg(200_000)
         assert (m.qos, m.retain) == (1, False)
         assert m.properties.ContentType == "image/jpeg"
-        assert dict(m.properties.UserProperty) == {"event_id": "e1", "camera": "gate-cam", "part": "1/1",
-                                                   "taken": "2027-01-15T00:00:00.000Z"}
+        assert dict(m.properties.UserProperty) == {
+            "event_id": "e1",
+            "camera": "gate-cam",
+            "part": "1/1",
+            "taken": "2027-01-15T00:00:00.000Z",
+        }
         assert store.pending() == []
     finally:
         tx.close()
@@ -214,6 +232,7 @@ def test_photo_drain__broker_acl_refusal_drops_the_photo(tmp_path: Path, store: 
 
 
 # ---- the rule composed with a real outbox: what the sender will do -------------------------------------
+
 
 class SenderModel:
     """The sender's round as uplink.py will run it: events from the outbox first, then at most one photo."""

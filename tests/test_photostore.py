@@ -33,14 +33,23 @@ def test_photostore__pending_is_oldest_first_and_ack_removes(tmp_path: Path) -> 
             store.put(photo(f"e{i}", seed=i))
         store.put(photo("e1", camera="door-cam", seed=9))
         assert [(p.event_id, p.camera) for p in store.pending(10)] == [
-            ("e0", "gate-cam"), ("e1", "gate-cam"), ("e2", "gate-cam"), ("e3", "gate-cam"), ("e4", "gate-cam"),
-            ("e1", "door-cam")]
+            ("e0", "gate-cam"),
+            ("e1", "gate-cam"),
+            ("e2", "gate-cam"),
+            ("e3", "gate-cam"),
+            ("e4", "gate-cam"),
+            ("e1", "door-cam"),
+        ]
         assert store.pending(2)[0].jpeg == make_jpeg(10 * KB, 0)
         assert store.ack("e1", "gate-cam") == 1
         assert store.ack("e1", "gate-cam") == 0  # a duplicate PUBACK after a reconnect
         assert store.ack("e0") == 1
         assert [(p.event_id, p.camera) for p in store.pending()] == [
-            ("e2", "gate-cam"), ("e3", "gate-cam"), ("e4", "gate-cam"), ("e1", "door-cam")]
+            ("e2", "gate-cam"),
+            ("e3", "gate-cam"),
+            ("e4", "gate-cam"),
+            ("e1", "door-cam"),
+        ]
         assert store.stats().pending == 4
         assert store.stats().bytes == 4 * 10 * KB
 
@@ -131,8 +140,12 @@ _CHILD = textwrap.dedent("""
 
 def test_photostore__sigkill_between_write_and_ack_leaves_a_readable_store(tmp_path: Path) -> None:
     path = tmp_path / "photos.db"
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[1])
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     put: set[int] = set()
     acked: set[int] = set()
     try:

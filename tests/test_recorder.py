@@ -194,10 +194,15 @@ def test_recorder__held_alarm_is_sent_directly_while_the_outbox_stays_locked(tmp
     outbox = Outbox(tmp_path / "outbox.db", site="main", device=device, busy_timeout_s=0.2)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.2)
     central = Central(broker.port, topics=(f"{root}/event/#",))
-    uplink = Uplink(mqtt_cfg(broker.port, client_id=device), topic_root=root, outbox=outbox,
-                    status=lambda: {"v": 1, "state": "online"},
-                    offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
-                    on_delivered=recorder.delivered, held=recorder.held)
+    uplink = Uplink(
+        mqtt_cfg(broker.port, client_id=device),
+        topic_root=root,
+        outbox=outbox,
+        status=lambda: {"v": 1, "state": "online"},
+        offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+        on_delivered=recorder.delivered,
+        held=recorder.held,
+    )
     recorder.hooks.wake = uplink.wake
     lock = WriteLock(tmp_path / "outbox.db").take()
     try:

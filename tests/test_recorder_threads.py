@@ -41,10 +41,14 @@ def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, d
     outbox = AckFailsOnce(tmp_path / "outbox.db", site="main", device=device)
     delivered: list[int] = []
     central = Central(broker.port, topics=(f"{root}/event/#",))
-    uplink = Uplink(mqtt_cfg(broker.port, client_id=device), topic_root=root, outbox=outbox,
-                    status=lambda: {"v": 1, "state": "online"},
-                    offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
-                    on_delivered=lambda row: delivered.append(row.seq))
+    uplink = Uplink(
+        mqtt_cfg(broker.port, client_id=device),
+        topic_root=root,
+        outbox=outbox,
+        status=lambda: {"v": 1, "state": "online"},
+        offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+        on_delivered=lambda row: delivered.append(row.seq),
+    )
     try:
         uplink.start()
         event = Event.create(CLOCK, EventType.PANIC, "panic")
@@ -79,10 +83,15 @@ def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(t
     outbox = Unusable(tmp_path / "outbox.db", site="main", device=device)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.5)
     central = Central(broker.port, topics=(f"{root}/event/#",))
-    uplink = Uplink(mqtt_cfg(broker.port, client_id=device), topic_root=root, outbox=outbox,
-                    status=lambda: {"v": 1, "state": "online"},
-                    offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
-                    on_delivered=recorder.delivered, held=recorder.held)
+    uplink = Uplink(
+        mqtt_cfg(broker.port, client_id=device),
+        topic_root=root,
+        outbox=outbox,
+        status=lambda: {"v": 1, "state": "online"},
+        offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+        on_delivered=recorder.delivered,
+        held=recorder.held,
+    )
     recorder.hooks.wake = uplink.wake
     try:
         uplink.start()

@@ -25,11 +25,33 @@ sys.modules["reference_consumer"] = ref
 spec.loader.exec_module(ref)
 
 
-def event(seq: int, *, eid: str | None = None, synced: bool = True, ts: str = "2026-11-29T06:00:10.000Z",
-          mono_ms: int = 10_000, boot: str = "b1", device: str = "g1") -> bytes:
-    return json.dumps({"v": 1, "id": eid or f"{seq:032x}", "seq": seq, "site": "main", "device": device,
-                       "type": "panic", "source": "panic", "test": False, "ts": ts, "clock_synced": synced,
-                       "boot_id": boot, "mono_ms": mono_ms, "data": {}}).encode()
+def event(
+    seq: int,
+    *,
+    eid: str | None = None,
+    synced: bool = True,
+    ts: str = "2026-11-29T06:00:10.000Z",
+    mono_ms: int = 10_000,
+    boot: str = "b1",
+    device: str = "g1",
+) -> bytes:
+    return json.dumps(
+        {
+            "v": 1,
+            "id": eid or f"{seq:032x}",
+            "seq": seq,
+            "site": "main",
+            "device": device,
+            "type": "panic",
+            "source": "panic",
+            "test": False,
+            "ts": ts,
+            "clock_synced": synced,
+            "boot_id": boot,
+            "mono_ms": mono_ms,
+            "data": {},
+        }
+    ).encode()
 
 
 def test_consumer__dedup_on_id():
@@ -50,10 +72,13 @@ def test_consumer__gap_reported_with_dropped_count():
 def test_consumer__retimes_unsynced_events_of_the_same_boot():
     c = ref.Consumer()
     c.handle("campus/main/g1/event/panic", event(1, synced=True, ts="2026-11-29T06:00:10.000Z", mono_ms=10_000))
-    line = c.handle("campus/main/g1/event/panic",
-                    event(2, synced=False, ts="1970-01-01T00:00:30.000Z", mono_ms=25_500))[0]
+    line = c.handle(
+        "campus/main/g1/event/panic", event(2, synced=False, ts="1970-01-01T00:00:30.000Z", mono_ms=25_500)
+    )[0]
     assert "at 2026-11-29T06:00:25.500Z~" in line
-    unknown = c.handle("campus/main/g1/event/panic", event(3, synced=False, boot="other", ts="1970-01-01T00:00:01.000Z"))
+    unknown = c.handle(
+        "campus/main/g1/event/panic", event(3, synced=False, boot="other", ts="1970-01-01T00:00:01.000Z")
+    )
     assert "1970-01-01T00:00:01.000Z?" in unknown[0]
 
 
@@ -84,9 +109,21 @@ class ConsumerProc:
 
     def __init__(self, port: int, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "docs/examples/reference_consumer.py"), "--host", "127.0.0.1", "--port",
-             str(port), "--client-id", f"ref-{uuid.uuid4().hex[:8]}", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                str(ROOT / "docs/examples/reference_consumer.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--client-id",
+                f"ref-{uuid.uuid4().hex[:8]}",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         assert self.proc.stderr is not None
@@ -149,13 +186,16 @@ def test_save_photo__parts_and_numbered_names_and_redeliveries(tmp_path):
     assert sorted(p.name for p in (root / "main/g1").iterdir()) == [f"{EID}-2.jpg", f"{EID}-3.jpg", f"{EID}.jpg"]
 
 
-@pytest.mark.parametrize(("topic", "payload", "props", "why"), [
-    (f"campus/main/../snapshot/{EID}", JPEG, {}, "site or device is not a contract id"),
-    ("campus/main/g1/snapshot/..", JPEG, {}, "not an event id"),
-    (f"campus/main/g1/snapshot/{EID}", JPEG, {"event_id": "f" * 32}, "not an event id"),
-    (f"campus/main/g1\x1b[2J/snapshot/{EID}", JPEG, {}, "campus/main/g1\\x1b[2J/snapshot"),
-    (f"campus/main/g1/snapshot/{EID}", b"<html>", {}, "not a JPEG"),
-])
+@pytest.mark.parametrize(
+    ("topic", "payload", "props", "why"),
+    [
+        (f"campus/main/../snapshot/{EID}", JPEG, {}, "site or device is not a contract id"),
+        ("campus/main/g1/snapshot/..", JPEG, {}, "not an event id"),
+        (f"campus/main/g1/snapshot/{EID}", JPEG, {"event_id": "f" * 32}, "not an event id"),
+        (f"campus/main/g1\x1b[2J/snapshot/{EID}", JPEG, {}, "campus/main/g1\\x1b[2J/snapshot"),
+        (f"campus/main/g1/snapshot/{EID}", b"<html>", {}, "not a JPEG"),
+    ],
+)
 def test_save_photo__refuses(tmp_path, topic, payload, props, why):
     line = ref.save_photo(tmp_path / "photos", topic, payload, props)
     assert line.startswith("refused photo on ")

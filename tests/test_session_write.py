@@ -23,9 +23,15 @@ def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp
         acks.append((mid, refusal))
         acked.set()
 
-    with Session(cfg, BrokerAddress("127.0.0.1", broker.port), Dialect("5", retain=True),
-                 will=("t/flush/status", b"{}"), wake=lambda: None, on_ack=on_ack,
-                 on_message=lambda *_a: None) as s:
+    with Session(
+        cfg,
+        BrokerAddress("127.0.0.1", broker.port),
+        Dialect("5", retain=True),
+        will=("t/flush/status", b"{}"),
+        wake=lambda: None,
+        on_ack=on_ack,
+        on_message=lambda *_a: None,
+    ) as s:
         assert s.open() is None
         assert s.verdict(10.0) is None
         writers: list[str] = []

@@ -28,15 +28,29 @@ SECRET = Secret(PASSWORD, Path("/etc/campus-agent/gate-cam.pass"))
 def cam_cfg(kind: CameraKind = CameraKind.HTTP_SNAPSHOT, url: str | None = None, **kw: Any) -> CameraConfig:
     """Built directly: validation would refuse the short timeouts that keep these tests fast."""
     base: dict[str, Any] = {
-        "name": "gate-cam", "kind": kind, "url": url, "timeout_s": 0.5, "probe_interval_s": 60, "fail_after": 3,
-        "username": None, "password": None, "auth": "basic", "camera_num": 0,
+        "name": "gate-cam",
+        "kind": kind,
+        "url": url,
+        "timeout_s": 0.5,
+        "probe_interval_s": 60,
+        "fail_after": 3,
+        "username": None,
+        "password": None,
+        "auth": "basic",
+        "camera_num": 0,
     }
     return CameraConfig(**(base | kw))
 
 
 def snap_cfg(cameras: tuple[str, ...] = ("gate-cam",), **kw: Any) -> SnapshotsConfig:
-    base: dict[str, Any] = {"max_kb": 400, "max_mb": 50.0, "width": 1280, "height": 720, "quality": 80,
-                            "triggers": (("panic", cameras),)}
+    base: dict[str, Any] = {
+        "max_kb": 400,
+        "max_mb": 50.0,
+        "width": 1280,
+        "height": 720,
+        "quality": 80,
+        "triggers": (("panic", cameras),),
+    }
     return SnapshotsConfig(**(base | kw))
 
 
@@ -93,8 +107,14 @@ def shoot(store: PhotoStore) -> Iterator[Callable[..., tuple[Snapshots, Outcome]
 
     def make(*cams: CameraConfig, cfg: SnapshotsConfig | None = None, **kw: Any) -> tuple[Snapshots, Outcome]:
         out = Outcome()
-        snaps = Snapshots(cams, cfg or snap_cfg(tuple(c.name for c in cams)), store,
-                          on_stored=out.on_stored, on_failed=out.on_failed, **kw)
+        snaps = Snapshots(
+            cams,
+            cfg or snap_cfg(tuple(c.name for c in cams)),
+            store,
+            on_stored=out.on_stored,
+            on_failed=out.on_failed,
+            **kw,
+        )
         snaps.start()
         made.append(snaps)
         return snaps, out
@@ -106,11 +126,15 @@ def shoot(store: PhotoStore) -> Iterator[Callable[..., tuple[Snapshots, Outcome]
 
 # ---- HTTP snapshot cameras ------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("mode", "login"), [
-    ("jpeg", {}),
-    ("basic", {"username": "tech", "password": SECRET}),
-    ("digest", {"username": "tech", "password": SECRET, "auth": "digest"}),
-])
+
+@pytest.mark.parametrize(
+    ("mode", "login"),
+    [
+        ("jpeg", {}),
+        ("basic", {"username": "tech", "password": SECRET}),
+        ("digest", {"username": "tech", "password": SECRET, "auth": "digest"}),
+    ],
+)
 def test_snapshots__http_still_is_stored(snapcam, shoot, store, mode, login) -> None:
     cam = snapcam(mode)
     snaps, out = shoot(cam_cfg(url=cam.url, **login))
@@ -124,15 +148,22 @@ def test_snapshots__http_still_is_stored(snapcam, shoot, store, mode, login) -> 
     assert out.threads == {"snapshot-gate-cam"}, "taken and stored on the camera's own worker"
 
 
-@pytest.mark.parametrize(("mode", "kw", "reason", "detail"), [
-    ("basic", {}, "login", "HTTP 401 from gate-cam: set username and password_file"),
-    ("digest", {"username": "tech", "password": Secret("wrong", Path("x")), "auth": "digest"}, "login",
-     "HTTP 401 from gate-cam: check the camera's username and password_file"),
-    ("error500", {}, "http_error", "HTTP 500 from gate-cam"),
-    ("hang", {}, "timeout", "no still from gate-cam within 0.5 s"),
-    ("html", {}, "not_jpeg", "gate-cam sent no JPEG (starts 3c 68 74 6d, no FF D8 marker); check the snapshot URL"),
-    ("truncated", {}, "not_jpeg", "gate-cam sent no JPEG"),
-])
+@pytest.mark.parametrize(
+    ("mode", "kw", "reason", "detail"),
+    [
+        ("basic", {}, "login", "HTTP 401 from gate-cam: set username and password_file"),
+        (
+            "digest",
+            {"username": "tech", "password": Secret("wrong", Path("x")), "auth": "digest"},
+            "login",
+            "HTTP 401 from gate-cam: check the camera's username and password_file",
+        ),
+        ("error500", {}, "http_error", "HTTP 500 from gate-cam"),
+        ("hang", {}, "timeout", "no still from gate-cam within 0.5 s"),
+        ("html", {}, "not_jpeg", "gate-cam sent no JPEG (starts 3c 68 74 6d, no FF D8 marker); check the snapshot URL"),
+        ("truncated", {}, "not_jpeg", "gate-cam sent no JPEG"),
+    ],
+)
 def test_snapshots__http_failure_says_why(snapcam, shoot, store, mode, kw, reason, detail) -> None:
     cam = snapcam(mode)
     snaps, out = shoot(cam_cfg(url=cam.url, **kw))
@@ -151,8 +182,10 @@ def test_snapshots__http_truncated_from_the_real_jpeg_mode(snapcam, shoot) -> No
     snaps, out = shoot(cam_cfg(url=cam.url))
     snaps.request("e1", "panic")
     out.wait(1)
-    assert out.failed[0][2:] == ("not_jpeg", "gate-cam sent no JPEG (1000 bytes with no FF D9 end marker "
-                                 "(truncated)); check the snapshot URL")
+    assert out.failed[0][2:] == (
+        "not_jpeg",
+        "gate-cam sent no JPEG (1000 bytes with no FF D9 end marker (truncated)); check the snapshot URL",
+    )
 
 
 def test_snapshots__over_max_kb_is_refused(snapcam, shoot, store) -> None:
@@ -257,8 +290,7 @@ def test_snapshots__failing_callbacks_do_not_kill_the_worker(snapcam, store) -> 
             done.set()
         raise RuntimeError("daemon trouble")
 
-    with Snapshots((cam_cfg(url=cam.url),), snap_cfg(), store, on_stored=boom,
-                   on_failed=lambda *_: None) as snaps:
+    with Snapshots((cam_cfg(url=cam.url),), snap_cfg(), store, on_stored=boom, on_failed=lambda *_: None) as snaps:
         snaps.start()
         snaps.request("e1", "panic")
         snaps.request("e2", "panic")
@@ -268,6 +300,7 @@ def test_snapshots__failing_callbacks_do_not_kill_the_worker(snapcam, store) -> 
 
 # ---- picamera2, faked at its import boundary --------------------------------------------------------
 
+
 class FakePi:
     """State shared with a fake ``picamera2`` module put into ``sys.modules``.
 
@@ -275,8 +308,14 @@ class FakePi:
     for, as a real encoder's does: ``bytes_at_q100 * quality / 100``.
     """
 
-    def __init__(self, *, bytes_at_q100: int = 300_000, open_error: str | None = None,
-                 capture_error: str | None = None, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        bytes_at_q100: int = 300_000,
+        open_error: str | None = None,
+        capture_error: str | None = None,
+        gate: threading.Event | None = None,
+    ) -> None:
         self.bytes_at_q100 = bytes_at_q100
         self.open_error = open_error
         self.capture_error = capture_error
@@ -371,11 +410,16 @@ def test_picamera__too_large_even_at_the_floor(fake_pi, shoot, store) -> None:
     assert pi.opened == pi.closed
 
 
-@pytest.mark.parametrize(("kw", "detail"), [
-    ({"open_error": "Camera __init__ sequence did not complete."},
-     "camera 0 cannot be opened (RuntimeError: Camera __init__ sequence did not complete.)"),
-    ({"capture_error": "dma buffer gone"}, "camera 0 failed to capture (RuntimeError: dma buffer gone)"),
-])
+@pytest.mark.parametrize(
+    ("kw", "detail"),
+    [
+        (
+            {"open_error": "Camera __init__ sequence did not complete."},
+            "camera 0 cannot be opened (RuntimeError: Camera __init__ sequence did not complete.)",
+        ),
+        ({"capture_error": "dma buffer gone"}, "camera 0 failed to capture (RuntimeError: dma buffer gone)"),
+    ],
+)
 def test_picamera__errors_say_why(fake_pi, shoot, kw, detail) -> None:
     pi = fake_pi(**kw)
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2))
@@ -458,22 +502,32 @@ def parse(tmp_path: Path, text: str) -> tuple[SnapshotsConfig, list[str]]:
 
 
 def test_parse_snapshot_config__defaults_and_merged_triggers(tmp_path) -> None:
-    cfg, problems = parse(tmp_path, """
+    cfg, problems = parse(
+        tmp_path,
+        """
 inputs:
   - {name: panic, pin: 17, snapshot: [gate-cam]}
   - {name: lid, kind: tamper, pin: 27}
-""" + CAMS % ', snapshot_url: "http://10.0.0.6/still.jpg", snapshot_on: [panic, lid]' + """
+"""
+        + CAMS % ', snapshot_url: "http://10.0.0.6/still.jpg", snapshot_on: [panic, lid]'
+        + """
   - {name: back-cam, kind: http_snapshot, url: "http://10.0.0.7/s.jpg", snapshot_on: [panic]}
-""")
+""",
+    )
     assert problems == []
     assert (cfg.max_kb, cfg.max_mb, cfg.width, cfg.height, cfg.quality) == (400, 50.0, 1280, 720, 80)
     assert cfg.cameras_for("panic") == ("gate-cam", "yard", "back-cam")
     assert cfg.cameras_for("lid") == ("yard",)
     assert cfg.cameras_for("nothing") == ()
     assert cfg.enabled
-    cams = {c.name: c for c in (cam_cfg(url="http://10.0.0.5/snap.jpg"),
-                                cam_cfg(CameraKind.RTSP, url="rtsp://10.0.0.6/stream1", name="yard"),
-                                cam_cfg(CameraKind.PICAMERA2, name="door-cam"))}
+    cams = {
+        c.name: c
+        for c in (
+            cam_cfg(url="http://10.0.0.5/snap.jpg"),
+            cam_cfg(CameraKind.RTSP, url="rtsp://10.0.0.6/stream1", name="yard"),
+            cam_cfg(CameraKind.PICAMERA2, name="door-cam"),
+        )
+    }
     assert cfg.still_url(cams["gate-cam"]) == "http://10.0.0.5/snap.jpg"
     assert cfg.still_url(cams["yard"]) == "http://10.0.0.6/still.jpg"
     assert cfg.still_url(cams["door-cam"]) is None
@@ -485,32 +539,56 @@ def test_parse_snapshot_config__no_snapshots_configured(tmp_path) -> None:
     assert not cfg.enabled
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("inputs:\n  - {name: panic, pin: 17, snapshot: [gate-camm]}\n" + CAMS % "",
-     "2: inputs[0].snapshot: no camera named 'gate-camm'; did you mean 'gate-cam'?"),
-    ("inputs:\n  - {name: panic, pin: 17, snapshot: gate-cam}\n" + CAMS % "",
-     "2: inputs[0].snapshot: expected a list of names like [gate-cam], got the single name 'gate-cam'; put it in [ ]"),
-    ("inputs:\n  - {name: panic, pin: 17, snapshot: [gate-cam, gate-cam]}\n" + CAMS % "",
-     "2: inputs[0].snapshot: a name is listed twice in ['gate-cam', 'gate-cam']"),
-    ("inputs:\n  - {name: panic, pin: 17, snapshot: [yard]}\n" + CAMS % "",
-     "2: inputs[0].snapshot: camera 'yard' is an rtsp stream and takes a still only through its snapshot_url; "
-     "add snapshot_url: http://... to that camera or leave it out here"),
-    ("inputs:\n  - {name: panic, pin: 17}\n" + CAMS % ", snapshot_on: [panik]",
-     "7: cameras[2].snapshot_on: no input named 'panik'; did you mean 'panic'?"),
-    ("inputs:\n  - {name: panic, pin: 17}\n" + CAMS % ', snapshot_url: "rtsp://10.0.0.6/x"',
-     "7: cameras[2].snapshot_url: expected a URL like http://host/snapshot.jpg, got 'rtsp://10.0.0.6/x'"),
-    ("inputs:\n  - {name: panic, pin: 17}\n" + CAMS % ', snapshot_url: "http://u:pw@10.0.0.6/x"',
-     "7: cameras[2].snapshot_url: do not put a password in the URL; use the camera's username and password_file"),
-    ('inputs:\n  - {name: panic, pin: 17}\ncameras:\n  - {name: d, kind: picamera2, snapshot_url: "http://h/x"}\n',
-     "4: cameras[0].snapshot_url: a picamera2 camera takes its still itself; remove snapshot_url"),
-    ("snapshots:\n  max_kb: 4096\n  max_mb: 2\n",
-     "2: snapshots.max_kb: one photo (4096 KiB) must fit in the store (max_mb 2); lower max_kb"),
-    ("snapshots:\n  quality: 100\n", "2: snapshots.quality: expected (JPEG quality) 10-95, got 100"),
-    ("snapshots:\n  widht: 640\n", "2: snapshots.widht: unknown key; did you mean 'width'?"),
-    ("inputs:\n  - {name: panic, pin: 17}\n" + CAMS % "" + "".join(
-        f"  - {{name: c{i}, kind: picamera2, snapshot_on: [panic]}}\n" for i in range(5)),
-     "2: inputs[0].snapshot: at most 4 cameras per alarm, got 5 (c0, c1, c2, c3, c4)"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "inputs:\n  - {name: panic, pin: 17, snapshot: [gate-camm]}\n" + CAMS % "",
+            "2: inputs[0].snapshot: no camera named 'gate-camm'; did you mean 'gate-cam'?",
+        ),
+        (
+            "inputs:\n  - {name: panic, pin: 17, snapshot: gate-cam}\n" + CAMS % "",
+            "2: inputs[0].snapshot: expected a list of names like [gate-cam], got the single name 'gate-cam'; put it in [ ]",
+        ),
+        (
+            "inputs:\n  - {name: panic, pin: 17, snapshot: [gate-cam, gate-cam]}\n" + CAMS % "",
+            "2: inputs[0].snapshot: a name is listed twice in ['gate-cam', 'gate-cam']",
+        ),
+        (
+            "inputs:\n  - {name: panic, pin: 17, snapshot: [yard]}\n" + CAMS % "",
+            "2: inputs[0].snapshot: camera 'yard' is an rtsp stream and takes a still only through its snapshot_url; "
+            "add snapshot_url: http://... to that camera or leave it out here",
+        ),
+        (
+            "inputs:\n  - {name: panic, pin: 17}\n" + CAMS % ", snapshot_on: [panik]",
+            "7: cameras[2].snapshot_on: no input named 'panik'; did you mean 'panic'?",
+        ),
+        (
+            "inputs:\n  - {name: panic, pin: 17}\n" + CAMS % ', snapshot_url: "rtsp://10.0.0.6/x"',
+            "7: cameras[2].snapshot_url: expected a URL like http://host/snapshot.jpg, got 'rtsp://10.0.0.6/x'",
+        ),
+        (
+            "inputs:\n  - {name: panic, pin: 17}\n" + CAMS % ', snapshot_url: "http://u:pw@10.0.0.6/x"',
+            "7: cameras[2].snapshot_url: do not put a password in the URL; use the camera's username and password_file",
+        ),
+        (
+            'inputs:\n  - {name: panic, pin: 17}\ncameras:\n  - {name: d, kind: picamera2, snapshot_url: "http://h/x"}\n',
+            "4: cameras[0].snapshot_url: a picamera2 camera takes its still itself; remove snapshot_url",
+        ),
+        (
+            "snapshots:\n  max_kb: 4096\n  max_mb: 2\n",
+            "2: snapshots.max_kb: one photo (4096 KiB) must fit in the store (max_mb 2); lower max_kb",
+        ),
+        ("snapshots:\n  quality: 100\n", "2: snapshots.quality: expected (JPEG quality) 10-95, got 100"),
+        ("snapshots:\n  widht: 640\n", "2: snapshots.widht: unknown key; did you mean 'width'?"),
+        (
+            "inputs:\n  - {name: panic, pin: 17}\n"
+            + CAMS % ""
+            + "".join(f"  - {{name: c{i}, kind: picamera2, snapshot_on: [panic]}}\n" for i in range(5)),
+            "2: inputs[0].snapshot: at most 4 cameras per alarm, got 5 (c0, c1, c2, c3, c4)",
+        ),
+    ],
+)
 def test_parse_snapshot_config__invalid(tmp_path, text, problem) -> None:
     _, problems = parse(tmp_path, text)
     assert problem in problems, problems
@@ -519,9 +597,12 @@ def test_parse_snapshot_config__invalid(tmp_path, text, problem) -> None:
 def test_snapshots__photos_dropped_for_room_are_reported(snapcam, tmp_path) -> None:
     cam = snapcam("jpeg", size=400 * 1024)
     out = Outcome()
-    with PhotoStore(tmp_path / "small.db", max_mb=1) as small, Snapshots(
-            (cam_cfg(url=cam.url),), snap_cfg(max_kb=500), small, on_stored=out.on_stored,
-            on_failed=out.on_failed) as snaps:
+    with (
+        PhotoStore(tmp_path / "small.db", max_mb=1) as small,
+        Snapshots(
+            (cam_cfg(url=cam.url),), snap_cfg(max_kb=500), small, on_stored=out.on_stored, on_failed=out.on_failed
+        ) as snaps,
+    ):
         snaps.start()
         for i in range(3):
             snaps.request(f"e{i}", "panic")

@@ -116,8 +116,14 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.last_seq = 0
 
     def _new_uplink(self) -> Uplink:
-        up = Uplink(self.cfg, topic_root="campus/main/d", outbox=self.outbox, status=dict,
-                    offline=lambda reason: {"state": "offline", "reason": reason}, mono=lambda: self.now)
+        up = Uplink(
+            self.cfg,
+            topic_root="campus/main/d",
+            outbox=self.outbox,
+            status=dict,
+            offline=lambda reason: {"state": "offline", "reason": reason},
+            mono=lambda: self.now,
+        )
         up._events.live = self.session  # as the sender's _serve does once the CONNACK accepted
         return up
 
@@ -193,8 +199,11 @@ class DeliveryMachine(RuleBasedStateMachine):
             self.pending.discard(seq)
         else:
             n = s.refusals.get(seq, 0)
-            lo, hi = ((REFUSED_ALARM_RETRY_MIN_S, REFUSED_ALARM_RETRY_MAX_S) if _urgent(doc)
-                      else (REFUSED_RETRY_MIN_S, REFUSED_RETRY_MAX_S))
+            lo, hi = (
+                (REFUSED_ALARM_RETRY_MIN_S, REFUSED_ALARM_RETRY_MAX_S)
+                if _urgent(doc)
+                else (REFUSED_RETRY_MIN_S, REFUSED_RETRY_MAX_S)
+            )
             s.refusals[seq] = n + 1
             s.due[seq] = self.now + _ROUND_S + min(hi, lo * 2 ** min(n, 16))
             s.state[seq] = "refused"
@@ -219,8 +228,10 @@ class DeliveryMachine(RuleBasedStateMachine):
     def put_alarm(self, kind: EventType, handed: str) -> None:
         self._put(kind, handed=handed)
 
-    @rule(kind=st.sampled_from(["test_press", EventType.INPUT_FAULT, EventType.CAMERA_RESTORED]),
-          handed=st.sampled_from(HANDED))
+    @rule(
+        kind=st.sampled_from(["test_press", EventType.INPUT_FAULT, EventType.CAMERA_RESTORED]),
+        handed=st.sampled_from(HANDED),
+    )
     def put_routine(self, kind: Any, handed: str) -> None:
         if kind == "test_press":
             self._put(EventType.PANIC, test=True, handed=handed)
@@ -230,8 +241,9 @@ class DeliveryMachine(RuleBasedStateMachine):
     @rule(n=st.integers(2, 8), alarms=st.integers(0, 8), handed=st.sampled_from(HANDED))
     def put_burst(self, n: int, alarms: int, handed: str) -> None:
         """Several events in one commit, as the inputs thread records a burst."""
-        events = [Event.create(CLOCK, EventType.PANIC if i < alarms else EventType.INPUT_FAULT, "panic")
-                  for i in range(n)]
+        events = [
+            Event.create(CLOCK, EventType.PANIC if i < alarms else EventType.INPUT_FAULT, "panic") for i in range(n)
+        ]
         rows = self.outbox.put_rows(events)
         seqs = [r.seq for r in rows]
         assert seqs == sorted(seqs)
@@ -299,6 +311,7 @@ class DeliveryMachine(RuleBasedStateMachine):
 def test_stateful__alarms_are_never_lost_duplicated_or_queued_behind_routine_rows(tmp_path: Path) -> None:
     run_state_machine_as_test(
         lambda: DeliveryMachine(tmp_path),
-        settings=settings(max_examples=40, stateful_step_count=30, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow]),
+        settings=settings(
+            max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        ),
     )

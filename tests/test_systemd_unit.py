@@ -11,8 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "campus-agent.service"
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze not installed (apt-get install systemd)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt-get install systemd)"
+)
 
 
 def _unit_with_stub(tmp_path: Path) -> Path:
@@ -26,8 +27,12 @@ def _unit_with_stub(tmp_path: Path) -> Path:
 
 
 def test_unit__verifies_without_any_warning(tmp_path):
-    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(_unit_with_stub(tmp_path))],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(_unit_with_stub(tmp_path))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     # unknown keys and bad values are only warnings with exit 0: fail on any output
     assert r.returncode == 0, r.stdout + r.stderr
     assert not r.stdout.strip(), r.stdout
@@ -35,8 +40,12 @@ def test_unit__verifies_without_any_warning(tmp_path):
 
 
 def test_unit__exposure_at_most_1_5(tmp_path):
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=15",
-                        str(_unit_with_stub(tmp_path))], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=15", str(_unit_with_stub(tmp_path))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout)
     assert m, r.stdout + r.stderr
     print("exposure", m.group(1))
@@ -46,25 +55,45 @@ def test_unit__exposure_at_most_1_5(tmp_path):
 
 def test_unit__notify_watchdog_and_restart_policy():
     text = UNIT.read_text()
-    for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30s", "Restart=on-failure",
-                 "SupplementaryGroups=gpio video", "StateDirectory=campus-agent", "RuntimeDirectory=campus-agent",
-                 "ConfigurationDirectory=campus-agent", "StartLimitIntervalSec=0"):
+    for line in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30s",
+        "Restart=on-failure",
+        "SupplementaryGroups=gpio video",
+        "StateDirectory=campus-agent",
+        "RuntimeDirectory=campus-agent",
+        "ConfigurationDirectory=campus-agent",
+        "StartLimitIntervalSec=0",
+    ):
         assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
 
 
 def test_sysusers__dry_run(tmp_path):
     if shutil.which("systemd-sysusers") is None:
         pytest.skip("systemd-sysusers not installed")
-    r = subprocess.run(["systemd-sysusers", "--dry-run", f"--root={tmp_path}",
-                        str(ROOT / "systemd" / "campus-agent.sysusers")], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["systemd-sysusers", "--dry-run", f"--root={tmp_path}", str(ROOT / "systemd" / "campus-agent.sysusers")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_unit__least_privilege_lines():
     """Issue 14.5/14.9: control group as primary group, no listening, bounded memory and tasks, ProtectClock kept."""
     text = UNIT.read_text()
-    for line in ("User=campus-agent", "Group=campus-agent-ctl", "UMask=0077", "SocketBindDeny=any",
-                 "MemoryMax=384M", "TasksMax=64", "ProtectClock=yes", "CapabilityBoundingSet="):
+    for line in (
+        "User=campus-agent",
+        "Group=campus-agent-ctl",
+        "UMask=0077",
+        "SocketBindDeny=any",
+        "MemoryMax=384M",
+        "TasksMax=64",
+        "ProtectClock=yes",
+        "CapabilityBoundingSet=",
+    ):
         assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
     assert not re.search(r"^StartLimitBurst=", text, re.MULTILINE)
 

@@ -41,9 +41,11 @@ def pki(tmp_path_factory) -> dict[str, Issued]:
 
 def tls_broker(tmp_path: Path, pki: dict[str, Issued], server: str = "server") -> Broker:
     """The example broker config's listener settings, with test paths and the shipped ACL file."""
-    extra = (f"cafile {pki['ca'].cert_path}\ncertfile {pki[server].cert_path}\nkeyfile {pki[server].key_path}\n"
-             "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
-             f"acl_file {ROOT / 'config' / 'mosquitto' / 'campus.acl'}\n")
+    extra = (
+        f"cafile {pki['ca'].cert_path}\ncertfile {pki[server].cert_path}\nkeyfile {pki[server].key_path}\n"
+        "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+        f"acl_file {ROOT / 'config' / 'mosquitto' / 'campus.acl'}\n"
+    )
     return Broker(tmp_path / "tls-broker", listener_extra=extra).start()
 
 
@@ -55,16 +57,38 @@ def broker_ok(tmp_path, pki) -> Iterator[Broker]:
 
 
 def central_for(b: Broker, pki: dict[str, Issued], device: str = DEV) -> Central:
-    return Central(b.port, topics=(f"campus/main/{device}/#",), ca_certs=str(pki["ca"].cert_path),
-                   certfile=str(pki["central"].cert_path), keyfile=str(pki["central"].key_path))
+    return Central(
+        b.port,
+        topics=(f"campus/main/{device}/#",),
+        ca_certs=str(pki["ca"].cert_path),
+        certfile=str(pki["central"].cert_path),
+        keyfile=str(pki["central"].key_path),
+    )
 
 
-def agent_cfg(tmp_path: Path, port: int, pki: dict[str, Issued], *, device: str = DEV, ca: str = "ca",
-              cert: str = DEV, host: str = "127.0.0.1") -> Path:
-    return write_config(tmp_path / "agent", port, device=device,
-                        mqtt={"host": host, "tls": {"ca_file": str(pki[ca].cert_path),
-                                                    "cert_file": str(pki[cert].cert_path),
-                                                    "key_file": str(pki[cert].key_path)}})
+def agent_cfg(
+    tmp_path: Path,
+    port: int,
+    pki: dict[str, Issued],
+    *,
+    device: str = DEV,
+    ca: str = "ca",
+    cert: str = DEV,
+    host: str = "127.0.0.1",
+) -> Path:
+    return write_config(
+        tmp_path / "agent",
+        port,
+        device=device,
+        mqtt={
+            "host": host,
+            "tls": {
+                "ca_file": str(pki[ca].cert_path),
+                "cert_file": str(pki[cert].cert_path),
+                "key_file": str(pki[cert].key_path),
+            },
+        },
+    )
 
 
 def wait_log(agent: AgentProc, text: str, timeout: float = 15.0) -> str:
@@ -89,11 +113,14 @@ def test_tls__mutual_tls_delivers(tmp_path, pki, broker_ok, validate):
         central.close()
 
 
-@pytest.mark.parametrize(("case", "server", "ca", "words"), [
-    ("wrong_ca", "server", "rogue-ca", "TLS certificate check failed"),
-    ("expired_server_cert", "expired", "ca", "certificate has expired"),
-    ("wrong_host", "otherhost", "ca", "mismatch, certificate is not valid for '127.0.0.1'"),
-])
+@pytest.mark.parametrize(
+    ("case", "server", "ca", "words"),
+    [
+        ("wrong_ca", "server", "rogue-ca", "TLS certificate check failed"),
+        ("expired_server_cert", "expired", "ca", "certificate has expired"),
+        ("wrong_host", "otherhost", "ca", "mismatch, certificate is not valid for '127.0.0.1'"),
+    ],
+)
 def test_tls__bad_server_is_refused_clearly_and_presses_still_recorded(tmp_path, pki, case, server, ca, words):
     b = tls_broker(tmp_path, pki, server=server)
     agent = AgentProc(agent_cfg(tmp_path, b.port, pki, ca=ca)).start()
@@ -117,10 +144,12 @@ class Device:
 
     def __init__(self, port: int, pki: dict[str, Issued], cn: str) -> None:
         self.acks: queue.Queue[Any] = queue.Queue()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{cn}-{uuid.uuid4().hex[:6]}",
-                             protocol=MQTTProtocolVersion.MQTTv5)
-        self.c.tls_set(ca_certs=str(pki["ca"].cert_path), certfile=str(pki[cn].cert_path),
-                       keyfile=str(pki[cn].key_path))
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{cn}-{uuid.uuid4().hex[:6]}", protocol=MQTTProtocolVersion.MQTTv5
+        )
+        self.c.tls_set(
+            ca_certs=str(pki["ca"].cert_path), certfile=str(pki[cn].cert_path), keyfile=str(pki[cn].key_path)
+        )
         self.c.on_publish = lambda _c, _u, mid, rc, _p: self.acks.put(rc)
         self.c.connect("127.0.0.1", port, keepalive=10)
         self.c.loop_start()
@@ -135,8 +164,13 @@ class Device:
 
 
 def test_acl__device_cannot_publish_under_another_devices_root(tmp_path, pki, broker_ok):
-    central = Central(broker_ok.port, topics=("campus/#",), ca_certs=str(pki["ca"].cert_path),
-                      certfile=str(pki["central"].cert_path), keyfile=str(pki["central"].key_path))
+    central = Central(
+        broker_ok.port,
+        topics=("campus/#",),
+        ca_certs=str(pki["ca"].cert_path),
+        certfile=str(pki["central"].cert_path),
+        keyfile=str(pki["central"].key_path),
+    )
     dev = Device(broker_ok.port, pki, DEV)
     try:
         rc = dev.pub("campus/main/gate-south-2/event/panic", b'{"forged": true}')
@@ -196,8 +230,12 @@ def test_tls__certificate_expiring_soon_warns_in_status(tmp_path, pki, broker_ok
 
 
 def test_tls__hostname_checking_off_is_never_silent(tmp_path, pki):
-    cfg_path = write_config(tmp_path / "a", 8883, device=DEV, mqtt={"host": "b", "tls": {
-        "ca_file": str(pki["ca"].cert_path), "check_hostname": False}})
+    cfg_path = write_config(
+        tmp_path / "a",
+        8883,
+        device=DEV,
+        mqtt={"host": "b", "tls": {"ca_file": str(pki["ca"].cert_path), "check_hostname": False}},
+    )
     assert load_config(cfg_path).mqtt.tls.check_hostname is False  # type: ignore[union-attr]
     agent = AgentProc(cfg_path).start()
     try:

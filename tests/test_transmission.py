@@ -24,8 +24,9 @@ class FakeClock:
 
 
 def make(tmp_path: Path, clock: FakeClock, every: float = 30.0) -> Transmission:
-    return Transmission(tmp_path / "link-stats.json", wall=lambda: clock.wall, mono=lambda: clock.mono,
-                        save_every_s=every)
+    return Transmission(
+        tmp_path / "link-stats.json", wall=lambda: clock.wall, mono=lambda: clock.mono, save_every_s=every
+    )
 
 
 def test_transmission__delivered_counts_for_the_connected_broker_only(tmp_path):
@@ -99,8 +100,11 @@ def test_status__link_stats_survive_sigkill(tmp_path, broker, device, agent_proc
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status = agent.status()["status"]
-        if delivered_count(status["link"].get("stats", {})) >= 1 and saved.exists() \
-                and delivered_count(saved_stats(saved)) >= 1:
+        if (
+            delivered_count(status["link"].get("stats", {})) >= 1
+            and saved.exists()
+            and delivered_count(saved_stats(saved)) >= 1
+        ):
             break
         time.sleep(0.1)
     else:

@@ -32,9 +32,18 @@ CLOCK = Clock(synced=lambda: False, boot_id="b")
 def mqtt_cfg(*ports: int, client_id: str, **kw: Any) -> MqttConfig:
     base: dict[str, Any] = {
         "brokers": tuple(BrokerAddress("127.0.0.1", p) for p in ports),
-        "keepalive_s": 5, "topic_prefix": "campus", "client_id": client_id, "protocol": "5",
-        "username": None, "password": None, "tls": None, "connect_timeout_s": 3.0,
-        "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "max_inflight": 10, "drain_rate_per_s": 10000.0,
+        "keepalive_s": 5,
+        "topic_prefix": "campus",
+        "client_id": client_id,
+        "protocol": "5",
+        "username": None,
+        "password": None,
+        "tls": None,
+        "connect_timeout_s": 3.0,
+        "reconnect_min_s": 0.1,
+        "reconnect_max_s": 0.5,
+        "max_inflight": 10,
+        "drain_rate_per_s": 10000.0,
     }
     base.update(kw)
     return MqttConfig(**base)
@@ -58,7 +67,9 @@ class Rig:
         self.delivered: list[int] = []
         self.commands: list[tuple[str, int, bool]] = []  # (name, payload size, retained)
         self.uplink = Uplink(
-            cfg, topic_root=self.root, outbox=self.outbox,
+            cfg,
+            topic_root=self.root,
+            outbox=self.outbox,
             status=lambda: {"v": 1, "state": "online"},
             offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
             on_delivered=lambda row: self.delivered.append(row.seq),
@@ -131,6 +142,7 @@ def test_uplink__refused_publish_is_not_a_delivery(tmp_path, rig_factory):
         secret = tmp_path / "p"
         secret.write_text("a-secret")
         from agent.config.model import Secret
+
         cfg = mqtt_cfg(b.port, client_id="dev-a", username="dev-a", password=Secret("a-secret", secret))
         rig = rig_factory(cfg, "dev-a")
         rig.put(1)
@@ -210,12 +222,15 @@ def test_backoff_delay__two_devices_differ():
     assert a != b
 
 
-@pytest.mark.parametrize(("exc", "words"), [
-    (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
-    (socket.gaierror(-2, "Name or service not known"), "host name not found (Name or service not known)"),
-    (TimeoutError(), "no answer within 3 s"),
-    (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "TLS handshake failed"),
-])
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (socket.gaierror(-2, "Name or service not known"), "host name not found (Name or service not known)"),
+        (TimeoutError(), "no answer within 3 s"),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "TLS handshake failed"),
+    ],
+)
 def test_describe_connect_error__words(exc, words):
     assert words in describe_connect_error(exc, 3.0)
 
@@ -223,8 +238,9 @@ def test_describe_connect_error__words(exc, words):
 def test_uplink__repr_close_and_context_manager(tmp_path):
     ob = Outbox(tmp_path / "o.db", site="s", device="d")
     dead = free_port()
-    with Uplink(mqtt_cfg(dead, client_id="x"), topic_root="campus/s/d", outbox=ob,
-                status=dict, offline=lambda r: {}) as up:
+    with Uplink(
+        mqtt_cfg(dead, client_id="x"), topic_root="campus/s/d", outbox=ob, status=dict, offline=lambda r: {}
+    ) as up:
         assert repr(up) == "<Uplink campus/s/d disconnected (connecting) inflight=0>"
         up.start()
         wait(lambda: up.state().last_error, what="a failed attempt")

@@ -62,8 +62,9 @@ class AckDesk:
 
     """
 
-    def __init__(self, prefix: str = "campus", *, reply_timeout_s: float = REPLY_TIMEOUT_S,
-                 tz: dt.tzinfo | None = None) -> None:
+    def __init__(
+        self, prefix: str = "campus", *, reply_timeout_s: float = REPLY_TIMEOUT_S, tz: dt.tzinfo | None = None
+    ) -> None:
         self.prefix = prefix
         self.reply_timeout_s = reply_timeout_s
         self._tz = tz
@@ -118,10 +119,20 @@ class AckDesk:
         if not reply.ok:
             self.offer(alarm)
         verdict = "accepted" if reply.ok else f"REFUSED: {reply.error or 'no reason given'}"
-        text = (f"{clock_text(at, self._tz)}  {device_key(alarm.site, alarm.device)}  "
-                f"ack of {alarm.type} {alarm.event_id} {escape(verdict)}")
-        record = {"kind": "reply", "arrived": iso_ms(at), "site": alarm.site, "device": alarm.device,
-                  "cmd_id": reply.cmd_id, "event_id": alarm.event_id, "ok": reply.ok, "error": reply.error}
+        text = (
+            f"{clock_text(at, self._tz)}  {device_key(alarm.site, alarm.device)}  "
+            f"ack of {alarm.type} {alarm.event_id} {escape(verdict)}"
+        )
+        record = {
+            "kind": "reply",
+            "arrived": iso_ms(at),
+            "site": alarm.site,
+            "device": alarm.device,
+            "cmd_id": reply.cmd_id,
+            "event_id": alarm.event_id,
+            "ok": reply.ok,
+            "error": reply.error,
+        }
         return [Line(LineKind.REPLY, text, record)]
 
     def tick(self, now: float) -> list[Line]:
@@ -131,6 +142,12 @@ class AckDesk:
             if now - sent_at > self.reply_timeout_s:
                 del self._sent[cmd_id]
                 self.offer(alarm)
-                lines.append(warning_line(now, f"{alarm.key}: no reply to ack {cmd_id} within "
-                                               f"{self.reply_timeout_s:g} s; is the device online?", self._tz))
+                lines.append(
+                    warning_line(
+                        now,
+                        f"{alarm.key}: no reply to ack {cmd_id} within "
+                        f"{self.reply_timeout_s:g} s; is the device online?",
+                        self._tz,
+                    )
+                )
         return lines

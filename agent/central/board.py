@@ -72,15 +72,24 @@ def _no_photo(_event_id: str) -> str | None:
 def header(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None) -> str:
     """``HH:MM:SS.mmm  N devices: a online, b OVERDUE, c offline, d unknown; low availability l; k unack...``."""
     n = fleet.counts()
-    return (f"{clock_text(now, tz)}  {len(fleet)} devices: {n[DeviceState.ONLINE]} online, "
-            f"{n[DeviceState.OVERDUE]} OVERDUE, {n[DeviceState.OFFLINE]} offline, {n[DeviceState.UNKNOWN]} unknown; "
-            f"low availability {fleet.low_availability}; "
-            f"{_count(alarms, 'unacknowledged alarm')}; {_count(fleet.events, 'event')}, "
-            f"{_count(fleet.duplicates, 'duplicate')} suppressed")
+    return (
+        f"{clock_text(now, tz)}  {len(fleet)} devices: {n[DeviceState.ONLINE]} online, "
+        f"{n[DeviceState.OVERDUE]} OVERDUE, {n[DeviceState.OFFLINE]} offline, {n[DeviceState.UNKNOWN]} unknown; "
+        f"low availability {fleet.low_availability}; "
+        f"{_count(alarms, 'unacknowledged alarm')}; {_count(fleet.events, 'event')}, "
+        f"{_count(fleet.duplicates, 'duplicate')} suppressed"
+    )
 
 
-def summary(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, limit: int = ATTENTION_LINES,
-            tz: dt.tzinfo | None = None, photo_of: Callable[[str], str | None] = _no_photo) -> str:
+def summary(
+    fleet: FleetView,
+    alarms: Sequence[Alarm],
+    now: float,
+    *,
+    limit: int = ATTENTION_LINES,
+    tz: dt.tzinfo | None = None,
+    photo_of: Callable[[str], str | None] = _no_photo,
+) -> str:
     """The header, the devices that need attention (at most ``limit``), then every unacknowledged alarm.
 
     ``photo_of`` gives an alarm's saved photo by event id (``monitor --snapshots``).
@@ -93,8 +102,10 @@ def summary(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, limit: int
         out.append(f"... and {total - len(rows)} more need attention: t + Enter (or --table) prints the full table")
     for a in alarms:
         photo = photo_of(a.event_id)
-        out.append(f"ALARM  {a.key:<{_KEY_COL - 7}}{a.type:<10}{ago(now - a.arrival):<18}id {a.event_id} "
-                   "not acknowledged" + (f"  photo {photo}" if photo is not None else ""))
+        out.append(
+            f"ALARM  {a.key:<{_KEY_COL - 7}}{a.type:<10}{ago(now - a.arrival):<18}id {a.event_id} "
+            "not acknowledged" + (f"  photo {photo}" if photo is not None else "")
+        )
     return "\n".join(out)
 
 
@@ -103,33 +114,71 @@ def table(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None
     return "\n".join([header(fleet, alarms, now, tz), *_table_lines(fleet.rows(now), now)])
 
 
-def summary_lines(fleet: FleetView, alarms: Sequence[Alarm], now: float, *, full: bool,
-                  limit: int = ATTENTION_LINES, photo_of: Callable[[str], str | None] = _no_photo) -> list[Line]:
+def summary_lines(
+    fleet: FleetView,
+    alarms: Sequence[Alarm],
+    now: float,
+    *,
+    full: bool,
+    limit: int = ATTENTION_LINES,
+    photo_of: Callable[[str], str | None] = _no_photo,
+) -> list[Line]:
     """For ``--json``: a ``summary`` record, then a ``device`` record per device shown, then the alarms."""
     n = fleet.counts()
     rows, total = (fleet.rows(now), len(fleet)) if full else fleet.attention(now, limit)
-    record = {"kind": "summary", "at": iso_ms(now), "devices": len(fleet),
-              **{s.value: n[s] for s in DeviceState}, "low_availability": fleet.low_availability,
-              "unacknowledged_alarms": len(alarms),
-              "events": fleet.events, "duplicates": fleet.duplicates,
-              "listed": len(rows), "not_listed": total - len(rows)}
+    record = {
+        "kind": "summary",
+        "at": iso_ms(now),
+        "devices": len(fleet),
+        **{s.value: n[s] for s in DeviceState},
+        "low_availability": fleet.low_availability,
+        "unacknowledged_alarms": len(alarms),
+        "events": fleet.events,
+        "duplicates": fleet.duplicates,
+        "listed": len(rows),
+        "not_listed": total - len(rows),
+    }
     lines = [Line(LineKind.SUMMARY, "summary", record)]
     lines += [device_line(r, now) for r in rows]
-    lines += [Line(LineKind.ALARM, a.event_id, {"kind": "alarm", "site": a.site, "device": a.device, "type": a.type,
-                                                "id": a.event_id, "arrived": iso_ms(a.arrival), "acknowledged": False,
-                                                "photo": photo_of(a.event_id)})
-              for a in alarms]
+    lines += [
+        Line(
+            LineKind.ALARM,
+            a.event_id,
+            {
+                "kind": "alarm",
+                "site": a.site,
+                "device": a.device,
+                "type": a.type,
+                "id": a.event_id,
+                "arrived": iso_ms(a.arrival),
+                "acknowledged": False,
+                "photo": photo_of(a.event_id),
+            },
+        )
+        for a in alarms
+    ]
     return lines
 
 
 def device_line(r: DeviceRow, now: float) -> Line:
-    return Line(LineKind.DEVICE, r.key, {
-        "kind": "device", "site": r.site, "device": r.device, "state": r.state.value, "reason": r.reason,
-        "heartbeat_age_s": round(now - r.heard, 1) if r.heard is not None else None,
-        "interval_s": r.interval_s, "outbox_pending": r.pending, "last_event": r.last_event,
-        "last_event_age_s": round(now - r.last_event_at, 1) if r.last_event_at is not None else None,
-        **r.link.record(), "problem": r.link.problem(),
-    })
+    return Line(
+        LineKind.DEVICE,
+        r.key,
+        {
+            "kind": "device",
+            "site": r.site,
+            "device": r.device,
+            "state": r.state.value,
+            "reason": r.reason,
+            "heartbeat_age_s": round(now - r.heard, 1) if r.heard is not None else None,
+            "interval_s": r.interval_s,
+            "outbox_pending": r.pending,
+            "last_event": r.last_event,
+            "last_event_age_s": round(now - r.last_event_at, 1) if r.last_event_at is not None else None,
+            **r.link.record(),
+            "problem": r.link.problem(),
+        },
+    )
 
 
 def _table_lines(rows: Sequence[DeviceRow], now: float) -> list[str]:

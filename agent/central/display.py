@@ -147,8 +147,11 @@ def device_key(site: str, device: str) -> str:
 
 
 def warning_line(at: float, text: str, tz: dt.tzinfo | None) -> Line:
-    return Line(LineKind.WARNING, f"{clock_text(at, tz)}  WARNING  {text}",
-                {"kind": "warning", "arrived": iso_ms(at), "text": text})
+    return Line(
+        LineKind.WARNING,
+        f"{clock_text(at, tz)}  WARNING  {text}",
+        {"kind": "warning", "arrived": iso_ms(at), "text": text},
+    )
 
 
 def decode(payload: bytes) -> dict[str, Any] | str:

@@ -152,12 +152,16 @@ class FleetView:
     def feed(self, topic: str, payload: bytes, arrival: float, *, retained: bool = False) -> list[Line]:
         """Take one message; return what to print about it (often nothing)."""
         head = f"{self.prefix}/"
-        levels = topic[len(head):].split("/") if topic.startswith(head) else []
+        levels = topic[len(head) :].split("/") if topic.startswith(head) else []
         if len(levels) < 3 or not levels[0] or not levels[1]:
             return [self._warn(arrival, f"{escape(topic)}: not a {self.prefix}/SITE/DEVICE/... topic; ignored")]
         if not (valid_id(levels[0]) and valid_id(levels[1])):
-            return [self._warn(arrival, f"{escape(topic)}: site or device is not a contract id "
-                                        "(lower-case letters, digits, '-'); ignored")]
+            return [
+                self._warn(
+                    arrival,
+                    f"{escape(topic)}: site or device is not a contract id (lower-case letters, digits, '-'); ignored",
+                )
+            ]
         msg = _Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
         if msg.rest == ("status",):
             return self._status(msg)
@@ -174,8 +178,11 @@ class FleetView:
                 continue
             self._set_state(dev, DeviceState.OVERDUE)
             silent = span(now - dev.heard) if dev.heard is not None else "?"
-            limit = (f"overdue after {span(self.overdue_after_s)}" if self.overdue_after_s is not None
-                     else f"expected every {span(self._interval(dev))}")
+            limit = (
+                f"overdue after {span(self.overdue_after_s)}"
+                if self.overdue_after_s is not None
+                else f"expected every {span(self._interval(dev))}"
+            )
             lines.append(self._state_line(dev, now, "OVERDUE", f"no heartbeat for {silent} ({limit})"))
         return lines
 
@@ -203,9 +210,19 @@ class FleetView:
         due = self._deadlines.due(f"{d.site}/{d.device}")
         if state is DeviceState.ONLINE and due is not None and due < now:
             state = DeviceState.OVERDUE  # between ticks: the table is exact at its own ``now``
-        return DeviceRow(site=d.site, device=d.device, state=state, reason=d.reason, heard=d.heard,
-                         offline_at=d.offline_at, interval_s=self._interval(d), pending=d.pending,
-                         last_event=d.last_event, last_event_at=d.last_event_at, link=d.link)
+        return DeviceRow(
+            site=d.site,
+            device=d.device,
+            state=state,
+            reason=d.reason,
+            heard=d.heard,
+            offline_at=d.offline_at,
+            interval_s=self._interval(d),
+            pending=d.pending,
+            last_event=d.last_event,
+            last_event_at=d.last_event_at,
+            link=d.link,
+        )
 
     # ---- message kinds -----------------------------------------------------------
 
@@ -238,9 +255,14 @@ class FleetView:
         if seq is not None and dev.max_seq is not None:
             if seq > dev.max_seq + 1:
                 missing = seq - dev.max_seq - 1
-                lines.append(self._warn(at, f"{dev.site}/{dev.device}: seq jumped {dev.max_seq} -> {seq}: {missing} "
-                                            f"event(s) not seen yet (outbox pending {_opt(dev.pending)}, "
-                                            f"dropped {_opt(dev.dropped)})"))
+                lines.append(
+                    self._warn(
+                        at,
+                        f"{dev.site}/{dev.device}: seq jumped {dev.max_seq} -> {seq}: {missing} "
+                        f"event(s) not seen yet (outbox pending {_opt(dev.pending)}, "
+                        f"dropped {_opt(dev.dropped)})",
+                    )
+                )
             elif seq < dev.max_seq:
                 late = dev.max_seq
         if seq is not None:
@@ -250,17 +272,36 @@ class FleetView:
         delay = at - ts if ts is not None else None
         test, synced = doc.get("test") is True, doc.get("clock_synced") is not False
         source = escape(text_or(doc.get("source"), "?"))
-        parts = [self._clock(at), device_key(site, device), f"{etype:<15}", f"from {source:<10}",
-                 f"seq {_opt(seq):<6}", "TEST" if test else "    ", f"{delay_text(delay):>8}"]
+        parts = [
+            self._clock(at),
+            device_key(site, device),
+            f"{etype:<15}",
+            f"from {source:<10}",
+            f"seq {_opt(seq):<6}",
+            "TEST" if test else "    ",
+            f"{delay_text(delay):>8}",
+        ]
         if not synced:
             parts.append("clock?")
         if late is not None:
             parts.append(f"late (after seq {late})")
         parts.append(f"id {eid}")
-        record = {"kind": "event", "arrived": iso_ms(at), "site": site, "device": device, "id": eid, "seq": seq,
-                  "type": etype, "source": doc.get("source"), "test": test, "ts": doc.get("ts"),
-                  "clock_synced": synced, "delay_ms": round(delay * 1000) if delay is not None else None,
-                  "late": late is not None, "data": doc.get("data")}
+        record = {
+            "kind": "event",
+            "arrived": iso_ms(at),
+            "site": site,
+            "device": device,
+            "id": eid,
+            "seq": seq,
+            "type": etype,
+            "source": doc.get("source"),
+            "test": test,
+            "ts": doc.get("ts"),
+            "clock_synced": synced,
+            "delay_ms": round(delay * 1000) if delay is not None else None,
+            "late": late is not None,
+            "data": doc.get("data"),
+        }
         alarm = Alarm(site, device, eid, etype, at) if etype in ALARM_TYPES else None
         lines.append(Line(LineKind.EVENT, "  ".join(parts), record, alarm))
         return lines
@@ -292,8 +333,11 @@ class FleetView:
         for name, expected in (("site", msg.site), ("device", msg.device)):
             value = doc.get(name, expected)
             if value != expected:
-                return [self._warn(at, f"{where}: {name} '{escape(str(value)[:70])}' is not the topic's "
-                                       f"('{expected}'); ignored")]
+                return [
+                    self._warn(
+                        at, f"{where}: {name} '{escape(str(value)[:70])}' is not the topic's ('{expected}'); ignored"
+                    )
+                ]
         dev = self._device(msg.site, msg.device)
         key = f"{dev.site}/{dev.device}"
         was, was_overdue = dev.state, dev.state is DeviceState.OVERDUE
@@ -307,8 +351,12 @@ class FleetView:
                 return []
             return [self._state_line(dev, at, "OFFLINE", f"{dev.reason}: {_OFFLINE_WHY.get(dev.reason, '?')}")]
         heard = self._heard_at(doc, at, retained=retained)
-        if not retained and was in (DeviceState.ONLINE, DeviceState.OVERDUE) and dev.heard is not None \
-                and heard > dev.heard:
+        if (
+            not retained
+            and was in (DeviceState.ONLINE, DeviceState.OVERDUE)
+            and dev.heard is not None
+            and heard > dev.heard
+        ):
             gap = heard - dev.heard
             if len(dev.gaps) < _MIN_GAPS or gap <= OVERDUE_FACTOR * self._interval(dev):
                 dev.gaps.append(gap)
@@ -323,9 +371,22 @@ class FleetView:
         if isinstance(outbox, dict):
             dev.pending = int_or_none(outbox.get("pending"))
             dev.dropped = int_or_none(outbox.get("dropped"))
-        lines = [] if retained or was is DeviceState.ONLINE else [self._state_line(
-            dev, at, "online", "(heartbeat back)" if was_overdue else "(was offline)" if was is DeviceState.OFFLINE
-            else "(first status seen)")]
+        lines = (
+            []
+            if retained or was is DeviceState.ONLINE
+            else [
+                self._state_line(
+                    dev,
+                    at,
+                    "online",
+                    "(heartbeat back)"
+                    if was_overdue
+                    else "(was offline)"
+                    if was is DeviceState.OFFLINE
+                    else "(first status seen)",
+                )
+            ]
+        )
         return lines + self._figures(dev, doc, msg)
 
     def _figures(self, dev: _Device, doc: dict[str, Any], msg: _Msg) -> list[Line]:
@@ -387,8 +448,15 @@ class FleetView:
         return clock_text(at, self._tz)
 
     def _state_line(self, dev: _Device, at: float, state: str, text: str) -> Line:
-        record = {"kind": "state", "arrived": iso_ms(at), "site": dev.site, "device": dev.device,
-                  "state": state.lower(), "reason": dev.reason, "detail": text}
+        record = {
+            "kind": "state",
+            "arrived": iso_ms(at),
+            "site": dev.site,
+            "device": dev.device,
+            "state": state.lower(),
+            "reason": dev.reason,
+            "detail": text,
+        }
         key = device_key(dev.site, dev.device)
         return Line(LineKind.STATE, f"{self._clock(at)}  {key}  {state:<15}  {text}", record)
 

@@ -83,8 +83,9 @@ class CentralLink:
 
     """
 
-    def __init__(self, settings: LinkSettings, inbox: Inbox, *, name: str = "monitor",
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: LinkSettings, inbox: Inbox, *, name: str = "monitor", wall: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.client_id = f"{name}-{uuid.uuid4().hex[:12]}"
         self._inbox = inbox
@@ -168,8 +169,9 @@ class CentralLink:
             raise AgentError(f"could not publish to {topic}: {mqtt.error_string(info.rc)}")
         why = self._wait(info.mid, timeout, "PUBACK")
         if why is not None:
-            raise AgentError(f"broker {self.broker} refused the publish to {topic} ({why}); "
-                             "check its ACL for this user")
+            raise AgentError(
+                f"broker {self.broker} refused the publish to {topic} ({why}); check its ACL for this user"
+            )
 
     def close(self) -> None:
         """Disconnect and stop paho's thread; safe to call more than once."""
@@ -195,8 +197,13 @@ class CentralLink:
         self._version = "3.1.1"
         retry = self._attempt(broker)
         if retry is None:
-            self._inbox.put(LinkNote(up=True, text=f"{broker} does not speak MQTT 5 ({why}); using MQTT 3.1.1, "
-                                                   "which cannot report a refused publish"))
+            self._inbox.put(
+                LinkNote(
+                    up=True,
+                    text=f"{broker} does not speak MQTT 5 ({why}); using MQTT 3.1.1, "
+                    "which cannot report a refused publish",
+                )
+            )
             return None
         self._version = "5"
         if self._closed_early:  # the same answer to both: say it once
@@ -217,8 +224,11 @@ class CentralLink:
             return describe_connect_error(exc, self.settings.connect_timeout_s)
         self._client = client
         client.loop_start()
-        why = self._refusal() if self._connack.wait(self.settings.connect_timeout_s) else (
-            f"no CONNACK within {self.settings.connect_timeout_s:g} s")
+        why = (
+            self._refusal()
+            if self._connack.wait(self.settings.connect_timeout_s)
+            else (f"no CONNACK within {self.settings.connect_timeout_s:g} s")
+        )
         if why is not None:
             self._drop_client()
         return why
@@ -227,8 +237,7 @@ class CentralLink:
         return self._refused
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=_VERSIONS[self._version])
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=_VERSIONS[self._version])
         client.connect_timeout = self.settings.connect_timeout_s
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         s = self.settings
@@ -267,8 +276,11 @@ class CentralLink:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
             self._refused_code = rc.value
-            hint = ("the broker does not speak this MQTT version; try --protocol"
-                    if rc.value in _UNSUPPORTED_PROTOCOL else "check the username, password or certificate")
+            hint = (
+                "the broker does not speak this MQTT version; try --protocol"
+                if rc.value in _UNSUPPORTED_PROTOCOL
+                else "check the username, password or certificate"
+            )
             self._refused = f"broker refused the connection: {rc}; {hint}"
             self._connack.set()
             return
@@ -285,8 +297,10 @@ class CentralLink:
         was_up, self._up = self._up, False
         if not self._connack.is_set():
             self._closed_early = True
-            self._refused = (f"the broker closed the connection before answering ({rc}); does it want TLS or a "
-                             "client certificate (--cafile, --cert/--key), or another MQTT version (--protocol)?")
+            self._refused = (
+                f"the broker closed the connection before answering ({rc}); does it want TLS or a "
+                "client certificate (--cafile, --cert/--key), or another MQTT version (--protocol)?"
+            )
             self._connack.set()
         elif was_up and not self._closing:
             self._inbox.put(LinkNote(up=False, text=f"lost the connection to {self.broker} ({rc}); reconnecting"))
@@ -298,8 +312,16 @@ class CentralLink:
             return
         kind = getattr(props, "ContentType", None)
         pairs = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()))
-        self._inbox.put(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), self._wall(),
-                                 kind if isinstance(kind, str) else None, pairs))
+        self._inbox.put(
+            Incoming(
+                msg.topic,
+                bytes(msg.payload),
+                bool(msg.retain),
+                self._wall(),
+                kind if isinstance(kind, str) else None,
+                pairs,
+            )
+        )
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
         if mid in self._renewals:
@@ -321,8 +343,9 @@ def _with_qos(topics: Sequence[str]) -> list[tuple[str, int]]:
     return [(t, 0 if t.endswith("/status") else 1) for t in topics]
 
 
-def _read_in_bursts(client: mqtt.Client, *, chunk: int = 65_536, burst: int = 100_000,
-                    trickle_gap_s: float = _TRICKLE_GAP_S) -> None:
+def _read_in_bursts(
+    client: mqtt.Client, *, chunk: int = 65_536, burst: int = 100_000, trickle_gap_s: float = _TRICKLE_GAP_S
+) -> None:
     """Make paho read many packets per wake-up, from one ``recv`` of up to ``chunk`` bytes.
 
     paho 2.x reads one packet per ``select()`` when nothing of ours is in
@@ -357,7 +380,7 @@ def _read_in_bursts(client: mqtt.Client, *, chunk: int = 65_536, burst: int = 10
             if not buf:
                 return b""
             held["buf"] = buf
-        out: bytes = buf[pos:pos + n]
+        out: bytes = buf[pos : pos + n]
         held["pos"] = pos + len(out)
         return out
 

@@ -63,8 +63,12 @@ class LinkFigures:
     @property
     def low(self) -> bool:
         """True when the 7-day availability is under 95 % over at least an hour observed."""
-        return (self.avail_7d is not None and self.observed_7d_s is not None
-                and self.observed_7d_s >= MIN_OBSERVED_S and self.avail_7d < LOW_AVAILABILITY_PERCENT)
+        return (
+            self.avail_7d is not None
+            and self.observed_7d_s is not None
+            and self.observed_7d_s >= MIN_OBSERVED_S
+            and self.avail_7d < LOW_AVAILABILITY_PERCENT
+        )
 
     def problem(self) -> str | None:
         """The attention list's reason, e.g. ``availability 93.2 % over 7 d``; ``None`` when fine."""
@@ -72,8 +76,13 @@ class LinkFigures:
 
     def record(self) -> dict[str, Any]:
         """The ``--json`` device record's fields."""
-        return {"p95_ms": self.p95_ms, "p95_period": self.p95_period, "avail_7d_percent": self.avail_7d,
-                "avail_7d_observed_s": self.observed_7d_s, "low_availability": self.low}
+        return {
+            "p95_ms": self.p95_ms,
+            "p95_period": self.p95_period,
+            "avail_7d_percent": self.avail_7d,
+            "avail_7d_observed_s": self.observed_7d_s,
+            "low_availability": self.low,
+        }
 
 
 UNKNOWN = LinkFigures()
@@ -172,6 +181,14 @@ def availability_line(site: str, device: str, f: LinkFigures, at: float, clock: 
         word, text = "avail ?", "availability over 7 d no longer known (was under 95 %)"
     else:
         word, text = "avail ok", f"availability {avail_text(f.avail_7d)} over 7 d (95 % or more again)"
-    record = {"kind": "availability", "arrived": iso_ms(at), "site": site, "device": device, "low": f.low,
-              "avail_7d_percent": f.avail_7d, "avail_7d_observed_s": f.observed_7d_s, "detail": text}
+    record = {
+        "kind": "availability",
+        "arrived": iso_ms(at),
+        "site": site,
+        "device": device,
+        "low": f.low,
+        "avail_7d_percent": f.avail_7d,
+        "avail_7d_observed_s": f.observed_7d_s,
+        "detail": text,
+    }
     return Line(LineKind.AVAILABILITY, f"{clock}  {device_key(site, device)}  {word:<15}  {text}", record)

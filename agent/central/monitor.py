@@ -47,8 +47,15 @@ from agent.config import DEFAULT_PATH, BrokerAddress, load_config
 from agent.config.model import Secret, TlsConfig
 from agent.errors import AgentError, ConfigError
 
-__all__ = ["MonitorOptions", "Target", "add_monitor_parsers", "broker_address", "resolve_target", "run_monitor",
-           "subscriptions"]
+__all__ = [
+    "MonitorOptions",
+    "Target",
+    "add_monitor_parsers",
+    "broker_address",
+    "resolve_target",
+    "run_monitor",
+    "subscriptions",
+]
 ONCE_S = 1.0
 
 
@@ -64,8 +71,14 @@ class BrokerFlags:
     password_file: Path | None = None
 
 
-def resolve_target(broker: BrokerAddress | None, config: Path | None, prefix: str | None,
-                   flags: BrokerFlags | None = None, *, default_config: Path = DEFAULT_PATH) -> Target:
+def resolve_target(
+    broker: BrokerAddress | None,
+    config: Path | None,
+    prefix: str | None,
+    flags: BrokerFlags | None = None,
+    *,
+    default_config: Path = DEFAULT_PATH,
+) -> Target:
     """Combine ``--broker``, ``-c``, ``--prefix`` and the broker flags into a :class:`Target`.
 
     Raises:
@@ -81,7 +94,8 @@ def resolve_target(broker: BrokerAddress | None, config: Path | None, prefix: st
             raise ConfigError(
                 f"no broker given: pass --broker HOST:PORT (e.g. --broker broker.campus.lan:8883 --cafile ca.crt), "
                 f"or -c FILE, an agent config whose mqtt section names the broker, TLS and credentials "
-                f"({default_config} does not exist)")
+                f"({default_config} does not exist)"
+            )
         path = default_config
     mqtt = load_config(path).mqtt if path is not None else None
     brokers = (broker,) if broker is not None else mqtt.brokers if mqtt is not None else ()
@@ -91,8 +105,12 @@ def resolve_target(broker: BrokerAddress | None, config: Path | None, prefix: st
         if (f.cert is None) != (f.key is None):
             raise ConfigError("--cert and --key go together: give both, or neither")
         base = tls or TlsConfig(ca_file=None, cert_file=None, key_file=None, check_hostname=True)
-        tls = TlsConfig(ca_file=f.cafile or base.ca_file, cert_file=f.cert or base.cert_file,
-                        key_file=f.key or base.key_file, check_hostname=base.check_hostname)
+        tls = TlsConfig(
+            ca_file=f.cafile or base.ca_file,
+            cert_file=f.cert or base.cert_file,
+            key_file=f.key or base.key_file,
+            check_hostname=base.check_hostname,
+        )
     elif f.key is not None:
         raise ConfigError("--key goes with --cert: give both, or neither")
     if f.key is not None:
@@ -102,8 +120,10 @@ def resolve_target(broker: BrokerAddress | None, config: Path | None, prefix: st
     if f.password_file is not None:
         password = Secret(_private(f.password_file, "--password-file").read_text().rstrip("\r\n"), f.password_file)
         if tls is None:
-            raise ConfigError(f"--password-file {f.password_file}: a password without TLS crosses the network in "
-                              "clear; add --cafile CA_FILE (the broker's CA) and its TLS port")
+            raise ConfigError(
+                f"--password-file {f.password_file}: a password without TLS crosses the network in "
+                "clear; add --cafile CA_FILE (the broker's CA) and its TLS port"
+            )
     protocol = f.protocol or _config_protocol(mqtt.protocol if mqtt is not None else None)
     settings = LinkSettings(brokers, timeout, protocol=protocol, tls=tls, username=username, password=password)
     return Target(settings, prefix or (mqtt.topic_prefix if mqtt else "campus"))
@@ -120,8 +140,7 @@ def _private(path: Path, flag: str) -> Path:
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from None
     if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-        raise ConfigError(f"{flag} {path}: mode {mode:04o} lets others read or change a secret; "
-                          f"run 'chmod 600 {path}'")
+        raise ConfigError(f"{flag} {path}: mode {mode:04o} lets others read or change a secret; run 'chmod 600 {path}'")
     return path
 
 
@@ -129,21 +148,36 @@ def _private(path: Path, flag: str) -> Path:
 
 
 def _target(args: argparse.Namespace) -> Target:
-    flags = BrokerFlags(protocol=args.protocol, cafile=args.cafile, cert=args.cert, key=args.key,
-                        username=args.username, password_file=args.password_file)
+    flags = BrokerFlags(
+        protocol=args.protocol,
+        cafile=args.cafile,
+        cert=args.cert,
+        key=args.key,
+        username=args.username,
+        password_file=args.password_file,
+    )
     return resolve_target(args.broker, args.config, args.prefix, flags)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     target = _target(args)
     every = args.table_every if args.table_every is not None else 0.0 if args.json or args.once else TABLE_EVERY_S
-    opts = MonitorOptions(site=args.site, json=args.json, table_every_s=every,
-                          duration_s=ONCE_S if args.once else args.duration,
-                          overdue_after_s=args.overdue_after, full_table=args.table, snapshots=args.snapshots)
+    opts = MonitorOptions(
+        site=args.site,
+        json=args.json,
+        table_every_s=every,
+        duration_s=ONCE_S if args.once else args.duration,
+        overdue_after_s=args.overdue_after,
+        full_table=args.table,
+        snapshots=args.snapshots,
+    )
     keys = sys.stdin if args.ack and sys.stdin.isatty() else None
     if args.ack and keys is None:
-        print("campus-agent monitor: --ack needs a terminal on stdin; acknowledging is off "
-              "(from a script, use: campus-agent ack EVENT_ID --device SITE/DEVICE)", file=sys.stderr)
+        print(
+            "campus-agent monitor: --ack needs a terminal on stdin; acknowledging is off "
+            "(from a script, use: campus-agent ack EVENT_ID --device SITE/DEVICE)",
+            file=sys.stderr,
+        )
     try:
         return run_monitor(target, opts, out=sys.stdout, err=sys.stderr, keys=keys)
     except ConfigError:
@@ -167,12 +201,25 @@ def cmd_ack(args: argparse.Namespace) -> int:
         print(f"campus-agent ack: {exc}", file=sys.stderr)
         return EXIT_FAIL
     if reply is None:
-        print(f"campus-agent ack: no reply from {site}/{device} to {cmd_id} within {args.timeout:g} s; "
-              "is the device online, and does its agent take ack commands?", file=sys.stderr)
+        print(
+            f"campus-agent ack: no reply from {site}/{device} to {cmd_id} within {args.timeout:g} s; "
+            "is the device online, and does its agent take ack commands?",
+            file=sys.stderr,
+        )
         return EXIT_FAIL
     if args.json:
-        print(json.dumps({"site": site, "device": device, "event_id": args.event_id, "cmd_id": cmd_id,
-                          "ok": reply.ok, "error": reply.error}))
+        print(
+            json.dumps(
+                {
+                    "site": site,
+                    "device": device,
+                    "event_id": args.event_id,
+                    "cmd_id": cmd_id,
+                    "ok": reply.ok,
+                    "error": reply.error,
+                }
+            )
+        )
     elif reply.ok:
         print(f"{site}/{device}: ack of event {args.event_id} accepted ({cmd_id})")
     else:
@@ -188,16 +235,32 @@ def add_monitor_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     when = mon.add_mutually_exclusive_group()
     when.add_argument("--duration", type=_seconds, metavar="SECONDS", help="stop after this long")
     when.add_argument("--once", action="store_true", help="print the board once and exit")
-    mon.add_argument("--table", action="store_true",
-                     help="print every device, problem first, instead of only those that need attention")
-    mon.add_argument("--table-every", type=_seconds, metavar="SECONDS",
-                     help=f"print the board this often; 0 never (default {TABLE_EVERY_S:g}, with --json 0)")
-    mon.add_argument("--overdue-after", type=_seconds, metavar="SECONDS",
-                     help="a device is overdue after this long without a status (default: 3 x its heartbeat)")
-    mon.add_argument("--snapshots", type=Path, metavar="DIR",
-                     help="save alarm photos as DIR/SITE/DEVICE/EVENT_ID.jpg and show them on their alarms")
-    mon.add_argument("--ack", action="store_true",
-                     help="Enter (or a + Enter) acknowledges the latest panic/tamper; needs a terminal")
+    mon.add_argument(
+        "--table",
+        action="store_true",
+        help="print every device, problem first, instead of only those that need attention",
+    )
+    mon.add_argument(
+        "--table-every",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"print the board this often; 0 never (default {TABLE_EVERY_S:g}, with --json 0)",
+    )
+    mon.add_argument(
+        "--overdue-after",
+        type=_seconds,
+        metavar="SECONDS",
+        help="a device is overdue after this long without a status (default: 3 x its heartbeat)",
+    )
+    mon.add_argument(
+        "--snapshots",
+        type=Path,
+        metavar="DIR",
+        help="save alarm photos as DIR/SITE/DEVICE/EVENT_ID.jpg and show them on their alarms",
+    )
+    mon.add_argument(
+        "--ack", action="store_true", help="Enter (or a + Enter) acknowledges the latest panic/tamper; needs a terminal"
+    )
     mon.set_defaults(func=cmd_monitor)
 
     ack = _with_connection(sub.add_parser("ack", help="acknowledge one alarm and wait for the device's reply"))
@@ -210,16 +273,25 @@ def add_monitor_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _with_connection(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--broker", type=broker_address, metavar="HOST:PORT", help="the broker (TLS: its TLS port)")
-    p.add_argument("-c", "--config", type=Path, metavar="FILE",
-                   help=f"take brokers, TLS and credentials from this agent config (default {DEFAULT_PATH})")
-    p.add_argument("--protocol", choices=PROTOCOLS,
-                   help="MQTT version; auto tries 5, then 3.1.1 (default: the config's, else auto)")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"take brokers, TLS and credentials from this agent config (default {DEFAULT_PATH})",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="MQTT version; auto tries 5, then 3.1.1 (default: the config's, else auto)",
+    )
     p.add_argument("--cafile", type=Path, metavar="FILE", help="TLS: verify the broker with this CA certificate")
     p.add_argument("--cert", type=Path, metavar="FILE", help="TLS: client certificate (with --key)")
     p.add_argument("--key", type=Path, metavar="FILE", help="TLS: client private key (with --cert)")
     p.add_argument("--username", metavar="NAME", help="broker user name")
-    p.add_argument("--password-file", type=Path, metavar="FILE",
-                   help="file holding the broker password (mode 600; needs TLS)")
+    p.add_argument(
+        "--password-file", type=Path, metavar="FILE", help="file holding the broker password (mode 600; needs TLS)"
+    )
     p.add_argument("--prefix", type=_prefix, help="topic prefix (default: the config's, else campus)")
     return p
 

@@ -57,8 +57,9 @@ def file_name(event_id: str, part: int) -> str:
     return f"{event_id}.jpg" if part == 1 else f"{event_id}-{part}.jpg"
 
 
-def write_photo(root_fd: int, site: str, device: str, event_id: str, *, part: int | None,
-                payload: bytes) -> Saved | str:
+def write_photo(
+    root_fd: int, site: str, device: str, event_id: str, *, part: int | None, payload: bytes
+) -> Saved | str:
     """Save ``payload``; the :class:`Saved` name, or why it was not saved (a sentence without the path)."""
     try:
         site_fd = _subdir(root_fd, site)
@@ -79,8 +80,9 @@ def write_photo(root_fd: int, site: str, device: str, event_id: str, *, part: in
 
 
 def _write(dev_fd: int, event_id: str, part: int | None, payload: bytes) -> Saved | str:
-    names = [file_name(event_id, part)] if part is not None else [file_name(event_id, n)
-                                                                 for n in range(1, MAX_PARTS + 1)]
+    names = (
+        [file_name(event_id, part)] if part is not None else [file_name(event_id, n) for n in range(1, MAX_PARTS + 1)]
+    )
     target = None
     for name in names:
         kind = _kind(dev_fd, name)
@@ -140,7 +142,7 @@ def _same(dir_fd: int, name: str, payload: bytes) -> bool:
         view = memoryview(payload)
         pos = 0
         while chunk := f.read(_CHUNK):
-            if view[pos:pos + len(chunk)] != chunk:
+            if view[pos : pos + len(chunk)] != chunk:
                 return False
             pos += len(chunk)
         return pos == len(payload)

@@ -75,15 +75,22 @@ def subscription(prefix: str, site: str | None) -> str:
 
 def is_snapshot(prefix: str, topic: str) -> bool:
     """True for a topic of the shape ``{prefix}/+/+/snapshot/+`` (its levels not yet checked)."""
-    levels = topic[len(prefix) + 1:].split("/") if topic.startswith(f"{prefix}/") else []
+    levels = topic[len(prefix) + 1 :].split("/") if topic.startswith(f"{prefix}/") else []
     return len(levels) == 4 and levels[2] == "snapshot"
 
 
-def check(prefix: str, topic: str, payload: bytes, arrival: float, *, content_type: str | None = None,
-          user_properties: tuple[tuple[str, str], ...] = ()) -> Photo | str:
+def check(
+    prefix: str,
+    topic: str,
+    payload: bytes,
+    arrival: float,
+    *,
+    content_type: str | None = None,
+    user_properties: tuple[tuple[str, str], ...] = (),
+) -> Photo | str:
     """The :class:`Photo` on ``topic``, or why it is refused (already escaped, names the topic)."""
     where = escape(topic)
-    site, device, _snapshot, event_id = topic[len(prefix) + 1:].split("/")
+    site, device, _snapshot, event_id = topic[len(prefix) + 1 :].split("/")
     if not (valid_id(site) and valid_id(device)):
         return f"{where}: site or device is not a contract id (lower-case letters, digits, '-'); photo not saved"
     if not is_event_id(event_id):
@@ -95,14 +102,22 @@ def check(prefix: str, topic: str, payload: bytes, arrival: float, *, content_ty
         return f"{where}: payload is not JPEG (no FF D8 start){kind}; not saved"
     props = dict(user_properties)
     if props.get("event_id", event_id) != event_id:
-        return (f"{where}: user property event_id '{escape(props['event_id'][:40])}' is not the topic's; "
-                "photo not saved")
+        return f"{where}: user property event_id '{escape(props['event_id'][:40])}' is not the topic's; photo not saved"
     camera = props.get("camera")
     m = _PART.fullmatch(props.get("part", ""))
     part, parts = (int(m[1]), int(m[2])) if m and int(m[1]) <= int(m[2]) else (None, None)
     taken = props.get("taken")
-    return Photo(site, device, event_id, camera if camera is not None and valid_id(camera) else None,
-                 part, parts, escape(taken[:40]) if taken else None, len(payload), arrival)
+    return Photo(
+        site,
+        device,
+        event_id,
+        camera if camera is not None and valid_id(camera) else None,
+        part,
+        parts,
+        escape(taken[:40]) if taken else None,
+        len(payload),
+        arrival,
+    )
 
 
 class PhotoSaver:
@@ -124,8 +139,7 @@ class PhotoSaver:
         self._lock = threading.Lock()
         self._backlog = 0
         self.saved = self.refused = self.duplicates = 0
-        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="monitor-photos",
-                                                                 daemon=True)
+        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="monitor-photos", daemon=True)
         self._thread.start()
 
     def __enter__(self) -> Self:
@@ -136,8 +150,10 @@ class PhotoSaver:
 
     def __repr__(self) -> str:
         state = "open" if self._thread is not None else "closed"
-        return (f"<PhotoSaver {self.root} {state}: {self.saved} saved, {self.duplicates} duplicates, "
-                f"{self.refused} refused, {self._backlog} bytes waiting>")
+        return (
+            f"<PhotoSaver {self.root} {state}: {self.saved} saved, {self.duplicates} duplicates, "
+            f"{self.refused} refused, {self._backlog} bytes waiting>"
+        )
 
     def submit(self, photo: Photo, payload: bytes) -> str | None:
         """Queue ``photo`` for writing; why not, when the disk is too far behind or the saver is closed."""
@@ -145,8 +161,10 @@ class PhotoSaver:
             return "the photo writer is stopped"
         with self._lock:
             if self._backlog + len(payload) > MAX_BACKLOG_BYTES:
-                return (f"{self._backlog} bytes of photos still waiting for the disk under {self.root}; "
-                        f"photo for {photo.event_id} not saved")
+                return (
+                    f"{self._backlog} bytes of photos still waiting for the disk under {self.root}; "
+                    f"photo for {photo.event_id} not saved"
+                )
             self._backlog += len(payload)
         self._todo.put((photo, payload))
         return None
@@ -236,8 +254,11 @@ class PhotoDesk:
         p = outcome.photo
         where = f"{p.site}/{p.device}"
         if outcome.path is None:
-            return [warning_line(at, f"photo for {where} event {p.event_id} not saved: {escape(outcome.why or '?')}",
-                                 self._tz)]
+            return [
+                warning_line(
+                    at, f"photo for {where} event {p.event_id} not saved: {escape(outcome.why or '?')}", self._tz
+                )
+            ]
         if outcome.duplicate:
             return []
         paths = self._paths.setdefault(p.event_id, [])
@@ -249,12 +270,23 @@ class PhotoDesk:
         alarm = self._alarms.get(p.event_id)
         of = f"of {alarm.type}" if alarm is not None else "of an event not seen here,"
         camera = f"camera {p.camera or '?'}" + (f" {p.part}/{p.parts}" if p.part is not None else "")
-        text = (f"{clock_text(at, self._tz)}  {device_key(p.site, p.device)}  {'PHOTO':<15}  {of} id {p.event_id}  "
-                f"{camera}  {_size(p.size)}  saved {escape(outcome.path)}")
-        record = {"kind": "photo", "arrived": iso_ms(p.arrival), "site": p.site, "device": p.device,
-                  "event_id": p.event_id, "alarm": alarm.type if alarm is not None else None, "camera": p.camera,
-                  "part": f"{p.part}/{p.parts}" if p.part is not None else None, "taken": p.taken, "bytes": p.size,
-                  "path": outcome.path}
+        text = (
+            f"{clock_text(at, self._tz)}  {device_key(p.site, p.device)}  {'PHOTO':<15}  {of} id {p.event_id}  "
+            f"{camera}  {_size(p.size)}  saved {escape(outcome.path)}"
+        )
+        record = {
+            "kind": "photo",
+            "arrived": iso_ms(p.arrival),
+            "site": p.site,
+            "device": p.device,
+            "event_id": p.event_id,
+            "alarm": alarm.type if alarm is not None else None,
+            "camera": p.camera,
+            "part": f"{p.part}/{p.parts}" if p.part is not None else None,
+            "taken": p.taken,
+            "bytes": p.size,
+            "path": outcome.path,
+        }
         return [Line(LineKind.PHOTO, text, record)]
 
 

@@ -77,12 +77,23 @@ class MonitorOptions:
 def subscriptions(prefix: str, site: str | None, *, replies: bool, photos: bool = False) -> list[str]:
     """The contract's central-side topics, for one site or (``None``) the whole fleet."""
     scope = f"{prefix}/{site or '+'}/+"
-    return ([f"{scope}/status", f"{scope}/event/#"] + ([f"{scope}/reply"] if replies else [])
-            + ([photo_subscription(prefix, site)] if photos else []))
+    return (
+        [f"{scope}/status", f"{scope}/event/#"]
+        + ([f"{scope}/reply"] if replies else [])
+        + ([photo_subscription(prefix, site)] if photos else [])
+    )
 
 
-def run_monitor(target: Target, opts: MonitorOptions, *, out: TextIO, err: TextIO, keys: TextIO | None = None,
-                stop: threading.Event | None = None, wall: Callable[[], float] = time.time) -> int:
+def run_monitor(
+    target: Target,
+    opts: MonitorOptions,
+    *,
+    out: TextIO,
+    err: TextIO,
+    keys: TextIO | None = None,
+    stop: threading.Event | None = None,
+    wall: Callable[[], float] = time.time,
+) -> int:
     """Connect, subscribe and print until ``stop``, the duration, ``q`` or Ctrl-C.
 
     ``keys`` is where Enter presses come from (``--ack``); ``None`` turns
@@ -96,15 +107,20 @@ def run_monitor(target: Target, opts: MonitorOptions, *, out: TextIO, err: TextI
             try:
                 saver = stack.enter_context(PhotoSaver(opts.snapshots))
             except OSError as exc:
-                raise AgentError(f"--snapshots {opts.snapshots}: {exc.strerror or exc}; give a directory this user "
-                                 "may create and write") from None
+                raise AgentError(
+                    f"--snapshots {opts.snapshots}: {exc.strerror or exc}; give a directory this user "
+                    "may create and write"
+                ) from None
         link = stack.enter_context(CentralLink(target.link, inbox, wall=wall))
         broker = link.connect()
         link.subscribe(subscriptions(target.prefix, opts.site, replies=keys is not None, photos=saver is not None))
         scope = f"{target.prefix}/{opts.site or '+'}/+"
         hint = "; Enter acknowledges the latest alarm, t + Enter prints every device, q quits" if keys else ""
-        print(f"monitoring {scope} on {broker} as {link.client_id} (MQTT {link.protocol}){hint}; Ctrl-C stops",
-              file=err, flush=True)
+        print(
+            f"monitoring {scope} on {broker} as {link.client_id} (MQTT {link.protocol}){hint}; Ctrl-C stops",
+            file=err,
+            flush=True,
+        )
         pressed: queue.SimpleQueue[str] = queue.SimpleQueue()
         if keys is not None:
             threading.Thread(target=_read_keys, args=(keys, pressed), name="monitor-keys", daemon=True).start()
@@ -115,8 +131,17 @@ def run_monitor(target: Target, opts: MonitorOptions, *, out: TextIO, err: TextI
 class _Session:
     """The print loop: the only thread that touches the fleet view, the desk and ``out``."""
 
-    def __init__(self, link: CentralLink, inbox: Inbox, prefix: str, opts: MonitorOptions, out: TextIO, *,
-                 wall: Callable[[], float], saver: PhotoSaver | None = None) -> None:
+    def __init__(
+        self,
+        link: CentralLink,
+        inbox: Inbox,
+        prefix: str,
+        opts: MonitorOptions,
+        out: TextIO,
+        *,
+        wall: Callable[[], float],
+        saver: PhotoSaver | None = None,
+    ) -> None:
         self.link, self.inbox, self.opts, self.out, self.wall = link, inbox, opts, out, wall
         self.prefix = prefix
         self.fleet = FleetView(prefix, overdue_after_s=opts.overdue_after_s)
@@ -189,8 +214,14 @@ class _Session:
 
     def _photo(self, saver: PhotoSaver, item: Incoming) -> None:
         """Check a photo and hand it to the saver; a refusal is a warning now, a saved photo a line later."""
-        photo = check(self.prefix, item.topic, item.payload, item.arrival, content_type=item.content_type,
-                      user_properties=item.user_properties)
+        photo = check(
+            self.prefix,
+            item.topic,
+            item.payload,
+            item.arrival,
+            content_type=item.content_type,
+            user_properties=item.user_properties,
+        )
         why = photo if isinstance(photo, str) else saver.submit(photo, item.payload)
         if why is not None:
             self._emit([self.photos.refused(item.arrival, why)])
@@ -235,15 +266,38 @@ class _Session:
             self.desk.failed(cmd_id)
             self._note(now, LineKind.WARNING, f"ack not sent: {exc}")
             return
-        text = (f"{clock_text(now, None)}  {device_key(alarm.site, alarm.device)}  ack sent for {alarm.type} "
-                f"{alarm.event_id} as {cmd_id}; waiting for the reply")
-        self._emit([Line(LineKind.ACK, text, {"kind": "ack", "sent": iso_ms(now), "site": alarm.site,
-                                              "device": alarm.device, "event_id": alarm.event_id, "cmd_id": cmd_id})])
+        text = (
+            f"{clock_text(now, None)}  {device_key(alarm.site, alarm.device)}  ack sent for {alarm.type} "
+            f"{alarm.event_id} as {cmd_id}; waiting for the reply"
+        )
+        self._emit(
+            [
+                Line(
+                    LineKind.ACK,
+                    text,
+                    {
+                        "kind": "ack",
+                        "sent": iso_ms(now),
+                        "site": alarm.site,
+                        "device": alarm.device,
+                        "event_id": alarm.event_id,
+                        "cmd_id": cmd_id,
+                    },
+                )
+            ]
+        )
 
     def _note(self, now: float, kind: LineKind, text: str) -> None:
         label = "WARNING" if kind is LineKind.WARNING else "LINK   "
-        self._emit([Line(kind, f"{clock_text(now, None)}  {label}  {text}",
-                         {"kind": kind.value, "arrived": iso_ms(now), "text": text})])
+        self._emit(
+            [
+                Line(
+                    kind,
+                    f"{clock_text(now, None)}  {label}  {text}",
+                    {"kind": kind.value, "arrived": iso_ms(now), "text": text},
+                )
+            ]
+        )
 
     def _emit(self, lines: list[Line]) -> None:
         for line in lines:
@@ -260,8 +314,11 @@ class _Session:
         if self.opts.json:
             self._emit(board.summary_lines(self.fleet, alarms, now, full=full, photo_of=self.photos.photo_of))
             return
-        text = (board.table(self.fleet, len(alarms), now) if full
-                else board.summary(self.fleet, alarms, now, photo_of=self.photos.photo_of))
+        text = (
+            board.table(self.fleet, len(alarms), now)
+            if full
+            else board.summary(self.fleet, alarms, now, photo_of=self.photos.photo_of)
+        )
         self.out.write("\n" + "\n".join(escape(ln, backslash=False) for ln in text.splitlines()) + "\n\n")
         self.out.flush()
 

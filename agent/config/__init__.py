@@ -128,8 +128,11 @@ def doctor_mqtt(cfg: Config) -> MqttConfig:
     if d.cert_file is not None and d.key_file is not None:
         if mq.tls is None:
             raise ConfigError(f"{cfg.source}: doctor.cert_file: a client certificate needs TLS; add mqtt.tls")
-        with_cert = dataclasses.replace(mq.tls, cert_file=check("cert_file", d.cert_file, secret=False),
-                                        key_file=check("key_file", d.key_file, secret=True))
+        with_cert = dataclasses.replace(
+            mq.tls,
+            cert_file=check("cert_file", d.cert_file, secret=False),
+            key_file=check("key_file", d.key_file, secret=True),
+        )
         out = dataclasses.replace(mq, tls=with_cert, username=None, password=None)
     else:
         assert d.password_file is not None

@@ -88,11 +88,15 @@ def guard(p: Path, *, secret: bool) -> None:
         euid = os.geteuid()
         owner = SERVICE_USER if euid == 0 else _user(euid).split(" ")[0]
         names = " or ".join(_user(uid) for uid in sorted(allowed))
-        raise Invalid(f"{p} is owned by {_user(st.st_uid)}, not by {names}; {what}: "
-                      f"check its content, then run 'chown {owner} {p}'")
+        raise Invalid(
+            f"{p} is owned by {_user(st.st_uid)}, not by {names}; {what}: "
+            f"check its content, then run 'chown {owner} {p}'"
+        )
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise Invalid(f"{p} is writable by {'others' if mode & stat.S_IWOTH else 'its group'} (mode {mode:04o}); "
-                      f"{what}: run 'chmod {fix_mode} {p}'")
+        raise Invalid(
+            f"{p} is writable by {'others' if mode & stat.S_IWOTH else 'its group'} (mode {mode:04o}); "
+            f"{what}: run 'chmod {fix_mode} {p}'"
+        )
     if secret and mode & (stat.S_IROTH | stat.S_IRGRP):
         who = "others" if mode & stat.S_IROTH else "its group"
         raise Invalid(f"{p} is readable by {who} (mode {mode:04o}); it holds a secret: run 'chmod 600 {p}'")

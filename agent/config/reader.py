@@ -391,6 +391,8 @@ def topic_prefix(value: Any) -> str:
     if not all(_PREFIX_LEVEL.fullmatch(level) for level in s.split("/")):
         bad = "".join(sorted({c for c in s if c in _RESERVED.replace("/", "")}))
         why = f" ({_why(bad)})" if bad else ""
-        raise Invalid(f"expected topic levels like 'campus' or 'org/campus' (letters, digits, '_' and '-' "
-                      f"between single '/'), got {s[:80]!r}{why}")
+        raise Invalid(
+            f"expected topic levels like 'campus' or 'org/campus' (letters, digits, '_' and '-' "
+            f"between single '/'), got {s[:80]!r}{why}"
+        )
     return s

@@ -102,9 +102,12 @@ def _tls(sec: Section, base: Path) -> TlsConfig | None:
     if (cfg.cert_file is None) != (cfg.key_file is None) and t.ok:
         t.ctx.error(t.line, t.path, "cert_file and key_file go together; give both or neither")
     if not cfg.check_hostname and cfg.ca_file is None and t.ok:
-        t.ctx.error(t.key_line("check_hostname"), t.sub("check_hostname"),
-                    "check_hostname: false needs ca_file: without the campus CA any public certificate "
-                    "for any name would be accepted as the broker; add ca_file")
+        t.ctx.error(
+            t.key_line("check_hostname"),
+            t.sub("check_hostname"),
+            "check_hostname: false needs ca_file: without the campus CA any public certificate "
+            "for any name would be accepted as the broker; add ca_file",
+        )
     t.done()
     return cfg
 
@@ -129,18 +132,23 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
     rmin = sec.get("reconnect_min_s", number(0.1, 600, "seconds"), 1.0)
     rmax = sec.get("reconnect_max_s", number(1, 3600, "seconds"), 60.0)
     if rmin is not None and rmax is not None and rmin > rmax:
-        sec.ctx.error(sec.key_line("reconnect_min_s"), sec.sub("reconnect_min_s"),
-                      f"must not exceed reconnect_max_s ({rmax:g})")
+        sec.ctx.error(
+            sec.key_line("reconnect_min_s"), sec.sub("reconnect_min_s"), f"must not exceed reconnect_max_s ({rmax:g})"
+        )
     username = sec.get("username", nonempty, None)
     password = _read_secret(sec, "password_file", base)
     if password is not None and username is None:
-        sec.ctx.error(sec.key_line("password_file"), sec.sub("password_file"),
-                      "a password needs a username; add mqtt.username")
+        sec.ctx.error(
+            sec.key_line("password_file"), sec.sub("password_file"), "a password needs a username; add mqtt.username"
+        )
     plaintext_ok = sec.get("allow_plaintext_password", boolean, False)
     if password is not None and tls is None and not plaintext_ok:
-        sec.ctx.error(sec.key_line("password_file"), sec.sub("password_file"),
-                      "a password without TLS is sent in clear text to anyone on the network; add an mqtt.tls "
-                      "section (ca_file at least), or for a lab only set mqtt.allow_plaintext_password: true")
+        sec.ctx.error(
+            sec.key_line("password_file"),
+            sec.sub("password_file"),
+            "a password without TLS is sent in clear text to anyone on the network; add an mqtt.tls "
+            "section (ca_file at least), or for a lab only set mqtt.allow_plaintext_password: true",
+        )
     cfg = MqttConfig(
         brokers=tuple(b for b in brokers if cast("str | None", b.host) is not None),
         keepalive_s=sec.get("keepalive_s", integer(5, 1200, "seconds,"), 30),
@@ -162,18 +170,17 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
 
 
 def _input(sec: Section) -> InputConfig:
-    kind = sec.get("kind", lambda v: InputKind(one_of(*(k.value for k in InputKind))(v)),
-                   InputKind.PANIC_BUTTON)
+    kind = sec.get("kind", lambda v: InputKind(one_of(*(k.value for k in InputKind))(v)), InputKind.PANIC_BUTTON)
     default_contact = Contact.NORMALLY_CLOSED if kind is InputKind.TAMPER else Contact.NORMALLY_OPEN
     cfg = InputConfig(
         name=sec.get("name", topic_id),
         kind=kind,
         pin=sec.get("pin", _BCM),
-        contact=sec.get("contact", lambda v: Contact(one_of(*(c.value for c in Contact))(v)),
-                        default_contact),
+        contact=sec.get("contact", lambda v: Contact(one_of(*(c.value for c in Contact))(v)), default_contact),
         debounce_ms=sec.get("debounce_ms", integer(0, 2000, "milliseconds"), 50),
-        stuck_after_s=sec.get("stuck_after_s", number(0, 86400, "seconds (0 = never)"),
-                              0.0 if kind is InputKind.TAMPER else 120.0),
+        stuck_after_s=sec.get(
+            "stuck_after_s", number(0, 86400, "seconds (0 = never)"), 0.0 if kind is InputKind.TAMPER else 120.0
+        ),
         silent=sec.get("silent", boolean, False),
     )
     sec.done(INPUT_KEYS)  # read by agent/config/snapshots.py
@@ -330,8 +337,11 @@ def build(root: Section) -> Config | None:
     hb.done()
     cameras = [(_camera(s, base), s) for s, _ in root.items("cameras")]
     if len(cameras) > MAX_CAMERAS:
-        root.ctx.error(root.key_line("cameras"), "cameras",
-                       f"at most {MAX_CAMERAS} cameras per device (status must stay small); got {len(cameras)}")
+        root.ctx.error(
+            root.key_line("cameras"),
+            "cameras",
+            f"at most {MAX_CAMERAS} cameras per device (status must stay small); got {len(cameras)}",
+        )
     _unique_names(root.ctx, cameras)
     snapshots = parse_snapshot_config(root, inputs, cameras)
     ob = root.section("outbox")

@@ -113,8 +113,11 @@ def parse_snapshot_config(
     max_mb = sec.get("max_mb", number(1, 100000, "MiB"), 50.0)
     max_kb = sec.get("max_kb", integer(16, 16384, "KiB"), 400)
     if max_kb is not None and max_mb is not None and max_kb * 1024 > max_mb * (1 << 20):
-        sec.ctx.error(sec.key_line("max_kb"), sec.sub("max_kb"),
-                      f"one photo ({max_kb} KiB) must fit in the store (max_mb {max_mb:g}); lower max_kb")
+        sec.ctx.error(
+            sec.key_line("max_kb"),
+            sec.sub("max_kb"),
+            f"one photo ({max_kb} KiB) must fit in the store (max_mb {max_mb:g}); lower max_kb",
+        )
     cfg: dict[str, Any] = {
         "max_kb": max_kb,
         "max_mb": max_mb,
@@ -140,14 +143,18 @@ def parse_snapshot_config(
         url = csec.get("snapshot_url", _still_url, None)
         if url is not None:
             if ccfg.kind == "picamera2":
-                csec.ctx.error(csec.key_line("snapshot_url"), csec.sub("snapshot_url"),
-                               "a picamera2 camera takes its still itself; remove snapshot_url")
+                csec.ctx.error(
+                    csec.key_line("snapshot_url"),
+                    csec.sub("snapshot_url"),
+                    "a picamera2 camera takes its still itself; remove snapshot_url",
+                )
             else:
                 urls.append((ccfg.name, url))
         for name in csec.get("snapshot_on", _names, []):
             if name not in wanted:
-                csec.ctx.error(csec.key_line("snapshot_on"), csec.sub("snapshot_on"),
-                               _unknown(name, input_names, "input"))
+                csec.ctx.error(
+                    csec.key_line("snapshot_on"), csec.sub("snapshot_on"), _unknown(name, input_names, "input")
+                )
                 continue
             if ccfg.name not in wanted[name]:
                 wanted[name].append(ccfg.name)
@@ -156,14 +163,20 @@ def parse_snapshot_config(
     for cam, (where, key) in reasons.items():
         ccfg = by_name[cam][0]
         if ccfg.kind == "rtsp" and cam not in has_url:
-            where.ctx.error(where.key_line(key), where.sub(key),
-                            f"camera '{cam}' is an rtsp stream and takes a still only through its snapshot_url; "
-                            "add snapshot_url: http://... to that camera or leave it out here")
+            where.ctx.error(
+                where.key_line(key),
+                where.sub(key),
+                f"camera '{cam}' is an rtsp stream and takes a still only through its snapshot_url; "
+                "add snapshot_url: http://... to that camera or leave it out here",
+            )
     for icfg, isec in inputs:
         cams = wanted.get(icfg.name, [])
         if len(cams) > MAX_PER_ALARM:
-            isec.ctx.error(isec.key_line("snapshot") if isec.has("snapshot") else isec.line, isec.sub("snapshot"),
-                           f"at most {MAX_PER_ALARM} cameras per alarm, got {len(cams)} ({', '.join(cams)})")
+            isec.ctx.error(
+                isec.key_line("snapshot") if isec.has("snapshot") else isec.line,
+                isec.sub("snapshot"),
+                f"at most {MAX_PER_ALARM} cameras per alarm, got {len(cams)} ({', '.join(cams)})",
+            )
     return SnapshotsConfig(
         **cfg,
         triggers=tuple((name, tuple(cams)) for name, cams in wanted.items() if cams),

@@ -52,13 +52,18 @@ def check_dns(broker: BrokerAddress, timeout_s: float) -> tuple[Check, list[Addr
     label = f"broker {broker}"
     try:
         infos = run_with_deadline(
-            lambda: socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM), timeout_s, "doctor-dns")
+            lambda: socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM), timeout_s, "doctor-dns"
+        )
     except socket.gaierror as exc:
-        return Check.fail(f"{label}: host name {broker.host} not found ({exc.strerror})",
-                          "check mqtt.host (or brokers) for a typo, and the Pi's DNS server (/etc/resolv.conf)"), []
+        return Check.fail(
+            f"{label}: host name {broker.host} not found ({exc.strerror})",
+            "check mqtt.host (or brokers) for a typo, and the Pi's DNS server (/etc/resolv.conf)",
+        ), []
     except TimeoutError:
-        return Check.fail(f"{label}: no DNS answer for {broker.host} within {timeout_s:g} s",
-                          "check the Pi's network and its DNS server (/etc/resolv.conf)"), []
+        return Check.fail(
+            f"{label}: no DNS answer for {broker.host} within {timeout_s:g} s",
+            "check the Pi's network and its DNS server (/etc/resolv.conf)",
+        ), []
     addrs: list[Address] = list(dict.fromkeys((family, sockaddr) for family, _t, _p, _c, sockaddr in infos))
     try:
         ipaddress.ip_address(broker.host)
@@ -68,8 +73,7 @@ def check_dns(broker: BrokerAddress, timeout_s: float) -> tuple[Check, list[Addr
     return Check.ok(f"{label}: {broker.host} is an address, no DNS lookup needed"), addrs
 
 
-def check_tcp(broker: BrokerAddress, addrs: list[Address],
-              timeout_s: float) -> tuple[Check, socket.socket | None]:
+def check_tcp(broker: BrokerAddress, addrs: list[Address], timeout_s: float) -> tuple[Check, socket.socket | None]:
     """Open a TCP connection to the first address that answers; the caller closes the socket."""
     label = f"broker {broker}"
     first: tuple[str, OSError] | None = None
@@ -89,14 +93,20 @@ def check_tcp(broker: BrokerAddress, addrs: list[Address],
         return Check.fail(f"{label}: no address to connect to", "check mqtt.host"), None
     where, exc = first
     if isinstance(exc, ConnectionRefusedError):
-        return Check.fail(f"{label}: connection refused by {where} port {broker.port}",
-                          "nothing listens there: check mqtt.port and that the broker (mosquitto) runs"), None
+        return Check.fail(
+            f"{label}: connection refused by {where} port {broker.port}",
+            "nothing listens there: check mqtt.port and that the broker (mosquitto) runs",
+        ), None
     if isinstance(exc, TimeoutError):
-        return Check.fail(f"{label}: no answer from {where} port {broker.port} within {timeout_s:g} s",
-                          f"a firewall drops the connection or the host is down: check the network path and "
-                          f"that port {broker.port} is open"), None
-    return Check.fail(f"{label}: cannot reach {where} ({exc.strerror or exc})",
-                      "check the Pi's network (cable or Wi-Fi, ip route) and the broker address"), None
+        return Check.fail(
+            f"{label}: no answer from {where} port {broker.port} within {timeout_s:g} s",
+            f"a firewall drops the connection or the host is down: check the network path and "
+            f"that port {broker.port} is open",
+        ), None
+    return Check.fail(
+        f"{label}: cannot reach {where} ({exc.strerror or exc})",
+        "check the Pi's network (cable or Wi-Fi, ip route) and the broker address",
+    ), None
 
 
 # ---- TLS -------------------------------------------------------------------------
@@ -106,34 +116,50 @@ def _verify_failure(exc: ssl.SSLCertVerificationError, broker: BrokerAddress) ->
     why = exc.verify_message or str(exc)
     code = exc.verify_code
     if code == 10:
-        return (f"the broker's certificate has expired ({why})",
-                "the broker's admin must renew its certificate; the agent cannot connect until then")
+        return (
+            f"the broker's certificate has expired ({why})",
+            "the broker's admin must renew its certificate; the agent cannot connect until then",
+        )
     if code == 9:
-        return (f"the broker's certificate is not valid yet ({why})",
-                "this Pi's clock is probably wrong: see the clock line; else the certificate starts in the future")
+        return (
+            f"the broker's certificate is not valid yet ({why})",
+            "this Pi's clock is probably wrong: see the clock line; else the certificate starts in the future",
+        )
     if code in (62, 64):
-        return (f"the broker's certificate is not valid for {broker.host} ({why})",
-                "set mqtt.host to a name in the broker's certificate, or have the certificate reissued with this name")
+        return (
+            f"the broker's certificate is not valid for {broker.host} ({why})",
+            "set mqtt.host to a name in the broker's certificate, or have the certificate reissued with this name",
+        )
     if code in (2, 18, 19, 20, 21):
-        return (f"the broker's certificate is not signed by the CA in mqtt.tls.ca_file ({why})",
-                "set mqtt.tls.ca_file to the campus CA that signed the broker's certificate")
+        return (
+            f"the broker's certificate is not signed by the CA in mqtt.tls.ca_file ({why})",
+            "set mqtt.tls.ca_file to the campus CA that signed the broker's certificate",
+        )
     return f"TLS certificate check failed ({why})", "check mqtt.tls.ca_file and the broker's certificate"
 
 
 def _alert_failure(reason: str) -> tuple[str, str]:
     """Words for a TLS alert the broker sent about our side of the handshake."""
     if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
-        return (f"the broker requires a client certificate ({reason})",
-                "set mqtt.tls.cert_file and key_file to this device's certificate and key")
+        return (
+            f"the broker requires a client certificate ({reason})",
+            "set mqtt.tls.cert_file and key_file to this device's certificate and key",
+        )
     if "EXPIRED" in reason:
-        return (f"the broker refused this device's client certificate as expired ({reason})",
-                "renew the client certificate (mqtt.tls.cert_file)")
+        return (
+            f"the broker refused this device's client certificate as expired ({reason})",
+            "renew the client certificate (mqtt.tls.cert_file)",
+        )
     if any(word in reason for word in ("UNKNOWN_CA", "BAD_CERTIFICATE", "DECRYPT_ERROR", "UNSUPPORTED_CERTIFICATE")):
-        return (f"the broker refused this device's client certificate ({reason})",
-                "use a client certificate signed by the CA the broker trusts (mqtt.tls.cert_file)")
+        return (
+            f"the broker refused this device's client certificate ({reason})",
+            "use a client certificate signed by the CA the broker trusts (mqtt.tls.cert_file)",
+        )
     if any(word in reason for word in ("WRONG_VERSION_NUMBER", "RECORD_LAYER", "UNEXPECTED_EOF", "PACKET_LENGTH")):
-        return (f"the broker does not speak TLS on this port ({reason})",
-                "use the broker's TLS port (usually 8883), or remove mqtt.tls for a plain port")
+        return (
+            f"the broker does not speak TLS on this port ({reason})",
+            "use the broker's TLS port (usually 8883), or remove mqtt.tls for a plain port",
+        )
     return f"TLS handshake failed ({reason})", "check the certificates on both sides and the broker's log"
 
 
@@ -148,8 +174,7 @@ def _server_expiry(peer: dict[str, Any], now: dt.datetime) -> tuple[bool, str]:
     return soon, f"broker certificate valid until {end:%Y-%m-%d} ({_days(left)})"
 
 
-def check_tls(cfg: MqttConfig, broker: BrokerAddress, sock: socket.socket, timeout_s: float,
-              now: dt.datetime) -> Check:
+def check_tls(cfg: MqttConfig, broker: BrokerAddress, sock: socket.socket, timeout_s: float, now: dt.datetime) -> Check:
     """Handshake on ``sock`` with the agent's own TLS context; report the broker certificate's expiry.
 
     ``sock`` is closed in every case.
@@ -159,8 +184,10 @@ def check_tls(cfg: MqttConfig, broker: BrokerAddress, sock: socket.socket, timeo
         ctx = tls_context(cfg)
     except (OSError, ssl.SSLError) as exc:
         sock.close()
-        return Check.fail(f"{label}: cannot load the certificates ({exc})",
-                          "check mqtt.tls ca_file, cert_file and key_file (the key must match the certificate)")
+        return Check.fail(
+            f"{label}: cannot load the certificates ({exc})",
+            "check mqtt.tls ca_file, cert_file and key_file (the key must match the certificate)",
+        )
     try:
         with ctx.wrap_socket(sock, server_hostname=broker.host) as tls:
             version, peer = tls.version(), tls.getpeercert() or {}
@@ -176,20 +203,27 @@ def check_tls(cfg: MqttConfig, broker: BrokerAddress, sock: socket.socket, timeo
         what, todo = _alert_failure(str(exc.reason or exc))
         return Check.fail(f"{label}: {what}", todo)
     except TimeoutError:
-        return Check.fail(f"{label}: no TLS answer within {timeout_s:g} s",
-                          "check that this port speaks TLS (usually 8883) and the broker is not overloaded")
+        return Check.fail(
+            f"{label}: no TLS answer within {timeout_s:g} s",
+            "check that this port speaks TLS (usually 8883) and the broker is not overloaded",
+        )
     except OSError as exc:
-        return Check.fail(f"{label}: the broker dropped the connection during the handshake "
-                          f"({exc.strerror or exc}): this port may not speak TLS",
-                          "use the broker's TLS port (usually 8883), or remove mqtt.tls for a plain port; "
-                          "else read the broker's log")
+        return Check.fail(
+            f"{label}: the broker dropped the connection during the handshake "
+            f"({exc.strerror or exc}): this port may not speak TLS",
+            "use the broker's TLS port (usually 8883), or remove mqtt.tls for a plain port; else read the broker's log",
+        )
     if closed:
-        return Check.fail(f"{label}: the broker hung up right after the handshake",
-                          "it probably refused the client certificate: check mqtt.tls.cert_file and the broker's log")
+        return Check.fail(
+            f"{label}: the broker hung up right after the handshake",
+            "it probably refused the client certificate: check mqtt.tls.cert_file and the broker's log",
+        )
     soon, expiry = _server_expiry(peer, now)
     if soon:
-        return Check.warn(f"{label} handshake ok ({version}), but {expiry}",
-                          "ask the broker's admin to renew its certificate before it expires")
+        return Check.warn(
+            f"{label} handshake ok ({version}), but {expiry}",
+            "ask the broker's admin to renew its certificate before it expires",
+        )
     return Check.ok(f"{label} handshake ok ({version}), {expiry}")
 
 
@@ -200,8 +234,12 @@ def check_client_cert(cfg: MqttConfig, now: dt.datetime) -> list[Check]:
     if tls is None:
         return found
     if not tls.check_hostname:
-        found.append(Check.warn("TLS host name checking is off (mqtt.tls.check_hostname: false)",
-                                "lab brokers only: set mqtt.tls.check_hostname: true"))
+        found.append(
+            Check.warn(
+                "TLS host name checking is off (mqtt.tls.check_hostname: false)",
+                "lab brokers only: set mqtt.tls.check_hostname: true",
+            )
+        )
     if tls.cert_file is None:
         return found
     try:
@@ -211,11 +249,19 @@ def check_client_cert(cfg: MqttConfig, now: dt.datetime) -> list[Check]:
         return found
     left = end - now
     if left.total_seconds() <= 0:
-        found.append(Check.fail(f"client certificate {tls.cert_file} EXPIRED on {end:%Y-%m-%d}",
-                                "renew it now: the broker refuses an expired certificate"))
+        found.append(
+            Check.fail(
+                f"client certificate {tls.cert_file} EXPIRED on {end:%Y-%m-%d}",
+                "renew it now: the broker refuses an expired certificate",
+            )
+        )
     elif left <= dt.timedelta(days=EXPIRY_WARN_DAYS):
-        found.append(Check.warn(f"client certificate {tls.cert_file} expires on {end:%Y-%m-%d} (in {_days(left)})",
-                                "renew it before then (mqtt.tls.cert_file)"))
+        found.append(
+            Check.warn(
+                f"client certificate {tls.cert_file} expires on {end:%Y-%m-%d} (in {_days(left)})",
+                "renew it before then (mqtt.tls.cert_file)",
+            )
+        )
     else:
         found.append(Check.ok(f"client certificate {tls.cert_file} valid until {end:%Y-%m-%d} ({_days(left)})"))
     return found
@@ -241,20 +287,26 @@ def check_login(cfg: MqttConfig, broker: BrokerAddress, probe: MqttProbe, timeou
         return Check.fail(f"{label}: {describe_connect_error(exc, timeout_s)}", "see the TCP and TLS lines above")
     note = probe.answer = probe.wait(time.monotonic() + timeout_s, "connack")
     if note is None:
-        return Check.fail(f"{label}: no CONNACK within {timeout_s:g} s",
-                          "the broker accepted the connection but does not answer MQTT: check its log and port")
+        return Check.fail(
+            f"{label}: no CONNACK within {timeout_s:g} s",
+            "the broker accepted the connection but does not answer MQTT: check its log and port",
+        )
     if note.kind == "lost":
-        return Check.fail(f"{label}: the broker closed the connection before CONNACK ({note.words})",
-                          "read the broker's log; with TLS it may refuse the client certificate, "
-                          "without TLS the port may be a TLS port (add mqtt.tls)")
+        return Check.fail(
+            f"{label}: the broker closed the connection before CONNACK ({note.words})",
+            "read the broker's log; with TLS it may refuse the client certificate, "
+            "without TLS the port may be a TLS port (add mqtt.tls)",
+        )
     if not note.failure:
         who = f"user {cfg.username}" if cfg.username else "client certificate" if cfg.tls else "anonymous"
         return Check.ok(f"{label} login accepted ({who}, client id {probe.client_id})")
     if note.code in _LOGIN_REFUSED:
         return Check.fail(f"{label}: CONNACK not authorised: {note.words}", _login_todo(cfg))
     if note.code == UNSUPPORTED_PROTOCOL:
-        return Check.fail(f"{label}: CONNACK {note.words}",
-                          "the broker does not speak this MQTT version: set mqtt.protocol: auto (or '3.1.1')")
+        return Check.fail(
+            f"{label}: CONNACK {note.words}",
+            "the broker does not speak this MQTT version: set mqtt.protocol: auto (or '3.1.1')",
+        )
     return Check.fail(f"{label}: CONNACK refused: {note.words}", "read the broker's log for the reason")
 
 
@@ -271,10 +323,12 @@ def check_retain(broker: BrokerAddress, probe: MqttProbe) -> Check:
     """Whether the broker keeps retained messages (MQTT 5 says so in the CONNACK; 3.1.1 cannot tell)."""
     label = f"broker {broker}"
     if probe.answer is not None and not probe.answer.retain_available:
-        return Check.warn(f"{label}: retain unavailable (CONNACK Retain Available 0): the agent publishes its "
-                          "status and will without retain; events are not affected",
-                          "a central that subscribes later sees this device only at its next heartbeat; "
-                          "ask the broker's admin to allow retain (mosquitto: retain_available true)")
+        return Check.warn(
+            f"{label}: retain unavailable (CONNACK Retain Available 0): the agent publishes its "
+            "status and will without retain; events are not affected",
+            "a central that subscribes later sees this device only at its next heartbeat; "
+            "ask the broker's admin to allow retain (mosquitto: retain_available true)",
+        )
     if probe.protocol == "5":
         return Check.ok(f"{label}: retained messages available")
     return Check.ok(f"{label}: retain not checked (MQTT 3.1.1 cannot ask); the agent notices a refusal itself")
@@ -288,8 +342,10 @@ def check_round_trip(broker: BrokerAddress, root: str, prefix: str, probe: MqttP
     """
     label = f"broker {broker}: round trip"
     topic, pattern = f"{root}/doctor/ping", f"{root}/doctor/#"
-    acl = (f"check the broker ACL allows {pattern} (read and write) for this device, "
-           f"e.g. 'pattern readwrite {prefix}/+/%u/doctor/#'")
+    acl = (
+        f"check the broker ACL allows {pattern} (read and write) for this device, "
+        f"e.g. 'pattern readwrite {prefix}/+/%u/doctor/#'"
+    )
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     sub_mid = probe.subscribe(pattern)
@@ -356,9 +412,11 @@ def _check_mqtt(cfg: Config, mq: MqttConfig, broker: BrokerAddress, timeout_s: f
             if i + 1 < len(protocols) and (why := _not_mqtt5(probe.answer)) is not None:
                 continue
             if why is not None and probe.answer is not None and probe.answer.kind == "connack":
-                yield Check.warn(f"broker {broker}: no MQTT 5 ({why}); MQTT 3.1.1 in use, as the agent does",
-                                 "MQTT 5 would add refusal visibility (an ACL refusal is seen, not silently "
-                                 "acknowledged): upgrade the broker, or set mqtt.protocol: '3.1.1'")
+                yield Check.warn(
+                    f"broker {broker}: no MQTT 5 ({why}); MQTT 3.1.1 in use, as the agent does",
+                    "MQTT 5 would add refusal visibility (an ACL refusal is seen, not silently "
+                    "acknowledged): upgrade the broker, or set mqtt.protocol: '3.1.1'",
+                )
             yield login
             if login.failed:
                 return

@@ -131,8 +131,10 @@ def _count(n: int, noun: str) -> str:
 
 def check_config_ok(cfg: Config) -> Check:
     brokers = ", ".join(str(b) for b in cfg.mqtt.brokers)
-    return Check.ok(f"config {cfg.source} valid: device {cfg.device.site}/{cfg.device.id}, "
-                    f"{_count(len(cfg.inputs), 'input')}, {_count(len(cfg.cameras), 'camera')}, broker {brokers}")
+    return Check.ok(
+        f"config {cfg.source} valid: device {cfg.device.site}/{cfg.device.id}, "
+        f"{_count(len(cfg.inputs), 'input')}, {_count(len(cfg.cameras), 'camera')}, broker {brokers}"
+    )
 
 
 # ---- GPIO ------------------------------------------------------------------------
@@ -161,19 +163,30 @@ def check_pins(cfg: Config, factory: Any) -> list[Check]:
         try:
             with warnings.catch_warnings(record=True) as fallbacks:  # gpiozero's backend search, said below instead
                 warnings.simplefilter("always")
-                device = (Button(pin, pull_up=True, bounce_time=None, pin_factory=factory) if is_input
-                          else LED(pin, active_high=active_high, initial_value=False, pin_factory=factory))
+                device = (
+                    Button(pin, pull_up=True, bounce_time=None, pin_factory=factory)
+                    if is_input
+                    else LED(pin, active_high=active_high, initial_value=False, pin_factory=factory)
+                )
             device.close()
             claimed.append(f"GPIO{pin}")
         except Exception as exc:  # gpiozero and its backends raise many kinds for one cause: pin unusable
             if type(exc).__name__ == "BadPinFactory":
                 tried = "; ".join(str(w.message) for w in fallbacks)
-                return [Check.fail(f"GPIO: no pin backend works on this machine ({tried or exc})",
-                                   "on a Raspberry Pi install python3-lgpio and set gpio.pin_factory: lgpio; "
-                                   "elsewhere set gpio.pin_factory: mock")]
-            found.append(Check.fail(f"GPIO{pin} ({label}) cannot be claimed: {type(exc).__name__}: {exc}",
-                                    "check that no other program uses the pin, that the pin number is right, "
-                                    "and that this user is in the gpio group"))
+                return [
+                    Check.fail(
+                        f"GPIO: no pin backend works on this machine ({tried or exc})",
+                        "on a Raspberry Pi install python3-lgpio and set gpio.pin_factory: lgpio; "
+                        "elsewhere set gpio.pin_factory: mock",
+                    )
+                ]
+            found.append(
+                Check.fail(
+                    f"GPIO{pin} ({label}) cannot be claimed: {type(exc).__name__}: {exc}",
+                    "check that no other program uses the pin, that the pin number is right, "
+                    "and that this user is in the gpio group",
+                )
+            )
     if found:
         return found
     if not claimed:
@@ -237,8 +250,12 @@ def check_outbox_folder(cfg: OutboxConfig) -> list[Check]:
     try:
         where = _existing_ancestor(folder)
         if not where.is_dir():
-            return [Check.fail(f"outbox folder {folder}: {where} is a file, not a folder",
-                               f"move {where} away or set outbox.path to another folder")]
+            return [
+                Check.fail(
+                    f"outbox folder {folder}: {where} is a file, not a folder",
+                    f"move {where} away or set outbox.path to another folder",
+                )
+            ]
         problem = _write_problem(cfg.path, where)
         owner = _someone_elses(where)
     except OSError as exc:  # a folder on the way we may not even look into
@@ -248,22 +265,40 @@ def check_outbox_folder(cfg: OutboxConfig) -> list[Check]:
         return [Check.warn(what, "run doctor with sudo to test the outbox folder")]
     if problem is not None:
         if owner is not None:
-            return [Check.warn(f"{problem}: it belongs to {owner}, so {_who()} cannot test it",
-                               "run doctor with sudo to test the outbox folder")]
-        return [Check.fail(problem, f"fix the owner and mode (install -d -o campus-agent -m 700 {folder}) "
-                                    "or set outbox.path to a writable folder")]
+            return [
+                Check.warn(
+                    f"{problem}: it belongs to {owner}, so {_who()} cannot test it",
+                    "run doctor with sudo to test the outbox folder",
+                )
+            ]
+        return [
+            Check.fail(
+                problem,
+                f"fix the owner and mode (install -d -o campus-agent -m 700 {folder}) "
+                "or set outbox.path to a writable folder",
+            )
+        ]
     note = "" if where == folder else f" (does not exist yet; the agent creates it in {where})"
     free = shutil.disk_usage(where).free
     cap = int(cfg.max_mb * _MB)
     free_mb, max_mb = free // _MB, f"{cfg.max_mb:g}"
     if free < HEADROOM_BYTES + _MB:
-        return [Check.fail(f"outbox folder {folder}: disk full ({free_mb} MB free); presses cannot be recorded",
-                           "free disk space now (old logs, /var/cache/apt: apt-get clean)")]
+        return [
+            Check.fail(
+                f"outbox folder {folder}: disk full ({free_mb} MB free); presses cannot be recorded",
+                "free disk space now (old logs, /var/cache/apt: apt-get clean)",
+            )
+        ]
     if free < cap + HEADROOM_BYTES:
-        return [Check.warn(f"outbox folder {folder} writable{note}, but only {free_mb} MB free for an outbox "
-                           f"cap of {max_mb} MB", "free disk space or lower outbox.max_mb")]
-    return [Check.ok(f"outbox folder {folder} writable (tested as {_who()}){note}, {free_mb} MB free "
-                     f"(cap {max_mb} MB)")]
+        return [
+            Check.warn(
+                f"outbox folder {folder} writable{note}, but only {free_mb} MB free for an outbox cap of {max_mb} MB",
+                "free disk space or lower outbox.max_mb",
+            )
+        ]
+    return [
+        Check.ok(f"outbox folder {folder} writable (tested as {_who()}){note}, {free_mb} MB free (cap {max_mb} MB)")
+    ]
 
 
 # ---- clock -----------------------------------------------------------------------
@@ -273,9 +308,11 @@ def check_clock(synced: bool) -> Check:
     """The kernel's NTP state (``agent.events.kernel_clock_synced``): a WARN, since presses still go out."""
     if synced:
         return Check.ok("clock synchronised (NTP)")
-    return Check.warn("clock not synchronised: events carry clock_synced: false and the centre re-times them",
-                      "enable NTP (timedatectl set-ntp true, or enable systemd-timesyncd) and check that the "
-                      "NTP server is reachable (UDP port 123)")
+    return Check.warn(
+        "clock not synchronised: events carry clock_synced: false and the centre re-times them",
+        "enable NTP (timedatectl set-ntp true, or enable systemd-timesyncd) and check that the "
+        "NTP server is reachable (UDP port 123)",
+    )
 
 
 # ---- cameras ---------------------------------------------------------------------
@@ -295,8 +332,10 @@ def check_camera(cam: CameraConfig) -> Check:
     """Probe one camera once, exactly as the agent does, within its ``timeout_s``."""
     probe, limit_s = _camera_probe(cam)
     if cam.kind is CameraKind.PICAMERA2:
-        label, todo = (f"camera {cam.name} (picamera2 #{cam.camera_num})",
-                       "check the ribbon cable and camera_num; reboot the Pi if it persists")
+        label, todo = (
+            f"camera {cam.name} (picamera2 #{cam.camera_num})",
+            "check the ribbon cable and camera_num; reboot the Pi if it persists",
+        )
     else:
         label = f"camera {cam.name} ({cam.kind.value} {address_of(cam.url or '', 0)[2]})"
         todo = "check that the camera is powered and on the network, and its url, username and password_file"
@@ -314,8 +353,13 @@ def check_camera(cam: CameraConfig) -> Check:
 
 def _systemctl(systemctl: str, verb: str, unit: str) -> str:
     try:
-        done = subprocess.run([systemctl, verb, unit], capture_output=True, text=True,  # noqa: S603 - fixed argv
-                              timeout=_SYSTEMCTL_TIMEOUT_S, check=False)
+        done = subprocess.run(  # noqa: S603 - fixed argv
+            [systemctl, verb, unit],
+            capture_output=True,
+            text=True,
+            timeout=_SYSTEMCTL_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc})"
     return (done.stdout.strip() or done.stderr.strip() or "unknown").splitlines()[0]

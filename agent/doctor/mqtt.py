@@ -77,7 +77,8 @@ class MqttProbe:
         self._client.on_connect = lambda _c, _u, _f, rc, props: put(_connack(rc, props))
         self._client.on_disconnect = lambda _c, _u, _f, rc, _p: put(_note("lost", rc))
         self._client.on_subscribe = lambda _c, _u, mid, rcs, _p: put(
-            next((_note("suback", rc, mid) for rc in rcs if rc.is_failure), Note("suback", mid=mid)))
+            next((_note("suback", rc, mid) for rc in rcs if rc.is_failure), Note("suback", mid=mid))
+        )
         self._client.on_publish = lambda _c, _u, mid, rc, _p: put(_note("puback", rc, mid))
         self._client.on_message = lambda _c, _u, msg: put(Note("message", payload=bytes(msg.payload)))
 

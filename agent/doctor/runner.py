@@ -116,12 +116,20 @@ def _link_checks(broker: object, link: dict[str, Any]) -> list[Check]:
     proto = f" (MQTT {link['protocol']})" if link.get("protocol") else ""
     found = [Check.ok(f"agent connected to broker {broker}{proto}")]
     if link.get("retain") is False:
-        found.append(Check.warn("agent: retain unavailable on this broker; status and will are sent without retain",
-                                "ask the broker's admin to allow retain (mosquitto: retain_available true)"))
+        found.append(
+            Check.warn(
+                "agent: retain unavailable on this broker; status and will are sent without retain",
+                "ask the broker's admin to allow retain (mosquitto: retain_available true)",
+            )
+        )
     cmds = link.get("commands") or {}
     if cmds.get("available") is False and cmds.get("reason") != "subscribing":  # a fresh connection is no fault
-        found.append(Check.warn(f"agent: commands unavailable ({cmds.get('reason')}); events are still delivered",
-                                "check the broker's ACL and log for the cmd/+ subscription"))
+        found.append(
+            Check.warn(
+                f"agent: commands unavailable ({cmds.get('reason')}); events are still delivered",
+                "check the broker's ACL and log for the cmd/+ subscription",
+            )
+        )
     return found
 
 
@@ -131,21 +139,33 @@ def check_running_agent(reply: dict[str, Any], cfg: Config) -> list[Check]:
     agent = st.get("agent", {})
     found = [Check.ok(f"agent running: version {agent.get('version', '?')}, up {agent.get('uptime_s', '?')} s")]
     if not _same_file(reply.get("config"), cfg.source):
-        found.append(Check.warn(f"the running agent uses {reply.get('config')}, not {cfg.source}",
-                                f"run doctor -c {reply.get('config')}, or restart the agent with this file"))
+        found.append(
+            Check.warn(
+                f"the running agent uses {reply.get('config')}, not {cfg.source}",
+                f"run doctor -c {reply.get('config')}, or restart the agent with this file",
+            )
+        )
     if link.get("connected"):
         found.extend(_link_checks(link.get("broker"), st.get("link", {})))
     else:
-        found.append(Check.fail(f"agent not connected to a broker: {link.get('last_error') or 'connecting'}",
-                                "see the broker lines below; presses are kept in the outbox meanwhile"))
+        found.append(
+            Check.fail(
+                f"agent not connected to a broker: {link.get('last_error') or 'connecting'}",
+                "see the broker lines below; presses are kept in the outbox meanwhile",
+            )
+        )
     ob = st.get("outbox", {})
     pending, dropped, age = int(ob.get("pending", 0)), int(ob.get("dropped", 0)), ob.get("oldest_age_s")
     depth = f"agent outbox: {pending} events waiting" + (f", oldest {age:.0f} s" if age is not None else "")
     if ob.get("disk_low"):
         found.append(Check.warn(f"{depth}; disk nearly full, outbox capped", "free disk space on the outbox's disk"))
     elif dropped:
-        found.append(Check.warn(f"{depth}; {dropped} non-alarm events dropped for lack of room",
-                                "free disk space or raise outbox.max_mb"))
+        found.append(
+            Check.warn(
+                f"{depth}; {dropped} non-alarm events dropped for lack of room",
+                "free disk space or raise outbox.max_mb",
+            )
+        )
     elif pending and age is not None and age > _BACKLOG_WARN_S:
         found.append(Check.warn(depth, "they go out once the broker link works: see the broker lines"))
     else:
@@ -161,11 +181,19 @@ def check_held_pins(reply: dict[str, Any], cfg: Config) -> list[Check]:
     found = [Check.ok(f"GPIO held by the running agent: {shown or 'no inputs'}")]
     for name, i in inputs.items():
         if i.get("state") == "fault":
-            found.append(Check.warn(f"input {name} reports a fault (stuck, or an open loop)",
-                                    "check the button for a jam and the wiring for a cut or loose wire"))
+            found.append(
+                Check.warn(
+                    f"input {name} reports a fault (stuck, or an open loop)",
+                    "check the button for a jam and the wiring for a cut or loose wire",
+                )
+            )
         elif i.get("state") == "active":
-            found.append(Check.warn(f"input {name} is active right now (pressed, or its loop is open)",
-                                    "release it; if nobody presses it, check the wiring"))
+            found.append(
+                Check.warn(
+                    f"input {name} is active right now (pressed, or its loop is open)",
+                    "release it; if nobody presses it, check the wiring",
+                )
+            )
     return found
 
 
@@ -176,8 +204,11 @@ def _gpio(cfg: Config, agent: AgentProbe) -> list[Check]:
     if agent.reply is not None:
         return check_held_pins(agent.reply, cfg)
     if agent.problem is not None:
-        return [Check.warn("GPIO pins not checked: the agent may hold them",
-                           "see the agent line above, then run doctor again")]
+        return [
+            Check.warn(
+                "GPIO pins not checked: the agent may hold them", "see the agent line above, then run doctor again"
+            )
+        ]
     try:
         factory = make_pin_factory(cfg.gpio.pin_factory)
     except HardwareError as exc:
@@ -193,11 +224,19 @@ def _agent(cfg: Config, agent: AgentProbe) -> list[Check]:
     if agent.reply is not None:
         return check_running_agent(agent.reply, cfg)
     if agent.denied:
-        return [Check.warn(f"cannot ask the agent on {cfg.control.socket}: no permission",
-                           "run doctor with sudo, or add this user to the campus-agent group")]
+        return [
+            Check.warn(
+                f"cannot ask the agent on {cfg.control.socket}: no permission",
+                "run doctor with sudo, or add this user to the campus-agent group",
+            )
+        ]
     if agent.problem is not None:
-        return [Check.fail(f"agent on {cfg.control.socket} does not answer: {agent.problem}",
-                           "restart it: systemctl restart campus-agent")]
+        return [
+            Check.fail(
+                f"agent on {cfg.control.socket} does not answer: {agent.problem}",
+                "restart it: systemctl restart campus-agent",
+            )
+        ]
     return []
 
 
@@ -225,8 +264,10 @@ def checks(cfg: Config, timeout_s: float, host: Host) -> Iterator[Check]:
         try:
             yield from step()
         except Exception as exc:  # reported as a line; the remaining checks still run
-            yield Check.fail(f"{name} check crashed: {type(exc).__name__}: {exc}",
-                             "report it as a doctor bug; the other checks still ran")
+            yield Check.fail(
+                f"{name} check crashed: {type(exc).__name__}: {exc}",
+                "report it as a doctor bug; the other checks still ran",
+            )
 
 
 def _one(check: Callable[[T], Check], arg: T) -> list[Check]:
@@ -272,8 +313,9 @@ class _Printer:
         return 1 if c[Level.FAIL] else 0
 
 
-def run_doctor(config: Path | str, *, timeout_s: float = DEFAULT_TIMEOUT_S, out: TextIO | None = None,
-               host: Host | None = None) -> int:
+def run_doctor(
+    config: Path | str, *, timeout_s: float = DEFAULT_TIMEOUT_S, out: TextIO | None = None, host: Host | None = None
+) -> int:
     """Run every check against the config at ``config`` and print one line per verdict.
 
     Args:
@@ -320,10 +362,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``doctor`` on the CLI's subparsers (``sub`` is what ``add_subparsers`` returned)."""
-    p = sub.add_parser("doctor", help="check this device end to end: config, pins, outbox, clock, broker, cameras",
-                       description="One line per check: OK | WARN | FAIL  what  → what to do.  "
-                                   "Exit status 1 when any check FAILs.")
+    p = sub.add_parser(
+        "doctor",
+        help="check this device end to end: config, pins, outbox, clock, broker, cameras",
+        description="One line per check: OK | WARN | FAIL  what  → what to do.  Exit status 1 when any check FAILs.",
+    )
     p.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help=f"limit for each network step (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"limit for each network step (default {DEFAULT_TIMEOUT_S:g})",
+    )
     p.set_defaults(func=cmd_doctor)

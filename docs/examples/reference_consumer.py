@@ -154,13 +154,16 @@ class Consumer:
         seq = int(doc["seq"])
         if dev.last_seq and seq > dev.last_seq + 1:
             dropped = dev.status.get("outbox", {}).get("dropped")
-            out.append(f"gap: seq {dev.last_seq + 1}..{seq - 1} from {doc['site']}/{doc['device']} not seen "
-                       f"(still in flight, or evicted: device reports {dropped} dropped)")
+            out.append(
+                f"gap: seq {dev.last_seq + 1}..{seq - 1} from {doc['site']}/{doc['device']} not seen "
+                f"(still in flight, or evicted: device reports {dropped} dropped)"
+            )
         dev.last_seq = max(dev.last_seq, seq)
         when = self.retime(dev, doc)
         test = " (TEST)" if doc["test"] else ""
-        out.append(f"{doc['type'].upper()}{test} at {doc['site']}/{doc['device']} from {doc['source']} "
-                   f"at {when} seq {seq}")
+        out.append(
+            f"{doc['type'].upper()}{test} at {doc['site']}/{doc['device']} from {doc['source']} at {when} seq {seq}"
+        )
         return out
 
     def retime(self, dev: Device, doc: dict[str, Any]) -> str:

@@ -15,9 +15,25 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.broker
 def test_fleet_bench__small_fleet_every_event_shown_once_by_monitor_and_reference(tmp_path):
     out = tmp_path / "fleet"
-    run = subprocess.run([sys.executable, str(ROOT / "bench/fleet.py"), "--sizes", "40", "--consumers",
-                          "monitor,reference", "--phases", "1,1", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench/fleet.py"),
+            "--sizes",
+            "40",
+            "--consumers",
+            "monitor,reference",
+            "--phases",
+            "1,1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(out.with_suffix(".json").read_text())
     assert [r["consumer"] for r in doc["results"]] == ["monitor", "reference"]

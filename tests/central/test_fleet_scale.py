@@ -28,18 +28,43 @@ def status(site: str, device: str, ts: float, stats: dict[str, Any] | None = Non
     link: dict[str, Any] = {"connected_since": iso_ms(ts), "reconnects": 0}
     if stats is not None:
         link["stats"] = stats
-    return json.dumps({"v": 1, "site": site, "device": device, "state": "online", "ts": iso_ms(ts),
-                       "clock_synced": True, "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
-                       "link": link,
-                       "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0}, "inputs": {}, "cameras": {},
-                       "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
-                       "test_mode_until": None}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "site": site,
+            "device": device,
+            "state": "online",
+            "ts": iso_ms(ts),
+            "clock_synced": True,
+            "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
+            "link": link,
+            "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0},
+            "inputs": {},
+            "cameras": {},
+            "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
+            "test_mode_until": None,
+        }
+    ).encode()
 
 
 def panic(site: str, device: str, seq: int, ts: float) -> bytes:
-    return json.dumps({"v": 1, "id": new_id(), "seq": seq, "site": site, "device": device, "type": "panic",
-                       "source": "panic", "test": False, "ts": iso_ms(ts), "clock_synced": True,
-                       "boot_id": "b" * 32, "mono_ms": 1, "data": {}}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "id": new_id(),
+            "seq": seq,
+            "site": site,
+            "device": device,
+            "type": "panic",
+            "source": "panic",
+            "test": False,
+            "ts": iso_ms(ts),
+            "clock_synced": True,
+            "boot_id": "b" * 32,
+            "mono_ms": 1,
+            "data": {},
+        }
+    ).encode()
 
 
 def name(i: int) -> tuple[str, str]:
@@ -210,8 +235,10 @@ def test_board__at_20000_devices_shows_a_header_the_devices_needing_attention_an
     fleet.tick(T0 + 1)
     alarms = [Alarm("site-1", "gate-00001", f"{k:032x}", "panic", T0) for k in range(3)]
     text = board.summary(fleet, alarms, T0 + 1, limit=40, tz=dt.UTC).splitlines()
-    assert text[0].startswith("06:00:01.000  20000 devices: 19900 online, 100 OVERDUE, 0 offline, 0 unknown; "
-                              "low availability 0; 3 unacknowledged alarms")
+    assert text[0].startswith(
+        "06:00:01.000  20000 devices: 19900 online, 100 OVERDUE, 0 offline, 0 unknown; "
+        "low availability 0; 3 unacknowledged alarms"
+    )
     assert len(text) == 1 + 1 + 40 + 1 + 3  # header, column titles, 40 devices, "... and 60 more", alarms
     assert all("OVERDUE" in line for line in text[2:42])
     assert text[42].startswith("... and 60 more need attention")

@@ -28,22 +28,38 @@ _RAW_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\
 
 
 def event(dev: str, seq: int, **fields: Any) -> dict[str, Any]:
-    return {"v": 1, "id": new_id(), "seq": seq, "site": "main", "device": dev, "type": "panic",
-            "source": "panic", "test": False, "ts": iso_ms(T0), "clock_synced": True, "boot_id": "b" * 32,
-            "mono_ms": 1000, "data": {}, **fields}
+    return {
+        "v": 1,
+        "id": new_id(),
+        "seq": seq,
+        "site": "main",
+        "device": dev,
+        "type": "panic",
+        "source": "panic",
+        "test": False,
+        "ts": iso_ms(T0),
+        "clock_synced": True,
+        "boot_id": "b" * 32,
+        "mono_ms": 1000,
+        "data": {},
+        **fields,
+    }
 
 
-@pytest.mark.parametrize(("text", "shown"), [
-    ("panic", "panic"),
-    ("a\x1b[2Kb", "a\\x1b[2Kb"),
-    ("x\ry\nz\t", "x\\ry\\nz\\t"),
-    ("\x9b31m", "\\x9b31m"),  # C1 CSI: one byte that many terminals obey
-    ("left\u202eright", "left\\u202eright"),  # bidi override: reorders what follows
-    ("line\u2028sep", "line\\u2028sep"),
-    ("a\\x1b", "a\\\\x1b"),  # a literal backslash cannot pass for an escape
-    ("Gebäude Nord ☃", "Gebäude Nord ☃"),
-    ("\x7f", "\\x7f"),
-])
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("panic", "panic"),
+        ("a\x1b[2Kb", "a\\x1b[2Kb"),
+        ("x\ry\nz\t", "x\\ry\\nz\\t"),
+        ("\x9b31m", "\\x9b31m"),  # C1 CSI: one byte that many terminals obey
+        ("left\u202eright", "left\\u202eright"),  # bidi override: reorders what follows
+        ("line\u2028sep", "line\\u2028sep"),
+        ("a\\x1b", "a\\\\x1b"),  # a literal backslash cannot pass for an escape
+        ("Gebäude Nord ☃", "Gebäude Nord ☃"),
+        ("\x7f", "\\x7f"),
+    ],
+)
 def test_escape__valid(text, shown):
     assert escape(text) == shown
 
@@ -61,8 +77,9 @@ def test_fleet__event_fields_are_escaped_and_restricted_fields_checked():
     assert "from \\r\\x1b[1A\\x1b[2K06:01:02.000" in line.text
     assert "\x1b" not in line.text
     assert "\r" not in line.text
-    [warn] = fleet.feed("campus/main/gate-1/event/panic",
-                        json.dumps(event("gate-1", 2, type="panic" + FORGE)).encode(), T0)
+    [warn] = fleet.feed(
+        "campus/main/gate-1/event/panic", json.dumps(event("gate-1", 2, type="panic" + FORGE)).encode(), T0
+    )
     assert warn.text.startswith("06:01:02.000  WARNING  campus/main/gate-1/event/panic: type 'panic\\r\\x1b[1A")
     [warn] = fleet.feed("campus/main/gate-1/event/panic", json.dumps(event("gate-1", 3, device="gate-2")).encode(), T0)
     assert "device 'gate-2' is not the topic's ('gate-1'); ignored" in warn.text
@@ -81,8 +98,10 @@ def _hostile_messages(device: str) -> list[tuple[str, dict[str, Any]]]:
         (f"{root}/event/panic", event(device, 2, type="panic" + FORGE)),
         (f"{root}/event/panic", event(device, 3, source="\x9b2K\u202eevil", data={"x": "\x1b]0;title\x07"})),
         (f"{root}/event/tamper", event(device, 4, type="tamper", source="\x1bc")),  # ESC c: reset the terminal
-        (f"{root}/status", {"v": 1, "site": "main", "device": device, "state": "offline", "reason": FORGE,
-                            "ts": iso_ms(T0)}),
+        (
+            f"{root}/status",
+            {"v": 1, "site": "main", "device": device, "state": "offline", "reason": FORGE, "ts": iso_ms(T0)},
+        ),
         (f"{root}/event/panic", event(device, 5, device="gate-1" + FORGE)),  # mosquitto refuses ESC in topics
     ]
 
@@ -91,9 +110,25 @@ def _hostile_messages(device: str) -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize("mode", [[], ["--json"]], ids=["text", "json"])
 def test_monitor__no_raw_control_byte_reaches_the_terminal(broker, device, mode):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "monitor", "--broker", f"127.0.0.1:{broker.port}",
-                             "--site", "main", "--table-every", "0.5", *mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "monitor",
+            "--broker",
+            f"127.0.0.1:{broker.port}",
+            "--site",
+            "main",
+            "--table-every",
+            "0.5",
+            *mode,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
     c = Central(broker.port, topics=("none/#",))
     try:
         assert proc.stderr is not None

@@ -32,12 +32,23 @@ def cli(*argv: str) -> int:
 
 def status(device: str) -> bytes:
     now = time.time()
-    return json.dumps({"v": 1, "site": "main", "device": device, "state": "online", "ts": iso_ms(now),
-                       "clock_synced": True, "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
-                       "link": {"connected_since": iso_ms(now), "reconnects": 0},
-                       "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0}, "inputs": {}, "cameras": {},
-                       "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
-                       "test_mode_until": None}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "site": "main",
+            "device": device,
+            "state": "online",
+            "ts": iso_ms(now),
+            "clock_synced": True,
+            "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
+            "link": {"connected_since": iso_ms(now), "reconnects": 0},
+            "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0},
+            "inputs": {},
+            "cameras": {},
+            "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
+            "test_mode_until": None,
+        }
+    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +59,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture
 def tls_broker(tmp_path: Path, pki: dict[str, Any]) -> Iterator[Broker]:
     """Mutual TLS on one listener; the certificate's CN is the user name."""
-    extra = (f"cafile {pki['ca'].cert_path}\ncertfile {pki['server'].cert_path}\nkeyfile {pki['server'].key_path}\n"
-             "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n")
+    extra = (
+        f"cafile {pki['ca'].cert_path}\ncertfile {pki['server'].cert_path}\nkeyfile {pki['server'].key_path}\n"
+        "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+    )
     b = Broker(tmp_path / "tls", listener_extra=extra).start()
     yield b
     b.stop()
@@ -62,16 +75,24 @@ def password_broker(tmp_path: Path, pki: dict[str, Any]) -> Iterator[Broker]:
     pw.touch()
     pw.chmod(0o600)
     subprocess.run(["mosquitto_passwd", "-b", str(pw), "central", "c-secret"], check=True)
-    extra = (f"cafile {pki['ca'].cert_path}\ncertfile {pki['server'].cert_path}\nkeyfile {pki['server'].key_path}\n"
-             f"allow_anonymous false\npassword_file {pw}\n")
+    extra = (
+        f"cafile {pki['ca'].cert_path}\ncertfile {pki['server'].cert_path}\nkeyfile {pki['server'].key_path}\n"
+        f"allow_anonymous false\npassword_file {pw}\n"
+    )
     b = Broker(tmp_path / "pw", listener_extra=extra).start()
     yield b
     b.stop()
 
 
 def publish_tls(port: int, pki: dict[str, Any], topic: str, payload: bytes, *, retain: bool = False) -> None:
-    c = Central(port, host="localhost", topics=("none/#",), ca_certs=str(pki["ca"].cert_path),
-                certfile=str(pki["gate-1"].cert_path), keyfile=str(pki["gate-1"].key_path))
+    c = Central(
+        port,
+        host="localhost",
+        topics=("none/#",),
+        ca_certs=str(pki["ca"].cert_path),
+        certfile=str(pki["gate-1"].cert_path),
+        keyfile=str(pki["gate-1"].key_path),
+    )
     try:
         c.publish(topic, payload, retain=retain)
     finally:
@@ -81,21 +102,34 @@ def publish_tls(port: int, pki: dict[str, Any], topic: str, payload: bytes, *, r
 @pytest.mark.broker
 def test_monitor__cafile_cert_and_key_flags_reach_a_mutual_tls_broker(tls_broker, pki, capsys):
     publish_tls(tls_broker.port, pki, "campus/main/gate-1/status", status("gate-1"), retain=True)
-    flags = ["--cafile", str(pki["ca"].cert_path), "--cert", str(pki["central"].cert_path),
-             "--key", str(pki["central"].key_path)]
+    flags = [
+        "--cafile",
+        str(pki["ca"].cert_path),
+        "--cert",
+        str(pki["central"].cert_path),
+        "--key",
+        str(pki["central"].key_path),
+    ]
     assert cli("monitor", "--broker", f"localhost:{tls_broker.port}", *flags, "--once", "--table") == 0
     out = capsys.readouterr()
     assert "main/gate-1".ljust(24) + "online" in out.out
     assert "(MQTT 5)" in out.err
-    assert cli("monitor", "--broker", f"localhost:{tls_broker.port}", "--cafile", str(pki["ca"].cert_path),
-               "--once") == 1  # no client certificate: refused, and said so
+    assert (
+        cli("monitor", "--broker", f"localhost:{tls_broker.port}", "--cafile", str(pki["ca"].cert_path), "--once") == 1
+    )  # no client certificate: refused, and said so
     assert f"cannot reach broker localhost:{tls_broker.port}" in capsys.readouterr().err
 
 
 @pytest.mark.broker
 def test_monitor__wrong_ca_is_refused_with_the_reason(tls_broker, pki, capsys):
-    flags = ["--cafile", str(pki["rogue-ca"].cert_path), "--cert", str(pki["central"].cert_path),
-             "--key", str(pki["central"].key_path)]
+    flags = [
+        "--cafile",
+        str(pki["rogue-ca"].cert_path),
+        "--cert",
+        str(pki["central"].cert_path),
+        "--key",
+        str(pki["central"].key_path),
+    ]
     assert cli("monitor", "--broker", f"localhost:{tls_broker.port}", *flags, "--once") == 1
     assert "TLS certificate check failed" in capsys.readouterr().err
 
@@ -105,8 +139,14 @@ def test_ack__username_and_password_file_over_tls(password_broker, pki, tmp_path
     secret = tmp_path / "central.pw"
     secret.write_text("c-secret\n")
     secret.chmod(0o600)
-    common = ["--broker", f"localhost:{password_broker.port}", "--cafile", str(pki["ca"].cert_path),
-              "--username", "central"]
+    common = [
+        "--broker",
+        f"localhost:{password_broker.port}",
+        "--cafile",
+        str(pki["ca"].cert_path),
+        "--username",
+        "central",
+    ]
     assert cli("monitor", *common, "--password-file", str(secret), "--once") == 0
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("nope")

@@ -43,23 +43,52 @@ T0 = dt.datetime(2026, 11, 29, 6, 1, 2, 345000, tzinfo=dt.UTC).timestamp()
 
 
 def status(device: str = "gate-north-1", *, ts: float = T0, synced: bool = True, pending: int = 0) -> dict[str, Any]:
-    return {"v": 1, "site": "main", "device": device, "state": "online", "ts": iso_ms(ts), "clock_synced": synced,
-            "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
-            "link": {"connected_since": iso_ms(ts), "reconnects": 0},
-            "outbox": {"pending": pending, "oldest_age_s": None, "dropped": 0},
-            "inputs": {}, "cameras": {}, "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
-            "test_mode_until": None}
+    return {
+        "v": 1,
+        "site": "main",
+        "device": device,
+        "state": "online",
+        "ts": iso_ms(ts),
+        "clock_synced": synced,
+        "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
+        "link": {"connected_since": iso_ms(ts), "reconnects": 0},
+        "outbox": {"pending": pending, "oldest_age_s": None, "dropped": 0},
+        "inputs": {},
+        "cameras": {},
+        "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
+        "test_mode_until": None,
+    }
 
 
 def offline(device: str = "gate-north-1", reason: str = "lost") -> dict[str, Any]:
     return {"v": 1, "site": "main", "device": device, "state": "offline", "reason": reason, "ts": iso_ms(T0)}
 
 
-def event(device: str = "gate-north-1", *, seq: int = 1042, type_: str = "panic", ts: float = T0, test: bool = False,
-          synced: bool = True, id_: str | None = None) -> dict[str, Any]:
-    return {"v": 1, "id": id_ or new_id(), "seq": seq, "site": "main", "device": device, "type": type_,
-            "source": "panic", "test": test, "ts": iso_ms(ts), "clock_synced": synced, "boot_id": "b" * 32,
-            "mono_ms": 1000, "data": {"pin": 17, "contact": "normally_open"}}
+def event(
+    device: str = "gate-north-1",
+    *,
+    seq: int = 1042,
+    type_: str = "panic",
+    ts: float = T0,
+    test: bool = False,
+    synced: bool = True,
+    id_: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "id": id_ or new_id(),
+        "seq": seq,
+        "site": "main",
+        "device": device,
+        "type": type_,
+        "source": "panic",
+        "test": test,
+        "ts": iso_ms(ts),
+        "clock_synced": synced,
+        "boot_id": "b" * 32,
+        "mono_ms": 1000,
+        "data": {"pin": 17, "contact": "normally_open"},
+    }
 
 
 def enc(doc: dict[str, Any]) -> bytes:
@@ -132,16 +161,19 @@ def test_fleet__seq_gap_warns_and_a_late_event_says_so(fleet):
     assert "late (after seq 44)" in late.text
 
 
-@pytest.mark.parametrize(("where", "payload", "why"), [
-    ("event/panic", b"garbage", "payload is not JSON"),
-    ("event/panic", b"\xff\xfe", "payload is not UTF-8"),
-    ("event/panic", b"[1, 2]", "payload is JSON list, not an object"),
-    ("event/panic", b"[" * 5000, "payload is not JSON"),
-    ("event/panic", b'{"seq": 1}', "event without an id"),
-    ("event/panic", b"{" * 70_000, "too large"),
-    ("status", b'{"state": "sleeping"}', "status with state 'sleeping'"),
-    ("status", b"null", "payload is JSON NoneType, not an object"),
-])
+@pytest.mark.parametrize(
+    ("where", "payload", "why"),
+    [
+        ("event/panic", b"garbage", "payload is not JSON"),
+        ("event/panic", b"\xff\xfe", "payload is not UTF-8"),
+        ("event/panic", b"[1, 2]", "payload is JSON list, not an object"),
+        ("event/panic", b"[" * 5000, "payload is not JSON"),
+        ("event/panic", b'{"seq": 1}', "event without an id"),
+        ("event/panic", b"{" * 70_000, "too large"),
+        ("status", b'{"state": "sleeping"}', "status with state 'sleeping'"),
+        ("status", b"null", "payload is JSON NoneType, not an object"),
+    ],
+)
 def test_fleet__malformed_payload_is_one_warning(fleet, where, payload, why):
     lines = fleet.feed(topic(where), payload, T0)
     assert [ln.kind for ln in lines] == [LineKind.WARNING]
@@ -293,19 +325,32 @@ def cli(*argv: str) -> int:
     return int(args.func(args))
 
 
-@pytest.mark.parametrize(("text", "host", "port"), [
-    ("broker.campus.lan:8883", "broker.campus.lan", 8883), ("10.0.0.5", "10.0.0.5", 1883), ("[::1]:1884", "::1", 1884),
-])
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("broker.campus.lan:8883", "broker.campus.lan", 8883),
+        ("10.0.0.5", "10.0.0.5", 1883),
+        ("[::1]:1884", "::1", 1884),
+    ],
+)
 def test_broker_address__valid(text, host, port):
     assert broker_address(text) == BrokerAddress(host, port)
 
 
-@pytest.mark.parametrize("argv", [
-    ["monitor", "--broker", "host:http"], ["monitor", "--broker", "host:0"], ["monitor", "--site", "Main"],
-    ["monitor", "--once", "--duration", "3"], ["monitor", "--overdue-after", "-1"],
-    ["ack", "abc", "--device", "main/gate-1"], ["ack", "a" * 32, "--device", "gate-1"], ["ack", "a" * 32],
-    ["monitor", "--prefix", "campus/#"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["monitor", "--broker", "host:http"],
+        ["monitor", "--broker", "host:0"],
+        ["monitor", "--site", "Main"],
+        ["monitor", "--once", "--duration", "3"],
+        ["monitor", "--overdue-after", "-1"],
+        ["ack", "abc", "--device", "main/gate-1"],
+        ["ack", "a" * 32, "--device", "gate-1"],
+        ["ack", "a" * 32],
+        ["monitor", "--prefix", "campus/#"],
+    ],
+)
 def test_cli__bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         cli(*argv)
@@ -348,7 +393,7 @@ class MonitorRun:
         self.stop = threading.Event()
         self.rc: int | None = None
         self.exc: BaseException | None = None
-        self._keys_r, self._keys_w = (os.pipe() if keys else (None, None))
+        self._keys_r, self._keys_w = os.pipe() if keys else (None, None)
         self.keys = os.fdopen(self._keys_r, "r") if self._keys_r is not None else None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -404,8 +449,9 @@ class FakeDevice:
         self.root = f"campus/main/{device}"
         self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
         ready = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fake-{uuid.uuid4().hex[:8]}",
-                             protocol=MQTTProtocolVersion.MQTTv5)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"fake-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+        )
 
         def on_message(cl: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
             doc = json.loads(m.payload)
@@ -531,8 +577,9 @@ def test_ack__refused_or_unanswered_exits_1(broker, device, fake_device, capsys)
     assert cli("ack", eid, "--device", f"main/{device}", "--broker", f"127.0.0.1:{broker.port}", "--json") == 1
     assert json.loads(capsys.readouterr().out)["error"] == "no event with that id"
     silent = unique_id("gate")
-    assert cli("ack", eid, "--device", f"main/{silent}", "--broker", f"127.0.0.1:{broker.port}",
-               "--timeout", "0.3") == 1
+    assert (
+        cli("ack", eid, "--device", f"main/{silent}", "--broker", f"127.0.0.1:{broker.port}", "--timeout", "0.3") == 1
+    )
     assert f"no reply from main/{silent}" in capsys.readouterr().err
 
 
@@ -540,15 +587,25 @@ def test_ack__refused_or_unanswered_exits_1(broker, device, fake_device, capsys)
 def test_monitor__tls_and_client_certificate_from_the_config(tmp_path, device, capsys):
     (tmp_path / "pki").mkdir()
     pki = make_pki(tmp_path / "pki", devices=(device,))
-    extra = (f"cafile {pki['ca'].cert_path}\ncertfile {pki['server'].cert_path}\nkeyfile {pki['server'].key_path}\n"
-             "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n")
+    extra = (
+        f"cafile {pki['ca'].cert_path}\ncertfile {pki['server'].cert_path}\nkeyfile {pki['server'].key_path}\n"
+        "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+    )
     tls_broker = Broker(tmp_path / "broker", listener_extra=extra).start()
     try:
-        tls = {"ca_file": str(pki["ca"].cert_path), "cert_file": str(pki[device].cert_path),
-               "key_file": str(pki[device].key_path)}
+        tls = {
+            "ca_file": str(pki["ca"].cert_path),
+            "cert_file": str(pki[device].cert_path),
+            "key_file": str(pki[device].key_path),
+        }
         cfg = write_config(tmp_path / "agent", tls_broker.port, device=device, mqtt={"host": "localhost", "tls": tls})
-        c = Central(tls_broker.port, host="localhost", ca_certs=str(pki["ca"].cert_path),
-                    certfile=str(pki[device].cert_path), keyfile=str(pki[device].key_path))
+        c = Central(
+            tls_broker.port,
+            host="localhost",
+            ca_certs=str(pki["ca"].cert_path),
+            certfile=str(pki[device].cert_path),
+            keyfile=str(pki[device].key_path),
+        )
         try:
             c.publish(topic("status", device), enc(status(device, ts=time.time())), retain=True)
         finally:

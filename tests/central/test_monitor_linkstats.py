@@ -36,10 +36,21 @@ def status(device: str, stats: dict[str, Any] | None, *, ts: float, site: str = 
     link: dict[str, Any] = {"connected_since": iso_ms(ts), "reconnects": 0}
     if stats is not None:
         link["stats"] = stats
-    return {"v": 1, "site": site, "device": device, "state": "online", "ts": iso_ms(ts), "clock_synced": True,
-            "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5}, "link": link,
-            "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0}, "inputs": {}, "cameras": {},
-            "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None}, "test_mode_until": None}
+    return {
+        "v": 1,
+        "site": site,
+        "device": device,
+        "state": "online",
+        "ts": iso_ms(ts),
+        "clock_synced": True,
+        "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
+        "link": link,
+        "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0},
+        "inputs": {},
+        "cameras": {},
+        "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
+        "test_mode_until": None,
+    }
 
 
 def healthy(now: float) -> dict[str, Any]:
@@ -62,8 +73,15 @@ def flaky(now: float) -> dict[str, Any]:
     return s.snapshot(now)
 
 
-def feed(fleet: FleetView, device: str, stats: dict[str, Any] | None, at: float, *, retained: bool = False,
-         validate: Any = None) -> list[Any]:
+def feed(
+    fleet: FleetView,
+    device: str,
+    stats: dict[str, Any] | None,
+    at: float,
+    *,
+    retained: bool = False,
+    validate: Any = None,
+) -> list[Any]:
     doc = status(device, stats, ts=at)
     if validate is not None:
         validate("status", doc)
@@ -129,8 +147,10 @@ def test_figures__no_event_ever_and_no_link_stats_show_a_dash(fleet, validate):
     assert "main/gate-2             online    0 s ago           0       -             -         -" in text
 
 
-@pytest.mark.parametrize(("percent", "shown"), [(100.0, "100.0 %"), (99.999, "99.9 %"), (94.99, "94.9 %"),
-                                                 (93.2, "93.2 %"), (0.0, "0.0 %"), (None, "-")])
+@pytest.mark.parametrize(
+    ("percent", "shown"),
+    [(100.0, "100.0 %"), (99.999, "99.9 %"), (94.99, "94.9 %"), (93.2, "93.2 %"), (0.0, "0.0 %"), (None, "-")],
+)
 def test_avail_text__rounds_down_so_nothing_under_95_reads_95(percent, shown):
     assert avail_text(percent) == shown
 
@@ -144,16 +164,30 @@ def test_flag__under_95_percent_over_7_days_needs_attention_and_is_counted(fleet
     lines = feed(fleet, "gate-bad", flaky(now), now, validate=validate)
     kinds = [ln.kind for ln in lines]
     assert kinds == [LineKind.STATE, LineKind.AVAILABILITY]  # "online (first status seen)", then the flag
-    assert lines[1].text == ("09:20:00.000  main/gate-bad         LOW AVAIL        availability 90.0 % over 7 d "
-                             "(under 95 %)")
+    assert lines[1].text == (
+        "09:20:00.000  main/gate-bad         LOW AVAIL        availability 90.0 % over 7 d (under 95 %)"
+    )
     assert lines[1].record["low"] is True
     assert fleet.low_availability == 1
     text = board.summary(fleet, [], now, tz=dt.UTC).splitlines()
     assert "unknown; low availability 1; 0 unacknowledged alarms" in text[0]
-    assert text[1].split() == ["DEVICE", "STATE", "LAST", "HEARTBEAT", "OUTBOX", "P95", "AVAIL", "7D", "LAST", "EVENT",
-                               "PROBLEM"]
-    assert text[2] == ("main/gate-bad           online    0 s ago           0       900 ms        90.0 %    "
-                       "-                       availability 90.0 % over 7 d")
+    assert text[1].split() == [
+        "DEVICE",
+        "STATE",
+        "LAST",
+        "HEARTBEAT",
+        "OUTBOX",
+        "P95",
+        "AVAIL",
+        "7D",
+        "LAST",
+        "EVENT",
+        "PROBLEM",
+    ]
+    assert text[2] == (
+        "main/gate-bad           online    0 s ago           0       900 ms        90.0 %    "
+        "-                       availability 90.0 % over 7 d"
+    )
     assert len(text) == 3  # the healthy device is not listed
     [summary, device] = board.summary_lines(fleet, [], now, full=False)
     assert summary.record["low_availability"] == 1
@@ -188,9 +222,13 @@ def test_flag__clears_when_availability_recovers_or_is_no_longer_known_and_survi
     [row] = fleet.rows(now + 1)
     assert row.state is DeviceState.OFFLINE
     assert row.link.low
-    better = {**flaky(now), "availability": {"24h": None, "7d": {"from": iso_ms(T0), "observed_s": 20000,
-                                                                "percent": 95.0, "outages": 1,
-                                                                "longest_outage_s": 1000.0}}}
+    better = {
+        **flaky(now),
+        "availability": {
+            "24h": None,
+            "7d": {"from": iso_ms(T0), "observed_s": 20000, "percent": 95.0, "outages": 1, "longest_outage_s": 1000.0},
+        },
+    }
     lines = feed(fleet, "gate-1", better, now + 2)
     assert [ln.kind for ln in lines] == [LineKind.STATE, LineKind.AVAILABILITY]
     assert "avail ok         availability 95.0 % over 7 d (95 % or more again)" in lines[1].text
@@ -236,23 +274,32 @@ def _stats(**over: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize(("stats", "why"), [
-    (["not", "an", "object"], "link.stats is not an object"),
-    (_stats(availability__7d__percent=101), r"link.stats.availability.7d.percent = 101 is out of range \(0 to 100\)"),
-    (_stats(availability__7d__percent=-0.5), r"percent = -0.5 is out of range"),
-    (_stats(availability__7d__percent="99"), "link.stats.availability.7d.percent is not a number"),
-    (_stats(availability__7d__percent=True), "percent is not a number"),
-    (_stats(availability__7d__observed_s=10**9), r"observed_s = 1000000000 is out of range"),
-    (_stats(availability__7d=[1]), "link.stats.availability.7d is not an object"),
-    (_stats(availability=7), "link.stats.availability is not an object"),
-    (_stats(transmit__B__1h__p95_ms=-1), rf"link.stats.transmit.{B}.1h.p95_ms = -1 is out of range"),
-    (_stats(transmit__B__1h__p95_ms=1e300), r"p95_ms = 1e\+300 is out of range"),
-    (_stats(transmit__B__1h__count=1.5), "count is not an integer"),
-    (_stats(transmit__B__1h__count=-3), "count = -3 is out of range"),
-    (_stats(transmit__B__1h=None), rf"link.stats.transmit.{B}.1h is not an object"),
-    (_stats(transmit={f"b{k}:1883": {} for k in range(17)}), r"link.stats.transmit has 17 broker paths \(at most 16\)"),
-    (_stats(transmit={"\x1b[2Jb:1883": {"1h": 1}}), r"link.stats.transmit.\\x1b\[2Jb:1883.1h is not an object"),
-])
+@pytest.mark.parametrize(
+    ("stats", "why"),
+    [
+        (["not", "an", "object"], "link.stats is not an object"),
+        (
+            _stats(availability__7d__percent=101),
+            r"link.stats.availability.7d.percent = 101 is out of range \(0 to 100\)",
+        ),
+        (_stats(availability__7d__percent=-0.5), r"percent = -0.5 is out of range"),
+        (_stats(availability__7d__percent="99"), "link.stats.availability.7d.percent is not a number"),
+        (_stats(availability__7d__percent=True), "percent is not a number"),
+        (_stats(availability__7d__observed_s=10**9), r"observed_s = 1000000000 is out of range"),
+        (_stats(availability__7d=[1]), "link.stats.availability.7d is not an object"),
+        (_stats(availability=7), "link.stats.availability is not an object"),
+        (_stats(transmit__B__1h__p95_ms=-1), rf"link.stats.transmit.{B}.1h.p95_ms = -1 is out of range"),
+        (_stats(transmit__B__1h__p95_ms=1e300), r"p95_ms = 1e\+300 is out of range"),
+        (_stats(transmit__B__1h__count=1.5), "count is not an integer"),
+        (_stats(transmit__B__1h__count=-3), "count = -3 is out of range"),
+        (_stats(transmit__B__1h=None), rf"link.stats.transmit.{B}.1h is not an object"),
+        (
+            _stats(transmit={f"b{k}:1883": {} for k in range(17)}),
+            r"link.stats.transmit has 17 broker paths \(at most 16\)",
+        ),
+        (_stats(transmit={"\x1b[2Jb:1883": {"1h": 1}}), r"link.stats.transmit.\\x1b\[2Jb:1883.1h is not an object"),
+    ],
+)
 def test_read_link_stats__invalid(stats, why):
     got = read_link_stats(status("g", stats, ts=T0))
     assert isinstance(got, str)
@@ -272,18 +319,29 @@ def test_read_link_stats__nan_from_a_raw_payload_is_refused_once_per_device(flee
     assert fleet.feed("campus/main/gate-1/status", raw, T0 + 90)[0].kind is LineKind.WARNING  # bad again: said again
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                                 max_size=3), max_leaves=12)
-_period = st.fixed_dictionaries({}, optional={"count": _json | st.integers(-2, 10), "p95_ms": _json
-                                              | st.floats(-1, 1e11)})
-_week = st.fixed_dictionaries({}, optional={"percent": _json | st.floats(-1, 101), "observed_s": _json
-                                            | st.integers(-1, 10**6)})
-_stats_docs = _json | st.fixed_dictionaries({}, optional={
-    "transmit": _json | st.dictionaries(st.text(max_size=8), _json | st.fixed_dictionaries(
-        {}, optional={"1h": _json | _period, "31d": _json | _period}), max_size=4),
-    "availability": _json | st.fixed_dictionaries({}, optional={"7d": _json | _week, "24h": _json}),
-})
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
+_period = st.fixed_dictionaries(
+    {}, optional={"count": _json | st.integers(-2, 10), "p95_ms": _json | st.floats(-1, 1e11)}
+)
+_week = st.fixed_dictionaries(
+    {}, optional={"percent": _json | st.floats(-1, 101), "observed_s": _json | st.integers(-1, 10**6)}
+)
+_stats_docs = _json | st.fixed_dictionaries(
+    {},
+    optional={
+        "transmit": _json
+        | st.dictionaries(
+            st.text(max_size=8),
+            _json | st.fixed_dictionaries({}, optional={"1h": _json | _period, "31d": _json | _period}),
+            max_size=4,
+        ),
+        "availability": _json | st.fixed_dictionaries({}, optional={"7d": _json | _week, "24h": _json}),
+    },
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -320,12 +378,32 @@ def test_monitor_process__shows_the_columns_and_flags_low_availability(broker):
         for device, stats in ((ok, healthy(T0 + 3 * H)), (bad, flaky(T0 + 3 * H + 1200))):
             doc = status(device, stats, ts=now, site=site)
             c.publish(f"campus/{site}/{device}/status", json.dumps(doc).encode(), retain=True)
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "monitor", "--broker", f"127.0.0.1:{broker.port}",
-                                 "--site", site, "--table", "--table-every", "0.5"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "monitor",
+                "--broker",
+                f"127.0.0.1:{broker.port}",
+                "--site",
+                site,
+                "--table",
+                "--table-every",
+                "0.5",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+        )
         # a board with both devices: its header, the column titles and two rows
-        board_text = _read_board(proc, rb"2 devices: 2 online, 0 OVERDUE, 0 offline, 0 unknown; low availability 1;"
-                                       rb"[^\n]*\n(?:[^\n]*\n){3}", 30)
+        board_text = _read_board(
+            proc,
+            rb"2 devices: 2 online, 0 OVERDUE, 0 offline, 0 unknown; low availability 1;"
+            rb"[^\n]*\n(?:[^\n]*\n){3}",
+            30,
+        )
     finally:
         for device in (ok, bad):
             c.publish(f"campus/{site}/{device}/status", b"", retain=True)

@@ -47,16 +47,19 @@ def outside_untouched(tmp_path: Path, root: Path) -> list[str]:
 # ---- check: what is refused before anything is written ------------------------------------------
 
 
-@pytest.mark.parametrize(("topic_", "payload", "why"), [
-    (f"campus/main/../snapshot/{EID}", JPEG, "site or device is not a contract id"),
-    (f"campus/../gate/snapshot/{EID}", JPEG, "site or device is not a contract id"),
-    ("campus/main/gate/snapshot/..", JPEG, "'..' is not an event id (32 lower-case hex digits)"),
-    (f"campus/main/gate/snapshot/{EID.upper()}", JPEG, "is not an event id"),
-    (f"campus/main/gate\x1b[2J/snapshot/{EID}", JPEG, "campus/main/gate\\x1b[2J/snapshot/"),
-    (f"campus/main/gate/snapshot/{EID}", b"GIF89a....", "payload is not JPEG (no FF D8 start)"),
-    (f"campus/main/gate/snapshot/{EID}", b"", "payload is not JPEG"),
-    (f"campus/main/gate/snapshot/{EID}", b"\xff\xd8" + bytes(MAX_PHOTO_BYTES), "is over 16777216 bytes"),
-])
+@pytest.mark.parametrize(
+    ("topic_", "payload", "why"),
+    [
+        (f"campus/main/../snapshot/{EID}", JPEG, "site or device is not a contract id"),
+        (f"campus/../gate/snapshot/{EID}", JPEG, "site or device is not a contract id"),
+        ("campus/main/gate/snapshot/..", JPEG, "'..' is not an event id (32 lower-case hex digits)"),
+        (f"campus/main/gate/snapshot/{EID.upper()}", JPEG, "is not an event id"),
+        (f"campus/main/gate\x1b[2J/snapshot/{EID}", JPEG, "campus/main/gate\\x1b[2J/snapshot/"),
+        (f"campus/main/gate/snapshot/{EID}", b"GIF89a....", "payload is not JPEG (no FF D8 start)"),
+        (f"campus/main/gate/snapshot/{EID}", b"", "payload is not JPEG"),
+        (f"campus/main/gate/snapshot/{EID}", b"\xff\xd8" + bytes(MAX_PHOTO_BYTES), "is over 16777216 bytes"),
+    ],
+)
 def test_check__refuses(topic_, payload, why):
     assert is_snapshot("campus", topic_)
     result = check("campus", topic_, payload, T0)
@@ -66,19 +69,24 @@ def test_check__refuses(topic_, payload, why):
 
 
 def test_check__event_id_property_must_be_the_topics():
-    result = check("campus", f"campus/main/gate/snapshot/{EID}", JPEG, T0,
-                   user_properties=(("event_id", "f" * 32),))
+    result = check("campus", f"campus/main/gate/snapshot/{EID}", JPEG, T0, user_properties=(("event_id", "f" * 32),))
     assert isinstance(result, str)
     assert "user property event_id 'ffff" in result
 
 
 def test_check__mqtt5_properties_give_camera_and_part_and_odd_ones_are_dropped():
-    ok = check("campus", f"campus/main/gate/snapshot/{EID}", JPEG, T0,
-               user_properties=(("camera", "gate-cam"), ("part", "2/3"), ("taken", "t")))
+    ok = check(
+        "campus",
+        f"campus/main/gate/snapshot/{EID}",
+        JPEG,
+        T0,
+        user_properties=(("camera", "gate-cam"), ("part", "2/3"), ("taken", "t")),
+    )
     assert not isinstance(ok, str)
     assert (ok.camera, ok.part, ok.parts, ok.size) == ("gate-cam", 2, 3, len(JPEG))
-    odd = check("campus", f"campus/main/gate/snapshot/{EID}", JPEG, T0,
-                user_properties=(("camera", "../x"), ("part", "3/2")))
+    odd = check(
+        "campus", f"campus/main/gate/snapshot/{EID}", JPEG, T0, user_properties=(("camera", "../x"), ("part", "3/2"))
+    )
     assert not isinstance(odd, str)
     assert (odd.camera, odd.part) == (None, None)
 
@@ -107,9 +115,12 @@ def root(tmp_path: Path):
 
 def test_write_photo__parts_name_the_files_and_a_redelivery_is_a_duplicate(root):
     path, fd = root
-    assert photofiles.write_photo(fd, "main", "gate", EID, part=1, payload=JPEG) == photofiles.Saved(f"{EID}.jpg", False)
-    assert photofiles.write_photo(fd, "main", "gate", EID, part=2, payload=JPEG + b"2") == \
-        photofiles.Saved(f"{EID}-2.jpg", False)
+    assert photofiles.write_photo(fd, "main", "gate", EID, part=1, payload=JPEG) == photofiles.Saved(
+        f"{EID}.jpg", False
+    )
+    assert photofiles.write_photo(fd, "main", "gate", EID, part=2, payload=JPEG + b"2") == photofiles.Saved(
+        f"{EID}-2.jpg", False
+    )
     assert photofiles.write_photo(fd, "main", "gate", EID, part=1, payload=JPEG) == photofiles.Saved(f"{EID}.jpg", True)
     assert (path / "main/gate" / f"{EID}.jpg").read_bytes() == JPEG
     assert sorted(p.name for p in (path / "main/gate").iterdir()) == [f"{EID}-2.jpg", f"{EID}.jpg"]  # no temp left
@@ -117,11 +128,17 @@ def test_write_photo__parts_name_the_files_and_a_redelivery_is_a_duplicate(root)
 
 def test_write_photo__without_part_takes_the_first_free_name_and_skips_same_bytes(root):
     path, fd = root
-    names = [photofiles.write_photo(fd, "main", "gate", EID, part=None, payload=p)
-             for p in (JPEG, JPEG + b"b", JPEG, JPEG + b"c", JPEG + b"b")]
-    assert names == [photofiles.Saved(f"{EID}.jpg", False), photofiles.Saved(f"{EID}-2.jpg", False),
-                     photofiles.Saved(f"{EID}.jpg", True), photofiles.Saved(f"{EID}-3.jpg", False),
-                     photofiles.Saved(f"{EID}-2.jpg", True)]
+    names = [
+        photofiles.write_photo(fd, "main", "gate", EID, part=None, payload=p)
+        for p in (JPEG, JPEG + b"b", JPEG, JPEG + b"c", JPEG + b"b")
+    ]
+    assert names == [
+        photofiles.Saved(f"{EID}.jpg", False),
+        photofiles.Saved(f"{EID}-2.jpg", False),
+        photofiles.Saved(f"{EID}.jpg", True),
+        photofiles.Saved(f"{EID}-3.jpg", False),
+        photofiles.Saved(f"{EID}-2.jpg", True),
+    ]
     assert (path / "main/gate" / f"{EID}-3.jpg").read_bytes() == JPEG + b"c"
 
 
@@ -163,13 +180,20 @@ def test_photo_desk__line_names_the_alarm_and_the_board_shows_the_photo():
     desk, fleet = PhotoDesk(tz=dt.UTC), FleetView(tz=dt.UTC)
     alarm = Alarm("main", "gate-north-1", EID, "panic", T0)
     desk.alarm(alarm)
-    photo = check("campus", f"campus/main/gate-north-1/snapshot/{EID}", JPEG, T0 + 1,
-                  user_properties=(("camera", "gate-cam"), ("part", "1/2")))
+    photo = check(
+        "campus",
+        f"campus/main/gate-north-1/snapshot/{EID}",
+        JPEG,
+        T0 + 1,
+        user_properties=(("camera", "gate-cam"), ("part", "1/2")),
+    )
     assert not isinstance(photo, str)
     [line] = desk.lines(Outcome(photo, f"/srv/p/main/gate-north-1/{EID}.jpg"), T0 + 1)
     assert line.kind is LineKind.PHOTO
-    assert line.text == (f"06:01:03.345  {col('gate-north-1')}  PHOTO            of panic id {EID}  camera gate-cam 1/2  "
-                         f"10 kB  saved /srv/p/main/gate-north-1/{EID}.jpg")
+    assert line.text == (
+        f"06:01:03.345  {col('gate-north-1')}  PHOTO            of panic id {EID}  camera gate-cam 1/2  "
+        f"10 kB  saved /srv/p/main/gate-north-1/{EID}.jpg"
+    )
     assert line.record["alarm"] == "panic"
     assert desk.lines(Outcome(photo, "x", duplicate=True), T0) == []
     board = summary(fleet, [alarm], T0 + 2, tz=dt.UTC, photo_of=desk.photo_of)
@@ -216,8 +240,10 @@ def test_monitor__mqtt5_photo_after_its_panic_is_saved_and_shown(broker, central
     text = run.out.getvalue()
     assert text.count("PHOTO") == 2
     assert f"id {alarm['id']} not acknowledged  photo {first}" in text
-    assert sorted(p.name for p in (photos / "main" / device).iterdir()) == [f"{alarm['id']}-2.jpg",
-                                                                           f"{alarm['id']}.jpg"]
+    assert sorted(p.name for p in (photos / "main" / device).iterdir()) == [
+        f"{alarm['id']}-2.jpg",
+        f"{alarm['id']}.jpg",
+    ]
 
 
 @pytest.mark.broker
@@ -234,8 +260,18 @@ def test_monitor__json_has_a_photo_record_and_the_alarm_gets_its_path(broker, ce
     path = str(photos / "main" / device / f"{alarm['id']}.jpg")
     [photo] = [r for r in records if r["kind"] == "photo"]
     assert photo | {"arrived": None} == {
-        "kind": "photo", "arrived": None, "site": "main", "device": device, "event_id": alarm["id"], "alarm": "panic",
-        "camera": "gate-cam", "part": "1/1", "taken": "2026-11-29T06:01:03.000Z", "bytes": len(JPEG), "path": path}
+        "kind": "photo",
+        "arrived": None,
+        "site": "main",
+        "device": device,
+        "event_id": alarm["id"],
+        "alarm": "panic",
+        "camera": "gate-cam",
+        "part": "1/1",
+        "taken": "2026-11-29T06:01:03.000Z",
+        "bytes": len(JPEG),
+        "path": path,
+    }
     [board_alarm] = [r for r in records if r["kind"] == "alarm" and r["id"] == alarm["id"]]
     assert board_alarm["photo"] == path
 
@@ -257,10 +293,14 @@ def test_monitor__mqtt311_photos_take_numbered_names(broker, device, runs, tmp_p
         run.wait_for(sentinel["id"])
     finally:
         old.close()
-    assert f"of panic id {alarm['id']}  camera ?  10 kB  saved {photos / 'main' / device / (alarm['id'] + '.jpg')}" in out
+    assert (
+        f"of panic id {alarm['id']}  camera ?  10 kB  saved {photos / 'main' / device / (alarm['id'] + '.jpg')}" in out
+    )
     assert (photos / "main" / device / f"{alarm['id']}-2.jpg").read_bytes() == JPEG + b"b"
-    assert sorted(p.name for p in (photos / "main" / device).iterdir()) == [f"{alarm['id']}-2.jpg",
-                                                                           f"{alarm['id']}.jpg"]
+    assert sorted(p.name for p in (photos / "main" / device).iterdir()) == [
+        f"{alarm['id']}-2.jpg",
+        f"{alarm['id']}.jpg",
+    ]
 
 
 @pytest.mark.broker
@@ -279,9 +319,13 @@ def test_monitor__hostile_photos_write_nothing_outside_and_warn_escaped(broker, 
     send(central, f"campus/main/{device}/snapshot/{EID}", b"<html>not a photo</html>")
     send(central, f"campus/main/{device}/snapshot/{good}", JPEG, props(good))
     out = run.wait_for(f"{good}.jpg is a symlink, not a file; not replaced")
-    for needle in ("campus/main/../snapshot/", "site or device is not a contract id",
-                   "'..' is not an event id", f"campus/main/{device}\\u202e/snapshot/",
-                   "payload is not JPEG (no FF D8 start); not saved"):
+    for needle in (
+        "campus/main/../snapshot/",
+        "site or device is not a contract id",
+        "'..' is not an event id",
+        f"campus/main/{device}\\u202e/snapshot/",
+        "payload is not JPEG (no FF D8 start); not saved",
+    ):
         assert needle in out
     assert "\u202e" not in out
     assert victim.read_bytes() == b"precious"
@@ -301,13 +345,16 @@ def test_cli__snapshots_dir_that_cannot_be_made_is_one_line_and_exit_1(tmp_path,
     args = parser.parse_args(["monitor", "--broker", "127.0.0.1:1", "--once", "--snapshots", str(blocker / "sub")])
     assert args.func(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"campus-agent monitor: --snapshots {blocker / 'sub'}: Not a directory; give a directory this "
-                   "user may create and write"]
+    assert err == [
+        f"campus-agent monitor: --snapshots {blocker / 'sub'}: Not a directory; give a directory this "
+        "user may create and write"
+    ]
 
 
 @pytest.mark.broker
-def test_monitor__a_photo_built_as_the_device_builds_it_lands_at_the_contract_path(broker, central, device, runs,
-                                                                                   tmp_path):
+def test_monitor__a_photo_built_as_the_device_builds_it_lands_at_the_contract_path(
+    broker, central, device, runs, tmp_path
+):
     from agent.photosend import photo_message
     from agent.photostore import Photo as StoredPhoto
 
@@ -317,8 +364,9 @@ def test_monitor__a_photo_built_as_the_device_builds_it_lands_at_the_contract_pa
     alarm = event(device, type_="tamper")
     central.publish(topic("event/tamper", device), enc(alarm))
     for part in (1, 2):
-        msg = photo_message(f"campus/main/{device}", StoredPhoto(alarm["id"], f"cam-{part}", JPEG + bytes([part]),
-                                                                 T0, part, 2))
+        msg = photo_message(
+            f"campus/main/{device}", StoredPhoto(alarm["id"], f"cam-{part}", JPEG + bytes([part]), T0, part, 2)
+        )
         p = Properties(PacketTypes.PUBLISH)
         p.ContentType = msg.content_type
         p.UserProperty = list(msg.user_properties)
@@ -340,8 +388,15 @@ def test_session__photos_are_handed_on_after_the_events_of_the_same_batch(tmp_pa
     out = io.StringIO()
     alarm = event("gate-north-1")
     with PhotoSaver(tmp_path / "p") as saver:
-        session = _Session(None, inbox, "campus", MonitorOptions(table_every_s=0), out,  # type: ignore[arg-type]
-                           wall=lambda: T0, saver=saver)
+        session = _Session(
+            None,
+            inbox,
+            "campus",
+            MonitorOptions(table_every_s=0),
+            out,  # type: ignore[arg-type]
+            wall=lambda: T0,
+            saver=saver,
+        )
         printed_at_submit: list[str] = []
         submit = saver.submit
 

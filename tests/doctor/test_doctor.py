@@ -100,9 +100,11 @@ def acl_without_doctor(tmp_path: Path) -> Path:
 
 
 def tls_broker(workdir: Path, pki: dict[str, Issued], acl: Path, server: str = "server") -> Broker:
-    extra = (f"cafile {pki['ca'].cert_path}\ncertfile {pki[server].cert_path}\nkeyfile {pki[server].key_path}\n"
-             "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
-             f"acl_file {acl}\n")
+    extra = (
+        f"cafile {pki['ca'].cert_path}\ncertfile {pki[server].cert_path}\nkeyfile {pki[server].key_path}\n"
+        "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+        f"acl_file {acl}\n"
+    )
     return Broker(workdir, listener_extra=extra).start()
 
 
@@ -121,8 +123,10 @@ def password_broker(tmp_path: Path, acl_with_doctor: Path) -> Iterator[Broker]:
     pw.touch()
     pw.chmod(0o600)
     subprocess.run(["mosquitto_passwd", "-b", str(pw), DEV, PASSWORD], check=True, capture_output=True)
-    b = Broker(tmp_path / "pw-broker",
-               listener_extra=f"allow_anonymous false\npassword_file {pw}\nacl_file {acl_with_doctor}\n").start()
+    b = Broker(
+        tmp_path / "pw-broker",
+        listener_extra=f"allow_anonymous false\npassword_file {pw}\nacl_file {acl_with_doctor}\n",
+    ).start()
     try:
         yield b
     finally:
@@ -137,8 +141,16 @@ def write_cfg(workdir: Path, port: int, **extra: Any) -> Path:
     return path
 
 
-def tls_cfg(tmp_path: Path, port: int, pki: dict[str, Issued], *, ca: str = "ca", cert: str | None = DEV,
-            host: str = "127.0.0.1", **extra: Any) -> Path:
+def tls_cfg(
+    tmp_path: Path,
+    port: int,
+    pki: dict[str, Issued],
+    *,
+    ca: str = "ca",
+    cert: str | None = DEV,
+    host: str = "127.0.0.1",
+    **extra: Any,
+) -> Path:
     tls = {"ca_file": str(pki[ca].cert_path)}
     if cert is not None:
         tls |= {"cert_file": str(pki[cert].cert_path), "key_file": str(pki[cert].key_path)}
@@ -170,10 +182,17 @@ def checks_of(lines: list[str]) -> list[str]:
 def test_doctor__good_setup_is_all_ok(tmp_path: Path, pki: dict[str, Issued], good_broker: Broker) -> None:
     http_cam, rtsp_cam = HttpCamera("jpeg").start(), RtspServer("ok").start()
     try:
-        cfg = tls_cfg(tmp_path, good_broker.port, pki, host="localhost",
-                      outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}},
-                      cameras=[{"name": "gate-cam", "kind": "http_snapshot", "url": http_cam.url, "timeout_s": 2},
-                               {"name": "yard-cam", "kind": "rtsp", "url": rtsp_cam.url, "timeout_s": 2}])
+        cfg = tls_cfg(
+            tmp_path,
+            good_broker.port,
+            pki,
+            host="localhost",
+            outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}},
+            cameras=[
+                {"name": "gate-cam", "kind": "http_snapshot", "url": http_cam.url, "timeout_s": 2},
+                {"name": "yard-cam", "kind": "rtsp", "url": rtsp_cam.url, "timeout_s": 2},
+            ],
+        )
         t0 = time.monotonic()
         rc, lines = doctor(cfg)
         took = time.monotonic() - t0
@@ -217,8 +236,10 @@ def test_doctor__bad_config_prints_each_problem_and_stops(tmp_path: Path) -> Non
 def test_doctor__missing_config_is_one_fail(tmp_path: Path) -> None:
     rc, lines = doctor(tmp_path / "nope.yaml")
     assert rc == 1
-    assert lines == [f"FAIL  {tmp_path / 'nope.yaml'}: file not found  → pass the right path with -c FILE",
-                     "doctor: 0 OK, 0 WARN, 1 FAIL"]
+    assert lines == [
+        f"FAIL  {tmp_path / 'nope.yaml'}: file not found  → pass the right path with -c FILE",
+        "doctor: 0 OK, 0 WARN, 1 FAIL",
+    ]
 
 
 def test_add_doctor_parser__options_defaults_and_dispatch(tmp_path: Path) -> None:
@@ -263,7 +284,9 @@ def test_check_pins__free_mock_pins_are_ok(tmp_path: Path, mock_factory: Any) ->
 
 
 @pytest.mark.parametrize(("held_pin", "words"), [(17, "GPIO17 (input 'panic')"), (22, "GPIO22 (output ack_led)")])
-def test_check_pins__pin_held_by_another_owner_fails(tmp_path: Path, mock_factory: Any, held_pin: int, words: str) -> None:
+def test_check_pins__pin_held_by_another_owner_fails(
+    tmp_path: Path, mock_factory: Any, held_pin: int, words: str
+) -> None:
     from gpiozero import DigitalOutputDevice
 
     cfg = load_config(write_cfg(tmp_path, 1883, outputs={"ack_led": {"pin": 22}}))
@@ -334,8 +357,12 @@ def test_check_outbox_folder__too_little_room_for_the_cap_warns(tmp_path: Path) 
 def tiny_disk() -> Iterator[Path]:
     """A 2 MB tmpfs: a disk that is full as far as the outbox is concerned (skipped where mount is not allowed)."""
     where = Path(tempfile.mkdtemp(prefix="cea-disk-", dir="/tmp"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-                             capture_output=True, check=False).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     try:
         if not mounted:
             pytest.skip("cannot mount a tmpfs here")
@@ -395,9 +422,18 @@ def test_doctor__failover_broker_is_checked_too(tmp_path: Path, password_broker:
     secret = tmp_path / "mqtt.pass"
     secret.write_text(PASSWORD)
     secret.chmod(0o600)
-    cfg = write_cfg(tmp_path, 0, mqtt={
-        "host": None, "port": None, "username": DEV, "password_file": str(secret), "allow_plaintext_password": True,
-        "brokers": [{"host": "127.0.0.1", "port": password_broker.port}, {"host": "127.0.0.1", "port": port}]})
+    cfg = write_cfg(
+        tmp_path,
+        0,
+        mqtt={
+            "host": None,
+            "port": None,
+            "username": DEV,
+            "password_file": str(secret),
+            "allow_plaintext_password": True,
+            "brokers": [{"host": "127.0.0.1", "port": password_broker.port}, {"host": "127.0.0.1", "port": port}],
+        },
+    )
     rc, lines = doctor(cfg)
     assert rc == 1
     find(lines, "OK", f"broker 127.0.0.1:{password_broker.port}: round trip")
@@ -405,13 +441,18 @@ def test_doctor__failover_broker_is_checked_too(tmp_path: Path, password_broker:
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize(("server", "ca", "level", "words"), [
-    ("server", "rogue-ca", "FAIL", "the broker's certificate is not signed by the CA in mqtt.tls.ca_file"),
-    ("expired", "ca", "FAIL", "the broker's certificate has expired"),
-    ("otherhost", "ca", "FAIL", "the broker's certificate is not valid for 127.0.0.1"),
-    ("server-soon", "ca", "WARN", "TLS handshake ok (TLSv1.3), but broker certificate valid until"),
-])
-def test_doctor__broker_certificate_problems(tmp_path: Path, pki: dict[str, Issued], acl_with_doctor: Path, server: str, ca: str, level: Any, words: str) -> None:
+@pytest.mark.parametrize(
+    ("server", "ca", "level", "words"),
+    [
+        ("server", "rogue-ca", "FAIL", "the broker's certificate is not signed by the CA in mqtt.tls.ca_file"),
+        ("expired", "ca", "FAIL", "the broker's certificate has expired"),
+        ("otherhost", "ca", "FAIL", "the broker's certificate is not valid for 127.0.0.1"),
+        ("server-soon", "ca", "WARN", "TLS handshake ok (TLSv1.3), but broker certificate valid until"),
+    ],
+)
+def test_doctor__broker_certificate_problems(
+    tmp_path: Path, pki: dict[str, Issued], acl_with_doctor: Path, server: str, ca: str, level: Any, words: str
+) -> None:
     b = tls_broker(tmp_path / "broker", pki, acl_with_doctor, server=server)
     try:
         rc, lines = doctor(tls_cfg(tmp_path, b.port, pki, ca=ca))
@@ -430,13 +471,23 @@ def test_doctor__broker_certificate_problems(tmp_path: Path, pki: dict[str, Issu
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize(("cert", "cert_line", "tls_words"), [
-    ("client-soon", ("WARN", "expires on", "(in 10 days)"), None),
-    ("client-expired", ("FAIL", "EXPIRED on"), "the broker refused this device's client certificate as expired"),
-    ("rogue", ("OK", "valid until"), "the broker refused this device's client certificate"),
-    (None, None, "the broker requires a client certificate"),
-])
-def test_doctor__client_certificate_problems(tmp_path: Path, pki: dict[str, Issued], good_broker: Broker, cert: str | None, cert_line: tuple[str, ...] | None, tls_words: str | None) -> None:
+@pytest.mark.parametrize(
+    ("cert", "cert_line", "tls_words"),
+    [
+        ("client-soon", ("WARN", "expires on", "(in 10 days)"), None),
+        ("client-expired", ("FAIL", "EXPIRED on"), "the broker refused this device's client certificate as expired"),
+        ("rogue", ("OK", "valid until"), "the broker refused this device's client certificate"),
+        (None, None, "the broker requires a client certificate"),
+    ],
+)
+def test_doctor__client_certificate_problems(
+    tmp_path: Path,
+    pki: dict[str, Issued],
+    good_broker: Broker,
+    cert: str | None,
+    cert_line: tuple[str, ...] | None,
+    tls_words: str | None,
+) -> None:
     rc, lines = doctor(tls_cfg(tmp_path, good_broker.port, pki, cert=cert))
     if cert_line is not None:
         level, *words = cert_line
@@ -478,8 +529,13 @@ def test_doctor__silent_port_times_out_and_lines_come_as_they_are_known(tmp_path
 def test_doctor__tls_against_a_plain_port(tmp_path: Path, pki: dict[str, Issued], password_broker: Broker) -> None:
     rc, lines = doctor(tls_cfg(tmp_path, password_broker.port, pki))
     assert rc == 1
-    find(lines, "FAIL", "TLS: the broker dropped the connection during the handshake", "may not speak TLS",
-         "usually 8883")
+    find(
+        lines,
+        "FAIL",
+        "TLS: the broker dropped the connection during the handshake",
+        "may not speak TLS",
+        "usually 8883",
+    )
 
 
 # ---- broker: login and the round trip -----------------------------------------------------
@@ -489,9 +545,11 @@ def password_cfg(tmp_path: Path, port: int, password: str, protocol: str = "5") 
     secret = tmp_path / "mqtt.pass"
     secret.write_text(password)
     secret.chmod(0o600)
-    return write_cfg(tmp_path / "agent", port,
-                        mqtt={"username": DEV, "password_file": str(secret), "protocol": protocol,
-                              "allow_plaintext_password": True})
+    return write_cfg(
+        tmp_path / "agent",
+        port,
+        mqtt={"username": DEV, "password_file": str(secret), "protocol": protocol, "allow_plaintext_password": True},
+    )
 
 
 @pytest.mark.broker
@@ -517,11 +575,16 @@ def test_doctor__wrong_password(tmp_path: Path, password_broker: Broker, protoco
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize(("protocol", "words"), [
-    ("5", f"broker refused the publish to {ROOT_TOPIC}/doctor/ping (Not authorized)"),
-    ("3.1.1", f"{ROOT_TOPIC}/doctor/ping not received within 1 s"),  # 3.1.1 acks the refused publish
-])
-def test_doctor__acl_without_the_doctor_line_fails_the_round_trip(tmp_path: Path, pki: dict[str, Issued], protocol: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "words"),
+    [
+        ("5", f"broker refused the publish to {ROOT_TOPIC}/doctor/ping (Not authorized)"),
+        ("3.1.1", f"{ROOT_TOPIC}/doctor/ping not received within 1 s"),  # 3.1.1 acks the refused publish
+    ],
+)
+def test_doctor__acl_without_the_doctor_line_fails_the_round_trip(
+    tmp_path: Path, pki: dict[str, Issued], protocol: str, words: str
+) -> None:
     b = tls_broker(tmp_path / "broker", pki, acl_without_doctor(tmp_path))
     try:
         rc, lines = doctor(tls_cfg(tmp_path, b.port, pki, mqtt={"protocol": protocol}), timeout=1.0)
@@ -530,16 +593,27 @@ def test_doctor__acl_without_the_doctor_line_fails_the_round_trip(tmp_path: Path
     assert rc == 1
     find(lines, "OK", f"MQTT {protocol} login accepted")
     line = find(lines, "FAIL", "round trip", words)
-    assert line.endswith(f"→ check the broker ACL allows {ROOT_TOPIC}/doctor/# (read and write) for this device, "
-                         f"e.g. '{ACL_LINE}'")
+    assert line.endswith(
+        f"→ check the broker ACL allows {ROOT_TOPIC}/doctor/# (read and write) for this device, e.g. '{ACL_LINE}'"
+    )
 
 
 # ---- cameras ------------------------------------------------------------------------------
 
 
 def camera(kind: CameraKind, url: str | None, name: str = "cam") -> CameraConfig:
-    return CameraConfig(name=name, kind=kind, url=url, timeout_s=1.0, probe_interval_s=60, fail_after=3,
-                        username=None, password=None, auth="basic", camera_num=0)
+    return CameraConfig(
+        name=name,
+        kind=kind,
+        url=url,
+        timeout_s=1.0,
+        probe_interval_s=60,
+        fail_after=3,
+        username=None,
+        password=None,
+        auth="basic",
+        camera_num=0,
+    )
 
 
 def test_check_camera__http_500_fails_with_the_detail() -> None:
@@ -549,15 +623,20 @@ def test_check_camera__http_500_fails_with_the_detail() -> None:
     finally:
         cam.stop()
     assert c.level is Level.FAIL
-    assert c.what == (f"camera cam (http_snapshot 127.0.0.1:{cam.port}): HTTP 500 from 127.0.0.1: the camera "
-                      "reports an internal error; power-cycle it")
+    assert c.what == (
+        f"camera cam (http_snapshot 127.0.0.1:{cam.port}): HTTP 500 from 127.0.0.1: the camera "
+        "reports an internal error; power-cycle it"
+    )
     assert "check that the camera is powered" in c.todo
 
 
-@pytest.mark.parametrize(("kind", "scheme", "words"), [
-    (CameraKind.HTTP_SNAPSHOT, "http", "connection refused by 127.0.0.1:{port}: camera off or wrong port"),
-    (CameraKind.RTSP, "rtsp", "connection refused by 127.0.0.1:{port}: camera off or wrong port"),
-])
+@pytest.mark.parametrize(
+    ("kind", "scheme", "words"),
+    [
+        (CameraKind.HTTP_SNAPSHOT, "http", "connection refused by 127.0.0.1:{port}: camera off or wrong port"),
+        (CameraKind.RTSP, "rtsp", "connection refused by 127.0.0.1:{port}: camera off or wrong port"),
+    ],
+)
 def test_check_camera__refused(kind: CameraKind, scheme: str, words: str) -> None:
     port = free_port()
     c = check_camera(camera(kind, f"{scheme}://127.0.0.1:{port}/x"))
@@ -585,7 +664,9 @@ def test_check_camera__rtsp_not_found_and_picamera_missing() -> None:
 
 
 @pytest.mark.broker
-def test_doctor__running_agent_is_reported_and_not_disturbed(tmp_path: Path, pki: dict[str, Issued], good_broker: Broker) -> None:
+def test_doctor__running_agent_is_reported_and_not_disturbed(
+    tmp_path: Path, pki: dict[str, Issued], good_broker: Broker
+) -> None:
     cfg = tls_cfg(tmp_path, good_broker.port, pki)
     agent = AgentProc(cfg).start()
     try:
@@ -646,22 +727,32 @@ def fake_systemd(tmp_path: Path) -> Any:
 
     def make(active: str, enabled: str, enabled_rc: int = 0) -> tuple[str, Path]:
         script = tmp_path / "systemctl"
-        script.write_text(f'#!/bin/sh\ncase "$1" in\n  is-active) echo {active};;\n'
-                          f'  is-enabled) echo "{enabled}" >&{2 if enabled_rc else 1}; exit {enabled_rc};;\nesac\n')
+        script.write_text(
+            f'#!/bin/sh\ncase "$1" in\n  is-active) echo {active};;\n'
+            f'  is-enabled) echo "{enabled}" >&{2 if enabled_rc else 1}; exit {enabled_rc};;\nesac\n'
+        )
         script.chmod(0o755)
         return str(script), comm
 
     return make
 
 
-@pytest.mark.parametrize(("active", "enabled", "rc", "level", "words"), [
-    ("active", "enabled", 0, Level.OK, "service campus-agent: active, enabled"),
-    ("active", "disabled", 1, Level.WARN, "systemctl enable campus-agent"),
-    ("failed", "enabled", 0, Level.FAIL, "journalctl -u campus-agent"),
-    ("inactive", "enabled", 0, Level.WARN, "systemctl enable --now campus-agent"),
-    ("inactive", "Failed to get unit file state for campus-agent.service: No such file or directory", 1,
-     Level.WARN, "scripts/install.sh"),
-])
+@pytest.mark.parametrize(
+    ("active", "enabled", "rc", "level", "words"),
+    [
+        ("active", "enabled", 0, Level.OK, "service campus-agent: active, enabled"),
+        ("active", "disabled", 1, Level.WARN, "systemctl enable campus-agent"),
+        ("failed", "enabled", 0, Level.FAIL, "journalctl -u campus-agent"),
+        ("inactive", "enabled", 0, Level.WARN, "systemctl enable --now campus-agent"),
+        (
+            "inactive",
+            "Failed to get unit file state for campus-agent.service: No such file or directory",
+            1,
+            Level.WARN,
+            "scripts/install.sh",
+        ),
+    ],
+)
 def test_check_systemd__states(fake_systemd: Any, active: str, enabled: str, rc: int, level: Any, words: str) -> None:
     c = check_systemd(*fake_systemd(active, enabled, rc))
     assert c.level is level
@@ -730,6 +821,8 @@ def test_doctor__technician_without_rights_gets_warnings_not_fails() -> None:
     finally:
         server.close()
         shutil.rmtree(base, ignore_errors=True)
-    assert c.line() == (f"WARN  outbox folder {folder} not readable (Permission denied): it belongs to root, "
-                        f"so uid {NOBODY} cannot test it  → run doctor with sudo to test the outbox folder")
+    assert c.line() == (
+        f"WARN  outbox folder {folder} not readable (Permission denied): it belongs to root, "
+        f"so uid {NOBODY} cannot test it  → run doctor with sudo to test the outbox folder"
+    )
     assert agent.denied

@@ -40,8 +40,7 @@ def test_doctor__auto_tries_3_1_1_when_the_broker_speaks_no_mqtt5(tmp_path: Path
     assert gate.connects == [5, 4]
 
 
-def test_doctor__explicit_5_against_a_broker_without_it_fails_and_names_the_fix(tmp_path: Path,
-                                                                               broker: Broker) -> None:
+def test_doctor__explicit_5_against_a_broker_without_it_fails_and_names_the_fix(tmp_path: Path, broker: Broker) -> None:
     with GateProxy(broker.port, v5="0x84") as gate:
         rc, out = doctor(tmp_path, gate.port, protocol="5")
     assert rc == 1

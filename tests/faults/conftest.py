@@ -55,8 +55,9 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
     """Factory: agents(port, device, env=None, start=True, **config) -> AgentProc, killed after the test."""
     made: list[AgentProc] = []
 
-    def make(port: int, device: str, *, env: dict[str, str] | None = None, start: bool = True,
-             **extra: Any) -> AgentProc:
+    def make(
+        port: int, device: str, *, env: dict[str, str] | None = None, start: bool = True, **extra: Any
+    ) -> AgentProc:
         cfg = write_config(tmp_path / device, port, device=device, **extra)
         a = AgentProc(cfg, env=env)
         made.append(a)

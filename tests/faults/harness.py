@@ -57,9 +57,9 @@ def modes() -> list[Any]:
     return [
         pytest.param("short", id="short"),
         pytest.param(
-            "full", id="full",
-            marks=(pytest.mark.slow,
-                   pytest.mark.skipif(not SOAK, reason="full counts run under make soak (SOAK=1)")),
+            "full",
+            id="full",
+            marks=(pytest.mark.slow, pytest.mark.skipif(not SOAK, reason="full counts run under make soak (SOAK=1)")),
         ),
     ]
 
@@ -140,9 +140,11 @@ def wait_logged(agent: AgentProc, n: int, type_: str = "panic", timeout: float =
     A click returns when the pin has changed; the event is recorded a moment
     later on the agent's inputs thread.
     """
+
     def enough() -> dict[str, Rec] | None:
         rec = read_recorded(agent.log)
         return rec if sum(r.type == type_ for r in rec.values()) >= n else None
+
     return wait_until(enough, timeout, f"{n} {type_} events in the agent's log", interval=0.02)  # type: ignore[no-any-return]
 
 
@@ -193,8 +195,9 @@ class EventSink:
         self.connected = threading.Event()
         cid = f"faults-central-{uuid.uuid4().hex[:8]}"
         if persistent:
-            self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid,
-                                 protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
+            self.c = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=cid, protocol=MQTTProtocolVersion.MQTTv311, clean_session=False
+            )
         else:
             self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=MQTTProtocolVersion.MQTTv5)
         self.c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
@@ -265,12 +268,15 @@ class EventSink:
             top = max(top, s)
         return n
 
-    def wait_status(self, pred: Callable[[dict[str, Any]], bool], timeout: float, since: float = 0.0,
-                    what: str = "status") -> tuple[float, dict[str, Any]]:
+    def wait_status(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float, since: float = 0.0, what: str = "status"
+    ) -> tuple[float, dict[str, Any]]:
         """The first status document received after ``since`` (monotonic) for which ``pred`` holds."""
+
         def find() -> tuple[float, dict[str, Any]] | None:
             with self._lock:
                 return next(((t, d) for t, d in self.status if t >= since and pred(d)), None)
+
         return wait_until(find, timeout, what)  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -288,8 +294,16 @@ class Presser:
     the agent logged as recorded counts, whatever this thread believed.
     """
 
-    def __init__(self, agent: AgentProc, rng: random.Random, *, gap: tuple[float, float] = (0.01, 0.04),
-                 max_presses: int = 100_000, max_s: float = 600.0, name: str = "panic") -> None:
+    def __init__(
+        self,
+        agent: AgentProc,
+        rng: random.Random,
+        *,
+        gap: tuple[float, float] = (0.01, 0.04),
+        max_presses: int = 100_000,
+        max_s: float = 600.0,
+        name: str = "panic",
+    ) -> None:
         self.agent = agent
         self.rng = rng
         self.gap = gap
@@ -328,8 +342,13 @@ def spawn(agent: AgentProc) -> None:
     """Start the agent process without waiting for it (so it can be killed while starting)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(agent.env or {}))
     with open(agent.log, "ab") as logf:
-        agent.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(agent.config)],
-                                      stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        agent.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "-c", str(agent.config)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
 
 
 def connected(agent: AgentProc) -> bool:
@@ -377,21 +396,35 @@ class Report:
 
     def table(self) -> str:
         head = ("scenario", "events", "lost", "duplicated", "time", "result", "notes")
-        body = [(r.scenario, str(r.events), str(r.lost), str(r.duplicated), f"{r.seconds:.1f} s", r.outcome, r.note)
-                for r in self.rows]
+        body = [
+            (r.scenario, str(r.events), str(r.lost), str(r.duplicated), f"{r.seconds:.1f} s", r.outcome, r.note)
+            for r in self.rows
+        ]
         widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head) - 1)]
         lines = []
         for cols in [head, (*("-" * w for w in widths), "-----"), *body]:
-            lines.append("  ".join(c.ljust(w) if i < len(widths) else c for i, (c, w) in
-                                   enumerate(zip(cols, [*widths, 0], strict=True))).rstrip())
+            lines.append(
+                "  ".join(
+                    c.ljust(w) if i < len(widths) else c
+                    for i, (c, w) in enumerate(zip(cols, [*widths, 0], strict=True))
+                ).rstrip()
+            )
         return "\n".join(lines)
 
 
 REPORT = Report()
 
 
-def settle(scenario: str, t0: float, recorded: dict[str, Rec], sink: EventSink, *, timeout: float,
-           note: str = "", only: Callable[[Rec], bool] | None = None) -> Row:
+def settle(
+    scenario: str,
+    t0: float,
+    recorded: dict[str, Rec],
+    sink: EventSink,
+    *,
+    timeout: float,
+    note: str = "",
+    only: Callable[[Rec], bool] | None = None,
+) -> Row:
     """Wait for delivery, add the table row, and return it; the caller asserts on it.
 
     ``only`` narrows the comparison (e.g. to alarms when the documented eviction
@@ -399,8 +432,15 @@ def settle(scenario: str, t0: float, recorded: dict[str, Rec], sink: EventSink, 
     """
     want = {i for i, r in recorded.items() if only is None or only(r)}
     missing = sink.wait_for_ids(want, timeout)
-    row = Row(scenario, len(want), len(missing), sink.duplicates(want), time.monotonic() - t0, note,
-              missing=sorted(missing, key=lambda i: recorded[i].order))
+    row = Row(
+        scenario,
+        len(want),
+        len(missing),
+        sink.duplicates(want),
+        time.monotonic() - t0,
+        note,
+        missing=sorted(missing, key=lambda i: recorded[i].order),
+    )
     return REPORT.add(row)
 
 

@@ -37,8 +37,9 @@ from tests.support.mqtt import retained
 pytestmark = pytest.mark.broker
 
 K = 5  # keepalive_s: the smallest the config allows
-LOST_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING agent\.uplink: broker \S+ connection lost",
-                       re.MULTILINE)
+LOST_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING agent\.uplink: broker \S+ connection lost", re.MULTILINE
+)
 
 
 def _press_recorded(agent: AgentProc, n: int, limit_s: float = 0.5) -> float:
@@ -48,8 +49,12 @@ def _press_recorded(agent: AgentProc, n: int, limit_s: float = 0.5) -> float:
         before = {e["id"] for e in agent.recent()}
         t = time.monotonic()
         agent.click()
-        wait_until(lambda: {e["id"] for e in agent.recent() if e["type"] == "panic"} - before, 5, "press recorded",
-                   interval=0.01)
+        wait_until(
+            lambda: {e["id"] for e in agent.recent() if e["type"] == "panic"} - before,
+            5,
+            "press recorded",
+            interval=0.01,
+        )
         worst = max(worst, time.monotonic() - t)
     assert worst < limit_s, f"a press took {worst:.2f} s to be recorded"
     return worst
@@ -82,15 +87,17 @@ def test_blackhole__keepalive_detects__will_fires__nothing_lost(mode, brokers, p
             proxy.set_blackhole(True)
             _press_recorded(agent, 3)  # recorded at once while the link is silently dead
 
-            m = wait_until(lambda: LOST_LINE.search(log_text(agent, mark)), 3 * K + 2,
-                           "the agent to notice the dead link")
+            m = wait_until(
+                lambda: LOST_LINE.search(log_text(agent, mark)), 3 * K + 2, "the agent to notice the dead link"
+            )
             detected = _log_time(m[1]) - start_wall
             detections.append(detected)
             assert detected <= 2 * K + 1, f"dead link noticed after {detected:.2f} s (> 2K + 1 = {2 * K + 1} s)"
             assert not agent.status()["link"]["connected"]
 
-            will_t, will = sink.wait_status(lambda d: d.get("state") == "offline", 3 * K, since=start,
-                                            what="the broker to publish the will")
+            will_t, will = sink.wait_status(
+                lambda d: d.get("state") == "offline", 3 * K, since=start, what="the broker to publish the will"
+            )
             wills.append(will_t - start)
             assert will["reason"] == "lost"
             assert (retained(broker.port, f"campus/main/{device}/status") or {}).get("state") == "offline"
@@ -101,8 +108,10 @@ def test_blackhole__keepalive_detects__will_fires__nothing_lost(mode, brokers, p
             sink.wait_status(lambda d: d.get("state") == "online", 10, since=start, what="online again")
             _press_recorded(agent, 3)
         recorded = read_recorded(agent.log)
-        note = (f"{cycles} blackholes, K={K} s: agent noticed after {min(detections):.1f}-{max(detections):.1f} s, "
-                f"will after {min(wills):.1f}-{max(wills):.1f} s")
+        note = (
+            f"{cycles} blackholes, K={K} s: agent noticed after {min(detections):.1f}-{max(detections):.1f} s, "
+            f"will after {min(wills):.1f}-{max(wills):.1f} s"
+        )
         row = settle(f"blackhole x{cycles}", t0, recorded, sink, timeout=30, note=note)
         assert row.lost == 0, describe_missing(row, recorded)
         assert not seq_problems(recorded, sink)

@@ -51,8 +51,14 @@ def test_broker_restarts__presses_continue__nothing_lost(mode, brokers, agents):
             presser.stop()
         assert presser.ok > restarts, f"only {presser.ok} presses went through"
         recorded = read_recorded(agent.log)
-        row = settle(f"broker restarted x{restarts}", t0, recorded, sink, timeout=60,
-                     note=f"{presser.ok} presses, {sink.out_of_order()} out-of-order first arrivals")
+        row = settle(
+            f"broker restarted x{restarts}",
+            t0,
+            recorded,
+            sink,
+            timeout=60,
+            note=f"{presser.ok} presses, {sink.out_of_order()} out-of-order first arrivals",
+        )
         assert row.lost == 0, describe_missing(row, recorded)
         assert not seq_problems(recorded, sink)
         in_recent = {e["id"] for e in agent.recent()}

@@ -77,8 +77,12 @@ def test_clock_jumps__ts_follows__seq_and_ids_hold__nothing_stalls(mode, tmp_pat
     sink = EventSink(broker.port, device)
     offset_file = tmp_path / "faketime.offset"
     _set_offset(offset_file, 0)
-    env = {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(offset_file), "FAKETIME_NO_CACHE": "1",
-           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    env = {
+        "LD_PRELOAD": lib,
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
     try:
         agent: AgentProc = agents(proxy.port, device, env=env, heartbeat={"interval_s": HEARTBEAT_S})
         wait_connected(agent)
@@ -93,8 +97,11 @@ def test_clock_jumps__ts_follows__seq_and_ids_hold__nothing_stalls(mode, tmp_pat
             if i % 2 == 0:  # drop the link now and then: the reconnect backoff must not care about the jump
                 before = agent.status()["status"]["link"]["reconnects"]
                 proxy.drop_all()
-                wait_until(lambda: (st := agent.status())["link"]["connected"]
-                           and st["status"]["link"]["reconnects"] > before, 10, "the agent to reconnect")
+                wait_until(
+                    lambda: (st := agent.status())["link"]["connected"] and st["status"]["link"]["reconnects"] > before,
+                    10,
+                    "the agent to reconnect",
+                )
             for _ in range(presses):
                 t, wall = time.monotonic(), time.time() + offset
                 agent.click()
@@ -104,21 +111,36 @@ def test_clock_jumps__ts_follows__seq_and_ids_hold__nothing_stalls(mode, tmp_pat
                 new = [r for r in rec.values() if r.type == "panic" and r.id not in expected]
                 assert len(new) == 1, new
                 expected[new[0].id] = wall
-                assert not sink.wait_for_ids({new[0].id}, 5), f"press not delivered within 5 s after a {offset:+d} s jump"
+                assert not sink.wait_for_ids({new[0].id}, 5), (
+                    f"press not delivered within 5 s after a {offset:+d} s jump"
+                )
                 slowest_delivery = max(slowest_delivery, time.monotonic() - t)
             # the periodic heartbeat still beats (not one triggered by a change), with the shifted clock
             quiet = time.monotonic() + 1.0
-            beat_t, _ = sink.wait_status(lambda d: d.get("state") == "online" and _near(d["ts"], offset),
-                                         HEARTBEAT_S + 3, since=quiet, what=f"a heartbeat status at {offset:+d} s")
+            beat_t, _ = sink.wait_status(
+                lambda d: d.get("state") == "online" and _near(d["ts"], offset),
+                HEARTBEAT_S + 3,
+                since=quiet,
+                what=f"a heartbeat status at {offset:+d} s",
+            )
             beats.append(beat_t - quiet)
 
         recorded = read_recorded(agent.log)
-        wrong_ts = [(eid[:8], sink.docs[eid]["ts"], wall) for eid, wall in expected.items()
-                    if not abs(_parse(sink.docs[eid]["ts"]) - wall) < 2.0]
-        row = settle(f"clock jumps x{len(jumps)}", t0, recorded, sink, timeout=20,
-                     note=f"offsets {', '.join(f'{o / H:+g}h' for o in jumps)}; press recorded in "
-                          f"<= {slowest_record * 1000:.0f} ms, delivered in <= {slowest_delivery * 1000:.0f} ms, "
-                          f"heartbeat within {max(beats):.1f} s")
+        wrong_ts = [
+            (eid[:8], sink.docs[eid]["ts"], wall)
+            for eid, wall in expected.items()
+            if not abs(_parse(sink.docs[eid]["ts"]) - wall) < 2.0
+        ]
+        row = settle(
+            f"clock jumps x{len(jumps)}",
+            t0,
+            recorded,
+            sink,
+            timeout=20,
+            note=f"offsets {', '.join(f'{o / H:+g}h' for o in jumps)}; press recorded in "
+            f"<= {slowest_record * 1000:.0f} ms, delivered in <= {slowest_delivery * 1000:.0f} ms, "
+            f"heartbeat within {max(beats):.1f} s",
+        )
         assert row.lost == 0, describe_missing(row, recorded)
         assert not seq_problems(recorded, sink)
         in_press_order = sorted((r for r in recorded.values() if r.id in expected), key=lambda r: r.order)

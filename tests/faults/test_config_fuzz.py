@@ -42,12 +42,23 @@ from tests.support.agentproc import ROOT
 
 BASE: dict[str, Any] = {
     "device": {"id": "gate-north-1", "site": "main", "location": "North gate"},
-    "mqtt": {"host": "127.0.0.1", "port": 1883, "keepalive_s": 30, "topic_prefix": "campus",
-             "reconnect_min_s": 1, "reconnect_max_s": 60, "max_inflight": 20, "drain_rate_per_s": 500,
-             "protocol": "5", "connect_timeout_s": 10},
+    "mqtt": {
+        "host": "127.0.0.1",
+        "port": 1883,
+        "keepalive_s": 30,
+        "topic_prefix": "campus",
+        "reconnect_min_s": 1,
+        "reconnect_max_s": 60,
+        "max_inflight": 20,
+        "drain_rate_per_s": 500,
+        "protocol": "5",
+        "connect_timeout_s": 10,
+    },
     "gpio": {"pin_factory": "mock"},
-    "inputs": [{"name": "panic", "kind": "panic_button", "pin": 17, "contact": "normally_open", "debounce_ms": 50},
-               {"name": "enclosure", "kind": "tamper", "pin": 27, "contact": "normally_closed"}],
+    "inputs": [
+        {"name": "panic", "kind": "panic_button", "pin": 17, "contact": "normally_open", "debounce_ms": 50},
+        {"name": "enclosure", "kind": "tamper", "pin": 27, "contact": "normally_closed"},
+    ],
     "outputs": {"ack_led": {"pin": 22}, "buzzer": {"pin": 23, "active_high": True}, "ack_hold_s": 30},
     "heartbeat": {"interval_s": 30},
     "cameras": [{"name": "shop-cam", "kind": "http_snapshot", "url": "http://192.0.2.10/snap.jpg", "timeout_s": 3}],
@@ -56,39 +67,153 @@ BASE: dict[str, Any] = {
     "commands": {"rate_per_min": 60},
     "log": {"level": "info"},
 }
-MORE_KEYS = ["brokers", "username", "password_file", "tls", "client_id", "ca_file", "cert_file", "key_file",
-             "check_hostname", "stuck_after_s", "silent", "fault_after_s", "probe_interval_s", "fail_after", "auth",
-             "camera_num", "name", "kind", "pin", "host", "port", "url", "id", "site"]
-ENUMS = ["mock", "lgpio", "default", "panic_button", "tamper", "normally_open", "normally_closed", "picamera2",
-         "http_snapshot", "rtsp", "basic", "digest", "debug", "info", "5", "3.1.1", "campus", "org/campus"]
-ODD_TEXT = ["", " ", "~", "null", "yes", "no", "on", "0x1F", "0o17", "1_000", "1e3", ".inf", "-.nan", "12:30:45",
-            "2026-11-29", "+", "#", "a/b", "$SYS", "campus/#", "GATE", "-gate", "a" * 64, "x" * 300,
-            "../../etc/passwd", "/dev/null", "/etc/shadow", "/proc/self/status", "relative/file.pem",
-            "http://", "rtsp://cam/x", "http://user:pw@cam/x", "ftp://cam/x", "\t", "ünïcödé", "\u202e", "\U0001f6a8"]
+MORE_KEYS = [
+    "brokers",
+    "username",
+    "password_file",
+    "tls",
+    "client_id",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "check_hostname",
+    "stuck_after_s",
+    "silent",
+    "fault_after_s",
+    "probe_interval_s",
+    "fail_after",
+    "auth",
+    "camera_num",
+    "name",
+    "kind",
+    "pin",
+    "host",
+    "port",
+    "url",
+    "id",
+    "site",
+]
+ENUMS = [
+    "mock",
+    "lgpio",
+    "default",
+    "panic_button",
+    "tamper",
+    "normally_open",
+    "normally_closed",
+    "picamera2",
+    "http_snapshot",
+    "rtsp",
+    "basic",
+    "digest",
+    "debug",
+    "info",
+    "5",
+    "3.1.1",
+    "campus",
+    "org/campus",
+]
+ODD_TEXT = [
+    "",
+    " ",
+    "~",
+    "null",
+    "yes",
+    "no",
+    "on",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "1e3",
+    ".inf",
+    "-.nan",
+    "12:30:45",
+    "2026-11-29",
+    "+",
+    "#",
+    "a/b",
+    "$SYS",
+    "campus/#",
+    "GATE",
+    "-gate",
+    "a" * 64,
+    "x" * 300,
+    "../../etc/passwd",
+    "/dev/null",
+    "/etc/shadow",
+    "/proc/self/status",
+    "relative/file.pem",
+    "http://",
+    "rtsp://cam/x",
+    "http://user:pw@cam/x",
+    "ftp://cam/x",
+    "\t",
+    "ünïcödé",
+    "\u202e",
+    "\U0001f6a8",
+]
 
 RAW_SNIPPETS = [
-    "a: &anchor {pin: 17}\nb: *anchor\n", "<<: {device: {id: x}}\n", "x: *nowhere\n", "--- \n--- \n", "...\n",
-    "%YAML 1.1\n---\n", "? [a, b]\n: 1\n", "? {a: 1}\n: 2\n", "1: one\n", "null: x\n", "[1, 2]\n", "just text\n",
-    "x: 'unterminated\n", 'x: "esc \\x00 \\u00e9"\n', "\tx: 1\n", "\ufeffdevice: {}\n", "x: !!set {a, b}\n",
-    "x: !!binary aGVsbG8=\n", "x: !!str 5\n", "x: !!null ''\n", "x: !!bool yes\n", "x: 1e999\n", "x: [" * 30 + "]" * 30 + "\n",
-    "inputs: [{name: p, pin: 17}, {name: p, pin: 17}]\n", "inputs: {name: p}\n", "device: [1, 2]\n",
+    "a: &anchor {pin: 17}\nb: *anchor\n",
+    "<<: {device: {id: x}}\n",
+    "x: *nowhere\n",
+    "--- \n--- \n",
+    "...\n",
+    "%YAML 1.1\n---\n",
+    "? [a, b]\n: 1\n",
+    "? {a: 1}\n: 2\n",
+    "1: one\n",
+    "null: x\n",
+    "[1, 2]\n",
+    "just text\n",
+    "x: 'unterminated\n",
+    'x: "esc \\x00 \\u00e9"\n',
+    "\tx: 1\n",
+    "\ufeffdevice: {}\n",
+    "x: !!set {a, b}\n",
+    "x: !!binary aGVsbG8=\n",
+    "x: !!str 5\n",
+    "x: !!null ''\n",
+    "x: !!bool yes\n",
+    "x: 1e999\n",
+    "x: [" * 30 + "]" * 30 + "\n",
+    "inputs: [{name: p, pin: 17}, {name: p, pin: 17}]\n",
+    "inputs: {name: p}\n",
+    "device: [1, 2]\n",
     # these once escaped as tracebacks (bugs B1-B3, fixed)
-    "x: !foo 1\n", "x: !!int abc\n", "x: !!float abc\n", "x: 2026-02-30\n", "x: !!timestamp 2026-99-99\n",
-    "x: !!python/name:os.system\n", "<<: 5\n", "x: " + "[" * 1500 + "\n", 'control: {socket: "/run/\\ud800"}\n',
+    "x: !foo 1\n",
+    "x: !!int abc\n",
+    "x: !!float abc\n",
+    "x: 2026-02-30\n",
+    "x: !!timestamp 2026-99-99\n",
+    "x: !!python/name:os.system\n",
+    "<<: 5\n",
+    "x: " + "[" * 1500 + "\n",
+    'control: {socket: "/run/\\ud800"}\n',
 ]
 
 
 def _leaf() -> st.SearchStrategy[Any]:
     return st.one_of(
-        st.none(), st.booleans(),
-        st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 1, 4, 5, 27, 28, 65535, 65536, 2**31, 10**6]),
-        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.05, 0.1, 0.5, 1e-9, 1e308]),
-        st.text(max_size=40), st.sampled_from(ENUMS + ODD_TEXT), st.binary(max_size=16),
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from([0, -1, 1, 4, 5, 27, 28, 65535, 65536, 2**31, 10**6]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.05, 0.1, 0.5, 1e-9, 1e308]),
+        st.text(max_size=40),
+        st.sampled_from(ENUMS + ODD_TEXT),
+        st.binary(max_size=16),
     )
 
 
-VALUES = st.recursive(_leaf(), lambda c: st.lists(c, max_size=4) | st.dictionaries(
-    st.sampled_from(MORE_KEYS) | st.text(max_size=8), c, max_size=4), max_leaves=12)
+VALUES = st.recursive(
+    _leaf(),
+    lambda c: (
+        st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(MORE_KEYS) | st.text(max_size=8), c, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -133,8 +258,9 @@ def _dump(doc: Any, flow: bool, uni: bool) -> bytes:
 
 @st.composite
 def documents(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["mutated", "mutated", "mutated", "random-tree", "edited", "snippets", "text",
-                                 "bytes"]))
+    kind = draw(
+        st.sampled_from(["mutated", "mutated", "mutated", "random-tree", "edited", "snippets", "text", "bytes"])
+    )
     if kind == "mutated":
         return _dump(draw(mutated_config()), draw(st.booleans()), draw(st.booleans()))
     if kind == "random-tree":
@@ -144,8 +270,31 @@ def documents(draw: st.DrawFn) -> bytes:
         for _ in range(draw(st.integers(1, 8))):
             pos = draw(st.integers(0, len(text)))
             op = draw(st.sampled_from(["insert", "delete", "replace"]))
-            junk = draw(st.sampled_from([b":", b" ", b"\n", b"-", b"[", b"{", b"&", b"*", b"!", b"#", b"'", b'"',
-                                         b"\t", b"\x00", b"\xff", b"%", b"?", b"|", b">"]))
+            junk = draw(
+                st.sampled_from(
+                    [
+                        b":",
+                        b" ",
+                        b"\n",
+                        b"-",
+                        b"[",
+                        b"{",
+                        b"&",
+                        b"*",
+                        b"!",
+                        b"#",
+                        b"'",
+                        b'"',
+                        b"\t",
+                        b"\x00",
+                        b"\xff",
+                        b"%",
+                        b"?",
+                        b"|",
+                        b">",
+                    ]
+                )
+            )
             if op == "insert":
                 text[pos:pos] = junk
             elif op == "delete":
@@ -218,8 +367,12 @@ def test_config_fuzz__check_config_exits_0_or_2_with_a_message(mode, tmp_path):
     seen: Counter[str] = Counter()
     t0 = time.monotonic()
 
-    @settings(max_examples=examples, deadline=None, derandomize=mode == "short",
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=mode == "short",
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
     @given(documents())
     def fuzz(data: bytes) -> None:
         _check(path, data, seen)
@@ -229,7 +382,8 @@ def test_config_fuzz__check_config_exits_0_or_2_with_a_message(mode, tmp_path):
     finally:
         bugs = {k: v for k, v in seen.items() if k.startswith("B")}
         note = f"exit 0: {seen['exit 0']}, exit 2: {seen['exit 2']}; known bugs hit: " + (
-            ", ".join(f"{k} x{v}" for k, v in sorted(bugs.items())) or "none")
+            ", ".join(f"{k} x{v}" for k, v in sorted(bugs.items())) or "none"
+        )
         REPORT.add(Row(f"config fuzz ({examples} examples)", sum(seen.values()), 0, 0, time.monotonic() - t0, note))
     assert seen["exit 0"] + seen["exit 2"] > examples // 2, f"most examples hit known bugs: {seen}"
 
@@ -239,8 +393,15 @@ def test_config_fuzz__check_config_exits_0_or_2_with_a_message(mode, tmp_path):
 
 def _cli(path: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 SUBPROCESS_DOCS = {
@@ -321,10 +482,14 @@ def test_config_bug_b5__control_character_message_is_file_line(tmp_path):
     assert r.stderr.startswith(f"{path}:3:"), r.stderr
 
 
-@pytest.mark.parametrize("doc", [
-    'device: {id: gate, site: main, "lo\\ncation": x}\nmqtt: {host: h}\n',
-    'device: {id: gate, site: main}\nmqtt: {host: h, username: u, password_file: "/no\\nsuch"}\n',
-], ids=["key", "path"])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        'device: {id: gate, site: main, "lo\\ncation": x}\nmqtt: {host: h}\n',
+        'device: {id: gate, site: main}\nmqtt: {host: h, username: u, password_file: "/no\\nsuch"}\n',
+    ],
+    ids=["key", "path"],
+)
 def test_config_bug_b6__line_break_in_key_or_path_stays_on_one_line(doc, tmp_path):
     path = tmp_path / "nl.yaml"
     path.write_text(doc)

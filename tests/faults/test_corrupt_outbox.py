@@ -40,8 +40,10 @@ from tests.support.agentproc import AgentProc, unique_id
 
 pytestmark = pytest.mark.broker
 
-CRITICAL = re.compile(r"CRITICAL agent\.outbox: outbox (\S+) was unreadable \((.*?)\); moved it to (\S+), "
-                      r"salvaged (\d+) events")
+CRITICAL = re.compile(
+    r"CRITICAL agent\.outbox: outbox (\S+) was unreadable \((.*?)\); moved it to (\S+), "
+    r"salvaged (\d+) events"
+)
 
 
 def _real_outbox(path: Path, device: str, n: int) -> tuple[set[str], int]:
@@ -118,17 +120,24 @@ def _one(kind: str, seed: int, broker_port: int, agents: object, t0: float) -> N
         wait_connected(agent)
         for _ in range(5):
             agent.click()
-        started = wait_until(lambda: [d for d in sink.docs.values() if d["type"] == "agent_started"], 10,
-                             "agent_started")[0]
+        started = wait_until(
+            lambda: [d for d in sink.docs.values() if d["type"] == "agent_started"], 10, "agent_started"
+        )[0]
         assert started["data"]["outbox_recovered"] == {"moved_aside": str(aside), "salvaged": salvaged}
         recorded = wait_logged(agent, 5)
         wait_until(lambda: len(old_ids & sink.ids()) >= salvaged, 10, "salvaged events to be sent")
         floor = max([high_water, *(d["seq"] for i, d in sink.docs.items() if i in old_ids)])
         assert min(r.seq for r in recorded.values() if r.seq is not None) > floor, "seq went back"
         first_new = min(r.seq for r in recorded.values() if r.seq is not None)
-        row = settle(f"corrupt outbox: {kind}-{seed}", t0, recorded, sink, timeout=20,
-                     note=f"{salvaged} of {len(old_ids)} old events salvaged and sent; old high-water seq "
-                          f"{old_top} ({'readable' if high_water else 'unreadable'}), new events from seq {first_new}")
+        row = settle(
+            f"corrupt outbox: {kind}-{seed}",
+            t0,
+            recorded,
+            sink,
+            timeout=20,
+            note=f"{salvaged} of {len(old_ids)} old events salvaged and sent; old high-water seq "
+            f"{old_top} ({'readable' if high_water else 'unreadable'}), new events from seq {first_new}",
+        )
         assert row.lost == 0, describe_missing(row, recorded)
         assert not seq_problems(recorded, sink)
         assert len(old_ids & sink.ids()) == salvaged
@@ -140,11 +149,13 @@ def _one(kind: str, seed: int, broker_port: int, agents: object, t0: float) -> N
 
 def _cases() -> list[object]:
     """Short: one garbage file, one damaged outbox.  Full (make soak): more seeds, and truncation."""
-    full = [("garbage", s) for s in (1, 2)] + [("damaged", s) for s in range(1, 8)] + \
-           [("truncated", s) for s in range(4)]
+    full = (
+        [("garbage", s) for s in (1, 2)] + [("damaged", s) for s in range(1, 8)] + [("truncated", s) for s in range(4)]
+    )
     slow = (pytest.mark.slow, pytest.mark.skipif(not SOAK, reason="full counts run under make soak (SOAK=1)"))
-    return [pytest.param(k, s, id=f"{k}-{s}") for k, s in (("garbage", 0), ("damaged", 0))] + \
-           [pytest.param(k, s, id=f"{k}-{s}", marks=slow) for k, s in full]
+    return [pytest.param(k, s, id=f"{k}-{s}") for k, s in (("garbage", 0), ("damaged", 0))] + [
+        pytest.param(k, s, id=f"{k}-{s}", marks=slow) for k, s in full
+    ]
 
 
 @pytest.mark.parametrize(("kind", "seed"), _cases())
@@ -158,8 +169,9 @@ def _readable_by_lookup(path: Path, top: int) -> set[int]:
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         for s in range(1, top + 1):
             with contextlib.suppress(sqlite3.DatabaseError):
-                if db.execute("SELECT seq, id, type, alarm, created_ms, body FROM outbox WHERE seq = ?",
-                              (s,)).fetchone():
+                if db.execute(
+                    "SELECT seq, id, type, alarm, created_ms, body FROM outbox WHERE seq = ?", (s,)
+                ).fetchone():
                     ok.add(s)
     return ok
 
@@ -183,6 +195,7 @@ def test_corrupt_outbox__every_readable_row_is_salvaged(broker, agents):
         m = wait_until(lambda: CRITICAL.search(agent.log.read_text()), 5, "CRITICAL line about the outbox")
         assert int(m[4]) == len(readable), (
             f"salvaged {m[4]} events, but {len(readable)} of {top} rows of {m[3]} are readable "
-            f"(seq {min(set(range(1, top + 1)) - readable)}-{max(set(range(1, top + 1)) - readable)} are not)")
+            f"(seq {min(set(range(1, top + 1)) - readable)}-{max(set(range(1, top + 1)) - readable)} are not)"
+        )
     finally:
         sink.close()

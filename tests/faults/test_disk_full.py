@@ -62,8 +62,12 @@ HELD = re.compile(r"CRITICAL agent\.recorder: .*the event is not recorded on dis
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "small"
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(d)],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(d)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
     try:
@@ -126,8 +130,9 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
             clicks += 1
             wait_until(lambda: _ob(agent)["disk_low"], 5, "status outbox.disk_low")
             text = log_text(agent, mark)
-            assert re.search(r"ERROR agent\.outbox: outbox filesystem \S+ is nearly full .*alarms are still recorded",
-                             text), text[-2000:]
+            assert re.search(
+                r"ERROR agent\.outbox: outbox filesystem \S+ is nearly full .*alarms are still recorded", text
+            ), text[-2000:]
             for _ in range(40):
                 agent.click()
             clicks += 40
@@ -163,8 +168,11 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
 
             # back: space returns, memory is flushed to disk, the link returns
             filler.unlink()
-            wait_until(lambda: all(r.seq is not None for r in read_recorded(agent.log).values()), 10,
-                       "presses held in memory to be committed")
+            wait_until(
+                lambda: all(r.seq is not None for r in read_recorded(agent.log).values()),
+                10,
+                "presses held in memory to be committed",
+            )
             wait_until(lambda: not _ob(agent)["disk_low"], 5, "disk_low to clear")
             assert "has room again" in log_text(agent, mark)
             assert "warnings" not in agent.status()["status"]
@@ -173,8 +181,14 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
             wait_until(lambda: _ob(agent)["pending"] == 0, 30, "outbox to drain")
 
         recorded = read_recorded(agent.log)
-        row = settle(f"disk full x{cycles}", t0, recorded, sink, timeout=30,
-                     note=f"{held_total} presses held in memory while the disk was full")
+        row = settle(
+            f"disk full x{cycles}",
+            t0,
+            recorded,
+            sink,
+            timeout=30,
+            note=f"{held_total} presses held in memory while the disk was full",
+        )
         assert row.lost == 0, describe_missing(row, recorded)
         assert not seq_problems(recorded, sink)
         assert agent.stop() == 0

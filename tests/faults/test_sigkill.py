@@ -52,8 +52,7 @@ def test_sigkill__random_moments_and_mid_drain__nothing_lost(mode, brokers, prox
     sink = EventSink(broker.port, device)
     drains = mid_drain = 0
     try:
-        agent = agents(proxy.port, device, start=False,
-                       mqtt={"drain_rate_per_s": DRAIN_RATE, "max_inflight": 20})
+        agent = agents(proxy.port, device, start=False, mqtt={"drain_rate_per_s": DRAIN_RATE, "max_inflight": 20})
         runs: list[int] = []
         presser = Presser(agent, rng, gap=(0.005, 0.03), max_s=kills * 10 + 60).start()
         try:
@@ -83,8 +82,14 @@ def test_sigkill__random_moments_and_mid_drain__nothing_lost(mode, brokers, prox
         finally:
             presser.stop()
         recorded = read_recorded(agent.log, runs)
-        row = settle(f"agent SIGKILLed x{kills}", t0, recorded, sink, timeout=120,
-                     note=f"{drains} drain rounds ({mid_drain} killed with a backlog left), {presser.ok} presses, {len(runs)} processes")
+        row = settle(
+            f"agent SIGKILLed x{kills}",
+            t0,
+            recorded,
+            sink,
+            timeout=120,
+            note=f"{drains} drain rounds ({mid_drain} killed with a backlog left), {presser.ok} presses, {len(runs)} processes",
+        )
         assert row.lost == 0, describe_missing(row, recorded)
         problems = seq_problems(recorded, sink)
         assert not problems, problems

@@ -56,9 +56,15 @@ def test_slow_broker__presses_recorded_at_once__all_delivered(mode, brokers, pro
         recorded = read_recorded(agent.log)
         in_recent = {e["id"] for e in agent.recent()}
         assert in_recent <= set(recorded)
-        row = settle(f"slow broker +{LATENCY:g}s x{presses}", t0, recorded, sink, timeout=30,
-                     note=f"press recorded in <= {max(record_s) * 1000:.0f} ms "
-                          f"(median {sorted(record_s)[len(record_s) // 2] * 1000:.0f} ms)")
+        row = settle(
+            f"slow broker +{LATENCY:g}s x{presses}",
+            t0,
+            recorded,
+            sink,
+            timeout=30,
+            note=f"press recorded in <= {max(record_s) * 1000:.0f} ms "
+            f"(median {sorted(record_s)[len(record_s) // 2] * 1000:.0f} ms)",
+        )
         assert max(record_s) < 0.5, f"a press took {max(record_s):.2f} s to be recorded behind a slow broker"
         assert row.lost == 0, describe_missing(row, recorded)
         assert not seq_problems(recorded, sink)

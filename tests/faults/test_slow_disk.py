@@ -40,8 +40,7 @@ from tests.support.agentproc import AgentProc, unique_id
 
 pytestmark = pytest.mark.broker
 
-INPUTS = [{"name": f"in{i}", "kind": "panic_button", "pin": pin, "debounce_ms": 50} for i, pin in
-          enumerate((5, 6, 12))]
+INPUTS = [{"name": f"in{i}", "kind": "panic_button", "pin": pin, "debounce_ms": 50} for i, pin in enumerate((5, 6, 12))]
 
 
 class Fingers:
@@ -52,8 +51,10 @@ class Fingers:
         self.presses = {str(i["name"]): 0 for i in INPUTS}
         self.errors = 0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(name, random.Random(rng.random()), max_presses),
-                                          daemon=True) for name in self.presses]
+        self._threads = [
+            threading.Thread(target=self._run, args=(name, random.Random(rng.random()), max_presses), daemon=True)
+            for name in self.presses
+        ]
 
     def start(self) -> Fingers:
         for t in self._threads:
@@ -115,9 +116,15 @@ def test_slow_disk__presses_on_several_inputs_during_stalls__nothing_lost(mode, 
         recorded = wait_logged(agent, made, timeout=60)
         panics = {i: r for i, r in recorded.items() if r.type == "panic"}
         held = log_text(agent).count("not yet on disk")
-        row = settle(f"slow disk x{len(stalls)}", t0, recorded, sink, timeout=60,
-                     note=f"{made} presses on {len(INPUTS)} inputs during {len(stalls)} stalls of "
-                          f"{min(stalls):.1f}-{max(stalls):.1f} s; {held} held in memory")
+        row = settle(
+            f"slow disk x{len(stalls)}",
+            t0,
+            recorded,
+            sink,
+            timeout=60,
+            note=f"{made} presses on {len(INPUTS)} inputs during {len(stalls)} stalls of "
+            f"{min(stalls):.1f}-{max(stalls):.1f} s; {held} held in memory",
+        )
         # A press whose release request failed is not counted as made, but may well be recorded.
         assert len(panics) >= made, f"{made} presses made, only {len(panics)} recorded"
         assert fingers.errors or len(panics) == made, f"{made} presses made, {len(panics)} recorded"

@@ -37,8 +37,10 @@ FULL_ONLY = {
 
 
 def full_only() -> tuple[pytest.MarkDecorator, ...]:
-    return (pytest.mark.slow,
-            pytest.mark.skipif(not FULL, reason="long interop run: make interop (INTEROP_FULL=1) or make soak"))
+    return (
+        pytest.mark.slow,
+        pytest.mark.skipif(not FULL, reason="long interop run: make interop (INTEROP_FULL=1) or make soak"),
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,8 +62,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(mark)
         if name in KNOWN_AGENT_BUGS and "run_agent" in getattr(item, "fixturenames", ()):
             # make test does not spend 30 s per scenario waiting for it; make interop runs them (strict)
-            item.add_marker(pytest.mark.xfail(reason=KNOWN_AGENT_BUGS[name], strict=True, raises=TimeoutError,
-                                              run=FULL))
+            item.add_marker(
+                pytest.mark.xfail(reason=KNOWN_AGENT_BUGS[name], strict=True, raises=TimeoutError, run=FULL)
+            )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -119,8 +122,7 @@ def run_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
     """Factory: run_agent(target, ports=None, **config) → a started agent with the target's config."""
     procs: list[tuple[AgentProc, Target]] = []
 
-    def make(target: Target, *, ports: list[int] | None = None, device: str | None = None,
-             **extra: Any) -> AgentProc:
+    def make(target: Target, *, ports: list[int] | None = None, device: str | None = None, **extra: Any) -> AgentProc:
         device = device or unique_id("gate")
         workdir = tmp_path / device
         cfg = target.agent_config(workdir, ports)

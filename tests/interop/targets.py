@@ -30,13 +30,13 @@ class Target:
     name: str
     description: str
     agent_protocol: str | None  # forced mqtt.protocol, None = default config
-    expect_protocol: str         # what the agent should end up speaking
-    sub_v5: bool                 # the protocol the central watcher speaks to this broker
+    expect_protocol: str  # what the agent should end up speaking
+    sub_v5: bool  # the protocol the central watcher speaks to this broker
     username: str | None = None
     password: str | None = None
     will: bool = True
     retained_wildcard: bool = True  # retained messages delivered through '+'/'#' filters
-    speaks_v5: bool = True          # accepts an MQTT 5 CONNECT
+    speaks_v5: bool = True  # accepts an MQTT 5 CONNECT
     shared_subscriptions: bool = True  # $share/{group}/... splits messages between the group
     server: Any = field(default=None, repr=False)
 
@@ -107,7 +107,9 @@ class Target:
         if isinstance(self.server, RabbitCluster):
             return "\n".join(n.tail(15) for n in self.server.nodes)
         log: Path = self.server.log
-        return f"--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]) if log.exists() else ""
+        return (
+            f"--- {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]) if log.exists() else ""
+        )
 
 
 def mosquitto(workdir: Path, variant: str) -> Target:

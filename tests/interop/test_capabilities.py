@@ -32,8 +32,10 @@ def test_capabilities_match_the_declared_ones(live_target: Target) -> None:
 
     shared = _shared_subscription_splits(t, base)
 
-    FIGURES.append(f"{t.name}: MQTT 5 CONNECT {v5}; retained on exact filter {_yn(exact)}, through '#' "
-                   f"{_yn(wildcard)}; shared subscriptions {shared}")
+    FIGURES.append(
+        f"{t.name}: MQTT 5 CONNECT {v5}; retained on exact filter {_yn(exact)}, through '#' "
+        f"{_yn(wildcard)}; shared subscriptions {shared}"
+    )
     assert (v5 == "accepted") == t.speaks_v5, v5
     assert exact, "retained message not delivered on its exact topic"
     assert wildcard == t.retained_wildcard

@@ -40,8 +40,8 @@ __all__ = [  # collected again here, against the cluster
 PRESS_EVERY_S = 0.2
 BEFORE_KILL_S = 2.0
 AFTER_KILL_S = 12.0 if FULL else 4.0  # the short run keeps make test quick; make interop runs the full one
-FAILOVER_BOUND_S = 10.0               # issue 10: every press delivered within 10 s of the kill
-LOAD_ALLOWANCE_S = 5.0                # 2 shared cores: scheduling, not the agent, may add seconds
+FAILOVER_BOUND_S = 10.0  # issue 10: every press delivered within 10 s of the kill
+LOAD_ALLOWANCE_S = 5.0  # 2 shared cores: scheduling, not the agent, may add seconds
 
 
 @pytest.fixture(scope="module", params=["rabbitmq-cluster2"])
@@ -85,7 +85,8 @@ def _wait(cond: Callable[[], bool], deadline: float, what: Callable[[], str]) ->
 
 
 def test_node_holding_the_session_killed_every_press_delivered_via_the_other(
-        live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any) -> None:
+    live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any
+) -> None:
     t = live_target
     cluster = t.server
     agent = run_agent(t, device=device)
@@ -104,9 +105,14 @@ def test_node_holding_the_session_killed_every_press_delivered_via_the_other(
             def delivered() -> int:
                 return len(w.first_seen())
 
-            _wait(lambda: delivered() >= before, kill_at + FAILOVER_BOUND_S + LOAD_ALLOWANCE_S,
-                  lambda: f"{delivered()} of the {before} presses made before the kill were delivered "
-                          f"{FAILOVER_BOUND_S + LOAD_ALLOWANCE_S:g} s after it; {agent.status()['link']}")
+            _wait(
+                lambda: delivered() >= before,
+                kill_at + FAILOVER_BOUND_S + LOAD_ALLOWANCE_S,
+                lambda: (
+                    f"{delivered()} of the {before} presses made before the kill were delivered "
+                    f"{FAILOVER_BOUND_S + LOAD_ALLOWANCE_S:g} s after it; {agent.status()['link']}"
+                ),
+            )
             _wait(lambda: time.monotonic() > kill_at + AFTER_KILL_S, kill_at + AFTER_KILL_S + 60, str)
         finally:
             presser.stop()
@@ -129,4 +135,5 @@ def test_node_holding_the_session_killed_every_press_delivered_via_the_other(
         f"{t.name}: node killed with {made} presses every {PRESS_EVERY_S:g} s, all delivered via the other node; "
         f"first delivery {first_after - kill_at:.2f} s after the kill, max gap between deliveries "
         f"{max(gaps):.2f} s, max press-to-delivery {max(latency):.2f} s; "
-        f"commands after failover: {status['link'].get('commands', 'not reported')}")
+        f"commands after failover: {status['link'].get('commands', 'not reported')}"
+    )

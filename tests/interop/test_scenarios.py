@@ -41,8 +41,9 @@ def _check_link(target: Target, status: dict[str, Any]) -> None:
         assert link["retain"] is True, f"{target.name} supports retain, the agent says not: {link}"
 
 
-def test_online_status_seen_by_a_subscriber(live_target: Target, run_agent: Callable[..., AgentProc],
-                                            device: str, validate: Any) -> None:
+def test_online_status_seen_by_a_subscriber(
+    live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any
+) -> None:
     t = live_target
     topic = f"{root(device)}/status"
     with Watcher(t.port, (topic,), **t.watcher_args()) as w:
@@ -63,8 +64,9 @@ def test_online_status_seen_by_a_subscriber(live_target: Target, run_agent: Call
     assert validate("status", kept)["state"] == "online"
 
 
-def test_press_delivered_with_all_contract_fields(live_target: Target, run_agent: Callable[..., AgentProc],
-                                                  device: str, validate: Any) -> None:
+def test_press_delivered_with_all_contract_fields(
+    live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any
+) -> None:
     t = live_target
     with Watcher(t.port, (f"{root(device)}/event/#",), **t.watcher_args()) as w:
         agent = run_agent(t, device=device)
@@ -72,14 +74,20 @@ def test_press_delivered_with_all_contract_fields(live_target: Target, run_agent
         [(msg, doc)] = w.wait_events(1, timeout=30)
     validate("event", doc)
     assert msg.topic == f"{root(device)}/event/panic"
-    assert (doc["site"], doc["device"], doc["type"], doc["source"], doc["test"]) == ("main", device, "panic",
-                                                                                     "panic", False)
+    assert (doc["site"], doc["device"], doc["type"], doc["source"], doc["test"]) == (
+        "main",
+        device,
+        "panic",
+        "panic",
+        False,
+    )
     assert doc["data"] == {"pin": 17, "contact": "normally_open"}
     assert doc["id"] in {e["id"] for e in agent.recent()}
 
 
-def test_presses_during_outage_all_delivered_in_order(live_target: Target, run_agent: Callable[..., AgentProc],
-                                                      device: str, validate: Any) -> None:
+def test_presses_during_outage_all_delivered_in_order(
+    live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any
+) -> None:
     """10 presses during a 10 s broker outage arrive after it, all of them, in seq order.
 
     The agent reaches the broker through a pass-through TCP gate.  The broker is
@@ -128,12 +136,13 @@ def test_presses_during_outage_all_delivered_in_order(live_target: Target, run_a
     for _, d in got:
         validate("event", d)
     drained = max(m.at for m, _ in got) - up_at
-    FIGURES.append(f"{t.name}: outage {up_at - down_at:.1f} s, {OUTAGE_PRESSES} presses delivered in order "
-                   f"{drained:.2f} s after the broker was reachable again")
+    FIGURES.append(
+        f"{t.name}: outage {up_at - down_at:.1f} s, {OUTAGE_PRESSES} presses delivered in order "
+        f"{drained:.2f} s after the broker was reachable again"
+    )
 
 
-def test_will_on_sigkill(live_target: Target, run_agent: Callable[..., AgentProc], device: str,
-                         validate: Any) -> None:
+def test_will_on_sigkill(live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any) -> None:
     t = live_target
     if not t.will:
         pytest.skip(f"{t.name} does not publish wills")

@@ -36,15 +36,27 @@ class Seen:
 class Watcher:
     """Subscribes to ``topics`` at QoS 1 and records every message in arrival order."""
 
-    def __init__(self, port: int, topics: tuple[str, ...], *, v5: bool, username: str | None = None,
-                 password: str | None = None, name: str = "central", timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: tuple[str, ...],
+        *,
+        v5: bool,
+        username: str | None = None,
+        password: str | None = None,
+        name: str = "central",
+        timeout: float = 20.0,
+    ) -> None:
         self.port = port
         self.topics = topics
         self.seen: list[Seen] = []
         self.subacks = 0
         self._cond = threading.Condition()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:8]}",
-                             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        )
         if username is not None:
             self.c.username_pw_set(username, password)
         self.c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
@@ -75,8 +87,9 @@ class Watcher:
         """Wait for the ``count``-th SUBACK since start (1 = first connect, 2 = after one reconnect...)."""
         with self._cond:
             if not self._cond.wait_for(lambda: self.subacks >= count, timeout):
-                raise TimeoutError(f"watcher on port {self.port} got {self.subacks} SUBACKs, wanted {count} "
-                                   f"within {timeout:g} s")
+                raise TimeoutError(
+                    f"watcher on port {self.port} got {self.subacks} SUBACKs, wanted {count} within {timeout:g} s"
+                )
 
     def wait_for(self, pred: Callable[[Seen], bool], timeout: float = 20.0, what: str = "a message") -> Seen:
         """The first message recorded so far or later for which ``pred`` holds."""
@@ -107,8 +120,10 @@ class Watcher:
     def wait_events(self, n: int, type_: str = "panic", timeout: float = 30.0) -> list[tuple[Seen, dict[str, Any]]]:
         deadline = time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(lambda: len({d["id"] for _, d in self._unlocked_events(type_)}) >= n,
-                                max(0.0, deadline - time.monotonic()))
+            self._cond.wait_for(
+                lambda: len({d["id"] for _, d in self._unlocked_events(type_)}) >= n,
+                max(0.0, deadline - time.monotonic()),
+            )
         got = self.first_seen(type_)
         if len(got) < n:
             raise TimeoutError(f"{len(got)} of {n} {type_} events arrived within {timeout:g} s; saw {self.summary()}")
@@ -142,25 +157,31 @@ class Watcher:
         return f"<Watcher 127.0.0.1:{self.port} {self.topics} seen={len(self.seen)}>"
 
 
-def retained_on(port: int, topic: str, *, v5: bool, username: str | None = None, password: str | None = None,
-                timeout: float = 10.0) -> dict[str, Any] | None:
+def retained_on(
+    port: int, topic: str, *, v5: bool, username: str | None = None, password: str | None = None, timeout: float = 10.0
+) -> dict[str, Any] | None:
     """The retained message a brand-new subscriber gets on exactly ``topic`` (None if none)."""
     with Watcher(port, (topic,), v5=v5, username=username, password=password, name="probe", timeout=timeout) as w:
         try:
             # only what the filter matches: amqtt 0.12.1 may hand a new subscriber stray retained messages
-            hit = w.wait_for(lambda m: m.retain and mqtt.topic_matches_sub(topic, m.topic), timeout=2.0,
-                             what="a retained message")
+            hit = w.wait_for(
+                lambda m: m.retain and mqtt.topic_matches_sub(topic, m.topic), timeout=2.0, what="a retained message"
+            )
             return hit.doc  # type: ignore[no-any-return]
         except TimeoutError:
             return None
 
 
-def connect_result(port: int, *, v5: bool, username: str | None = None, password: str | None = None,
-                   timeout: float = 10.0) -> str:
+def connect_result(
+    port: int, *, v5: bool, username: str | None = None, password: str | None = None, timeout: float = 10.0
+) -> str:
     """How the broker answers a CONNECT: 'accepted', 'refused: <reason>' or 'closed before CONNACK'."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
-                    protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-                    reconnect_on_failure=False)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"probe-{uuid.uuid4().hex[:8]}",
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        reconnect_on_failure=False,
+    )
     if username is not None:
         c.username_pw_set(username, password)
     answer: list[str] = []
@@ -186,11 +207,23 @@ def connect_result(port: int, *, v5: bool, username: str | None = None, password
         c.loop_stop()
 
 
-def publish(port: int, topic: str, payload: bytes, *, v5: bool, retain: bool = False, username: str | None = None,
-            password: str | None = None, timeout: float = 10.0) -> None:
+def publish(
+    port: int,
+    topic: str,
+    payload: bytes,
+    *,
+    v5: bool,
+    retain: bool = False,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 10.0,
+) -> None:
     """Publish one QoS 1 message as a short-lived client and wait for its PUBACK."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
-                    protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"pub-{uuid.uuid4().hex[:8]}",
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+    )
     if username is not None:
         c.username_pw_set(username, password)
     c.connect("127.0.0.1", port, keepalive=10)

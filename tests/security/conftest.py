@@ -115,8 +115,9 @@ def example_broker(tmp_path: Path, pki: dict[str, Issued]) -> Iterator[ExampleBr
 class Client:
     """A TLS MQTT 5 client with one identity: records messages, returns PUBACK reason codes."""
 
-    def __init__(self, broker: ExampleBroker, who: str, *, client_id: str | None = None,
-                 topics: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, broker: ExampleBroker, who: str, *, client_id: str | None = None, topics: tuple[str, ...] = ()
+    ) -> None:
         pki = broker.pki
         self.msgs: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.connected = threading.Event()
@@ -124,10 +125,14 @@ class Client:
         self._pubacks: dict[int, Any] = {}
         self._puback = threading.Condition()
         self._subscribed = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"{who}-{uuid.uuid4().hex[:6]}",
-                             protocol=MQTTProtocolVersion.MQTTv5)
-        self.c.tls_set(ca_certs=str(pki["ca"].cert_path), certfile=str(pki[who].cert_path),
-                       keyfile=str(pki[who].key_path))
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"{who}-{uuid.uuid4().hex[:6]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.c.tls_set(
+            ca_certs=str(pki["ca"].cert_path), certfile=str(pki[who].cert_path), keyfile=str(pki[who].key_path)
+        )
         self.topics = topics
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.append(int(rc.value))
@@ -187,6 +192,12 @@ class Client:
 
 def device_config(pki: dict[str, Issued], port: int, who: str = "gate-north-1") -> dict[str, Any]:
     """The ``mqtt`` section for the agent: TLS with the device's own certificate."""
-    return {"host": "127.0.0.1", "port": port,
-            "tls": {"ca_file": str(pki["ca"].cert_path), "cert_file": str(pki[who].cert_path),
-                    "key_file": str(pki[who].key_path)}}
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": {
+            "ca_file": str(pki["ca"].cert_path),
+            "cert_file": str(pki[who].cert_path),
+            "key_file": str(pki[who].key_path),
+        },
+    }

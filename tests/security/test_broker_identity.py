@@ -43,7 +43,8 @@ def start_agent(agent_proc: Any, broker: ExampleBroker, pki: dict[str, Issued], 
 
 
 def test_identity__another_devices_certificate_cannot_knock_a_device_off(
-        example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any) -> None:
+    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any
+) -> None:
     central = Client(example_broker, "central", topics=("campus/#",))
     agent = start_agent(agent_proc, example_broker, pki)
     try:
@@ -63,13 +64,19 @@ def test_identity__another_devices_certificate_cannot_knock_a_device_off(
 
 
 def test_identity__a_device_cannot_write_under_another_site_device_or_command_topic(
-        example_broker: ExampleBroker) -> None:
+    example_broker: ExampleBroker,
+) -> None:
     central = Client(example_broker, "central", topics=("campus/#",))
     rogue = Client(example_broker, "gate-north-2")
     try:
-        for topic in ("campus/other/gate-north-2/event/panic", "campus/main/gate-north-1/event/panic",
-                      "campus/main/gate-north-1/status", "campus/main/gate-north-2/cmd/test_mode",
-                      "campus/main/gate-north-2/doctor/ping", "campus/main/gate-north-1/doctor/ping"):
+        for topic in (
+            "campus/other/gate-north-2/event/panic",
+            "campus/main/gate-north-1/event/panic",
+            "campus/main/gate-north-1/status",
+            "campus/main/gate-north-2/cmd/test_mode",
+            "campus/main/gate-north-2/doctor/ping",
+            "campus/main/gate-north-1/doctor/ping",
+        ):
             assert rogue.pub(topic, b'{"forged": true}') == 135, topic  # MQTT 5: Not authorized
         assert rogue.pub("campus/main/gate-north-2/event/panic", b"sentinel") == 0
         assert central.until("campus/main/gate-north-2/event/panic") == []
@@ -91,12 +98,20 @@ def test_identity__a_device_reads_only_its_own_commands(example_broker: ExampleB
 
 
 def test_identity__doctor_round_trip_uses_its_own_identity_and_leaves_the_agent_connected(
-        example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any) -> None:
+    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any
+) -> None:
     doc = pki["doctor-gate-north-1"]
-    agent = start_agent(agent_proc, example_broker, pki,
-                        doctor={"cert_file": str(doc.cert_path), "key_file": str(doc.key_path)})
-    r = subprocess.run([sys.executable, "-m", "agent", "doctor", "-c", str(agent.config), "--timeout", "5"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    agent = start_agent(
+        agent_proc, example_broker, pki, doctor={"cert_file": str(doc.cert_path), "key_file": str(doc.key_path)}
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "doctor", "-c", str(agent.config), "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
     lines = r.stdout.splitlines()
     assert any(line.startswith("OK") and "round trip: published and received" in line for line in lines), r.stdout
     status = agent.status()
@@ -117,7 +132,8 @@ def test_identity__the_doctor_identity_cannot_send_events(example_broker: Exampl
 
 
 def test_example_broker__refuses_packets_over_64_kib(
-        example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any) -> None:
+    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any
+) -> None:
     agent = start_agent(agent_proc, example_broker, pki)
     sender = Client(example_broker, "central", topics=("campus/main/gate-north-1/reply",))
     big = json.dumps({"v": 1, "id": "big", "pad": "x" * 100_000}).encode()
@@ -136,8 +152,13 @@ def test_example_broker__refuses_packets_over_64_kib(
 
 def test_example_files__bind_identity_and_limit_packets() -> None:
     conf = (ROOT / "config" / "mosquitto" / "mosquitto.conf").read_text()
-    for line in ("use_identity_as_username true", "use_username_as_clientid true", "require_certificate true",
-                 "allow_anonymous false", "max_packet_size 65536"):
+    for line in (
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "require_certificate true",
+        "allow_anonymous false",
+        "max_packet_size 65536",
+    ):
         assert f"\n{line}\n" in conf, line
     acl = (ROOT / "config" / "mosquitto" / "campus.acl").read_text()
     assert "+/%u" not in acl, "the site must come from the identity, not a wildcard"
@@ -150,11 +171,17 @@ def test_identity__the_same_acl_works_with_passwords_named_site_slash_id(tmp_pat
     pw.touch()
     pw.chmod(0o600)
     for user in ("main/gate-north-2", "central"):
-        subprocess.run(["mosquitto_passwd", "-b", str(pw), user, "pw-" + user.replace("/", "-")], check=True,
-                       capture_output=True)
-    b = Broker(tmp_path / "pw", listener_extra=(f"allow_anonymous false\npassword_file {pw}\n"
-                                               f"use_username_as_clientid true\n"
-                                               f"acl_file {ROOT / 'config' / 'mosquitto' / 'campus.acl'}\n")).start()
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(pw), user, "pw-" + user.replace("/", "-")], check=True, capture_output=True
+        )
+    b = Broker(
+        tmp_path / "pw",
+        listener_extra=(
+            f"allow_anonymous false\npassword_file {pw}\n"
+            f"use_username_as_clientid true\n"
+            f"acl_file {ROOT / 'config' / 'mosquitto' / 'campus.acl'}\n"
+        ),
+    ).start()
     got: queue.Queue[str] = queue.Queue()
     acks: queue.Queue[int] = queue.Queue()
 

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.broker
 
 
 def _agent(broker: Any, tmp_path: Path, device: str, **extra: Any) -> AgentProc:
-    cfg = write_config(tmp_path / device, broker.port, device=device,
-                       outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}}, **extra)
+    cfg = write_config(
+        tmp_path / device, broker.port, device=device, outputs={"ack_led": {"pin": 22}, "buzzer": {"pin": 23}}, **extra
+    )
     return AgentProc(cfg)
 
 
@@ -35,8 +36,7 @@ def test_retained_test_mode_is_not_applied_on_connect(broker: Any, tmp_path: Pat
     central = Central(broker.port, topics=(f"{root}/#",))
     agent = _agent(broker, tmp_path, device)
     try:
-        central.publish(f"{root}/cmd/test_mode", json.dumps({"v": 1, "id": "left-behind", "minutes": 240}),
-                        retain=True)
+        central.publish(f"{root}/cmd/test_mode", json.dumps({"v": 1, "id": "left-behind", "minutes": 240}), retain=True)
         agent.start()
         reply = central.wait_for(lambda m: m.topic == f"{root}/reply").doc
         assert reply["cmd_id"] == "left-behind"

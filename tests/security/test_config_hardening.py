@@ -41,8 +41,15 @@ def check_config(path: Path, *, limit_mb: int | None = None) -> subprocess.Compl
         if limit_mb is not None:
             resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
 
-    return subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120, preexec_fn=limit, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        preexec_fn=limit,
+        check=False,
+    )
 
 
 def secret(tmp_path: Path, name: str = "mqtt.pass", mode: int = 0o600, text: str = "s3cret\n") -> Path:
@@ -57,8 +64,10 @@ def secret(tmp_path: Path, name: str = "mqtt.pass", mode: int = 0o600, text: str
 
 def test_check_config__password_without_tls_is_refused_with_the_reason(tmp_path: Path) -> None:
     secret(tmp_path)
-    cfg = write(tmp_path, GOOD.replace("host: 127.0.0.1", "host: b.lan\n  port: 8883\n  username: u\n"
-                                                          "  password_file: mqtt.pass"))
+    cfg = write(
+        tmp_path,
+        GOOD.replace("host: 127.0.0.1", "host: b.lan\n  port: 8883\n  username: u\n  password_file: mqtt.pass"),
+    )
     r = check_config(cfg)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "mqtt.password_file: a password without TLS is sent in clear text" in r.stderr
@@ -67,8 +76,13 @@ def test_check_config__password_without_tls_is_refused_with_the_reason(tmp_path:
 
 def test_check_config__lab_switch_accepts_it_and_warns(tmp_path: Path) -> None:
     secret(tmp_path)
-    cfg = write(tmp_path, GOOD.replace("host: 127.0.0.1", "host: b.lan\n  username: u\n  password_file: mqtt.pass\n"
-                                                          "  allow_plaintext_password: true"))
+    cfg = write(
+        tmp_path,
+        GOOD.replace(
+            "host: 127.0.0.1",
+            "host: b.lan\n  username: u\n  password_file: mqtt.pass\n  allow_plaintext_password: true",
+        ),
+    )
     r = check_config(cfg)
     assert r.returncode == 0, r.stderr
     assert "WARNING: the MQTT password is sent without TLS (mqtt.allow_plaintext_password: true)" in r.stdout
@@ -83,8 +97,11 @@ def test_check_config__lab_switch_alone_warns_about_nothing(tmp_path: Path) -> N
 @pytest.mark.broker
 def test_status__plaintext_lab_switch_warns_in_every_status(broker: object, agent_proc: object, tmp_path: Path) -> None:
     pw = secret(tmp_path)
-    agent = agent_proc(broker.port, device="lab-1",  # type: ignore[attr-defined,operator]
-                       mqtt={"username": "lab-1", "password_file": str(pw), "allow_plaintext_password": True})
+    agent = agent_proc(
+        broker.port,
+        device="lab-1",  # type: ignore[attr-defined,operator]
+        mqtt={"username": "lab-1", "password_file": str(pw), "allow_plaintext_password": True},
+    )
     warnings = agent.status()["status"]["warnings"]
     assert any("password is sent without TLS" in w for w in warnings), warnings
 
@@ -99,20 +116,24 @@ def test_check_config__check_hostname_off_needs_ca_file(tmp_path: Path) -> None:
 # ---- issue 10: characters brokers map or reserve; 9.8: injective client id ------------------------------
 
 
-@pytest.mark.parametrize(("key", "value", "reason"), [
-    ("topic_prefix", "campus.north", "RabbitMQ maps '.' to '/'"),
-    ("topic_prefix", "cam$pus", "brokers reserve '$' topics"),
-    ("topic_prefix", "$SYS", "brokers reserve '$' topics"),
-    ("topic_prefix", "org/+/campus", "'+' and '#' are MQTT wildcards"),
-    ("topic_prefix", "org//campus", "between single '/'"),
-    ("topic_prefix", "'org/campus/'", "between single '/'"),
-    ("id", "gate.north", "RabbitMQ maps '.' to '/'"),
-    ("id", "gate/north", "'/' separates topic levels"),
-    ("site", "'main#'", "'+' and '#' are MQTT wildcards"),
-    ("site", "ma$n", "brokers reserve '$' topics"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("topic_prefix", "campus.north", "RabbitMQ maps '.' to '/'"),
+        ("topic_prefix", "cam$pus", "brokers reserve '$' topics"),
+        ("topic_prefix", "$SYS", "brokers reserve '$' topics"),
+        ("topic_prefix", "org/+/campus", "'+' and '#' are MQTT wildcards"),
+        ("topic_prefix", "org//campus", "between single '/'"),
+        ("topic_prefix", "'org/campus/'", "between single '/'"),
+        ("id", "gate.north", "RabbitMQ maps '.' to '/'"),
+        ("id", "gate/north", "'/' separates topic levels"),
+        ("site", "'main#'", "'+' and '#' are MQTT wildcards"),
+        ("site", "ma$n", "brokers reserve '$' topics"),
+    ],
+)
 def test_check_config__reserved_characters_are_refused_with_the_reason(
-        tmp_path: Path, key: str, value: str, reason: str) -> None:
+    tmp_path: Path, key: str, value: str, reason: str
+) -> None:
     if key == "topic_prefix":
         text = GOOD.replace("host: 127.0.0.1", f"host: h\n  topic_prefix: {value}")
     else:
@@ -143,8 +164,10 @@ def tls_config(tmp_path: Path, *, ca: int = 0o644, cert: int = 0o644, key: int =
     secret(tmp_path, "client.crt", cert, "-----BEGIN CERTIFICATE-----\n")
     secret(tmp_path, "client.key", key, "-----BEGIN PRIVATE KEY-----\n")
     secret(tmp_path, "mqtt.pass", pw)
-    return write(tmp_path, GOOD.replace("host: 127.0.0.1", "host: h\n  username: u\n  password_file: mqtt.pass\n"
-                                        + TLS.rstrip("\n")))
+    return write(
+        tmp_path,
+        GOOD.replace("host: 127.0.0.1", "host: h\n  username: u\n  password_file: mqtt.pass\n" + TLS.rstrip("\n")),
+    )
 
 
 def test_modes__owner_only_secrets_and_read_only_ca_are_accepted(tmp_path: Path) -> None:
@@ -152,17 +175,20 @@ def test_modes__owner_only_secrets_and_read_only_ca_are_accepted(tmp_path: Path)
     assert cfg.mqtt.password is not None
 
 
-@pytest.mark.parametrize(("kwargs", "reason"), [
-    ({"pw": 0o660}, r"mqtt\.pass is writable by its group \(mode 0660\); it holds a secret: run 'chmod 600"),
-    ({"pw": 0o620}, r"mqtt\.pass is writable by its group \(mode 0620\)"),
-    ({"pw": 0o640}, r"mqtt\.pass is readable by its group \(mode 0640\); it holds a secret: run 'chmod 600"),
-    ({"pw": 0o604}, r"mqtt\.pass is readable by others \(mode 0604\)"),
-    ({"key": 0o660}, r"client\.key is writable by its group \(mode 0660\)"),
-    ({"key": 0o640}, r"client\.key is readable by its group"),
-    ({"ca": 0o666}, r"ca\.crt is writable by others \(mode 0666\); the agent trusts what it says: run 'chmod 644"),
-    ({"ca": 0o664}, r"ca\.crt is writable by its group \(mode 0664\)"),
-    ({"cert": 0o646}, r"client\.crt is writable by others"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"pw": 0o660}, r"mqtt\.pass is writable by its group \(mode 0660\); it holds a secret: run 'chmod 600"),
+        ({"pw": 0o620}, r"mqtt\.pass is writable by its group \(mode 0620\)"),
+        ({"pw": 0o640}, r"mqtt\.pass is readable by its group \(mode 0640\); it holds a secret: run 'chmod 600"),
+        ({"pw": 0o604}, r"mqtt\.pass is readable by others \(mode 0604\)"),
+        ({"key": 0o660}, r"client\.key is writable by its group \(mode 0660\)"),
+        ({"key": 0o640}, r"client\.key is readable by its group"),
+        ({"ca": 0o666}, r"ca\.crt is writable by others \(mode 0666\); the agent trusts what it says: run 'chmod 644"),
+        ({"ca": 0o664}, r"ca\.crt is writable by its group \(mode 0664\)"),
+        ({"cert": 0o646}, r"client\.crt is writable by others"),
+    ],
+)
 def test_modes__unsafe_modes_are_refused(tmp_path: Path, kwargs: dict[str, int], reason: str) -> None:
     with pytest.raises(ConfigError, match=reason):
         load_config(tls_config(tmp_path, **kwargs))
@@ -171,15 +197,19 @@ def test_modes__unsafe_modes_are_refused(tmp_path: Path, kwargs: dict[str, int],
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a file owned by another user needs root")
 @pytest.mark.parametrize("name", ["mqtt.pass", "client.key", "ca.crt"])
 def test_owner__a_file_owned_by_another_user_in_a_sticky_world_writable_dir_is_refused(
-        tmp_path: Path, name: str) -> None:
+    tmp_path: Path, name: str
+) -> None:
     shared = tmp_path / "tmp"
     shared.mkdir()
     shared.chmod(0o1777)
     path = tls_config(shared)
     nobody = pwd.getpwnam("nobody").pw_uid
     os.chown(shared / name, nobody, -1)
-    with pytest.raises(ConfigError, match=rf"{name.replace('.', '[.]')} is owned by nobody \(uid {nobody}\), not by "
-                                          r"root \(uid 0\)(?: or campus-agent \(uid \d+\))?; .*run 'chown campus-agent"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{name.replace('.', '[.]')} is owned by nobody \(uid {nobody}\), not by "
+        r"root \(uid 0\)(?: or campus-agent \(uid \d+\))?; .*run 'chown campus-agent",
+    ):
         load_config(path)
 
 

@@ -24,8 +24,15 @@ ENV_NO_ROOT = {k: v for k, v in os.environ.items() if k != "CAMPUS_AGENT_ALLOW_R
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 # ---- 14.7: root ---------------------------------------------------------------------------------------
@@ -46,8 +53,12 @@ def test_run__as_root_is_refused_without_allow_root(tmp_path: Path) -> None:
 def test_run__as_root_with_allow_root_starts(tmp_path: Path, broker: Any) -> None:
     cfg = write_config(tmp_path, broker.port, device="root-2")
     sock = Path(__import__("yaml").safe_load(cfg.read_text())["control"]["socket"])
-    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "--allow-root", "-c", str(cfg)], cwd=ROOT,
-                         env=ENV_NO_ROOT, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--allow-root", "-c", str(cfg)],
+        cwd=ROOT,
+        env=ENV_NO_ROOT,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_answer(sock, p)
     finally:
@@ -73,8 +84,12 @@ def wait_answer(sock: Path, p: subprocess.Popen[bytes], timeout: float = 20.0) -
 def test_run__by_hand_under_umask_022_keeps_its_files_private(tmp_path: Path, broker: Any) -> None:
     cfg = write_config(tmp_path, broker.port, device="umask-1")
     sock = Path(__import__("yaml").safe_load(cfg.read_text())["control"]["socket"])
-    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=ROOT,
-                         preexec_fn=lambda: os.umask(0o022), stderr=subprocess.PIPE)  # noqa: PLW1509
+    p = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+        cwd=ROOT,
+        preexec_fn=lambda: os.umask(0o022),  # noqa: PLW1509
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_answer(sock, p)
         for name in ("outbox.db", "agent-state.json"):
@@ -90,12 +105,16 @@ def test_run__by_hand_under_umask_022_keeps_its_files_private(tmp_path: Path, br
 
 @pytest.mark.broker
 def test_status_simulate_test_mode__read_only_the_socket_from_the_config(
-        tmp_path: Path, broker: Any, agent_proc: Any) -> None:
+    tmp_path: Path, broker: Any, agent_proc: Any
+) -> None:
     pw = tmp_path / "mqtt.pass"
     pw.write_text("s3cret\n")
     pw.chmod(0o600)
-    agent = agent_proc(broker.port, device="ctl-1",
-                       mqtt={"username": "ctl-1", "password_file": str(pw), "allow_plaintext_password": True})
+    agent = agent_proc(
+        broker.port,
+        device="ctl-1",
+        mqtt={"username": "ctl-1", "password_file": str(pw), "allow_plaintext_password": True},
+    )
     pw.unlink()  # a technician outside the service user could not read it: here nobody can
     assert run_cli("check-config", str(agent.config)).returncode == 2  # the full read needs the secret
     r = run_cli("status", "-c", str(agent.config))

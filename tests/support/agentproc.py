@@ -54,8 +54,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def config_dict(workdir: Path, port: int, *, device: str, site: str = "main", **extra: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "device": {"id": device, "site": site, "location": "test bench"},
-        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive_s": 5, "reconnect_min_s": 0.2,
-                 "reconnect_max_s": 1, "connect_timeout_s": 3},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": port,
+            "keepalive_s": 5,
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1,
+            "connect_timeout_s": 3,
+        },
         "gpio": {"pin_factory": "mock"},
         "inputs": [{"name": "panic", "kind": "panic_button", "pin": 17, "debounce_ms": 0}],
         "heartbeat": {"interval_s": 30},
@@ -87,8 +93,13 @@ class AgentProc:
     def start(self, timeout: float = 20.0) -> AgentProc:
         env = dict(os.environ, PYTHONPATH=str(ROOT), **(self.env or {}))
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(self.config)],
-                                         stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "-c", str(self.config)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -55,8 +55,13 @@ class AmqttBroker:
     def start(self, timeout: float = 20.0) -> AmqttBroker:
         self.write_conf()
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen([str(AMQTT_BIN), "-c", str(self.conf)], stdout=logf,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir)
+            self.proc = subprocess.Popen(
+                [str(AMQTT_BIN), "-c", str(self.conf)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
         try:
             wait_port(self.port, self.proc, timeout)
         except (RuntimeError, TimeoutError) as exc:

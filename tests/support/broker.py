@@ -40,8 +40,13 @@ class Broker:
     that falls behind, which would look like loss by the agent.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, listener_extra: str = "allow_anonymous true\n",
-                 persistence: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        listener_extra: str = "allow_anonymous true\n",
+        persistence: bool = False,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()

@@ -41,8 +41,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if mode in ("basic", "digest") and not self._authorized(mode):
-            challenge = (f'Digest realm="{cam.realm}", nonce="{cam.nonce}", qop="auth", algorithm=MD5'
-                         if mode == "digest" else f'Basic realm="{cam.realm}"')
+            challenge = (
+                f'Digest realm="{cam.realm}", nonce="{cam.nonce}", qop="auth", algorithm=MD5'
+                if mode == "digest"
+                else f'Basic realm="{cam.realm}"'
+            )
             self._send(401, "text/html", b"<html>401 Unauthorized</html>", {"WWW-Authenticate": challenge})
             return
         answers = {
@@ -69,7 +72,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return header == "Basic " + base64.b64encode(f"{cam.username}:{cam.password}".encode()).decode()
         if not header.startswith("Digest "):
             return False
-        f = urllib.request.parse_keqv_list(urllib.request.parse_http_list(header[len("Digest "):]))
+        f = urllib.request.parse_keqv_list(urllib.request.parse_http_list(header[len("Digest ") :]))
         ha1 = _md5(f"{cam.username}:{cam.realm}:{cam.password}")
         ha2 = _md5(f"GET:{f.get('uri', '')}")
         want = _md5(f"{ha1}:{cam.nonce}:{f.get('nc', '')}:{f.get('cnonce', '')}:auth:{ha2}")
@@ -105,8 +108,9 @@ class HttpCamera:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.camera = self
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="http-camera", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="http-camera", daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -1,4 +1,5 @@
 """Throwaway PKI for tests: CA, server cert (127.0.0.1/localhost), client certs."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,9 +24,13 @@ class Issued:
 def _write(dirpath: Path, stem: str, cert, key) -> Issued:
     cp, kp = dirpath / f"{stem}.crt", dirpath / f"{stem}.key"
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,  # "BEGIN PRIVATE KEY"
-                                     serialization.NoEncryption()))
+    kp.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,  # "BEGIN PRIVATE KEY"
+            serialization.NoEncryption(),
+        )
+    )
     kp.chmod(0o600)
     return Issued(cert, key, cp, kp)
 
@@ -43,42 +48,83 @@ def _validity(b: x509.CertificateBuilder, days: float = 2.0, start_days_ago: flo
 def make_ca(dirpath: Path, cn: str = "Test CA", stem: str = "ca") -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (_validity(x509.CertificateBuilder())
-            .subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(ski, critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        _validity(x509.CertificateBuilder())
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return _write(Path(dirpath), stem, cert, key)
 
 
-def issue(ca: Issued, dirpath: Path, cn: str, stem: str, *, server: bool,
-          dns: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1",),
-          days: float = 2.0, start_days_ago: float = 0.0) -> Issued:
+def issue(
+    ca: Issued,
+    dirpath: Path,
+    cn: str,
+    stem: str,
+    *,
+    server: bool,
+    dns: tuple[str, ...] = ("localhost",),
+    ips: tuple[str, ...] = ("127.0.0.1",),
+    days: float = 2.0,
+    start_days_ago: float = 0.0,
+) -> Issued:
     """Issue a certificate; ``days`` < 0 gives an expired one (valid until that many days ago)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    b = (_validity(x509.CertificateBuilder(), days, start_days_ago)
-         .subject_name(_name(cn)).issuer_name(ca.cert.subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
-                                      content_commitment=False, data_encipherment=False,
-                                      key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                      encipher_only=False, decipher_only=False), critical=True)
-         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                               else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-                        critical=False))
+    b = (
+        _validity(x509.CertificateBuilder(), days, start_days_ago)
+        .subject_name(_name(cn))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    )
     if server:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]),
-            critical=False)
+        b = b.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            ),
+            critical=False,
+        )
     cert = b.sign(ca.key, hashes.SHA256())
     return _write(Path(dirpath), stem, cert, key)
 

@@ -171,8 +171,9 @@ class GateProxy(_Server):
         self._spawn(self._pipe, up, conn, to_client, level, False)
         self._pipe(conn, up, to_client, level, True)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, to_client: threading.Lock, level: int,
-              from_client: bool) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, to_client: threading.Lock, level: int, from_client: bool
+    ) -> None:
         """Copy whole packets ``src`` → ``dst``, acting on the client's SUBSCRIBE."""
         try:
             while True:
@@ -197,8 +198,10 @@ class GateProxy(_Server):
         _close_both(src, dst)
 
     def __repr__(self) -> str:
-        return (f"<GateProxy 127.0.0.1:{self.port} → {self.upstream_port} v5={self.v5} "
-                f"subscribe={self.subscribe} connects={self.connects}>")
+        return (
+            f"<GateProxy 127.0.0.1:{self.port} → {self.upstream_port} v5={self.v5} "
+            f"subscribe={self.subscribe} connects={self.connects}>"
+        )
 
 
 def _close_both(a: socket.socket, b: socket.socket) -> None:

@@ -14,6 +14,7 @@ Faults (call from the test thread at any time):
                            reset (their byte streams are no longer intact)
     p.set_latency(0.3)     delay every chunk by 0.3 s in each direction (order kept)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,9 @@ class _Conn:
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1",
-                 listen_host: str = "127.0.0.1", listen_port: int = 0):
+    def __init__(
+        self, upstream_port: int, upstream_host: str = "127.0.0.1", listen_host: str = "127.0.0.1", listen_port: int = 0
+    ):
         self.upstream = (upstream_host, upstream_port)
         self.listen_host, self.port = listen_host, listen_port
         self.latency = 0.0
@@ -85,8 +87,7 @@ class FaultProxy:
 
     async def _listen(self):
         if self._server is None:
-            self._server = await asyncio.start_server(
-                self._handle, self.listen_host, self.port, reuse_address=True)
+            self._server = await asyncio.start_server(self._handle, self.listen_host, self.port, reuse_address=True)
             self.port = self._server.sockets[0].getsockname()[1]
 
     async def _unlisten(self):
@@ -157,11 +158,11 @@ class FaultProxy:
                     if not data and to_client:
                         await asyncio.Future()  # broker hung up: never tell the client
                     if not data:
-                        return                   # client gave up: tidy up
-                    continue                     # swallow the bytes
+                        return  # client gave up: tidy up
+                    continue  # swallow the bytes
                 q.put_nowait((loop.time() + self.latency, data or None))
                 if not data:
-                    await tx                     # flush delayed bytes, then end
+                    await tx  # flush delayed bytes, then end
                     return
         except OSError:
             pass

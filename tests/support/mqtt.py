@@ -30,14 +30,24 @@ class Msg:
 class Central:
     """Subscribes, records every message in arrival order, and can publish."""
 
-    def __init__(self, port: int, *, topics: tuple[str, ...] = ("campus/#",), v5: bool = True,
-                 host: str = "127.0.0.1", **tls: Any) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        topics: tuple[str, ...] = ("campus/#",),
+        v5: bool = True,
+        host: str = "127.0.0.1",
+        **tls: Any,
+    ) -> None:
         self.msgs: queue.Queue[Msg] = queue.Queue()
         self.all: list[Msg] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"central-{uuid.uuid4().hex[:8]}",
-                             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"central-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        )
         if tls:
             self.c.tls_set(**tls)
         self.topics = topics
@@ -57,8 +67,10 @@ class Central:
         props = None
         p = getattr(m, "properties", None)
         if p is not None and (getattr(p, "ContentType", None) or getattr(p, "UserProperty", None)):
-            props = {"content_type": getattr(p, "ContentType", None),
-                     "user": dict(getattr(p, "UserProperty", None) or [])}
+            props = {
+                "content_type": getattr(p, "ContentType", None),
+                "user": dict(getattr(p, "UserProperty", None) or []),
+            }
         msg = Msg(m.topic, bytes(m.payload), bool(m.retain), time.monotonic(), props)
         with self._lock:
             self.all.append(msg)

@@ -68,8 +68,12 @@ class Epmd:
 
     def start(self) -> Epmd:
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen([_epmd_binary(), "-port", str(self.port), "-address", "127.0.0.1"],
-                                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [_epmd_binary(), "-port", str(self.port), "-address", "127.0.0.1"],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_port(self.port, self.proc, 10)
         return self
 
@@ -130,8 +134,14 @@ class RabbitNode:
         """Start the node and wait until its MQTT listener accepts (5-10 s here, more under load)."""
         self.pid_file.unlink(missing_ok=True)
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen([str(SERVER)], stdout=logf, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [str(SERVER)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
         try:
             wait_port(self.mqtt_port, self.proc, timeout)
         except (RuntimeError, TimeoutError) as exc:
@@ -149,11 +159,19 @@ class RabbitNode:
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """rabbitmqctl against this node; raises with its output when it fails."""
-        r = subprocess.run([str(CTL), "-n", self.name, *args], env=self.env, capture_output=True, text=True,
-                           timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            [str(CTL), "-n", self.name, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         if r.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name} failed ({r.returncode}):\n"
-                               f"{r.stdout}{r.stderr}")
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} on {self.name} failed ({r.returncode}):\n{r.stdout}{r.stderr}"
+            )
         return r.stdout
 
     def beam_pid(self) -> int | None:
