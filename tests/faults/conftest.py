@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import REPORT, SEED, SOAK
+from tests.faults.harness import REPORT, SEED, SOAK, MakeAgent, MakeBroker
 from tests.support.agentproc import AgentProc, write_config
 from tests.support.broker import Broker
 from tests.support.faultproxy import FaultProxy
@@ -21,7 +21,7 @@ SOAK_TABLE = Path(__file__).with_name("last-soak.txt")
 
 
 @pytest.fixture
-def brokers(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+def brokers(tmp_path: Path) -> Iterator[MakeBroker]:
     """Factory: brokers(persistence=False) -> a started mosquitto of this test only."""
     made: list[Broker] = []
 
@@ -51,7 +51,7 @@ def proxies() -> Iterator[Callable[[int], FaultProxy]]:
 
 
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
+def agents(tmp_path: Path) -> Iterator[MakeAgent]:
     """Factory: agents(port, device, env=None, start=True, **config) -> AgentProc, killed after the test."""
     made: list[AgentProc] = []
 

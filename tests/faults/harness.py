@@ -25,6 +25,7 @@ replayable (default 1).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import json
 import os
@@ -39,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -47,12 +48,28 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.errors import ControlError
 from tests.support.agentproc import ROOT, AgentProc
+from tests.support.broker import Broker
+from tests.support.waiting import eventually
 
 SOAK = os.environ.get("SOAK") == "1"
 SEED = int(os.environ.get("SEED", "1"))
 
 
-def modes() -> list[Any]:
+class MakeBroker(Protocol):
+    """The ``brokers`` fixture: a started mosquitto of this test only."""
+
+    def __call__(self, *, persistence: bool = False) -> Broker: ...
+
+
+class MakeAgent(Protocol):
+    """The ``agents`` fixture: an agent process on ``port`` (started unless ``start=False``), killed after the test."""
+
+    def __call__(
+        self, port: int, device: str, *, env: dict[str, str] | None = None, start: bool = True, **extra: Any
+    ) -> AgentProc: ...
+
+
+def modes() -> list[object]:
     """Parametrize a scenario: a short case for ``make test``, a full one for ``make soak``."""
     return [
         pytest.param("short", id="short"),
@@ -70,24 +87,6 @@ def count(mode: str, short: int, full: int) -> int:
 
 def rng_for(scenario: str, mode: str) -> random.Random:
     return random.Random(f"{SEED}-{scenario}-{mode}")
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``pred`` until it returns something truthy; fail with ``what`` after ``timeout``.
-
-    A ControlError (agent restarting) counts as "not yet".
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            got = pred()
-        except ControlError:
-            got = None
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 # ---- what the agent reported as recorded ------------------------------------------
@@ -145,7 +144,7 @@ def wait_logged(agent: AgentProc, n: int, type_: str = "panic", timeout: float =
         rec = read_recorded(agent.log)
         return rec if sum(r.type == type_ for r in rec.values()) >= n else None
 
-    return wait_until(enough, timeout, f"{n} {type_} events in the agent's log", interval=0.02)  # type: ignore[no-any-return]
+    return eventually(enough, timeout, f"{n} {type_} events in the agent's log")
 
 
 def seq_problems(recorded: dict[str, Rec], sink: EventSink) -> list[str]:
@@ -200,7 +199,8 @@ class EventSink:
             )
         else:
             self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=MQTTProtocolVersion.MQTTv5)
-        self.c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        # paho annotates the delays as int, but they are seconds and fractions work
+        self.c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = lambda *_a: self.connected.clear()
         self.c.on_subscribe = lambda *_a: self._subscribed.set()
@@ -244,13 +244,14 @@ class EventSink:
         return ids - self.ids()
 
     def wait_for_ids(self, ids: set[str], timeout: float) -> set[str]:
-        """Wait until every id arrived; return what is still missing at the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = self.missing(ids)
-            if not left or time.monotonic() >= deadline:
-                return left
-            time.sleep(0.1)
+        """Wait until every id arrived; return what is still missing at the deadline.
+
+        Missing ids are returned, not raised: ``settle`` puts them in the table
+        row and the scenario's assert names them.
+        """
+        with contextlib.suppress(AssertionError):
+            eventually(lambda: not self.missing(ids), timeout, "every recorded event at the central", interval=0.1)
+        return self.missing(ids)
 
     def duplicates(self, ids: set[str] | None = None) -> int:
         """Extra copies received (at-least-once: allowed, counted)."""
@@ -277,7 +278,7 @@ class EventSink:
             with self._lock:
                 return next(((t, d) for t, d in self.status if t >= since and pred(d)), None)
 
-        return wait_until(find, timeout, what)  # type: ignore[no-any-return]
+        return eventually(find, timeout, what)
 
     def close(self) -> None:
         self.c.disconnect()
@@ -356,7 +357,14 @@ def connected(agent: AgentProc) -> bool:
 
 
 def wait_connected(agent: AgentProc, timeout: float = 20.0, up: bool = True) -> None:
-    wait_until(lambda: connected(agent) is up, timeout, f"agent link {'up' if up else 'down'}")
+    """Until the agent's link is up (or down); an agent still starting counts as "not yet"."""
+    eventually(
+        lambda: connected(agent) is up,
+        timeout,
+        f"agent link {'up' if up else 'down'}",
+        interval=0.05,
+        retry_on=(ControlError,),
+    )
 
 
 def log_size(agent: AgentProc) -> int:

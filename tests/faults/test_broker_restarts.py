@@ -13,6 +13,8 @@ import pytest
 
 from tests.faults.harness import (
     EventSink,
+    MakeAgent,
+    MakeBroker,
     Presser,
     count,
     describe_missing,
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.broker
 
 
 @pytest.mark.parametrize("mode", modes())
-def test_broker_restarts__presses_continue__nothing_lost(mode, brokers, agents):
+def test_broker_restarts__presses_continue__nothing_lost(mode: str, brokers: MakeBroker, agents: MakeAgent) -> None:
     restarts = count(mode, 5, 50)
     rng = rng_for("broker-restarts", mode)
     t0 = time.monotonic()

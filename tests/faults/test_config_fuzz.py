@@ -361,7 +361,7 @@ def _check(path: Path, data: bytes, seen: Counter[str]) -> None:
 
 
 @pytest.mark.parametrize("mode", modes())
-def test_config_fuzz__check_config_exits_0_or_2_with_a_message(mode, tmp_path):
+def test_config_fuzz__check_config_exits_0_or_2_with_a_message(mode: str, tmp_path: Path) -> None:
     examples = count(mode, 300, 5000)
     path = tmp_path / "fuzz.yaml"
     seen: Counter[str] = Counter()
@@ -416,7 +416,7 @@ SUBPROCESS_DOCS = {
 
 
 @pytest.mark.parametrize("name", sorted(SUBPROCESS_DOCS))
-def test_config_fuzz__real_process_prints_no_traceback(name, tmp_path):
+def test_config_fuzz__real_process_prints_no_traceback(name: str, tmp_path: Path) -> None:
     path = tmp_path / f"{name}.yaml"
     path.write_bytes(SUBPROCESS_DOCS[name])
     r = _cli(path)
@@ -426,7 +426,7 @@ def test_config_fuzz__real_process_prints_no_traceback(name, tmp_path):
         assert all(ln.startswith(f"{path}:") for ln in r.stderr.splitlines()), r.stderr
 
 
-def test_config_fuzz__real_process_on_a_directory_and_a_missing_file(tmp_path):
+def test_config_fuzz__real_process_on_a_directory_and_a_missing_file(tmp_path: Path) -> None:
     for path in (tmp_path, tmp_path / "missing.yaml"):
         r = _cli(path)
         assert r.returncode == 2, r
@@ -446,7 +446,7 @@ B1_DOCS = {
 
 
 @pytest.mark.parametrize("name", sorted(B1_DOCS))
-def test_config_bug_b1__unconstructible_value_gives_file_line_not_traceback(name, tmp_path):
+def test_config_bug_b1__unconstructible_value_gives_file_line_not_traceback(name: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(B1_DOCS[name])
     r = _cli(path)
@@ -455,7 +455,7 @@ def test_config_bug_b1__unconstructible_value_gives_file_line_not_traceback(name
     assert r.stderr.startswith(f"{path}:")
 
 
-def test_config_bug_b2__deep_nesting_gives_a_message_not_traceback(tmp_path):
+def test_config_bug_b2__deep_nesting_gives_a_message_not_traceback(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("device: " + "[" * 3000 + "\n")
     r = _cli(path)
@@ -464,7 +464,7 @@ def test_config_bug_b2__deep_nesting_gives_a_message_not_traceback(tmp_path):
     assert r.stderr.startswith(f"{path}:")
 
 
-def test_config_bug_b3__unencodable_socket_path_gives_file_line_not_traceback(tmp_path):
+def test_config_bug_b3__unencodable_socket_path_gives_file_line_not_traceback(tmp_path: Path) -> None:
     path = tmp_path / "sur.yaml"
     path.write_text('device: {id: gate, site: main}\nmqtt: {host: h}\ncontrol: {socket: "/run/\\ud800.sock"}\n')
     r = _cli(path)
@@ -473,7 +473,7 @@ def test_config_bug_b3__unencodable_socket_path_gives_file_line_not_traceback(tm
     assert r.stderr.startswith(f"{path}:")
 
 
-def test_config_bug_b5__control_character_message_is_file_line(tmp_path):
+def test_config_bug_b5__control_character_message_is_file_line(tmp_path: Path) -> None:
     path = tmp_path / "nul.yaml"
     path.write_bytes(b"device:\n  id: gate\n  site: ma\x00in\n")
     r = _cli(path)
@@ -490,7 +490,7 @@ def test_config_bug_b5__control_character_message_is_file_line(tmp_path):
     ],
     ids=["key", "path"],
 )
-def test_config_bug_b6__line_break_in_key_or_path_stays_on_one_line(doc, tmp_path):
+def test_config_bug_b6__line_break_in_key_or_path_stays_on_one_line(doc: str, tmp_path: Path) -> None:
     path = tmp_path / "nl.yaml"
     path.write_text(doc)
     r = _cli(path)
@@ -504,7 +504,7 @@ def _laughs(levels: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_config_bug_b4__nested_aliases_are_answered_at_once(tmp_path):
+def test_config_bug_b4__nested_aliases_are_answered_at_once(tmp_path: Path) -> None:
     path = tmp_path / "laughs.yaml"
     path.write_text(_laughs(6))
     assert path.stat().st_size < 400

@@ -19,6 +19,7 @@ import random
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,16 @@ from tests.faults.harness import (
     SEED,
     SOAK,
     EventSink,
+    MakeAgent,
     describe_missing,
     seq_problems,
     settle,
     wait_connected,
     wait_logged,
-    wait_until,
 )
-from tests.support.agentproc import AgentProc, unique_id
+from tests.support.agentproc import unique_id
+from tests.support.broker import Broker
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -91,17 +94,17 @@ def _readable_high_water(path: Path) -> int:
 def _quick_check_fails(path: Path) -> bool:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return db.execute("PRAGMA quick_check").fetchone()[0] != "ok"
+            return bool(db.execute("PRAGMA quick_check").fetchone()[0] != "ok")
     except sqlite3.DatabaseError:
         return True
 
 
-def _one(kind: str, seed: int, broker_port: int, agents: object, t0: float) -> None:
+def _one(kind: str, seed: int, broker_port: int, agents: MakeAgent, t0: float) -> None:
     rng = random.Random(f"{SEED}-{kind}-{seed}")
     device = unique_id("rot")
     sink = EventSink(broker_port, device)
     try:
-        agent: AgentProc = agents(broker_port, device, start=False)  # type: ignore[operator]
+        agent = agents(broker_port, device, start=False)
         outbox = agent.config.parent / "outbox.db"
         old_ids, old_top = _real_outbox(outbox, device, 300) if kind != "garbage" else (set(), 0)
         assert old_top in (0, 300)
@@ -110,7 +113,7 @@ def _one(kind: str, seed: int, broker_port: int, agents: object, t0: float) -> N
         high_water = _readable_high_water(outbox)
 
         agent.start()
-        m = wait_until(lambda: CRITICAL.search(agent.log.read_text()), 5, "CRITICAL line about the outbox")
+        m = eventually(lambda: CRITICAL.search(agent.log.read_text()), 5, "CRITICAL line about the outbox")
         aside = Path(m[3])
         assert aside.exists(), f"moved-aside file {aside} is not there"
         assert aside.name.startswith("outbox.db.corrupt-")
@@ -120,12 +123,12 @@ def _one(kind: str, seed: int, broker_port: int, agents: object, t0: float) -> N
         wait_connected(agent)
         for _ in range(5):
             agent.click()
-        started = wait_until(
+        started = eventually(
             lambda: [d for d in sink.docs.values() if d["type"] == "agent_started"], 10, "agent_started"
         )[0]
         assert started["data"]["outbox_recovered"] == {"moved_aside": str(aside), "salvaged": salvaged}
         recorded = wait_logged(agent, 5)
-        wait_until(lambda: len(old_ids & sink.ids()) >= salvaged, 10, "salvaged events to be sent")
+        eventually(lambda: len(old_ids & sink.ids()) >= salvaged, 10, "salvaged events to be sent")
         floor = max([high_water, *(d["seq"] for i, d in sink.docs.items() if i in old_ids)])
         assert min(r.seq for r in recorded.values() if r.seq is not None) > floor, "seq went back"
         first_new = min(r.seq for r in recorded.values() if r.seq is not None)
@@ -147,7 +150,7 @@ def _one(kind: str, seed: int, broker_port: int, agents: object, t0: float) -> N
         sink.close()
 
 
-def _cases() -> list[object]:
+def _cases() -> Sequence[object]:
     """Short: one garbage file, one damaged outbox.  Full (make soak): more seeds, and truncation."""
     full = (
         [("garbage", s) for s in (1, 2)] + [("damaged", s) for s in range(1, 8)] + [("truncated", s) for s in range(4)]
@@ -159,7 +162,9 @@ def _cases() -> list[object]:
 
 
 @pytest.mark.parametrize(("kind", "seed"), _cases())
-def test_corrupt_outbox__moved_aside_loudly__agent_runs(kind, seed, broker, agents):
+def test_corrupt_outbox__moved_aside_loudly__agent_runs(
+    kind: str, seed: int, broker: Broker, agents: MakeAgent
+) -> None:
     _one(kind, seed, broker.port, agents, time.monotonic())
 
 
@@ -176,11 +181,11 @@ def _readable_by_lookup(path: Path, top: int) -> set[int]:
     return ok
 
 
-def test_corrupt_outbox__every_readable_row_is_salvaged(broker, agents):
+def test_corrupt_outbox__every_readable_row_is_salvaged(broker: Broker, agents: MakeAgent) -> None:
     device = unique_id("salv")
     sink = EventSink(broker.port, device)
     try:
-        agent: AgentProc = agents(broker.port, device, start=False)
+        agent = agents(broker.port, device, start=False)
         outbox = agent.config.parent / "outbox.db"
         _, top = _real_outbox(outbox, device, 300)
         data = bytearray(outbox.read_bytes())
@@ -192,7 +197,7 @@ def test_corrupt_outbox__every_readable_row_is_salvaged(broker, agents):
         assert max(readable) == top, "precondition: the damaged page is mid-table, not the last one"
 
         agent.start()
-        m = wait_until(lambda: CRITICAL.search(agent.log.read_text()), 5, "CRITICAL line about the outbox")
+        m = eventually(lambda: CRITICAL.search(agent.log.read_text()), 5, "CRITICAL line about the outbox")
         assert int(m[4]) == len(readable), (
             f"salvaged {m[4]} events, but {len(readable)} of {top} rows of {m[3]} are readable "
             f"(seq {min(set(range(1, top + 1)) - readable)}-{max(set(range(1, top + 1)) - readable)} are not)"

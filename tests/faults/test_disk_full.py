@@ -27,15 +27,19 @@ import re
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.cli import format_status
+from agent.errors import ControlError
 from agent.outbox import HEADROOM_BYTES
 from tests.faults.harness import (
     EventSink,
+    MakeAgent,
+    MakeBroker,
     Rec,
     count,
     describe_missing,
@@ -47,9 +51,10 @@ from tests.faults.harness import (
     settle,
     wait_connected,
     wait_logged,
-    wait_until,
 )
 from tests.support.agentproc import AgentProc, unique_id
+from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -94,8 +99,32 @@ def _fill_to(filler: Path, free_left: int) -> None:
         os.close(fd)
 
 
-def _ob(agent: AgentProc) -> dict:
-    return agent.status()["status"]["outbox"]
+def _ob(agent: AgentProc) -> dict[str, Any]:
+    """The status document's ``outbox`` part (JSON)."""
+    ob: dict[str, Any] = agent.status()["status"]["outbox"]
+    return ob
+
+
+def _until(agent: AgentProc, pred: Callable[[dict[str, Any]], object], timeout: float, what: str) -> None:
+    """Until ``pred`` holds for the agent's outbox status."""
+    eventually(lambda: pred(_ob(agent)), timeout, what, retry_on=(ControlError,))
+
+
+def _press_until_held(agent: AgentProc, mark: int, limit: int = 3000, timeout: float = 60) -> int:
+    """Press until the log says a press was held in memory (no page left on disk); return the presses made."""
+    made = 0
+
+    def one_more() -> bool:
+        nonlocal made
+        if HELD.search(log_text(agent, mark)):
+            return True
+        assert made < limit, f"outbox never ran out of room after {limit} presses"
+        agent.click()
+        made += 1
+        return False
+
+    eventually(one_more, timeout, "the outbox to run out of room", interval=0)
+    return made
 
 
 def _panics(agent: AgentProc, n: int) -> list[Rec]:
@@ -103,7 +132,9 @@ def _panics(agent: AgentProc, n: int) -> list[Rec]:
 
 
 @pytest.mark.parametrize("mode", modes())
-def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_fs, brokers, proxies, agents):
+def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(
+    mode: str, small_fs: Path, brokers: MakeBroker, proxies: Callable[[int], FaultProxy], agents: MakeAgent
+) -> None:
     cycles = count(mode, 1, 4)
     t0 = time.monotonic()
     broker = brokers()
@@ -115,7 +146,7 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
     try:
         agent = agents(proxy.port, device, outbox={"path": str(small_fs / "outbox.db"), "max_mb": 2})
         wait_connected(agent)
-        wait_until(lambda: _ob(agent)["pending"] == 0, 10, "agent_started to be delivered")
+        _until(agent, lambda ob: ob["pending"] == 0, 10, "agent_started to be delivered")
         assert _ob(agent)["disk_low"] is False
         for _ in range(cycles):
             proxy.set_down(True)
@@ -125,10 +156,10 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
             # low: above the headroom, below the cap.  The limits are only re-read on a
             # put (see test_disk_low__status_says_so_while_idle), so press once first.
             _fill_to(filler, HEADROOM_BYTES + 600 * KIB)
-            time.sleep(1.1)  # the outbox re-reads free space at most once a second
+            time.sleep(1.1)  # the outbox re-reads free space at most once a second: let that second pass
             agent.click()
             clicks += 1
-            wait_until(lambda: _ob(agent)["disk_low"], 5, "status outbox.disk_low")
+            _until(agent, lambda ob: ob["disk_low"], 5, "status outbox.disk_low")
             text = log_text(agent, mark)
             assert re.search(
                 r"ERROR agent\.outbox: outbox filesystem \S+ is nearly full .*alarms are still recorded", text
@@ -142,12 +173,7 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
 
             # gone: below the headroom; press until the outbox has no page left
             _fill_to(filler, 1 * MIB)
-            deadline, n = time.monotonic() + 60, 0
-            while not HELD.search(log_text(agent, mark)):
-                assert n < 3000, "outbox never ran out of room"
-                assert time.monotonic() < deadline, "outbox never ran out of room in 60 s"
-                agent.click()
-                n += 1
+            n = _press_until_held(agent, mark)
             for _ in range(5):
                 agent.click()
             clicks += n + 5
@@ -168,17 +194,17 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
 
             # back: space returns, memory is flushed to disk, the link returns
             filler.unlink()
-            wait_until(
+            eventually(
                 lambda: all(r.seq is not None for r in read_recorded(agent.log).values()),
                 10,
                 "presses held in memory to be committed",
             )
-            wait_until(lambda: not _ob(agent)["disk_low"], 5, "disk_low to clear")
+            _until(agent, lambda ob: not ob["disk_low"], 5, "disk_low to clear")
             assert "has room again" in log_text(agent, mark)
             assert "warnings" not in agent.status()["status"]
             proxy.set_down(False)
             wait_connected(agent)
-            wait_until(lambda: _ob(agent)["pending"] == 0, 30, "outbox to drain")
+            _until(agent, lambda ob: ob["pending"] == 0, 30, "outbox to drain")
 
         recorded = read_recorded(agent.log)
         row = settle(
@@ -202,16 +228,16 @@ def test_disk_full__reserve_then_memory_then_recovery__nothing_lost(mode, small_
 # ---- agent bugs this scenario found (now fixed): these keep them fixed ----
 
 
-def test_disk_low__status_says_so_while_idle(small_fs, brokers, agents):
+def test_disk_low__status_says_so_while_idle(small_fs: Path, brokers: MakeBroker, agents: MakeAgent) -> None:
     broker = brokers()
     agent = agents(broker.port, unique_id("idle"), outbox={"path": str(small_fs / "outbox.db"), "max_mb": 2})
     wait_connected(agent)
     assert _ob(agent)["disk_low"] is False
     _fill_to(small_fs / "filler", HEADROOM_BYTES + 600 * KIB)
-    wait_until(lambda: _ob(agent)["disk_low"], 4, "status outbox.disk_low without a press")
+    _until(agent, lambda ob: ob["disk_low"], 4, "status outbox.disk_low without a press")
 
 
-def test_outbox__put_right_after_space_returns_is_durable(small_fs):
+def test_outbox__put_right_after_space_returns_is_durable(small_fs: Path) -> None:
     from agent.errors import OutboxFullError
     from agent.events import Clock, Event, EventType
     from agent.outbox import Outbox
@@ -232,28 +258,25 @@ def test_outbox__put_right_after_space_returns_is_durable(small_fs):
         ob.put(Event.create(clock, EventType.PANIC, "panic"))  # raises OutboxFullError today
 
 
-def test_disk_full__held_press_shows_its_seq_once_saved(small_fs, brokers, proxies, agents):
+def test_disk_full__held_press_shows_its_seq_once_saved(
+    small_fs: Path, brokers: MakeBroker, proxies: Callable[[int], FaultProxy], agents: MakeAgent
+) -> None:
     broker = brokers()
     proxy = proxies(broker.port)
     agent = agents(proxy.port, unique_id("held"), outbox={"path": str(small_fs / "outbox.db"), "max_mb": 2})
     wait_connected(agent)
-    wait_until(lambda: _ob(agent)["pending"] == 0, 10, "agent_started to be delivered")
+    _until(agent, lambda ob: ob["pending"] == 0, 10, "agent_started to be delivered")
     proxy.set_down(True)
     mark = log_size(agent)
     filler = small_fs / "filler"
     _fill_to(filler, 1 * MIB)
-    time.sleep(1.1)  # past the 1 s limits cache
-    for _ in range(3000):
-        agent.click()
-        if HELD.search(log_text(agent, mark)):
-            break
-    else:
-        pytest.fail("outbox never ran out of room after 3000 presses")
-    held = wait_until(lambda: [r for r in read_recorded(agent.log).values() if r.seq is None], 5, "a held press")
+    time.sleep(1.1)  # let the outbox's 1 s free-space cache expire (a span of time, not an event)
+    _press_until_held(agent, mark)
+    held = eventually(lambda: [r for r in read_recorded(agent.log).values() if r.seq is None], 5, "a held press")
     filler.unlink()
-    wait_until(lambda: all(r.seq is not None for r in read_recorded(agent.log).values()), 10, "held presses saved")
+    eventually(lambda: all(r.seq is not None for r in read_recorded(agent.log).values()), 10, "held presses saved")
     proxy.set_down(False)
-    wait_until(lambda: _ob(agent)["pending"] == 0, 30, "outbox to drain")
+    _until(agent, lambda ob: ob["pending"] == 0, 30, "outbox to drain")
     shown = {e["id"]: e for e in agent.recent()}
     rec = read_recorded(agent.log)
     for r in held:

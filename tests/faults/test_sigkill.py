@@ -16,11 +16,15 @@ dies.  At the end one last agent drains everything and the sets are compared.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
+from agent.errors import ControlError
 from tests.faults.harness import (
     EventSink,
+    MakeAgent,
+    MakeBroker,
     Presser,
     count,
     describe_missing,
@@ -32,9 +36,10 @@ from tests.faults.harness import (
     settle,
     spawn,
     wait_connected,
-    wait_until,
 )
 from tests.support.agentproc import unique_id
+from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -42,7 +47,9 @@ DRAIN_RATE = 150  # events per second while draining a backlog
 
 
 @pytest.mark.parametrize("mode", modes())
-def test_sigkill__random_moments_and_mid_drain__nothing_lost(mode, brokers, proxies, agents):
+def test_sigkill__random_moments_and_mid_drain__nothing_lost(
+    mode: str, brokers: MakeBroker, proxies: Callable[[int], FaultProxy], agents: MakeAgent
+) -> None:
     kills = count(mode, 10, 100)
     rng = rng_for("sigkill", mode)
     t0 = time.monotonic()
@@ -64,7 +71,7 @@ def test_sigkill__random_moments_and_mid_drain__nothing_lost(mode, brokers, prox
                 runs.append(log_size(agent))
                 spawn(agent)
                 if drain:
-                    wait_until(agent.status, 20, "agent to answer")
+                    eventually(agent.status, 20, "agent to answer", retry_on=(ControlError,))
                     for _ in range(rng.randint(80, 250)):  # a backlog of about 1 s at DRAIN_RATE
                         agent.click()
                     proxy.set_down(False)
@@ -72,7 +79,7 @@ def test_sigkill__random_moments_and_mid_drain__nothing_lost(mode, brokers, prox
                     time.sleep(rng.uniform(0.0, 1.2))  # somewhere in the drain
                     mid_drain += agent.status()["status"]["outbox"]["pending"] > 0
                 else:
-                    time.sleep(rng.uniform(0.05, 1.5))
+                    time.sleep(rng.uniform(0.05, 1.5))  # the random moment of the kill: import, start-up or running
                 assert agent.proc is not None
                 assert agent.proc.poll() is None, f"agent died by itself:\n{agent.log.read_text()[-3000:]}"
                 agent.kill()
@@ -93,7 +100,12 @@ def test_sigkill__random_moments_and_mid_drain__nothing_lost(mode, brokers, prox
         assert row.lost == 0, describe_missing(row, recorded)
         problems = seq_problems(recorded, sink)
         assert not problems, problems
-        wait_until(lambda: agent.status()["status"]["outbox"]["pending"] == 0, 30, "outbox to drain")
+        eventually(
+            lambda: agent.status()["status"]["outbox"]["pending"] == 0,
+            30,
+            "outbox to drain",
+            retry_on=(ControlError,),
+        )
         assert agent.stop() == 0
     finally:
         sink.close()

@@ -9,11 +9,14 @@ and CONNACK take 2 s each way: connect_timeout_s is raised to allow it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
 from tests.faults.harness import (
     EventSink,
+    MakeAgent,
+    MakeBroker,
     count,
     describe_missing,
     modes,
@@ -25,6 +28,7 @@ from tests.faults.harness import (
     wait_logged,
 )
 from tests.support.agentproc import unique_id
+from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.broker
 
@@ -32,7 +36,9 @@ LATENCY = 2.0
 
 
 @pytest.mark.parametrize("mode", modes())
-def test_slow_broker__presses_recorded_at_once__all_delivered(mode, brokers, proxies, agents):
+def test_slow_broker__presses_recorded_at_once__all_delivered(
+    mode: str, brokers: MakeBroker, proxies: Callable[[int], FaultProxy], agents: MakeAgent
+) -> None:
     presses = count(mode, 12, 150)
     rng = rng_for("slow-broker", mode)
     t0 = time.monotonic()
@@ -52,7 +58,7 @@ def test_slow_broker__presses_recorded_at_once__all_delivered(mode, brokers, pro
             agent.click()
             wait_logged(agent, i + 1, timeout=5)
             record_s.append(time.monotonic() - t)
-            time.sleep(rng.uniform(0.0, 0.2))
+            time.sleep(rng.uniform(0.0, 0.2))  # a person's pace between presses
         recorded = read_recorded(agent.log)
         in_recent = {e["id"] for e in agent.recent()}
         assert in_recent <= set(recorded)

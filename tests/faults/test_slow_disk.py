@@ -26,6 +26,8 @@ import pytest
 from agent.errors import ControlError
 from tests.faults.harness import (
     EventSink,
+    MakeAgent,
+    MakeBroker,
     count,
     describe_missing,
     log_text,
@@ -92,7 +94,9 @@ def _stall(db: Path, seconds: float) -> None:
 
 
 @pytest.mark.parametrize("mode", modes())
-def test_slow_disk__presses_on_several_inputs_during_stalls__nothing_lost(mode, brokers, agents, tmp_path):
+def test_slow_disk__presses_on_several_inputs_during_stalls__nothing_lost(
+    mode: str, brokers: MakeBroker, agents: MakeAgent, tmp_path: Path
+) -> None:
     rng = rng_for("slow-disk", mode)
     stalls = [rng.uniform(1.0, 3.0) for _ in range(count(mode, 2, 8))]
     if mode == "full":
