@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -21,6 +21,18 @@ from tests.interop.targets import Target
 from tests.support import amqtt as amqtt_support
 from tests.support import rabbitmq as rabbit_support
 from tests.support.agentproc import AgentProc, unique_id, write_config
+
+# what a JSON document validated against a contract schema is (the ``validate`` fixture of tests/conftest.py)
+Validate = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+class RunAgent(Protocol):
+    """The ``run_agent`` fixture: a started agent with the target's config (``ports`` overrides its brokers)."""
+
+    def __call__(
+        self, target: Target, *, ports: list[int] | None = None, device: str | None = None, **extra: Any
+    ) -> AgentProc: ...
+
 
 FULL = os.environ.get("INTEROP_FULL") == "1" or os.environ.get("SOAK") == "1"
 FIGURES: list[str] = []
@@ -63,7 +75,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if name in KNOWN_AGENT_BUGS and "run_agent" in getattr(item, "fixturenames", ()):
             # make test does not spend 30 s per scenario waiting for it; make interop runs them (strict)
             item.add_marker(
-                pytest.mark.xfail(reason=KNOWN_AGENT_BUGS[name], strict=True, raises=TimeoutError, run=FULL)
+                pytest.mark.xfail(reason=KNOWN_AGENT_BUGS[name], strict=True, raises=AssertionError, run=FULL)
             )
 
 
@@ -118,7 +130,7 @@ def live_target(target: Target) -> Target:
 
 
 @pytest.fixture
-def run_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
+def run_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunAgent]:
     """Factory: run_agent(target, ports=None, **config) → a started agent with the target's config."""
     procs: list[tuple[AgentProc, Target]] = []
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from tests.support.amqtt import AMQTT_VERSION, AmqttBroker
 from tests.support.broker import Broker
@@ -21,6 +21,12 @@ from tests.support.rabbitmq import PASSWORD, USER, RabbitCluster
 # For checking this harness against an agent that cannot negotiate yet: forces mqtt.protocol on
 # every target that does not force one itself.  Committed tests run with it unset (the default config).
 FORCE_PROTOCOL = os.environ.get("INTEROP_AGENT_PROTOCOL") or None
+
+
+class WatcherArgs(TypedDict):
+    v5: bool
+    username: str | None
+    password: str | None
 
 
 @dataclass
@@ -32,19 +38,19 @@ class Target:
     agent_protocol: str | None  # forced mqtt.protocol, None = default config
     expect_protocol: str  # what the agent should end up speaking
     sub_v5: bool  # the protocol the central watcher speaks to this broker
+    server: Broker | AmqttBroker | RabbitCluster = field(repr=False)
     username: str | None = None
     password: str | None = None
     will: bool = True
     retained_wildcard: bool = True  # retained messages delivered through '+'/'#' filters
     speaks_v5: bool = True  # accepts an MQTT 5 CONNECT
     shared_subscriptions: bool = True  # $share/{group}/... splits messages between the group
-    server: Any = field(default=None, repr=False)
 
     @property
     def ports(self) -> list[int]:
         if isinstance(self.server, RabbitCluster):
             return self.server.mqtt_ports
-        return [int(self.server.port)]
+        return [self.server.port]
 
     @property
     def port(self) -> int:
@@ -75,10 +81,11 @@ class Target:
     def close(self) -> None:
         if isinstance(self.server, RabbitCluster):
             self.server.close()
-        elif self.server is not None:
+        else:
             self.server.stop()
 
-    def watcher_args(self) -> dict[str, Any]:
+    def watcher_args(self) -> WatcherArgs:
+        """What a :class:`~tests.interop.watch.Watcher` needs to speak to this broker."""
         return {"v5": self.sub_v5, "username": self.username, "password": self.password}
 
     def agent_config(self, workdir: Path, ports: list[int] | None = None) -> dict[str, Any]:

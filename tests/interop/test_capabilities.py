@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from typing import TypedDict
 
 import pytest
 
 from tests.interop.conftest import FIGURES
 from tests.interop.targets import Target
 from tests.interop.watch import Watcher, connect_result, publish, retained_on
+from tests.support.waiting import eventually, never
 
 pytestmark = [pytest.mark.interop, pytest.mark.broker]
 
 
 def test_capabilities_match_the_declared_ones(live_target: Target) -> None:
     t = live_target
-    creds = {"username": t.username, "password": t.password}
+    creds = _creds(t)
     base = f"probe/{uuid.uuid4().hex[:8]}"
 
     v5 = connect_result(t.port, v5=True, **creds)
@@ -47,25 +49,35 @@ def _shared_subscription_splits(t: Target, base: str) -> str:
     topic = f"$share/central/{base}/s"
     try:
         members = [Watcher(t.port, (topic,), name=f"member{i}", timeout=5, **t.watcher_args()) for i in (1, 2)]
-    except TimeoutError:
+    except AssertionError:  # no SUBACK within 5 s: a refused subscription is not acknowledged as one
         return "no (SUBSCRIBE refused)"
+
+    def got() -> list[int]:
+        return [sum(1 for s in m.seen if s.topic == f"{base}/s") for m in members]  # amqtt adds stray retained ones
+
     try:
         for i in range(6):
             publish(t.port, f"{base}/s", str(i).encode(), v5=t.sub_v5, **_creds(t))
-        got = []
-        for m in members:
-            with contextlib.suppress(TimeoutError):  # nothing more is coming: just let stragglers land
-                m.wait_for(lambda _m: False, timeout=1.0)
-            got.append(sum(1 for s in m.seen if s.topic == f"{base}/s"))  # amqtt adds stray retained ones
+        # A probe, not an assertion: it listens up to 5 s for the 6 (a broker that takes $share literally
+        # delivers none), then 1 s more for the extra copies a broker without shared subscriptions sends.
+        with contextlib.suppress(AssertionError):
+            eventually(lambda: sum(got()) >= 6, 5.0, "the 6 messages to the group")
+            never(lambda: sum(got()) > 6, 1.0, "a copy beyond the 6")
+        split = got()
     finally:
         for m in members:
             m.close()
-    if sum(got) == 6 and all(got):
-        return f"yes (split {got[0]}/{got[1]})"
-    return f"no (members got {got[0]} and {got[1]} of 6)"
+    if sum(split) == 6 and all(split):
+        return f"yes (split {split[0]}/{split[1]})"
+    return f"no (members got {split[0]} and {split[1]} of 6)"
 
 
-def _creds(t: Target) -> dict[str, str | None]:
+class _Creds(TypedDict):
+    username: str | None
+    password: str | None
+
+
+def _creds(t: Target) -> _Creds:
     return {"username": t.username, "password": t.password}
 
 

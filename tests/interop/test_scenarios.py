@@ -8,18 +8,16 @@ outage in order, and leave its will when killed.  Only the broker changes.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.interop.conftest import FIGURES
+from tests.interop.conftest import FIGURES, RunAgent, Validate
 from tests.interop.targets import Target
 from tests.interop.watch import Seen, Watcher, retained_on
-from tests.support.agentproc import AgentProc
 from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.interop, pytest.mark.broker]
 
@@ -42,7 +40,7 @@ def _check_link(target: Target, status: dict[str, Any]) -> None:
 
 
 def test_online_status_seen_by_a_subscriber(
-    live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any
+    live_target: Target, run_agent: RunAgent, device: str, validate: Validate
 ) -> None:
     t = live_target
     topic = f"{root(device)}/status"
@@ -65,7 +63,7 @@ def test_online_status_seen_by_a_subscriber(
 
 
 def test_press_delivered_with_all_contract_fields(
-    live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any
+    live_target: Target, run_agent: RunAgent, device: str, validate: Validate
 ) -> None:
     t = live_target
     with Watcher(t.port, (f"{root(device)}/event/#",), **t.watcher_args()) as w:
@@ -86,7 +84,7 @@ def test_press_delivered_with_all_contract_fields(
 
 
 def test_presses_during_outage_all_delivered_in_order(
-    live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any
+    live_target: Target, run_agent: RunAgent, device: str, validate: Validate
 ) -> None:
     """10 presses during a 10 s broker outage arrive after it, all of them, in seq order.
 
@@ -112,11 +110,11 @@ def test_presses_during_outage_all_delivered_in_order(
             down_at = time.monotonic()
             t.stop()
             gate.set_down(True)
-            _wait(lambda: not agent.status()["link"]["connected"], 15, "the agent to notice the outage")
-            pace = threading.Event()
+            eventually(lambda: not agent.status()["link"]["connected"], 15, "the agent to notice the outage")
             for i in range(OUTAGE_PRESSES):
                 agent.click()
-                pace.wait(max(0.0, down_at + (i + 1) * OUTAGE_S / OUTAGE_PRESSES - time.monotonic()))
+                # the presses are spread over the outage's OUTAGE_S: the sleep is the outage itself
+                time.sleep(max(0.0, down_at + (i + 1) * OUTAGE_S / OUTAGE_PRESSES - time.monotonic()))
             recorded = agent.wait_recorded(1 + OUTAGE_PRESSES, timeout=10)
             assert len(w.first_seen()) == 1, "events arrived while the broker was down"
 
@@ -142,7 +140,7 @@ def test_presses_during_outage_all_delivered_in_order(
     )
 
 
-def test_will_on_sigkill(live_target: Target, run_agent: Callable[..., AgentProc], device: str, validate: Any) -> None:
+def test_will_on_sigkill(live_target: Target, run_agent: RunAgent, device: str, validate: Validate) -> None:
     t = live_target
     if not t.will:
         pytest.skip(f"{t.name} does not publish wills")
@@ -160,11 +158,3 @@ def _state(m: Seen, topic: str) -> str | None:
     """The status state of a message on ``topic`` (brokers may hand a new subscriber strays: see amqtt)."""
     doc = m.doc if m.topic == topic else None
     return doc.get("state") if isinstance(doc, dict) else None
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:g} s for {what}")
-        time.sleep(0.05)

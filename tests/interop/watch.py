@@ -4,7 +4,8 @@ tests/support/mqtt.py's ``Central`` is MQTT 5 and anonymous; RabbitMQ and
 amqtt speak only 3.1.1 and RabbitMQ wants a user, so the interop suite has its
 own small watcher.  It reconnects by itself after a broker outage and counts
 SUBACKs, so a test can wait until it listens again before letting the agent
-back in.
+back in.  Its waits are ``eventually`` polls: a timeout fails with AssertionError
+naming what was awaited and the last messages seen.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from tests.support.waiting import eventually
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Watcher:
         self.topics = topics
         self.seen: list[Seen] = []
         self.subacks = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self.c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"{name}-{uuid.uuid4().hex[:8]}",
@@ -59,7 +62,8 @@ class Watcher:
         )
         if username is not None:
             self.c.username_pw_set(username, password)
-        self.c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        # paho annotates the delays as int, but they are seconds and fractions work
+        self.c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
         self.c.on_connect = self._on_connect
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
@@ -74,39 +78,34 @@ class Watcher:
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if any(getattr(c, "is_failure", False) for c in codes):
             return  # a refused subscription is not listening; wait_subscribed times out and says so
-        with self._cond:
+        with self._lock:
             self.subacks += 1
-            self._cond.notify_all()
 
     def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
-        with self._cond:
+        with self._lock:
             self.seen.append(Seen(m.topic, bytes(m.payload), bool(m.retain), time.monotonic()))
-            self._cond.notify_all()
 
     def wait_subscribed(self, count: int, timeout: float = 30.0) -> None:
         """Wait for the ``count``-th SUBACK since start (1 = first connect, 2 = after one reconnect...)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.subacks >= count, timeout):
-                raise TimeoutError(
-                    f"watcher on port {self.port} got {self.subacks} SUBACKs, wanted {count} within {timeout:g} s"
-                )
+        eventually(
+            lambda: self.subacks >= count,
+            timeout,
+            lambda: f"SUBACK number {count} on port {self.port} (got {self.subacks})",
+        )
 
     def wait_for(self, pred: Callable[[Seen], bool], timeout: float = 20.0, what: str = "a message") -> Seen:
         """The first message recorded so far or later for which ``pred`` holds."""
-        with self._cond:
-            found: list[Seen] = []
 
-            def hit() -> bool:
-                found[:] = [m for m in self.seen if pred(m)][:1]
-                return bool(found)
+        def hit() -> Seen | None:
+            with self._lock:
+                seen = list(self.seen)
+            return next((m for m in seen if pred(m)), None)
 
-            if not self._cond.wait_for(hit, timeout):
-                raise TimeoutError(f"{what} did not arrive within {timeout:g} s; saw {self.summary()}")
-            return found[0]
+        return eventually(hit, timeout, lambda: f"{what}; saw {self.summary()}")
 
     def events(self, type_: str = "panic") -> list[tuple[Seen, dict[str, Any]]]:
         """Event messages of ``type_`` in arrival order, duplicates (same id) kept."""
-        with self._cond:
+        with self._lock:
             msgs = [m for m in self.seen if "/event/" in m.topic]
         return [(m, d) for m in msgs if (d := m.doc)["type"] == type_]
 
@@ -118,19 +117,15 @@ class Watcher:
         return list(out.values())
 
     def wait_events(self, n: int, type_: str = "panic", timeout: float = 30.0) -> list[tuple[Seen, dict[str, Any]]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            self._cond.wait_for(
-                lambda: len({d["id"] for _, d in self._unlocked_events(type_)}) >= n,
-                max(0.0, deadline - time.monotonic()),
-            )
-        got = self.first_seen(type_)
-        if len(got) < n:
-            raise TimeoutError(f"{len(got)} of {n} {type_} events arrived within {timeout:g} s; saw {self.summary()}")
-        return got
+        """At least ``n`` distinct events of ``type_``, in first-seen order."""
 
-    def _unlocked_events(self, type_: str) -> list[tuple[Seen, dict[str, Any]]]:
-        return [(m, d) for m in self.seen if "/event/" in m.topic and (d := m.doc)["type"] == type_]
+        def enough() -> list[tuple[Seen, dict[str, Any]]] | None:
+            got = self.first_seen(type_)
+            return got if len(got) >= n else None
+
+        return eventually(
+            enough, timeout, lambda: f"{n} {type_} events ({len(self.first_seen(type_))} arrived); saw {self.summary()}"
+        )
 
     def summary(self) -> str:
         parts = []
@@ -167,9 +162,10 @@ def retained_on(
             hit = w.wait_for(
                 lambda m: m.retain and mqtt.topic_matches_sub(topic, m.topic), timeout=2.0, what="a retained message"
             )
-            return hit.doc  # type: ignore[no-any-return]
-        except TimeoutError:
+        except AssertionError:  # 2 s is how long the probe listens: nothing retained came
             return None
+        doc: dict[str, Any] = hit.doc
+        return doc
 
 
 def connect_result(

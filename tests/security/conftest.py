@@ -13,7 +13,6 @@ import queue
 import re
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.support.broker import MOSQUITTO, free_port, wait_port
 from tests.support.certs import Issued, issue, make_ca
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "mosquitto"
@@ -122,8 +122,8 @@ class Client:
         self.msgs: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.connected = threading.Event()
         self.disconnects: list[int] = []
-        self._pubacks: dict[int, Any] = {}
-        self._puback = threading.Condition()
+        self._pubacks: dict[int, int] = {}  # message id -> PUBACK reason code
+        self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -153,37 +153,32 @@ class Client:
             self.connected.set()
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        with self._puback:
-            self._pubacks[mid] = rc
-            self._puback.notify_all()
+        with self._lock:
+            self._pubacks[mid] = int(rc.value)
 
     def pub(self, topic: str, payload: bytes | str, *, retain: bool = False, timeout: float = 10.0) -> int:
         """Publish at QoS 1 and return the PUBACK reason code (0 = accepted, 135 = not authorised)."""
         info = self.c.publish(topic, payload, qos=1, retain=retain)
-        deadline = time.monotonic() + timeout
-        with self._puback:
-            while info.mid not in self._pubacks:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no PUBACK for {topic}")
-                self._puback.wait(left)
-            return int(self._pubacks.pop(info.mid).value)
+        eventually(lambda: info.mid in self._pubacks, timeout, f"the PUBACK for {topic}")
+        with self._lock:
+            return self._pubacks.pop(info.mid)
 
     def until(self, topic: str, timeout: float = 10.0) -> list[tuple[str, bytes, bool]]:
         """Messages taken off the queue before the first one on ``topic`` (the sentinel technique)."""
         before: list[tuple[str, bytes, bool]] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"nothing on {topic}; got {before}")
-            try:
-                msg = self.msgs.get(timeout=left)
-            except queue.Empty:
-                continue
-            if msg[0] == topic:
-                return before
-            before.append(msg)
+
+        def sentinel() -> bool:
+            while True:  # what arrived since the last poll, in order
+                try:
+                    msg = self.msgs.get_nowait()
+                except queue.Empty:
+                    return False
+                if msg[0] == topic:
+                    return True
+                before.append(msg)
+
+        eventually(sentinel, timeout, lambda: f"a message on {topic}; got {before}")
+        return before
 
     def close(self) -> None:
         self.c.disconnect()

@@ -10,7 +10,6 @@ import json
 import queue
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,30 +19,24 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.security.conftest import ROOT, Client, ExampleBroker, device_config
+from tests.support.agentproc import AgentProc
 from tests.support.broker import Broker
 from tests.support.certs import Issued
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
 
-def eventually(pred: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise TimeoutError(f"not within {timeout} s: {what}")
-
-
-def start_agent(agent_proc: Any, broker: ExampleBroker, pki: dict[str, Issued], **extra: Any) -> Any:
+def start_agent(
+    agent_proc: Callable[..., AgentProc], broker: ExampleBroker, pki: dict[str, Issued], **extra: Any
+) -> AgentProc:
     agent = agent_proc(broker.port, device="gate-north-1", mqtt=device_config(pki, broker.port), **extra)
-    eventually(lambda: agent.status()["link"]["connected"], "the agent connected\n" + broker.log)
+    eventually(lambda: agent.status()["link"]["connected"], 15, lambda: "the agent to connect\n" + broker.log)
     return agent
 
 
 def test_identity__another_devices_certificate_cannot_knock_a_device_off(
-    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any
+    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Callable[..., AgentProc]
 ) -> None:
     central = Client(example_broker, "central", topics=("campus/#",))
     agent = start_agent(agent_proc, example_broker, pki)
@@ -98,7 +91,7 @@ def test_identity__a_device_reads_only_its_own_commands(example_broker: ExampleB
 
 
 def test_identity__doctor_round_trip_uses_its_own_identity_and_leaves_the_agent_connected(
-    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any
+    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Callable[..., AgentProc]
 ) -> None:
     doc = pki["doctor-gate-north-1"]
     agent = start_agent(
@@ -132,13 +125,13 @@ def test_identity__the_doctor_identity_cannot_send_events(example_broker: Exampl
 
 
 def test_example_broker__refuses_packets_over_64_kib(
-    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Any
+    example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Callable[..., AgentProc]
 ) -> None:
     agent = start_agent(agent_proc, example_broker, pki)
     sender = Client(example_broker, "central", topics=("campus/main/gate-north-1/reply",))
     big = json.dumps({"v": 1, "id": "big", "pad": "x" * 100_000}).encode()
     sender.c.publish("campus/main/gate-north-1/cmd/ping", big, qos=1)
-    eventually(lambda: sender.disconnects, "the broker dropped the client that sent 100 KB")
+    eventually(lambda: sender.disconnects, 15, "the broker to drop the client that sent 100 KB")
     sender.close()
     sender = Client(example_broker, "central", topics=("campus/main/gate-north-1/reply",))
     try:

@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ import pytest
 from agent.config import load_config
 from agent.errors import ConfigError
 from tests.security.conftest import ROOT
+from tests.support.agentproc import AgentProc
+from tests.support.broker import Broker
 
 GOOD = """\
 device: {id: gate-north-1, site: main}
@@ -95,11 +98,13 @@ def test_check_config__lab_switch_alone_warns_about_nothing(tmp_path: Path) -> N
 
 
 @pytest.mark.broker
-def test_status__plaintext_lab_switch_warns_in_every_status(broker: object, agent_proc: object, tmp_path: Path) -> None:
+def test_status__plaintext_lab_switch_warns_in_every_status(
+    broker: Broker, agent_proc: Callable[..., AgentProc], tmp_path: Path
+) -> None:
     pw = secret(tmp_path)
     agent = agent_proc(
         broker.port,
-        device="lab-1",  # type: ignore[attr-defined,operator]
+        device="lab-1",
         mqtt={"username": "lab-1", "password_file": str(pw), "allow_plaintext_password": True},
     )
     warnings = agent.status()["status"]["warnings"]

@@ -8,7 +8,7 @@ import os
 import stat
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ from agent.control import request
 from agent.errors import ControlError
 from agent.events import kernel_clock_synced
 from tests.security.conftest import ROOT
-from tests.support.agentproc import write_config
+from tests.support.agentproc import AgentProc, write_config
+from tests.support.broker import Broker
+from tests.support.waiting import eventually
 
 ENV_NO_ROOT = {k: v for k, v in os.environ.items() if k != "CAMPUS_AGENT_ALLOW_ROOT"}
 
@@ -50,7 +52,7 @@ def test_run__as_root_is_refused_without_allow_root(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 @pytest.mark.broker
-def test_run__as_root_with_allow_root_starts(tmp_path: Path, broker: Any) -> None:
+def test_run__as_root_with_allow_root_starts(tmp_path: Path, broker: Broker) -> None:
     cfg = write_config(tmp_path, broker.port, device="root-2")
     sock = Path(__import__("yaml").safe_load(cfg.read_text())["control"]["socket"])
     p = subprocess.Popen(
@@ -67,21 +69,20 @@ def test_run__as_root_with_allow_root_starts(tmp_path: Path, broker: Any) -> Non
 
 
 def wait_answer(sock: Path, p: subprocess.Popen[bytes], timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The agent's first status answer; fail at once, with its stderr, if the process died."""
+
+    def answer() -> dict[str, Any]:
         assert p.poll() is None, p.stderr.read() if p.stderr else ""
-        try:
-            return request(sock, "status", timeout=1.0)
-        except ControlError:
-            time.sleep(0.05)
-    raise TimeoutError("the agent did not answer")
+        return request(sock, "status", timeout=1.0)
+
+    return eventually(answer, timeout, f"the agent to answer on {sock}", retry_on=(ControlError,))
 
 
 # ---- 14.8: umask ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.broker
-def test_run__by_hand_under_umask_022_keeps_its_files_private(tmp_path: Path, broker: Any) -> None:
+def test_run__by_hand_under_umask_022_keeps_its_files_private(tmp_path: Path, broker: Broker) -> None:
     cfg = write_config(tmp_path, broker.port, device="umask-1")
     sock = Path(__import__("yaml").safe_load(cfg.read_text())["control"]["socket"])
     p = subprocess.Popen(
@@ -105,7 +106,7 @@ def test_run__by_hand_under_umask_022_keeps_its_files_private(tmp_path: Path, br
 
 @pytest.mark.broker
 def test_status_simulate_test_mode__read_only_the_socket_from_the_config(
-    tmp_path: Path, broker: Any, agent_proc: Any
+    tmp_path: Path, broker: Broker, agent_proc: Callable[..., AgentProc]
 ) -> None:
     pw = tmp_path / "mqtt.pass"
     pw.write_text("s3cret\n")
