@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.broker
-def test_fleet_bench__small_fleet_every_event_shown_once_by_monitor_and_reference(tmp_path):
+def test_fleet_bench__small_fleet_every_event_shown_once_by_monitor_and_reference(tmp_path: Path) -> None:
     out = tmp_path / "fleet"
     run = subprocess.run(
         [

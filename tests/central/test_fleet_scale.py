@@ -89,7 +89,7 @@ class NoScan(dict[str, Any]):
         raise AssertionError("the device table was scanned")
 
 
-def test_deadlines__pop_only_what_passed_and_skip_replaced_entries():
+def test_deadlines__pop_only_what_passed_and_skip_replaced_entries() -> None:
     d = Deadlines()
     d.set("a", 10)
     d.set("b", 5)
@@ -101,7 +101,7 @@ def test_deadlines__pop_only_what_passed_and_skip_replaced_entries():
     assert len(d) == 0
 
 
-def test_deadlines__stale_entries_are_compacted_so_the_heap_stays_bounded():
+def test_deadlines__stale_entries_are_compacted_so_the_heap_stays_bounded() -> None:
     d = Deadlines()
     for t in range(100_000):
         d.set(f"k{t % 1000}", float(t))
@@ -109,7 +109,7 @@ def test_deadlines__stale_entries_are_compacted_so_the_heap_stays_bounded():
     assert d.ops < 3 * 100_000  # amortised: pushes plus rebuilds, O(1) per set
 
 
-def test_fleet__overdue_detection_is_exact_for_5000_devices_on_a_fake_clock():
+def test_fleet__overdue_detection_is_exact_for_5000_devices_on_a_fake_clock() -> None:
     n, rng = 5000, random.Random(42)
     fleet = FleetView(tz=dt.UTC)
     heard: dict[str, float] = {}
@@ -140,7 +140,7 @@ def test_fleet__overdue_detection_is_exact_for_5000_devices_on_a_fake_clock():
 
 
 @pytest.mark.parametrize("n", [1000, 10_000])
-def test_fleet__work_per_status_does_not_grow_with_the_fleet(n):
+def test_fleet__work_per_status_does_not_grow_with_the_fleet(n: int) -> None:
     fleet = FleetView(tz=dt.UTC)
     for i in range(n):
         site, device = name(i)
@@ -170,7 +170,7 @@ def link_stats(down_s: float) -> dict[str, Any]:
     return s.snapshot(T0 + 3 * 3600 + down_s)
 
 
-def test_fleet__link_figures_and_the_95_percent_flag_cost_no_scan_at_10000_devices():
+def test_fleet__link_figures_and_the_95_percent_flag_cost_no_scan_at_10000_devices() -> None:
     n, rng = 10_000, random.Random(13)
     good, bad = link_stats(1.0), link_stats(1800.0)  # 99.99 % and 85.7 % over 7 days
     fleet = FleetView(tz=dt.UTC)
@@ -194,7 +194,7 @@ def test_fleet__link_figures_and_the_95_percent_flag_cost_no_scan_at_10000_devic
     assert {r.key for r in fleet.rows(T0 + 60) if r.link.low} == {"/".join(name(i)) for i in low}
 
 
-def test_fleet__a_tick_with_nothing_due_does_no_work_at_20000_devices():
+def test_fleet__a_tick_with_nothing_due_does_no_work_at_20000_devices() -> None:
     fleet = FleetView(tz=dt.UTC)
     for i in range(20_000):
         site, device = name(i)
@@ -206,7 +206,7 @@ def test_fleet__a_tick_with_nothing_due_does_no_work_at_20000_devices():
     assert fleet.work == before
 
 
-def test_fleet__counts_kept_as_states_change_match_a_recount():
+def test_fleet__counts_kept_as_states_change_match_a_recount() -> None:
     fleet, rng = FleetView(tz=dt.UTC), random.Random(3)
     for k in range(3000):
         i = rng.randrange(500)
@@ -226,7 +226,7 @@ def test_fleet__counts_kept_as_states_change_match_a_recount():
     assert fleet.counts() == recount
 
 
-def test_board__at_20000_devices_shows_a_header_the_devices_needing_attention_and_every_alarm():
+def test_board__at_20000_devices_shows_a_header_the_devices_needing_attention_and_every_alarm() -> None:
     fleet = FleetView(tz=dt.UTC)
     for i in range(20_000):
         site, device = name(i)
@@ -250,7 +250,7 @@ def test_board__at_20000_devices_shows_a_header_the_devices_needing_attention_an
 
 
 @pytest.mark.parametrize("stats", [None, link_stats(1.0)], ids=["plain", "link-stats"])
-def test_fleet__memory_per_device_stays_under_the_documented_bound(stats):
+def test_fleet__memory_per_device_stays_under_the_documented_bound(stats: dict[str, Any] | None) -> None:
     fleet = FleetView(tz=dt.UTC)
     payloads = [(topic(i), status(*name(i), T0, stats)) for i in range(5000)]
     tracemalloc.start()
@@ -282,7 +282,7 @@ class Out:
         pass
 
 
-def test_session__a_panic_queued_behind_thousands_of_statuses_is_printed_first():
+def test_session__a_panic_queued_behind_thousands_of_statuses_is_printed_first() -> None:
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     for i in range(3000):
         site, device = name(i)

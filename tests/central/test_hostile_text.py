@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import pytest
 from agent.central.display import escape, json_line
 from agent.central.fleet import FleetView
 from agent.events import iso_ms, new_id
+from tests.central.procout import read_until
+from tests.support.broker import Broker
 from tests.support.mqtt import Central
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,18 +61,18 @@ def event(dev: str, seq: int, **fields: Any) -> dict[str, Any]:
         ("\x7f", "\\x7f"),
     ],
 )
-def test_escape__valid(text, shown):
+def test_escape__valid(text: str, shown: str) -> None:
     assert escape(text) == shown
 
 
-def test_json_line__control_characters_escaped_and_the_value_kept():
+def test_json_line__control_characters_escaped_and_the_value_kept() -> None:
     for text in ("a\x1b[2K\rb", "\x9b", "\u202e", "\U000e0001", "é"):
         line = json_line({"t": text})
         assert not _RAW_CONTROL.search(line.encode())
         assert json.loads(line)["t"] == text
 
 
-def test_fleet__event_fields_are_escaped_and_restricted_fields_checked():
+def test_fleet__event_fields_are_escaped_and_restricted_fields_checked() -> None:
     fleet = FleetView(tz=dt.UTC)
     [line] = fleet.feed("campus/main/gate-1/event/panic", json.dumps(event("gate-1", 1, source=FORGE)).encode(), T0)
     assert "from \\r\\x1b[1A\\x1b[2K06:01:02.000" in line.text
@@ -108,7 +109,7 @@ def _hostile_messages(device: str) -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.broker
 @pytest.mark.parametrize("mode", [[], ["--json"]], ids=["text", "json"])
-def test_monitor__no_raw_control_byte_reaches_the_terminal(broker, device, mode):
+def test_monitor__no_raw_control_byte_reaches_the_terminal(broker: Broker, device: str, mode: list[str]) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [
@@ -151,17 +152,6 @@ def test_monitor__no_raw_control_byte_reaches_the_terminal(broker, device, mode)
 
 
 def _read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
-    assert proc.stdout is not None
-    fd, buf = proc.stdout.fileno(), b""
-    os.set_blocking(fd, False)
-    deadline = time.monotonic() + timeout
-    while needle not in buf:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise AssertionError(f"{needle!r} never printed; got {buf[-2000:]!r}")
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            time.sleep(0.02)
-            continue
-        buf += chunk
-    return buf
+    """Everything the monitor printed from now until ``needle``."""
+    _, out = read_until(proc, lambda buf: needle in buf, timeout, repr(needle))
+    return out

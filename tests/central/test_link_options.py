@@ -19,7 +19,7 @@ from agent.central.monitor import add_monitor_parsers
 from agent.errors import ConfigError
 from agent.events import iso_ms
 from tests.support.broker import Broker, free_port
-from tests.support.certs import make_pki
+from tests.support.certs import Issued, make_pki
 from tests.support.mqtt import Central
 
 
@@ -100,7 +100,9 @@ def publish_tls(port: int, pki: dict[str, Any], topic: str, payload: bytes, *, r
 
 
 @pytest.mark.broker
-def test_monitor__cafile_cert_and_key_flags_reach_a_mutual_tls_broker(tls_broker, pki, capsys):
+def test_monitor__cafile_cert_and_key_flags_reach_a_mutual_tls_broker(
+    tls_broker: Broker, pki: dict[str, Issued], capsys: pytest.CaptureFixture[str]
+) -> None:
     publish_tls(tls_broker.port, pki, "campus/main/gate-1/status", status("gate-1"), retain=True)
     flags = [
         "--cafile",
@@ -121,7 +123,9 @@ def test_monitor__cafile_cert_and_key_flags_reach_a_mutual_tls_broker(tls_broker
 
 
 @pytest.mark.broker
-def test_monitor__wrong_ca_is_refused_with_the_reason(tls_broker, pki, capsys):
+def test_monitor__wrong_ca_is_refused_with_the_reason(
+    tls_broker: Broker, pki: dict[str, Issued], capsys: pytest.CaptureFixture[str]
+) -> None:
     flags = [
         "--cafile",
         str(pki["rogue-ca"].cert_path),
@@ -135,7 +139,9 @@ def test_monitor__wrong_ca_is_refused_with_the_reason(tls_broker, pki, capsys):
 
 
 @pytest.mark.broker
-def test_ack__username_and_password_file_over_tls(password_broker, pki, tmp_path, capsys):
+def test_ack__username_and_password_file_over_tls(
+    password_broker: Broker, pki: dict[str, Issued], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     secret = tmp_path / "central.pw"
     secret.write_text("c-secret\n")
     secret.chmod(0o600)
@@ -155,7 +161,7 @@ def test_ack__username_and_password_file_over_tls(password_broker, pki, tmp_path
     assert "Not authorized" in capsys.readouterr().err
 
 
-def test_password_file__refused_without_tls_or_when_others_may_read_it(tmp_path):
+def test_password_file__refused_without_tls_or_when_others_may_read_it(tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("x")
     secret.chmod(0o600)
@@ -168,7 +174,7 @@ def test_password_file__refused_without_tls_or_when_others_may_read_it(tmp_path)
         cli("monitor", "--broker", "127.0.0.1:8883", "--cafile", str(secret), "--cert", str(secret))
 
 
-def test_cli__no_insecure_option_and_protocol_choices(capsys):
+def test_cli__no_insecure_option_and_protocol_choices(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["monitor", "--insecure"], ["monitor", "--protocol", "4"]):
         with pytest.raises(SystemExit) as exc:
             cli(*argv)
@@ -248,7 +254,9 @@ def v311(broker: Broker) -> Iterator[V311Only]:
 
 
 @pytest.mark.broker
-def test_monitor__auto_falls_back_to_3_1_1_and_says_so(v311, broker, device, capsys):
+def test_monitor__auto_falls_back_to_3_1_1_and_says_so(
+    v311: V311Only, broker: Broker, device: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = Central(broker.port, topics=("none/#",))
     try:
         c.publish(f"campus/main/{device}/status", status(device), retain=True)
@@ -268,7 +276,7 @@ def test_monitor__auto_falls_back_to_3_1_1_and_says_so(v311, broker, device, cap
 
 
 @pytest.mark.broker
-def test_monitor__auto_does_not_fall_back_when_nothing_listens(capsys):
+def test_monitor__auto_does_not_fall_back_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     assert cli("monitor", "--broker", f"127.0.0.1:{port}", "--once") == 1
     want = f"campus-agent monitor: cannot reach broker 127.0.0.1:{port} (connection refused)"

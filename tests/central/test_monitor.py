@@ -12,16 +12,18 @@ import re
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.central.acks import AckDesk, ack_command, parse_reply
-from agent.central.board import table
+from agent.central.board import DeviceState, table
 from agent.central.display import Alarm, LineKind
-from agent.central.fleet import DeviceState, FleetView
+from agent.central.fleet import FleetView
 from agent.central.monitor import (
     MonitorOptions,
     Target,
@@ -34,10 +36,14 @@ from agent.central.settings import LinkSettings
 from agent.config import BrokerAddress
 from agent.errors import AgentError, ConfigError
 from agent.events import iso_ms, new_id
-from tests.support.agentproc import unique_id, write_config
+from tests.support.agentproc import AgentProc, unique_id, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.certs import make_pki
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
+
+# the ``validate`` fixture of tests/conftest.py: checks a document against its contract schema and returns it
+Validate = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 T0 = dt.datetime(2026, 11, 29, 6, 1, 2, 345000, tzinfo=dt.UTC).timestamp()
 
@@ -112,7 +118,7 @@ def fleet() -> FleetView:
 # ---- FleetView: events ------------------------------------------------------------
 
 
-def test_fleet__event_line_shows_time_device_type_source_seq_test_and_delay(fleet):
+def test_fleet__event_line_shows_time_device_type_source_seq_test_and_delay(fleet: FleetView) -> None:
     doc = event(test=True)
     [line] = fleet.feed(topic("event/panic"), enc(doc), T0 + 0.046)
     assert line.kind is LineKind.EVENT
@@ -124,7 +130,7 @@ def test_fleet__event_line_shows_time_device_type_source_seq_test_and_delay(flee
     assert line.alarm == Alarm("main", "gate-north-1", doc["id"], "panic", T0 + 0.046)
 
 
-def test_fleet__unsynced_clock_is_marked_and_not_test_has_no_flag(fleet):
+def test_fleet__unsynced_clock_is_marked_and_not_test_has_no_flag(fleet: FleetView) -> None:
     [line] = fleet.feed(topic("event/input_fault"), enc(event(type_="input_fault", synced=False)), T0 + 120)
     assert "clock?" in line.text
     assert "TEST" not in line.text
@@ -132,7 +138,7 @@ def test_fleet__unsynced_clock_is_marked_and_not_test_has_no_flag(fleet):
     assert line.alarm is None
 
 
-def test_fleet__same_id_is_shown_once(fleet):
+def test_fleet__same_id_is_shown_once(fleet: FleetView) -> None:
     doc = event()
     assert len(fleet.feed(topic("event/panic"), enc(doc), T0)) == 1
     assert fleet.feed(topic("event/panic"), enc(doc), T0 + 1) == []
@@ -142,7 +148,7 @@ def test_fleet__same_id_is_shown_once(fleet):
     assert "2 events, 2 duplicates suppressed" in table(fleet, 0, T0 + 3)
 
 
-def test_fleet__dedup_memory_is_bounded():
+def test_fleet__dedup_memory_is_bounded() -> None:
     fleet = FleetView(dedup_ids=3, tz=dt.UTC)
     docs = [event(seq=i) for i in range(1, 5)]
     for d in docs:
@@ -151,7 +157,7 @@ def test_fleet__dedup_memory_is_bounded():
     assert len(fleet.feed(topic("event/panic"), enc(docs[0]), T0)) == 1  # forgotten: the oldest fell out
 
 
-def test_fleet__seq_gap_warns_and_a_late_event_says_so(fleet):
+def test_fleet__seq_gap_warns_and_a_late_event_says_so(fleet: FleetView) -> None:
     fleet.feed(topic("event/panic"), enc(event(seq=41)), T0)
     warn, _event_line = fleet.feed(topic("event/panic"), enc(event(seq=44)), T0)
     assert warn.kind is LineKind.WARNING
@@ -174,21 +180,21 @@ def test_fleet__seq_gap_warns_and_a_late_event_says_so(fleet):
         ("status", b"null", "payload is JSON NoneType, not an object"),
     ],
 )
-def test_fleet__malformed_payload_is_one_warning(fleet, where, payload, why):
+def test_fleet__malformed_payload_is_one_warning(fleet: FleetView, where: str, payload: bytes, why: str) -> None:
     lines = fleet.feed(topic(where), payload, T0)
     assert [ln.kind for ln in lines] == [LineKind.WARNING]
     assert why in lines[0].text
     assert fleet.feed(topic("event/panic"), enc(event()), T0)[0].kind is LineKind.EVENT
 
 
-def test_fleet__event_with_odd_fields_still_prints(fleet):
+def test_fleet__event_with_odd_fields_still_prints(fleet: FleetView) -> None:
     [line] = fleet.feed(topic("event/panic"), b'{"id": "%s", "seq": true, "ts": "yesterday"}' % (b"a" * 32), T0)
     assert "panic" in line.text  # the type comes from the topic
     assert "seq ?" in line.text
     assert line.record["delay_ms"] is None
 
 
-def test_fleet__foreign_topic_is_a_warning_and_cmd_topics_are_silent(fleet):
+def test_fleet__foreign_topic_is_a_warning_and_cmd_topics_are_silent(fleet: FleetView) -> None:
     assert fleet.feed("campus/main", b"{}", T0)[0].kind is LineKind.WARNING
     assert fleet.feed(topic("cmd/ack"), b"{}", T0) == []
 
@@ -196,7 +202,7 @@ def test_fleet__foreign_topic_is_a_warning_and_cmd_topics_are_silent(fleet):
 # ---- FleetView: devices ------------------------------------------------------------
 
 
-def test_fleet__will_marks_device_offline(fleet):
+def test_fleet__will_marks_device_offline(fleet: FleetView) -> None:
     assert fleet.feed(topic("status"), enc(status()), T0)[0].text.endswith("online           (first status seen)")
     [line] = fleet.feed(topic("status"), enc(offline()), T0 + 5)
     assert line.kind is LineKind.STATE
@@ -209,7 +215,7 @@ def test_fleet__will_marks_device_offline(fleet):
     assert "was offline" in fleet.feed(topic("status"), enc(status()), T0 + 9)[0].text
 
 
-def test_fleet__retained_statuses_fill_the_table_quietly(fleet):
+def test_fleet__retained_statuses_fill_the_table_quietly(fleet: FleetView) -> None:
     assert fleet.feed(topic("status", "a-1"), enc(offline("a-1")), T0, retained=True) == []
     assert fleet.feed(topic("status", "b-2"), enc(status("b-2", pending=3)), T0, retained=True) == []
     fleet.feed(topic("event/panic", "c-3"), enc(event("c-3")), T0)
@@ -220,7 +226,7 @@ def test_fleet__retained_statuses_fill_the_table_quietly(fleet):
     assert "main/c-3                ?         -                 -       -             -         panic 75 s ago" in text
 
 
-def test_fleet__overdue_after_three_default_intervals(fleet):
+def test_fleet__overdue_after_three_default_intervals(fleet: FleetView) -> None:
     fleet.feed(topic("status"), enc(status(pending=3)), T0)
     assert fleet.tick(T0 + 89) == []
     [line] = fleet.tick(T0 + 91)
@@ -234,7 +240,7 @@ def test_fleet__overdue_after_three_default_intervals(fleet):
     assert fleet.rows(T0 + 95)[0].state is DeviceState.ONLINE
 
 
-def test_fleet__interval_is_learned_from_consecutive_statuses(fleet):
+def test_fleet__interval_is_learned_from_consecutive_statuses(fleet: FleetView) -> None:
     for i in range(4):
         fleet.feed(topic("status"), enc(status()), T0 + 10 * i)
     assert fleet.rows(T0 + 30)[0].interval_s == 10
@@ -242,7 +248,7 @@ def test_fleet__interval_is_learned_from_consecutive_statuses(fleet):
     assert "expected every 10 s" in fleet.tick(T0 + 61)[0].text
 
 
-def test_fleet__long_interval_is_learned_at_once_and_change_statuses_do_not_shrink_it(fleet):
+def test_fleet__long_interval_is_learned_at_once_and_change_statuses_do_not_shrink_it(fleet: FleetView) -> None:
     fleet.feed(topic("status"), enc(status()), T0)
     fleet.feed(topic("status"), enc(status()), T0 + 300)
     assert fleet.tick(T0 + 300 + 100) == []
@@ -251,7 +257,7 @@ def test_fleet__long_interval_is_learned_at_once_and_change_statuses_do_not_shri
     assert fleet.rows(T0 + 311)[0].interval_s == 300
 
 
-def test_fleet__overdue_after_override():
+def test_fleet__overdue_after_override() -> None:
     fleet = FleetView(overdue_after_s=2, tz=dt.UTC)
     fleet.feed(topic("status"), enc(status()), T0)
     assert fleet.tick(T0 + 1.9) == []
@@ -259,7 +265,9 @@ def test_fleet__overdue_after_override():
 
 
 @pytest.mark.parametrize(("synced", "overdue"), [(True, True), (False, False)])
-def test_fleet__stale_retained_status_counts_from_its_ts_when_the_clock_is_good(fleet, synced, overdue):
+def test_fleet__stale_retained_status_counts_from_its_ts_when_the_clock_is_good(
+    fleet: FleetView, synced: bool, overdue: bool
+) -> None:
     fleet.feed(topic("status"), enc(status(ts=T0 - 3600, synced=synced)), T0, retained=True)
     assert bool(fleet.tick(T0 + 1)) is overdue
 
@@ -275,14 +283,14 @@ def reply(cmd_id: str, ok: bool = True, error: str | None = None) -> bytes:
     return enc({"v": 1, "cmd_id": cmd_id, "ok": ok, "error": error, "ts": iso_ms(T0)})
 
 
-def test_ack_command__follows_the_contract(validate):
+def test_ack_command__follows_the_contract(validate: Validate) -> None:
     cmd_id, payload = ack_command("a" * 32, T0)
     doc = validate("command", json.loads(payload))
     assert doc == {"v": 1, "id": cmd_id, "ts": "2026-11-29T06:01:02.345Z", "event_id": "a" * 32}
     assert cmd_id.startswith("c-")
 
 
-def test_ack_desk__latest_alarm_first_and_reply_shown():
+def test_ack_desk__latest_alarm_first_and_reply_shown() -> None:
     desk = AckDesk(tz=dt.UTC)
     desk.offer(alarm(1))
     desk.offer(alarm(2))
@@ -296,7 +304,7 @@ def test_ack_desk__latest_alarm_first_and_reply_shown():
     assert desk.command_topic(alarm(2)) == "campus/main/gate-north-1/cmd/ack"
 
 
-def test_ack_desk__refused_or_unanswered_ack_is_offered_again():
+def test_ack_desk__refused_or_unanswered_ack_is_offered_again() -> None:
     desk = AckDesk(reply_timeout_s=5, tz=dt.UTC)
     desk.offer(alarm(1))
     desk.sent(alarm(1), "c-1", T0)
@@ -309,7 +317,7 @@ def test_ack_desk__refused_or_unanswered_ack_is_offered_again():
     assert desk.next_unacked() == alarm(1)
 
 
-def test_parse_reply__rejects_what_is_not_a_reply():
+def test_parse_reply__rejects_what_is_not_a_reply() -> None:
     assert parse_reply(b'{"cmd_id": "c-1", "ok": "yes"}') is None
     assert parse_reply(b"[") is None
     assert parse_reply(reply("c-1", ok=False, error="x")).error == "x"  # type: ignore[union-attr]
@@ -333,7 +341,7 @@ def cli(*argv: str) -> int:
         ("[::1]:1884", "::1", 1884),
     ],
 )
-def test_broker_address__valid(text, host, port):
+def test_broker_address__valid(text: str, host: str, port: int) -> None:
     assert broker_address(text) == BrokerAddress(host, port)
 
 
@@ -351,21 +359,21 @@ def test_broker_address__valid(text, host, port):
         ["monitor", "--prefix", "campus/#"],
     ],
 )
-def test_cli__bad_arguments_exit_2(argv, capsys):
+def test_cli__bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli(*argv)
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
 
 
-def test_resolve_target__says_what_to_pass_without_broker_or_config(tmp_path):
+def test_resolve_target__says_what_to_pass_without_broker_or_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no broker given: pass --broker HOST:PORT .* or -c FILE"):
         resolve_target(None, None, None, default_config=tmp_path / "agent.yaml")
     with pytest.raises(ConfigError, match="missing.yaml"):
         resolve_target(None, tmp_path / "missing.yaml", None)
 
 
-def test_resolve_target__config_gives_brokers_and_prefix_broker_flag_overrides(tmp_path):
+def test_resolve_target__config_gives_brokers_and_prefix_broker_flag_overrides(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, 1884, device="gate-1", mqtt={"topic_prefix": "north"})
     t = resolve_target(None, cfg, None)
     assert (t.link.brokers, t.prefix, t.link.protocol) == ((BrokerAddress("127.0.0.1", 1884),), "north", "auto")
@@ -373,7 +381,7 @@ def test_resolve_target__config_gives_brokers_and_prefix_broker_flag_overrides(t
     assert (t.link.brokers, t.prefix) == ((BrokerAddress("b", 1),), "south")
 
 
-def test_cli__unreachable_broker_is_one_line_and_exit_1(capsys):
+def test_cli__unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     assert cli("monitor", "--broker", f"127.0.0.1:{port}", "--once") == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -393,8 +401,11 @@ class MonitorRun:
         self.stop = threading.Event()
         self.rc: int | None = None
         self.exc: BaseException | None = None
-        self._keys_r, self._keys_w = os.pipe() if keys else (None, None)
-        self.keys = os.fdopen(self._keys_r, "r") if self._keys_r is not None else None
+        self._keys_w: int | None = None
+        self.keys: TextIO | None = None
+        if keys:
+            keys_r, self._keys_w = os.pipe()
+            self.keys = os.fdopen(keys_r, "r")
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         self.wait_for("monitoring ", stream="err")
@@ -410,15 +421,16 @@ class MonitorRun:
         os.write(self._keys_w, f"{text}\n".encode())
 
     def wait_for(self, needle: str, *, stream: str = "out", timeout: float = 10.0) -> str:
+        """Everything printed on ``stream`` once it holds ``needle``; a monitor that crashed fails at once."""
         buf = self.out if stream == "out" else self.err
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def printed() -> str | None:
             if self.exc is not None:
                 raise self.exc
-            if needle in buf.getvalue():
-                return buf.getvalue()
-            time.sleep(0.02)
-        raise TimeoutError(f"{needle!r} never printed; {stream} was:\n{buf.getvalue()}")
+            text = buf.getvalue()
+            return text if needle in text else None
+
+        return eventually(printed, timeout, lambda: f"{needle!r} to be printed; {stream} was:\n{buf.getvalue()}")
 
     def close(self) -> int | None:
         self.stop.set()
@@ -430,7 +442,7 @@ class MonitorRun:
 
 
 @pytest.fixture
-def monitor():
+def monitor() -> Iterator[Callable[..., MonitorRun]]:
     runs: list[MonitorRun] = []
 
     def start(port: int, **kw: Any) -> MonitorRun:
@@ -472,7 +484,7 @@ class FakeDevice:
 
 
 @pytest.fixture
-def fake_device():
+def fake_device() -> Iterator[Callable[..., FakeDevice]]:
     devices: list[FakeDevice] = []
 
     def make(port: int, device: str, **kw: Any) -> FakeDevice:
@@ -485,7 +497,9 @@ def fake_device():
 
 
 @pytest.mark.broker
-def test_monitor__duplicated_event_is_printed_once(broker, central, device, monitor, validate):
+def test_monitor__duplicated_event_is_printed_once(
+    broker: Broker, central: Central, device: str, monitor: Callable[..., MonitorRun], validate: Validate
+) -> None:
     text, js = monitor(broker.port), monitor(broker.port, json=True)
     dup, sentinel = validate("event", event(device, seq=7)), validate("event", event(device, seq=8))
     central.publish(topic("event/panic", device), enc(dup))
@@ -501,7 +515,9 @@ def test_monitor__duplicated_event_is_printed_once(broker, central, device, moni
 
 
 @pytest.mark.broker
-def test_monitor__real_agent_press_then_sigkill_shows_offline(broker, agent_proc, device, monitor):
+def test_monitor__real_agent_press_then_sigkill_shows_offline(
+    broker: Broker, agent_proc: Callable[..., AgentProc], device: str, monitor: Callable[..., MonitorRun]
+) -> None:
     run = monitor(broker.port, site="main")
     agent = agent_proc(broker.port, device=device)
     run.wait_for(f"{col(device)}  online")
@@ -516,7 +532,9 @@ def test_monitor__real_agent_press_then_sigkill_shows_offline(broker, agent_proc
 
 
 @pytest.mark.broker
-def test_monitor__device_whose_heartbeat_stops_is_flagged_overdue(broker, central, device, monitor, validate):
+def test_monitor__device_whose_heartbeat_stops_is_flagged_overdue(
+    broker: Broker, central: Central, device: str, monitor: Callable[..., MonitorRun], validate: Validate
+) -> None:
     run = monitor(broker.port, overdue_after_s=0.5)
     central.publish(topic("status", device), enc(validate("status", status(device))), retain=True)
     run.wait_for(f"{col(device)}  online           (first status seen)")
@@ -527,7 +545,13 @@ def test_monitor__device_whose_heartbeat_stops_is_flagged_overdue(broker, centra
 
 
 @pytest.mark.broker
-def test_monitor__enter_acknowledges_the_latest_alarm(broker, central, device, monitor, fake_device):
+def test_monitor__enter_acknowledges_the_latest_alarm(
+    broker: Broker,
+    central: Central,
+    device: str,
+    monitor: Callable[..., MonitorRun],
+    fake_device: Callable[..., FakeDevice],
+) -> None:
     fake = fake_device(broker.port, device)
     run = monitor(broker.port, keys=True)
     doc = event(device, seq=3)
@@ -546,7 +570,9 @@ def test_monitor__enter_acknowledges_the_latest_alarm(broker, central, device, m
 
 
 @pytest.mark.broker
-def test_monitor__resubscribes_after_the_broker_restarts(own_broker, monitor):
+def test_monitor__resubscribes_after_the_broker_restarts(
+    own_broker: Broker, monitor: Callable[..., MonitorRun]
+) -> None:
     run = monitor(own_broker.port)
     own_broker.restart()
     run.wait_for(f"lost the connection to 127.0.0.1:{own_broker.port}")
@@ -561,7 +587,13 @@ def test_monitor__resubscribes_after_the_broker_restarts(own_broker, monitor):
 
 
 @pytest.mark.broker
-def test_ack__round_trip_with_a_device(broker, device, fake_device, capsys, validate):
+def test_ack__round_trip_with_a_device(
+    broker: Broker,
+    device: str,
+    fake_device: Callable[..., FakeDevice],
+    capsys: pytest.CaptureFixture[str],
+    validate: Validate,
+) -> None:
     fake = fake_device(broker.port, device)
     eid = new_id()
     assert cli("ack", eid, "--device", f"main/{device}", "--broker", f"127.0.0.1:{broker.port}") == 0
@@ -571,7 +603,9 @@ def test_ack__round_trip_with_a_device(broker, device, fake_device, capsys, vali
 
 
 @pytest.mark.broker
-def test_ack__refused_or_unanswered_exits_1(broker, device, fake_device, capsys):
+def test_ack__refused_or_unanswered_exits_1(
+    broker: Broker, device: str, fake_device: Callable[..., FakeDevice], capsys: pytest.CaptureFixture[str]
+) -> None:
     fake_device(broker.port, device, ok=False, error="no event with that id")
     eid = new_id()
     assert cli("ack", eid, "--device", f"main/{device}", "--broker", f"127.0.0.1:{broker.port}", "--json") == 1
@@ -584,7 +618,9 @@ def test_ack__refused_or_unanswered_exits_1(broker, device, fake_device, capsys)
 
 
 @pytest.mark.broker
-def test_monitor__tls_and_client_certificate_from_the_config(tmp_path, device, capsys):
+def test_monitor__tls_and_client_certificate_from_the_config(
+    tmp_path: Path, device: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "pki").mkdir()
     pki = make_pki(tmp_path / "pki", devices=(device,))
     extra = (
@@ -620,7 +656,7 @@ def test_monitor__tls_and_client_certificate_from_the_config(tmp_path, device, c
         tls_broker.stop()
 
 
-def test_run_monitor__unreachable_raises_agent_error():
+def test_run_monitor__unreachable_raises_agent_error() -> None:
     target = Target(LinkSettings((BrokerAddress("127.0.0.1", free_port()),), connect_timeout_s=1))
     with pytest.raises(AgentError, match=r"cannot reach broker 127\.0\.0\.1:\d+ \(connection refused\)"):
         run_monitor(target, MonitorOptions(), out=io.StringIO(), err=io.StringIO())

@@ -18,12 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.central import board
+from agent.central.board import DeviceState
 from agent.central.display import LineKind, json_line
-from agent.central.fleet import DeviceState, FleetView
+from agent.central.fleet import FleetView
 from agent.central.linkfigures import UNKNOWN, LinkFigures, avail_text, p95_text, read_link_stats
 from agent.events import iso_ms
 from agent.linkstats import LinkStats
+from tests.central.procout import read_until
+from tests.central.test_monitor import Validate
 from tests.support.agentproc import unique_id
+from tests.support.broker import Broker
 from tests.support.mqtt import Central
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +100,9 @@ def fleet() -> FleetView:
 # ---- the figures, from the agent's own LinkStats ----------------------------------------
 
 
-def test_figures__p95_is_the_last_hours_worst_path_and_availability_the_7_day_percent(fleet, validate):
+def test_figures__p95_is_the_last_hours_worst_path_and_availability_the_7_day_percent(
+    fleet: FleetView, validate: Validate
+) -> None:
     now = T0 + 3 * H + 1200
     stats = flaky(now)
     feed(fleet, "gate-1", stats, now, validate=validate)
@@ -108,7 +114,7 @@ def test_figures__p95_is_the_last_hours_worst_path_and_availability_the_7_day_pe
     assert row.link.observed_7d_s == 3 * H + 1200
 
 
-def test_figures__worst_of_two_paths_in_the_hour():
+def test_figures__worst_of_two_paths_in_the_hour() -> None:
     now = T0 + 2 * H
     s = LinkStats(T0)
     s.link_up(A, T0)
@@ -119,10 +125,11 @@ def test_figures__worst_of_two_paths_in_the_hour():
     assert isinstance(got, LinkFigures)
     assert got.p95_period == "1h"
     assert got.p95_ms == s.snapshot(now)["transmit"][B]["1h"]["p95_ms"]
+    assert got.p95_ms is not None
     assert 380 <= got.p95_ms <= 390  # B's p95 (exact 0.38 s), within one bucket and never above its maximum
 
 
-def test_figures__fall_back_to_31_days_when_the_hour_has_no_event(fleet, validate):
+def test_figures__fall_back_to_31_days_when_the_hour_has_no_event(fleet: FleetView, validate: Validate) -> None:
     now = T0 + 5 * H
     s = LinkStats(T0)
     s.link_up(A, T0)
@@ -134,7 +141,7 @@ def test_figures__fall_back_to_31_days_when_the_hour_has_no_event(fleet, validat
     assert "80 ms 31d" in board.table(fleet, 0, now)
 
 
-def test_figures__no_event_ever_and_no_link_stats_show_a_dash(fleet, validate):
+def test_figures__no_event_ever_and_no_link_stats_show_a_dash(fleet: FleetView, validate: Validate) -> None:
     s = LinkStats(T0)
     s.link_up(A, T0)
     feed(fleet, "gate-1", s.snapshot(T0 + H), T0 + H, validate=validate)
@@ -151,14 +158,16 @@ def test_figures__no_event_ever_and_no_link_stats_show_a_dash(fleet, validate):
     ("percent", "shown"),
     [(100.0, "100.0 %"), (99.999, "99.9 %"), (94.99, "94.9 %"), (93.2, "93.2 %"), (0.0, "0.0 %"), (None, "-")],
 )
-def test_avail_text__rounds_down_so_nothing_under_95_reads_95(percent, shown):
+def test_avail_text__rounds_down_so_nothing_under_95_reads_95(percent: float | None, shown: str) -> None:
     assert avail_text(percent) == shown
 
 
 # ---- the 95 % flag --------------------------------------------------------------------------
 
 
-def test_flag__under_95_percent_over_7_days_needs_attention_and_is_counted(fleet, validate):
+def test_flag__under_95_percent_over_7_days_needs_attention_and_is_counted(
+    fleet: FleetView, validate: Validate
+) -> None:
     now = T0 + 3 * H + 1200
     feed(fleet, "gate-ok", healthy(now), now, validate=validate)
     lines = feed(fleet, "gate-bad", flaky(now), now, validate=validate)
@@ -201,7 +210,7 @@ def test_flag__under_95_percent_over_7_days_needs_attention_and_is_counted(fleet
     json.loads(json_line(device.record))
 
 
-def test_flag__needs_an_hour_observed(fleet):
+def test_flag__needs_an_hour_observed(fleet: FleetView) -> None:
     s = LinkStats(T0)
     s.link_up(A, T0)
     s.link_down(T0 + 600)
@@ -213,7 +222,9 @@ def test_flag__needs_an_hour_observed(fleet):
     assert "50.0 %" in board.table(fleet, 0, T0 + 1200)
 
 
-def test_flag__clears_when_availability_recovers_or_is_no_longer_known_and_survives_an_offline_will(fleet):
+def test_flag__clears_when_availability_recovers_or_is_no_longer_known_and_survives_an_offline_will(
+    fleet: FleetView,
+) -> None:
     now = T0 + 3 * H + 1200
     feed(fleet, "gate-1", flaky(now), now)
     will = {"v": 1, "site": "main", "device": "gate-1", "state": "offline", "reason": "lost", "ts": iso_ms(now)}
@@ -241,7 +252,7 @@ def test_flag__clears_when_availability_recovers_or_is_no_longer_known_and_survi
     assert fleet.attention(now + 4, 40) == ([], 0)
 
 
-def test_flag__retained_statuses_count_quietly(fleet):
+def test_flag__retained_statuses_count_quietly(fleet: FleetView) -> None:
     now = T0 + 3 * H + 1200
     assert feed(fleet, "gate-1", flaky(now), now, retained=True) == []
     assert fleet.low_availability == 1
@@ -250,7 +261,7 @@ def test_flag__retained_statuses_count_quietly(fleet):
     assert rows[0].link.problem() == "availability 90.0 % over 7 d"
 
 
-def test_flag__an_overdue_device_with_low_availability_is_listed_once_overdue_first(fleet):
+def test_flag__an_overdue_device_with_low_availability_is_listed_once_overdue_first(fleet: FleetView) -> None:
     now = T0 + 3 * H + 1200
     feed(fleet, "gate-1", flaky(now), now)
     feed(fleet, "gate-2", flaky(now), now + 200)
@@ -300,13 +311,13 @@ def _stats(**over: Any) -> dict[str, Any]:
         (_stats(transmit={"\x1b[2Jb:1883": {"1h": 1}}), r"link.stats.transmit.\\x1b\[2Jb:1883.1h is not an object"),
     ],
 )
-def test_read_link_stats__invalid(stats, why):
+def test_read_link_stats__invalid(stats: Any, why: str) -> None:
     got = read_link_stats(status("g", stats, ts=T0))
     assert isinstance(got, str)
     assert re.search(why, got), got
 
 
-def test_read_link_stats__nan_from_a_raw_payload_is_refused_once_per_device(fleet):
+def test_read_link_stats__nan_from_a_raw_payload_is_refused_once_per_device(fleet: FleetView) -> None:
     doc = status("gate-1", flaky(T0 + 3 * H + 1200), ts=T0)
     raw = json.dumps(doc).replace('"percent": 90.0', '"percent": NaN').encode()  # json.loads takes NaN
     [warn] = [ln for ln in fleet.feed("campus/main/gate-1/status", raw, T0) if ln.kind is LineKind.WARNING]
@@ -346,7 +357,7 @@ _stats_docs = _json | st.fixed_dictionaries(
 
 @settings(max_examples=300, deadline=None)
 @given(_stats_docs)
-def test_read_link_stats__any_document_gives_figures_in_range_or_a_reason(stats):
+def test_read_link_stats__any_document_gives_figures_in_range_or_a_reason(stats: Any) -> None:
     got = read_link_stats({"link": {"stats": stats}})
     if isinstance(got, str):
         assert got.startswith("link.stats")
@@ -367,7 +378,7 @@ def test_read_link_stats__any_document_gives_figures_in_range_or_a_reason(stats)
 
 
 @pytest.mark.broker
-def test_monitor_process__shows_the_columns_and_flags_low_availability(broker):
+def test_monitor_process__shows_the_columns_and_flags_low_availability(broker: Broker) -> None:
     site = unique_id("site")
     ok, bad = unique_id("gate"), unique_id("gate")
     now = time.time()  # statuses of now (not overdue); their statistics come from the fake clock, as the board
@@ -421,15 +432,5 @@ def test_monitor_process__shows_the_columns_and_flags_low_availability(broker):
 
 def _read_board(proc: subprocess.Popen[bytes], pattern: bytes, timeout: float) -> str:
     """Read the monitor's stdout until ``pattern`` matches; return the match (failing with what was read)."""
-    assert proc.stdout is not None
-    fd, buf = proc.stdout.fileno(), b""
-    os.set_blocking(fd, False)
-    deadline = time.monotonic() + timeout
-    while (m := re.search(pattern, buf)) is None:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise AssertionError(f"no board matching {pattern!r}; got {buf[-3000:]!r}")
-        try:
-            buf += os.read(fd, 65536)
-        except BlockingIOError:
-            time.sleep(0.05)
+    m, _ = read_until(proc, lambda buf: re.search(pattern, buf), timeout, f"a board matching {pattern!r}")
     return m.group(0).decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from agent.central.photos import MAX_PHOTO_BYTES, Outcome, PhotoDesk, PhotoSaver
 from agent.central.session import subscriptions
 from agent.events import new_id
 from tests.central.test_monitor import T0, MonitorRun, col, enc, event, topic
+from tests.support.broker import Broker
 from tests.support.mqtt import Central
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF\x00" + bytes(range(256)) * 40 + b"\xff\xd9"
@@ -28,7 +30,7 @@ EID = "0123456789abcdef0123456789abcdef"
 
 
 def props(event_id: str, camera: str = "gate-cam", part: str = "1/1") -> Properties:
-    p = Properties(PacketTypes.PUBLISH)
+    p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
     p.ContentType = "image/jpeg"
     p.UserProperty = [("event_id", event_id), ("camera", camera), ("part", part), ("taken", "2026-11-29T06:01:03.000Z")]
     return p
@@ -60,7 +62,7 @@ def outside_untouched(tmp_path: Path, root: Path) -> list[str]:
         (f"campus/main/gate/snapshot/{EID}", b"\xff\xd8" + bytes(MAX_PHOTO_BYTES), "is over 16777216 bytes"),
     ],
 )
-def test_check__refuses(topic_, payload, why):
+def test_check__refuses(topic_: str, payload: bytes, why: str) -> None:
     assert is_snapshot("campus", topic_)
     result = check("campus", topic_, payload, T0)
     assert isinstance(result, str)
@@ -68,13 +70,13 @@ def test_check__refuses(topic_, payload, why):
     assert "\x1b" not in result
 
 
-def test_check__event_id_property_must_be_the_topics():
+def test_check__event_id_property_must_be_the_topics() -> None:
     result = check("campus", f"campus/main/gate/snapshot/{EID}", JPEG, T0, user_properties=(("event_id", "f" * 32),))
     assert isinstance(result, str)
     assert "user property event_id 'ffff" in result
 
 
-def test_check__mqtt5_properties_give_camera_and_part_and_odd_ones_are_dropped():
+def test_check__mqtt5_properties_give_camera_and_part_and_odd_ones_are_dropped() -> None:
     ok = check(
         "campus",
         f"campus/main/gate/snapshot/{EID}",
@@ -91,13 +93,13 @@ def test_check__mqtt5_properties_give_camera_and_part_and_odd_ones_are_dropped()
     assert (odd.camera, odd.part) == (None, None)
 
 
-def test_is_snapshot__only_the_four_level_shape():
+def test_is_snapshot__only_the_four_level_shape() -> None:
     assert not is_snapshot("campus", f"campus/main/gate/snapshot/{EID}/x")
     assert not is_snapshot("campus", f"campus/main/gate/event/{EID}")
     assert not is_snapshot("other", f"campus/main/gate/snapshot/{EID}")
 
 
-def test_subscriptions__photos_only_when_asked():
+def test_subscriptions__photos_only_when_asked() -> None:
     assert "campus/+/+/snapshot/+" not in subscriptions("campus", None, replies=False)
     assert subscriptions("campus", "main", replies=False, photos=True)[-1] == "campus/main/+/snapshot/+"
 
@@ -106,14 +108,14 @@ def test_subscriptions__photos_only_when_asked():
 
 
 @pytest.fixture
-def root(tmp_path: Path):
+def root(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     path = tmp_path / "photos"
     fd = photofiles.open_root(str(path))
     yield path, fd
     os.close(fd)
 
 
-def test_write_photo__parts_name_the_files_and_a_redelivery_is_a_duplicate(root):
+def test_write_photo__parts_name_the_files_and_a_redelivery_is_a_duplicate(root: tuple[Path, int]) -> None:
     path, fd = root
     assert photofiles.write_photo(fd, "main", "gate", EID, part=1, payload=JPEG) == photofiles.Saved(
         f"{EID}.jpg", False
@@ -126,7 +128,7 @@ def test_write_photo__parts_name_the_files_and_a_redelivery_is_a_duplicate(root)
     assert sorted(p.name for p in (path / "main/gate").iterdir()) == [f"{EID}-2.jpg", f"{EID}.jpg"]  # no temp left
 
 
-def test_write_photo__without_part_takes_the_first_free_name_and_skips_same_bytes(root):
+def test_write_photo__without_part_takes_the_first_free_name_and_skips_same_bytes(root: tuple[Path, int]) -> None:
     path, fd = root
     names = [
         photofiles.write_photo(fd, "main", "gate", EID, part=None, payload=p)
@@ -143,7 +145,7 @@ def test_write_photo__without_part_takes_the_first_free_name_and_skips_same_byte
 
 
 @pytest.mark.parametrize("where", ["site", "device", "file"])
-def test_write_photo__a_planted_symlink_is_never_followed(tmp_path, root, where):
+def test_write_photo__a_planted_symlink_is_never_followed(tmp_path: Path, root: tuple[Path, int], where: str) -> None:
     path, fd = root
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -163,7 +165,7 @@ def test_write_photo__a_planted_symlink_is_never_followed(tmp_path, root, where)
     assert (victim / "keep").read_bytes() == b"precious"
 
 
-def test_photo_saver__writes_on_its_thread_and_reports_then_closes_idempotently(tmp_path):
+def test_photo_saver__writes_on_its_thread_and_reports_then_closes_idempotently(tmp_path: Path) -> None:
     with PhotoSaver(tmp_path / "p") as saver:
         photo = check("campus", f"campus/main/gate/snapshot/{EID}", JPEG, T0)
         assert not isinstance(photo, str)
@@ -176,7 +178,7 @@ def test_photo_saver__writes_on_its_thread_and_reports_then_closes_idempotently(
     saver.close()
 
 
-def test_photo_desk__line_names_the_alarm_and_the_board_shows_the_photo():
+def test_photo_desk__line_names_the_alarm_and_the_board_shows_the_photo() -> None:
     desk, fleet = PhotoDesk(tz=dt.UTC), FleetView(tz=dt.UTC)
     alarm = Alarm("main", "gate-north-1", EID, "panic", T0)
     desk.alarm(alarm)
@@ -208,7 +210,7 @@ def start(port: int, snapshots: Path, **opts: Any) -> MonitorRun:
 
 
 @pytest.fixture
-def runs():
+def runs() -> Iterator[list[MonitorRun]]:
     started: list[MonitorRun] = []
     yield started
     for r in started:
@@ -216,7 +218,9 @@ def runs():
 
 
 @pytest.mark.broker
-def test_monitor__mqtt5_photo_after_its_panic_is_saved_and_shown(broker, central, device, runs, tmp_path):
+def test_monitor__mqtt5_photo_after_its_panic_is_saved_and_shown(
+    broker: Broker, central: Central, device: str, runs: list[MonitorRun], tmp_path: Path
+) -> None:
     photos = tmp_path / "photos"
     run = start(broker.port, photos)
     runs.append(run)
@@ -247,7 +251,9 @@ def test_monitor__mqtt5_photo_after_its_panic_is_saved_and_shown(broker, central
 
 
 @pytest.mark.broker
-def test_monitor__json_has_a_photo_record_and_the_alarm_gets_its_path(broker, central, device, runs, tmp_path):
+def test_monitor__json_has_a_photo_record_and_the_alarm_gets_its_path(
+    broker: Broker, central: Central, device: str, runs: list[MonitorRun], tmp_path: Path
+) -> None:
     photos = tmp_path / "photos"
     run = start(broker.port, photos, json=True)
     runs.append(run)
@@ -277,7 +283,9 @@ def test_monitor__json_has_a_photo_record_and_the_alarm_gets_its_path(broker, ce
 
 
 @pytest.mark.broker
-def test_monitor__mqtt311_photos_take_numbered_names(broker, device, runs, tmp_path):
+def test_monitor__mqtt311_photos_take_numbered_names(
+    broker: Broker, device: str, runs: list[MonitorRun], tmp_path: Path
+) -> None:
     photos = tmp_path / "photos"
     run = start(broker.port, photos)
     runs.append(run)
@@ -304,7 +312,9 @@ def test_monitor__mqtt311_photos_take_numbered_names(broker, device, runs, tmp_p
 
 
 @pytest.mark.broker
-def test_monitor__hostile_photos_write_nothing_outside_and_warn_escaped(broker, central, device, runs, tmp_path):
+def test_monitor__hostile_photos_write_nothing_outside_and_warn_escaped(
+    broker: Broker, central: Central, device: str, runs: list[MonitorRun], tmp_path: Path
+) -> None:
     photos = tmp_path / "photos"
     run = start(broker.port, photos)
     runs.append(run)
@@ -335,7 +345,9 @@ def test_monitor__hostile_photos_write_nothing_outside_and_warn_escaped(broker, 
     assert list((photos / "main").iterdir()) == [photos / "main" / device]
 
 
-def test_cli__snapshots_dir_that_cannot_be_made_is_one_line_and_exit_1(tmp_path, capsys):
+def test_cli__snapshots_dir_that_cannot_be_made_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
 
     blocker = tmp_path / "file"
@@ -353,8 +365,8 @@ def test_cli__snapshots_dir_that_cannot_be_made_is_one_line_and_exit_1(tmp_path,
 
 @pytest.mark.broker
 def test_monitor__a_photo_built_as_the_device_builds_it_lands_at_the_contract_path(
-    broker, central, device, runs, tmp_path
-):
+    broker: Broker, central: Central, device: str, runs: list[MonitorRun], tmp_path: Path
+) -> None:
     from agent.photosend import photo_message
     from agent.photostore import Photo as StoredPhoto
 
@@ -367,7 +379,7 @@ def test_monitor__a_photo_built_as_the_device_builds_it_lands_at_the_contract_pa
         msg = photo_message(
             f"campus/main/{device}", StoredPhoto(alarm["id"], f"cam-{part}", JPEG + bytes([part]), T0, part, 2)
         )
-        p = Properties(PacketTypes.PUBLISH)
+        p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         p.ContentType = msg.content_type
         p.UserProperty = list(msg.user_properties)
         central.c.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=p).wait_for_publish(5)
@@ -377,7 +389,7 @@ def test_monitor__a_photo_built_as_the_device_builds_it_lands_at_the_contract_pa
     assert (photos / "main" / device / f"{alarm['id']}-2.jpg").read_bytes() == JPEG + b"\x02"
 
 
-def test_session__photos_are_handed_on_after_the_events_of_the_same_batch(tmp_path):
+def test_session__photos_are_handed_on_after_the_events_of_the_same_batch(tmp_path: Path) -> None:
     import io
     import queue
 
@@ -389,11 +401,11 @@ def test_session__photos_are_handed_on_after_the_events_of_the_same_batch(tmp_pa
     alarm = event("gate-north-1")
     with PhotoSaver(tmp_path / "p") as saver:
         session = _Session(
-            None,
+            None,  # type: ignore[arg-type]  # draining the inbox never touches the link
             inbox,
             "campus",
             MonitorOptions(table_every_s=0),
-            out,  # type: ignore[arg-type]
+            out,
             wall=lambda: T0,
             saver=saver,
         )

@@ -42,6 +42,7 @@ from tests.support.agentproc import AgentProc, short_socket_path, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.camservers import HttpCamera, RtspServer
 from tests.support.certs import Issued, issue, make_pki
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = "gate-north-1"
@@ -670,12 +671,11 @@ def test_doctor__running_agent_is_reported_and_not_disturbed(
     cfg = tls_cfg(tmp_path, good_broker.port, pki)
     agent = AgentProc(cfg).start()
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            st = agent.status()
-            if st["link"]["connected"] and st["status"]["outbox"]["pending"] == 0:
-                break
-            time.sleep(0.05)
+        eventually(
+            lambda: (st := agent.status())["link"]["connected"] and st["status"]["outbox"]["pending"] == 0,
+            20,
+            "the agent to connect and send agent_started",
+        )
         before = agent.status()["status"]["link"]
         assert before["connected_since"] is not None
         rc, lines = doctor(cfg)
