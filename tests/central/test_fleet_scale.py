@@ -7,7 +7,7 @@ import json
 import queue
 import random
 import tracemalloc
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -79,13 +79,13 @@ def topic(i: int, kind: str = "status") -> str:
 class NoScan(dict[str, Any]):
     """A device table that fails the test if anything walks it."""
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> NoReturn:
         raise AssertionError("the device table was scanned")
 
-    def values(self) -> Any:
+    def values(self) -> NoReturn:
         raise AssertionError("the device table was scanned")
 
-    def items(self) -> Any:
+    def items(self) -> NoReturn:
         raise AssertionError("the device table was scanned")
 
 

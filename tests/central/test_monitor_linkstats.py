@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from agent.central import board
 from agent.central.board import DeviceState
-from agent.central.display import LineKind, json_line
+from agent.central.display import Line, LineKind, json_line
 from agent.central.fleet import FleetView
 from agent.central.linkfigures import UNKNOWN, LinkFigures, avail_text, p95_text, read_link_stats
 from agent.events import iso_ms
@@ -84,8 +84,8 @@ def feed(
     at: float,
     *,
     retained: bool = False,
-    validate: Any = None,
-) -> list[Any]:
+    validate: Validate | None = None,
+) -> list[Line]:
     doc = status(device, stats, ts=at)
     if validate is not None:
         validate("status", doc)

@@ -18,7 +18,7 @@ from agent.central.board import summary
 from agent.central.display import Alarm, LineKind
 from agent.central.fleet import FleetView
 from agent.central.monitor import add_monitor_parsers
-from agent.central.photos import MAX_PHOTO_BYTES, Outcome, PhotoDesk, PhotoSaver, check, is_snapshot
+from agent.central.photos import MAX_PHOTO_BYTES, Outcome, Photo, PhotoDesk, PhotoSaver, check, is_snapshot
 from agent.central.session import subscriptions
 from agent.events import new_id
 from tests.central.test_monitor import T0, MonitorRun, col, enc, event, topic
@@ -412,7 +412,7 @@ def test_session__photos_are_handed_on_after_the_events_of_the_same_batch(tmp_pa
         printed_at_submit: list[str] = []
         submit = saver.submit
 
-        def watching(photo: Any, payload: bytes) -> str | None:
+        def watching(photo: Photo, payload: bytes) -> str | None:
             printed_at_submit.append(out.getvalue())
             return submit(photo, payload)
 

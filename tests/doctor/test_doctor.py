@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -452,7 +452,7 @@ def test_doctor__failover_broker_is_checked_too(tmp_path: Path, password_broker:
     ],
 )
 def test_doctor__broker_certificate_problems(
-    tmp_path: Path, pki: dict[str, Issued], acl_with_doctor: Path, server: str, ca: str, level: Any, words: str
+    tmp_path: Path, pki: dict[str, Issued], acl_with_doctor: Path, server: str, ca: str, level: str, words: str
 ) -> None:
     b = tls_broker(tmp_path / "broker", pki, acl_with_doctor, server=server)
     try:
@@ -720,7 +720,7 @@ def test_doctor__agent_that_does_not_answer(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def fake_systemd(tmp_path: Path) -> Any:
+def fake_systemd(tmp_path: Path) -> Callable[..., tuple[str, Path]]:
     """A stand-in systemctl answering is-active / is-enabled as told, and a /proc/1/comm saying systemd."""
     comm = tmp_path / "comm"
     comm.write_text("systemd\n")
@@ -753,13 +753,15 @@ def fake_systemd(tmp_path: Path) -> Any:
         ),
     ],
 )
-def test_check_systemd__states(fake_systemd: Any, active: str, enabled: str, rc: int, level: Any, words: str) -> None:
+def test_check_systemd__states(
+    fake_systemd: Callable[..., tuple[str, Path]], active: str, enabled: str, rc: int, level: Level, words: str
+) -> None:
     c = check_systemd(*fake_systemd(active, enabled, rc))
     assert c.level is level
     assert words in c.line()
 
 
-def test_check_systemd__skipped_without_systemd(tmp_path: Path, fake_systemd: Any) -> None:
+def test_check_systemd__skipped_without_systemd(tmp_path: Path, fake_systemd: Callable[..., tuple[str, Path]]) -> None:
     systemctl, comm = fake_systemd("failed", "enabled")
     comm.write_text("init\n")
     for c in (check_systemd(systemctl, comm), check_systemd(None, comm), check_systemd(systemctl, tmp_path / "no")):

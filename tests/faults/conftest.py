@@ -6,7 +6,7 @@ is stopped in the fixture's teardown, whatever the test did.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,9 @@ def agents(tmp_path: Path) -> Iterator[MakeAgent]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep = yield
     if rep.when == "call" or (rep.when == "setup" and rep.outcome != "passed"):
         first = item.stash.get(_FIRST_ROW, None)
@@ -87,7 +89,7 @@ def _mark_rows(request: pytest.FixtureRequest) -> None:
     request.node.stash[_FIRST_ROW] = len(REPORT.rows)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not REPORT.rows:
         return
     title = f"fault scenarios ({'full counts, SOAK=1' if SOAK else 'short counts'}; SEED={SEED})"

@@ -139,8 +139,8 @@ def test_status__bad_socket_path_is_still_a_config_error(tmp_path: Path) -> None
 # ---- 9.7: clock sync under ProtectClock --------------------------------------------------------------------
 
 
-def _adjtimex_fails(err: int) -> Any:
-    def call(_tx: Any) -> int:
+def _adjtimex_fails(err: int) -> Callable[[object], int]:
+    def call(_tx: object) -> int:
         ctypes.set_errno(err)
         return -1
 
