@@ -164,7 +164,8 @@ def test_clock_jumps__ts_follows__seq_and_ids_hold__nothing_stalls(
         monos = [sink.docs[r.id]["mono_ms"] for r in in_press_order]
         assert monos == sorted(monos), "mono_ms went back with the wall clock"
         assert not wrong_ts, f"event ts does not follow the clock: {wrong_ts[:5]}"
-        assert slowest_record < 1.0, f"a press took {slowest_record:.2f} s to be recorded: something stalled"
+        # the jumps are hours: a wait on the wall clock would stall far longer than this ceiling
+        assert slowest_record < 5.0, f"a press took {slowest_record:.2f} s to be recorded: something stalled"
         assert agent.stop() == 0
     finally:
         sink.close()
