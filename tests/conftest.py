@@ -1,4 +1,4 @@
-"""Shared fixtures: a real mosquitto per session, mock pins, configs, schemas."""
+"""Shared fixtures: a real mosquitto per session, mock pins, fake time, a throwaway outbox, configs, schemas."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import jsonschema
 import pytest
 
 from agent import schemas
+from agent.outbox import Outbox
 from tests.support.agentproc import AgentProc, remove_socket_dirs, unique_id, write_config
 from tests.support.broker import Broker
+from tests.support.clocks import FakeTime
 from tests.support.mqtt import Central
 
 # Test rigs here often run as root; `campus-agent run` refuses root without this (tests/security/ unsets it).
@@ -63,6 +65,19 @@ def mock_factory() -> Iterator[Any]:
     finally:
         f.reset()
         f.close()
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    """Time at 1000 s monotonic that moves only when the test calls ``advance`` (``.clock()`` for a Clock)."""
+    return FakeTime()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    """An empty outbox in ``tmp_path`` (site ``main``, device ``gate-1``), closed after the test."""
+    with Outbox(tmp_path / "outbox.db", site="main", device="gate-1") as ob:
+        yield ob
 
 
 @pytest.fixture(scope="session")

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
 
 import pytest
 
 from tests.support.mqtt import Central, retained
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
-
-
-def _wait(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def test_press__reaches_central_with_every_contract_field(broker, central, agent_proc, device, validate):
@@ -54,9 +44,9 @@ def test_status__online_on_connect_validates(broker, central, agent_proc, device
 
 def test_outage__20_presses_survive_sigkill_and_arrive_in_order(own_broker, agent_proc, device, tmp_path):
     agent = agent_proc(own_broker.port, device=device)
-    _wait(lambda: agent.status()["link"]["connected"], what="first connection")
+    eventually(lambda: agent.status()["link"]["connected"], what="first connection")
     own_broker.stop()
-    _wait(lambda: not agent.status()["link"]["connected"], what="agent to notice the outage")
+    eventually(lambda: not agent.status()["link"]["connected"], what="agent to notice the outage")
     for _ in range(20):
         agent.click("panic")
     recorded = agent.wait_recorded(20)
@@ -78,7 +68,7 @@ def test_outage__20_presses_survive_sigkill_and_arrive_in_order(own_broker, agen
         assert list(first_seen) == ids_in_order, "not delivered in seq order, or ids changed"
         seqs = list(first_seen.values())
         assert seqs == sorted(seqs)
-        _wait(lambda: agent.status()["status"]["outbox"]["pending"] == 0, what="outbox to drain")
+        eventually(lambda: agent.status()["status"]["outbox"]["pending"] == 0, what="outbox to drain")
     finally:
         central.close()
 
@@ -86,9 +76,9 @@ def test_outage__20_presses_survive_sigkill_and_arrive_in_order(own_broker, agen
 def test_sigkill__retained_offline_will_is_seen(broker, agent_proc, device, validate):
     agent = agent_proc(broker.port, device=device)
     topic = f"campus/main/{device}/status"
-    _wait(lambda: (retained(broker.port, topic) or {}).get("state") == "online", what="retained online status")
+    eventually(lambda: (retained(broker.port, topic) or {}).get("state") == "online", what="retained online status")
     agent.kill()
-    doc = _wait(
+    doc = eventually(
         lambda: (d := retained(broker.port, topic)) and d["state"] == "offline" and d,
         timeout=15,
         what="retained offline will",
@@ -100,7 +90,7 @@ def test_sigkill__retained_offline_will_is_seen(broker, agent_proc, device, vali
 def test_clean_stop__retained_offline_shutdown(broker, agent_proc, device, validate):
     agent = agent_proc(broker.port, device=device)
     topic = f"campus/main/{device}/status"
-    _wait(lambda: agent.status()["link"]["connected"], what="connection")
+    eventually(lambda: agent.status()["link"]["connected"], what="connection")
     assert agent.stop() == 0
     doc = retained(broker.port, topic)
     assert doc is not None

@@ -8,13 +8,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from agent.cli import main
 from tests.support.agentproc import ROOT, write_config
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -33,9 +33,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_status__text_and_json(broker, agent_proc, device):
     agent = agent_proc(broker.port, device=device)
-    deadline = time.monotonic() + 10
-    while not agent.status()["link"]["connected"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: agent.status()["link"]["connected"], what="the agent to connect")
     agent.click()
     agent.wait_recorded(1)
     r = cli("status", "-c", str(agent.config))

@@ -20,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config.model import Contact, InputConfig, InputKind
-from agent.events import Clock, EventType, Stamp
+from agent.events import EventType, Stamp
 from agent.inputs import Debouncer, Inputs
+from tests.support.clocks import FakeTime
 
 UNIT = 1024  # time units per second
 T0 = 1000.0  # monotonic seconds at unit 0
@@ -83,14 +84,6 @@ def test_debouncer__agrees_with_the_model_whatever_the_poll_times(
     assert got == expected(times, end, holds=lambda n: n >= db_units)
 
 
-class _FakeMono:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 presses = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 300)), max_size=24)
 
 
@@ -108,8 +101,8 @@ def test_inputs__pipeline_records_exactly_the_held_presses(
     from gpiozero.pins.mock import MockFactory
 
     mock_factory = MockFactory()  # one per example: a fixture would be shared between them
-    mono = _FakeMono()
-    clock = Clock(wall=lambda: 1.7e9 + mono.t, mono=mono, synced=lambda: True, boot_id="b")
+    mono = FakeTime(T0)  # one per example: a fixture would be shared between them
+    clock = mono.clock()
     got: list[tuple[str, float]] = []
 
     def emit(batch: list[tuple[EventType, str, Stamp, Any]]) -> None:

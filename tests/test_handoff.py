@@ -14,17 +14,19 @@ import contextlib
 import json
 import random
 import threading
+from pathlib import Path
 
 import pytest
 
 from agent.config import load_config
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox, OutboxRow
 from agent.sendwindow import SendWindow
 from agent.uplink import Uplink
 from tests.support.agentproc import write_config
+from tests.support.clocks import synced_clock
 
-CLOCK = Clock(synced=lambda: True, boot_id="b")
+CLOCK = synced_clock("b")
 
 
 def _event(rng: random.Random) -> Event:
@@ -116,14 +118,12 @@ class _Link:
 
 
 @pytest.fixture
-def uplink(tmp_path):
+def uplink(tmp_path: Path, outbox: Outbox) -> tuple[Uplink, Outbox, _Link]:
     cfg = load_config(write_config(tmp_path, 1, device="d", mqtt={"max_inflight": 3})).mqtt
-    ob = Outbox(tmp_path / "o.db", site="s", device="d")
-    up = Uplink(cfg, topic_root="campus/s/d", outbox=ob, status=dict, offline=lambda r: {"reason": r})
+    up = Uplink(cfg, topic_root="campus/s/d", outbox=outbox, status=dict, offline=lambda r: {"reason": r})
     link = _Link()
     up._events.live = link  # as the sender's _serve does once the broker accepted the session
-    yield up, ob, link
-    ob.close()
+    return up, outbox, link
 
 
 def test_offer__publishes_a_fresh_press_from_the_committing_thread(uplink):

@@ -11,14 +11,8 @@ from agent.config.model import Contact, InputConfig, InputKind
 from agent.errors import HardwareError
 from agent.events import Clock, EventType, Stamp
 from agent.inputs import Debouncer, Inputs
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support.clocks import FakeTime
+from tests.support.waiting import eventually
 
 
 def st(t: float) -> Stamp:
@@ -67,21 +61,19 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[EventType, str, Stamp, dict[str, Any]]] = []
         self.batches: list[int] = []
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()  # the inputs' thread writes, the test reads
 
     def __call__(self, batch: list[tuple[EventType, str, Stamp, Any]]) -> None:
-        with self.cond:
+        with self.lock:
             self.batches.append(len(batch))
             for kind, source, stamp, data in batch:
                 self.events.append((kind, source, stamp, dict(data)))
-            self.cond.notify_all()
 
     def kinds(self) -> list[tuple[str, str]]:
         return [(k.value, s) for k, s, _, _ in self.events]
 
     def wait(self, n: int, timeout: float = 5.0) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.events) >= n, timeout), self.kinds()
+        eventually(lambda: len(self.events) >= n, timeout, lambda: f"{n} events; got {self.kinds()}")
 
 
 def cfg(
@@ -105,9 +97,8 @@ def cfg(
 
 
 @pytest.fixture
-def fake_clock():
-    mono = FakeTime()
-    return mono, Clock(wall=lambda: 1.7e9 + mono.t, mono=mono, synced=lambda: False, boot_id="b")
+def fake_clock(fake_time: FakeTime) -> tuple[FakeTime, Clock]:
+    return fake_time, fake_time.clock(synced=False)
 
 
 def test_inputs__press_on_mock_pin_is_one_panic_after_debounce(mock_factory, fake_clock):

@@ -11,7 +11,6 @@ in front where mosquitto cannot act the part.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,9 @@ from agent.doctor.runner import Host, run_doctor
 from tests.support.broker import Broker
 from tests.support.fakebroker import GateProxy, SilentBroker
 from tests.support.mqtt import Central, Msg
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
-
-
-def eventually(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := pred():
-            return got
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def brokers(*ports: int, **mqtt: Any) -> dict[str, Any]:
@@ -92,7 +83,7 @@ def test_link__auto_falls_back_to_3_1_1_once_per_broker(
         st = central.wait_for(is_status(lambda d: d["link"].get("protocol") == "3.1.1"))
         validate("status", st.doc)
         gate.drop_all()
-        eventually(lambda: link(agent)["reconnects"] >= 1 and agent.status()["link"]["connected"], what="reconnect")
+        eventually(lambda: link(agent)["reconnects"] >= 1 and agent.status()["link"]["connected"], 20.0, "reconnect")
         agent.click()
         central.wait_events(2, "panic")
         assert gate.connects[:2] == [5, 4]
@@ -105,7 +96,7 @@ def test_link__auto_falls_back_to_3_1_1_once_per_broker(
 def test_link__explicit_5_does_not_fall_back_and_says_why(broker: Broker, device: str, agent_proc: Any) -> None:
     with GateProxy(broker.port, v5="0x84") as gate:
         agent = agent_proc(gate.port, device=device, mqtt={"protocol": 5})
-        err = eventually(lambda: agent.status()["link"]["last_error"], what="a connect failure")
+        err = eventually(lambda: agent.status()["link"]["last_error"], 20.0, "a connect failure")
         assert err.startswith("CONNACK refused: Unsupported protocol version; the broker does not speak this MQTT")
         assert set(gate.connects) == {5}
 

@@ -7,7 +7,6 @@ import socket
 import struct
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from agent.daemon import Agent
 from agent.notify import Notifier
 from tests.support.agentproc import write_config
 from tests.support.broker import free_port
+from tests.support.waiting import eventually, never
 
 
 class NotifySocket:
@@ -51,12 +51,12 @@ class NotifySocket:
         return pid, dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
 
     def until(self, pred: Any, timeout: float) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            got = self.recv(left)
-            if got is not None and pred(got[1]):
-                return got[1]
-        raise TimeoutError("expected notification did not arrive")
+
+        def matching() -> dict[str, str] | None:
+            got = self.recv(0.05)
+            return got[1] if got is not None and pred(got[1]) else None
+
+        return eventually(matching, timeout, "the expected notification")
 
     def close(self) -> None:
         self.sock.close()
@@ -121,14 +121,16 @@ def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(notify_socket, 
         agent.uplink._sleep = stuck  # the sender is between attempts while the broker is down
         stalled = notify_socket.until(lambda m: m.get("STATUS", "").startswith("stalled"), 20)
         assert "uplink-sender" in stalled["STATUS"]
-        seen = []
-        deadline = time.monotonic() + 2.0  # five watchdog intervals
-        while (left := deadline - time.monotonic()) > 0:
-            got = notify_socket.recv(left)
+        seen: list[dict[str, str]] = []
+
+        def watchdog_ping() -> bool:
+            got = notify_socket.recv(0.05)
             if got is not None:
                 seen.append(got[1])
+            return got is not None and "WATCHDOG" in got[1]
+
+        never(watchdog_ping, 2.0, "WATCHDOG=1 while a thread is stuck")  # five watchdog intervals
         assert seen, "the agent should keep reporting its stalled status"
-        assert not [m for m in seen if "WATCHDOG" in m], "WATCHDOG=1 must stop while a thread is stuck"
     finally:
         hang.set()
         agent.request_stop()

@@ -5,26 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from agent.errors import OutboxFullError
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import NON_ALARM_SHARE, Outbox
+from tests.support.clocks import synced_clock
 
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+CLOCK = synced_clock()
 
 
 def ev(kind: EventType = EventType.PANIC, source: str = "panic", **data: object) -> Event:
     return Event.create(CLOCK, kind, source, data=data)
-
-
-@pytest.fixture
-def outbox(tmp_path: Path):
-    ob = Outbox(tmp_path / "outbox.db", site="main", device="gate-1")
-    yield ob
-    ob.close()
 
 
 def test_outbox__wal_and_full_sync(outbox):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from tests.support.broker import Broker
 from tests.support.mqtt import Central, Msg
 from tests.support.snapcam import SnapCamera
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -24,13 +24,12 @@ def photo_config(cam: SnapCamera) -> dict[str, Any]:
 
 
 def wait_status(agent: Any, pred: Any, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = agent.status()["status"]
-        if pred(st):
-            return st
-        time.sleep(0.05)
-    raise TimeoutError(f"status never matched: {agent.status()['status']}")
+    """The agent's status document, once ``pred`` accepts it."""
+    return eventually(
+        lambda: st if pred(st := agent.status()["status"]) else None,
+        timeout,
+        lambda: f"a matching status; last: {agent.status()['status']}",
+    )
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from agent.config import load_config
 from agent.photos import GATE_S, Photos
 from tests.support.agentproc import write_config
 from tests.support.snapcam import SnapCamera
+from tests.support.waiting import eventually
 
 
 def make(tmp_path, cam: SnapCamera) -> Photos:
@@ -46,9 +47,7 @@ def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path, monkeypat
         assert cam.hits == 0  # the worker is at the gate: nothing asked of the camera yet
         photos.alarm_delivered(eid)
         assert released.wait(10)  # released by the PUBACK: the bound is 60 s here
-        deadline = time.monotonic() + 10
-        while photos.status()["pending"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: photos.status()["pending"] >= 1, what="the photo stored")
         assert photos.status()["pending"] == 1
         assert cam.hits == 1
     finally:
@@ -63,9 +62,7 @@ def test_gate__a_lost_link_delays_the_capture_by_the_bound_only(tmp_path):
         photos.start()
         t0 = time.monotonic()
         photos.request("b" * 32, "panic")  # no PUBACK will come
-        deadline = t0 + 10
-        while photos.status()["pending"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: photos.status()["pending"] >= 1, what="the photo stored after the bound")
         assert photos.status()["pending"] == 1
         assert time.monotonic() - t0 >= GATE_S
         assert "pending=1" in repr(photos)

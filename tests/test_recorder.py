@@ -11,29 +11,19 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.events import Clock, Event, EventType, Stamp
+from agent.events import Event, EventType, Stamp
 from agent.outbox import Outbox
 from agent.recorder import Recorder
+from tests.support.clocks import synced_clock
+from tests.support.waiting import eventually
 
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
-
-
-def eventually(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+CLOCK = synced_clock()
 
 
 class WriteLock:

@@ -8,22 +8,23 @@ in the outbox, be sent again and end up acknowledged; the thread carries on.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 from agent.errors import OutboxError
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.recorder import Recorder
 from agent.uplink import Uplink
+from tests.support.clocks import synced_clock
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 from tests.test_uplink import mqtt_cfg
 
 pytestmark = pytest.mark.broker
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+CLOCK = synced_clock()
 
 
 class AckFailsOnce(Outbox):
@@ -54,10 +55,11 @@ def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, d
         event = Event.create(CLOCK, EventType.PANIC, "panic")
         seq = outbox.put(event)
         uplink.wake()
-        deadline = time.monotonic() + 30
-        while (outbox.pending() or not delivered) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert outbox.pending() == 0, "the row whose ack failed was never acknowledged"
+        eventually(
+            lambda: outbox.pending() == 0 and delivered,
+            30.0,
+            lambda: f"the row whose ack failed to be acknowledged ({outbox.pending()} pending)",
+        )
         assert delivered == [seq]
         copies: list[Any] = [d for d in central.events("panic") if d["id"] == event.id]
         assert len(copies) >= 2, "the row must be sent again after the failed ack"
@@ -99,10 +101,7 @@ def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(t
         held = recorder.recent()[0]
         msg = central.wait_for(lambda m: m.topic == f"{root}/event/panic", timeout=20)
         assert (msg.doc["id"], msg.doc["seq"]) == (held["id"], held["seq"])
-        deadline = time.monotonic() + 20
-        while recorder.held_count() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert recorder.held_count() == 0, "the PUBACK of the directly sent alarm was never processed"
+        eventually(lambda: recorder.held_count() == 0, 20.0, "the PUBACK of the directly sent alarm to be processed")
     finally:
         uplink.stop()
         central.close()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("reference_consumer", ROOT / "docs/examples/reference_consumer.py")
@@ -151,13 +152,22 @@ def test_consumer__shared_subscription_gives_each_event_to_exactly_one_member(br
         for seq in range(1, 21):
             pub.publish(f"campus/main/{device}/event/panic", event(seq, eid=uuid.uuid4().hex, device=device))
         # Sentinels until each member has printed one: a copy of an earlier event would have come before it.
-        seq = 20
-        deadline = time.monotonic() + 20
-        while not all(any(s > 20 for s in m.seqs(device)) for m in members):
-            assert time.monotonic() < deadline, [m.lines for m in members]
-            seq += 1
+        sentinels = itertools.count(21)
+
+        def each_printed_a_sentinel() -> bool:
+            if all(any(s > 20 for s in m.seqs(device)) for m in members):
+                return True
+            seq = next(sentinels)
             pub.publish(f"campus/main/{device}/event/panic", event(seq, eid=uuid.uuid4().hex, device=device))
-            time.sleep(0.05)
+            return False
+
+        # interval: one sentinel per 0.05 s, so a slow member is not flooded
+        eventually(
+            each_printed_a_sentinel,
+            20.0,
+            lambda: f"a sentinel at each member: {[m.lines for m in members]}",
+            interval=0.05,
+        )
         got = [s for m in members for s in m.seqs(device) if s <= 20]
         assert sorted(got) == list(range(1, 21))  # every event once, across the group
         assert all(any(s <= 20 for s in m.seqs(device)) for m in members)  # and both members took a share
@@ -232,10 +242,11 @@ def test_consumer__snapshots_saves_a_photo_sent_with_mqtt5_properties(broker, de
         props.ContentType = "image/jpeg"
         props.UserProperty = [("event_id", EID), ("camera", "gate-cam"), ("part", "2/2")]
         pub.c.publish(f"campus/main/{device}/snapshot/{EID}", JPEG, qos=1, properties=props).wait_for_publish(5)
-        deadline = time.monotonic() + 20
-        while not any(ln.startswith("PHOTO") for ln in list(consumer.lines)):
-            assert time.monotonic() < deadline, consumer.lines
-            time.sleep(0.02)
+        eventually(
+            lambda: any(ln.startswith("PHOTO") for ln in list(consumer.lines)),
+            20.0,
+            lambda: f"the consumer to save the photo: {consumer.lines}",
+        )
     finally:
         pub.close()
         consumer.close()

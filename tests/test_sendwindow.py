@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.sendwindow import (
     REFUSED_ALARM_RETRY_MAX_S,
@@ -12,8 +12,9 @@ from agent.sendwindow import (
     REFUSED_RETRY_MIN_S,
     SendWindow,
 )
+from tests.support.clocks import synced_clock
 
-CLOCK = Clock(synced=lambda: True, boot_id="b")
+CLOCK = synced_clock("b")
 
 
 def alarm() -> Event:
@@ -29,13 +30,11 @@ def practice() -> Event:
 
 
 @pytest.fixture
-def outbox(tmp_path):
-    """Ten routine rows, seq 1..10."""
-    ob = Outbox(tmp_path / "o.db", site="s", device="d")
+def outbox(outbox: Outbox) -> Outbox:
+    """The shared empty outbox with ten routine rows, seq 1..10."""
     for _ in range(10):
-        ob.put(routine())
-    yield ob
-    ob.close()
+        outbox.put(routine())
+    return outbox
 
 
 def send_all(w: SendWindow, now: float, first_mid: int = 1) -> list[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import threading
-import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from agent.config.snapshots import CAMERA_KEYS, INPUT_KEYS, SnapshotsConfig, par
 from agent.photostore import PhotoStore
 from agent.snapshots import QUEUE_PER_CAMERA, Snapshots
 from tests.support.snapcam import SnapCamera, make_jpeg
+from tests.support.waiting import eventually
 
 PASSWORD = "s3cret-Pa55"
 SECRET = Secret(PASSWORD, Path("/etc/campus-agent/gate-cam.pass"))
@@ -61,24 +61,24 @@ class Outcome:
         self.stored = 0
         self.failed: list[tuple[str, str, str, str]] = []
         self.threads: set[str] = set()
-        self.changed = threading.Condition()
+        self.lock = threading.Lock()  # the snapshot threads write, the test reads
 
     def on_stored(self) -> None:
-        with self.changed:
+        with self.lock:
             self.stored += 1
             self.threads.add(threading.current_thread().name)
-            self.changed.notify_all()
 
     def on_failed(self, event_id: str, camera: str, reason: str, detail: str) -> None:
-        with self.changed:
+        with self.lock:
             self.failed.append((event_id, camera, reason, detail))
             self.threads.add(threading.current_thread().name)
-            self.changed.notify_all()
 
     def wait(self, n: int, timeout: float = 20.0) -> None:
-        with self.changed:
-            if not self.changed.wait_for(lambda: self.stored + len(self.failed) >= n, timeout):
-                pytest.fail(f"timed out waiting for {n} outcomes; got {self.stored} stored, {self.failed}")
+        eventually(
+            lambda: self.stored + len(self.failed) >= n,
+            timeout,
+            lambda: f"{n} outcomes; got {self.stored} stored, {self.failed}",
+        )
 
 
 @pytest.fixture
@@ -452,9 +452,7 @@ def test_picamera__hung_driver_is_reported_and_not_asked_again_until_it_returns(
         assert pi.opened == 1, "a hung camera is not opened a second time"
     finally:
         gate.set()
-    deadline = time.monotonic() + 20
-    while pi.closed < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling with a deadline: the hung capture finishes on its own thread
+    eventually(lambda: pi.closed >= 1, 20.0, "the hung capture to finish on its own thread")
     snaps.request("e3", "panic")
     out.wait(3)
     assert [p.event_id for p in store.pending()] == ["e3"]

@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import load_config
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.sendwindow import (
     REFUSED_ALARM_RETRY_MAX_S,
@@ -50,8 +50,9 @@ from agent.sendwindow import (
 )
 from agent.uplink import Uplink
 from tests.support.agentproc import write_config
+from tests.support.clocks import synced_clock
 
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+CLOCK = synced_clock()
 WINDOW = 3
 _SUCCESS = 0x00
 _NOT_AUTHORIZED = 0x87

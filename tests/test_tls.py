@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import queue
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from tests.support.agentproc import AgentProc, write_config
 from tests.support.broker import Broker
 from tests.support.certs import Issued, issue, make_ca, make_pki
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,13 +92,12 @@ def agent_cfg(
 
 
 def wait_log(agent: AgentProc, text: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = agent.log.read_text()
-        if text in log:
-            return log
-        time.sleep(0.05)
-    raise TimeoutError(f"{text!r} not in the agent's log:\n{agent.log.read_text()[-3000:]}")
+    """The agent's log, once it contains ``text``."""
+    return eventually(
+        lambda: log if text in (log := agent.log.read_text()) else None,
+        timeout,
+        lambda: f"{text!r} in the agent's log:\n{agent.log.read_text()[-3000:]}",
+    )
 
 
 def test_tls__mutual_tls_delivers(tmp_path, pki, broker_ok, validate):
@@ -198,11 +197,7 @@ def test_acl__agent_with_someone_elses_id_keeps_its_events(tmp_path, pki, broker
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, device="gate-south-2", cert=DEV)).start()
     try:
         agent.click()
-        deadline = time.monotonic() + 15
-        while agent.status()["link"]["refused"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        st = agent.status()
-        assert st["link"]["refused"] >= 1
+        st = eventually(lambda: (s := agent.status())["link"]["refused"] >= 1 and s, 15.0, "a refused PUBACK")
         assert st["status"]["outbox"]["pending"] >= 1
         assert "broker refused" in agent.log.read_text()
     finally:

@@ -24,6 +24,7 @@ from agent.uplink import Uplink, backoff_delay, describe_connect_error
 from tests.support.broker import Broker, free_port
 from tests.support.faultproxy import FaultProxy
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 CLOCK = Clock(synced=lambda: False, boot_id="b")
@@ -47,15 +48,6 @@ def mqtt_cfg(*ports: int, client_id: str, **kw: Any) -> MqttConfig:
     }
     base.update(kw)
     return MqttConfig(**base)
-
-
-def wait(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := pred():
-            return got
-        time.sleep(0.02)
-    raise TimeoutError(what)
 
 
 class Rig:
@@ -113,7 +105,7 @@ def test_uplink__delivers_in_seq_order_and_deletes_on_puback(broker, central, de
     rig.uplink.start()
     got = central.wait_events(50)
     assert [d["id"] for d in got] == ids
-    wait(lambda: rig.outbox.pending() == 0, what="outbox to empty after PUBACKs")
+    eventually(lambda: rig.outbox.pending() == 0, what="outbox to empty after PUBACKs")
     assert rig.delivered == sorted(rig.delivered)
     assert rig.uplink.state().delivered == 50
 
@@ -122,7 +114,7 @@ def test_uplink__pacing_limits_the_drain_rate(broker, central, device, rig_facto
     rig = rig_factory(mqtt_cfg(broker.port, client_id=device, drain_rate_per_s=50.0, max_inflight=5), device)
     rig.put(40)
     rig.uplink.start()
-    wait(lambda: rig.uplink.state().connected, what="connect")
+    eventually(lambda: rig.uplink.state().connected, what="connect")
     t0 = time.monotonic()
     central.wait_events(40, timeout=20)
     elapsed = time.monotonic() - t0
@@ -147,7 +139,7 @@ def test_uplink__refused_publish_is_not_a_delivery(tmp_path, rig_factory):
         rig = rig_factory(cfg, "dev-a")
         rig.put(1)
         rig.uplink.start()
-        wait(lambda: rig.uplink.state().refused >= 1, what="a refused PUBACK")
+        eventually(lambda: rig.uplink.state().refused >= 1, what="a refused PUBACK")
         assert rig.outbox.pending() == 1, "a refused event must stay in the outbox"
         assert rig.delivered == []
     finally:
@@ -159,14 +151,14 @@ def test_uplink__link_drop_mid_stream_resends_everything_unacked(broker, central
     try:
         rig = rig_factory(mqtt_cfg(proxy.port, client_id=device, drain_rate_per_s=200.0), device)
         rig.uplink.start()
-        wait(lambda: rig.uplink.state().connected, what="connect")
+        eventually(lambda: rig.uplink.state().connected, what="connect")
         ids = rig.put(100)
-        time.sleep(0.05)  # let part of the stream go out before the cut
+        central.wait_events(1)  # part of the stream is out: the cut comes mid-stream
         proxy.drop_all()
         got = central.wait_events(100, timeout=30)
         first_seen = list(dict.fromkeys(d["id"] for d in got))
         assert first_seen == ids, "lost or reordered across the reconnect"
-        wait(lambda: rig.outbox.pending() == 0, what="drain")
+        eventually(lambda: rig.outbox.pending() == 0, what="drain")
         assert rig.uplink.state().reconnects >= 1
     finally:
         proxy.stop()
@@ -178,7 +170,7 @@ def test_uplink__unreachable_broker_log_says_what_and_next(tmp_path, device, rig
     rig.put(3)
     with caplog.at_level(logging.WARNING, logger="agent.uplink"):
         rig.uplink.start()
-        wait(lambda: "unreachable" in caplog.text, what="a warning")
+        eventually(lambda: "unreachable" in caplog.text, what="a warning")
     line = next(r.getMessage() for r in caplog.records if "unreachable" in r.getMessage())
     assert f"broker 127.0.0.1:{dead} unreachable (TCP: connection refused); 3 events buffered; retrying in" in line
 
@@ -243,7 +235,7 @@ def test_uplink__repr_close_and_context_manager(tmp_path):
     ) as up:
         assert repr(up) == "<Uplink campus/s/d disconnected (connecting) inflight=0>"
         up.start()
-        wait(lambda: up.state().last_error, what="a failed attempt")
+        eventually(lambda: up.state().last_error, what="a failed attempt")
         assert "TCP: connection refused" in repr(up)
     assert repr(up) == "<Uplink campus/s/d closed>"
     up.close()  # idempotent
@@ -266,13 +258,13 @@ def test_uplink__dead_network_thread_is_a_lost_link(broker, central, device, rig
     monkeypatch.setattr(session._Client, "_handle_publish", dies_once)
     rig = rig_factory(mqtt_cfg(broker.port, client_id=device, max_inflight=5), device)
     rig.uplink.start()
-    wait(lambda: rig.uplink.state().commands_available, what="the command subscription")
+    eventually(lambda: rig.uplink.state().commands_available, what="the command subscription")
     central.publish(f"{rig.root}/cmd/ping", b"{}")
     assert injected.wait(10)
     ids = rig.put(30)  # more than the window: a dead thread that reads no PUBACK would stall after 5
     got = central.wait_events(30)
     assert set(ids) <= {d["id"] for d in got}
-    wait(lambda: rig.outbox.pending() == 0, what="every row acknowledged")
+    eventually(lambda: rig.outbox.pending() == 0, what="every row acknowledged")
     assert rig.uplink.state().reconnects >= 1
 
 
@@ -280,10 +272,10 @@ def test_uplink__commands_over_the_max_packet_size_never_reach_the_agent(broker,
     """MQTT 5 Maximum Packet Size at CONNECT: the broker drops a command too big for the device."""
     rig = rig_factory(mqtt_cfg(broker.port, client_id=device), device)
     rig.uplink.start()
-    wait(lambda: rig.uplink.state().commands_available, what="the command subscription")
+    eventually(lambda: rig.uplink.state().commands_available, what="the command subscription")
     central.publish(f"{rig.root}/cmd/huge", b"x" * (MAX_PACKET_SIZE + 1))
     central.publish(f"{rig.root}/cmd/small", b"{}")
-    wait(lambda: any(c[0] == "small" for c in rig.commands), what="the small command")
+    eventually(lambda: any(c[0] == "small" for c in rig.commands), what="the small command")
     assert [c[0] for c in rig.commands] == ["small"]
 
 
@@ -292,9 +284,9 @@ def test_uplink__passes_the_retain_flag_of_commands(broker, central, device, rig
     central.publish(f"{rig.root}/cmd/old", b"{}", retain=True)  # waiting on the broker before the agent comes
     try:
         rig.uplink.start()
-        wait(lambda: rig.commands, what="the retained command")
+        eventually(lambda: rig.commands, what="the retained command")
         central.publish(f"{rig.root}/cmd/new", b"{}")
-        wait(lambda: len(rig.commands) == 2, what="the live command")
+        eventually(lambda: len(rig.commands) == 2, what="the live command")
         assert rig.commands == [("old", 2, True), ("new", 2, False)]
     finally:
         central.publish(f"{rig.root}/cmd/old", b"", retain=True)

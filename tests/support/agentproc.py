@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 
 from agent.control import request
 from agent.errors import ControlError
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,16 +100,22 @@ class AgentProc:
                 env=env,
                 cwd=ROOT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                self.ask("status", timeout=1.0)
-                return self
-            except ControlError:
-                time.sleep(0.05)
-        raise TimeoutError(f"agent did not answer on {self.socket}:\n{self.log.read_text()}")
+        proc = self.proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {proc.returncode}:\n{self.log.read_text()}")
+            self.ask("status", timeout=1.0)
+            return True
+
+        eventually(
+            answers,
+            timeout,
+            lambda: f"the agent to answer on {self.socket}:\n{self.log.read_text()}",
+            interval=0.05,
+            retry_on=(ControlError,),
+        )
+        return self
 
     def ask(self, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
         return request(self.socket, cmd, timeout=timeout, **fields)
@@ -131,13 +137,12 @@ class AgentProc:
         return list(self.status()["recent_events"])
 
     def wait_recorded(self, n: int, type_: str = "panic", timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def recorded() -> list[dict[str, Any]] | None:
             got = [e for e in self.recent() if e["type"] == type_]
-            if len(got) >= n:
-                return got
-            time.sleep(0.02)
-        raise TimeoutError(f"agent recorded fewer than {n} {type_} events")
+            return got if len(got) >= n else None
+
+        return eventually(recorded, timeout, f"the agent to record {n} {type_} events")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -64,7 +64,7 @@ class AmqttBroker:
             )
         try:
             wait_port(self.port, self.proc, timeout)
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, AssertionError) as exc:  # wait_port: it exited, or never listened
             self.stop()
             raise RuntimeError(f"amqtt did not start: {exc}\n--- {self.log} ---\n{self.log.read_text()}") from None
         return self

@@ -144,7 +144,7 @@ class RabbitNode:
             )
         try:
             wait_port(self.mqtt_port, self.proc, timeout)
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, AssertionError) as exc:  # wait_port: it exited, or never listened
             self.stop()
             raise RuntimeError(f"RabbitMQ node {self.name} did not start: {exc}\n{self.tail()}") from None
         return self
