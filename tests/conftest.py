@@ -11,11 +11,13 @@ import jsonschema
 import pytest
 
 from agent import schemas
+from agent.config.model import MqttConfig
 from agent.outbox import Outbox
 from tests.support.agentproc import AgentProc, remove_socket_dirs, unique_id, write_config
 from tests.support.broker import Broker
 from tests.support.clocks import FakeTime
 from tests.support.mqtt import Central
+from tests.support.uplinkrig import Rig, RigFactory
 
 # Test rigs here often run as root; `campus-agent run` refuses root without this (tests/security/ unsets it).
 os.environ.setdefault("CAMPUS_AGENT_ALLOW_ROOT", "1")
@@ -78,6 +80,21 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     """An empty outbox in ``tmp_path`` (site ``main``, device ``gate-1``), closed after the test."""
     with Outbox(tmp_path / "outbox.db", site="main", device="gate-1") as ob:
         yield ob
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path) -> Iterator[RigFactory]:
+    """Factory: rig_factory(mqtt_cfg(...), device) → an Outbox + Uplink pair, closed after the test."""
+    rigs: list[Rig] = []
+
+    def make(cfg: MqttConfig, device: str) -> Rig:
+        r = Rig(tmp_path, cfg, device)
+        rigs.append(r)
+        return r
+
+    yield make
+    for r in rigs:
+        r.close()
 
 
 @pytest.fixture(scope="session")

@@ -178,7 +178,7 @@ def test_recorder__held_alarm_is_sent_directly_while_the_outbox_stays_locked(tmp
     """Issue 9 item 6: the uplink sends held events after the outbox rows; one delivered so is never stored."""
     from agent.uplink import Uplink
     from tests.support.mqtt import Central
-    from tests.test_uplink import mqtt_cfg
+    from tests.support.uplinkrig import mqtt_cfg
 
     root = f"campus/main/{device}"
     outbox = Outbox(tmp_path / "outbox.db", site="main", device=device, busy_timeout_s=0.2)

@@ -20,8 +20,8 @@ from agent.recorder import Recorder
 from agent.uplink import Uplink
 from tests.support.clocks import synced_clock
 from tests.support.mqtt import Central
+from tests.support.uplinkrig import mqtt_cfg
 from tests.support.waiting import eventually
-from tests.test_uplink import mqtt_cfg
 
 pytestmark = pytest.mark.broker
 CLOCK = synced_clock()

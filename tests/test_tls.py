@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import queue
 import uuid
 from collections.abc import Iterator
@@ -13,11 +12,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.certinfo import expiry_warning, not_after
-from agent.config import load_config
 from tests.support.agentproc import AgentProc, write_config
 from tests.support.broker import Broker
-from tests.support.certs import Issued, issue, make_ca, make_pki
+from tests.support.certs import Issued, device_pki
 from tests.support.mqtt import Central
 from tests.support.waiting import eventually
 
@@ -27,16 +24,8 @@ DEV = "gate-north-1"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> dict[str, Issued]:
-    d = tmp_path_factory.mktemp("pki")
-    p = make_pki(d, devices=(DEV, "gate-south-2", "central"))
-    # device CNs are {site}/{id}, as the shipped ACL expects (docs/install.md, "Broker identities")
-    p[DEV] = issue(p["ca"], d, f"main/{DEV}", DEV, server=False, days=365)  # far from expiry: no warning
-    p["gate-south-2"] = issue(p["ca"], d, "main/gate-south-2", "gate-south-2", server=False)
-    p["expired"] = issue(p["ca"], d, "localhost", "expired", server=True, days=-1, start_days_ago=3)
-    p["otherhost"] = issue(p["ca"], d, "otherhost", "otherhost", server=True, dns=("otherhost.lan",), ips=())
-    p["soon"] = issue(p["ca"], d, f"main/{DEV}", "soon", server=False, days=10)
-    return p
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
+    return device_pki(tmp_path_factory.mktemp("pki"), DEV)
 
 
 def tls_broker(tmp_path: Path, pki: dict[str, Issued], server: str = "server") -> Broker:
@@ -204,15 +193,6 @@ def test_acl__agent_with_someone_elses_id_keeps_its_events(tmp_path, pki, broker
         agent.cleanup()
 
 
-def test_certinfo__expiry_read_from_pem(pki):
-    end = not_after(pki["soon"].cert_path)
-    assert end == pki["soon"].cert.not_valid_after_utc.replace(microsecond=0)
-    now = dt.datetime.now(dt.UTC)
-    assert "expires on" in (expiry_warning(pki["soon"].cert_path, now) or "")
-    assert expiry_warning(pki[DEV].cert_path, now) is None
-    assert "EXPIRED" in (expiry_warning(pki["expired"].cert_path, now) or "")
-
-
 def test_tls__certificate_expiring_soon_warns_in_status(tmp_path, pki, broker_ok, validate):
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, cert="soon")).start()
     try:
@@ -222,24 +202,3 @@ def test_tls__certificate_expiring_soon_warns_in_status(tmp_path, pki, broker_ok
         assert "expires on" in agent.log.read_text()
     finally:
         agent.cleanup()
-
-
-def test_tls__hostname_checking_off_is_never_silent(tmp_path, pki):
-    cfg_path = write_config(
-        tmp_path / "a",
-        8883,
-        device=DEV,
-        mqtt={"host": "b", "tls": {"ca_file": str(pki["ca"].cert_path), "check_hostname": False}},
-    )
-    assert load_config(cfg_path).mqtt.tls.check_hostname is False  # type: ignore[union-attr]
-    agent = AgentProc(cfg_path).start()
-    try:
-        assert any("host name checking is off" in w for w in agent.status()["status"]["warnings"])
-        assert "TLS host name checking is OFF" in agent.log.read_text()
-    finally:
-        agent.cleanup()
-
-
-def test_certs__rogue_ca_is_distinct(pki):
-    assert make_ca is not None
-    assert pki["rogue-ca"].cert.subject != pki["ca"].cert.subject

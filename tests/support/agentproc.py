@@ -79,6 +79,19 @@ def write_config(workdir: Path, port: int, *, device: str, name: str = "agent.ya
     return path
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m agent <args>`` as the technician would type it; never raises on a non-zero exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False,
+    )
+
+
 class AgentProc:
     """The agent as a child process, driven through its control socket."""
 
