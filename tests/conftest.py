@@ -7,15 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
+from jsonschema.protocols import Validator
 
-from agent import schemas
 from agent.config.model import MqttConfig
 from agent.outbox import Outbox
-from tests.support.agentproc import AgentProc, remove_socket_dirs, unique_id, write_config
+from tests.support.agentproc import AgentFactory, AgentProc, remove_socket_dirs, unique_id, write_config
 from tests.support.broker import Broker
 from tests.support.clocks import FakeTime
+from tests.support.contract import Validate, load_validators
 from tests.support.mqtt import Central
 from tests.support.uplinkrig import Rig, RigFactory
 
@@ -98,17 +98,12 @@ def rig_factory(tmp_path: Path) -> Iterator[RigFactory]:
 
 
 @pytest.fixture(scope="session")
-def validators() -> dict[str, jsonschema.protocols.Validator]:
-    out = {}
-    for name in schemas.NAMES:
-        schema = schemas.load(name)
-        jsonschema.Draft202012Validator.check_schema(schema)
-        out[name] = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
-    return out
+def validators() -> dict[str, Validator]:
+    return load_validators()
 
 
 @pytest.fixture
-def validate(validators: dict[str, Any]) -> Any:
+def validate(validators: dict[str, Validator]) -> Validate:
     def check(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
         errors = sorted(validators[kind].iter_errors(doc), key=str)
         assert not errors, f"{kind} document breaks the contract: {[e.message for e in errors]}\n{doc}"
@@ -118,7 +113,7 @@ def validate(validators: dict[str, Any]) -> Any:
 
 
 @pytest.fixture
-def agent_proc(tmp_path: Path) -> Iterator[Any]:
+def agent_proc(tmp_path: Path) -> Iterator[AgentFactory]:
     """Factory: agent_proc(port, device=..., **config) → a started AgentProc, cleaned up after."""
     procs: list[AgentProc] = []
 

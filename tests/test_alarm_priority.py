@@ -14,6 +14,7 @@ import logging
 import signal
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.outbox_lanes import URGENT_MARK
 from agent.uplink import Uplink
-from tests.support.agentproc import unique_id, write_config
+from tests.support.agentproc import AgentFactory, AgentProc, unique_id, write_config
 from tests.support.broker import Broker
 from tests.support.clocks import synced_clock
 from tests.support.mqtt import Central, Msg
@@ -71,7 +72,9 @@ def test_outbox__lanes_read_real_alarms_and_the_rest_separately(outbox: Outbox) 
     assert [r.seq for r in ob.next_batch(0, 10, urgent=False)] == [seqs[0], seqs[3], seqs[4]]
     assert [r.seq for r in ob.next_batch(seqs[1], 10, urgent=True)] == [seqs[2]]
     assert [r.seq for r in ob.next_batch(0, 10)] == seqs  # no lane: every row in seq order, as before
-    assert ob.get(seqs[2]).type == "tamper"
+    tamper = ob.get(seqs[2])
+    assert tamper is not None
+    assert tamper.type == "tamper"
     ob.ack([seqs[2]])
     assert ob.get(seqs[2]) is None
     assert ob.get(10_000) is None
@@ -125,7 +128,11 @@ def _snapshot(central: Central) -> list[Msg]:
         return [m for m in central.all if "/event/" in m.topic]
 
 
-def _wait_recorded(agent: Any, known: set[str], timeout: float = 30.0) -> tuple[dict[str, Any], dict[str, Any]]:
+def _the_panic(eid: str) -> Callable[[Msg], bool]:
+    return lambda m: "/event/panic" in m.topic and m.doc["id"] == eid
+
+
+def _wait_recorded(agent: AgentProc, known: set[str], timeout: float = 30.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """The new real panic in the agent's recent events, and the first status reply that shows it."""
 
     def recorded() -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -139,7 +146,9 @@ def _wait_recorded(agent: Any, known: set[str], timeout: float = 30.0) -> tuple[
 
 
 @pytest.mark.broker
-def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, agent_proc, device, tmp_path):
+def test_backlog__a_real_press_overtakes_50000_pending_events(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, tmp_path: Path
+) -> None:
     workdir = tmp_path / device
     agent = agent_proc(
         broker.port, device=device, start=False, workdir=workdir, outbox={"max_mb": 200}, mqtt={"max_inflight": WINDOW}
@@ -153,7 +162,7 @@ def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, a
         rec, st = _wait_recorded(agent, presses)
         presses.add(rec["id"])
         acked_then = st["link"]["delivered"]  # rows the broker had acknowledged, read after the press was recorded
-        central.wait_for(lambda m, eid=rec["id"]: "/event/panic" in m.topic and m.doc["id"] == eid, timeout=30)
+        central.wait_for(_the_panic(rec["id"]), timeout=30)
         arrived = _snapshot(central)
         docs = [m.doc for m in arrived]
         at = next(i for i, d in enumerate(docs) if d["id"] == rec["id"])
@@ -174,7 +183,9 @@ def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, a
 
 
 @pytest.mark.broker
-def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path: Path, caplog) -> None:
+def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """MQTT 5: an ACL refuses the alarm (PUBACK 0x87); it is retried 1, 2, 4 s later, loudly, not after minutes."""
     dev = unique_id("acl")
     root = f"campus/main/{dev}"

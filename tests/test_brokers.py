@@ -15,7 +15,7 @@ from agent.uplink import backoff_delay, describe_connect_error
 
 
 @pytest.mark.parametrize("attempt", [0, 1, 3, 10, 50])
-def test_backoff_delay__full_jitter_within_cap(attempt):
+def test_backoff_delay__full_jitter_within_cap(attempt: int) -> None:
     rng = random.Random(attempt)
     values = [backoff_delay(attempt, 1.0, 60.0, rng) for _ in range(2000)]
     ceiling = min(60.0, 2.0**attempt)
@@ -25,7 +25,7 @@ def test_backoff_delay__full_jitter_within_cap(attempt):
     assert len({round(v, 6) for v in values}) > 1900, "devices must not reconnect in lock-step"
 
 
-def test_backoff_delay__two_devices_differ():
+def test_backoff_delay__two_devices_differ() -> None:
     a = [backoff_delay(3, 1, 60, random.Random(1)) for _ in range(1)]
     b = [backoff_delay(3, 1, 60, random.Random(2)) for _ in range(1)]
     assert a != b
@@ -40,5 +40,5 @@ def test_backoff_delay__two_devices_differ():
         (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "TLS handshake failed"),
     ],
 )
-def test_describe_connect_error__words(exc, words):
+def test_describe_connect_error__words(exc: BaseException, words: str) -> None:
     assert words in describe_connect_error(exc, 3.0)

@@ -26,6 +26,7 @@ from agent.errors import CameraError
 from agent.events import Clock, Event, EventType, Stamp, with_seq
 from tests.support.camservers import HttpCamera, RtspServer
 from tests.support.clocks import synced_clock
+from tests.support.contract import Validate
 from tests.support.waiting import eventually
 
 PASSWORD = "s3cret-Pa55"
@@ -268,7 +269,7 @@ def test_cameras__one_fault_per_outage_one_restored_per_recovery(
     rtsp_server: RtspServer,
     recorder: Recorder,
     caplog: pytest.LogCaptureFixture,
-    validate: Any,
+    validate: Validate,
     clock: Clock,
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.cameras")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
     return device_pki(tmp_path_factory.mktemp("pki"), DEV)
 
 
-def test_certinfo__expiry_read_from_pem(pki):
+def test_certinfo__expiry_read_from_pem(pki: dict[str, Issued]) -> None:
     end = not_after(pki["soon"].cert_path)
     assert end == pki["soon"].cert.not_valid_after_utc.replace(microsecond=0)
     now = dt.datetime.now(dt.UTC)
@@ -28,7 +29,7 @@ def test_certinfo__expiry_read_from_pem(pki):
     assert "EXPIRED" in (expiry_warning(pki["expired"].cert_path, now) or "")
 
 
-def test_tls__hostname_checking_off_is_never_silent(tmp_path, pki):
+def test_tls__hostname_checking_off_is_never_silent(tmp_path: Path, pki: dict[str, Issued]) -> None:
     cfg_path = write_config(
         tmp_path / "a",
         8883,

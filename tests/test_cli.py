@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.support.agentproc import run_cli
+from tests.support.agentproc import AgentFactory, run_cli
+from tests.support.broker import Broker
+from tests.support.contract import Validate
+from tests.support.mqtt import Central
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
 
-def test_status__text_and_json(broker, agent_proc, device):
+def test_status__text_and_json(broker: Broker, agent_proc: AgentFactory, device: str) -> None:
     agent = agent_proc(broker.port, device=device)
     eventually(lambda: agent.status()["link"]["connected"], what="the agent to connect")
     agent.click()
@@ -30,21 +34,25 @@ def test_status__text_and_json(broker, agent_proc, device):
     assert doc["recent_events"][0]["type"] == "panic"
 
 
-def test_simulate__press_via_cli_reaches_central(broker, central, agent_proc, device):
+def test_simulate__press_via_cli_reaches_central(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str
+) -> None:
     agent = agent_proc(broker.port, device=device)
     assert run_cli("simulate", "press", "panic", "-c", str(agent.config)).returncode == 0
     assert run_cli("simulate", "release", "panic", "-c", str(agent.config)).returncode == 0
     central.wait_for(lambda m: m.topic.endswith("/event/panic"))
 
 
-def test_simulate__unknown_input_is_refused(broker, agent_proc, device):
+def test_simulate__unknown_input_is_refused(broker: Broker, agent_proc: AgentFactory, device: str) -> None:
     agent = agent_proc(broker.port, device=device)
     r = run_cli("simulate", "press", "desk", "-c", str(agent.config))
     assert r.returncode == 1
     assert "no input named 'desk'; configured: panic" in r.stderr
 
 
-def test_test_mode__presses_carry_test_true(broker, central, agent_proc, device, validate):
+def test_test_mode__presses_carry_test_true(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, validate: Validate
+) -> None:
     agent = agent_proc(broker.port, device=device)
     r = run_cli("test-mode", "on", "--minutes", "5", "-c", str(agent.config))
     assert r.returncode == 0, r.stderr
@@ -62,7 +70,9 @@ def test_test_mode__presses_carry_test_true(broker, central, agent_proc, device,
     assert later["test"] is False
 
 
-def test_run__second_agent_on_same_socket_refused(broker, agent_proc, device, tmp_path):
+def test_run__second_agent_on_same_socket_refused(
+    broker: Broker, agent_proc: AgentFactory, device: str, tmp_path: Path
+) -> None:
     agent = agent_proc(broker.port, device=device)
     r = run_cli("run", "-c", str(agent.config))
     assert r.returncode == 1

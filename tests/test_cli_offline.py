@@ -16,7 +16,7 @@ from tests.support.agentproc import ROOT, run_cli, write_config
 from tests.support.broker import free_port
 
 
-def test_status__no_agent_running_says_so(tmp_path):
+def test_status__no_agent_running_says_so(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, 1883, device="idle-1")
     r = run_cli("status", "-c", str(cfg))
     assert r.returncode == 1
@@ -24,7 +24,7 @@ def test_status__no_agent_running_says_so(tmp_path):
     assert "is it running?" in r.stderr
 
 
-def test_run__missing_gpio_backend_is_a_clear_error(tmp_path):
+def test_run__missing_gpio_backend_is_a_clear_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, 1883, device="pi-1", gpio={"pin_factory": "lgpio"})
     r = run_cli("run", "-c", str(cfg))
     if r.returncode == 0:
@@ -34,7 +34,7 @@ def test_run__missing_gpio_backend_is_a_clear_error(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_ready__sent_with_broker_down(tmp_path):
+def test_ready__sent_with_broker_down(tmp_path: Path) -> None:
     """systemd hears READY=1 once inputs are armed, even when no broker answers."""
     d = tempfile.mkdtemp(prefix="ntf-", dir="/tmp")
     path = os.path.join(d, "n.sock")
@@ -60,7 +60,7 @@ def test_ready__sent_with_broker_down(tmp_path):
         os.rmdir(d)
 
 
-def test_main__version(capsys):
+def test_main__version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0

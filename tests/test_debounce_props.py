@@ -14,14 +14,16 @@ Times are integers in units of 1/1024 s, so float arithmetic is exact and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config.model import Contact, InputConfig, InputKind
+from agent.debounce import Debouncer
 from agent.events import EventType, Stamp
-from agent.inputs import Debouncer, Inputs
+from agent.inputs import Inputs
 from tests.support.clocks import FakeTime
 
 UNIT = 1024  # time units per second
@@ -32,7 +34,7 @@ def sec(units: int) -> float:
     return T0 + units / UNIT
 
 
-def expected(edge_times: list[int], end: int, *, holds: Any) -> list[tuple[bool, int]]:
+def expected(edge_times: list[int], end: int, *, holds: Callable[[int], bool]) -> list[tuple[bool, int]]:
     """Accepted changes (new level, unit time of the first edge) for edges toggling from False.
 
     ``holds(duration_units)`` says whether a segment that long counts.

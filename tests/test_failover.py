@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.agentproc import AgentFactory
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
 from tests.support.waiting import eventually
@@ -13,7 +14,9 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.broker
 
 
-def test_failover__first_broker_stops_mid_stream_all_arrive_in_order_via_second(tmp_path: Path, agent_proc, device):
+def test_failover__first_broker_stops_mid_stream_all_arrive_in_order_via_second(
+    tmp_path: Path, agent_proc: AgentFactory, device: str
+) -> None:
     b1 = Broker(tmp_path / "b1").start()
     b2 = Broker(tmp_path / "b2").start()
     c1 = Central(b1.port, topics=(f"campus/+/{device}/#",))

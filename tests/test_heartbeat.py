@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.config.model import InputKind
 from agent.health import Health, Heartbeat, StatusSources, TestMode, read_cpu_temp
 from agent.inputs import InputState
+from agent.outbox import Outbox
 from agent.uplink import LinkState
+from tests.support.agentproc import AgentFactory
+from tests.support.broker import Broker
 from tests.support.camservers import HttpCamera
 from tests.support.clocks import FakeTime, synced_clock
+from tests.support.contract import Validate
+from tests.support.mqtt import Central
 from tests.support.waiting import eventually
 
 LINK = LinkState(
@@ -29,7 +35,7 @@ LINK = LinkState(
 )
 
 
-def _stats_two_brokers() -> dict:
+def _stats_two_brokers() -> dict[str, Any]:
     from agent.linkstats import LinkStats
 
     now = 1_800_000_000.0
@@ -42,7 +48,7 @@ def _stats_two_brokers() -> dict:
     return stats.snapshot(now + 5000)
 
 
-def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path, outbox, validate):
+def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path: Path, outbox: Outbox, validate: Validate) -> None:
     clock = synced_clock("f" * 32)
     ob = outbox
     inputs = {
@@ -86,7 +92,7 @@ def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path, outbox, vali
     assert all(len(c["detail"]) <= 120 for c in doc["cameras"].values())
 
 
-def test_heartbeat__periodic_and_on_change_coalesced():
+def test_heartbeat__periodic_and_on_change_coalesced() -> None:
     beats: list[float] = []
 
     def publish() -> None:
@@ -118,7 +124,7 @@ def test_test_mode__ends_by_itself(fake_time: FakeTime) -> None:
     assert tm.until() is None
 
 
-def test_cpu_temp__read_from_thermal_zone(tmp_path):
+def test_cpu_temp__read_from_thermal_zone(tmp_path: Path) -> None:
     zone = tmp_path / "thermal_zone0"
     zone.mkdir()
     (zone / "temp").write_text("48234\n")
@@ -127,7 +133,9 @@ def test_cpu_temp__read_from_thermal_zone(tmp_path):
 
 
 @pytest.mark.broker
-def test_press__not_delayed_by_a_hung_camera_probe(broker, central, agent_proc, device):
+def test_press__not_delayed_by_a_hung_camera_probe(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str
+) -> None:
     cam = HttpCamera("hang").start()
     try:
         agent = agent_proc(
@@ -154,7 +162,9 @@ def test_press__not_delayed_by_a_hung_camera_probe(broker, central, agent_proc, 
 
 
 @pytest.mark.broker
-def test_stuck_button__one_fault_then_restored_end_to_end(broker, central, agent_proc, device, validate):
+def test_stuck_button__one_fault_then_restored_end_to_end(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, validate: Validate
+) -> None:
     agent = agent_proc(
         broker.port, device=device, inputs=[{"name": "panic", "pin": 17, "debounce_ms": 0, "stuck_after_s": 1}]
     )
@@ -171,7 +181,7 @@ def test_stuck_button__one_fault_then_restored_end_to_end(broker, central, agent
 
 
 @pytest.mark.broker
-def test_picamera2_missing__reported_not_fatal(broker, agent_proc, device):
+def test_picamera2_missing__reported_not_fatal(broker: Broker, agent_proc: AgentFactory, device: str) -> None:
     agent = agent_proc(
         broker.port,
         device=device,
@@ -187,7 +197,7 @@ def test_picamera2_missing__reported_not_fatal(broker, agent_proc, device):
     assert agent.proc.poll() is None
 
 
-def test_no_optional_hardware_imported(tmp_path: Path):
+def test_no_optional_hardware_imported(tmp_path: Path) -> None:
     import subprocess
     import sys
 

@@ -12,7 +12,8 @@ from gpiozero.pins.mock import MockPin
 from agent import schemas
 from agent.config.model import OutputConfig, OutputsConfig
 from agent.errors import HardwareError
-from agent.indicators import Indicators, Pattern, level, next_edge
+from agent.indicators import Indicators
+from agent.patterns import Pattern, level, next_edge
 from tests.support.clocks import FakeTime
 from tests.support.waiting import eventually
 
@@ -21,7 +22,7 @@ T0 = 1000.0  # where the fake_time fixture starts
 HOLD, FAULT_AFTER, SENT_HOLD = 30.0, 60.0, 120.0
 
 
-class WatchedPin(MockPin):
+class WatchedPin(MockPin):  # type: ignore[misc]  # gpiozero ships no types: MockPin is Any to mypy
     """A MockPin that counts writes (MockPin itself keeps the history in ``states``)."""
 
     def __init__(self, factory: Any, info: Any) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from agent.config import load_config
 from agent.photos import GATE_S, Photos
@@ -12,7 +15,7 @@ from tests.support.snapcam import SnapCamera
 from tests.support.waiting import eventually
 
 
-def make(tmp_path, cam: SnapCamera) -> Photos:
+def make(tmp_path: Path, cam: SnapCamera) -> Photos:
     cfg = load_config(
         write_config(
             tmp_path,
@@ -25,7 +28,7 @@ def make(tmp_path, cam: SnapCamera) -> Photos:
     return Photos(cfg, wake=lambda: None, on_failed=lambda *a: None, locks=None, wall=time.time)
 
 
-def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path, monkeypatch):
+def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("agent.photos.GATE_S", 60.0)  # only the PUBACK can release it within the test
     cam = SnapCamera(size=20_000).start()
     photos = make(tmp_path, cam)
@@ -55,7 +58,7 @@ def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path, monkeypat
         cam.stop()
 
 
-def test_gate__a_lost_link_delays_the_capture_by_the_bound_only(tmp_path):
+def test_gate__a_lost_link_delays_the_capture_by_the_bound_only(tmp_path: Path) -> None:
     cam = SnapCamera(size=20_000).start()
     photos = make(tmp_path, cam)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.recorder import Recorder
 from agent.uplink import Uplink
+from tests.support.broker import Broker
 from tests.support.clocks import synced_clock
 from tests.support.mqtt import Central
 from tests.support.uplinkrig import mqtt_cfg
@@ -37,7 +39,9 @@ class AckFailsOnce(Outbox):
         return super().ack(seqs)
 
 
-def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, device, caplog):
+def test_sender__survives_an_ack_failure_and_resends_the_row(
+    tmp_path: Path, broker: Broker, device: str, caplog: pytest.LogCaptureFixture
+) -> None:
     root = f"campus/main/{device}"
     outbox = AckFailsOnce(tmp_path / "outbox.db", site="main", device=device)
     delivered: list[int] = []
@@ -80,7 +84,9 @@ class Unusable(Outbox):
         raise sqlite3.OperationalError("disk I/O error")
 
 
-def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(tmp_path, broker, device):
+def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(
+    tmp_path: Path, broker: Broker, device: str
+) -> None:
     root = f"campus/main/{device}"
     outbox = Unusable(tmp_path / "outbox.db", site="main", device=device)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.5)

@@ -15,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from tests.support.agentproc import AgentProc, write_config
 from tests.support.broker import Broker
 from tests.support.certs import Issued, device_pki
+from tests.support.contract import Validate
 from tests.support.mqtt import Central
 from tests.support.waiting import eventually
 
@@ -39,7 +40,7 @@ def tls_broker(tmp_path: Path, pki: dict[str, Issued], server: str = "server") -
 
 
 @pytest.fixture
-def broker_ok(tmp_path, pki) -> Iterator[Broker]:
+def broker_ok(tmp_path: Path, pki: dict[str, Issued]) -> Iterator[Broker]:
     b = tls_broker(tmp_path, pki)
     yield b
     b.stop()
@@ -89,7 +90,9 @@ def wait_log(agent: AgentProc, text: str, timeout: float = 15.0) -> str:
     )
 
 
-def test_tls__mutual_tls_delivers(tmp_path, pki, broker_ok, validate):
+def test_tls__mutual_tls_delivers(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker, validate: Validate
+) -> None:
     central = central_for(broker_ok, pki)
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki)).start()
     try:
@@ -109,7 +112,9 @@ def test_tls__mutual_tls_delivers(tmp_path, pki, broker_ok, validate):
         ("wrong_host", "otherhost", "ca", "mismatch, certificate is not valid for '127.0.0.1'"),
     ],
 )
-def test_tls__bad_server_is_refused_clearly_and_presses_still_recorded(tmp_path, pki, case, server, ca, words):
+def test_tls__bad_server_is_refused_clearly_and_presses_still_recorded(
+    tmp_path: Path, pki: dict[str, Issued], case: str, server: str, ca: str, words: str
+) -> None:
     b = tls_broker(tmp_path, pki, server=server)
     agent = AgentProc(agent_cfg(tmp_path, b.port, pki, ca=ca)).start()
     try:
@@ -151,7 +156,9 @@ class Device:
         self.c.loop_stop()
 
 
-def test_acl__device_cannot_publish_under_another_devices_root(tmp_path, pki, broker_ok):
+def test_acl__device_cannot_publish_under_another_devices_root(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker
+) -> None:
     central = Central(
         broker_ok.port,
         topics=("campus/#",),
@@ -181,7 +188,9 @@ def test_acl__device_cannot_publish_under_another_devices_root(tmp_path, pki, br
         central.close()
 
 
-def test_acl__agent_with_someone_elses_id_keeps_its_events(tmp_path, pki, broker_ok):
+def test_acl__agent_with_someone_elses_id_keeps_its_events(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker
+) -> None:
     """The broker refuses (MQTT 5 PUBACK 135): the events stay in the outbox, counted as refused."""
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, device="gate-south-2", cert=DEV)).start()
     try:
@@ -193,7 +202,9 @@ def test_acl__agent_with_someone_elses_id_keeps_its_events(tmp_path, pki, broker
         agent.cleanup()
 
 
-def test_tls__certificate_expiring_soon_warns_in_status(tmp_path, pki, broker_ok, validate):
+def test_tls__certificate_expiring_soon_warns_in_status(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker, validate: Validate
+) -> None:
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, cert="soon")).start()
     try:
         warnings = agent.status()["status"]["warnings"]

@@ -12,7 +12,10 @@ import pytest
 from agent.cli import format_status
 from agent.linkstats import LinkStats
 from agent.transmission import Transmission
+from tests.support.agentproc import AgentFactory
+from tests.support.broker import Broker
 from tests.support.clocks import FakeTime
+from tests.support.contract import Validate
 from tests.support.waiting import eventually
 
 
@@ -20,7 +23,7 @@ def make(tmp_path: Path, clock: FakeTime, every: float = 30.0) -> Transmission:
     return Transmission(tmp_path / "link-stats.json", wall=clock.wall, mono=clock, save_every_s=every)
 
 
-def test_transmission__delivered_counts_for_the_connected_broker_only(tmp_path, fake_time):
+def test_transmission__delivered_counts_for_the_connected_broker_only(tmp_path: Path, fake_time: FakeTime) -> None:
     t = make(tmp_path, fake_time)
     t.delivered(fake_time.wall() - 1)  # no broker yet: nothing to attribute it to
     t.link(True, "a:8883")
@@ -37,7 +40,7 @@ def test_transmission__delivered_counts_for_the_connected_broker_only(tmp_path, 
     assert t.snapshot()["availability"]["24h"]["outages"] == 1  # the one running since link_down
 
 
-def test_transmission__saves_at_most_once_an_interval_and_restores(tmp_path, fake_time):
+def test_transmission__saves_at_most_once_an_interval_and_restores(tmp_path: Path, fake_time: FakeTime) -> None:
     t = make(tmp_path, fake_time, every=30.0)
     t.link(True, "a:1883")
     t.save()
@@ -60,7 +63,9 @@ def test_transmission__saves_at_most_once_an_interval_and_restores(tmp_path, fak
     assert "closed" in repr(t)
 
 
-def test_transmission__unreadable_or_unwritable_file_never_raises(tmp_path, fake_time, caplog):
+def test_transmission__unreadable_or_unwritable_file_never_raises(
+    tmp_path: Path, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "link-stats.json").write_text("{not json")
     t = make(tmp_path, fake_time)
     assert "start afresh" in caplog.text
@@ -70,19 +75,21 @@ def test_transmission__unreadable_or_unwritable_file_never_raises(tmp_path, fake
     assert caplog.text.count("cannot write") == 1
 
 
-def saved_stats(path: Path) -> dict:
+def saved_stats(path: Path) -> dict[str, Any]:
     doc = json.loads(path.read_text())  # written whole and renamed: never half a file
     return LinkStats.from_state(doc, time.time()).snapshot(time.time())
 
 
 @pytest.mark.broker
-def test_status__link_stats_survive_sigkill(tmp_path, broker, device, agent_proc, validate):
+def test_status__link_stats_survive_sigkill(
+    tmp_path: Path, broker: Broker, device: str, agent_proc: AgentFactory, validate: Validate
+) -> None:
     agent = agent_proc(broker.port, device=device, heartbeat={"interval_s": 5})
     agent.click()
     agent.wait_recorded(1)
     saved = tmp_path / device / "link-stats.json"
 
-    def delivered_count(stats: dict) -> int:
+    def delivered_count(stats: dict[str, Any]) -> int:
         return sum(path["31d"]["count"] for path in stats.get("transmit", {}).values())
 
     def delivered_and_saved() -> dict[str, Any] | None:

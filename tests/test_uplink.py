@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho_client
@@ -15,13 +16,15 @@ from agent.session import MAX_PACKET_SIZE
 from tests.support.broker import Broker, free_port
 from tests.support.faultproxy import FaultProxy
 from tests.support.mqtt import Central
-from tests.support.uplinkrig import mqtt_cfg
+from tests.support.uplinkrig import RigFactory, mqtt_cfg
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
 
-def test_uplink__delivers_in_seq_order_and_deletes_on_puback(broker, central, device, rig_factory):
+def test_uplink__delivers_in_seq_order_and_deletes_on_puback(
+    broker: Broker, central: Central, device: str, rig_factory: RigFactory
+) -> None:
     rig = rig_factory(mqtt_cfg(broker.port, client_id=device), device)
     ids = rig.put(50)
     rig.uplink.start()
@@ -33,7 +36,9 @@ def test_uplink__delivers_in_seq_order_and_deletes_on_puback(broker, central, de
     assert rig.uplink.state().delivered == 50
 
 
-def test_uplink__pacing_limits_the_drain_rate(broker, central, device, rig_factory):
+def test_uplink__pacing_limits_the_drain_rate(
+    broker: Broker, central: Central, device: str, rig_factory: RigFactory
+) -> None:
     rig = rig_factory(mqtt_cfg(broker.port, client_id=device, drain_rate_per_s=50.0, max_inflight=5), device)
     rig.put(40)
     rig.uplink.start()
@@ -44,7 +49,7 @@ def test_uplink__pacing_limits_the_drain_rate(broker, central, device, rig_facto
     assert elapsed >= (40 - 5) / 50 * 0.8, f"drained 40 events in {elapsed:.2f} s at 50/s"
 
 
-def test_uplink__refused_publish_is_not_a_delivery(tmp_path, rig_factory):
+def test_uplink__refused_publish_is_not_a_delivery(tmp_path: Path, rig_factory: RigFactory) -> None:
     """MQTT 5: the ACL refuses the publish (PUBACK 135); paho calls it published, we keep the row."""
     pw, acl = tmp_path / "passwd", tmp_path / "acl"
     pw.touch()
@@ -69,7 +74,9 @@ def test_uplink__refused_publish_is_not_a_delivery(tmp_path, rig_factory):
         b.stop()
 
 
-def test_uplink__link_drop_mid_stream_resends_everything_unacked(broker, central, device, rig_factory):
+def test_uplink__link_drop_mid_stream_resends_everything_unacked(
+    broker: Broker, central: Central, device: str, rig_factory: RigFactory
+) -> None:
     proxy = FaultProxy(broker.port).start()
     try:
         rig = rig_factory(mqtt_cfg(proxy.port, client_id=device, drain_rate_per_s=200.0), device)
@@ -87,7 +94,9 @@ def test_uplink__link_drop_mid_stream_resends_everything_unacked(broker, central
         proxy.stop()
 
 
-def test_uplink__fails_over_to_the_next_broker(broker, central, device, rig_factory):
+def test_uplink__fails_over_to_the_next_broker(
+    broker: Broker, central: Central, device: str, rig_factory: RigFactory
+) -> None:
     dead = free_port()
     rig = rig_factory(mqtt_cfg(dead, broker.port, client_id=device), device)
     ids = rig.put(5)
@@ -96,7 +105,7 @@ def test_uplink__fails_over_to_the_next_broker(broker, central, device, rig_fact
     assert rig.uplink.state().broker == f"127.0.0.1:{broker.port}"
 
 
-def test_uplink__clean_stop_publishes_shutdown(broker, device, rig_factory):
+def test_uplink__clean_stop_publishes_shutdown(broker: Broker, device: str, rig_factory: RigFactory) -> None:
     c = Central(broker.port, topics=(f"campus/main/{device}/status",))
     try:
         rig = rig_factory(mqtt_cfg(broker.port, client_id=device), device)
@@ -109,7 +118,9 @@ def test_uplink__clean_stop_publishes_shutdown(broker, device, rig_factory):
         c.close()
 
 
-def test_uplink__dead_network_thread_is_a_lost_link(broker, central, device, rig_factory, monkeypatch):
+def test_uplink__dead_network_thread_is_a_lost_link(
+    broker: Broker, central: Central, device: str, rig_factory: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A MemoryError kills paho's network thread (issue 14): the link is lost and rebuilt, presses still go out."""
     real = paho_client.Client._handle_publish
     injected = threading.Event()
@@ -133,7 +144,9 @@ def test_uplink__dead_network_thread_is_a_lost_link(broker, central, device, rig
     assert rig.uplink.state().reconnects >= 1
 
 
-def test_uplink__commands_over_the_max_packet_size_never_reach_the_agent(broker, central, device, rig_factory):
+def test_uplink__commands_over_the_max_packet_size_never_reach_the_agent(
+    broker: Broker, central: Central, device: str, rig_factory: RigFactory
+) -> None:
     """MQTT 5 Maximum Packet Size at CONNECT: the broker drops a command too big for the device."""
     rig = rig_factory(mqtt_cfg(broker.port, client_id=device), device)
     rig.uplink.start()
@@ -144,7 +157,9 @@ def test_uplink__commands_over_the_max_packet_size_never_reach_the_agent(broker,
     assert [c[0] for c in rig.commands] == ["small"]
 
 
-def test_uplink__passes_the_retain_flag_of_commands(broker, central, device, rig_factory):
+def test_uplink__passes_the_retain_flag_of_commands(
+    broker: Broker, central: Central, device: str, rig_factory: RigFactory
+) -> None:
     rig = rig_factory(mqtt_cfg(broker.port, client_id=device), device)
     central.publish(f"{rig.root}/cmd/old", b"{}", retain=True)  # waiting on the broker before the agent comes
     try:

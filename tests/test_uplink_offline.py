@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
 from agent.outbox import Outbox
 from agent.uplink import Uplink
 from tests.support.broker import free_port
-from tests.support.uplinkrig import mqtt_cfg
+from tests.support.uplinkrig import RigFactory, mqtt_cfg
 from tests.support.waiting import eventually
 
 
-def test_uplink__unreachable_broker_log_says_what_and_next(tmp_path, device, rig_factory, caplog):
+def test_uplink__unreachable_broker_log_says_what_and_next(
+    tmp_path: Path, device: str, rig_factory: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     dead = free_port()
     rig = rig_factory(mqtt_cfg(dead, client_id=device), device)
     rig.put(3)

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -90,6 +90,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         check=False,
     )
+
+
+class AgentFactory(Protocol):
+    """The ``agent_proc`` fixture: an agent for ``device`` against the broker on ``port``, cleaned up after the test."""
+
+    def __call__(
+        self, port: int, *, device: str, start: bool = True, workdir: Path | None = None, **extra: Any
+    ) -> AgentProc: ...
 
 
 class AgentProc:

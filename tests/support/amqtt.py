@@ -52,7 +52,7 @@ class AmqttBroker:
             "    allow_anonymous: true\n"
         )
 
-    def start(self, timeout: float = 20.0) -> AmqttBroker:
+    def start(self, timeout: float = 20.0) -> Self:
         self.write_conf()
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(

@@ -21,7 +21,7 @@ class Issued:
     key_path: Path
 
 
-def _write(dirpath: Path, stem: str, cert, key) -> Issued:
+def _write(dirpath: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
     cp, kp = dirpath / f"{stem}.crt", dirpath / f"{stem}.key"
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     kp.write_bytes(
@@ -129,7 +129,7 @@ def issue(
     return _write(Path(dirpath), stem, cert, key)
 
 
-def make_pki(dirpath: Path, devices=("gate-north-1", "gate-south-2")) -> dict[str, Issued]:
+def make_pki(dirpath: Path, devices: tuple[str, ...] = ("gate-north-1", "gate-south-2")) -> dict[str, Issued]:
     dirpath = Path(dirpath)
     ca = make_ca(dirpath)
     pki = {"ca": ca, "server": issue(ca, dirpath, "localhost", "server", server=True)}

@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,7 @@ class Central:
             self.all.append(msg)
         self.msgs.put(msg)
 
-    def wait_for(self, pred: Any, timeout: float = 10.0) -> Msg:
+    def wait_for(self, pred: Callable[[Msg], object], timeout: float = 10.0) -> Msg:
         """The first message (from now on, in arrival order) for which pred(msg) is true."""
 
         def matching() -> Msg | None:

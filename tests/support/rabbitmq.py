@@ -225,7 +225,7 @@ class RabbitCluster:
         tag = f"{prefix}{os.getpid()}x{time.monotonic_ns() % 100000}"
         self.nodes = [RabbitNode(self.dir, f"{tag}n{i + 1}", self.home, self.epmd) for i in range(size)]
 
-    def start(self) -> RabbitCluster:
+    def start(self) -> Self:
         try:
             self.epmd.start()
             first, *rest = self.nodes
