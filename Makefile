@@ -60,7 +60,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check $(wildcard agent tests bench scripts docs/examples)
 
 typecheck: venv
-	$(VENV)/bin/mypy agent
+	$(VENV)/bin/mypy agent tests
 
 pytest: deps faketime amqtt
 	$(PY) -m pytest $(PYTEST_ARGS)

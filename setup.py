@@ -31,6 +31,7 @@ setup(
             "cryptography>=42",
             "mypy>=1.10",
             "ruff>=0.5",
+            "types-jsonschema",
             "types-PyYAML",
             "types-requests",
         ],

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real mosquitto per session, mock pins, configs, schemas."""
+"""Shared fixtures: a real mosquitto per session, mock pins, fake time, a throwaway outbox, configs, schemas."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
+from jsonschema.protocols import Validator
 
-from agent import schemas
-from tests.support.agentproc import AgentProc, remove_socket_dirs, unique_id, write_config
+from agent.config.model import MqttConfig
+from agent.outbox import Outbox
+from tests.support.agentproc import AgentFactory, AgentProc, remove_socket_dirs, unique_id, write_config
 from tests.support.broker import Broker
+from tests.support.clocks import FakeTime
+from tests.support.contract import Validate, load_validators
 from tests.support.mqtt import Central
+from tests.support.uplinkrig import Rig, RigFactory
 
 # Test rigs here often run as root; `campus-agent run` refuses root without this (tests/security/ unsets it).
 os.environ.setdefault("CAMPUS_AGENT_ALLOW_ROOT", "1")
@@ -65,18 +69,41 @@ def mock_factory() -> Iterator[Any]:
         f.close()
 
 
-@pytest.fixture(scope="session")
-def validators() -> dict[str, jsonschema.protocols.Validator]:
-    out = {}
-    for name in schemas.NAMES:
-        schema = schemas.load(name)
-        jsonschema.Draft202012Validator.check_schema(schema)
-        out[name] = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
-    return out
+@pytest.fixture
+def fake_time() -> FakeTime:
+    """Time at 1000 s monotonic that moves only when the test calls ``advance`` (``.clock()`` for a Clock)."""
+    return FakeTime()
 
 
 @pytest.fixture
-def validate(validators: dict[str, Any]) -> Any:
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    """An empty outbox in ``tmp_path`` (site ``main``, device ``gate-1``), closed after the test."""
+    with Outbox(tmp_path / "outbox.db", site="main", device="gate-1") as ob:
+        yield ob
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path) -> Iterator[RigFactory]:
+    """Factory: rig_factory(mqtt_cfg(...), device) → an Outbox + Uplink pair, closed after the test."""
+    rigs: list[Rig] = []
+
+    def make(cfg: MqttConfig, device: str) -> Rig:
+        r = Rig(tmp_path, cfg, device)
+        rigs.append(r)
+        return r
+
+    yield make
+    for r in rigs:
+        r.close()
+
+
+@pytest.fixture(scope="session")
+def validators() -> dict[str, Validator]:
+    return load_validators()
+
+
+@pytest.fixture
+def validate(validators: dict[str, Validator]) -> Validate:
     def check(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
         errors = sorted(validators[kind].iter_errors(doc), key=str)
         assert not errors, f"{kind} document breaks the contract: {[e.message for e in errors]}\n{doc}"
@@ -86,7 +113,7 @@ def validate(validators: dict[str, Any]) -> Any:
 
 
 @pytest.fixture
-def agent_proc(tmp_path: Path) -> Iterator[Any]:
+def agent_proc(tmp_path: Path) -> Iterator[AgentFactory]:
     """Factory: agent_proc(port, device=..., **config) → a started AgentProc, cleaned up after."""
     procs: list[AgentProc] = []
 

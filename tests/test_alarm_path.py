@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
+from pathlib import Path
 
 import pytest
 
+from tests.support.agentproc import AgentFactory
+from tests.support.broker import Broker
+from tests.support.contract import Validate
 from tests.support.mqtt import Central, retained
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
 
-def _wait(pred: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def test_press__reaches_central_with_every_contract_field(broker, central, agent_proc, device, validate):
+def test_press__reaches_central_with_every_contract_field(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, validate: Validate
+) -> None:
     agent = agent_proc(broker.port, device=device)
     central.wait_for(lambda m: m.topic.endswith("/status") and m.doc["state"] == "online")
     agent.click("panic")
@@ -40,7 +36,9 @@ def test_press__reaches_central_with_every_contract_field(broker, central, agent
     assert recorded[0]["seq"] == doc["seq"]
 
 
-def test_status__online_on_connect_validates(broker, central, agent_proc, device, validate):
+def test_status__online_on_connect_validates(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, validate: Validate
+) -> None:
     agent_proc(broker.port, device=device)
     started = central.wait_for(lambda m: m.topic.endswith("/event/agent_started"))  # events go before the birth status
     msg = central.wait_for(lambda m: m.topic == f"campus/main/{device}/status")
@@ -52,11 +50,13 @@ def test_status__online_on_connect_validates(broker, central, agent_proc, device
     assert started.doc["data"]["reason"] in ("boot", "restart")
 
 
-def test_outage__20_presses_survive_sigkill_and_arrive_in_order(own_broker, agent_proc, device, tmp_path):
+def test_outage__20_presses_survive_sigkill_and_arrive_in_order(
+    own_broker: Broker, agent_proc: AgentFactory, device: str, tmp_path: Path
+) -> None:
     agent = agent_proc(own_broker.port, device=device)
-    _wait(lambda: agent.status()["link"]["connected"], what="first connection")
+    eventually(lambda: agent.status()["link"]["connected"], what="first connection")
     own_broker.stop()
-    _wait(lambda: not agent.status()["link"]["connected"], what="agent to notice the outage")
+    eventually(lambda: not agent.status()["link"]["connected"], what="agent to notice the outage")
     for _ in range(20):
         agent.click("panic")
     recorded = agent.wait_recorded(20)
@@ -78,17 +78,19 @@ def test_outage__20_presses_survive_sigkill_and_arrive_in_order(own_broker, agen
         assert list(first_seen) == ids_in_order, "not delivered in seq order, or ids changed"
         seqs = list(first_seen.values())
         assert seqs == sorted(seqs)
-        _wait(lambda: agent.status()["status"]["outbox"]["pending"] == 0, what="outbox to drain")
+        eventually(lambda: agent.status()["status"]["outbox"]["pending"] == 0, what="outbox to drain")
     finally:
         central.close()
 
 
-def test_sigkill__retained_offline_will_is_seen(broker, agent_proc, device, validate):
+def test_sigkill__retained_offline_will_is_seen(
+    broker: Broker, agent_proc: AgentFactory, device: str, validate: Validate
+) -> None:
     agent = agent_proc(broker.port, device=device)
     topic = f"campus/main/{device}/status"
-    _wait(lambda: (retained(broker.port, topic) or {}).get("state") == "online", what="retained online status")
+    eventually(lambda: (retained(broker.port, topic) or {}).get("state") == "online", what="retained online status")
     agent.kill()
-    doc = _wait(
+    doc = eventually(
         lambda: (d := retained(broker.port, topic)) and d["state"] == "offline" and d,
         timeout=15,
         what="retained offline will",
@@ -97,10 +99,12 @@ def test_sigkill__retained_offline_will_is_seen(broker, agent_proc, device, vali
     assert doc["reason"] == "lost"
 
 
-def test_clean_stop__retained_offline_shutdown(broker, agent_proc, device, validate):
+def test_clean_stop__retained_offline_shutdown(
+    broker: Broker, agent_proc: AgentFactory, device: str, validate: Validate
+) -> None:
     agent = agent_proc(broker.port, device=device)
     topic = f"campus/main/{device}/status"
-    _wait(lambda: agent.status()["link"]["connected"], what="connection")
+    eventually(lambda: agent.status()["link"]["connected"], what="connection")
     assert agent.stop() == 0
     doc = retained(broker.port, topic)
     assert doc is not None
@@ -108,7 +112,9 @@ def test_clean_stop__retained_offline_shutdown(broker, agent_proc, device, valid
     assert (doc["state"], doc["reason"]) == ("offline", "shutdown")
 
 
-def test_press__made_while_a_commit_is_stuck_is_recorded(broker, agent_proc, device, tmp_path):
+def test_press__made_while_a_commit_is_stuck_is_recorded(
+    broker: Broker, agent_proc: AgentFactory, device: str, tmp_path: Path
+) -> None:
     """Issue 9 item 1: a 300 ms press queued behind a 3 s write lock on outbox.db still counts."""
     inputs = [
         {"name": "a", "kind": "panic_button", "pin": 5, "debounce_ms": 50},
@@ -132,7 +138,9 @@ def test_press__made_while_a_commit_is_stuck_is_recorded(broker, agent_proc, dev
     assert sorted(e["source"] for e in got) == ["a", "b"]
 
 
-def test_seq__never_goes_back_when_the_outbox_is_deleted(broker, central, agent_proc, device, tmp_path, validate):
+def test_seq__never_goes_back_when_the_outbox_is_deleted(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, tmp_path: Path, validate: Validate
+) -> None:
     """Issue 9 item 3: outbox.db* deleted, agent-state.json kept: the next seq is above the old ones."""
     agent = agent_proc(broker.port, device=device)
     for _ in range(3):

@@ -14,22 +14,24 @@ import logging
 import signal
 import sqlite3
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.config import load_config
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.outbox_lanes import URGENT_MARK
 from agent.uplink import Uplink
-from tests.support.agentproc import unique_id, write_config
+from tests.support.agentproc import AgentFactory, AgentProc, unique_id, write_config
 from tests.support.broker import Broker
+from tests.support.clocks import synced_clock
 from tests.support.mqtt import Central, Msg
+from tests.support.waiting import eventually
 
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+CLOCK = synced_clock()
 BACKLOG = 50_000
 WINDOW = 20  # mqtt.max_inflight, the default, set explicitly because the assertion uses it
 
@@ -62,18 +64,20 @@ def test_outbox_rows__urgent_mark_matches_the_event_body() -> None:
     assert URGENT_MARK not in practice.body("s", "d")  # the same text inside a string value is escaped
 
 
-def test_outbox__lanes_read_real_alarms_and_the_rest_separately(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", site="s", device="d") as ob:
-        kinds = [EventType.INPUT_FAULT, EventType.PANIC, EventType.TAMPER, EventType.CAMERA_FAULT, EventType.PANIC]
-        seqs = [ob.put(Event.create(CLOCK, k, "x", test=i == 4)) for i, k in enumerate(kinds)]
-        assert [r.seq for r in ob.next_batch(0, 10, urgent=True)] == [seqs[1], seqs[2]]
-        assert [r.seq for r in ob.next_batch(0, 10, urgent=False)] == [seqs[0], seqs[3], seqs[4]]
-        assert [r.seq for r in ob.next_batch(seqs[1], 10, urgent=True)] == [seqs[2]]
-        assert [r.seq for r in ob.next_batch(0, 10)] == seqs  # no lane: every row in seq order, as before
-        assert ob.get(seqs[2]).type == "tamper"
-        ob.ack([seqs[2]])
-        assert ob.get(seqs[2]) is None
-        assert ob.get(10_000) is None
+def test_outbox__lanes_read_real_alarms_and_the_rest_separately(outbox: Outbox) -> None:
+    ob = outbox
+    kinds = [EventType.INPUT_FAULT, EventType.PANIC, EventType.TAMPER, EventType.CAMERA_FAULT, EventType.PANIC]
+    seqs = [ob.put(Event.create(CLOCK, k, "x", test=i == 4)) for i, k in enumerate(kinds)]
+    assert [r.seq for r in ob.next_batch(0, 10, urgent=True)] == [seqs[1], seqs[2]]
+    assert [r.seq for r in ob.next_batch(0, 10, urgent=False)] == [seqs[0], seqs[3], seqs[4]]
+    assert [r.seq for r in ob.next_batch(seqs[1], 10, urgent=True)] == [seqs[2]]
+    assert [r.seq for r in ob.next_batch(0, 10)] == seqs  # no lane: every row in seq order, as before
+    tamper = ob.get(seqs[2])
+    assert tamper is not None
+    assert tamper.type == "tamper"
+    ob.ack([seqs[2]])
+    assert ob.get(seqs[2]) is None
+    assert ob.get(10_000) is None
 
 
 _OLD_SCHEMA = """
@@ -124,20 +128,27 @@ def _snapshot(central: Central) -> list[Msg]:
         return [m for m in central.all if "/event/" in m.topic]
 
 
-def _wait_recorded(agent: Any, known: set[str], timeout: float = 30.0) -> tuple[dict[str, Any], dict[str, Any]]:
+def _the_panic(eid: str) -> Callable[[Msg], bool]:
+    return lambda m: "/event/panic" in m.topic and m.doc["id"] == eid
+
+
+def _wait_recorded(agent: AgentProc, known: set[str], timeout: float = 30.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """The new real panic in the agent's recent events, and the first status reply that shows it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def recorded() -> tuple[dict[str, Any], dict[str, Any]] | None:
         st = agent.status()
         for ev in st["recent_events"]:
             if ev["type"] == "panic" and not ev["test"] and ev["id"] not in known:
                 return ev, st
-        time.sleep(0.01)
-    raise TimeoutError("the press was not recorded")
+        return None
+
+    return eventually(recorded, timeout, "the press to be recorded", interval=0.01)
 
 
 @pytest.mark.broker
-def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, agent_proc, device, tmp_path):
+def test_backlog__a_real_press_overtakes_50000_pending_events(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, tmp_path: Path
+) -> None:
     workdir = tmp_path / device
     agent = agent_proc(
         broker.port, device=device, start=False, workdir=workdir, outbox={"max_mb": 200}, mqtt={"max_inflight": WINDOW}
@@ -151,7 +162,7 @@ def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, a
         rec, st = _wait_recorded(agent, presses)
         presses.add(rec["id"])
         acked_then = st["link"]["delivered"]  # rows the broker had acknowledged, read after the press was recorded
-        central.wait_for(lambda m, eid=rec["id"]: "/event/panic" in m.topic and m.doc["id"] == eid, timeout=30)
+        central.wait_for(_the_panic(rec["id"]), timeout=30)
         arrived = _snapshot(central)
         docs = [m.doc for m in arrived]
         at = next(i for i, d in enumerate(docs) if d["id"] == rec["id"])
@@ -172,7 +183,9 @@ def test_backlog__a_real_press_overtakes_50000_pending_events(broker, central, a
 
 
 @pytest.mark.broker
-def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path: Path, caplog) -> None:
+def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """MQTT 5: an ACL refuses the alarm (PUBACK 0x87); it is retried 1, 2, 4 s later, loudly, not after minutes."""
     dev = unique_id("acl")
     root = f"campus/main/{dev}"
@@ -218,8 +231,9 @@ def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path:
             for _ in range(3):
                 outbox.put(Event.create(CLOCK, EventType.INPUT_FAULT, "panic", data={"reason": "stuck"}))
                 up.wake()
-            _wait_until(
+            eventually(
                 lambda: _refusals(caplog, alarm_seq) >= 3 and delivered.count("input_fault") == 3,
+                30.0,
                 "three refusals of the alarm and the routine rows delivered",
             )
             assert outbox.pending() == 1  # only the alarm: kept, never deleted on a refusal
@@ -229,7 +243,7 @@ def test_refused_alarm__retried_within_seconds_while_routine_rows_flow(tmp_path:
             acl.write_text(routine_only + f"topic write {root}/event/#\n")  # the ACL is fixed
             assert b.proc is not None
             b.proc.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL
-            _wait_until(lambda: "panic" in delivered, "the alarm delivered after the ACL fix", timeout=60)
+            eventually(lambda: "panic" in delivered, 60.0, "the alarm delivered after the ACL fix")
             assert outbox.pending() == 0
     finally:
         up.stop()
@@ -243,12 +257,3 @@ def _refusals(caplog: pytest.LogCaptureFixture, seq: int) -> int:
 
 def _retry_s(message: str) -> int:
     return int(message.split("retrying in ")[1].split(" s", maxsplit=1)[0])
-
-
-def _wait_until(pred: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")

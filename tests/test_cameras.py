@@ -25,6 +25,9 @@ from agent.config.model import CameraConfig, CameraKind, Secret
 from agent.errors import CameraError
 from agent.events import Clock, Event, EventType, Stamp, with_seq
 from tests.support.camservers import HttpCamera, RtspServer
+from tests.support.clocks import synced_clock
+from tests.support.contract import Validate
+from tests.support.waiting import eventually
 
 PASSWORD = "s3cret-Pa55"
 SECRET = Secret(PASSWORD, Path("/etc/campus-agent/door-cam.pass"))
@@ -46,16 +49,6 @@ def cam_cfg(kind: CameraKind, url: str | None = None, **kw: Any) -> CameraConfig
         "camera_num": 0,
     }
     return CameraConfig(**(base | kw))
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)  # polling with a deadline: the condition lives in another thread's state
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def assert_one_line(r: ProbeResult) -> None:
@@ -88,7 +81,7 @@ class Recorder:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock(synced=lambda: True, boot_id="0" * 32)
+    return synced_clock("0" * 32)
 
 
 @pytest.fixture
@@ -276,7 +269,7 @@ def test_cameras__one_fault_per_outage_one_restored_per_recovery(
     rtsp_server: RtspServer,
     recorder: Recorder,
     caplog: pytest.LogCaptureFixture,
-    validate: Any,
+    validate: Validate,
     clock: Clock,
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.cameras")
@@ -361,17 +354,17 @@ def test_cameras__http_outages_on_schedule(
     cam = cams._cams["door"]
     cams.start()
     for round_ in (1, 2):
-        wait_for(lambda: cams.states()["door"]["ok"] is True, "the camera to be ok")
+        eventually(lambda: cams.states()["door"]["ok"] is True, what="the camera to be ok")
         _outage(http_camera, outage)()
-        wait_for(lambda: len(recorder.events) == 2 * round_ - 1, "camera_fault")
-        wait_for(lambda: cam.failures >= 3, "more failed probes during the outage")
+        eventually(lambda: len(recorder.events) == 2 * round_ - 1, what="camera_fault")
+        eventually(lambda: cam.failures >= 3, what="more failed probes during the outage")
         state = cams.states()["door"]
         assert state["ok"] is False
         assert re.search(detail, state["detail"]), state["detail"]
         http_camera.mode, http_camera.password = "digest", PASSWORD
-        wait_for(lambda: len(recorder.events) == 2 * round_, "camera_restored")
+        eventually(lambda: len(recorder.events) == 2 * round_, what="camera_restored")
         hits = http_camera.hits
-        wait_for(lambda: http_camera.hits >= hits + 3, "more good probes after the recovery")
+        eventually(lambda: http_camera.hits >= hits + 3, what="more good probes after the recovery")
     assert recorder.types() == [FAULT, RESTORED, FAULT, RESTORED]
     assert recorder.changes == 5  # None->ok, then ok->fault->ok twice
     assert PASSWORD not in caplog.text
@@ -386,18 +379,18 @@ def test_cameras__rtsp_server_goes_away_and_comes_back(
     cams = make_cameras(cam_cfg(CameraKind.RTSP, rtsp_server.url, timeout_s=2))
     cam = cams._cams["door"]
     cams.start()
-    wait_for(lambda: cams.states()["door"]["ok"] is True, "the RTSP camera to be ok")
+    eventually(lambda: cams.states()["door"]["ok"] is True, what="the RTSP camera to be ok")
     rtsp_server.stop()
-    wait_for(lambda: recorder.types() == [FAULT], "camera_fault")
-    wait_for(lambda: cam.failures >= 5, "more failed probes while it is away")
+    eventually(lambda: recorder.types() == [FAULT], what="camera_fault")
+    eventually(lambda: cam.failures >= 5, what="more failed probes while it is away")
     assert (
         cams.states()["door"]["detail"]
         == f"connection refused by 127.0.0.1:{rtsp_server.port}: camera off or wrong port"
     )
     rtsp_server.start()
-    wait_for(lambda: recorder.types() == [FAULT, RESTORED], "camera_restored")
+    eventually(lambda: recorder.types() == [FAULT, RESTORED], what="camera_restored")
     seen = len(rtsp_server.requests)
-    wait_for(lambda: len(rtsp_server.requests) >= seen + 3, "more good probes")
+    eventually(lambda: len(rtsp_server.requests) >= seen + 3, what="more good probes")
     assert recorder.types() == [FAULT, RESTORED]
     assert re.match(r"^RTSP/1\.0 200 OK in \d+ ms$", cams.states()["door"]["detail"])
 
@@ -559,7 +552,7 @@ def test_picamera__capture_timeout_blocks_nothing(
     )
     try:
         cams.start()
-        wait_for(lambda: recorder.types() == [FAULT], "camera_fault from the hung camera")
+        eventually(lambda: recorder.types() == [FAULT], what="camera_fault from the hung camera")
         t0 = time.monotonic()
         states = cams.states()
         assert time.monotonic() - t0 < 0.1, "states() must not wait for a hung probe"
@@ -568,12 +561,12 @@ def test_picamera__capture_timeout_blocks_nothing(
             r"^no still from camera 0 within 0\.2 s: camera or driver hung; reboot the Pi", states["pi"]["detail"]
         )
         seen = len(rtsp_server.requests)
-        wait_for(lambda: len(rtsp_server.requests) >= seen + 5, "the other camera to keep probing")
+        eventually(lambda: len(rtsp_server.requests) >= seen + 5, what="the other camera to keep probing")
         assert cams.states()["door"]["ok"] is True
         assert pi.opened == 1, "no second probe is piled onto a hung one"
         assert clock.mono() - cams.progress < 1.5, "the worker keeps showing progress"
         gate.set()
-        wait_for(lambda: recorder.types() == [FAULT, RESTORED], "camera_restored once the driver recovers")
+        eventually(lambda: recorder.types() == [FAULT, RESTORED], what="camera_restored once the driver recovers")
         assert [e[1] for e in recorder.events] == ["pi", "pi"]
     finally:
         gate.set()

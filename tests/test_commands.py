@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from agent import schemas
 from agent.commands import MAX_DEPTH, MAX_ID, MAX_PAYLOAD, NAMES, Command, CommandHandler, parse_command
 from agent.errors import CommandError
+from tests.support.clocks import FakeTime
 
 EID = "6f1c0d3e8a7b4c1f9e2d5a4b3c2d1e0f"
 REPLY = Draft202012Validator(schemas.load("reply"))
@@ -194,16 +195,6 @@ def test_command__is_frozen() -> None:
 # ---- the handler ------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.mono = 1000.0
-        self.wall = 1_795_000_000.123
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += seconds
-
-
 class Fakes:
     """The daemon's side: records every callback; each reply is checked against reply.json."""
 
@@ -238,22 +229,22 @@ class Fakes:
         self.replies.append(doc)
 
 
-def make(rate_per_min: int = 6000, *, synced: bool = True) -> tuple[CommandHandler, Fakes, Clock]:
-    f, clock = Fakes(), Clock()
+def make(rate_per_min: int = 6000, *, synced: bool = True) -> tuple[CommandHandler, Fakes, FakeTime]:
+    f, clock = Fakes(), FakeTime(1000.0, wall=1_795_000_000.123)
     h = CommandHandler(
         on_ack=f.on_ack,
         on_ping=f.on_ping,
         on_test_mode=f.on_test_mode,
         reply=f.reply,
         rate_per_min=rate_per_min,
-        wall=lambda: clock.wall,
-        mono=lambda: clock.mono,
+        wall=clock.wall,
+        mono=clock,
         synced=lambda: synced,
     )
     return h, f, clock
 
 
-def send(h: CommandHandler, clock: Clock, name: str, payload: bytes) -> None:
+def send(h: CommandHandler, clock: FakeTime, name: str, payload: bytes) -> None:
     """Handle one command a second later (well inside any rate limit in these tests)."""
     clock.advance(1.0)
     h.handle(name, payload)

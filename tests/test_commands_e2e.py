@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 
 from agent.commands import NAMES
 from tests.support.agentproc import AgentProc, unique_id, write_config
+from tests.support.broker import Broker
+from tests.support.contract import Validate
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -30,16 +33,18 @@ class Rig:
         self.central.publish(f"{self.root}/cmd/{name}", payload)
 
     def reply_to(self, cmd_id: str, timeout: float = 10.0) -> dict[str, Any]:
-        return self.central.wait_for(
+        reply: dict[str, Any] = self.central.wait_for(
             lambda m: m.topic == f"{self.root}/reply" and m.doc.get("cmd_id") == cmd_id, timeout
         ).doc
+        return reply
 
     def press_delivered(self) -> dict[str, Any]:
         self.agent.click()
-        return self.central.wait_for(lambda m: m.topic == f"{self.root}/event/panic").doc
+        event: dict[str, Any] = self.central.wait_for(lambda m: m.topic == f"{self.root}/event/panic").doc
+        return event
 
 
-def _rig(broker: Any, workdir: Path) -> Iterator[Rig]:
+def _rig(broker: Broker, workdir: Path) -> Iterator[Rig]:
     device = unique_id("cmd")
     central = Central(broker.port, topics=(f"campus/main/{device}/#",))
     cfg = write_config(
@@ -59,7 +64,7 @@ def _rig(broker: Any, workdir: Path) -> Iterator[Rig]:
 
 
 @pytest.fixture
-def rig(broker, tmp_path) -> Iterator[Rig]:
+def rig(broker: Broker, tmp_path: Path) -> Iterator[Rig]:
     yield from _rig(broker, tmp_path)
 
 
@@ -68,7 +73,7 @@ def cmd(**fields: Any) -> tuple[str, bytes]:
     return cid, json.dumps({"v": 1, "id": cid, **fields}).encode()
 
 
-def test_ack__delivered_event_gives_ok_and_acknowledged_pattern(rig, validate):
+def test_ack__delivered_event_gives_ok_and_acknowledged_pattern(rig: Rig, validate: Validate) -> None:
     event = rig.press_delivered()
     cid, payload = cmd(event_id=event["id"])
     rig.command("ack", payload)
@@ -79,7 +84,7 @@ def test_ack__delivered_event_gives_ok_and_acknowledged_pattern(rig, validate):
     assert outputs["ack_led"]["pattern"] == "acknowledged"
 
 
-def test_ack__unknown_event_is_refused_with_reason(rig, validate):
+def test_ack__unknown_event_is_refused_with_reason(rig: Rig, validate: Validate) -> None:
     cid, payload = cmd(event_id="0" * 32)
     rig.command("ack", payload)
     reply = validate("reply", rig.reply_to(cid))
@@ -87,7 +92,7 @@ def test_ack__unknown_event_is_refused_with_reason(rig, validate):
     assert "unknown event" in reply["error"]
 
 
-def test_ping__fresh_status_at_once(rig, validate):
+def test_ping__fresh_status_at_once(rig: Rig, validate: Validate) -> None:
     before = time.monotonic()
     cid, payload = cmd()
     rig.command("ping", payload)
@@ -97,7 +102,7 @@ def test_ping__fresh_status_at_once(rig, validate):
     assert status.at - before < 3.0, "a ping must not wait for the next heartbeat (30 s)"
 
 
-def test_test_mode__command_makes_presses_tests(rig, validate):
+def test_test_mode__command_makes_presses_tests(rig: Rig, validate: Validate) -> None:
     cid, payload = cmd(minutes=10)
     rig.command("test_mode", payload)
     assert rig.reply_to(cid)["ok"] is True
@@ -125,7 +130,9 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("name", "payload", "cid", "reason"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
-def test_hostile__answered_when_id_readable_and_agent_keeps_working(rig, validate, name, payload, cid, reason):
+def test_hostile__answered_when_id_readable_and_agent_keeps_working(
+    rig: Rig, validate: Validate, name: str, payload: str | bytes, cid: str | None, reason: str | None
+) -> None:
     rig.command(name, payload)
     if cid is not None:
         reply = validate("reply", rig.reply_to(cid))
@@ -141,7 +148,7 @@ def test_hostile__answered_when_id_readable_and_agent_keeps_working(rig, validat
 
 
 @pytest.fixture(scope="module")
-def module_rig(broker, tmp_path_factory) -> Iterator[Rig]:
+def module_rig(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     yield from _rig(broker, tmp_path_factory.mktemp("fuzz"))
 
 
@@ -167,7 +174,7 @@ payloads = st.one_of(
 @given(
     name=st.sampled_from(sorted(NAMES)) | st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", max_size=12), payload=payloads
 )
-def test_fuzz__agent_survives_anything_on_every_command_topic(module_rig, name, payload):
+def test_fuzz__agent_survives_anything_on_every_command_topic(module_rig: Rig, name: str, payload: str | bytes) -> None:
     if not name:
         name = "x"
     module_rig.command(name, payload)
@@ -175,26 +182,25 @@ def test_fuzz__agent_survives_anything_on_every_command_topic(module_rig, name, 
     assert module_rig.agent.proc.poll() is None
 
 
-def test_fuzz__afterwards_ping_and_press_still_work(module_rig):
+def test_fuzz__afterwards_ping_and_press_still_work(module_rig: Rig) -> None:
     # The fuzz may have emptied the rate limiter's bucket: a ping is then refused "rate limited"
     # until it refills (10 ms per command at 6000 a minute), which is the design.
-    deadline = time.monotonic() + 15
-    while True:
+    def ping_answered() -> bool:
         ok_id, ping = cmd()
         module_rig.command("ping", ping)
         try:
             reply = module_rig.reply_to(ok_id, timeout=2)
         except TimeoutError:  # refused without a reply: the flood's reply budget is spent
-            reply = {"ok": False, "error": "rate limited (no reply)"}
-        if reply["ok"] or time.monotonic() > deadline:
-            break
-        assert "rate limited" in reply["error"]
-        time.sleep(0.2)  # let the bucket refill
-    assert reply["ok"] is True
+            return False
+        assert reply["ok"] or "rate limited" in reply["error"], reply
+        return bool(reply["ok"])
+
+    # interval: one ping per 0.2 s lets the bucket refill between tries
+    eventually(ping_answered, 15.0, "a ping answered once the rate limiter refilled", interval=0.2)
     assert module_rig.press_delivered()["type"] == "panic"
 
 
-def test_cli_ack__real_agent_answers_and_shows_acknowledged(rig, broker):
+def test_cli_ack__real_agent_answers_and_shows_acknowledged(rig: Rig, broker: Broker) -> None:
     import os
     import subprocess
     import sys

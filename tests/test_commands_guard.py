@@ -31,7 +31,7 @@ def test_max_minutes__exported() -> None:
 def test_handler__retained_command_is_refused_and_never_applied() -> None:
     h, f, clock = make()
     clock.advance(1)
-    h.handle("test_mode", cmd(id="t-1", minutes=240, ts=iso(clock.wall)), retained=True)
+    h.handle("test_mode", cmd(id="t-1", minutes=240, ts=iso(clock.wall())), retained=True)
     assert f.test_modes == []
     assert f.replies[-1]["ok"] is False
     assert f.replies[-1]["error"].startswith("retained commands are never obeyed")
@@ -57,7 +57,7 @@ def test_handler__retained_is_refused_even_with_an_unsynchronised_clock() -> Non
 def test_handler__ts_bound_when_synced(offset: float, ok: bool, reason: str | None) -> None:
     h, f, clock = make()
     clock.advance(1)
-    h.handle("test_mode", cmd(id="t-1", minutes=10, ts=iso(clock.wall + offset)))
+    h.handle("test_mode", cmd(id="t-1", minutes=10, ts=iso(clock.wall() + offset)))
     assert f.replies[-1]["ok"] is ok
     assert f.test_modes == ([10] if ok else [])
     if reason is not None:
@@ -66,7 +66,7 @@ def test_handler__ts_bound_when_synced(offset: float, ok: bool, reason: str | No
 
 def test_handler__ts_not_judged_while_the_clock_is_unsynchronised() -> None:
     h, f, clock = make(synced=False)
-    h.handle("test_mode", cmd(id="t-1", minutes=10, ts=iso(clock.wall - 86400)))
+    h.handle("test_mode", cmd(id="t-1", minutes=10, ts=iso(clock.wall() - 86400)))
     assert f.test_modes == [10]
 
 

@@ -33,7 +33,7 @@ def _write(tmp_path: Path, text: str, name: str = "gate.yaml") -> Path:
     return p
 
 
-def test_load__minimal_config_gets_documented_defaults(tmp_path):
+def test_load__minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, GOOD))
     assert cfg.mqtt.brokers[0].port == 1883
     assert cfg.mqtt.keepalive_s == 30
@@ -50,7 +50,7 @@ def test_load__minimal_config_gets_documented_defaults(tmp_path):
     assert cfg.topic_root == "campus/main/gate-north-1"
 
 
-def test_load__tamper_defaults_to_normally_closed_and_tls_port_8883(tmp_path):
+def test_load__tamper_defaults_to_normally_closed_and_tls_port_8883(tmp_path: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     cfg = load_config(
@@ -67,7 +67,7 @@ def test_load__tamper_defaults_to_normally_closed_and_tls_port_8883(tmp_path):
     assert cfg.mqtt.tls.check_hostname is True
 
 
-def test_load__brokers_list_for_failover(tmp_path):
+def test_load__brokers_list_for_failover(tmp_path: Path) -> None:
     cfg = load_config(
         _write(tmp_path, GOOD.replace("  host: 127.0.0.1", "  brokers: [{host: a.lan}, {host: b.lan, port: 1884}]"))
     )
@@ -210,7 +210,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_load__invalid(tmp_path, text, line, message):
+def test_load__invalid(tmp_path: Path, text: str, line: int, message: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load_config(path)
@@ -219,14 +219,14 @@ def test_load__invalid(tmp_path, text, line, message):
     assert first.startswith(f"{path}:{line}: "), first
 
 
-def test_load__every_problem_reported_at_once(tmp_path):
+def test_load__every_problem_reported_at_once(tmp_path: Path) -> None:
     text = GOOD.replace("pin: 17", "pin: 99").replace("  host:", "  hots: x\n  host:")
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, text))
     assert len(err.value.problems) == 2
 
 
-def test_load__secret_readable_by_others_is_refused_with_chmod(tmp_path):
+def test_load__secret_readable_by_others_is_refused_with_chmod(tmp_path: Path) -> None:
     secret = tmp_path / "mqtt.pass"
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
@@ -245,19 +245,19 @@ def test_load__secret_readable_by_others_is_refused_with_chmod(tmp_path):
     assert "s3cret" not in repr(cfg)
 
 
-def test_load__missing_file(tmp_path):
+def test_load__missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: file not found"):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_load__socket_path_too_long(tmp_path):
+def test_load__socket_path_too_long(tmp_path: Path) -> None:
     long = "/tmp/" + "x" * 120 + ".sock"
     with pytest.raises(ConfigError, match=r"control\.socket: UNIX socket paths stop at 107 bytes"):
         load_config(_write(tmp_path, GOOD + f"control: {{socket: {long}}}\n"))
 
 
 @pytest.mark.parametrize("name", ["gate.yaml", "shop.yaml", "demo.yaml"])
-def test_examples__are_valid(tmp_path, name):
+def test_examples__are_valid(tmp_path: Path, name: str) -> None:
     """The shipped examples load once the files they name exist (paths moved into tmp)."""
     text = (ROOT / "config" / name).read_text().replace("/etc/campus-agent/", f"{tmp_path}/")
     for secret in ("mqtt.pass", "client.key", "shop-cam.pass", "ca.crt", "client.crt", "doctor.crt", "doctor.key"):
@@ -270,7 +270,7 @@ def test_examples__are_valid(tmp_path, name):
     assert cfg.inputs
 
 
-def test_check_config__exit_codes(tmp_path, capsys):
+def test_check_config__exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = _write(tmp_path, GOOD, "good.yaml")
     bad = _write(tmp_path, GOOD.replace("pin: 17", "pin: seventeen"), "bad.yaml")
     assert main(["check-config", str(good)]) == 0
@@ -280,7 +280,7 @@ def test_check_config__exit_codes(tmp_path, capsys):
     assert f"{bad}:6: inputs[0].pin: expected a BCM pin number 0-27, got 'seventeen'" in err
 
 
-def test_run__refuses_bad_config_with_exit_2(tmp_path):
+def test_run__refuses_bad_config_with_exit_2(tmp_path: Path) -> None:
     bad = _write(tmp_path, GOOD.replace("pin: 17", "pin: seventeen"))
     r = subprocess.run(
         [sys.executable, "-m", "agent", "run", "-c", str(bad)],

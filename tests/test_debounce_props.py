@@ -14,14 +14,17 @@ Times are integers in units of 1/1024 s, so float arithmetic is exact and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config.model import Contact, InputConfig, InputKind
-from agent.events import Clock, EventType, Stamp
-from agent.inputs import Debouncer, Inputs
+from agent.debounce import Debouncer
+from agent.events import EventType, Stamp
+from agent.inputs import Inputs
+from tests.support.clocks import FakeTime
 
 UNIT = 1024  # time units per second
 T0 = 1000.0  # monotonic seconds at unit 0
@@ -31,7 +34,7 @@ def sec(units: int) -> float:
     return T0 + units / UNIT
 
 
-def expected(edge_times: list[int], end: int, *, holds: Any) -> list[tuple[bool, int]]:
+def expected(edge_times: list[int], end: int, *, holds: Callable[[int], bool]) -> list[tuple[bool, int]]:
     """Accepted changes (new level, unit time of the first edge) for edges toggling from False.
 
     ``holds(duration_units)`` says whether a segment that long counts.
@@ -83,14 +86,6 @@ def test_debouncer__agrees_with_the_model_whatever_the_poll_times(
     assert got == expected(times, end, holds=lambda n: n >= db_units)
 
 
-class _FakeMono:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 presses = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 300)), max_size=24)
 
 
@@ -108,8 +103,8 @@ def test_inputs__pipeline_records_exactly_the_held_presses(
     from gpiozero.pins.mock import MockFactory
 
     mock_factory = MockFactory()  # one per example: a fixture would be shared between them
-    mono = _FakeMono()
-    clock = Clock(wall=lambda: 1.7e9 + mono.t, mono=mono, synced=lambda: True, boot_id="b")
+    mono = FakeTime(T0)  # one per example: a fixture would be shared between them
+    clock = mono.clock()
     got: list[tuple[str, float]] = []
 
     def emit(batch: list[tuple[EventType, str, Stamp, Any]]) -> None:

@@ -14,17 +14,23 @@ import contextlib
 import json
 import random
 import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from agent.config import load_config
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox, OutboxRow
 from agent.sendwindow import SendWindow
 from agent.uplink import Uplink
 from tests.support.agentproc import write_config
+from tests.support.clocks import synced_clock
 
-CLOCK = Clock(synced=lambda: True, boot_id="b")
+if TYPE_CHECKING:
+    from agent.session import Session
+
+CLOCK = synced_clock("b")
 
 
 def _event(rng: random.Random) -> Event:
@@ -45,7 +51,7 @@ class _CountingOutbox(Outbox):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_handoff__takes_what_a_read_would_take(tmp_path, seed):
+def test_handoff__takes_what_a_read_would_take(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     ob = _CountingOutbox(tmp_path / "o.db", site="s", device="d")
     for _ in range(rng.randrange(0, 4)):  # a backlog from before the connection
@@ -79,6 +85,7 @@ def test_handoff__takes_what_a_read_would_take(tmp_path, seed):
                 for seq in want:
                     mid += 1
                     row = ob.get(seq)
+                    assert row is not None
                     handed.sent(mid, row)
                     plain.sent(mid, row)
                     inflight.append(mid)
@@ -88,6 +95,7 @@ def test_handoff__takes_what_a_read_would_take(tmp_path, seed):
                 a, _ = handed.settle(m, refused=refused, now=now)
                 b, _ = plain.settle(m, refused=refused, now=now)
                 assert a == b
+                assert a is not None
                 if not refused:
                     ob.ack([a.seq])
             elif op >= 0.98:  # a reconnect: everything is sent again
@@ -115,18 +123,21 @@ class _Link:
         return contextlib.nullcontext()
 
 
+def _as_session(link: _Link) -> Session:
+    """The fake plays the part of ``agent.session.Session`` the event sender uses: publish and writing."""
+    return cast("Session", link)
+
+
 @pytest.fixture
-def uplink(tmp_path):
+def uplink(tmp_path: Path, outbox: Outbox) -> tuple[Uplink, Outbox, _Link]:
     cfg = load_config(write_config(tmp_path, 1, device="d", mqtt={"max_inflight": 3})).mqtt
-    ob = Outbox(tmp_path / "o.db", site="s", device="d")
-    up = Uplink(cfg, topic_root="campus/s/d", outbox=ob, status=dict, offline=lambda r: {"reason": r})
+    up = Uplink(cfg, topic_root="campus/s/d", outbox=outbox, status=dict, offline=lambda r: {"reason": r})
     link = _Link()
-    up._events.live = link  # as the sender's _serve does once the broker accepted the session
-    yield up, ob, link
-    ob.close()
+    up._events.live = _as_session(link)  # as the sender's _serve does once the broker accepted the session
+    return up, outbox, link
 
 
-def test_offer__publishes_a_fresh_press_from_the_committing_thread(uplink):
+def test_offer__publishes_a_fresh_press_from_the_committing_thread(uplink: tuple[Uplink, Outbox, _Link]) -> None:
     up, ob, link = uplink
     rows = ob.put_rows([Event.create(CLOCK, EventType.PANIC, "panic")])
     up.offer(rows)
@@ -134,7 +145,7 @@ def test_offer__publishes_a_fresh_press_from_the_committing_thread(uplink):
     assert not up._wake.is_set()  # nothing left for the sender: its PUBACK wakes it
 
 
-def test_offer__leaves_a_backlog_and_the_alarm_lane_to_the_sender(uplink):
+def test_offer__leaves_a_backlog_and_the_alarm_lane_to_the_sender(uplink: tuple[Uplink, Outbox, _Link]) -> None:
     up, ob, link = uplink
     backlog = ob.put(Event.create(CLOCK, EventType.INPUT_FAULT, "panic", data={"reason": "stuck", "active_s": 1}))
     up.offer(ob.put_rows([Event.create(CLOCK, EventType.PANIC, "panic")]))
@@ -142,16 +153,16 @@ def test_offer__leaves_a_backlog_and_the_alarm_lane_to_the_sender(uplink):
     assert up._wake.is_set()
     up._wake.clear()
     unhanded_alarm = ob.put(Event.create(CLOCK, EventType.TAMPER, "tamper"))
-    up._events.fill(link, up._mono())  # the sender's round reads the outbox: alarms first, in seq order
+    up._events.fill(_as_session(link), up._mono())  # the sender's round reads the outbox: alarms first, in seq order
     assert link.sent == [2, unhanded_alarm]  # the backlog's routine row leaves the last slot to an alarm
     assert ob.get(backlog) is not None
 
 
-def test_offer__never_waits_for_the_sender(uplink):
+def test_offer__never_waits_for_the_sender(uplink: tuple[Uplink, Outbox, _Link]) -> None:
     up, ob, link = uplink
     with up._events.lock:  # the sender's round is running
         up.offer(ob.put_rows([Event.create(CLOCK, EventType.PANIC, "panic")]))
     assert link.sent == []
     assert up._wake.is_set()  # the round after this one sends it
-    up._events.fill(link, up._mono())
+    up._events.fill(_as_session(link), up._mono())
     assert link.sent == [1]

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.config.model import InputKind
-from agent.events import Clock
 from agent.health import Health, Heartbeat, StatusSources, TestMode, read_cpu_temp
 from agent.inputs import InputState
 from agent.outbox import Outbox
 from agent.uplink import LinkState
+from tests.support.agentproc import AgentFactory
+from tests.support.broker import Broker
 from tests.support.camservers import HttpCamera
+from tests.support.clocks import FakeTime, synced_clock
+from tests.support.contract import Validate
+from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 LINK = LinkState(
     connected=True,
@@ -30,7 +35,7 @@ LINK = LinkState(
 )
 
 
-def _stats_two_brokers() -> dict:
+def _stats_two_brokers() -> dict[str, Any]:
     from agent.linkstats import LinkStats
 
     now = 1_800_000_000.0
@@ -43,9 +48,9 @@ def _stats_two_brokers() -> dict:
     return stats.snapshot(now + 5000)
 
 
-def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path, validate):
-    clock = Clock(synced=lambda: True, boot_id="f" * 32)
-    ob = Outbox(tmp_path / "o.db", site="main", device="gate-north-1")
+def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path: Path, outbox: Outbox, validate: Validate) -> None:
+    clock = synced_clock("f" * 32)
+    ob = outbox
     inputs = {
         f"panic-button-{i}": InputState(
             f"panic-button-{i}",
@@ -85,52 +90,41 @@ def test_status__8_inputs_8_cameras_under_4_kib_and_valid(tmp_path, validate):
     size = len(json.dumps(doc, separators=(",", ":")).encode())
     assert size < 6144, f"status with link figures for two brokers and photos is {size} bytes"
     assert all(len(c["detail"]) <= 120 for c in doc["cameras"].values())
-    ob.close()
 
 
-def test_heartbeat__periodic_and_on_change_coalesced():
+def test_heartbeat__periodic_and_on_change_coalesced() -> None:
     beats: list[float] = []
-    got = threading.Event()
 
     def publish() -> None:
         beats.append(time.monotonic())
-        got.set()
 
     hb = Heartbeat(interval_s=0.3, publish=publish, mono=time.monotonic, min_gap_s=0.2)
     hb.start()
     try:
-        deadline = time.monotonic() + 5
-        while len(beats) < 3 and time.monotonic() < deadline:
-            got.wait(0.5)
-            got.clear()
-        assert len(beats) >= 3
+        eventually(lambda: len(beats) >= 3, what="three periodic beats")
         n = len(beats)
         for _ in range(20):  # a burst of changes
             hb.changed()
-        deadline = time.monotonic() + 2
-        while len(beats) < n + 1 and time.monotonic() < deadline:
-            got.wait(0.5)
-        assert len(beats) >= n + 1
+        eventually(lambda: len(beats) >= n + 1, what="a beat for the burst of changes", interval=0.005)
         assert len(beats) <= n + 3, "20 changes must coalesce into a few status documents"
     finally:
         hb.stop()
 
 
-def test_test_mode__ends_by_itself():
-    t = [100.0]
-    clock = Clock(mono=lambda: t[0], wall=lambda: 1.7e9 + t[0], synced=lambda: True, boot_id="b")
+def test_test_mode__ends_by_itself(fake_time: FakeTime) -> None:
+    clock = fake_time.clock()
     tm = TestMode(clock)
     assert tm.until() is None
     assert tm.set(2) is not None
     assert tm.active()
-    t[0] += 119
+    fake_time.advance(119)
     assert tm.active()
-    t[0] += 2
+    fake_time.advance(2)
     assert not tm.active()
     assert tm.until() is None
 
 
-def test_cpu_temp__read_from_thermal_zone(tmp_path):
+def test_cpu_temp__read_from_thermal_zone(tmp_path: Path) -> None:
     zone = tmp_path / "thermal_zone0"
     zone.mkdir()
     (zone / "temp").write_text("48234\n")
@@ -139,7 +133,9 @@ def test_cpu_temp__read_from_thermal_zone(tmp_path):
 
 
 @pytest.mark.broker
-def test_press__not_delayed_by_a_hung_camera_probe(broker, central, agent_proc, device):
+def test_press__not_delayed_by_a_hung_camera_probe(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str
+) -> None:
     cam = HttpCamera("hang").start()
     try:
         agent = agent_proc(
@@ -150,10 +146,7 @@ def test_press__not_delayed_by_a_hung_camera_probe(broker, central, agent_proc, 
             ],
         )
         central.wait_for(lambda m: m.topic.endswith("/status") and m.doc["state"] == "online")
-        deadline = time.monotonic() + 5
-        while cam.hits == 0 and time.monotonic() < deadline:  # the probe is now stuck inside the camera
-            time.sleep(0.02)
-        assert cam.hits >= 1
+        eventually(lambda: cam.hits >= 1, what="the probe to be stuck inside the camera")
         delays = []
         for _ in range(5):
             t0 = time.monotonic()
@@ -169,7 +162,9 @@ def test_press__not_delayed_by_a_hung_camera_probe(broker, central, agent_proc, 
 
 
 @pytest.mark.broker
-def test_stuck_button__one_fault_then_restored_end_to_end(broker, central, agent_proc, device, validate):
+def test_stuck_button__one_fault_then_restored_end_to_end(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str, validate: Validate
+) -> None:
     agent = agent_proc(
         broker.port, device=device, inputs=[{"name": "panic", "pin": 17, "debounce_ms": 0, "stuck_after_s": 1}]
     )
@@ -186,25 +181,23 @@ def test_stuck_button__one_fault_then_restored_end_to_end(broker, central, agent
 
 
 @pytest.mark.broker
-def test_picamera2_missing__reported_not_fatal(broker, agent_proc, device):
+def test_picamera2_missing__reported_not_fatal(broker: Broker, agent_proc: AgentFactory, device: str) -> None:
     agent = agent_proc(
         broker.port,
         device=device,
         cameras=[{"name": "door", "kind": "picamera2", "fail_after": 1, "probe_interval_s": 5}],
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        cam = agent.status()["status"]["cameras"]["door"]
-        if cam["checked"] is not None:
-            break
-        time.sleep(0.05)
+    cam = eventually(
+        lambda: (c := agent.status()["status"]["cameras"]["door"])["checked"] is not None and c,
+        what="the first camera check",
+    )
     assert cam["ok"] is False
     assert "picamera2" in cam["detail"]
     assert agent.proc is not None
     assert agent.proc.poll() is None
 
 
-def test_no_optional_hardware_imported(tmp_path: Path):
+def test_no_optional_hardware_imported(tmp_path: Path) -> None:
     import subprocess
     import sys
 

@@ -8,24 +8,19 @@ from typing import Any
 import pytest
 
 from agent.config.model import Contact, InputConfig, InputKind
+from agent.debounce import Debouncer
 from agent.errors import HardwareError
 from agent.events import Clock, EventType, Stamp
-from agent.inputs import Debouncer, Inputs
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from agent.inputs import Inputs
+from tests.support.clocks import FakeTime
+from tests.support.waiting import eventually
 
 
 def st(t: float) -> Stamp:
     return Stamp(wall=1.7e9 + t, mono=t, synced=True)
 
 
-def test_debouncer__press_accepted_after_stable_period_with_first_edge_time():
+def test_debouncer__press_accepted_after_stable_period_with_first_edge_time() -> None:
     d = Debouncer(0.05, initial=False)
     d.edge(level=True, stamp=st(10.0))
     d.edge(level=False, stamp=st(10.002))  # contact bounce
@@ -38,7 +33,7 @@ def test_debouncer__press_accepted_after_stable_period_with_first_edge_time():
     assert d.stable is True
 
 
-def test_debouncer__glitch_shorter_than_debounce_is_dropped():
+def test_debouncer__glitch_shorter_than_debounce_is_dropped() -> None:
     d = Debouncer(0.05, initial=False)
     d.edge(level=True, stamp=st(1.0))
     d.edge(level=False, stamp=st(1.01))
@@ -47,13 +42,13 @@ def test_debouncer__glitch_shorter_than_debounce_is_dropped():
     assert d.deadline() is None
 
 
-def test_debouncer__zero_debounce_accepts_at_once():
+def test_debouncer__zero_debounce_accepts_at_once() -> None:
     d = Debouncer(0.0, initial=False)
     d.edge(level=True, stamp=st(5.0))
     assert d.settle(5.0) is not None
 
 
-def test_debouncer__release_is_debounced_too():
+def test_debouncer__release_is_debounced_too() -> None:
     d = Debouncer(0.05, initial=True)
     d.edge(level=False, stamp=st(2.0))
     d.edge(level=True, stamp=st(2.01))
@@ -67,21 +62,19 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[EventType, str, Stamp, dict[str, Any]]] = []
         self.batches: list[int] = []
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()  # the inputs' thread writes, the test reads
 
     def __call__(self, batch: list[tuple[EventType, str, Stamp, Any]]) -> None:
-        with self.cond:
+        with self.lock:
             self.batches.append(len(batch))
             for kind, source, stamp, data in batch:
                 self.events.append((kind, source, stamp, dict(data)))
-            self.cond.notify_all()
 
     def kinds(self) -> list[tuple[str, str]]:
         return [(k.value, s) for k, s, _, _ in self.events]
 
     def wait(self, n: int, timeout: float = 5.0) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.events) >= n, timeout), self.kinds()
+        eventually(lambda: len(self.events) >= n, timeout, lambda: f"{n} events; got {self.kinds()}")
 
 
 def cfg(
@@ -105,12 +98,13 @@ def cfg(
 
 
 @pytest.fixture
-def fake_clock():
-    mono = FakeTime()
-    return mono, Clock(wall=lambda: 1.7e9 + mono.t, mono=mono, synced=lambda: False, boot_id="b")
+def fake_clock(fake_time: FakeTime) -> tuple[FakeTime, Clock]:
+    return fake_time, fake_time.clock(synced=False)
 
 
-def test_inputs__press_on_mock_pin_is_one_panic_after_debounce(mock_factory, fake_clock):
+def test_inputs__press_on_mock_pin_is_one_panic_after_debounce(
+    mock_factory: Any, fake_clock: tuple[FakeTime, Clock]
+) -> None:
     mono, clock = fake_clock
     rec = Recorder()
     inputs = Inputs((cfg(),), pin_factory=mock_factory, clock=clock, emit=rec)
@@ -136,7 +130,7 @@ def test_inputs__press_on_mock_pin_is_one_panic_after_debounce(mock_factory, fak
     inputs.close()
 
 
-def test_inputs__normally_closed_cut_wire_is_active(mock_factory, fake_clock):
+def test_inputs__normally_closed_cut_wire_is_active(mock_factory: Any, fake_clock: tuple[FakeTime, Clock]) -> None:
     mono, clock = fake_clock
     rec = Recorder()
     tamper = cfg("lid", 27, kind=InputKind.TAMPER, contact=Contact.NORMALLY_CLOSED, debounce_ms=0)
@@ -150,7 +144,9 @@ def test_inputs__normally_closed_cut_wire_is_active(mock_factory, fake_clock):
     inputs.close()
 
 
-def test_inputs__stuck_gives_one_fault_no_more_alarms_then_restored(mock_factory, fake_clock):
+def test_inputs__stuck_gives_one_fault_no_more_alarms_then_restored(
+    mock_factory: Any, fake_clock: tuple[FakeTime, Clock]
+) -> None:
     mono, clock = fake_clock
     rec = Recorder()
     inputs = Inputs((cfg(debounce_ms=0, stuck_after_s=10),), pin_factory=mock_factory, clock=clock, emit=rec)
@@ -172,7 +168,7 @@ def test_inputs__stuck_gives_one_fault_no_more_alarms_then_restored(mock_factory
     inputs.close()
 
 
-def test_inputs__open_loop_fault_reason(mock_factory, fake_clock):
+def test_inputs__open_loop_fault_reason(mock_factory: Any, fake_clock: tuple[FakeTime, Clock]) -> None:
     mono, clock = fake_clock
     rec = Recorder()
     c = cfg(contact=Contact.NORMALLY_CLOSED, debounce_ms=0, stuck_after_s=5)
@@ -187,7 +183,7 @@ def test_inputs__open_loop_fault_reason(mock_factory, fake_clock):
     inputs.close()
 
 
-def test_inputs__thread_delivers_press_with_real_time(mock_factory):
+def test_inputs__thread_delivers_press_with_real_time(mock_factory: Any) -> None:
     rec = Recorder()
     inputs = Inputs((cfg(debounce_ms=20),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=rec)
     inputs.arm()
@@ -199,7 +195,7 @@ def test_inputs__thread_delivers_press_with_real_time(mock_factory):
         inputs.close()
 
 
-def test_inputs__simulate_refused_on_real_pins_and_unknown_names(mock_factory):
+def test_inputs__simulate_refused_on_real_pins_and_unknown_names(mock_factory: Any) -> None:
     inputs = Inputs((cfg(),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=Recorder())
     inputs.arm(start_thread=False)
     with pytest.raises(HardwareError, match="no input named 'desk'; configured: panic"):
@@ -213,7 +209,7 @@ def test_inputs__simulate_refused_on_real_pins_and_unknown_names(mock_factory):
     assert repr(inputs) == "<Inputs closed>"
 
 
-def test_inputs__pin_claimed_twice_names_pin_and_input(mock_factory):
+def test_inputs__pin_claimed_twice_names_pin_and_input(mock_factory: Any) -> None:
     clock = Clock(synced=lambda: False)
     first = Inputs((cfg(),), pin_factory=mock_factory, clock=clock, emit=Recorder())
     first.arm(start_thread=False)
@@ -223,7 +219,9 @@ def test_inputs__pin_claimed_twice_names_pin_and_input(mock_factory):
     first.close()
 
 
-def test_inputs__every_state_change_notifies_even_a_release(mock_factory, fake_clock):
+def test_inputs__every_state_change_notifies_even_a_release(
+    mock_factory: Any, fake_clock: tuple[FakeTime, Clock]
+) -> None:
     mono, clock = fake_clock
     changes: list[str] = []
     inputs = Inputs(
@@ -242,7 +240,9 @@ def test_inputs__every_state_change_notifies_even_a_release(mock_factory, fake_c
     inputs.close()
 
 
-def test_inputs__edges_queued_before_one_poll_are_emitted_as_one_batch(mock_factory, fake_clock):
+def test_inputs__edges_queued_before_one_poll_are_emitted_as_one_batch(
+    mock_factory: Any, fake_clock: tuple[FakeTime, Clock]
+) -> None:
     """Group commit: a burst on several inputs becomes one durable put, not one fsync per press."""
     mono, clock = fake_clock
     rec = Recorder()
@@ -259,7 +259,9 @@ def test_inputs__edges_queued_before_one_poll_are_emitted_as_one_batch(mock_fact
     inputs.close()
 
 
-def test_inputs__press_and_release_queued_behind_a_slow_commit_still_count(mock_factory, fake_clock):
+def test_inputs__press_and_release_queued_behind_a_slow_commit_still_count(
+    mock_factory: Any, fake_clock: tuple[FakeTime, Clock]
+) -> None:
     """Issue 9 item 1: both edges wait in the queue; the press held 300 ms by its own stamps."""
     mono, clock = fake_clock
     rec = Recorder()
@@ -277,7 +279,9 @@ def test_inputs__press_and_release_queued_behind_a_slow_commit_still_count(mock_
     inputs.close()
 
 
-def test_inputs__close_records_queued_and_debouncing_edges(mock_factory, fake_clock):
+def test_inputs__close_records_queued_and_debouncing_edges(
+    mock_factory: Any, fake_clock: tuple[FakeTime, Clock]
+) -> None:
     mono, clock = fake_clock
     rec = Recorder()
     inputs = Inputs(
@@ -290,7 +294,7 @@ def test_inputs__close_records_queued_and_debouncing_edges(mock_factory, fake_cl
     assert rec.kinds() == [("panic", "a")]
 
 
-def test_inputs__close_waits_out_a_press_still_within_debounce(mock_factory):
+def test_inputs__close_waits_out_a_press_still_within_debounce(mock_factory: Any) -> None:
     rec = Recorder()
     inputs = Inputs((cfg(debounce_ms=150),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=rec)
     inputs.arm()
@@ -299,7 +303,7 @@ def test_inputs__close_waits_out_a_press_still_within_debounce(mock_factory):
     assert rec.kinds() == [("panic", "panic")], "a press made during shutdown must be recorded"
 
 
-def test_inputs__arm_leaves_polling_to_the_inputs_thread(mock_factory):
+def test_inputs__arm_leaves_polling_to_the_inputs_thread(mock_factory: Any) -> None:
     """Issue 9 item 8: arm() must not poll on the caller's thread while the inputs thread polls."""
     threads: list[str] = []
 
@@ -319,7 +323,9 @@ def test_inputs__arm_leaves_polling_to_the_inputs_thread(mock_factory):
         inputs.close()
 
 
-def test_inputs__thread_survives_failures_and_keeps_the_batch(mock_factory, caplog):
+def test_inputs__thread_survives_failures_and_keeps_the_batch(
+    mock_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """Issue 9 item 5: a failing emit or callback is logged with its traceback; nothing is dropped."""
     rec = Recorder()
     failures = {"emit": 1, "on_change": 1}

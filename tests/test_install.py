@@ -27,7 +27,7 @@ def run(dest: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess
     )
 
 
-def test_install__lays_out_files_and_keeps_existing_config(tmp_path):
+def test_install__lays_out_files_and_keeps_existing_config(tmp_path: Path) -> None:
     r = run(tmp_path)
     assert r.returncode == 0, r.stderr
     cfg = tmp_path / "etc/campus-agent/agent.yaml"
@@ -47,7 +47,7 @@ def test_install__lays_out_files_and_keeps_existing_config(tmp_path):
     assert "kept your" in r.stdout
 
 
-def test_uninstall__keeps_outbox_and_config_unless_purged(tmp_path):
+def test_uninstall__keeps_outbox_and_config_unless_purged(tmp_path: Path) -> None:
     assert run(tmp_path).returncode == 0
     outbox = tmp_path / "var/lib/campus-agent/outbox.db"
     outbox.parent.mkdir(parents=True)
@@ -64,13 +64,13 @@ def test_uninstall__keeps_outbox_and_config_unless_purged(tmp_path):
     assert not (tmp_path / "etc/campus-agent").exists()
 
 
-def test_install__unknown_option_exits_2(tmp_path):
+def test_install__unknown_option_exits_2(tmp_path: Path) -> None:
     r = run(tmp_path, "--bogus")
     assert r.returncode == 2
     assert "unknown option --bogus" in r.stderr
 
 
-def test_install__pip_installs_with_the_pinned_constraints(tmp_path):
+def test_install__pip_installs_with_the_pinned_constraints(tmp_path: Path) -> None:
     """Issue 14.9: dependencies come at the tested versions (constraints.txt), whatever is newest that day."""
     fakebin = tmp_path / "fakebin"
     fakebin.mkdir()
@@ -90,7 +90,7 @@ def test_install__pip_installs_with_the_pinned_constraints(tmp_path):
     assert f"--constraint={ROOT}/constraints.txt" in " ".join(args).replace("--constraint ", "--constraint=")
 
 
-def test_constraints__pin_every_runtime_dependency_exactly():
+def test_constraints__pin_every_runtime_dependency_exactly() -> None:
     pins = {}
     for raw in (ROOT / "constraints.txt").read_text().splitlines():
         line = raw.split("#", 1)[0].strip()

@@ -11,7 +11,6 @@ in front where mosquitto cannot act the part.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,14 @@ import pytest
 
 from agent.cli import format_status
 from agent.doctor.runner import Host, run_doctor
+from tests.support.agentproc import AgentFactory
 from tests.support.broker import Broker
+from tests.support.contract import Validate
 from tests.support.fakebroker import GateProxy, SilentBroker
 from tests.support.mqtt import Central, Msg
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
-
-
-def eventually(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := pred():
-            return got
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def brokers(*ports: int, **mqtt: Any) -> dict[str, Any]:
@@ -53,7 +46,7 @@ def is_status(pred: Callable[[dict[str, Any]], bool]) -> Callable[[Msg], bool]:
 
 @pytest.mark.parametrize("hang_up", [False, True], ids=["never-answers", "hangs-up-at-connect"])
 def test_link__first_broker_takes_tcp_but_no_mqtt__the_press_goes_via_the_second(
-    broker: Broker, central: Central, device: str, agent_proc: Any, hang_up: bool
+    broker: Broker, central: Central, device: str, agent_proc: AgentFactory, hang_up: bool
 ) -> None:
     connect_timeout, backoff_cap = 2.0, 1.0
     with SilentBroker(hang_up=hang_up) as dead:
@@ -83,7 +76,7 @@ def test_link__first_broker_takes_tcp_but_no_mqtt__the_press_goes_via_the_second
 
 @pytest.mark.parametrize("v5", ["close", "0x84", "0x01"])
 def test_link__auto_falls_back_to_3_1_1_once_per_broker(
-    broker: Broker, central: Central, device: str, agent_proc: Any, v5: str, validate: Any
+    broker: Broker, central: Central, device: str, agent_proc: AgentFactory, v5: str, validate: Validate
 ) -> None:
     with GateProxy(broker.port, v5=v5) as gate:
         agent = agent_proc(gate.port, device=device)  # mqtt.protocol defaults to auto
@@ -92,7 +85,7 @@ def test_link__auto_falls_back_to_3_1_1_once_per_broker(
         st = central.wait_for(is_status(lambda d: d["link"].get("protocol") == "3.1.1"))
         validate("status", st.doc)
         gate.drop_all()
-        eventually(lambda: link(agent)["reconnects"] >= 1 and agent.status()["link"]["connected"], what="reconnect")
+        eventually(lambda: link(agent)["reconnects"] >= 1 and agent.status()["link"]["connected"], 20.0, "reconnect")
         agent.click()
         central.wait_events(2, "panic")
         assert gate.connects[:2] == [5, 4]
@@ -102,10 +95,12 @@ def test_link__auto_falls_back_to_3_1_1_once_per_broker(
     assert "refusal visibility" in log
 
 
-def test_link__explicit_5_does_not_fall_back_and_says_why(broker: Broker, device: str, agent_proc: Any) -> None:
+def test_link__explicit_5_does_not_fall_back_and_says_why(
+    broker: Broker, device: str, agent_proc: AgentFactory
+) -> None:
     with GateProxy(broker.port, v5="0x84") as gate:
         agent = agent_proc(gate.port, device=device, mqtt={"protocol": 5})
-        err = eventually(lambda: agent.status()["link"]["last_error"], what="a connect failure")
+        err = eventually(lambda: agent.status()["link"]["last_error"], 20.0, "a connect failure")
         assert err.startswith("CONNACK refused: Unsupported protocol version; the broker does not speak this MQTT")
         assert set(gate.connects) == {5}
 
@@ -115,7 +110,7 @@ def test_link__explicit_5_does_not_fall_back_and_says_why(broker: Broker, device
 
 @pytest.mark.parametrize("protocol", ["auto", "3.1.1"])
 def test_link__retainless_broker_events_and_status_flow(
-    tmp_path: Path, device: str, agent_proc: Any, protocol: str, validate: Any
+    tmp_path: Path, device: str, agent_proc: AgentFactory, protocol: str, validate: Validate
 ) -> None:
     b = Broker(tmp_path / "no-retain", listener_extra="allow_anonymous true\nretain_available false\n").start()
     c = Central(b.port, topics=(f"campus/+/{device}/#",))
@@ -146,7 +141,7 @@ def test_link__retainless_broker_events_and_status_flow(
 
 @pytest.mark.parametrize("mode", ["kill", "refuse"])
 def test_link__command_subscription_refused_or_fatal_events_still_flow(
-    broker: Broker, central: Central, device: str, agent_proc: Any, mode: str, validate: Any
+    broker: Broker, central: Central, device: str, agent_proc: AgentFactory, mode: str, validate: Validate
 ) -> None:
     with GateProxy(broker.port, subscribe=mode) as gate:
         agent = agent_proc(gate.port, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from typing import Any
 
 import jsonschema
 import pytest
@@ -24,8 +25,9 @@ def _exact(values: list[float], q: float) -> float:
     return ranked[max(1, math.ceil(q * len(ranked))) - 1]
 
 
-def _tx(stats: LinkStats, now: float, period: str = "1h", broker: str = BROKER) -> dict:
-    return stats.snapshot(now)["transmit"][broker][period]
+def _tx(stats: LinkStats, now: float, period: str = "1h", broker: str = BROKER) -> dict[str, Any]:
+    figures: dict[str, Any] = stats.snapshot(now)["transmit"][broker][period]
+    return figures
 
 
 latencies = st.lists(st.floats(min_value=0.0, max_value=3 * 86400.0, allow_nan=False), min_size=1, max_size=300)

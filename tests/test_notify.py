@@ -7,19 +7,19 @@ import socket
 import struct
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agent.config import load_config
 from agent.daemon import Agent
 from agent.notify import Notifier
+from agent.session import Session
 from tests.support.agentproc import write_config
 from tests.support.broker import free_port
+from tests.support.waiting import eventually, never
 
 
 class NotifySocket:
@@ -50,13 +50,13 @@ class NotifySocket:
                 pid, _uid, _gid = struct.unpack("iII", cdata[:12])
         return pid, dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
 
-    def until(self, pred: Any, timeout: float) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            got = self.recv(left)
-            if got is not None and pred(got[1]):
-                return got[1]
-        raise TimeoutError("expected notification did not arrive")
+    def until(self, pred: Callable[[dict[str, str]], bool], timeout: float) -> dict[str, str]:
+
+        def matching() -> dict[str, str] | None:
+            got = self.recv(0.05)
+            return got[1] if got is not None and pred(got[1]) else None
+
+        return eventually(matching, timeout, "the expected notification")
 
     def close(self) -> None:
         self.sock.close()
@@ -66,26 +66,26 @@ class NotifySocket:
 
 
 @pytest.fixture(params=[False, True], ids=["path", "abstract"])
-def notify_socket(request) -> Iterator[NotifySocket]:
+def notify_socket(request: pytest.FixtureRequest) -> Iterator[NotifySocket]:
     ns = NotifySocket(abstract=request.param)
     yield ns
     ns.close()
 
 
-def test_notifier__noop_outside_systemd():
+def test_notifier__noop_outside_systemd() -> None:
     n = Notifier(env={})
     assert not n.enabled
     assert n.send("READY=1") is False
     assert n.watchdog_interval is None
 
 
-def test_notifier__watchdog_interval_is_half_and_respects_pid():
+def test_notifier__watchdog_interval_is_half_and_respects_pid() -> None:
     assert Notifier(env={"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
     assert Notifier(env={"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, pid=2).watchdog_interval is None
     assert Notifier(env={"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "7"}, pid=7).watchdog_interval == 15.0
 
 
-def test_notifier__sends_to_path_and_abstract_sockets(notify_socket):
+def test_notifier__sends_to_path_and_abstract_sockets(notify_socket: NotifySocket) -> None:
     n = Notifier(env={"NOTIFY_SOCKET": notify_socket.env_value})
     assert n.ready("inputs armed")
     got = notify_socket.recv(2)
@@ -96,7 +96,9 @@ def test_notifier__sends_to_path_and_abstract_sockets(notify_socket):
 
 
 @pytest.mark.broker
-def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(notify_socket, tmp_path):
+def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(
+    notify_socket: NotifySocket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """READY arrives with the broker down; WATCHDOG stops once the sender thread hangs."""
     cfg = load_config(write_config(tmp_path, free_port(), device="wd-1"))
     env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": "400000"}
@@ -113,22 +115,29 @@ def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(notify_socket, 
             notify_socket.until(lambda m: m.get("WATCHDOG") == "1", 5)
         assert agent.uplink is not None
 
-        def stuck(_s: Any) -> float:
+        def stuck_round(_s: Session) -> float:
             hang.wait(30)
             return 0.1
 
-        agent.uplink._send_round = stuck  # type: ignore[method-assign]
-        agent.uplink._sleep = stuck  # the sender is between attempts while the broker is down
+        def stuck_sleep(_s: float) -> None:
+            hang.wait(30)
+
+        monkeypatch.setattr(agent.uplink, "_send_round", stuck_round)
+        monkeypatch.setattr(
+            agent.uplink, "_sleep", stuck_sleep
+        )  # the sender is between attempts while the broker is down
         stalled = notify_socket.until(lambda m: m.get("STATUS", "").startswith("stalled"), 20)
         assert "uplink-sender" in stalled["STATUS"]
-        seen = []
-        deadline = time.monotonic() + 2.0  # five watchdog intervals
-        while (left := deadline - time.monotonic()) > 0:
-            got = notify_socket.recv(left)
+        seen: list[dict[str, str]] = []
+
+        def watchdog_ping() -> bool:
+            got = notify_socket.recv(0.05)
             if got is not None:
                 seen.append(got[1])
+            return got is not None and "WATCHDOG" in got[1]
+
+        never(watchdog_ping, 2.0, "WATCHDOG=1 while a thread is stuck")  # five watchdog intervals
         assert seen, "the agent should keep reporting its stalled status"
-        assert not [m for m in seen if "WATCHDOG" in m], "WATCHDOG=1 must stop while a thread is stuck"
     finally:
         hang.set()
         agent.request_stop()
@@ -137,5 +146,5 @@ def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(notify_socket, 
     assert notify_socket.until(lambda m: "STOPPING" in m, 5)["STOPPING"] == "1"
 
 
-def test_paths_fit_unix_socket_limit():
+def test_paths_fit_unix_socket_limit() -> None:
     assert len(str(Path(tempfile.gettempdir()) / "ntf-xxxxxxxx" / "notify.sock")) < 107

@@ -10,30 +10,24 @@ from pathlib import Path
 import pytest
 
 from agent.errors import OutboxFullError
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import NON_ALARM_SHARE, Outbox
+from tests.support.clocks import synced_clock
 
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+CLOCK = synced_clock()
 
 
 def ev(kind: EventType = EventType.PANIC, source: str = "panic", **data: object) -> Event:
     return Event.create(CLOCK, kind, source, data=data)
 
 
-@pytest.fixture
-def outbox(tmp_path: Path):
-    ob = Outbox(tmp_path / "outbox.db", site="main", device="gate-1")
-    yield ob
-    ob.close()
-
-
-def test_outbox__wal_and_full_sync(outbox):
+def test_outbox__wal_and_full_sync(outbox: Outbox) -> None:
     conn = outbox._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: survives power loss
 
 
-def test_outbox__put_is_committed_before_it_returns(outbox, tmp_path):
+def test_outbox__put_is_committed_before_it_returns(outbox: Outbox, tmp_path: Path) -> None:
     e = ev()
     seq = outbox.put(e)
     other = sqlite3.connect(tmp_path / "outbox.db")  # a second connection sees only committed rows
@@ -41,7 +35,7 @@ def test_outbox__put_is_committed_before_it_returns(outbox, tmp_path):
     other.close()
 
 
-def test_outbox__payload_is_the_contract_document(outbox):
+def test_outbox__payload_is_the_contract_document(outbox: Outbox) -> None:
     e = ev(pin=17)
     seq = outbox.put(e)
     row = outbox.next_batch(0, 10)[0]
@@ -54,7 +48,7 @@ def test_outbox__payload_is_the_contract_document(outbox):
     assert doc["data"] == {"pin": 17}
 
 
-def test_outbox__fifo_and_ack_deletes_only_acked(outbox):
+def test_outbox__fifo_and_ack_deletes_only_acked(outbox: Outbox) -> None:
     seqs = [outbox.put(ev()) for _ in range(5)]
     assert seqs == sorted(seqs)
     assert [r.seq for r in outbox.next_batch(0, 3)] == seqs[:3]
@@ -66,7 +60,7 @@ def test_outbox__fifo_and_ack_deletes_only_acked(outbox):
     assert outbox.pending() == 3
 
 
-def test_outbox__seq_keeps_growing_across_reopen_even_when_empty(tmp_path):
+def test_outbox__seq_keeps_growing_across_reopen_even_when_empty(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path, site="s", device="d") as ob:
         last = [ob.put(ev()) for _ in range(3)][-1]
@@ -77,7 +71,7 @@ def test_outbox__seq_keeps_growing_across_reopen_even_when_empty(tmp_path):
         assert ob.recovery.moved_aside is None
 
 
-def test_outbox__stats(outbox):
+def test_outbox__stats(outbox: Outbox) -> None:
     assert outbox.stats().oldest_age_s is None
     outbox.put(ev())
     st = outbox.stats()
@@ -88,7 +82,7 @@ def test_outbox__stats(outbox):
     assert st.last_seq == 1
 
 
-def test_outbox__eviction_drops_oldest_non_alarms_never_panic(tmp_path, caplog):
+def test_outbox__eviction_drops_oldest_non_alarms_never_panic(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
     panics = [ob.put(ev()) for _ in range(50)]
     blob = "x" * 2000
@@ -114,7 +108,7 @@ def test_outbox__eviction_drops_oldest_non_alarms_never_panic(tmp_path, caplog):
         assert again.stats().dropped == dropped  # the count survives restarts
 
 
-def test_outbox__full_of_alarms_refuses_clearly(tmp_path):
+def test_outbox__full_of_alarms_refuses_clearly(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
     big = "y" * 3000
     with pytest.raises(OutboxFullError, match="all alarms"):
@@ -124,7 +118,7 @@ def test_outbox__full_of_alarms_refuses_clearly(tmp_path):
     ob.close()
 
 
-def test_outbox__non_alarm_share_leaves_room_for_alarms(tmp_path):
+def test_outbox__non_alarm_share_leaves_room_for_alarms(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
     for _ in range(1500):
         ob.put(ev(EventType.CAMERA_FAULT, "cam", detail="z" * 2000))
@@ -133,7 +127,7 @@ def test_outbox__non_alarm_share_leaves_room_for_alarms(tmp_path):
     ob.close()
 
 
-def test_outbox__low_disk_caps_below_free_space(tmp_path, caplog):
+def test_outbox__low_disk_caps_below_free_space(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # a headroom larger than the free space simulates a nearly full filesystem
     with caplog.at_level(logging.ERROR):
         ob = Outbox(tmp_path / "o.db", site="s", device="d", headroom_bytes=1 << 60)
@@ -143,7 +137,7 @@ def test_outbox__low_disk_caps_below_free_space(tmp_path, caplog):
     ob.close()
 
 
-def test_outbox__corrupt_file_is_moved_aside_loudly(tmp_path, caplog):
+def test_outbox__corrupt_file_is_moved_aside_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"
     path.write_bytes(b"this is not a database" * 100)
     with caplog.at_level(logging.CRITICAL):
@@ -156,7 +150,7 @@ def test_outbox__corrupt_file_is_moved_aside_loudly(tmp_path, caplog):
     ob.close()
 
 
-def test_outbox__damaged_file_is_salvaged_and_seq_continues(tmp_path):
+def test_outbox__damaged_file_is_salvaged_and_seq_continues(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     with Outbox(path, site="s", device="d") as ob:
         ids = [ob.put(ev()) for _ in range(200)]
@@ -174,7 +168,7 @@ def test_outbox__damaged_file_is_salvaged_and_seq_continues(tmp_path):
         assert ob.put(ev()) == max(ids) + 1, "seq must stay strictly increasing after recovery"
 
 
-def test_outbox__closed_repr_and_idempotent_close(tmp_path):
+def test_outbox__closed_repr_and_idempotent_close(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", site="s", device="d")
     assert "pending=0" in repr(ob)
     ob.close()
@@ -182,7 +176,7 @@ def test_outbox__closed_repr_and_idempotent_close(tmp_path):
     assert "closed" in repr(ob)
 
 
-def test_outbox__unreadable_file_resumes_seq_above_the_floor(tmp_path):
+def test_outbox__unreadable_file_resumes_seq_above_the_floor(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     path.write_bytes(b"\x00garbage" * 1000)
     with Outbox(path, site="s", device="d", seq_mark=300) as ob:
@@ -190,7 +184,7 @@ def test_outbox__unreadable_file_resumes_seq_above_the_floor(tmp_path):
         assert ob.put(ev()) == 1301, "seq must not go backwards when nothing of the old file is readable"
 
 
-def test_outbox__put_many_is_one_transaction_in_order(outbox, tmp_path):
+def test_outbox__put_many_is_one_transaction_in_order(outbox: Outbox, tmp_path: Path) -> None:
     events = [ev() for _ in range(5)] + [ev(EventType.CAMERA_FAULT, "cam")]
     seqs = outbox.put_many(events)
     assert seqs == sorted(seqs)
@@ -199,7 +193,7 @@ def test_outbox__put_many_is_one_transaction_in_order(outbox, tmp_path):
     assert outbox.pending() == 6
 
 
-def test_outbox__put_many_all_or_nothing_when_full(tmp_path):
+def test_outbox__put_many_all_or_nothing_when_full(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
     big = "y" * 3000
     with pytest.raises(OutboxFullError):
@@ -212,7 +206,7 @@ def test_outbox__put_many_all_or_nothing_when_full(tmp_path):
     ob.close()
 
 
-def test_outbox__reserved_seq_is_never_handed_out_again(tmp_path):
+def test_outbox__reserved_seq_is_never_handed_out_again(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path, site="s", device="d") as ob:
         first = ob.put(ev())
@@ -227,7 +221,7 @@ def test_outbox__reserved_seq_is_never_handed_out_again(tmp_path):
         assert ob.put(ev()) == first + 3
 
 
-def test_outbox__state_mark_is_honoured_only_when_the_file_is_behind_it(tmp_path):
+def test_outbox__state_mark_is_honoured_only_when_the_file_is_behind_it(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path, site="s", device="d") as ob:
         top = max(ob.put(ev()) for _ in range(3))
@@ -241,7 +235,7 @@ def test_outbox__state_mark_is_honoured_only_when_the_file_is_behind_it(tmp_path
         assert ob.put(ev()) == top + 1 + 1000 + 1
 
 
-def test_outbox__salvaged_file_is_renamed_and_never_salvaged_twice(tmp_path):
+def test_outbox__salvaged_file_is_renamed_and_never_salvaged_twice(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     path.write_bytes(b"this is not a database" * 100)
     with Outbox(path, site="s", device="d") as ob:

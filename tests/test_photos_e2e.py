@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.agentproc import AgentFactory, AgentProc
 from tests.support.broker import Broker
+from tests.support.contract import Validate
 from tests.support.mqtt import Central, Msg
 from tests.support.snapcam import SnapCamera
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 
@@ -23,24 +27,25 @@ def photo_config(cam: SnapCamera) -> dict[str, Any]:
     }
 
 
-def wait_status(agent: Any, pred: Any, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = agent.status()["status"]
-        if pred(st):
-            return st
-        time.sleep(0.05)
-    raise TimeoutError(f"status never matched: {agent.status()['status']}")
+def wait_status(agent: AgentProc, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
+    """The agent's status document, once ``pred`` accepts it."""
+    return eventually(
+        lambda: st if pred(st := agent.status()["status"]) else None,
+        timeout,
+        lambda: f"a matching status; last: {agent.status()['status']}",
+    )
 
 
 @pytest.fixture
-def camera():
+def camera() -> Iterator[SnapCamera]:
     cam = SnapCamera(size=200_000).start()
     yield cam
     cam.stop()
 
 
-def test_photo__follows_its_alarm_with_mqtt5_properties(broker, device, agent_proc, camera, validate):
+def test_photo__follows_its_alarm_with_mqtt5_properties(
+    broker: Broker, device: str, agent_proc: AgentFactory, camera: SnapCamera, validate: Validate
+) -> None:
     central = Central(broker.port, topics=(f"campus/+/{device}/#",))
     try:
         agent = agent_proc(broker.port, device=device, **photo_config(camera))
@@ -63,7 +68,9 @@ def test_photo__follows_its_alarm_with_mqtt5_properties(broker, device, agent_pr
         central.close()
 
 
-def test_photo__camera_error_is_a_snapshot_failed_event_and_the_alarm_still_goes(broker, device, agent_proc, validate):
+def test_photo__camera_error_is_a_snapshot_failed_event_and_the_alarm_still_goes(
+    broker: Broker, device: str, agent_proc: AgentFactory, validate: Validate
+) -> None:
     cam = SnapCamera("error500").start()
     central = Central(broker.port, topics=(f"campus/+/{device}/#",))
     try:
@@ -81,7 +88,9 @@ def test_photo__camera_error_is_a_snapshot_failed_event_and_the_alarm_still_goes
         cam.stop()
 
 
-def test_photo__kept_through_an_outage_and_a_sigkill_then_delivered(tmp_path, device, agent_proc, camera):
+def test_photo__kept_through_an_outage_and_a_sigkill_then_delivered(
+    tmp_path: Path, device: str, agent_proc: AgentFactory, camera: SnapCamera
+) -> None:
     b = Broker(tmp_path / "broker").start()
     try:
         agent = agent_proc(b.port, device=device, **photo_config(camera))

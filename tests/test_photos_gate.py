@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from agent.config import load_config
 from agent.photos import GATE_S, Photos
 from tests.support.agentproc import write_config
 from tests.support.snapcam import SnapCamera
+from tests.support.waiting import eventually
 
 
-def make(tmp_path, cam: SnapCamera) -> Photos:
+def make(tmp_path: Path, cam: SnapCamera) -> Photos:
     cfg = load_config(
         write_config(
             tmp_path,
@@ -24,7 +28,7 @@ def make(tmp_path, cam: SnapCamera) -> Photos:
     return Photos(cfg, wake=lambda: None, on_failed=lambda *a: None, locks=None, wall=time.time)
 
 
-def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path, monkeypatch):
+def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("agent.photos.GATE_S", 60.0)  # only the PUBACK can release it within the test
     cam = SnapCamera(size=20_000).start()
     photos = make(tmp_path, cam)
@@ -46,9 +50,7 @@ def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path, monkeypat
         assert cam.hits == 0  # the worker is at the gate: nothing asked of the camera yet
         photos.alarm_delivered(eid)
         assert released.wait(10)  # released by the PUBACK: the bound is 60 s here
-        deadline = time.monotonic() + 10
-        while photos.status()["pending"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: photos.status()["pending"] >= 1, what="the photo stored")
         assert photos.status()["pending"] == 1
         assert cam.hits == 1
     finally:
@@ -56,16 +58,14 @@ def test_gate__capture_starts_when_the_alarm_is_acknowledged(tmp_path, monkeypat
         cam.stop()
 
 
-def test_gate__a_lost_link_delays_the_capture_by_the_bound_only(tmp_path):
+def test_gate__a_lost_link_delays_the_capture_by_the_bound_only(tmp_path: Path) -> None:
     cam = SnapCamera(size=20_000).start()
     photos = make(tmp_path, cam)
     try:
         photos.start()
         t0 = time.monotonic()
         photos.request("b" * 32, "panic")  # no PUBACK will come
-        deadline = t0 + 10
-        while photos.status()["pending"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: photos.status()["pending"] >= 1, what="the photo stored after the bound")
         assert photos.status()["pending"] == 1
         assert time.monotonic() - t0 >= GATE_S
         assert "pending=1" in repr(photos)

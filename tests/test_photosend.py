@@ -14,10 +14,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.outbox import Outbox
 from agent.photosend import PhotoDrain, PhotoMessage, photo_message
 from agent.photostore import Photo, PhotoStore
 from tests.support.broker import Broker
 from tests.support.snapcam import make_jpeg
+from tests.support.waiting import eventually
 
 ROOT = "campus/main/gate-1"
 
@@ -112,7 +114,7 @@ class Sender:
 
     def __init__(self, port: int) -> None:
         self.acks: dict[int, int] = {}
-        self.acked = threading.Condition()
+        self.lock = threading.Lock()  # paho's thread writes, the test reads
         self.c = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"gate-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
         )
@@ -121,19 +123,18 @@ class Sender:
         self.c.loop_start()
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        with self.acked:
+        with self.lock:
             self.acks[mid] = int(rc.value)
-            self.acked.notify_all()
 
     def publish(self, msg: PhotoMessage) -> int:
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = msg.content_type
         props.UserProperty = list(msg.user_properties)
         return int(self.c.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=props).mid)
 
     def wait_ack(self, mid: int) -> int:
-        with self.acked:
-            assert self.acked.wait_for(lambda: mid in self.acks, 10), "no PUBACK"
+        eventually(lambda: mid in self.acks, what=f"the PUBACK of message {mid}")
+        with self.lock:
             return self.acks[mid]
 
     def close(self) -> None:
@@ -144,7 +145,7 @@ class Sender:
 class Receiver:
     def __init__(self, port: int, topic: str) -> None:
         self.got: list[mqtt.MQTTMessage] = []
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()  # paho's thread writes, the test reads
         subscribed = threading.Event()
         self.c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -159,13 +160,12 @@ class Receiver:
         assert subscribed.wait(10)
 
     def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
-        with self.cond:
+        with self.lock:
             self.got.append(m)
-            self.cond.notify_all()
 
     def wait(self, n: int) -> list[mqtt.MQTTMessage]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.got) >= n, 10), f"{len(self.got)} of {n} arrived"
+        eventually(lambda: len(self.got) >= n, what=lambda: f"{n} messages; {len(self.got)} arrived")
+        with self.lock:
             return list(self.got)
 
     def close(self) -> None:
@@ -191,8 +191,9 @@ def test_photo_drain__through_mosquitto_with_mqtt5_properties(broker: Broker, st
         assert m.topic == f"{root}/snapshot/e1"
         assert m.payload == make_jpeg(200_000)
         assert (m.qos, m.retain) == (1, False)
-        assert m.properties.ContentType == "image/jpeg"
-        assert dict(m.properties.UserProperty) == {
+        props: Any = m.properties  # paho sets the MQTT 5 properties as dynamic attributes
+        assert props.ContentType == "image/jpeg"
+        assert dict(props.UserProperty) == {
             "event_id": "e1",
             "camera": "gate-cam",
             "part": "1/1",
@@ -237,7 +238,7 @@ def test_photo_drain__broker_acl_refusal_drops_the_photo(tmp_path: Path, store: 
 class SenderModel:
     """The sender's round as uplink.py will run it: events from the outbox first, then at most one photo."""
 
-    def __init__(self, outbox: Any, drain: PhotoDrain) -> None:
+    def __init__(self, outbox: Outbox, drain: PhotoDrain) -> None:
         self.outbox = outbox
         self.drain = drain
         self.inflight_events: dict[int, int] = {}  # mid -> seq
@@ -267,31 +268,29 @@ class SenderModel:
             self.drain.settle(self.drain._inflight[0])
 
 
-def test_photo_drain__alarm_first_and_a_new_alarm_overtakes_pending_photos(tmp_path: Path, store: PhotoStore) -> None:
+def test_photo_drain__alarm_first_and_a_new_alarm_overtakes_pending_photos(outbox: Outbox, store: PhotoStore) -> None:
     from agent.events import Clock, Event, EventType
-    from agent.outbox import Outbox
 
     clock = Clock(boot_id="b" * 32)
-    with Outbox(tmp_path / "outbox.db", site="main", device="gate-1") as outbox:
-        model = SenderModel(outbox, PhotoDrain(store, ROOT, on_failed=Failures()))
-        first = Event.create(clock, EventType.PANIC, "panic")
-        outbox.put(first)
-        store.put(photo(first.id, "a-cam", 1, 2))  # both photos are ready at once (a fast camera)
-        store.put(photo(first.id, "b-cam", 2, 2))
-        model.round()
-        assert model.wire == [f"event:panic:{first.id}"], "the alarm goes first, no photo with it"
-        model.ack_all()
-        model.round()
-        assert model.wire[-1] == f"photo:{first.id}"
-        second = Event.create(clock, EventType.PANIC, "panic")
-        outbox.put(second)  # a new alarm while the second photo still waits
-        model.ack_all()
-        model.round()
-        assert model.wire[-1] == f"event:panic:{second.id}", "the new alarm overtakes the waiting photo"
-        model.ack_all()
-        model.round()
-        assert model.wire[-1] == f"photo:{first.id}"
-        model.ack_all()
-        model.round()
-        assert store.pending() == []
-        assert [w.split(":")[0] for w in model.wire] == ["event", "photo", "event", "photo"]
+    model = SenderModel(outbox, PhotoDrain(store, ROOT, on_failed=Failures()))
+    first = Event.create(clock, EventType.PANIC, "panic")
+    outbox.put(first)
+    store.put(photo(first.id, "a-cam", 1, 2))  # both photos are ready at once (a fast camera)
+    store.put(photo(first.id, "b-cam", 2, 2))
+    model.round()
+    assert model.wire == [f"event:panic:{first.id}"], "the alarm goes first, no photo with it"
+    model.ack_all()
+    model.round()
+    assert model.wire[-1] == f"photo:{first.id}"
+    second = Event.create(clock, EventType.PANIC, "panic")
+    outbox.put(second)  # a new alarm while the second photo still waits
+    model.ack_all()
+    model.round()
+    assert model.wire[-1] == f"event:panic:{second.id}", "the new alarm overtakes the waiting photo"
+    model.ack_all()
+    model.round()
+    assert model.wire[-1] == f"photo:{first.id}"
+    model.ack_all()
+    model.round()
+    assert store.pending() == []
+    assert [w.split(":")[0] for w in model.wire] == ["event", "photo", "event", "photo"]

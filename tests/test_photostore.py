@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from agent.errors import OutboxError
 from agent.photostore import Photo, PhotoStore
 from tests.support.snapcam import make_jpeg
+from tests.support.waiting import eventually
 
 KB = 1024
 
@@ -149,15 +149,17 @@ def test_photostore__sigkill_between_write_and_ack_leaves_a_readable_store(tmp_p
     put: set[int] = set()
     acked: set[int] = set()
     try:
-        assert child.stdout is not None
-        deadline = time.monotonic() + 60
-        while len(put) < 40 and time.monotonic() < deadline:
-            line = child.stdout.readline()
-            if not line:
-                break
+        stdout = child.stdout
+        assert stdout is not None
+
+        def forty_put() -> bool:
+            line = stdout.readline()  # blocks until the child writes: no pacing needed
+            assert line, f"the child stopped writing after {len(put)} photos"
             word, n = line.split()
             (put if word == "put" else acked).add(int(n))
-        assert len(put) >= 40, "the child stopped writing"
+            return len(put) >= 40
+
+        eventually(forty_put, 60.0, "the child to put 40 photos", interval=0)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()

@@ -11,29 +11,20 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.events import Clock, Event, EventType, Stamp
+from agent.events import Event, EventType, Stamp
 from agent.outbox import Outbox
 from agent.recorder import Recorder
+from tests.support.broker import Broker
+from tests.support.clocks import synced_clock
+from tests.support.waiting import eventually
 
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
-
-
-def eventually(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+CLOCK = synced_clock()
 
 
 class WriteLock:
@@ -77,7 +68,9 @@ def rig(tmp_path: Path) -> Iterator[tuple[Outbox, Recorder, WriteLock]]:
     outbox.close()
 
 
-def test_recorder__held_while_locked_then_stored_in_seq_order_as_soon_as_writes_work(rig, caplog):
+def test_recorder__held_while_locked_then_stored_in_seq_order_as_soon_as_writes_work(
+    rig: tuple[Outbox, Recorder, WriteLock], caplog: pytest.LogCaptureFixture
+) -> None:
     outbox, recorder, lock = rig
     first = outbox.put(Event.create(CLOCK, EventType.CAMERA_FAULT, "cam"))
     lock.take()
@@ -97,7 +90,9 @@ def test_recorder__held_while_locked_then_stored_in_seq_order_as_soon_as_writes_
     assert max(stored(outbox).values()) == first + 4, "a new event goes after the held ones, never reusing a seq"
 
 
-def test_recorder__memory_fallback_drops_non_alarms_first_and_counts_them(tmp_path, caplog):
+def test_recorder__memory_fallback_drops_non_alarms_first_and_counts_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     outbox = Outbox(tmp_path / "outbox.db", site="main", device="gate-1", busy_timeout_s=0.1)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device="gate-1", max_held=3, retry_s=60)
     lock = WriteLock(tmp_path / "outbox.db").take()
@@ -139,7 +134,7 @@ class FaultyOutbox(Outbox):
 
 
 @pytest.mark.parametrize("fault", ["eviction", "insert"])
-def test_recorder__database_faults_never_raise_and_lose_nothing(tmp_path, fault):
+def test_recorder__database_faults_never_raise_and_lose_nothing(tmp_path: Path, fault: str) -> None:
     """Issue 9 item 5: these escaped put_many raw and killed the inputs thread with its batch."""
     outbox = FaultyOutbox(tmp_path / "outbox.db", site="main", device="gate-1")
     setattr(outbox, f"{fault}_faults", 1)
@@ -153,7 +148,7 @@ def test_recorder__database_faults_never_raise_and_lose_nothing(tmp_path, fault)
         outbox.close()
 
 
-def test_recorder__recent_events_are_safe_across_threads(tmp_path):
+def test_recorder__recent_events_are_safe_across_threads(tmp_path: Path) -> None:
     """Issue 9 item 5: on main, delivery iterated the deque while other threads appended (RuntimeError)."""
     outbox = Outbox(tmp_path / "outbox.db", site="main", device="gate-1")
     recorder = Recorder(outbox, clock=CLOCK, site="main", device="gate-1")
@@ -184,11 +179,13 @@ def test_recorder__recent_events_are_safe_across_threads(tmp_path):
 
 
 @pytest.mark.broker
-def test_recorder__held_alarm_is_sent_directly_while_the_outbox_stays_locked(tmp_path, broker, device):
+def test_recorder__held_alarm_is_sent_directly_while_the_outbox_stays_locked(
+    tmp_path: Path, broker: Broker, device: str
+) -> None:
     """Issue 9 item 6: the uplink sends held events after the outbox rows; one delivered so is never stored."""
     from agent.uplink import Uplink
     from tests.support.mqtt import Central
-    from tests.test_uplink import mqtt_cfg
+    from tests.support.uplinkrig import mqtt_cfg
 
     root = f"campus/main/{device}"
     outbox = Outbox(tmp_path / "outbox.db", site="main", device=device, busy_timeout_s=0.2)

@@ -16,11 +16,12 @@ from agent.config import load_config
 from agent.daemon import Agent
 from agent.notify import Notifier
 from tests.support.agentproc import write_config
+from tests.support.broker import Broker
 
 pytestmark = pytest.mark.broker
 
 
-def test_agent__context_manager_repr_and_a_press_during_shutdown(tmp_path: Path, broker, device) -> None:
+def test_agent__context_manager_repr_and_a_press_during_shutdown(tmp_path: Path, broker: Broker, device: str) -> None:
     inputs = [{"name": "panic", "kind": "panic_button", "pin": 17, "debounce_ms": 150}]
     cfg = load_config(write_config(tmp_path, broker.port, device=device, inputs=inputs))
     with Agent(cfg, notifier=Notifier(env={})) as agent:

@@ -8,22 +8,25 @@ in the outbox, be sent again and end up acknowledged; the thread carries on.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.errors import OutboxError
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.recorder import Recorder
 from agent.uplink import Uplink
+from tests.support.broker import Broker
+from tests.support.clocks import synced_clock
 from tests.support.mqtt import Central
-from tests.test_uplink import mqtt_cfg
+from tests.support.uplinkrig import mqtt_cfg
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+CLOCK = synced_clock()
 
 
 class AckFailsOnce(Outbox):
@@ -36,7 +39,9 @@ class AckFailsOnce(Outbox):
         return super().ack(seqs)
 
 
-def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, device, caplog):
+def test_sender__survives_an_ack_failure_and_resends_the_row(
+    tmp_path: Path, broker: Broker, device: str, caplog: pytest.LogCaptureFixture
+) -> None:
     root = f"campus/main/{device}"
     outbox = AckFailsOnce(tmp_path / "outbox.db", site="main", device=device)
     delivered: list[int] = []
@@ -54,13 +59,17 @@ def test_sender__survives_an_ack_failure_and_resends_the_row(tmp_path, broker, d
         event = Event.create(CLOCK, EventType.PANIC, "panic")
         seq = outbox.put(event)
         uplink.wake()
-        deadline = time.monotonic() + 30
-        while (outbox.pending() or not delivered) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert outbox.pending() == 0, "the row whose ack failed was never acknowledged"
+        eventually(
+            lambda: outbox.pending() == 0 and delivered,
+            30.0,
+            lambda: f"the row whose ack failed to be acknowledged ({outbox.pending()} pending)",
+        )
         assert delivered == [seq]
-        copies: list[Any] = [d for d in central.events("panic") if d["id"] == event.id]
-        assert len(copies) >= 2, "the row must be sent again after the failed ack"
+        # the PUBACK can reach the agent before the broker's copy reaches the central subscriber
+        eventually(
+            lambda: len([d for d in central.events("panic") if d["id"] == event.id]) >= 2,
+            what="the row sent again after the failed ack (two copies at the central subscriber)",
+        )
         assert "failed unexpectedly; reconnecting" in caplog.text
     finally:
         uplink.stop()
@@ -78,7 +87,9 @@ class Unusable(Outbox):
         raise sqlite3.OperationalError("disk I/O error")
 
 
-def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(tmp_path, broker, device):
+def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(
+    tmp_path: Path, broker: Broker, device: str
+) -> None:
     root = f"campus/main/{device}"
     outbox = Unusable(tmp_path / "outbox.db", site="main", device=device)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.5)
@@ -99,10 +110,7 @@ def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(t
         held = recorder.recent()[0]
         msg = central.wait_for(lambda m: m.topic == f"{root}/event/panic", timeout=20)
         assert (msg.doc["id"], msg.doc["seq"]) == (held["id"], held["seq"])
-        deadline = time.monotonic() + 20
-        while recorder.held_count() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert recorder.held_count() == 0, "the PUBACK of the directly sent alarm was never processed"
+        eventually(lambda: recorder.held_count() == 0, 20.0, "the PUBACK of the directly sent alarm to be processed")
     finally:
         uplink.stop()
         central.close()

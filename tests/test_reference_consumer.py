@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.agentproc import AgentFactory
+from tests.support.broker import Broker
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("reference_consumer", ROOT / "docs/examples/reference_consumer.py")
@@ -54,13 +57,13 @@ def event(
     ).encode()
 
 
-def test_consumer__dedup_on_id():
+def test_consumer__dedup_on_id() -> None:
     c = ref.Consumer()
     assert len(c.handle("campus/main/g1/event/panic", event(1))) == 1
     assert c.handle("campus/main/g1/event/panic", event(1)) == []
 
 
-def test_consumer__gap_reported_with_dropped_count():
+def test_consumer__gap_reported_with_dropped_count() -> None:
     c = ref.Consumer()
     c.handle("campus/main/g1/status", json.dumps({"v": 1, "state": "online", "outbox": {"dropped": 2}}).encode())
     c.handle("campus/main/g1/event/panic", event(1))
@@ -69,7 +72,7 @@ def test_consumer__gap_reported_with_dropped_count():
     assert "2 dropped" in lines[0]
 
 
-def test_consumer__retimes_unsynced_events_of_the_same_boot():
+def test_consumer__retimes_unsynced_events_of_the_same_boot() -> None:
     c = ref.Consumer()
     c.handle("campus/main/g1/event/panic", event(1, synced=True, ts="2026-11-29T06:00:10.000Z", mono_ms=10_000))
     line = c.handle(
@@ -82,14 +85,16 @@ def test_consumer__retimes_unsynced_events_of_the_same_boot():
     assert "1970-01-01T00:00:01.000Z?" in unknown[0]
 
 
-def test_consumer__ignores_garbage():
+def test_consumer__ignores_garbage() -> None:
     c = ref.Consumer()
     assert c.handle("campus/main/g1/event/panic", b"\xff") == ["ignored non-JSON message on campus/main/g1/event/panic"]
     assert "unknown version" in c.handle("campus/main/g1/event/panic", b'{"v": 2}')[0]
 
 
 @pytest.mark.broker
-def test_consumer__live_against_a_real_agent(broker, central, agent_proc, device):
+def test_consumer__live_against_a_real_agent(
+    broker: Broker, central: Central, agent_proc: AgentFactory, device: str
+) -> None:
     agent = agent_proc(broker.port, device=device)
     agent.click()
     agent.click()
@@ -143,7 +148,7 @@ class ConsumerProc:
 
 
 @pytest.mark.broker
-def test_consumer__shared_subscription_gives_each_event_to_exactly_one_member(broker, device):
+def test_consumer__shared_subscription_gives_each_event_to_exactly_one_member(broker: Broker, device: str) -> None:
     group = f"central-{uuid.uuid4().hex[:6]}"
     members = [ConsumerProc(broker.port, "--group", group) for _ in range(2)]
     pub = Central(broker.port, topics=("none/#",))
@@ -151,13 +156,22 @@ def test_consumer__shared_subscription_gives_each_event_to_exactly_one_member(br
         for seq in range(1, 21):
             pub.publish(f"campus/main/{device}/event/panic", event(seq, eid=uuid.uuid4().hex, device=device))
         # Sentinels until each member has printed one: a copy of an earlier event would have come before it.
-        seq = 20
-        deadline = time.monotonic() + 20
-        while not all(any(s > 20 for s in m.seqs(device)) for m in members):
-            assert time.monotonic() < deadline, [m.lines for m in members]
-            seq += 1
+        sentinels = itertools.count(21)
+
+        def each_printed_a_sentinel() -> bool:
+            if all(any(s > 20 for s in m.seqs(device)) for m in members):
+                return True
+            seq = next(sentinels)
             pub.publish(f"campus/main/{device}/event/panic", event(seq, eid=uuid.uuid4().hex, device=device))
-            time.sleep(0.05)
+            return False
+
+        # interval: one sentinel per 0.05 s, so a slow member is not flooded
+        eventually(
+            each_printed_a_sentinel,
+            20.0,
+            lambda: f"a sentinel at each member: {[m.lines for m in members]}",
+            interval=0.05,
+        )
         got = [s for m in members for s in m.seqs(device) if s <= 20]
         assert sorted(got) == list(range(1, 21))  # every event once, across the group
         assert all(any(s <= 20 for s in m.seqs(device)) for m in members)  # and both members took a share
@@ -173,7 +187,7 @@ JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
 EID = "0123456789abcdef0123456789abcdef"
 
 
-def test_save_photo__parts_and_numbered_names_and_redeliveries(tmp_path):
+def test_save_photo__parts_and_numbered_names_and_redeliveries(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     topic = f"campus/main/g1/snapshot/{EID}"
     assert ref.save_photo(root, topic, JPEG, {"event_id": EID, "part": "1/2"}).endswith(f"main/g1/{EID}.jpg")
@@ -196,7 +210,7 @@ def test_save_photo__parts_and_numbered_names_and_redeliveries(tmp_path):
         (f"campus/main/g1/snapshot/{EID}", b"<html>", {}, "not a JPEG"),
     ],
 )
-def test_save_photo__refuses(tmp_path, topic, payload, props, why):
+def test_save_photo__refuses(tmp_path: Path, topic: str, payload: bytes, props: dict[str, str], why: str) -> None:
     line = ref.save_photo(tmp_path / "photos", topic, payload, props)
     assert line.startswith("refused photo on ")
     assert why in line
@@ -205,7 +219,7 @@ def test_save_photo__refuses(tmp_path, topic, payload, props, why):
 
 
 @pytest.mark.parametrize("where", ["device", "file"])
-def test_save_photo__a_planted_symlink_is_not_followed(tmp_path, where):
+def test_save_photo__a_planted_symlink_is_not_followed(tmp_path: Path, where: str) -> None:
     root, victim = tmp_path / "photos", tmp_path / "victim"
     victim.mkdir()
     (root / "main").mkdir(parents=True)
@@ -220,7 +234,9 @@ def test_save_photo__a_planted_symlink_is_not_followed(tmp_path, where):
 
 
 @pytest.mark.broker
-def test_consumer__snapshots_saves_a_photo_sent_with_mqtt5_properties(broker, device, tmp_path):
+def test_consumer__snapshots_saves_a_photo_sent_with_mqtt5_properties(
+    broker: Broker, device: str, tmp_path: Path
+) -> None:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -228,14 +244,15 @@ def test_consumer__snapshots_saves_a_photo_sent_with_mqtt5_properties(broker, de
     consumer = ConsumerProc(broker.port, "--snapshots", str(photos))
     pub = Central(broker.port, topics=("none/#",))
     try:
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ContentType = "image/jpeg"
         props.UserProperty = [("event_id", EID), ("camera", "gate-cam"), ("part", "2/2")]
         pub.c.publish(f"campus/main/{device}/snapshot/{EID}", JPEG, qos=1, properties=props).wait_for_publish(5)
-        deadline = time.monotonic() + 20
-        while not any(ln.startswith("PHOTO") for ln in list(consumer.lines)):
-            assert time.monotonic() < deadline, consumer.lines
-            time.sleep(0.02)
+        eventually(
+            lambda: any(ln.startswith("PHOTO") for ln in list(consumer.lines)),
+            20.0,
+            lambda: f"the consumer to save the photo: {consumer.lines}",
+        )
     finally:
         pub.close()
         consumer.close()

@@ -7,14 +7,21 @@ thread that made it.  Without it, paho's own thread writes the packet.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+
+import pytest
 
 from agent.config import load_config
 from agent.config.model import BrokerAddress
 from agent.session import Dialect, Session
 from tests.support.agentproc import write_config
+from tests.support.broker import Broker
 
 
-def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp_path, broker):
+@pytest.mark.broker
+def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = load_config(write_config(tmp_path, broker.port, device="flush")).mqtt
     acks: list[tuple[int, str | None]] = []
     acked = threading.Event()
@@ -37,11 +44,11 @@ def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp
         writers: list[str] = []
         send = s.client._sock_send
 
-        def recording_send(data: bytes) -> int:
+        def recording_send(data: bytes | bytearray) -> int:
             writers.append(threading.current_thread().name)
             return send(data)
 
-        s.client._sock_send = recording_send  # type: ignore[method-assign]
+        monkeypatch.setattr(s.client, "_sock_send", recording_send)
         with s.writing():
             mid = s.publish("t/flush/event/panic", b'{"seq":1}')
             assert mid is not None

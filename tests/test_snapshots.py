@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import threading
-import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from agent.config.snapshots import CAMERA_KEYS, INPUT_KEYS, SnapshotsConfig, par
 from agent.photostore import PhotoStore
 from agent.snapshots import QUEUE_PER_CAMERA, Snapshots
 from tests.support.snapcam import SnapCamera, make_jpeg
+from tests.support.waiting import eventually
 
 PASSWORD = "s3cret-Pa55"
 SECRET = Secret(PASSWORD, Path("/etc/campus-agent/gate-cam.pass"))
@@ -61,24 +61,24 @@ class Outcome:
         self.stored = 0
         self.failed: list[tuple[str, str, str, str]] = []
         self.threads: set[str] = set()
-        self.changed = threading.Condition()
+        self.lock = threading.Lock()  # the snapshot threads write, the test reads
 
     def on_stored(self) -> None:
-        with self.changed:
+        with self.lock:
             self.stored += 1
             self.threads.add(threading.current_thread().name)
-            self.changed.notify_all()
 
     def on_failed(self, event_id: str, camera: str, reason: str, detail: str) -> None:
-        with self.changed:
+        with self.lock:
             self.failed.append((event_id, camera, reason, detail))
             self.threads.add(threading.current_thread().name)
-            self.changed.notify_all()
 
     def wait(self, n: int, timeout: float = 20.0) -> None:
-        with self.changed:
-            if not self.changed.wait_for(lambda: self.stored + len(self.failed) >= n, timeout):
-                pytest.fail(f"timed out waiting for {n} outcomes; got {self.stored} stored, {self.failed}")
+        eventually(
+            lambda: self.stored + len(self.failed) >= n,
+            timeout,
+            lambda: f"{n} outcomes; got {self.stored} stored, {self.failed}",
+        )
 
 
 @pytest.fixture
@@ -135,7 +135,13 @@ def shoot(store: PhotoStore) -> Iterator[Callable[..., tuple[Snapshots, Outcome]
         ("digest", {"username": "tech", "password": SECRET, "auth": "digest"}),
     ],
 )
-def test_snapshots__http_still_is_stored(snapcam, shoot, store, mode, login) -> None:
+def test_snapshots__http_still_is_stored(
+    snapcam: Callable[..., SnapCamera],
+    shoot: Callable[..., tuple[Snapshots, Outcome]],
+    store: PhotoStore,
+    mode: str,
+    login: dict[str, Any],
+) -> None:
     cam = snapcam(mode)
     snaps, out = shoot(cam_cfg(url=cam.url, **login))
     assert snaps.request("e1", "panic") == 1
@@ -164,7 +170,15 @@ def test_snapshots__http_still_is_stored(snapcam, shoot, store, mode, login) -> 
         ("truncated", {}, "not_jpeg", "gate-cam sent no JPEG"),
     ],
 )
-def test_snapshots__http_failure_says_why(snapcam, shoot, store, mode, kw, reason, detail) -> None:
+def test_snapshots__http_failure_says_why(
+    snapcam: Callable[..., SnapCamera],
+    shoot: Callable[..., tuple[Snapshots, Outcome]],
+    store: PhotoStore,
+    mode: str,
+    kw: dict[str, Any],
+    reason: str,
+    detail: str,
+) -> None:
     cam = snapcam(mode)
     snaps, out = shoot(cam_cfg(url=cam.url, **kw))
     snaps.request("e1", "panic")
@@ -176,7 +190,9 @@ def test_snapshots__http_failure_says_why(snapcam, shoot, store, mode, kw, reaso
     assert store.pending() == []
 
 
-def test_snapshots__http_truncated_from_the_real_jpeg_mode(snapcam, shoot) -> None:
+def test_snapshots__http_truncated_from_the_real_jpeg_mode(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]]
+) -> None:
     cam = snapcam("jpeg", size=2000)
     cam.jpeg = cam.jpeg[:1000]
     snaps, out = shoot(cam_cfg(url=cam.url))
@@ -188,7 +204,9 @@ def test_snapshots__http_truncated_from_the_real_jpeg_mode(snapcam, shoot) -> No
     )
 
 
-def test_snapshots__over_max_kb_is_refused(snapcam, shoot, store) -> None:
+def test_snapshots__over_max_kb_is_refused(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     cam = snapcam("jpeg", size=300 * 1024)
     snaps, out = shoot(cam_cfg(url=cam.url), cfg=snap_cfg(max_kb=200))
     snaps.request("e1", "panic")
@@ -198,7 +216,7 @@ def test_snapshots__over_max_kb_is_refused(snapcam, shoot, store) -> None:
     assert store.pending() == []
 
 
-def test_snapshots__unreachable_camera(shoot) -> None:
+def test_snapshots__unreachable_camera(shoot: Callable[..., tuple[Snapshots, Outcome]]) -> None:
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -210,7 +228,9 @@ def test_snapshots__unreachable_camera(shoot) -> None:
     assert out.failed[0][2] == "unreachable"
 
 
-def test_snapshots__rtsp_camera_uses_its_snapshot_url(snapcam, shoot, store) -> None:
+def test_snapshots__rtsp_camera_uses_its_snapshot_url(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     cam = snapcam("jpeg", size=5000)
     rtsp = cam_cfg(CameraKind.RTSP, url="rtsp://127.0.0.1:9/stream1", name="yard")
     cfg = snap_cfg(("yard",), urls=(("yard", cam.url),))
@@ -220,7 +240,9 @@ def test_snapshots__rtsp_camera_uses_its_snapshot_url(snapcam, shoot, store) -> 
     assert [p.jpeg for p in store.pending()] == [cam.jpeg]
 
 
-def test_snapshots__two_cameras_give_numbered_parts(snapcam, shoot, store) -> None:
+def test_snapshots__two_cameras_give_numbered_parts(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     a, b = snapcam("jpeg", size=3000), snapcam("jpeg", size=4000)
     snaps, out = shoot(cam_cfg(url=a.url, name="a-cam"), cam_cfg(url=b.url, name="b-cam"))
     assert snaps.request("e1", "panic") == 2
@@ -230,7 +252,9 @@ def test_snapshots__two_cameras_give_numbered_parts(snapcam, shoot, store) -> No
     assert parts == [("a-cam", 1, 2), ("b-cam", 2, 2)]
 
 
-def test_snapshots__a_hung_camera_never_blocks_the_caller_or_another_camera(snapcam, shoot, store) -> None:
+def test_snapshots__a_hung_camera_never_blocks_the_caller_or_another_camera(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     stuck, good = snapcam("hang"), snapcam("jpeg", size=3000)
     snaps, out = shoot(cam_cfg(url=stuck.url, name="stuck"), cam_cfg(url=good.url, name="good"))
     caller = threading.current_thread().name
@@ -242,7 +266,9 @@ def test_snapshots__a_hung_camera_never_blocks_the_caller_or_another_camera(snap
     assert caller not in out.threads
 
 
-def test_snapshots__alarm_storm_gets_busy_not_a_backlog(snapcam, shoot) -> None:
+def test_snapshots__alarm_storm_gets_busy_not_a_backlog(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]]
+) -> None:
     cam = snapcam("hang")
     snaps, out = shoot(cam_cfg(url=cam.url, timeout_s=5.0))
     n = QUEUE_PER_CAMERA + 5
@@ -257,7 +283,9 @@ def test_snapshots__alarm_storm_gets_busy_not_a_backlog(snapcam, shoot) -> None:
     assert {f[2] for f in out.failed} <= {"busy", "stopped", "timeout", "unreachable"}  # released: hangs up
 
 
-def test_snapshots__close_reports_queued_stills_and_is_idempotent(snapcam, shoot) -> None:
+def test_snapshots__close_reports_queued_stills_and_is_idempotent(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]]
+) -> None:
     cam = snapcam("hang")
     snaps, out = shoot(cam_cfg(url=cam.url, timeout_s=5.0))
     for i in range(3):
@@ -270,7 +298,9 @@ def test_snapshots__close_reports_queued_stills_and_is_idempotent(snapcam, shoot
     cam.release.set()
 
 
-def test_snapshots__store_failure_is_reported(snapcam, shoot, store) -> None:
+def test_snapshots__store_failure_is_reported(
+    snapcam: Callable[..., SnapCamera], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     cam = snapcam("jpeg", size=2000)
     snaps, out = shoot(cam_cfg(url=cam.url))
     store.close()
@@ -279,7 +309,9 @@ def test_snapshots__store_failure_is_reported(snapcam, shoot, store) -> None:
     assert out.failed[0][2:] == ("store_error", f"photo store: OutboxError: photo store {store.path} is closed")
 
 
-def test_snapshots__failing_callbacks_do_not_kill_the_worker(snapcam, store) -> None:
+def test_snapshots__failing_callbacks_do_not_kill_the_worker(
+    snapcam: Callable[..., SnapCamera], store: PhotoStore
+) -> None:
     cam = snapcam("jpeg", size=2000)
     done = threading.Event()
     calls = []
@@ -379,7 +411,9 @@ def fake_pi(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakePi]:
     return install
 
 
-def test_picamera__still_at_configured_size_and_quality(fake_pi, shoot, store) -> None:
+def test_picamera__still_at_configured_size_and_quality(
+    fake_pi: Callable[..., FakePi], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     pi = fake_pi(bytes_at_q100=300_000)
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2))
     snaps.request("e1", "panic")
@@ -390,7 +424,9 @@ def test_picamera__still_at_configured_size_and_quality(fake_pi, shoot, store) -
     assert pi.opened == pi.closed == 1, "opened for the still and released after it, as the probe does"
 
 
-def test_picamera__quality_lowered_until_it_fits(fake_pi, shoot, store) -> None:
+def test_picamera__quality_lowered_until_it_fits(
+    fake_pi: Callable[..., FakePi], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     pi = fake_pi(bytes_at_q100=800_000)  # q80 = 640 kB, q65 = 520 kB, q50 = 400 kB > 390 kB, q35 = 280 kB
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2), cfg=snap_cfg(max_kb=390))
     snaps.request("e1", "panic")
@@ -399,7 +435,9 @@ def test_picamera__quality_lowered_until_it_fits(fake_pi, shoot, store) -> None:
     assert len(store.pending()[0].jpeg) == 280_000
 
 
-def test_picamera__too_large_even_at_the_floor(fake_pi, shoot, store) -> None:
+def test_picamera__too_large_even_at_the_floor(
+    fake_pi: Callable[..., FakePi], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     pi = fake_pi(bytes_at_q100=2_000_000)
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2), cfg=snap_cfg(max_kb=100))
     snaps.request("e1", "panic")
@@ -420,7 +458,9 @@ def test_picamera__too_large_even_at_the_floor(fake_pi, shoot, store) -> None:
         ({"capture_error": "dma buffer gone"}, "camera 0 failed to capture (RuntimeError: dma buffer gone)"),
     ],
 )
-def test_picamera__errors_say_why(fake_pi, shoot, kw, detail) -> None:
+def test_picamera__errors_say_why(
+    fake_pi: Callable[..., FakePi], shoot: Callable[..., tuple[Snapshots, Outcome]], kw: dict[str, Any], detail: str
+) -> None:
     pi = fake_pi(**kw)
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2))
     snaps.request("e1", "panic")
@@ -430,7 +470,9 @@ def test_picamera__errors_say_why(fake_pi, shoot, kw, detail) -> None:
     assert pi.opened == pi.closed
 
 
-def test_picamera__not_installed(monkeypatch, shoot) -> None:
+def test_picamera__not_installed(
+    monkeypatch: pytest.MonkeyPatch, shoot: Callable[..., tuple[Snapshots, Outcome]]
+) -> None:
     monkeypatch.setitem(sys.modules, "picamera2", None)  # makes the import fail, as on a box without it
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2))
     snaps.request("e1", "panic")
@@ -438,7 +480,9 @@ def test_picamera__not_installed(monkeypatch, shoot) -> None:
     assert out.failed[0][2:] == ("camera_error", "picamera2 is not installed: install python3-picamera2")
 
 
-def test_picamera__hung_driver_is_reported_and_not_asked_again_until_it_returns(fake_pi, shoot, store) -> None:
+def test_picamera__hung_driver_is_reported_and_not_asked_again_until_it_returns(
+    fake_pi: Callable[..., FakePi], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     gate = threading.Event()
     pi = fake_pi(bytes_at_q100=10_000, gate=gate)
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2, timeout_s=0.2))
@@ -452,15 +496,15 @@ def test_picamera__hung_driver_is_reported_and_not_asked_again_until_it_returns(
         assert pi.opened == 1, "a hung camera is not opened a second time"
     finally:
         gate.set()
-    deadline = time.monotonic() + 20
-    while pi.closed < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling with a deadline: the hung capture finishes on its own thread
+    eventually(lambda: pi.closed >= 1, 20.0, "the hung capture to finish on its own thread")
     snaps.request("e3", "panic")
     out.wait(3)
     assert [p.event_id for p in store.pending()] == ["e3"]
 
 
-def test_picamera__waits_for_the_health_probe_holding_the_camera(fake_pi, shoot, store) -> None:
+def test_picamera__waits_for_the_health_probe_holding_the_camera(
+    fake_pi: Callable[..., FakePi], shoot: Callable[..., tuple[Snapshots, Outcome]], store: PhotoStore
+) -> None:
     pi = fake_pi(bytes_at_q100=10_000)
     probe_lock = threading.Lock()
     snaps, out = shoot(cam_cfg(CameraKind.PICAMERA2, timeout_s=5.0), locks={"gate-cam": probe_lock})
@@ -501,7 +545,7 @@ def parse(tmp_path: Path, text: str) -> tuple[SnapshotsConfig, list[str]]:
     return cfg, [p.replace(f"{path}:", "") for p in ctx.problems]
 
 
-def test_parse_snapshot_config__defaults_and_merged_triggers(tmp_path) -> None:
+def test_parse_snapshot_config__defaults_and_merged_triggers(tmp_path: Path) -> None:
     cfg, problems = parse(
         tmp_path,
         """
@@ -533,7 +577,7 @@ inputs:
     assert cfg.still_url(cams["door-cam"]) is None
 
 
-def test_parse_snapshot_config__no_snapshots_configured(tmp_path) -> None:
+def test_parse_snapshot_config__no_snapshots_configured(tmp_path: Path) -> None:
     cfg, problems = parse(tmp_path, "inputs:\n  - {name: panic, pin: 17}\n")
     assert problems == []
     assert not cfg.enabled
@@ -589,12 +633,12 @@ def test_parse_snapshot_config__no_snapshots_configured(tmp_path) -> None:
         ),
     ],
 )
-def test_parse_snapshot_config__invalid(tmp_path, text, problem) -> None:
+def test_parse_snapshot_config__invalid(tmp_path: Path, text: str, problem: str) -> None:
     _, problems = parse(tmp_path, text)
     assert problem in problems, problems
 
 
-def test_snapshots__photos_dropped_for_room_are_reported(snapcam, tmp_path) -> None:
+def test_snapshots__photos_dropped_for_room_are_reported(snapcam: Callable[..., SnapCamera], tmp_path: Path) -> None:
     cam = snapcam("jpeg", size=400 * 1024)
     out = Outcome()
     with (

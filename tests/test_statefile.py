@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from agent.statefile import State, StateFile
 
 
@@ -31,7 +33,9 @@ def test_statefile__planted_symlink_at_the_old_temp_name_is_not_followed(tmp_pat
     assert leftovers == [], "temporary files must not be left behind"
 
 
-def test_statefile__unwritable_folder_warns_once_and_keeps_running(tmp_path: Path, caplog) -> None:
+def test_statefile__unwritable_folder_warns_once_and_keeps_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import load_config
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.sendwindow import (
     REFUSED_ALARM_RETRY_MAX_S,
@@ -50,8 +50,12 @@ from agent.sendwindow import (
 )
 from agent.uplink import Uplink
 from tests.support.agentproc import write_config
+from tests.support.clocks import synced_clock
 
-CLOCK = Clock(synced=lambda: True, boot_id="b00t")
+if TYPE_CHECKING:
+    from agent.session import Session as RealSession
+
+CLOCK = synced_clock()
 WINDOW = 3
 _SUCCESS = 0x00
 _NOT_AUTHORIZED = 0x87
@@ -100,6 +104,11 @@ def _urgent(doc: dict[str, Any]) -> bool:
     return doc["type"] in ("panic", "tamper") and doc["test"] is False
 
 
+def _as_session(s: Session) -> RealSession:
+    """The fake plays the part of ``agent.session.Session`` the sender's round uses."""
+    return cast("RealSession", s)
+
+
 class DeliveryMachine(RuleBasedStateMachine):
     def __init__(self, workdir: Path) -> None:
         super().__init__()
@@ -124,14 +133,14 @@ class DeliveryMachine(RuleBasedStateMachine):
             offline=lambda reason: {"state": "offline", "reason": reason},
             mono=lambda: self.now,
         )
-        up._events.live = self.session  # as the sender's _serve does once the CONNACK accepted
+        up._events.live = _as_session(self.session)  # as the sender's _serve does once the CONNACK accepted
         return up
 
     # ---- the sender's round, checked --------------------------------------------------------------
 
     def _round(self) -> None:
         self.now += _ROUND_S
-        self.uplink._send_round(self.session)  # the seam: one wake of the sender thread
+        self.uplink._send_round(_as_session(self.session))  # the seam: one wake of the sender thread
         self._check_published()
 
     def _check_published(self) -> None:
@@ -220,7 +229,7 @@ class DeliveryMachine(RuleBasedStateMachine):
                 self.taken.add(doc["id"])  # the broker has it; the row stays and is sent again (a duplicate)
         self.uplink._window.reset()  # as the sender's teardown does
         self.session = Session()
-        self.uplink._events.live = self.session
+        self.uplink._events.live = _as_session(self.session)
 
     # ---- rules ------------------------------------------------------------------------------------------
 
@@ -232,10 +241,11 @@ class DeliveryMachine(RuleBasedStateMachine):
         kind=st.sampled_from(["test_press", EventType.INPUT_FAULT, EventType.CAMERA_RESTORED]),
         handed=st.sampled_from(HANDED),
     )
-    def put_routine(self, kind: Any, handed: str) -> None:
+    def put_routine(self, kind: EventType | str, handed: str) -> None:
         if kind == "test_press":
             self._put(EventType.PANIC, test=True, handed=handed)
         else:
+            assert isinstance(kind, EventType)
             self._put(kind, handed=handed)
 
     @rule(n=st.integers(2, 8), alarms=st.integers(0, 8), handed=st.sampled_from(HANDED))
@@ -309,8 +319,12 @@ class DeliveryMachine(RuleBasedStateMachine):
 
 
 def test_stateful__alarms_are_never_lost_duplicated_or_queued_behind_routine_rows(tmp_path: Path) -> None:
+    class Machine(DeliveryMachine):
+        def __init__(self) -> None:
+            super().__init__(tmp_path)
+
     run_state_machine_as_test(
-        lambda: DeliveryMachine(tmp_path),
+        Machine,
         settings=settings(
             max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
         ),

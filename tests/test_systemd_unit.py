@@ -26,7 +26,7 @@ def _unit_with_stub(tmp_path: Path) -> Path:
     return unit
 
 
-def test_unit__verifies_without_any_warning(tmp_path):
+def test_unit__verifies_without_any_warning(tmp_path: Path) -> None:
     r = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(_unit_with_stub(tmp_path))],
         capture_output=True,
@@ -39,7 +39,7 @@ def test_unit__verifies_without_any_warning(tmp_path):
     assert not r.stderr.strip(), r.stderr
 
 
-def test_unit__exposure_at_most_1_5(tmp_path):
+def test_unit__exposure_at_most_1_5(tmp_path: Path) -> None:
     r = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--threshold=15", str(_unit_with_stub(tmp_path))],
         capture_output=True,
@@ -53,7 +53,7 @@ def test_unit__exposure_at_most_1_5(tmp_path):
     assert r.returncode == 0
 
 
-def test_unit__notify_watchdog_and_restart_policy():
+def test_unit__notify_watchdog_and_restart_policy() -> None:
     text = UNIT.read_text()
     for line in (
         "Type=notify",
@@ -69,7 +69,7 @@ def test_unit__notify_watchdog_and_restart_policy():
         assert re.search(rf"^{re.escape(line)}$", text, re.MULTILINE), line
 
 
-def test_sysusers__dry_run(tmp_path):
+def test_sysusers__dry_run(tmp_path: Path) -> None:
     if shutil.which("systemd-sysusers") is None:
         pytest.skip("systemd-sysusers not installed")
     r = subprocess.run(
@@ -81,7 +81,7 @@ def test_sysusers__dry_run(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_unit__least_privilege_lines():
+def test_unit__least_privilege_lines() -> None:
     """Issue 14.5/14.9: control group as primary group, no listening, bounded memory and tasks, ProtectClock kept."""
     text = UNIT.read_text()
     for line in (
@@ -98,7 +98,7 @@ def test_unit__least_privilege_lines():
     assert not re.search(r"^StartLimitBurst=", text, re.MULTILINE)
 
 
-def test_sysusers__control_group_is_not_the_secrets_owner():
+def test_sysusers__control_group_is_not_the_secrets_owner() -> None:
     text = (ROOT / "systemd" / "campus-agent.sysusers").read_text()
     assert re.search(r"^g campus-agent-ctl -$", text, re.MULTILINE)
     assert "m campus-agent campus-agent-ctl" not in text  # the unit sets Group=; the group is for people

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import queue
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +12,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.certinfo import expiry_warning, not_after
-from agent.config import load_config
 from tests.support.agentproc import AgentProc, write_config
 from tests.support.broker import Broker
-from tests.support.certs import Issued, issue, make_ca, make_pki
+from tests.support.certs import Issued, device_pki
+from tests.support.contract import Validate
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +25,8 @@ DEV = "gate-north-1"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> dict[str, Issued]:
-    d = tmp_path_factory.mktemp("pki")
-    p = make_pki(d, devices=(DEV, "gate-south-2", "central"))
-    # device CNs are {site}/{id}, as the shipped ACL expects (docs/install.md, "Broker identities")
-    p[DEV] = issue(p["ca"], d, f"main/{DEV}", DEV, server=False, days=365)  # far from expiry: no warning
-    p["gate-south-2"] = issue(p["ca"], d, "main/gate-south-2", "gate-south-2", server=False)
-    p["expired"] = issue(p["ca"], d, "localhost", "expired", server=True, days=-1, start_days_ago=3)
-    p["otherhost"] = issue(p["ca"], d, "otherhost", "otherhost", server=True, dns=("otherhost.lan",), ips=())
-    p["soon"] = issue(p["ca"], d, f"main/{DEV}", "soon", server=False, days=10)
-    return p
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
+    return device_pki(tmp_path_factory.mktemp("pki"), DEV)
 
 
 def tls_broker(tmp_path: Path, pki: dict[str, Issued], server: str = "server") -> Broker:
@@ -50,7 +40,7 @@ def tls_broker(tmp_path: Path, pki: dict[str, Issued], server: str = "server") -
 
 
 @pytest.fixture
-def broker_ok(tmp_path, pki) -> Iterator[Broker]:
+def broker_ok(tmp_path: Path, pki: dict[str, Issued]) -> Iterator[Broker]:
     b = tls_broker(tmp_path, pki)
     yield b
     b.stop()
@@ -92,16 +82,17 @@ def agent_cfg(
 
 
 def wait_log(agent: AgentProc, text: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = agent.log.read_text()
-        if text in log:
-            return log
-        time.sleep(0.05)
-    raise TimeoutError(f"{text!r} not in the agent's log:\n{agent.log.read_text()[-3000:]}")
+    """The agent's log, once it contains ``text``."""
+    return eventually(
+        lambda: log if text in (log := agent.log.read_text()) else None,
+        timeout,
+        lambda: f"{text!r} in the agent's log:\n{agent.log.read_text()[-3000:]}",
+    )
 
 
-def test_tls__mutual_tls_delivers(tmp_path, pki, broker_ok, validate):
+def test_tls__mutual_tls_delivers(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker, validate: Validate
+) -> None:
     central = central_for(broker_ok, pki)
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki)).start()
     try:
@@ -121,7 +112,9 @@ def test_tls__mutual_tls_delivers(tmp_path, pki, broker_ok, validate):
         ("wrong_host", "otherhost", "ca", "mismatch, certificate is not valid for '127.0.0.1'"),
     ],
 )
-def test_tls__bad_server_is_refused_clearly_and_presses_still_recorded(tmp_path, pki, case, server, ca, words):
+def test_tls__bad_server_is_refused_clearly_and_presses_still_recorded(
+    tmp_path: Path, pki: dict[str, Issued], case: str, server: str, ca: str, words: str
+) -> None:
     b = tls_broker(tmp_path, pki, server=server)
     agent = AgentProc(agent_cfg(tmp_path, b.port, pki, ca=ca)).start()
     try:
@@ -163,7 +156,9 @@ class Device:
         self.c.loop_stop()
 
 
-def test_acl__device_cannot_publish_under_another_devices_root(tmp_path, pki, broker_ok):
+def test_acl__device_cannot_publish_under_another_devices_root(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker
+) -> None:
     central = Central(
         broker_ok.port,
         topics=("campus/#",),
@@ -193,32 +188,23 @@ def test_acl__device_cannot_publish_under_another_devices_root(tmp_path, pki, br
         central.close()
 
 
-def test_acl__agent_with_someone_elses_id_keeps_its_events(tmp_path, pki, broker_ok):
+def test_acl__agent_with_someone_elses_id_keeps_its_events(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker
+) -> None:
     """The broker refuses (MQTT 5 PUBACK 135): the events stay in the outbox, counted as refused."""
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, device="gate-south-2", cert=DEV)).start()
     try:
         agent.click()
-        deadline = time.monotonic() + 15
-        while agent.status()["link"]["refused"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        st = agent.status()
-        assert st["link"]["refused"] >= 1
+        st = eventually(lambda: (s := agent.status())["link"]["refused"] >= 1 and s, 15.0, "a refused PUBACK")
         assert st["status"]["outbox"]["pending"] >= 1
         assert "broker refused" in agent.log.read_text()
     finally:
         agent.cleanup()
 
 
-def test_certinfo__expiry_read_from_pem(pki):
-    end = not_after(pki["soon"].cert_path)
-    assert end == pki["soon"].cert.not_valid_after_utc.replace(microsecond=0)
-    now = dt.datetime.now(dt.UTC)
-    assert "expires on" in (expiry_warning(pki["soon"].cert_path, now) or "")
-    assert expiry_warning(pki[DEV].cert_path, now) is None
-    assert "EXPIRED" in (expiry_warning(pki["expired"].cert_path, now) or "")
-
-
-def test_tls__certificate_expiring_soon_warns_in_status(tmp_path, pki, broker_ok, validate):
+def test_tls__certificate_expiring_soon_warns_in_status(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker, validate: Validate
+) -> None:
     agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, pki, cert="soon")).start()
     try:
         warnings = agent.status()["status"]["warnings"]
@@ -227,24 +213,3 @@ def test_tls__certificate_expiring_soon_warns_in_status(tmp_path, pki, broker_ok
         assert "expires on" in agent.log.read_text()
     finally:
         agent.cleanup()
-
-
-def test_tls__hostname_checking_off_is_never_silent(tmp_path, pki):
-    cfg_path = write_config(
-        tmp_path / "a",
-        8883,
-        device=DEV,
-        mqtt={"host": "b", "tls": {"ca_file": str(pki["ca"].cert_path), "check_hostname": False}},
-    )
-    assert load_config(cfg_path).mqtt.tls.check_hostname is False  # type: ignore[union-attr]
-    agent = AgentProc(cfg_path).start()
-    try:
-        assert any("host name checking is off" in w for w in agent.status()["status"]["warnings"])
-        assert "TLS host name checking is OFF" in agent.log.read_text()
-    finally:
-        agent.cleanup()
-
-
-def test_certs__rogue_ca_is_distinct(pki):
-    assert make_ca is not None
-    assert pki["rogue-ca"].cert.subject != pki["ca"].cert.subject

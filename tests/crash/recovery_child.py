@@ -8,14 +8,15 @@ commit never happens in this process.
 import importlib
 import sys
 import threading
+from pathlib import Path
 
 import agent.outbox_recovery as recovery
 
 real = recovery.move_aside
 
 
-def move_then_hang(*args, **kwargs):
-    aside = real(*args, **kwargs)
+def move_then_hang(path: Path, exc: Exception) -> Path:
+    aside = real(path, exc)
     sys.stdout.write(f"MOVED {aside}\n")
     sys.stdout.flush()
     threading.Event().wait()  # until SIGKILL
@@ -28,7 +29,7 @@ for name in ("agent.outbox_db", "agent.outbox"):
     except ImportError:
         continue
     if hasattr(module, "move_aside"):
-        module.move_aside = move_then_hang
+        vars(module)["move_aside"] = move_then_hang  # the module's own namespace: what its functions look up
 
 from agent.outbox import Outbox  # noqa: E402 - after the seam is in place
 

@@ -54,7 +54,7 @@ def _run_and_kill(db: Path, rng: random.Random, seed: int) -> list[tuple[str, in
 
 
 @pytest.mark.timeout_s(180)
-def test_sigkill__loses_no_reported_event(tmp_path):
+def test_sigkill__loses_no_reported_event(tmp_path: Path) -> None:
     seed = int(os.environ.get("SEED", "1"))
     rng = random.Random(seed)
     db = tmp_path / "outbox.db"

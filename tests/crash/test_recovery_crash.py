@@ -15,12 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.events import Clock, Event, EventType
+from agent.events import Event, EventType
 from agent.outbox import Outbox
+from tests.support.clocks import synced_clock
 
 CHILD = Path(__file__).with_name("recovery_child.py")
 ROOT = Path(__file__).resolve().parents[2]
-CLOCK = Clock(synced=lambda: True, boot_id="crash-test")
+CLOCK = synced_clock("crash-test")
 
 
 def _damaged_outbox(path: Path, n: int = 200) -> int:

@@ -9,15 +9,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from agent.control import request
 from agent.errors import ControlError
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,27 @@ def write_config(workdir: Path, port: int, *, device: str, name: str = "agent.ya
     return path
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m agent <args>`` as the technician would type it; never raises on a non-zero exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False,
+    )
+
+
+class AgentFactory(Protocol):
+    """The ``agent_proc`` fixture: an agent for ``device`` against the broker on ``port``, cleaned up after the test."""
+
+    def __call__(
+        self, port: int, *, device: str, start: bool = True, workdir: Path | None = None, **extra: Any
+    ) -> AgentProc: ...
+
+
 class AgentProc:
     """The agent as a child process, driven through its control socket."""
 
@@ -100,16 +121,22 @@ class AgentProc:
                 env=env,
                 cwd=ROOT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                self.ask("status", timeout=1.0)
-                return self
-            except ControlError:
-                time.sleep(0.05)
-        raise TimeoutError(f"agent did not answer on {self.socket}:\n{self.log.read_text()}")
+        proc = self.proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {proc.returncode}:\n{self.log.read_text()}")
+            self.ask("status", timeout=1.0)
+            return True
+
+        eventually(
+            answers,
+            timeout,
+            lambda: f"the agent to answer on {self.socket}:\n{self.log.read_text()}",
+            interval=0.05,
+            retry_on=(ControlError,),
+        )
+        return self
 
     def ask(self, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
         return request(self.socket, cmd, timeout=timeout, **fields)
@@ -131,13 +158,12 @@ class AgentProc:
         return list(self.status()["recent_events"])
 
     def wait_recorded(self, n: int, type_: str = "panic", timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def recorded() -> list[dict[str, Any]] | None:
             got = [e for e in self.recent() if e["type"] == type_]
-            if len(got) >= n:
-                return got
-            time.sleep(0.02)
-        raise TimeoutError(f"agent recorded fewer than {n} {type_} events")
+            return got if len(got) >= n else None
+
+        return eventually(recorded, timeout, f"the agent to record {n} {type_} events")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -52,7 +52,7 @@ class AmqttBroker:
             "    allow_anonymous: true\n"
         )
 
-    def start(self, timeout: float = 20.0) -> AmqttBroker:
+    def start(self, timeout: float = 20.0) -> Self:
         self.write_conf()
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
@@ -64,7 +64,7 @@ class AmqttBroker:
             )
         try:
             wait_port(self.port, self.proc, timeout)
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, AssertionError) as exc:  # wait_port: it exited, or never listened
             self.stop()
             raise RuntimeError(f"amqtt did not start: {exc}\n--- {self.log} ---\n{self.log.read_text()}") from None
         return self

@@ -6,8 +6,9 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from tests.support.waiting import eventually
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -19,16 +20,15 @@ def free_port() -> int:
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Return once something accepts on 127.0.0.1:``port``; fail at once if ``proc`` (the server) exits."""
+
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited early with rc={proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+            raise RuntimeError(f"server exited early with rc={proc.returncode}")
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+
+    eventually(listening, timeout, f"a listener on 127.0.0.1:{port}", interval=0.05, retry_on=(OSError,))
 
 
 class Broker:

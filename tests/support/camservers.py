@@ -12,7 +12,7 @@ import http.server
 import socket
 import threading
 import urllib.request
-from typing import Any
+from typing import Any, Self
 
 # A JPEG as far as any probe can tell: SOI + APP0 header, filler, EOI.
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(range(256)) * 8 + b"\xff\xd9"
@@ -116,7 +116,7 @@ class HttpCamera:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/snapshot.jpg"
 
-    def start(self) -> HttpCamera:
+    def start(self) -> Self:
         self._thread.start()
         return self
 

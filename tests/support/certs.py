@@ -21,7 +21,7 @@ class Issued:
     key_path: Path
 
 
-def _write(dirpath: Path, stem: str, cert, key) -> Issued:
+def _write(dirpath: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
     cp, kp = dirpath / f"{stem}.crt", dirpath / f"{stem}.key"
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     kp.write_bytes(
@@ -129,7 +129,7 @@ def issue(
     return _write(Path(dirpath), stem, cert, key)
 
 
-def make_pki(dirpath: Path, devices=("gate-north-1", "gate-south-2")) -> dict[str, Issued]:
+def make_pki(dirpath: Path, devices: tuple[str, ...] = ("gate-north-1", "gate-south-2")) -> dict[str, Issued]:
     dirpath = Path(dirpath)
     ca = make_ca(dirpath)
     pki = {"ca": ca, "server": issue(ca, dirpath, "localhost", "server", server=True)}
@@ -139,3 +139,21 @@ def make_pki(dirpath: Path, devices=("gate-north-1", "gate-south-2")) -> dict[st
     pki["rogue-ca"] = rogue
     pki["rogue"] = issue(rogue, dirpath, devices[0], "rogue-client", server=False)
     return pki
+
+
+def device_pki(dirpath: Path, device: str) -> dict[str, Issued]:
+    """The TLS suite's PKI: ``make_pki`` plus the device's own certificates in the shipped ACL's form.
+
+    Extra names: ``gate-south-2`` (another device), ``expired`` (a server certificate
+    past its end), ``otherhost`` (a server certificate for another name) and ``soon``
+    (the device's client certificate, 10 days from expiry).
+    """
+    d = Path(dirpath)
+    p = make_pki(d, devices=(device, "gate-south-2", "central"))
+    # device CNs are {site}/{id}, as the shipped ACL expects (docs/install.md, "Broker identities")
+    p[device] = issue(p["ca"], d, f"main/{device}", device, server=False, days=365)  # far from expiry: no warning
+    p["gate-south-2"] = issue(p["ca"], d, "main/gate-south-2", "gate-south-2", server=False)
+    p["expired"] = issue(p["ca"], d, "localhost", "expired", server=True, days=-1, start_days_ago=3)
+    p["otherhost"] = issue(p["ca"], d, "otherhost", "otherhost", server=True, dns=("otherhost.lan",), ips=())
+    p["soon"] = issue(p["ca"], d, f"main/{device}", "soon", server=False, days=10)
+    return p

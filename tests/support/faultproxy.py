@@ -21,15 +21,19 @@ import asyncio
 import socket
 import struct
 import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class _Conn:
-    def __init__(self, *writers):
+    def __init__(self, *writers: asyncio.StreamWriter) -> None:
         self.writers = writers
-        self.tasks: tuple[asyncio.Task, ...] = ()
+        self.tasks: tuple[asyncio.Task[None], ...] = ()
         self.tainted = False  # bytes were swallowed while blackholed
 
-    def abort(self):
+    def abort(self) -> None:
         for w in self.writers:
             _rst(w)
         for t in self.tasks:
@@ -39,14 +43,14 @@ class _Conn:
 class FaultProxy:
     def __init__(
         self, upstream_port: int, upstream_host: str = "127.0.0.1", listen_host: str = "127.0.0.1", listen_port: int = 0
-    ):
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.listen_host, self.port = listen_host, listen_port
         self.latency = 0.0
         self.blackholed = False
         self.accepted = 0
         self._conns: set[_Conn] = set()
-        self._server = None
+        self._server: asyncio.Server | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy", daemon=True)
 
@@ -82,33 +86,33 @@ class FaultProxy:
         return len(self._conns)
 
     # ---------- internals: run on the proxy's event loop ----------
-    def _call(self, coro, timeout: float = 5.0):
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 5.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _listen(self):
+    async def _listen(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(self._handle, self.listen_host, self.port, reuse_address=True)
             self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _unlisten(self):
+    async def _unlisten(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
         await self._abort(lambda c: True)
 
-    async def _cancel_all(self):
+    async def _cancel_all(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _abort(self, which):
+    async def _abort(self, which: Callable[[_Conn], bool]) -> None:
         for c in [c for c in self._conns if which(c)]:
             c.abort()
             self._conns.discard(c)
 
-    async def _handle(self, c_reader, c_writer):
+    async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         try:
             u_reader, u_writer = await asyncio.open_connection(*self.upstream)
@@ -132,11 +136,13 @@ class FaultProxy:
                     t.cancel()
             self._conns.discard(conn)
 
-    async def _pipe(self, conn, reader, writer, to_client: bool):
+    async def _pipe(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_client: bool
+    ) -> None:
         loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
+        q: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
 
-        async def sender():
+        async def sender() -> None:
             while True:
                 due, data = await q.get()
                 if (d := due - loop.time()) > 0:

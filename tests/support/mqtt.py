@@ -7,11 +7,14 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -76,19 +79,19 @@ class Central:
             self.all.append(msg)
         self.msgs.put(msg)
 
-    def wait_for(self, pred: Any, timeout: float = 10.0) -> Msg:
+    def wait_for(self, pred: Callable[[Msg], object], timeout: float = 10.0) -> Msg:
         """The first message (from now on, in arrival order) for which pred(msg) is true."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no matching message arrived in time")
-            try:
-                m = self.msgs.get(timeout=left)
-            except queue.Empty:
-                continue
-            if pred(m):
-                return m
+
+        def matching() -> Msg | None:
+            while True:  # drain what arrived since the last poll, in order
+                try:
+                    m = self.msgs.get_nowait()
+                except queue.Empty:
+                    return None
+                if pred(m):
+                    return m
+
+        return eventually(matching, timeout, "a matching message")
 
     def events(self, type_: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -97,13 +100,14 @@ class Central:
 
     def wait_events(self, n: int, type_: str | None = None, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until at least ``n`` distinct event ids (of ``type_``) have arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ids = {d["id"] for d in self.events(type_)}
-            if len(ids) >= n:
-                return self.events(type_)
-            time.sleep(0.02)
-        raise TimeoutError(f"only {len({d['id'] for d in self.events(type_)})} of {n} events arrived")
+
+        def arrived() -> list[dict[str, Any]] | None:
+            got = self.events(type_)
+            return got if len({d["id"] for d in got}) >= n else None
+
+        return eventually(
+            arrived, timeout, lambda: f"{n} events; only {len({d['id'] for d in self.events(type_)})} arrived"
+        )
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         info = self.c.publish(topic, payload, qos=qos, retain=retain)

@@ -144,7 +144,7 @@ class RabbitNode:
             )
         try:
             wait_port(self.mqtt_port, self.proc, timeout)
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, AssertionError) as exc:  # wait_port: it exited, or never listened
             self.stop()
             raise RuntimeError(f"RabbitMQ node {self.name} did not start: {exc}\n{self.tail()}") from None
         return self
@@ -225,7 +225,7 @@ class RabbitCluster:
         tag = f"{prefix}{os.getpid()}x{time.monotonic_ns() % 100000}"
         self.nodes = [RabbitNode(self.dir, f"{tag}n{i + 1}", self.home, self.epmd) for i in range(size)]
 
-    def start(self) -> RabbitCluster:
+    def start(self) -> Self:
         try:
             self.epmd.start()
             first, *rest = self.nodes

@@ -1,0 +1,55 @@
+"""The uplink with no broker to reach: the warning it logs, its repr, close() and context-manager use."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.outbox import Outbox
+from agent.uplink import Uplink
+from tests.support.broker import free_port
+from tests.support.uplinkrig import RigFactory, mqtt_cfg
+from tests.support.waiting import eventually
+
+
+def test_uplink__unreachable_broker_log_says_what_and_next(
+    tmp_path: Path, device: str, rig_factory: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = free_port()
+    rig = rig_factory(mqtt_cfg(dead, client_id=device), device)
+    rig.put(3)
+    with caplog.at_level(logging.WARNING, logger="agent.uplink"):
+        rig.uplink.start()
+        eventually(lambda: "unreachable" in caplog.text, what="a warning")
+    line = next(r.getMessage() for r in caplog.records if "unreachable" in r.getMessage())
+    assert f"broker 127.0.0.1:{dead} unreachable (TCP: connection refused); 3 events buffered; retrying in" in line
+
+
+def test_uplink__repr_close_and_context_manager(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = free_port()
+    with Uplink(
+        mqtt_cfg(dead, client_id="x"), topic_root="campus/s/d", outbox=outbox, status=dict, offline=lambda r: {}
+    ) as up:
+        assert repr(up) == "<Uplink campus/s/d disconnected (connecting) inflight=0>"
+        up.start()
+        eventually(lambda: up.state().last_error, what="a failed attempt")
+        assert "TCP: connection refused" in repr(up)
+    assert repr(up) == "<Uplink campus/s/d closed>"
+    assert not any(t.name == "uplink-sender" and t.is_alive() for t in threading.enumerate()), "close() joins it"
+    up.close()  # idempotent
+    # A sender started after close() would exit at once (the stop flag stays set), so whether a
+    # thread is alive afterwards proves nothing: count the threads start() launches instead.
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    with monkeypatch.context() as m:
+        m.setattr(threading.Thread, "start", counting_start)
+        up.start()  # a closed uplink stays closed
+    assert started == [], f"start() after close() launched {started}"
