@@ -35,8 +35,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.config.model import CameraConfig, CameraKind
 from agent.config.snapshots import SnapshotsConfig
 from agent.photostore import Photo, PhotoStore
@@ -67,7 +68,7 @@ class _Worker:
         self.thread: threading.Thread | None = None
 
 
-class Snapshots:
+class Snapshots(Closing):
     """Takes, checks and stores a still per camera for each real alarm; never blocks the caller.
 
     Args:
@@ -253,14 +254,10 @@ class Snapshots:
                 if job is not None:
                     self._failed(job.event_id, w.cfg.name, SnapshotError("stopped", "the agent stopped first"))
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._stop.is_set():
-            return "<Snapshots closed>"
+    def _repr_state(self) -> str:
         waiting = ", ".join(f"{n}={w.jobs.qsize()}" for n, w in self._workers.items())
-        return f"<Snapshots cameras: {waiting or 'none'}>"
+        return f"cameras: {waiting or 'none'}"
