@@ -1,4 +1,4 @@
-"""Inbound commands (``R/cmd/{name}``): parsing, validation, rate limiting and replies.
+"""Inbound commands (``R/cmd/{name}``): budget, carry out and answer each one, counting and logging refusals.
 
 The network is untrusted input: every check is strict and every refusal is a
 :class:`~agent.errors.CommandError` whose reason is part of the API (the
