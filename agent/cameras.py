@@ -20,9 +20,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Self
+from typing import Any
 
 from agent.camprobes import PiCameraProbe, ProbeResult, address_of, elapsed_ms, one_line, probe_http, probe_rtsp
+from agent.closing import Closing
 from agent.config.model import CameraConfig, CameraKind
 from agent.errors import CameraError
 from agent.events import Clock, EventType, Stamp, iso_ms
@@ -61,7 +62,7 @@ class _Camera:
         self.probe_lock = threading.Lock()
 
 
-class Cameras:
+class Cameras(Closing):
     """Probes the configured cameras, each on its own thread and schedule, and reports their health.
 
     Args:
@@ -219,14 +220,10 @@ class Cameras:
             if t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._stop.is_set():
-            return "<Cameras closed>"
+    def _repr_state(self) -> str:
         words = {True: "ok", False: "fault", None: "unknown"}
-        return "<Cameras " + ", ".join(f"{n}={words[s['ok']]}" for n, s in self.states().items()) + ">"
+        return ", ".join(f"{n}={words[s['ok']]}" for n, s in self.states().items()) or "no cameras"

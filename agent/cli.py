@@ -177,6 +177,19 @@ def cmd_test_mode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _minutes(text: str) -> int:
+    """``test-mode --minutes``: 1 up to the limit the agent itself enforces (``commands.MAX_MINUTES``)."""
+    from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - only a test-mode command line pays for it
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of minutes, got {text!r}") from None
+    if not 1 <= value <= MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"expected 1-{MAX_MINUTES} minutes, got {value}")
+    return value
+
+
 _DEVICE_COMMANDS = frozenset({"run", "check-config", "status", "simulate", "test-mode"})
 
 
@@ -216,9 +229,7 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
 
     tm = with_config(sub.add_parser("test-mode", help="send presses as tests for a while (technician patrol)"))
     tm.add_argument("state", choices=("on", "off"))
-    tm.add_argument(
-        "--minutes", type=int, default=30, choices=range(1, 241), metavar="N", help="how long, 1-240 (default 30)"
-    )
+    tm.add_argument("--minutes", type=_minutes, default=30, metavar="N", help="how long, in minutes (default 30)")
     tm.set_defaults(func=cmd_test_mode)
 
     if tools:

@@ -18,8 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.errors import AgentError, ControlError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ MAX_REQUEST = 64 * 1024
 REQUEST_DEADLINE_S = 2.0
 
 
-class ControlServer:
+class ControlServer(Closing):
     """Serves ``{"cmd": name, ...}`` requests with the registered handlers."""
 
     def __init__(self, path: Path, handlers: dict[str, Handler], mode: int = 0o660) -> None:
@@ -119,14 +120,15 @@ class ControlServer:
         with contextlib.suppress(OSError):
             self.path.unlink()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return str(self.path)
 
-    def __repr__(self) -> str:
-        return f"<ControlServer {self.path} {'closed' if self._closed.is_set() else 'serving'}>"
+    def _repr_state(self) -> str:
+        return "serving"
 
 
 def _read_line(conn: socket.socket, deadline: float) -> bytes:

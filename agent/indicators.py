@@ -52,8 +52,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.config.model import OutputConfig, OutputsConfig
 from agent.errors import HardwareError
 from agent.patterns import BUZZER as _BUZZER
@@ -92,7 +93,7 @@ class _Output:
         return self.name == _BUZZER
 
 
-class Indicators:
+class Indicators(Closing):
     """Runs the LED and buzzer patterns from alarm, delivery, ack and link news.
 
     Args:
@@ -331,14 +332,9 @@ class Indicators:
                     log.exception("cannot release %s (GPIO%d)", out.name, out.cfg.pin)
                 out.device, out.applied = None, None
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._closed:
-            return "<Indicators closed>"
-        shown = ", ".join(f"{n}={p['pattern']}" for n, p in self.patterns().items())
-        return f"<Indicators {shown or 'no outputs'}>"
+    def _repr_state(self) -> str:
+        return ", ".join(f"{n}={p['pattern']}" for n, p in self.patterns().items()) or "no outputs"

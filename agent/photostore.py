@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
+from agent.closing import Closing
 from agent.errors import OutboxError
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class PhotoStats:
     dropped: int
 
 
-class PhotoStore:
+class PhotoStore(Closing):
     """SQLite store of photos waiting for their PUBACK; oldest dropped first beyond ``max_mb``.
 
     Thread-safe: camera workers :meth:`put`, the sender reads :meth:`pending`
@@ -226,16 +226,12 @@ class PhotoStore:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return str(self.path)
 
-    def __repr__(self) -> str:
-        if self._closed:
-            return f"<PhotoStore {self.path} closed>"
-        return (
-            f"<PhotoStore {self.path} pending={self._pending} bytes={self._bytes}/{self.cap_bytes} "
-            f"dropped={self._dropped}>"
-        )
+    def _repr_state(self) -> str:
+        return f"pending={self._pending} bytes={self._bytes}/{self.cap_bytes} dropped={self._dropped}"

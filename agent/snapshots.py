@@ -17,6 +17,9 @@ a missing photo always says why.
 * ``http_snapshot``, and ``rtsp`` with a ``snapshot_url``: one GET through
   requests with the camera's basic or digest login, read up to ``max_kb``.
 
+The two ways to take a still are in :mod:`agent.stills`; this module queues,
+bounds and stores them.
+
 A capture runs on a short-lived thread that the camera's worker waits on for
 at most its time budget: a driver or DNS that hangs yields ``hung`` and the
 camera is not asked again until that capture returns, so one stuck camera
@@ -26,58 +29,24 @@ never delays another camera or the next alarm.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import io
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.config.model import CameraConfig, CameraKind
 from agent.config.snapshots import SnapshotsConfig
-from agent.errors import CameraError
 from agent.photostore import Photo, PhotoStore
-
-if TYPE_CHECKING:
-    import requests
+from agent.stills import HttpStill, PiStill, SnapshotError
 
 log = logging.getLogger(__name__)
 
 OnFailed = Callable[[str, str, str, str], None]  # (event_id, camera, reason, detail)
 QUEUE_PER_CAMERA = 8  # stills waiting per camera; beyond it an alarm storm gets "busy", not a backlog
-_WARMUP_FRAMES = 3  # auto exposure settles within a few frames after start
-_QUALITY_STEP = 15  # JPEG quality is lowered by this until the still fits max_kb ...
-_QUALITY_FLOOR = 30  # ... but not below this: a smaller but useless photo helps nobody
-_PI_START_S = 2.0  # seconds a Pi camera may take to open and start on top of timeout_s
-_USER_AGENT = "campus-edge-agent snapshot"
-
-REASONS = (
-    "unreachable",
-    "timeout",
-    "login",
-    "http_error",
-    "not_jpeg",
-    "too_large",
-    "camera_error",
-    "hung",
-    "busy",
-    "store_error",
-    "stopped",
-    "dropped",
-    "refused",
-)  # refused: photosend.PhotoDrain
-
-
-class SnapshotError(CameraError):
-    """A still could not be taken; ``reason`` is one of :data:`REASONS`, the message says what to check."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        self.reason = reason
-        super().__init__(detail)
 
 
 @dataclass(frozen=True)
@@ -85,139 +54,6 @@ class _Job:
     event_id: str
     part: int
     parts: int
-
-
-def _jpeg_problem(body: bytes) -> str | None:
-    if not body.startswith(b"\xff\xd8"):
-        return f"starts {body[:4].hex(' ') or 'empty'}, no FF D8 marker"
-    if not body.rstrip(b"\r\n\x00 ").endswith(b"\xff\xd9"):
-        return f"{len(body)} bytes with no FF D9 end marker (truncated)"
-    return None
-
-
-class HttpStill:
-    """Fetches one still over HTTP(S) with the camera's login; used for ``http_snapshot`` and ``rtsp`` cameras."""
-
-    def __init__(self, cfg: CameraConfig, url: str, max_bytes: int) -> None:
-        self.cfg = cfg
-        self.url = url
-        self.max_bytes = max_bytes
-        self.limit_s = 2 * cfg.timeout_s + 1.0  # digest auth takes two round trips
-
-    def take(self) -> bytes:
-        import requests  # noqa: PLC0415 - only agents with HTTP cameras pay for requests
-        from requests.auth import HTTPBasicAuth, HTTPDigestAuth  # noqa: PLC0415
-
-        cfg = self.cfg
-        auth: requests.auth.AuthBase | None = None
-        if cfg.username is not None:
-            secret = cfg.password.reveal() if cfg.password is not None else ""
-            auth = HTTPDigestAuth(cfg.username, secret) if cfg.auth == "digest" else HTTPBasicAuth(cfg.username, secret)
-        t0 = time.monotonic()
-        try:
-            with requests.get(
-                self.url,
-                auth=auth,
-                stream=True,
-                timeout=(cfg.timeout_s, cfg.timeout_s),
-                headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT},
-            ) as resp:
-                self._check_status(resp.status_code, has_login=auth is not None)
-                body = self._read(resp, t0)
-        except requests.Timeout:
-            raise SnapshotError("timeout", f"no still from {cfg.name} within {cfg.timeout_s:g} s") from None
-        except requests.RequestException as exc:
-            raise SnapshotError(
-                "unreachable",
-                f"cannot fetch a still from {cfg.name} ({type(exc).__name__}); check the network and snapshot URL",
-            ) from None
-        problem = _jpeg_problem(body)
-        if problem is not None:
-            raise SnapshotError("not_jpeg", f"{cfg.name} sent no JPEG ({problem}); check the snapshot URL")
-        return body
-
-    def _check_status(self, code: int, *, has_login: bool) -> None:
-        if code == 200:
-            return
-        if code == 401:
-            fix = "check the camera's username and password_file" if has_login else "set username and password_file"
-            raise SnapshotError("login", f"HTTP 401 from {self.cfg.name}: {fix}")
-        raise SnapshotError("http_error", f"HTTP {code} from {self.cfg.name}")
-
-    def _read(self, resp: requests.Response, t0: float) -> bytes:
-        body = bytearray()
-        for chunk in resp.iter_content(65536):
-            body += chunk
-            if len(body) > self.max_bytes:
-                raise SnapshotError(
-                    "too_large",
-                    f"{self.cfg.name} sent more than {self.max_bytes // 1024} kB; "
-                    "lower the camera's snapshot resolution or raise snapshots.max_kb",
-                )
-            if time.monotonic() - t0 > self.limit_s:
-                raise SnapshotError("timeout", f"still from {self.cfg.name} still arriving after {self.limit_s:g} s")
-        return bytes(body)
-
-
-class PiStill:
-    """Takes one JPEG still from a Raspberry Pi camera through picamera2 (imported at the first capture).
-
-    Wiring: the CSI ribbon as for the health probe (``camprobes.PiCameraProbe``).
-    """
-
-    def __init__(self, cfg: CameraConfig, snaps: SnapshotsConfig, max_bytes: int) -> None:
-        self.cfg = cfg
-        self.size = (snaps.width, snaps.height)
-        self.quality = snaps.quality
-        self.max_bytes = max_bytes
-        self.limit_s = cfg.timeout_s + _PI_START_S
-        self._module: Any = None
-
-    def take(self) -> bytes:
-        if self._module is None:
-            try:
-                self._module = importlib.import_module("picamera2")
-            except ImportError:
-                raise SnapshotError("camera_error", "picamera2 is not installed: install python3-picamera2") from None
-        num = self.cfg.camera_num
-        try:
-            cam = self._module.Picamera2(num)
-        except Exception as exc:
-            raise SnapshotError(
-                "camera_error",
-                f"camera {num} cannot be opened ({type(exc).__name__}: {exc}); another program may be using it",
-            ) from None
-        try:
-            cam.configure(cam.create_still_configuration(main={"size": self.size}))
-            cam.start()
-            for _ in range(_WARMUP_FRAMES):
-                cam.capture_metadata()
-            quality = self.quality
-            while True:
-                cam.options["quality"] = quality
-                buf = io.BytesIO()
-                cam.capture_file(buf, format="jpeg")
-                data = buf.getvalue()
-                if len(data) <= self.max_bytes:
-                    return data
-                if quality <= _QUALITY_FLOOR:
-                    raise SnapshotError(
-                        "too_large",
-                        f"still of {len(data) // 1024} kB at quality {quality} "
-                        f"exceeds max_kb {self.max_bytes // 1024}; lower snapshots.width/height",
-                    )
-                quality = max(_QUALITY_FLOOR, quality - _QUALITY_STEP)
-        except SnapshotError:
-            raise
-        except Exception as exc:
-            raise SnapshotError(
-                "camera_error",
-                f"camera {num} failed to capture ({type(exc).__name__}: {exc}); reboot the Pi if it persists",
-            ) from None
-        finally:
-            for release in (cam.stop, cam.close):
-                with contextlib.suppress(Exception):  # the still is taken or failed; the next capture reopens
-                    release()
 
 
 class _Worker:
@@ -232,7 +68,7 @@ class _Worker:
         self.thread: threading.Thread | None = None
 
 
-class Snapshots:
+class Snapshots(Closing):
     """Takes, checks and stores a still per camera for each real alarm; never blocks the caller.
 
     Args:
@@ -418,14 +254,10 @@ class Snapshots:
                 if job is not None:
                     self._failed(job.event_id, w.cfg.name, SnapshotError("stopped", "the agent stopped first"))
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._stop.is_set():
-            return "<Snapshots closed>"
+    def _repr_state(self) -> str:
         waiting = ", ".join(f"{n}={w.jobs.qsize()}" for n, w in self._workers.items())
-        return f"<Snapshots cameras: {waiting or 'none'}>"
+        return f"cameras: {waiting or 'none'}"

@@ -14,15 +14,16 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.linkstats import LinkStats
 from agent.statefile import write_atomic
 
 log = logging.getLogger(__name__)
 
 
-class Transmission:
+class Transmission(Closing):
     """Feeds :class:`LinkStats` from link changes and PUBACKs; saves and restores it.
 
     Args:
@@ -101,11 +102,9 @@ class Transmission:
         self._closed = True
         self.save(force=True)
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Transmission {self.path}{' closed' if self._closed else ''}>"
+    def _repr_id(self) -> str:
+        return str(self.path)

@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 _ID = b'"id":"'
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--topic", action="append", required=True)
@@ -38,30 +38,46 @@ def main() -> int:
     p.add_argument("--match", default="/event/")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--count-messages", action="store_true", help="count messages, not distinct ids")
-    args = p.parse_args()
+    return p.parse_args()
 
-    arrivals: list[tuple[float, str, bytes | bytearray]] = []
-    ids: set[bytes | bytearray] = set()
-    done = threading.Event()
-    match = args.match
-    counted = [0]
 
-    def on_message(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+class _Arrivals:
+    """Every arrival, stamped first; ``done`` is set once ``expect`` ids (or messages) matched."""
+
+    def __init__(self, match: str, expect: int, *, count_messages: bool) -> None:
+        self.rows: list[tuple[float, str, bytes | bytearray]] = []
+        self.done = threading.Event()
+        self._match = match
+        self._expect = expect
+        self._ids: set[bytes | bytearray] = set()
+        self._counted = 0
+        self.on_message = self._count_message if count_messages else self._count_id
+
+    def _count_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        t = time.monotonic()
+        topic = m.topic
+        self.rows.append((t, topic, m.payload))
+        if self._match in topic:
+            self._counted += 1
+            if self._expect and self._counted >= self._expect:
+                self.done.set()
+
+    def _count_id(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
         t = time.monotonic()
         payload = m.payload
         topic = m.topic
-        arrivals.append((t, topic, payload))
-        if match in topic and args.count_messages:
-            counted[0] += 1
-            if args.expect and counted[0] >= args.expect:
-                done.set()
-        elif match in topic:
+        self.rows.append((t, topic, payload))
+        if self._match in topic:
             i = payload.find(_ID)
             if i >= 0:
-                ids.add(payload[i + 6 : i + 38])
-                if args.expect and len(ids) >= args.expect:
-                    done.set()
+                self._ids.add(payload[i + 6 : i + 38])
+                if self._expect and len(self._ids) >= self._expect:
+                    self.done.set()
 
+
+def main() -> int:
+    args = _args()
+    seen = _Arrivals(args.match, args.expect, count_messages=args.count_messages)
     c = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
     )
@@ -73,9 +89,9 @@ def main() -> int:
     c.on_connect = on_connect
     subscribed = threading.Event()
     c.on_subscribe = lambda *_a: subscribed.set()
-    c.on_message = on_message
+    c.on_message = seen.on_message
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_a: done.set())
+        signal.signal(sig, lambda *_a: seen.done.set())
     c.connect("127.0.0.1", args.port, keepalive=30)
     c.loop_start()
     ready_at = time.monotonic()
@@ -84,11 +100,11 @@ def main() -> int:
             print("NO SUBACK", flush=True)
             return 1
         print("READY", flush=True)
-        timed_out = not done.wait(args.timeout)
+        timed_out = not seen.done.wait(args.timeout)
     finally:
         c.disconnect()
         c.loop_stop()
-    rows = [[t, topic, *_fields(payload)] for t, topic, payload in list(arrivals)]
+    rows = [[t, topic, *_fields(payload)] for t, topic, payload in list(seen.rows)]
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"ready_at": ready_at, "timed_out": timed_out, "arrivals": rows}))
     tmp.replace(args.out)

@@ -91,6 +91,99 @@ def live_view(port: int) -> mqtt.Client:
     return c
 
 
+def write_configs(work: Path, port: int) -> tuple[Path, Path]:
+    """A mosquitto config for loopback and config/demo.yaml pointed at it; return both paths."""
+    conf = work / "mosquitto.conf"
+    lines = ["persistence false", "log_dest none", f"listener {port} 127.0.0.1", "allow_anonymous true"]
+    if os.geteuid() == 0:
+        lines.insert(0, "user root")
+    conf.write_text("\n".join(lines) + "\n")
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["mqtt"]["port"] = port
+    cfg["outbox"]["path"] = str(work / "outbox.db")
+    cfg["control"]["socket"] = str(work / "control.sock")
+    cfg_path = work / "agent.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return conf, cfg_path
+
+
+def start_agent(cfg_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`campus-agent run` on the demo config, its output in ``log_path``; return once it answers ``status``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CAMPUS_AGENT_ALLOW_ROOT="1")  # a dev box or container as root
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "-c", str(cfg_path)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    sock = cfg_path.parent / "control.sock"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            request(sock, "status", timeout=1)
+            break
+        except ControlError:
+            time.sleep(0.1)
+    return proc
+
+
+def press(sock: Path, reason: str) -> None:
+    """Press and release the simulated panic button through the control socket."""
+    try:
+        request(sock, "simulate", input="panic", action="press")
+        time.sleep(0.3)  # a human press lasts a moment; debounce is 50 ms
+        request(sock, "simulate", input="panic", action="release")
+        print(f"demo: pressed panic ({reason})", flush=True)
+    except ControlError as exc:
+        print(f"demo: could not press: {exc}", flush=True)
+
+
+def press_on_enter(sock: Path) -> None:
+    """When a person is at the terminal, every Enter presses the button."""
+    if not sys.stdin.isatty():
+        return
+
+    def keys() -> None:
+        for _line in sys.stdin:
+            press(sock, "Enter")
+
+    threading.Thread(target=keys, daemon=True).start()
+
+
+def press_every(
+    sock: Path, every: float, duration: float, procs: list[subprocess.Popen[bytes]], stop: threading.Event
+) -> None:
+    """Press every ``every`` s until ``stop``, ``duration`` s (0: no limit), or a child exits."""
+    started = time.monotonic()
+    next_press = started + 2.0
+    while not stop.is_set():
+        now = time.monotonic()
+        if duration and now - started >= duration:
+            return
+        if any(p.poll() is not None for p in procs):
+            print("demo: a child process exited; stopping", flush=True)
+            return
+        if now >= next_press:
+            press(sock, "timer")
+            next_press = now + every
+        stop.wait(0.1)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], view: mqtt.Client | None) -> None:
+    """Terminate the children, newest first (the agent before its broker), and drop the live view."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    if view is not None:
+        view.disconnect()
+        view.loop_stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--every", type=float, default=5.0, help="seconds between automatic presses")
@@ -106,17 +199,8 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     port = free_port()
-    conf = work / "mosquitto.conf"
-    lines = ["persistence false", "log_dest none", f"listener {port} 127.0.0.1", "allow_anonymous true"]
-    if os.geteuid() == 0:
-        lines.insert(0, "user root")
-    conf.write_text("\n".join(lines) + "\n")
-    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
-    cfg["mqtt"]["port"] = port
-    cfg["outbox"]["path"] = str(work / "outbox.db")
-    cfg["control"]["socket"] = str(work / "control.sock")
-    cfg_path = work / "agent.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    conf, cfg_path = write_configs(work, port)
+    sock = cfg_path.parent / "control.sock"
 
     procs: list[subprocess.Popen[bytes]] = []
     stop = threading.Event()
@@ -127,73 +211,19 @@ def main() -> int:
         wait_port(port)
         print(f"demo: mosquitto on 127.0.0.1:{port}; agent config {cfg_path}", flush=True)
         view = live_view(port)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), CAMPUS_AGENT_ALLOW_ROOT="1")  # a dev box or container as root
-        log = (work / "agent.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "-c", str(cfg_path)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        procs.append(start_agent(cfg_path, work / "agent.log"))
         print(f"demo: agent running; its log is {work / 'agent.log'}", flush=True)
-        sock = cfg_path.parent / "control.sock"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                request(sock, "status", timeout=1)
-                break
-            except ControlError:
-                time.sleep(0.1)
         print(
             f"demo: pressing the simulated panic button every {args.every:g} s; press Enter to press it now, "
             "Ctrl-C to stop",
             flush=True,
         )
-
-        def press(reason: str) -> None:
-            try:
-                request(sock, "simulate", input="panic", action="press")
-                time.sleep(0.3)  # a human press lasts a moment; debounce is 50 ms
-                request(sock, "simulate", input="panic", action="release")
-                print(f"demo: pressed panic ({reason})", flush=True)
-            except ControlError as exc:
-                print(f"demo: could not press: {exc}", flush=True)
-
-        if sys.stdin.isatty():
-
-            def keys() -> None:
-                for _line in sys.stdin:
-                    press("Enter")
-
-            threading.Thread(target=keys, daemon=True).start()
-        started = time.monotonic()
-        next_press = started + 2.0
-        while not stop.is_set():
-            now = time.monotonic()
-            if args.duration and now - started >= args.duration:
-                break
-            if any(p.poll() is not None for p in procs):
-                print("demo: a child process exited; stopping", flush=True)
-                break
-            if now >= next_press:
-                press("timer")
-                next_press = now + args.every
-            stop.wait(0.1)
+        press_on_enter(sock)
+        press_every(sock, args.every, args.duration, procs, stop)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        if view is not None:
-            view.disconnect()
-            view.loop_stop()
+        stop_all(procs, view)
         print(f"demo: stopped; the agent's log is in {work / 'agent.log'}", flush=True)
     return 0
 

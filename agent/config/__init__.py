@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 from agent.config.files import secret_file, trusted_file
 from agent.config.model import (
@@ -60,17 +61,22 @@ def load_config(path: Path | str) -> Config:
 
     """
     path = Path(path)
-    try:
-        data, structural = load_marked(path)
-    except Invalid as exc:
-        raise ConfigError(str(exc)) from None
-    ctx = Ctx(path)
+    data, structural, ctx = _read(path)
     for line, key, message in structural:
         ctx.error(line, key or "(top level)", message)
     config = build(Section(ctx, data, "", getattr(data, "line", 1)))
     if ctx.problems or config is None:
         raise ConfigError(sorted(ctx.problems, key=_line_of))
     return config
+
+
+def _read(path: Path) -> tuple[Any, list[tuple[int, str, str]], Ctx]:
+    """The marked YAML, its structural problems and a fresh problem list; a file that is not YAML raises."""
+    try:
+        data, structural = load_marked(path)
+    except Invalid as exc:
+        raise ConfigError(str(exc)) from None
+    return data, structural, Ctx(path)
 
 
 def _line_of(problem: str) -> int:
@@ -89,11 +95,7 @@ def load_control_socket(path: Path | str) -> Path:
 
     """
     path = Path(path)
-    try:
-        data, _structural = load_marked(path)
-    except Invalid as exc:
-        raise ConfigError(str(exc)) from None
-    ctx = Ctx(path)
+    data, _structural, ctx = _read(path)
     root = Section(ctx, data if isinstance(data, MarkedMap) else None, "", getattr(data, "line", 1))
     socket = control_socket(root.section("control"), path.parent)
     if ctx.problems:

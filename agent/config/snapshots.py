@@ -109,7 +109,24 @@ def parse_snapshot_config(
     ``file:line: key.path: what is wrong`` like every other key; the value
     returned is then incomplete and ``build`` returns None anyway.
     """
-    sec = root.section("snapshots")
+    sizes = _sizes(root.section("snapshots"))
+    by_name = {c.name: c for c, _ in cameras if c.name is not None}
+    wanted: dict[str, list[str]] = {c.name: [] for c, _ in inputs if c.name is not None}
+    reasons: dict[str, tuple[Section, str]] = {}  # camera → where it was first asked for
+    input_names = list(wanted)
+    _from_inputs(inputs, by_name, wanted, reasons)
+    urls = _from_cameras(cameras, input_names, wanted, reasons)
+    _check_rtsp_stills(by_name, {name for name, _ in urls}, reasons)
+    _check_per_alarm(inputs, wanted)
+    return SnapshotsConfig(
+        **sizes,
+        triggers=tuple((name, tuple(cams)) for name, cams in wanted.items() if cams),
+        urls=tuple(urls),
+    )
+
+
+def _sizes(sec: Section) -> dict[str, Any]:
+    """The ``snapshots`` section's size limits, defaults filled in (None where a value is wrong)."""
     max_mb = sec.get("max_mb", number(1, 100000, "MiB"), 50.0)
     max_kb = sec.get("max_kb", integer(16, 16384, "KiB"), 400)
     if max_kb is not None and max_mb is not None and max_kb * 1024 > max_mb * (1 << 20):
@@ -118,7 +135,7 @@ def parse_snapshot_config(
             sec.sub("max_kb"),
             f"one photo ({max_kb} KiB) must fit in the store (max_mb {max_mb:g}); lower max_kb",
         )
-    cfg: dict[str, Any] = {
+    sizes = {
         "max_kb": max_kb,
         "max_mb": max_mb,
         "width": sec.get("width", integer(160, 4608, "pixels"), 1280),
@@ -126,30 +143,43 @@ def parse_snapshot_config(
         "quality": sec.get("quality", integer(10, 95, "(JPEG quality)"), 80),
     }
     sec.done()
-    input_names = [c.name for c, _ in inputs if c.name is not None]
-    by_name = {c.name: (c, s) for c, s in cameras if c.name is not None}
-    wanted: dict[str, list[str]] = {name: [] for name in input_names}
-    reasons: dict[str, tuple[Section, str]] = {}  # camera → where it was first asked for
+    return sizes
 
+
+def _from_inputs(
+    inputs: Sequence[tuple[InputConfig, Section]],
+    cameras: dict[str, CameraConfig],
+    wanted: dict[str, list[str]],
+    reasons: dict[str, tuple[Section, str]],
+) -> None:
+    """Add each input's ``snapshot`` list to ``wanted`` (input → cameras); unknown cameras are errors."""
     for icfg, isec in inputs:
         for cam in isec.get("snapshot", _names, []):
-            if cam not in by_name:
-                isec.ctx.error(isec.key_line("snapshot"), isec.sub("snapshot"), _unknown(cam, list(by_name), "camera"))
+            if cam not in cameras:
+                isec.ctx.error(isec.key_line("snapshot"), isec.sub("snapshot"), _unknown(cam, list(cameras), "camera"))
                 continue
             wanted.setdefault(icfg.name, []).append(cam)
             reasons.setdefault(cam, (isec, "snapshot"))
+
+
+def _from_cameras(
+    cameras: Sequence[tuple[CameraConfig, Section]],
+    input_names: list[str],
+    wanted: dict[str, list[str]],
+    reasons: dict[str, tuple[Section, str]],
+) -> list[tuple[str, str]]:
+    """Merge each camera's ``snapshot_on`` into ``wanted``; return the ``snapshot_url`` overrides."""
     urls: list[tuple[str, str]] = []
     for ccfg, csec in cameras:
         url = csec.get("snapshot_url", _still_url, None)
-        if url is not None:
-            if ccfg.kind == "picamera2":
-                csec.ctx.error(
-                    csec.key_line("snapshot_url"),
-                    csec.sub("snapshot_url"),
-                    "a picamera2 camera takes its still itself; remove snapshot_url",
-                )
-            else:
-                urls.append((ccfg.name, url))
+        if url is not None and ccfg.kind == "picamera2":
+            csec.ctx.error(
+                csec.key_line("snapshot_url"),
+                csec.sub("snapshot_url"),
+                "a picamera2 camera takes its still itself; remove snapshot_url",
+            )
+        elif url is not None:
+            urls.append((ccfg.name, url))
         for name in csec.get("snapshot_on", _names, []):
             if name not in wanted:
                 csec.ctx.error(
@@ -159,16 +189,25 @@ def parse_snapshot_config(
             if ccfg.name not in wanted[name]:
                 wanted[name].append(ccfg.name)
             reasons.setdefault(ccfg.name, (csec, "snapshot_on"))
-    has_url = {name for name, _ in urls}
+    return urls
+
+
+def _check_rtsp_stills(
+    cameras: dict[str, CameraConfig], has_url: set[str], reasons: dict[str, tuple[Section, str]]
+) -> None:
+    """An ``rtsp`` camera asked for a still must have a ``snapshot_url``: the stream itself is not one."""
     for cam, (where, key) in reasons.items():
-        ccfg = by_name[cam][0]
-        if ccfg.kind == "rtsp" and cam not in has_url:
+        if cameras[cam].kind == "rtsp" and cam not in has_url:
             where.ctx.error(
                 where.key_line(key),
                 where.sub(key),
                 f"camera '{cam}' is an rtsp stream and takes a still only through its snapshot_url; "
                 "add snapshot_url: http://... to that camera or leave it out here",
             )
+
+
+def _check_per_alarm(inputs: Sequence[tuple[InputConfig, Section]], wanted: dict[str, list[str]]) -> None:
+    """At most ``MAX_PER_ALARM`` cameras per input, counted after both sides are merged."""
     for icfg, isec in inputs:
         cams = wanted.get(icfg.name, [])
         if len(cams) > MAX_PER_ALARM:
@@ -177,8 +216,3 @@ def parse_snapshot_config(
                 isec.sub("snapshot"),
                 f"at most {MAX_PER_ALARM} cameras per alarm, got {len(cams)} ({', '.join(cams)})",
             )
-    return SnapshotsConfig(
-        **cfg,
-        triggers=tuple((name, tuple(cams)) for name, cams in wanted.items() if cams),
-        urls=tuple(urls),
-    )

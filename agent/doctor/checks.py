@@ -279,26 +279,26 @@ def check_outbox_folder(cfg: OutboxConfig) -> list[Check]:
             )
         ]
     note = "" if where == folder else f" (does not exist yet; the agent creates it in {where})"
+    return [_free_space(cfg, where, note)]
+
+
+def _free_space(cfg: OutboxConfig, where: Path, note: str) -> Check:
+    """Free space in the outbox's folder weighed against ``max_mb`` plus the headroom the outbox keeps."""
+    folder = cfg.path.parent
     free = shutil.disk_usage(where).free
     cap = int(cfg.max_mb * _MB)
     free_mb, max_mb = free // _MB, f"{cfg.max_mb:g}"
     if free < HEADROOM_BYTES + _MB:
-        return [
-            Check.fail(
-                f"outbox folder {folder}: disk full ({free_mb} MB free); presses cannot be recorded",
-                "free disk space now (old logs, /var/cache/apt: apt-get clean)",
-            )
-        ]
+        return Check.fail(
+            f"outbox folder {folder}: disk full ({free_mb} MB free); presses cannot be recorded",
+            "free disk space now (old logs, /var/cache/apt: apt-get clean)",
+        )
     if free < cap + HEADROOM_BYTES:
-        return [
-            Check.warn(
-                f"outbox folder {folder} writable{note}, but only {free_mb} MB free for an outbox cap of {max_mb} MB",
-                "free disk space or lower outbox.max_mb",
-            )
-        ]
-    return [
-        Check.ok(f"outbox folder {folder} writable (tested as {_who()}){note}, {free_mb} MB free (cap {max_mb} MB)")
-    ]
+        return Check.warn(
+            f"outbox folder {folder} writable{note}, but only {free_mb} MB free for an outbox cap of {max_mb} MB",
+            "free disk space or lower outbox.max_mb",
+        )
+    return Check.ok(f"outbox folder {folder} writable (tested as {_who()}){note}, {free_mb} MB free (cap {max_mb} MB)")
 
 
 # ---- clock -----------------------------------------------------------------------

@@ -12,13 +12,14 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import tls_context
+from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
 
 _KEEPALIVE_S = 30
@@ -48,7 +49,7 @@ def _connack(rc: ReasonCode, props: Any) -> Note:
     return note
 
 
-class MqttProbe:
+class MqttProbe(Closing):
     """One short doctor connection; paho's callbacks only put :class:`Note` values on a queue.
 
     ``protocol`` is ``5`` or ``3.1.1`` (``auto`` is the caller's loop over both).
@@ -73,6 +74,7 @@ class MqttProbe:
         if cfg.tls is not None:
             self._client.tls_set_context(tls_context(cfg))
         self._looping = False
+        self._closed = False
         put = self.notes.put
         self._client.on_connect = lambda _c, _u, _f, rc, props: put(_connack(rc, props))
         self._client.on_disconnect = lambda _c, _u, _f, rc, _p: put(_note("lost", rc))
@@ -108,16 +110,18 @@ class MqttProbe:
         return None
 
     def close(self) -> None:
+        self._closed = True
         if self._looping:
             self._looping = False
             self._client.disconnect()
             self._client.loop_stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return self.client_id
 
-    def __repr__(self) -> str:
-        return f"<doctor MQTT probe {self.client_id} {'open' if self._looping else 'closed'}>"
+    def _repr_state(self) -> str:
+        return "connected" if self._looping else "not connected"

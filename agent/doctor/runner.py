@@ -28,7 +28,7 @@ from typing import Any, TextIO, TypeVar
 
 from agent.config import DEFAULT_PATH, Config, load_config
 from agent.control import request
-from agent.doctor.broker import check_broker, check_client_cert
+from agent.doctor.broker import check_broker
 from agent.doctor.checks import (
     Check,
     Level,
@@ -42,6 +42,7 @@ from agent.doctor.checks import (
     split_hint,
     utc_now,
 )
+from agent.doctor.tls import check_client_cert
 from agent.errors import ConfigError, ControlError, HardwareError
 from agent.events import kernel_clock_synced
 from agent.pins import close_pin_factory, make_pin_factory

@@ -180,7 +180,7 @@ class Consumer:
         return fixed.isoformat(timespec="milliseconds").replace("+00:00", "Z") + "~"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=1883)
@@ -195,6 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.password_file and not args.cafile:
         ap.error("--password-file needs --cafile: a password must not cross the network in clear")
+    return args
+
+
+def _login(client: mqtt.Client, args: argparse.Namespace) -> None:
+    """TLS when a CA is given; a username and password when a username is."""
+    if args.cafile:
+        client.tls_set(ca_certs=args.cafile, certfile=args.cert, keyfile=args.key)
+    if args.username:
+        password = Path(args.password_file).read_text().splitlines()[0] if args.password_file else None
+        client.username_pw_set(args.username, password)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     consumer = Consumer()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=MQTTProtocolVersion.MQTTv5)
     events = "campus/+/+/event/#" if not args.group else f"$share/{args.group}/campus/+/+/event/#"
@@ -216,11 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in consumer.handle(m.topic, m.payload):
             print(line, flush=True)
 
-    if args.cafile:
-        client.tls_set(ca_certs=args.cafile, certfile=args.cert, keyfile=args.key)
-    if args.username:
-        password = Path(args.password_file).read_text().splitlines()[0] if args.password_file else None
-        client.username_pw_set(args.username, password)
+    _login(client, args)
     client.on_connect = on_connect
     client.on_message = on_message
     client.on_subscribe = on_subscribe
