@@ -8,16 +8,18 @@ the control socket start.
 
 Stop order, each part closed once even if another fails: the control socket,
 the cameras, the heartbeat, the uplink (``offline``/``shutdown`` while
-connected), the indicators, then the inputs, whose last poll records what is
-still queued or debouncing, then the recorder, which stores what it still
-holds in memory, then the pin factory, the state file and, last, the outbox.
+connected), the photo queue, the transmission figures, the indicators, then
+the inputs, whose last poll records what is still queued or debouncing, then
+the recorder, which stores what it still holds in memory, then the pin
+factory, the state file and, last, the outbox.  SIGTERM only sets a
+:class:`~agent.stopflag.StopFlag` (a ``threading.Event`` can deadlock in a
+signal handler); every wait in the stop path is bounded.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import threading
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -35,6 +37,7 @@ from agent.outbox import Outbox, OutboxRow
 from agent.pins import close_pin_factory, make_pin_factory
 from agent.recorder import Hooks, Recorder
 from agent.statefile import State, StateFile
+from agent.stopflag import StopFlag
 from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
@@ -84,7 +87,7 @@ class Agent:
             held=lambda: self.recorder.held_count() if self.recorder is not None else 0,
         )
         self._factory: Any = None
-        self._stop = threading.Event()
+        self._stop = StopFlag()  # set by signal handlers: no lock (agent/stopflag.py)
         self._stopped = False
         self._state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
         self._start_reason = "boot"
@@ -242,6 +245,7 @@ class Agent:
             except Exception:
                 log.exception("stopping the %s failed; carrying on with shutdown", name)
         log.info("agent stopped")
+        self._stop.close()
 
     def close(self) -> None:
         """Same as :meth:`stop`: the resource-owner spelling, for ``with Agent(cfg) as agent``."""
