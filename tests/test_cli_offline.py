@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,22 +43,31 @@ def test_ready__sent_with_broker_down(tmp_path: Path) -> None:
     s.bind(path)
     s.settimeout(20)
     cfg = write_config(tmp_path, free_port(), device="offline-1")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=path),
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as logf:  # kept: a stop that hangs is shown with its log and every thread's stack
+        p = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "-c", str(cfg)],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=path, PYTHONFAULTHANDLER="1"),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
     try:
         msg = s.recv(4096).decode()
         assert "READY=1" in msg.splitlines()
         assert "inputs armed" in msg
     finally:
         p.terminate()
-        p.wait(15)
-        s.close()
-        Path(path).unlink()
-        os.rmdir(d)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            p.wait(10)
+            pytest.fail(f"the agent did not stop within 15 s of SIGTERM; its log:\n{log.read_text()}")
+        finally:
+            s.close()
+            Path(path).unlink()
+            os.rmdir(d)
 
 
 def test_main__version(capsys: pytest.CaptureFixture[str]) -> None:
