@@ -14,6 +14,10 @@ from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
+# A full notify socket (systemd busy) blocks a send; unbounded, it would hold the main thread, and stop()
+# sends STOPPING=1 first.  A line not sent in this time is dropped (and said once).
+SEND_TIMEOUT_S = 2.0
+
 
 class Notifier:
     """Sends state lines to systemd's notify socket, if there is one."""
@@ -40,6 +44,7 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.settimeout(SEND_TIMEOUT_S)
                 s.connect(self._addr)
                 s.sendall("\n".join(lines).encode())
         except OSError as exc:

@@ -17,11 +17,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.notify import Notifier
 from tests.support.agentproc import ROOT, short_socket_path, write_config
 from tests.support.broker import free_port
 from tests.support.stopstress import BOUND_S
@@ -144,3 +146,31 @@ def test_sigterm__broker_down__exits_within_the_bound(tmp_path: Path, point: str
 @pytest.mark.parametrize("point", ["ready", "backoff"])
 def test_sigterm__broker_blackholed__exits_within_the_bound(tmp_path: Path, blackhole: int, point: str) -> None:
     _stop_at(tmp_path, blackhole, point)
+
+
+def test_notifier__full_notify_socket_does_not_hold_the_stop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """systemd too busy to read its socket: STOPPING=1 (the stop's first step) gives up instead of blocking."""
+    d = tempfile.mkdtemp(prefix="ntf-", dir="/tmp")
+    path = os.path.join(d, "n.sock")
+    unread = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unread.bind(path)
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    outcome: list[bool] = []
+
+    def fill_then_stop() -> None:  # the queue holds net.unix.max_dgram_qlen datagrams (10 to 512)
+        sent = 0
+        while sent < 5000 and notifier.status(f"filler {sent}"):
+            sent += 1
+        outcome.append(notifier.stopping())
+
+    t = threading.Thread(target=fill_then_stop, daemon=True)
+    try:
+        t.start()
+        eventually(lambda: outcome, 30, "the notifier to give up on a full notify socket")
+        assert outcome == [False]
+        assert "cannot notify systemd" in caplog.text
+    finally:
+        unread.close()  # wakes a send still blocked (no timeout) with an error
+        t.join(10)
+        Path(path).unlink()
+        os.rmdir(d)
