@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from agent.notify import Notifier
+from agent.stopflag import StopFlag
 from tests.support.agentproc import ROOT, short_socket_path, write_config
 from tests.support.broker import free_port
 from tests.support.stopstress import BOUND_S
@@ -174,3 +175,24 @@ def test_notifier__full_notify_socket_does_not_hold_the_stop(tmp_path: Path, cap
         t.join(10)
         Path(path).unlink()
         os.rmdir(d)
+
+
+def test_stop_flag__set_from_another_thread_wakes_the_waiter() -> None:
+    with StopFlag() as flag:
+        assert repr(flag) == "<StopFlag clear>"
+        assert flag.wait(0) is False
+        waker = threading.Thread(target=flag.set)
+        woke: list[bool] = []
+        waiter = threading.Thread(target=lambda: woke.append(flag.wait(60)))
+        waiter.start()
+        waker.start()
+        eventually(lambda: woke, 30, "the waiter to wake")
+        assert woke == [True]
+        assert flag.is_set()
+        assert repr(flag) == "<StopFlag set>"
+        waiter.join(10)
+        waker.join(10)
+    assert repr(flag) == "<StopFlag closed>"
+    flag.set()  # a late signal after close(): nothing written, nothing raised
+    flag.close()
+    assert flag.wait(60) is True
