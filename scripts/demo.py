@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.control import request  # noqa: E402
 from agent.errors import ControlError  # noqa: E402
+from agent.stopflag import StopFlag  # noqa: E402
 
 
 def free_port() -> int:
@@ -152,7 +153,7 @@ def press_on_enter(sock: Path) -> None:
 
 
 def press_every(
-    sock: Path, every: float, duration: float, procs: list[subprocess.Popen[bytes]], stop: threading.Event
+    sock: Path, every: float, duration: float, procs: list[subprocess.Popen[bytes]], stop: StopFlag
 ) -> None:
     """Press every ``every`` s until ``stop``, ``duration`` s (0: no limit), or a child exits."""
     started = time.monotonic()
@@ -203,7 +204,7 @@ def main() -> int:
     sock = cfg_path.parent / "control.sock"
 
     procs: list[subprocess.Popen[bytes]] = []
-    stop = threading.Event()
+    stop = StopFlag()  # a threading.Event set from a signal handler can deadlock its own wait
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     view = None
     try:
