@@ -1,0 +1,158 @@
+"""paho's read side for the monitor: many packets per wake-up, and PUBLISH decoded without paho.
+
+A monitor subscribing to 20,000 retained statuses spent its ingest in paho:
+one ``select()`` per packet, three or more ``recv`` calls per packet, and
+for each MQTT 5 PUBLISH a ``Properties`` object and an ``MQTTMessage``
+(measured with ``bench/fleet_profile.py --profile``: about 75 % of the
+network thread's time was paho's per-packet Python).  :func:`install`
+replaces the instance's ``loop_read``:
+
+- one ``recv`` of up to ``chunk`` bytes takes in as many packets as have
+  arrived; the loop reads until the socket is empty (or ``_MAX_BURST``
+  bytes, so queued PUBACKs and keepalives still get their turn), and a
+  packet split across reads waits in the buffer for its rest;
+- a QoS 0/1 PUBLISH that :func:`~agent.central.wire.parse_publish` takes
+  goes straight to ``deliver``; a QoS 1 one is then acknowledged with
+  paho's own PUBACK, exactly where paho's handler sends it (after the
+  callback), so an alarm is acknowledged only once it is in the monitor's
+  inbox;
+- every other packet (CONNACK, SUBACK, PUBACK, PINGRESP, DISCONNECT, QoS 2,
+  a topic alias, anything odd) is handed whole to paho's ``_packet_read``
+  through the replaced ``_sock_recv``, so paho keeps its own handling.
+
+In a trickle (the last wake-up found fewer than :data:`_TRICKLE_PACKETS`
+packets) a read waits until ``trickle_gap_s`` after the previous one, so
+20,000 heartbeats a minute wake the process about 50 times a second, not
+700; an event waits at most that long (20 ms).  A stream is never held back.
+
+Private paho API (2.x): when a paho release lacks it the client is left as
+it is, and paho reads as it always did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+
+from agent.central.wire import PUBLISH, Publish, WireError, packet_span, parse_publish
+
+TRICKLE_GAP_S = 0.02
+_TRICKLE_PACKETS = 4
+_CHUNK = 65_536
+_MAX_BURST = 1 << 20
+_NEEDS = ("_sock_recv", "_packet_read", "_loop_rc_handle", "_send_puback", "_msgtime_mutex", "_protocol")
+
+
+def install(
+    client: mqtt.Client,
+    deliver: Callable[[Publish], None],
+    *,
+    chunk: int = _CHUNK,
+    trickle_gap_s: float = TRICKLE_GAP_S,
+) -> bool:
+    """Replace ``client``'s read side; False (and nothing changed) when this paho lacks what it needs."""
+    if not all(hasattr(client, name) for name in _NEEDS):
+        return False
+    reader = _Reader(client, deliver, chunk, trickle_gap_s)
+    client._sock_recv = reader.feed_paho  # type: ignore[method-assign,assignment]  # noqa: SLF001
+    client.loop_read = reader.loop_read  # type: ignore[method-assign]
+    return True
+
+
+class _Reader:
+    """The buffer between the socket and paho; lives on paho's network thread only."""
+
+    def __init__(
+        self, client: mqtt.Client, deliver: Callable[[Publish], None], chunk: int, trickle_gap_s: float
+    ) -> None:
+        self._client = client
+        self._deliver = deliver
+        self._raw_recv = client._sock_recv  # noqa: SLF001
+        self._chunk = chunk
+        self._gap = trickle_gap_s
+        self._sock: object = None
+        self._buf: bytes | bytearray = b""
+        self._for_paho = b""
+        self._last = 0.0
+        self._count = _TRICKLE_PACKETS
+
+    def __repr__(self) -> str:
+        return f"<_Reader {len(self._buf)} bytes buffered>"
+
+    def feed_paho(self, n: int) -> bytes:
+        """Stand in for paho's ``_sock_recv``: only ever the one whole packet being handed to it."""
+        if not self._for_paho:
+            raise BlockingIOError
+        out, self._for_paho = self._for_paho[:n], self._for_paho[n:]
+        return out
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG002 (paho's signature; it ignores it too)
+        """Stand in for paho's ``loop_read``: everything the socket has, up to :data:`_MAX_BURST` bytes."""
+        client = self._client
+        if client._sock is not self._sock:  # noqa: SLF001  # a reconnect: nothing of the old stream may leak in
+            self._sock, self._buf = client._sock, b""  # noqa: SLF001
+        self._pace()
+        taken = 0
+        while taken < _MAX_BURST:
+            if client._sock is None:  # noqa: SLF001
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            try:
+                data = self._raw_recv(self._chunk)
+            except BlockingIOError:
+                break
+            except OSError:  # paho's own reading gives up the same way
+                return client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+            if not data:
+                return client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+            taken += len(data)
+            rc = self._packets(data)
+            if rc > 0:
+                return client._loop_rc_handle(rc)  # noqa: SLF001
+        if taken:
+            with client._msgtime_mutex:  # noqa: SLF001  # what paho's keepalive looks at
+                client._last_bytes_received = mqtt.time_func()  # noqa: SLF001
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _pace(self) -> None:
+        if self._count < _TRICKLE_PACKETS:
+            wait = self._last + self._gap - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        self._last, self._count = time.monotonic(), 0
+
+    def _packets(self, data: bytes) -> MQTTErrorCode:
+        """Handle every whole packet in the buffer plus ``data``; keep the incomplete rest."""
+        buf: bytes | bytearray = data
+        if self._buf:
+            buf = self._buf if isinstance(self._buf, bytearray) else bytearray(self._buf)
+            buf += data
+        pos, rc = 0, MQTTErrorCode.MQTT_ERR_SUCCESS
+        v5 = self._client._protocol == MQTTProtocolVersion.MQTTv5  # noqa: SLF001
+        try:
+            while rc <= 0 and (span := packet_span(buf, pos)) is not None:
+                start, end = span
+                rc = self._one(buf[pos], buf, pos, start, end, v5=v5)
+                pos = end
+        except WireError:
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        rest = buf[pos:]
+        self._buf = bytearray(rest) if rest else b""
+        return rc
+
+    def _one(self, header: int, buf: bytes | bytearray, pos: int, start: int, end: int, *, v5: bool) -> MQTTErrorCode:
+        self._count += 1
+        pub = parse_publish(header, buf[start:end], v5=v5) if header & 0xF0 == PUBLISH else None
+        client = self._client
+        if pub is None:
+            self._for_paho = bytes(buf[pos:end])
+            try:
+                return client._packet_read()  # noqa: SLF001
+            finally:
+                self._for_paho = b""
+        self._deliver(pub)
+        if pub.qos == 1:
+            return client._send_puback(pub.mid)  # noqa: SLF001
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
