@@ -20,6 +20,7 @@ in the fleet view.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -72,15 +73,20 @@ def fleet_stream(n: int, *, v5: bool) -> bytes:
 
 
 class ScriptedBroker:
-    """Answers one client's CONNECT and SUBSCRIBE, then sends ``stream``; PINGREQ gets PINGRESP."""
+    """Answers one client's CONNECT and SUBSCRIBE, sends the fleet's retained statuses, then heartbeats.
 
-    def __init__(self, n: int) -> None:
+    Heartbeats: every device's status once per ``interval_s`` (spread evenly,
+    sent in 10 ms ticks, one ``send`` per packet as a broker writes them), for
+    ``steady_s`` seconds after the retained stream.  PINGREQ gets PINGRESP.
+    """
+
+    def __init__(self, n: int, *, steady_s: float = 0.0, interval_s: float = 30.0) -> None:
+        self.n, self.steady_s, self.interval_s = n, steady_s, interval_s
         self.streams = {v5: fleet_stream(n, v5=v5) for v5 in (True, False)}  # built before the clock starts
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True, name="scripted-broker").start()
 
-    def _serve(self) -> None:
+    def serve(self) -> None:
         conn, _ = self.server.accept()
         v5 = True
         with conn:
@@ -105,10 +111,24 @@ class ScriptedBroker:
                 elif kind == 0x80:
                     conn.sendall(self._suback(body, v5=v5))
                     conn.sendall(self.streams[v5])
+                    threading.Thread(target=self._heartbeats, args=(conn, v5), daemon=True).start()
                 elif kind == 0xC0:
                     conn.sendall(b"\xd0\x00")
                 elif kind == 0xE0:
                     return
+
+    def _heartbeats(self, conn: socket.socket, v5: bool) -> None:
+        from bench.fleet_gen import device_name, status_doc  # noqa: PLC0415
+
+        rate, t0, sent, boot = self.n / self.interval_s, time.monotonic(), 0, "b" * 32
+        with contextlib.suppress(OSError):
+            while (elapsed := time.monotonic() - t0) < self.steady_s:
+                for _ in range(int(elapsed * rate) - sent):
+                    site, device = device_name(sent % self.n)
+                    doc = json.dumps(status_doc(site, device, time.time(), boot), separators=(",", ":")).encode()
+                    conn.sendall(publish_packet(f"campus/{site}/{device}/status", doc, v5=v5, retain=False))
+                    sent += 1
+                time.sleep(0.01)
 
     @staticmethod
     def _suback(body: bytes, *, v5: bool) -> bytes:
@@ -133,11 +153,37 @@ class ScriptedBroker:
         return b"\x90" + _varint(len(rest)) + rest
 
 
-def ingest_once(n: int, protocol: str, *, profile: bool) -> dict[str, Any]:
-    """One ingest of ``n`` statuses through the monitor's link and print loop, in this process."""
-    import queue  # noqa: PLC0415
+def _switches() -> int:
+    """Voluntary context switches of every thread of this process: how often it went to sleep."""
+    total = 0
+    for status in Path("/proc/self/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
 
+
+def _profiled_paho(profiles: list[cProfile.Profile]) -> None:
     import paho.mqtt.client as mqtt  # noqa: PLC0415
+
+    original = mqtt.Client._thread_main
+
+    def profiled(self: Any) -> None:
+        p = cProfile.Profile()
+        profiles.append(p)
+        p.enable()
+        try:
+            original(self)
+        finally:
+            p.disable()
+
+    mqtt.Client._thread_main = profiled  # type: ignore[method-assign]
+
+
+def run_once(n: int, protocol: str, steady_s: float, *, profile: bool) -> dict[str, Any]:
+    """Ingest ``n`` statuses, then ``steady_s`` seconds of heartbeats, through the monitor's link and print loop."""
+    import queue  # noqa: PLC0415
 
     from agent.central import session as monitor_session  # noqa: PLC0415
     from agent.central.link import CentralLink  # noqa: PLC0415
@@ -146,81 +192,93 @@ def ingest_once(n: int, protocol: str, *, profile: bool) -> dict[str, Any]:
 
     profiles: list[cProfile.Profile] = []
     if profile:
-        original = mqtt.Client._thread_main
-
-        def profiled(self: Any) -> None:
-            p = cProfile.Profile()
-            profiles.append(p)
-            p.enable()
-            try:
-                original(self)
-            finally:
-                p.disable()
-
-        mqtt.Client._thread_main = profiled  # type: ignore[method-assign]
-    broker = ScriptedBroker(n)
-    inbox: Any = queue.SimpleQueue()
-    settings = LinkSettings((BrokerAddress("127.0.0.1", broker.port),), 10.0, protocol=protocol)
-    opts = monitor_session.MonitorOptions(table_every_s=0)
-    main = cProfile.Profile()
-    with CentralLink(settings, inbox) as link:
-        link.connect()
-        sess = monitor_session._Session(link, inbox, "campus", opts, io.StringIO(), wall=time.time)
-        cpu0 = time.process_time()
-        if profile:
-            main.enable()
-        link.subscribe(["campus/+/+/status", "campus/+/+/event/#"])
-        t0 = time.perf_counter()
-        deadline = time.monotonic() + 120
-        while len(sess.fleet) < n + 1 and time.monotonic() < deadline:
-            sess._drain(0.05)
-        took = time.perf_counter() - t0
-        main.disable()
-        cpu = time.process_time() - cpu0
-    out: dict[str, Any] = {"devices": n, "ingest_s": round(took, 3), "cpu_s": round(cpu, 3), "seen": len(sess.fleet)}
+        _profiled_paho(profiles)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--devices", str(n), "--steady", str(steady_s + 5)],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        inbox: Any = queue.SimpleQueue()
+        settings = LinkSettings((BrokerAddress("127.0.0.1", port),), 10.0, protocol=protocol)
+        opts = monitor_session.MonitorOptions(table_every_s=0, duration_s=steady_s)
+        main = cProfile.Profile()
+        with CentralLink(settings, inbox) as link:
+            link.connect()
+            sess = monitor_session._Session(link, inbox, "campus", opts, io.StringIO(), wall=time.time)
+            cpu0 = time.process_time()
+            if profile:
+                main.enable()
+            link.subscribe(["campus/+/+/status", "campus/+/+/event/#"])
+            t0 = time.perf_counter()
+            deadline = time.monotonic() + 120
+            while len(sess.fleet) < n + 1 and time.monotonic() < deadline:
+                sess._drain(0.05)
+            took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            main.disable()
+            steady: dict[str, Any] = {}
+            if steady_s > 0:
+                cpu1, w1, s1 = time.process_time(), time.monotonic(), _switches()
+                sess.run(threading.Event(), queue.SimpleQueue())
+                wall = time.monotonic() - w1
+                steady = {
+                    "steady_cpu_pct": round(100 * (time.process_time() - cpu1) / wall, 2),
+                    "wakeups_per_s": round((_switches() - s1) / wall),
+                }
+    finally:
+        child.kill()
+        child.wait()
+    out = {"devices": n, "ingest_s": round(took, 3), "cpu_s": round(cpu, 3), "seen": len(sess.fleet), **steady}
     if profile:
         for name, p in (("paho thread", profiles[0] if profiles else None), ("print loop", main)):
-            if p is None:
-                continue
-            text = io.StringIO()
-            pstats.Stats(p, stream=text).sort_stats("tottime").print_stats(22)
-            print(f"==== {name}\n{text.getvalue()}", file=sys.stderr)
+            if p is not None:
+                text = io.StringIO()
+                pstats.Stats(p, stream=text).sort_stats("tottime").print_stats(22)
+                print(f"==== {name}\n{text.getvalue()}", file=sys.stderr)
     return out
 
 
-def ab(n: int, protocol: str, other: Path, rounds: int) -> dict[str, Any]:
-    """Alternate runs of this tree and ``other``; the median ingest of each and new/old."""
-    times: dict[str, list[float]] = {"new": [], "old": []}
+def ab(n: int, protocol: str, other: Path, rounds: int, steady_s: float) -> dict[str, Any]:
+    """Alternate runs of this tree and ``other``; the median of each figure, and new/old."""
+    runs: dict[str, list[dict[str, Any]]] = {"new": [], "old": []}
     for r in range(rounds):
         order = (("new", ROOT), ("old", other)) if r % 2 == 0 else (("old", other), ("new", ROOT))
         for name, tree in order:
-            env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{ROOT}")
-            res = subprocess.run(
-                [sys.executable, __file__, "--devices", str(n), "--protocol", protocol, "--tree", str(tree)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            times[name].append(json.loads(res.stdout.strip().splitlines()[-1])["cpu_s"])
-    new, old = statistics.median(times["new"]), statistics.median(times["old"])
-    return {"devices": n, "cpu_s_new": new, "cpu_s_old": old, "ratio": round(new / old, 3), "runs": times}
+            cmd = [sys.executable, __file__, "--devices", str(n), "--protocol", protocol, "--tree", str(tree)]
+            res = subprocess.run([*cmd, "--steady", str(steady_s)], capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    out: dict[str, Any] = {"devices": n, "rounds": rounds}
+    for key in ("cpu_s", "ingest_s", "steady_cpu_pct", "wakeups_per_s"):
+        if key in runs["new"][0]:
+            new = statistics.median(r[key] for r in runs["new"])
+            old = statistics.median(r[key] for r in runs["old"])
+            out[key] = {"new": new, "old": old, "new/old": round(new / old, 3) if old else None}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=20_000)
     ap.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    ap.add_argument("--steady", type=float, default=0.0, metavar="SECONDS", help="then heartbeats for this long")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--ab", type=Path, metavar="DIR", help="another tree holding agent/, to compare with")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.serve:
+        broker = ScriptedBroker(args.devices, steady_s=args.steady)
+        print(broker.port, flush=True)
+        broker.serve()
+        return 0
     if args.ab is not None:
-        print(json.dumps(ab(args.devices, args.protocol, args.ab.resolve(), args.rounds)))
+        print(json.dumps(ab(args.devices, args.protocol, args.ab.resolve(), args.rounds, args.steady)))
         return 0
     sys.path.insert(0, str(args.tree or ROOT))
-    print(json.dumps(ingest_once(args.devices, args.protocol, profile=args.profile)))
+    print(json.dumps(run_once(args.devices, args.protocol, args.steady, profile=args.profile)))
     return 0
 
 

@@ -69,7 +69,14 @@ class LinkNote:
     text: str
 
 
-Inbox = queue.SimpleQueue[Incoming | LinkNote]
+Burst = tuple[Incoming, ...]
+"""Messages that arrived in one read, in order: one hand-off for many (see :func:`unpack`)."""
+Inbox = queue.SimpleQueue[Incoming | LinkNote | Burst]
+
+
+def unpack(item: Incoming | LinkNote | Burst) -> Sequence[Incoming | LinkNote]:
+    """What an inbox item holds, in arrival order."""
+    return item if isinstance(item, tuple) else (item,)
 
 
 class CentralLink:
@@ -305,10 +312,11 @@ class CentralLink:
         elif was_up and not self._closing:
             self._inbox.put(LinkNote(up=False, text=f"lost the connection to {self.broker} ({rc}); reconnecting"))
 
-    def _deliver(self, pub: Publish) -> None:
-        """A PUBLISH the lean reader decoded (:mod:`agent.central.reader`): the common case."""
+    def _deliver(self, pubs: list[Publish]) -> None:
+        """What the lean reader decoded in one read (:mod:`agent.central.reader`): the common case, one hand-off."""
+        at = self._wall()
         self._inbox.put(
-            Incoming(pub.topic, pub.payload, pub.retain, self._wall(), pub.content_type, pub.user_properties)
+            tuple(Incoming(p.topic, p.payload, p.retain, at, p.content_type, p.user_properties) for p in pubs)
         )
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:

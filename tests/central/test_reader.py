@@ -19,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.central import reader
-from agent.central.link import CentralLink, Inbox, Incoming
+from agent.central.link import CentralLink, Inbox, Incoming, unpack
 from agent.central.settings import LinkSettings
 from agent.central.wire import Publish
 from agent.config.model import BrokerAddress
@@ -33,7 +33,7 @@ V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
 class Wired:
     """A real paho client on a fake socket whose reads come from ``chunks``; what it is given, in order."""
 
-    def __init__(self, protocol: MQTTProtocolVersion) -> None:
+    def __init__(self, protocol: MQTTProtocolVersion, **timing: Any) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
         self.sock = WireSock()
         self.client._sock = self.sock  # type: ignore[assignment]
@@ -43,7 +43,13 @@ class Wired:
         self.subacks: list[int] = []
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda _c, _u, mid, _rc, _p: self.subacks.append(mid)
-        assert reader.install(self.client, lambda pub: self.got.append(("lean", pub)), trickle_gap_s=0)
+        self.bursts = 0
+        assert reader.install(self.client, self._burst, **({"trickle_gap_s": 0} | timing))
+
+    def _burst(self, pubs: list[Publish]) -> None:
+        assert pubs
+        self.bursts += 1
+        self.got.extend(("lean", p) for p in pubs)
 
     def _recv(self, n: int) -> bytes:
         if not self.chunks:
@@ -143,6 +149,7 @@ def test_reader__many_packets_in_one_read_are_all_taken() -> None:
     w = Wired(V5)
     assert w.read(stream) == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert w.got == want
+    assert w.bursts == 1  # one hand-off to the print loop, not 500
 
 
 def test_reader__a_reconnect_drops_the_old_streams_remainder() -> None:
@@ -154,6 +161,43 @@ def test_reader__a_reconnect_drops_the_old_streams_remainder() -> None:
     assert w.read(second) == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert w.got == want
     assert bytes(new.sent) == acks
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.t += seconds
+
+
+@pytest.mark.parametrize(
+    ("per_read", "step_s", "paced"),
+    [
+        (1, 0.0015, True),  # 20,000 devices at a 30 s heartbeat, one status per wake-up
+        (6, 0.005, True),  # a burst of 500 events a second on top: still at most one read per 20 ms
+        (500, 0.01, False),  # retained statuses pouring in: never held back
+    ],
+)
+def test_reader__a_trickle_is_paced_a_stream_is_not(per_read: int, step_s: float, *, paced: bool) -> None:
+    clock = FakeClock()
+    w = Wired(V5, trickle_gap_s=0.02, clock=clock, sleep=clock.sleep)
+    stream, want, _ = build(V5, [("publish", 0, False, b"{}", None)] * per_read)
+    reads = 100
+    for _ in range(reads):
+        w.read(stream)
+        clock.t += step_s
+    assert w.got == want * reads
+    if paced:
+        assert clock.slept > 0
+        assert clock.t - 1000.0 >= (reads - 1) * 0.02  # one read per gap at most
+    else:
+        assert clock.slept <= 0.1  # at most in the first 100 ms, before the stream was seen
 
 
 @pytest.mark.parametrize(
@@ -191,8 +235,7 @@ def _collect(inbox: Inbox, n: int, timeout: float) -> list[Incoming]:
                 item = inbox.get_nowait()
             except queue.Empty:
                 return len(got) >= n
-            if isinstance(item, Incoming):
-                got.append(item)
+            got.extend(m for m in unpack(item) if isinstance(m, Incoming))
 
     eventually(enough, timeout, f"{n} messages through the monitor's link")
     return got
