@@ -116,30 +116,38 @@ class _Reader:
         """Stand in for paho's ``loop_read``: everything the socket has, up to :data:`_MAX_BURST` bytes."""
         client = self._client
         if client._sock is not self._sock:  # noqa: SLF001  # a reconnect: nothing of the old stream may leak in
-            self._sock, self._buf = client._sock, b""  # noqa: SLF001
+            self._sock, self._buf, self._burst, self._acks = client._sock, b"", [], []  # noqa: SLF001
         self._pace()
+        rc, taken = self._read_all()
+        flushed = self._flush()  # one hand-off for the whole wake-up; what came before a failure still counts
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = flushed
+        if taken:
+            with client._msgtime_mutex:  # noqa: SLF001  # what paho's keepalive looks at
+                client._last_bytes_received = mqtt.time_func()  # noqa: SLF001
+        if rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            return rc
+        return client._loop_rc_handle(rc)  # noqa: SLF001
+
+    def _read_all(self) -> tuple[MQTTErrorCode, int]:
+        """Read and take packets until the socket is empty: (outcome, bytes read)."""
         taken = 0
         while taken < _MAX_BURST:
-            if client._sock is None:  # noqa: SLF001
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if self._client._sock is None:  # noqa: SLF001
+                return MQTTErrorCode.MQTT_ERR_NO_CONN, taken
             try:
                 data = self._raw_recv(self._chunk)
             except BlockingIOError:
                 break
             except OSError:  # paho's own reading gives up the same way
-                return client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST, taken
             if not data:
-                return client._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST, taken
             taken += len(data)
             rc = self._packets(data)
-            if rc <= 0:
-                rc = self._flush()
             if rc > 0:
-                return client._loop_rc_handle(rc)  # noqa: SLF001
-        if taken:
-            with client._msgtime_mutex:  # noqa: SLF001  # what paho's keepalive looks at
-                client._last_bytes_received = mqtt.time_func()  # noqa: SLF001
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+                return rc, taken
+        return MQTTErrorCode.MQTT_ERR_SUCCESS, taken
 
     def _pace(self) -> None:
         """Hold a trickle back to one read per gap; never a stream."""
