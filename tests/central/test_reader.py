@@ -180,7 +180,7 @@ class FakeClock:
     ("per_read", "step_s", "paced"),
     [
         (1, 0.0015, True),  # 20,000 devices at a 30 s heartbeat, one status per wake-up
-        (6, 0.005, True),  # a burst of 500 events a second on top: still at most one read per 20 ms
+        (6, 0.005, True),  # statuses only, 1,200 a second: still at most one read per 20 ms
         (500, 0.01, False),  # retained statuses pouring in: never held back
     ],
 )
@@ -198,6 +198,20 @@ def test_reader__a_trickle_is_paced_a_stream_is_not(per_read: int, step_s: float
         assert clock.t - 1000.0 >= (reads - 1) * 0.02  # one read per gap at most
     else:
         assert clock.slept <= 0.1  # at most in the first 100 ms, before the stream was seen
+
+
+def test_reader__events_are_not_held_back_behind_the_pacing() -> None:
+    """A QoS 1 message (an event) in a read: the next read is not paced; a status-only read is."""
+    clock = FakeClock()
+    w = Wired(V5, trickle_gap_s=0.02, clock=clock, sleep=clock.sleep)
+    status, _, _ = build(V5, [("publish", 0, False, b"{}", None)])
+    event, _, _ = build(V5, [("publish", 1, False, b"{}", None)])
+    for data in (status, event, event, event, status):
+        w.read(data)
+        clock.t += 0.002
+    assert clock.slept == pytest.approx(0.018)  # only the read after the first status waited
+    w.read(status)
+    assert clock.slept == pytest.approx(0.036)  # after a status-only read, pacing is back
 
 
 @pytest.mark.parametrize(
