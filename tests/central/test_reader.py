@@ -201,17 +201,19 @@ def test_reader__a_trickle_is_paced_a_stream_is_not(per_read: int, step_s: float
 
 
 def test_reader__events_are_not_held_back_behind_the_pacing() -> None:
-    """A QoS 1 message (an event) in a read: the next read is not paced; a status-only read is."""
+    """After a QoS 1 message (an event) reads are not paced for a second; then pacing is back."""
     clock = FakeClock()
     w = Wired(V5, trickle_gap_s=0.02, clock=clock, sleep=clock.sleep)
     status, _, _ = build(V5, [("publish", 0, False, b"{}", None)])
     event, _, _ = build(V5, [("publish", 1, False, b"{}", None)])
-    for data in (status, event, event, event, status):
+    for data in (status, event, status, status, event, status, status):
         w.read(data)
         clock.t += 0.002
     assert clock.slept == pytest.approx(0.018)  # only the read after the first status waited
+    clock.t += reader.EVENT_HOLD_S
     w.read(status)
-    assert clock.slept == pytest.approx(0.036)  # after a status-only read, pacing is back
+    w.read(status)
+    assert clock.slept == pytest.approx(0.038)  # a second without events: a trickle is paced again
 
 
 @pytest.mark.parametrize(
