@@ -89,6 +89,7 @@ class _Msg:
 class _Device:
     site: str
     device: str
+    key: str = ""
     state: DeviceState = DeviceState.UNKNOWN
     reason: str | None = None
     heard: float | None = None
@@ -131,6 +132,7 @@ class FleetView:
         self._dedup_ids = dedup_ids
         self._tz = tz
         self._devices: dict[str, _Device] = {}
+        self._status_topics: dict[str, _Device] = {}  # a known device's status topic: checked once, not per heartbeat
         self._deadlines = Deadlines()
         self._counts = dict.fromkeys(DeviceState, 0)
         self._attention: set[str] = set()
@@ -151,6 +153,9 @@ class FleetView:
 
     def feed(self, topic: str, payload: bytes, arrival: float, *, retained: bool = False) -> list[Line]:
         """Take one message; return what to print about it (often nothing)."""
+        known = self._status_topics.get(topic)
+        if known is not None:  # the common case: a heartbeat from a device already shown
+            return self._status(topic, known.site, known.device, payload, arrival, retained=retained)
         head = f"{self.prefix}/"
         levels = topic[len(head) :].split("/") if topic.startswith(head) else []
         if len(levels) < 3 or not levels[0] or not levels[1]:
@@ -164,7 +169,7 @@ class FleetView:
             ]
         msg = _Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
         if msg.rest == ("status",):
-            return self._status(msg)
+            return self._status(topic, msg.site, msg.device, payload, arrival, retained=retained)
         if msg.rest[0] == "event":
             return self._event(msg)
         return []  # replies are the AckDesk's; commands are not shown
@@ -322,24 +327,28 @@ class FleetView:
                 return f"{name} '{escape(str(value)[:70])}' is not the topic's ('{expected}')"
         return None
 
-    def _status(self, msg: _Msg) -> list[Line]:
-        doc, at, retained = decode(msg.payload), msg.at, msg.retained
-        where = escape(msg.topic)
+    def _status(  # the message's parts, unpacked once by feed()
+        self, topic: str, site: str, device: str, payload: bytes, at: float, *, retained: bool
+    ) -> list[Line]:
+        doc = decode(payload)
         if isinstance(doc, str):
-            return [self._warn(at, f"{where}: {doc}; ignored")]
+            return [self._warn(at, f"{escape(topic)}: {doc}; ignored")]
         state = doc.get("state")
         if state not in ("online", "offline"):
-            return [self._warn(at, f"{where}: status with state '{escape(str(state)[:40])}'; ignored")]
-        for name, expected in (("site", msg.site), ("device", msg.device)):
+            return [self._warn(at, f"{escape(topic)}: status with state '{escape(str(state)[:40])}'; ignored")]
+        for name, expected in (("site", site), ("device", device)):
             value = doc.get(name, expected)
             if value != expected:
                 return [
                     self._warn(
-                        at, f"{where}: {name} '{escape(str(value)[:70])}' is not the topic's ('{expected}'); ignored"
+                        at,
+                        f"{escape(topic)}: {name} '{escape(str(value)[:70])}' is not the topic's "
+                        f"('{expected}'); ignored",
                     )
                 ]
-        dev = self._device(msg.site, msg.device)
-        key = f"{dev.site}/{dev.device}"
+        dev = self._device(site, device)
+        self._status_topics[topic] = dev
+        key = dev.key
         was, was_overdue = dev.state, dev.state is DeviceState.OVERDUE
         if state == "offline":
             self._deadlines.cancel(key)
@@ -387,22 +396,22 @@ class FleetView:
                 )
             ]
         )
-        return lines + self._figures(dev, doc, msg)
+        return lines + self._figures(dev, doc, topic, at, retained=retained)
 
-    def _figures(self, dev: _Device, doc: dict[str, Any], msg: _Msg) -> list[Line]:
+    def _figures(self, dev: _Device, doc: dict[str, Any], topic: str, at: float, *, retained: bool) -> list[Line]:
         """Take the status's link figures; a line when they turn unreadable or the 95 % flag changes."""
         got = read_link_stats(doc)
         lines: list[Line] = []
         if isinstance(got, str) and not dev.stats_bad:  # once, not at every heartbeat
-            lines.append(self._warn(msg.at, f"{escape(msg.topic)}: {got}; figures shown as '-'"))
+            lines.append(self._warn(at, f"{escape(topic)}: {got}; figures shown as '-'"))
         dev.stats_bad = isinstance(got, str)
         figures = UNKNOWN if isinstance(got, str) else got
         was_low, dev.link = dev.link.low, figures
         if figures.low != was_low:
             self.low_availability += 1 if figures.low else -1
             self._file(dev)
-            if not msg.retained:
-                lines.append(availability_line(dev.site, dev.device, figures, msg.at, self._clock(msg.at)))
+            if not retained:
+                lines.append(availability_line(dev.site, dev.device, figures, at, self._clock(at)))
         return lines
 
     # ---- helpers -------------------------------------------------------------------
@@ -411,7 +420,7 @@ class FleetView:
         key = f"{site}/{device}"
         dev = self._devices.get(key)
         if dev is None:
-            dev = self._devices[key] = _Device(site, device)
+            dev = self._devices[key] = _Device(site, device, key)
             self._counts[DeviceState.UNKNOWN] += 1
             self._attention.add(key)
         return dev
@@ -426,7 +435,7 @@ class FleetView:
 
     def _file(self, dev: _Device) -> None:
         """Keep the attention set right: devices not online, and those under 95 % availability."""
-        key = f"{dev.site}/{dev.device}"
+        key = dev.key
         if dev.state is DeviceState.ONLINE and not dev.link.low:
             self._attention.discard(key)
         else:

@@ -33,13 +33,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import describe_connect_error
+from agent.central import reader
 from agent.central.settings import DEFAULT_CONNECT_TIMEOUT_S, LinkSettings, tls_context
+from agent.central.wire import Publish
 from agent.config.model import BrokerAddress
 from agent.errors import AgentError
 
 _KEEPALIVE_S = 30
-_TRICKLE_GAP_S = 0.02
-_TRICKLE_PACKETS = 4
 _VERSIONS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
 # "I do not speak this protocol": MQTT 5's 0x84, or 0x01 when a 3.1.1 broker answers a v5 CONNECT.
 _UNSUPPORTED_PROTOCOL = frozenset({0x84, 0x01})
@@ -69,7 +69,14 @@ class LinkNote:
     text: str
 
 
-Inbox = queue.SimpleQueue[Incoming | LinkNote]
+Burst = tuple[Incoming, ...]
+"""Messages that arrived in one read, in order: one hand-off for many (see :func:`unpack`)."""
+Inbox = queue.SimpleQueue[Incoming | LinkNote | Burst]
+
+
+def unpack(item: Incoming | LinkNote | Burst) -> Sequence[Incoming | LinkNote]:
+    """What an inbox item holds, in arrival order."""
+    return item if isinstance(item, tuple) else (item,)
 
 
 class CentralLink:
@@ -245,7 +252,7 @@ class CentralLink:
             client.username_pw_set(s.username, s.password.reveal() if s.password is not None else None)
         if s.tls is not None:
             client.tls_set_context(tls_context(s.tls))
-        _read_in_bursts(client)
+        reader.install(client, self._deliver)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -305,7 +312,15 @@ class CentralLink:
         elif was_up and not self._closing:
             self._inbox.put(LinkNote(up=False, text=f"lost the connection to {self.broker} ({rc}); reconnecting"))
 
+    def _deliver(self, pubs: list[Publish]) -> None:
+        """What the lean reader decoded in one read (:mod:`agent.central.reader`): the common case, one hand-off."""
+        at = self._wall()
+        self._inbox.put(
+            tuple(Incoming(p.topic, p.payload, p.retain, at, p.content_type, p.user_properties) for p in pubs)
+        )
+
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """A PUBLISH paho decoded: QoS 2, a topic alias, or a paho the lean reader cannot hook."""
         props = getattr(msg, "properties", None)
         if props is None:
             self._inbox.put(Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), self._wall()))
@@ -341,67 +356,3 @@ class CentralLink:
 
 def _with_qos(topics: Sequence[str]) -> list[tuple[str, int]]:
     return [(t, 0 if t.endswith("/status") else 1) for t in topics]
-
-
-def _read_in_bursts(
-    client: mqtt.Client, *, chunk: int = 65_536, burst: int = 100_000, trickle_gap_s: float = _TRICKLE_GAP_S
-) -> None:
-    """Make paho read many packets per wake-up, from one ``recv`` of up to ``chunk`` bytes.
-
-    paho 2.x reads one packet per ``select()`` when nothing of ours is in
-    flight, and each packet with three or more ``recv`` calls (the command
-    byte, each length byte, the body).  A monitor subscribing to 20,000
-    retained statuses spent most of its ingest there (measured: 20,000
-    statuses took 5-10 s through plain paho, 1.7-4 s like this, on a
-    loaded 2-core machine).  This replaces the instance's ``_sock_recv`` with
-    a buffered one and its ``loop_read`` with one that reads until the socket
-    is empty; the buffer is always drained before paho selects again, so
-    nothing waits in it.  Private paho API: when a paho release lacks it the
-    client is left as it is.
-
-    In a trickle (the last wake-up found fewer than :data:`_TRICKLE_PACKETS`
-    packets) a read waits until ``trickle_gap_s`` after the previous one, so
-    20,000 heartbeats a minute wake the process about 50 times a second, not
-    700; an event waits at most that long (20 ms).  A stream (retained
-    statuses at subscription) is never held back.
-    """
-    if not (hasattr(client, "_sock_recv") and hasattr(client, "_packet_read") and hasattr(client, "_loop_rc_handle")):
-        return
-    raw_recv = client._sock_recv  # noqa: SLF001
-    held: dict[str, Any] = {"sock": None, "buf": b"", "pos": 0}
-
-    def recv(n: int) -> bytes:
-        sock = client._sock  # noqa: SLF001
-        if held["sock"] is not sock:  # a reconnect: nothing of the old stream may leak in
-            held.update(sock=sock, buf=b"", pos=0)
-        buf, pos = held["buf"], held["pos"]
-        if pos >= len(buf):
-            buf, pos = raw_recv(chunk), 0  # BlockingIOError when empty, b"" when closed: as paho expects
-            if not buf:
-                return b""
-            held["buf"] = buf
-        out: bytes = buf[pos : pos + n]
-        held["pos"] = pos + len(out)
-        return out
-
-    pace = {"last": 0.0, "count": _TRICKLE_PACKETS}
-
-    def loop_read(max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG001 (paho's signature; it ignores it too)
-        if pace["count"] < _TRICKLE_PACKETS:
-            wait = pace["last"] + trickle_gap_s - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-        pace["last"], pace["count"] = time.monotonic(), 0
-        for _ in range(burst):
-            if client._sock is None:  # noqa: SLF001
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = client._packet_read()  # noqa: SLF001
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-            pace["count"] += 1
-            if rc > 0:
-                return client._loop_rc_handle(rc)  # noqa: SLF001
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    client._sock_recv = recv  # type: ignore[method-assign,assignment]  # noqa: SLF001
-    client.loop_read = loop_read  # type: ignore[method-assign]

@@ -34,7 +34,7 @@ from agent.central import board
 from agent.central.acks import AckDesk, Reply, ack_command, parse_reply
 from agent.central.display import Line, LineKind, clock_text, device_key, escape, json_line
 from agent.central.fleet import FleetView
-from agent.central.link import CentralLink, Inbox, Incoming, LinkNote
+from agent.central.link import CentralLink, Inbox, Incoming, LinkNote, unpack
 from agent.central.photos import PhotoDesk, PhotoSaver, check, is_snapshot
 from agent.central.photos import subscription as photo_subscription
 from agent.central.settings import LinkSettings
@@ -187,10 +187,10 @@ class _Session:
             first = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
         except queue.Empty:
             return
-        batch = [first]
+        batch = list(unpack(first))
         try:
             while len(batch) < _BATCH:
-                batch.append(self.inbox.get_nowait())
+                batch.extend(unpack(self.inbox.get_nowait()))
         except queue.Empty:
             pass
         rest: list[Incoming | LinkNote] = []
@@ -343,8 +343,9 @@ def send_ack(target: Target, site: str, device: str, event_id: str, *, timeout: 
                 item = inbox.get(timeout=left)
             except queue.Empty:
                 break
-            if isinstance(item, Incoming) and item.topic == f"{root}/reply":
-                reply = parse_reply(item.payload)
-                if reply is not None and reply.cmd_id == cmd_id:
-                    return cmd_id, reply
+            for got in unpack(item):
+                if isinstance(got, Incoming) and got.topic == f"{root}/reply":
+                    reply = parse_reply(got.payload)
+                    if reply is not None and reply.cmd_id == cmd_id:
+                        return cmd_id, reply
         return cmd_id, None
