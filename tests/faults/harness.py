@@ -111,6 +111,21 @@ class Rec:
     run: int  # which agent process (index into the run offsets)
 
 
+def read_recorded_settled(agent: AgentProc, timeout: float = 10.0) -> dict[str, Rec]:
+    """The log's records once every event ``recent()`` lists has its log line.
+
+    The log line is the last step of recording a press (after the recent list
+    and the hand-off to the sender), so a press made just before the test stops
+    pressing can be in ``recent()`` a moment before it is in the log.
+    """
+
+    def settled() -> dict[str, Rec] | None:
+        recorded = read_recorded(agent.log)
+        return recorded if {e["id"] for e in agent.recent()} <= set(recorded) else None
+
+    return eventually(settled, timeout, "recent() to show only events the log has", retry_on=(ControlError,))
+
+
 def read_recorded(log: Path, run_offsets: list[int] | None = None) -> dict[str, Rec]:
     """Every event the agent's log says it recorded, by id.
 
