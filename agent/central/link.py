@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -36,6 +36,7 @@ from agent.brokers import describe_connect_error
 from agent.central import reader
 from agent.central.settings import DEFAULT_CONNECT_TIMEOUT_S, LinkSettings, tls_context
 from agent.central.wire import Publish
+from agent.closing import Closing
 from agent.config.model import BrokerAddress
 from agent.errors import AgentError
 
@@ -79,7 +80,7 @@ def unpack(item: Incoming | LinkNote | Burst) -> Sequence[Incoming | LinkNote]:
     return item if isinstance(item, tuple) else (item,)
 
 
-class CentralLink:
+class CentralLink(Closing):
     """One MQTT connection for a monitor or an ack; use as a context manager.
 
     Args:
@@ -111,15 +112,15 @@ class CentralLink:
         self._up = False
         self._closing = False
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closing
 
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return self.client_id
 
-    def __repr__(self) -> str:
-        where = f"connected to {self.broker}" if self._up else "not connected"
-        return f"<CentralLink {self.client_id} {where}>"
+    def _repr_state(self) -> str:
+        return f"connected to {self.broker}" if self._up else "not connected"
 
     @property
     def connected(self) -> bool:

@@ -29,10 +29,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 from agent.central.display import Alarm, Line, LineKind, clock_text, device_key, escape, valid_id, warning_line
 from agent.central.photofiles import Saved, open_root, write_photo
+from agent.closing import Closing
 from agent.events import is_event_id, iso_ms
 
 MAX_PHOTO_BYTES = 16 * 1024 * 1024
@@ -120,7 +120,7 @@ def check(
     )
 
 
-class PhotoSaver:
+class PhotoSaver(Closing):
     """Writes photos under ``root`` on its own thread, one at a time; use as a context manager.
 
     Args:
@@ -142,18 +142,15 @@ class PhotoSaver:
         self._thread: threading.Thread | None = threading.Thread(target=self._run, name="monitor-photos", daemon=True)
         self._thread.start()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._thread is None
 
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return str(self.root)
 
-    def __repr__(self) -> str:
-        state = "open" if self._thread is not None else "closed"
-        return (
-            f"<PhotoSaver {self.root} {state}: {self.saved} saved, {self.duplicates} duplicates, "
-            f"{self.refused} refused, {self._backlog} bytes waiting>"
-        )
+    def _repr_state(self) -> str:
+        return f"saved={self.saved} duplicates={self.duplicates} refused={self.refused} waiting_bytes={self._backlog}"
 
     def submit(self, photo: Photo, payload: bytes) -> str | None:
         """Queue ``photo`` for writing; why not, when the disk is too far behind or the saver is closed."""
