@@ -90,7 +90,20 @@ class _Client(mqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.io = threading.RLock()  # before paho's __init__: nothing may read or write without it
+        self._writer: int | None = None  # the thread inside writing() that holds io: it writes its own packets
+        self._wake_w: socket.socket | None = None
         super().__init__(*args, **kwargs)
+
+    # paho writes a byte to this socket after queueing a packet, to wake its network thread for the
+    # write.  The thread inside writing() writes its packets itself on the way out, so it wakes nobody:
+    # the network thread would only compete for the interpreter and then wait for the lock.
+    @property
+    def _sockpairW(self) -> socket.socket | None:  # noqa: N802 - paho's name
+        return None if self._writer == threading.get_ident() else self._wake_w
+
+    @_sockpairW.setter
+    def _sockpairW(self, sock: socket.socket | None) -> None:  # noqa: N802 - paho's name
+        self._wake_w = sock
 
     def _packet_read(self) -> MQTTErrorCode:
         with self.io:
@@ -115,17 +128,30 @@ class _Client(mqtt.Client):
         Held, paho's network thread (woken by each publish) waits for the lock
         instead of racing this thread for the interpreter and the socket.
         When paho's thread holds it (reading or writing), the packets are left
-        to it, as without this.  A write that fails leaves its packet queued:
-        paho's thread meets the same error and ends the connection as usual.
+        to it, as without this.  Held, paho's thread is not even woken for
+        these packets (it is, if one is left unwritten).  A write that fails
+        leaves its packet queued: paho's thread meets the same error and ends
+        the connection as usual.
         """
         held = self.io.acquire(blocking=False)
+        if held:
+            self._writer = threading.get_ident()
         try:
             yield
             if held:
                 super()._packet_write()
         finally:
             if held:
+                self._writer = None
+                if self._out_packet:  # not all written (a full socket, an error): over to paho's thread
+                    self._nudge()
                 self.io.release()
+
+    def _nudge(self) -> None:
+        """Wake paho's network thread for the packets still queued, as paho's own queueing does."""
+        with contextlib.suppress(OSError):  # BlockingIOError included: a wake-up is pending already
+            if self._wake_w is not None:
+                self._wake_w.send(b"0")
 
 
 class Session:
