@@ -37,6 +37,8 @@ MAX_PACKET_SIZE = 64 * 1024  # bytes; sent at CONNECT under MQTT 5 (docs/contrac
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK; paho also maps a 3.1.1-form CONNACK 0x01 to it
 RETAIN_NOT_SUPPORTED = 0x9A  # CONNACK (a retained will) or DISCONNECT (a retained publish)
 _LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad user/password, not authorised, banned, bad auth
+_LOOP_WAIT_MAX_S = 10.0  # paho's network thread, idle: longest select() (a lost wake-up costs at most this)
+_LOOP_WAIT_MIN_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,28 @@ class _Client(mqtt.Client):
         with self.io:
             return super()._packet_write()
 
+    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: ARG002 - paho's signature
+        # paho's thread waits in select() for at most ``timeout`` (1 s in loop_start) only to check the
+        # keepalive; it waits until the keepalive is due instead (news on the socket or a queued packet
+        # wakes it as before), so an idle link costs a few wake-ups a minute, not one a second.
+        return super()._loop(min(_LOOP_WAIT_MAX_S, self._keepalive_due()))
+
+    def _keepalive_due(self) -> float:
+        """Seconds until paho's keepalive check has something to do (a PINGREQ, or a PINGRESP overdue)."""
+        if self._keepalive <= 0:
+            return _LOOP_WAIT_MAX_S
+        with self._msgtime_mutex:
+            due = min(self._last_msg_out, self._last_bytes_received) + self._keepalive
+        if self._ping_t > 0:
+            due = min(due, self._ping_t + self._keepalive)
+        return max(_LOOP_WAIT_MIN_S, due - mqtt.time_func())
+
+    def loop_stop(self) -> MQTTErrorCode:
+        """paho's, but the thread may wait in select() for seconds: it is woken to see the stop at once."""
+        self._thread_terminate = True
+        self.nudge()
+        return super().loop_stop()
+
     def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> MQTTErrorCode:
         try:
             return super().loop_forever(timeout, retry_first_connection)
@@ -144,10 +168,10 @@ class _Client(mqtt.Client):
             if held:
                 self._writer = None
                 if self._out_packet:  # not all written (a full socket, an error): over to paho's thread
-                    self._nudge()
+                    self.nudge()
                 self.io.release()
 
-    def _nudge(self) -> None:
+    def nudge(self) -> None:
         """Wake paho's network thread for the packets still queued, as paho's own queueing does."""
         with contextlib.suppress(OSError):  # BlockingIOError included: a wake-up is pending already
             if self._wake_w is not None:

@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 StatusProvider = Callable[[], dict[str, Any]]
 
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
-_IDLE_WAKE_S = 1.0  # granularity of waits between connection attempts (stop stays responsive)
-_IDLE_S = 5.0  # longest wait while connected with nothing to send; any news wakes the sender at once
+_IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing progress (stop wakes it at once)
+_IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
 
 
 class Uplink:
