@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.events import Clock, Event, EventType
-from agent.outbox import ACK_CHECKPOINT_COMMITS, PUT_CHECKPOINT_PAGES, Outbox
+from agent.outbox import Outbox
+from agent.outbox_acks import ACK_CHECKPOINT_COMMITS, PUT_CHECKPOINT_PAGES
 
 
 def _event(clock: Clock) -> Event:
