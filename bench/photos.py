@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -207,24 +206,10 @@ def press_main(argv: list[str]) -> int:
     ap.add_argument("--until", type=Path, required=True)
     ap.add_argument("--timeout", type=float, default=90.0)
     args = ap.parse_args(argv)
-    from agent.config import load_config  # noqa: PLC0415 - the figure's own process does not run an agent
-    from agent.daemon import Agent  # noqa: PLC0415
-    from bench.presser import press_loop, write_result  # noqa: PLC0415
+    from bench.presser import connected_agent, panic_pin, press_loop, write_result  # noqa: PLC0415
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    agent = Agent(load_config(args.config))
-    agent.start()
-    try:
-        assert agent.uplink is not None
-        assert agent.inputs is not None
-        deadline = time.monotonic() + 20
-        while not agent.uplink.state().connected:
-            if time.monotonic() > deadline:
-                print("agent did not connect within 20 s", file=sys.stderr)
-                return 1
-            time.sleep(0.02)
-        time.sleep(0.5)  # agent_started, the birth status and the camera's first probe are out of the way
-        pin = agent.inputs._inputs["panic"].button.pin  # normally open: pressed = low
+    with connected_agent(args.config) as agent:
+        pin = panic_pin(agent)
         stamps: list[int] = []
         driver = threading.Thread(
             target=lambda: stamps.extend(
@@ -239,8 +224,6 @@ def press_main(argv: list[str]) -> int:
             time.sleep(0.05)
         photos = agent.photos.status() if agent.photos is not None else None
         write_result(args.out, {"press_ns": stamps, "photos": photos})
-    finally:
-        agent.stop()
     return 0
 
 
