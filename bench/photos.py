@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,7 +40,7 @@ from bench.common import (
     Procs,
     agent_config,
     median_summary,
-    remove_socket_dirs,
+    run_standalone,
     start_broker,
     start_subscriber,
     summary,
@@ -231,30 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["press"]:
         return press_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="12 presses per run instead of 40")
-    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="on the outbox's real filesystem")
-    ap.add_argument("--out", type=Path, default=BENCH / "results" / "photos.json")
-    args = ap.parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    from bench.machine import machine_info  # noqa: PLC0415 - only for the standalone report
-
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="campus-photos-", dir=args.workdir) as tmp:
-        try:
-            res = figure("quick" if args.quick else "full", Path(tmp))
-        finally:
-            remove_socket_dirs()
-    res["mode"] = "quick" if args.quick else "full"
-    res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    res["machine"] = machine_info(args.workdir)
-    res["machine"]["loadavg_start"] = load_start
-    res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(line(res))
-    print(f"wrote {args.out}")
-    return 0 if res["valid"] else 1
+    return run_standalone(
+        argv, doc=__doc__ or "", name="photos", quick_help="12 presses per run instead of 40", figure=figure, line=line
+    )
 
 
 def line(res: dict[str, Any]) -> str:
