@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import threading
 
-from agent.config import load_config
-from agent.config.model import BrokerAddress
-from agent.session import Dialect, Session
-from tests.support.agentproc import write_config
+from tests.support.sessions import new_session, opened
 from tests.support.waiting import eventually
 
 
 def test_idle__select_waits_follow_the_keepalive_and_pings_go_out(tmp_path, broker):
-    cfg = load_config(write_config(tmp_path, broker.port, device="idle", mqtt={"keepalive_s": 5})).mqtt
-    s = Session(
-        cfg,
-        BrokerAddress("127.0.0.1", broker.port),
-        Dialect("5", retain=True),
-        will=("t/idle/status", b"{}"),
-        wake=lambda: None,
-        on_ack=lambda *_a: None,
-        on_message=lambda *_a: None,
-    )
+    s = new_session(tmp_path, broker.port, "idle", keepalive_s=5)
     waits: list[float] = []
     pings: list[float] = []
     loop, ping = s.client._loop, s.client._send_pingreq
@@ -43,9 +31,7 @@ def test_idle__select_waits_follow_the_keepalive_and_pings_go_out(tmp_path, brok
 
     s.client._loop = recording_loop  # type: ignore[method-assign,assignment]
     s.client._send_pingreq = recording_ping  # type: ignore[method-assign,assignment]
-    with s:
-        assert s.open() is None
-        assert s.verdict(10.0) is None
+    with opened(s):
         eventually(lambda: len(pings) >= 2, 30.0, "two PINGREQs from an idle session")
         assert not s.lost.is_set(), f"the broker dropped the idle session: {s.lost_reason}"
         assert max(waits) > 2.0, f"paho's thread still wakes every second: waits {waits[:20]}"
@@ -55,18 +41,7 @@ def test_idle__select_waits_follow_the_keepalive_and_pings_go_out(tmp_path, brok
 
 
 def test_idle__close_wakes_a_thread_in_a_long_wait(tmp_path, broker):
-    cfg = load_config(write_config(tmp_path, broker.port, device="idle2", mqtt={"keepalive_s": 60})).mqtt
-    with Session(
-        cfg,
-        BrokerAddress("127.0.0.1", broker.port),
-        Dialect("5", retain=True),
-        will=("t/idle2/status", b"{}"),
-        wake=lambda: None,
-        on_ack=lambda *_a: None,
-        on_message=lambda *_a: None,
-    ) as s:
-        assert s.open() is None
-        assert s.verdict(10.0) is None
+    with opened(new_session(tmp_path, broker.port, "idle2", keepalive_s=60)) as s:
         s.lost.set()  # as if the link were gone: close() sends no DISCONNECT that would wake the thread
         thread = s.client._thread
         assert isinstance(thread, threading.Thread)

@@ -13,10 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.config import load_config
-from agent.config.model import BrokerAddress
-from agent.session import Dialect, Session
-from tests.support.agentproc import write_config
+from agent.session import Session
+from tests.support.sessions import new_session, opened
 
 
 class CountingSocket:
@@ -36,7 +34,6 @@ class CountingSocket:
 
 @pytest.fixture
 def session(tmp_path, broker) -> Iterator[tuple[Session, list[int], threading.Event]]:
-    cfg = load_config(write_config(tmp_path, broker.port, device="quiet")).mqtt
     acks: list[int] = []
     acked = threading.Event()
 
@@ -44,17 +41,7 @@ def session(tmp_path, broker) -> Iterator[tuple[Session, list[int], threading.Ev
         acks.append(mid)
         acked.set()
 
-    with Session(
-        cfg,
-        BrokerAddress("127.0.0.1", broker.port),
-        Dialect("5", retain=True),
-        will=("t/quiet/status", b"{}"),
-        wake=lambda: None,
-        on_ack=on_ack,
-        on_message=lambda *_a: None,
-    ) as s:
-        assert s.open() is None
-        assert s.verdict(10.0) is None
+    with opened(new_session(tmp_path, broker.port, "quiet", on_ack=on_ack)) as s:
         yield s, acks, acked
 
 

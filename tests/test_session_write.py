@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import threading
 
-from agent.config import load_config
-from agent.config.model import BrokerAddress
-from agent.session import Dialect, Session
-from tests.support.agentproc import write_config
+from tests.support.sessions import new_session, opened
 
 
 def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp_path, broker):
-    cfg = load_config(write_config(tmp_path, broker.port, device="flush")).mqtt
     acks: list[tuple[int, str | None]] = []
     acked = threading.Event()
 
@@ -23,17 +19,7 @@ def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp
         acks.append((mid, refusal))
         acked.set()
 
-    with Session(
-        cfg,
-        BrokerAddress("127.0.0.1", broker.port),
-        Dialect("5", retain=True),
-        will=("t/flush/status", b"{}"),
-        wake=lambda: None,
-        on_ack=on_ack,
-        on_message=lambda *_a: None,
-    ) as s:
-        assert s.open() is None
-        assert s.verdict(10.0) is None
+    with opened(new_session(tmp_path, broker.port, "flush", on_ack=on_ack)) as s:
         writers: list[str] = []
         send = s.client._sock_send
 
