@@ -160,9 +160,6 @@ class Recorder:
         if not queue_behind:
             with self._put_lock:
                 rows = self._put(events)
-        stored = [r for r in rows if r is not None]
-        if stored and self.hooks.offer is not None:  # first: the rest below runs while the PUBLISH travels
-            self._call(self.hooks.offer, stored)  # the rows as committed: the sender reads nothing back
         seqs = [r.seq if r is not None else None for r in rows]
         held = [e for e, s in zip(events, seqs, strict=True) if s is None]
         reserved = self._hold(held) if held else {}
@@ -180,6 +177,10 @@ class Recorder:
                 for (e, test), s in zip(made, seqs, strict=True)
             )
             self._recent = (*reversed(fresh), *self._recent)[:RECENT]
+        # After the recent list (status shows what a central may have), before the log line, LED, status.
+        stored = [r for r in rows if r is not None]
+        if stored and self.hooks.offer is not None:
+            self._call(self.hooks.offer, stored)  # the rows as committed: the sender reads nothing back
         if held or not stored or self.hooks.offer is None:
             self._call(self.hooks.wake)  # held events go out in the sender's round
         for (event, test), seq in zip(made, seqs, strict=True):
