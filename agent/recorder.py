@@ -159,7 +159,10 @@ class Recorder:
                 for (e, test), s in zip(made, seqs, strict=True)
             )
             self._recent.add(fresh)
-        # After the recent list (status shows what a central may have), before the log line, LED, status.
+        for event, test in made:  # the inputs' last_event/last_test in status: before a central can have it
+            if event.type is not EventType.AGENT_STARTED:
+                self._call(self.hooks.noted, event.source, event.ts, test)
+        # After what status shows (a central may have the event at once), before the log line, LED, status.
         stored = [r for r in rows if r is not None]
         if stored and self.hooks.offer is not None:
             self._call(self.hooks.offer, stored)  # the rows as committed: the sender reads nothing back
@@ -243,8 +246,6 @@ class Recorder:
     def _announce(self, event: Event, test: bool, seq: int | None, reserved: int | None) -> None:
         if event.type.is_alarm:
             self._call(self.hooks.alarm_recorded, event.id, event.source)
-        if event.type is not EventType.AGENT_STARTED:
-            self._call(self.hooks.noted, event.source, event.ts, test)
         what = f"{event.type.value}{' (test)' if test else ''} from {event.source}"
         if seq is not None:
             log.info("recorded %s as seq %d (id %s)", what, seq, event.id)

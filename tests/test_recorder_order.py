@@ -1,8 +1,9 @@
 """What the recorder tells whom, in which order, around a press's commit.
 
 A central may have the event the moment it is offered to the sender, so the
-status's recent list must already show it; the log line, the LED and the
-status wake-up come after the offer (they run while the PUBLISH travels).
+status's recent list and the input's last event must already show it; the log
+line, the LED and the status wake-up come after the offer (they run while the
+PUBLISH travels).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def test_order__the_recent_list_shows_an_event_before_it_is_offered_and_feedback
             offer=offer,
             wake=lambda: calls.append("wake"),
             alarm_recorded=lambda *_a: calls.append("alarm_recorded"),
+            noted=lambda *_a: calls.append("noted"),
             changed=lambda: calls.append("changed"),
         )
         rec.record_many([(EventType.PANIC, "panic", clock.stamp(), {"pin": 17, "contact": "normally_open"})])
         rec.close()
-    assert calls == ["offer", "alarm_recorded", "changed"]
+    assert calls == ["noted", "offer", "alarm_recorded", "changed"]
