@@ -340,12 +340,11 @@ class Outbox:
         keys = list(seqs)
         if not keys:
             return 0
-        with self._acks.lock:
-            self._acks.checkpoint_if_due()  # outside _lock: a put never waits for it
-            with self._lock:
-                self._check_open()
-                removed = self._acks.delete(keys)
-                self._pending -= removed
+        with self._acks.lock, self._lock:
+            self._check_open()
+            self._acks.checkpoint_if_due()  # on the sender's thread, after a PUBACK: not in a press's COMMIT
+            removed = self._acks.delete(keys)
+            self._pending -= removed
         return removed
 
     def pending(self) -> int:

@@ -38,9 +38,11 @@ class Acks:
     """The connection that deletes acknowledged rows and checkpoints the WAL.
 
     :attr:`lock` guards the connection and is taken before the outbox's own
-    lock, never inside it, so a checkpoint (outside the outbox lock) never
-    holds up a put.  :attr:`commits` counts commits since the last checkpoint,
-    both sides' (an int written under either lock: an estimate is enough).
+    lock, never inside it; the checkpoint runs under both, as the deletes do
+    (a put that comes meanwhile waits for it, as it waited for an ack's
+    autocheckpoint before; what changed is that no press's COMMIT carries one).
+    :attr:`commits` counts commits since the last checkpoint, both sides' (an
+    int written under either lock: an estimate is enough).
     """
 
     def __init__(self, path: Path, busy_timeout_s: float) -> None:
@@ -54,7 +56,7 @@ class Acks:
         self._closed = False
 
     def checkpoint_if_due(self) -> None:
-        """Copy the WAL into the database once it has grown (passive: it blocks no writer); hold :attr:`lock`."""
+        """Copy the WAL into the database once it has grown (passive); hold :attr:`lock` and the outbox's lock."""
         if self.commits < ACK_CHECKPOINT_COMMITS or self._closed:
             return
         self.commits = 0
