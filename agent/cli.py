@@ -6,18 +6,22 @@ configuration (or the command line) is wrong.
 
 from __future__ import annotations
 
-import argparse
+import gc
 import json
 import logging
 import os
 import sys
+import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_config, load_control_socket
 from agent.control import request
 from agent.errors import AgentError, ConfigError, ControlError
+
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -199,6 +203,8 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
     Those import paho and more; ``campus-agent run`` never needs them, and not
     importing them keeps the daemon's memory near a bare interpreter's.
     """
+    import argparse  # noqa: PLC0415 - the daemon drops it again after parsing (see _drop_parser)
+
     p = argparse.ArgumentParser(prog="campus-agent", description="Campus panic-button and camera-health edge agent.")
     p.add_argument("--version", action="version", version=f"campus-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -241,9 +247,25 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def _drop_parser(args: argparse.Namespace) -> argparse.Namespace:
+    """The options as plain values, with ``argparse`` (and the ``gettext`` it imports) forgotten.
+
+    The daemon runs for months and never parses a command line again; the
+    parser's modules are about 0.4 MB of its memory against a bare interpreter
+    (bench: RSS), and the memory freed here is reused by what the daemon builds next.
+    """
+    plain = types.SimpleNamespace(**vars(args))
+    for name in ("argparse", "gettext"):
+        sys.modules.pop(name, None)
+    gc.collect()  # the modules' classes and functions refer to each other: only the collector frees them
+    return cast("argparse.Namespace", plain)
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(tools=not words or words[0] not in _DEVICE_COMMANDS).parse_args(words)
+    if args.func is cmd_run:
+        args = _drop_parser(args)
     try:
         return int(args.func(args))
     except ConfigError as exc:

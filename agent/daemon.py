@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from agent.commands import MAX_MINUTES, CommandHandler
 from agent.config.model import Config
 from agent.control import ControlServer
 from agent.errors import CommandError, HardwareError
@@ -41,10 +40,13 @@ from agent.stopflag import StopFlag
 from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
+if TYPE_CHECKING:  # imported with the first command (memory: most posts hear a command rarely)
+    from agent.commands import CommandHandler
+
 log = logging.getLogger(__name__)
 
 _STATUS_EVERY_S = 10.0
-_SERVE_TICK_S = 5.0
+_SERVE_TICK_S = 10.0  # without a systemd watchdog; with one, half its interval
 
 
 class Agent:
@@ -134,15 +136,6 @@ class Agent:
             log.error("%s; running without LED/buzzer feedback", exc)  # noqa: TRY400 - the message says it all
             self.notices.hardware.append(f"LED/buzzer unavailable: {exc}")
         self._record_started()
-        self.commands = CommandHandler(
-            on_ack=self._cmd_ack,
-            on_ping=self.heartbeat.changed,
-            on_test_mode=self._cmd_test_mode,
-            reply=lambda doc: self.uplink.publish("reply", doc) if self.uplink is not None else None,
-            rate_per_min=cfg.commands.rate_per_min,
-            wall=self.clock.wall,
-            mono=self.clock.mono,
-        )
         if cfg.cameras:
             from agent.cameras import Cameras  # noqa: PLC0415 - a post without cameras does not pay for them
 
@@ -165,7 +158,7 @@ class Agent:
             outbox=self.outbox,
             status=self._status_doc,
             offline=self._offline_doc,
-            on_command=self.commands.handle,
+            on_command=self._command,
             on_link=self._on_link,
             on_delivered=self._delivered,
             held=self.recorder.held,
@@ -182,7 +175,7 @@ class Agent:
                 link=self.uplink.state,
                 inputs=self.inputs.states,
                 cameras=self.cameras.states if self.cameras is not None else dict,
-                commands=self.commands.counters,
+                commands=self._command_counters,
                 outputs=self.indicators.patterns if self._indicators_ok else None,
                 warnings=self.notices.lines,
                 link_stats=self.transmission.snapshot,
@@ -445,6 +438,27 @@ class Agent:
             "config": str(self.cfg.source),
         }
 
+    # ---- commands from the centre: the handler is built at the first one ----------------------
+
+    def _command(self, name: str, payload: bytes, *, retained: bool = False) -> None:
+        """One command, on paho's thread (the only caller); the first one imports and builds the handler."""
+        if self.commands is None:
+            from agent.commands import CommandHandler  # noqa: PLC0415 - memory; never on the alarm path
+
+            self.commands = CommandHandler(
+                on_ack=self._cmd_ack,
+                on_ping=self.heartbeat.changed,
+                on_test_mode=self._cmd_test_mode,
+                reply=lambda doc: self.uplink.publish("reply", doc) if self.uplink is not None else None,
+                rate_per_min=self.cfg.commands.rate_per_min,
+                wall=self.clock.wall,
+                mono=self.clock.mono,
+            )
+        self.commands.handle(name, payload, retained=retained)
+
+    def _command_counters(self) -> dict[str, int]:
+        return {"accepted": 0, "rejected": 0} if self.commands is None else self.commands.counters()
+
     def _ctl_simulate(self, req: dict[str, Any]) -> dict[str, Any]:
         assert self.inputs is not None
         name, action = req.get("input"), req.get("action")
@@ -454,6 +468,8 @@ class Agent:
         return {"input": name, "action": action}
 
     def _ctl_test_mode(self, req: dict[str, Any]) -> dict[str, Any]:
+        from agent.commands import MAX_MINUTES  # noqa: PLC0415 - see CommandHandler's import
+
         minutes = req.get("minutes")
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes <= MAX_MINUTES:
             raise CommandError(f"test mode takes minutes 0-{MAX_MINUTES} (0 ends it)")

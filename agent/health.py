@@ -200,7 +200,7 @@ class Heartbeat:
     ticks: list[Callable[[], None]] = field(default_factory=list)
     min_gap_s: float = 0.2
     settle_s: float = 0.05
-    tick_s: float = 5.0
+    tick_s: float = 10.0
     progress: float = 0.0
 
     def __post_init__(self) -> None:

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 SENT_HOLD_S = 120.0
 _RECENT_ALARMS = 256
-_MAX_WAIT_S = 1.0
+_MAX_WAIT_S = 10.0  # longest sleep without an edge due: news wakes the thread; the watchdog allows 20 s
 
 
 @dataclass

@@ -45,7 +45,7 @@ from agent.pins import is_mock
 log = logging.getLogger(__name__)
 
 Emit = Callable[[list[tuple[EventType, str, Stamp, Mapping[str, Any]]]], None]
-_IDLE_S = 5.0  # longest sleep with nothing to do: often enough for the watchdog, rare enough to idle cheaply
+_IDLE_S = 10.0  # longest sleep with nothing to do: often enough for the watchdog (20 s), rare enough to idle cheaply
 _ERROR_PAUSE_S = 0.5  # after a failed poll: retry soon, but never spin
 _CLOSE_JOIN_S = 15.0  # close() waits this long for a poll stuck in a commit (the outbox's busy timeout is 10 s)
 

@@ -6,7 +6,8 @@ Rules it keeps (architecture.md):
   crash or power cut after ``put`` returned loses nothing.
 * A row leaves only through ``ack`` (the uplink calls it on a successful PUBACK)
   or through eviction, which takes the oldest non-alarm rows first and never a
-  ``panic`` or ``tamper`` row; evictions are counted in ``dropped``.
+  ``panic`` or ``tamper`` row; evictions are counted in ``dropped``.  Acks and
+  WAL checkpoints have a connection of their own (outbox_acks.py).
 * Disk is bounded.  A WAL database on a 100 % full filesystem cannot even
   delete, so ``max_page_count`` is kept below the filesystem's free space minus
   a headroom for the WAL, and non-alarm events may use only
@@ -29,14 +30,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 from agent.errors import OutboxError, OutboxFullError
-from agent.events import Event, with_seq
-from agent.outbox_db import Recovery, connect, count, is_full, last_seq, open_or_recover, raise_seq
-from agent.outbox_lanes import URGENT_MARK, select_batch, select_one
+from agent.events import Event
+from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
+from agent.outbox_db import Recovery, count, is_full, last_seq, open_or_recover, raise_seq
+from agent.outbox_lanes import select_batch, select_one
+from agent.outbox_rows import OutboxRow, OutboxStats, Row, stored
 
 log = logging.getLogger(__name__)
 
@@ -46,43 +48,6 @@ _EVICT_CHUNK = 64
 _LIMITS_TTL_S = 1.0
 # seq NULL: SQLite's AUTOINCREMENT picks it; a seq reserved for a held event is inserted as given.
 _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
-_Row = tuple[int | None, str, str, int, int, str]
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """One stored event, ready to publish."""
-
-    seq: int
-    id: str
-    type: str
-    alarm: bool
-    created: float
-    body: str
-
-    @property
-    def payload(self) -> bytes:
-        return with_seq(self.body, self.seq)
-
-    @property
-    def urgent(self) -> bool:
-        """A real alarm (panic or tamper, not a test press): sent before every other row."""
-        return self.alarm and URGENT_MARK in self.body
-
-    @classmethod
-    def from_db(cls, r: tuple[int, str, str, int, int, str]) -> OutboxRow:
-        return cls(r[0], r[1], r[2], bool(r[3]), r[4] / 1000.0, r[5])
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    pending: int
-    oldest_age_s: float | None
-    dropped: int
-    db_bytes: int
-    cap_bytes: int
-    disk_low: bool
-    last_seq: int
 
 
 class Outbox:
@@ -122,11 +87,8 @@ class Outbox:
         self._log_recovery(self.recovery)
         self._top = last_seq(self._conn)  # highest seq used or reserved
         self._reserved_top = 0  # highest seq reserved for an event held in memory
-        # Deletes of acknowledged rows go through a connection of their own, set to NORMAL once:
-        # switching the pragma back and forth per ack cost a tenth of the sender's time in a drain.
-        self._ack_conn = connect(self.path, busy_timeout_s)
-        self._ack_conn.execute("PRAGMA synchronous=NORMAL")
-        self._ack_conn.execute("PRAGMA cache_size=-64")  # deletes by key touch few pages
+        self._acks = Acks(self.path, busy_timeout_s)  # deletes and WAL checkpoints (outbox_acks.py)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={PUT_CHECKPOINT_PAGES}")
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
         self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
@@ -215,7 +177,7 @@ class Outbox:
             with self._txn():
                 self._evict(_EVICT_CHUNK)
 
-    def _insert(self, rows: list[_Row], *, all_alarms: bool) -> list[int]:
+    def _insert(self, rows: list[Row], *, all_alarms: bool) -> list[int]:
         """One transaction for ``rows``; raw sqlite3 errors, the callers turn them into words."""
         self._refresh_limits()
         if not all_alarms:
@@ -227,12 +189,13 @@ class Outbox:
                 self._save_dropped()
             seqs = [int(self._conn.execute(_INSERT, row).lastrowid or 0) for row in rows]
         self._pending += len(seqs)
+        self._acks.commits += 1
         self._dropped_dirty = False
         with self._seq_lock:
             self._top = max(self._top, *seqs)
         return seqs
 
-    def _row(self, event: Event, seq: int | None, created_ms: int) -> _Row:
+    def _row(self, event: Event, seq: int | None, created_ms: int) -> Row:
         return (
             seq,
             event.id,
@@ -281,7 +244,7 @@ class Outbox:
             self._check_open()
             for _attempt in range(1000):
                 try:
-                    return _stored(row, self._insert([row], all_alarms=event.type.is_alarm)[0])
+                    return stored(row, self._insert([row], all_alarms=event.type.is_alarm)[0])
                 except sqlite3.Error as exc:
                     if not is_full(exc):
                         raise OutboxError(f"outbox {self.path}: cannot record {event.type.value} event: {exc}") from exc
@@ -325,7 +288,7 @@ class Outbox:
                 if is_full(exc):
                     raise OutboxFullError(f"outbox {self.path} has no room for {len(events)} events at once") from exc
                 raise OutboxError(f"outbox {self.path}: cannot record {len(events)} events: {exc}") from exc
-        return [_stored(row, seq) for row, seq in zip(rows, seqs, strict=True)]
+        return [stored(row, seq) for row, seq in zip(rows, seqs, strict=True)]
 
     def reserve_seq(self) -> int:
         """A seq for an event held in memory: sendable now, stored later with :meth:`put` (``seq=``).
@@ -373,29 +336,14 @@ class Outbox:
         return None if r is None else OutboxRow.from_db(r)
 
     def ack(self, seqs: Iterable[int]) -> int:
-        """Delete acknowledged rows; return how many were still there.
-
-        Acks are not fsynced: losing one to a power cut only means the event is
-        sent again, and the contract allows duplicates, never loss.
-        """
+        """Delete acknowledged rows, not fsynced (agent/outbox_acks.py); return how many were still there."""
         keys = list(seqs)
         if not keys:
             return 0
-        removed = 0
-        with self._lock:
+        with self._acks.lock, self._lock:
             self._check_open()
-            try:
-                self._ack_conn.execute("BEGIN IMMEDIATE")
-                for i in range(0, len(keys), 500):
-                    chunk = keys[i : i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    cur = self._ack_conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)  # noqa: S608
-                    removed += max(0, cur.rowcount)
-                self._ack_conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._ack_conn.execute("ROLLBACK")
-                raise OutboxError(f"outbox {self.path}: cannot delete acknowledged events: {exc}") from exc
+            self._acks.checkpoint_if_due()  # on the sender's thread, after a PUBACK: not in a press's COMMIT
+            removed = self._acks.delete(keys)
             self._pending -= removed
         return removed
 
@@ -423,11 +371,11 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} is closed")
 
     def close(self) -> None:
-        with self._lock:
+        with self._acks.lock, self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._ack_conn.close()
+            self._acks.close()
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
@@ -444,6 +392,4 @@ class Outbox:
         return f"<Outbox {self.path} pending={self._pending} dropped={self._dropped}>"
 
 
-def _stored(row: _Row, seq: int) -> OutboxRow:
-    """The row as committed under ``seq``, as :meth:`Outbox.next_batch` would read it back."""
-    return OutboxRow(seq, row[1], row[2], bool(row[3]), row[4] / 1000.0, row[5])
+__all__ = ["HEADROOM_BYTES", "NON_ALARM_SHARE", "Outbox", "OutboxRow", "OutboxStats"]

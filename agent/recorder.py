@@ -23,7 +23,7 @@ Held events keep ``seq`` order and never lose their place:
   non-alarm goes first, an alarm only when nothing else is left, and every
   drop is counted in the status's ``outbox.dropped``.
 
-Recent events are frozen :class:`RecentEvent` values in a tuple that is
+Recent events (agent/recent.py) are frozen values in a tuple that is
 replaced, never changed in place, so readers on other threads (the control
 socket, paho's thread for a centre's ack) iterate a snapshot that cannot
 change under them.
@@ -31,7 +31,6 @@ change under them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -41,30 +40,13 @@ from typing import Any, Self
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Clock, Event, EventType, Stamp
 from agent.outbox import Outbox, OutboxRow
+from agent.recent import RecentEvent, RecentEvents
 
 log = logging.getLogger(__name__)
 
 Item = tuple[EventType, str, Stamp, Mapping[str, Any]]
-RECENT = 50
 MAX_HELD = 10_000
 RETRY_S = 1.0
-
-
-@dataclass(frozen=True)
-class RecentEvent:
-    """One recently recorded event as ``campus-agent status`` shows it."""
-
-    id: str
-    seq: int
-    type: str
-    source: str
-    ts: str
-    test: bool
-    delivered: bool = False
-    on_disk: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _nothing(*_args: object) -> None:
@@ -127,7 +109,7 @@ class Recorder:
         self._retry_s = retry_s
         self._put_lock = threading.Lock()  # one writer of the outbox at a time, in seq order
         self._lock = threading.Lock()  # guards the fields below; never held across I/O
-        self._recent: tuple[RecentEvent, ...] = ()
+        self._recent = RecentEvents()  # replaced under _lock; readers take a snapshot (agent/recent.py)
         self._held: dict[str, _Held] = {}  # insertion order is seq order
         self._was_held: dict[str, bool] = {}  # id -> stored since; forgotten once delivered
         self._dropped = 0
@@ -176,12 +158,16 @@ class Recorder:
                 )
                 for (e, test), s in zip(made, seqs, strict=True)
             )
-            self._recent = (*reversed(fresh), *self._recent)[:RECENT]
+            self._recent.add(fresh)
+        for event, test in made:  # the inputs' last_event/last_test in status: before a central can have it
+            if event.type is not EventType.AGENT_STARTED:
+                self._call(self.hooks.noted, event.source, event.ts, test)
+        # After what status shows (a central may have the event at once), before the log line, LED, status.
         stored = [r for r in rows if r is not None]
         if stored and self.hooks.offer is not None:
             self._call(self.hooks.offer, stored)  # the rows as committed: the sender reads nothing back
-        else:
-            self._call(self.hooks.wake)
+        if held or not stored or self.hooks.offer is None:
+            self._call(self.hooks.wake)  # held events go out in the sender's round
         for (event, test), seq in zip(made, seqs, strict=True):
             self._announce(event, test, seq, reserved.get(event.id))
         if held:
@@ -260,8 +246,6 @@ class Recorder:
     def _announce(self, event: Event, test: bool, seq: int | None, reserved: int | None) -> None:
         if event.type.is_alarm:
             self._call(self.hooks.alarm_recorded, event.id, event.source)
-        if event.type is not EventType.AGENT_STARTED:
-            self._call(self.hooks.noted, event.source, event.ts, test)
         what = f"{event.type.value}{' (test)' if test else ''} from {event.source}"
         if seq is not None:
             log.info("recorded %s as seq %d (id %s)", what, seq, event.id)
@@ -299,9 +283,7 @@ class Recorder:
                     delivered_meanwhile = self._held.pop(held.id, None) is None
                     if not delivered_meanwhile:
                         self._was_held[held.id] = True
-                    self._recent = tuple(
-                        dataclasses.replace(r, on_disk=True) if r.id == held.id else r for r in self._recent
-                    )
+                    self._recent.mark(held.id, on_disk=True)
                 log.warning("event %s kept in memory is now recorded as seq %d", held.id, seq)
                 if delivered_meanwhile:
                     self._ack_stored(seq)
@@ -339,10 +321,7 @@ class Recorder:
     def delivered(self, row: OutboxRow) -> None:
         """The broker acknowledged ``row`` (from the outbox or sent directly from memory)."""
         with self._lock:
-            if any(r.id == row.id for r in self._recent):
-                self._recent = tuple(
-                    dataclasses.replace(r, delivered=True) if r.id == row.id else r for r in self._recent
-                )
+            self._recent.mark(row.id, delivered=True)
             self._held.pop(row.id, None)
             stored = self._was_held.pop(row.id, False)
         if stored:
@@ -351,11 +330,11 @@ class Recorder:
             self._call(self.hooks.alarm_delivered, row.id)
 
     def recent(self) -> list[dict[str, Any]]:
-        """The last :data:`RECENT` events, newest first, as plain dicts (a snapshot)."""
-        return [r.as_dict() for r in self._recent]
+        """The last :data:`~agent.recent.RECENT` events, newest first, as plain dicts (a snapshot)."""
+        return self._recent.as_dicts()
 
     def knows(self, event_id: str) -> bool:
-        return any(r.id == event_id for r in self._recent)
+        return self._recent.knows(event_id)
 
     @property
     def dropped(self) -> int:

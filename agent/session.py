@@ -37,6 +37,8 @@ MAX_PACKET_SIZE = 64 * 1024  # bytes; sent at CONNECT under MQTT 5 (docs/contrac
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK; paho also maps a 3.1.1-form CONNACK 0x01 to it
 RETAIN_NOT_SUPPORTED = 0x9A  # CONNACK (a retained will) or DISCONNECT (a retained publish)
 _LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad user/password, not authorised, banned, bad auth
+_LOOP_WAIT_MAX_S = 10.0  # paho's network thread, idle: longest select() (a lost wake-up costs at most this)
+_LOOP_WAIT_MIN_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,20 @@ class _Client(mqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.io = threading.RLock()  # before paho's __init__: nothing may read or write without it
+        self._writer: int | None = None  # the thread inside writing() that holds io: it writes its own packets
+        self._wake_w: socket.socket | None = None
         super().__init__(*args, **kwargs)
+
+    # paho writes a byte to this socket after queueing a packet, to wake its network thread for the
+    # write.  The thread inside writing() writes its packets itself on the way out, so it wakes nobody:
+    # the network thread would only compete for the interpreter and then wait for the lock.
+    @property
+    def _sockpairW(self) -> socket.socket | None:  # noqa: N802 - paho's name
+        return None if self._writer == threading.get_ident() else self._wake_w
+
+    @_sockpairW.setter
+    def _sockpairW(self, sock: socket.socket | None) -> None:  # noqa: N802 - paho's name
+        self._wake_w = sock
 
     def _packet_read(self) -> MQTTErrorCode:
         with self.io:
@@ -99,6 +114,28 @@ class _Client(mqtt.Client):
     def _packet_write(self) -> MQTTErrorCode:
         with self.io:
             return super()._packet_write()
+
+    def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:  # noqa: ARG002 - paho's signature
+        # paho's thread waits in select() for at most ``timeout`` (1 s in loop_start) only to check the
+        # keepalive; it waits until the keepalive is due instead (news on the socket or a queued packet
+        # wakes it as before), so an idle link costs a few wake-ups a minute, not one a second.
+        return super()._loop(min(_LOOP_WAIT_MAX_S, self._keepalive_due()))
+
+    def _keepalive_due(self) -> float:
+        """Seconds until paho's keepalive check has something to do (a PINGREQ, or a PINGRESP overdue)."""
+        if self._keepalive <= 0:
+            return _LOOP_WAIT_MAX_S
+        with self._msgtime_mutex:
+            due = min(self._last_msg_out, self._last_bytes_received) + self._keepalive
+        if self._ping_t > 0:
+            due = min(due, self._ping_t + self._keepalive)
+        return max(_LOOP_WAIT_MIN_S, due - mqtt.time_func())
+
+    def loop_stop(self) -> MQTTErrorCode:
+        """paho's, but the thread may wait in select() for seconds: it is woken to see the stop at once."""
+        self._thread_terminate = True
+        self.nudge()
+        return super().loop_stop()
 
     def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> MQTTErrorCode:
         try:
@@ -115,17 +152,30 @@ class _Client(mqtt.Client):
         Held, paho's network thread (woken by each publish) waits for the lock
         instead of racing this thread for the interpreter and the socket.
         When paho's thread holds it (reading or writing), the packets are left
-        to it, as without this.  A write that fails leaves its packet queued:
-        paho's thread meets the same error and ends the connection as usual.
+        to it, as without this.  Held, paho's thread is not even woken for
+        these packets (it is, if one is left unwritten).  A write that fails
+        leaves its packet queued: paho's thread meets the same error and ends
+        the connection as usual.
         """
         held = self.io.acquire(blocking=False)
+        if held:
+            self._writer = threading.get_ident()
         try:
             yield
             if held:
                 super()._packet_write()
         finally:
             if held:
+                self._writer = None
+                if self._out_packet:  # not all written (a full socket, an error): over to paho's thread
+                    self.nudge()
                 self.io.release()
+
+    def nudge(self) -> None:
+        """Wake paho's network thread for the packets still queued, as paho's own queueing does."""
+        with contextlib.suppress(OSError):  # BlockingIOError included: a wake-up is pending already
+            if self._wake_w is not None:
+                self._wake_w.send(b"0")
 
 
 class Session:

@@ -21,14 +21,11 @@ Events never wait for the command subscription (see :mod:`agent.linkstate`).
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import random
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
@@ -39,6 +36,8 @@ from agent.errors import OutboxError
 from agent.eventsend import EventSender
 from agent.linkstate import CommandHandler, CommandRoute, LinkState
 from agent.outbox import Outbox, OutboxRow
+from agent.outgoing import Outgoing, encode
+from agent.pubacks import PubAcks
 from agent.sendwindow import SendWindow
 from agent.session import RETAIN_NOT_SUPPORTED, ConnectFailure, Dialect, Session
 from agent.sidelane import SideLane
@@ -51,8 +50,8 @@ log = logging.getLogger(__name__)
 StatusProvider = Callable[[], dict[str, Any]]
 
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
-_IDLE_WAKE_S = 1.0  # granularity of waits between connection attempts (stop stays responsive)
-_IDLE_S = 5.0  # longest wait while connected with nothing to send; any news wakes the sender at once
+_IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing progress (stop wakes it at once)
+_IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
 
 
 class Uplink:
@@ -100,7 +99,6 @@ class Uplink:
         self._offline = offline
         self._on_command = on_command
         self._on_link = on_link
-        self._on_delivered = on_delivered
         self._side = SideLane(topic_root, held=held, photos=photos, on_delivered=on_delivered)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wall = wall
@@ -111,10 +109,7 @@ class Uplink:
         self._stopping = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._acks: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
-        self._status_slot: dict[str, Any] | None = None
-        self._replies: deque[tuple[str, bytes]] = deque(maxlen=100)
-        self._slot_lock = threading.Lock()
+        self._outgoing = Outgoing()  # the newest status and the command replies
         self._session: Session | None = None
         self._dialect: Dialect | None = None  # of the last session the broker accepted
         self._dialects = Dialects(cfg.protocol)
@@ -125,8 +120,7 @@ class Uplink:
         self._last_error: str | None = None
         self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
         self._events = EventSender(self._window, topic_root, _IDLE_S)  # its lock: the window and the live session
-        self._delivered = 0
-        self._refused = 0
+        self._pubacks = PubAcks(self._window, self._side, outbox, topic_root, on_delivered)
         self.progress = self._mono()
 
     # ---- public surface ------------------------------------------------------
@@ -148,14 +142,12 @@ class Uplink:
 
     def publish_status(self, doc: dict[str, Any]) -> None:
         """Publish ``doc`` (retained where the broker allows); only the latest waiting one is ever sent."""
-        with self._slot_lock:
-            self._status_slot = doc
+        self._outgoing.status(doc)
         self._wake.set()
 
     def publish(self, subtopic: str, doc: dict[str, Any]) -> None:
         """Publish a small document (a command reply) under the topic root, QoS 1."""
-        with self._slot_lock:
-            self._replies.append((f"{self.root}/{subtopic}", _encode(doc)))
+        self._outgoing.reply(f"{self.root}/{subtopic}", doc)
         self._wake.set()
 
     def state(self) -> LinkState:
@@ -168,8 +160,8 @@ class Uplink:
             last_error=self._last_error,
             inflight=len(self._window),
             published=self._events.published + self._side.published,
-            delivered=self._delivered + self._side.delivered,
-            refused=self._refused,
+            delivered=self._pubacks.delivered + self._side.delivered,
+            refused=self._pubacks.refused,
             protocol=d.protocol if d is not None else None,
             retain=d.retain if d is not None else True,
             commands_available=self._commands.available,
@@ -269,7 +261,7 @@ class Uplink:
 
     def _connect_and_serve(self, broker: BrokerAddress, dialect: Dialect) -> ConnectFailure | None:
         """Run one connection from attempt to end; None if the broker accepted it (it ran as a session)."""
-        will = (self._status_topic, _encode(self._offline("lost")))
+        will = (self._status_topic, encode(self._offline("lost")))
         try:
             s = Session(
                 self.cfg,
@@ -277,7 +269,7 @@ class Uplink:
                 dialect,
                 will=will,
                 wake=self._wake.set,
-                on_ack=lambda mid, refusal: self._acks.put((mid, refusal)),
+                on_ack=self._pubacks.put,
                 on_message=self._command,
             )
         except (OSError, ValueError) as exc:
@@ -304,8 +296,7 @@ class Uplink:
         self._connected_since = self._wall()
         self._sessions += 1
         self._last_error = None
-        with self._slot_lock:
-            self._status_slot = None
+        self._outgoing.drop_status()
         log.info(
             "connected to broker %s (MQTT %s%s); %d events to send",
             s.broker,
@@ -354,17 +345,14 @@ class Uplink:
 
     def _send_round(self, s: Session) -> float:
         """Process acks, send status/replies and fill the window; return how long to wait."""
-        self._process_acks()
+        self._pubacks.settle(self._mono())
         try:
             wait = self._events.fill(s, self._mono())  # events first: an alarm never queues behind a status document
         except (OutboxError, sqlite3.Error) as exc:  # the outbox cannot be read: held events still go
             log.error("outbox: %s; sending only the events held in memory", exc)  # noqa: TRY400 - says it all
             wait = _IDLE_S
         self._side.send_held(s)
-        with self._slot_lock:
-            status, self._status_slot = self._status_slot, None
-            replies = list(self._replies)
-            self._replies.clear()
+        status, replies = self._outgoing.take()
         if status is not None:
             self._publish_status(s, status)
         for topic, payload in replies:
@@ -372,52 +360,14 @@ class Uplink:
         self._side.send_photo(s, events_idle=len(self._window) == 0 and self.outbox.pending() == 0)
         return wait
 
-    def _process_acks(self) -> set[int]:
-        """Settle every PUBACK waiting; return the mids that were not events (status, replies)."""
-        done: list[OutboxRow] = []
-        others: set[int] = set()
-        now = self._mono()
-        while True:
-            try:
-                mid, refusal = self._acks.get_nowait()
-            except queue.Empty:
-                break
-            if self._side.settle(mid, refusal):
-                continue
-            row, retry_in = self._window.settle(mid, refused=refusal is not None, now=now)
-            if row is None:
-                others.add(mid)
-                continue
-            if retry_in is None:
-                done.append(row)
-                continue
-            self._refused += 1
-            log.log(  # a refused real alarm is the worst thing the link can report
-                logging.CRITICAL if row.urgent else logging.ERROR,
-                "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
-                "check the broker's ACL for %s/event/#",
-                row.type,
-                row.seq,
-                refusal,
-                retry_in,
-                self.root,
-            )
-        if done:
-            self.outbox.ack(r.seq for r in done)
-            self._delivered += len(done)
-            for row in done:
-                if self._on_delivered is not None:
-                    self._on_delivered(row)
-        return others
-
     def _publish_status(self, s: Session, doc: dict[str, Any]) -> int | None:
-        return s.publish(self._status_topic, _encode(doc), retain=True)
+        return s.publish(self._status_topic, encode(doc), retain=True)
 
     def _say_goodbye(self, s: Session) -> None:
         mid = self._publish_status(s, self._offline("shutdown"))
         deadline = self._mono() + _SHUTDOWN_ACK_TIMEOUT_S
         while mid is not None and self._mono() < deadline and not s.lost.is_set():
-            if mid in self._process_acks():
+            if mid in self._pubacks.settle(self._mono()):
                 break
             self._wake.wait(0.05)
             self._wake.clear()
@@ -430,7 +380,7 @@ class Uplink:
         with self._events.lock:
             self._events.live = None
         s.close()  # paho's thread has ended: no ack arrives after this
-        self._process_acks()  # PUBACKs that came in after the last round still count
+        self._pubacks.settle(self._mono())  # PUBACKs that came in after the last round still count
         self._window.reset()
         self._side.reset()
         if was_up:
@@ -442,10 +392,6 @@ class Uplink:
                 self._on_link(self.state())
             except Exception:
                 log.exception("link-change handler failed; carrying on")
-
-
-def _encode(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 __all__ = ["CommandHandler", "LinkState", "Uplink", "backoff_delay", "describe_connect_error", "tls_context"]

@@ -1,7 +1,7 @@
 """Backlog figure (issue 9, item 4): real presses made while a big backlog of routine events drains.
 
     .venv/bin/python bench/backlog.py            # 50,000 pending, 20 presses; writes bench/results/backlog.json
-    .venv/bin/python bench/backlog.py --quick    # 20,000 pending
+    .venv/bin/python bench/backlog.py --quick    # 10,000 pending (20 s at the default pace: the 20 presses fit)
 
 The agent starts with ``pending`` test presses in its outbox (routine rows: a
 test press never overtakes), the default ``drain_rate_per_s`` (500/s) and
@@ -17,11 +17,8 @@ rate is backlog rows per second from the online status to the last one.  Also ru
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,14 +29,13 @@ from agent.events import Clock, Event, EventType
 from agent.outbox import Outbox
 from bench import delivery
 from bench.common import (
-    BENCH,
     SITE,
     BenchBroker,
     EntryAgentProc,
     Procs,
     agent_config,
     median_summary,
-    remove_socket_dirs,
+    run_standalone,
     start_broker,
     start_subscriber,
     summary,
@@ -47,7 +43,7 @@ from bench.common import (
 from tests.support.agentproc import unique_id
 
 FULL = {"pending": 50_000, "presses": 20, "gap_s": 0.5, "reps": 1}
-QUICK = {"pending": 20_000, "presses": 20, "gap_s": 0.5, "reps": 1}
+QUICK = {"pending": 10_000, "presses": 20, "gap_s": 0.5, "reps": 1}
 
 
 def fill_test_presses(ob: Outbox, count: int, chunk: int = 10_000) -> None:
@@ -165,34 +161,22 @@ def figure(mode: str, work: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="20,000 pending instead of 50,000")
-    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="on the outbox's real filesystem")
-    ap.add_argument("--out", type=Path, default=BENCH / "results" / "backlog.json")
-    args = ap.parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="campus-backlog-", dir=args.workdir) as tmp:
-        try:
-            res = figure("quick" if args.quick else "full", Path(tmp))
-        finally:
-            remove_socket_dirs()
-    from bench.machine import machine_info  # noqa: PLC0415 - only for the standalone report
-
-    res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    res["machine"] = machine_info(args.workdir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+def line(res: dict[str, Any]) -> str:
+    """The figure in one sentence."""
     lat, blat, ilat = res["press_to_delivery_ms"], res["baseline_delivery_ms"], res["idle_agent_delivery_ms"]
-    print(
+    return (
         f"backlog {res['pending']:,} pending, {res['presses']} presses: press → delivery p50/p99 "
         f"{lat['p50']:.2f}/{lat['p99']:.2f} ms (raw paho {blat['p50']:.2f}/{blat['p99']:.2f} ms, "
         f"idle agent {ilat['p50']:.2f}/{ilat['p99']:.2f} ms, "
         f"ratio {res['target']['ratio']}: {res['target']['result']}); drain {res['drain_events_per_s']:.0f} "
         f"events/s; presses during the drain: {res['presses_during_drain']}; valid: {res['valid']}"
     )
-    print(f"wrote {args.out}")
-    return 0 if res["valid"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_standalone(
+        argv, doc=__doc__ or "", name="backlog", quick_help="10,000 pending instead of 50,000", figure=figure, line=line
+    )
 
 
 if __name__ == "__main__":

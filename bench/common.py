@@ -15,6 +15,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -153,7 +154,7 @@ def wait_line(proc: subprocess.Popen[bytes], want: str, timeout: float) -> str:
 
 
 def cpu_ticks_s(pid: int) -> float:
-    """utime + stime of the whole process (every thread, live or ended), in seconds; 10 ms resolution."""
+    """Utime + stime of the whole process (every thread, live or ended), in seconds; 10 ms resolution."""
     fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -187,7 +188,7 @@ class BenchBroker(Broker):
         self.conf.write_text("\n".join(lines) + "\n" + self.listener_extra)
 
     def dropped_warnings(self) -> int:
-        """mosquitto's own log lines about dropping messages for a slow client."""
+        """Mosquitto's own log lines about dropping messages for a slow client."""
         try:
             text = self.log.read_text(errors="replace")
         except OSError:
@@ -321,6 +322,51 @@ def start_subscriber(
 
 def sample_event(kind: EventType = EventType.PANIC) -> Event:
     return Event.create(Clock(), kind, "panic", data=PANIC_DATA)
+
+
+def run_standalone(
+    argv: list[str] | None,
+    *,
+    doc: str,
+    name: str,
+    quick_help: str,
+    figure: Callable[[str, Path], dict[str, Any]],
+    line: Callable[[dict[str, Any]], str],
+) -> int:
+    """A figure run on its own (not from run.py): options, a work folder, the result file with the machine.
+
+    ``--quick``, ``--workdir`` (on the outbox's real filesystem) and ``--out``
+    (default ``bench/results/{name}.json``); ``figure(mode, work)`` measures,
+    the machine and the load average at start and end are added, ``line(res)``
+    is printed.  Exit 0 when the result says it is valid.
+    """
+    import argparse  # noqa: PLC0415 - only the standalone entry points parse options
+
+    from bench.machine import machine_info  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="on the outbox's real filesystem")
+    ap.add_argument("--out", type=Path, default=BENCH / "results" / f"{name}.json")
+    args = ap.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    mode = "quick" if args.quick else "full"
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix=f"campus-{name}-", dir=args.workdir) as tmp:
+        try:
+            res = figure(mode, Path(tmp))
+        finally:
+            remove_socket_dirs()
+    res["mode"] = mode
+    res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    res["machine"] = machine_info(args.workdir)
+    res["machine"]["loadavg_start"] = load_start
+    res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    print(line(res))
+    print(f"wrote {args.out}")
+    return 0 if res["valid"] else 1
 
 
 def bulk_fill(ob: Outbox, count: int, kind: EventType = EventType.PANIC, chunk: int = 50_000) -> None:

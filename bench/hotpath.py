@@ -34,21 +34,20 @@ if str(ROOT) not in sys.path:
 
 from bench.common import Procs, agent_config, remove_socket_dirs, start_broker, start_subscriber  # noqa: E402, I001
 from bench.delivery import first_arrivals  # noqa: E402
-from bench.presser import press_loop  # noqa: E402
+from bench.presser import connected_agent, panic_pin, press_loop  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
-from agent import daemon, inputs, outbox, uplink  # noqa: E402
-from agent.config import load_config  # noqa: E402
+from agent import inputs, outbox, recorder, uplink  # noqa: E402
 
 # (mark, class, method, when): the button's path in the order a press walks it.  Where the code has
 # changed a name, the first method of a "a|b" list that exists is marked.
 MARKS: tuple[tuple[str, Any, str, str], ...] = (
     ("raw_edge", inputs.Inputs, "_raw_edge", "enter"),
     ("poll", inputs.Inputs, "poll", "enter"),
-    ("record_many", daemon.Agent, "record_many", "enter"),
+    ("record_many", recorder.Recorder, "record_many", "enter"),
     ("put", outbox.Outbox, "put_rows|put_many", "enter"),
     ("committed", outbox.Outbox, "put_rows|put_many", "exit"),
     ("wake", uplink.Uplink, "offer|wake", "enter"),
-    ("record_done", daemon.Agent, "record_many", "exit"),
+    ("record_done", recorder.Recorder, "record_many", "exit"),
     ("send_round", uplink.Uplink, "_send_round", "enter"),
     ("next_batch", outbox.Outbox, "next_batch", "enter"),
     ("row_read", outbox.Outbox, "next_batch", "exit"),
@@ -188,31 +187,23 @@ def main() -> int:
             match="/event/panic",
             timeout=args.presses * args.gap_ms / 1e3 + 60,
         )
-        agent = daemon.Agent(load_config(cfg))
-        agent.start()
         try:
-            assert agent.uplink is not None
-            assert agent.inputs is not None
-            deadline = time.monotonic() + 20
-            while not agent.uplink.state().connected and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(0.5)
-            pin = agent.inputs._inputs["panic"].button.pin
+            with connected_agent(cfg) as agent:
+                pin = panic_pin(agent)
 
-            def press() -> None:
-                marks.press()
-                pin.drive_low()
+                def press() -> None:
+                    marks.press()
+                    pin.drive_low()
 
-            driver = threading.Thread(
-                target=press_loop,
-                args=(press, pin.drive_high),
-                kwargs={"count": args.presses, "gap_ms": args.gap_ms, "hold_ms": 5.0},
-            )
-            driver.start()
-            driver.join()
-            arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
+                driver = threading.Thread(
+                    target=press_loop,
+                    args=(press, pin.drive_high),
+                    kwargs={"count": args.presses, "gap_ms": args.gap_ms, "hold_ms": 5.0},
+                )
+                driver.start()
+                driver.join()
+                arrivals = [t for t, _m in first_arrivals(sub.result(timeout=30), "/event/panic").values()]
         finally:
-            agent.stop()
             remove_socket_dirs()
             procs.later(lambda: shutil.rmtree(work, ignore_errors=True))
     rows = table(marks, arrivals)

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,7 +40,7 @@ from bench.common import (
     Procs,
     agent_config,
     median_summary,
-    remove_socket_dirs,
+    run_standalone,
     start_broker,
     start_subscriber,
     summary,
@@ -207,24 +204,10 @@ def press_main(argv: list[str]) -> int:
     ap.add_argument("--until", type=Path, required=True)
     ap.add_argument("--timeout", type=float, default=90.0)
     args = ap.parse_args(argv)
-    from agent.config import load_config  # noqa: PLC0415 - the figure's own process does not run an agent
-    from agent.daemon import Agent  # noqa: PLC0415
-    from bench.presser import press_loop, write_result  # noqa: PLC0415
+    from bench.presser import connected_agent, panic_pin, press_loop, write_result  # noqa: PLC0415
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    agent = Agent(load_config(args.config))
-    agent.start()
-    try:
-        assert agent.uplink is not None
-        assert agent.inputs is not None
-        deadline = time.monotonic() + 20
-        while not agent.uplink.state().connected:
-            if time.monotonic() > deadline:
-                print("agent did not connect within 20 s", file=sys.stderr)
-                return 1
-            time.sleep(0.02)
-        time.sleep(0.5)  # agent_started, the birth status and the camera's first probe are out of the way
-        pin = agent.inputs._inputs["panic"].button.pin  # normally open: pressed = low
+    with connected_agent(args.config) as agent:
+        pin = panic_pin(agent)
         stamps: list[int] = []
         driver = threading.Thread(
             target=lambda: stamps.extend(
@@ -239,8 +222,6 @@ def press_main(argv: list[str]) -> int:
             time.sleep(0.05)
         photos = agent.photos.status() if agent.photos is not None else None
         write_result(args.out, {"press_ns": stamps, "photos": photos})
-    finally:
-        agent.stop()
     return 0
 
 
@@ -248,30 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["press"]:
         return press_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="12 presses per run instead of 40")
-    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"), help="on the outbox's real filesystem")
-    ap.add_argument("--out", type=Path, default=BENCH / "results" / "photos.json")
-    args = ap.parse_args(argv)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    from bench.machine import machine_info  # noqa: PLC0415 - only for the standalone report
-
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="campus-photos-", dir=args.workdir) as tmp:
-        try:
-            res = figure("quick" if args.quick else "full", Path(tmp))
-        finally:
-            remove_socket_dirs()
-    res["mode"] = "quick" if args.quick else "full"
-    res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    res["machine"] = machine_info(args.workdir)
-    res["machine"]["loadavg_start"] = load_start
-    res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(line(res))
-    print(f"wrote {args.out}")
-    return 0 if res["valid"] else 1
+    return run_standalone(
+        argv, doc=__doc__ or "", name="photos", quick_help="12 presses per run instead of 40", figure=figure, line=line
+    )
 
 
 def line(res: dict[str, Any]) -> str:

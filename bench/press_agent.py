@@ -10,7 +10,6 @@ each press.  Writes the stamps (and the RSS at the end) to ``--out``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import threading
 import time
@@ -20,10 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import common  # noqa: E402, F401, I001 - first: it puts the agent under test on sys.path
-from bench.presser import press_loop, rss_mb, write_result  # noqa: E402
-from agent.config import load_config  # noqa: E402
-from agent.daemon import Agent  # noqa: E402
+from bench import common  # noqa: E402, F401 - first: it puts the agent under test on sys.path
+from bench.presser import connected_agent, panic_pin, press_loop, rss_mb, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -34,21 +31,8 @@ def main() -> int:
     p.add_argument("--gap-ms", type=float, default=20.0)
     p.add_argument("--hold-ms", type=float, default=5.0)
     args = p.parse_args()
-    # as `campus-agent run` sets it up: INFO to stderr (the bench sends it to a file)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    agent = Agent(load_config(args.config))
-    agent.start()
-    try:
-        assert agent.uplink is not None
-        assert agent.inputs is not None
-        deadline = time.monotonic() + 20
-        while not agent.uplink.state().connected:
-            if time.monotonic() > deadline:
-                print("agent did not connect within 20 s", file=sys.stderr)
-                return 1
-            time.sleep(0.02)
-        time.sleep(0.5)  # agent_started and the birth status are out of the way
-        pin = agent.inputs._inputs["panic"].button.pin  # normally open: pressed = low
+    with connected_agent(args.config) as agent:
+        pin = panic_pin(agent)
         stamps: list[int] = []
         driver = threading.Thread(
             target=lambda: stamps.extend(
@@ -60,8 +44,6 @@ def main() -> int:
         driver.join()
         time.sleep(0.5)
         write_result(args.out, {"press_ns": stamps, "rss_mb": round(rss_mb(), 2)})
-    finally:
-        agent.stop()
     return 0
 
 

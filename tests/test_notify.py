@@ -103,7 +103,7 @@ def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(
     cfg = load_config(write_config(tmp_path, free_port(), device="wd-1"))
     env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": "400000"}
     agent = Agent(cfg, notifier=Notifier(env=env))
-    agent.stall_after_s = 7.0  # above the 5 s idle sleeps of the healthy threads
+    agent.stall_after_s = 15.0  # above the 10 s idle sleeps of the healthy threads
     hang = threading.Event()
     agent.start()
     server = threading.Thread(target=agent.serve, daemon=True)
@@ -126,7 +126,7 @@ def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(
         monkeypatch.setattr(
             agent.uplink, "_sleep", stuck_sleep
         )  # the sender is between attempts while the broker is down
-        stalled = notify_socket.until(lambda m: m.get("STATUS", "").startswith("stalled"), 20)
+        stalled = notify_socket.until(lambda m: m.get("STATUS", "").startswith("stalled"), 30)
         assert "uplink-sender" in stalled["STATUS"]
         seen: list[dict[str, str]] = []
 

@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.config.model import BrokerAddress
-from agent.session import Dialect, Session
-from tests.support.agentproc import write_config
 from tests.support.broker import Broker
+from tests.support.sessions import new_session, opened
 
 
 @pytest.mark.broker
-def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(
-    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = load_config(write_config(tmp_path, broker.port, device="flush")).mqtt
+def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp_path: Path, broker: Broker) -> None:
     acks: list[tuple[int, str | None]] = []
     acked = threading.Event()
 
@@ -30,25 +24,15 @@ def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(
         acks.append((mid, refusal))
         acked.set()
 
-    with Session(
-        cfg,
-        BrokerAddress("127.0.0.1", broker.port),
-        Dialect("5", retain=True),
-        will=("t/flush/status", b"{}"),
-        wake=lambda: None,
-        on_ack=on_ack,
-        on_message=lambda *_a: None,
-    ) as s:
-        assert s.open() is None
-        assert s.verdict(10.0) is None
+    with opened(new_session(tmp_path, broker.port, "flush", on_ack=on_ack)) as s:
         writers: list[str] = []
         send = s.client._sock_send
 
-        def recording_send(data: bytes | bytearray) -> int:
+        def recording_send(data: bytes) -> int:
             writers.append(threading.current_thread().name)
             return send(data)
 
-        monkeypatch.setattr(s.client, "_sock_send", recording_send)
+        s.client._sock_send = recording_send  # type: ignore[method-assign]
         with s.writing():
             mid = s.publish("t/flush/event/panic", b'{"seq":1}')
             assert mid is not None

@@ -200,7 +200,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         mid = sorted(waiting)[pick % len(waiting)]
         doc = waiting.pop(mid)
         rc = ReasonCode(PacketTypes.PUBACK, identifier=reason)
-        self.uplink._acks.put((mid, str(rc) if rc.is_failure else None))  # as the session's on_publish does
+        self.uplink._pubacks.put(mid, str(rc) if rc.is_failure else None)  # as the session's on_publish does
         s, seq = self.session, doc["seq"]
         if reason == _SUCCESS:
             s.state[seq] = "acked"

@@ -1,0 +1,98 @@
+"""PUBACKs, settled on the sender's thread: delivered rows leave the outbox, refused ones wait for a retry.
+
+paho's network thread only queues ``(mid, refusal)`` (:meth:`PubAcks.put`);
+the sender settles the queue at the start of every round and at the end of a
+session (:meth:`PubAcks.settle`), so the outbox and the send window are only
+ever changed on its thread.  A row is deleted only on a PUBACK whose reason
+code is a success: paho reports an MQTT 5 publish the broker refused as
+"published", so the refusal is read here, counted, logged (CRITICAL for a real
+alarm) and the row is retried by the window (agent/sendwindow.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+
+from agent.outbox import Outbox, OutboxRow
+from agent.sendwindow import SendWindow
+from agent.sidelane import SideLane
+
+log = logging.getLogger(__name__)
+
+
+class PubAcks:
+    """The PUBACK queue between paho's thread and the sender, and what settling it counted.
+
+    Args:
+        window: the send window: which row a mid was, and its retry if refused.
+        side: held events and photos, settled by their own mids first.
+        outbox: where delivered rows are deleted.
+        topic_root: for the ACL hint in a refusal's log line.
+        on_delivered: called for every delivered row (the recorder, the LED).
+
+    """
+
+    def __init__(
+        self,
+        window: SendWindow,
+        side: SideLane,
+        outbox: Outbox,
+        topic_root: str,
+        on_delivered: Callable[[OutboxRow], None] | None,
+    ) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
+        self._window = window
+        self._side = side
+        self._outbox = outbox
+        self._root = topic_root
+        self._on_delivered = on_delivered
+        self.delivered = 0
+        self.refused = 0
+
+    def put(self, mid: int, refusal: str | None) -> None:
+        """Paho's thread: a PUBACK arrived (``refusal`` None on success, else the reason in words)."""
+        self._queue.put((mid, refusal))
+
+    def settle(self, now: float) -> set[int]:
+        """Settle every PUBACK waiting; return the mids that were not events (status, replies)."""
+        done: list[OutboxRow] = []
+        others: set[int] = set()
+        while True:
+            try:
+                mid, refusal = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if self._side.settle(mid, refusal):
+                continue
+            row, retry_in = self._window.settle(mid, refused=refusal is not None, now=now)
+            if row is None:
+                others.add(mid)
+            elif retry_in is None:
+                done.append(row)
+            else:
+                self._refused(row, refusal, retry_in)
+        if done:
+            self._outbox.ack(r.seq for r in done)
+            self.delivered += len(done)
+            if self._on_delivered is not None:
+                for row in done:
+                    self._on_delivered(row)
+        return others
+
+    def _refused(self, row: OutboxRow, refusal: str | None, retry_in: float) -> None:
+        self.refused += 1
+        log.log(  # a refused real alarm is the worst thing the link can report
+            logging.CRITICAL if row.urgent else logging.ERROR,
+            "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
+            "check the broker's ACL for %s/event/#",
+            row.type,
+            row.seq,
+            refusal,
+            retry_in,
+            self._root,
+        )
+
+    def __repr__(self) -> str:
+        return f"<PubAcks waiting={self._queue.qsize()} delivered={self.delivered} refused={self.refused}>"
