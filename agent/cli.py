@@ -183,6 +183,8 @@ def cmd_test_mode(args: argparse.Namespace) -> int:
 
 def _minutes(text: str) -> int:
     """``test-mode --minutes``: 1 up to the limit the agent itself enforces (``commands.MAX_MINUTES``)."""
+    import argparse  # noqa: PLC0415 - loaded already: this runs while the command line is parsed
+
     from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - only a test-mode command line pays for it
 
     try:

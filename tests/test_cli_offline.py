@@ -75,3 +75,12 @@ def test_main__version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert e.value.code == 0
     assert "campus-agent 0.1.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("minutes", "said"), [("999", "expected 1-240 minutes, got 999"), ("x", "whole number")])
+def test_test_mode__minutes_out_of_range_is_a_usage_error(tmp_path: Path, minutes: str, said: str) -> None:
+    cfg = write_config(tmp_path, 1883, device="minutes-1")
+    r = run_cli("test-mode", "on", "--minutes", minutes, "-c", str(cfg))
+    assert r.returncode == 2
+    assert said in r.stderr
+    assert "Traceback" not in r.stderr

@@ -6,10 +6,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent import cli
 
 
-def test_run__the_daemon_starts_without_argparse_and_with_its_options(monkeypatch, tmp_path):
+def test_run__the_daemon_starts_without_argparse_and_with_its_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name in ("argparse", "gettext"):  # restored after the test: pytest itself uses them
         if name in sys.modules:
             monkeypatch.setitem(sys.modules, name, sys.modules[name])
@@ -27,7 +31,7 @@ def test_run__the_daemon_starts_without_argparse_and_with_its_options(monkeypatc
     assert seen["args"] == (Path(cfg), "debug", True)
 
 
-def test_other_commands__keep_the_parser(monkeypatch, tmp_path):
+def test_other_commands__keep_the_parser(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if "argparse" in sys.modules:
         monkeypatch.setitem(sys.modules, "argparse", sys.modules["argparse"])
     seen: dict[str, bool] = {}

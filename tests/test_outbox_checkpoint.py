@@ -31,7 +31,7 @@ def _wal_bytes(path: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
-def test_checkpoint__puts_alone_do_not_checkpoint_below_their_backstop(tmp_path):
+def test_checkpoint__puts_alone_do_not_checkpoint_below_their_backstop(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "outbox.db"
     with Outbox(path, site="main", device="d") as ob:
@@ -43,7 +43,7 @@ def test_checkpoint__puts_alone_do_not_checkpoint_below_their_backstop(tmp_path)
         assert size < PUT_CHECKPOINT_PAGES * page * 1.2
 
 
-def test_checkpoint__the_backstop_bounds_the_wal_while_nothing_is_acknowledged(tmp_path):
+def test_checkpoint__the_backstop_bounds_the_wal_while_nothing_is_acknowledged(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "outbox.db"
     with Outbox(path, site="main", device="d") as ob:
@@ -54,7 +54,7 @@ def test_checkpoint__the_backstop_bounds_the_wal_while_nothing_is_acknowledged(t
         assert ob.pending() == 300
 
 
-def test_checkpoint__acks_keep_the_wal_small_and_lose_nothing(tmp_path):
+def test_checkpoint__acks_keep_the_wal_small_and_lose_nothing(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "outbox.db"
     with Outbox(path, site="main", device="d") as ob:

@@ -7,7 +7,7 @@ import json
 from agent.outgoing import MAX_REPLIES, Outgoing
 
 
-def test_outgoing__only_the_newest_status_is_taken_once():
+def test_outgoing__only_the_newest_status_is_taken_once() -> None:
     out = Outgoing()
     out.status({"n": 1})
     out.status({"n": 2})
@@ -15,7 +15,7 @@ def test_outgoing__only_the_newest_status_is_taken_once():
     assert out.take() == (None, [])
 
 
-def test_outgoing__replies_keep_their_order_and_the_newest_when_flooded():
+def test_outgoing__replies_keep_their_order_and_the_newest_when_flooded() -> None:
     out = Outgoing()
     for i in range(MAX_REPLIES + 5):
         out.reply("t/reply", {"i": i})
@@ -24,7 +24,7 @@ def test_outgoing__replies_keep_their_order_and_the_newest_when_flooded():
     assert [json.loads(p)["i"] for _t, p in replies] == list(range(5, MAX_REPLIES + 5))
 
 
-def test_outgoing__a_new_session_drops_a_stale_status_but_not_the_replies():
+def test_outgoing__a_new_session_drops_a_stale_status_but_not_the_replies() -> None:
     out = Outgoing()
     out.status({"old": True})
     out.reply("t/reply", {"id": "x"})

@@ -9,7 +9,7 @@ def _ev(i: int) -> RecentEvent:
     return RecentEvent(f"id{i}", i, "panic", "panic", "2026-01-01T00:00:00.000Z", test=False, on_disk=i % 2 == 0)
 
 
-def test_recent__newest_first_and_bounded():
+def test_recent__newest_first_and_bounded() -> None:
     rec = RecentEvents()
     rec.add([_ev(1), _ev(2)])
     rec.add(_ev(i) for i in range(3, RECENT + 10))
@@ -20,7 +20,7 @@ def test_recent__newest_first_and_bounded():
     assert rec.knows(f"id{RECENT + 9}")
 
 
-def test_recent__marks_turn_flags_on_and_never_off_and_a_snapshot_does_not_change():
+def test_recent__marks_turn_flags_on_and_never_off_and_a_snapshot_does_not_change() -> None:
     rec = RecentEvents()
     rec.add([_ev(1), _ev(2)])
     before = rec.as_dicts()

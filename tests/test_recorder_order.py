@@ -8,12 +8,14 @@ PUBLISH travels).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.events import Clock, EventType
 from agent.outbox import Outbox, OutboxRow
 from agent.recorder import Hooks, Recorder
 
 
-def test_order__the_recent_list_shows_an_event_before_it_is_offered_and_feedback_follows(tmp_path):
+def test_order__the_recent_list_shows_an_event_before_it_is_offered_and_feedback_follows(tmp_path: Path) -> None:
     clock = Clock()
     calls: list[str] = []
     with Outbox(tmp_path / "outbox.db", site="main", device="d") as ob:

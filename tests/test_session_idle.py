@@ -10,12 +10,14 @@ once although it may be in a long wait.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
+from tests.support.broker import Broker
 from tests.support.sessions import new_session, opened
 from tests.support.waiting import eventually
 
 
-def test_idle__select_waits_follow_the_keepalive_and_pings_go_out(tmp_path, broker):
+def test_idle__select_waits_follow_the_keepalive_and_pings_go_out(tmp_path: Path, broker: Broker) -> None:
     s = new_session(tmp_path, broker.port, "idle", keepalive_s=5)
     waits: list[float] = []
     pings: list[float] = []
@@ -40,7 +42,7 @@ def test_idle__select_waits_follow_the_keepalive_and_pings_go_out(tmp_path, brok
     assert not thread.is_alive()
 
 
-def test_idle__close_wakes_a_thread_in_a_long_wait(tmp_path, broker):
+def test_idle__close_wakes_a_thread_in_a_long_wait(tmp_path: Path, broker: Broker) -> None:
     with opened(new_session(tmp_path, broker.port, "idle2", keepalive_s=60)) as s:
         s.lost.set()  # as if the link were gone: close() sends no DISCONNECT that would wake the thread
         thread = s.client._thread

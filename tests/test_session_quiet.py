@@ -10,10 +10,12 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from agent.session import Session
+from tests.support.broker import Broker
 from tests.support.sessions import new_session, opened
 
 
@@ -33,7 +35,7 @@ class CountingSocket:
 
 
 @pytest.fixture
-def session(tmp_path, broker) -> Iterator[tuple[Session, list[int], threading.Event]]:
+def session(tmp_path: Path, broker: Broker) -> Iterator[tuple[Session, list[int], threading.Event]]:
     acks: list[int] = []
     acked = threading.Event()
 
@@ -53,7 +55,9 @@ def _count_wakes(s: Session) -> CountingSocket:
     return counting
 
 
-def test_quiet__a_publish_written_by_its_own_thread_wakes_nobody(session):
+def test_quiet__a_publish_written_by_its_own_thread_wakes_nobody(
+    session: tuple[Session, list[int], threading.Event],
+) -> None:
     s, acks, acked = session
     wakes = _count_wakes(s)
     with s.writing():
@@ -63,7 +67,9 @@ def test_quiet__a_publish_written_by_its_own_thread_wakes_nobody(session):
     assert wakes.sent == [], f"paho's thread was woken by {wakes.sent}"
 
 
-def test_quiet__a_publish_outside_writing_still_wakes_the_network_thread(session):
+def test_quiet__a_publish_outside_writing_still_wakes_the_network_thread(
+    session: tuple[Session, list[int], threading.Event],
+) -> None:
     s, acks, acked = session
     wakes = _count_wakes(s)
     mid = s.publish("t/quiet/event/panic", b'{"seq":2}')
@@ -72,7 +78,9 @@ def test_quiet__a_publish_outside_writing_still_wakes_the_network_thread(session
     assert wakes.sent == [threading.current_thread().name]
 
 
-def test_quiet__a_packet_the_thread_could_not_write_is_handed_to_the_network_thread(session):
+def test_quiet__a_packet_the_thread_could_not_write_is_handed_to_the_network_thread(
+    session: tuple[Session, list[int], threading.Event],
+) -> None:
     s, acks, acked = session
     wakes = _count_wakes(s)
     send = s.client._sock_send
@@ -80,7 +88,7 @@ def test_quiet__a_packet_the_thread_could_not_write_is_handed_to_the_network_thr
     def full(_data: bytes) -> int:
         raise BlockingIOError  # the socket's buffer is full: paho keeps the packet queued
 
-    s.client._sock_send = full  # type: ignore[method-assign]
+    s.client._sock_send = full  # type: ignore[method-assign,assignment]
     try:
         with s.writing():
             mid = s.publish("t/quiet/event/panic", b'{"seq":3}')

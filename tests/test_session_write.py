@@ -32,7 +32,7 @@ def test_flush__publish_is_written_by_the_publishing_thread_and_acknowledged(tmp
             writers.append(threading.current_thread().name)
             return send(data)
 
-        s.client._sock_send = recording_send  # type: ignore[method-assign]
+        s.client._sock_send = recording_send  # type: ignore[method-assign,assignment]
         with s.writing():
             mid = s.publish("t/flush/event/panic", b'{"seq":1}')
             assert mid is not None
