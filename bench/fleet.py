@@ -153,6 +153,34 @@ def gen_command(gen: subprocess.Popen[bytes], cmd: str, timeout: float) -> list[
     return line[1:]
 
 
+def start_generator(port: int, n: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """fleet_gen for ``n`` devices, started and ready for commands (it has published nothing yet)."""
+    gen = subprocess.Popen(
+        [PY, str(ROOT / "bench/fleet_gen.py"), "--port", str(port), "--devices", str(n), "--log", str(log)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert gen.stdout is not None
+    ready = gen.stdout.readline().decode().split()
+    if not ready or ready[0] != "ready":
+        gen.kill()
+        raise RuntimeError(f"fleet_gen did not start: {ready!r}")
+    return gen
+
+
+def wait_subscribed(proc: subprocess.Popen[bytes], marker: str, what: str) -> None:
+    """Read ``proc``'s stderr up to ``marker``, then keep it drained on a thread so the child never blocks."""
+    stderr = proc.stderr
+    assert stderr is not None
+    for raw in stderr:
+        if marker in raw.decode(errors="replace"):
+            break
+    else:
+        raise RuntimeError(f"{what} exited before subscribing (rc {proc.poll()})")
+    threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
+
+
 def run_one(kind: str, n: int, phases: Phases, workdir: Path) -> dict[str, Any]:
     """One consumer against a fleet of ``n`` devices; every child stopped in ``finally``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -160,31 +188,15 @@ def run_one(kind: str, n: int, phases: Phases, workdir: Path) -> dict[str, Any]:
     children: list[subprocess.Popen[bytes]] = []
     try:
         log = workdir / f"events-{kind}-{n}.jsonl"
-        gen = subprocess.Popen(
-            [PY, str(ROOT / "bench/fleet_gen.py"), "--port", str(broker.port), "--devices", str(n), "--log", str(log)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        gen = start_generator(broker.port, n, log, env)
         children.append(gen)
-        assert gen.stdout is not None
-        ready = gen.stdout.readline().decode().split()
-        if not ready or ready[0] != "ready":
-            raise RuntimeError(f"fleet_gen did not start: {ready!r}")
         proc = subprocess.Popen(
             consumer_cmd(kind, broker.port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT
         )
         children.append(proc)
         reader = Reader(proc, kind).start()
-        assert proc.stderr is not None
-        marker = "monitoring " if kind == "monitor" else "subscribed"
-        for raw in proc.stderr:
-            if marker in raw.decode(errors="replace"):
-                break
-        else:
-            raise RuntimeError(f"{kind} exited before subscribing (rc {proc.poll()})")
+        wait_subscribed(proc, "monitoring " if kind == "monitor" else "subscribed", kind)
         t0 = time.time()
-        threading.Thread(target=lambda: [None for _ in proc.stderr or ()], daemon=True).start()  # keep it drained
         gen_command(gen, "sentinel", 60)
         wait_for("the sentinel status", lambda: reader.sentinel_at is not None, 120 + n / 100)
         ingest = (reader.sentinel_at or t0) - t0

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.fleet import PY, Phases, Reader, gen_command, wait_for  # noqa: E402
+from bench.fleet import PY, Phases, Reader, gen_command, start_generator, wait_for, wait_subscribed  # noqa: E402
 from bench.fleet_support import FleetBroker, cpu_seconds, machine_note, pct, peak_rss_mb, stop  # noqa: E402
 
 
@@ -46,28 +45,13 @@ def run_group(n: int, k: int, phases: Phases, workdir: Path) -> dict[str, Any]:
     children: list[subprocess.Popen[bytes]] = []
     try:
         log = workdir / f"events-shared-{n}-{k}.jsonl"
-        gen = subprocess.Popen(
-            [PY, str(ROOT / "bench/fleet_gen.py"), "--port", str(broker.port), "--devices", str(n), "--log", str(log)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        gen = start_generator(broker.port, n, log, env)
         children.append(gen)
-        assert gen.stdout is not None
-        if not gen.stdout.readline().startswith(b"ready"):
-            raise RuntimeError("fleet_gen did not start")
         procs = [_consumer(broker.port, "central", i, env) for i in range(k)]
         children += procs
         readers = [Reader(p, "reference").start() for p in procs]
         for p in procs:
-            assert p.stderr is not None
-            for raw in p.stderr:
-                if b"subscribed" in raw:
-                    break
-            else:
-                raise RuntimeError(f"a consumer exited before subscribing (rc {p.poll()})")
-            stderr = p.stderr
-            threading.Thread(target=lambda s=stderr: [None for _ in s], daemon=True).start()
+            wait_subscribed(p, "subscribed", "a consumer")
         t0 = time.time()
         gen_command(gen, "sentinel", 60)
         for r in readers:
