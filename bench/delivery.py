@@ -24,6 +24,7 @@ from bench.common import (
     BenchBroker,
     EntryAgentProc,
     Procs,
+    SubscriberRun,
     agent_config,
     bulk_fill,
     cpu_ticks_s,
@@ -95,6 +96,19 @@ def _agent_env(agent_path: Path | None) -> dict[str, str] | None:
 # program stamps the arrival on the same clock.
 
 
+def _panic_subscriber(procs: Procs, broker: BenchBroker, work: Path, dev: str, n: int, gap_ms: float) -> SubscriberRun:
+    """The subscriber stamping ``dev``'s ``n`` panic events, started before the contender presses."""
+    return start_subscriber(
+        procs,
+        broker.port,
+        [f"campus/+/{dev}/event/#"],
+        work / dev / "sub.json",
+        expect=n,
+        match="/event/panic",
+        timeout=n * gap_ms / 1000.0 + 60,
+    )
+
+
 def agent_latency(
     procs: Procs, broker: BenchBroker, work: Path, n: int, gap_ms: float, agent_path: Path | None = None
 ) -> dict[str, Any]:
@@ -104,15 +118,7 @@ def agent_latency(
     """
     dev = unique_id("lat")
     cfg = agent_config(work / dev, broker.port, dev)  # input 'panic' with debounce_ms: 0
-    sub = start_subscriber(
-        procs,
-        broker.port,
-        [f"campus/+/{dev}/event/#"],
-        work / dev / "sub.json",
-        expect=n,
-        match="/event/panic",
-        timeout=n * gap_ms / 1000.0 + 60,
-    )
+    sub = _panic_subscriber(procs, broker, work, dev, n, gap_ms)
     out = work / dev / "presses.json"
     pressed = _run_wrapper(
         procs,
@@ -184,15 +190,7 @@ def baseline_latency(
     dev = unique_id("raw")
     (work / dev).mkdir(parents=True, exist_ok=True)
     template = write_template(work / dev / "template.json", dev)
-    sub = start_subscriber(
-        procs,
-        broker.port,
-        [f"campus/+/{dev}/event/#"],
-        work / dev / "sub.json",
-        expect=n,
-        match="/event/panic",
-        timeout=n * gap_ms / 1000.0 + 60,
-    )
+    sub = _panic_subscriber(procs, broker, work, dev, n, gap_ms)
     pub = procs.popen(
         [
             PY,
