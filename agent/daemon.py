@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.config.model import Config
 from agent.control import ControlServer
 from agent.errors import HardwareError
@@ -50,7 +51,7 @@ _STATUS_EVERY_S = 10.0
 _SERVE_TICK_S = 10.0  # without a systemd watchdog; with one, half its interval
 
 
-class Agent:
+class Agent(Closing):
     """One running agent: owns every part and the order they start and stop in."""
 
     def __init__(self, cfg: Config, *, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
@@ -245,19 +246,17 @@ class Agent:
         """Same as :meth:`stop`: the resource-owner spelling, for ``with Agent(cfg) as agent``."""
         self.stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._stopped
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return f"{self.cfg.device.site}/{self.cfg.device.id}"
 
-    def __repr__(self) -> str:
-        name = f"{self.cfg.device.site}/{self.cfg.device.id}"
-        if self._stopped:
-            return f"<Agent {name} stopped>"
+    def _repr_state(self) -> str:
         if self.outbox is None or self.recorder is None:
-            return f"<Agent {name} not started>"
-        return f"<Agent {name} running pending={self.outbox.pending()} held={self.recorder.held_count()}>"
+            return "not started"
+        return f"running pending={self.outbox.pending()} held={self.recorder.held_count()}"
 
     def run(self) -> int:
         """Start, then serve until SIGTERM/SIGINT, feeding the watchdog while healthy."""

@@ -20,7 +20,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import describe_connect_error, tls_context
+from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class _Client(mqtt.Client):
                 self._wake_w.send(b"0")
 
 
-class Session:
+class Session(Closing):
     """One connection attempt and, if the broker accepts it, the session that follows.
 
     Args:
@@ -219,6 +220,7 @@ class Session:
         self._on_ack = on_ack
         self._on_message = on_message
         self._open = False
+        self._closed = False
         self._crashed = False
         v5 = dialect.protocol == "5"
         self.client = _Client(
@@ -357,6 +359,7 @@ class Session:
 
     def close(self) -> None:
         """Disconnect (if still connected) and stop paho's thread; idempotent."""
+        self._closed = True
         if not self._open:
             return
         self._open = False
@@ -364,20 +367,19 @@ class Session:
             self.client.disconnect()  # a dead network thread: paho writes DISCONNECT and closes the socket here
         self.client.loop_stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return f"{self.broker} MQTT {self.dialect.protocol}"
 
-    def __repr__(self) -> str:
+    def _repr_state(self) -> str:
         if self.lost.is_set():
-            state = f"lost ({self.lost_reason})"
-        elif self.code is not None:
-            state = "accepted" if self.code < 0x80 else f"refused ({self.code_words})"
-        else:
-            state = "connecting" if self._open else "new"
-        return f"<Session {self.broker} MQTT {self.dialect.protocol} {state}>"
+            return f"lost ({self.lost_reason})"
+        if self.code is not None:
+            return "accepted" if self.code < 0x80 else f"refused ({self.code_words})"
+        return "connecting" if self._open else "new"
 
 
 def _stage(exc: BaseException) -> str:

@@ -27,9 +27,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
+from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.dialects import Dialects
 from agent.errors import OutboxError
@@ -54,7 +55,7 @@ _IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing 
 _IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
 
 
-class Uplink:
+class Uplink(Closing):
     """Drains the outbox to the broker and carries status, replies and commands.
 
     Args:
@@ -181,21 +182,20 @@ class Uplink:
         self._closed = True
         self.stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return self.root
 
-    def __repr__(self) -> str:
-        if self._closed:
-            return f"<Uplink {self.root} closed>"
+    def _repr_state(self) -> str:
         st = self.state()
         if st.connected:
             where = f"connected to {st.broker} MQTT {st.protocol}{'' if st.retain else ' no retain'}"
         else:
             where = f"disconnected ({st.last_error or 'connecting'})"
-        return f"<Uplink {self.root} {where} inflight={st.inflight}>"
+        return f"{where} inflight={st.inflight}"
 
     # ---- the sender thread: attempts, failover, backoff ----------------------
 
