@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ RETAIN_NOT_SUPPORTED = 0x9A  # CONNACK (a retained will) or DISCONNECT (a retain
 _LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad user/password, not authorised, banned, bad auth
 _LOOP_WAIT_MAX_S = 10.0  # paho's network thread, idle: longest select() (a lost wake-up costs at most this)
 _LOOP_WAIT_MIN_S = 0.01
+_STOP_CHECK_S = 0.2  # the CONNACK wait looks at the stop flag this often
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class ConnectFailure:
     """Why an attempt ended before a successful CONNACK, with the stage it failed in.
 
     ``kind`` is ``setup``, ``connect`` (TCP or TLS, named in ``words``),
-    ``timeout`` (no CONNACK), ``closed`` (closed before any CONNACK),
+    ``timeout`` (no CONNACK), ``stopped`` (the agent stopped while waiting
+    for it), ``closed`` (closed before any CONNACK),
     ``refused`` (a CONNACK with a failure ``code``) or ``lost`` (closed right
     after an accepting CONNACK).
     """
@@ -296,9 +299,14 @@ class Session(Closing):
         self._open = True
         return None
 
-    def verdict(self, timeout_s: float) -> ConnectFailure | None:
-        """Wait for the CONNACK; None when the broker accepted the session."""
-        got = self.connack.wait(timeout_s)
+    def verdict(self, timeout_s: float, stop: threading.Event | None = None) -> ConnectFailure | None:
+        """Wait for the CONNACK; None when accepted.  ``stop`` is looked at every 0.2 s (a blackholed broker)."""
+        deadline = time.monotonic() + timeout_s
+        got = self.connack.is_set()
+        while not got and (left := deadline - time.monotonic()) > 0:
+            if stop is not None and stop.is_set():
+                return ConnectFailure("stopped", "stopping before the CONNACK came")
+            got = self.connack.wait(min(left, _STOP_CHECK_S))
         if self.code is None:
             if not got:
                 return ConnectFailure(

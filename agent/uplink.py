@@ -175,6 +175,8 @@ class Uplink(Closing):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("uplink: the sender thread is still running %g s after the stop; leaving it", timeout)
             self._thread = None
 
     def close(self) -> None:
@@ -277,7 +279,7 @@ class Uplink(Closing):
             return ConnectFailure("setup", self._last_error)
         self._session = s
         with s:
-            failure = s.open() or s.verdict(self.cfg.connect_timeout_s)
+            failure = s.open() or s.verdict(self.cfg.connect_timeout_s, self._stopping)
             if s.code is not None:
                 self._dialects.answered(broker, dialect, retain_available=s.retain_available)
             if failure is not None:
