@@ -14,6 +14,9 @@ the recorder, which stores what it still holds in memory, then the pin
 factory, the state file and, last, the outbox.  SIGTERM only sets a
 :class:`~agent.stopflag.StopFlag` (a ``threading.Event`` can deadlock in a
 signal handler); every wait in the stop path is bounded.
+
+What the agent answers from outside (the control socket's requests, the
+centre's commands) is :mod:`agent.handlers`; this module only wires it in.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.config.model import Config
 from agent.control import ControlServer
-from agent.errors import CommandError, HardwareError
+from agent.errors import HardwareError
 from agent.events import Clock, EventType
+from agent.handlers import Handlers
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
 from agent.inputs import Inputs
@@ -40,16 +45,13 @@ from agent.stopflag import StopFlag
 from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
-if TYPE_CHECKING:  # imported with the first command (memory: most posts hear a command rarely)
-    from agent.commands import CommandHandler
-
 log = logging.getLogger(__name__)
 
 _STATUS_EVERY_S = 10.0
 _SERVE_TICK_S = 10.0  # without a systemd watchdog; with one, half its interval
 
 
-class Agent:
+class Agent(Closing):
     """One running agent: owns every part and the order they start and stop in."""
 
     def __init__(self, cfg: Config, *, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
@@ -71,12 +73,12 @@ class Agent:
         self.heartbeat = Heartbeat(
             interval_s=cfg.heartbeat.interval_s,
             mono=self.clock.mono,
-            publish=lambda: self.uplink.publish_status(self._status_doc()) if self.uplink else None,
+            publish=lambda: self.uplink.publish_status(self.status_doc()) if self.uplink else None,
             ticks=[self._watch_test_mode, self._save_state, self.transmission.save],
         )
         self.control: ControlServer | None = None
         self.health: Health | None = None
-        self.commands: CommandHandler | None = None
+        self.handlers = Handlers(self)  # control requests and the centre's commands (agent/handlers.py)
         self.indicators: Indicators | None = None
         self.cameras: Any = None  # agent.cameras.Cameras, imported only when cameras are configured
         self.photos: Any = None  # agent.photos.Photos, imported only when an input names a camera to photograph
@@ -156,9 +158,9 @@ class Agent:
             cfg.mqtt,
             topic_root=cfg.topic_root,
             outbox=self.outbox,
-            status=self._status_doc,
+            status=self.status_doc,
             offline=self._offline_doc,
-            on_command=self._command,
+            on_command=self.handlers.command,
             on_link=self._on_link,
             on_delivered=self._delivered,
             held=self.recorder.held,
@@ -175,7 +177,7 @@ class Agent:
                 link=self.uplink.state,
                 inputs=self.inputs.states,
                 cameras=self.cameras.states if self.cameras is not None else dict,
-                commands=self._command_counters,
+                commands=self.handlers.command_counters,
                 outputs=self.indicators.patterns if self._indicators_ok else None,
                 warnings=self.notices.lines,
                 link_stats=self.transmission.snapshot,
@@ -190,7 +192,7 @@ class Agent:
         if self.photos is not None:
             self.photos.start()
         self.notices.cert_warning()  # before the control socket answers: a status must never see it half-read
-        self.control = ControlServer(cfg.control.socket, self._control_handlers())
+        self.control = ControlServer(cfg.control.socket, self.handlers.control())
         self.control.start()
         if cfg.mqtt.tls is not None and not cfg.mqtt.tls.check_hostname:
             log.warning(
@@ -244,19 +246,17 @@ class Agent:
         """Same as :meth:`stop`: the resource-owner spelling, for ``with Agent(cfg) as agent``."""
         self.stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._stopped
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return f"{self.cfg.device.site}/{self.cfg.device.id}"
 
-    def __repr__(self) -> str:
-        name = f"{self.cfg.device.site}/{self.cfg.device.id}"
-        if self._stopped:
-            return f"<Agent {name} stopped>"
+    def _repr_state(self) -> str:
         if self.outbox is None or self.recorder is None:
-            return f"<Agent {name} not started>"
-        return f"<Agent {name} running pending={self.outbox.pending()} held={self.recorder.held_count()}>"
+            return "not started"
+        return f"running pending={self.outbox.pending()} held={self.recorder.held_count()}"
 
     def run(self) -> int:
         """Start, then serve until SIGTERM/SIGINT, feeding the watchdog while healthy."""
@@ -339,7 +339,7 @@ class Agent:
 
     # ---- what the other parts call back ------------------------------------------
 
-    def _status_doc(self) -> dict[str, Any]:
+    def status_doc(self) -> dict[str, Any]:
         return self.health.status() if self.health is not None else {}
 
     def _offline_doc(self, reason: str) -> dict[str, Any]:
@@ -369,20 +369,6 @@ class Agent:
         self.notifier.status(self._status_line())
         self.heartbeat.changed()
 
-    def _cmd_ack(self, event_id: str) -> bool:
-        # paho's thread: a snapshot of the recent events, nothing that blocks
-        shown = self.indicators is not None and self.indicators.acknowledged(event_id)
-        known = shown or (self.recorder is not None and self.recorder.knows(event_id))
-        if known:
-            log.info("the centre acknowledged event %s", event_id)
-        return known
-
-    def _cmd_test_mode(self, minutes: int) -> str | None:
-        until = self.test_mode.set(float(minutes))
-        log.info("test mode %s (command from the centre)", f"on until {until}" if until else "off")
-        self.heartbeat.changed()
-        return until
-
     def _watch_test_mode(self) -> None:
         now = self.test_mode.active()
         if now != self._test_was:
@@ -410,70 +396,3 @@ class Agent:
             self.notifier.status(f"stalled: {', '.join(stalled)}")
             return
         self.notifier.watchdog()
-
-    # ---- the control socket -----------------------------------------------------------
-
-    def _control_handlers(self) -> dict[str, Any]:
-        return {
-            "status": self._ctl_status,
-            "simulate": self._ctl_simulate,
-            "test_mode": self._ctl_test_mode,
-        }
-
-    def _ctl_status(self, _req: dict[str, Any]) -> dict[str, Any]:
-        assert self.uplink is not None
-        link = self.uplink.state()
-        return {
-            "status": self._status_doc(),
-            "link": {
-                "connected": link.connected,
-                "broker": link.broker,
-                "last_error": link.last_error,
-                "inflight": link.inflight,
-                "published": link.published,
-                "delivered": link.delivered,
-                "refused": link.refused,
-            },
-            "recent_events": self.recorder.recent() if self.recorder is not None else [],
-            "config": str(self.cfg.source),
-        }
-
-    # ---- commands from the centre: the handler is built at the first one ----------------------
-
-    def _command(self, name: str, payload: bytes, *, retained: bool = False) -> None:
-        """One command, on paho's thread (the only caller); the first one imports and builds the handler."""
-        if self.commands is None:
-            from agent.commands import CommandHandler  # noqa: PLC0415 - memory; never on the alarm path
-
-            self.commands = CommandHandler(
-                on_ack=self._cmd_ack,
-                on_ping=self.heartbeat.changed,
-                on_test_mode=self._cmd_test_mode,
-                reply=lambda doc: self.uplink.publish("reply", doc) if self.uplink is not None else None,
-                rate_per_min=self.cfg.commands.rate_per_min,
-                wall=self.clock.wall,
-                mono=self.clock.mono,
-            )
-        self.commands.handle(name, payload, retained=retained)
-
-    def _command_counters(self) -> dict[str, int]:
-        return {"accepted": 0, "rejected": 0} if self.commands is None else self.commands.counters()
-
-    def _ctl_simulate(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.inputs is not None
-        name, action = req.get("input"), req.get("action")
-        if not isinstance(name, str) or action not in ("press", "release"):
-            raise CommandError("simulate needs an input name and 'press' or 'release'")
-        self.inputs.simulate(name, active=action == "press")
-        return {"input": name, "action": action}
-
-    def _ctl_test_mode(self, req: dict[str, Any]) -> dict[str, Any]:
-        from agent.commands import MAX_MINUTES  # noqa: PLC0415 - see CommandHandler's import
-
-        minutes = req.get("minutes")
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes <= MAX_MINUTES:
-            raise CommandError(f"test mode takes minutes 0-{MAX_MINUTES} (0 ends it)")
-        until = self.test_mode.set(float(minutes))
-        log.info("test mode %s", f"on until {until}" if until else "off")
-        self.heartbeat.changed()
-        return {"test_mode_until": until}

@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from agent import __version__
+from agent.closing import Closing
 from agent.events import CONTRACT_VERSION, Clock, iso_ms
 from agent.inputs import InputState
 from agent.outbox import Outbox
@@ -186,7 +187,7 @@ class Health:
 
 
 @dataclass
-class Heartbeat:
+class Heartbeat(Closing):
     """The timer thread: periodic status, status on change, and small periodic tasks.
 
     ``ticks`` run every ``tick_s`` seconds on this thread (test-mode expiry,
@@ -266,12 +267,13 @@ class Heartbeat:
         """Stop the timer thread; idempotent (the resource-owner spelling of :meth:`stop`)."""
         self.stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return f"every {self.interval_s:g} s"
 
-    def __repr__(self) -> str:
-        state = "stopped" if self._stop.is_set() else ("running" if self._thread is not None else "not started")
-        return f"<Heartbeat every {self.interval_s:g} s {state}{' change pending' if self._changed else ''}>"
+    def _repr_state(self) -> str:
+        state = "running" if self._thread is not None else "not started"
+        return f"{state}{' change pending' if self._changed else ''}"

@@ -34,8 +34,9 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.config.model import Contact, InputConfig, InputKind
 from agent.debounce import Debouncer
 from agent.errors import HardwareError
@@ -82,7 +83,7 @@ class _Input:
         return "active" if self.debouncer.stable else "ok"
 
 
-class Inputs:
+class Inputs(Closing):
     """Arms the configured inputs and turns their debounced changes into events.
 
     Args:
@@ -354,13 +355,5 @@ class Inputs:
                 self._cond.wait_for(lambda: self._clock.mono() >= until, timeout=left)
         self.poll()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._closed:
-            return "<Inputs closed>"
-        return "<Inputs " + ", ".join(f"{n}={i.state()}" for n, i in self._inputs.items()) + ">"
+    def _repr_state(self) -> str:
+        return ", ".join(f"{n}={i.state()}" for n, i in self._inputs.items())

@@ -31,12 +31,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Self
 
+from agent.closing import Closing
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
-from agent.outbox_db import Recovery, count, is_full, last_seq, open_or_recover, raise_seq
+from agent.outbox_db import Recovery, close_checkpointed, count, is_full, last_seq, open_or_recover, raise_seq
 from agent.outbox_lanes import select_batch, select_one
 from agent.outbox_rows import OutboxRow, OutboxStats, Row, stored
 
@@ -50,7 +50,7 @@ _LIMITS_TTL_S = 1.0
 _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-class Outbox:
+class Outbox(Closing):
     """SQLite outbox shared by the input threads (put) and the sender (batch/ack).
 
     One connection behind one lock: puts are short and the lock is never held
@@ -376,20 +376,17 @@ class Outbox:
                 return
             self._closed = True
             self._acks.close()
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
+            close_checkpointed(self._conn)
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return str(self.path)
 
-    def __repr__(self) -> str:
-        if self._closed:
-            return f"<Outbox {self.path} closed>"
-        return f"<Outbox {self.path} pending={self._pending} dropped={self._dropped}>"
+    def _repr_state(self) -> str:
+        return f"pending={self._pending} dropped={self._dropped}"
 
 
 __all__ = ["HEADROOM_BYTES", "NON_ALARM_SHARE", "Outbox", "OutboxRow", "OutboxStats"]

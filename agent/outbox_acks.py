@@ -24,6 +24,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from agent.closing import Closing
 from agent.errors import OutboxError
 from agent.outbox_db import connect
 
@@ -34,7 +35,7 @@ ACK_CHECKPOINT_COMMITS = 25  # commits between the acks' checkpoints: about 100 
 _CHUNK = 500  # seqs per DELETE statement (SQLite's bound on variables is 999 in old builds)
 
 
-class Acks:
+class Acks(Closing):
     """The connection that deletes acknowledged rows and checkpoints the WAL.
 
     :attr:`lock` guards the connection and is taken before the outbox's own
@@ -94,5 +95,12 @@ class Acks:
             self._closed = True
             self._conn.close()
 
-    def __repr__(self) -> str:
-        return f"<Acks {self.path} {'closed' if self._closed else f'commits={self.commits}'}>"
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _repr_id(self) -> str:
+        return str(self.path)
+
+    def _repr_state(self) -> str:
+        return f"commits={self.commits}"

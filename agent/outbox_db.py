@@ -6,6 +6,7 @@ small; nothing here decides policy beyond "seq never goes back".
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,13 @@ def connect(path: Path, busy_s: float) -> sqlite3.Connection:
     conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
     conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
     return conn
+
+
+def close_checkpointed(conn: sqlite3.Connection) -> None:
+    """Fold the WAL back into the database file (best effort), then close: a stopped Pi leaves one file."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
 
 
 def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.config.model import Config
 from agent.photosend import PhotoDrain
 from agent.photostore import PhotoStore
@@ -32,7 +33,7 @@ GATE_S = 0.25  # longest a still waits for its alarm's PUBACK before it is taken
 _GATE_MEMORY = 256  # acknowledged alarm ids remembered for the gate
 
 
-class Photos:
+class Photos(Closing):
     """Photos for one agent: ``request`` on an alarm, ``drain`` for the sender, ``status`` for the heartbeat.
 
     Args:
@@ -108,14 +109,10 @@ class Photos:
         self.snapshots.close()
         self.store.close()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._closed:
-            return "<Photos closed>"
+    def _repr_state(self) -> str:
         s = self.store.stats()
-        return f"<Photos pending={s.pending} bytes={s.bytes} dropped={s.dropped}>"
+        return f"pending={s.pending} bytes={s.bytes} dropped={s.dropped}"

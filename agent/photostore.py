@@ -30,6 +30,7 @@ from pathlib import Path
 
 from agent.closing import Closing
 from agent.errors import OutboxError
+from agent.outbox_db import close_checkpointed
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +223,7 @@ class PhotoStore(Closing):
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
+            close_checkpointed(self._conn)
 
     @property
     def closed(self) -> bool:

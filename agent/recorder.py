@@ -35,8 +35,9 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
+from agent.closing import Closing
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Clock, Event, EventType, Stamp
 from agent.outbox import Outbox, OutboxRow
@@ -73,7 +74,7 @@ class _Held:
     row: OutboxRow
 
 
-class Recorder:
+class Recorder(Closing):
     """Makes events durable (or holds them), keeps the recent list, answers the uplink about held events.
 
     Args:
@@ -372,13 +373,9 @@ class Recorder:
                 ", ".join(list(self._held)[:20]),
             )
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._closed:
-            return "<Recorder closed>"
-        return f"<Recorder recent={len(self._recent)} held={len(self._held)} dropped={self._dropped}>"
+    def _repr_state(self) -> str:
+        return f"recent={len(self._recent)} held={len(self._held)} dropped={self._dropped}"

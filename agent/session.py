@@ -18,9 +18,10 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -29,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import describe_connect_error, tls_context
+from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ RETAIN_NOT_SUPPORTED = 0x9A  # CONNACK (a retained will) or DISCONNECT (a retain
 _LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad user/password, not authorised, banned, bad auth
 _LOOP_WAIT_MAX_S = 10.0  # paho's network thread, idle: longest select() (a lost wake-up costs at most this)
 _LOOP_WAIT_MIN_S = 0.01
+_STOP_CHECK_S = 0.2  # the CONNACK wait looks at the stop flag this often
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class ConnectFailure:
     """Why an attempt ended before a successful CONNACK, with the stage it failed in.
 
     ``kind`` is ``setup``, ``connect`` (TCP or TLS, named in ``words``),
-    ``timeout`` (no CONNACK), ``closed`` (closed before any CONNACK),
+    ``timeout`` (no CONNACK), ``stopped`` (the agent stopped while waiting
+    for it), ``closed`` (closed before any CONNACK),
     ``refused`` (a CONNACK with a failure ``code``) or ``lost`` (closed right
     after an accepting CONNACK).
     """
@@ -178,7 +182,7 @@ class _Client(mqtt.Client):
                 self._wake_w.send(b"0")
 
 
-class Session:
+class Session(Closing):
     """One connection attempt and, if the broker accepts it, the session that follows.
 
     Args:
@@ -219,6 +223,7 @@ class Session:
         self._on_ack = on_ack
         self._on_message = on_message
         self._open = False
+        self._closed = False
         self._crashed = False
         v5 = dialect.protocol == "5"
         self.client = _Client(
@@ -294,9 +299,14 @@ class Session:
         self._open = True
         return None
 
-    def verdict(self, timeout_s: float) -> ConnectFailure | None:
-        """Wait for the CONNACK; None when the broker accepted the session."""
-        got = self.connack.wait(timeout_s)
+    def verdict(self, timeout_s: float, stop: threading.Event | None = None) -> ConnectFailure | None:
+        """Wait for the CONNACK; None when accepted.  ``stop`` is looked at every 0.2 s (a blackholed broker)."""
+        deadline = time.monotonic() + timeout_s
+        got = self.connack.is_set()
+        while not got and (left := deadline - time.monotonic()) > 0:
+            if stop is not None and stop.is_set():
+                return ConnectFailure("stopped", "stopping before the CONNACK came")
+            got = self.connack.wait(min(left, _STOP_CHECK_S))
         if self.code is None:
             if not got:
                 return ConnectFailure(
@@ -357,6 +367,7 @@ class Session:
 
     def close(self) -> None:
         """Disconnect (if still connected) and stop paho's thread; idempotent."""
+        self._closed = True
         if not self._open:
             return
         self._open = False
@@ -364,20 +375,19 @@ class Session:
             self.client.disconnect()  # a dead network thread: paho writes DISCONNECT and closes the socket here
         self.client.loop_stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return f"{self.broker} MQTT {self.dialect.protocol}"
 
-    def __repr__(self) -> str:
+    def _repr_state(self) -> str:
         if self.lost.is_set():
-            state = f"lost ({self.lost_reason})"
-        elif self.code is not None:
-            state = "accepted" if self.code < 0x80 else f"refused ({self.code_words})"
-        else:
-            state = "connecting" if self._open else "new"
-        return f"<Session {self.broker} MQTT {self.dialect.protocol} {state}>"
+            return f"lost ({self.lost_reason})"
+        if self.code is not None:
+            return "accepted" if self.code < 0x80 else f"refused ({self.code_words})"
+        return "connecting" if self._open else "new"
 
 
 def _stage(exc: BaseException) -> str:

@@ -27,9 +27,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
+from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.dialects import Dialects
 from agent.errors import OutboxError
@@ -54,7 +55,7 @@ _IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing 
 _IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
 
 
-class Uplink:
+class Uplink(Closing):
     """Drains the outbox to the broker and carries status, replies and commands.
 
     Args:
@@ -174,6 +175,8 @@ class Uplink:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("uplink: the sender thread is still running %g s after the stop; leaving it", timeout)
             self._thread = None
 
     def close(self) -> None:
@@ -181,21 +184,20 @@ class Uplink:
         self._closed = True
         self.stop()
 
-    def __enter__(self) -> Self:
-        return self
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _repr_id(self) -> str:
+        return self.root
 
-    def __repr__(self) -> str:
-        if self._closed:
-            return f"<Uplink {self.root} closed>"
+    def _repr_state(self) -> str:
         st = self.state()
         if st.connected:
             where = f"connected to {st.broker} MQTT {st.protocol}{'' if st.retain else ' no retain'}"
         else:
             where = f"disconnected ({st.last_error or 'connecting'})"
-        return f"<Uplink {self.root} {where} inflight={st.inflight}>"
+        return f"{where} inflight={st.inflight}"
 
     # ---- the sender thread: attempts, failover, backoff ----------------------
 
@@ -277,7 +279,7 @@ class Uplink:
             return ConnectFailure("setup", self._last_error)
         self._session = s
         with s:
-            failure = s.open() or s.verdict(self.cfg.connect_timeout_s)
+            failure = s.open() or s.verdict(self.cfg.connect_timeout_s, self._stopping)
             if s.code is not None:
                 self._dialects.answered(broker, dialect, retain_available=s.retain_available)
             if failure is not None:

@@ -30,7 +30,7 @@ def test_agent__context_manager_repr_and_a_press_during_shutdown(tmp_path: Path,
         assert repr(agent).startswith(f"<Agent main/{device} running pending=")
         assert agent.inputs is not None
         agent.inputs.simulate("panic", active=True)  # 150 ms debounce still running when stop begins
-    assert repr(agent) == f"<Agent main/{device} stopped>"
+    assert repr(agent) == f"<Agent main/{device} closed>"
     agent.close()  # idempotent
     assert agent.recorder is not None
     panics = [e for e in agent.recorder.recent() if e["type"] == "panic"]

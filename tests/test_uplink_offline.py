@@ -1,8 +1,9 @@
-"""The uplink with no broker to reach: the warning it logs, its repr, close() and context-manager use."""
+"""The uplink with no broker to reach: the warning it logs, its repr, close(), context-manager use, a blackhole."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 
@@ -53,3 +54,27 @@ def test_uplink__repr_close_and_context_manager(outbox: Outbox, monkeypatch: pyt
         m.setattr(threading.Thread, "start", counting_start)
         up.start()  # a closed uplink stays closed
     assert started == [], f"start() after close() launched {started}"
+
+
+def test_uplink__stop_during_the_connack_wait_ends_the_sender(outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker that takes TCP and never answers MQTT: stop() must not wait out connect_timeout_s.
+
+    The CONNACK wait is 60 s here and stop() joins the sender for at most 5 s, so
+    without the stop check in the wait the sender is still running when stop() returns.
+    """
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        server.settimeout(30)
+        port = int(server.getsockname()[1])
+        cfg = mqtt_cfg(port, client_id="blackholed", connect_timeout_s=60.0)
+        up = Uplink(cfg, topic_root="campus/s/d", outbox=outbox, status=dict, offline=lambda r: {})
+        with caplog.at_level(logging.INFO, logger="agent.uplink"):
+            up.start()
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(30)
+                assert conn.recv(1), "the CONNECT packet"  # sent: the sender now waits for the CONNACK
+                up.close()
+        assert not any(t.name == "uplink-sender" and t.is_alive() for t in threading.enumerate()), caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -40,18 +40,15 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.central.board import RANK, DeviceRow, DeviceState
 from agent.central.deadlines import Deadlines
 from agent.central.display import (
-    Alarm,
     Line,
     LineKind,
     clock_text,
     decode,
-    delay_text,
     device_key,
     escape,
     int_or_none,
@@ -59,49 +56,18 @@ from agent.central.display import (
     span,
     text_or,
     valid_id,
-    valid_type,
     warning_line,
 )
-from agent.central.linkfigures import UNKNOWN, LinkFigures, availability_line, read_link_stats
+from agent.central.fleetmsg import Device, Msg, event_line, opt, restricted
+from agent.central.linkfigures import UNKNOWN, availability_line, read_link_stats
 from agent.events import is_event_id, iso_ms
 
 DEFAULT_INTERVAL_S = 30.0
 OVERDUE_FACTOR = 3.0
 DEDUP_IDS = 10_000
-ALARM_TYPES = frozenset({"panic", "tamper"})
 _GAP_WINDOW = 32
 _MIN_GAPS = 3
 _OFFLINE_WHY = {"lost": "the broker lost its connection (will)", "shutdown": "the agent stopped cleanly"}
-
-
-@dataclass(frozen=True)
-class _Msg:
-    topic: str
-    site: str
-    device: str
-    rest: tuple[str, ...]
-    payload: bytes
-    at: float
-    retained: bool
-
-
-@dataclass(slots=True)
-class _Device:
-    site: str
-    device: str
-    key: str = ""
-    state: DeviceState = DeviceState.UNKNOWN
-    reason: str | None = None
-    heard: float | None = None
-    offline_at: float | None = None
-    gaps: list[float] = field(default_factory=list)
-    pending: int | None = None
-    dropped: int | None = None
-    last_event: str | None = None
-    last_event_at: float | None = None
-    max_seq: int | None = None
-    link: LinkFigures = UNKNOWN
-    stats_bad: bool = False
 
 
 class FleetView:
@@ -131,8 +97,8 @@ class FleetView:
         self.default_interval_s = default_interval_s
         self._dedup_ids = dedup_ids
         self._tz = tz
-        self._devices: dict[str, _Device] = {}
-        self._status_topics: dict[str, _Device] = {}  # a known device's status topic: checked once, not per heartbeat
+        self._devices: dict[str, Device] = {}
+        self._status_topics: dict[str, Device] = {}  # a known device's status topic: checked once, not per heartbeat
         self._deadlines = Deadlines()
         self._counts = dict.fromkeys(DeviceState, 0)
         self._attention: set[str] = set()
@@ -167,7 +133,7 @@ class FleetView:
                     f"{escape(topic)}: site or device is not a contract id (lower-case letters, digits, '-'); ignored",
                 )
             ]
-        msg = _Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
+        msg = Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
         if msg.rest == ("status",):
             return self._status(topic, msg.site, msg.device, payload, arrival, retained=retained)
         if msg.rest[0] == "event":
@@ -210,7 +176,7 @@ class FleetView:
         rows = [self._row(d, now) for d in self._devices.values() if site is None or d.site == site]
         return sorted(rows, key=lambda r: (RANK[r.state], r.key))
 
-    def _row(self, d: _Device, now: float) -> DeviceRow:
+    def _row(self, d: Device, now: float) -> DeviceRow:
         state = d.state
         due = self._deadlines.due(f"{d.site}/{d.device}")
         if state is DeviceState.ONLINE and due is not None and due < now:
@@ -231,7 +197,7 @@ class FleetView:
 
     # ---- message kinds -----------------------------------------------------------
 
-    def _event(self, msg: _Msg) -> list[Line]:
+    def _event(self, msg: Msg) -> list[Line]:
         doc, at, site, device = decode(msg.payload), msg.at, msg.site, msg.device
         where = escape(msg.topic)
         if isinstance(doc, str):
@@ -241,7 +207,7 @@ class FleetView:
             return [self._warn(at, f"{where}: event without an id; ignored")]
         if not is_event_id(eid):
             return [self._warn(at, f"{where}: event id '{escape(eid[:40])}' is not 32 hex digits; ignored")]
-        problem = self._restricted(doc, msg)
+        problem = restricted(doc, msg)
         if problem is not None:
             return [self._warn(at, f"{where}: {problem}; ignored")]
         if eid in self._seen:
@@ -253,7 +219,6 @@ class FleetView:
             self._seen.popitem(last=False)
         self.events += 1
         dev = self._device(site, device)
-        etype = msg.rest[1]
         seq = int_or_none(doc.get("seq"))
         lines: list[Line] = []
         late = None
@@ -264,68 +229,17 @@ class FleetView:
                     self._warn(
                         at,
                         f"{dev.site}/{dev.device}: seq jumped {dev.max_seq} -> {seq}: {missing} "
-                        f"event(s) not seen yet (outbox pending {_opt(dev.pending)}, "
-                        f"dropped {_opt(dev.dropped)})",
+                        f"event(s) not seen yet (outbox pending {opt(dev.pending)}, "
+                        f"dropped {opt(dev.dropped)})",
                     )
                 )
             elif seq < dev.max_seq:
                 late = dev.max_seq
         if seq is not None:
             dev.max_seq = max(seq, dev.max_seq or 0)
-        dev.last_event, dev.last_event_at = etype, at
-        ts = parse_ts(doc.get("ts"))
-        delay = at - ts if ts is not None else None
-        test, synced = doc.get("test") is True, doc.get("clock_synced") is not False
-        source = escape(text_or(doc.get("source"), "?"))
-        parts = [
-            self._clock(at),
-            device_key(site, device),
-            f"{etype:<15}",
-            f"from {source:<10}",
-            f"seq {_opt(seq):<6}",
-            "TEST" if test else "    ",
-            f"{delay_text(delay):>8}",
-        ]
-        if not synced:
-            parts.append("clock?")
-        if late is not None:
-            parts.append(f"late (after seq {late})")
-        parts.append(f"id {eid}")
-        record = {
-            "kind": "event",
-            "arrived": iso_ms(at),
-            "site": site,
-            "device": device,
-            "id": eid,
-            "seq": seq,
-            "type": etype,
-            "source": doc.get("source"),
-            "test": test,
-            "ts": doc.get("ts"),
-            "clock_synced": synced,
-            "delay_ms": round(delay * 1000) if delay is not None else None,
-            "late": late is not None,
-            "data": doc.get("data"),
-        }
-        alarm = Alarm(site, device, eid, etype, at) if etype in ALARM_TYPES else None
-        lines.append(Line(LineKind.EVENT, "  ".join(parts), record, alarm))
+        dev.last_event, dev.last_event_at = msg.rest[1], at
+        lines.append(event_line(msg, doc, eid, seq=seq, late=late, clock=self._clock(at)))
         return lines
-
-    @staticmethod
-    def _restricted(doc: dict[str, Any], msg: _Msg) -> str | None:
-        """Why the contract-restricted fields of an event cannot be shown, or ``None``."""
-        topic_type = msg.rest[1] if len(msg.rest) == 2 else ""
-        if not valid_type(topic_type):
-            return "not an event/TYPE topic with a contract event type"
-        etype = doc.get("type", topic_type)
-        if etype != topic_type:
-            shown = escape(str(etype)[:40])
-            return f"type '{shown}' is not the topic's ('{topic_type}')"
-        for name, expected in (("site", msg.site), ("device", msg.device)):
-            value = doc.get(name, expected)
-            if value != expected:
-                return f"{name} '{escape(str(value)[:70])}' is not the topic's ('{expected}')"
-        return None
 
     def _status(  # the message's parts, unpacked once by feed()
         self, topic: str, site: str, device: str, payload: bytes, at: float, *, retained: bool
@@ -398,7 +312,7 @@ class FleetView:
         )
         return lines + self._figures(dev, doc, topic, at, retained=retained)
 
-    def _figures(self, dev: _Device, doc: dict[str, Any], topic: str, at: float, *, retained: bool) -> list[Line]:
+    def _figures(self, dev: Device, doc: dict[str, Any], topic: str, at: float, *, retained: bool) -> list[Line]:
         """Take the status's link figures; a line when they turn unreadable or the 95 % flag changes."""
         got = read_link_stats(doc)
         lines: list[Line] = []
@@ -416,16 +330,16 @@ class FleetView:
 
     # ---- helpers -------------------------------------------------------------------
 
-    def _device(self, site: str, device: str) -> _Device:
+    def _device(self, site: str, device: str) -> Device:
         key = f"{site}/{device}"
         dev = self._devices.get(key)
         if dev is None:
-            dev = self._devices[key] = _Device(site, device, key)
+            dev = self._devices[key] = Device(site, device, key)
             self._counts[DeviceState.UNKNOWN] += 1
             self._attention.add(key)
         return dev
 
-    def _set_state(self, dev: _Device, state: DeviceState) -> None:
+    def _set_state(self, dev: Device, state: DeviceState) -> None:
         if dev.state is state:
             return
         self._counts[dev.state] -= 1
@@ -433,7 +347,7 @@ class FleetView:
         dev.state = state
         self._file(dev)
 
-    def _file(self, dev: _Device) -> None:
+    def _file(self, dev: Device) -> None:
         """Keep the attention set right: devices not online, and those under 95 % availability."""
         key = dev.key
         if dev.state is DeviceState.ONLINE and not dev.link.low:
@@ -441,7 +355,7 @@ class FleetView:
         else:
             self._attention.add(key)
 
-    def _interval(self, dev: _Device) -> float:
+    def _interval(self, dev: Device) -> float:
         if len(dev.gaps) >= _MIN_GAPS:
             return max(dev.gaps)
         return max(self.default_interval_s, max(dev.gaps, default=0.0))
@@ -456,7 +370,7 @@ class FleetView:
     def _clock(self, at: float) -> str:
         return clock_text(at, self._tz)
 
-    def _state_line(self, dev: _Device, at: float, state: str, text: str) -> Line:
+    def _state_line(self, dev: Device, at: float, state: str, text: str) -> Line:
         record = {
             "kind": "state",
             "arrived": iso_ms(at),
@@ -471,7 +385,3 @@ class FleetView:
 
     def _warn(self, at: float, text: str) -> Line:
         return warning_line(at, text, self._tz)
-
-
-def _opt(value: int | None) -> str:
-    return "?" if value is None else str(value)
