@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from agent import __version__
-from agent.config import DEFAULT_PATH, Config, load_config, load_control_socket
 from agent.control import request
 from agent.errors import AgentError, ConfigError, ControlError
 
 if TYPE_CHECKING:
     import argparse
+
+    from agent.config.model import Config
+
+# Imported where used, never held here: ``run`` forgets the loader once the config is read (_forget_loader).
+_CONFIG = "agent.config"
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -38,7 +42,22 @@ ALLOW_ROOT_ENV = "CAMPUS_AGENT_ALLOW_ROOT"
 
 
 def _load(path: Path) -> Config:
+    from agent.config import load_config  # noqa: PLC0415 - see _CONFIG
+
     return load_config(path)
+
+
+def _forget_loader() -> None:
+    """Forget the config loader (YAML schema and file checks) once ``run`` has its config.
+
+    The daemon never reads its config again; like the parser (_drop_parser),
+    the loader's modules would stay in memory for months.  ``agent.config.model``
+    stays (the config is made of it) and is found in ``sys.modules`` without its package.
+    """
+    for name in (_CONFIG, f"{_CONFIG}.schema", f"{_CONFIG}.files"):
+        sys.modules.pop(name, None)
+    vars(sys.modules["agent"]).pop("config", None)
+    gc.collect()
 
 
 def _root_refusal(args: argparse.Namespace) -> str | None:
@@ -67,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"campus-agent: {refusal}", file=sys.stderr)
         return EXIT_CONFIG
     cfg = _load(args.config)
+    _forget_loader()
     _setup_logging(args.log_level or cfg.log_level)
     if cfg.mqtt.allow_plaintext_password:
         logging.getLogger("agent").warning("%s", cfg.warnings[0])
@@ -86,6 +106,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _ask(args: argparse.Namespace, cmd: str, **fields: Any) -> dict[str, Any]:
     # Only control.socket: a technician in the control group may not read the secrets (docs/install.md).
+    from agent.config import load_control_socket  # noqa: PLC0415 - see _CONFIG
+
     return request(load_control_socket(args.config), cmd, **fields)
 
 
@@ -206,6 +228,8 @@ def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
     importing them keeps the daemon's memory near a bare interpreter's.
     """
     import argparse  # noqa: PLC0415 - the daemon drops it again after parsing (see _drop_parser)
+
+    from agent.config import DEFAULT_PATH  # noqa: PLC0415 - see _CONFIG
 
     p = argparse.ArgumentParser(prog="campus-agent", description="Campus panic-button and camera-health edge agent.")
     p.add_argument("--version", action="version", version=f"campus-agent {__version__}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import glob
 import logging
 import sqlite3
 from pathlib import Path
@@ -48,7 +47,8 @@ def move_aside(path: Path, exc: Exception) -> Path:
 
 def unsalvaged(path: Path) -> list[Path]:
     """Files moved aside from ``path`` whose rows are not yet committed into an outbox, oldest first."""
-    found = path.parent.glob(f"{glob.escape(path.name)}.corrupt-*")
+    prefix = f"{path.name}.corrupt-"  # a prefix test, not glob: the glob module is memory the daemon keeps
+    found = (f for f in path.parent.iterdir() if f.name.startswith(prefix))
     return sorted(f for f in found if not f.name.endswith(("-wal", "-shm", SALVAGED)))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent import cli
+from tests.support.agentproc import ROOT, write_config
 
 
 def test_run__the_daemon_starts_without_argparse_and_with_its_options(
@@ -43,3 +46,40 @@ def test_other_commands__keep_the_parser(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setattr(cli, "cmd_check_config", fake_check)
     assert cli.main(["check-config", str(tmp_path / "x.yaml")]) == 0
     assert seen == {"argparse": True}
+
+
+_FORGOTTEN = """
+import sys
+import agent.daemon
+from agent import cli
+
+
+class FakeAgent:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def run(self):
+        kept = [n for n in ("agent.config", "agent.config.schema", "agent.config.files") if n in sys.modules]
+        print(self.cfg.device.id, kept)
+        return 0
+
+
+agent.daemon.Agent = FakeAgent
+sys.exit(cli.main(["run", "-c", sys.argv[1], "--allow-root"]))
+"""
+
+
+def test_run__the_daemon_starts_without_the_config_loader(tmp_path: Path) -> None:
+    # a child process: forgetting agent.config here would disturb the other tests
+    cfg = write_config(tmp_path, 1883, device="forgets")
+    r = subprocess.run(
+        [sys.executable, "-c", _FORGOTTEN, str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "forgets []"
