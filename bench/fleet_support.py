@@ -86,7 +86,11 @@ def machine_note() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_avg_1_5_15": [round(x, 2) for x in load],
         "python": sys.version.split()[0],
-        "note": "shared machine: other sessions were running while this was measured",
+        "note": (
+            "loaded machine (1-minute load average above 1 at the start): figures move with the load"
+            if load[0] > 1.0
+            else "quiet machine (1-minute load average at most 1 at the start)"
+        ),
     }
 
 
