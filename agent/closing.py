@@ -19,6 +19,7 @@ and, after ``close()``, ``<PhotoStore /var/lib/campus-agent/photos.db closed>``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Self
 
 
@@ -55,3 +56,17 @@ class Closing(ABC):
     def __repr__(self) -> str:
         state = "closed" if self.closed else self._repr_state()
         return "<" + " ".join(part for part in (type(self).__name__, self._repr_id(), state) if part) + ">"
+
+
+class ClosingFile(Closing):
+    """A :class:`Closing` owner of one file: its repr names ``path``, and ``close()`` sets ``_closed``."""
+
+    path: Path
+    _closed: bool
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _repr_id(self) -> str:
+        return str(self.path)

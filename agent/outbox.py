@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from agent.closing import Closing
+from agent.closing import ClosingFile
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
@@ -50,7 +50,7 @@ _LIMITS_TTL_S = 1.0
 _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-class Outbox(Closing):
+class Outbox(ClosingFile):
     """SQLite outbox shared by the input threads (put) and the sender (batch/ack).
 
     One connection behind one lock: puts are short and the lock is never held
@@ -377,13 +377,6 @@ class Outbox(Closing):
             self._closed = True
             self._acks.close()
             close_checkpointed(self._conn)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _repr_id(self) -> str:
-        return str(self.path)
 
     def _repr_state(self) -> str:
         return f"pending={self._pending} dropped={self._dropped}"

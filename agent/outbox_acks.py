@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from agent.closing import Closing
+from agent.closing import ClosingFile
 from agent.errors import OutboxError
 from agent.outbox_db import connect
 
@@ -35,7 +35,7 @@ ACK_CHECKPOINT_COMMITS = 25  # commits between the acks' checkpoints: about 100 
 _CHUNK = 500  # seqs per DELETE statement (SQLite's bound on variables is 999 in old builds)
 
 
-class Acks(Closing):
+class Acks(ClosingFile):
     """The connection that deletes acknowledged rows and checkpoints the WAL.
 
     :attr:`lock` guards the connection and is taken before the outbox's own
@@ -94,13 +94,6 @@ class Acks(Closing):
         if not self._closed:
             self._closed = True
             self._conn.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _repr_id(self) -> str:
-        return str(self.path)
 
     def _repr_state(self) -> str:
         return f"commits={self.commits}"

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.closing import Closing
+from agent.closing import ClosingFile
 from agent.errors import OutboxError
 from agent.outbox_db import close_checkpointed
 
@@ -73,7 +73,7 @@ class PhotoStats:
     dropped: int
 
 
-class PhotoStore(Closing):
+class PhotoStore(ClosingFile):
     """SQLite store of photos waiting for their PUBACK; oldest dropped first beyond ``max_mb``.
 
     Thread-safe: camera workers :meth:`put`, the sender reads :meth:`pending`
@@ -224,13 +224,6 @@ class PhotoStore(Closing):
                 return
             self._closed = True
             close_checkpointed(self._conn)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _repr_id(self) -> str:
-        return str(self.path)
 
     def _repr_state(self) -> str:
         return f"pending={self._pending} bytes={self._bytes}/{self.cap_bytes} dropped={self._dropped}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from agent.closing import Closing
+from agent.closing import Closing, ClosingFile
 
 
 class _Owner(Closing):
@@ -75,3 +77,19 @@ def test_closing__an_owner_without_close_cannot_be_built() -> None:
 
     with pytest.raises(TypeError, match="abstract method"):
         NoClose()  # type: ignore[abstract]
+
+
+class _File(ClosingFile):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def test_closing_file__repr_names_the_file_open_and_closed(tmp_path: Path) -> None:
+    with _File(tmp_path / "outbox.db") as owner:
+        assert repr(owner) == f"<_File {tmp_path / 'outbox.db'} open>"
+    assert owner.closed
+    assert repr(owner) == f"<_File {tmp_path / 'outbox.db'} closed>"
