@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchBroker  # noqa: E402
+from bench.common import BenchBroker, stop_process  # noqa: E402
 from bench.fleet_gen import device_name, status_doc  # noqa: E402
 
 HEARTBEAT_S = 30.0
@@ -38,18 +36,8 @@ class FleetBroker(BenchBroker):
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM (SIGINT for a Python consumer's clean exit would also do), wait, then SIGKILL; one child."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
+    """SIGTERM, wait, then SIGKILL; one child, its pipes closed."""
+    stop_process(proc, timeout)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -20,31 +20,13 @@ from agent.central.link import Incoming
 from agent.central.session import MonitorOptions, _Session
 from agent.events import iso_ms, new_id
 from agent.linkstats import LinkStats
+from tests.central.test_monitor_linkstats import status as status_doc
 
 T0 = dt.datetime(2026, 11, 29, 6, 0, 0, tzinfo=dt.UTC).timestamp()
 
 
 def status(site: str, device: str, ts: float, stats: dict[str, Any] | None = None) -> bytes:
-    link: dict[str, Any] = {"connected_since": iso_ms(ts), "reconnects": 0}
-    if stats is not None:
-        link["stats"] = stats
-    return json.dumps(
-        {
-            "v": 1,
-            "site": site,
-            "device": device,
-            "state": "online",
-            "ts": iso_ms(ts),
-            "clock_synced": True,
-            "agent": {"version": "0.1.0", "boot_id": "b" * 32, "uptime_s": 5},
-            "link": link,
-            "outbox": {"pending": 0, "oldest_age_s": None, "dropped": 0},
-            "inputs": {},
-            "cameras": {},
-            "system": {"cpu_temp_c": None, "disk_free_mb": None, "load1": None},
-            "test_mode_until": None,
-        }
-    ).encode()
+    return json.dumps(status_doc(device, stats, ts=ts, site=site)).encode()
 
 
 def panic(site: str, device: str, seq: int, ts: float) -> bytes:
