@@ -49,13 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import pct  # noqa: E402
 from bench.fleet_support import (  # noqa: E402
     FleetBroker,
     cpu_seconds,
     load_per_device,
     machine_note,
     memory_per_device,
-    pct,
     peak_rss_mb,
     render_markdown,
     stop,

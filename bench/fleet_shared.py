@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import pct  # noqa: E402
 from bench.fleet import PY, Phases, Reader, gen_command, start_generator, wait_for, wait_subscribed  # noqa: E402
-from bench.fleet_support import FleetBroker, cpu_seconds, machine_note, pct, peak_rss_mb, stop  # noqa: E402
+from bench.fleet_support import FleetBroker, cpu_seconds, machine_note, peak_rss_mb, stop  # noqa: E402
 
 
 def _consumer(port: int, group: str, k: int, env: dict[str, str]) -> subprocess.Popen[bytes]:

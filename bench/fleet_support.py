@@ -57,17 +57,6 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def pct(values: list[float], q: float) -> float:
-    """Percentile ``q`` (0-100) by linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def machine_note() -> dict[str, Any]:
     load = os.getloadavg()
     return {
