@@ -126,7 +126,7 @@ class Agent(Closing):
             cfg.inputs,
             pin_factory=self._factory,
             clock=self.clock,
-            emit=self.recorder.record_many,
+            emit=self.recorder.record_deferring,
             on_change=self.heartbeat.changed,
         )
         self.inputs.arm()

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 SENT_HOLD_S = 120.0
 _RECENT_ALARMS = 256
+_EARLY_NEWS = 64  # deliveries and acks of alarms not recorded yet: a few milliseconds' worth, or ids not ours
 _MAX_WAIT_S = 10.0  # longest sleep without an edge due: news wakes the thread; the watchdog allows 20 s
 
 
@@ -123,6 +124,7 @@ class Indicators(Closing):
         self._cond = threading.Condition()
         self._tick_lock = threading.Lock()
         self._alarms: dict[str, _Alarm] = {}  # recent alarms, oldest first
+        self._early: dict[str, _Alarm] = {}  # delivered or acked before alarm_recorded came (it runs a little later)
         self._generations: Counter[tuple[bool, Pattern]] = Counter()
         self._connected = False
         self._down_since = mono()
@@ -167,23 +169,44 @@ class Indicators(Closing):
     # ---- news from the other threads: update state, wake the thread, return ----------
 
     def alarm_recorded(self, event_id: str, *, silent: bool) -> None:
-        """An alarm was made durable; ``silent`` keeps the buzzer out of it."""
+        """An alarm was made durable; ``silent`` keeps the buzzer out of it.
+
+        The recorder says so a few milliseconds after the PUBLISH left, so the
+        PUBACK (or even the centre's ack) may have come first: the alarm then
+        starts from what is already known, never from ``sending`` again.
+        """
         with self._cond:
             if event_id in self._alarms:
                 return
-            self._alarms[event_id] = _Alarm(silent=silent)
+            early = self._early.pop(event_id, None)
+            alarm = _Alarm(silent=silent)
+            if early is not None:
+                alarm.delivered_at, alarm.acked_at = early.delivered_at, early.acked_at
+            self._alarms[event_id] = alarm
             while len(self._alarms) > _RECENT_ALARMS:  # the oldest delivered one goes first
                 old = next((k for k, a in self._alarms.items() if a.delivered_at is not None), None)
                 del self._alarms[old if old is not None else next(iter(self._alarms))]
-            self._bump(Pattern.SENDING, silent=silent)
+            if alarm.acked_at is not None:
+                self._bump(Pattern.ACKNOWLEDGED, silent=silent)
+            else:
+                self._bump(Pattern.SENDING if alarm.delivered_at is None else Pattern.SENT, silent=silent)
 
     def alarm_delivered(self, event_id: str) -> None:
-        """The broker acknowledged the alarm (PUBACK); repeats and unknown ids are ignored."""
+        """The broker acknowledged the alarm (PUBACK); repeats are ignored, an id not yet recorded is kept."""
         with self._cond:
             alarm = self._alarms.get(event_id)
-            if alarm is not None and alarm.delivered_at is None:
+            if alarm is None:
+                self._note_early(event_id).delivered_at = self._mono()
+            elif alarm.delivered_at is None:
                 alarm.delivered_at = self._mono()
                 self._wake()
+
+    def _note_early(self, event_id: str) -> _Alarm:
+        """News of an alarm not recorded yet (or not ours: the memory is small and bounded).  Hold _cond."""
+        early = self._early.setdefault(event_id, _Alarm(silent=False))
+        while len(self._early) > _EARLY_NEWS:
+            del self._early[next(iter(self._early))]
+        return early
 
     def acknowledged(self, event_id: str) -> bool:
         """The centre acknowledged ``event_id``; True if it is a recent alarm of ours.
@@ -194,6 +217,11 @@ class Indicators(Closing):
         with self._cond:
             alarm = self._alarms.get(event_id)
             if alarm is None:
+                early = self._note_early(event_id)  # shown once recorded, if it is ours
+                if early.acked_at is None:
+                    early.acked_at = self._mono()
+                    if early.delivered_at is None:
+                        early.delivered_at = early.acked_at
                 return False
             if alarm.acked_at is not None:
                 return True

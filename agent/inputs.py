@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +46,12 @@ from agent.pins import is_mock
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[list[tuple[EventType, str, Stamp, Mapping[str, Any]]]], None]
+# Returns what may wait (agent/recorder.py, record_deferring), or None.
+Emit = Callable[[list[tuple[EventType, str, Stamp, Mapping[str, Any]]]], Callable[[], None] | None]
 _IDLE_S = 10.0  # longest sleep with nothing to do: often enough for the watchdog (20 s), rare enough to idle cheaply
 _ERROR_PAUSE_S = 0.5  # after a failed poll: retry soon, but never spin
 _CLOSE_JOIN_S = 15.0  # close() waits this long for a poll stuck in a commit (the outbox's busy timeout is 10 s)
+LATER_S = 0.005  # the thread runs what may wait this long after a poll: the PUBLISH has travelled by then
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,14 @@ class Inputs(Closing):
         clock: stamps edges; its ``mono`` drives debounce and stuck timers.
         emit: called on this module's thread with the list of (type, input name,
             stamp, data) one poll accepted; it must make them durable (one
-            commit for the lot) and return.
+            commit for the lot) and return what may wait, or None.
         on_change: called after every accepted state change (also a release,
-            which is no event), so the status can be republished at once.
+            which is no event), so the status can be republished.
+
+    On the thread, what may wait (the emit's leftovers, ``on_change``) runs
+    :data:`LATER_S` after the poll that made it, or after the next poll if an
+    edge comes first, so an alarm's delivery has the CPU to itself; a poll
+    from outside the thread (:meth:`poll`, the last one at stop) runs it at once.
 
     """
 
@@ -114,6 +122,8 @@ class Inputs(Closing):
         self._emit = emit
         self._batch: list[tuple[EventType, str, Stamp, Mapping[str, Any]]] = []
         self._changes = 0  # accepted changes in this poll: on_change runs once, after the emit
+        self._later: list[Callable[[], None]] = []  # what may wait; swapped under _cond
+        self._later_due: float | None = None  # time.monotonic() when it runs (real time: it is about the CPU)
         self._inputs: dict[str, _Input] = {}
         self._cond = threading.Condition()
         self._poll_lock = threading.Lock()  # one poll at a time: the thread's, or close()'s last one
@@ -172,19 +182,27 @@ class Inputs(Closing):
             with self._cond:
                 if self._closed:
                     return
-                wait = self._next_deadline()
                 if not self._edges and not self._batch:  # a batch kept after a failed emit goes again now
-                    now = self._clock.mono()
-                    self._cond.wait(timeout=_IDLE_S if wait is None else max(0.0, min(_IDLE_S, wait - now)))
+                    self._cond.wait(timeout=self._idle_wait())
             if self.closed:
                 return
             try:
-                self.poll()
+                self._poll_once(None)
+                if self._later_due is not None and time.monotonic() >= self._later_due:
+                    self._run_later()
             except Exception:
-                # Whatever failed, poll() kept the edges and the batch; the thread carries on.
+                # Whatever failed, the poll kept the edges and the batch; the thread carries on.
                 log.exception("inputs: a poll failed; its edges and events are kept and retried")
                 with self._cond:
                     self._cond.wait(_ERROR_PAUSE_S)
+
+    def _idle_wait(self) -> float:
+        """Until the next debounce or stuck deadline, or what may wait is due; at most ``_IDLE_S``.  Hold _cond."""
+        wait = self._next_deadline()
+        timeout = _IDLE_S if wait is None else max(0.0, min(_IDLE_S, wait - self._clock.mono()))
+        if self._later_due is not None:
+            timeout = min(timeout, max(0.0, self._later_due - time.monotonic()))
+        return timeout
 
     @property
     def closed(self) -> bool:
@@ -205,8 +223,14 @@ class Inputs(Closing):
 
         ``now`` defaults to the clock, read after the queue is taken.  If the
         emit raises, the batch is kept and offered again by the next poll.
+        What may wait runs before this returns.
         """
+        self._poll_once(now)
+        self._run_later()
+
+    def _poll_once(self, now: float | None) -> None:
         with self._poll_lock:
+            later = None
             try:
                 self._poll(now)
             finally:
@@ -214,14 +238,31 @@ class Inputs(Closing):
                 try:
                     if batch:
                         try:
-                            self._emit(batch)
+                            later = self._emit(batch)
                         except BaseException:
                             self._batch = batch + self._batch
                             raise
                 finally:
-                    if self._changes and self._on_change is not None:
-                        self._on_change()  # after the emit: the status never wakes a thread ahead of the alarm
+                    # After the emit: the status never wakes a thread ahead of the alarm.
+                    changed = self._on_change if self._changes else None
                     self._changes = 0
+                    self._defer([w for w in (later, changed) if w is not None])
+
+    def _defer(self, work: list[Callable[[], None]]) -> None:
+        if work:
+            with self._cond:
+                self._later.extend(work)
+                if self._later_due is None:
+                    self._later_due = time.monotonic() + LATER_S
+
+    def _run_later(self) -> None:
+        with self._cond:
+            work, self._later, self._later_due = self._later, [], None
+        for fn in work:
+            try:
+                fn()
+            except Exception:
+                log.exception("inputs: the work after a poll failed; the events themselves are recorded")
 
     def _out(self, kind: EventType, name: str, stamp: Stamp, data: Mapping[str, Any]) -> None:
         self._batch.append((kind, name, stamp, data))

@@ -126,11 +126,19 @@ class Recorder(Closing):
         self.record_many([(type, source, stamp, data)])
 
     def record_many(self, items: list[Item]) -> None:
-        """Make events durable in one commit (one fsync), or hold them; never raises.
+        """Make events durable in one commit (one fsync), or hold them; never raises (cameras, agent_started)."""
+        self.record_deferring(items)()
+
+    def record_deferring(self, items: list[Item]) -> Callable[[], None]:
+        """Make events durable in one commit (one fsync), or hold them, and publish them; never raises.
 
         Called on the inputs thread with everything one poll accepted: under a
         burst of presses, group commit keeps the button path from queueing
-        behind one fsync per event.
+        behind one fsync per event.  Returns what may wait a few milliseconds
+        (the log lines, the LED and buzzer, the status): the inputs thread runs
+        it once the PUBLISH has travelled, so it does not compete with the
+        alarm's delivery for the CPU (docs/architecture.md, the hand-off).
+        The returned callable never raises.
         """
         made = []
         for type_, source, stamp, data in items:
@@ -169,12 +177,16 @@ class Recorder(Closing):
             self._call(self.hooks.offer, stored)  # the rows as committed: the sender reads nothing back
         if held or not stored or self.hooks.offer is None:
             self._call(self.hooks.wake)  # held events go out in the sender's round
-        for (event, test), seq in zip(made, seqs, strict=True):
-            self._announce(event, test, seq, reserved.get(event.id))
         if held:
             self._call(self.hooks.mark)
             self._retry.set()
-        self._call(self.hooks.changed)
+
+        def later() -> None:
+            for (event, test), seq in zip(made, seqs, strict=True):
+                self._announce(event, test, seq, reserved.get(event.id))
+            self._call(self.hooks.changed)
+
+        return later
 
     def _put(self, events: list[Event]) -> list[OutboxRow | None]:
         """Commit what the outbox takes; None for each event it did not."""

@@ -269,6 +269,36 @@ def test_state__unknown_event_ack_is_false(ind: Indicators, fake_time: FakeTime)
     assert at(ind, fake_time, T0 + 1)["ack_led"] == "idle"
 
 
+def test_state__delivery_before_the_record_shows_sent_never_sending(ind: Indicators, fake_time: FakeTime) -> None:
+    """The recorder announces an alarm a few ms after its PUBLISH (agent/inputs.py, LATER_S): the PUBACK may win."""
+    fake_time.t = T0 + 1
+    ind.alarm_delivered("e1")
+    assert at(ind, fake_time, T0 + 1)["ack_led"] == "idle"  # nothing recorded yet
+    ind.alarm_recorded("e1", silent=False)
+    assert at(ind, fake_time, T0 + 1.003) == {"ack_led": "sent", "buzzer": "sent"}
+    assert at(ind, fake_time, T0 + 1 + SENT_HOLD - 0.01)["ack_led"] == "sent"
+    assert at(ind, fake_time, T0 + 1 + SENT_HOLD)["ack_led"] == "idle"  # the hold counts from the PUBACK
+
+
+def test_state__ack_before_the_record_shows_acknowledged(ind: Indicators, fake_time: FakeTime) -> None:
+    fake_time.t = T0 + 1
+    assert ind.acknowledged("e1") is False  # not recorded here yet: the command handler asks the recorder
+    ind.alarm_delivered("e1")  # the PUBACK after the centre's ack changes nothing
+    ind.alarm_recorded("e1", silent=False)
+    assert at(ind, fake_time, T0 + 1.003) == {"ack_led": "acknowledged", "buzzer": "acknowledged"}
+    assert ind.acknowledged("e1") is True
+    assert at(ind, fake_time, T0 + 1 + HOLD) == {"ack_led": "idle", "buzzer": "idle"}
+
+
+def test_state__early_news_is_bounded_and_forgets_the_oldest(ind: Indicators, fake_time: FakeTime) -> None:
+    for k in range(100):  # deliveries of ids never recorded here (another device's, a forged ack)
+        ind.alarm_delivered(f"x{k}")
+    ind.alarm_recorded("x99", silent=False)
+    assert at(ind, fake_time, T0 + 1)["ack_led"] == "sent"
+    ind.alarm_recorded("x0", silent=False)  # its news was forgotten: it waits for a PUBACK, as before
+    assert at(ind, fake_time, T0 + 2)["ack_led"] == "sending"
+
+
 def test_state__fault_after_fault_after_s_disconnected(ind: Indicators, fake_time: FakeTime) -> None:
     fake_time.t = T0 + 10
     ind.link(False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from agent.config.model import Contact, InputConfig, InputKind
 from agent.debounce import Debouncer
 from agent.errors import HardwareError
 from agent.events import Clock, EventType, Stamp
-from agent.inputs import Inputs
+from agent.inputs import LATER_S, Inputs
 from tests.support.clocks import FakeTime
 from tests.support.waiting import eventually
 
@@ -308,9 +310,9 @@ def test_inputs__arm_leaves_polling_to_the_inputs_thread(mock_factory: Any) -> N
     threads: list[str] = []
 
     class Watched(Inputs):
-        def poll(self, now: float | None = None) -> None:
+        def _poll_once(self, now: float | None) -> None:  # every poll, the thread's and poll()'s
             threads.append(threading.current_thread().name)
-            super().poll(now)
+            super()._poll_once(now)
 
     rec = Recorder()
     inputs = Watched((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=rec)
@@ -362,3 +364,91 @@ def test_inputs__thread_survives_failures_and_keeps_the_batch(
         assert "Traceback" in caplog.text
     finally:
         inputs.close()
+
+
+class Steps:
+    """What an emit and its leftovers did, in order, with the thread and the time of each."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, str, float]] = []
+
+    def note(self, what: str) -> None:
+        with self.lock:
+            self.seen.append((what, threading.current_thread().name, time.monotonic()))
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [w for w, _, _ in self.seen]
+
+    def emit(self, batch: list[tuple[EventType, str, Stamp, Any]]) -> Callable[[], None]:
+        self.note("emit")
+        return lambda: self.note("later")
+
+
+def test_inputs__what_may_wait_runs_after_the_poll_on_the_thread(mock_factory: Any) -> None:
+    """The emit's leftovers (log line, LED, status) and on_change run LATER_S after the poll, not inside it."""
+    steps = Steps()
+    inputs = Inputs(
+        (cfg(debounce_ms=0),),
+        pin_factory=mock_factory,
+        clock=Clock(synced=lambda: False),
+        emit=steps.emit,
+        on_change=lambda: steps.note("changed"),
+    )
+    inputs.arm()
+    try:
+        inputs.simulate("panic", active=True)
+        eventually(lambda: "changed" in steps.names(), 5.0, lambda: str(steps.names()))
+        assert steps.names() == ["emit", "later", "changed"]
+        (_, emit_thread, emitted), (_, later_thread, later_at), _ = steps.seen
+        assert emit_thread == later_thread == "inputs"
+        assert later_at - emitted >= LATER_S
+    finally:
+        inputs.close()
+
+
+def test_inputs__an_edge_during_the_wait_is_polled_before_what_waits(mock_factory: Any) -> None:
+    """A second press that comes while the first one's leftovers wait is recorded first."""
+    steps = Steps()
+    pressed_again = threading.Event()
+
+    def emit(batch: list[tuple[EventType, str, Stamp, Any]]) -> Callable[[], None]:
+        later = steps.emit(batch)
+        if not pressed_again.is_set():
+            pressed_again.set()
+            inputs.simulate("panic", active=False)  # on this thread: the edges queue for the next poll
+            inputs.simulate("panic", active=True)
+        return later
+
+    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=emit)
+    inputs.arm()
+    try:
+        inputs.simulate("panic", active=True)
+        eventually(lambda: steps.names().count("later") == 2, 5.0, lambda: str(steps.names()))
+        assert steps.names() == ["emit", "emit", "later", "later"]
+    finally:
+        inputs.close()
+
+
+def test_inputs__poll_and_close_run_what_waits_before_they_return(mock_factory: Any) -> None:
+    steps = Steps()
+    inputs = Inputs(
+        (cfg(debounce_ms=0),),
+        pin_factory=mock_factory,
+        clock=Clock(synced=lambda: False),
+        emit=steps.emit,
+        on_change=lambda: steps.note("changed"),
+    )
+    inputs.arm(start_thread=False)
+    inputs.simulate("panic", active=True)
+    inputs.poll()
+    assert steps.names() == ["emit", "later", "changed"]
+    inputs.close()
+
+    steps = Steps()
+    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=steps.emit)
+    inputs.arm()
+    inputs.simulate("panic", active=True)
+    inputs.close()  # at once: whether the thread or the last poll recorded it, its leftovers ran
+    assert steps.names() == ["emit", "later"]
