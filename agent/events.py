@@ -9,13 +9,13 @@ central side can re-time events taken before the clock was set.
 from __future__ import annotations
 
 import ctypes
-import datetime as dt
 import errno
 import functools
 import json
+import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,14 +42,24 @@ class EventType(StrEnum):
 
 
 def iso_ms(wall: float) -> str:
-    """UTC with milliseconds and a ``Z``, as the contract writes every ``ts``."""
-    t = dt.datetime.fromtimestamp(wall, dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    """UTC with milliseconds and a ``Z``, as the contract writes every ``ts``.
+
+    The same text as ``datetime.fromtimestamp(wall, UTC)`` truncated to
+    milliseconds (microseconds rounded half-even first, tests/test_events_text.py),
+    without building a datetime: it runs on the button's path.
+    """
+    frac, whole = math.modf(wall)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)) + f"{us // 1000:03d}Z"
 
 
 def new_id() -> str:
-    """A random 128-bit id in hex: what the central side de-duplicates on."""
-    return uuid.uuid4().hex
+    """A random 128-bit id in hex: what the central side de-duplicates on (cheaper than a UUID object)."""
+    return os.urandom(16).hex()
 
 
 _EVENT_ID = re.compile(r"[0-9a-f]{32}")
@@ -224,8 +234,25 @@ class Event:
         )
 
     def body(self, site: str, device: str) -> str:
-        """The document as JSON, without ``v`` and ``seq`` (see :func:`with_seq`)."""
-        return json.dumps(
+        """The document as JSON, without ``v`` and ``seq`` (see :func:`with_seq`).
+
+        Built from cached parts around the id, ``ts`` and ``mono_ms``: the
+        rest repeats from press to press, and this runs on the button's path.
+        The text is exactly :meth:`plain_body`'s (tests/test_events_text.py).
+        """
+        if type(self.mono_ms) is not int:  # json writes a bool or a float its own way
+            return self.plain_body(site, device)
+        try:
+            key = (site, device, self.type, self.source, self.test, self.clock_synced, self.boot_id)
+            items = tuple((k, v, type(v)) for k, v in self.data.items())
+            parts = _body_parts(key, tuple(type(v) for v in key), items)
+        except TypeError:  # a value that cannot be a key (a nested dict, a list): the plain way
+            return self.plain_body(site, device)
+        return f"{parts[0]}{_json_str(self.id)}{parts[1]}{_json_str(self.ts)}{parts[2]}{self.mono_ms}{parts[3]}"
+
+    def plain_body(self, site: str, device: str) -> str:
+        """:meth:`body` by ``json.dumps`` of the whole document."""
+        return _dumps(
             {
                 "id": self.id,
                 "site": site,
@@ -238,10 +265,29 @@ class Event:
                 "boot_id": self.boot_id,
                 "mono_ms": self.mono_ms,
                 "data": dict(self.data),
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
+            }
         )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+_json_str = json.encoder.encode_basestring  # a str as JSON, quotes included
+
+
+@functools.lru_cache(maxsize=128)
+def _body_parts(
+    key: tuple[Any, ...], _types: tuple[type, ...], items: tuple[tuple[Any, Any, type], ...]
+) -> tuple[str, str, str, str]:
+    """The text around id, ts and mono_ms (types are part of the key: True and 1 are equal keys)."""
+    site, device, type_, source, test, synced, boot_id = key
+    head = '{"id":'
+    mid = f',"site":{_dumps(site)},"device":{_dumps(device)},"type":{_dumps(EventType(type_).value)},'
+    mid += f'"source":{_dumps(source)},"test":{_dumps(test)},"ts":'
+    tail = f',"clock_synced":{_dumps(synced)},"boot_id":{_dumps(boot_id)},"mono_ms":'
+    end = f',"data":{_dumps({k: v for k, v, _t in items})}' + "}"
+    return head, mid, tail, end
 
 
 def with_seq(body: str, seq: int) -> bytes:
