@@ -171,6 +171,13 @@ def render(res: dict[str, Any]) -> str:
             f"{_res(t['press_vs_peer_p50'])}; {_res(t['press_vs_peer_p99'])}",
         ),
         (
+            f"press → delivery p50 less the run's raw fsync p50 (ms): the path without its durable write, against {pname}",
+            _f(lat["p50"] - fs["p50"] / 1000.0, 2),
+            _f(plat["p50"], 2),
+            "none: explains the p50 against the peer",
+            "",
+        ),
+        (
             f"RSS after the presses, against {pname} (MB)",
             _f(res.get("agent_rss_mb_after_presses"), 1),
             _f(peer.get("rss_mb_after_presses"), 1),
