@@ -13,7 +13,7 @@ from agent.config.model import Contact, InputConfig, InputKind
 from agent.debounce import Debouncer
 from agent.errors import HardwareError
 from agent.events import Clock, EventType, Stamp
-from agent.inputs import LATER_S, Inputs
+from agent.inputs import LATER_S, Emit, Inputs
 from tests.support.clocks import FakeTime
 from tests.support.waiting import eventually
 
@@ -385,17 +385,21 @@ class Steps:
         self.note("emit")
         return lambda: self.note("later")
 
+    def inputs(self, factory: Any, emit: Emit | None = None, *, changed: bool = True) -> Inputs:
+        """One panic input without debounce, noting its emits, their leftovers and (``changed``) on_change."""
+        return Inputs(
+            (cfg(debounce_ms=0),),
+            pin_factory=factory,
+            clock=Clock(synced=lambda: False),
+            emit=emit or self.emit,
+            on_change=(lambda: self.note("changed")) if changed else None,
+        )
+
 
 def test_inputs__what_may_wait_runs_after_the_poll_on_the_thread(mock_factory: Any) -> None:
     """The emit's leftovers (log line, LED, status) and on_change run LATER_S after the poll, not inside it."""
     steps = Steps()
-    inputs = Inputs(
-        (cfg(debounce_ms=0),),
-        pin_factory=mock_factory,
-        clock=Clock(synced=lambda: False),
-        emit=steps.emit,
-        on_change=lambda: steps.note("changed"),
-    )
+    inputs = steps.inputs(mock_factory)
     inputs.arm()
     try:
         inputs.simulate("panic", active=True)
@@ -421,7 +425,7 @@ def test_inputs__an_edge_during_the_wait_is_polled_before_what_waits(mock_factor
             inputs.simulate("panic", active=True)
         return later
 
-    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=emit)
+    inputs = steps.inputs(mock_factory, emit, changed=False)
     inputs.arm()
     try:
         inputs.simulate("panic", active=True)
@@ -433,13 +437,7 @@ def test_inputs__an_edge_during_the_wait_is_polled_before_what_waits(mock_factor
 
 def test_inputs__poll_and_close_run_what_waits_before_they_return(mock_factory: Any) -> None:
     steps = Steps()
-    inputs = Inputs(
-        (cfg(debounce_ms=0),),
-        pin_factory=mock_factory,
-        clock=Clock(synced=lambda: False),
-        emit=steps.emit,
-        on_change=lambda: steps.note("changed"),
-    )
+    inputs = steps.inputs(mock_factory)
     inputs.arm(start_thread=False)
     inputs.simulate("panic", active=True)
     inputs.poll()
@@ -447,7 +445,7 @@ def test_inputs__poll_and_close_run_what_waits_before_they_return(mock_factory: 
     inputs.close()
 
     steps = Steps()
-    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=steps.emit)
+    inputs = steps.inputs(mock_factory, changed=False)
     inputs.arm()
     inputs.simulate("panic", active=True)
     inputs.close()  # at once: whether the thread or the last poll recorded it, its leftovers ran
