@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent import cli
-from tests.support.agentproc import ROOT, write_config
+from tests.support.agentproc import run_python, write_config
 
 
 def test_run__the_daemon_starts_without_argparse_and_with_its_options(
@@ -72,14 +70,6 @@ sys.exit(cli.main(["run", "-c", sys.argv[1], "--allow-root"]))
 def test_run__the_daemon_starts_without_the_config_loader(tmp_path: Path) -> None:
     # a child process: forgetting agent.config here would disturb the other tests
     cfg = write_config(tmp_path, 1883, device="forgets")
-    r = subprocess.run(
-        [sys.executable, "-c", _FORGOTTEN, str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        check=False,
-    )
+    r = run_python("-c", _FORGOTTEN, str(cfg))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "forgets []"

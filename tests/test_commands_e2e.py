@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.commands import NAMES
-from tests.support.agentproc import AgentProc, unique_id, write_config
+from tests.support.agentproc import AgentProc, run_cli, unique_id, write_config
 from tests.support.broker import Broker
 from tests.support.contract import Validate
 from tests.support.mqtt import Central
@@ -201,22 +201,8 @@ def test_fuzz__afterwards_ping_and_press_still_work(module_rig: Rig) -> None:
 
 
 def test_cli_ack__real_agent_answers_and_shows_acknowledged(rig: Rig, broker: Broker) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.support.agentproc import ROOT
-
     event = rig.press_delivered()
     device = rig.root.split("/", 1)[1]
-    r = subprocess.run(
-        [sys.executable, "-m", "agent", "ack", event["id"], "--device", device, "--broker", f"127.0.0.1:{broker.port}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        check=False,
-    )
+    r = run_cli("ack", event["id"], "--device", device, "--broker", f"127.0.0.1:{broker.port}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert rig.agent.status()["status"]["outputs"]["ack_led"]["pattern"] == "acknowledged"

@@ -81,8 +81,13 @@ def write_config(workdir: Path, port: int, *, device: str, name: str = "agent.ya
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m agent <args>`` as the technician would type it; never raises on a non-zero exit."""
+    return run_python("-m", "agent", *args)
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """A fresh ``python <args>`` with this checkout importable; never raises on a non-zero exit."""
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=60,
