@@ -382,9 +382,11 @@ class Uplink(Closing):
         with self._events.lock:
             self._events.live = None
         s.close()  # paho's thread has ended: no ack arrives after this
-        self._pubacks.settle(self._mono())  # PUBACKs that came in after the last round still count
-        self._window.reset()
-        self._side.reset()
+        try:
+            self._pubacks.settle(self._mono())  # PUBACKs that came in after the last round still count
+        finally:  # the next session's paho numbers its messages from 1 again: nothing of this one may stay
+            self._window.reset()
+            self._side.reset()
         if was_up:
             self._notify_link()
 
