@@ -68,7 +68,7 @@ class Handlers:
         return {"input": name, "action": action}
 
     def _ctl_test_mode(self, req: dict[str, Any]) -> dict[str, Any]:
-        from agent.commands import MAX_MINUTES  # noqa: PLC0415 - see CommandHandler's import
+        from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - not the command handler's modules: only the limit
 
         minutes = req.get("minutes")
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes <= MAX_MINUTES:
