@@ -100,7 +100,7 @@ class _Reader:
         self._gap = trickle_gap_s
         self._clock, self._sleep = timing
         self._sock: object = None
-        self._buf: bytes | bytearray = b""
+        self._buf = bytearray()  # an incomplete packet, grown and trimmed in place
         self._for_paho = b""
         self._burst: list[Publish] = []
         self._acks: list[int] = []
@@ -125,7 +125,7 @@ class _Reader:
         """Stand in for paho's ``loop_read``: everything the socket has, up to :data:`_MAX_BURST` bytes."""
         client = self._client
         if client._sock is not self._sock:  # noqa: SLF001  # a reconnect: nothing of the old stream may leak in
-            self._sock, self._buf, self._burst, self._acks = client._sock, b"", [], []  # noqa: SLF001
+            self._sock, self._buf, self._burst, self._acks = client._sock, bytearray(), [], []  # noqa: SLF001
         self._pace()
         rc, taken = self._read_all()
         flushed = self._flush()  # one hand-off for the whole wake-up; what came before a failure still counts
@@ -173,8 +173,8 @@ class _Reader:
     def _packets(self, data: bytes) -> MQTTErrorCode:
         """Handle every whole packet in the buffer plus ``data``; keep the incomplete rest."""
         buf: bytes | bytearray = data
-        if self._buf:
-            buf = self._buf if isinstance(self._buf, bytearray) else bytearray(self._buf)
+        if self._buf:  # in place: a photo arriving in 64 KB reads is never copied whole per read
+            buf = self._buf
             buf += data
         pos, rc = 0, MQTTErrorCode.MQTT_ERR_SUCCESS
         v5 = self._client._protocol == MQTTProtocolVersion.MQTTv5  # noqa: SLF001
@@ -185,8 +185,10 @@ class _Reader:
                 pos = end
         except WireError:
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        rest = buf[pos:]
-        self._buf = bytearray(rest) if rest else b""
+        if buf is self._buf:
+            del buf[:pos]
+        else:
+            self._buf = bytearray(buf[pos:])
         return rc
 
     def _one(self, header: int, buf: bytes | bytearray, pos: int, start: int, end: int, *, v5: bool) -> MQTTErrorCode:

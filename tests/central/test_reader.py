@@ -152,6 +152,19 @@ def test_reader__many_packets_in_one_read_are_all_taken() -> None:
     assert w.bursts == 1  # one hand-off to the print loop, not 500
 
 
+def test_reader__a_photo_in_many_reads_then_more_packets() -> None:
+    """A few MB at QoS 1 in 64 KB reads (the buffer grows and is trimmed in place), then small packets."""
+    photo = bytes(range(256)) * (3 * 4096 + 7)  # about 3 MB
+    stream, want, acks = build(
+        V5, [("publish", 1, False, photo, "content"), ("pingresp",), ("publish", 1, True, b"{}", None)]
+    )
+    w = Wired(V5)
+    for a in range(0, len(stream), 65536):
+        assert w.read(stream[a : a + 65536]) == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert w.got == want
+    assert bytes(w.sock.sent) == acks
+
+
 def test_reader__a_reconnect_drops_the_old_streams_remainder() -> None:
     first, _, _ = build(V5, [("publish", 1, False, b"old", None)])
     second, want, acks = build(V5, [("publish", 1, False, b"new", None)])
