@@ -7,8 +7,9 @@ a QoS 0 or 1 PUBLISH, costs a few microseconds instead of paho's tens
 alone was about 40 % of the network thread's time).
 
 The decoder is deliberately partial: it returns ``None`` for anything it does
-not take (QoS 2, a topic alias, an empty topic, a topic or property that is
-not valid UTF-8 or holds a character MQTT forbids, an unknown or repeated
+not take (QoS 2, a topic alias, an empty topic or one that is not valid
+UTF-8, a property string that is not valid UTF-8 or holds a character MQTT
+forbids (paho checks no more of a topic either), an unknown or repeated
 property, any length that does not add up), and the caller hands that packet
 to paho unchanged, so the odd cases keep paho's own behaviour.  What it does
 return is checked, by property tests, to equal what paho makes of the same
