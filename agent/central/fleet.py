@@ -133,7 +133,7 @@ class FleetView:
                     f"{escape(topic)}: site or device is not a contract id (lower-case letters, digits, '-'); ignored",
                 )
             ]
-        msg = Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
+        msg = Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival)
         if msg.rest == ("status",):
             return self._status(topic, msg.site, msg.device, payload, arrival, retained=retained)
         if msg.rest[0] == "event":

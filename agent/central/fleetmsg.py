@@ -31,7 +31,6 @@ class Msg:
     rest: tuple[str, ...]
     payload: bytes
     at: float
-    retained: bool
 
 
 @dataclass(slots=True)
@@ -40,7 +39,7 @@ class Device:
 
     site: str
     device: str
-    key: str = ""
+    key: str  # "site/device": the monitor's index into its tables
     state: DeviceState = DeviceState.UNKNOWN
     reason: str | None = None
     heard: float | None = None
