@@ -15,7 +15,6 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from agent.errors import OutboxError
 from agent.outbox import Outbox, OutboxRow
 from agent.sendwindow import SendWindow
 from agent.sidelane import SideLane
@@ -77,10 +76,7 @@ class PubAcks:
             else:
                 self._refused(row, refusal, retry_in)
         if done:
-            try:
-                self._outbox.ack(r.seq for r in done)
-            except OutboxError as exc:  # delivered all the same: the rows stay and go once more later
-                log.warning("%s; %d delivered events stay in the outbox and may be sent once more", exc, len(done))
+            self._outbox.ack(r.seq for r in done)
             self.delivered += len(done)
             if self._on_delivered is not None:
                 for row in done:

@@ -78,3 +78,35 @@ def test_uplink__stop_during_the_connack_wait_ends_the_sender(outbox: Outbox, ca
                 up.close()
         assert not any(t.name == "uplink-sender" and t.is_alive() for t in threading.enumerate()), caplog.text
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_teardown__a_failing_settle_still_forgets_the_sessions_message_ids(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next session's paho numbers from 1 again: a stale id kept would match a new PUBACK.
+
+    Held events in flight (the side lane) would then count as delivered without being sent.
+    """
+    from agent.errors import OutboxError
+    from agent.events import Event, EventType
+    from tests.support.clocks import synced_clock
+
+    uplink = Uplink(
+        mqtt_cfg(free_port(), client_id="x"), topic_root="campus/s/d", outbox=outbox, status=dict, offline=lambda r: {}
+    )
+    row = outbox.put_row(Event.create(synced_clock(), EventType.PANIC, "panic"))
+    uplink._side._inflight[7] = row
+    uplink._window.sent(8, row)
+
+    def fail(_now: float) -> set[int]:
+        raise OutboxError("outbox: cannot delete acknowledged events: database is locked")
+
+    class Gone:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(uplink._pubacks, "settle", fail)
+    with pytest.raises(OutboxError):
+        uplink._teardown(Gone())  # type: ignore[arg-type]
+    assert uplink._side._inflight == {}
+    assert len(uplink._window) == 0
