@@ -110,6 +110,7 @@ class Agent(Closing):
             wall=self.clock.wall,
             mono=self.clock.mono,
             seq_mark=before.last_seq,
+            intake=cfg.outbox.intake,
         )
         self._start_reason = "restart" if before.boot_id == self.clock.boot_id else "boot"
         self.recorder = Recorder(

@@ -24,6 +24,7 @@ Rules it keeps (architecture.md):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -37,6 +38,7 @@ from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
 from agent.outbox_db import Recovery, close_checkpointed, count, is_full, last_seq, open_or_recover, raise_seq
+from agent.outbox_intake import MAX_PAYLOAD, Intake, payload_of
 from agent.outbox_lanes import select_batch, select_one
 from agent.outbox_rows import OutboxRow, OutboxStats, Row, stored
 
@@ -48,6 +50,8 @@ _EVICT_CHUNK = 64
 _LIMITS_TTL_S = 1.0
 # seq NULL: SQLite's AUTOINCREMENT picks it; a seq reserved for a held event is inserted as given.
 _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
+# An intake row moving in: after a crash it may already be here (moved, but not yet marked done there).
+_MOVE_IN = "INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 class Outbox(ClosingFile):
@@ -55,6 +59,14 @@ class Outbox(ClosingFile):
 
     One connection behind one lock: puts are short and the lock is never held
     across network I/O, so a slow broker never delays recording a press.
+
+    A new event is first made durable in the intake (agent/outbox_intake.py)
+    when it has room: one block and one ``fdatasync`` instead of a SQLite
+    commit.  Such a row is pending like any other (:meth:`next_batch`,
+    :meth:`get`, :meth:`ack`, :meth:`pending` see it); it moves into SQLite
+    with the next commit there, or at :meth:`close`, and is never moved at
+    all when its PUBACK comes first.  ``intake=False`` commits every event to
+    SQLite.
     """
 
     def __init__(
@@ -69,6 +81,7 @@ class Outbox(ClosingFile):
         headroom_bytes: int = HEADROOM_BYTES,
         seq_mark: int = 0,
         busy_timeout_s: float = 10.0,
+        intake: bool = True,
     ) -> None:
         self.path = Path(path)
         self._site = site
@@ -92,7 +105,10 @@ class Outbox(ClosingFile):
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
         self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
-        self._pending = count(self._conn)
+        self._live: dict[int, OutboxRow] = {}  # seq -> row on disk in the intake only; in seq order
+        self._intake = self._open_intake() if intake else None
+        self._pending = count(self._conn) + len(self._live)
+        self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
         self._dropped = self._meta("dropped")
         self._refresh_limits(force=True)
 
@@ -114,6 +130,59 @@ class Outbox(ClosingFile):
                 rec.seq_mark,
                 rec.seq_resumed_above,
             )
+
+    def _open_intake(self) -> Intake | None:
+        """Open the intake and adopt what a stop left there: its pending events and its highest seq."""
+        path = self.path.with_name(self.path.name + ".intake")
+        try:
+            intake = Intake(path)
+        except OSError as exc:
+            log.warning("outbox intake %s cannot be used (%s); every event is committed to SQLite instead", path, exc)
+            return None
+        try:
+            found = intake.read()
+        except OSError as exc:
+            intake.close()
+            raise OutboxError(f"outbox intake {path} cannot be read: {exc}; check the disk") from exc
+        if found.damaged:
+            log.warning(
+                "outbox intake %s: %d blocks were cut short by a power cut or crash; their events were never "
+                "published or reported recorded",
+                path,
+                found.damaged,
+            )
+        seqs = [row.seq for row in found.live]
+        there = {
+            int(r[0])
+            for i in range(0, len(seqs), 500)
+            for r in self._conn.execute(
+                f"SELECT seq FROM outbox WHERE seq IN ({','.join('?' * len(seqs[i : i + 500]))})",  # noqa: S608
+                seqs[i : i + 500],
+            )
+        }
+        intake.done(there)  # moved into SQLite before the stop, not yet marked done
+        self._live = {row.seq: row for row in found.live if row.seq not in there}
+        if self._live:
+            log.warning(
+                "outbox intake %s: %d events recorded before the last stop were not yet acknowledged; sending them",
+                path,
+                len(self._live),
+            )
+        if found.top > self._top:
+            self._top = found.top
+            self._reserved_top = found.top  # the next SQLite commit raises AUTOINCREMENT above it
+        return intake
+
+    def _drop_intake(self, exc: OSError) -> None:
+        assert self._intake is not None
+        log.error(
+            "outbox intake %s failed (%s); from now on every event is committed to SQLite; "
+            "the events it holds move there with the next commit",
+            self._intake.path,
+            exc,
+        )
+        self._intake.close()
+        self._intake = None
 
     # ---- limits and eviction -------------------------------------------------
 
@@ -182,18 +251,78 @@ class Outbox(ClosingFile):
         self._refresh_limits()
         if not all_alarms:
             self._make_room_for_non_alarm()
+        moving = list(self._live.values())
         with self._txn():
+            for r in moving:  # lower seqs than ``rows``: first, so AUTOINCREMENT stays above them
+                self._conn.execute(_MOVE_IN, (r.seq, r.id, r.type, int(r.alarm), round(r.created * 1000), r.body))
             if self._reserved_top:
                 raise_seq(self._conn, self._reserved_top)  # AUTOINCREMENT must never pick a reserved seq
             if self._dropped_dirty:
                 self._save_dropped()
             seqs = [int(self._conn.execute(_INSERT, row).lastrowid or 0) for row in rows]
+        if moving:
+            self._moved_in([r.seq for r in moving])
         self._pending += len(seqs)
         self._acks.commits += 1
         self._dropped_dirty = False
         with self._seq_lock:
             self._top = max(self._top, *seqs)
         return seqs
+
+    def _moved_in(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            del self._live[seq]
+        if self._intake is not None:
+            self._intake.done(seqs)
+
+    def _take_in(self, events: list[Event]) -> list[OutboxRow] | None:
+        """Make ``events`` durable in the intake and return their rows; None when it has no room for them.
+
+        Raises:
+            OutboxError, OutboxFullError: the intake failed and so did the SQLite commit that replaced it.
+
+        """
+        if self._intake is None or self._intake.free < len(events):
+            return None
+        bodies = [e.body(self._site, self._device) for e in events]
+        payloads = [payload_of(e.id, e.type.value, b) for e, b in zip(events, bodies, strict=True)]
+        if any(len(p) > MAX_PAYLOAD for p in payloads):
+            return None
+        created_ms = int(self._wall() * 1000)
+        with self._lock:
+            self._check_open()
+            intake = self._intake
+            if intake is None or intake.free < len(events):
+                return None
+            with self._seq_lock:
+                first = self._top + 1
+                self._top += len(events)
+                self._reserved_top = self._top
+            rows = [
+                OutboxRow(first + i, e.id, e.type.value, e.type.is_alarm, created_ms / 1000.0, b)
+                for i, (e, b) in enumerate(zip(events, bodies, strict=True))
+            ]
+            try:
+                intake.write(rows, payloads)
+            except OSError as exc:
+                self._drop_intake(exc)
+                return self._commit_as_given(rows, created_ms)
+            for row in rows:
+                self._live[row.seq] = row
+            self._pending += len(rows)
+        return rows
+
+    def _commit_as_given(self, rows: list[OutboxRow], created_ms: int) -> list[OutboxRow]:
+        """Commit rows whose seqs are already given (the intake failed under them); hold the lock."""
+        try:
+            self._insert(
+                [(r.seq, r.id, r.type, int(r.alarm), created_ms, r.body) for r in rows],
+                all_alarms=all(r.alarm for r in rows),
+            )
+        except sqlite3.Error as exc:
+            err = OutboxFullError if is_full(exc) else OutboxError
+            raise err(f"outbox {self.path}: cannot record {len(rows)} events: {exc}") from exc
+        return rows
 
     def _row(self, event: Event, seq: int | None, created_ms: int) -> Row:
         return (
@@ -239,6 +368,10 @@ class Outbox(ClosingFile):
             OutboxError: the database failed in another way (locked past the busy timeout, I/O).
 
         """
+        if seq is None:
+            taken = self._take_in([event])
+            if taken is not None:
+                return taken[0]
         row = self._row(event, seq, int(self._wall() * 1000))
         with self._lock:
             self._check_open()
@@ -278,6 +411,9 @@ class Outbox(ClosingFile):
         """
         if len(events) == 1:
             return [self.put_row(events[0])]
+        taken = self._take_in(events)
+        if taken is not None:
+            return taken
         created_ms = int(self._wall() * 1000)
         rows = [self._row(e, None, created_ms) for e in events]
         with self._lock:
@@ -325,13 +461,20 @@ class Outbox(ClosingFile):
         """
         with self._lock:
             self._check_open()
-            rows = select_batch(self._conn, after_seq, limit, urgent)
-        return [OutboxRow.from_db(r) for r in rows]
+            rows = [OutboxRow.from_db(r) for r in select_batch(self._conn, after_seq, limit, urgent)]
+            if self._live:
+                live = [r for s, r in self._live.items() if s > after_seq and (urgent is None or r.urgent == urgent)]
+                if live:
+                    rows = sorted(rows + live[:limit], key=lambda r: r.seq)[:limit]
+        return rows
 
     def get(self, seq: int) -> OutboxRow | None:
         """Row ``seq`` if it is still pending (neither acknowledged nor evicted)."""
         with self._lock:
             self._check_open()
+            live = self._live.get(seq)
+            if live is not None:
+                return live
             r = select_one(self._conn, seq)
         return None if r is None else OutboxRow.from_db(r)
 
@@ -342,10 +485,17 @@ class Outbox(ClosingFile):
             return 0
         with self._acks.lock, self._lock:
             self._check_open()
+            live = [k for k in keys if k in self._live]
+            if live:  # done without SQLite seeing them
+                self._moved_in(live)
+                self._pending -= len(live)
+                if len(live) == len(keys):
+                    return len(live)
+                keys = [k for k in keys if k not in set(live)]
             self._acks.checkpoint_if_due()  # on the sender's thread, after a PUBACK: not in a press's COMMIT
             removed = self._acks.delete(keys)
             self._pending -= removed
-        return removed
+        return removed + len(live)
 
     def pending(self) -> int:
         return self._pending
@@ -355,10 +505,13 @@ class Outbox(ClosingFile):
             self._check_open()
             self._refresh_limits()  # a disk that fills while nothing happens shows up in the next status
             row = self._conn.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            created = [row[0] / 1000.0] if row is not None else []
+            if self._live:
+                created.append(next(iter(self._live.values())).created)
             pages, _ = self._page_counts()
             return OutboxStats(
                 pending=self._pending,
-                oldest_age_s=None if row is None else max(0.0, round(self._wall() - row[0] / 1000.0, 3)),
+                oldest_age_s=None if not created else max(0.0, round(self._wall() - min(created), 3)),
                 dropped=self._dropped,
                 db_bytes=pages * self._page_size,
                 cap_bytes=self._cap_pages * self._page_size,
@@ -375,8 +528,33 @@ class Outbox(ClosingFile):
             if self._closed:
                 return
             self._closed = True
+            self._close_intake()
             self._acks.close()
             close_checkpointed(self._conn)
+
+    def _close_intake(self) -> None:
+        """At stop: move the intake's pending events into SQLite and raise its counter to the top seq."""
+        intake = self._intake
+        if intake is None:
+            return
+        moving = list(self._live.values())
+        try:
+            with self._txn():
+                for r in moving:
+                    self._conn.execute(_MOVE_IN, (r.seq, r.id, r.type, int(r.alarm), round(r.created * 1000), r.body))
+                raise_seq(self._conn, self._top)
+            self._moved_in([r.seq for r in moving])
+            intake.sync()
+        except (sqlite3.Error, OSError) as exc:
+            log.warning(
+                "outbox %s: at stop, %d events stay in the intake %s (%s); they are sent after the next start",
+                self.path,
+                len(self._live),
+                intake.path,
+                exc,
+            )
+        finally:
+            intake.close()
 
     def _repr_state(self) -> str:
         return f"pending={self._pending} dropped={self._dropped}"

@@ -13,6 +13,7 @@ from agent.errors import OutboxFullError
 from agent.events import Event, EventType
 from agent.outbox import NON_ALARM_SHARE, Outbox
 from tests.support.clocks import synced_clock
+from tests.support.outboxfile import intake_live, pending
 
 CLOCK = synced_clock()
 
@@ -27,12 +28,21 @@ def test_outbox__wal_and_full_sync(outbox: Outbox) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: survives power loss
 
 
-def test_outbox__put_is_committed_before_it_returns(outbox: Outbox, tmp_path: Path) -> None:
+def test_outbox__put_is_durable_before_it_returns(outbox: Outbox, tmp_path: Path) -> None:
     e = ev()
     seq = outbox.put(e)
-    other = sqlite3.connect(tmp_path / "outbox.db")  # a second connection sees only committed rows
-    assert other.execute("SELECT id FROM outbox WHERE seq = ?", (seq,)).fetchone() == (e.id,)
-    other.close()
+    assert intake_live(tmp_path / "outbox.db") == {e.id: (seq, "panic")}, "in the intake, synced"
+    assert pending(tmp_path / "outbox.db") == {e.id: (seq, "panic")}
+
+
+def test_outbox__without_the_intake_put_is_committed_before_it_returns(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.db", site="s", device="d", intake=False) as ob:
+        e = ev()
+        seq = ob.put(e)
+        other = sqlite3.connect(tmp_path / "outbox.db")  # a second connection sees only committed rows
+        assert other.execute("SELECT id FROM outbox WHERE seq = ?", (seq,)).fetchone() == (e.id,)
+        other.close()
+        assert not (tmp_path / "outbox.db.intake").exists()
 
 
 def test_outbox__payload_is_the_contract_document(outbox: Outbox) -> None:

@@ -3,7 +3,9 @@
 Real SQLite files.  A checkpoint inside a put's COMMIT costs that press more
 fsyncs; here the puts' own threshold (``PUT_CHECKPOINT_PAGES``) is far above
 what the acks let the WAL reach, so while acks flow the WAL stays small and
-no put ever restarts it.
+no put ever restarts it.  The outboxes commit every put to SQLite
+(``intake=False``): with the intake, puts that are acknowledged never reach
+the WAL at all.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _wal_bytes(path: Path) -> int:
 def test_checkpoint__puts_alone_do_not_checkpoint_below_their_backstop(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "outbox.db"
-    with Outbox(path, site="main", device="d") as ob:
+    with Outbox(path, site="main", device="d", intake=False) as ob:
         page = int(ob._conn.execute("PRAGMA page_size").fetchone()[0])
         for _ in range(60):  # about 240 pages: past the old 100-page autocheckpoint, below the backstop
             ob.put(_event(clock))
@@ -46,7 +48,7 @@ def test_checkpoint__puts_alone_do_not_checkpoint_below_their_backstop(tmp_path:
 def test_checkpoint__the_backstop_bounds_the_wal_while_nothing_is_acknowledged(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "outbox.db"
-    with Outbox(path, site="main", device="d") as ob:
+    with Outbox(path, site="main", device="d", intake=False) as ob:
         page = int(ob._conn.execute("PRAGMA page_size").fetchone()[0])
         for _ in range(300):  # about 1,200 pages of commits
             ob.put(_event(clock))
@@ -57,7 +59,7 @@ def test_checkpoint__the_backstop_bounds_the_wal_while_nothing_is_acknowledged(t
 def test_checkpoint__acks_keep_the_wal_small_and_lose_nothing(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "outbox.db"
-    with Outbox(path, site="main", device="d") as ob:
+    with Outbox(path, site="main", device="d", intake=False) as ob:
         page = int(ob._conn.execute("PRAGMA page_size").fetchone()[0])
         kept = []
         for i in range(200):
@@ -70,5 +72,5 @@ def test_checkpoint__acks_keep_the_wal_small_and_lose_nothing(tmp_path: Path) ->
         assert _wal_bytes(path) < ACK_CHECKPOINT_COMMITS * 8 * page
         assert _wal_pages(ob) < ACK_CHECKPOINT_COMMITS * 8
         assert [r.seq for r in ob.next_batch(0, 1000)] == kept
-    with Outbox(path, site="main", device="d") as again:
+    with Outbox(path, site="main", device="d", intake=False) as again:
         assert [r.seq for r in again.next_batch(0, 1000)] == kept

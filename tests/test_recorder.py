@@ -28,7 +28,12 @@ CLOCK = synced_clock()
 
 
 class WriteLock:
-    """Another connection holding the outbox's write lock, as a stuck writer or a slow disk would."""
+    """Another connection holding the outbox's write lock, as a stuck writer or a slow disk would.
+
+    The outboxes here commit straight to SQLite (``intake=False``): with the
+    intake a press needs SQLite only once the intake is full, and these tests
+    are about what happens then.
+    """
 
     def __init__(self, path: Path) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=10)
@@ -59,7 +64,7 @@ def stored(outbox: Outbox) -> dict[str, int]:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[tuple[Outbox, Recorder, WriteLock]]:
-    outbox = Outbox(tmp_path / "outbox.db", site="main", device="gate-1", busy_timeout_s=0.2)
+    outbox = Outbox(tmp_path / "outbox.db", site="main", device="gate-1", busy_timeout_s=0.2, intake=False)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device="gate-1", retry_s=0.1)
     lock = WriteLock(tmp_path / "outbox.db")
     yield outbox, recorder, lock
@@ -93,7 +98,7 @@ def test_recorder__held_while_locked_then_stored_in_seq_order_as_soon_as_writes_
 def test_recorder__memory_fallback_drops_non_alarms_first_and_counts_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outbox = Outbox(tmp_path / "outbox.db", site="main", device="gate-1", busy_timeout_s=0.1)
+    outbox = Outbox(tmp_path / "outbox.db", site="main", device="gate-1", busy_timeout_s=0.1, intake=False)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device="gate-1", max_held=3, retry_s=60)
     lock = WriteLock(tmp_path / "outbox.db").take()
     try:
@@ -136,7 +141,7 @@ class FaultyOutbox(Outbox):
 @pytest.mark.parametrize("fault", ["eviction", "insert"])
 def test_recorder__database_faults_never_raise_and_lose_nothing(tmp_path: Path, fault: str) -> None:
     """Issue 9 item 5: these escaped put_many raw and killed the inputs thread with its batch."""
-    outbox = FaultyOutbox(tmp_path / "outbox.db", site="main", device="gate-1")
+    outbox = FaultyOutbox(tmp_path / "outbox.db", site="main", device="gate-1", intake=False)
     setattr(outbox, f"{fault}_faults", 1)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device="gate-1", retry_s=0.05)
     try:
@@ -188,7 +193,7 @@ def test_recorder__held_alarm_is_sent_directly_while_the_outbox_stays_locked(
     from tests.support.uplinkrig import mqtt_cfg
 
     root = f"campus/main/{device}"
-    outbox = Outbox(tmp_path / "outbox.db", site="main", device=device, busy_timeout_s=0.2)
+    outbox = Outbox(tmp_path / "outbox.db", site="main", device=device, busy_timeout_s=0.2, intake=False)
     recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.2)
     central = Central(broker.port, topics=(f"{root}/event/#",))
     uplink = Uplink(

@@ -7,7 +7,6 @@ for the next start.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from agent.daemon import Agent
 from agent.notify import Notifier
 from tests.support.agentproc import write_config
 from tests.support.broker import Broker
+from tests.support.outboxfile import pending
 
 pytestmark = pytest.mark.broker
 
@@ -35,6 +35,5 @@ def test_agent__context_manager_repr_and_a_press_during_shutdown(tmp_path: Path,
     assert agent.recorder is not None
     panics = [e for e in agent.recorder.recent() if e["type"] == "panic"]
     assert len(panics) == 1, "the press made during shutdown was lost"
-    with sqlite3.connect(tmp_path / "outbox.db") as db:
-        on_disk = {r[0] for r in db.execute("SELECT id FROM outbox")}
+    on_disk = set(pending(tmp_path / "outbox.db"))
     assert panics[0]["delivered"] or panics[0]["id"] in on_disk, "recorded, but neither delivered nor on disk"

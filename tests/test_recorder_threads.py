@@ -91,7 +91,7 @@ def test_sender__sends_held_alarms_while_the_outbox_can_neither_read_nor_write(
     tmp_path: Path, broker: Broker, device: str
 ) -> None:
     root = f"campus/main/{device}"
-    outbox = Unusable(tmp_path / "outbox.db", site="main", device=device)
+    outbox = Unusable(tmp_path / "outbox.db", site="main", device=device, intake=False)  # no disk: no intake either
     recorder = Recorder(outbox, clock=CLOCK, site="main", device=device, retry_s=0.5)
     central = Central(broker.port, topics=(f"{root}/event/#",))
     uplink = Uplink(

@@ -155,6 +155,7 @@ class CameraConfig:
 class OutboxConfig:
     path: Path
     max_mb: float
+    intake: bool = True
 
 
 @dataclass(frozen=True)

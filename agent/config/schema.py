@@ -348,6 +348,7 @@ def build(root: Section) -> Config | None:
     outbox = OutboxConfig(
         path=ob.get("path", path_check(base), Path("/var/lib/campus-agent/outbox.db")),
         max_mb=ob.get("max_mb", number(1, 100000, "MiB"), 200.0),
+        intake=ob.get("intake", boolean, True),
     )
     ob.done()
     control = ControlConfig(socket=control_socket(root.section("control"), base))

@@ -1,0 +1,306 @@
+"""The outbox's intake (agent/outbox_intake.py): real files, crashes, a full intake, damaged blocks, I/O faults.
+
+A crash is a child process that records and exits with ``os._exit`` (nothing
+closed, nothing moved), or :func:`abandon`, which drops the outbox's files
+as the end of a process would.  Either way what was written without a sync
+is still in the page cache, as after a crash of the agent alone; a power cut
+is what the sync is for, and the CRC test covers a block cut short by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from agent import outbox_intake
+from agent.events import Event, EventType
+from agent.outbox import Outbox
+from agent.outbox_intake import SLOT_BYTES, SLOTS
+from tests.support.clocks import synced_clock
+from tests.support.outboxfile import intake_live, intake_path, pending
+
+CLOCK = synced_clock()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ev(kind: EventType = EventType.PANIC, source: str = "panic", *, test: bool = False) -> Event:
+    return Event.create(CLOCK, kind, source, test=test, data={"pin": 17})
+
+
+def in_sqlite(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT id, seq FROM outbox"))
+
+
+def abandon(ob: Outbox) -> None:
+    """The process ends here: its files close, nothing moves into SQLite, nothing more is synced."""
+    if ob._intake is not None:
+        ob._intake.close()
+    ob._acks._conn.close()
+    ob._conn.close()
+    ob._closed = True
+
+
+def test_intake__an_acknowledged_event_never_reaches_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        e = ev()
+        row = ob.put_row(e)
+        assert ob.pending() == 1
+        assert [r.id for r in ob.next_batch(0, 10)] == [e.id]
+        assert ob.get(row.seq) == row
+        assert ob.ack([row.seq]) == 1
+        assert ob.pending() == 0
+        assert ob.next_batch(0, 10) == []
+        assert intake_live(db) == {}
+    assert in_sqlite(db) == {}
+    with Outbox(db, site="s", device="d") as again:
+        assert again.put(ev()) == row.seq + 1, "seq never goes back, though SQLite never saw the first"
+
+
+def test_intake__a_clean_stop_moves_waiting_events_into_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        rows = ob.put_rows([ev(), ev(EventType.TAMPER, "lid"), ev(EventType.CAMERA_FAULT, "cam")])
+    assert in_sqlite(db) == {r.id: r.seq for r in rows}
+    assert intake_live(db) == {}
+    with Outbox(db, site="s", device="d") as again:
+        assert [r.id for r in again.next_batch(0, 10)] == [r.id for r in rows]
+        assert again.recovery.pending == 3
+
+
+def _crash_after(db: Path, code: str) -> list[tuple[str, int]]:
+    """Run ``code`` with ``ob`` open on ``db`` in a child that ends with os._exit; return what it printed."""
+    script = (
+        textwrap.dedent(
+            f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from agent.events import Event, EventType
+        from agent.outbox import Outbox
+        from tests.support.clocks import synced_clock
+        clock = synced_clock()
+        def ev(kind=EventType.PANIC):
+            return Event.create(clock, kind, "x", data={{}})
+        ob = Outbox({str(db)!r}, site="s", device="d")
+        """
+        )
+        + textwrap.dedent(code)
+        + "\nsys.stdout.flush()\nos._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    return [(i, int(s)) for i, s in (line.split() for line in out.stdout.splitlines())]
+
+
+def test_intake__after_a_crash_waiting_events_are_sent_in_seq_order_and_acked_ones_are_not(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    printed = _crash_after(
+        db,
+        """
+        rows = ob.put_rows([ev(), ev(EventType.CAMERA_FAULT)]) + [ob.put_row(ev()) for _ in range(3)]
+        ob.ack([rows[1].seq, rows[3].seq])
+        for r in rows:
+            print(r.id, r.seq)
+        """,
+    )
+    assert [s for _, s in printed] == [1, 2, 3, 4, 5]
+    waiting = [printed[i] for i in (0, 2, 4)]
+    assert in_sqlite(db) == {}
+    with Outbox(db, site="s", device="d") as ob:
+        assert [(r.id, r.seq) for r in ob.next_batch(0, 10)] == waiting
+        assert ob.pending() == 3
+        assert ob.recovery.pending == 3
+        assert ob.put(ev()) == 6
+        assert ob.ack([s for _, s in waiting]) == 3
+    assert {i for i, _ in printed} & set(in_sqlite(db)) == set()
+
+
+def test_intake__seq_survives_a_crash_when_every_event_was_acknowledged(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    printed = _crash_after(
+        db,
+        """
+        for _ in range(70):  # more than the intake's blocks: each is reused
+            r = ob.put_row(ev())
+            ob.ack([r.seq])
+        print(r.id, r.seq)
+        """,
+    )
+    assert printed[0][1] == 70
+    with Outbox(db, site="s", device="d") as ob:
+        assert ob.pending() == 0
+        assert ob.put(ev()) == 71
+
+
+def test_intake__when_full_the_next_commit_moves_everything_into_sqlite_in_seq_order(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        first = [ob.put_row(ev()) for _ in range(SLOTS)]
+        assert ob._intake is not None
+        assert ob._intake.free == 0
+        assert in_sqlite(db) == {}
+        extra = ob.put_row(ev(EventType.CAMERA_FAULT, "cam"))  # no room: SQLite, and the 64 move with it
+        assert extra.seq == SLOTS + 1
+        assert in_sqlite(db) == {r.id: r.seq for r in [*first, extra]}
+        assert intake_live(db) == {}
+        assert ob._intake.free == SLOTS
+        assert [r.seq for r in ob.next_batch(0, 1000)] == list(range(1, SLOTS + 2))
+        assert ob.ack([r.seq for r in first]) == SLOTS
+        again = ob.put_row(ev())
+        assert again.seq == SLOTS + 2
+        assert intake_live(db) == {again.id: (again.seq, "panic")}
+
+
+def test_intake__lanes_and_limits_merge_intake_and_sqlite_rows(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        old = ob.put_rows([ev(EventType.CAMERA_FAULT, "cam") for _ in range(SLOTS + 1)])  # too many: SQLite
+        fresh = [ob.put_row(ev()), ob.put_row(ev(test=True)), ob.put_row(ev(EventType.TAMPER, "lid"))]
+        assert set(intake_live(db)) == {r.id for r in fresh}
+        assert [r.seq for r in ob.next_batch(0, 3, urgent=True)] == [fresh[0].seq, fresh[2].seq]
+        assert [r.seq for r in ob.next_batch(old[-2].seq, 3, urgent=False)] == [old[-1].seq, fresh[1].seq]
+        assert [r.seq for r in ob.next_batch(old[-1].seq - 1, 2)] == [old[-1].seq, fresh[0].seq]
+        assert ob.stats().pending == len(old) + 3
+        assert ob.ack([old[0].seq, fresh[0].seq]) == 2
+        assert ob.pending() == len(old) + 1
+
+
+def test_intake__a_block_cut_short_is_skipped_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "outbox.db"
+    printed = _crash_after(
+        db,
+        """
+        for r in (ob.put_row(ev()), ob.put_row(ev())):
+            print(r.id, r.seq)
+        """,
+    )
+    live = intake_live(db)
+    assert set(live) == {i for i, _ in printed}
+    data = bytearray(intake_path(db).read_bytes())
+    blocks = [at for at in range(0, len(data), SLOT_BYTES) if data[at : at + 4] == outbox_intake.MAGIC]
+    victim = max(blocks, key=lambda at: int.from_bytes(data[at + 5 : at + 13], "little"))  # the newest: seq 2
+    data[victim + 200] ^= 0xFF  # inside its payload: as if the power went mid-write
+    intake_path(db).write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING), Outbox(db, site="s", device="d") as ob:
+        assert [(r.id, r.seq) for r in ob.next_batch(0, 10)] == [printed[0]]
+        assert "1 blocks were cut short" in caplog.text
+        assert ob.put(ev()) == 2, "seq 2 was never published (its block never synced whole), so it may be reused"
+
+
+def test_intake__a_failed_sync_falls_back_to_sqlite_with_the_same_seqs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        before = ob.put_row(ev())
+
+        def eio(_fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", eio)  # the intake calls os.fdatasync; SQLite syncs in C
+        rows = ob.put_rows([ev(), ev(EventType.TAMPER, "lid")])
+        assert [r.seq for r in rows] == [before.seq + 1, before.seq + 2], "no gap in seq"
+        assert ob._intake is None
+        assert "outbox intake" in caplog.text
+        assert "failed" in caplog.text
+        assert in_sqlite(db) == {r.id: r.seq for r in [before, *rows]}, "the waiting one moved with them"
+        monkeypatch.undo()
+        later = ob.put_row(ev())
+        assert later.seq == before.seq + 3
+        assert later.id in in_sqlite(db)
+        assert ob.pending() == 4
+
+
+def test_intake__an_unusable_intake_file_leaves_sqlite_alone_doing_the_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "outbox.db"
+    intake_path(db).mkdir()  # something that is not a file where the intake goes
+    with caplog.at_level(logging.WARNING), Outbox(db, site="s", device="d") as ob:
+        assert ob._intake is None
+        assert "cannot be used" in caplog.text
+        seq = ob.put(ev())
+        assert in_sqlite(db) == {ob.next_batch(0, 1)[0].id: seq}
+
+
+def test_intake__an_event_too_big_for_a_block_goes_to_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        big = Event.create(CLOCK, EventType.CAMERA_FAULT, "cam", data={"detail": "x" * SLOT_BYTES})
+        row = ob.put_row(big)
+        assert in_sqlite(db) == {big.id: row.seq}
+        assert intake_live(db) == {}
+
+
+class IntakeMachine(RuleBasedStateMachine):
+    """Puts, acks, clean stops and crashes in any order: what is pending is always exactly what is not acked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(os.environ["INTAKE_MACHINE_DIR"]) / f"m{id(self)}-{os.urandom(4).hex()}"
+        self.dir.mkdir()
+        self.db = self.dir / "outbox.db"
+        self.ob = Outbox(self.db, site="s", device="d")
+        self.waiting: dict[int, str] = {}  # seq -> id
+        self.top = 0
+
+    @rule(n=st.integers(1, 5), kinds=st.lists(st.sampled_from(list(EventType)[:4]), min_size=5, max_size=5))
+    def put(self, n: int, kinds: list[EventType]) -> None:
+        rows = self.ob.put_rows([ev(k) for k in kinds[:n]])
+        seqs = [r.seq for r in rows]
+        assert seqs == list(range(self.top + 1, self.top + n + 1)), "seqs follow on, no gap, never back"
+        self.top = seqs[-1]
+        self.waiting.update({r.seq: r.id for r in rows})
+
+    @rule(data=st.data())
+    def ack(self, data: st.DataObject) -> None:
+        if not self.waiting:
+            return
+        chosen = data.draw(st.lists(st.sampled_from(sorted(self.waiting)), unique=True, max_size=8))
+        assert self.ob.ack(chosen) == len(chosen)
+        for s in chosen:
+            del self.waiting[s]
+
+    @rule()
+    def stop_and_start(self) -> None:
+        self.ob.close()
+        assert intake_live(self.db) == {}
+        self.ob = Outbox(self.db, site="s", device="d")
+
+    @rule()
+    def crash_and_start(self) -> None:
+        abandon(self.ob)
+        self.ob = Outbox(self.db, site="s", device="d")
+
+    @invariant()
+    def pending_is_what_is_not_acked(self) -> None:
+        rows = self.ob.next_batch(0, 10_000)
+        assert [(r.seq, r.id) for r in rows] == sorted(self.waiting.items())
+        assert self.ob.pending() == len(self.waiting)
+        assert {i: s for i, (s, _t) in pending(self.db).items()} == {i: s for s, i in self.waiting.items()}
+
+    def teardown(self) -> None:
+        self.ob.close()
+
+
+def test_intake__any_order_of_puts_acks_stops_and_crashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTAKE_MACHINE_DIR", str(tmp_path))
+    run_state_machine_as_test(
+        IntakeMachine,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
