@@ -36,7 +36,7 @@ from bench.common import Procs, agent_config, remove_socket_dirs, start_broker, 
 from bench.delivery import first_arrivals  # noqa: E402
 from bench.presser import connected_agent, panic_pin, press_loop  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
-from agent import inputs, outbox, recorder, uplink  # noqa: E402
+from agent import inputs, outbox, outbox_intake, recorder, uplink  # noqa: E402
 
 # (mark, class, method, when): the button's path in the order a press walks it.  Where the code has
 # changed a name, the first method of a "a|b" list that exists is marked.
@@ -47,6 +47,8 @@ MARKS: tuple[tuple[str, Any, str, str], ...] = (
     ("put", outbox.Outbox, "put_rows|put_many", "enter"),
     ("sql", outbox.Outbox, "_insert", "enter"),
     ("sql_done", outbox.Outbox, "_insert", "exit"),
+    ("block", outbox_intake.Intake, "write", "enter"),
+    ("block_synced", outbox_intake.Intake, "write", "exit"),
     ("committed", outbox.Outbox, "put_rows|put_many", "exit"),
     ("wake", uplink.Uplink, "offer|wake", "enter"),
     ("record_done", recorder.Recorder, "record_deferring|record_many", "exit"),
@@ -121,6 +123,8 @@ PATH = (
     "put",
     "sql",
     "sql_done",
+    "block",
+    "block_synced",
     "committed",
     "wake",
     "send_round",
