@@ -79,8 +79,12 @@ class _Input:
         self.last_test: str | None = None
 
     def pin_changed(self, _ticks: object, state: object) -> None:
-        """Runs on gpiozero's callback thread; ``state`` is the pin's new level (high = 1)."""
-        self._raw_edge(self.cfg.name, pin_low=not state)
+        """Runs on gpiozero's callback thread; ``state`` is the pin's new level (high = 1).
+
+        lgpio reports a watchdog timeout as level 2, which is no edge.
+        """
+        if state == 0 or state == 1:  # noqa: PLR1714 - a bool is 0 or 1 too; `in (0, 1)` reads as a type test
+            self._raw_edge(self.cfg.name, pin_low=not state)
 
     def active_from_raw(self, pin_low: bool) -> bool:
         return pin_low if self.cfg.contact is Contact.NORMALLY_OPEN else not pin_low
@@ -160,13 +164,14 @@ class Inputs(Closing):
                     "check that no other program uses the pin and the user is in the gpio group",
                 ) from exc
             item = _Input(cfg, button, self._raw_edge)
-            now = self._clock.stamp()
-            initial = item.active_from_raw(bool(button.is_active))
             self._inputs[cfg.name] = item
             # The pin's own callback, not the device's when_activated: gpiozero's event layer (value
             # mapping, active-time bookkeeping) cost 65 µs of every press; the debouncer ignores a
             # level reported twice.  The pin keeps only a weak reference: _inputs holds the item.
+            # Set before the level is read, so no edge falls between the two.
             button.pin.when_changed = item.pin_changed
+            now = self._clock.stamp()
+            initial = item.active_from_raw(bool(button.is_active))
             if initial:
                 log.warning("input %s (GPIO%d) is active at start; treating it as a new activation", cfg.name, cfg.pin)
                 item.debouncer.edge(level=True, stamp=now)

@@ -38,7 +38,7 @@ from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
 from agent.outbox_db import Recovery, close_checkpointed, count, is_full, last_seq, open_or_recover, raise_seq
-from agent.outbox_intake import MAX_PAYLOAD, Intake, payload_of
+from agent.outbox_intake import MAX_PAYLOAD, Found, Intake, payload_of
 from agent.outbox_lanes import select_batch, select_one
 from agent.outbox_rows import OutboxRow, OutboxStats, Row, stored
 
@@ -54,13 +54,40 @@ _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?
 _MOVE_IN = "INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
+def _open_intake(path: Path) -> tuple[Intake, Found] | None:
+    """The intake and what it holds; None (logged) when it cannot be used: SQLite then takes every event.
+
+    Raises:
+        OutboxError: the file exists but cannot be read back (its events would be lost unseen).
+
+    """
+    try:
+        intake = Intake(path)
+    except OSError as exc:
+        log.warning("outbox intake %s cannot be used (%s); every event is committed to SQLite instead", path, exc)
+        return None
+    try:
+        found = intake.read()
+    except OSError as exc:
+        intake.close()
+        raise OutboxError(f"outbox intake {path} cannot be read: {exc}; check the disk") from exc
+    if found.damaged:
+        log.warning(
+            "outbox intake %s: %d blocks were cut short by a power cut or crash; their events were never "
+            "published or reported recorded",
+            path,
+            found.damaged,
+        )
+    return intake, found
+
+
 class Outbox(ClosingFile):
     """SQLite outbox shared by the input threads (put) and the sender (batch/ack).
 
     One connection behind one lock: puts are short and the lock is never held
     across network I/O, so a slow broker never delays recording a press.
 
-    A new event is first made durable in the intake (agent/outbox_intake.py)
+    A new alarm is first made durable in the intake (agent/outbox_intake.py)
     when it has room: one block and one ``fdatasync`` instead of a SQLite
     commit.  Such a row is pending like any other (:meth:`next_batch`,
     :meth:`get`, :meth:`ack`, :meth:`pending` see it); it moves into SQLite
@@ -96,21 +123,39 @@ class Outbox(ClosingFile):
         self._disk_low = False
         self._dropped_dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn, self.recovery = open_or_recover(self.path, busy_timeout_s, seq_mark)
-        self._log_recovery(self.recovery)
-        self._top = last_seq(self._conn)  # highest seq used or reserved
-        self._reserved_top = 0  # highest seq reserved for an event held in memory
-        self._acks = Acks(self.path, busy_timeout_s)  # deletes and WAL checkpoints (outbox_acks.py)
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={PUT_CHECKPOINT_PAGES}")
-        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-        self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
-        self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
         self._live: dict[int, OutboxRow] = {}  # seq -> row on disk in the intake only; in seq order
-        self._intake = self._open_intake() if intake else None
-        self._pending = count(self._conn) + len(self._live)
-        self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
-        self._dropped = self._meta("dropped")
-        self._refresh_limits(force=True)
+        self._intake: Intake | None = None
+        opened = _open_intake(self.path.with_name(self.path.name + ".intake")) if intake else None
+        try:
+            self._conn, self.recovery = open_or_recover(
+                self.path, busy_timeout_s, seq_mark, outside_top=opened[1].top if opened else 0
+            )
+        except BaseException:
+            if opened is not None:
+                opened[0].close()
+            raise
+        try:
+            self._log_recovery(self.recovery)
+            self._top = last_seq(self._conn)  # highest seq used or reserved
+            self._reserved_top = 0  # highest seq reserved for an event held in memory
+            self._acks = Acks(self.path, busy_timeout_s)  # deletes and WAL checkpoints (outbox_acks.py)
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={PUT_CHECKPOINT_PAGES}")
+            self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+            self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
+            self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
+            if opened is not None:
+                self._adopt(*opened)
+            self._pending = count(self._conn) + len(self._live)
+            self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
+            self._dropped = self._meta("dropped")
+            self._refresh_limits(force=True)
+        except BaseException:
+            if opened is not None:
+                opened[0].close()
+            with contextlib.suppress(Exception):
+                self._acks.close()
+            self._conn.close()
+            raise
 
     def _log_recovery(self, rec: Recovery) -> None:
         if rec.moved_aside is not None:
@@ -131,26 +176,9 @@ class Outbox(ClosingFile):
                 rec.seq_resumed_above,
             )
 
-    def _open_intake(self) -> Intake | None:
-        """Open the intake and adopt what a stop left there: its pending events and its highest seq."""
-        path = self.path.with_name(self.path.name + ".intake")
-        try:
-            intake = Intake(path)
-        except OSError as exc:
-            log.warning("outbox intake %s cannot be used (%s); every event is committed to SQLite instead", path, exc)
-            return None
-        try:
-            found = intake.read()
-        except OSError as exc:
-            intake.close()
-            raise OutboxError(f"outbox intake {path} cannot be read: {exc}; check the disk") from exc
-        if found.damaged:
-            log.warning(
-                "outbox intake %s: %d blocks were cut short by a power cut or crash; their events were never "
-                "published or reported recorded",
-                path,
-                found.damaged,
-            )
+    def _adopt(self, intake: Intake, found: Found) -> None:
+        """Take over what a stop left in the intake: its pending events and its highest seq."""
+        path = intake.path
         seqs = [row.seq for row in found.live]
         there = {
             int(r[0])
@@ -171,7 +199,7 @@ class Outbox(ClosingFile):
         if found.top > self._top:
             self._top = found.top
             self._reserved_top = found.top  # the next SQLite commit raises AUTOINCREMENT above it
-        return intake
+        self._intake = intake
 
     def _drop_intake(self, exc: OSError) -> None:
         assert self._intake is not None
@@ -276,14 +304,21 @@ class Outbox(ClosingFile):
             self._intake.done(seqs)
 
     def _take_in(self, events: list[Event]) -> list[OutboxRow] | None:
-        """Make ``events`` durable in the intake and return their rows; None when it has no room for them.
+        """Make ``events`` durable in the intake and return their rows; None when they do not go there.
+
+        Only a batch of alarms goes there, and only when every one fits a
+        free block.  If the intake fails under them, they are committed to
+        SQLite with the seqs they were given; if that fails too, those seqs
+        stay unused (a gap, as for an evicted event) and the caller holds the
+        events in memory under new ones.
 
         Raises:
             OutboxError, OutboxFullError: the intake failed and so did the SQLite commit that replaced it.
 
         """
-        if self._intake is None or self._intake.free < len(events):
-            return None
+        intake = self._intake
+        if intake is None or intake.free < len(events) or not all(e.type.is_alarm for e in events):
+            return None  # a non-alarm waiting there could be neither evicted nor kept out of the alarms' reserve
         bodies = [e.body(self._site, self._device) for e in events]
         payloads = [payload_of(e.id, e.type.value, b) for e, b in zip(events, bodies, strict=True)]
         if any(len(p) > MAX_PAYLOAD for p in payloads):
@@ -480,7 +515,7 @@ class Outbox(ClosingFile):
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged rows, not fsynced (agent/outbox_acks.py); return how many were still there."""
-        keys = list(seqs)
+        keys = list(dict.fromkeys(seqs))
         if not keys:
             return 0
         with self._acks.lock, self._lock:

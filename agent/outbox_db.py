@@ -81,7 +81,7 @@ def connect(path: Path, busy_s: float) -> sqlite3.Connection:
 
 
 def close_checkpointed(conn: sqlite3.Connection) -> None:
-    """Fold the WAL back into the database file (best effort), then close: a stopped Pi leaves one file."""
+    """Fold the WAL back into the database file (best effort), then close: no -wal or -shm is left behind."""
     with contextlib.suppress(sqlite3.Error):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -109,8 +109,13 @@ def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:
     return conn
 
 
-def open_or_recover(path: Path, busy_s: float, seq_mark: int) -> tuple[sqlite3.Connection, Recovery]:
+def open_or_recover(
+    path: Path, busy_s: float, seq_mark: int, outside_top: int = 0
+) -> tuple[sqlite3.Connection, Recovery]:
     """Open ``path``; move a corrupt file aside and salvage it; keep seq above ``seq_mark``.
+
+    ``outside_top``: the highest seq kept outside SQLite (the intake's), which
+    counts as the file's own when it is compared with the mark.
 
     Restartable: salvage looks for every moved-aside file not yet salvaged,
     so a crash between moving a file and the salvage commit loses nothing.
@@ -131,7 +136,7 @@ def open_or_recover(path: Path, busy_s: float, seq_mark: int) -> tuple[sqlite3.C
         raise OutboxError(f"cannot open outbox {path}: {exc}; check the folder exists and is writable") from exc
     try:
         aside, salvaged = salvage_leftovers(path, conn)
-        top = last_seq(conn)
+        top = max(last_seq(conn), outside_top)
         floor = seq_mark + SEQ_MARGIN if seq_mark > top else None
         if floor is not None:
             # Below the state file's mark: not the file the mark came from (deleted, replaced, moved).

@@ -21,9 +21,13 @@ The file is ``SLOTS`` blocks of ``SLOT_BYTES``; one event per block:
   written without a sync: if a power cut loses it, the event is sent once
   more after the restart, which the contract allows (ids de-duplicate);
   syncing would cost every ack a disk flush.
-* A ``DONE`` block is reused only for a higher seq, so the highest seq ever
-  written is always in the file: a restart never hands out a lower seq even
-  if every event since the last SQLite commit went through here.
+* The block holding the highest seq written is never reused: it is the
+  file's memory of that seq, so a restart never hands out a lower one even if
+  every event since the last SQLite commit went through here, and a write cut
+  short by a power cut can only damage a block whose seq was never published.
+  It is freed when a later write holds a higher seq.
+* Only alarms come here (the outbox decides): a non-alarm that waits here
+  could neither be evicted nor kept out of the alarms' reserve.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class Intake(ClosingFile):
         self.path = path
         self._slots = slots
         self._slot_of: dict[int, int] = {}  # seq -> block, for the blocks in use
+        self._top: tuple[int, int] | None = None  # (seq, block) of the highest seq written: never reused
         self._closed = False
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -114,7 +119,7 @@ class Intake(ClosingFile):
                 else:
                     # Written, not fallocated: a write into an unwritten extent is a metadata change, which
                     # would make every first fdatasync of a block commit the filesystem's journal.
-                    os.pwrite(self._fd, bytes(slots * SLOT_BYTES - size), size)  # ENOSPC now, never at a press
+                    _pwrite_all(self._fd, bytes(slots * SLOT_BYTES - size), size)  # ENOSPC now, never at a press
                 os.fsync(self._fd)
                 _sync_dir(path.parent)
         except BaseException:
@@ -126,8 +131,9 @@ class Intake(ClosingFile):
         """Every block's event: the live ones (in seq order) stay claimed, the others become free."""
         data = os.pread(self._fd, self._slots * SLOT_BYTES, 0)
         live: list[tuple[int, OutboxRow]] = []
-        top = damaged = 0
+        damaged = 0
         free = []
+        self._top = None
         for i in range(self._slots):
             block = data[i * SLOT_BYTES : (i + 1) * SLOT_BYTES]
             got = decode(block)
@@ -136,25 +142,16 @@ class Intake(ClosingFile):
                 free.append(i)
                 continue
             state, row = got
-            top = max(top, row.seq)
+            if self._top is None or row.seq > self._top[0]:
+                self._top = (row.seq, i)
             if state == LIVE:
                 live.append((i, row))
             else:
                 free.append(i)
         live.sort(key=lambda t: t[1].seq)
         self._slot_of = {row.seq: i for i, row in live}
-        self._free = self._order_free(free, data)
-        return Found([row for _, row in live], top, damaged)
-
-    @staticmethod
-    def _order_free(free: list[int], data: bytes) -> list[int]:
-        """Free blocks, the one holding the highest seq last: it is the file's memory of that seq."""
-
-        def seq_in(i: int) -> int:
-            got = decode(data[i * SLOT_BYTES : (i + 1) * SLOT_BYTES])
-            return got[1].seq if got is not None else -1
-
-        return sorted(free, key=seq_in, reverse=True)
+        self._free = [i for i in free if self._top is None or i != self._top[1]]
+        return Found([row for _, row in live], 0 if self._top is None else self._top[0], damaged)
 
     @property
     def free(self) -> int:
@@ -172,13 +169,17 @@ class Intake(ClosingFile):
             for row, payload in zip(rows, payloads, strict=True):
                 i = self._free.pop()
                 used.append(i)
-                os.pwrite(self._fd, encode(row, payload), i * SLOT_BYTES)
+                _pwrite_all(self._fd, encode(row, payload), i * SLOT_BYTES)
             os.fdatasync(self._fd)
         except BaseException:
             self._free.extend(reversed(used))
             raise
         for row, i in zip(rows, used, strict=True):
             self._slot_of[row.seq] = i
+        last = max(zip(rows, used, strict=True), key=lambda t: t[0].seq)
+        old, self._top = self._top, (last[0].seq, last[1])
+        if old is not None and old[0] < last[0].seq and old[0] not in self._slot_of:
+            self._free.insert(0, old[1])  # done, and no longer the file's top
 
     def done(self, seqs: Iterable[int]) -> None:
         """Mark these events' blocks done (not synced: see the module doc) and free them."""
@@ -191,7 +192,8 @@ class Intake(ClosingFile):
             except OSError as exc:
                 # The block stays LIVE on disk: a restart sends its event once more.
                 log.warning("outbox intake %s: cannot mark seq %d done (%s); it may be sent again", self.path, seq, exc)
-            self._free.insert(0, i)  # reused last: the block with the newest seq stays longest
+            if self._top is None or i != self._top[1]:
+                self._free.insert(0, i)  # reused last; the top's block stays until a higher seq is written
 
     def holds(self, seq: int) -> bool:
         return seq in self._slot_of
@@ -213,6 +215,16 @@ class Intake(ClosingFile):
 
     def _repr_state(self) -> str:
         return f"in_use={len(self._slot_of)} free={len(self._free)}"
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` until every byte is written: a short write to a regular file is rare, not impossible."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(f"pwrite wrote {n} bytes")
+        view, offset = view[n:], offset + n
 
 
 def _sync_dir(folder: Path) -> None:

@@ -50,7 +50,10 @@ def _timed_puts(ob: Outbox, events: list[Event], fsync_path: Path | None = None)
 
 
 def enqueue(work: Path, n: int, reps: int) -> dict[str, Any]:
-    """``outbox.put`` of an alarm (one commit each) against one ``write``+``fsync`` of the same bytes.
+    """``outbox.put`` of an alarm against one ``write``+``fsync`` of the same bytes.
+
+    Nothing is acknowledged (the link is down): 64 puts in a row go to the
+    intake, the next one commits them all to SQLite with itself, and so on.
 
     Each repetition uses a fresh outbox and a file beside it, on the outbox's
     filesystem, and alternates one timed write+fsync with one timed put; the

@@ -132,6 +132,29 @@ def test_inputs__press_on_mock_pin_is_one_panic_after_debounce(
     inputs.close()
 
 
+def test_inputs__the_pins_own_callback_takes_levels_0_and_1_and_ignores_lgpio_s_watchdog_level(
+    mock_factory: Any, fake_clock: tuple[FakeTime, Clock]
+) -> None:
+    """The inputs take gpiozero's Pin.when_changed (ticks, level); lgpio reports a watchdog timeout as level 2."""
+    mono, clock = fake_clock
+    rec = Recorder()
+    inputs = Inputs((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=clock, emit=rec)
+    inputs.arm(start_thread=False)
+    callback = mock_factory.pin(17).when_changed
+    callback(0, 2)  # no edge: a pressed button would otherwise be read as released, or the reverse
+    callback(0, 0)  # low: pressed
+    inputs.poll(mono.t)
+    callback(0, 2)
+    mono.t += 0.01
+    inputs.poll(mono.t)
+    assert rec.kinds() == [("panic", "panic")]
+    assert inputs.states()["panic"].state == "active"
+    callback(0, True)  # the mock's level is a bool
+    inputs.poll(mono.t)
+    assert inputs.states()["panic"].state == "ok"
+    inputs.close()
+
+
 def test_inputs__normally_closed_cut_wire_is_active(mock_factory: Any, fake_clock: tuple[FakeTime, Clock]) -> None:
     mono, clock = fake_clock
     rec = Recorder()

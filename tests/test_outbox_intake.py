@@ -9,6 +9,7 @@ is what the sync is for, and the CRC test covers a block cut short by one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from agent import outbox_intake
+from agent.errors import OutboxFullError
 from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.outbox_intake import SLOT_BYTES, SLOTS
@@ -35,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ev(kind: EventType = EventType.PANIC, source: str = "panic", *, test: bool = False) -> Event:
     return Event.create(CLOCK, kind, source, test=test, data={"pin": 17})
+
+
+def ev_with(kind: EventType, **data: object) -> Event:
+    return Event.create(CLOCK, kind, "x", data=data)
 
 
 def in_sqlite(db: Path) -> dict[str, int]:
@@ -71,7 +77,8 @@ def test_intake__an_acknowledged_event_never_reaches_sqlite(tmp_path: Path) -> N
 def test_intake__a_clean_stop_moves_waiting_events_into_sqlite(tmp_path: Path) -> None:
     db = tmp_path / "outbox.db"
     with Outbox(db, site="s", device="d") as ob:
-        rows = ob.put_rows([ev(), ev(EventType.TAMPER, "lid"), ev(EventType.CAMERA_FAULT, "cam")])
+        rows = ob.put_rows([ev(), ev(EventType.TAMPER, "lid"), ev(test=True)])
+        assert in_sqlite(db) == {}
     assert in_sqlite(db) == {r.id: r.seq for r in rows}
     assert intake_live(db) == {}
     with Outbox(db, site="s", device="d") as again:
@@ -107,7 +114,7 @@ def test_intake__after_a_crash_waiting_events_are_sent_in_seq_order_and_acked_on
     printed = _crash_after(
         db,
         """
-        rows = ob.put_rows([ev(), ev(EventType.CAMERA_FAULT)]) + [ob.put_row(ev()) for _ in range(3)]
+        rows = ob.put_rows([ev(), ev(EventType.TAMPER)]) + [ob.put_row(ev()) for _ in range(3)]
         ob.ack([rows[1].seq, rows[3].seq])
         for r in rows:
             print(r.id, r.seq)
@@ -153,7 +160,7 @@ def test_intake__when_full_the_next_commit_moves_everything_into_sqlite_in_seq_o
         assert extra.seq == SLOTS + 1
         assert in_sqlite(db) == {r.id: r.seq for r in [*first, extra]}
         assert intake_live(db) == {}
-        assert ob._intake.free == SLOTS
+        assert ob._intake.free == SLOTS - 1, "the block with the top seq is kept until a higher one is written"
         assert [r.seq for r in ob.next_batch(0, 1000)] == list(range(1, SLOTS + 2))
         assert ob.ack([r.seq for r in first]) == SLOTS
         again = ob.put_row(ev())
@@ -161,10 +168,84 @@ def test_intake__when_full_the_next_commit_moves_everything_into_sqlite_in_seq_o
         assert intake_live(db) == {again.id: (again.seq, "panic")}
 
 
+def test_intake__a_crash_after_acknowledged_alarms_is_no_replaced_outbox(tmp_path: Path) -> None:
+    """The state file's mark (top_seq() at every tick) counts intake seqs SQLite never saw: no false alarm."""
+    db = tmp_path / "outbox.db"
+    ob = Outbox(db, site="s", device="d")
+    for _ in range(3):
+        ob.ack([ob.put_row(ev()).seq])
+    mark = ob.top_seq()
+    abandon(ob)
+    with Outbox(db, site="s", device="d", seq_mark=mark) as again:
+        assert again.recovery.seq_resumed_above is None
+        assert again.put(ev()) == mark + 1
+    intake_path(db).unlink()
+    with Outbox(db, site="s", device="d", seq_mark=mark + 5) as third:  # a mark above both files: replaced
+        assert third.recovery.seq_resumed_above is not None
+
+
+def test_intake__non_alarms_go_to_sqlite_so_they_never_take_the_alarms_reserve(tmp_path: Path) -> None:
+    """Camera faults while the link is down fill SQLite's non-alarm share, never the intake: the press still fits."""
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d", max_mb=0.25, intake=False) as ob:
+        seqs = []
+        with pytest.raises(OutboxFullError):
+            for _ in range(5000):
+                seqs.append(ob.put(ev_with(EventType.PANIC, note="y" * 1500)))
+        ob.ack(seqs[:4])  # room for a few alarms again
+    with Outbox(db, site="s", device="d", max_mb=0.25) as ob:
+        for _ in range(SLOTS):
+            with contextlib.suppress(OutboxFullError):  # the reserve is for alarms
+                ob.put(ev_with(EventType.CAMERA_FAULT, detail="z" * 1500))
+        assert intake_live(db) == {}
+        press = ob.put_row(ev_with(EventType.PANIC, note="y" * 1500))
+        assert intake_live(db) == {press.id: (press.seq, "panic")}
+
+
+def test_intake__a_write_cut_short_never_costs_the_top_seq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block holding the highest seq is never the one a new write goes to, so a torn write cannot lose it."""
+    db = tmp_path / "outbox.db"
+    ob = Outbox(db, site="s", device="d")
+    waiting = [ob.put_row(ev(EventType.TAMPER, "lid")) for _ in range(SLOTS - 2)]
+    alarm = ob.put_row(ev())
+    ob.ack([alarm.seq])  # the top seq's block is done, but kept
+    assert ob._intake is not None
+    assert ob._intake.free == 1
+    real = os.pwrite
+    torn_at: list[int] = []
+
+    def torn(fd: int, data: bytes, offset: int) -> int:
+        if len(data) > 100:  # a block: the power goes after its first 24 bytes
+            torn_at.append(offset)
+            real(fd, bytes(data[:16]) + bytes(8), offset)
+            raise KeyboardInterrupt
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", torn)
+    with pytest.raises(KeyboardInterrupt):
+        ob.put_row(ev())
+    monkeypatch.undo()
+    abandon(ob)
+    data = intake_path(db).read_bytes()
+    assert outbox_intake.decode(data[torn_at[0] : torn_at[0] + SLOT_BYTES]) is None, "the torn block is damaged"
+    with Outbox(db, site="s", device="d") as again:
+        assert again.put(ev()) == alarm.seq + 1, "the published seq is never handed out again"
+        assert again.pending() == len(waiting) + 1
+
+
+def test_intake__an_ack_naming_a_seq_twice_counts_it_once(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "outbox.db", site="s", device="d") as ob:
+        row = ob.put_row(ev())
+        other = ob.put_row(ev())
+        assert ob.ack([row.seq, row.seq]) == 1
+        assert ob.pending() == 1
+        assert [r.seq for r in ob.next_batch(0, 10)] == [other.seq]
+
+
 def test_intake__lanes_and_limits_merge_intake_and_sqlite_rows(tmp_path: Path) -> None:
     db = tmp_path / "outbox.db"
     with Outbox(db, site="s", device="d") as ob:
-        old = ob.put_rows([ev(EventType.CAMERA_FAULT, "cam") for _ in range(SLOTS + 1)])  # too many: SQLite
+        old = ob.put_rows([ev(EventType.CAMERA_FAULT, "cam") for _ in range(SLOTS + 1)])  # non-alarms: SQLite
         fresh = [ob.put_row(ev()), ob.put_row(ev(test=True)), ob.put_row(ev(EventType.TAMPER, "lid"))]
         assert set(intake_live(db)) == {r.id for r in fresh}
         assert [r.seq for r in ob.next_batch(0, 3, urgent=True)] == [fresh[0].seq, fresh[2].seq]
