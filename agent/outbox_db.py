@@ -129,7 +129,7 @@ def open_or_recover(
                 raise OutboxError(
                     f"cannot open outbox {path}: {exc}; check the folder exists and is writable by this user",
                 ) from exc
-            reason = str(exc)
+            reason = " ".join(str(exc).split())  # quick_check's report spans lines; a log line must not
             move_aside(path, exc)
             conn = _open_checked(path, busy_s)
     except OSError as exc:

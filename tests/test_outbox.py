@@ -160,6 +160,24 @@ def test_outbox__corrupt_file_is_moved_aside_loudly(tmp_path: Path, caplog: pyte
     ob.close()
 
 
+def test_outbox__a_damaged_page_is_reported_on_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """quick_check's report spans lines ("*** in database main ***", then the page): journald wants one line."""
+    path = tmp_path / "outbox.db"
+    with Outbox(path, site="s", device="d", intake=False) as ob:
+        for _ in range(300):
+            ob.put(ev())
+    data = bytearray(path.read_bytes())
+    data[6 * 4096 : 7 * 4096] = b"\x07" * 4096  # page 7, a b-tree page: "btreeInitPage() returns error code 11"
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.CRITICAL), Outbox(path, site="s", device="d") as again:
+        assert again.recovery.moved_aside is not None
+        assert again.recovery.reason is not None
+        assert "\n" not in again.recovery.reason
+    [line] = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert "\n" not in line
+    assert "*** in database main *** Page 7" in line
+
+
 def test_outbox__damaged_file_is_salvaged_and_seq_continues(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     with Outbox(path, site="s", device="d") as ob:
