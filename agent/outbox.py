@@ -526,7 +526,8 @@ class Outbox(ClosingFile):
                 self._pending -= len(live)
                 if len(live) == len(keys):
                     return len(live)
-                keys = [k for k in keys if k not in set(live)]
+                done = set(live)
+                keys = [k for k in keys if k not in done]
             self._acks.checkpoint_if_due()  # on the sender's thread, after a PUBACK: not in a press's COMMIT
             removed = self._acks.delete(keys)
             self._pending -= removed
