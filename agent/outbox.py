@@ -40,7 +40,7 @@ from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
 from agent.outbox_db import Recovery, close_checkpointed, count, is_full, last_seq, open_or_recover, raise_seq
 from agent.outbox_intake import MAX_PAYLOAD, Found, Intake, payload_of
 from agent.outbox_lanes import select_batch, select_one
-from agent.outbox_rows import OutboxRow, OutboxStats, Row, stored
+from agent.outbox_rows import OutboxRow, OutboxStats, Row, as_row, stored
 
 log = logging.getLogger(__name__)
 
@@ -281,15 +281,13 @@ class Outbox(ClosingFile):
             self._make_room_for_non_alarm()
         moving = list(self._live.values())
         with self._txn():
-            for r in moving:  # lower seqs than ``rows``: first, so AUTOINCREMENT stays above them
-                self._conn.execute(_MOVE_IN, (r.seq, r.id, r.type, int(r.alarm), round(r.created * 1000), r.body))
+            self._move_in(moving)  # lower seqs than ``rows``: first, so AUTOINCREMENT stays above them
             if self._reserved_top:
                 raise_seq(self._conn, self._reserved_top)  # AUTOINCREMENT must never pick a reserved seq
             if self._dropped_dirty:
                 self._save_dropped()
             seqs = [int(self._conn.execute(_INSERT, row).lastrowid or 0) for row in rows]
-        if moving:
-            self._moved_in([r.seq for r in moving])
+        self._let_go([r.seq for r in moving])
         self._pending += len(seqs)
         self._acks.commits += 1
         self._dropped_dirty = False
@@ -297,7 +295,15 @@ class Outbox(ClosingFile):
             self._top = max(self._top, *seqs)
         return seqs
 
-    def _moved_in(self, seqs: list[int]) -> None:
+    def _move_in(self, rows: list[OutboxRow]) -> None:
+        """Insert intake rows into SQLite; inside the caller's transaction."""
+        for r in rows:
+            self._conn.execute(_MOVE_IN, as_row(r))
+
+    def _let_go(self, seqs: list[int]) -> None:
+        """These intake rows are acknowledged or in SQLite now: forget them and mark their blocks done."""
+        if not seqs:
+            return
         for seq in seqs:
             del self._live[seq]
         if self._intake is not None:
@@ -341,19 +347,16 @@ class Outbox(ClosingFile):
                 intake.write(rows, payloads)
             except OSError as exc:
                 self._drop_intake(exc)
-                return self._commit_as_given(rows, created_ms)
+                return self._commit_as_given(rows)
             for row in rows:
                 self._live[row.seq] = row
             self._pending += len(rows)
         return rows
 
-    def _commit_as_given(self, rows: list[OutboxRow], created_ms: int) -> list[OutboxRow]:
+    def _commit_as_given(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """Commit rows whose seqs are already given (the intake failed under them); hold the lock."""
         try:
-            self._insert(
-                [(r.seq, r.id, r.type, int(r.alarm), created_ms, r.body) for r in rows],
-                all_alarms=all(r.alarm for r in rows),
-            )
+            self._insert([as_row(r) for r in rows], all_alarms=all(r.alarm for r in rows))
         except sqlite3.Error as exc:
             err = OutboxFullError if is_full(exc) else OutboxError
             raise err(f"outbox {self.path}: cannot record {len(rows)} events: {exc}") from exc
@@ -522,7 +525,7 @@ class Outbox(ClosingFile):
             self._check_open()
             live = [k for k in keys if k in self._live]
             if live:  # done without SQLite seeing them
-                self._moved_in(live)
+                self._let_go(live)
                 self._pending -= len(live)
                 if len(live) == len(keys):
                     return len(live)
@@ -576,10 +579,9 @@ class Outbox(ClosingFile):
         moving = list(self._live.values())
         try:
             with self._txn():
-                for r in moving:
-                    self._conn.execute(_MOVE_IN, (r.seq, r.id, r.type, int(r.alarm), round(r.created * 1000), r.body))
+                self._move_in(moving)
                 raise_seq(self._conn, self._top)
-            self._moved_in([r.seq for r in moving])
+            self._let_go([r.seq for r in moving])
             intake.sync()
         except (sqlite3.Error, OSError) as exc:
             log.warning(

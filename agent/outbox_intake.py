@@ -195,9 +195,6 @@ class Intake(ClosingFile):
             if self._top is None or i != self._top[1]:
                 self._free.insert(0, i)  # reused last; the top's block stays until a higher seq is written
 
-    def holds(self, seq: int) -> bool:
-        return seq in self._slot_of
-
     def sync(self) -> None:
         """Make the done marks durable too (at a clean stop: no event is sent twice after it)."""
         os.fdatasync(self._fd)

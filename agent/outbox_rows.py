@@ -51,6 +51,11 @@ class OutboxStats:
     last_seq: int
 
 
+def as_row(r: OutboxRow) -> Row:
+    """The insert's tuple for a row that already has its seq (the inverse of :func:`stored`)."""
+    return (r.seq, r.id, r.type, int(r.alarm), round(r.created * 1000), r.body)
+
+
 def stored(row: Row, seq: int) -> OutboxRow:
     """The row as committed under ``seq``, as :meth:`Outbox.next_batch` would read it back."""
     return OutboxRow(seq, row[1], row[2], bool(row[3]), row[4] / 1000.0, row[5])

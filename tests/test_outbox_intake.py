@@ -302,6 +302,52 @@ def test_intake__a_failed_sync_falls_back_to_sqlite_with_the_same_seqs(
         assert ob.pending() == 4
 
 
+def test_intake__short_writes_are_carried_on_until_the_block_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A regular file may take fewer bytes than asked: creation and every block still write whole."""
+    real = os.pwrite
+    calls: list[int] = []
+
+    def short(fd: int, data: bytes, offset: int) -> int:
+        calls.append(len(data))
+        return real(fd, bytes(data[:100]), offset)
+
+    monkeypatch.setattr(os, "pwrite", short)
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        rows = ob.put_rows([ev(), ev(EventType.TAMPER, "lid")])
+        assert intake_path(db).stat().st_size == SLOTS * SLOT_BYTES
+        assert intake_live(db) == {r.id: (r.seq, r.type) for r in rows}, "each block decodes: CRC and all"
+        ob.ack([r.seq for r in rows])
+    assert len(calls) > 2 * SLOTS
+
+
+def test_intake__a_failure_after_opening_closes_every_file_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_a: object) -> None:
+        raise RuntimeError("adopting failed")
+
+    monkeypatch.setattr(Outbox, "_adopt", broken)
+    db = tmp_path / "outbox.db"
+    before = _open_files(tmp_path)
+    with pytest.raises(RuntimeError, match="adopting failed"):
+        Outbox(db, site="s", device="d")
+    assert _open_files(tmp_path) == before == set()
+
+
+def _open_files(folder: Path) -> set[str]:
+    """This process's open files under ``folder``."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                found.add(target)
+    return found
+
+
 def test_intake__an_unusable_intake_file_leaves_sqlite_alone_doing_the_work(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
