@@ -48,7 +48,7 @@ NON_ALARM_SHARE = 0.8
 HEADROOM_BYTES = 4 * 1024 * 1024
 _EVICT_CHUNK = 64
 _LIMITS_TTL_S = 1.0
-# seq NULL: SQLite's AUTOINCREMENT picks it; a seq reserved for a held event is inserted as given.
+# Every row is inserted with its seq: the outbox's counter gives it (``_numbered``), or it was reserved.
 _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 # An intake row moving in: after a crash it may already be here (moved, but not yet marked done there).
 _MOVE_IN = "INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
@@ -280,20 +280,49 @@ class Outbox(ClosingFile):
         if not all_alarms:
             self._make_room_for_non_alarm()
         moving = list(self._live.values())
-        with self._txn():
-            self._move_in(moving)  # lower seqs than ``rows``: first, so AUTOINCREMENT stays above them
-            if self._reserved_top:
-                raise_seq(self._conn, self._reserved_top)  # AUTOINCREMENT must never pick a reserved seq
-            if self._dropped_dirty:
-                self._save_dropped()
-            seqs = [int(self._conn.execute(_INSERT, row).lastrowid or 0) for row in rows]
+        rows, fresh = self._numbered(rows)
+        try:
+            with self._txn():
+                self._move_in(moving)  # lower seqs than ``rows``: first
+                if self._reserved_top:
+                    raise_seq(self._conn, self._reserved_top)  # the counter stays above every seq given out
+                if self._dropped_dirty:
+                    self._save_dropped()
+                for row in rows:
+                    self._conn.execute(_INSERT, row)
+        except BaseException:
+            self._give_back(fresh)
+            raise
         self._let_go([r.seq for r in moving])
-        self._pending += len(seqs)
+        self._pending += len(rows)
         self._acks.commits += 1
         self._dropped_dirty = False
+        seqs = [int(row[0] or 0) for row in rows]
         with self._seq_lock:
             self._top = max(self._top, *seqs)
         return seqs
+
+    def _numbered(self, rows: list[Row]) -> tuple[list[Row], range]:
+        """Give each row without a seq the next one, under the seq lock (not SQLite's AUTOINCREMENT).
+
+        ``reserve_seq`` takes only the seq lock, so it may run while a commit
+        is inside its transaction; a seq SQLite picked there could be the one
+        just reserved for a held event.
+        """
+        n = sum(1 for row in rows if row[0] is None)
+        if not n:
+            return rows, range(0)
+        with self._seq_lock:
+            fresh = range(self._top + 1, self._top + 1 + n)
+            self._top += n
+        it = iter(fresh)
+        return [row if row[0] is not None else (next(it), *row[1:]) for row in rows], fresh
+
+    def _give_back(self, fresh: range) -> None:
+        """A commit failed: its seqs are free again unless one was given out after them (then a gap)."""
+        with self._seq_lock:
+            if fresh and self._top == fresh[-1]:
+                self._top = fresh[0] - 1
 
     def _move_in(self, rows: list[OutboxRow]) -> None:
         """Insert intake rows into SQLite; inside the caller's transaction."""

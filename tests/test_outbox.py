@@ -6,10 +6,11 @@ import json
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.errors import OutboxFullError
+from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event, EventType
 from agent.outbox import NON_ALARM_SHARE, Outbox
 from tests.support.clocks import synced_clock
@@ -273,3 +274,45 @@ def test_outbox__salvaged_file_is_renamed_and_never_salvaged_twice(tmp_path: Pat
         assert aside.name.endswith(".salvaged")
     with Outbox(path, site="s", device="d") as ob:
         assert ob.recovery.moved_aside is None
+
+
+@pytest.mark.parametrize("kind", [EventType.CAMERA_FAULT, EventType.PANIC])
+def test_outbox__seq_reserved_while_a_commit_is_inside_its_transaction_is_never_given_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: EventType
+) -> None:
+    # reserve_seq takes only the seq lock (it must not wait behind a stuck commit), so another thread
+    # can reserve between the commit's check of the reserved seqs and its INSERT.
+    with Outbox(tmp_path / "o.db", site="s", device="d", intake=False) as ob:
+        ob.put(ev(EventType.CAMERA_FAULT, "cam"))
+        reserved: list[int] = []
+        conn = ob._conn
+
+        class ReservingAtInsert:
+            def __getattr__(self, name: str) -> object:
+                return getattr(conn, name)
+
+            def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+                if sql.startswith("INSERT INTO outbox") and not reserved:
+                    reserved.append(ob.reserve_seq())
+                return conn.execute(sql, *args)
+
+        monkeypatch.setattr(ob, "_conn", ReservingAtInsert())
+        committed = ob.put(ev(kind, "cam" if kind is EventType.CAMERA_FAULT else "panic"))
+        assert committed != reserved[0], "the held event and the committed one share a seq"
+        held = ev()
+        assert ob.put(held, seq=reserved[0]) == reserved[0], "the held event is stored under its own seq"
+        assert ob.top_seq() == max(committed, reserved[0])
+        assert ob.put(ev()) == max(committed, reserved[0]) + 1
+
+
+def test_outbox__a_failed_commit_uses_no_seq(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", site="s", device="d", intake=False) as ob:
+        first = ob.put(ev())
+        other = sqlite3.connect(tmp_path / "o.db", timeout=0)
+        other.execute("BEGIN IMMEDIATE")  # the write lock: the next commit fails on busy
+        ob._conn.execute("PRAGMA busy_timeout=0")
+        with pytest.raises(OutboxError):
+            ob.put(ev())
+        other.execute("ROLLBACK")
+        assert ob.put(ev()) == first + 1, "a commit that failed used no seq"
+        other.close()
