@@ -3,19 +3,25 @@
 ``mqtt.protocol: auto`` (the default) tries MQTT 5 first.  A broker that
 answers an MQTT 5 CONNECT with "unsupported protocol version" (CONNACK 0x84, or
 0x01 in 3.1.1 form) is retried at once with 3.1.1, and so is one that closes
-the socket before any CONNACK (RabbitMQ 3.10 does).  The closing is ambiguous
-(a broker restarting does it too), so it is remembered only once the 3.1.1
-attempt gets a CONNACK; the explicit answer is remembered at once.  A broker
+the socket before any CONNACK twice in a row (RabbitMQ 3.10 does).  The closing
+is ambiguous (a broker restarting does it too, and a link coming back resets an
+attempt that waited through the outage), so the first close of a round is
+retried as it was, and the fallback is remembered only once the 3.1.1 attempt
+gets a CONNACK; the explicit answer is remembered at once.  A broker
 that takes an MQTT 5 CONNECT and never answers (amqtt 0.12 misreads the will in
 it) is not retried at once, since a dead node behaves the same and failover must
 stay quick: the next attempt on that broker is MQTT 3.1.1, the one after that 5
-again, until one of them gets a CONNACK.
+again, until one of them gets a CONNACK.  A 3.1.1 CONNACK after that silence is
+remembered only the second time: an outage longer than the connect timeout
+(a blackholed link) looks the same once, and the link coming back during the
+3.1.1 attempt would otherwise cost MQTT 5 until the agent restarts.
 
 Retain works the same way for every version: a broker with retain switched off
 refuses a retained will (MQTT 5: CONNACK 0x9A; mosquitto under 3.1.1 closes
-the socket before CONNACK), announces it (CONNACK property Retain Available 0)
-or drops the connection at a retained publish (DISCONNECT 0x9A).  The agent then
-sends its will and status without retain.
+the socket before CONNACK, a close weighed like the one above), announces it
+(CONNACK property Retain Available 0) or drops the connection at a retained
+publish (DISCONNECT 0x9A).  The agent then sends its will and status without
+retain.
 
 Each fact is logged once per broker, at WARNING, with what is lost by it.
 """
@@ -29,6 +35,7 @@ from agent.session import RETAIN_NOT_SUPPORTED, UNSUPPORTED_PROTOCOL, ConnectFai
 
 log = logging.getLogger(__name__)
 
+_SILENT = "its MQTT 5 CONNECT got no CONNACK within the connect timeout, twice"
 _V5_WOULD_ADD = (
     "MQTT 5 would add refusal visibility: under 3.1.1 a broker whose ACL refuses an event still acknowledges it "
     "(the agent cannot tell it was dropped) and never says why it closes a connection; "
@@ -48,14 +55,17 @@ class Dialects:
         self._learnt: dict[BrokerAddress, Dialect] = {}
         self._suspect: dict[BrokerAddress, list[tuple[Dialect, str]]] = {}  # fallbacks tried, not yet proven
         self._silent_to_v5: set[BrokerAddress] = set()  # last MQTT 5 CONNECT got no answer: try 3.1.1 next
+        self._closed: set[BrokerAddress] = set()  # closed before CONNACK once this round: the next close counts
+        self._silence_answered: set[BrokerAddress] = set()  # 3.1.1 answered once after an MQTT 5 silence
 
     def first(self, broker: BrokerAddress) -> Dialect:
         """What to try first with ``broker`` (a new round of attempts: earlier suspicions are dropped)."""
         self._suspect.pop(broker, None)
+        self._closed.discard(broker)
         if broker in self._silent_to_v5 and broker not in self._learnt:
             self._silent_to_v5.discard(broker)  # 3.1.1 once; if it is silent too, MQTT 5 again next round
             nxt = Dialect("3.1.1", retain=True)
-            self._suspect[broker] = [(nxt, "its MQTT 5 CONNECT got no CONNACK within the connect timeout")]
+            self._suspect[broker] = [(nxt, _SILENT)]
             return nxt
         return self._known(broker)
 
@@ -65,6 +75,8 @@ class Dialects:
 
     def fallback(self, broker: BrokerAddress, tried: Dialect, failure: ConnectFailure) -> Dialect | None:
         """The dialect to retry ``broker`` with at once, or None when the failure is not about the dialect."""
+        if failure.kind == "closed" and self._close_blames(tried) and self._first_close(broker):
+            return tried  # once more as it was: see _first_close
         if failure.kind == "refused" and failure.code == RETAIN_NOT_SUPPORTED and tried.retain:
             nxt = Dialect(tried.protocol, retain=False)
             self._learn(broker, nxt, "it refused the retained will: CONNACK 0x9A Retain not supported")
@@ -89,11 +101,35 @@ class Dialects:
             return nxt
         return None
 
+    def _close_blames(self, tried: Dialect) -> bool:
+        """Whether a close before CONNACK would be taken for the broker refusing ``tried`` (as in fallback)."""
+        return (tried.protocol == "5" and self._configured == "auto") or (tried.protocol == "3.1.1" and tried.retain)
+
+    def _first_close(self, broker: BrokerAddress) -> bool:
+        """Whether this is the round's first close before CONNACK: if so, try the same dialect once more.
+
+        A link that comes back resets the attempt that waited through the
+        outage (a proxy, a firewall or NAT dropping the flows it held), and the
+        fallback tried right after it gets a CONNACK only because the link is
+        up: that once cost MQTT 5 and then retain, leaving the broker's
+        retained status at the will's ``offline`` (tests/faults/test_blackhole_will.py).
+        A broker that means it closes the same dialect again.
+        """
+        if broker in self._closed:
+            return False
+        self._closed.add(broker)
+        return True
+
     def answered(self, broker: BrokerAddress, dialect: Dialect, *, retain_available: bool) -> None:
         """``broker`` sent a CONNACK to ``dialect``: a suspected fallback is proven."""
         for tried, why in self._suspect.pop(broker, []):
             if tried.protocol == dialect.protocol and (tried.retain or not dialect.retain):
+                if why == _SILENT and broker not in self._silence_answered:
+                    self._silence_answered.add(broker)  # once may be a link that came back meanwhile
+                    continue
                 self._learn(broker, tried, why)
+        if dialect.protocol == "5":
+            self._silence_answered.discard(broker)
         if not retain_available and dialect.retain:
             self._learn(broker, Dialect(dialect.protocol, retain=False), "its CONNACK says Retain Available 0")
 

@@ -24,7 +24,7 @@ TIMEOUT = ConnectFailure("timeout", "no CONNACK within 3 s")
 @pytest.mark.parametrize(
     ("configured", "tried", "failure", "expected"),
     [
-        ("auto", V5, CLOSED, V3),
+        ("auto", V5, CLOSED, V5),  # the round's first close: once more as it was (a healing link resets too)
         ("auto", V5, NO_V5, V3),
         ("auto", V5, NO_RETAIN, V5_NR),
         ("auto", V5, NOT_AUTH, None),
@@ -32,7 +32,7 @@ TIMEOUT = ConnectFailure("timeout", "no CONNACK within 3 s")
         ("5", V5, CLOSED, None),
         ("5", V5, NO_V5, None),
         ("5", V5, NO_RETAIN, V5_NR),
-        ("3.1.1", V3, CLOSED, V3_NR),  # mosquitto under 3.1.1 closes at a retained will when retain is off
+        ("3.1.1", V3, CLOSED, V3),  # the same; a second close: see the test below
         ("3.1.1", V3_NR, CLOSED, None),
         ("auto", V3, NOT_AUTH, None),
     ],
@@ -59,11 +59,58 @@ def test_dialects__an_explicit_answer_is_remembered_per_broker_and_logged_once(
 
 def test_dialects__a_closed_socket_is_remembered_only_once_3_1_1_gets_a_connack() -> None:
     d = Dialects("auto")
-    assert d.fallback(A, d.first(A), CLOSED) == V3
+    assert d.fallback(A, d.first(A), CLOSED) == V5
+    assert d.fallback(A, V5, CLOSED) == V3
     assert d.first(A) == V5, "a broker that closes and then says nothing to 3.1.1 either gets MQTT 5 again"
-    assert d.fallback(A, d.first(A), CLOSED) == V3
+    assert d.fallback(A, d.first(A), CLOSED) == V5, "a new round: its first close is tried again"
+    assert d.fallback(A, V5, CLOSED) == V3
     d.answered(A, V3, retain_available=True)
     assert d.first(A) == V3
+
+
+def test_dialects__one_close_answered_by_the_same_dialect_teaches_nothing() -> None:
+    """A healing link resets the attempt that waited through the outage (tests/faults/test_blackhole_will.py)."""
+    d = Dialects("auto")
+    assert d.fallback(A, d.first(A), CLOSED) == V5
+    d.answered(A, V5, retain_available=True)
+    assert d.first(A) == V5
+    assert d.fallback(A, d.first(A), CLOSED) == V5, "every round forgives one close"
+
+
+def test_dialects__a_retained_will_closed_twice_goes_without_retain() -> None:
+    d = Dialects("3.1.1")
+    assert d.fallback(A, d.first(A), CLOSED) == V3
+    assert d.fallback(A, V3, CLOSED) == V3_NR, "mosquitto under 3.1.1 closes at a retained will when retain is off"
+    assert d.fallback(A, V3_NR, CLOSED) is None
+    d.answered(A, V3_NR, retain_available=True)
+    assert d.first(A) == V3_NR
+
+
+def test_dialects__3_1_1_answered_after_one_mqtt5_silence_is_not_remembered() -> None:
+    """A blackholed link times out MQTT 5 and may come back during the 3.1.1 attempt."""
+    d = Dialects("auto")
+    assert d.fallback(A, d.first(A), TIMEOUT) is None
+    assert d.first(A) == V3
+    d.answered(A, V3, retain_available=True)
+    assert d.first(A) == V5, "one silence and a 3.1.1 answer may be an outage: MQTT 5 again next round"
+    d.answered(A, V5, retain_available=True)
+    assert d.fallback(A, d.first(A), TIMEOUT) is None
+    assert d.first(A) == V3
+    d.answered(A, V3, retain_available=True)
+    assert d.first(A) == V5, "an MQTT 5 answer in between starts the count again"
+
+
+def test_dialects__a_broker_silent_to_mqtt5_twice_is_remembered(caplog: pytest.LogCaptureFixture) -> None:
+    d = Dialects("auto")
+    with caplog.at_level(logging.WARNING, logger="agent.dialects"):
+        for _ in range(2):
+            assert d.fallback(A, d.first(A), TIMEOUT) is None
+            assert d.first(A) == V3
+            d.answered(A, V3, retain_available=True)
+    assert d.first(A) == V3
+    assert d.first(A) == V3, "remembered"
+    assert caplog.text.count("does not speak MQTT 5") == 1
+    assert "twice" in caplog.text
 
 
 def test_dialects__retain_learnt_from_connack_property_or_disconnect(caplog: pytest.LogCaptureFixture) -> None:

@@ -88,8 +88,12 @@ def test_link__auto_falls_back_to_3_1_1_once_per_broker(
         eventually(lambda: link(agent)["reconnects"] >= 1 and agent.status()["link"]["connected"], 20.0, "reconnect")
         agent.click()
         central.wait_events(2, "panic")
-        assert gate.connects[:2] == [5, 4]
-        assert 5 not in gate.connects[2:], f"MQTT 5 tried again on a broker known not to speak it: {gate.connects}"
+        # a close is the broker's answer only when it repeats: one reset could be a link coming back
+        first = [5, 5, 4] if v5 == "close" else [5, 4]
+        assert gate.connects[: len(first)] == first
+        assert 5 not in gate.connects[len(first) :], (
+            f"MQTT 5 tried again on a broker known not to speak it: {gate.connects}"
+        )
     log = agent.log.read_text()
     assert log.count("does not speak MQTT 5") == 1
     assert "refusal visibility" in log

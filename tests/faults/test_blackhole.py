@@ -90,7 +90,7 @@ def test_blackhole__keepalive_detects__will_fires__nothing_lost(
     try:
         agent = agents(proxy.port, device, mqtt={"keepalive_s": K, "connect_timeout_s": 3})
         wait_connected(agent)
-        for _ in range(cycles):
+        for n in range(1, cycles + 1):
             _press_recorded(agent, 3)
             # a random phase of the keepalive cycle; at least 0.3 s after the last PUBACK, so the
             # measured time is paho's detection plus the agent's, not the test's own scheduling
@@ -119,6 +119,8 @@ def test_blackhole__keepalive_detects__will_fires__nothing_lost(
             proxy.set_blackhole(False)
             wait_connected(agent, timeout=3 + 2 + 10)  # connect_timeout + backoff + slack
             sink.wait_status(lambda d: d.get("state") == "online", 10, since=start, what="online again")
+            state = (retained(broker.port, f"campus/main/{device}/status") or {}).get("state")
+            assert state == "online", f"cycle {n}: the retained status is {state!r} (is retain still used?)"
             _press_recorded(agent, 3)
         recorded = read_recorded(agent.log)
         note = (

@@ -11,7 +11,8 @@ Faults (call from the test thread at any time):
                            keepalive detects. New connections are accepted and
                            swallowed too.
     p.set_blackhole(False) heal: connections that lived through the blackhole are
-                           reset (their byte streams are no longer intact)
+                           reset (their byte streams are no longer intact);
+                           p.tainted_connections counts them
     p.set_latency(0.3)     delay every chunk by 0.3 s in each direction (order kept)
 """
 
@@ -85,6 +86,11 @@ class FaultProxy:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    @property
+    def tainted_connections(self) -> int:
+        """Open connections that lost bytes to the blackhole: the ones a heal resets."""
+        return self._call(self._count_tainted())
+
     # ---------- internals: run on the proxy's event loop ----------
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 5.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -100,6 +106,9 @@ class FaultProxy:
             await self._server.wait_closed()
             self._server = None
         await self._abort(lambda c: True)
+
+    async def _count_tainted(self) -> int:
+        return sum(c.tainted for c in self._conns)  # on the loop: the set is not changed meanwhile
 
     async def _cancel_all(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
