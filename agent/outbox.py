@@ -138,6 +138,7 @@ class Outbox(ClosingFile):
             self._log_recovery(self.recovery)
             self._top = last_seq(self._conn)  # highest seq used or reserved
             self._reserved_top = 0  # highest seq reserved for an event held in memory
+            self._in_commit = range(0)  # seqs a SQLite commit has taken and not yet committed
             self._acks = Acks(self.path, busy_timeout_s)  # deletes and WAL checkpoints (outbox_acks.py)
             self._conn.execute(f"PRAGMA wal_autocheckpoint={PUT_CHECKPOINT_PAGES}")
             self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
@@ -198,7 +199,7 @@ class Outbox(ClosingFile):
             )
         if found.top > self._top:
             self._top = found.top
-            self._reserved_top = found.top  # the next SQLite commit raises AUTOINCREMENT above it
+            self._reserved_top = found.top  # the next SQLite commit raises the file's counter to it
         self._intake = intake
 
     def _drop_intake(self, exc: OSError) -> None:
@@ -300,6 +301,7 @@ class Outbox(ClosingFile):
         seqs = [int(row[0] or 0) for row in rows]
         with self._seq_lock:
             self._top = max(self._top, *seqs)
+            self._in_commit = range(0)
         return seqs
 
     def _numbered(self, rows: list[Row]) -> tuple[list[Row], range]:
@@ -315,6 +317,7 @@ class Outbox(ClosingFile):
         with self._seq_lock:
             fresh = range(self._top + 1, self._top + 1 + n)
             self._top += n
+            self._in_commit = fresh
         it = iter(fresh)
         return [row if row[0] is not None else (next(it), *row[1:]) for row in rows], fresh
 
@@ -323,6 +326,7 @@ class Outbox(ClosingFile):
         with self._seq_lock:
             if fresh and self._top == fresh[-1]:
                 self._top = fresh[0] - 1
+            self._in_commit = range(0)
 
     def _move_in(self, rows: list[OutboxRow]) -> None:
         """Insert intake rows into SQLite; inside the caller's transaction."""
@@ -505,9 +509,15 @@ class Outbox(ClosingFile):
             return self._top
 
     def top_seq(self) -> int:
-        """The highest seq used or reserved; memory only, so it never waits behind a stuck commit."""
+        """The highest seq used or reserved; memory only, so it never waits behind a stuck commit.
+
+        Seqs a SQLite commit has taken are left out until it returns (it may
+        give them back): saved as the state file's mark and then lost with a
+        crash, they would make the same file look replaced at the next start.
+        """
         with self._seq_lock:
-            return self._top
+            f = self._in_commit
+            return f[0] - 1 if f and self._top == f[-1] else self._top
 
     @property
     def dropped(self) -> int:

@@ -57,12 +57,14 @@ def count(conn: sqlite3.Connection) -> int:
 
 
 def last_seq(conn: sqlite3.Connection) -> int:
+    """The highest seq this file has given out: its counter, or a row above it (the counter edited by hand)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-    return int(row[0]) if row else 0
+    top = conn.execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
+    return max(int(row[0]) if row else 0, int(top or 0))
 
 
 def raise_seq(conn: sqlite3.Connection, top: int) -> None:
-    """Make SQLite's AUTOINCREMENT counter at least ``top`` (inside the caller's transaction)."""
+    """Make the file's counter (``sqlite_sequence``) at least ``top`` (inside the caller's transaction)."""
     if conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox' AND seq < ?", (top, top)).rowcount:
         return
     if conn.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'outbox'").fetchone() is None:

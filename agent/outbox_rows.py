@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from agent.events import with_seq
 from agent.outbox_lanes import URGENT_MARK
 
-# (seq or None for AUTOINCREMENT, id, type, alarm, created_ms, body): one row as inserted
+# (seq, or None for the outbox's counter to give one, id, type, alarm, created_ms, body): one row as inserted
 Row = tuple[int | None, str, str, int, int, str]
 
 
