@@ -11,10 +11,12 @@ gets a CONNACK; the explicit answer is remembered at once.  A broker
 that takes an MQTT 5 CONNECT and never answers (amqtt 0.12 misreads the will in
 it) is not retried at once, since a dead node behaves the same and failover must
 stay quick: the next attempt on that broker is MQTT 3.1.1, the one after that 5
-again, until one of them gets a CONNACK.  A 3.1.1 CONNACK after that silence is
-remembered only the second time: an outage longer than the connect timeout
-(a blackholed link) looks the same once, and the link coming back during the
-3.1.1 attempt would otherwise cost MQTT 5 until the agent restarts.
+again, until one of them gets a CONNACK.  A 3.1.1 CONNACK after that silence
+proves only that the link is up now (an outage longer than the connect
+timeout, a blackholed link, looks the same), so that session is closed at once
+and MQTT 5 is tried again while the link is known up: a CONNACK keeps MQTT 5,
+silence again remembers 3.1.1 (and 3.1.1 is retried at once).  Nothing else is
+learnt from such a round: a retained will closed there is weighed again.
 
 Retain works the same way for every version: a broker with retain switched off
 refuses a retained will (MQTT 5: CONNACK 0x9A; mosquitto under 3.1.1 closes
@@ -35,7 +37,14 @@ from agent.session import RETAIN_NOT_SUPPORTED, UNSUPPORTED_PROTOCOL, ConnectFai
 
 log = logging.getLogger(__name__)
 
-_SILENT = "its MQTT 5 CONNECT got no CONNACK within the connect timeout, twice"
+_SILENT = "its MQTT 5 CONNECT got no CONNACK within the connect timeout"
+_SILENT_AGAIN = (
+    "its MQTT 5 CONNECT got no CONNACK within the connect timeout twice, the second time just after "
+    "an MQTT 3.1.1 CONNACK on the same link"
+)
+RECHECK = ConnectFailure(
+    "recheck", "MQTT 3.1.1 answered after an unanswered MQTT 5 CONNECT; MQTT 5 once more while the link is up"
+)
 _V5_WOULD_ADD = (
     "MQTT 5 would add refusal visibility: under 3.1.1 a broker whose ACL refuses an event still acknowledges it "
     "(the agent cannot tell it was dropped) and never says why it closes a connection; "
@@ -56,12 +65,13 @@ class Dialects:
         self._suspect: dict[BrokerAddress, list[tuple[Dialect, str]]] = {}  # fallbacks tried, not yet proven
         self._silent_to_v5: set[BrokerAddress] = set()  # last MQTT 5 CONNECT got no answer: try 3.1.1 next
         self._closed: set[BrokerAddress] = set()  # closed before CONNACK once this round: the next close counts
-        self._silence_answered: set[BrokerAddress] = set()  # 3.1.1 answered once after an MQTT 5 silence
+        self._recheck: set[BrokerAddress] = set()  # 3.1.1 answered after an MQTT 5 silence: 5 again at once
 
     def first(self, broker: BrokerAddress) -> Dialect:
         """What to try first with ``broker`` (a new round of attempts: earlier suspicions are dropped)."""
         self._suspect.pop(broker, None)
         self._closed.discard(broker)
+        self._recheck.discard(broker)
         if broker in self._silent_to_v5 and broker not in self._learnt:
             self._silent_to_v5.discard(broker)  # 3.1.1 once; if it is silent too, MQTT 5 again next round
             nxt = Dialect("3.1.1", retain=True)
@@ -75,8 +85,11 @@ class Dialects:
 
     def fallback(self, broker: BrokerAddress, tried: Dialect, failure: ConnectFailure) -> Dialect | None:
         """The dialect to retry ``broker`` with at once, or None when the failure is not about the dialect."""
-        if failure.kind == "closed" and self._close_blames(tried) and self._first_close(broker):
-            return tried  # once more as it was: see _first_close
+        early = self._recheck_step(broker, tried, failure)
+        if early is None and failure.kind == "closed" and self._close_blames(tried) and self._first_close(broker):
+            early = tried  # once more as it was: see _first_close
+        if early is not None:
+            return early
         if failure.kind == "refused" and failure.code == RETAIN_NOT_SUPPORTED and tried.retain:
             nxt = Dialect(tried.protocol, retain=False)
             self._learn(broker, nxt, "it refused the retained will: CONNACK 0x9A Retain not supported")
@@ -101,6 +114,19 @@ class Dialects:
             return nxt
         return None
 
+    def _recheck_step(self, broker: BrokerAddress, tried: Dialect, failure: ConnectFailure) -> Dialect | None:
+        """MQTT 5 once more after a 3.1.1 CONNACK that followed its silence; silence again proves 3.1.1."""
+        if failure.kind == "recheck":
+            self._recheck.add(broker)
+            return Dialect("5", retain=True)
+        if broker in self._recheck and tried.protocol == "5":
+            self._recheck.discard(broker)
+            if failure.kind == "timeout":
+                nxt = Dialect("3.1.1", retain=True)
+                self._learn(broker, nxt, _SILENT_AGAIN)
+                return nxt
+        return None
+
     def _close_blames(self, tried: Dialect) -> bool:
         """Whether a close before CONNACK would be taken for the broker refusing ``tried`` (as in fallback)."""
         return (tried.protocol == "5" and self._configured == "auto") or (tried.protocol == "3.1.1" and tried.retain)
@@ -120,18 +146,23 @@ class Dialects:
         self._closed.add(broker)
         return True
 
-    def answered(self, broker: BrokerAddress, dialect: Dialect, *, retain_available: bool) -> None:
-        """``broker`` sent a CONNACK to ``dialect``: a suspected fallback is proven."""
-        for tried, why in self._suspect.pop(broker, []):
+    def answered(self, broker: BrokerAddress, dialect: Dialect, *, retain_available: bool) -> bool:
+        """``broker`` sent a CONNACK to ``dialect``: a suspected fallback is proven.
+
+        Returns False when the session must not be used: 3.1.1 answered right
+        after an MQTT 5 silence, which may have been the link; the caller
+        closes it and retries with :data:`RECHECK` (see the module's text).
+        """
+        suspects = self._suspect.pop(broker, [])
+        self._recheck.discard(broker)
+        if dialect.protocol == "3.1.1" and any(why == _SILENT for _, why in suspects):
+            return False
+        for tried, why in suspects:
             if tried.protocol == dialect.protocol and (tried.retain or not dialect.retain):
-                if why == _SILENT and broker not in self._silence_answered:
-                    self._silence_answered.add(broker)  # once may be a link that came back meanwhile
-                    continue
                 self._learn(broker, tried, why)
-        if dialect.protocol == "5":
-            self._silence_answered.discard(broker)
         if not retain_available and dialect.retain:
             self._learn(broker, Dialect(dialect.protocol, retain=False), "its CONNACK says Retain Available 0")
+        return True
 
     def retain_refused(self, broker: BrokerAddress, dialect: Dialect) -> None:
         """``broker`` dropped the session at a retained publish (DISCONNECT 0x9A)."""

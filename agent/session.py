@@ -59,8 +59,9 @@ class ConnectFailure:
     ``kind`` is ``setup``, ``connect`` (TCP or TLS, named in ``words``),
     ``timeout`` (no CONNACK), ``stopped`` (the agent stopped while waiting
     for it), ``closed`` (closed before any CONNACK),
-    ``refused`` (a CONNACK with a failure ``code``) or ``lost`` (closed right
-    after an accepting CONNACK).
+    ``refused`` (a CONNACK with a failure ``code``), ``lost`` (closed right
+    after an accepting CONNACK) or ``recheck`` (accepted, but closed unused to
+    try MQTT 5 again: agent/dialects.py).
     """
 
     kind: str

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
-from agent.dialects import Dialects
+from agent.dialects import RECHECK, Dialects
 from agent.errors import OutboxError
 from agent.eventsend import EventSender
 from agent.linkstate import CommandHandler, CommandRoute, LinkState
@@ -281,7 +281,9 @@ class Uplink(Closing):
         with s:
             failure = s.open() or s.verdict(self.cfg.connect_timeout_s, self._stopping)
             if s.code is not None:
-                self._dialects.answered(broker, dialect, retain_available=s.retain_available)
+                usable = self._dialects.answered(broker, dialect, retain_available=s.retain_available)
+                if failure is None and not usable:
+                    failure = RECHECK  # closed cleanly on the way out: no will, nothing sent
             if failure is not None:
                 self._last_error = failure.words
                 return failure

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from agent.config.model import BrokerAddress
-from agent.dialects import Dialects
+from agent.dialects import RECHECK, Dialects
 from agent.linkstate import RETRY_MIN_S, CommandRoute
 from agent.session import ConnectFailure, Dialect
 
@@ -86,31 +86,44 @@ def test_dialects__a_retained_will_closed_twice_goes_without_retain() -> None:
     assert d.first(A) == V3_NR
 
 
-def test_dialects__3_1_1_answered_after_one_mqtt5_silence_is_not_remembered() -> None:
+def test_dialects__after_an_mqtt5_silence_a_3_1_1_answer_is_checked_with_mqtt5_at_once() -> None:
     """A blackholed link times out MQTT 5 and may come back during the 3.1.1 attempt."""
     d = Dialects("auto")
-    assert d.fallback(A, d.first(A), TIMEOUT) is None
-    assert d.first(A) == V3
-    d.answered(A, V3, retain_available=True)
-    assert d.first(A) == V5, "one silence and a 3.1.1 answer may be an outage: MQTT 5 again next round"
-    d.answered(A, V5, retain_available=True)
-    assert d.fallback(A, d.first(A), TIMEOUT) is None
-    assert d.first(A) == V3
-    d.answered(A, V3, retain_available=True)
-    assert d.first(A) == V5, "an MQTT 5 answer in between starts the count again"
+    for outage in range(3):
+        assert d.fallback(A, d.first(A), TIMEOUT) is None
+        assert d.first(A) == V3
+        assert d.answered(A, V3, retain_available=True) is False, "the 3.1.1 session is not used"
+        assert d.fallback(A, V3, RECHECK) == V5, "MQTT 5 once more, now the link is known up"
+        assert d.answered(A, V5, retain_available=True) is True
+        assert d.first(A) == V5, f"outage {outage + 1}: MQTT 5 kept"
 
 
-def test_dialects__a_broker_silent_to_mqtt5_twice_is_remembered(caplog: pytest.LogCaptureFixture) -> None:
+def test_dialects__a_broker_silent_to_mqtt5_while_the_link_is_up_is_remembered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     d = Dialects("auto")
     with caplog.at_level(logging.WARNING, logger="agent.dialects"):
-        for _ in range(2):
-            assert d.fallback(A, d.first(A), TIMEOUT) is None
-            assert d.first(A) == V3
-            d.answered(A, V3, retain_available=True)
+        assert d.fallback(A, d.first(A), TIMEOUT) is None
+        assert d.first(A) == V3
+        assert d.answered(A, V3, retain_available=True) is False
+        assert d.fallback(A, V3, RECHECK) == V5
+        assert d.fallback(A, V5, TIMEOUT) == V3, "silent again right after a 3.1.1 CONNACK: 3.1.1 at once"
+        assert d.answered(A, V3, retain_available=True) is True
     assert d.first(A) == V3
-    assert d.first(A) == V3, "remembered"
+    assert d.first(B) == V5, "learnt per broker"
     assert caplog.text.count("does not speak MQTT 5") == 1
-    assert "twice" in caplog.text
+    assert "just after an MQTT 3.1.1 CONNACK" in caplog.text
+
+
+def test_dialects__a_round_after_an_mqtt5_silence_teaches_nothing_about_retain() -> None:
+    d = Dialects("auto")
+    assert d.fallback(A, d.first(A), TIMEOUT) is None
+    assert d.fallback(A, d.first(A), CLOSED) == V3
+    assert d.fallback(A, V3, CLOSED) == V3_NR
+    assert d.answered(A, V3_NR, retain_available=True) is False, "the closes may have been the link healing"
+    assert d.fallback(A, V3_NR, RECHECK) == V5
+    assert d.answered(A, V5, retain_available=True) is True
+    assert d.first(A) == V5, "neither MQTT 5 nor retain lost"
 
 
 def test_dialects__retain_learnt_from_connack_property_or_disconnect(caplog: pytest.LogCaptureFixture) -> None:

@@ -99,6 +99,27 @@ def test_link__auto_falls_back_to_3_1_1_once_per_broker(
     assert "refusal visibility" in log
 
 
+def test_link__auto_rechecks_mqtt5_once_at_a_broker_that_never_answers_it(
+    broker: Broker, central: Central, device: str, agent_proc: AgentFactory
+) -> None:
+    fast = {"connect_timeout_s": 1, "reconnect_min_s": 0.2, "reconnect_max_s": 1}
+    with GateProxy(broker.port, v5="silent") as gate:
+        agent = agent_proc(gate.port, device=device, mqtt=fast)
+        agent.click()
+        central.wait_events(1, "panic", timeout=30)
+        central.wait_for(is_status(lambda d: d["link"].get("protocol") == "3.1.1"))
+        # silent; 3.1.1 answered, closed unused; silent again with the link known up; 3.1.1 kept
+        assert gate.connects[:4] == [5, 4, 5, 4]
+        gate.drop_all()
+        eventually(lambda: link(agent)["reconnects"] >= 1 and agent.status()["link"]["connected"], 20.0, "reconnect")
+        agent.click()
+        central.wait_events(2, "panic")
+        assert 5 not in gate.connects[4:], f"MQTT 5 tried again on a broker known not to answer it: {gate.connects}"
+    log = agent.log.read_text()
+    assert log.count("does not speak MQTT 5") == 1
+    assert "just after an MQTT 3.1.1 CONNACK" in log
+
+
 def test_link__explicit_5_does_not_fall_back_and_says_why(
     broker: Broker, device: str, agent_proc: AgentFactory
 ) -> None:

@@ -6,7 +6,8 @@ hangs up at the CONNECT (a load balancer in front of a dead broker).
 ``GateProxy`` sits in front of a real mosquitto and reads the client's MQTT
 packets (fixed header and remaining length only).  Per connection it can act
 as a broker that speaks no MQTT 5 (``v5="close"``: close the socket at an MQTT 5
-CONNECT, as RabbitMQ 3.10 does; ``v5="0x84"``: answer CONNACK 0x84;
+CONNECT, as RabbitMQ 3.10 does; ``v5="silent"``: neither answer nor close, as
+amqtt 0.12 does at an MQTT 5 CONNECT with a will; ``v5="0x84"``: answer CONNACK 0x84;
 ``v5="0x01"``: answer a 3.1.1-form CONNACK 0x01), as one whose sessions die at
 a SUBSCRIBE (``subscribe="kill"``, as a RabbitMQ node does when the
 subscription queue's home node is down), and as one whose ACL refuses it
@@ -136,7 +137,7 @@ class GateProxy(_Server):
 
     def __init__(self, upstream_port: int, *, v5: str | None = None, subscribe: str | None = None) -> None:
         self.upstream_port = upstream_port
-        self.v5 = v5  # None (pass), "close", "0x84" or "0x01"
+        self.v5 = v5  # None (pass), "close", "silent", "0x84" or "0x01"
         self.subscribe = subscribe  # None (pass), "kill" or "refuse"
         self.connects: list[int] = []  # protocol level of every CONNECT seen, in order
         self.subscribes = 0  # SUBSCRIBEs killed or refused
@@ -156,7 +157,10 @@ class GateProxy(_Server):
             level = _protocol_level(packet) if first & 0xF0 == _CONNECT else 0
             self.connects.append(level)
             if level == 5 and self.v5 is not None:
-                if self.v5 in _CONNACK:
+                if self.v5 == "silent":  # amqtt 0.12 at a will it misreads: no answer, no close
+                    while conn.recv(4096):
+                        pass
+                elif self.v5 in _CONNACK:
                     conn.sendall(_CONNACK[self.v5])
                 conn.close()
                 return
