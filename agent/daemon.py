@@ -118,7 +118,7 @@ class Agent(Closing):
             clock=self.clock,
             site=cfg.device.site,
             device=cfg.device.id,
-            test_mode=self.test_mode.active,
+            test_mode=self.test_mode.active_at,
             hooks=self._recorder_hooks(),
         )
         self._factory = make_pin_factory(cfg.gpio.pin_factory)

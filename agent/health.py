@@ -43,8 +43,17 @@ class StatusSources:
     photos: Callable[[], dict[str, Any]] | None = None  # agent/photos.py: stills waiting to be sent
 
 
+_WINDOWS_KEPT = 4  # test-mode windows remembered for presses recorded late
+
+
 class TestMode:
-    """Presses are sent with ``test: true`` until the deadline (monotonic time)."""
+    """Presses are sent with ``test: true`` until the deadline (monotonic time).
+
+    A press is judged by when it was made (:meth:`active_at` its stamp), not
+    when it is recorded: that is at least ``debounce_ms`` later, and later
+    still behind a slow commit, and test mode may start or end meanwhile. A
+    real alarm must never go out as a test, nor a technician's press as real.
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -52,17 +61,31 @@ class TestMode:
         self._clock = clock
         self._until_mono: float | None = None
         self._until_wall: float | None = None
+        self._windows: list[list[float]] = []  # the last few [start, end) in monotonic time
         self._lock = threading.Lock()
 
     def set(self, minutes: float) -> str | None:
         """Start test mode for ``minutes`` (0 ends it); return the end as ISO time."""
+        now = self._clock.mono()
         with self._lock:
+            window = self._windows[-1] if self._windows and self._windows[-1][1] > now else None
             if minutes <= 0:
                 self._until_mono = self._until_wall = None
+                if window is not None:
+                    window[1] = now
                 return None
-            self._until_mono = self._clock.mono() + minutes * 60
+            self._until_mono = now + minutes * 60
             self._until_wall = self._clock.wall() + minutes * 60
+            if window is not None:
+                window[1] = self._until_mono  # extended (or shortened) from now on
+            else:
+                self._windows = [*self._windows[-(_WINDOWS_KEPT - 1) :], [now, self._until_mono]]
             return iso_ms(self._until_wall)
+
+    def active_at(self, mono: float) -> bool:
+        """Whether test mode was on at ``mono`` (a press's stamp)."""
+        with self._lock:
+            return any(start <= mono < end for start, end in self._windows)
 
     def active(self) -> bool:
         with self._lock:

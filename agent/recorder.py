@@ -82,7 +82,7 @@ class Recorder(Closing):
         clock: stamps, boot id.
         site: for the stored document.
         device: for the stored document.
-        test_mode: True while presses count as tests.
+        test_mode: whether a press stamped at this monotonic time counts as a test.
         hooks: see :class:`Hooks`; may be filled in after construction.
         max_held: bound of the memory fallback.
 
@@ -95,7 +95,7 @@ class Recorder(Closing):
         clock: Clock,
         site: str,
         device: str,
-        test_mode: Callable[[], bool] = lambda: False,
+        test_mode: Callable[[float], bool] = lambda _mono: False,
         hooks: Hooks | None = None,
         max_held: int = MAX_HELD,
         retry_s: float = RETRY_S,
@@ -142,7 +142,7 @@ class Recorder(Closing):
         """
         made = []
         for type_, source, stamp, data in items:
-            test = type_.is_alarm and self._test_mode()
+            test = type_.is_alarm and self._test_mode(stamp.mono if stamp is not None else self._clock.mono())
             made.append((Event.create(self._clock, type_, source, at=stamp, test=test, data=data), test))
         events = [e for e, _ in made]
         with self._lock:
