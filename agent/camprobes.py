@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from agent.config.model import CameraConfig
-from agent.errors import CameraError
+from agent.errors import CameraError, printable
 
 if TYPE_CHECKING:
     import requests
@@ -55,7 +55,13 @@ class ProbeResult:
 
 
 def one_line(text: str) -> str:
-    one = " ".join(text.split())
+    """``text`` on one line, cut to :data:`MAX_DETAIL`, with control characters escaped.
+
+    A detail quotes what a camera sent (an RTSP status line, a Content-Type):
+    it reaches ``status``, ``doctor`` and the log, and an ESC or a bidi
+    override in it must not act on a technician's terminal.
+    """
+    one = printable(" ".join(text.split()))
     return one if len(one) <= MAX_DETAIL else one[: MAX_DETAIL - 1] + "…"
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agent import __version__
 from agent.control import request
-from agent.errors import AgentError, ConfigError, ControlError
+from agent.errors import AgentError, ConfigError, ControlError, printable
 
 if TYPE_CHECKING:
     import argparse
@@ -164,7 +164,7 @@ def format_status(reply: dict[str, Any]) -> str:
         f"{' test' if ev['test'] else ''} {'delivered' if ev['delivered'] else 'pending'}"
         for ev in reply.get("recent_events", [])[:10]
     )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # camera details, broker errors: quoted from outside
 
 
 def _stats_lines(stats: dict[str, Any] | None) -> list[str]:

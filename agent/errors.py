@@ -1,10 +1,22 @@
 """The agent's exceptions: one base, one leaf per kind of failure.
 
 Each leaf also inherits the builtin it resembles, so callers that only know
-Python's own exceptions still catch it.
+Python's own exceptions still catch it.  :func:`printable` makes any text a
+person will read (an error, a detail quoted from a camera) safe for a terminal.
 """
 
 from __future__ import annotations
+
+
+def printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped: one line, nothing a terminal acts on.
+
+    Python's ``isprintable`` is false for C0 and C1 controls, bidi overrides
+    and other format characters, and line and paragraph separators.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class AgentError(Exception):

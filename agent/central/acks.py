@@ -13,7 +13,17 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from agent.central.display import Alarm, Line, LineKind, clock_text, decode, device_key, escape, warning_line
+from agent.central.display import (
+    MAX_REASON,
+    Alarm,
+    Line,
+    LineKind,
+    clock_text,
+    decode,
+    device_key,
+    escape,
+    warning_line,
+)
 from agent.events import CONTRACT_VERSION, is_event_id, iso_ms, new_id
 
 REPLY_TIMEOUT_S = 10.0
@@ -118,7 +128,7 @@ class AckDesk:
         alarm = entry[0]
         if not reply.ok:
             self.offer(alarm)
-        verdict = "accepted" if reply.ok else f"REFUSED: {reply.error or 'no reason given'}"
+        verdict = "accepted" if reply.ok else f"REFUSED: {(reply.error or 'no reason given')[:MAX_REASON]}"
         text = (
             f"{clock_text(at, self._tz)}  {device_key(alarm.site, alarm.device)}  "
             f"ack of {alarm.type} {alarm.event_id} {escape(verdict)}"

@@ -20,6 +20,7 @@ from typing import Any
 from agent.events import iso_ms
 
 MAX_PAYLOAD = 65_536
+MAX_REASON = 200  # characters of a device's refusal reason shown
 KEY_WIDTH = 20
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")

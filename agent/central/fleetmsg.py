@@ -76,7 +76,7 @@ def event_line(msg: Msg, doc: dict[str, Any], eid: str, *, seq: int | None, late
     ts = parse_ts(doc.get("ts"))
     delay = at - ts if ts is not None else None
     test, synced = doc.get("test") is True, doc.get("clock_synced") is not False
-    source = escape(text_or(doc.get("source"), "?"))
+    source = escape(text_or(doc.get("source"), "?")[:40])
     parts = [
         clock,
         device_key(site, device),

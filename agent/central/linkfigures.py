@@ -153,7 +153,7 @@ def _number(value: object, where: str, low: float, high: float, *, integer: bool
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
         raise _BadStatsError(f"{where} is not {'an integer' if integer else 'a number'}")
-    if not (math.isfinite(value) and low <= value <= high):
+    if not (low <= value <= high and (isinstance(value, int) or math.isfinite(value))):  # an int may not fit a float
         raise _BadStatsError(f"{where} = {value!r:.20} is out of range ({low:g} to {high:g})")
     return float(value)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.central.acks import valid_event_id
-from agent.central.display import valid_id
+from agent.central.display import MAX_REASON, escape, valid_id
 from agent.central.session import (
     EXIT_FAIL,
     EXIT_OK,
@@ -223,7 +223,8 @@ def cmd_ack(args: argparse.Namespace) -> int:
     elif reply.ok:
         print(f"{site}/{device}: ack of event {args.event_id} accepted ({cmd_id})")
     else:
-        print(f"{site}/{device}: ack of event {args.event_id} REFUSED: {reply.error or 'no reason given'} ({cmd_id})")
+        why = escape((reply.error or "no reason given")[:MAX_REASON])  # the device's words: never raw to a terminal
+        print(f"{site}/{device}: ack of event {args.event_id} REFUSED: {why} ({cmd_id})")
     return EXIT_OK if reply.ok else EXIT_FAIL
 
 

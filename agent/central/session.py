@@ -235,9 +235,14 @@ class _Session:
             self._emit(self.photos.lines(outcome, now))
 
     def _incoming(self, item: Incoming) -> None:
-        lines = self.fleet.feed(item.topic, item.payload, item.arrival, retained=item.retained)
-        if item.topic.endswith("/reply"):
-            lines += self.desk.feed(item.topic, item.payload, item.arrival)
+        try:
+            lines = self.fleet.feed(item.topic, item.payload, item.arrival, retained=item.retained)
+            if item.topic.endswith("/reply"):
+                lines += self.desk.feed(item.topic, item.payload, item.arrival)
+        except Exception as exc:  # one unforeseen message must not end the watch (retained: at every start)
+            why = f"{type(exc).__name__}: {str(exc)[:100]}"
+            self._note(item.arrival, LineKind.WARNING, f"a message on {escape(item.topic[:200])} was not read ({why})")
+            return
         if lines:
             self._emit(lines)
 

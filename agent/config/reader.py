@@ -19,6 +19,8 @@ from typing import Any, TypeVar, overload
 import yaml
 import yaml.reader
 
+from agent.errors import printable
+
 T = TypeVar("T")
 D = TypeVar("D")
 
@@ -164,13 +166,6 @@ def load_marked(path: Path) -> tuple[Any, list[tuple[int, str, str]]]:
         raise Invalid(f"{where}: not valid YAML: {printable(str(exc).splitlines()[0])}") from None
     except RecursionError:
         raise Invalid(f"{where}: not valid as a config: nested too deeply") from None
-
-
-def printable(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped, so each problem stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass
