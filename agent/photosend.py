@@ -12,7 +12,14 @@ The rule, so an alarm is never slower because of a photo:
   dropped and reported ``refused`` rather than retried forever, which would
   stall every later photo behind it;
 * a new connection forgets what was in flight; the store still holds it, so
-  it is sent again (at least once, like events).
+  it is sent again (at least once, like events);
+* a photo bigger than the broker's Maximum Packet Size (MQTT 5 tells it in
+  the CONNACK; the shipped mosquitto config has one) is never sent: the
+  broker would close the connection at it, and the photo would go again at
+  every connection.  It is dropped and reported ``too_large``.  A broker that
+  does not say (MQTT 3.1.1) and closes the connection while the same photo is
+  in flight :data:`STRIKES` connections in a row gets it dropped and reported
+  ``refused``.
 
 Pure bookkeeping like ``sendwindow.py``: ``uplink.py`` turns
 :class:`PhotoMessage` into paho ``Properties`` and publishes it.
@@ -27,6 +34,8 @@ from agent.events import iso_ms
 from agent.photostore import Photo, PhotoStore
 
 CONTENT_TYPE = "image/jpeg"
+STRIKES = 3  # connections in a row that ended with the same photo in flight
+_TOO_BIG_PER_TAKE = 16  # photos over the broker's limit dropped in one call at most
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,14 @@ class PhotoMessage:
     user_properties: tuple[tuple[str, str], ...]
     qos: int = 1
     retain: bool = False
+
+
+def packet_size(message: PhotoMessage) -> int:
+    """The PUBLISH packet's size in bytes under MQTT 5, within a few bytes (never less)."""
+    props = 1 + 2 + len(message.content_type.encode())
+    props += sum(1 + 4 + len(k.encode()) + len(v.encode()) for k, v in message.user_properties)
+    rest = 2 + len(message.topic.encode()) + 2 + 4 + props + len(message.payload)
+    return 1 + 4 + rest
 
 
 def photo_message(root: str, photo: Photo) -> PhotoMessage:
@@ -62,15 +79,19 @@ class PhotoDrain:
     Args:
         store: the photo store (read and acked here; written by the camera workers).
         root: the device's topic root.
-        on_failed: called with (event_id, camera, "refused", detail) for a photo the broker refused.
+        on_failed: called with (event_id, camera, reason, detail) for a photo the broker refused
+            (``refused``) or could not take (``too_large``).
+        limit: the broker's Maximum Packet Size on the current connection, None when it said none.
 
     """
 
     def __init__(self, store: PhotoStore, root: str, *, on_failed: Callable[[str, str, str, str], None]) -> None:
         self.store = store
         self.root = root
+        self.limit: int | None = None
         self._on_failed = on_failed
         self._inflight: tuple[int, Photo] | None = None
+        self._strikes: tuple[tuple[str, str], int] | None = None  # the photo in flight when connections ended
         self.sent_count = 0
         self.refused_count = 0
 
@@ -78,8 +99,21 @@ class PhotoDrain:
         """The next photo's message, or None: events waiting, one photo already in flight, or none stored."""
         if not events_idle or self._inflight is not None:
             return None
-        oldest = self.store.pending(1)
-        return photo_message(self.root, oldest[0]) if oldest else None
+        for _ in range(_TOO_BIG_PER_TAKE):
+            oldest = self.store.pending(1)
+            if not oldest:
+                return None
+            message = photo_message(self.root, oldest[0])
+            size = packet_size(message)
+            if self.limit is None or size <= self.limit:
+                return message
+            self._drop(
+                oldest[0],
+                "too_large",
+                f"{size} bytes on the wire, over the broker's maximum packet size ({self.limit}); "
+                "raise max_packet_size on the broker or lower snapshots.max_kb",
+            )
+        return None
 
     def sent(self, mid: int, message: PhotoMessage) -> None:
         """``message`` went out with paho message id ``mid``."""
@@ -93,20 +127,44 @@ class PhotoDrain:
             return False
         photo = self._inflight[1]
         self._inflight = None
-        self.store.ack(photo.event_id, photo.camera)
+        self._strikes = None
         if refused:
-            self.refused_count += 1
-            self._on_failed(
-                photo.event_id,
-                photo.camera,
+            self._drop(
+                photo,
                 "refused",
                 f"broker refused {self.root}/snapshot/{photo.event_id}; check its ACL for {self.root}/snapshot/#",
             )
+        else:
+            self.store.ack(photo.event_id, photo.camera)
         return True
 
     def reset(self) -> None:
-        """A new connection: nothing is in flight; the store still has the photo, so it goes again."""
+        """The connection ended: nothing is in flight; the store still has the photo, so it goes again.
+
+        Unless connections keep ending while that same photo is in flight:
+        a broker that closes the connection at a packet it will not take
+        (over its size limit under MQTT 3.1.1) would otherwise get it forever.
+        """
+        if self._inflight is None:
+            return
+        photo = self._inflight[1]
         self._inflight = None
+        key = (photo.event_id, photo.camera)
+        count = self._strikes[1] + 1 if self._strikes is not None and self._strikes[0] == key else 1
+        self._strikes = (key, count)
+        if count >= STRIKES:
+            self._strikes = None
+            self._drop(
+                photo,
+                "refused",
+                f"{count} connections in a row ended while {self.root}/snapshot/{photo.event_id} was in flight; "
+                "is it over the broker's packet size limit (mosquitto: max_packet_size)?",
+            )
+
+    def _drop(self, photo: Photo, reason: str, detail: str) -> None:
+        self.store.ack(photo.event_id, photo.camera)
+        self.refused_count += 1
+        self._on_failed(photo.event_id, photo.camera, reason, detail)
 
     @property
     def busy(self) -> bool:

@@ -232,6 +232,8 @@ class Session(Closing):
         self.code: int | None = None  # the CONNACK's reason code
         self.code_words = ""
         self.retain_available = True  # MQTT 5 CONNACK property Retain Available
+        self.max_packet_size: int | None = None  # MQTT 5 CONNACK property Maximum Packet Size: a bigger one kills us
+        self.receive_maximum: int | None = None  # MQTT 5 CONNACK property Receive Maximum: QoS 1 unacked at most
         self.lost = threading.Event()
         self.lost_reason: str | None = None
         self.lost_code: int | None = None
@@ -273,6 +275,8 @@ class Session(Closing):
         self.code, self.code_words = int(rc.value), str(rc)
         if props is not None and getattr(props, "RetainAvailable", 1) == 0:
             self.retain_available = False
+        self.max_packet_size = _positive(getattr(props, "MaximumPacketSize", None))
+        self.receive_maximum = _positive(getattr(props, "ReceiveMaximum", None))
         self.connack.set()
         self._wake()
 
@@ -406,6 +410,11 @@ class Session(Closing):
         if self.code is not None:
             return "accepted" if self.code < 0x80 else f"refused ({self.code_words})"
         return "connecting" if self._open else "new"
+
+
+def _positive(value: object) -> int | None:
+    """A CONNACK property that is a positive integer, else None (absent: no limit)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _stage(exc: BaseException) -> str:

@@ -101,6 +101,7 @@ class Uplink(Closing):
         self._on_command = on_command
         self._on_link = on_link
         self._side = SideLane(topic_root, held=held, photos=photos, on_delivered=on_delivered)
+        self._photos = photos
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wall = wall
         self._mono = mono
@@ -297,6 +298,8 @@ class Uplink(Closing):
 
     def _serve(self, s: Session) -> None:
         self._dialect = Dialect(s.dialect.protocol, s.can_retain)
+        if self._photos is not None:
+            self._photos.limit = s.max_packet_size  # a photo over it would end the session, again and again
         self._connected_since = self._wall()
         self._sessions += 1
         self._last_error = None

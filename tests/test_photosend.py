@@ -12,10 +12,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from agent.outbox import Outbox
-from agent.photosend import PhotoDrain, PhotoMessage, photo_message
+from agent.photosend import STRIKES, PhotoDrain, PhotoMessage, packet_size, photo_message
 from agent.photostore import Photo, PhotoStore
 from tests.support.broker import Broker
 from tests.support.snapcam import make_jpeg
@@ -104,6 +104,68 @@ def test_photo_drain__refused_photo_is_dropped_and_reported(store: PhotoStore) -
         ("e1", "a-cam", "refused", f"broker refused {ROOT}/snapshot/e1; check its ACL for {ROOT}/snapshot/#")
     ]
     assert [(p.event_id, p.camera) for p in store.pending()] == [("e1", "b-cam")], "only that camera's photo"
+
+
+def test_photo_drain__a_photo_over_the_brokers_packet_limit_is_dropped_and_the_next_one_goes(
+    store: PhotoStore,
+) -> None:
+    failures = Failures()
+    drain = PhotoDrain(store, ROOT, on_failed=failures)
+    big = Photo("e1", "gate-cam", make_jpeg(70_000, 1), taken=1_799_971_200.5)
+    store.put(big)
+    store.put(photo("e2"))
+    small = photo_message(ROOT, photo("e2"))
+    drain.limit = packet_size(small)  # exactly the small one's size fits
+    assert drain.take(events_idle=True) == small
+    assert [f[:3] for f in failures] == [("e1", "gate-cam", "too_large")]
+    assert f"over the broker's maximum packet size ({drain.limit})" in failures[0][3]
+    assert [p.event_id for p in store.pending()] == ["e2"]
+
+
+def test_photo_drain__packet_size_is_never_below_what_paho_sends() -> None:
+    msg = photo_message(ROOT, photo("e1", "yard", 2, 3))
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = msg.content_type
+    props.UserProperty = list(msg.user_properties)
+    remaining = 2 + len(msg.topic.encode()) + 2 + len(props.pack()) + len(msg.payload)  # type: ignore[no-untyped-call]
+    on_wire = 1 + len(VariableByteIntegers.encode(remaining)) + remaining  # type: ignore[no-untyped-call]
+    assert on_wire <= packet_size(msg) <= on_wire + 16
+
+
+def test_photo_drain__a_photo_in_flight_when_connections_keep_ending_is_dropped(store: PhotoStore) -> None:
+    failures = Failures()
+    drain = PhotoDrain(store, ROOT, on_failed=failures)
+    store.put(photo("e1"))
+    store.put(photo("e2"))
+    for n in range(1, STRIKES + 1):
+        msg = drain.take(events_idle=True)
+        assert msg is not None
+        assert msg.topic.endswith("/e1"), f"connection {n}: the same photo again"
+        drain.sent(n, msg)
+        drain.reset()  # a 3.1.1 broker closes the connection at a packet over its limit
+    assert [f[:3] for f in failures] == [("e1", "gate-cam", "refused")]
+    assert "max_packet_size" in failures[0][3]
+    assert [p.event_id for p in store.pending()] == ["e2"]
+
+
+def test_photo_drain__a_delivered_photo_clears_the_count(store: PhotoStore) -> None:
+    drain = PhotoDrain(store, ROOT, on_failed=Failures())
+    store.put(photo("e1"))
+    for mid in range(1, STRIKES):
+        msg = drain.take(events_idle=True)
+        assert msg is not None
+        drain.sent(mid, msg)
+        drain.reset()  # ordinary outages while it travelled
+    msg = drain.take(events_idle=True)
+    assert msg is not None
+    drain.sent(9, msg)
+    assert drain.settle(9)
+    store.put(photo("e1"))  # the same event's photo once more: a fresh count
+    msg = drain.take(events_idle=True)
+    assert msg is not None
+    drain.sent(10, msg)
+    drain.reset()
+    assert store.pending(), "one outage is not a refusal"
 
 
 # ---- through a real broker -------------------------------------------------------------------------

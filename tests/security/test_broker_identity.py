@@ -150,7 +150,7 @@ def test_example_files__bind_identity_and_limit_packets() -> None:
         "use_username_as_clientid true",
         "require_certificate true",
         "allow_anonymous false",
-        "max_packet_size 65536",
+        "max_packet_size 1048576",  # a default photo (snapshots.max_kb 400) fits; commands stop at 4 KiB
     ):
         assert f"\n{line}\n" in conf, line
     acl = (ROOT / "config" / "mosquitto" / "campus.acl").read_text()
