@@ -124,14 +124,14 @@ def test_identity__the_doctor_identity_cannot_send_events(example_broker: Exampl
         central.close()
 
 
-def test_example_broker__refuses_packets_over_64_kib(
+def test_example_broker__refuses_packets_over_its_limit(
     example_broker: ExampleBroker, pki: dict[str, Issued], agent_proc: Callable[..., AgentProc]
 ) -> None:
     agent = start_agent(agent_proc, example_broker, pki)
     sender = Client(example_broker, "central", topics=("campus/main/gate-north-1/reply",))
-    big = json.dumps({"v": 1, "id": "big", "pad": "x" * 100_000}).encode()
+    big = json.dumps({"v": 1, "id": "big", "pad": "x" * 1_100_000}).encode()  # over max_packet_size (1 MiB)
     sender.c.publish("campus/main/gate-north-1/cmd/ping", big, qos=1)
-    eventually(lambda: sender.disconnects, 15, "the broker to drop the client that sent 100 KB")
+    eventually(lambda: sender.disconnects, 15, "the broker to drop the client that sent 1.1 MB")
     sender.close()
     sender = Client(example_broker, "central", topics=("campus/main/gate-north-1/reply",))
     try:
