@@ -255,7 +255,8 @@ class Session(Closing):
         )
         c = self.client
         c.connect_timeout = cfg.connect_timeout_s
-        c.max_inflight_messages_set(cfg.max_inflight + 16)
+        self._max_inflight = cfg.max_inflight + 16
+        c.max_inflight_messages_set(self._max_inflight)
         c.max_queued_messages_set(0)
         c.will_set(will[0], will[1], qos=1, retain=dialect.retain)
         if cfg.username is not None:
@@ -374,6 +375,15 @@ class Session(Closing):
     def writing(self) -> contextlib.AbstractContextManager[None]:
         """Publishes inside go on the wire from this thread on exit, not after paho's network thread wakes."""
         return self.client.writing()
+
+    def limit_inflight(self, n: int) -> None:
+        """At most ``n`` QoS 1 publishes unacknowledged (the broker's Receive Maximum); paho queues the rest.
+
+        Called once the CONNACK is in and before this connection's first
+        publish: paho's setter refuses an open connection (its worry is a
+        change while messages are in flight, and none are), so its field is set.
+        """
+        self.client._max_inflight_messages = max(1, min(n, self._max_inflight))  # noqa: SLF001 - see above
 
     def subscribe(self, topic: str) -> bool:
         """Send the QoS 1 subscription; :meth:`suback` tells its answer."""

@@ -53,6 +53,10 @@ StatusProvider = Callable[[], dict[str, Any]]
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
 _IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing progress (stop wakes it at once)
 _IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
+_STABLE_S = 10.0  # a session shorter than this counts as a failed attempt: the backoff grows, failover goes on
+_TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with this client id (mosquitto 2.0 closes first)
+_SHORT_STREAK = 3  # accepted sessions in a row that ended at once: said in the log
+_MOVE_ON = frozenset({0x9C, 0x9D})  # DISCONNECT: use another server, server moved
 
 
 class Uplink(Closing):
@@ -119,6 +123,8 @@ class Uplink(Closing):
         self._broker_index = 0
         self._connected_since: float | None = None
         self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
+        self._session_s = 0.0  # how long the last accepted session lasted
+        self._lost_code: int | None = None  # the broker's DISCONNECT reason that ended it, if it sent one
         self._last_error: str | None = None
         self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
         self._events = EventSender(self._window, topic_root, _IDLE_S)  # its lock: the window and the live session
@@ -203,7 +209,7 @@ class Uplink(Closing):
     # ---- the sender thread: attempts, failover, backoff ----------------------
 
     def _run(self) -> None:
-        attempt = 0
+        attempt = short = 0  # failed attempts in a row; accepted sessions in a row that ended at once
         while not self._stopping.is_set():
             self.progress = self._mono()
             broker = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
@@ -215,11 +221,14 @@ class Uplink(Closing):
                 failure = ConnectFailure("internal", self._last_error)
             if self._stopping.is_set():
                 break
-            if failure is None:
-                attempt = 0  # the broker accepted a session: try it first again
-            else:
+            if failure is None and self._session_s >= _STABLE_S and self._lost_code not in _MOVE_ON:
+                attempt = short = 0  # a session that lasted: try that broker first again, soon
+            else:  # a broker that accepts and then drops us at once must not get a reconnect a second
                 attempt += 1
                 self._broker_index += 1
+                short = short + 1 if failure is None else 0
+                if short == _SHORT_STREAK:
+                    self._say_dropped_at_once(broker, short)
             nxt = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
             delay = backoff_delay(attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
             moving = f" on {nxt}" if nxt != broker else ""
@@ -233,6 +242,17 @@ class Uplink(Closing):
                 delay,
             )
             self._sleep(delay)
+
+    def _say_dropped_at_once(self, broker: BrokerAddress, times: int) -> None:
+        log.warning(
+            "broker %s accepted the connection and closed it within %g s, %d times in a row: another client "
+            "with this device's client id %r may be taking the session over (two devices sharing a client id "
+            "or a certificate), or the broker drops this client (its log says why); reconnecting with backoff",
+            broker,
+            _STABLE_S,
+            times,
+            self.cfg.client_id,
+        )
 
     def _sleep(self, seconds: float) -> None:
         deadline = self._mono() + seconds
@@ -297,6 +317,23 @@ class Uplink(Closing):
     # ---- one accepted session ------------------------------------------------
 
     def _serve(self, s: Session) -> None:
+        began = self._mono()
+        try:
+            self._serve_session(s)
+        finally:
+            self._session_s, self._lost_code = self._mono() - began, s.lost_code
+        if s.lost_code == _TAKEN_OVER:
+            log.error(
+                "broker %s: another client connected with this device's client id %r and took the session over; "
+                "two devices share a client id or a certificate (the broker may use its CN as the id): "
+                "give each device its own",
+                s.broker,
+                self.cfg.client_id,
+            )
+        elif s.lost_code in _MOVE_ON:
+            log.warning("broker %s: it asked the agent to use another server; trying the next broker", s.broker)
+
+    def _serve_session(self, s: Session) -> None:
         self._dialect = Dialect(s.dialect.protocol, s.can_retain)
         if self._photos is not None:
             self._photos.limit = s.max_packet_size  # a photo over it would end the session, again and again
@@ -313,6 +350,7 @@ class Uplink(Closing):
         )
         with self._events.lock:
             self._window.reset()
+            self._window.max_inflight = self._inflight_for(s)
             self._events.live = s
             wait = self._send_round(s)  # events first: never behind a status document or the subscription
         subscription = self._tend_commands(s, "todo")
@@ -334,6 +372,25 @@ class Uplink(Closing):
             self._dialects.retain_refused(s.broker, s.dialect)
         self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
+
+    def _inflight_for(self, s: Session) -> int:
+        """Events in flight at most on ``s``: ``max_inflight``, within the broker's Receive Maximum.
+
+        An MQTT 5 broker may close the connection of a client with more QoS 1
+        publishes unacknowledged than it announced (EMQX: DISCONNECT 0x93);
+        paho would send them all.  paho is held to the broker's figure too, so
+        a status or a photo beside the events never goes over it (it waits in
+        paho's queue), and the events keep one slot free for them.
+        """
+        r = s.receive_maximum
+        if r is None:
+            return self.cfg.max_inflight
+        s.limit_inflight(r)
+        if r < self.cfg.max_inflight + 1:
+            log.info(
+                "broker %s takes %d unacknowledged publishes at most; events in flight: %d", s.broker, r, max(1, r - 1)
+            )
+        return min(self.cfg.max_inflight, max(1, r - 1))
 
     def _tend_commands(self, s: Session, subscription: str) -> str:
         subscription, changed = self._commands.tend(s, subscription, self._mono(), lambda: self.outbox.pending() == 0)
