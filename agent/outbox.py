@@ -355,6 +355,27 @@ class Outbox(ClosingFile):
             OutboxError, OutboxFullError: the intake failed and so did the SQLite commit that replaced it.
 
         """
+        return self._into_intake(events, wait=True)
+
+    def take_in_now(self, events: list[Event]) -> list[OutboxRow] | None:
+        """Make a batch of alarms durable in the intake without waiting and without SQLite; else None.
+
+        For the recorder while events are held in memory (SQLite is failing):
+        another thread may be inside a commit, holding the outbox's lock for up
+        to the busy timeout, so a lock already taken means None at once.  None
+        also where :meth:`_take_in` says None, and when the intake write fails:
+        then nothing of the batch is on disk (the intake is dropped), the seqs
+        it was given stay unused (a block may still hold them after a crash,
+        so they are never handed out again) and the caller holds the events.
+
+        Raises:
+            OutboxError: the outbox is closed.
+
+        """
+        return self._into_intake(events, wait=False)
+
+    def _into_intake(self, events: list[Event], *, wait: bool) -> list[OutboxRow] | None:
+        """:meth:`_take_in` (``wait``) and :meth:`take_in_now` (not: no waiting for the lock, no SQLite)."""
         intake = self._intake
         if intake is None or intake.free < len(events) or not all(e.type.is_alarm for e in events):
             return None  # a non-alarm waiting there could be neither evicted nor kept out of the alarms' reserve
@@ -363,7 +384,9 @@ class Outbox(ClosingFile):
         if any(len(p) > MAX_PAYLOAD for p in payloads):
             return None
         created_ms = int(self._wall() * 1000)
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             self._check_open()
             intake = self._intake
             if intake is None or intake.free < len(events):
@@ -380,10 +403,12 @@ class Outbox(ClosingFile):
                 intake.write(rows, payloads)
             except OSError as exc:
                 self._drop_intake(exc)
-                return self._commit_as_given(rows)
+                return self._commit_as_given(rows) if wait else None
             for row in rows:
                 self._live[row.seq] = row
             self._pending += len(rows)
+        finally:
+            self._lock.release()
         return rows
 
     def _commit_as_given(self, rows: list[OutboxRow]) -> list[OutboxRow]:

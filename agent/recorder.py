@@ -12,7 +12,11 @@ Held events keep ``seq`` order and never lose their place:
 * while any event is held, or the last write failed and none has worked
   since, new events join the queue behind it instead of overtaking it on the
   way to disk, so the inputs thread never waits on an outbox already known to
-  be failing (the retry thread finds out when it works again);
+  be failing (the retry thread finds out when it works again); except real
+  alarms: they go into the outbox's intake when that takes them without a
+  wait (:meth:`Outbox.take_in_now`: the outbox's lock is free, SQLite is not
+  touched), so a press is on disk even while SQLite fails, with a seq above
+  the held events' (it may arrive before them);
 * the ``recorder-retry`` thread stores them as soon as the outbox takes
   writes again (tried every :data:`RETRY_S`, at once when news arrives); an
   alarm is tried even when a non-alarm before it does not fit a full disk;
@@ -145,12 +149,7 @@ class Recorder(Closing):
             test = type_.is_alarm and self._test_mode(stamp.mono if stamp is not None else self._clock.mono())
             made.append((Event.create(self._clock, type_, source, at=stamp, test=test, data=data), test))
         events = [e for e, _ in made]
-        with self._lock:
-            queue_behind = bool(self._held) or self._failing
-        rows: list[OutboxRow | None] = [None] * len(events)
-        if not queue_behind:
-            with self._put_lock:
-                rows = self._put(events)
+        rows = self._store(made)
         seqs = [r.seq if r is not None else None for r in rows]
         held = [e for e, s in zip(events, seqs, strict=True) if s is None]
         reserved = self._hold(held) if held else {}
@@ -188,6 +187,18 @@ class Recorder(Closing):
 
         return later
 
+    def _store(self, made: list[tuple[Event, bool]]) -> list[OutboxRow | None]:
+        """Make (event, test) pairs durable; None for each event that is to be held."""
+        events = [e for e, _ in made]
+        with self._lock:
+            queue_behind = bool(self._held) or self._failing
+        if not queue_behind:
+            with self._put_lock:
+                return self._put(events)
+        if all(e.type.is_alarm and not test for e, test in made):
+            return self._take_in_now(events)  # a power cut must not take the press with the memory queue
+        return [None] * len(events)
+
     def _put(self, events: list[Event]) -> list[OutboxRow | None]:
         """Commit what the outbox takes; None for each event it did not."""
         self._failing = True  # until a write below proves otherwise
@@ -222,6 +233,22 @@ class Recorder(Closing):
                 )
                 one_by_one.append(None)
         return one_by_one
+
+    def _take_in_now(self, events: list[Event]) -> list[OutboxRow | None]:
+        """Real alarms behind held events: into the outbox's intake if it needs no wait; else None each.
+
+        Never waits for the outbox (another thread may be stuck in a commit)
+        and never touches SQLite, so ``_failing`` stays as it is; the retry
+        thread still stores the held events, below these seqs.  Test presses
+        stay behind the held events: in the routine lane their higher seq
+        would overtake them there (contract, "Order").
+        """
+        try:
+            taken = self.outbox.take_in_now(events)
+        except Exception:
+            log.exception("recording %d alarms in the outbox's intake failed; kept in memory", len(events))
+            taken = None
+        return [None] * len(events) if taken is None else list(taken)
 
     def _hold(self, events: list[Event]) -> dict[str, int]:
         reserved = {}
@@ -268,7 +295,7 @@ class Recorder(Closing):
     # ---- held events ------------------------------------------------------------------
 
     def held(self) -> list[OutboxRow]:
-        """Events held in memory, oldest first, ready to send directly (the uplink's hook)."""
+        """Events held in memory, oldest first, ready to send directly (the uplink's hook; it sends alarms first)."""
         with self._lock:
             return [h.row for h in self._held.values()]
 

@@ -104,7 +104,6 @@ class Uplink(Closing):
         self._offline = offline
         self._on_command = on_command
         self._on_link = on_link
-        self._side = SideLane(topic_root, held=held, photos=photos, on_delivered=on_delivered)
         self._photos = photos
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wall = wall
@@ -127,6 +126,9 @@ class Uplink(Closing):
         self._lost_code: int | None = None  # the broker's DISCONNECT reason that ended it, if it sent one
         self._last_error: str | None = None
         self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
+        self._side = SideLane(
+            topic_root, held=held, photos=photos, on_delivered=on_delivered, window=self._window, mono=mono
+        )
         self._events = EventSender(self._window, topic_root, _IDLE_S)  # its lock: the window and the live session
         self._pubacks = PubAcks(self._window, self._side, outbox, topic_root, on_delivered)
         self.progress = self._mono()
@@ -415,7 +417,7 @@ class Uplink(Closing):
         except (OutboxError, sqlite3.Error) as exc:  # the outbox cannot be read: held events still go
             log.error("outbox: %s; sending only the events held in memory", exc)  # noqa: TRY400 - says it all
             wait = _IDLE_S
-        self._side.send_held(s)
+        wait = min(wait, self._side.send_held(s))  # a held event waiting for the pace is due then
         status, replies = self._outgoing.take()
         if status is not None:
             self._publish_status(s, status)
