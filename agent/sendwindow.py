@@ -68,6 +68,8 @@ class SendWindow:
         self.max_inflight = max_inflight
         self.rate = rate_per_s
         self._inflight: dict[int, OutboxRow] = {}
+        self._sent_at: dict[int, float] = {}  # mid -> the ``now`` of the take that sent it
+        self._now = 0.0  # the last take's ``now``: sent() follows it
         self._alarms = _Lane(urgent=True)
         self._routine = _Lane(urgent=False)
         self._refusals: dict[int, int] = {}
@@ -84,6 +86,7 @@ class SendWindow:
     def reset(self) -> None:
         """A new connection: nothing is in flight, everything is sent again (real alarms first)."""
         self._inflight.clear()
+        self._sent_at.clear()
         self._alarms = _Lane(urgent=True)
         self._routine = _Lane(urgent=False)
         self._refusals.clear()
@@ -108,6 +111,7 @@ class SendWindow:
         thread publishes a fresh row at once, a backlog is the sender's work).
         """
         self._paced = False
+        self._now = now
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return []
@@ -140,6 +144,7 @@ class SendWindow:
         lane.retry_at.pop(row.seq, None)
         self._next_send += 1.0 / self.rate
         self._inflight[mid] = row
+        self._sent_at[mid] = self._now
         lane.cursor = max(lane.cursor, row.seq)
 
     def settle(self, mid: int, *, refused: bool, now: float) -> tuple[OutboxRow | None, float | None]:
@@ -148,6 +153,7 @@ class SendWindow:
         ``(None, None)`` for a message id we did not send (a status or a reply).
         """
         row = self._inflight.pop(mid, None)
+        self._sent_at.pop(mid, None)
         if row is None:
             return None, None
         if not refused:
@@ -162,6 +168,13 @@ class SendWindow:
         self._refusals[row.seq] = n + 1
         self._lane(row).retry_at[row.seq] = now + delay
         return row, delay
+
+    def oldest(self, now: float) -> tuple[float, OutboxRow] | None:
+        """(seconds waited, row) of the row in flight longest without a PUBACK, or None."""
+        if not self._sent_at:
+            return None
+        mid = min(self._sent_at, key=self._sent_at.__getitem__)
+        return now - self._sent_at[mid], self._inflight[mid]
 
     def wait_s(self, now: float, idle_s: float) -> float:
         """How long the sender may sleep before something could be due (news wakes it earlier)."""

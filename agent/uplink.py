@@ -370,10 +370,33 @@ class Uplink(Closing):
             with self._events.lock:
                 wait = self._send_round(s)
             subscription = self._tend_commands(s, subscription)
+            overdue = self._puback_overdue(s)
+            if overdue is not None:
+                self._commands.ended(s, subscription, self._mono())
+                self._last_error = overdue
+                return  # closed cleanly on the way out (no will); the next session sends it again
         if s.lost_code == RETAIN_NOT_SUPPORTED:
             self._dialects.retain_refused(s.broker, s.dialect)
         self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
+
+    def _puback_overdue(self, s: Session) -> str | None:
+        """Why to end a session whose broker keeps an event without a PUBACK, or None.
+
+        MQTT sends a publish again only on a new connection; a broker that
+        answers pings but lost a PUBLISH (or its PUBACK) would otherwise keep
+        that event, an alarm perhaps, in flight for as long as the link lives,
+        and a full window stops every event behind it.
+        """
+        with self._events.lock:
+            oldest = self._window.oldest(self._mono())
+        deadline = max(_STABLE_S, float(self.cfg.keepalive_s))
+        if oldest is None or oldest[0] < deadline:
+            return None
+        waited, row = oldest
+        why = f"no PUBACK for seq {row.seq} ({row.type}) in {waited:.0f} s"
+        log.warning("broker %s: %s while the link answers; reconnecting so it is sent again", s.broker, why)
+        return why
 
     def _inflight_for(self, s: Session) -> int:
         """Events in flight at most on ``s``: ``max_inflight``, within the broker's Receive Maximum.

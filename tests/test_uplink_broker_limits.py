@@ -81,3 +81,25 @@ def test_uplink__without_receive_maximum_the_window_is_the_configured_one(tmp_pa
     finally:
         rig.close()
         fb.close()
+
+
+def test_uplink__an_event_whose_puback_never_comes_is_sent_again_on_a_new_connection(tmp_path: Path) -> None:
+    swallowed: list[int] = []
+
+    def lose_the_first(c: Conn, pid: int, topic: str, _payload: bytes) -> None:
+        if "/event/" in topic and not swallowed:
+            swallowed.append(pid)  # the broker answers pings, but this PUBLISH is lost
+            return
+        c.puback(pid)
+
+    fb = Fake5(on_publish=lose_the_first)
+    rig = Rig(tmp_path, mqtt_cfg(fb.port, client_id="main/fdrop", keepalive_s=5), "fdrop")
+    try:
+        rig.put(1)
+        rig.uplink.start()
+        eventually(lambda: len(rig.delivered) == 1, 40.0, "the alarm delivered on a new connection")
+        assert len(fb.conns) == 2
+        assert sum("/event/" in t for _n, t, _p in fb.published) == 2
+    finally:
+        rig.close()
+        fb.close()
