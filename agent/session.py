@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -99,6 +100,7 @@ class _Client(mqtt.Client):
         self.io = threading.RLock()  # before paho's __init__: nothing may read or write without it
         self._writer: int | None = None  # the thread inside writing() that holds io: it writes its own packets
         self._wake_w: socket.socket | None = None
+        self.tls_alert: str | None = None  # a TLS alert the broker sent after the handshake
         super().__init__(*args, **kwargs)
 
     # paho writes a byte to this socket after queueing a packet, to wake its network thread for the
@@ -132,6 +134,16 @@ class _Client(mqtt.Client):
     def _packet_read(self) -> MQTTErrorCode:
         with self.io:
             return super()._packet_read()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho turns a TLS alert into "connection lost" and logs it where nobody looks; under TLS 1.3 a
+        # broker rejects the client certificate that way, after the handshake: keep its words.
+        try:
+            return super()._sock_recv(bufsize)
+        except ssl.SSLError as exc:
+            if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLWantWriteError):
+                self.tls_alert = str(getattr(exc, "reason", None) or exc)
+            raise
 
     def _packet_write(self) -> MQTTErrorCode:
         with self.io:
@@ -335,14 +347,24 @@ class Session(Closing):
                 return ConnectFailure(
                     "timeout", f"no CONNACK within {timeout_s:g} s (the broker accepted TCP but did not answer MQTT)"
                 )
-            return ConnectFailure(
-                "closed", f"closed by the broker before CONNACK (MQTT {self.dialect.protocol}: {self.lost_reason})"
-            )
+            return self._closed_before_connack()
         if self.code >= 0x80:
             return ConnectFailure("refused", refusal_words(self.code, self.code_words), self.code)
         if self.lost.is_set():
             return ConnectFailure("lost", f"connection lost right after CONNACK ({self.lost_reason})")
         return None
+
+    def _closed_before_connack(self) -> ConnectFailure:
+        alert = self.client.tls_alert
+        if alert is not None:  # not about the MQTT version: no dialect to fall back to
+            return ConnectFailure(
+                "connect",
+                f"the broker ended TLS before CONNACK ({alert}); check the client certificate "
+                "(mqtt.tls.cert_file: expired, or not signed by a CA the broker trusts)",
+            )
+        return ConnectFailure(
+            "closed", f"closed by the broker before CONNACK (MQTT {self.dialect.protocol}: {self.lost_reason})"
+        )
 
     @property
     def can_retain(self) -> bool:

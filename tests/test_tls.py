@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.support.agentproc import AgentProc, write_config
 from tests.support.broker import Broker
-from tests.support.certs import Issued, device_pki
+from tests.support.certs import Issued, device_pki, issue
 from tests.support.contract import Validate
 from tests.support.mqtt import Central
 from tests.support.waiting import eventually
@@ -130,6 +130,31 @@ def test_tls__bad_server_is_refused_clearly_and_presses_still_recorded(
     finally:
         agent.cleanup()
         b.stop()
+
+
+@pytest.mark.parametrize("client", ["expired", "rogue"])
+def test_tls__a_client_certificate_the_broker_refuses_is_named_not_taken_for_a_dialect(
+    tmp_path: Path, pki: dict[str, Issued], broker_ok: Broker, client: str
+) -> None:
+    """Under TLS 1.3 the broker refuses the client certificate after the handshake, as an alert at the first read.
+
+    paho reports that as a lost connection; the agent said "closed by the broker before CONNACK
+    (MQTT 3.1.1: Unspecified error)" and walked its MQTT version fallbacks (a hunt found it).
+    """
+    certs = dict(pki)
+    if client == "expired":
+        certs["expired-client"] = issue(
+            pki["ca"], tmp_path, f"main/{DEV}", "expired-client", server=False, days=-1, start_days_ago=3
+        )
+    name = "expired-client" if client == "expired" else "rogue"
+    agent = AgentProc(agent_cfg(tmp_path, broker_ok.port, certs, cert=name)).start()
+    try:
+        log = wait_log(agent, "the broker ended TLS before CONNACK")
+        assert "check the client certificate" in log
+        assert "does not speak MQTT 5" not in log, "a certificate is not a dialect"
+        assert "does not support retained messages" not in log
+    finally:
+        agent.cleanup()
 
 
 class Device:
