@@ -369,8 +369,9 @@ class Uplink(Closing):
                 return
             with self._events.lock:
                 wait = self._send_round(s)
+                oldest = self._window.oldest(self._mono())  # under the lock the round holds anyway
             subscription = self._tend_commands(s, subscription)
-            overdue = self._puback_overdue(s)
+            overdue = self._puback_overdue(s, oldest)
             if overdue is not None:
                 self._commands.ended(s, subscription, self._mono())
                 self._last_error = overdue
@@ -380,7 +381,7 @@ class Uplink(Closing):
         self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
 
-    def _puback_overdue(self, s: Session) -> str | None:
+    def _puback_overdue(self, s: Session, oldest: tuple[float, OutboxRow] | None) -> str | None:
         """Why to end a session whose broker keeps an event without a PUBACK, or None.
 
         MQTT sends a publish again only on a new connection; a broker that
@@ -388,8 +389,6 @@ class Uplink(Closing):
         that event, an alarm perhaps, in flight for as long as the link lives,
         and a full window stops every event behind it.
         """
-        with self._events.lock:
-            oldest = self._window.oldest(self._mono())
         deadline = max(_STABLE_S, float(self.cfg.keepalive_s))
         if oldest is None or oldest[0] < deadline:
             return None
