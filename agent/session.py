@@ -101,6 +101,7 @@ class _Client(mqtt.Client):
         self._writer: int | None = None  # the thread inside writing() that holds io: it writes its own packets
         self._wake_w: socket.socket | None = None
         self.tls_alert: str | None = None  # a TLS alert the broker sent after the handshake
+        self._sock_recv = self._recv_until_connack  # type: ignore[method-assign]  # until connack_seen()
         super().__init__(*args, **kwargs)
 
     # paho writes a byte to this socket after queueing a packet, to wake its network thread for the
@@ -135,15 +136,20 @@ class _Client(mqtt.Client):
         with self.io:
             return super()._packet_read()
 
-    def _sock_recv(self, bufsize: int) -> bytes:
+    def _recv_until_connack(self, bufsize: int) -> bytes:
         # paho turns a TLS alert into "connection lost" and logs it where nobody looks; under TLS 1.3 a
-        # broker rejects the client certificate that way, after the handshake: keep its words.
+        # broker rejects the client certificate that way, after the handshake: keep its words.  Only
+        # until the CONNACK (``connack_seen``): every read after it is paho's own, at no cost.
         try:
             return super()._sock_recv(bufsize)
         except ssl.SSLError as exc:
             if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLWantWriteError):
                 self.tls_alert = str(getattr(exc, "reason", None) or exc)
             raise
+
+    def connack_seen(self) -> None:
+        """The CONNACK is in: reads go straight to paho's ``_sock_recv`` again."""
+        self.__dict__.pop("_sock_recv", None)
 
     def _packet_write(self) -> MQTTErrorCode:
         with self.io:
@@ -285,6 +291,7 @@ class Session(Closing):
     # ---- paho's thread -----------------------------------------------------------
 
     def _connected(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
+        self.client.connack_seen()
         self.code, self.code_words = int(rc.value), str(rc)
         if props is not None and getattr(props, "RetainAvailable", 1) == 0:
             self.retain_available = False

@@ -397,3 +397,6 @@ def bulk_fill(ob: Outbox, count: int, kind: EventType = EventType.PANIC, chunk: 
         last = ob._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         if hasattr(ob, "_last_seq"):  # what the outbox has committed: the sender reads no further
             ob._last_seq = int(last[0])
+        if hasattr(ob, "_top"):  # the outbox's own counter gives the next seq: it must know these
+            with ob._seq_lock:
+                ob._top = max(ob._top, int(last[0]))
