@@ -47,9 +47,7 @@ class SideLane:
         held: returns the events held in memory, in seq order.
         photos: the photo drain, or None when no input takes photos.
         on_delivered: what the uplink calls for every acknowledged event.
-        window: the send window whose slots and rate held events share; None
-            sends them all at once (real alarms first), as before the uplink
-            passed it.
+        window: the send window whose slots and rate held events share.
         mono: the monotonic clock, for the pacing.
 
     """
@@ -61,7 +59,7 @@ class SideLane:
         held: Callable[[], list[OutboxRow]] | None,
         photos: PhotoDrain | None,
         on_delivered: Callable[[OutboxRow], None] | None,
-        window: SendWindow | None = None,
+        window: SendWindow,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
@@ -93,17 +91,16 @@ class SideLane:
         skip = {r.id for r in self._inflight.values()} | self._refused
         rows = sorted((r for r in self._held() if r.id not in skip), key=lambda r: not r.urgent)  # stable
         w = self._window
-        free = math.inf if w is None else w.max_inflight - len(w) - len(self._inflight)
-        spare = 1 if w is not None and w.max_inflight > 1 else 0  # the window's last slot waits for an alarm
+        free = w.max_inflight - len(w) - len(self._inflight)
+        spare = 1 if w.max_inflight > 1 else 0  # the window's last slot waits for an alarm
         for row in rows:
             if free <= (0 if row.urgent else spare):
                 break  # a PUBACK frees a slot (and wakes the sender)
-            if w is not None:
-                now = self._mono()
-                self._next_send = max(self._next_send, now - (w.max_inflight - 1) / w.rate)  # burst: one window
-                if not row.urgent and self._next_send > now + 1e-9:  # an alarm is never paced
-                    return self._next_send - now
-                self._next_send += 1.0 / w.rate
+            now = self._mono()
+            self._next_send = max(self._next_send, now - (w.max_inflight - 1) / w.rate)  # burst: one window
+            if not row.urgent and self._next_send > now + 1e-9:  # an alarm is never paced
+                return self._next_send - now
+            self._next_send += 1.0 / w.rate
             mid = s.publish(f"{self.root}/event/{row.type}", row.payload)
             if mid is None:
                 break

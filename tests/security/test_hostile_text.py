@@ -32,6 +32,7 @@ from agent.events import new_id
 from tests.support.agentproc import unique_id
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
+from tests.test_cameras import cam_cfg
 
 EVIL = "no\x1b]0;pwned\x07\x1b[2J\x1b[1;1H\u202eACK ACCEPTED\x9b31m"
 EVIL_RTSP = b"RTSP/1.0 200 OK\x1b]0;owned\x07\x1b[2J\x9b31m\r\nCSeq: 1\r\n\r\n"
@@ -145,18 +146,7 @@ def test_hostile__an_events_source_is_cut_so_a_device_cannot_forge_lines_by_wrap
 
 
 def _cam(kind: CameraKind, url: str) -> CameraConfig:
-    return CameraConfig(
-        name="cam",
-        kind=kind,
-        url=url,
-        timeout_s=2.0,
-        probe_interval_s=60,
-        fail_after=3,
-        username=None,
-        password=None,
-        auth="basic",
-        camera_num=0,
-    )
+    return cam_cfg(kind, url, timeout_s=2.0)
 
 
 class _RtspServer:
