@@ -11,12 +11,15 @@ gets a CONNACK; the explicit answer is remembered at once.  A broker
 that takes an MQTT 5 CONNECT and never answers (amqtt 0.12 misreads the will in
 it) is not retried at once, since a dead node behaves the same and failover must
 stay quick: the next attempt on that broker is MQTT 3.1.1, the one after that 5
-again, until one of them gets a CONNACK.  A 3.1.1 CONNACK after that silence
-proves only that the link is up now (an outage longer than the connect
-timeout, a blackholed link, looks the same), so that session is closed at once
-and MQTT 5 is tried again while the link is known up: a CONNACK keeps MQTT 5,
-silence again remembers 3.1.1 (and 3.1.1 is retried at once).  Nothing else is
-learnt from such a round: a retained will closed there is weighed again.
+again, until one of them gets a CONNACK.
+
+A CONNACK to a fallback tried after such an ambiguous failure (silence, or a
+close, twice) proves only that the link is up now: an outage longer than the
+connect timeout, or a link resetting attempts as it heals, looks the same.
+So that session is closed unused and the dialect that failed is tried once
+more while the link is known up: a CONNACK keeps it, the same failure again
+remembers the fallback (which is then tried at once).  An explicit answer
+(CONNACK 0x84, 0x9A) is remembered at once.
 
 Retain works the same way for every version: a broker with retain switched off
 refuses a retained will (MQTT 5: CONNACK 0x9A; mosquitto under 3.1.1 closes
@@ -38,12 +41,8 @@ from agent.session import RETAIN_NOT_SUPPORTED, UNSUPPORTED_PROTOCOL, ConnectFai
 log = logging.getLogger(__name__)
 
 _SILENT = "its MQTT 5 CONNECT got no CONNACK within the connect timeout"
-_SILENT_AGAIN = (
-    "its MQTT 5 CONNECT got no CONNACK within the connect timeout twice, the second time just after "
-    "an MQTT 3.1.1 CONNACK on the same link"
-)
 RECHECK = ConnectFailure(
-    "recheck", "MQTT 3.1.1 answered after an unanswered MQTT 5 CONNECT; MQTT 5 once more while the link is up"
+    "recheck", "a fallback answered after an ambiguous failure; the dialect that failed once more while the link is up"
 )
 _V5_WOULD_ADD = (
     "MQTT 5 would add refusal visibility: under 3.1.1 a broker whose ACL refuses an event still acknowledges it "
@@ -62,20 +61,22 @@ class Dialects:
     def __init__(self, configured: str) -> None:
         self._configured = configured  # "auto", "5" or "3.1.1"
         self._learnt: dict[BrokerAddress, Dialect] = {}
-        self._suspect: dict[BrokerAddress, list[tuple[Dialect, str]]] = {}  # fallbacks tried, not yet proven
+        # fallbacks tried after an ambiguous failure, not yet proven: (fallback, why, the dialect that failed)
+        self._suspect: dict[BrokerAddress, list[tuple[Dialect, str, Dialect]]] = {}
         self._silent_to_v5: set[BrokerAddress] = set()  # last MQTT 5 CONNECT got no answer: try 3.1.1 next
         self._closed: set[BrokerAddress] = set()  # closed before CONNACK once this round: the next close counts
-        self._recheck: set[BrokerAddress] = set()  # 3.1.1 answered after an MQTT 5 silence: 5 again at once
+        # a fallback that got a CONNACK, checked by trying the dialect that failed once more: (fallback, why, failed)
+        self._recheck: dict[BrokerAddress, tuple[Dialect, str, Dialect]] = {}
 
     def first(self, broker: BrokerAddress) -> Dialect:
         """What to try first with ``broker`` (a new round of attempts: earlier suspicions are dropped)."""
         self._suspect.pop(broker, None)
         self._closed.discard(broker)
-        self._recheck.discard(broker)
+        self._recheck.pop(broker, None)
         if broker in self._silent_to_v5 and broker not in self._learnt:
             self._silent_to_v5.discard(broker)  # 3.1.1 once; if it is silent too, MQTT 5 again next round
             nxt = Dialect("3.1.1", retain=True)
-            self._suspect[broker] = [(nxt, _SILENT)]
+            self._suspect[broker] = [(nxt, _SILENT, Dialect("5", retain=True))]
             return nxt
         return self._known(broker)
 
@@ -85,7 +86,7 @@ class Dialects:
 
     def fallback(self, broker: BrokerAddress, tried: Dialect, failure: ConnectFailure) -> Dialect | None:
         """The dialect to retry ``broker`` with at once, or None when the failure is not about the dialect."""
-        early = self._recheck_step(broker, tried, failure)
+        early = self._recheck_step(broker, failure)
         if early is None and failure.kind == "closed" and self._close_blames(tried) and self._first_close(broker):
             early = tried  # once more as it was: see _first_close
         if early is not None:
@@ -101,7 +102,7 @@ class Dialects:
                 return nxt
             if failure.kind == "closed":
                 self._suspect.setdefault(broker, []).append(
-                    (nxt, "it closed the connection at an MQTT 5 CONNECT, before any CONNACK")
+                    (nxt, "it closed the connection at an MQTT 5 CONNECT, before any CONNACK", tried)
                 )
                 return nxt
             if failure.kind == "timeout" and broker not in self._learnt:
@@ -109,22 +110,23 @@ class Dialects:
         if tried.protocol == "3.1.1" and tried.retain and failure.kind == "closed":
             nxt = Dialect("3.1.1", retain=False)
             self._suspect.setdefault(broker, []).append(
-                (nxt, "it closed the connection at a CONNECT with a retained will")
+                (nxt, "it closed the connection at a CONNECT with a retained will", tried)
             )
             return nxt
         return None
 
-    def _recheck_step(self, broker: BrokerAddress, tried: Dialect, failure: ConnectFailure) -> Dialect | None:
-        """MQTT 5 once more after a 3.1.1 CONNACK that followed its silence; silence again proves 3.1.1."""
+    def _recheck_step(self, broker: BrokerAddress, failure: ConnectFailure) -> Dialect | None:
+        """The failed dialect once more after its fallback's CONNACK; failing again the same way proves it."""
+        check = self._recheck.get(broker)
+        if check is None:
+            return None
+        fallback, why, failed = check
         if failure.kind == "recheck":
-            self._recheck.add(broker)
-            return Dialect("5", retain=True)
-        if broker in self._recheck and tried.protocol == "5":
-            self._recheck.discard(broker)
-            if failure.kind == "timeout":
-                nxt = Dialect("3.1.1", retain=True)
-                self._learn(broker, nxt, _SILENT_AGAIN)
-                return nxt
+            return failed
+        del self._recheck[broker]
+        if failure.kind in ("timeout", "closed"):
+            self._learn(broker, fallback, f"{why}, again just after a CONNACK to the fallback on the same link")
+            return fallback
         return None
 
     def _close_blames(self, tried: Dialect) -> bool:
@@ -149,17 +151,16 @@ class Dialects:
     def answered(self, broker: BrokerAddress, dialect: Dialect, *, retain_available: bool) -> bool:
         """``broker`` sent a CONNACK to ``dialect``: a suspected fallback is proven.
 
-        Returns False when the session must not be used: 3.1.1 answered right
-        after an MQTT 5 silence, which may have been the link; the caller
+        Returns False when the session must not be used: a fallback answered
+        after an ambiguous failure, which may have been the link; the caller
         closes it and retries with :data:`RECHECK` (see the module's text).
         """
         suspects = self._suspect.pop(broker, [])
-        self._recheck.discard(broker)
-        if dialect.protocol == "3.1.1" and any(why == _SILENT for _, why in suspects):
-            return False
-        for tried, why in suspects:
-            if tried.protocol == dialect.protocol and (tried.retain or not dialect.retain):
-                self._learn(broker, tried, why)
+        self._recheck.pop(broker, None)
+        for fallback, why, original in suspects:
+            if fallback.protocol == dialect.protocol and (fallback.retain or not dialect.retain):
+                self._recheck[broker] = (fallback, why, original)
+                return False
         if not retain_available and dialect.retain:
             self._learn(broker, Dialect(dialect.protocol, retain=False), "its CONNACK says Retain Available 0")
         return True

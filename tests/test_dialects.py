@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.config.model import BrokerAddress
 from agent.dialects import RECHECK, Dialects
@@ -64,7 +66,10 @@ def test_dialects__a_closed_socket_is_remembered_only_once_3_1_1_gets_a_connack(
     assert d.first(A) == V5, "a broker that closes and then says nothing to 3.1.1 either gets MQTT 5 again"
     assert d.fallback(A, d.first(A), CLOSED) == V5, "a new round: its first close is tried again"
     assert d.fallback(A, V5, CLOSED) == V3
-    d.answered(A, V3, retain_available=True)
+    assert d.answered(A, V3, retain_available=True) is False, "the closes may have been the link"
+    assert d.fallback(A, V3, RECHECK) == V5, "MQTT 5 once more with the link known up"
+    assert d.fallback(A, V5, CLOSED) == V3, "closed again: RabbitMQ 3.10 means it"
+    assert d.answered(A, V3, retain_available=True) is True
     assert d.first(A) == V3
 
 
@@ -82,7 +87,10 @@ def test_dialects__a_retained_will_closed_twice_goes_without_retain() -> None:
     assert d.fallback(A, d.first(A), CLOSED) == V3
     assert d.fallback(A, V3, CLOSED) == V3_NR, "mosquitto under 3.1.1 closes at a retained will when retain is off"
     assert d.fallback(A, V3_NR, CLOSED) is None
-    d.answered(A, V3_NR, retain_available=True)
+    assert d.answered(A, V3_NR, retain_available=True) is False, "the closes may have been the link"
+    assert d.fallback(A, V3_NR, RECHECK) == V3, "the retained will once more with the link known up"
+    assert d.fallback(A, V3, CLOSED) == V3_NR
+    assert d.answered(A, V3_NR, retain_available=True) is True
     assert d.first(A) == V3_NR
 
 
@@ -112,7 +120,7 @@ def test_dialects__a_broker_silent_to_mqtt5_while_the_link_is_up_is_remembered(
     assert d.first(A) == V3
     assert d.first(B) == V5, "learnt per broker"
     assert caplog.text.count("does not speak MQTT 5") == 1
-    assert "just after an MQTT 3.1.1 CONNACK" in caplog.text
+    assert "again just after a CONNACK to the fallback" in caplog.text
 
 
 def test_dialects__a_round_after_an_mqtt5_silence_teaches_nothing_about_retain() -> None:
@@ -152,3 +160,34 @@ def test_command_route__refusal_retries_after_backoff_kill_waits_for_an_empty_ba
     assert not r.due(200.0 + RETRY_MIN_S, lambda: False), "a retry that may kill the session waits for the backlog"
     assert r.due(200.0 + RETRY_MIN_S, lambda: True)
     assert repr(r) == "<CommandRoute unavailable: killed>"
+
+
+@given(st.lists(st.lists(st.sampled_from(["timeout", "reset"]), max_size=6), max_size=12))
+def test_dialects__a_broker_speaking_5_with_retain_never_loses_either_to_outages(rounds: list[list[str]]) -> None:
+    """Rounds of attempts as Uplink._attempt drives them, each failing in any mix of ways until the link heals.
+
+    An outage silences attempts or resets them as it heals; once the link answers it stays up
+    for the rest of the round (a link that drops again within the seconds of a round can still
+    mislead: docs/architecture.md).  A broker that speaks MQTT 5 and keeps retain then loses
+    neither, and no round loops.
+    """
+    d = Dialects("auto")
+    served = None
+    for link in [*rounds, [], []]:  # two rounds on a steady link at the end
+        dialect, steps, served = d.first(A), iter(link), None
+        for _ in range(10):
+            state = next(steps, "up")
+            if state == "up":
+                if d.answered(A, dialect, retain_available=True):
+                    served = dialect
+                    break
+                failure = RECHECK
+            else:
+                failure = TIMEOUT if state == "timeout" else CLOSED
+            nxt = d.fallback(A, dialect, failure)
+            if nxt is None:
+                break
+            dialect = nxt
+        else:
+            raise AssertionError(f"a round of attempts did not end: {link}")
+    assert served == V5, f"on a steady link the session is {served}: {d}"
