@@ -44,6 +44,14 @@ REFUSED_ALARM_RETRY_MIN_S = 1.0
 REFUSED_ALARM_RETRY_MAX_S = 15.0
 
 
+def refused_delay(refusals: int, *, urgent: bool) -> float:
+    """Seconds until a row refused ``refusals`` times before (0 for the first) is sent again."""
+    low, high = (
+        (REFUSED_ALARM_RETRY_MIN_S, REFUSED_ALARM_RETRY_MAX_S) if urgent else (REFUSED_RETRY_MIN_S, REFUSED_RETRY_MAX_S)
+    )
+    return min(high, low * float(2 ** min(refusals, 16)))
+
+
 @dataclass
 class _Lane:
     """One lane's reading position and its refused rows (seq → when due again)."""
@@ -82,6 +90,7 @@ class SendWindow:
         self._dropped_seen = outbox.dropped
         self._suspect: set[int] = set()  # mids in flight when rows were evicted: maybe no longer pending
         self.refused_alarms = 0  # refusals of real alarms since start: each one is also logged as CRITICAL
+        self.beside = 0  # events in flight outside the window that share its slots (held ones, agent/sidelane.py)
 
     def reset(self) -> None:
         """A new connection: nothing is in flight, everything is sent again (real alarms first)."""
@@ -112,7 +121,7 @@ class SendWindow:
         """
         self._paced = False
         self._now = now
-        room = self.max_inflight - len(self._inflight)
+        room = self.max_inflight - len(self._inflight) - self.beside
         if room <= 0:
             return []
         self._next_send = max(self._next_send, now - (self.max_inflight - 1) / self.rate)  # burst: one window
@@ -162,9 +171,7 @@ class SendWindow:
         n = self._refusals.get(row.seq, 0)
         if row.urgent:
             self.refused_alarms += 1
-            delay = min(REFUSED_ALARM_RETRY_MAX_S, REFUSED_ALARM_RETRY_MIN_S * 2 ** min(n, 16))
-        else:
-            delay = min(REFUSED_RETRY_MAX_S, REFUSED_RETRY_MIN_S * 2 ** min(n, 16))
+        delay = refused_delay(n, urgent=row.urgent)
         self._refusals[row.seq] = n + 1
         self._lane(row).retry_at[row.seq] = now + delay
         return row, delay
@@ -178,7 +185,7 @@ class SendWindow:
 
     def wait_s(self, now: float, idle_s: float) -> float:
         """How long the sender may sleep before something could be due (news wakes it earlier)."""
-        if len(self._inflight) >= self.max_inflight:
+        if len(self._inflight) + self.beside >= self.max_inflight:
             return idle_s
         if self._paced:
             return max(0.0, self._next_send - now)

@@ -7,7 +7,11 @@ They share the send window's slots the way its own rows do
 (agent/sendwindow.py): real alarms first, in any free slot; the rest in
 ``seq`` order, leaving the last slot free for an alarm and paced at the
 window's rate (a token bucket of their own, one window deep), so 10,000 held
-events never go out in one burst.
+events never go out in one burst; the window counts them among its slots
+(``SendWindow.beside``).  One the broker refuses stays held and is sent again
+on the window's schedule for a refused row (an alarm within 1 to 15 s), not
+only on the next connection: a broker that refuses for a moment (a quota, an
+ACL being fixed) must not keep a held alarm back for as long as the link lives.
 Photos (agent/photos.py) go one at a time and only while no event waits, so a
 new alarm always overtakes them.  Both are settled here before the send window
 sees a PUBACK, so the window only ever sees its own rows.
@@ -15,16 +19,20 @@ sees a PUBACK, so the window only ever sees its own rows.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from agent.outbox import OutboxRow
-from agent.sendwindow import SendWindow
+from agent.sendwindow import SendWindow, refused_delay
 
 if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
     from agent.photosend import PhotoDrain
+
+
+log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
@@ -70,9 +78,12 @@ class SideLane:
         self._mono = mono
         self._next_send = 0.0  # when the next held routine event may go (the window's bucket, for these)
         self._inflight: dict[int, OutboxRow] = {}  # mid -> held row; reset with the window
-        self._refused: set[str] = set()  # ids the broker refused on this connection: not again on it
+        self._sent_at: dict[int, float] = {}  # mid -> when it was published
+        self._retry_at: dict[str, float] = {}  # id -> when a row the broker refused may go again
+        self._refusals: dict[str, int] = {}  # id -> refusals in a row, for the backoff
         self.published = 0
         self.delivered = 0
+        self.refused = 0
 
     @property
     def busy(self) -> bool:
@@ -80,16 +91,27 @@ class SideLane:
         return bool(self._inflight)
 
     def send_held(self, s: Publisher) -> float:
-        """Publish held events not in flight (or refused) on this connection, as far as the window allows.
+        """Publish held events not in flight (nor waiting for a refusal's retry), as far as the window allows.
 
         Real alarms first, then the rest; each in ``seq`` order.  Returns how
-        long until the next paced event is due (``inf`` when none waits for the
-        pace: a PUBACK or a new event wakes the sender).
+        long until the next paced event or retry is due (``inf`` when none
+        waits for time: a PUBACK or a new event wakes the sender).
         """
         if self._held is None:
             return math.inf
-        skip = {r.id for r in self._inflight.values()} | self._refused
-        rows = sorted((r for r in self._held() if r.id not in skip), key=lambda r: not r.urgent)  # stable
+        now = self._mono()
+        busy = {r.id for r in self._inflight.values()}
+        retry = math.inf
+        rows = []
+        for r in self._held():
+            if r.id in busy:
+                continue
+            due = self._retry_at.get(r.id)
+            if due is not None and due > now:
+                retry = min(retry, due - now)
+                continue
+            rows.append(r)
+        rows.sort(key=lambda r: not r.urgent)  # stable: seq order within each lane
         w = self._window
         free = w.max_inflight - len(w) - len(self._inflight)
         spare = 1 if w.max_inflight > 1 else 0  # the window's last slot waits for an alarm
@@ -99,15 +121,18 @@ class SideLane:
             now = self._mono()
             self._next_send = max(self._next_send, now - (w.max_inflight - 1) / w.rate)  # burst: one window
             if not row.urgent and self._next_send > now + 1e-9:  # an alarm is never paced
-                return self._next_send - now
+                return min(retry, self._next_send - now)
             self._next_send += 1.0 / w.rate
             mid = s.publish(f"{self.root}/event/{row.type}", row.payload)
             if mid is None:
                 break
             self._inflight[mid] = row
+            self._sent_at[mid] = now
+            self._retry_at.pop(row.id, None)
             free -= 1
             self.published += 1
-        return math.inf
+        w.beside = len(self._inflight)
+        return retry
 
     def send_photo(self, s: Publisher, *, events_idle: bool) -> None:
         """One stored photo, only while no event waits."""
@@ -126,17 +151,47 @@ class SideLane:
         held = self._inflight.pop(mid, None)
         if held is None:
             return False
+        self._sent_at.pop(mid, None)
+        self._window.beside = len(self._inflight)
         if refusal is not None:
-            self._refused.add(held.id)  # stays held; sent again on the next connection
+            self._refused(held, refusal)
         else:
+            self._refusals.pop(held.id, None)
             self.delivered += 1
             if self._on_delivered is not None:
                 self._on_delivered(held)
         return True
 
+    def oldest(self, now: float) -> tuple[float, OutboxRow] | None:
+        """(seconds waited, row) of the held event in flight longest without a PUBACK, or None."""
+        if not self._sent_at:
+            return None
+        mid = min(self._sent_at, key=self._sent_at.__getitem__)
+        return now - self._sent_at[mid], self._inflight[mid]
+
     def reset(self) -> None:
-        """The connection ended: nothing of ours is in flight any more."""
+        """The connection ended: nothing of ours is in flight any more; a refused event may go at once."""
         self._inflight.clear()
-        self._refused.clear()
+        self._sent_at.clear()
+        self._retry_at.clear()
+        self._refusals.clear()
+        self._window.beside = 0
         if self._photos is not None:
             self._photos.reset()
+
+    def _refused(self, row: OutboxRow, refusal: str) -> None:
+        n = self._refusals.get(row.id, 0)
+        self._refusals[row.id] = n + 1
+        delay = refused_delay(n, urgent=row.urgent)
+        self._retry_at[row.id] = self._mono() + delay
+        self.refused += 1
+        log.log(  # a refused real alarm is the worst thing the link can report
+            logging.CRITICAL if row.urgent else logging.ERROR,
+            "broker refused held %s event seq %d (%s); kept in memory, retrying in %.0f s; "
+            "check the broker's ACL for %s/event/#",
+            row.type,
+            row.seq,
+            refusal,
+            delay,
+            self.root,
+        )

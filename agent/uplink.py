@@ -171,7 +171,7 @@ class Uplink(Closing):
             inflight=len(self._window),
             published=self._events.published + self._side.published,
             delivered=self._pubacks.delivered + self._side.delivered,
-            refused=self._pubacks.refused,
+            refused=self._pubacks.refused + self._side.refused,
             protocol=d.protocol if d is not None else None,
             retain=d.retain if d is not None else True,
             commands_available=self._commands.available,
@@ -369,7 +369,7 @@ class Uplink(Closing):
                 return
             with self._events.lock:
                 wait = self._send_round(s)
-                oldest = self._window.oldest(self._mono())  # under the lock the round holds anyway
+                oldest = self._oldest_unacked()  # under the lock the round holds anyway
             subscription = self._tend_commands(s, subscription)
             overdue = self._puback_overdue(s, oldest)
             if overdue is not None:
@@ -380,6 +380,12 @@ class Uplink(Closing):
             self._dialects.retain_refused(s.broker, s.dialect)
         self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
+
+    def _oldest_unacked(self) -> tuple[float, OutboxRow] | None:
+        """The event (outbox row or held) waiting longest for its PUBACK, with the seconds waited."""
+        now = self._mono()
+        waits = [w for w in (self._window.oldest(now), self._side.oldest(now)) if w is not None]
+        return max(waits, key=lambda w: w[0]) if waits else None
 
     def _puback_overdue(self, s: Session, oldest: tuple[float, OutboxRow] | None) -> str | None:
         """Why to end a session whose broker keeps an event without a PUBACK, or None.

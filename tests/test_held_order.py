@@ -215,3 +215,66 @@ def test_held__a_real_alarm_held_behind_routine_events_is_published_first(
         lock.close()
         recorder.close()
         outbox.close()
+
+
+def test_held__a_refused_held_alarm_is_sent_again_on_the_same_connection(
+    outbox: Outbox, held: Held, wire: Wire, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It used to wait for the next connection, which a link that stays up never brings."""
+    alarm = held.add(panic())
+    side = lane(SendWindow(outbox, max_inflight=10, rate_per_s=1e6), held, fake_time)
+    side.send_held(wire)
+    assert side.settle(1, "quota exceeded")
+    assert "broker refused held panic event" in caplog.text
+    assert side.refused == 1
+
+    assert side.send_held(wire) == pytest.approx(1.0), "an alarm's first retry is due in 1 s"
+    assert len(wire.sent) == 1, "not again at once: the broker just refused it"
+    fake_time.advance(1.0)
+    side.send_held(wire)
+    assert wire.sent == [alarm, alarm], "sent again on the same connection"
+    assert side.settle(2, "quota exceeded")
+    assert side.send_held(wire) == pytest.approx(2.0), "the retries back off"
+    fake_time.advance(2.0)
+    side.send_held(wire)
+    ack(side, [3])
+    assert held() == [], "delivered at last"
+
+
+def test_held__held_events_in_flight_take_the_send_windows_slots(
+    outbox: Outbox, held: Held, wire: Wire, fake_time: FakeTime
+) -> None:
+    """The window used to fill every slot beside them: twice ``max_inflight`` (and a Receive Maximum) exceeded."""
+    for _ in range(4):
+        held.add(camera())
+    window = SendWindow(outbox, max_inflight=5, rate_per_s=1e6)
+    side = lane(window, held, fake_time)
+    side.send_held(wire)
+    assert len(wire.sent) == 4
+    for _ in range(5):
+        outbox.put(camera())
+    assert window.take(fake_time()) == [], "routine rows leave the fifth slot to an alarm"
+    outbox.put(panic())
+    rows = window.take(fake_time())
+    assert [r.type for r in rows] == ["panic"], "one slot left, and an alarm takes it"
+    window.sent(100, rows[0])
+    ack(side, [1, 2])
+    fake_time.advance(1.0)
+    assert len(window.take(fake_time())) == 1, "two PUBACKs free two slots; the last stays for an alarm"
+
+
+def test_held__a_held_event_waiting_for_its_puback_is_seen_by_the_overdue_check(
+    outbox: Outbox, held: Held, wire: Wire, fake_time: FakeTime
+) -> None:
+    """The sender ends a session whose broker keeps an event without a PUBACK; held events count too."""
+    alarm = held.add(panic())
+    side = lane(SendWindow(outbox, max_inflight=10, rate_per_s=1e6), held, fake_time)
+    assert side.oldest(fake_time()) is None
+    side.send_held(wire)
+    fake_time.advance(12.0)
+    oldest = side.oldest(fake_time())
+    assert oldest is not None
+    assert oldest[0] == pytest.approx(12.0)
+    assert oldest[1] == alarm
+    side.reset()
+    assert side.oldest(fake_time()) is None
