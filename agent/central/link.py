@@ -12,8 +12,8 @@ connection; subscriptions are renewed then, because a clean start forgets them.
 
 Protocol ``auto`` (the default) tries MQTT 5 and, when the broker says it
 does not speak it (CONNACK 0x84, or 0x01 in 3.1.1 form) or closes the socket
-before any CONNACK, tries MQTT 3.1.1 on the same broker at once, and keeps
-to it for the life of the process.  TLS always verifies the broker's
+before any CONNACK twice (a single close may be a link resetting), tries MQTT
+3.1.1 on the same broker at once, and keeps to it for the life of the process.  TLS always verifies the broker's
 certificate against ``--cafile`` (or the system's CAs), TLS 1.2 at least;
 there is no switch to turn that off.
 """
@@ -196,14 +196,31 @@ class CentralLink(Closing):
     # ---- inside ------------------------------------------------------------------
 
     def _try(self, broker: BrokerAddress) -> str | None:
-        """Connect to ``broker``, falling back from MQTT 5 to 3.1.1 under ``auto``; ``None`` when up."""
+        """Connect to ``broker``, falling back from MQTT 5 to 3.1.1 under ``auto``; ``None`` when up.
+
+        A close before any CONNACK is no proof: a link resetting as it heals,
+        or a broker still starting, closes a connection too.  So when MQTT
+        3.1.1 answers after one, the 3.1.1 session is closed unused and MQTT
+        5 is tried once more on the link now known to work; only a second
+        close keeps the monitor on 3.1.1.
+        """
         why = self._attempt(broker)
         if why is None or self.settings.protocol != "auto" or self._version != "5":
             return why
         if self._refused_code not in _UNSUPPORTED_PROTOCOL and not self._closed_early:
             return why
+        closed_early = self._closed_early
         self._version = "3.1.1"
         retry = self._attempt(broker)
+        if retry is None and closed_early:
+            self._drop_client()
+            self._version = "5"
+            if self._attempt(broker) is None:
+                return None
+            if not self._closed_early:  # MQTT 5 failed some other way this time: say that
+                return self._refused or f"no CONNACK within {self.settings.connect_timeout_s:g} s"
+            self._version = "3.1.1"
+            retry = self._attempt(broker)
         if retry is None:
             self._inbox.put(
                 LinkNote(
@@ -214,7 +231,7 @@ class CentralLink(Closing):
             )
             return None
         self._version = "5"
-        if self._closed_early:  # the same answer to both: say it once
+        if closed_early and self._closed_early:  # the same answer to both: say it once
             return f"{why}; MQTT 3.1.1 the same"
         return f"MQTT 5: {why}; MQTT 3.1.1: {retry}"
 

@@ -185,13 +185,19 @@ def test_cli__no_insecure_option_and_protocol_choices(capsys: pytest.CaptureFixt
 class V311Only:
     """A broker front that speaks only MQTT 3.1.1, as RabbitMQ 3.10 and amqtt do.
 
-    A v5 CONNECT gets CONNACK 0x01 (unacceptable protocol version) and a close;
-    a 3.1.1 CONNECT is passed on to the real mosquitto behind it, and the
-    bytes are then relayed both ways.
+    A v5 CONNECT gets CONNACK 0x01 (unacceptable protocol version) and a close
+    (``v5="refuse"``), only a close (``"close"``, as RabbitMQ 3.x does), or is
+    relayed like the rest (``"relay"``); a 3.1.1 CONNECT is passed on to the
+    real mosquitto behind it, and the bytes are then relayed both ways.  The
+    first ``drop_first`` connections are closed after their CONNECT whatever
+    they speak: a link resetting as it heals.
     """
 
-    def __init__(self, upstream: int) -> None:
+    def __init__(self, upstream: int, *, v5: str = "refuse", drop_first: int = 0) -> None:
         self.upstream = upstream
+        self.v5 = v5
+        self.drop_first = drop_first
+        self.levels: list[int] = []
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
         self.srv.listen(8)
@@ -218,9 +224,14 @@ class V311Only:
         conn.settimeout(5)
         first = conn.recv(4096)  # a CONNECT fits in one segment on loopback
         level = first[8] if len(first) > 8 else 0  # fixed header (2), "MQTT" (2 + 4), then the level
-        if level == 5:
+        self.levels.append(level)
+        if len(self.levels) <= self.drop_first:
+            conn.close()
+            return
+        if level == 5 and self.v5 != "relay":
             self.refused_v5 += 1
-            conn.sendall(b"\x20\x02\x00\x01")
+            if self.v5 == "refuse":
+                conn.sendall(b"\x20\x02\x00\x01")
             conn.close()
             return
         up = socket.create_connection(("127.0.0.1", self.upstream))
@@ -273,6 +284,35 @@ def test_monitor__auto_falls_back_to_3_1_1_and_says_so(
     finally:
         c.publish(f"campus/main/{device}/status", b"", retain=True)
         c.close()
+
+
+@pytest.mark.broker
+def test_monitor__a_reset_at_the_first_connect_does_not_cost_mqtt_5(
+    broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One close before the CONNACK used to put the monitor on MQTT 3.1.1 for the life of the process.
+
+    A healing link or a broker still starting resets a connection; MQTT 3.1.1
+    then works, but so would MQTT 5, and the monitor would lose the refusal
+    reasons and the photos' properties.  The fallback is checked by trying
+    MQTT 5 once more; a broker that closes it again is taken at its word.
+    """
+    front = V311Only(broker.port, v5="relay", drop_first=1)
+    try:
+        assert cli("monitor", "--broker", f"127.0.0.1:{front.port}", "--once") == 0
+        assert "(MQTT 5)" in capsys.readouterr().err
+        assert front.levels == [5, 4, 5], "MQTT 5, reset; 3.1.1 answered, so MQTT 5 once more"
+    finally:
+        front.close()
+    closer = V311Only(broker.port, v5="close")
+    try:
+        assert cli("monitor", "--broker", f"127.0.0.1:{closer.port}", "--once") == 0
+        out = capsys.readouterr()
+        assert "(MQTT 3.1.1)" in out.err
+        assert f"127.0.0.1:{closer.port} does not speak MQTT 5" in out.out
+        assert closer.levels == [5, 4, 5, 4], "closed twice: MQTT 3.1.1 it is"
+    finally:
+        closer.close()
 
 
 @pytest.mark.broker
