@@ -210,30 +210,35 @@ class CentralLink(Closing):
         if self._refused_code not in _UNSUPPORTED_PROTOCOL and not self._closed_early:
             return why
         closed_early = self._closed_early
-        self._version = "3.1.1"
-        retry = self._attempt(broker)
-        if retry is None and closed_early:
-            self._drop_client()
-            self._version = "5"
-            if self._attempt(broker) is None:
-                return None
-            if not self._closed_early:  # MQTT 5 failed some other way this time: say that
-                return self._refused or f"no CONNACK within {self.settings.connect_timeout_s:g} s"
-            self._version = "3.1.1"
-            retry = self._attempt(broker)
+        retry = self._fall_back(broker, recheck=closed_early)
         if retry is None:
-            self._inbox.put(
-                LinkNote(
-                    up=True,
-                    text=f"{broker} does not speak MQTT 5 ({why}); using MQTT 3.1.1, "
-                    "which cannot report a refused publish",
+            if self._version == "3.1.1":
+                self._inbox.put(
+                    LinkNote(
+                        up=True,
+                        text=f"{broker} does not speak MQTT 5 ({why}); using MQTT 3.1.1, "
+                        "which cannot report a refused publish",
+                    )
                 )
-            )
             return None
         self._version = "5"
         if closed_early and self._closed_early:  # the same answer to both: say it once
             return f"{why}; MQTT 3.1.1 the same"
         return f"MQTT 5: {why}; MQTT 3.1.1: {retry}"
+
+    def _fall_back(self, broker: BrokerAddress, *, recheck: bool) -> str | None:
+        """MQTT 3.1.1 on ``broker``; with ``recheck``, MQTT 5 once more when 3.1.1 answers.  None when up."""
+        self._version = "3.1.1"
+        retry = self._attempt(broker)
+        if retry is not None or not recheck:
+            return retry
+        self._drop_client()
+        self._version = "5"
+        again = self._attempt(broker)
+        if again is None or not self._closed_early:
+            return again
+        self._version = "3.1.1"
+        return self._attempt(broker)
 
     def _attempt(self, broker: BrokerAddress) -> str | None:
         """One connection attempt; ``None`` when it is up, else why not."""
