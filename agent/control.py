@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -38,32 +40,66 @@ class ControlServer(Closing):
         self._handlers = handlers
         self._mode = mode
         self._sock: socket.socket | None = None
+        self._bound: tuple[int, int] | None = None  # (device, inode) of the socket file this server made
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
 
     def start(self) -> None:
         """Bind the socket (replacing a stale one) and serve in a thread.
 
+        Only a socket nobody listens on, or a symbolic link, is removed to
+        make way: a regular file or a directory at ``control.socket`` is a
+        mistake in the config (it may be the outbox itself) and is left alone.
+
         Raises:
             ControlError: another agent is already listening there, or the path is unusable.
 
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            if _is_listening(self.path):
-                raise ControlError(f"another agent is already running on control socket {self.path}")
-            self.path.unlink()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._clear_stale()
+        except OSError as exc:
+            raise ControlError(f"cannot open control socket {self.path}: {exc}; check control.socket") from exc
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(self.path))
+            st = self.path.stat()
+            self._bound = (st.st_dev, st.st_ino)
             self.path.chmod(self._mode)
             sock.listen(8)
         except OSError as exc:
             sock.close()
+            self._unlink_own()
             raise ControlError(f"cannot open control socket {self.path}: {exc}; check control.socket") from exc
         self._sock = sock  # blocking accept: an idle agent does not wake up for it; close() shuts it down
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
+
+    def _clear_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISSOCK(st.st_mode):
+            if _is_listening(self.path):
+                raise ControlError(f"another agent is already running on control socket {self.path}")
+        elif not stat.S_ISLNK(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "a file that is not a socket"
+            raise ControlError(
+                f"control socket {self.path} is {what}; left alone: point control.socket at a path of "
+                "its own (default /run/campus-agent/control.sock)"
+            )
+        self.path.unlink()
+
+    def _unlink_own(self) -> None:
+        """Remove the socket file only if it is still the one this server bound."""
+        bound, self._bound = self._bound, None
+        if bound is None:
+            return
+        with contextlib.suppress(OSError):
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == bound:
+                self.path.unlink()
 
     def _serve(self) -> None:
         assert self._sock is not None
@@ -117,8 +153,7 @@ class ControlServer(Closing):
             self._sock.close()
         if self._thread is not None:
             self._thread.join(2.0)
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        self._unlink_own()
 
     @property
     def closed(self) -> bool:
@@ -176,7 +211,7 @@ def request(path: Path, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[s
                 if not chunk:
                     break
                 data += chunk
-    except FileNotFoundError:
+    except (FileNotFoundError, ConnectionRefusedError):  # no file, or the one a killed agent left
         raise ControlError(
             f"no agent is listening on {path}: is it running? (systemctl status campus-agent)",
         ) from None

@@ -11,7 +11,10 @@ the cameras, the heartbeat, the uplink (``offline``/``shutdown`` while
 connected), the photo queue, the transmission figures, the indicators, then
 the inputs, whose last poll records what is still queued or debouncing, then
 the recorder, which stores what it still holds in memory, then the pin
-factory, the state file and, last, the outbox.  SIGTERM only sets a
+factory, the state file, the outbox and, last, the instance lock
+(agent/instance.py: taken before anything else at start, so an agent turned
+away because another runs on the same outbox touches nothing and stops
+nothing of the other's).  SIGTERM only sets a
 :class:`~agent.stopflag.StopFlag` (a ``threading.Event`` can deadlock in a
 signal handler); every wait in the stop path is bounded.
 
@@ -35,6 +38,7 @@ from agent.handlers import Handlers
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
 from agent.inputs import Inputs
+from agent.instance import InstanceLock
 from agent.notices import Notices
 from agent.notify import Notifier
 from agent.outbox import Outbox, OutboxRow
@@ -93,6 +97,7 @@ class Agent(Closing):
         self._factory: Any = None
         self._stop = StopFlag()  # set by signal handlers: no lock (agent/stopflag.py)
         self._stopped = False
+        self._instance = InstanceLock(cfg.outbox.path)
         self._state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
         self._start_reason = "boot"
         self.stall_after_s = max(20.0, 2 * cfg.mqtt.connect_timeout_s + 5.0)
@@ -101,6 +106,7 @@ class Agent(Closing):
 
     def start(self) -> None:
         cfg = self.cfg
+        self._instance.acquire()  # before anything is opened: a second agent touches nothing of the first's
         before = self._state.load()
         self.outbox = Outbox(
             cfg.outbox.path,
@@ -218,6 +224,9 @@ class Agent(Closing):
             return
         self._stopped = True
         self._stop.set()
+        if not self._instance.held:  # turned away at the start (another agent runs): nothing here is ours
+            self._stop.close()
+            return
         self.notifier.stopping()
         closers: list[tuple[str, Callable[[], None] | None]] = [
             ("control", self.control.close if self.control is not None else None),
@@ -232,6 +241,7 @@ class Agent(Closing):
             ("pin factory", lambda: close_pin_factory(self._factory)),
             ("state file", self._save_state),
             ("outbox", self.outbox.close if self.outbox is not None else None),
+            ("instance lock", self._instance.release),
         ]
         for name, close in closers:
             if close is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agentproc import AgentFactory, run_cli
+from tests.support.agentproc import AgentFactory, run_cli, write_config
 from tests.support.broker import Broker
 from tests.support.contract import Validate
 from tests.support.mqtt import Central
@@ -73,10 +73,32 @@ def test_test_mode__presses_carry_test_true(
     assert later["test"] is False
 
 
-def test_run__second_agent_on_same_socket_refused(
+def test_run__second_agent_on_same_outbox_refused_before_it_touches_anything(
+    broker: Broker, agent_proc: AgentFactory, device: str
+) -> None:
+    """It used to open the outbox, connect under the same client id and, turned away by the control
+    socket, delete the running agent's socket on its way out: status then said no agent ran."""
+    agent = agent_proc(broker.port, device=device)
+    state = agent.config.parent / "agent-state.json"
+    before = state.read_bytes() if state.exists() else None
+    r = run_cli("run", "-c", str(agent.config))
+    assert r.returncode == 1
+    assert "another agent is already running on outbox" in r.stderr
+    assert agent.proc is not None
+    assert f"(pid {agent.proc.pid})" in r.stderr
+    assert agent.socket.exists()
+    assert run_cli("status", "-c", str(agent.config)).returncode == 0, "the running agent is still reachable"
+    assert agent.status()["status"]["link"]["reconnects"] == 0, "its broker session was not taken over"
+    assert (state.read_bytes() if state.exists() else None) == before, "nor its state file rewritten"
+
+
+def test_run__second_agent_on_same_socket_refused_and_leaves_it(
     broker: Broker, agent_proc: AgentFactory, device: str, tmp_path: Path
 ) -> None:
     agent = agent_proc(broker.port, device=device)
-    r = run_cli("run", "-c", str(agent.config))
+    other = write_config(tmp_path / "other", broker.port, device=f"{device}-b", control={"socket": str(agent.socket)})
+    r = run_cli("run", "-c", str(other))
     assert r.returncode == 1
     assert "another agent is already running on control socket" in r.stderr
+    assert agent.socket.exists(), "the refused agent deleted the running agent's control socket"
+    assert run_cli("status", "-c", str(agent.config)).returncode == 0

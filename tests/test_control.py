@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent.control import REQUEST_DEADLINE_S, ControlServer, request
+from agent.errors import ControlError
 from tests.support.agentproc import short_socket_path
 
 
@@ -69,3 +70,57 @@ def test_control__unknown_and_malformed_requests_are_answered(server: ControlSer
         s.connect(str(server.path))
         s.sendall(b"not json\n")
         assert b"request is not JSON" in s.recv(4096)
+
+
+def test_control__a_file_or_directory_at_the_path_is_left_alone(tmp_path: Path) -> None:
+    """start() used to unlink whatever was there: with control.socket set to the outbox's path, the outbox."""
+    victim = tmp_path / "outbox.db"
+    victim.write_bytes(b"SQLite format 3\x00")
+    srv = ControlServer(victim, {})
+    with pytest.raises(ControlError, match="is a file that is not a socket; left alone"):
+        srv.start()
+    srv.close()
+    assert victim.read_bytes() == b"SQLite format 3\x00"
+    folder = tmp_path / "ctl"
+    folder.mkdir()
+    srv = ControlServer(folder, {})
+    with pytest.raises(ControlError, match="is a directory"):  # was an IsADirectoryError traceback
+        srv.start()
+    srv.close()
+    assert folder.is_dir()
+
+
+def test_control__only_the_server_that_bound_the_socket_removes_it(server: ControlServer) -> None:
+    second = ControlServer(server.path, {})
+    with pytest.raises(ControlError, match="another agent is already running on control socket"):
+        second.start()
+    second.close()
+    assert server.path.exists(), "the refused server removed the running one's socket"
+    assert request(server.path, "status")["state"] == "fine"
+
+
+def test_control__a_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = short_socket_path()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: an agent killed with SIGKILL
+    srv = ControlServer(path, {"status": lambda _req: {"state": "fine"}})
+    try:
+        srv.start()
+        assert request(path, "status")["state"] == "fine"
+    finally:
+        srv.close()
+    assert not path.exists()
+
+
+def test_control__a_request_to_a_stale_socket_says_no_agent_listens() -> None:
+    """It said "cannot talk to the agent ...: [Errno 111] Connection refused" after a SIGKILL."""
+    path = short_socket_path()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    try:
+        with pytest.raises(ControlError, match=r"no agent is listening on .*: is it running\?"):
+            request(path, "status")
+    finally:
+        path.unlink()
