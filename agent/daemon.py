@@ -25,6 +25,7 @@ centre's commands) is :mod:`agent.handlers`; this module only wires it in.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,7 @@ from agent.closing import Closing
 from agent.config.model import Config
 from agent.control import ControlServer
 from agent.errors import HardwareError
-from agent.events import Clock, EventType
+from agent.events import Clock, EventType, iso_ms
 from agent.handlers import Handlers
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
@@ -78,7 +79,7 @@ class Agent(Closing):
             interval_s=cfg.heartbeat.interval_s,
             mono=self.clock.mono,
             publish=lambda: self.uplink.publish_status(self.status_doc()) if self.uplink else None,
-            ticks=[self._watch_test_mode, self._save_state, self.transmission.save],
+            ticks=[self._watch_test_mode, self.save_state, self.transmission.save],
         )
         self.control: ControlServer | None = None
         self.health: Health | None = None
@@ -119,6 +120,7 @@ class Agent(Closing):
             intake=cfg.outbox.intake,
         )
         self._start_reason = "restart" if before.boot_id == self.clock.boot_id else "boot"
+        self._resume_test_mode(before)  # before the inputs are armed: a press at start is judged right
         self.recorder = Recorder(
             self.outbox,
             clock=self.clock,
@@ -239,7 +241,7 @@ class Agent(Closing):
             ("inputs", self.inputs.close if self.inputs is not None else None),
             ("recorder", self.recorder.close if self.recorder is not None else None),
             ("pin factory", lambda: close_pin_factory(self._factory)),
-            ("state file", self._save_state),
+            ("state file", self.save_state),
             ("outbox", self.outbox.close if self.outbox is not None else None),
             ("instance lock", self._instance.release),
         ]
@@ -328,7 +330,7 @@ class Agent(Closing):
             alarm_recorded=alarm_recorded,
             alarm_delivered=alarm_delivered,
             noted=noted,
-            mark=self._save_state,
+            mark=self.save_state,
         )
 
     def _record_started(self) -> None:
@@ -341,12 +343,41 @@ class Agent(Closing):
         if rec.seq_resumed_above is not None:
             data["seq_resumed_above"] = rec.seq_resumed_above
         self.recorder.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
-        self._save_state()
+        self.save_state()
 
-    def _save_state(self) -> None:
-        """Keep the boot id and seq high-water mark (reserved seqs included) outside the outbox."""
+    def save_state(self) -> None:
+        """Keep the boot id, the seq high-water mark (reserved seqs included) and test mode's end outside the outbox."""
         if self.outbox is not None:
-            self._state.save(State(self.clock.boot_id, self.outbox.top_seq()))
+            self._state.save(State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends()))
+
+    def _resume_test_mode(self, before: State) -> None:
+        """Test mode set before a restart goes on to its end, if a clock can say when that is.
+
+        Within one boot the monotonic clock carries on across the restart; after
+        a reboot only a synchronised wall clock can tell how much is left.
+        """
+        from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - the limit only, not the command handler
+
+        if before.test_until is None:
+            return
+        if before.boot_id == self.clock.boot_id and before.test_until_mono is not None:
+            left = before.test_until_mono - self.clock.mono()
+        else:
+            left = before.test_until - self.clock.wall()
+            if left > 0 and not self.clock.synced():
+                left = math.inf  # cannot be told: not resumed, and said so
+        if left <= 0:
+            return
+        end = iso_ms(before.test_until)
+        if left > MAX_MINUTES * 60:
+            log.warning(
+                "test mode was on until %s before the restart; not resumed (the clock is not synchronised, "
+                "or reads earlier than when it was set): presses now go out as REAL alarms; set test mode again",
+                end,
+            )
+            return
+        self.test_mode.set(left / 60)
+        log.warning("test mode resumed after the restart, until %s: presses go out as tests", end)
 
     # ---- what the other parts call back ------------------------------------------
 

@@ -78,6 +78,7 @@ class Handlers:
     def _set_test_mode(self, minutes: float, origin: str) -> str | None:
         until = self._agent.test_mode.set(float(minutes))
         log.info("test mode %s%s", f"on until {until}" if until else "off", origin)
+        self._agent.save_state()  # a restart from now on resumes it (or not, once it is off)
         self._agent.heartbeat.changed()
         return until
 

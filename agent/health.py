@@ -100,6 +100,13 @@ class TestMode:
     def until(self) -> str | None:
         return iso_ms(self._until_wall) if self.active() and self._until_wall is not None else None
 
+    def ends(self) -> tuple[float | None, float | None]:
+        """The end as (wall-clock, monotonic) seconds while test mode is on (what the state file keeps)."""
+        with self._lock:
+            if self._until_mono is None or self._clock.mono() >= self._until_mono:
+                return None, None
+            return self._until_wall, self._until_mono
+
 
 def read_cpu_temp(root: Path = Path("/sys/class/thermal")) -> float | None:
     try:

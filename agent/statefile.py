@@ -1,10 +1,14 @@
-"""The agent's small state file beside the outbox: the last boot id and the seq high-water mark.
+"""The agent's small state file beside the outbox: the last boot id, the seq high-water mark, test mode's end.
 
 Kept outside SQLite on purpose.  When the outbox is deleted, replaced or
 unreadable, this file is what keeps ``seq`` from going backwards: a file whose
 own counter is below the mark resumes :data:`SEQ_MARGIN` above it, because
 events recorded after the last save (at most one heartbeat tick) may have used
 a few seqs.  The mark includes seqs reserved for events held in memory.
+Test mode's end is kept too, on both clocks, so a restart in the middle of
+a technician's test does not send the next test press as a real alarm: the
+monotonic end serves a restart within the same boot, the wall-clock end one
+after a reboot, and only while the clock is synchronised (agent/daemon.py).
 
 Written atomically and safely in a directory others may write to: a fresh
 temporary file from :func:`tempfile.mkstemp` (``O_CREAT|O_EXCL``, never a
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +36,8 @@ SEQ_MARGIN = 1000
 class State:
     boot_id: str | None
     last_seq: int
+    test_until: float | None = None  # test mode's end, wall-clock seconds; None when it is off
+    test_until_mono: float | None = None  # the same on the monotonic clock, which only this boot shares
 
 
 class StateFile:
@@ -46,7 +53,12 @@ class StateFile:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
             boot = doc.get("boot_id")
             seq = doc.get("last_seq", 0)
-            return State(boot if isinstance(boot, str) else None, seq if isinstance(seq, int) else 0)
+            return State(
+                boot if isinstance(boot, str) else None,
+                seq if isinstance(seq, int) else 0,
+                _seconds(doc.get("test_until")),
+                _seconds(doc.get("test_until_mono")),
+            )
         except (OSError, ValueError, AttributeError):
             return State(None, 0)
 
@@ -54,7 +66,13 @@ class StateFile:
         """Write ``state`` if it changed: a new temporary file, fsync, rename over the old one."""
         if state == self._saved:
             return
-        data = json.dumps({"boot_id": state.boot_id, "last_seq": state.last_seq}).encode()
+        doc = {
+            "boot_id": state.boot_id,
+            "last_seq": state.last_seq,
+            "test_until": state.test_until,
+            "test_until_mono": state.test_until_mono,
+        }
+        data = json.dumps(doc).encode()
         try:
             write_atomic(self.path, data)
         except OSError as exc:
@@ -68,6 +86,12 @@ class StateFile:
                 self._warned = True
             return
         self._saved = state
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
