@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
+from urllib.parse import urlsplit
 
 import yaml
 import yaml.reader
@@ -25,6 +26,16 @@ T = TypeVar("T")
 D = TypeVar("D")
 
 _MISSING = object()
+
+
+class _Unreadable:
+    """A value already reported as unreadable: read as absent, without a second "missing" problem."""
+
+    def __repr__(self) -> str:
+        return "<unreadable>"
+
+
+UNREADABLE: Any = _Unreadable()
 
 
 class Invalid(Exception):  # noqa: N818 - reads as "raise Invalid(...)" like esphome
@@ -64,6 +75,8 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+_DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
 MAX_NODES = 20_000  # a technician's config has a few hundred; more is an alias bomb or the wrong file
 _CONSTRUCT_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, AttributeError)
 
@@ -103,33 +116,51 @@ class _Composer:
 
     def _scalar(self, node: yaml.Node, path: str) -> Any:
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(node, deep=True)
         except _CONSTRUCT_ERRORS as exc:
             why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             message = f"cannot read this value ({why}); quote it if it is meant as text"
             self.errors.append((_line(node), path or "(top level)", message))
-            return None
+            return UNREADABLE
+        text = node.value if isinstance(node.value, str) else ""
+        if node.tag == _INT_TAG and getattr(node, "style", None) is None and not _DECIMAL.fullmatch(text):
+            # YAML 1.1 reads 017 as octal (15), 0x11 as hex, 1:30 as base 60: "pin: 017" armed GPIO15.
+            digits = text.lstrip("+-0") or "0"
+            hint = f"write {digits} without the leading 0" if digits.isdigit() else "write it in decimal"
+            message = (
+                f"YAML reads {text} as the number {value}, not as written; {hint} (or quote it if it is meant as text)"
+            )
+            self.errors.append((_line(node), path or "(top level)", message))
+            return UNREADABLE
+        return value
 
     def _mapping(self, node: yaml.MappingNode, path: str) -> MarkedMap:
+        """A mapping; keys merged in with ``<<`` give way to the keys written beside them, as YAML says."""
         out = MarkedMap(_line(node))
         self.built[id(node)] = out
+        written = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
         try:
             self.constructor.flatten_mapping(node)
         except _CONSTRUCT_ERRORS as exc:
             why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             self.errors.append((_line(node), path or "(top level)", f"cannot merge keys here ({why})"))
             return out
-        for key_node, value_node in node.value:
+        merged = len(node.value) - written  # flatten_mapping puts the merged pairs first
+        from_merge: set[str] = set()
+        for n, (key_node, value_node) in enumerate(node.value):
             key = self._scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 self.errors.append((_line(key_node), path or "(top level)", "keys must be words"))
                 continue
             sub = f"{path}.{key}" if path else key
-            if key in out:
+            if key in out and key not in from_merge:
                 self.errors.append(
                     (_line(key_node), sub, f"duplicate key (first given on line {out.key_lines[key]})"),
                 )
                 continue
+            from_merge.discard(key)
+            if n < merged:
+                from_merge.add(key)
             out[key] = self.value(value_node, sub)
             out.key_lines[key] = _line(key_node)
         return out
@@ -176,7 +207,8 @@ class Ctx:
     problems: list[str] = field(default_factory=list)
 
     def error(self, line: int, path: str, message: str) -> None:
-        self.problems.append(f"{printable(str(self.file))}:{line}: {printable(path)}: {printable(message)}")
+        where = printable(path) or "(top level)"
+        self.problems.append(f"{printable(str(self.file))}:{line}: {where}: {printable(message)}")
 
 
 class Section:
@@ -207,7 +239,7 @@ class Section:
         return f"{self.path}.{key}" if self.path else key
 
     def has(self, key: str) -> bool:
-        return key in self.data and self.data[key] is not None
+        return key in self.data and self.data[key] is not None and self.data[key] is not UNREADABLE
 
     def raw(self, key: str) -> Any:
         self._seen.add(key)
@@ -226,6 +258,9 @@ class Section:
         is invalid or a required key is missing, so reading carries on.
         """
         self._seen.add(key)
+        if self.data.get(key) is UNREADABLE:  # its problem is on record already
+            self.ok = False
+            return None if default is _MISSING else default
         if key not in self.data or self.data[key] is None:
             if default is _MISSING:
                 self.ctx.error(self.data.line, self.sub(key), "required key is missing")
@@ -300,6 +335,51 @@ def nonempty(value: Any) -> str:
     if not s.strip():
         raise Invalid("must not be empty")
     return s
+
+
+def mqtt_text(value: Any) -> str:
+    """A client id or user name, as a broker will take it.
+
+    MQTT carries it as UTF-8 of at most 65,535 bytes, and brokers close the
+    connection of a client whose string holds a NUL or other control character
+    (a YAML ``|`` block adds a newline): the agent would buffer its alarms forever.
+    """
+    s = nonempty(value)
+    bad = sorted({c for c in s if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise Invalid(f"contains control characters ({shown}); write it on one line without them")
+    if len(s.encode("utf-8", "surrogatepass")) > 65535:
+        raise Invalid("longer than MQTT allows (65,535 bytes)")
+    return s
+
+
+def url_check(schemes: tuple[str, ...], example: str, secret_keys: str) -> Callable[[Any], str]:
+    """A URL with one of ``schemes`` and a host; no password in it, and none shown in an error."""
+
+    def check(value: Any) -> str:
+        url = nonempty(value)
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises for a port that is no number or out of range
+        except ValueError as exc:
+            raise Invalid(f"expected a URL like {example}, got {_without_password(url)!r} ({exc})") from None
+        if parts.password:
+            raise Invalid(f"do not put a password in the URL; use {secret_keys}")
+        if parts.scheme not in schemes or not parts.hostname:
+            raise Invalid(f"expected a URL like {example}, got {url!r}")
+        if port == 0:
+            raise Invalid(f"port 0 is no port a camera listens on, in {url!r}")
+        return url
+
+    return check
+
+
+def _without_password(url: str) -> str:
+    """``url`` with anything between ``//`` and ``@`` blanked: an error message must not show a password."""
+    start = url.find("//")
+    end = url.find("@", start + 2) if start >= 0 else -1
+    return url if end < 0 else f"{url[: start + 2]}***@{url[end + 1 :]}"
 
 
 def boolean(value: Any) -> bool:

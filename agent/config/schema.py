@@ -7,9 +7,9 @@ config file's folder, so a config and its certificates can travel together.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from agent.config.files import path_check, secret_file, trusted_file
 from agent.config.model import (
@@ -40,12 +40,14 @@ from agent.config.reader import (
     Section,
     boolean,
     integer,
+    mqtt_text,
     nonempty,
     number,
     one_of,
     string,
     topic_id,
     topic_prefix,
+    url_check,
 )
 from agent.config.snapshots import CAMERA_KEYS, INPUT_KEYS, parse_snapshot_config
 
@@ -89,7 +91,11 @@ def _broker(sec: Section, default_port: int) -> BrokerAddress:
 
 
 def _tls(sec: Section, base: Path) -> TlsConfig | None:
-    if not sec.has("tls"):
+    """TLS whenever ``tls:`` is written, even with every key under it commented out (system CAs then).
+
+    A section that is there must never mean clear text.
+    """
+    if "tls" not in sec.data:
         sec.raw("tls")
         return None
     t = sec.section("tls")
@@ -135,7 +141,7 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
         sec.ctx.error(
             sec.key_line("reconnect_min_s"), sec.sub("reconnect_min_s"), f"must not exceed reconnect_max_s ({rmax:g})"
         )
-    username = sec.get("username", nonempty, None)
+    username = sec.get("username", mqtt_text, None)
     password = _read_secret(sec, "password_file", base)
     if password is not None and username is None:
         sec.ctx.error(
@@ -153,7 +159,7 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
         brokers=tuple(b for b in brokers if cast("str | None", b.host) is not None),
         keepalive_s=sec.get("keepalive_s", integer(5, 1200, "seconds,"), 30),
         topic_prefix=sec.get("topic_prefix", topic_prefix, "campus"),
-        client_id=sec.get("client_id", nonempty, f"{device.site}/{device.id}"),  # '/' is in no id: injective
+        client_id=sec.get("client_id", mqtt_text, f"{device.site}/{device.id}"),  # '/' is in no id: injective
         protocol=sec.get("protocol", lambda v: one_of(*PROTOCOLS)(str(v)), "auto"),
         username=username,
         password=password,
@@ -207,24 +213,13 @@ def _outputs(root: Section) -> OutputsConfig:
     return cfg
 
 
-def _camera_url(kind: CameraKind | None) -> Any:
+def _camera_url(kind: CameraKind | None) -> Callable[[Any], str]:
     known: dict[CameraKind | None, tuple[str, ...]] = {
         CameraKind.HTTP_SNAPSHOT: ("http", "https"),
         CameraKind.RTSP: ("rtsp",),
     }
     schemes = known.get(kind, ())
-
-    def check(value: Any) -> str:
-        url = nonempty(value)
-        parts = urlsplit(url)
-        if parts.scheme not in schemes or not parts.hostname:
-            want = " or ".join(f"{s}://host/..." for s in schemes)
-            raise Invalid(f"expected a URL like {want}, got {url!r}")
-        if parts.password:
-            raise Invalid("do not put a password in the URL; use username and password_file")
-        return url
-
-    return check
+    return url_check(schemes, " or ".join(f"{s}://host/..." for s in schemes), "username and password_file")
 
 
 def _camera(sec: Section, base: Path) -> CameraConfig:

@@ -23,9 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from agent.config.reader import Invalid, MarkedList, Section, integer, nonempty, number, topic_id
+from agent.config.reader import Invalid, MarkedList, Section, integer, number, topic_id, url_check
 
 if TYPE_CHECKING:
     from agent.config.model import CameraConfig, InputConfig
@@ -78,14 +77,7 @@ def _names(value: Any) -> list[str]:
     return names
 
 
-def _still_url(value: Any) -> str:
-    url = nonempty(value)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"expected a URL like http://host/snapshot.jpg, got {url!r}")
-    if parts.password:
-        raise Invalid("do not put a password in the URL; use the camera's username and password_file")
-    return url
+_still_url = url_check(("http", "https"), "http://host/snapshot.jpg", "the camera's username and password_file")
 
 
 def _unknown(name: str, known: Sequence[str], what: str) -> str:
