@@ -7,6 +7,7 @@ small; nothing here decides policy beyond "seq never goes back".
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from agent.statefile import SEQ_MARGIN
 SCHEMA_VERSION = 1
 _WAL_AUTOCHECKPOINT_PAGES = 100
 _JOURNAL_SIZE_LIMIT = 1024 * 1024
+_FULL_BYTES = 1024 * 1024  # less free than this when an open fails: the disk is the cause
 _CACHE_KIB = 256  # page cache per connection; SQLite's 2 MB default stays allocated after a big drain
 
 _SCHEMA = """
@@ -111,6 +113,17 @@ def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:
     return conn
 
 
+def _open_hint(path: Path) -> str:
+    """What a technician should look at: a full disk (SQLite says only "disk I/O error" then), else access."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < _FULL_BYTES:
+        return f"the disk holding it is full ({free // 1024} KiB free): free space there (old logs, photos)"
+    return "check the folder exists and is writable by this user"
+
+
 def open_or_recover(
     path: Path, busy_s: float, seq_mark: int, outside_top: int = 0
 ) -> tuple[sqlite3.Connection, Recovery]:
@@ -128,14 +141,14 @@ def open_or_recover(
             conn = _open_checked(path, busy_s)
         except sqlite3.DatabaseError as exc:
             if not is_corruption(exc):
-                raise OutboxError(
-                    f"cannot open outbox {path}: {exc}; check the folder exists and is writable by this user",
-                ) from exc
+                raise OutboxError(f"cannot open outbox {path}: {exc}; {_open_hint(path)}") from exc
             reason = " ".join(str(exc).split())  # quick_check's report spans lines; a log line must not
             move_aside(path, exc)
             conn = _open_checked(path, busy_s)
+    except OutboxError:
+        raise
     except OSError as exc:
-        raise OutboxError(f"cannot open outbox {path}: {exc}; check the folder exists and is writable") from exc
+        raise OutboxError(f"cannot open outbox {path}: {exc}; {_open_hint(path)}") from exc
     try:
         aside, salvaged = salvage_leftovers(path, conn)
         top = max(last_seq(conn), outside_top)

@@ -282,3 +282,18 @@ def test_disk_full__held_press_shows_its_seq_once_saved(
     for r in held:
         assert shown[r.id]["seq"] == rec[r.id].seq, f"recent shows {shown[r.id]}"
         assert shown[r.id]["delivered"] is True, f"recent shows {shown[r.id]}"
+
+
+def test_outbox__opening_on_a_full_disk_says_the_disk_is_full(small_fs: Path) -> None:
+    """SQLite says only "disk I/O error" (it cannot size the -shm file); the message said it twice."""
+    from agent.errors import OutboxError
+    from agent.outbox import Outbox
+
+    Outbox(small_fs / "outbox.db", site="main", device="d").close()
+    (small_fs / "outbox.db-shm").unlink(missing_ok=True)
+    _fill_to(small_fs / "filler", 0)
+    with pytest.raises(OutboxError) as caught:
+        Outbox(small_fs / "outbox.db", site="main", device="d").close()
+    text = str(caught.value)
+    assert text.count("cannot open outbox") == 1, text
+    assert "the disk holding it is full" in text
