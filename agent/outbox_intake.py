@@ -43,6 +43,7 @@ from pathlib import Path
 
 from agent.closing import ClosingFile
 from agent.outbox_rows import OutboxRow
+from agent.statefile import sync_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Intake(ClosingFile):
                     # would make every first fdatasync of a block commit the filesystem's journal.
                     _pwrite_all(self._fd, bytes(slots * SLOT_BYTES - size), size)  # ENOSPC now, never at a press
                 os.fsync(self._fd)
-                _sync_dir(path.parent)
+                sync_dir(path.parent)
         except BaseException:
             os.close(self._fd)
             raise
@@ -222,11 +223,3 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         if n <= 0:
             raise OSError(f"pwrite wrote {n} bytes")
         view, offset = view[n:], offset + n
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -177,7 +177,6 @@ class Recorder(Closing):
         if held or not stored or self.hooks.offer is None:
             self._call(self.hooks.wake)  # held events go out in the sender's round
         if held:
-            self._call(self.hooks.mark)
             self._retry.set()
 
         def later() -> None:
@@ -251,12 +250,18 @@ class Recorder(Closing):
         return [None] * len(events) if taken is None else list(taken)
 
     def _hold(self, events: list[Event]) -> dict[str, int]:
-        reserved = {}
+        """Hold ``events`` in memory under reserved seqs, saved as the high-water mark before anyone can send them.
+
+        The sender publishes held events as soon as they are in :meth:`held`;
+        a seq published before the mark is on disk could, after a power cut,
+        be given to a different event.
+        """
+        reserved = {event.id: self.outbox.reserve_seq() for event in events}
+        self._call(self.hooks.mark)
         created = self._clock.wall()
         with self._lock:
             for event in events:
-                seq = self.outbox.reserve_seq()
-                reserved[event.id] = seq
+                seq = reserved[event.id]
                 row = OutboxRow(
                     seq, event.id, event.type.value, event.type.is_alarm, created, event.body(self._site, self._device)
                 )

@@ -88,6 +88,15 @@ class StateFile:
         self._saved = state
 
 
+def sync_dir(folder: Path) -> None:
+    """Sync a folder: a file created or renamed in it survives a power cut only after this."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _seconds(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
@@ -105,6 +114,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         Path(tmp).replace(path)
         tmp = None
+        sync_dir(path.parent)  # the rename itself survives a power cut only once its folder is synced
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):

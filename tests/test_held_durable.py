@@ -186,3 +186,37 @@ def test_held__a_press_the_intake_fails_to_sync_is_held_not_lost(
         assert [(r.seq, r.id) for r in counting.next_batch(0, 10) if r.type == "panic"] == [(press["seq"], press["id"])]
     finally:
         recorder.close()
+
+
+class FailingOutbox(Outbox):
+    """Every SQLite commit fails: events are held in memory under reserved seqs."""
+
+    def _insert(self, rows: Any, *, all_alarms: bool) -> list[int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_held__a_reserved_seq_is_in_the_saved_mark_before_the_sender_can_see_it(tmp_path: Path) -> None:
+    """The mark used to be saved after the sender was woken: a held event published in between, then a
+    power cut, and the restart gave its seq to a different event."""
+    ob = FailingOutbox(tmp_path / "outbox.db", site="main", device="gate-1", intake=False)
+    marks = [ob.top_seq()]
+    seen: list[tuple[int, int]] = []  # (seq the sender could publish, mark on disk then)
+
+    def sender_round() -> None:
+        seen.extend((row.seq, marks[-1]) for row in rec.held())
+
+    rec = Recorder(
+        ob,
+        clock=CLOCK,
+        site="main",
+        device="gate-1",
+        retry_s=1000.0,
+        hooks=Hooks(wake=sender_round, mark=lambda: marks.append(ob.top_seq())),
+    )
+    try:
+        rec.record(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {})
+        assert seen, "the sender's round saw the held event"
+        assert all(seq <= mark for seq, mark in seen), f"(seq, mark on disk): {seen}"
+    finally:
+        rec.close()
+        ob.close()

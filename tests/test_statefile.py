@@ -47,3 +47,29 @@ def test_statefile__unwritable_folder_warns_once_and_keeps_running(
             assert caplog.text.count("cannot write") == 1
     finally:
         folder.chmod(0o700)
+
+
+def test_statefile__the_rename_is_made_durable_by_syncing_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was synced and renamed, the folder never: a power cut could bring the older mark back."""
+    import stat
+
+    path = tmp_path / "agent-state.json"
+    StateFile(path).save(State("b", 10))
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("sync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "sync file")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        calls.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", replace)
+    StateFile(path).save(State("b", 15))
+    assert calls == ["sync file", "rename", "sync folder"], calls
