@@ -37,10 +37,21 @@ from agent.closing import ClosingFile
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
-from agent.outbox_db import Recovery, close_checkpointed, count, is_full, last_seq, open_or_recover, raise_seq
+from agent.outbox_db import (
+    Recovery,
+    close_checkpointed,
+    count,
+    intake_in_use,
+    is_full,
+    last_seq,
+    open_or_recover,
+    raise_seq,
+    set_intake_in_use,
+)
 from agent.outbox_intake import MAX_PAYLOAD, Found, Intake, payload_of
 from agent.outbox_lanes import select_batch, select_one
 from agent.outbox_rows import OutboxRow, OutboxStats, Row, as_row, stored
+from agent.statefile import sync_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,31 +136,26 @@ class Outbox(ClosingFile):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._live: dict[int, OutboxRow] = {}  # seq -> row on disk in the intake only; in seq order
         self._intake: Intake | None = None
-        opened = _open_intake(self.path.with_name(self.path.name + ".intake")) if intake else None
+        intake_path = self.path.with_name(self.path.name + ".intake")
+        was_there = intake_path.exists()
+        # An intake left by a run with it on is read even when it is off now: its events and seqs are the outbox's.
+        opened = _open_intake(intake_path) if intake or was_there else None
+        self._take_new = intake and opened is not None  # new alarms may go to the intake
+        self._retire = not intake  # at a clean stop, once its events are in SQLite, the file goes
         try:
             self._conn, self.recovery = open_or_recover(
-                self.path, busy_timeout_s, seq_mark, outside_top=opened[1].top if opened else 0
+                self.path,
+                busy_timeout_s,
+                seq_mark,
+                outside_top=opened[1].top if opened else 0,
+                intake_new=not was_there or (opened is not None and opened[0].grown),
             )
         except BaseException:
             if opened is not None:
                 opened[0].close()
             raise
         try:
-            self._log_recovery(self.recovery)
-            self._top = last_seq(self._conn)  # highest seq used or reserved
-            self._reserved_top = 0  # highest seq reserved for an event held in memory
-            self._in_commit = range(0)  # seqs a SQLite commit has taken and not yet committed
-            self._acks = Acks(self.path, busy_timeout_s)  # deletes and WAL checkpoints (outbox_acks.py)
-            self._conn.execute(f"PRAGMA wal_autocheckpoint={PUT_CHECKPOINT_PAGES}")
-            self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-            self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
-            self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
-            if opened is not None:
-                self._adopt(*opened)
-            self._pending = count(self._conn) + len(self._live)
-            self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
-            self._dropped = self._meta("dropped")
-            self._refresh_limits(force=True)
+            self._settle_in(opened, max_mb, busy_timeout_s)
         except BaseException:
             if opened is not None:
                 opened[0].close()
@@ -157,6 +163,27 @@ class Outbox(ClosingFile):
                 self._acks.close()
             self._conn.close()
             raise
+
+    def _settle_in(self, opened: tuple[Intake, Found] | None, max_mb: float, busy_timeout_s: float) -> None:
+        """The rest of opening, once SQLite is open: counters, limits, and what the intake holds."""
+        self._log_recovery(self.recovery)
+        self._top = last_seq(self._conn)  # highest seq used or reserved
+        self._reserved_top = 0  # highest seq reserved for an event held in memory
+        self._in_commit = range(0)  # seqs a SQLite commit has taken and not yet committed
+        self._acks = Acks(self.path, busy_timeout_s)  # deletes and WAL checkpoints (outbox_acks.py)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={PUT_CHECKPOINT_PAGES}")
+        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        self._cap_pages = max(16, int(max_mb * 1024 * 1024 // self._page_size))
+        self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
+        if opened is not None:
+            self._adopt(*opened)
+        if self._take_new and not intake_in_use(self._conn):
+            with self._txn():  # before the intake gives out a seq: its loss is then noticed (outbox_db.py)
+                set_intake_in_use(self._conn, used=True)
+        self._pending = count(self._conn) + len(self._live)
+        self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
+        self._dropped = self._meta("dropped")
+        self._refresh_limits(force=True)
 
     def _log_recovery(self, rec: Recovery) -> None:
         if rec.moved_aside is not None:
@@ -203,6 +230,12 @@ class Outbox(ClosingFile):
         self._intake = intake
 
     def _drop_intake(self, exc: OSError) -> None:
+        """No new events go to the intake; the file stays open for its events' done marks until the stop.
+
+        Closed at once, the blocks of events acknowledged or moved into SQLite
+        afterwards would stay marked live, and every later start would send
+        those events again.
+        """
         assert self._intake is not None
         log.error(
             "outbox intake %s failed (%s); from now on every event is committed to SQLite; "
@@ -210,8 +243,7 @@ class Outbox(ClosingFile):
             self._intake.path,
             exc,
         )
-        self._intake.close()
-        self._intake = None
+        self._take_new = False
 
     # ---- limits and eviction -------------------------------------------------
 
@@ -374,11 +406,23 @@ class Outbox(ClosingFile):
         """
         return self._into_intake(events, wait=False)
 
+    def _takes(self, events: list[Event]) -> bool:
+        """Whether the intake takes this batch: while it takes new events, has the blocks, and for alarms only.
+
+        A non-alarm waiting there could be neither evicted nor kept out of the alarms' reserve.
+        """
+        intake = self._intake
+        return (
+            intake is not None
+            and self._take_new
+            and intake.free >= len(events)
+            and all(e.type.is_alarm for e in events)
+        )
+
     def _into_intake(self, events: list[Event], *, wait: bool) -> list[OutboxRow] | None:
         """:meth:`_take_in` (``wait``) and :meth:`take_in_now` (not: no waiting for the lock, no SQLite)."""
-        intake = self._intake
-        if intake is None or intake.free < len(events) or not all(e.type.is_alarm for e in events):
-            return None  # a non-alarm waiting there could be neither evicted nor kept out of the alarms' reserve
+        if not self._takes(events):
+            return None
         bodies = [e.body(self._site, self._device) for e in events]
         payloads = [payload_of(e.id, e.type.value, b) for e, b in zip(events, bodies, strict=True)]
         if any(len(p) > MAX_PAYLOAD for p in payloads):
@@ -389,12 +433,13 @@ class Outbox(ClosingFile):
         try:
             self._check_open()
             intake = self._intake
-            if intake is None or intake.free < len(events):
+            if intake is None or not self._takes(events):
                 return None
             with self._seq_lock:
                 first = self._top + 1
                 self._top += len(events)
                 self._reserved_top = self._top
+                self._in_commit = range(first, self._top + 1)  # not in the mark until the block is synced
             rows = [
                 OutboxRow(first + i, e.id, e.type.value, e.type.is_alarm, created_ms / 1000.0, b)
                 for i, (e, b) in enumerate(zip(events, bodies, strict=True))
@@ -404,6 +449,9 @@ class Outbox(ClosingFile):
             except OSError as exc:
                 self._drop_intake(exc)
                 return self._commit_as_given(rows) if wait else None
+            finally:
+                with self._seq_lock:
+                    self._in_commit = range(0)
             for row in rows:
                 self._live[row.seq] = row
             self._pending += len(rows)
@@ -645,16 +693,32 @@ class Outbox(ClosingFile):
             with self._txn():
                 self._move_in(moving)
                 raise_seq(self._conn, self._top)
+                if self._retire:
+                    set_intake_in_use(self._conn, used=False)
             self._let_go([r.seq for r in moving])
             intake.sync()
         except (sqlite3.Error, OSError) as exc:
-            log.warning(
-                "outbox %s: at stop, %d events stay in the intake %s (%s); they are sent after the next start",
-                self.path,
-                len(self._live),
-                intake.path,
-                exc,
-            )
+            if self._live:
+                log.warning(
+                    "outbox %s: at stop, %d events stay in the intake %s (%s); they are sent after the next start",
+                    self.path,
+                    len(self._live),
+                    intake.path,
+                    exc,
+                )
+            else:
+                log.warning(
+                    "outbox %s: at stop, the intake %s could not be synced (%s); events it held that were "
+                    "acknowledged may be sent once more after the next start",
+                    self.path,
+                    intake.path,
+                    exc,
+                )
+        else:
+            if self._retire:  # switched off: its events and top seq are in SQLite now
+                with contextlib.suppress(OSError):
+                    intake.path.unlink()
+                    sync_dir(intake.path.parent)
         finally:
             intake.close()
 

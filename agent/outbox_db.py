@@ -113,6 +113,19 @@ def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:
     return conn
 
 
+def intake_in_use(conn: sqlite3.Connection) -> bool:
+    """Whether this file's outbox keeps an intake beside it (so losing that file loses seqs)."""
+    return conn.execute("SELECT 1 FROM meta WHERE key = 'intake'").fetchone() is not None
+
+
+def set_intake_in_use(conn: sqlite3.Connection, *, used: bool) -> None:
+    """Record whether an intake is in use; inside the caller's transaction."""
+    if used:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('intake', 1) ON CONFLICT(key) DO NOTHING")
+    else:
+        conn.execute("DELETE FROM meta WHERE key = 'intake'")
+
+
 def _open_hint(path: Path) -> str:
     """What a technician should look at: a full disk (SQLite says only "disk I/O error" then), else access."""
     try:
@@ -125,17 +138,23 @@ def _open_hint(path: Path) -> str:
 
 
 def open_or_recover(
-    path: Path, busy_s: float, seq_mark: int, outside_top: int = 0
+    path: Path, busy_s: float, seq_mark: int, outside_top: int = 0, *, intake_new: bool = False
 ) -> tuple[sqlite3.Connection, Recovery]:
     """Open ``path``; move a corrupt file aside and salvage it; keep seq above ``seq_mark``.
 
     ``outside_top``: the highest seq kept outside SQLite (the intake's), which
-    counts as the file's own when it is compared with the mark.
+    counts as the file's own when it is compared with the mark.  When either
+    half of the outbox is new while a mark exists (``path`` did not exist or
+    was moved aside; or ``intake_new``, the intake file was created, and the
+    file says an intake was in use), the other half's top proves nothing:
+    seqs the lost half gave out after the mark was saved are unknown, so seq
+    resumes above the mark or the top, whichever is higher.
 
     Restartable: salvage looks for every moved-aside file not yet salvaged,
     so a crash between moving a file and the salvage commit loses nothing.
     """
     reason: str | None = None
+    db_new = not path.exists()
     try:
         try:
             conn = _open_checked(path, busy_s)
@@ -152,7 +171,13 @@ def open_or_recover(
     try:
         aside, salvaged = salvage_leftovers(path, conn)
         top = max(last_seq(conn), outside_top)
-        floor = seq_mark + SEQ_MARGIN if seq_mark > top else None
+        part_new = db_new or reason is not None or aside is not None or (intake_new and intake_in_use(conn))
+        if seq_mark > top:
+            floor: int | None = seq_mark + SEQ_MARGIN
+        elif seq_mark > 0 and part_new:
+            floor = top + SEQ_MARGIN
+        else:
+            floor = None
         if floor is not None:
             # Below the state file's mark: not the file the mark came from (deleted, replaced, moved).
             conn.execute("BEGIN IMMEDIATE")

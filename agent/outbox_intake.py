@@ -114,6 +114,7 @@ class Intake(ClosingFile):
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             size = os.fstat(self._fd).st_size
+            self.grown = size < slots * SLOT_BYTES  # created, or cut short: what it held of seqs is unknown
             if size != slots * SLOT_BYTES:
                 if size > slots * SLOT_BYTES:
                     os.ftruncate(self._fd, slots * SLOT_BYTES)
@@ -173,6 +174,7 @@ class Intake(ClosingFile):
                 _pwrite_all(self._fd, encode(row, payload), i * SLOT_BYTES)
             os.fdatasync(self._fd)
         except BaseException:
+            self._void(used)
             self._free.extend(reversed(used))
             raise
         for row, i in zip(rows, used, strict=True):
@@ -181,6 +183,17 @@ class Intake(ClosingFile):
         old, self._top = self._top, (last[0].seq, last[1])
         if old is not None and old[0] < last[0].seq and old[0] not in self._slot_of:
             self._free.insert(0, old[1])  # done, and no longer the file's top
+
+    def _void(self, blocks: list[int]) -> None:
+        """Blank blocks whose write failed (best effort, synced with the next sync).
+
+        A failed ``fdatasync`` does not undo the ``pwrite``: the block may still
+        reach the disk, and its event (held and sent under another seq) would
+        come back at every start.
+        """
+        for i in blocks:
+            with contextlib.suppress(OSError):
+                _pwrite_all(self._fd, bytes(len(MAGIC) + 1), i * SLOT_BYTES)
 
     def done(self, seqs: Iterable[int]) -> None:
         """Mark these events' blocks done (not synced: see the module doc) and free them."""

@@ -291,7 +291,7 @@ def test_intake__a_failed_sync_falls_back_to_sqlite_with_the_same_seqs(
         monkeypatch.setattr(os, "fdatasync", eio)  # the intake calls os.fdatasync; SQLite syncs in C
         rows = ob.put_rows([ev(), ev(EventType.TAMPER, "lid")])
         assert [r.seq for r in rows] == [before.seq + 1, before.seq + 2], "no gap in seq"
-        assert ob._intake is None
+        assert not ob._take_new, "the intake takes no new events after a failure"
         assert "outbox intake" in caplog.text
         assert "failed" in caplog.text
         assert in_sqlite(db) == {r.id: r.seq for r in [before, *rows]}, "the waiting one moved with them"
