@@ -8,8 +8,11 @@ Restartable in two steps: the file is renamed to ``<name>.corrupt-<time>``
 first, and only after its rows are committed into the new outbox is it
 renamed again to ``<name>.corrupt-<time>.salvaged``.  Any ``.corrupt-*`` file
 without that suffix was moved but not salvaged (the agent stopped in
-between) and is salvaged at the next start; salvaging twice only re-inserts
-rows already there (``INSERT OR IGNORE`` by seq), nothing is resent in between.
+between) and is salvaged at the next start.  The new outbox's ``meta`` notes
+each file it took rows from, in the commit that took them, so a file whose
+final rename failed is never salvaged twice (its rows, delivered and deleted
+meanwhile, would be sent again), and the salvage only ever raises the seq
+counter, never lowers it.
 """
 
 from __future__ import annotations
@@ -57,9 +60,21 @@ def salvage_leftovers(path: Path, conn: sqlite3.Connection) -> tuple[Path | None
     last: Path | None = None
     total = 0
     for aside in unsalvaged(path):
+        if _taken(conn, aside):  # only its rename is left to do
+            _mark_salvaged(aside)
+            continue
         total += salvage(aside, conn)
         last = _mark_salvaged(aside)
     return last, total
+
+
+def _marker(aside: Path) -> str:
+    return f"salvaged:{aside.name}"
+
+
+def _taken(conn: sqlite3.Connection, aside: Path) -> bool:
+    """Whether this outbox already holds ``aside``'s rows (an earlier start salvaged it, then failed to rename it)."""
+    return conn.execute("SELECT 1 FROM meta WHERE key = ?", (_marker(aside),)).fetchone() is not None
 
 
 def _mark_salvaged(aside: Path) -> Path:
@@ -106,7 +121,7 @@ def salvage(old: Path, conn: sqlite3.Connection, *, seq_floor: int = 0) -> int:
     try:
         src = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
     except sqlite3.Error:
-        return _set_top(conn, [], seq_floor)
+        return _set_top(conn, [], seq_floor, _marker(old))
     try:
         top = _top_seq(src)
         known = _scan_seqs(src)
@@ -120,7 +135,7 @@ def salvage(old: Path, conn: sqlite3.Connection, *, seq_floor: int = 0) -> int:
                 rows.append(row)
     finally:
         src.close()
-    return _set_top(conn, rows, max(top, seq_floor))
+    return _set_top(conn, rows, max(top, seq_floor), _marker(old))
 
 
 _PROBE_LIMIT = 1_000_000  # seqs probed one by one at most: seconds on a Pi, once, after corruption
@@ -159,11 +174,20 @@ def _read_row(src: sqlite3.Connection, seq: int) -> tuple[object, ...] | None:
     return tuple(r) if r is not None else None
 
 
-def _set_top(conn: sqlite3.Connection, rows: list[tuple[object, ...]], top: int) -> int:
+def _set_top(conn: sqlite3.Connection, rows: list[tuple[object, ...]], top: int, marker: str) -> int:
+    """Insert the salvaged rows, raise the counter to ``top`` and note the file as taken, in one commit."""
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) VALUES (?,?,?,?,?,?)", rows)  # noqa: S608
-    if top:
-        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
-        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
+    try:
+        conn.executemany(f"INSERT OR IGNORE INTO outbox ({_COLUMNS}) VALUES (?,?,?,?,?,?)", rows)  # noqa: S608
+        now = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        if now is None and top:
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
+        elif now is not None and int(now[0]) < top:
+            conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (top,))
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, 1)", (marker,))
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
     conn.execute("COMMIT")
     return len(rows)

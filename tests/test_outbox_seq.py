@@ -111,3 +111,38 @@ def test_outbox_seq__a_counter_behind_the_table_is_not_trusted(tmp_path: Path) -
     conn.close()
     with Outbox(path, site="s", device="d", intake=False) as ob:
         assert ob.put(cam()) == top + 1, "a seq already in the table was given again"
+
+
+def test_outbox_seq__a_salvaged_file_whose_rename_failed_is_not_salvaged_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next start salvaged it again: its rows, delivered and deleted meanwhile, were pending once more,
+    and the counter was set back to the old file's top (only the state file's mark saved seq from reuse)."""
+    from agent.outbox_recovery import SALVAGED, unsalvaged
+
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d", intake=False) as ob:
+        ob.put_rows([cam() for _ in range(300)])
+    data = bytearray(db.read_bytes())
+    data[2 * 4096 : 3 * 4096] = b"\xa5" * 4096  # a damaged page: quick_check fails, most rows stay readable
+    db.write_bytes(bytes(data))
+    rename = Path.rename
+
+    def refuse_the_last_rename(self: Path, target: Path | str) -> Path:
+        if str(target).endswith(SALVAGED):
+            raise PermissionError(1, "Operation not permitted")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_the_last_rename)
+    with Outbox(db, site="s", device="d", intake=False) as ob:
+        monkeypatch.undo()
+        assert ob.recovery.moved_aside is not None
+        rows = ob.next_batch(0, 10_000)
+        assert rows, "salvaged"
+        assert ob.ack([r.seq for r in rows]) == len(rows)
+        top = ob.put(cam())
+        assert ob.ack([top]) == 1
+    with Outbox(db, site="s", device="d", intake=False) as again:
+        assert again.next_batch(0, 10_000) == [], "delivered rows are not salvaged a second time"
+        assert again.put(cam()) == top + 1, "the counter is never set back"
+    assert unsalvaged(db) == [], "its rename was done at the next start"
