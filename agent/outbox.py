@@ -34,22 +34,26 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from agent.closing import ClosingFile
-from agent.errors import OutboxError, OutboxFullError
+from agent.errors import OutboxError, OutboxFullError, printable
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
 from agent.outbox_db import (
     Recovery,
+    claim,
     close_checkpointed,
     count,
     intake_in_use,
     is_full,
     last_seq,
     open_or_recover,
+    owner,
+    owner_in,
     raise_seq,
     set_intake_in_use,
 )
 from agent.outbox_intake import MAX_PAYLOAD, Found, Intake, payload_of
 from agent.outbox_lanes import select_batch, select_one
+from agent.outbox_recovery import move_foreign
 from agent.outbox_rows import OutboxRow, OutboxStats, Row, as_row, stored
 from agent.statefile import sync_dir
 
@@ -137,6 +141,18 @@ class Outbox(ClosingFile):
         self._live: dict[int, OutboxRow] = {}  # seq -> row on disk in the intake only; in seq order
         self._intake: Intake | None = None
         intake_path = self.path.with_name(self.path.name + ".intake")
+        self._who = f"{site}/{device}"
+        was = owner(self.path)
+        if was is not None and was != self._who:
+            aside = move_foreign(self.path, intake_path, was)
+            log.critical(
+                "outbox %s was written by device %s, not %s (a cloned SD card, or a new device id); moved it "
+                "and its intake to %s unsent: its events are not this device's to send",
+                self.path,
+                printable(was),
+                self._who,
+                aside,
+            )
         was_there = intake_path.exists()
         # An intake left by a run with it on is read even when it is off now: its events and seqs are the outbox's.
         opened = _open_intake(intake_path) if intake or was_there else None
@@ -177,9 +193,11 @@ class Outbox(ClosingFile):
         self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
         if opened is not None:
             self._adopt(*opened)
-        if self._take_new and not intake_in_use(self._conn):
+        if owner_in(self._conn) != self._who or (self._take_new and not intake_in_use(self._conn)):
             with self._txn():  # before the intake gives out a seq: its loss is then noticed (outbox_db.py)
-                set_intake_in_use(self._conn, used=True)
+                claim(self._conn, self._who)
+                if self._take_new:
+                    set_intake_in_use(self._conn, used=True)
         self._pending = count(self._conn) + len(self._live)
         self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
         self._dropped = self._meta("dropped")

@@ -113,6 +113,32 @@ def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:
     return conn
 
 
+def owner(path: Path) -> str | None:
+    """``site/device`` an existing outbox file was written for; None when new, older, or unreadable here."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        return owner_in(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def owner_in(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'device'").fetchone()
+    return str(row[0]) if row is not None else None
+
+
+def claim(conn: sqlite3.Connection, who: str) -> None:
+    """Write ``site/device`` into a file that has none yet; inside the caller's transaction."""
+    conn.execute("INSERT INTO meta (key, value) VALUES ('device', ?) ON CONFLICT(key) DO NOTHING", (who,))
+
+
 def intake_in_use(conn: sqlite3.Connection) -> bool:
     """Whether this file's outbox keeps an intake beside it (so losing that file loses seqs)."""
     return conn.execute("SELECT 1 FROM meta WHERE key = 'intake'").fetchone() is not None

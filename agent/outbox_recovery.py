@@ -48,6 +48,30 @@ def move_aside(path: Path, exc: Exception) -> Path:
     return aside
 
 
+def move_foreign(path: Path, intake: Path, owner: str) -> Path:
+    """Rename another device's outbox (and its intake) to ``<name>.foreign-<UTC time>``; never salvaged.
+
+    A cloned SD card, or a device given a new id, would otherwise send the
+    other device's waiting events on this device's topic with the other
+    device's name in them.
+    """
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.foreign-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.foreign-{stamp}-{n}")
+        n += 1
+    try:
+        for src, dst in ((Path(f"{path}{x}"), Path(f"{aside}{x}")) for x in ("-wal", "-shm", "")):
+            if src.exists():
+                src.rename(dst)
+        if intake.exists():
+            intake.rename(aside.with_name(aside.name + ".intake"))
+    except OSError as err:
+        raise OutboxError(f"outbox {path} belongs to {owner} and could not be moved aside: {err}") from err
+    return aside
+
+
 def unsalvaged(path: Path) -> list[Path]:
     """Files moved aside from ``path`` whose rows are not yet committed into an outbox, oldest first."""
     prefix = f"{path.name}.corrupt-"  # a prefix test, not glob: the glob module is memory the daemon keeps
