@@ -137,3 +137,11 @@ def test_config__an_unreadable_value_is_reported_once_not_also_as_missing(tmp_pa
 def test_config__a_file_that_is_a_list_names_the_top_level(tmp_path: Path) -> None:
     problems = _problems(tmp_path, "- device\n- mqtt\n")
     assert "gate.yaml:1: (top level): expected a mapping of keys, got a list" in problems[0], problems
+
+
+def test_config__two_pi_cameras_on_one_camera_num_are_refused(tmp_path: Path) -> None:
+    text = GOOD + "cameras:\n  - {name: front, kind: picamera2}\n  - {name: back, kind: picamera2, camera_num: 0}\n"
+    problems = _problems(tmp_path, text)
+    assert len(problems) == 1, problems
+    assert "gate.yaml:9: cameras[1].camera_num: camera_num 0 is already cameras[0]" in problems[0]
+    load_config(_write(tmp_path, text.replace("camera_num: 0", "camera_num: 1")))

@@ -315,6 +315,22 @@ def _unique_names(ctx: Ctx, items: list[tuple[Any, Section]]) -> None:
             seen[cfg.name] = sec.path
 
 
+def _one_per_sensor(ctx: Ctx, cameras: list[tuple[CameraConfig, Section]]) -> None:
+    """Two picamera2 cameras on one camera_num would open the same sensor twice: the second capture fails."""
+    seen: dict[int, str] = {}
+    for cfg, sec in cameras:
+        if cfg.kind is not CameraKind.PICAMERA2:
+            continue
+        if cfg.camera_num in seen:
+            ctx.error(
+                sec.key_line("camera_num"),
+                sec.sub("camera_num"),
+                f"camera_num {cfg.camera_num} is already {seen[cfg.camera_num]}; give each Pi camera its own number",
+            )
+        else:
+            seen[cfg.camera_num] = sec.path
+
+
 def build(root: Section) -> Config | None:
     """Validate the whole document; None when any problem was recorded."""
     base = root.ctx.file.parent
@@ -338,6 +354,7 @@ def build(root: Section) -> Config | None:
             f"at most {MAX_CAMERAS} cameras per device (status must stay small); got {len(cameras)}",
         )
     _unique_names(root.ctx, cameras)
+    _one_per_sensor(root.ctx, cameras)
     snapshots = parse_snapshot_config(root, inputs, cameras)
     ob = root.section("outbox")
     outbox = OutboxConfig(
