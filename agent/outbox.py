@@ -27,12 +27,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from agent.ballast import BALLAST_BYTES, keep, release
 from agent.closing import ClosingFile
 from agent.errors import OutboxError, OutboxFullError, printable
 from agent.events import Event
@@ -96,6 +98,13 @@ def _open_intake(path: Path) -> tuple[Intake, Found] | None:
     return intake, found
 
 
+def _free(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return BALLAST_BYTES  # cannot tell: leave the reserve alone
+
+
 class Outbox(ClosingFile):
     """SQLite outbox shared by the input threads (put) and the sender (batch/ack).
 
@@ -138,6 +147,8 @@ class Outbox(ClosingFile):
         self._disk_low = False
         self._dropped_dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if _free(self.path.parent) < BALLAST_BYTES:  # SQLite could not even open: use the agent's reserve
+            release(self.path)
         self._live: dict[int, OutboxRow] = {}  # seq -> row on disk in the intake only; in seq order
         self._intake: Intake | None = None
         intake_path = self.path.with_name(self.path.name + ".intake")
@@ -179,6 +190,7 @@ class Outbox(ClosingFile):
                 self._acks.close()
             self._conn.close()
             raise
+        keep(self.path, self._headroom)
 
     def _settle_in(self, opened: tuple[Intake, Found] | None, max_mb: float, busy_timeout_s: float) -> None:
         """The rest of opening, once SQLite is open: counters, limits, and what the intake holds."""

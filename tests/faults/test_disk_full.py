@@ -284,16 +284,39 @@ def test_disk_full__held_press_shows_its_seq_once_saved(
         assert shown[r.id]["delivered"] is True, f"recent shows {shown[r.id]}"
 
 
-def test_outbox__opening_on_a_full_disk_says_the_disk_is_full(small_fs: Path) -> None:
-    """SQLite says only "disk I/O error" (it cannot size the -shm file); the message said it twice."""
+def test_outbox__opening_on_a_full_disk_uses_the_reserve_and_records(
+    small_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite cannot open a WAL database on a full disk (it must size the -shm file): an agent started on a
+    card filled by something else did not run at all.  The outbox's 1 MiB reserve is given up instead."""
+    from agent.ballast import ballast_path
+    from agent.events import Clock, Event, EventType
+    from agent.outbox import Outbox
+
+    db = small_fs / "outbox.db"
+    Outbox(db, site="main", device="d").close()
+    assert ballast_path(db).stat().st_size == 1024 * 1024, "written while there is room"
+    (small_fs / "outbox.db-shm").unlink(missing_ok=True)
+    _fill_to(small_fs / "filler", 0)
+    with Outbox(db, site="main", device="d") as ob:
+        assert ob.put(Event.create(Clock(synced=lambda: True), EventType.PANIC, "panic")) == 1
+    assert "deleted the agent's 1024 KiB reserve" in caplog.text
+    assert not ballast_path(db).exists(), "not written again while the disk is full"
+
+
+def test_outbox__opening_on_a_full_disk_without_a_reserve_says_the_disk_is_full(small_fs: Path) -> None:
+    """SQLite says only "disk I/O error"; the message also said "cannot open outbox" twice."""
+    from agent.ballast import ballast_path
     from agent.errors import OutboxError
     from agent.outbox import Outbox
 
-    Outbox(small_fs / "outbox.db", site="main", device="d").close()
+    db = small_fs / "outbox.db"
+    Outbox(db, site="main", device="d").close()
+    ballast_path(db).unlink()
     (small_fs / "outbox.db-shm").unlink(missing_ok=True)
     _fill_to(small_fs / "filler", 0)
     with pytest.raises(OutboxError) as caught:
-        Outbox(small_fs / "outbox.db", site="main", device="d").close()
+        Outbox(db, site="main", device="d").close()
     text = str(caught.value)
     assert text.count("cannot open outbox") == 1, text
     assert "the disk holding it is full" in text
