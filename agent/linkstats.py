@@ -25,7 +25,10 @@ Restarts: :meth:`LinkStats.to_state` is saved with the agent's state file;
 next connect as one outage (the centre heard nothing then), joined to an
 outage already running at the save.  Up-time after the last save and before a
 crash (at most one save interval) is therefore counted as down: the figures
-err on the side of the operator.  Before the very first connect nothing is
+err on the side of the operator.  A Pi restarted with its clock *behind* the
+save (no battery clock) may connect before NTP steps the clock over the days it
+was off: the restart outage then runs until the clock passes the save, so the
+step counts as down, never as up.  Before the very first connect nothing is
 counted: an uninstalled device has no path to measure.
 
 Thread-safe: the sender thread calls :meth:`delivered`, :meth:`link_up` and
@@ -177,6 +180,7 @@ class LinkStats:
         self._up: str | None = None  # broker in use, None while disconnected
         self._mark = now or 0.0  # time up to which up/down seconds have been attributed
         self._outage_start: float | None = None
+        self._hold: float | None = None  # restored with the clock before this save time: down until it passes
 
     def __repr__(self) -> str:
         with self._lock:
@@ -209,7 +213,7 @@ class LinkStats:
             if self._since is None:
                 self._since = self._mark = now
             self._advance(now)
-            if self._outage_start is not None:
+            if self._outage_start is not None and self._hold is None:
                 self._end_outage(now)
             self._up = broker
 
@@ -231,7 +235,7 @@ class LinkStats:
         if self._since is None or now <= self._mark:
             self._mark = max(self._mark, now) if self._since is not None else now
             return
-        up = self._up is not None
+        up = self._up is not None and self._hold is None
         # a long gap (or a clock jumping years ahead) is walked only over the hours still kept
         t = max(self._mark, now - _HOUR * (self._hours.keep + 1))
         while t < now:
@@ -244,6 +248,10 @@ class LinkStats:
             t = end
         self._mark = now
         self._hours.prune(now)
+        if self._hold is not None and now > self._hold:
+            self._hold = None  # the clock is past the save again: from here it can be trusted
+            if self._up is not None and self._outage_start is not None:
+                self._end_outage(now)
 
     def _hour(self, t: float) -> _Hour:
         i = self._hours.index(t)
@@ -319,9 +327,9 @@ class LinkStats:
             self._advance(now)
             return {
                 "v": STATE_VERSION,
-                "saved": now,
+                "saved": max(now, self._mark),  # behind the mark, the clock went back: never save it earlier
                 "since": self._since,
-                "outage_start": self._outage_start if self._up is None else None,
+                "outage_start": self._outage_start if self._up is None or self._hold is not None else None,
                 "paths": {
                     b: {
                         "used": p.used,
@@ -377,8 +385,9 @@ class LinkStats:
             return
         self._since = float(since)
         start = doc.get("outage_start")
-        self._outage_start = float(start) if start is not None else min(saved, now)
-        self._mark = min(saved, now)
+        self._outage_start = float(start) if start is not None else saved
+        self._mark = saved  # up to here was counted before the restart
+        self._hold = saved if now < saved else None
         self._up = None
         self._advance(now)  # the restart gap is down time
 

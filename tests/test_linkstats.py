@@ -351,3 +351,42 @@ def test_linkstats__availability_matches_an_exact_timeline(script: list[tuple[fl
     running = [now - down_from] if down_from is not None else []
     assert av["outages"] == len(downs) + len(running)
     assert av["longest_outage_s"] == pytest.approx(max(downs + running, default=0.0), abs=0.1)
+
+
+def test_linkstats__a_clock_stepped_forward_after_a_power_cut_is_not_counted_as_connected() -> None:
+    """A Pi restarted with its clock behind the last save connected, then NTP stepped it: the step counted as up.
+
+    fake-hwclock sets the clock to its last save (here 30 minutes before the
+    cut); the agent connects at once and NTP steps the clock over the two days
+    the Pi was off.  The contract counts time the agent was not running as an
+    outage.
+    """
+    stats = LinkStats(T0)
+    stats.link_up(BROKER, T0)
+    saved = json.loads(json.dumps(stats.to_state(T0 + 3 * 86400)))  # the last save, then the power goes
+    fake_now = T0 + 3 * 86400 - 1800
+    again = LinkStats.from_state(saved, fake_now)
+    again.link_up(BROKER, fake_now + 5)
+    held = json.loads(json.dumps(again.to_state(fake_now + 30)))  # a restart before NTP keeps the save's time
+    assert (held["saved"], held["outage_start"]) == (saved["saved"], saved["saved"])
+    true_now = T0 + 5 * 86400 + 60  # two days and a minute after the cut
+    av = again.snapshot(true_now)["availability"]["7d"]
+    assert av["percent"] == pytest.approx(100 * 3 / (5 + 60 / 86400), abs=0.01)
+    assert (av["outages"], av["longest_outage_s"]) == (1, 2 * 86400 + 60)
+    later = again.snapshot(true_now + 600)["availability"]["7d"]  # from the step on, connected time counts
+    assert later["observed_s"] - av["observed_s"] == 600
+    assert later["percent"] > av["percent"]
+
+
+def test_linkstats__a_restart_with_the_clock_still_behind_the_save_is_down_until_it_passes() -> None:
+    stats = LinkStats(T0)
+    stats.link_up(BROKER, T0)
+    saved = stats.to_state(T0 + 3600)
+    again = LinkStats.from_state(saved, T0 + 1800)
+    again.link_up(BROKER, T0 + 1800)
+    assert again.snapshot(T0 + 3000)["availability"]["24h"]["observed_s"] == 3600  # nothing counted twice
+    again.link_down(T0 + 3500)  # the link drops before the clock passes the save: the same outage runs on
+    again.link_up(BROKER, T0 + 3800)
+    av = again.snapshot(T0 + 4000)["availability"]["24h"]
+    assert (av["observed_s"], av["outages"], av["longest_outage_s"]) == (4000, 1, 200.0)
+    assert av["percent"] == pytest.approx(100 * 3800 / 4000)

@@ -69,16 +69,38 @@ def _no_photo(_event_id: str) -> str | None:
     return None
 
 
-def header(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None) -> str:
-    """``HH:MM:SS.mmm  N devices: a online, b OVERDUE, c offline, d unknown; low availability l; k unack...``."""
+def header(
+    fleet: FleetView,
+    alarms: int,
+    now: float,
+    tz: dt.tzinfo | None = None,
+    *,
+    tests: int = 0,
+    down_since: float | None = None,
+) -> str:
+    """``HH:MM:SS.mmm  N devices: a online, b OVERDUE, c offline, d unknown; low availability l; k unack...``.
+
+    ``alarms`` counts real alarms only, ``tests`` the test presses beside
+    them.  ``down_since`` (the monitor's own link lost at that wall time)
+    puts ``NOT CONNECTED since HH:MM:SS, figures stale`` first: a deaf
+    monitor must not look like a quiet fleet.
+    """
     n = fleet.counts()
+    deaf = f"NOT CONNECTED since {clock_text(down_since, tz)[:8]}, figures stale; " if down_since is not None else ""
+    test = f" and {_count(tests, 'test press', 'test presses')}" if tests else ""
     return (
-        f"{clock_text(now, tz)}  {len(fleet)} devices: {n[DeviceState.ONLINE]} online, "
+        f"{clock_text(now, tz)}  {deaf}{len(fleet)} devices: {n[DeviceState.ONLINE]} online, "
         f"{n[DeviceState.OVERDUE]} OVERDUE, {n[DeviceState.OFFLINE]} offline, {n[DeviceState.UNKNOWN]} unknown; "
         f"low availability {fleet.low_availability}; "
-        f"{_count(alarms, 'unacknowledged alarm')}; {_count(fleet.events, 'event')}, "
+        f"{_count(alarms, 'unacknowledged alarm')}{test}; {_count(fleet.events, 'event')}, "
         f"{_count(fleet.duplicates, 'duplicate')} suppressed"
     )
+
+
+def tally(alarms: Sequence[Alarm]) -> tuple[int, int]:
+    """(real alarms, test presses) among ``alarms``: a test press is never counted as an alarm."""
+    tests = sum(1 for a in alarms if a.test)
+    return len(alarms) - tests, tests
 
 
 def summary(
@@ -89,13 +111,15 @@ def summary(
     limit: int = ATTENTION_LINES,
     tz: dt.tzinfo | None = None,
     photo_of: Callable[[str], str | None] = _no_photo,
+    down_since: float | None = None,
 ) -> str:
     """The header, the devices that need attention (at most ``limit``), then every unacknowledged alarm.
 
     ``photo_of`` gives an alarm's saved photo by event id (``monitor --snapshots``).
     """
     rows, total = fleet.attention(now, limit)
-    out = [header(fleet, len(alarms), now, tz)]
+    real, tests = tally(alarms)
+    out = [header(fleet, real, now, tz, tests=tests, down_since=down_since)]
     if rows:
         out += _table_lines(rows, now)
     if total > len(rows):
@@ -103,15 +127,25 @@ def summary(
     for a in alarms:
         photo = photo_of(a.event_id)
         out.append(
-            f"ALARM  {a.key:<{_KEY_COL - 7}}{a.type:<10}{ago(now - a.arrival):<18}id {a.event_id} "
+            f"ALARM  {a.key:<{_KEY_COL - 8}} {a.type:<10}{'TEST  ' if a.test else ''}"
+            f"{ago(now - a.arrival):<18}id {a.event_id} "
             "not acknowledged" + (f"  photo {photo}" if photo is not None else "")
         )
     return "\n".join(out)
 
 
-def table(fleet: FleetView, alarms: int, now: float, tz: dt.tzinfo | None = None) -> str:
+def table(
+    fleet: FleetView,
+    alarms: int,
+    now: float,
+    tz: dt.tzinfo | None = None,
+    *,
+    tests: int = 0,
+    down_since: float | None = None,
+) -> str:
     """The header and every device, problem first."""
-    return "\n".join([header(fleet, alarms, now, tz), *_table_lines(fleet.rows(now), now)])
+    top = header(fleet, alarms, now, tz, tests=tests, down_since=down_since)
+    return "\n".join([top, *_table_lines(fleet.rows(now), now)])
 
 
 def summary_lines(
@@ -122,9 +156,11 @@ def summary_lines(
     full: bool,
     limit: int = ATTENTION_LINES,
     photo_of: Callable[[str], str | None] = _no_photo,
+    down_since: float | None = None,
 ) -> list[Line]:
     """For ``--json``: a ``summary`` record, then a ``device`` record per device shown, then the alarms."""
     n = fleet.counts()
+    real, tests = tally(alarms)
     rows, total = (fleet.rows(now), len(fleet)) if full else fleet.attention(now, limit)
     record = {
         "kind": "summary",
@@ -132,7 +168,10 @@ def summary_lines(
         "devices": len(fleet),
         **{s.value: n[s] for s in DeviceState},
         "low_availability": fleet.low_availability,
-        "unacknowledged_alarms": len(alarms),
+        "unacknowledged_alarms": real,
+        "unacknowledged_tests": tests,
+        "connected": down_since is None,
+        "disconnected_since": iso_ms(down_since) if down_since is not None else None,
         "events": fleet.events,
         "duplicates": fleet.duplicates,
         "listed": len(rows),
@@ -149,6 +188,7 @@ def summary_lines(
                 "site": a.site,
                 "device": a.device,
                 "type": a.type,
+                "test": a.test,
                 "id": a.event_id,
                 "arrived": iso_ms(a.arrival),
                 "acknowledged": False,
@@ -206,5 +246,5 @@ def _cell(text: str, width: int) -> str:
     return f"{text:<{width - 1}} "
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def _count(n: int, noun: str, nouns: str | None = None) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -79,10 +80,24 @@ def json_line(record: Mapping[str, Any]) -> str:
     ``json.dumps`` escapes C0 controls but, without ``ensure_ascii``, leaves C1
     controls (U+009B is a one-byte CSI), bidi overrides and U+2028 raw.
     """
-    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or Infinity from a payload (Python reads them, and 1e400 as inf): not JSON
+        text = json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
     if text.isascii() and text.isprintable():
         return text
     return "".join(_json_escape(ch) if ch != "\\" and _unsafe(ch) else ch for ch in text)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float made ``None`` (JSON ``null``), at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_escape(ch: str) -> str:
@@ -109,13 +124,14 @@ class LineKind(StrEnum):
 
 @dataclass(frozen=True)
 class Alarm:
-    """A panic or tamper event the centre may acknowledge."""
+    """A panic or tamper event the centre may acknowledge; ``test`` for a press made in test mode."""
 
     site: str
     device: str
     event_id: str
     type: str
     arrival: float
+    test: bool = False
 
     @property
     def key(self) -> str:

@@ -9,13 +9,19 @@ Decisions:
 
 - **De-dup** on event ``id`` over the last :data:`DEDUP_IDS` ids (an LRU),
   as the contract asks of every consumer; suppressed copies are counted.
-- **Heartbeat interval** is learned from the gaps between consecutive
+- **Heartbeat interval** is learned from the gaps between consecutive live
   ``online`` statuses: the largest of the last 32.  The agent restarts its
   heartbeat timer after every status sent on a change, so gaps are at most one
   interval and the largest is the interval.  Until 3 gaps are known the default
-  is a floor (the burst of statuses at an agent's start is not a heartbeat);
-  after that a gap over 3 intervals is a hang, not a new interval, and is not
-  learned.  An ``offline`` status starts the learning again.
+  is a floor (the burst of statuses at an agent's start is not a heartbeat).
+  A gap that ends a silence past the deadline may be a hang: it is learned only
+  when the next gap matches it (a long heartbeat repeats, a hang does not), and
+  never over an hour, the agent's largest interval.  A gap from a retained
+  status's ``ts`` is never learned.  An ``offline`` status starts again.
+- **Retained statuses** (sent by the broker at every subscribe) are quiet for
+  a device's first status; after a reconnect one that changes a known
+  device's state is announced, and a copy of a status already taken (same
+  ``ts``, or not newer) changes nothing.  A retained *event* is never an alarm.
 - **Overdue**: online, but no status for more than 3 intervals (or
   ``overdue_after_s``).  A retained status counts from its ``ts`` when the
   device's clock was synchronised and ``ts`` is not in the future, so a device
@@ -58,15 +64,20 @@ from agent.central.display import (
     valid_id,
     warning_line,
 )
-from agent.central.fleetmsg import Device, Msg, event_line, opt, restricted
+from agent.central.fleetmsg import Device, Msg, event_line, gap_text, learn_gap, restricted
 from agent.central.linkfigures import UNKNOWN, availability_line, read_link_stats
 from agent.events import is_event_id, iso_ms
 
 DEFAULT_INTERVAL_S = 30.0
 OVERDUE_FACTOR = 3.0
 DEDUP_IDS = 10_000
-_GAP_WINDOW = 32
 _MIN_GAPS = 3
+_HEARD = (DeviceState.ONLINE, DeviceState.OVERDUE)
+_BACK = {
+    DeviceState.OVERDUE: "(heartbeat back)",
+    DeviceState.OFFLINE: "(was offline)",
+    DeviceState.UNKNOWN: "(first status seen)",
+}
 _OFFLINE_WHY = {"lost": "the broker lost its connection (will)", "shutdown": "the agent stopped cleanly"}
 
 
@@ -133,11 +144,11 @@ class FleetView:
                     f"{escape(topic)}: site or device is not a contract id (lower-case letters, digits, '-'); ignored",
                 )
             ]
-        msg = Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival)
+        msg = Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
         if msg.rest == ("status",):
             return self._status(topic, msg.site, msg.device, payload, arrival, retained=retained)
         if msg.rest[0] == "event":
-            return self._event(msg)
+            return self._retained_event(msg) if retained else self._event(msg)
         return []  # replies are the AckDesk's; commands are not shown
 
     def tick(self, now: float) -> list[Line]:
@@ -197,6 +208,12 @@ class FleetView:
 
     # ---- message kinds -----------------------------------------------------------
 
+    def _retained_event(self, msg: Msg) -> list[Line]:
+        """A stale copy the broker replays at every subscribe (someone published it retained): never an alarm."""
+        return [
+            self._warn(msg.at, f"{escape(msg.topic)}: a retained event (the contract never retains events); not shown")
+        ]
+
     def _event(self, msg: Msg) -> list[Line]:
         doc, at, site, device = decode(msg.payload), msg.at, msg.site, msg.device
         where = escape(msg.topic)
@@ -224,15 +241,7 @@ class FleetView:
         late = None
         if seq is not None and dev.max_seq is not None:
             if seq > dev.max_seq + 1:
-                missing = seq - dev.max_seq - 1
-                lines.append(
-                    self._warn(
-                        at,
-                        f"{dev.site}/{dev.device}: seq jumped {dev.max_seq} -> {seq}: {missing} "
-                        f"event(s) not seen yet (outbox pending {opt(dev.pending)}, "
-                        f"dropped {opt(dev.dropped)})",
-                    )
-                )
+                lines.append(self._warn(at, gap_text(dev, seq, doc if msg.rest[1] == "agent_started" else None)))
             elif seq < dev.max_seq:
                 late = dev.max_seq
         if seq is not None:
@@ -262,57 +271,44 @@ class FleetView:
                 ]
         dev = self._device(site, device)
         self._status_topics[topic] = dev
-        key = dev.key
-        was, was_overdue = dev.state, dev.state is DeviceState.OVERDUE
+        was = dev.state
+        quiet = retained and was is DeviceState.UNKNOWN  # a device's first status read at subscribe: on the board
         if state == "offline":
-            self._deadlines.cancel(key)
-            self._set_state(dev, DeviceState.OFFLINE)
-            dev.reason = escape(text_or(doc.get("reason"), "?")[:40])
-            dev.offline_at = None if retained else at
-            dev.gaps.clear()
-            if retained or was is DeviceState.OFFLINE:
-                return []
-            return [self._state_line(dev, at, "OFFLINE", f"{dev.reason}: {_OFFLINE_WHY.get(dev.reason, '?')}")]
-        heard = self._heard_at(doc, at, retained=retained)
-        if (
-            not retained
-            and was in (DeviceState.ONLINE, DeviceState.OVERDUE)
-            and dev.heard is not None
-            and heard > dev.heard
-        ):
-            gap = heard - dev.heard
-            if len(dev.gaps) < _MIN_GAPS or gap <= OVERDUE_FACTOR * self._interval(dev):
-                dev.gaps.append(gap)
-                if len(dev.gaps) > _GAP_WINDOW:
-                    del dev.gaps[0]
-        dev.heard = max(heard, dev.heard or heard)
+            return self._offline(dev, doc, at, retained=retained, quiet=quiet)
+        heard, ts = self._heard_at(doc, at, retained=retained), doc.get("ts")
+        if retained and was in _HEARD and dev.heard is not None and (heard <= dev.heard or _same(ts, dev.ts)):
+            return []  # a status already taken, resent by the broker at a subscribe: nothing changed
+        if not retained and dev.heard_live and was in _HEARD and dev.heard is not None and heard > dev.heard:
+            due = self._deadlines.due(dev.key)
+            learn_gap(dev, heard - dev.heard, stretch=was is DeviceState.OVERDUE or (due is not None and heard > due))
+        if dev.heard is None or heard >= dev.heard:
+            dev.heard, dev.heard_live = heard, not retained
+        dev.ts = ts
         dev.reason, dev.offline_at = None, None
         self._set_state(dev, DeviceState.ONLINE)
         limit = self.overdue_after_s if self.overdue_after_s is not None else OVERDUE_FACTOR * self._interval(dev)
-        self._deadlines.set(key, dev.heard + limit)
+        self._deadlines.set(dev.key, dev.heard + limit)
         outbox = doc.get("outbox")
         if isinstance(outbox, dict):
             dev.pending = int_or_none(outbox.get("pending"))
             dev.dropped = int_or_none(outbox.get("dropped"))
-        lines = (
-            []
-            if retained or was is DeviceState.ONLINE
-            else [
-                self._state_line(
-                    dev,
-                    at,
-                    "online",
-                    "(heartbeat back)"
-                    if was_overdue
-                    else "(was offline)"
-                    if was is DeviceState.OFFLINE
-                    else "(first status seen)",
-                )
-            ]
-        )
-        return lines + self._figures(dev, doc, topic, at, retained=retained)
+        lines = [] if quiet or was is DeviceState.ONLINE else [self._state_line(dev, at, "online", _BACK[was])]
+        return lines + self._figures(dev, doc, topic, at, quiet=quiet)
 
-    def _figures(self, dev: Device, doc: dict[str, Any], topic: str, at: float, *, retained: bool) -> list[Line]:
+    def _offline(self, dev: Device, doc: dict[str, Any], at: float, *, retained: bool, quiet: bool) -> list[Line]:
+        reason = escape(text_or(doc.get("reason"), "?")[:40])
+        if dev.state is DeviceState.OFFLINE and (retained or reason == dev.reason):
+            return []  # said already; a redelivered will keeps the time it was first seen
+        self._deadlines.cancel(dev.key)
+        self._set_state(dev, DeviceState.OFFLINE)
+        dev.reason, dev.offline_at = reason, None if retained else at
+        dev.gaps.clear()
+        dev.candidate = None
+        if quiet:
+            return []
+        return [self._state_line(dev, at, "OFFLINE", f"{dev.reason}: {_OFFLINE_WHY.get(dev.reason, '?')}")]
+
+    def _figures(self, dev: Device, doc: dict[str, Any], topic: str, at: float, *, quiet: bool) -> list[Line]:
         """Take the status's link figures; a line when they turn unreadable or the 95 % flag changes."""
         got = read_link_stats(doc)
         lines: list[Line] = []
@@ -324,7 +320,7 @@ class FleetView:
         if figures.low != was_low:
             self.low_availability += 1 if figures.low else -1
             self._file(dev)
-            if not retained:
+            if not quiet:
                 lines.append(availability_line(dev.site, dev.device, figures, at, self._clock(at)))
         return lines
 
@@ -385,3 +381,8 @@ class FleetView:
 
     def _warn(self, at: float, text: str) -> Line:
         return warning_line(at, text, self._tz)
+
+
+def _same(ts: object, last: object) -> bool:
+    """True when a status's ``ts`` is the one last taken: the same document again, whatever the clocks say."""
+    return ts is not None and ts == last

@@ -19,6 +19,9 @@ from agent.central.linkfigures import UNKNOWN, LinkFigures
 from agent.events import iso_ms
 
 ALARM_TYPES = frozenset({"panic", "tamper"})
+GAP_WINDOW = 32  # heartbeat gaps remembered per device; the interval is the largest
+_MAX_INTERVAL_S = 3600.0  # the agent's largest heartbeat.interval_s: a longer gap is never a heartbeat
+_MATCH = 0.25  # two gaps within 25 % of each other are the same interval
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Msg:
     rest: tuple[str, ...]
     payload: bytes
     at: float
+    retained: bool = False
 
 
 @dataclass(slots=True)
@@ -43,6 +47,9 @@ class Device:
     state: DeviceState = DeviceState.UNKNOWN
     reason: str | None = None
     heard: float | None = None
+    heard_live: bool = False  # ``heard`` is an arrival time, not a retained status's ``ts``
+    ts: object = None  # the last online status's ``ts`` as sent: a redelivered copy carries the same
+    candidate: float | None = None  # a gap too long to learn at once: learned when the next one matches
     offline_at: float | None = None
     gaps: list[float] = field(default_factory=list)
     pending: int | None = None
@@ -107,8 +114,51 @@ def event_line(msg: Msg, doc: dict[str, Any], eid: str, *, seq: int | None, late
         "late": late is not None,
         "data": doc.get("data"),
     }
-    alarm = Alarm(site, device, eid, etype, at) if etype in ALARM_TYPES else None
+    alarm = Alarm(site, device, eid, etype, at, test=test) if etype in ALARM_TYPES else None
     return Line(LineKind.EVENT, "  ".join(parts), record, alarm)
+
+
+def gap_text(dev: Device, seq: int, started: dict[str, Any] | None) -> str:
+    """The warning for a jump in ``seq`` from ``dev.max_seq``; ``started`` is the event if it is an ``agent_started``.
+
+    An ``agent_started`` carrying ``seq_resumed_above`` explains its jump (the
+    device's outbox was deleted or replaced and seq skipped about 1,000): the
+    contract says there is nothing to wait for, so the warning must not say
+    events are on their way.
+    """
+    last = dev.max_seq or 0
+    data = started.get("data") if started is not None else None
+    floor = data.get("seq_resumed_above") if isinstance(data, dict) else None
+    head = f"{dev.key}: seq jumped {last} -> {seq}: "
+    waiting = f"(outbox pending {opt(dev.pending)}, dropped {opt(dev.dropped)})"
+    if isinstance(floor, int) and not isinstance(floor, bool) and last <= floor < seq:
+        text = f"{head}its outbox was deleted or replaced and seq resumed above {floor}; nothing to wait for"
+        missing = seq - floor - 1
+        return text + (f", but {missing} event(s) above {floor} not seen yet {waiting}" if missing else "")
+    return f"{head}{seq - last - 1} event(s) not seen yet {waiting}"
+
+
+def learn_gap(dev: Device, gap: float, *, stretch: bool) -> None:
+    """Learn a heartbeat gap; one that ended a silence past the deadline only when the next gap matches it.
+
+    A device that hung for an hour and came back must not teach the
+    monitor an hour-long heartbeat (it would then be flagged after three);
+    a device with a long heartbeat goes overdue at the default deadline
+    until two equal gaps in a row show its interval.
+    """
+    if gap > _MAX_INTERVAL_S * (1 + _MATCH):
+        dev.candidate = None
+        return
+    if stretch:
+        cand, dev.candidate = dev.candidate, gap
+        if cand is None or abs(gap - cand) > _MATCH * cand:
+            return
+        dev.gaps.append(cand)
+        dev.candidate = None
+    else:
+        dev.candidate = None
+    dev.gaps.append(gap)
+    del dev.gaps[:-GAP_WINDOW]
 
 
 def opt(value: int | None) -> str:

@@ -5,10 +5,21 @@ and ``campus-agent ack``: messages leave as :class:`Incoming` values, link
 changes as :class:`LinkNote`, and failures as :class:`~agent.errors.AgentError`
 in words a technician can act on.
 
-Clean start and a random ``monitor-<hex>`` client id: never the
-``client_id`` from the agent's config, which would push the agent itself off
-the broker (session takeover).  paho reconnects on its own after the first
-connection; subscriptions are renewed then, because a clean start forgets them.
+A random ``monitor-<hex>`` client id, the same for the life of the process:
+never the ``client_id`` from the agent's config, which would push the agent
+itself off the broker (session takeover).  The monitor keeps a persistent
+session (MQTT 5 ``clean_start`` false with a session expiry of
+``LinkSettings.session_expiry_s``, MQTT 3.1.1 ``clean_session`` false), so an
+alarm published while its link is down waits at the broker instead of being
+dropped for want of a subscriber; redelivered copies are de-duplicated by the
+fleet view.  Statuses are QoS 0 and not queued: the subscriptions are renewed
+after every reconnect so the broker sends every retained status again, and
+:attr:`CentralLink.listening_since` stays ``None`` until that SUBACK.  A
+clean close ends the session (MQTT 5: DISCONNECT with expiry 0; 3.1.1: a
+clean connect with the same id), so brokers do not keep the sessions of
+monitors that exited; a killed monitor's lingers until its expiry (MQTT 5)
+or the broker's own limit (3.1.1: mosquitto ``persistent_client_expiration``).
+``campus-agent ack`` sets the expiry to 0: a clean session, nothing kept.
 
 Protocol ``auto`` (the default) tries MQTT 5 and, when the broker says it
 does not speak it (CONNACK 0x84, or 0x01 in 3.1.1 form) or closes the socket
@@ -20,64 +31,31 @@ there is no switch to turn that off.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import describe_connect_error
 from agent.central import reader
-from agent.central.settings import DEFAULT_CONNECT_TIMEOUT_S, LinkSettings, tls_context
+from agent.central.clients import KEEPALIVE_S, connect_properties, forget_session, leaving_properties, new_client
+from agent.central.inbox import Burst, Inbox, Incoming, LinkNote, unpack
+from agent.central.settings import DEFAULT_CONNECT_TIMEOUT_S, LinkSettings
 from agent.central.wire import Publish
 from agent.closing import Closing
 from agent.config.model import BrokerAddress
 from agent.errors import AgentError
 
-_KEEPALIVE_S = 30
-_VERSIONS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+__all__ = ["Burst", "CentralLink", "Inbox", "Incoming", "LinkNote", "unpack"]
+
 # "I do not speak this protocol": MQTT 5's 0x84, or 0x01 when a 3.1.1 broker answers a v5 CONNECT.
 _UNSUPPORTED_PROTOCOL = frozenset({0x84, 0x01})
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One message as it arrived; ``arrival`` is wall-clock seconds.
-
-    ``content_type`` and ``user_properties`` are the MQTT 5 properties (``None``
-    and empty under MQTT 3.1.1, or when the sender set none).
-    """
-
-    topic: str
-    payload: bytes
-    retained: bool
-    arrival: float
-    content_type: str | None = None
-    user_properties: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class LinkNote:
-    """The connection dropped (``up`` false) or came back after a drop."""
-
-    up: bool
-    text: str
-
-
-Burst = tuple[Incoming, ...]
-"""Messages that arrived in one read, in order: one hand-off for many (see :func:`unpack`)."""
-Inbox = queue.SimpleQueue[Incoming | LinkNote | Burst]
-
-
-def unpack(item: Incoming | LinkNote | Burst) -> Sequence[Incoming | LinkNote]:
-    """What an inbox item holds, in arrival order."""
-    return item if isinstance(item, tuple) else (item,)
+_NO_SESSION = " (the broker kept no session for us: events sent meanwhile are not shown; see the devices' seq)"
 
 
 class CentralLink(Closing):
@@ -111,6 +89,10 @@ class CentralLink(Closing):
         self._version = "5" if settings.protocol == "auto" else settings.protocol
         self._up = False
         self._closing = False
+        self._persistent = settings.session_expiry_s > 0
+        self._listening_since: float | None = None
+        self.down_since: float | None = None
+        """Wall time the link was lost; ``None`` again once the renewed subscriptions are confirmed."""
 
     @property
     def closed(self) -> bool:
@@ -125,6 +107,15 @@ class CentralLink(Closing):
     @property
     def connected(self) -> bool:
         return self._up
+
+    @property
+    def listening_since(self) -> float | None:
+        """Wall time the subscriptions were confirmed (SUBACK) since the last connect; ``None`` until then.
+
+        Between a reconnect's CONNACK and its SUBACK the monitor hears the
+        queued events but no status yet: heartbeat deadlines must wait.
+        """
+        return self._listening_since if self._up else None
 
     @property
     def protocol(self) -> str:
@@ -169,6 +160,7 @@ class CentralLink(Closing):
         why = self._wait(mid, timeout, "SUBACK")
         if why is not None:
             raise AgentError(f"broker {self.broker} refused the subscription ({why}); check its ACL for this user")
+        self._listening_since = self._wall()
 
     def publish(self, topic: str, payload: bytes, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
         """Publish at QoS 1 and wait for a successful PUBACK."""
@@ -182,16 +174,23 @@ class CentralLink(Closing):
             )
 
     def close(self) -> None:
-        """Disconnect and stop paho's thread; safe to call more than once."""
+        """Disconnect, ending our session on the broker, and stop paho's thread; safe to call more than once."""
         self._closing = True
-        self._drop_client()
+        was_up = self._up
+        self._drop_client(end_session=True)
+        if was_up and self._persistent and self._version == "3.1.1" and self.broker is not None:
+            forget_session(self.settings, self.client_id, self.broker)
 
-    def _drop_client(self) -> None:
+    def _drop_client(self, *, end_session: bool = False) -> None:
         client, self._client = self._client, None
         if client is not None:
-            client.disconnect()
+            if end_session and self._persistent and self._version == "5":
+                client.disconnect(properties=leaving_properties())
+            else:
+                client.disconnect()
             client.loop_stop()
         self._up = False
+        self._listening_since = None
 
     # ---- inside ------------------------------------------------------------------
 
@@ -247,9 +246,12 @@ class CentralLink(Closing):
         try:
             client = self._make_client()
             if self._version == "5":
-                client.connect(broker.host, broker.port, keepalive=_KEEPALIVE_S, clean_start=True)
+                props = connect_properties(self.settings.session_expiry_s)
+                client.connect(
+                    broker.host, broker.port, keepalive=KEEPALIVE_S, clean_start=not self._persistent, properties=props
+                )
             else:
-                client.connect(broker.host, broker.port, keepalive=_KEEPALIVE_S)
+                client.connect(broker.host, broker.port, keepalive=KEEPALIVE_S)
         except (OSError, ValueError) as exc:
             return describe_connect_error(exc, self.settings.connect_timeout_s)
         self._client = client
@@ -267,14 +269,7 @@ class CentralLink(Closing):
         return self._refused
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=_VERSIONS[self._version])
-        client.connect_timeout = self.settings.connect_timeout_s
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        s = self.settings
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password.reveal() if s.password is not None else None)
-        if s.tls is not None:
-            client.tls_set_context(tls_context(s.tls))
+        client = new_client(self.settings, self.client_id, self._version, clean=not self._persistent)
         reader.install(client, self._deliver)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -303,7 +298,7 @@ class CentralLink(Closing):
 
     # paho's network thread: record, queue, notify; nothing that blocks.
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
             self._refused_code = rc.value
             hint = (
@@ -314,17 +309,25 @@ class CentralLink(Closing):
             self._refused = f"broker refused the connection: {rc}; {hint}"
             self._connack.set()
             return
+        self._listening_since = None
         if self._connack.is_set() and self._topics:
-            # A reconnect: clean start dropped the subscriptions; nobody waits for this SUBACK.
+            # A reconnect: renewed so that the broker sends every retained status again (QoS 0 ones
+            # are not queued); nobody waits for this SUBACK.
             _rc, mid = client.subscribe(_with_qos(self._topics))
             if mid is not None:
                 self._renewals.add(mid)
-            self._inbox.put(LinkNote(up=True, text=f"reconnected to {self.broker}"))
+            lost = "" if getattr(flags, "session_present", True) or not self._persistent else _NO_SESSION
+            self._inbox.put(LinkNote(up=True, text=f"reconnected to {self.broker}{lost}"))
+        elif self._connack.is_set():  # a reconnect with nothing to renew: heard as soon as it is up
+            self._listening_since, self.down_since = self._wall(), None
         self._up = True
         self._connack.set()
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         was_up, self._up = self._up, False
+        self._listening_since = None
+        if was_up and self.down_since is None:
+            self.down_since = self._wall()
         if not self._connack.is_set():
             self._closed_early = True
             self._refused = (
@@ -364,6 +367,11 @@ class CentralLink(Closing):
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
         if mid in self._renewals:
             self._renewals.discard(mid)
+            refused = [str(rc) for rc in rcs if rc.is_failure]
+            if refused:
+                why = f"broker {self.broker} refused the renewed subscription ({', '.join(refused)}); check its ACL"
+                self._inbox.put(LinkNote(up=False, text=why))
+            self._listening_since, self.down_since = self._wall(), None
             return
         refused = [str(rc) for rc in rcs if rc.is_failure]
         self._settle(mid, ", ".join(refused) if refused else None)

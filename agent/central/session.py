@@ -9,7 +9,11 @@ Decisions, for a centre with tens of thousands of devices:
   :data:`_BATCH`), and events are handled before statuses and replies, so a
   panic that arrives behind 20,000 retained statuses is printed first.
 - **Ticks at most once a second**, never per message: overdue detection is
-  a heap pop per passed deadline (:mod:`agent.central.deadlines`).
+  a heap pop per passed deadline (:mod:`agent.central.deadlines`).  No tick
+  while the link is down, nor until :data:`SETTLE_S` after a reconnect's
+  renewed subscriptions are confirmed: the retained statuses that re-arm
+  the deadlines come behind that SUBACK (a second at 20,000 devices), and a
+  deaf monitor must not call a heartbeating device overdue.
 - **Photos after events** (``--snapshots DIR``): a photo is checked here and
   written on :class:`~agent.central.photos.PhotoSaver`'s thread; its PHOTO
   line is printed when the file is in place (:mod:`agent.central.photos`).
@@ -22,6 +26,7 @@ Decisions, for a centre with tens of thousands of devices:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import threading
 import time
@@ -44,6 +49,7 @@ from agent.events import iso_ms
 EXIT_OK, EXIT_FAIL = 0, 1
 TABLE_EVERY_S = 10.0
 TICK_S = 1.0
+SETTLE_S = 2.0
 _FIRST_TABLE_S = 1.0
 _IDLE_S = 0.25
 _BATCH = 5000
@@ -167,7 +173,8 @@ class _Session:
                     break
                 now = self.wall()
                 if now >= next_tick:
-                    if self.link.connected:  # a silent broker is not a silent fleet
+                    since = self.link.listening_since
+                    if since is not None and now - since >= SETTLE_S:  # a deaf monitor is not a silent fleet
                         self._emit(self.fleet.tick(now) + self.desk.tick(now))
                     next_tick = now + TICK_S
                 if next_table is not None and now >= next_table:
@@ -315,14 +322,16 @@ class _Session:
             self.out.flush()
 
     def _board(self, now: float, *, full: bool) -> None:
-        alarms = self.desk.unacked()
+        alarms, down = self.desk.unacked(), self.link.down_since
+        photo_of = self.photos.photo_of
         if self.opts.json:
-            self._emit(board.summary_lines(self.fleet, alarms, now, full=full, photo_of=self.photos.photo_of))
+            self._emit(board.summary_lines(self.fleet, alarms, now, full=full, photo_of=photo_of, down_since=down))
             return
+        real, tests = board.tally(alarms)
         text = (
-            board.table(self.fleet, len(alarms), now)
+            board.table(self.fleet, real, now, tests=tests, down_since=down)
             if full
-            else board.summary(self.fleet, alarms, now, photo_of=self.photos.photo_of)
+            else board.summary(self.fleet, alarms, now, photo_of=photo_of, down_since=down)
         )
         self.out.write("\n" + "\n".join(escape(ln, backslash=False) for ln in text.splitlines()) + "\n\n")
         self.out.flush()
@@ -337,7 +346,7 @@ def send_ack(target: Target, site: str, device: str, event_id: str, *, timeout: 
     """Publish one ``ack`` and wait ``timeout`` seconds for its reply: (cmd_id, reply or None)."""
     root = f"{target.prefix}/{site}/{device}"
     inbox: Inbox = queue.SimpleQueue()
-    with CentralLink(target.link, inbox, name="ack") as link:
+    with CentralLink(dataclasses.replace(target.link, session_expiry_s=0), inbox, name="ack") as link:
         link.connect()
         link.subscribe([f"{root}/reply"])
         cmd_id, payload = ack_command(event_id, time.time())

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from agent.config.model import BrokerAddress, Secret, TlsConfig
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_SESSION_EXPIRY_S = 3600
+_MAX_SESSION_EXPIRY_S = 2**32 - 1
 PROTOCOLS = ("auto", "5", "3.1.1")
 
 
@@ -20,6 +22,10 @@ class LinkSettings:
     """Where to connect and how: brokers in order, protocol, TLS and credentials.
 
     ``tls`` ``None`` is plain MQTT; ``protocol`` is ``auto``, ``5`` or ``3.1.1``.
+    ``session_expiry_s``: how long the broker keeps the monitor's session (and
+    queues its events) after the link drops, in seconds; 0 is a clean session
+    that keeps nothing (``campus-agent ack``).  An hour covers a broker or
+    network restart without letting a killed monitor's queue grow for days.
     """
 
     brokers: tuple[BrokerAddress, ...]
@@ -28,8 +34,11 @@ class LinkSettings:
     tls: TlsConfig | None = None
     username: str | None = None
     password: Secret | None = None
+    session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S
 
     def __post_init__(self) -> None:
+        if not 0 <= self.session_expiry_s <= _MAX_SESSION_EXPIRY_S:
+            raise ValueError(f"session_expiry_s {self.session_expiry_s} is not 0 to {_MAX_SESSION_EXPIRY_S} seconds")
         if not self.brokers:
             raise ValueError("LinkSettings needs at least one broker")
         if self.protocol not in PROTOCOLS:

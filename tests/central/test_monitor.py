@@ -127,7 +127,7 @@ def test_fleet__event_line_shows_time_device_type_source_seq_test_and_delay(flee
         assert part in line.text
     assert "clock?" not in line.text
     assert line.record["delay_ms"] == 46
-    assert line.alarm == Alarm("main", "gate-north-1", doc["id"], "panic", T0 + 0.046)
+    assert line.alarm == Alarm("main", "gate-north-1", doc["id"], "panic", T0 + 0.046, test=True)
 
 
 def test_fleet__unsynced_clock_is_marked_and_not_test_has_no_flag(fleet: FleetView) -> None:
@@ -248,13 +248,20 @@ def test_fleet__interval_is_learned_from_consecutive_statuses(fleet: FleetView) 
     assert "expected every 10 s" in fleet.tick(T0 + 61)[0].text
 
 
-def test_fleet__long_interval_is_learned_at_once_and_change_statuses_do_not_shrink_it(fleet: FleetView) -> None:
+def test_fleet__long_interval_is_learned_when_two_gaps_match_and_change_statuses_do_not_shrink_it(
+    fleet: FleetView,
+) -> None:
+    """A 5-minute heartbeat goes overdue at the default deadline until two equal gaps show its interval."""
     fleet.feed(topic("status"), enc(status()), T0)
-    fleet.feed(topic("status"), enc(status()), T0 + 300)
-    assert fleet.tick(T0 + 300 + 100) == []
-    for t in (T0 + 310, T0 + 310.2, T0 + 310.4, T0 + 310.6):  # a burst of statuses sent on changes
+    assert fleet.tick(T0 + 100)  # overdue at 3 x the default 30 s
+    fleet.feed(topic("status"), enc(status()), T0 + 300)  # one long gap: a hang or a long heartbeat?
+    assert fleet.tick(T0 + 400)
+    fleet.feed(topic("status"), enc(status()), T0 + 600)  # the same gap again: a long heartbeat
+    assert fleet.rows(T0 + 600)[0].interval_s == 300
+    assert fleet.tick(T0 + 600 + 100) == []
+    for t in (T0 + 610, T0 + 610.2, T0 + 610.4, T0 + 610.6):  # a burst of statuses sent on changes
         fleet.feed(topic("status"), enc(status()), t)
-    assert fleet.rows(T0 + 311)[0].interval_s == 300
+    assert fleet.rows(T0 + 611)[0].interval_s == 300
 
 
 def test_fleet__overdue_after_override() -> None:
