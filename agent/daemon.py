@@ -193,6 +193,7 @@ class Agent(Closing):
                 photos=self.photos.status if self.photos is not None else None,
             ),
             test_mode=self.test_mode,
+            heartbeat_s=cfg.heartbeat.interval_s,
         )
         self.uplink.start()
         self.heartbeat.start()

@@ -142,8 +142,10 @@ class Health:
         outbox: Outbox,
         sources: StatusSources,
         test_mode: TestMode,
+        heartbeat_s: float | None = None,
     ) -> None:
         self.site = site
+        self.heartbeat_s = heartbeat_s
         self.device = device
         self.clock = clock
         self.outbox = outbox
@@ -192,6 +194,8 @@ class Health:
             "system": system_vitals(self.outbox.path.parent),
             "test_mode_until": self.test_mode.until(),
         }
+        if self.heartbeat_s is not None:  # the monitor's deadline: no interval to guess from the gaps
+            doc["heartbeat_s"] = self.heartbeat_s
         if self.sources.outputs is not None:
             doc["outputs"] = self.sources.outputs()
         if self.sources.commands is not None:

@@ -47,6 +47,7 @@ def test_status__online_on_connect_validates(
     assert doc["state"] == "online"
     assert set(doc["inputs"]) == {"panic"}
     assert doc["link"]["broker"] == f"127.0.0.1:{broker.port}"
+    assert doc["heartbeat_s"] == 30, "the monitor judges silence by it"
     validate("event", started.doc)
     assert started.doc["data"]["reason"] in ("boot", "restart")
 

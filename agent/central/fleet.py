@@ -9,8 +9,9 @@ Decisions:
 
 - **De-dup** on event ``id`` over the last :data:`DEDUP_IDS` ids (an LRU),
   as the contract asks of every consumer; suppressed copies are counted.
-- **Heartbeat interval** is learned from the gaps between consecutive live
-  ``online`` statuses: the largest of the last 32.  The agent restarts its
+- **Heartbeat interval** is the status's ``heartbeat_s`` when it names one
+  (agents from this version on do); otherwise it is learned from the gaps
+  between consecutive live ``online`` statuses: the largest of the last 32.  The agent restarts its
   heartbeat timer after every status sent on a change, so gaps are at most one
   interval and the largest is the interval.  Until 3 gaps are known the default
   is a floor (the burst of statuses at an agent's start is not a heartbeat).
@@ -284,6 +285,7 @@ class FleetView:
         if dev.heard is None or heard >= dev.heard:
             dev.heard, dev.heard_live = heard, not retained
         dev.ts = ts
+        dev.announced = _interval_named(doc)
         dev.reason, dev.offline_at = None, None
         self._set_state(dev, DeviceState.ONLINE)
         limit = self.overdue_after_s if self.overdue_after_s is not None else OVERDUE_FACTOR * self._interval(dev)
@@ -352,6 +354,8 @@ class FleetView:
             self._attention.add(key)
 
     def _interval(self, dev: Device) -> float:
+        if dev.announced is not None:  # the device says how often it reports: nothing to learn
+            return dev.announced
         if len(dev.gaps) >= _MIN_GAPS:
             return max(dev.gaps)
         return max(self.default_interval_s, max(dev.gaps, default=0.0))
@@ -386,3 +390,11 @@ class FleetView:
 def _same(ts: object, last: object) -> bool:
     """True when a status's ``ts`` is the one last taken: the same document again, whatever the clocks say."""
     return ts is not None and ts == last
+
+
+def _interval_named(doc: dict[str, Any]) -> float | None:
+    """The status's ``heartbeat_s`` when it is a plausible interval (5 s to 1 h), else None (then learned)."""
+    value = doc.get("heartbeat_s")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 5 <= value <= 3600:
+        return None
+    return float(value)

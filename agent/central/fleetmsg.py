@@ -52,6 +52,7 @@ class Device:
     candidate: float | None = None  # a gap too long to learn at once: learned when the next one matches
     offline_at: float | None = None
     gaps: list[float] = field(default_factory=list)
+    announced: float | None = None  # the heartbeat interval the device's status names (heartbeat_s)
     pending: int | None = None
     dropped: int | None = None
     last_event: str | None = None

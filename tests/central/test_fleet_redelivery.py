@@ -60,6 +60,18 @@ def test_fleet__two_hangs_of_an_hour_and_more_are_never_an_interval(fleet: Fleet
     assert fleet.rows(t)[0].interval_s == 30
 
 
+def test_fleet__a_status_that_names_its_heartbeat_is_judged_by_it_from_the_first(fleet: FleetView) -> None:
+    """A device with a 5-minute heartbeat was OVERDUE for its first intervals, until its gaps were learned."""
+    fleet.feed(topic("status"), enc({**status(), "heartbeat_s": 300}), T0)
+    assert fleet.rows(T0)[0].interval_s == 300
+    assert not _overdue(fleet, T0 + 600), "two intervals of silence: not yet overdue"
+    assert _overdue(fleet, T0 + 901), "past three"
+    for junk in (True, "300", 0.5, 1e9, None):
+        fleet.feed(topic("status", "gate-2"), enc({**status("gate-2"), "heartbeat_s": junk}), T0)
+        row = next(r for r in fleet.rows(T0) if r.key == "main/gate-2")
+        assert row.interval_s == 30, f"{junk!r} is no interval: the default, then learned"
+
+
 # ---- retained copies ---------------------------------------------------------------
 
 
