@@ -30,15 +30,18 @@ def keep(outbox: Path, headroom: int) -> None:
     """Write the reserve if it is missing and the disk has room for it beyond ``headroom``; never raises."""
     path = ballast_path(outbox)
     try:
-        if path.exists() or shutil.disk_usage(path.parent).free < headroom + 2 * BALLAST_BYTES:
+        if path.exists() and path.stat().st_size == BALLAST_BYTES:
+            return
+        path.unlink(missing_ok=True)  # cut short by a crash while it was written: written again, whole
+        if shutil.disk_usage(path.parent).free < headroom + 2 * BALLAST_BYTES:
             return
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError:
         return
     try:
-        chunk = bytes(64 * 1024)
-        for _ in range(BALLAST_BYTES // len(chunk)):
-            os.write(fd, chunk)
+        zeros = memoryview(bytes(BALLAST_BYTES))
+        while zeros:
+            zeros = zeros[os.write(fd, zeros) :]
         os.fsync(fd)
     except OSError:
         with contextlib.suppress(OSError):

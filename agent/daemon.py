@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,7 @@ class Agent(Closing):
         self._stopped = False
         self._instance = InstanceLock(cfg.outbox.path)
         self._state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
+        self._state_lock = threading.Lock()
         self._start_reason = "boot"
         self.stall_after_s = max(20.0, 2 * cfg.mqtt.connect_timeout_s + 5.0)
 
@@ -343,12 +345,22 @@ class Agent(Closing):
             data["outbox_recovered"] = {"moved_aside": str(rec.moved_aside), "salvaged": rec.salvaged}
         if rec.seq_resumed_above is not None:
             data["seq_resumed_above"] = rec.seq_resumed_above
+        if self.outbox.foreign is not None:  # another device's waiting events, kept unsent: the centre should know
+            aside, owner = self.outbox.foreign
+            data["outbox_foreign"] = {"moved_aside": str(aside), "owner": owner}
         self.recorder.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
         self.save_state()
 
     def save_state(self) -> None:
-        """Keep the boot id, the seq high-water mark (reserved seqs included) and test mode's end outside the outbox."""
-        if self.outbox is not None:
+        """Keep the boot id, the seq high-water mark (reserved seqs included) and test mode's end outside the outbox.
+
+        Any thread may call it (the heartbeat's tick, a held event's reservation, a test-mode
+        command): reading the state and writing it happen under one lock, so an older mark
+        never lands after a newer one.
+        """
+        if self.outbox is None:
+            return
+        with self._state_lock:
             self._state.save(State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends()))
 
     def _resume_test_mode(self, before: State) -> None:

@@ -154,8 +154,10 @@ class Outbox(ClosingFile):
         intake_path = self.path.with_name(self.path.name + ".intake")
         self._who = f"{site}/{device}"
         was = owner(self.path)
+        self.foreign: tuple[Path, str] | None = None  # (where another device's outbox went, its site/device)
         if was is not None and was != self._who:
             aside = move_foreign(self.path, intake_path, was)
+            self.foreign = (aside, was)
             log.critical(
                 "outbox %s was written by device %s, not %s (a cloned SD card, or a new device id); moved it "
                 "and its intake to %s unsent: its events are not this device's to send",
@@ -205,11 +207,15 @@ class Outbox(ClosingFile):
         self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
         if opened is not None:
             self._adopt(*opened)
-        if owner_in(self._conn) != self._who or (self._take_new and not intake_in_use(self._conn)):
-            with self._txn():  # before the intake gives out a seq: its loss is then noticed (outbox_db.py)
+        in_use = intake_in_use(self._conn)
+        # In use from before any seq it gives out, so its loss is noticed (outbox_db.py); no longer in use
+        # once none is open (the one check that counted on it has run above).
+        flip = in_use != self._take_new and (self._take_new or opened is None)
+        if owner_in(self._conn) != self._who or flip:
+            with self._txn():
                 claim(self._conn, self._who)
-                if self._take_new:
-                    set_intake_in_use(self._conn, used=True)
+                if flip:
+                    set_intake_in_use(self._conn, used=self._take_new)
         self._pending = count(self._conn) + len(self._live)
         self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
         self._dropped = self._meta("dropped")

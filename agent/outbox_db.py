@@ -118,7 +118,7 @@ def owner(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)  # a ? or # in the path is quoted
     except sqlite3.Error:
         return None
     try:

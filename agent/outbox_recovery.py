@@ -24,6 +24,7 @@ import sqlite3
 from pathlib import Path
 
 from agent.errors import OutboxError
+from agent.statefile import sync_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def move_foreign(path: Path, intake: Path, owner: str) -> Path:
                 src.rename(dst)
         if intake.exists():
             intake.rename(aside.with_name(aside.name + ".intake"))
+        sync_dir(path.parent)
     except OSError as err:
         raise OutboxError(f"outbox {path} belongs to {owner} and could not be moved aside: {err}") from err
     return aside
@@ -143,7 +145,7 @@ def salvage(old: Path, conn: sqlite3.Connection, *, seq_floor: int = 0) -> int:
     the agent kept outside the database), so it never goes backwards.
     """
     try:
-        src = sqlite3.connect(f"file:{old}?mode=ro", uri=True)
+        src = sqlite3.connect(f"{old.resolve().as_uri()}?mode=ro", uri=True)  # a ? or # in the path is quoted
     except sqlite3.Error:
         return _set_top(conn, [], seq_floor, _marker(old))
     try:

@@ -112,6 +112,13 @@ class SideLane:
                 continue
             rows.append(r)
         rows.sort(key=lambda r: not r.urgent)  # stable: seq order within each lane
+        try:
+            return min(retry, self._send(s, rows))
+        finally:
+            self._window.beside = len(self._inflight)
+
+    def _send(self, s: Publisher, rows: list[OutboxRow]) -> float:
+        """Publish ``rows`` (alarms first) while the window has slots; how long until the pace allows the next."""
         w = self._window
         free = w.max_inflight - len(w) - len(self._inflight)
         spare = 1 if w.max_inflight > 1 else 0  # the window's last slot waits for an alarm
@@ -121,7 +128,7 @@ class SideLane:
             now = self._mono()
             self._next_send = max(self._next_send, now - (w.max_inflight - 1) / w.rate)  # burst: one window
             if not row.urgent and self._next_send > now + 1e-9:  # an alarm is never paced
-                return min(retry, self._next_send - now)
+                return self._next_send - now
             self._next_send += 1.0 / w.rate
             mid = s.publish(f"{self.root}/event/{row.type}", row.payload)
             if mid is None:
@@ -131,8 +138,7 @@ class SideLane:
             self._retry_at.pop(row.id, None)
             free -= 1
             self.published += 1
-        w.beside = len(self._inflight)
-        return retry
+        return math.inf
 
     def send_photo(self, s: Publisher, *, events_idle: bool) -> None:
         """One stored photo, only while no event waits."""

@@ -19,6 +19,7 @@ over the old file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -63,7 +64,12 @@ class StateFile:
             return State(None, 0)
 
     def save(self, state: State) -> None:
-        """Write ``state`` if it changed: a new temporary file, fsync, rename over the old one."""
+        """Write ``state`` if it changed: a new temporary file, fsync, rename over the old one.
+
+        The mark never goes down: a caller that read an older top cannot undo a newer one.
+        """
+        if self._saved is not None and state.last_seq < self._saved.last_seq:
+            state = dataclasses.replace(state, last_seq=self._saved.last_seq)
         if state == self._saved:
             return
         doc = {

@@ -168,3 +168,27 @@ def test_seq__never_goes_back_when_the_outbox_is_deleted(
     assert started["seq"] > old_max
     msg = central.wait_for(lambda m: m.topic.endswith("/event/agent_started") and m.doc["id"] == started["id"])
     assert validate("event", msg.doc)["data"]["seq_resumed_above"] >= old_max
+
+
+def test_outbox__a_cloned_card_tells_the_centre_whose_events_it_kept_unsent(
+    agent_proc: AgentFactory, device: str, tmp_path: Path, broker: Broker, validate: Validate
+) -> None:
+    """The card of one device, imaged with an alarm waiting and given another id: the alarm is not sent as the
+    new device's, and the new device's agent_started says where the other device's outbox went."""
+    original = agent_proc(1, device=device, workdir=tmp_path / "card")  # port 1: nobody listens, the alarm waits
+    original.click("panic")
+    original.wait_recorded(1)
+    original.kill()
+    clone_id = f"{device}-b"
+    central = Central(broker.port, topics=("campus/main/+/event/#",))
+    try:
+        clone = agent_proc(broker.port, device=clone_id, workdir=tmp_path / "card")
+        msg = central.wait_for(lambda m: m.topic == f"campus/main/{clone_id}/event/agent_started")
+        foreign = validate("event", msg.doc)["data"]["outbox_foreign"]
+        assert foreign["owner"] == f"main/{device}"
+        assert ".foreign-" in foreign["moved_aside"]
+        clone.click("panic")
+        panic = central.wait_for(lambda m: m.topic.endswith("/event/panic")).doc
+        assert panic["device"] == clone_id, "the original's alarm stayed unsent"
+    finally:
+        central.close()

@@ -101,7 +101,13 @@ def test_config__a_camera_url_with_no_usable_host_or_port_is_a_problem_not_a_tra
 
 
 def test_config__a_refused_camera_url_never_shows_its_password(tmp_path: Path) -> None:
-    for url in ("htp://admin:hunter2@cam/x.jpg", "http://admin:hunter2@[cam/x.jpg"):
+    for url in (
+        "htp://admin:hunter2@cam/x.jpg",
+        "http://admin:hunter2@[cam/x.jpg",
+        "http:admin:hunter2@cam/x.jpg",
+        "http//admin:hunter2@cam/x.jpg",
+        "http://admin:hunter2@cam:0/x.jpg",
+    ):
         problems = _problems(tmp_path, GOOD + f"cameras:\n  - {{name: cam, kind: http_snapshot, url: '{url}'}}\n")
         assert "hunter2" not in "".join(problems), problems
 
@@ -145,3 +151,13 @@ def test_config__two_pi_cameras_on_one_camera_num_are_refused(tmp_path: Path) ->
     assert len(problems) == 1, problems
     assert "gate.yaml:9: cameras[1].camera_num: camera_num 0 is already cameras[0]" in problems[0]
     load_config(_write(tmp_path, text.replace("camera_num: 0", "camera_num: 1")))
+
+
+def test_config__an_unreadable_section_or_list_is_reported_once(tmp_path: Path) -> None:
+    for text in (
+        GOOD + "heartbeat: !!int soon\n",
+        GOOD.replace("inputs:\n  - {name: panic, pin: 17}\n", "inputs: !!int x\n"),
+    ):
+        problems = _problems(tmp_path, text)
+        assert len(problems) == 1, problems
+        assert "cannot read this value" in problems[0]

@@ -278,3 +278,22 @@ def test_held__a_held_event_waiting_for_its_puback_is_seen_by_the_overdue_check(
     assert oldest[1] == alarm
     side.reset()
     assert side.oldest(fake_time()) is None
+
+
+def test_held__the_window_counts_held_events_in_flight_after_a_paced_return(
+    outbox: Outbox, held: Held, wire: Wire, fake_time: FakeTime
+) -> None:
+    """A return on the pace skipped the count: the window then handed out slots held events had taken."""
+    for _ in range(5):
+        held.add(camera())
+    window = SendWindow(outbox, max_inflight=4, rate_per_s=1.0)
+    side = lane(window, held, fake_time)
+    side.send_held(wire)  # three routine ones (a slot spare): the bucket is used up
+    ack(side, [1, 2, 3])
+    held.add(panic())
+    side.send_held(wire)  # the panic (never paced), then the next routine one waits for the pace
+    in_flight = len(wire.sent) - 3
+    assert window.beside == in_flight >= 1
+    for _ in range(4):
+        outbox.put(panic())
+    assert len(window.take(fake_time())) + in_flight <= window.max_inflight

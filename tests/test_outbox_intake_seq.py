@@ -148,3 +148,18 @@ def test_intake_seq__a_mark_saved_while_a_block_is_being_synced_is_not_a_replace
     assert marks == [first.seq]
     with Outbox(db, site="s", device="d", seq_mark=marks[0]) as again:
         assert again.recovery.seq_resumed_above is None
+
+
+def test_intake_seq__with_the_intake_off_and_its_file_gone_seq_jumps_once_not_at_every_start(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    with Outbox(db, site="s", device="d") as ob:
+        ob.ack([ob.put(ev())])
+        mark = ob.top_seq()
+    intake_path(db).unlink()  # switched off, and its file cleared away by hand
+    with Outbox(db, site="s", device="d", intake=False, seq_mark=mark) as ob:
+        assert ob.recovery.seq_resumed_above is not None, "once: what the file held is unknown"
+        mark = ob.top_seq()
+    for _ in range(3):
+        with Outbox(db, site="s", device="d", intake=False, seq_mark=mark) as ob:
+            assert ob.recovery.seq_resumed_above is None, "a clean restart"
+            mark = ob.top_seq()

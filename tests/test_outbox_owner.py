@@ -67,3 +67,15 @@ def test_outbox_owner__an_outbox_from_before_the_owner_was_written_is_taken_as_i
         conn.execute("DELETE FROM meta WHERE key = 'device'")
     with Outbox(db, site="main", device="gate-1", intake=False) as again:
         assert [r.id for r in again.next_batch(0, 10)] == [waiting.id]
+
+
+def test_outbox_owner__a_path_with_uri_characters_is_read_right(tmp_path: Path) -> None:
+    """The owner check built a ``file:`` URI from the raw path: a ``?`` or ``#`` in it read another file."""
+    folder = tmp_path / "odd?name#1%20"
+    folder.mkdir()
+    db = folder / "outbox.db"
+    ob = Outbox(db, site="main", device="gate-north-1", intake=False)
+    ob.put_row(press())
+    abandon(ob)
+    with Outbox(db, site="main", device="gate-south-2", intake=False) as clone:
+        assert clone.next_batch(0, 10) == [], "recognised as another device's"

@@ -73,3 +73,12 @@ def test_statefile__the_rename_is_made_durable_by_syncing_its_folder(
     monkeypatch.setattr(os, "rename", replace)
     StateFile(path).save(State("b", 15))
     assert calls == ["sync file", "rename", "sync folder"], calls
+
+
+def test_statefile__the_mark_never_goes_down(tmp_path: Path) -> None:
+    """Two threads save: the heartbeat read top 0 and renamed last, over a held event's saved mark of 1.
+    A power cut then, and the restart gave seq 1 again.  (agent/daemon.py also saves under one lock.)"""
+    sf = StateFile(tmp_path / "agent-state.json")
+    sf.save(State("b", 1, 1.8e9, 10.0))
+    sf.save(State("b", 0, None, None))  # the late, older save: test mode ended meanwhile
+    assert sf.load() == State("b", 1, None, None)

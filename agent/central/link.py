@@ -183,6 +183,7 @@ class CentralLink(Closing):
 
     def _drop_client(self, *, end_session: bool = False) -> None:
         client, self._client = self._client, None
+        self._up = False  # before the DISCONNECT: a session closed on purpose is no lost link
         if client is not None:
             if end_session and self._persistent and self._version == "5":
                 client.disconnect(properties=leaving_properties())
@@ -233,10 +234,9 @@ class CentralLink(Closing):
             return retry
         self._drop_client()
         self._version = "5"
-        again = self._attempt(broker)
-        if again is None or not self._closed_early:
-            return again
-        self._version = "3.1.1"
+        if self._attempt(broker) is None:
+            return None
+        self._version = "3.1.1"  # MQTT 5 failed again, whichever way: 3.1.1 just worked here
         return self._attempt(broker)
 
     def _attempt(self, broker: BrokerAddress) -> str | None:

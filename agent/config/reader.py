@@ -224,6 +224,9 @@ class Section:
         self.line = line
         self.ok = True
         self._seen: set[str] = set()
+        if value is UNREADABLE:  # reported already
+            self.ok = False
+            value = None
         if value is None:
             value = MarkedMap(line)
         if not isinstance(value, MarkedMap):
@@ -282,7 +285,7 @@ class Section:
         """Yield a :class:`Section` for each mapping in the list under ``key``."""
         self._seen.add(key)
         value = self.data.get(key)
-        if value is None:
+        if value is None or value is UNREADABLE:
             return
         if not isinstance(value, MarkedList):
             self.ctx.error(self.key_line(key), self.sub(key), f"expected a list, got {_describe(value)}")
@@ -367,19 +370,24 @@ def url_check(schemes: tuple[str, ...], example: str, secret_keys: str) -> Calla
         if parts.password:
             raise Invalid(f"do not put a password in the URL; use {secret_keys}")
         if parts.scheme not in schemes or not parts.hostname:
-            raise Invalid(f"expected a URL like {example}, got {url!r}")
+            raise Invalid(f"expected a URL like {example}, got {_without_password(url)!r}")
         if port == 0:
-            raise Invalid(f"port 0 is no port a camera listens on, in {url!r}")
+            raise Invalid(f"port 0 is no port a camera listens on, in {_without_password(url)!r}")
         return url
 
     return check
 
 
 def _without_password(url: str) -> str:
-    """``url`` with anything between ``//`` and ``@`` blanked: an error message must not show a password."""
-    start = url.find("//")
-    end = url.find("@", start + 2) if start >= 0 else -1
-    return url if end < 0 else f"{url[: start + 2]}***@{url[end + 1 :]}"
+    """``url`` with everything between its scheme and its last ``@`` blanked: an error must not show a password.
+
+    Blanked whatever the URL's shape (``rtsp:admin:pw@cam`` has no ``//``, so no user part to parse).
+    """
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme = head.split(":", 1)[0] if ":" in head else ""
+    return f"{scheme}:***@{tail}" if scheme else f"***@{tail}"
 
 
 def boolean(value: Any) -> bool:
