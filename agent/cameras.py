@@ -133,10 +133,34 @@ class Cameras(Closing):
         return self._probe(cam)
 
     def _probe(self, cam: _Camera) -> ProbeResult:
-        with cam.probe_lock:
+        t0 = time.monotonic()
+        if not self._lock_camera(cam):
+            return self._busy(cam, t0)
+        try:
             result = self._bounded(cam)
+        finally:
+            cam.probe_lock.release()
         if not self._stop.is_set():
             self._record(cam, result)
+        return result
+
+    def _lock_camera(self, cam: _Camera) -> bool:
+        """Take the lock shared with the camera's stills, waiting at most its budget and showing progress."""
+        end = time.monotonic() + cam.limit_s
+        while not cam.probe_lock.acquire(timeout=min(0.25, max(0.0, end - time.monotonic()))):
+            self._progress = self._clock.mono()
+            if time.monotonic() >= end or self._stop.is_set():
+                return False
+        return True
+
+    def _busy(self, cam: _Camera, t0: float) -> ProbeResult:
+        """A still holds the camera (a stuck one, perhaps, reported by the stills): not a failed probe."""
+        result = ProbeResult(
+            ok=False, detail=one_line(f"not probed: busy with a still for {cam.limit_s:g} s"), elapsed_ms=elapsed_ms(t0)
+        )
+        log.info("camera %s: %s", cam.cfg.name, result.detail)
+        with self._lock:
+            cam.detail = result.detail
         return result
 
     def _bounded(self, cam: _Camera) -> ProbeResult:

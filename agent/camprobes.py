@@ -124,20 +124,24 @@ def _http_status_detail(code: int, host: str, *, has_login: bool) -> str:
         404: "wrong snapshot path in the URL; see the camera's manual",
     }
     fallback = "the camera reports an internal error; power-cycle it" if code >= 500 else "check the snapshot URL"
+    if 300 <= code < 400:  # redirects are not followed: requests would read their bodies whole
+        fallback = "the camera redirects; configure the URL it redirects to"
     return f"HTTP {code} from {host}: {hints.get(code, fallback)}"
 
 
 def _read_body(resp: requests.Response, deadline: float, where: str, timeout_s: float) -> bytes:
-    body = bytearray()
-    for chunk in resp.iter_content(65536):
-        body += chunk
-        if len(body) > _MAX_SNAPSHOT:
-            raise CameraError(
-                f"answer from {where} passes {_MAX_SNAPSHOT >> 20} MiB: a video stream? use the snapshot URL"
-            )
-        if time.monotonic() > deadline:
-            raise CameraError(f"snapshot from {where} unfinished after {timeout_s:g} s ({len(body)} bytes): slow link")
-    return bytes(body)
+    from agent.stills import BodyEncodedError, BodyTimeoutError, BodyTooLargeError, read_capped  # noqa: PLC0415
+
+    try:
+        return read_capped(resp, _MAX_SNAPSHOT, deadline)
+    except BodyEncodedError as exc:
+        raise CameraError(f"not a JPEG (Content-Encoding {exc}) from {where}: check the snapshot URL") from None
+    except BodyTooLargeError:
+        raise CameraError(
+            f"answer from {where} passes {_MAX_SNAPSHOT >> 20} MiB: a video stream? use the snapshot URL"
+        ) from None
+    except BodyTimeoutError as exc:
+        raise CameraError(f"snapshot from {where} unfinished after {timeout_s:g} s ({exc} bytes): slow link") from None
 
 
 def probe_http(cfg: CameraConfig) -> ProbeResult:
@@ -146,33 +150,27 @@ def probe_http(cfg: CameraConfig) -> ProbeResult:
     Checks, in order: the connection, the status code, the content type, the
     JPEG start (FF D8) and end (FF D9) markers and a plausible size.  Connect
     and each read wait at most ``timeout_s`` seconds, and the body must be
-    complete ``timeout_s`` seconds after the start.  The password (``auth``:
-    basic or digest) goes to the camera only, never into a detail or a log.
+    complete ``timeout_s`` seconds after the start.  A redirect is reported,
+    not followed.  The password (``auth``: basic or digest) goes to the
+    camera only, never into a detail or a log.
     """
     import requests  # noqa: PLC0415 - only HTTP cameras pay for requests
-    from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
+    from agent.stills import camera_get, camera_login  # noqa: PLC0415 - loaded with requests, for HTTP cameras
 
     url = cfg.url or ""
     host, _, where = address_of(url, 443 if url.startswith("https:") else 80)
-    auth: AuthBase | None = None
-    if cfg.username is not None:
-        secret = cfg.password.reveal() if cfg.password is not None else ""
-        auth = HTTPDigestAuth(cfg.username, secret) if cfg.auth == "digest" else HTTPBasicAuth(cfg.username, secret)
+    auth = camera_login(cfg)
 
     def check(t0: float) -> str:
         try:
-            with requests.get(
-                url,
-                auth=auth,
-                stream=True,
-                timeout=(cfg.timeout_s, cfg.timeout_s),
-                headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT},
-            ) as resp:
+            with camera_get(url, auth, cfg.timeout_s, _USER_AGENT) as resp:
                 if resp.status_code != 200:
                     raise CameraError(_http_status_detail(resp.status_code, host, has_login=auth is not None))
                 ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 body = _read_body(resp, t0 + cfg.timeout_s, where, cfg.timeout_s)
-        except requests.RequestException as exc:
+        except (requests.RequestException, HTTPError) as exc:
             raise CameraError(_network_detail(exc, host, where, cfg.timeout_s)) from None
         if ctype not in _JPEG_TYPES:
             raise CameraError(

@@ -78,9 +78,8 @@ class Photos(Closing):
             log.info("%d photos from before the restart wait to be sent", pending)
 
     def request(self, event_id: str, source: str) -> None:
-        """The alarm ``event_id`` from input ``source`` is committed: queue its stills."""
-        if not self._closed:
-            self.snapshots.request(event_id, source)
+        """The alarm ``event_id`` from input ``source`` is committed: queue its stills (once closed: ``stopped``)."""
+        self.snapshots.request(event_id, source)
 
     def alarm_delivered(self, event_id: str) -> None:
         """The broker acknowledged alarm ``event_id`` (the sender's thread): its stills may be taken."""
@@ -95,9 +94,12 @@ class Photos(Closing):
             self._out_cond.wait_for(lambda: event_id in self._out or self._closed, timeout=GATE_S)
 
     def status(self) -> dict[str, Any]:
-        """The status document's ``photos`` object."""
+        """The status document's ``photos`` object; ``error`` while ``photos.db`` cannot be used (stills fail)."""
         s = self.store.stats()
-        return {"pending": s.pending, "bytes": s.bytes, "dropped": s.dropped}
+        doc: dict[str, Any] = {"pending": s.pending, "bytes": s.bytes, "dropped": s.dropped}
+        if self.store.error is not None:
+            doc["error"] = self.store.error[:160]
+        return doc
 
     def close(self) -> None:
         """Stop the camera workers (queued stills are reported ``stopped``), then close the store."""

@@ -13,13 +13,20 @@ The rule, so an alarm is never slower because of a photo:
   stall every later photo behind it;
 * a new connection forgets what was in flight; the store still holds it, so
   it is sent again (at least once, like events);
+* the sender never waits on the store nor fails for it: while a camera
+  worker's commit holds it, no photo goes this round (the commit wakes the
+  sender); a PUBACK the store cannot record now (busy, a full disk) is kept
+  in memory, that photo is not sent again, and the delete is retried at each
+  round;
 * a photo bigger than the broker's Maximum Packet Size (MQTT 5 tells it in
   the CONNACK; the shipped mosquitto config has one) is never sent: the
   broker would close the connection at it, and the photo would go again at
-  every connection.  It is dropped and reported ``too_large``.  A broker that
-  does not say (MQTT 3.1.1) and closes the connection while the same photo is
-  in flight :data:`STRIKES` connections in a row gets it dropped and reported
-  ``refused``.
+  every connection.  It is dropped and reported ``too_large``.  Under MQTT
+  3.1.1, where a broker cannot say, one that closes the connection while the
+  same photo is in flight :data:`STRIKES` connections in a row gets it
+  dropped and reported ``refused``; under MQTT 5 a photo within the
+  announced limit (or with none announced) is only ever lost to a flaky link
+  by its cap, never dropped for it.
 
 Pure bookkeeping like ``sendwindow.py``: ``uplink.py`` turns
 :class:`PhotoMessage` into paho ``Properties`` and publishes it.
@@ -27,11 +34,15 @@ Pure bookkeeping like ``sendwindow.py``: ``uplink.py`` turns
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.events import iso_ms
 from agent.photostore import Photo, PhotoStore
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "image/jpeg"
 STRIKES = 3  # connections in a row that ended with the same photo in flight
@@ -82,6 +93,7 @@ class PhotoDrain:
         on_failed: called with (event_id, camera, reason, detail) for a photo the broker refused
             (``refused``) or could not take (``too_large``).
         limit: the broker's Maximum Packet Size on the current connection, None when it said none.
+        mqtt5: the current connection speaks MQTT 5 (the uplink sets both per connection).
 
     """
 
@@ -89,26 +101,34 @@ class PhotoDrain:
         self.store = store
         self.root = root
         self.limit: int | None = None
+        self.mqtt5 = False
         self._on_failed = on_failed
         self._inflight: tuple[int, Photo] | None = None
         self._strikes: tuple[tuple[str, str], int] | None = None  # the photo in flight when connections ended
+        self._done: dict[tuple[str, str], None] = {}  # delivered or dropped, not yet deleted from the store
+        self._trouble: str | None = None  # the store error last logged, so it is logged once
         self.sent_count = 0
         self.refused_count = 0
 
     def take(self, *, events_idle: bool) -> PhotoMessage | None:
-        """The next photo's message, or None: events waiting, one photo already in flight, or none stored."""
+        """The next photo's message, or None: events waiting, one photo in flight, none stored, or the store busy."""
         if not events_idle or self._inflight is not None:
             return None
+        self._forget_done()
         for _ in range(_TOO_BIG_PER_TAKE):
-            oldest = self.store.pending(1)
-            if not oldest:
+            try:
+                oldest = self.store.oldest(skip=self._done)
+            except (sqlite3.Error, OSError) as exc:
+                self._store_failed(exc)
                 return None
-            message = photo_message(self.root, oldest[0])
+            if oldest is None:
+                return None
+            message = photo_message(self.root, oldest)
             size = packet_size(message)
             if self.limit is None or size <= self.limit:
                 return message
             self._drop(
-                oldest[0],
+                oldest,
                 "too_large",
                 f"{size} bytes on the wire, over the broker's maximum packet size ({self.limit}); "
                 "raise max_packet_size on the broker or lower snapshots.max_kb",
@@ -135,20 +155,25 @@ class PhotoDrain:
                 f"broker refused {self.root}/snapshot/{photo.event_id}; check its ACL for {self.root}/snapshot/#",
             )
         else:
-            self.store.ack(photo.event_id, photo.camera)
+            self._done[photo.event_id, photo.camera] = None
+            self._forget_done()
         return True
 
     def reset(self) -> None:
         """The connection ended: nothing is in flight; the store still has the photo, so it goes again.
 
-        Unless connections keep ending while that same photo is in flight:
-        a broker that closes the connection at a packet it will not take
-        (over its size limit under MQTT 3.1.1) would otherwise get it forever.
+        Unless, under MQTT 3.1.1, connections keep ending while that same photo
+        is in flight: a broker that closes the connection at a packet it will
+        not take (over a size limit it cannot announce) would otherwise get it
+        forever.
         """
         if self._inflight is None:
             return
         photo = self._inflight[1]
         self._inflight = None
+        if self.mqtt5 or self.limit is not None:  # MQTT 5: the photo fits what the broker announced
+            self._strikes = None
+            return
         key = (photo.event_id, photo.camera)
         count = self._strikes[1] + 1 if self._strikes is not None and self._strikes[0] == key else 1
         self._strikes = (key, count)
@@ -162,9 +187,35 @@ class PhotoDrain:
             )
 
     def _drop(self, photo: Photo, reason: str, detail: str) -> None:
-        self.store.ack(photo.event_id, photo.camera)
+        self._done[photo.event_id, photo.camera] = None
+        self._forget_done()
         self.refused_count += 1
         self._on_failed(photo.event_id, photo.camera, reason, detail)
+
+    def _forget_done(self) -> None:
+        """Delete the photos already delivered or dropped from the store, as far as it lets us now."""
+        for event_id, camera in list(self._done):
+            try:
+                if not self.store.try_ack(event_id, camera):
+                    return  # a commit holds the store: next round
+            except (sqlite3.Error, OSError) as exc:
+                self._store_failed(exc)
+                return
+            del self._done[event_id, camera]
+        if self._trouble is not None:
+            log.warning("photo store %s records deliveries again", self.store.path)
+            self._trouble = None
+
+    def _store_failed(self, exc: BaseException) -> None:
+        words = f"{type(exc).__name__}: {exc}"
+        if words != self._trouble:
+            self._trouble = words
+            log.error(
+                "photo store %s: %s; %d delivered photo(s) kept in memory, retried every round (events unaffected)",
+                self.store.path,
+                words,
+                len(self._done),
+            )
 
     @property
     def busy(self) -> bool:

@@ -13,24 +13,35 @@ so a photo stored twice (a retried capture) replaces the first.  ``part`` and
 ``parts`` number an event's photos in the order its cameras are configured;
 they become the ``part`` user property on the wire (``1/2``, ``2/2``).
 
-A damaged file is moved aside (``photos.db.damaged-<time>``) and a new one
-started: photos are evidence, but never worth stopping the agent for.
+A damaged file (SQLite says corrupt, or ``quick_check`` fails) is moved
+aside (``photos.db.damaged-<time>``) and a new one started: photos are
+evidence, but never worth stopping the agent for.  A file that cannot be
+opened for any other reason (a full disk, an I/O or permission error) is left
+as it is: the store runs without it (:attr:`PhotoStore.error`; every still is
+reported ``store_error``) and tries again at the next still.
+
+Photos never take the outbox's room either: a photo is stored only while the
+filesystem keeps the outbox's headroom free (``HEADROOM_BYTES``, what it
+needs to still delete rows on a full disk), the oldest photos making room.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.closing import ClosingFile
-from agent.errors import OutboxError
+from agent.errors import OutboxError, printable
+from agent.outbox import HEADROOM_BYTES
 from agent.outbox_db import close_checkpointed
+from agent.outbox_recovery import CorruptError, is_corruption
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,7 @@ CREATE TABLE IF NOT EXISTS photos (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_SLACK = 256 * 1024  # bytes beyond a photo's own for SQLite's pages and its WAL, kept free too
 
 
 @dataclass(frozen=True)
@@ -76,46 +88,84 @@ class PhotoStats:
 class PhotoStore(ClosingFile):
     """SQLite store of photos waiting for their PUBACK; oldest dropped first beyond ``max_mb``.
 
-    Thread-safe: camera workers :meth:`put`, the sender reads :meth:`pending`
-    and calls :meth:`ack`, the heartbeat reads :meth:`stats`.  One connection
-    behind one lock; no call waits on the network.
+    Thread-safe: camera workers :meth:`put`, the sender takes :meth:`oldest`
+    and calls :meth:`try_ack` (both give up at once when a commit holds the
+    store, so the sender never waits on it), the heartbeat reads :meth:`stats`
+    (no lock).  One connection behind one lock; no call waits on the network.
 
     Args:
         path: the SQLite file, normally ``photos.db`` beside the outbox.
         max_mb: the cap on stored JPEG bytes (MiB).
         wall: the wall clock (s), for the moved-aside file's name.
+        headroom: bytes left free on the filesystem for the outbox beside it.
 
     """
 
-    def __init__(self, path: Path | str, *, max_mb: float = 50.0, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_mb: float = 50.0,
+        wall: Callable[[], float] = time.time,
+        headroom: int = HEADROOM_BYTES,
+    ) -> None:
         self.path = Path(path)
         self.cap_bytes = int(max_mb * (1 << 20))
+        self.headroom = headroom
+        self.error: str | None = None  # why the file cannot be used now; None while it can
         self._wall = wall
         self._lock = threading.Lock()
         self._closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = self._open_or_move_aside()
-        row = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM photos").fetchone()
-        self._pending, self._bytes = int(row[0]), int(row[1])
-        got = self._conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
-        self._dropped = int(got[0]) if got else 0
+        self._conn: sqlite3.Connection | None = None
+        self._counts = (0, 0, 0)  # pending, bytes, dropped: replaced whole, read without the lock
+        self._open()
+
+    def _open(self) -> None:
+        """Open the file, or remember why not (:attr:`error`): a store that cannot open never stops the agent."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._open_or_move_aside()
+            try:
+                row = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM photos").fetchone()
+                got = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+            except sqlite3.Error:
+                conn.close()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            first = self.error is None
+            self.error = printable(f"{self.path.name} unavailable ({type(exc).__name__}: {exc})")
+            if first:
+                log.error(  # noqa: TRY400 - the message says it all
+                    "photo store %s: %s; stills are reported store_error until it opens (alarms are not affected)",
+                    self.path,
+                    self.error,
+                )
+            return
+        if self.error is not None:
+            log.warning("photo store %s is available again", self.path)
+        self._conn, self.error = conn, None
+        self._counts = (int(row[0]), int(row[1]), int(got[0]) if got else 0)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute("PRAGMA auto_vacuum=FULL")  # only takes effect on a new file: dropped photos give space back
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
+        try:
+            conn.execute("PRAGMA auto_vacuum=FULL")  # only takes effect on a new file: dropped photos give space back
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise CorruptError("quick_check failed")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _open_or_move_aside(self) -> sqlite3.Connection:
         try:
-            conn = self._connect()
-            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                conn.close()
-                raise sqlite3.DatabaseError("quick_check failed")
-            return conn
+            return self._connect()
         except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise  # a full disk, an I/O or permission error: the file may be fine, never move it
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(self._wall())}")
             log.warning(
                 "photo store %s is damaged (%s); moved aside to %s, starting an empty one (alarms are "
@@ -129,19 +179,32 @@ class PhotoStore(ClosingFile):
                     Path(f"{self.path}{suffix}").rename(f"{aside}{suffix}")
             return self._connect()
 
-    def _check_open(self) -> None:
+    def _live(self, *, reopen: bool = True) -> sqlite3.Connection:
+        """The connection (under the lock), opening the file again if it could not be before and ``reopen``."""
         if self._closed:
             raise OutboxError(f"photo store {self.path} is closed")
+        if self._conn is None and reopen:
+            self._open()
+        if self._conn is None:
+            raise OutboxError(self.error or f"photo store {self.path} unavailable")
+        return self._conn
+
+    def _room(self, stored: int, size: int) -> int:
+        """Bytes of photos the store may hold with this one: its cap, or less to leave the outbox its headroom."""
+        st = os.statvfs(self.path.parent)
+        free = st.f_bavail * st.f_frsize
+        return min(self.cap_bytes, stored + free - self.headroom - size - _SLACK)
 
     def put(self, photo: Photo) -> list[tuple[str, str]]:
-        """Commit ``photo`` durably, dropping the oldest photos to stay under the cap.
+        """Commit ``photo`` durably, dropping the oldest photos to stay under the cap and the outbox's headroom.
 
         Returns:
             The (event_id, camera) of each photo dropped to make room, oldest first,
             so each can be reported (``snapshot_failed``, reason ``dropped``).
 
         Raises:
-            OutboxError: the store is closed, or the photo alone is larger than the whole cap.
+            OutboxError: the store is closed or unavailable, or the photo alone is larger than
+                the cap or than the room the filesystem has beside the outbox's headroom.
             sqlite3.Error: the disk refused the write (the caller reports ``snapshot_failed``).
 
         """
@@ -149,14 +212,19 @@ class PhotoStore(ClosingFile):
         if size > self.cap_bytes:
             raise OutboxError(f"photo of {size} bytes is larger than the photo store's cap ({self.cap_bytes} bytes)")
         with self._lock:
-            self._check_open()
-            conn = self._conn
+            conn = self._live()
+            room = self._room(self._counts[1], size)
+            if size > room:
+                raise OutboxError(
+                    f"no room for a photo of {size} bytes: the filesystem of {self.path} keeps "
+                    f"{self.headroom >> 20} MiB free for the outbox"
+                )
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DELETE FROM photos WHERE event_id = ? AND camera = ?", (photo.event_id, photo.camera))
                 total = int(conn.execute("SELECT coalesce(sum(size), 0) FROM photos").fetchone()[0])
                 dropped: list[tuple[str, str]] = []
-                while total + size > self.cap_bytes:
+                while total + size > room:
                     seq, old, eid, cam = conn.execute(
                         "SELECT seq, size, event_id, camera FROM photos ORDER BY seq LIMIT 1"
                     ).fetchone()
@@ -178,12 +246,13 @@ class PhotoStore(ClosingFile):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-            self._bytes = total + size
-            self._pending = int(conn.execute("SELECT count(*) FROM photos").fetchone()[0])
-            self._dropped += len(dropped)
+            with contextlib.suppress(sqlite3.Error):  # the WAL would otherwise keep up to 4 MiB more of the disk
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            pending = int(conn.execute("SELECT count(*) FROM photos").fetchone()[0])
+            self._counts = (pending, total + size, self._counts[2] + len(dropped))
         if dropped:
             log.warning(
-                "photo store over %d MiB: dropped the %d oldest photo(s) to keep %s",
+                "photo store full (%d MiB cap, or the outbox's free space): dropped the %d oldest photo(s) to keep %s",
                 self.cap_bytes >> 20,
                 len(dropped),
                 photo,
@@ -191,39 +260,96 @@ class PhotoStore(ClosingFile):
         return dropped
 
     def pending(self, limit: int = 8) -> list[Photo]:
-        """The oldest ``limit`` photos still waiting for a PUBACK, oldest first."""
+        """The oldest ``limit`` photos still waiting for a PUBACK, oldest first (waits for the store)."""
         with self._lock:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos ORDER BY seq LIMIT ?",
-                (limit,),
-            ).fetchall()
+            rows = (
+                self._live()
+                .execute(
+                    "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos ORDER BY seq LIMIT ?",
+                    (limit,),
+                )
+                .fetchall()
+            )
         return [Photo(e, c, bytes(j), t / 1000.0, p, n) for e, c, j, t, p, n in rows]
+
+    def oldest(self, skip: Collection[tuple[str, str]] = ()) -> Photo | None:
+        """The oldest photo whose (event_id, camera) is not in ``skip``; None if none, or if a commit holds the store.
+
+        Never waits: the sender calls it while events may be waiting behind it.
+
+        Raises:
+            OutboxError: the store is closed or unavailable.
+            sqlite3.Error: the file could not be read.
+
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._conn is None and not self._closed:
+                return None  # no file, no photos: reopening is the camera workers' to try
+            conn = self._live(reopen=False)
+            rows = conn.execute("SELECT seq, event_id, camera FROM photos ORDER BY seq").fetchall()  # no blobs
+            seq = next((seq for seq, eid, cam in rows if (eid, cam) not in skip), None)
+            if seq is None:
+                return None
+            e, c, j, t, p, n = conn.execute(
+                "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos WHERE seq = ?", (seq,)
+            ).fetchone()
+        finally:
+            self._lock.release()
+        return Photo(e, c, bytes(j), t / 1000.0, p, n)
 
     def ack(self, event_id: str, camera: str | None = None) -> int:
         """Delete the photo(s) of ``event_id`` (only ``camera``'s when given) after the broker's PUBACK."""
         with self._lock:
-            self._check_open()
-            if camera is None:
-                cur = self._conn.execute("DELETE FROM photos WHERE event_id = ?", (event_id,))
-            else:
-                cur = self._conn.execute("DELETE FROM photos WHERE event_id = ? AND camera = ?", (event_id, camera))
-            gone = int(cur.rowcount)
-            if gone:
-                row = self._conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM photos").fetchone()
-                self._pending, self._bytes = int(row[0]), int(row[1])
-            return gone
+            return self._delete(self._live(), event_id, camera)
+
+    def try_ack(self, event_id: str, camera: str) -> bool:
+        """:meth:`ack` unless a commit holds the store (then False, nothing done); never waits.
+
+        Raises:
+            OutboxError: the store is closed or unavailable.
+            sqlite3.Error: the disk refused the delete (a full disk, another process writing the file).
+
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._live(reopen=False)
+            conn.execute("PRAGMA busy_timeout = 0")  # another process writing the file: try again later
+            try:
+                self._delete(conn, event_id, camera)
+            finally:
+                conn.execute("PRAGMA busy_timeout = 10000")
+        finally:
+            self._lock.release()
+        return True
+
+    def _delete(self, conn: sqlite3.Connection, event_id: str, camera: str | None) -> int:
+        if camera is None:
+            cur = conn.execute("DELETE FROM photos WHERE event_id = ?", (event_id,))
+        else:
+            cur = conn.execute("DELETE FROM photos WHERE event_id = ? AND camera = ?", (event_id, camera))
+        gone = int(cur.rowcount)
+        if gone:
+            row = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM photos").fetchone()
+            self._counts = (int(row[0]), int(row[1]), self._counts[2])
+        return gone
 
     def stats(self) -> PhotoStats:
-        with self._lock:
-            return PhotoStats(self._pending, self._bytes, self.cap_bytes, self._dropped)
+        """The counters, without waiting for the store (the heartbeat must not wait on a commit)."""
+        pending, stored, dropped = self._counts
+        return PhotoStats(pending, stored, self.cap_bytes, dropped)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            close_checkpointed(self._conn)
+            if self._conn is not None:
+                close_checkpointed(self._conn)
 
     def _repr_state(self) -> str:
-        return f"pending={self._pending} bytes={self._bytes}/{self.cap_bytes} dropped={self._dropped}"
+        pending, stored, dropped = self._counts
+        state = f"pending={pending} bytes={stored}/{self.cap_bytes} dropped={dropped}"
+        return state if self.error is None else f"{state} unavailable"

@@ -66,8 +66,11 @@ class PubAcks:
                 mid, refusal = self._queue.popleft()
             except IndexError:
                 break
-            if self._side.settle(mid, refusal):
-                continue
+            try:
+                if self._side.settle(mid, refusal):
+                    continue
+            except Exception:  # a photo or held event's trouble must not cost the events' acks in this pass
+                log.exception("settling PUBACK %d beside the outbox failed", mid)
             row, retry_in = self._window.settle(mid, refused=refusal is not None, now=now)
             if row is None:
                 others.add(mid)

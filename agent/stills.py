@@ -4,11 +4,18 @@
 or :class:`SnapshotError` with a reason and a message that says what to check)
 and ``limit_s``, the budget (s) a capture gets before :mod:`agent.snapshots`
 gives up on it as ``hung``.  Neither keeps the camera open between stills.
+
+The HTTP fetch is shared with the health probe (``camprobes.probe_http``):
+:func:`camera_get` follows no redirect and reads no 401's body (requests
+reads either whole, however large), and :func:`read_capped` reads the body
+one receive at a time against a deadline and a cap, uncompressed only, so a
+camera that trickles, stalls or sends a bomb costs neither time nor memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import time
@@ -16,16 +23,18 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config.model import CameraConfig
 from agent.config.snapshots import SnapshotsConfig
-from agent.errors import CameraError
+from agent.errors import CameraError, printable
 
 if TYPE_CHECKING:
     import requests
+    from requests.auth import AuthBase, HTTPDigestAuth
 
 _WARMUP_FRAMES = 3  # auto exposure settles within a few frames after start
 _QUALITY_STEP = 15  # JPEG quality is lowered by this until the still fits max_kb ...
 _QUALITY_FLOOR = 30  # ... but not below this: a smaller but useless photo helps nobody
 _PI_START_S = 2.0  # seconds a Pi camera may take to open and start on top of timeout_s
 _USER_AGENT = "campus-edge-agent snapshot"
+_READ = 65536  # bytes at most per read of a body
 
 REASONS = (
     "unreachable",
@@ -53,12 +62,139 @@ class SnapshotError(CameraError):
         super().__init__(detail)
 
 
+_TRAILER = b"\r\n\x00 "  # what some cameras send after the JPEG's end marker; never stored
+
+
 def _jpeg_problem(body: bytes) -> str | None:
     if not body.startswith(b"\xff\xd8"):
         return f"starts {body[:4].hex(' ') or 'empty'}, no FF D8 marker"
-    if not body.rstrip(b"\r\n\x00 ").endswith(b"\xff\xd9"):
+    if not body.rstrip(_TRAILER).endswith(b"\xff\xd9"):
         return f"{len(body)} bytes with no FF D9 end marker (truncated)"
     return None
+
+
+def _read_timed_out(exc: BaseException) -> bool:
+    """True when a read timeout is behind ``exc`` (requests wraps one in a ConnectionError)."""
+    from urllib3.exceptions import ReadTimeoutError  # noqa: PLC0415 - loaded with requests
+
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 16:  # a chain is a few links long; this ends a cycle
+        e = todo.pop()
+        if isinstance(e, (ReadTimeoutError, TimeoutError)):
+            return True
+        seen.append(e)
+        todo.extend(a for a in (e.__cause__, e.__context__, *e.args) if isinstance(a, BaseException) and a not in seen)
+    return False
+
+
+class BodyTooLargeError(CameraError):
+    """A camera's answer passed the cap set for it."""
+
+
+class BodyTimeoutError(CameraError, TimeoutError):
+    """A camera's answer was still unfinished at its deadline."""
+
+
+class BodyEncodedError(CameraError):
+    """A camera's answer came compressed (``Content-Encoding``) though asked for none; the message is the coding."""
+
+
+@functools.cache
+def _digest_auth() -> type[HTTPDigestAuth]:
+    from requests.auth import HTTPDigestAuth  # noqa: PLC0415 - only HTTP cameras pay for requests
+
+    class _Digest(HTTPDigestAuth):
+        """Digest login that never reads a 401's body: requests' own reads it whole, and a camera may send GiBs."""
+
+        def handle_401(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+            if 400 <= r.status_code < 500:
+                r._content = b""  # noqa: SLF001 - requests then takes the body as read
+                r.raw.close()  # and this connection, body unread, is never used again
+            got: requests.Response = super().handle_401(r, **kwargs)  # type: ignore[no-untyped-call]
+            return got
+
+    return _Digest
+
+
+@functools.cache
+def _no_redirects() -> type[requests.Session]:
+    import requests  # noqa: PLC0415 - only HTTP cameras pay for requests
+
+    class _NoRedirects(requests.Session):
+        """Never follows a redirect, nor reads its body: requests reads it whole even with allow_redirects=False."""
+
+        def get_redirect_target(self, resp: requests.Response) -> None:  # noqa: ARG002 - requests' signature
+            return None
+
+    return _NoRedirects
+
+
+def camera_get(url: str, auth: AuthBase | None, timeout_s: float, user_agent: str) -> requests.Response:
+    """GET ``url`` for a JPEG, body not yet read; a redirect is returned as it is, its body unread.
+
+    Connect and each read of the head wait at most ``timeout_s`` seconds; read
+    the body with :func:`read_capped`.
+    """
+    with _no_redirects()() as session:
+        return session.get(
+            url,
+            auth=auth,
+            stream=True,
+            allow_redirects=False,
+            timeout=(timeout_s, timeout_s),
+            headers={"Accept": "image/jpeg", "Accept-Encoding": "identity", "User-Agent": user_agent},
+        )
+
+
+def camera_login(cfg: CameraConfig) -> AuthBase | None:
+    """The camera's login for requests (basic or digest), or None; the password goes to the camera only."""
+    if cfg.username is None:
+        return None
+    from requests.auth import HTTPBasicAuth  # noqa: PLC0415 - only HTTP cameras pay for requests
+
+    secret = cfg.password.reveal() if cfg.password is not None else ""
+    return _digest_auth()(cfg.username, secret) if cfg.auth == "digest" else HTTPBasicAuth(cfg.username, secret)
+
+
+def read_capped(resp: requests.Response, max_bytes: int, deadline: float, *, idle_s: float | None = None) -> bytes:
+    """The whole body, at most ``max_bytes`` and complete by ``deadline`` (monotonic s).
+
+    Each read takes what one receive brings and waits at most the time left
+    (and at most ``idle_s`` for a camera that went quiet), so a camera that
+    drips a byte at a time, or stops mid-way, cannot hold the caller past
+    ``deadline``.  A compressed body is refused, never inflated: a JPEG does
+    not compress, and a small gzip body can inflate without end.
+
+    Raises:
+        BodyEncodedError: the body is compressed (the message is its coding).
+        BodyTooLargeError: more than ``max_bytes`` (the message is the bytes read).
+        BodyTimeoutError: unfinished at ``deadline`` (the message is the bytes read).
+        urllib3.exceptions.HTTPError: the connection broke.
+
+    """
+    from urllib3.exceptions import ReadTimeoutError  # noqa: PLC0415 - loaded with requests
+
+    coding = resp.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise BodyEncodedError(printable(coding[:40]))
+    sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+    body = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BodyTimeoutError(str(len(body)))
+        if sock is not None:
+            sock.settimeout(left if idle_s is None else min(left, idle_s))
+        try:
+            chunk = resp.raw.read1(_READ, decode_content=False)
+        except ReadTimeoutError:
+            raise BodyTimeoutError(str(len(body))) from None
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > max_bytes:
+            raise BodyTooLargeError(str(len(body)))
 
 
 class HttpStill:
@@ -72,27 +208,18 @@ class HttpStill:
 
     def take(self) -> bytes:
         import requests  # noqa: PLC0415 - only agents with HTTP cameras pay for requests
-        from requests.auth import HTTPBasicAuth, HTTPDigestAuth  # noqa: PLC0415
+        from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
         cfg = self.cfg
-        auth: requests.auth.AuthBase | None = None
-        if cfg.username is not None:
-            secret = cfg.password.reveal() if cfg.password is not None else ""
-            auth = HTTPDigestAuth(cfg.username, secret) if cfg.auth == "digest" else HTTPBasicAuth(cfg.username, secret)
+        auth = camera_login(cfg)
         t0 = time.monotonic()
         try:
-            with requests.get(
-                self.url,
-                auth=auth,
-                stream=True,
-                timeout=(cfg.timeout_s, cfg.timeout_s),
-                headers={"Accept": "image/jpeg", "User-Agent": _USER_AGENT},
-            ) as resp:
+            with camera_get(self.url, auth, cfg.timeout_s, _USER_AGENT) as resp:
                 self._check_status(resp.status_code, has_login=auth is not None)
                 body = self._read(resp, t0)
-        except requests.Timeout:
-            raise SnapshotError("timeout", f"no still from {cfg.name} within {cfg.timeout_s:g} s") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, HTTPError) as exc:
+            if isinstance(exc, requests.Timeout) or _read_timed_out(exc):
+                raise SnapshotError("timeout", f"no still from {cfg.name} within {cfg.timeout_s:g} s") from None
             raise SnapshotError(
                 "unreachable",
                 f"cannot fetch a still from {cfg.name} ({type(exc).__name__}); check the network and snapshot URL",
@@ -100,7 +227,7 @@ class HttpStill:
         problem = _jpeg_problem(body)
         if problem is not None:
             raise SnapshotError("not_jpeg", f"{cfg.name} sent no JPEG ({problem}); check the snapshot URL")
-        return body
+        return body.rstrip(_TRAILER)  # the payload ends FF D9 (agent/schemas/snapshot.md)
 
     def _check_status(self, code: int, *, has_login: bool) -> None:
         if code == 200:
@@ -108,21 +235,28 @@ class HttpStill:
         if code == 401:
             fix = "check the camera's username and password_file" if has_login else "set username and password_file"
             raise SnapshotError("login", f"HTTP 401 from {self.cfg.name}: {fix}")
+        if 300 <= code < 400:
+            raise SnapshotError(
+                "http_error", f"HTTP {code} from {self.cfg.name}: it redirects; configure the URL it redirects to"
+            )
         raise SnapshotError("http_error", f"HTTP {code} from {self.cfg.name}")
 
     def _read(self, resp: requests.Response, t0: float) -> bytes:
-        body = bytearray()
-        for chunk in resp.iter_content(65536):
-            body += chunk
-            if len(body) > self.max_bytes:
-                raise SnapshotError(
-                    "too_large",
-                    f"{self.cfg.name} sent more than {self.max_bytes // 1024} kB; "
-                    "lower the camera's snapshot resolution or raise snapshots.max_kb",
-                )
-            if time.monotonic() - t0 > self.limit_s:
-                raise SnapshotError("timeout", f"still from {self.cfg.name} still arriving after {self.limit_s:g} s")
-        return bytes(body)
+        try:
+            return read_capped(resp, self.max_bytes, t0 + self.limit_s, idle_s=self.cfg.timeout_s)
+        except BodyTooLargeError:
+            raise SnapshotError(
+                "too_large",
+                f"{self.cfg.name} sent more than {self.max_bytes // 1024} kB; "
+                "lower the camera's snapshot resolution or raise snapshots.max_kb",
+            ) from None
+        except BodyTimeoutError:
+            raise SnapshotError("timeout", f"still from {self.cfg.name} unfinished within {self.limit_s:g} s") from None
+        except BodyEncodedError as exc:
+            raise SnapshotError(
+                "not_jpeg",
+                f"{self.cfg.name} sent its still compressed (Content-Encoding {exc}); check the snapshot URL",
+            ) from None
 
 
 class PiStill:

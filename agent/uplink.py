@@ -339,6 +339,7 @@ class Uplink(Closing):
         self._dialect = Dialect(s.dialect.protocol, s.can_retain)
         if self._photos is not None:
             self._photos.limit = s.max_packet_size  # a photo over it would end the session, again and again
+            self._photos.mqtt5 = s.dialect.protocol == "5"  # strikes count only where no limit can be announced
         self._connected_since = self._wall()
         self._sessions += 1
         self._last_error = None
