@@ -167,6 +167,10 @@ class PhotoStore(ClosingFile):
             if not is_corruption(exc):
                 raise  # a full disk, an I/O or permission error: the file may be fine, never move it
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(self._wall())}")
+            n = 1
+            while aside.exists():  # a Pi without a battery clock repeats its seconds after a power cut
+                aside = self.path.with_name(f"{self.path.name}.damaged-{int(self._wall())}-{n}")
+                n += 1
             log.warning(
                 "photo store %s is damaged (%s); moved aside to %s, starting an empty one (alarms are "
                 "not affected: they live in the outbox)",

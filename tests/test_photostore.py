@@ -244,3 +244,18 @@ def test_photostore__stats_fit_the_status_schema(tmp_path: Path) -> None:
     doc = {k: stats[k] for k in ("pending", "bytes", "dropped")}
     assert doc == {"pending": 5, "bytes": 5 * 200 * KB, "dropped": 2}
     jsonschema.validate(doc, {**schema["$defs"]["photos"], "$defs": schema["$defs"]})
+
+
+def test_photostore__a_second_damaged_file_in_the_same_second_does_not_replace_the_first(tmp_path: Path) -> None:
+    """A Pi has no battery clock: after a power cut the same second comes again, and the rename replaced
+    the file moved aside before it."""
+    path = tmp_path / "photos.db"
+    for text in (b"first damaged file", b"second damaged file"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        path.write_bytes(text * 100)
+        PhotoStore(path, wall=lambda: 1234.0).close()
+    kept = sorted(
+        p.read_bytes()[:6] for p in tmp_path.glob("photos.db.damaged-*") if not p.name.endswith(("-wal", "-shm"))
+    )
+    assert kept == [b"first ", b"second"]
