@@ -24,6 +24,7 @@ centre's commands) is :mod:`agent.handlers`; this module only wires it in.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -35,7 +36,7 @@ from agent.closing import Closing
 from agent.config.model import Config
 from agent.control import ControlServer
 from agent.errors import HardwareError
-from agent.events import Clock, EventType, iso_ms
+from agent.events import Clock, EventType
 from agent.handlers import Handlers
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
@@ -52,6 +53,7 @@ from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
 log = logging.getLogger(__name__)
+_CARRIED_ALARMS = 64  # pending alarms shown as sending again at start, and known to the centre's acks
 
 _STATUS_EVERY_S = 10.0
 _SERVE_TICK_S = 10.0  # without a systemd watchdog; with one, half its interval
@@ -148,6 +150,7 @@ class Agent(Closing):
             # Feedback is lost, alarms are not: carry on and say so in every status.
             log.error("%s; running without LED/buzzer feedback", exc)  # noqa: TRY400 - the message says it all
             self.notices.hardware.append(f"LED/buzzer unavailable: {exc}")
+        self._carry_over(before)
         self._record_started()
         if cfg.cameras:
             from agent.cameras import Cameras  # noqa: PLC0415 - a post without cameras does not pay for them
@@ -360,37 +363,69 @@ class Agent(Closing):
         """
         if self.outbox is None:
             return
+        inputs = self.inputs.states() if self.inputs is not None else {}
+        alarms = tuple(self.recorder.latest_alarms()) if self.recorder is not None else ()
+        kept = tuple((n, i.last_event, i.last_test) for n, i in inputs.items())
         with self._state_lock:
-            self._state.save(State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends()))
+            self._state.save(
+                State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends(), alarms=alarms, inputs=kept)
+            )
+
+    def _carry_over(self, before: State) -> None:
+        """What the last run left: inputs' last event and test, alarms the centre may ack, alarms still pending.
+
+        A pending alarm shows ``sending`` again, so the person who pressed
+        sees it go out and be acknowledged after a restart too.
+        """
+        assert self.inputs is not None
+        assert self.recorder is not None
+        assert self.outbox is not None
+        for name, last_event, last_test in before.inputs:
+            self.inputs.restore(name, last_event, last_test)
+        pending = self.outbox.next_batch(0, _CARRIED_ALARMS, urgent=True)
+        self.recorder.remember([*reversed(before.alarms), *(r.id for r in pending)])
+        if self.indicators is None or not self._indicators_ok:
+            return
+        for row in pending:
+            try:
+                source = json.loads(row.payload).get("source")
+            except ValueError:
+                source = None
+            self.indicators.alarm_recorded(row.id, silent=self._silent.get(str(source), False))
 
     def _resume_test_mode(self, before: State) -> None:
         """Test mode set before a restart goes on to its end, if a clock can say when that is.
 
         Within one boot the monotonic clock carries on across the restart; after
-        a reboot only a synchronised wall clock can tell how much is left.
+        a reboot only the wall clock can tell how much is left, and only when it
+        was synchronised both when test mode was set (``test_until`` is saved
+        only then) and now.
         """
         from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - the limit only, not the command handler
 
-        if before.test_until is None:
-            return
         if before.boot_id == self.clock.boot_id and before.test_until_mono is not None:
             left = before.test_until_mono - self.clock.mono()
-        else:
+        elif before.test_until is not None:
             left = before.test_until - self.clock.wall()
             if left > 0 and not self.clock.synced():
                 left = math.inf  # cannot be told: not resumed, and said so
+        else:
+            if before.test_until_mono is not None:
+                log.warning(
+                    "test mode was on before the reboot, set while the clock was not synchronised: its end "
+                    "cannot be told, so it is not resumed; presses now go out as REAL alarms; set test mode again"
+                )
+            return
         if left <= 0:
             return
-        end = iso_ms(before.test_until)
         if left > MAX_MINUTES * 60:
             log.warning(
-                "test mode was on until %s before the restart; not resumed (the clock is not synchronised, "
-                "or reads earlier than when it was set): presses now go out as REAL alarms; set test mode again",
-                end,
+                "test mode was on before the restart; not resumed (the clock is not synchronised, or reads "
+                "earlier than when it was set): presses now go out as REAL alarms; set test mode again",
             )
             return
-        self.test_mode.set(left / 60)
-        log.warning("test mode resumed after the restart, until %s: presses go out as tests", end)
+        until = self.test_mode.set(left / 60)
+        log.warning("test mode resumed after the restart, until %s: presses go out as tests", until)
 
     # ---- what the other parts call back ------------------------------------------
 

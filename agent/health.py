@@ -61,6 +61,7 @@ class TestMode:
         self._clock = clock
         self._until_mono: float | None = None
         self._until_wall: float | None = None
+        self._wall_trusted = False
         self._windows: list[list[float]] = []  # the last few [start, end) in monotonic time
         self._lock = threading.Lock()
 
@@ -76,6 +77,7 @@ class TestMode:
                 return None
             self._until_mono = now + minutes * 60
             self._until_wall = self._clock.wall() + minutes * 60
+            self._wall_trusted = self._clock.synced()  # a wall-clock end is kept across a reboot only then
             if window is not None:
                 window[1] = self._until_mono  # extended (or shortened) from now on
             else:
@@ -105,7 +107,7 @@ class TestMode:
         with self._lock:
             if self._until_mono is None or self._clock.mono() >= self._until_mono:
                 return None, None
-            return self._until_wall, self._until_mono
+            return (self._until_wall if self._wall_trusted else None), self._until_mono
 
 
 def read_cpu_temp(root: Path = Path("/sys/class/thermal")) -> float | None:

@@ -349,6 +349,13 @@ class Inputs(Closing):
             if test:
                 item.last_test = ts
 
+    def restore(self, name: str, last_event: str | None, last_test: str | None) -> None:
+        """What an earlier run knew (agent-state.json): the status must not forget when a button was last tested."""
+        item = self._inputs.get(name)
+        if item is not None:
+            item.last_event = item.last_event or last_event
+            item.last_test = item.last_test or last_test
+
     def simulate(self, name: str, *, active: bool) -> None:
         """Drive a simulated pin as if the switch were pressed or released.
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 Item = tuple[EventType, str, Stamp, Mapping[str, Any]]
 MAX_HELD = 10_000
 RETRY_S = 1.0
+_REMEMBERED = 128  # alarm ids of earlier runs the centre may still acknowledge
+_ALARM_TYPES = frozenset(t.value for t in EventType if t.is_alarm)
 
 
 def _nothing(*_args: object) -> None:
@@ -117,6 +119,7 @@ class Recorder(Closing):
         self._recent = RecentEvents()  # replaced under _lock; readers take a snapshot (agent/recent.py)
         self._held: dict[str, _Held] = {}  # insertion order is seq order
         self._was_held: dict[str, bool] = {}  # id -> stored since; forgotten once delivered
+        self._remembered: dict[str, None] = {}  # alarm ids from before a restart, oldest first
         self._dropped = 0
         self._failing = False  # the last write failed and none has worked since
         self._retry = threading.Event()
@@ -379,7 +382,23 @@ class Recorder(Closing):
         return self._recent.as_dicts()
 
     def knows(self, event_id: str) -> bool:
-        return self._recent.knows(event_id)
+        """Whether the centre may acknowledge ``event_id``: a recent event, or an alarm from before a restart."""
+        return event_id in self._remembered or self._recent.knows(event_id)
+
+    def remember(self, event_ids: Iterable[str]) -> None:
+        """Alarms of an earlier run (still pending, or among the latest): the centre's ack of one is ours."""
+        with self._lock:
+            for event_id in event_ids:
+                self._remembered[event_id] = None
+            while len(self._remembered) > _REMEMBERED:
+                del self._remembered[next(iter(self._remembered))]
+
+    def latest_alarms(self, n: int = 16) -> list[str]:
+        """Ids of the latest ``n`` alarms, newest first, remembered ones after this run's (for the state file)."""
+        with self._lock:
+            remembered = list(reversed(self._remembered))
+        ids = [e["id"] for e in self._recent.as_dicts() if e["type"] in _ALARM_TYPES]
+        return list(dict.fromkeys(ids + remembered))[:n]
 
     @property
     def dropped(self) -> int:

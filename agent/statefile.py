@@ -1,4 +1,4 @@
-"""The agent's small state file beside the outbox: the last boot id, the seq high-water mark, test mode's end.
+"""The agent's small state file beside the outbox: boot id, seq high-water mark, test mode, what status must not forget.
 
 Kept outside SQLite on purpose.  When the outbox is deleted, replaced or
 unreadable, this file is what keeps ``seq`` from going backwards: a file whose
@@ -39,6 +39,8 @@ class State:
     last_seq: int
     test_until: float | None = None  # test mode's end, wall-clock seconds; None when it is off
     test_until_mono: float | None = None  # the same on the monotonic clock, which only this boot shares
+    alarms: tuple[str, ...] = ()  # ids of the latest alarms: the centre may still acknowledge them
+    inputs: tuple[tuple[str, str | None, str | None], ...] = ()  # (name, last_event, last_test)
 
 
 class StateFile:
@@ -59,6 +61,8 @@ class StateFile:
                 seq if isinstance(seq, int) else 0,
                 _seconds(doc.get("test_until")),
                 _seconds(doc.get("test_until_mono")),
+                _ids(doc.get("alarms")),
+                _inputs(doc.get("inputs")),
             )
         except (OSError, ValueError, AttributeError):
             return State(None, 0)
@@ -77,6 +81,8 @@ class StateFile:
             "last_seq": state.last_seq,
             "test_until": state.test_until,
             "test_until_mono": state.test_until_mono,
+            "alarms": list(state.alarms),
+            "inputs": {name: {"last_event": ev, "last_test": test} for name, ev, test in state.inputs},
         }
         data = json.dumps(doc).encode()
         try:
@@ -101,6 +107,29 @@ def sync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_MAX_IDS = 32
+
+
+def _ids(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value[:_MAX_IDS] if isinstance(v, str) and len(v) <= 64)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 64 else None
+
+
+def _inputs(value: object) -> tuple[tuple[str, str | None, str | None], ...]:
+    if not isinstance(value, dict):
+        return ()
+    return tuple(
+        (name, _text(v.get("last_event")), _text(v.get("last_test")))
+        for name, v in list(value.items())[:_MAX_IDS]
+        if isinstance(name, str) and isinstance(v, dict)
+    )
 
 
 def _seconds(value: object) -> float | None:

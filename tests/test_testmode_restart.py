@@ -73,3 +73,29 @@ def test_testmode__the_state_file_keeps_both_ends_and_ignores_junk(tmp_path: Pat
     assert sf.load() == State("b", 7, None, None)
     sf.path.write_text('{"boot_id": "b", "last_seq": 7, "test_until": NaN, "test_until_mono": Infinity}')
     assert sf.load() == State("b", 7, None, None)
+
+
+def test_testmode__an_end_set_on_an_unsynchronised_clock_is_not_kept_for_after_a_reboot() -> None:
+    """Set for 30 minutes while the clock read an hour ahead: after a reboot with NTP it ran 90 minutes."""
+    from agent.health import TestMode
+
+    synced = [False]
+    mode = TestMode(Clock(synced=lambda: synced[0], boot_id="b", sync_ttl_s=0))
+    mode.set(30)
+    wall, mono = mode.ends()
+    assert wall is None, "a wall-clock end from an unsynchronised clock is not saved"
+    assert mono is not None, "the monotonic one serves a restart within this boot"
+    synced[0] = True
+    mode.set(30)
+    assert mode.ends()[0] is not None
+
+
+def test_testmode__after_a_reboot_an_end_without_a_trusted_wall_time_is_not_resumed(
+    tmp_path: Path, broker: Broker, device: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = load_config(write_config(tmp_path, broker.port, device=device))
+    StateFile(tmp_path / "agent-state.json").save(State("the-boot-before", 5, None, 123.0))
+    with Agent(cfg, clock=Clock(synced=lambda: True, boot_id="this-boot"), notifier=Notifier(env={})) as agent:
+        agent.start()
+        assert not agent.test_mode.active()
+        assert "set while the clock was not synchronised" in caplog.text
