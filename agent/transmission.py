@@ -6,13 +6,25 @@ this module feeds them from the agent's callbacks and keeps them in
 ``save_every_s`` (the heartbeat interval) and at stop: a few tens of kB every
 30 s is already a lot of SD-card writes, and losing one interval of figures to
 a SIGKILL is the documented price.
+
+A transmission time is the wall clock's now less the event's recording time
+(the outbox row's, on the wall clock too), so a clock step between the two
+would count as transmission: a Pi booted offline on a clock two days behind,
+pressed, then set right by NTP, reported a 2 s delivery as two days for a
+month.  The offset between the wall and the monotonic clock is sampled at
+every call; a change of more than :data:`STEP_S` is a step, and an event
+recorded before it has its time corrected by the step.  An event whose
+recording falls inside the step's uncertainty (between two samples) is not
+counted at all; a step before this process started cannot be seen.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +33,31 @@ from agent.linkstats import LinkStats
 from agent.statefile import write_atomic
 
 log = logging.getLogger(__name__)
+
+STEP_S = 1.0  # a change of the wall-monotonic offset larger than this is a clock step, not a slew
+_STEPS_KEPT = 16
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A clock step seen between two samples (monotonic ``m_prev`` and ``m_now``)."""
+
+    m_prev: float
+    m_now: float
+    off_old: float
+    off_new: float
+
+    def correction(self, recorded_wall: float, until_mono: float) -> float | None:
+        """Seconds to take off a delivery's time for this step; None when the recording cannot be placed.
+
+        ``until_mono``: when the next step was seen, or now: a recording after
+        this step was made on its clock between ``m_prev`` and then.
+        """
+        before = recorded_wall <= self.off_old + self.m_now
+        after = self.off_new + self.m_prev <= recorded_wall <= self.off_new + until_mono
+        if before and after:
+            return None
+        return self.off_new - self.off_old if before else 0.0
 
 
 class Transmission(Closing):
@@ -50,6 +87,8 @@ class Transmission(Closing):
         self._warned = False
         self._closed = False
         self._broker: str | None = None
+        self._steps: deque[_Step] = deque(maxlen=_STEPS_KEPT)
+        self._mark = (mono(), wall() - mono())  # (monotonic, wall - monotonic) at the last sample
         self.stats = LinkStats.from_state(self._read(), wall())
 
     def _read(self) -> Any:
@@ -63,23 +102,43 @@ class Transmission(Closing):
 
     def link(self, connected: bool, broker: str | None) -> None:
         """The uplink's state changed (any thread)."""
+        now = self._sample()
         if connected and broker is not None:
             self._broker = broker
-            self.stats.link_up(broker, self._wall())
+            self.stats.link_up(broker, now)
         else:
             self._broker = None
-            self.stats.link_down(self._wall())
+            self.stats.link_down(now)
 
     def delivered(self, recorded_wall: float) -> None:
         """An event recorded at ``recorded_wall`` was acknowledged by the broker now connected (sender thread)."""
         broker = self._broker
-        if broker is not None:
-            now = self._wall()
-            self.stats.delivered(broker, now - recorded_wall, now)
+        if broker is None:
+            return
+        now = self._sample()
+        taken = now - recorded_wall
+        steps = list(self._steps)
+        ends = [s.m_now for s in steps[1:]] + [self._mark[0]] if steps else []
+        for step, until in zip(steps, ends, strict=True):
+            fix = step.correction(recorded_wall, until)
+            if fix is None:
+                return  # recorded while the clock stepped: its time cannot be told
+            taken -= fix
+        self.stats.delivered(broker, taken, now)
+
+    def _sample(self) -> float:
+        """The wall clock now, noting a step of it since the last sample (any thread; a race loses a sample)."""
+        mono, wall = self._mono(), self._wall()
+        m_prev, off_old = self._mark
+        off_new = wall - mono
+        if abs(off_new - off_old) > STEP_S:
+            self._steps.append(_Step(m_prev, mono, off_old, off_new))
+        self._mark = (mono, off_new)
+        return wall
 
     def snapshot(self) -> dict[str, Any]:
         """The status document's ``link.stats``."""
-        return self.stats.snapshot(self._wall())
+        return self.stats.snapshot(self._sample())
 
     def save(self, *, force: bool = False) -> None:
         """Write the figures if ``save_every_s`` has passed since the last write (or ``force``)."""

@@ -119,3 +119,59 @@ def test_status__link_stats_survive_sigkill(
     assert f"via 127.0.0.1:{broker.port}: " in shown
     assert "31d n=" in shown
     assert "link up  24h " in shown
+
+
+class _SteppingClocks:
+    """A monotonic clock and a wall clock that is monotonic plus an offset a test can step."""
+
+    def __init__(self, offset: float) -> None:
+        self.mono = 500.0
+        self.offset = offset
+
+    def wall(self) -> float:
+        return self.offset + self.mono
+
+    def advance(self, s: float) -> None:
+        self.mono += s
+
+
+def _stepping(tmp_path: Path, offset: float) -> tuple[_SteppingClocks, Transmission]:
+    c = _SteppingClocks(offset)
+    return c, Transmission(tmp_path / "link-stats.json", wall=c.wall, mono=lambda: c.mono, save_every_s=30)
+
+
+def test_transmission__an_ntp_step_while_an_alarm_waits_is_not_transmission_time(tmp_path: Path) -> None:
+    """A Pi booted offline two days behind, pressed, then set right by NTP: a 2 s delivery read two days."""
+    c, t = _stepping(tmp_path, 1.8e9 - 2 * 86400)
+    recorded = c.wall()
+    c.advance(2.0)
+    t.link(True, "a:8883")
+    c.offset += 2 * 86400
+    c.advance(0.05)
+    t.delivered(recorded)
+    assert t.snapshot()["transmit"]["a:8883"]["1h"]["max_ms"] == pytest.approx(2050, abs=5)
+
+
+def test_transmission__a_step_back_while_an_alarm_waits_is_not_taken_off_its_time(tmp_path: Path) -> None:
+    c, t = _stepping(tmp_path, 1.8e9 + 3600)
+    t.link(True, "a:8883")
+    recorded = c.wall()
+    c.advance(30.0)
+    c.offset -= 3600
+    t.delivered(recorded)
+    assert t.snapshot()["transmit"]["a:8883"]["1h"]["max_ms"] == pytest.approx(30_000, abs=5)
+
+
+def test_transmission__a_recording_that_cannot_be_placed_around_a_step_is_not_counted(tmp_path: Path) -> None:
+    c, t = _stepping(tmp_path, 1.8e9)
+    t.link(True, "a:8883")
+    c.advance(30.0)  # no sample for 30 s: the step below happened somewhere in them
+    c.offset -= 20
+    recorded = c.wall() - 15  # on either clock, this could be before or after the step
+    t.delivered(recorded)
+    assert "a:8883" not in t.snapshot()["transmit"]
+    c.advance(25.0)
+    later = c.wall()  # later than any time the old clock showed: on the new clock only
+    c.advance(0.5)
+    t.delivered(later)
+    assert t.snapshot()["transmit"]["a:8883"]["1h"]["max_ms"] == pytest.approx(500, abs=5)
