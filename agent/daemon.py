@@ -97,6 +97,7 @@ class Agent(Closing):
             wall=self.clock.wall,
             mono=self.clock.mono,
             held=lambda: self.recorder.held_count() if self.recorder is not None else 0,
+            outputs=lambda: self.indicators.failing() if self.indicators is not None else [],
         )
         self._factory: Any = None
         self._stop = StopFlag()  # set by signal handlers: no lock (agent/stopflag.py)

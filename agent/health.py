@@ -3,6 +3,11 @@
 Status is never queued: an old status is worth nothing.  The timer thread
 builds a fresh document every ``heartbeat.interval_s`` and whenever something
 in it changes state, and hands it to the uplink's single status slot.
+
+Each section is built on its own: one that raises (the outbox's query on a
+failing SD card, a source with a bug) is sent in its empty form and named in
+``warnings``, so the rest of the status, the office's only view of the device,
+still goes out, and still matches the contract.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from agent import __version__
 from agent.closing import Closing
-from agent.events import CONTRACT_VERSION, Clock, iso_ms
+from agent.events import CONTRACT_VERSION, Clock, Stamp, iso_ms
 from agent.inputs import InputState
 from agent.outbox import Outbox
 from agent.uplink import LinkState
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_DETAIL = 120  # characters of a camera detail or warning in status: keeps it under 4 KiB
 MAX_WARNINGS = 3
+_NO_SECTION = object()  # an optional section that failed: left out of the document
 
 
 @dataclass
@@ -120,6 +126,10 @@ def read_cpu_temp(root: Path = Path("/sys/class/thermal")) -> float | None:
     return None
 
 
+def _no_vitals() -> dict[str, Any]:
+    return {"cpu_temp_c": None, "disk_free_mb": None, "load1": None}
+
+
 def system_vitals(outbox_dir: Path) -> dict[str, Any]:
     try:
         free_mb: int | None = shutil.disk_usage(outbox_dir).free // (1024 * 1024)
@@ -154,11 +164,24 @@ class Health:
         self.sources = sources
         self.test_mode = test_mode
         self._started = clock.mono()
+        self._failing: set[str] = set()  # sections that failed last time: logged once, not every heartbeat
+        self._failing_lock = threading.Lock()  # status() runs on the heartbeat, sender and control threads
 
     def status(self) -> dict[str, Any]:
-        now = self.clock.stamp()
-        link = self.sources.link()
-        ob = self.outbox.stats()
+        """The live status document; never raises for a section (see the module docstring)."""
+        failed: list[str] = []
+
+        def part(name: str, build: Callable[[], Any], empty: Callable[[], Any]) -> Any:
+            try:
+                value = build()
+            except Exception as exc:
+                self._note(name, exc)
+                failed.append(f"{name} ({type(exc).__name__}: {exc})")
+                return empty()
+            self._note(name, None)
+            return value
+
+        now: Stamp = part("clock", self.clock.stamp, self._unsynced_stamp)
         doc: dict[str, Any] = {
             "v": CONTRACT_VERSION,
             "site": self.site,
@@ -171,45 +194,75 @@ class Health:
                 "boot_id": self.clock.boot_id,
                 "uptime_s": int(now.mono - self._started),
             },
-            "link": {
-                "connected_since": iso_ms(link.connected_since) if link.connected_since else None,
-                "reconnects": link.reconnects,
-                "broker": link.broker,
-                "protocol": link.protocol,
-                "retain": link.retain,
-                "commands": {"available": link.commands_available, "reason": link.commands_reason},
-            },
-            "outbox": {
-                "pending": ob.pending,
-                "oldest_age_s": ob.oldest_age_s,
-                "dropped": ob.dropped,
-                "disk_low": ob.disk_low,
-            },
-            "inputs": {
-                name: {"kind": s.kind, "state": s.state, "last_event": s.last_event, "last_test": s.last_test}
-                for name, s in self.sources.inputs().items()
-            },
-            "cameras": {
-                name: {**cam, "detail": str(cam.get("detail", ""))[:MAX_DETAIL]}
-                for name, cam in self.sources.cameras().items()
-            },
-            "system": system_vitals(self.outbox.path.parent),
-            "test_mode_until": self.test_mode.until(),
+            "link": part("link", self._link, lambda: {"connected_since": None, "reconnects": 0}),
+            "outbox": part("outbox", self._outbox, self._outbox_from_memory),
+            "inputs": part("inputs", self._inputs, dict),
+            "cameras": part("cameras", self._cameras, dict),
+            "system": part("system", lambda: system_vitals(self.outbox.path.parent), _no_vitals),
+            "test_mode_until": part("test_mode", self.test_mode.until, lambda: None),
         }
         if self.heartbeat_s is not None:  # the monitor's deadline: no interval to guess from the gaps
             doc["heartbeat_s"] = self.heartbeat_s
-        if self.sources.outputs is not None:
-            doc["outputs"] = self.sources.outputs()
-        if self.sources.commands is not None:
-            doc["commands"] = self.sources.commands()
-        if self.sources.link_stats is not None:
-            doc["link"]["stats"] = self.sources.link_stats()
-        if self.sources.photos is not None:
-            doc["photos"] = self.sources.photos()
-        warnings = self.sources.warnings()
+        optional = [
+            ("outputs", doc, "outputs", self.sources.outputs),
+            ("commands", doc, "commands", self.sources.commands),
+            ("link.stats", doc["link"], "stats", self.sources.link_stats),
+            ("photos", doc, "photos", self.sources.photos),
+        ]
+        for name, into, key, source in optional:
+            value = _NO_SECTION if source is None else part(name, source, lambda: _NO_SECTION)
+            if value is not _NO_SECTION:
+                into[key] = value
+        warnings = part("warnings", self.sources.warnings, list)
+        if failed:  # first: it explains the empty sections above it
+            warnings = [f"status incomplete, cannot read: {', '.join(failed)}", *warnings]
         if warnings:
             doc["warnings"] = [w[:MAX_DETAIL] for w in warnings[:MAX_WARNINGS]]
         return doc
+
+    def _note(self, section: str, exc: Exception | None) -> None:
+        """Log a section that starts failing (with its traceback) or works again, once each."""
+        with self._failing_lock:
+            if exc is not None and section not in self._failing:
+                self._failing.add(section)
+                log.error("status: cannot read %s; sent empty until it works again", section, exc_info=exc)
+            elif exc is None and section in self._failing:
+                self._failing.discard(section)
+                log.info("status: %s can be read again", section)
+
+    def _unsynced_stamp(self) -> Stamp:
+        return Stamp(wall=self.clock.wall(), mono=self.clock.mono(), synced=False)
+
+    def _link(self) -> dict[str, Any]:
+        link = self.sources.link()
+        return {
+            "connected_since": iso_ms(link.connected_since) if link.connected_since else None,
+            "reconnects": link.reconnects,
+            "broker": link.broker,
+            "protocol": link.protocol,
+            "retain": link.retain,
+            "commands": {"available": link.commands_available, "reason": link.commands_reason},
+        }
+
+    def _outbox(self) -> dict[str, Any]:
+        ob = self.outbox.stats()
+        return {"pending": ob.pending, "oldest_age_s": ob.oldest_age_s, "dropped": ob.dropped, "disk_low": ob.disk_low}
+
+    def _outbox_from_memory(self) -> dict[str, Any]:
+        """The counts the outbox keeps in memory: a consumer must never read a made-up ``pending: 0`` as "drained"."""
+        return {"pending": self.outbox.pending(), "oldest_age_s": None, "dropped": self.outbox.dropped}
+
+    def _inputs(self) -> dict[str, Any]:
+        return {
+            name: {"kind": s.kind, "state": s.state, "last_event": s.last_event, "last_test": s.last_test}
+            for name, s in self.sources.inputs().items()
+        }
+
+    def _cameras(self) -> dict[str, Any]:
+        return {
+            name: {**cam, "detail": str(cam.get("detail", ""))[:MAX_DETAIL]}
+            for name, cam in self.sources.cameras().items()
+        }
 
     def offline(self, reason: str) -> dict[str, Any]:
         return {

@@ -27,11 +27,13 @@ fault         double flash every 2 s (0.1 s each)  off
 ============  ===================================  ===============================
 
 First match wins: ``acknowledged`` for ``ack_hold_s`` after the centre's first
-ack of an alarm, unless a newer alarm is still unacknowledged (the outputs
-follow the newest alarm: a late or replayed ack of an old one changes nothing);
+ack of the newest alarm (the outputs follow the newest alarm: an ack of an
+older one, late or replayed, changes nothing, neither tone nor hold);
 ``sending`` while any recorded alarm is undelivered (each new press restarts
 it: another chirp); ``sent`` for ``sent_hold_s`` (120 s) after a delivery, or
-until the ack; ``fault`` once the broker has been unreachable for longer than
+until the ack of that alarm or of a newer one (the presser heard the newest
+acknowledged: an older press going back to ``sent`` would say the centre has
+not seen it); ``fault`` once the broker has been unreachable for longer than
 ``fault_after_s`` (counted from start if it never connected); else ``idle``.
 A shorter outage stays ``idle``: a blip must not alarm anyone.  An ack counts
 as delivery (the centre has the alarm).  Silent inputs are silent end to end:
@@ -40,7 +42,10 @@ press nor their ack sounds it; the LED still shows them.
 
 Callers (the inputs thread, the uplink sender, the command handler) only update
 state under a lock and wake this module's one thread, which computes each
-output's level with :func:`level` and touches a pin only when it changes.
+output's level with :func:`level` and touches a pin only when it changes.  A
+write that fails is tried again within ``_RETRY_S`` (a buzzer left sounding,
+or an LED left steady, says the wrong thing) and the output is named by
+:meth:`Indicators.failing` until a write succeeds, for the status warnings.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ SENT_HOLD_S = 120.0
 _RECENT_ALARMS = 256
 _EARLY_NEWS = 64  # deliveries and acks of alarms not recorded yet: a few milliseconds' worth, or ids not ours
 _MAX_WAIT_S = 10.0  # longest sleep without an edge due: news wakes the thread; the watchdog allows 20 s
+_RETRY_S = 0.2  # a failed pin write is tried again this soon: a 1 s tone must not become a 10 s one
 
 
 @dataclass
@@ -187,9 +193,9 @@ class Indicators(Closing):
                 old = next((k for k, a in self._alarms.items() if a.delivered_at is not None), None)
                 del self._alarms[old if old is not None else next(iter(self._alarms))]
             if alarm.acked_at is not None:
-                self._bump(Pattern.ACKNOWLEDGED, silent=silent)
+                self._bump(Pattern.ACKNOWLEDGED, buzzer=not silent)
             else:
-                self._bump(Pattern.SENDING if alarm.delivered_at is None else Pattern.SENT, silent=silent)
+                self._bump(Pattern.SENDING if alarm.delivered_at is None else Pattern.SENT, buzzer=not silent)
 
     def alarm_delivered(self, event_id: str) -> None:
         """The broker acknowledged the alarm (PUBACK); repeats are ignored, an id not yet recorded is kept."""
@@ -211,8 +217,10 @@ class Indicators(Closing):
     def acknowledged(self, event_id: str) -> bool:
         """The centre acknowledged ``event_id``; True if it is a recent alarm of ours.
 
-        The ack pattern runs only when no newer alarm is still unacknowledged,
-        and only for the first ack of an alarm: a repeat does not restart it.
+        The ack pattern runs only on an output for which this is the newest
+        alarm (the buzzer counts audible alarms only), and only for the first
+        ack of an alarm: a repeat, or a late ack of an older press, neither
+        sounds the tone again nor extends the hold.
         """
         with self._cond:
             alarm = self._alarms.get(event_id)
@@ -228,7 +236,10 @@ class Indicators(Closing):
             alarm.acked_at = self._mono()
             if alarm.delivered_at is None:
                 alarm.delivered_at = alarm.acked_at
-            self._bump(Pattern.ACKNOWLEDGED, silent=alarm.silent)
+            newest_audible = next((k for k, a in reversed(self._alarms.items()) if not a.silent), None)
+            self._bump(
+                Pattern.ACKNOWLEDGED, led=next(reversed(self._alarms)) == event_id, buzzer=newest_audible == event_id
+            )
             return True
 
     def link(self, connected: bool) -> None:
@@ -238,6 +249,18 @@ class Indicators(Closing):
                 self._connected = connected
                 self._down_since = self._mono()
                 self._wake()
+
+    def failing(self) -> list[str]:
+        """The outputs whose last pin write failed, e.g. ``["ack_led on GPIO22"]`` (any thread).
+
+        The presser's feedback is then wrong or missing while the status still
+        shows the pattern meant; :class:`agent.notices.Notices` turns this into
+        a warning.  Read without a lock: each flag is one bool, written by the
+        indicator thread only.
+        """
+        if self._closed:
+            return []
+        return [f"{o.name} on GPIO{o.cfg.pin}" for o in self._outputs if o.failed and o.device is not None]
 
     def patterns(self) -> dict[str, dict[str, str]]:
         """The status section: ``{"ack_led": {"pattern": "sent"}, ...}`` for configured outputs."""
@@ -268,8 +291,10 @@ class Indicators(Closing):
                         wake = min(wake, out.since + edge)
                     wanted.append((out, level(out.name, pattern, now - out.since)))
             for out, on in wanted:
-                if on != out.applied and out.device is not None:
+                if (on != out.applied or out.failed) and out.device is not None:  # a failed write left it unknown
                     self._drive(out, on=on)
+            if any(o.failed for o in self._outputs):
+                wake = min(wake, now + _RETRY_S)
             return wake
 
     def _drive(self, out: _Output, *, on: bool) -> None:
@@ -302,26 +327,29 @@ class Indicators(Closing):
         self._dirty = True
         self._cond.notify_all()
 
-    def _bump(self, pattern: Pattern, *, silent: bool) -> None:
-        """Restart ``pattern`` from its beginning (a new chirp) on the outputs that see this alarm."""
-        self._generations[(False, pattern)] += 1
-        if not silent:
+    def _bump(self, pattern: Pattern, *, led: bool = True, buzzer: bool) -> None:
+        """Restart ``pattern`` from its beginning (a new chirp) on the outputs named (the LED sees every alarm)."""
+        if led:
+            self._generations[(False, pattern)] += 1
+        if buzzer:
             self._generations[(True, pattern)] += 1
         self._wake()
 
     def _pattern(self, now: float, *, audible_only: bool) -> Pattern:
-        sending = sent = newer_unacked = False
-        for a in reversed(self._alarms.values()):  # newest first: an old ack never hides a newer alarm
+        """The pattern of one output: the LED sees every alarm, the buzzer audible ones only."""
+        sending = sent = newer_acked = False
+        newest = True
+        for a in reversed(self._alarms.values()):  # newest first: only the newest alarm's ack is shown
             if audible_only and a.silent:
                 continue
-            if a.acked_at is None:
-                newer_unacked = True
-            elif now - a.acked_at < self._cfg.ack_hold_s and not newer_unacked:
+            if newest and a.acked_at is not None and now - a.acked_at < self._cfg.ack_hold_s:
                 return Pattern.ACKNOWLEDGED
+            newest = False
             if a.delivered_at is None:
                 sending = True
-            elif a.acked_at is None and now - a.delivered_at < self._sent_hold_s:
+            elif a.acked_at is None and not newer_acked and now - a.delivered_at < self._sent_hold_s:
                 sent = True
+            newer_acked = newer_acked or a.acked_at is not None
         if sending:
             return Pattern.SENDING
         if sent:
@@ -354,11 +382,13 @@ class Indicators(Closing):
         with self._tick_lock:
             for out in (o for o in self._outputs if o.device is not None):
                 try:
-                    out.device.off()
-                    out.device.close()
+                    try:
+                        out.device.off()
+                    finally:  # a pin that cannot be switched off is still released
+                        out.device.close()
                 except Exception:
                     log.exception("cannot release %s (GPIO%d)", out.name, out.cfg.pin)
-                out.device, out.applied = None, None
+                out.device, out.applied, out.failed = None, None, False
 
     @property
     def closed(self) -> bool:

@@ -1,7 +1,9 @@
 """The status document's ``warnings``: every degraded mode a technician should see, one line each.
 
 Gathered here rather than in the daemon so each source stays one line: hardware
-that could not start, a client certificate close to expiry (re-read at most
+that could not start, an LED or buzzer pin that fails at run time (the status
+would otherwise show the pattern meant while the presser sees or hears nothing,
+or the wrong thing), a client certificate close to expiry (re-read at most
 hourly, so a renewed file is picked up), events held in memory, and security the
 config deliberately weakened.
 """
@@ -30,10 +32,13 @@ class Notices:
         wall: Callable[[], float],
         mono: Callable[[], float],
         held: Callable[[], int] = lambda: 0,
+        outputs: Callable[[], list[str]] = list,
     ) -> None:
+        """``held`` counts events held in memory; ``outputs`` names failing outputs (``Indicators.failing``)."""
         self.cfg = cfg
         self.hardware: list[str] = []
         self.held = held
+        self.outputs = outputs
         self._wall = wall
         self._mono = mono
         self._cert_checked: float | None = None
@@ -59,7 +64,11 @@ class Notices:
         return self._cert_note
 
     def lines(self) -> list[str]:
+        """Most urgent first: the status keeps only the first few."""
         out = list(self.hardware)
+        failing = self.outputs()
+        if failing:
+            out.append(f"LED/buzzer pin failing: {', '.join(failing)} cannot be switched (see the log)")
         cert = self.cert_warning()
         if cert:
             out.append(cert)

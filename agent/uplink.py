@@ -125,6 +125,7 @@ class Uplink(Closing):
         self._session_s = 0.0  # how long the last accepted session lasted
         self._lost_code: int | None = None  # the broker's DISCONNECT reason that ended it, if it sent one
         self._last_error: str | None = None
+        self._status_broken = False  # the status builder raised: said once, until it works again
         self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
         self._side = SideLane(
             topic_root, held=held, photos=photos, on_delivered=on_delivered, window=self._window, mono=mono
@@ -357,7 +358,8 @@ class Uplink(Closing):
             self._events.live = s
             wait = self._send_round(s)  # events first: never behind a status document or the subscription
         subscription = self._tend_commands(s, "todo")
-        self._publish_status(s, self._status())  # after SUBSCRIBE: a central that sees "online" can command
+        if (birth := self._fresh_status()) is not None:  # after SUBSCRIBE: a central that sees "online" can command
+            self._publish_status(s, birth)
         self._notify_link()
         while not s.lost.is_set():
             self._wake.wait(wait)
@@ -425,9 +427,21 @@ class Uplink(Closing):
 
     def _tend_commands(self, s: Session, subscription: str) -> str:
         subscription, changed = self._commands.tend(s, subscription, self._mono(), lambda: self.outbox.pending() == 0)
-        if changed:
-            self.publish_status(self._status())
+        if changed and (doc := self._fresh_status()) is not None:
+            self.publish_status(doc)
         return subscription
+
+    def _fresh_status(self) -> dict[str, Any] | None:
+        """A status document, or None if it cannot be built: a status is not worth the session carrying alarms."""
+        try:
+            doc = self._status()
+        except Exception:
+            if not self._status_broken:
+                log.exception("uplink: the status document cannot be built; carrying on without it")
+            self._status_broken = True
+            return None
+        self._status_broken = False
+        return doc
 
     def _command(self, topic: str, payload: bytes, retained: bool) -> None:
         if self._on_command is None or not topic.startswith(self._cmd_prefix):

@@ -34,6 +34,23 @@ class WatchedPin(MockPin):  # type: ignore[misc]  # gpiozero ships no types: Moc
         super()._set_state(value)
 
 
+class FlakyPin(MockPin):  # type: ignore[misc]  # gpiozero ships no types: MockPin is Any to mypy
+    """A MockPin whose writes fail with EIO: ``offs`` times when it would switch off, or all while ``broken``."""
+
+    def __init__(self, factory: Any, info: Any) -> None:
+        self.offs = 0
+        self.broken = False
+        super().__init__(factory, info)
+
+    def _set_state(self, value: Any) -> None:
+        failing_off = self.offs > 0 and not value and self.state
+        if failing_off:
+            self.offs -= 1
+        if self.broken or failing_off:
+            raise OSError(5, "Input/output error")
+        super()._set_state(value)
+
+
 def outputs(*, led: bool = True, buzzer: bool = True, active_high: bool = True) -> OutputsConfig:
     return OutputsConfig(
         ack_led=OutputConfig(pin=LED_PIN, active_high=active_high) if led else None,
@@ -256,6 +273,52 @@ def test_state__ack_of_the_newest_alarm_outranks_an_older_pending_one(ind: Indic
     assert at(ind, fake_time, T0 + HOLD + 1)["ack_led"] == "sending"
 
 
+def test_state__an_older_alarm_is_not_sent_again_after_the_newest_was_acknowledged(
+    ind: Indicators, fake_time: FakeTime, pins: dict[str, Any]
+) -> None:
+    """Two quick presses, the centre acks the newest: when its hold ended, the outputs went back to
+    ``sent`` for the older press (LED blinking, buzzer chirping), as if the centre had not seen it."""
+    ind.alarm_recorded("e1", silent=False)
+    ind.alarm_recorded("e2", silent=False)
+    ind.alarm_delivered("e1")
+    ind.alarm_delivered("e2")
+    run(ind, fake_time, pins, until=1.0)
+    ind.acknowledged("e2")
+    assert run(ind, fake_time, pins, until=1 + HOLD + 5)["buzzer"] == [(1.01, True), (2.01, False)]  # the tone only
+    assert ind.patterns() == {"ack_led": {"pattern": "idle"}, "buzzer": {"pattern": "idle"}}
+
+
+def test_state__a_late_ack_of_an_older_alarm_changes_nothing(
+    ind: Indicators, fake_time: FakeTime, pins: dict[str, Any]
+) -> None:
+    """The centre acks the newest press, then, 20 s later, the older one: that ack sounded the 1 s tone
+    again and held "acknowledged" 30 s from then, though the outputs follow the newest alarm."""
+    ind.alarm_recorded("e1", silent=False)
+    ind.alarm_recorded("e2", silent=False)
+    ind.alarm_delivered("e1")
+    ind.alarm_delivered("e2")
+    run(ind, fake_time, pins, until=1.0)
+    ind.acknowledged("e2")
+    run(ind, fake_time, pins, until=21.0)
+    assert ind.acknowledged("e1") is True  # ours: the reply still says ok
+    changes = run(ind, fake_time, pins, until=1 + HOLD + 5)
+    assert changes["buzzer"] == []
+    assert changes["led"][0] == (31.05, False)  # e2's hold ended on time, into idle's first flash
+    assert ind.patterns() == {"ack_led": {"pattern": "idle"}, "buzzer": {"pattern": "idle"}}
+
+
+def test_state__the_buzzer_follows_the_newest_audible_alarm(ind: Indicators, fake_time: FakeTime) -> None:
+    """A silent press after an audible one: the LED follows the silent one, the buzzer the audible one."""
+    ind.alarm_recorded("loud", silent=False)
+    ind.alarm_recorded("quiet", silent=True)
+    ind.alarm_delivered("loud")
+    ind.alarm_delivered("quiet")
+    ind.acknowledged("loud")
+    assert at(ind, fake_time, T0 + 1) == {"ack_led": "sent", "buzzer": "acknowledged"}
+    ind.acknowledged("quiet")
+    assert at(ind, fake_time, T0 + 2) == {"ack_led": "acknowledged", "buzzer": "acknowledged"}
+
+
 def test_state__a_repeated_ack_does_not_restart_the_hold(ind: Indicators, fake_time: FakeTime) -> None:
     ind.alarm_recorded("e1", silent=False)
     ind.acknowledged("e1")
@@ -432,6 +495,37 @@ def test_pins__written_only_on_change(mock_factory: Any, fake_time: FakeTime) ->
         assert led.writes == 1 + len(changes) == 6
 
 
+def test_pins__a_failing_output_is_named_until_a_write_succeeds(mock_factory: Any, fake_time: FakeTime) -> None:
+    """A pin that failed at run time was only logged: nothing said the presser saw no feedback.  A write
+    that failed is also tried again at the next tick even when the level wanted has not changed."""
+    led = mock_factory.pin(LED_PIN, pin_class=FlakyPin)
+    with Indicators(outputs(buzzer=False), pin_factory=mock_factory, mono=fake_time) as ind:
+        ind.start(start_thread=False)
+        ind.link(True)
+        led.broken = True
+        ind.tick(T0)  # idle's flash: on
+        assert ind.failing() == ["ack_led on GPIO22"]
+        led.broken = False
+        ind.tick(T0 + 0.01)  # still within the flash: the same level, written again
+        assert (ind.failing(), led.state) == ([], True)
+    assert ind.failing() == []
+
+
+def test_pins__close_releases_a_pin_that_cannot_be_switched_off(mock_factory: Any, fake_time: FakeTime) -> None:
+    """close() skipped releasing the pin when switching it off raised: it stayed claimed."""
+    buzzer = mock_factory.pin(BUZZER_PIN, pin_class=FlakyPin)
+    ind = Indicators(outputs(led=False), pin_factory=mock_factory, mono=fake_time)
+    ind.start(start_thread=False)
+    ind.alarm_recorded("e1", silent=False)
+    ind.tick(T0)
+    assert buzzer.state is True
+    buzzer.broken = True
+    ind.close()
+    assert buzzer.function == "input"  # released, as a clean close leaves it
+    buzzer.broken = False
+    Buzzer(BUZZER_PIN, pin_factory=mock_factory).close()  # and it can be claimed again
+
+
 def test_pins__claim_failure_names_the_pin(mock_factory: Any, fake_time: FakeTime) -> None:
     other = LED(BUZZER_PIN, pin_factory=mock_factory)
     ind = Indicators(outputs(), pin_factory=mock_factory, mono=fake_time)
@@ -468,3 +562,19 @@ def test_thread__drives_the_pins_on_its_own(mock_factory: Any) -> None:
         assert [s.state for s in buzzer.states] == [False, True, False]
         assert 0.09 < buzzer.states[2].timestamp < 1.0  # the chirp's length, timed by MockPin on the real fake_time
     assert (mock_factory.pin(LED_PIN).state, buzzer.state) == (False, False)
+
+
+def test_thread__a_failed_write_is_retried_at_once(mock_factory: Any) -> None:
+    """One failed write (EIO) where the 1 s ack tone ends: the thread tried again only at its 10 s idle
+    wake, so the presser heard a tone of about 11 s (a failed off() of the LED: steady, "acknowledged")."""
+    buzzer = mock_factory.pin(BUZZER_PIN, pin_class=FlakyPin)
+    with Indicators(outputs(led=False), pin_factory=mock_factory) as ind:
+        ind.link(True)
+        ind.alarm_recorded("e1", silent=False)
+        ind.acknowledged("e1")  # the thread starts on the tone: no chirp before it
+        buzzer.offs = 1
+        ind.start()
+        eventually(lambda: buzzer.offs == 0, what=lambda: f"the write ending the tone to fail: {buzzer.states}")
+        # a ceiling, far above the 0.2 s retry and far below the 10 s wake it used to wait for
+        eventually(lambda: not buzzer.state, timeout=5.0, what="the buzzer to go off after one failed write")
+        assert [s.state for s in buzzer.states] == [False, True, False]
