@@ -106,6 +106,7 @@ class Agent(Closing):
         self._state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
         self._state_lock = threading.Lock()
         self._start_reason = "boot"
+        self._run_from_seq = 1
         self.stall_after_s = max(20.0, 2 * cfg.mqtt.connect_timeout_s + 5.0)
 
     # ---- start and stop ----------------------------------------------------------
@@ -124,6 +125,7 @@ class Agent(Closing):
             seq_mark=before.last_seq,
             intake=cfg.outbox.intake,
         )
+        self._run_from_seq = self.outbox.top_seq() + 1  # seqs from here on were recorded by this process
         self._start_reason = "restart" if before.boot_id == self.clock.boot_id else "boot"
         self._resume_test_mode(before)  # before the inputs are armed: a press at start is judged right
         self.recorder = Recorder(
@@ -143,7 +145,10 @@ class Agent(Closing):
             emit=self.recorder.record_deferring,
             on_change=self.heartbeat.changed,
         )
+        self._carry_alarms(before)  # before any press: the indicators rank a press after the carried alarms
         self.inputs.arm()
+        for name, last_event, last_test in before.inputs:
+            self.inputs.restore(name, last_event, last_test)
         try:
             self.indicators.start()
             self._indicators_ok = True
@@ -151,7 +156,6 @@ class Agent(Closing):
             # Feedback is lost, alarms are not: carry on and say so in every status.
             log.error("%s; running without LED/buzzer feedback", exc)  # noqa: TRY400 - the message says it all
             self.notices.hardware.append(f"LED/buzzer unavailable: {exc}")
-        self._carry_over(before)
         self._record_started()
         if cfg.cameras:
             from agent.cameras import Cameras  # noqa: PLC0415 - a post without cameras does not pay for them
@@ -372,21 +376,18 @@ class Agent(Closing):
                 State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends(), alarms=alarms, inputs=kept)
             )
 
-    def _carry_over(self, before: State) -> None:
-        """What the last run left: inputs' last event and test, alarms the centre may ack, alarms still pending.
+    def _carry_alarms(self, before: State) -> None:
+        """Alarms of the last run: the ones the centre may still acknowledge, and the ones still pending.
 
         A pending alarm shows ``sending`` again, so the person who pressed
-        sees it go out and be acknowledged after a restart too.
+        sees it go out and be acknowledged after a restart too.  Called before
+        the inputs are armed: a press at start must rank as the newest alarm.
         """
-        assert self.inputs is not None
         assert self.recorder is not None
         assert self.outbox is not None
-        for name, last_event, last_test in before.inputs:
-            self.inputs.restore(name, last_event, last_test)
+        assert self.indicators is not None
         pending = self.outbox.next_batch(0, _CARRIED_ALARMS, urgent=True)
         self.recorder.remember([*reversed(before.alarms), *(r.id for r in pending)])
-        if self.indicators is None or not self._indicators_ok:
-            return
         for row in pending:
             try:
                 source = json.loads(row.payload).get("source")
@@ -451,7 +452,7 @@ class Agent(Closing):
     def _delivered(self, row: OutboxRow) -> None:
         assert self.recorder is not None
         self.recorder.delivered(row)
-        self.transmission.delivered(row.created)
+        self.transmission.delivered(row.created, this_run=row.seq >= self._run_from_seq)
 
     def _on_link(self, state: LinkState) -> None:
         self.transmission.link(state.connected, state.broker)

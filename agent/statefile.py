@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +119,12 @@ def _ids(value: object) -> tuple[str, ...]:
     return tuple(v for v in value[:_MAX_IDS] if isinstance(v, str) and len(v) <= 64)
 
 
+_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+
+
 def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and len(value) <= 64 else None
+    """A time the status shows as it is: only one in the contract's form (a hand-edited file may hold anything)."""
+    return value if isinstance(value, str) and _TS.fullmatch(value) else None
 
 
 def _inputs(value: object) -> tuple[tuple[str, str | None, str | None], ...]:

@@ -15,7 +15,9 @@ month.  The offset between the wall and the monotonic clock is sampled at
 every call; a change of more than :data:`STEP_S` is a step, and an event
 recorded before it has its time corrected by the step.  An event whose
 recording falls inside the step's uncertainty (between two samples) is not
-counted at all; a step before this process started cannot be seen.
+counted at all.  Only events recorded by this process are corrected: a step
+before it started cannot be seen, and an event of an earlier run (pressed,
+then a power cut) counts with its whole wall-clock wait.
 """
 
 from __future__ import annotations
@@ -110,14 +112,20 @@ class Transmission(Closing):
             self._broker = None
             self.stats.link_down(now)
 
-    def delivered(self, recorded_wall: float) -> None:
-        """An event recorded at ``recorded_wall`` was acknowledged by the broker now connected (sender thread)."""
+    def delivered(self, recorded_wall: float, *, this_run: bool = True) -> None:
+        """An event recorded at ``recorded_wall`` was acknowledged by the broker now connected (sender thread).
+
+        ``this_run``: recorded by this process.  Only then do the steps seen
+        since it started apply; an event of an earlier run (before a power
+        cut) was recorded on a clock these steps say nothing about, and counts
+        with its full wall-clock wait.
+        """
         broker = self._broker
         if broker is None:
             return
         now = self._sample()
         taken = now - recorded_wall
-        steps = list(self._steps)
+        steps = list(self._steps) if this_run else []
         ends = [s.m_now for s in steps[1:]] + [self._mark[0]] if steps else []
         for step, until in zip(steps, ends, strict=True):
             fix = step.correction(recorded_wall, until)

@@ -83,10 +83,87 @@ def test_restart__the_state_file_takes_no_junk_for_alarms_or_inputs(tmp_path: Pa
     sf.save(State("b", 3, alarms=("a" * 32,), inputs=(("panic", "2026-11-30T00:00:00.000Z", None),)))
     assert StateFile(sf.path).load().inputs == (("panic", "2026-11-30T00:00:00.000Z", None),)
     sf.path.write_text(
-        json.dumps({"boot_id": "b", "last_seq": 3, "alarms": [1, "x" * 500, "ok"], "inputs": {"p": {"last_test": 7}}})
+        json.dumps(
+            {
+                "boot_id": "b",
+                "last_seq": 3,
+                "alarms": [1, "x" * 500, "ok"],
+                "inputs": {"p": {"last_test": 7, "last_event": "yesterday"}},  # not the status's ts form
+            }
+        )
     )
     got = sf.load()
     assert got.alarms == ("ok",)
     assert got.inputs == (("p", None, None),)
     sf.path.write_text(json.dumps({"boot_id": "b", "last_seq": 3, "alarms": "no", "inputs": ["no"]}))
     assert (sf.load().alarms, sf.load().inputs) == ((), ())
+
+
+def test_restart__a_press_at_start_is_newer_than_the_alarms_carried_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The carried alarms were handed to the indicators after the inputs were armed: a press made then
+    ranked older than them, and its acknowledgement never showed on the LED."""
+    from agent.indicators import Indicators
+
+    cfg = load_config(write_config(tmp_path, free_port(), device="gate-order", outputs=OUTPUTS))
+    clock = Clock(synced=lambda: True, boot_id="b")
+    with Agent(cfg, clock=clock, notifier=Notifier(env={})) as first:
+        first.start()
+        assert first.inputs is not None
+        first.inputs.simulate("panic", active=True)
+        first.inputs.simulate("panic", active=False)
+        eventually(lambda: first.outbox is not None and first.outbox.pending() >= 2, what="the press pending")
+    second = Agent(cfg, clock=clock, notifier=Notifier(env={}))
+    start = Indicators.start
+
+    def start_then_press(self: Indicators, *, start_thread: bool = True) -> None:
+        start(self, start_thread=start_thread)
+        assert second.inputs is not None
+        known = len(self._alarms)
+        second.inputs.simulate("panic", active=True)  # pressed while the agent is still starting
+        second.inputs.simulate("panic", active=False)
+        eventually(lambda: len(self._alarms) > known, what="the press known to the indicators")
+
+    monkeypatch.setattr(Indicators, "start", start_then_press)
+    with second:
+        second.start()
+        assert second.recorder is not None
+        assert second.indicators is not None
+        indicators = second.indicators
+        fresh = eventually(
+            lambda: next((e["id"] for e in second.recorder.recent() if e["type"] == "panic"), None),  # type: ignore[union-attr]
+            what="the press recorded",
+        )
+        eventually(lambda: fresh in indicators._alarms, what="the press known to the indicators")
+        indicators.acknowledged(fresh)
+        eventually(lambda: indicators.patterns()["ack_led"]["pattern"] == "acknowledged", what="the ack shown")
+
+
+@pytest.mark.broker
+def test_restart__only_this_runs_events_are_timed_across_its_clock_steps(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.transmission import Transmission
+
+    cfg = load_config(write_config(tmp_path, free_port(), device="gate-runs"))
+    clock = Clock(synced=lambda: True, boot_id="b")
+    with Agent(cfg, clock=clock, notifier=Notifier(env={})) as first:
+        first.start()
+        assert first.inputs is not None
+        first.inputs.simulate("panic", active=True)
+        first.inputs.simulate("panic", active=False)
+        eventually(lambda: first.outbox is not None and first.outbox.pending() >= 2, what="the press pending")
+    seen: list[bool] = []
+    delivered = Transmission.delivered
+
+    def noting(self: Transmission, recorded_wall: float, *, this_run: bool = True) -> None:
+        seen.append(this_run)
+        delivered(self, recorded_wall, this_run=this_run)
+
+    monkeypatch.setattr(Transmission, "delivered", noting)
+    cfg = load_config(write_config(tmp_path, broker.port, device="gate-runs"))
+    with Agent(cfg, clock=clock, notifier=Notifier(env={})) as second:
+        second.start()
+        eventually(lambda: len(seen) >= 3, what="the three events delivered")
+    assert sorted(seen) == [False, False, True], "two of the last run (agent_started, the press), one of this"

@@ -175,3 +175,16 @@ def test_transmission__a_recording_that_cannot_be_placed_around_a_step_is_not_co
     c.advance(0.5)
     t.delivered(later)
     assert t.snapshot()["transmit"]["a:8883"]["1h"]["max_ms"] == pytest.approx(500, abs=5)
+
+
+def test_transmission__an_event_of_an_earlier_run_counts_its_whole_wait(tmp_path: Path) -> None:
+    """Pressed, a 2 h power cut, a reboot on fake-hwclock (a minute after the press), then NTP: the step this
+    run saw said nothing of the clock the press was recorded on; correcting by it hid the 2 h wait."""
+    recorded = 1.8e9  # on the last run's (right) clock
+    c, t = _stepping(tmp_path, recorded + 60 - 500)  # this run starts a minute after it, 2 h behind
+    t.link(True, "a:8883")
+    c.advance(1.0)
+    c.offset += 7140  # NTP: the real time is 2 h after the press
+    c.advance(1.0)
+    t.delivered(recorded, this_run=False)
+    assert t.snapshot()["transmit"]["a:8883"]["1h"]["max_ms"] == pytest.approx(7202_000, abs=5)
