@@ -368,10 +368,10 @@ class Agent(Closing):
         """
         if self.outbox is None:
             return
-        inputs = self.inputs.states() if self.inputs is not None else {}
-        alarms = tuple(self.recorder.latest_alarms()) if self.recorder is not None else ()
-        kept = tuple((n, i.last_event, i.last_test) for n, i in inputs.items())
-        with self._state_lock:
+        with self._state_lock:  # what is read too: a snapshot saved after a newer one would undo it
+            inputs = self.inputs.states() if self.inputs is not None else {}
+            alarms = tuple(self.recorder.latest_alarms()) if self.recorder is not None else ()
+            kept = tuple((n, i.last_event, i.last_test) for n, i in inputs.items())
             self._state.save(
                 State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends(), alarms=alarms, inputs=kept)
             )

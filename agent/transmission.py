@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ class Transmission(Closing):
         self._closed = False
         self._broker: str | None = None
         self._steps: deque[_Step] = deque(maxlen=_STEPS_KEPT)
+        self._sampling = threading.Lock()
         self._mark = (mono(), wall() - mono())  # (monotonic, wall - monotonic) at the last sample
         self.stats = LinkStats.from_state(self._read(), wall())
 
@@ -135,14 +137,15 @@ class Transmission(Closing):
         self.stats.delivered(broker, taken, now)
 
     def _sample(self) -> float:
-        """The wall clock now, noting a step of it since the last sample (any thread; a race loses a sample)."""
-        mono, wall = self._mono(), self._wall()
-        m_prev, off_old = self._mark
-        off_new = wall - mono
-        if abs(off_new - off_old) > STEP_S:
-            self._steps.append(_Step(m_prev, mono, off_old, off_new))
-        self._mark = (mono, off_new)
-        return wall
+        """The wall clock now, noting a step of it since the last sample (any thread)."""
+        with self._sampling:  # two threads across one step would note it twice
+            mono, wall = self._mono(), self._wall()
+            m_prev, off_old = self._mark
+            off_new = wall - mono
+            if abs(off_new - off_old) > STEP_S:
+                self._steps.append(_Step(m_prev, mono, off_old, off_new))
+            self._mark = (mono, off_new)
+            return wall
 
     def snapshot(self) -> dict[str, Any]:
         """The status document's ``link.stats``."""

@@ -169,7 +169,7 @@ def test_http_still__dripping_body_is_a_timeout_within_its_budget(
     took = time.monotonic() - t0
     assert isinstance(got, SnapshotError), got
     assert (got.reason, str(got)) == ("timeout", "still from gate-cam unfinished within 2 s")
-    assert took < taker.limit_s + 1.0, f"took {took:.1f} s, budget {taker.limit_s:g} s"
+    assert took < taker.limit_s + 3.0, f"took {took:.1f} s, budget {taker.limit_s:g} s"  # margin: a loaded machine
 
 
 def test_probe_http__dripping_body_ends_within_its_timeout(raw_camera: Callable[[Answer], RawCamera]) -> None:
@@ -180,7 +180,7 @@ def test_probe_http__dripping_body_ends_within_its_timeout(raw_camera: Callable[
     took = time.monotonic() - t0
     assert not result.ok
     assert result.detail.startswith(f"snapshot from 127.0.0.1:{cam.port} unfinished after 0.5 s"), result.detail
-    assert took < 2.0, f"took {took:.1f} s, timeout 0.5 s"
+    assert took < 4.0, f"took {took:.1f} s, timeout 0.5 s"  # a drip used to hold it for hours
 
 
 def test_http_still__body_that_stops_midway_is_a_timeout(raw_camera: Callable[[Answer], RawCamera]) -> None:
