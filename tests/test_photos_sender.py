@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from agent.uplink import Uplink
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
 from tests.support.snapcam import make_jpeg
+from tests.support.tmpfs import small_tmpfs
 from tests.support.uplinkrig import mqtt_cfg
 from tests.support.waiting import eventually, never
 from tests.test_photosend import ROOT, Failures, photo
@@ -207,20 +207,8 @@ def test_uplink__alarm_goes_while_a_photo_commit_holds_the_store(tmp_path: Path,
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs for photos.db alone, always unmounted."""
-    d = tmp_path / "small"
-    d.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(d)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, 8) as d:
         yield d
-    finally:
-        subprocess.run(["umount", "--lazy", str(d)], check=True)
 
 
 @pytest.mark.broker

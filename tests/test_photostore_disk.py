@@ -8,7 +8,6 @@ space the outbox keeps to be able to delete on a full disk.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from tests.support.agentproc import AgentFactory
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
 from tests.support.snapcam import SnapCamera, make_jpeg
+from tests.support.tmpfs import free_bytes, small_tmpfs
 from tests.support.waiting import eventually
 
 KIB = 1024
@@ -34,25 +34,8 @@ CLOCK = Clock(synced=lambda: True, boot_id="b")
 def small_fs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A tmpfs of 16 MiB (or ``@pytest.mark.parametrize("fs_mib", ...)``), always unmounted."""
     size = getattr(request, "param", 16)
-    d = tmp_path / "small"
-    d.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}m,mode=0700", "tmpfs", str(d)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, size) as d:
         yield d
-    finally:
-        subprocess.run(["umount", "--lazy", str(d)], check=True)
-
-
-def free(d: Path) -> int:
-    st = os.statvfs(d)
-    return st.f_bavail * st.f_frsize
 
 
 def fill(d: Path, leave: int = 0) -> Path:
@@ -60,7 +43,7 @@ def fill(d: Path, leave: int = 0) -> Path:
     filler = d / "filler"
     fd = os.open(filler, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.posix_fallocate(fd, os.fstat(fd).st_size, max(1, free(d) - leave))
+        os.posix_fallocate(fd, os.fstat(fd).st_size, max(1, free_bytes(d) - leave))
     finally:
         os.close(fd)
     return filler
@@ -106,7 +89,7 @@ def test_photostore__leaves_the_outbox_its_headroom(small_fs: Path) -> None:
                 dropped += store.put(Photo(f"{i:032x}", "gate-cam", make_jpeg(400 * KIB - 64, i), time.time()))
             assert dropped, "the oldest photos make room once the outbox's headroom is reached"
             assert store.stats().pending == 60 - len(dropped)
-            assert free(small_fs) >= HEADROOM_BYTES
+            assert free_bytes(small_fs) >= HEADROOM_BYTES
             assert ob.ack(seqs) == len(seqs)
 
 

@@ -25,7 +25,6 @@ import contextlib
 import os
 import re
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +53,7 @@ from tests.faults.harness import (
 )
 from tests.support.agentproc import AgentProc, unique_id
 from tests.support.faultproxy import FaultProxy
+from tests.support.tmpfs import free_bytes, small_tmpfs
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.broker
@@ -65,30 +65,13 @@ HELD = re.compile(r"CRITICAL agent\.recorder: .*the event is not recorded on dis
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "small"
-    d.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(d)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, 16) as d:
         yield d
-    finally:
-        subprocess.run(["umount", "--lazy", str(d)], check=True)
-
-
-def _free(d: Path) -> int:
-    st = os.statvfs(d)
-    return st.f_bavail * st.f_frsize
 
 
 def _fill_to(filler: Path, free_left: int) -> None:
     """Grow the filler file until the filesystem has about ``free_left`` bytes free."""
-    grow = _free(filler.parent) - free_left
+    grow = free_bytes(filler.parent) - free_left
     if grow <= 0:
         return
     size = filler.stat().st_size if filler.exists() else 0
