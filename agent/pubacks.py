@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from agent.outbox import Outbox, OutboxRow
-from agent.sendwindow import SendWindow
+from agent.sendwindow import SendWindow, say_refused
 from agent.sidelane import SideLane
 
 log = logging.getLogger(__name__)
@@ -88,16 +88,7 @@ class PubAcks:
 
     def _refused(self, row: OutboxRow, refusal: str | None, retry_in: float) -> None:
         self.refused += 1
-        log.log(  # a refused real alarm is the worst thing the link can report
-            logging.CRITICAL if row.urgent else logging.ERROR,
-            "broker refused %s event seq %d (%s); kept in the outbox, retrying in %.0f s; "
-            "check the broker's ACL for %s/event/#",
-            row.type,
-            row.seq,
-            refusal,
-            retry_in,
-            self._root,
-        )
+        say_refused(row, refusal, retry_in, self._root, kept="in the outbox")
 
     def __repr__(self) -> str:
         return f"<PubAcks waiting={len(self._queue)} delivered={self.delivered} refused={self.refused}>"

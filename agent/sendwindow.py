@@ -31,10 +31,13 @@ thread) reads the outbox as before: the outbox stays the truth.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
 from agent.outbox import Outbox, OutboxRow
+
+log = logging.getLogger(__name__)
 
 REFUSED_RETRY_MIN_S = 5.0
 REFUSED_RETRY_MAX_S = 600.0
@@ -42,6 +45,20 @@ REFUSED_RETRY_MAX_S = 600.0
 # and once an ACL is fixed the alarm should follow within seconds, not ten minutes.
 REFUSED_ALARM_RETRY_MIN_S = 1.0
 REFUSED_ALARM_RETRY_MAX_S = 15.0
+
+
+def say_refused(row: OutboxRow, refusal: str | None, retry_in: float, root: str, *, kept: str) -> None:
+    """Log a refused publish: CRITICAL for a real alarm, the worst thing the link can report."""
+    log.log(
+        logging.CRITICAL if row.urgent else logging.ERROR,
+        "broker refused %s event seq %d (%s); kept %s, retrying in %.0f s; check the broker's ACL for %s/event/#",
+        row.type,
+        row.seq,
+        refusal,
+        kept,
+        retry_in,
+        root,
+    )
 
 
 def refused_delay(refusals: int, *, urgent: bool) -> float:

@@ -19,20 +19,16 @@ sees a PUBACK, so the window only ever sees its own rows.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from agent.outbox import OutboxRow
-from agent.sendwindow import SendWindow, refused_delay
+from agent.sendwindow import SendWindow, refused_delay, say_refused
 
 if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
     from agent.photosend import PhotoDrain
-
-
-log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
@@ -191,13 +187,4 @@ class SideLane:
         delay = refused_delay(n, urgent=row.urgent)
         self._retry_at[row.id] = self._mono() + delay
         self.refused += 1
-        log.log(  # a refused real alarm is the worst thing the link can report
-            logging.CRITICAL if row.urgent else logging.ERROR,
-            "broker refused held %s event seq %d (%s); kept in memory, retrying in %.0f s; "
-            "check the broker's ACL for %s/event/#",
-            row.type,
-            row.seq,
-            refusal,
-            delay,
-            self.root,
-        )
+        say_refused(row, refusal, delay, self.root, kept="in memory (held)")

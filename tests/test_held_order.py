@@ -225,7 +225,7 @@ def test_held__a_refused_held_alarm_is_sent_again_on_the_same_connection(
     side = lane(SendWindow(outbox, max_inflight=10, rate_per_s=1e6), held, fake_time)
     side.send_held(wire)
     assert side.settle(1, "quota exceeded")
-    assert "broker refused held panic event" in caplog.text
+    assert "broker refused panic event seq 1 (quota exceeded); kept in memory (held)" in caplog.text
     assert side.refused == 1
 
     assert side.send_held(wire) == pytest.approx(1.0), "an alarm's first retry is due in 1 s"
