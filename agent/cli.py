@@ -156,6 +156,8 @@ def format_status(reply: dict[str, Any]) -> str:
     if photos:
         kib = photos["bytes"] // 1024
         lines.append(f"photos   {photos['pending']} waiting ({kib} KiB), {photos['dropped']} dropped")
+        if photos.get("error"):
+            lines.append(f"photos   STORE UNUSABLE: {photos['error']}")
     if st.get("test_mode_until"):
         lines.append(f"test     test mode on until {st['test_mode_until']}")
     lines.extend(f"WARNING  {w}" for w in st.get("warnings", []))

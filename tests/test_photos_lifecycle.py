@@ -46,5 +46,11 @@ def test_photos__status_says_when_the_store_cannot_be_opened(tmp_path: Path) -> 
         assert (st["pending"], st["bytes"], st["dropped"]) == (0, 0, 0)
         assert st["error"].startswith("photos.db unavailable (OperationalError: "), st
         assert db.is_dir()
+        from agent.cli import format_status  # noqa: PLC0415 - what `campus-agent status` prints of it
+        from tests.central.test_monitor import status  # noqa: PLC0415 - a status document as a device sends it
+
+        reply = {"status": {**status(), "photos": st}, "link": {"connected": False, "last_error": None}}
+        shown = format_status(reply)
+        assert "photos   STORE UNUSABLE: photos.db unavailable" in shown
     finally:
         photos.close()

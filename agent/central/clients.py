@@ -68,6 +68,8 @@ def forget_session(settings: LinkSettings, client_id: str, broker: BrokerAddress
     except (OSError, ValueError):
         return  # the broker's own limit will do it (mosquitto: persistent_client_expiration)
     client.loop_start()
-    if answered.wait(settings.connect_timeout_s):
-        client.disconnect()
-    client.loop_stop()
+    try:
+        answered.wait(settings.connect_timeout_s)
+    finally:
+        client.disconnect()  # closes the socket too when no CONNACK came
+        client.loop_stop()
