@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from agent.cli import format_status
 from agent.config import load_config
 from agent.photos import Photos
+from tests.central.test_monitor import status
 from tests.support.agentproc import write_config
 from tests.test_snapshots import Outcome
 
@@ -46,11 +48,8 @@ def test_photos__status_says_when_the_store_cannot_be_opened(tmp_path: Path) -> 
         assert (st["pending"], st["bytes"], st["dropped"]) == (0, 0, 0)
         assert st["error"].startswith("photos.db unavailable (OperationalError: "), st
         assert db.is_dir()
-        from agent.cli import format_status  # noqa: PLC0415 - what `campus-agent status` prints of it
-        from tests.central.test_monitor import status  # noqa: PLC0415 - a status document as a device sends it
-
         reply = {"status": {**status(), "photos": st}, "link": {"connected": False, "last_error": None}}
-        shown = format_status(reply)
+        shown = format_status(reply)  # what `campus-agent status` prints of it
         assert "photos   STORE UNUSABLE: photos.db unavailable" in shown
     finally:
         photos.close()
