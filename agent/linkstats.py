@@ -367,6 +367,8 @@ class LinkStats:
         if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
             raise ValueError(f"not version {STATE_VERSION} statistics")
         saved = float(doc["saved"])
+        if saved > now + _FUTURE_SAVE_S:  # written by a clock far ahead: held "down" until then, i.e. for good
+            raise ValueError(f"saved {saved - now:.0f} s ahead of the clock")
         since = doc["since"]
         for broker, p in dict(doc["paths"]).items():
             path = _Path()
@@ -390,6 +392,9 @@ class LinkStats:
         self._hold = saved if now < saved else None
         self._up = None
         self._advance(now)  # the restart gap is down time
+
+
+_FUTURE_SAVE_S = 31 * 86400.0  # the longest period the figures keep: a save further ahead is no clock step back
 
 
 def _ms(seconds: float) -> float:

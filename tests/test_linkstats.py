@@ -390,3 +390,16 @@ def test_linkstats__a_restart_with_the_clock_still_behind_the_save_is_down_until
     av = again.snapshot(T0 + 4000)["availability"]["24h"]
     assert (av["observed_s"], av["outages"], av["longest_outage_s"]) == (4000, 1, 200.0)
     assert av["percent"] == pytest.approx(100 * 3800 / 4000)
+
+
+def test_linkstats__a_save_from_a_clock_far_ahead_starts_the_figures_afresh(caplog: pytest.LogCaptureFixture) -> None:
+    """A save written while the clock read a year ahead held the link 'down' until that date came."""
+    stats = LinkStats(T0)
+    stats.link_up(BROKER, T0)
+    saved = json.loads(json.dumps(stats.to_state(T0 + 365 * 86400)))
+    again = LinkStats.from_state(saved, T0 + 60)
+    assert "starting them afresh" in caplog.text
+    again.link_up(BROKER, T0 + 60)
+    av = again.snapshot(T0 + 660)["availability"]["24h"]
+    assert av["percent"] == pytest.approx(100.0)
+    assert av["observed_s"] == 600
