@@ -484,7 +484,7 @@ class Outbox(ClosingFile):
                 intake.write(rows, payloads)
             except OSError as exc:
                 self._drop_intake(exc)
-                return self._commit_as_given(rows) if wait else None
+                return self._after_failed_write(intake, rows) if wait else None
             finally:
                 with self._seq_lock:
                     self._in_commit = range(0)
@@ -494,6 +494,17 @@ class Outbox(ClosingFile):
         finally:
             self._lock.release()
         return rows
+
+    def _after_failed_write(self, intake: Intake, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """Commit rows the intake failed to sync, then blank their blocks (hold the lock).
+
+        Only once they are in SQLite: if the commit fails too, the caller holds
+        the events in memory and the unsynced blocks may be their only copy on
+        disk (a crash then brings them back, under these seqs).
+        """
+        committed = self._commit_as_given(rows)
+        intake.void_failed()
+        return committed
 
     def _commit_as_given(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """Commit rows whose seqs are already given (the intake failed under them); hold the lock."""

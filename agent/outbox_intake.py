@@ -110,6 +110,7 @@ class Intake(ClosingFile):
         self._slots = slots
         self._slot_of: dict[int, int] = {}  # seq -> block, for the blocks in use
         self._top: tuple[int, int] | None = None  # (seq, block) of the highest seq written: never reused
+        self.failed: list[int] = []  # blocks of the last write whose sync failed
         self._closed = False
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -174,7 +175,7 @@ class Intake(ClosingFile):
                 _pwrite_all(self._fd, encode(row, payload), i * SLOT_BYTES)
             os.fdatasync(self._fd)
         except BaseException:
-            self._void(used)
+            self.failed = used
             self._free.extend(reversed(used))
             raise
         for row, i in zip(rows, used, strict=True):
@@ -184,13 +185,15 @@ class Intake(ClosingFile):
         if old is not None and old[0] < last[0].seq and old[0] not in self._slot_of:
             self._free.insert(0, old[1])  # done, and no longer the file's top
 
-    def _void(self, blocks: list[int]) -> None:
-        """Blank blocks whose write failed (best effort, synced with the next sync).
+    def void_failed(self) -> None:
+        """Blank the blocks of the last failed write, once their events are safe elsewhere (best effort, unsynced).
 
         A failed ``fdatasync`` does not undo the ``pwrite``: the block may still
-        reach the disk, and its event (held and sent under another seq) would
-        come back at every start.
+        reach the disk, and its event, committed to SQLite meanwhile, would come
+        back at every start.  Only the caller knows when that is safe: while
+        the events are held in memory, the block is their only copy on disk.
         """
+        blocks, self.failed = self.failed, []
         for i in blocks:
             with contextlib.suppress(OSError):
                 _pwrite_all(self._fd, bytes(len(MAGIC) + 1), i * SLOT_BYTES)

@@ -163,3 +163,28 @@ def test_intake_seq__with_the_intake_off_and_its_file_gone_seq_jumps_once_not_at
         with Outbox(db, site="s", device="d", intake=False, seq_mark=mark) as ob:
             assert ob.recovery.seq_resumed_above is None, "a clean restart"
             mark = ob.top_seq()
+
+
+def test_intake_seq__a_press_whose_sync_and_commit_both_failed_survives_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unsynced block is the press's only copy on disk while the recorder holds it in memory: blanking it
+    at the failure (as a first fix of the resent-after-restart case did) lost the press to a crash."""
+    import sqlite3
+
+    from agent.errors import OutboxError
+
+    class Locked(Outbox):
+        def _insert(self, rows: object, *, all_alarms: bool) -> list[int]:
+            raise sqlite3.OperationalError("database is locked")
+
+    db = tmp_path / "outbox.db"
+    ob = Locked(db, site="s", device="d")
+    press = ev()
+    monkeypatch.setattr(os, "fdatasync", eio)
+    with pytest.raises(OutboxError):
+        ob.put_row(press)  # the recorder would hold it in memory now
+    monkeypatch.undo()
+    abandon(ob)  # and the agent crashes
+    with Outbox(db, site="s", device="d") as again:
+        assert press.id in {r.id for r in again.next_batch(0, 10)}, "the press is sent after the restart"
