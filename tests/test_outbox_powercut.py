@@ -7,7 +7,7 @@ write and its ``fdatasync``, an ``fdatasync`` failing with EIO once, and
 SQLite failing at BEGIN, INSERT or COMMIT.  Invariants: nothing waiting is
 lost, a seq always names the same id, nothing comes back under another seq,
 new seqs never go back, and the mark never makes the same outbox look
-replaced.  ``PC_EXAMPLES`` sets the number of examples (40 here; 400 passed
+replaced.  ``PC_EXAMPLES`` sets the number of examples (40 here; 1,000 passed
 when it was written).
 """
 
