@@ -29,7 +29,7 @@ from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.outbox_intake import SLOT_BYTES, SLOTS
 from tests.support.clocks import synced_clock
-from tests.support.outboxfile import intake_live, intake_path, pending
+from tests.support.outboxfile import abandon, intake_live, intake_path, pending
 
 CLOCK = synced_clock()
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,15 +46,6 @@ def ev_with(kind: EventType, **data: object) -> Event:
 def in_sqlite(db: Path) -> dict[str, int]:
     with sqlite3.connect(db) as conn:
         return dict(conn.execute("SELECT id, seq FROM outbox"))
-
-
-def abandon(ob: Outbox) -> None:
-    """The process ends here: its files close, nothing moves into SQLite, nothing more is synced."""
-    if ob._intake is not None:
-        ob._intake.close()
-    ob._acks._conn.close()
-    ob._conn.close()
-    ob._closed = True
 
 
 def test_intake__an_acknowledged_event_never_reaches_sqlite(tmp_path: Path) -> None:

@@ -16,22 +16,13 @@ import pytest
 from agent.events import Event, EventType
 from agent.outbox import Outbox
 from tests.support.clocks import synced_clock
-from tests.support.outboxfile import intake_path
+from tests.support.outboxfile import abandon, intake_path
 
 CLOCK = synced_clock()
 
 
 def press() -> Event:
     return Event.create(CLOCK, EventType.PANIC, "panic", data={"pin": 17})
-
-
-def abandon(ob: Outbox) -> None:
-    """The process ends here (the card is imaged): nothing moves into SQLite, nothing more is synced."""
-    if ob._intake is not None:
-        ob._intake.close()
-    ob._acks._conn.close()
-    ob._conn.close()
-    ob._closed = True
 
 
 @pytest.mark.parametrize("intake", [True, False])

@@ -28,7 +28,7 @@ from agent.events import Event, EventType
 from agent.outbox import Outbox
 from agent.outbox_intake import SLOT_BYTES
 from tests.support.clocks import synced_clock
-from tests.support.outboxfile import intake_path
+from tests.support.outboxfile import abandon, intake_path
 
 CLOCK = synced_clock()
 KINDS = [EventType.PANIC, EventType.TAMPER, EventType.CAMERA_FAULT, EventType.INPUT_FAULT]
@@ -37,14 +37,6 @@ REAL_FDATASYNC = os.fdatasync
 
 def ev(kind: EventType) -> Event:
     return Event.create(CLOCK, kind, "x", data={"pin": 17})
-
-
-def abandon(ob: Outbox) -> None:
-    if ob._intake is not None:
-        ob._intake.close()
-    ob._acks._conn.close()
-    ob._conn.close()
-    ob._closed = True
 
 
 class PowerCutMachine(RuleBasedStateMachine):

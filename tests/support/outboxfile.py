@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
+from agent.outbox import Outbox
 from agent.outbox_intake import LIVE, SLOT_BYTES, decode
 
 
@@ -40,3 +41,17 @@ def pending(db: Path) -> dict[str, tuple[int, str]]:
     for event_id, (seq, type_) in intake_live(db).items():
         found.setdefault(event_id, (seq, type_))
     return found
+
+
+def abandon(ob: Outbox) -> None:
+    """The process ends here: its files close, nothing moves into SQLite, nothing more is synced.
+
+    Closing the SQLite connections folds their WAL into the file, so for SQLite
+    this is a crash of the agent alone, not a power cut; a child process that
+    leaves with ``os._exit`` is the stronger crash (tests/crash/).
+    """
+    if ob._intake is not None:
+        ob._intake.close()
+    ob._acks._conn.close()
+    ob._conn.close()
+    ob._closed = True
