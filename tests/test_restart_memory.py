@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
+from agent.config.model import Config
 from agent.daemon import Agent
 from agent.events import Clock
 from agent.notify import Notifier
@@ -27,6 +28,16 @@ from tests.support.mqtt import Central
 from tests.support.waiting import eventually
 
 OUTPUTS = {"ack_led": {"pin": 22}, "buzzer": {"pin": 23}}
+
+
+def press_and_stop(cfg: Config, clock: Clock) -> None:
+    """A run of the agent in which the panic button is pressed and nothing is delivered (no broker)."""
+    with Agent(cfg, clock=clock, notifier=Notifier(env={})) as first:
+        first.start()
+        assert first.inputs is not None
+        first.inputs.simulate("panic", active=True)
+        first.inputs.simulate("panic", active=False)
+        eventually(lambda: first.outbox is not None and first.outbox.pending() >= 2, what="the press pending")
 
 
 @pytest.mark.broker
@@ -108,12 +119,7 @@ def test_restart__a_press_at_start_is_newer_than_the_alarms_carried_over(
 
     cfg = load_config(write_config(tmp_path, free_port(), device="gate-order", outputs=OUTPUTS))
     clock = Clock(synced=lambda: True, boot_id="b")
-    with Agent(cfg, clock=clock, notifier=Notifier(env={})) as first:
-        first.start()
-        assert first.inputs is not None
-        first.inputs.simulate("panic", active=True)
-        first.inputs.simulate("panic", active=False)
-        eventually(lambda: first.outbox is not None and first.outbox.pending() >= 2, what="the press pending")
+    press_and_stop(cfg, clock)
     second = Agent(cfg, clock=clock, notifier=Notifier(env={}))
     start = Indicators.start
 
@@ -148,12 +154,7 @@ def test_restart__only_this_runs_events_are_timed_across_its_clock_steps(
 
     cfg = load_config(write_config(tmp_path, free_port(), device="gate-runs"))
     clock = Clock(synced=lambda: True, boot_id="b")
-    with Agent(cfg, clock=clock, notifier=Notifier(env={})) as first:
-        first.start()
-        assert first.inputs is not None
-        first.inputs.simulate("panic", active=True)
-        first.inputs.simulate("panic", active=False)
-        eventually(lambda: first.outbox is not None and first.outbox.pending() >= 2, what="the press pending")
+    press_and_stop(cfg, clock)
     seen: list[bool] = []
     delivered = Transmission.delivered
 
