@@ -12,10 +12,15 @@ A transmission time is the wall clock's now less the event's recording time
 would count as transmission: a Pi booted offline on a clock two days behind,
 pressed, then set right by NTP, reported a 2 s delivery as two days for a
 month.  The offset between the wall and the monotonic clock is sampled at
-every call; a change of more than :data:`STEP_S` is a step, and an event
-recorded before it has its time corrected by the step.  An event whose
-recording falls inside the step's uncertainty (between two samples) is not
-counted at all.  Only events recorded by this process are corrected: a step
+every call; a change of more than :data:`STEP_S` is a step.  Between two
+steps the wall clock ran at one offset, so an event's recording time names
+the monotonic time it was made, if only one of those clocks could have
+shown it then (a step happened somewhere between the samples around it);
+the time counted is the monotonic time since.  An event that more than one
+clock could have recorded is not counted at all.  Two steps with no sample
+between them read as one, and an event recorded between them is then
+miscounted by the first step (tests/test_transmission.py, the property
+test, samples between steps).  Only events recorded by this process are corrected: a step
 before it started cannot be seen, and an event of an earlier run (pressed,
 then a power cut) counts with its whole wall-clock wait.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STEP_S = 1.0  # a change of the wall-monotonic offset larger than this is a clock step, not a slew
 _STEPS_KEPT = 16
+_EPS = 1e-3  # s: a wall-clock time near 2e9 s carries a float error of a few 1e-7 s
 
 
 @dataclass(frozen=True)
@@ -49,18 +56,6 @@ class _Step:
     m_now: float
     off_old: float
     off_new: float
-
-    def correction(self, recorded_wall: float, until_mono: float) -> float | None:
-        """Seconds to take off a delivery's time for this step; None when the recording cannot be placed.
-
-        ``until_mono``: when the next step was seen, or now: a recording after
-        this step was made on its clock between ``m_prev`` and then.
-        """
-        before = recorded_wall <= self.off_old + self.m_now
-        after = self.off_new + self.m_prev <= recorded_wall <= self.off_new + until_mono
-        if before and after:
-            return None
-        return self.off_new - self.off_old if before else 0.0
 
 
 class Transmission(Closing):
@@ -126,15 +121,30 @@ class Transmission(Closing):
         if broker is None:
             return
         now = self._sample()
-        taken = now - recorded_wall
-        steps = list(self._steps) if this_run else []
-        ends = [s.m_now for s in steps[1:]] + [self._mark[0]] if steps else []
-        for step, until in zip(steps, ends, strict=True):
-            fix = step.correction(recorded_wall, until)
-            if fix is None:
-                return  # recorded while the clock stepped: its time cannot be told
-            taken -= fix
-        self.stats.delivered(broker, taken, now)
+        if not this_run or not self._steps:
+            self.stats.delivered(broker, now - recorded_wall, now)
+            return
+        recorded = self._recorded_mono(recorded_wall)
+        if recorded is not None:  # else recorded while the clock stepped: its time cannot be told
+            self.stats.delivered(broker, self._mark[0] - recorded, now)
+
+    def _recorded_mono(self, recorded_wall: float) -> float | None:
+        """The monotonic time a wall-clock recording time stands for, if only one clock between steps fits it.
+
+        Between two steps the wall clock ran at one offset from the monotonic
+        one; a recording could have been made on each such clock only within
+        the monotonic span it may have lasted (a step happened somewhere
+        between the samples around it).
+        """
+        steps = list(self._steps)
+        eras = [(steps[0].off_old, -math.inf, steps[0].m_now)]
+        for k, step in enumerate(steps):
+            end = steps[k + 1].m_now if k + 1 < len(steps) else self._mark[0]
+            eras.append((step.off_new, step.m_prev, end))
+        fits = sorted(recorded_wall - off for off, lo, hi in eras if lo - _EPS <= recorded_wall - off <= hi + _EPS)
+        if not fits or fits[-1] - fits[0] > _EPS:
+            return None
+        return fits[0]
 
     def _sample(self) -> float:
         """The wall clock now, noting a step of it since the last sample (any thread)."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.cli import format_status
 from agent.linkstats import LinkStats
@@ -188,3 +191,53 @@ def test_transmission__an_event_of_an_earlier_run_counts_its_whole_wait(tmp_path
     c.advance(1.0)
     t.delivered(recorded, this_run=False)
     assert t.snapshot()["transmit"]["a:8883"]["1h"]["max_ms"] == pytest.approx(7202_000, abs=5)
+
+
+_CLOCK_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.floats(0.01, 100)),
+        st.tuples(st.just("step"), st.one_of(st.floats(-5000, -1.5), st.floats(1.5, 5000))),
+        st.tuples(st.just("sample"), st.just(0.0)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=_CLOCK_OPS, after=_CLOCK_OPS)
+def test_transmission__any_clock_steps_give_the_true_time_or_none(
+    before: list[tuple[str, float]], after: list[tuple[str, float]]
+) -> None:
+    """Whatever steps come before and after a recording, a time counted is the monotonic time that passed.
+
+    One limit, documented in agent/transmission.py: a step is seen between two
+    samples, so two steps with no sample between them read as one, and a
+    recording made between them cannot be placed.  The strategy samples before
+    every second step.
+    """
+    with tempfile.TemporaryDirectory() as d:
+        c, t = _stepping(Path(d), 1.8e9)
+        t.link(True, "a:8883")
+        unseen = [False]
+
+        def run(ops: list[tuple[str, float]]) -> None:
+            for op, value in ops:
+                if op == "advance":
+                    c.advance(value)
+                elif op == "step":
+                    if unseen[0]:
+                        t.snapshot()
+                    c.offset += value
+                    unseen[0] = True
+                else:
+                    t.snapshot()
+                    unseen[0] = False
+
+        run(before)
+        recorded_mono, recorded = c.mono, c.wall()
+        run(after)
+        got: list[float] = []
+        t.stats.delivered = lambda _broker, taken, _now: got.append(taken)  # type: ignore[method-assign,assignment]
+        t.delivered(recorded)
+        if got:
+            assert got[0] == pytest.approx(c.mono - recorded_mono, abs=0.01)
