@@ -65,6 +65,9 @@ NON_ALARM_SHARE = 0.8
 HEADROOM_BYTES = 4 * 1024 * 1024
 _EVICT_CHUNK = 64
 _LIMITS_TTL_S = 1.0
+# How long take_in_now waits for the outbox's lock: a read or a healthy commit ends well within it; a commit
+# stuck in SQLite's busy timeout does not, and the press is then held in memory instead of waiting.
+TAKE_IN_WAIT_S = 0.05
 # Every row is inserted with its seq: the outbox's counter gives it (``_numbered``), or it was reserved.
 _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 # An intake row moving in: after a crash it may already be here (moved, but not yet marked done there).
@@ -425,22 +428,26 @@ class Outbox(ClosingFile):
         """
         return self._into_intake(events, wait=True)
 
-    def take_in_now(self, events: list[Event]) -> list[OutboxRow] | None:
-        """Make a batch of alarms durable in the intake without waiting and without SQLite; else None.
+    def take_in_now(
+        self, events: list[Event], seqs: list[int] | None = None, *, wait_s: float = TAKE_IN_WAIT_S
+    ) -> list[OutboxRow] | None:
+        """Make a batch of alarms durable in the intake without a long wait and without SQLite; else None.
 
         For the recorder while events are held in memory (SQLite is failing):
         another thread may be inside a commit, holding the outbox's lock for up
-        to the busy timeout, so a lock already taken means None at once.  None
-        also where :meth:`_take_in` says None, and when the intake write fails:
-        then nothing of the batch is on disk (the intake is dropped), the seqs
-        it was given stay unused (a block may still hold them after a crash,
-        so they are never handed out again) and the caller holds the events.
+        to the busy timeout, so the lock is waited for ``wait_s`` at most.
+        ``seqs``: the ones :meth:`reserve_seq` gave these events (else new
+        ones).  None also where :meth:`_take_in` says None, and when the intake
+        write fails: then nothing of the batch is on disk (the intake is
+        dropped), the seqs stay unused or the caller's (a block may still hold
+        them after a crash, so they are never handed out again) and the caller
+        holds the events.
 
         Raises:
             OutboxError: the outbox is closed.
 
         """
-        return self._into_intake(events, wait=False)
+        return self._into_intake(events, wait=False, seqs=seqs, wait_s=wait_s)
 
     def _takes(self, events: list[Event]) -> bool:
         """Whether the intake takes this batch: while it takes new events, has the blocks, and for alarms only.
@@ -455,8 +462,10 @@ class Outbox(ClosingFile):
             and all(e.type.is_alarm for e in events)
         )
 
-    def _into_intake(self, events: list[Event], *, wait: bool) -> list[OutboxRow] | None:
-        """:meth:`_take_in` (``wait``) and :meth:`take_in_now` (not: no waiting for the lock, no SQLite)."""
+    def _into_intake(
+        self, events: list[Event], *, wait: bool, seqs: list[int] | None = None, wait_s: float = 0.0
+    ) -> list[OutboxRow] | None:
+        """:meth:`_take_in` (``wait``) and :meth:`take_in_now` (not: a bounded wait for the lock, no SQLite)."""
         if not self._takes(events):
             return None
         bodies = [e.body(self._site, self._device) for e in events]
@@ -464,21 +473,18 @@ class Outbox(ClosingFile):
         if any(len(p) > MAX_PAYLOAD for p in payloads):
             return None
         created_ms = int(self._wall() * 1000)
-        if not self._lock.acquire(blocking=wait):
+        if not self._lock.acquire(timeout=-1 if wait else wait_s):
             return None
         try:
             self._check_open()
             intake = self._intake
             if intake is None or not self._takes(events):
                 return None
-            with self._seq_lock:
-                first = self._top + 1
-                self._top += len(events)
-                self._reserved_top = self._top
-                self._in_commit = range(first, self._top + 1)  # not in the mark until the block is synced
+            if seqs is None:
+                seqs = self._number_for_intake(len(events))
             rows = [
-                OutboxRow(first + i, e.id, e.type.value, e.type.is_alarm, created_ms / 1000.0, b)
-                for i, (e, b) in enumerate(zip(events, bodies, strict=True))
+                OutboxRow(seq, e.id, e.type.value, e.type.is_alarm, created_ms / 1000.0, b)
+                for seq, e, b in zip(seqs, events, bodies, strict=True)
             ]
             try:
                 intake.write(rows, payloads)
@@ -488,12 +494,27 @@ class Outbox(ClosingFile):
             finally:
                 with self._seq_lock:
                     self._in_commit = range(0)
-            for row in rows:
-                self._live[row.seq] = row
-            self._pending += len(rows)
+            self._add_live(rows)
         finally:
             self._lock.release()
         return rows
+
+    def _number_for_intake(self, n: int) -> list[int]:
+        with self._seq_lock:
+            first = self._top + 1
+            self._top += n
+            self._reserved_top = self._top
+            self._in_commit = range(first, self._top + 1)  # not in the mark until the block is synced
+        return list(range(first, first + n))
+
+    def _add_live(self, rows: list[OutboxRow]) -> None:
+        """Intake rows now on disk: pending, in seq order (a reserved seq may be below ones already there)."""
+        below = bool(self._live) and min(r.seq for r in rows) < next(reversed(self._live))
+        for row in rows:
+            self._live[row.seq] = row
+        if below:
+            self._live = dict(sorted(self._live.items()))
+        self._pending += len(rows)
 
     def _after_failed_write(self, intake: Intake, rows: list[OutboxRow]) -> list[OutboxRow]:
         """Commit rows the intake failed to sync, then blank their blocks (hold the lock).
@@ -559,10 +580,9 @@ class Outbox(ClosingFile):
             OutboxError: the database failed in another way (locked past the busy timeout, I/O).
 
         """
-        if seq is None:
-            taken = self._take_in([event])
-            if taken is not None:
-                return taken[0]
+        taken = self._into_intake([event], wait=True, seqs=None if seq is None else [seq])
+        if taken is not None:
+            return taken[0]
         row = self._row(event, seq, int(self._wall() * 1000))
         with self._lock:
             self._check_open()

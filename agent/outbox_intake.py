@@ -181,8 +181,11 @@ class Intake(ClosingFile):
         for row, i in zip(rows, used, strict=True):
             self._slot_of[row.seq] = i
         last = max(zip(rows, used, strict=True), key=lambda t: t[0].seq)
-        old, self._top = self._top, (last[0].seq, last[1])
-        if old is not None and old[0] < last[0].seq and old[0] not in self._slot_of:
+        old = self._top
+        if old is not None and old[0] > last[0].seq:
+            return  # a seq reserved earlier, below the file's top: that block stays its memory
+        self._top = (last[0].seq, last[1])
+        if old is not None and old[0] not in self._slot_of:
             self._free.insert(0, old[1])  # done, and no longer the file's top
 
     def void_failed(self) -> None:

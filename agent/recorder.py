@@ -10,13 +10,14 @@ Held events keep ``seq`` order and never lose their place:
 * each gets a seq at once (:meth:`Outbox.reserve_seq`), so it can be sent
   before it is on disk and keeps that seq when it gets there;
 * while any event is held, or the last write failed and none has worked
-  since, new events join the queue behind it instead of overtaking it on the
-  way to disk, so the inputs thread never waits on an outbox already known to
-  be failing (the retry thread finds out when it works again); except real
-  alarms: they go into the outbox's intake when that takes them without a
-  wait (:meth:`Outbox.take_in_now`: the outbox's lock is free, SQLite is not
-  touched), so a press is on disk even while SQLite fails, with a seq above
-  the held events' (it may arrive before them);
+  since, or another thread's commit is still running after
+  :data:`WRITE_WAIT_S`, new events join the queue behind it instead of
+  overtaking it on the way to disk, so the inputs thread never waits on an
+  outbox already known to be failing (the retry thread finds out when it
+  works again); except real alarms: they go into the outbox's intake when
+  that takes them without a long wait (:meth:`Outbox.take_in_now`: SQLite is
+  not touched) under seqs reserved in their batch's order, so a press is on
+  disk even while SQLite fails (it may arrive before the held events);
 * the ``recorder-retry`` thread stores them as soon as the outbox takes
   writes again (tried every :data:`RETRY_S`, at once when news arrives); an
   alarm is tried even when a non-alarm before it does not fit a full disk;
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 Item = tuple[EventType, str, Stamp, Mapping[str, Any]]
 MAX_HELD = 10_000
 RETRY_S = 1.0
+# How long an event waits for another thread's commit before it is held instead: a healthy commit (an fsync on
+# an SD card) ends well within it; one stuck in SQLite's busy timeout does not, and the inputs thread goes on.
+WRITE_WAIT_S = 0.4
+_INPUT_TYPES = frozenset((EventType.PANIC, EventType.TAMPER, EventType.INPUT_FAULT, EventType.INPUT_RESTORED))
 _REMEMBERED = 128  # alarm ids of earlier runs the centre may still acknowledge
 _ALARM_TYPES = frozenset(t.value for t in EventType if t.is_alarm)
 
@@ -152,10 +157,11 @@ class Recorder(Closing):
             test = type_.is_alarm and self._test_mode(stamp.mono if stamp is not None else self._clock.mono())
             made.append((Event.create(self._clock, type_, source, at=stamp, test=test, data=data), test))
         events = [e for e, _ in made]
-        rows = self._store(made)
+        rows, reserved = self._store(made)
         seqs = [r.seq if r is not None else None for r in rows]
         held = [e for e, s in zip(events, seqs, strict=True) if s is None]
-        reserved = self._hold(held) if held else {}
+        if held:
+            self._hold(held, reserved)
         with self._lock:
             fresh = tuple(
                 RecentEvent(
@@ -171,7 +177,7 @@ class Recorder(Closing):
             )
             self._recent.add(fresh)
         for event, test in made:  # the inputs' last_event/last_test in status: before a central can have it
-            if event.type is not EventType.AGENT_STARTED:
+            if event.type in _INPUT_TYPES:  # a camera may share an input's name
                 self._call(self.hooks.noted, event.source, event.ts, test)
         # After what status shows (a central may have the event at once), before the log line, LED, status.
         stored = [r for r in rows if r is not None]
@@ -189,29 +195,59 @@ class Recorder(Closing):
 
         return later
 
-    def _store(self, made: list[tuple[Event, bool]]) -> list[OutboxRow | None]:
-        """Make (event, test) pairs durable; None for each event that is to be held."""
+    def _store(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int]]:
+        """Make (event, test) pairs durable; None for each event that is to be held, and the seqs reserved."""
         events = [e for e, _ in made]
         with self._lock:
             queue_behind = bool(self._held) or self._failing
         if not queue_behind:
-            with self._put_lock:
-                return self._put(events)
-        if all(e.type.is_alarm and not test for e, test in made):
-            return self._take_in_now(events)  # a power cut must not take the press with the memory queue
-        return [None] * len(events)
+            if self._put_lock.acquire(timeout=WRITE_WAIT_S):
+                try:
+                    return self._put(events), {}
+                finally:
+                    self._put_lock.release()
+            log.warning("another commit to the outbox is still running; %d events join the memory queue", len(events))
+        return self._queue_behind(made)
+
+    def _queue_behind(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int]]:
+        """Events behind held ones (or a stuck commit) get seqs in their order; real alarms go to the intake.
+
+        A power cut must not take a press with the memory queue, so each real
+        alarm is made durable in the outbox's intake when that takes it
+        without a long wait and without SQLite (:meth:`Outbox.take_in_now`),
+        under the seq reserved for it here: seqs keep the order of the batch
+        whichever way each event goes.  ``_failing`` stays as it is; the retry
+        thread stores the held events.  Test presses are held: stored ahead of
+        the held events, they would overtake them in the routine lane
+        (contract, "Order").
+        """
+        events = [e for e, _ in made]
+        rows: list[OutboxRow | None] = [None] * len(events)
+        alarms = [i for i, (e, test) in enumerate(made) if e.type.is_alarm and not test]
+        if not alarms:
+            return rows, {}
+        reserved = {e.id: self.outbox.reserve_seq() for e in events}
+        try:
+            taken = self.outbox.take_in_now([events[i] for i in alarms], [reserved[events[i].id] for i in alarms])
+        except Exception:
+            log.exception("recording %d alarms in the outbox's intake failed; kept in memory", len(alarms))
+            taken = None
+        for i, row in zip(alarms, taken or (), strict=False):
+            rows[i] = row
+        return rows, reserved
 
     def _put(self, events: list[Event]) -> list[OutboxRow | None]:
         """Commit what the outbox takes; None for each event it did not."""
-        self._failing = True  # until a write below proves otherwise
         try:
             rows = self.outbox.put_rows(events)
         except OutboxFullError:
             pass  # one by one: alarms still fit the reserve where the whole batch did not
         except OutboxError as exc:
+            self._failing = True
             log.critical("%s; kept %d events in memory only, retrying every second", exc, len(events))
             return [None] * len(events)
         except Exception:
+            self._failing = True
             log.critical(
                 "recording %d events failed unexpectedly; kept in memory, retrying every second",
                 len(events),
@@ -227,39 +263,28 @@ class Recorder(Closing):
                 one_by_one.append(self.outbox.put_row(event))
                 self._failing = False
             except OutboxError as exc:
+                self._failing = True
                 log.critical("%s; kept %d events in memory only, retrying every second", exc, len(self._held) + 1)
                 one_by_one.append(None)
             except Exception:
+                self._failing = True
                 log.critical(
                     "recording a %s event failed unexpectedly; kept in memory", event.type.value, exc_info=True
                 )
                 one_by_one.append(None)
         return one_by_one
 
-    def _take_in_now(self, events: list[Event]) -> list[OutboxRow | None]:
-        """Real alarms behind held events: into the outbox's intake if it needs no wait; else None each.
-
-        Never waits for the outbox (another thread may be stuck in a commit)
-        and never touches SQLite, so ``_failing`` stays as it is; the retry
-        thread still stores the held events, below these seqs.  Test presses
-        stay behind the held events: in the routine lane their higher seq
-        would overtake them there (contract, "Order").
-        """
-        try:
-            taken = self.outbox.take_in_now(events)
-        except Exception:
-            log.exception("recording %d alarms in the outbox's intake failed; kept in memory", len(events))
-            taken = None
-        return [None] * len(events) if taken is None else list(taken)
-
-    def _hold(self, events: list[Event]) -> dict[str, int]:
+    def _hold(self, events: list[Event], reserved: dict[str, int]) -> None:
         """Hold ``events`` in memory under reserved seqs, saved as the high-water mark before anyone can send them.
 
         The sender publishes held events as soon as they are in :meth:`held`;
         a seq published before the mark is on disk could, after a power cut,
-        be given to a different event.
+        be given to a different event.  ``reserved`` may already have seqs
+        for them (given in the batch's order, :meth:`_queue_behind`).
         """
-        reserved = {event.id: self.outbox.reserve_seq() for event in events}
+        for event in events:
+            if event.id not in reserved:
+                reserved[event.id] = self.outbox.reserve_seq()
         self._call(self.hooks.mark)
         created = self._clock.wall()
         with self._lock:
@@ -273,7 +298,6 @@ class Recorder(Closing):
             while len(self._held) > self._max_held:
                 self._drop_one()
         self._ensure_thread()
-        return reserved
 
     def _drop_one(self) -> None:
         victim = next((k for k, h in self._held.items() if not h.event.type.is_alarm), next(iter(self._held)))
@@ -311,34 +335,57 @@ class Recorder(Closing):
         return len(self._held)
 
     def flush_held(self) -> int:
-        """Store held events the outbox takes now, in seq order; return how many were stored."""
+        """Store held events the outbox takes now, in seq order; return how many were stored.
+
+        Once SQLite fails in a round, only real alarms are tried further, in
+        the outbox's intake alone: a press held while a commit was stuck gets
+        on disk while SQLite still fails.
+        """
         stored = 0
+        sqlite_failed = False
         with self._put_lock:
             for held in self.held():
                 with self._lock:
                     if held.id not in self._held:
                         continue  # delivered directly meanwhile: nothing left to store
                     event = self._held[held.id].event
+                real = event.type.is_alarm and not event.test
+                if sqlite_failed and not real:
+                    continue
                 try:
-                    seq = self.outbox.put(event, seq=held.seq)
+                    seq = self._intake_only(event, held.seq) if sqlite_failed else self.outbox.put(event, seq=held.seq)
                 except OutboxFullError:
                     continue  # a non-alarm that does not fit must not keep an alarm behind it off the disk
                 except OutboxError:
-                    break
-                self._failing = False
-                stored += 1
-                with self._lock:
-                    delivered_meanwhile = self._held.pop(held.id, None) is None
-                    if not delivered_meanwhile:
-                        self._was_held[held.id] = True
-                    self._recent.mark(held.id, on_disk=True)
-                log.warning("event %s kept in memory is now recorded as seq %d", held.id, seq)
-                if delivered_meanwhile:
-                    self._ack_stored(seq)
+                    sqlite_failed = True
+                    seq = self._intake_only(event, held.seq) if real else None
+                if seq is not None:
+                    self._now_stored(held.id, seq, sqlite_works=not sqlite_failed)
+                    stored += 1
         if stored:
             self._call(self.hooks.wake)
             self._call(self.hooks.changed)
         return stored
+
+    def _now_stored(self, event_id: str, seq: int, *, sqlite_works: bool) -> None:
+        if sqlite_works:
+            self._failing = False
+        with self._lock:
+            delivered_meanwhile = self._held.pop(event_id, None) is None
+            if not delivered_meanwhile:
+                self._was_held[event_id] = True
+            self._recent.mark(event_id, on_disk=True)
+        log.warning("event %s kept in memory is now recorded as seq %d", event_id, seq)
+        if delivered_meanwhile:
+            self._ack_stored(seq)
+
+    def _intake_only(self, event: Event, seq: int) -> int | None:
+        """``seq`` if the outbox's intake took the held alarm (SQLite untouched), else None."""
+        try:
+            taken = self.outbox.take_in_now([event], [seq], wait_s=RETRY_S)
+        except OutboxError:
+            return None
+        return None if taken is None else taken[0].seq
 
     def _ensure_thread(self) -> None:
         with self._lock:
