@@ -149,7 +149,7 @@ def format_status(reply: dict[str, Any]) -> str:
             f"  last test {i['last_test'] or '-'}"
         )
     for name, c in st.get("cameras", {}).items():
-        lines.append(f"camera   {name:<12} {'ok' if c.get('ok') else 'FAULT':<7} {c.get('detail', '')}")
+        lines.append(f"camera   {name:<12} {_camera_verdict(c.get('ok')):<7} {c.get('detail', '')}")
     for name, o in st.get("outputs", {}).items():
         lines.append(f"output   {name:<12} {o.get('pattern', '-')}")
     photos = st.get("photos")
@@ -167,6 +167,13 @@ def format_status(reply: dict[str, Any]) -> str:
         for ev in reply.get("recent_events", [])[:10]
     )
     return "\n".join(printable(line) for line in lines)  # camera details, broker errors: quoted from outside
+
+
+def _camera_verdict(ok: object) -> str:
+    """A camera's ``ok`` in words: ``null`` (no probe has run yet, per the contract) is no fault."""
+    if ok is True:
+        return "ok"
+    return "FAULT" if ok is False else "not probed yet"
 
 
 def _stats_lines(stats: dict[str, Any] | None) -> list[str]:

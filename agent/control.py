@@ -11,6 +11,7 @@ cannot pile up threads; nothing here is on the button's path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 REQUEST_DEADLINE_S = 2.0
+ACCEPT_RETRY_S = 0.5  # pause after a failed accept(): a descriptor or memory shortage lasts
+ACCEPT_LOG_EVERY_S = 60.0
 
 
 class ControlServer(Closing):
@@ -43,6 +46,8 @@ class ControlServer(Closing):
         self._bound: tuple[int, int] | None = None  # (device, inode) of the socket file this server made
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._accept_failures = 0
+        self._accept_logged: float | None = None
 
     def start(self) -> None:
         """Bind the socket (replacing a stale one) and serve in a thread.
@@ -106,15 +111,42 @@ class ControlServer(Closing):
         while not self._closed.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
+            except OSError as exc:
                 if self._closed.is_set():
                     return
+                self._accept_failed(exc)
                 continue
             try:
                 with conn:
                     self._serve_one(conn, time.monotonic() + REQUEST_DEADLINE_S)
             except Exception:
                 log.exception("control request failed; serving the next one")
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Pause before accepting again: at its descriptor limit (EMFILE) accept() fails at once, forever.
+
+        Retrying at once would spin the control thread at 100 % CPU beside the
+        inputs and the sender; the log line is throttled for the same reason.
+        The pause waits on the stop event, so ``close()`` stays prompt.
+        """
+        self._accept_failures += 1
+        now = time.monotonic()
+        if self._accept_logged is None or now - self._accept_logged >= ACCEPT_LOG_EVERY_S:
+            hint = (
+                "; raise LimitNOFILE in the unit or look for leaked descriptors"
+                if exc.errno in (errno.EMFILE, errno.ENFILE)
+                else ""
+            )
+            log.warning(
+                "control socket %s: accept failed (%s), %d time(s) since the last such line; "
+                "`campus-agent status` gets no answer until it recovers%s",
+                self.path,
+                exc.strerror or exc,
+                self._accept_failures,
+                hint,
+            )
+            self._accept_logged, self._accept_failures = now, 0
+        self._closed.wait(ACCEPT_RETRY_S)
 
     def _serve_one(self, conn: socket.socket, deadline: float) -> None:
         try:

@@ -95,8 +95,17 @@ class AckDesk:
             self._unacked.popitem(last=False)
 
     def next_unacked(self) -> Alarm | None:
-        """The most recent alarm not yet acknowledged, or ``None``."""
-        return next(reversed(self._unacked.values()), None)
+        """The alarm Enter acknowledges: the newest real one waiting, else the newest test press, else ``None``.
+
+        A technician's test press arriving after a real panic must not take the
+        operator's ack from the panic: its presser would get no "help is coming".
+        """
+        newest_test = None
+        for alarm in reversed(self._unacked.values()):
+            if not alarm.test:
+                return alarm
+            newest_test = newest_test or alarm
+        return newest_test
 
     def unacked(self) -> list[Alarm]:
         """Every alarm not yet acknowledged from here, newest first (at most 1,000)."""

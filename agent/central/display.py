@@ -21,6 +21,7 @@ from typing import Any
 from agent.events import iso_ms
 
 MAX_PAYLOAD = 65_536
+MAX_DEPTH = 32  # nesting levels of a payload (the top object is 1); the contract needs 6 (link.stats)
 MAX_REASON = 200  # characters of a device's refusal reason shown
 KEY_WIDTH = 20
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -90,14 +91,26 @@ def json_line(record: Mapping[str, Any]) -> str:
 
 
 def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float made ``None`` (JSON ``null``), at any depth."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    """``value`` with every non-finite float made ``None`` (JSON ``null``), at any depth.
+
+    A loop, not recursion: a record nesting hundreds of levels around a NaN
+    (``json.loads`` takes them) must not end the print loop in a RecursionError.
+    """
+    root: list[Any] = [value]
+    todo: list[tuple[Any, list[Any] | dict[Any, Any], Any]] = [(value, root, 0)]
+    while todo:
+        node, parent, slot = todo.pop()
+        if isinstance(node, float):
+            parent[slot] = node if math.isfinite(node) else None
+        elif isinstance(node, Mapping):
+            copy: dict[Any, Any] = dict(node)
+            parent[slot] = copy
+            todo.extend((v, copy, k) for k, v in copy.items())
+        elif isinstance(node, list | tuple):
+            items = list(node)
+            parent[slot] = items
+            todo.extend((v, items, i) for i, v in enumerate(items))
+    return root[0]
 
 
 def _json_escape(ch: str) -> str:
@@ -183,7 +196,33 @@ def decode(payload: bytes) -> dict[str, Any] | str:
         return f"payload is not JSON ({str(exc)[:60]})"
     if not isinstance(doc, dict):
         return f"payload is JSON {type(doc).__name__}, not an object"
+    if _too_deep(payload, doc):
+        return f"payload nests deeper than {MAX_DEPTH} levels (no contract document does)"
     return doc
+
+
+def _too_deep(payload: bytes, doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` nests deeper than :data:`MAX_DEPTH`; a loop, so any depth ``json.loads`` took is safe.
+
+    Printing, copying or comparing such a document recurses in Python; it is
+    refused here, once, as the agent refuses a deep command.  Fewer brackets
+    than the limit cannot nest deeper: the common case costs two ``count``s.
+    ``type() is`` rather than ``isinstance``: ``json.loads`` makes plain dicts
+    and lists, and this runs for every status of the fleet.
+    """
+    if payload.count(b"{") + payload.count(b"[") <= MAX_DEPTH:
+        return False
+    level: list[Any] = [doc]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return False
+    return True
 
 
 def parse_ts(value: object) -> float | None:

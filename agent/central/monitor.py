@@ -5,7 +5,8 @@ each event once as it arrives, and every few seconds a board: a header line
 with the counts, the devices that need attention and every unacknowledged
 alarm (``--table``: every device, problem first).  Plain text, fine in a pipe
 or a log file; ``--json`` for scripts.  With ``--ack`` it sends the contract's
-``ack`` for the latest alarm when Enter is pressed.  ``ack`` sends one ack and
+``ack`` for the newest real alarm when Enter is pressed (a test press only
+when no real alarm waits).  ``ack`` sends one ack and
 waits for the device's reply.
 
 Where to connect: ``--broker HOST:PORT`` with the options a technician knows
@@ -260,7 +261,10 @@ def add_monitor_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="save alarm photos as DIR/SITE/DEVICE/EVENT_ID.jpg and show them on their alarms",
     )
     mon.add_argument(
-        "--ack", action="store_true", help="Enter (or a + Enter) acknowledges the latest panic/tamper; needs a terminal"
+        "--ack",
+        action="store_true",
+        help="Enter (or a + Enter) acknowledges the newest real panic/tamper (a TEST press only when none waits); "
+        "needs a terminal",
     )
     mon.set_defaults(func=cmd_monitor)
 

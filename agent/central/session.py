@@ -121,7 +121,12 @@ def run_monitor(
         broker = link.connect()
         link.subscribe(subscriptions(target.prefix, opts.site, replies=keys is not None, photos=saver is not None))
         scope = f"{target.prefix}/{opts.site or '+'}/+"
-        hint = "; Enter acknowledges the latest alarm, t + Enter prints every device, q quits" if keys else ""
+        hint = (
+            "; Enter acknowledges the newest real alarm (a TEST press only when none waits), "
+            "t + Enter prints every device, q quits"
+            if keys
+            else ""
+        )
         print(
             f"monitoring {scope} on {broker} as {link.client_id} (MQTT {link.protocol}){hint}; Ctrl-C stops",
             file=err,
@@ -246,12 +251,11 @@ class _Session:
             lines = self.fleet.feed(item.topic, item.payload, item.arrival, retained=item.retained)
             if item.topic.endswith("/reply"):
                 lines += self.desk.feed(item.topic, item.payload, item.arrival)
+            self._emit(lines, topic=item.topic)
         except Exception as exc:  # one unforeseen message must not end the watch (retained: at every start)
-            why = f"{type(exc).__name__}: {str(exc)[:100]}"
-            self._note(item.arrival, LineKind.WARNING, f"a message on {escape(item.topic[:200])} was not read ({why})")
-            return
-        if lines:
-            self._emit(lines)
+            self._note(
+                item.arrival, LineKind.WARNING, f"a message on {escape(item.topic[:200])} was not read ({_why(exc)})"
+            )
 
     def _keys(self, pressed: queue.SimpleQueue[str]) -> bool:
         """Act on keys pressed; False when the user asked to quit."""
@@ -278,8 +282,9 @@ class _Session:
             self.desk.failed(cmd_id)
             self._note(now, LineKind.WARNING, f"ack not sent: {exc}")
             return
+        what = f"TEST {alarm.type} (no real alarm waits)" if alarm.test else alarm.type
         text = (
-            f"{clock_text(now, None)}  {device_key(alarm.site, alarm.device)}  ack sent for {alarm.type} "
+            f"{clock_text(now, None)}  {device_key(alarm.site, alarm.device)}  ack sent for {what} "
             f"{alarm.event_id} as {cmd_id}; waiting for the reply"
         )
         self._emit(
@@ -294,6 +299,7 @@ class _Session:
                         "device": alarm.device,
                         "event_id": alarm.event_id,
                         "cmd_id": cmd_id,
+                        "test": alarm.test,
                     },
                 )
             ]
@@ -311,15 +317,31 @@ class _Session:
             ]
         )
 
-    def _emit(self, lines: list[Line]) -> None:
+    def _emit(self, lines: list[Line], *, topic: str | None = None) -> None:
         for line in lines:
-            text = json_line(line.record) if self.opts.json else escape(line.text, backslash=False)
-            self.out.write(text + "\n")
-            if line.alarm is not None:
+            self.out.write(self._render(line, topic) + "\n")
+            if line.alarm is not None:  # offered even if its line could not be printed: the board lists it
                 self.desk.offer(line.alarm)
                 self.photos.alarm(line.alarm)
         if lines:
             self.out.flush()
+
+    def _render(self, line: Line, topic: str | None) -> str:
+        """``line`` as printed; one that cannot be (a record no encoder takes) becomes a warning naming its source.
+
+        The message was already acknowledged to the broker: an exception here
+        would lose it to the monitor and end the watch, every later alarm unshown.
+        """
+        try:
+            return json_line(line.record) if self.opts.json else escape(line.text, backslash=False)
+        except Exception as exc:
+            site, device = line.record.get("site"), line.record.get("device")
+            who = f"{site}/{device}" if isinstance(site, str) and isinstance(device, str) else "?"
+            where = f" on {topic[:200]}" if topic is not None else ""
+            text = escape(f"{who}: {line.kind.value} line{where} not printed ({_why(exc)})")
+            now = self.wall()
+            warning = f"{clock_text(now, None)}  WARNING  {text}"
+            return json_line({"kind": "warning", "arrived": iso_ms(now), "text": text}) if self.opts.json else warning
 
     def _board(self, now: float, *, full: bool) -> None:
         alarms, down = self.desk.unacked(), self.link.down_since
@@ -335,6 +357,10 @@ class _Session:
         )
         self.out.write("\n" + "\n".join(escape(ln, backslash=False) for ln in text.splitlines()) + "\n\n")
         self.out.flush()
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:100]}"
 
 
 def _read_keys(keys: TextIO, pressed: queue.SimpleQueue[str]) -> None:
