@@ -14,6 +14,13 @@ the stuck-input supervision and the durable put run on this module's thread.
 An edge is accepted once the level has been stable for ``debounce_ms``; the
 event keeps the time of the first edge, i.e. when the person pressed.
 
+The stamp is the edge's own time (gpiozero's ``ticks``, when lgpio or pigpio
+saw it), not the time the callback runs: that thread can run late (the GIL, a
+loaded CPU) and then deliver a press and its release back to back.  Where the
+ticks cannot tell (RPi.GPIO, the mock, an implausible value) the callback's
+time stands in.  A level is accepted no sooner than ``debounce_ms`` after its
+edge was delivered, since the edge that ends it may be as late.
+
 Queued edges are replayed on their own time stamps, never on the time this
 thread gets round to them: while a commit stalls (an SD card's fsync, a
 locked outbox), a press and its release may both wait in the queue, and the
@@ -31,6 +38,7 @@ twice, never none.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,7 +50,7 @@ from agent.config.model import Contact, InputConfig, InputKind
 from agent.debounce import Debouncer
 from agent.errors import HardwareError
 from agent.events import Clock, EventType, Stamp
-from agent.pins import is_mock
+from agent.pins import edge_stamp, is_mock
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +79,22 @@ class _Input:
     def __init__(self, cfg: InputConfig, button: Any, raw_edge: Callable[..., None]) -> None:
         self.cfg = cfg
         self.button = button
+        self.factory = button.pin_factory  # gpiozero's, also when gpio.pin_factory is "default"
         self._raw_edge = raw_edge
         self.debouncer = Debouncer(cfg.debounce_ms / 1000.0, initial=False)
         self.active_since: float | None = None
         self.faulted = False
         self.last_event: str | None = None
         self.last_test: str | None = None
+        self.last_edge = -math.inf  # monotonic time of the latest edge queued, or of arming; under Inputs._cond
 
-    def pin_changed(self, _ticks: object, state: object) -> None:
-        """Runs on gpiozero's callback thread; ``state`` is the pin's new level (high = 1).
+    def pin_changed(self, ticks: object, state: object) -> None:
+        """Runs on gpiozero's callback thread; ``ticks`` is the edge's own time, ``state`` its new level (high = 1).
 
         lgpio reports a watchdog timeout as level 2, which is no edge.
         """
         if state == 0 or state == 1:  # noqa: PLR1714 - a bool is 0 or 1 too; `in (0, 1)` reads as a type test
-            self._raw_edge(self.cfg.name, pin_low=not state)
+            self._raw_edge(self, pin_low=not state, ticks=ticks)
 
     def active_from_raw(self, pin_low: bool) -> bool:
         return pin_low if self.cfg.contact is Contact.NORMALLY_OPEN else not pin_low
@@ -136,7 +146,7 @@ class Inputs(Closing):
         self._inputs: dict[str, _Input] = {}
         self._cond = threading.Condition()
         self._poll_lock = threading.Lock()  # one poll at a time: the thread's, or close()'s last one
-        self._edges: list[tuple[str, bool, Stamp]] = []
+        self._edges: list[tuple[str, bool, Stamp, float]] = []  # name, pin low, edge's stamp, mono when seen
         self._thread: threading.Thread | None = None
         self._closed = False
         self.progress = clock.mono()
@@ -164,6 +174,7 @@ class Inputs(Closing):
                     "check that no other program uses the pin and the user is in the gpio group",
                 ) from exc
             item = _Input(cfg, button, self._raw_edge)
+            item.last_edge = self._clock.mono()  # no edge of this pin can be older than its arming
             self._inputs[cfg.name] = item
             # The pin's own callback, not the device's when_activated: gpiozero's event layer (value
             # mapping, active-time bookkeeping) cost 65 µs of every press; the debouncer ignores a
@@ -182,11 +193,14 @@ class Inputs(Closing):
         else:
             self.poll(self._clock.mono())
 
-    def _raw_edge(self, name: str, *, pin_low: bool) -> None:
-        # gpiozero's thread: stamp, queue, notify; nothing else.  Stamped under the lock, so the queue is
-        # in stamp order and an edge a poll did not take is stamped at or after that poll's "now".
+    def _raw_edge(self, item: _Input, *, pin_low: bool, ticks: object) -> None:
+        # gpiozero's thread: stamp, queue, notify; nothing else.  Stamped under the lock, so each pin's
+        # edges are queued in stamp order and each one is seen at or after the poll that did not take it.
         with self._cond:
-            self._edges.append((name, pin_low, self._clock.stamp()))
+            seen = self._clock.stamp()
+            stamp = edge_stamp(item.factory, ticks, seen=seen, previous=item.last_edge)
+            item.last_edge = stamp.mono
+            self._edges.append((item.cfg.name, pin_low, stamp, seen.mono))
             self._cond.notify()
 
     def _run(self) -> None:
@@ -284,10 +298,10 @@ class Inputs(Closing):
             edges, self._edges = self._edges, []
             now = self._clock.mono() if at is None else at
         self.progress = now
-        for n, (name, pin_low, stamp) in enumerate(edges):
+        for n, (name, pin_low, stamp, seen) in enumerate(edges):
             item = self._inputs[name]
             try:
-                first = item.debouncer.edge(level=item.active_from_raw(pin_low), stamp=stamp)
+                first = item.debouncer.edge(level=item.active_from_raw(pin_low), stamp=stamp, seen=seen)
                 if first is not None:
                     self._changed(item, first)
             except BaseException:

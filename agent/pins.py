@@ -9,9 +9,11 @@ lgpio still installs and runs the agent.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 from agent.errors import HardwareError
+from agent.events import Stamp
 
 _BACKENDS = {
     "mock": ("gpiozero.pins.mock", "MockFactory", "it ships with gpiozero"),
@@ -44,6 +46,40 @@ def make_pin_factory(name: str) -> Any:
 
 def is_mock(factory: Any) -> bool:
     return type(factory).__name__ == "MockFactory"
+
+
+def edge_stamp(factory: Any, ticks: object, *, seen: Stamp, previous: float) -> Stamp:
+    """When an edge happened: ``seen`` (its callback's time) less its age by the ``ticks``, wall time included.
+
+    Wall and monotonic time move back by the same age, so a step of the wall
+    clock moves no edge on the monotonic clock, the one debounce judges by.
+    An age that puts the edge in the future or before the pin's ``previous``
+    edge (monotonic seconds; ticks from another clock, a counter that wrapped)
+    is not believed, nor ticks that cannot tell: the callback's time stands.
+    """
+    age = _edge_age(factory, ticks)
+    if age is None or age <= 0 or seen.mono - age < previous:
+        return seen
+    return Stamp(wall=seen.wall - age, mono=seen.mono - age, synced=seen.synced)
+
+
+def _edge_age(factory: Any, ticks: object) -> float | None:
+    """Seconds since the edge that gpiozero stamped ``ticks``, or None when the ticks cannot tell.
+
+    A pin callback gets the edge's own time as the factory's ticks (lgpio: the
+    kernel's stamp; pigpio: its daemon's 32-bit microsecond counter, which
+    wraps; RPi.GPIO: read when the callback runs).  Ticks are opaque: only the
+    factory's ``ticks_diff`` against its own ``ticks()`` turns them into
+    seconds, wrap-around included.  The mock calls back at once, on the thread
+    that drives the pin, so its ticks say nothing the callback's time does not.
+    """
+    if ticks is None or factory is None or is_mock(factory):
+        return None
+    try:
+        age = float(factory.ticks_diff(factory.ticks(), ticks))
+    except Exception:  # a factory without ticks, or ticks it cannot compare: the callback's time stands
+        return None
+    return age if math.isfinite(age) else None
 
 
 def close_pin_factory(factory: Any) -> None:
