@@ -53,10 +53,32 @@ from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
 log = logging.getLogger(__name__)
-_CARRIED_ALARMS = 64  # pending alarms shown as sending again at start, and known to the centre's acks
+_CARRIED_ALARMS = 64  # the newest pending alarms shown as sending again at start, and known to the centre's acks
 
 _STATUS_EVERY_S = 10.0
+_STALL_AFTER_S = 20.0  # twice the 10 s idle wake-ups of every watched thread (docs/architecture.md)
 _SERVE_TICK_S = 10.0  # without a systemd watchdog; with one, half its interval
+
+
+def newest_alarms(outbox: Outbox, n: int) -> list[OutboxRow]:
+    """The newest ``n`` pending real alarms, oldest first.
+
+    The outbox reads the oldest rows above a seq, so this searches (by
+    halving) for the highest seq with ``n`` alarms above it: one indexed read
+    of ``n`` rows per bit of the top seq (25 ms with 50,000 rows pending).
+    """
+    rows = outbox.next_batch(0, n, urgent=True)
+    if len(rows) < n:
+        return rows
+    lo, hi = 0, outbox.top_seq()  # n alarms above lo; none above hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        above = outbox.next_batch(mid, n, urgent=True)
+        if len(above) == n:
+            lo, rows = mid, above
+        else:
+            hi = mid
+    return rows
 
 
 class Agent(Closing):
@@ -107,7 +129,8 @@ class Agent(Closing):
         self._state_lock = threading.Lock()
         self._start_reason = "boot"
         self._run_from_seq = 1
-        self.stall_after_s = max(20.0, 2 * cfg.mqtt.connect_timeout_s + 5.0)
+        # The sender's allowance: a connect attempt holds it for up to two connect timeouts.
+        self.stall_after_s = max(_STALL_AFTER_S, 2 * cfg.mqtt.connect_timeout_s + 5.0)
 
     # ---- start and stop ----------------------------------------------------------
 
@@ -379,15 +402,23 @@ class Agent(Closing):
     def _carry_alarms(self, before: State) -> None:
         """Alarms of the last run: the ones the centre may still acknowledge, and the ones still pending.
 
-        A pending alarm shows ``sending`` again, so the person who pressed
-        sees it go out and be acknowledged after a restart too.  Called before
-        the inputs are armed: a press at start must rank as the newest alarm.
+        The newest pending alarms show ``sending`` again, so the person who
+        pressed sees them go out and be acknowledged after a restart too; the
+        latest delivered ones (the state file's) are carried as delivered, so
+        the centre's ack of one is shown as it would have been without the
+        restart.  Called before the inputs are armed: a press at start must
+        rank as the newest alarm.
         """
         assert self.recorder is not None
         assert self.outbox is not None
         assert self.indicators is not None
-        pending = self.outbox.next_batch(0, _CARRIED_ALARMS, urgent=True)
-        self.recorder.remember([*reversed(before.alarms), *(r.id for r in pending)])
+        pending = newest_alarms(self.outbox, _CARRIED_ALARMS)
+        pending_ids = [r.id for r in pending]
+        self.recorder.remember([*reversed(before.alarms), *pending_ids])
+        silent = any(self._silent.values())  # its input is not known: a silent input's ack must not sound
+        for event_id in reversed(before.alarms):  # oldest first, and older than the pending ones
+            if event_id not in pending_ids:
+                self.indicators.alarm_carried(event_id, silent=silent)
         for row in pending:
             try:
                 source = json.loads(row.payload).get("source")
@@ -470,16 +501,25 @@ class Agent(Closing):
     # ---- watchdog -----------------------------------------------------------------------
 
     def stalled(self) -> list[str]:
-        """Names of threads that have made no progress for ``stall_after_s``."""
+        """Names of threads that have made no progress for longer than their allowance.
+
+        Only the sender waits on the network (a connect attempt), so only it
+        gets ``stall_after_s``; every other thread wakes at least every 10 s
+        and is held to 20 s (or to ``stall_after_s`` if lower): a stuck inputs
+        thread records no press, and must not be hidden for minutes behind the
+        broker's connect timeout.  A camera worker shows progress while it
+        waits on a probe (every 0.25 s), so a long probe needs no allowance.
+        """
         now = self.clock.mono()
+        others = min(self.stall_after_s, _STALL_AFTER_S)
         parts = {
-            "uplink-sender": self.uplink,
-            "heartbeat": self.heartbeat,
-            "inputs": self.inputs,
-            "indicators": self.indicators,
-            "cameras": self.cameras,
+            "uplink-sender": (self.uplink, self.stall_after_s),
+            "heartbeat": (self.heartbeat, others),
+            "inputs": (self.inputs, others),
+            "indicators": (self.indicators, others),
+            "cameras": (self.cameras, others),
         }
-        return [name for name, p in parts.items() if p is not None and now - p.progress > self.stall_after_s]
+        return [name for name, (p, limit) in parts.items() if p is not None and now - p.progress > limit]
 
     def _feed_watchdog(self) -> None:
         stalled = self.stalled()

@@ -73,12 +73,26 @@ class Handlers:
         minutes = req.get("minutes")
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 <= minutes <= MAX_MINUTES:
             raise CommandError(f"test mode takes minutes 0-{MAX_MINUTES} (0 ends it)")
-        return {"test_mode_until": self._set_test_mode(float(minutes), "")}
+        until = self._set_test_mode(float(minutes), "")
+        self._agent.save_state()  # before the reply: a restart from now on resumes it (or not, once it is off)
+        return {"test_mode_until": until}
+
+    def _cmd_test_mode(self, minutes: int) -> str | None:
+        """The centre's ``test_mode``, on paho's network thread: set at once, saved on the heartbeat's thread.
+
+        Writing the state file here (two fsyncs, and ``_state_lock``) would hold
+        paho's thread, and with it the PUBLISH of an alarm pressed meanwhile,
+        for as long as the SD card takes.  The reply claims only what is done:
+        test mode is on (or off) from now; the file follows within milliseconds.
+        """
+        until = self._set_test_mode(float(minutes), " (command from the centre)")
+        self._agent.heartbeat.run_soon(self._agent.save_state)
+        return until
 
     def _set_test_mode(self, minutes: float, origin: str) -> str | None:
+        """Set test mode in memory (the caller has the state file saved); never blocks."""
         until = self._agent.test_mode.set(float(minutes))
         log.info("test mode %s%s", f"on until {until}" if until else "off", origin)
-        self._agent.save_state()  # a restart from now on resumes it (or not, once it is off)
         self._agent.heartbeat.changed()
         return until
 
@@ -93,7 +107,7 @@ class Handlers:
             self.commands = CommandHandler(
                 on_ack=self._cmd_ack,
                 on_ping=agent.heartbeat.changed,
-                on_test_mode=lambda minutes: self._set_test_mode(minutes, " (command from the centre)"),
+                on_test_mode=self._cmd_test_mode,
                 reply=lambda doc: agent.uplink.publish("reply", doc) if agent.uplink is not None else None,
                 rate_per_min=agent.cfg.commands.rate_per_min,
                 wall=agent.clock.wall,

@@ -188,14 +188,32 @@ class Indicators(Closing):
             alarm = _Alarm(silent=silent)
             if early is not None:
                 alarm.delivered_at, alarm.acked_at = early.delivered_at, early.acked_at
-            self._alarms[event_id] = alarm
-            while len(self._alarms) > _RECENT_ALARMS:  # the oldest delivered one goes first
-                old = next((k for k, a in self._alarms.items() if a.delivered_at is not None), None)
-                del self._alarms[old if old is not None else next(iter(self._alarms))]
+            self._add(event_id, alarm)
             if alarm.acked_at is not None:
                 self._bump(Pattern.ACKNOWLEDGED, buzzer=not silent)
             else:
                 self._bump(Pattern.SENDING if alarm.delivered_at is None else Pattern.SENT, buzzer=not silent)
+
+    def alarm_carried(self, event_id: str, *, silent: bool) -> None:
+        """An alarm of the last run, delivered then and not known to be acknowledged: its ack may still come.
+
+        Carried as delivered, with its ``sent`` hold already over: the restart
+        cannot tell when its PUBACK came (the state file keeps ids only), and
+        an alarm of hours ago must not blink as if just sent, nor chirp.  So
+        the outputs stay as they are until the centre's ack, which then shows
+        as it would have without the restart (if this is still the newest
+        alarm), and an older ack changes nothing.
+        """
+        with self._cond:
+            if event_id not in self._alarms:
+                self._add(event_id, _Alarm(silent=silent, delivered_at=self._mono() - self._sent_hold_s))
+
+    def _add(self, event_id: str, alarm: _Alarm) -> None:
+        """Keep ``alarm`` as the newest, forgetting the oldest delivered one beyond the bound.  Hold _cond."""
+        self._alarms[event_id] = alarm
+        while len(self._alarms) > _RECENT_ALARMS:  # the oldest delivered one goes first
+            old = next((k for k, a in self._alarms.items() if a.delivered_at is not None), None)
+            del self._alarms[old if old is not None else next(iter(self._alarms))]
 
     def alarm_delivered(self, event_id: str) -> None:
         """The broker acknowledged the alarm (PUBACK); repeats are ignored, an id not yet recorded is kept."""
