@@ -620,8 +620,8 @@ class Outbox(ClosingFile):
         :meth:`put`, which evicts per event.  Any other database failure, the
         eviction's included, is an :class:`OutboxError`: nothing escapes raw.
         """
-        if len(events) == 1:
-            return [self.put_row(events[0])]
+        if len(events) <= 1:
+            return [self.put_row(e) for e in events]
         taken = self._take_in(events)
         if taken is not None:
             return taken

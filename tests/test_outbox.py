@@ -222,6 +222,12 @@ def test_outbox__put_many_is_one_transaction_in_order(outbox: Outbox, tmp_path: 
     assert outbox.pending() == 6
 
 
+def test_outbox__put_many_of_nothing_records_nothing(outbox: Outbox) -> None:
+    assert outbox.put_many([]) == []
+    assert outbox.pending() == 0
+    assert outbox.put(ev()) == 1, "no seq was taken"
+
+
 def test_outbox__put_many_all_or_nothing_when_full(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", site="s", device="d", max_mb=1)
     big = "y" * 3000
