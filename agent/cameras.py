@@ -60,6 +60,7 @@ class _Camera:
         self.hung: threading.Thread | None = None  # a probe that overran its budget and is still running
         self.hung_since = 0.0
         self.probe_lock = threading.Lock()
+        self.progress = 0.0  # monotonic time of its worker's last sign of life
 
 
 class Cameras(Closing):
@@ -91,12 +92,18 @@ class Cameras(Closing):
         self._lock = threading.Lock()  # guards the status fields; never held during a probe or a callback
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._progress = float(clock.mono())
+        for cam in self._cams.values():
+            cam.progress = float(clock.mono())
 
     @property
     def progress(self) -> float:
-        """Monotonic time (s) of the last worker activity; "now" when no worker runs."""
-        return self._progress if self._threads and not self._stop.is_set() else float(self._clock.mono())
+        """Monotonic time (s) of the stalest worker's last activity; "now" when no worker runs.
+
+        The stalest, so one worker stuck in a callback is not hidden by the others' progress.
+        """
+        if not self._threads or self._stop.is_set():
+            return float(self._clock.mono())
+        return min(cam.progress for cam in self._cams.values())
 
     def start(self) -> None:
         """Start one daemon thread per camera; each probes at once, then every ``probe_interval_s``."""
@@ -110,7 +117,7 @@ class Cameras(Closing):
     def _run(self, cam: _Camera) -> None:
         due = self._clock.mono()
         while not self._stop.is_set():
-            now = self._progress = self._clock.mono()
+            now = cam.progress = self._clock.mono()
             if now < due:
                 self._stop.wait(min(1.0, due - now))
                 continue
@@ -148,7 +155,7 @@ class Cameras(Closing):
         """Take the lock shared with the camera's stills, waiting at most its budget and showing progress."""
         end = time.monotonic() + cam.limit_s
         while not cam.probe_lock.acquire(timeout=min(0.25, max(0.0, end - time.monotonic()))):
-            self._progress = self._clock.mono()
+            cam.progress = self._clock.mono()
             if time.monotonic() >= end or self._stop.is_set():
                 return False
         return True
@@ -187,7 +194,7 @@ class Cameras(Closing):
         thread.start()
         while thread.is_alive() and not self._stop.is_set() and time.monotonic() < t0 + cam.limit_s:
             thread.join(min(0.25, max(0.0, t0 + cam.limit_s - time.monotonic())))
-            self._progress = self._clock.mono()
+            cam.progress = self._clock.mono()
         if box:
             return box[0]
         cam.hung, cam.hung_since = thread, t0

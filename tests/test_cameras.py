@@ -653,3 +653,35 @@ def test_cameras__a_still_holding_the_camera_is_busy_not_a_fault_and_progress_go
     seen = len(rtsp_server.requests)
     eventually(lambda: len(rtsp_server.requests) > seen, what="probes again once the still let go")
     assert recorder.types() == []
+
+
+def test_cameras__one_stuck_worker_shows_in_progress_although_the_others_go_on(
+    clock: Clock, rtsp_server: RtspServer
+) -> None:
+    """Every worker wrote one shared progress time: a worker stuck in its callback was hidden by the others."""
+    release = threading.Event()
+
+    def emit(etype: EventType, name: str, stamp: Stamp, data: Any) -> None:
+        if name == "gone":
+            release.wait(10.0)  # a callback that never returns (a deadlock in the daemon's put)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"rtsp://127.0.0.1:{s.getsockname()[1]}/stream"
+    cams = Cameras(
+        (
+            cam_cfg(CameraKind.RTSP, closed, name="gone", timeout_s=0.2, fail_after=1),
+            cam_cfg(CameraKind.RTSP, rtsp_server.url, name="door", timeout_s=0.2),
+        ),
+        clock=clock,
+        emit=emit,
+        on_change=lambda: None,
+    )
+    try:
+        cams.start()
+        eventually(lambda: cams.states()["door"]["ok"] is True, what="the healthy camera probed")
+        eventually(lambda: clock.mono() - cams.progress > 1.5, 8.0, "the stuck worker seen as making no progress")
+        assert cams.states()["door"]["ok"] is True
+    finally:
+        release.set()
+        cams.close()
