@@ -6,12 +6,17 @@ failure, an ACL) or close the whole connection at it (RabbitMQ when the
 subscription queue's home node is down).  :class:`CommandRoute` records which
 happened, says so in words for the status document, and decides when to try
 again: after a back-off, and after a connection killed by it only once the
-backlog is empty, so that a retry never costs an alarm its delivery.
+backlog is empty, so that a retry never costs an alarm its delivery.  Each
+connection's subscription is its own: commands count as available only once
+its SUBACK grants it, and a SUBACK that does not come within a deadline is a
+failure like a refusal (said in status, retried after the back-off), not a
+grant remembered from an earlier connection.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN_S = 30.0
 RETRY_MAX_S = 600.0
+SUBSCRIBING = "subscribing"
 
 
 class CommandHandler(Protocol):
@@ -56,13 +62,15 @@ class CommandRoute:
     reconnect does not flap the status document.
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, answer_s: float = 10.0) -> None:
         self.prefix = prefix  # {root}/cmd/
+        self.answer_s = answer_s  # how long a SUBACK may take before the subscription counts as failed
         self.available = False
-        self.reason: str | None = "subscribing"
+        self.reason: str | None = SUBSCRIBING
         self._retry_at = 0.0
         self._delay = RETRY_MIN_S
         self._after_backlog = False
+        self._sent_at = 0.0  # when this connection's subscription went
 
     def due(self, now: float, backlog_empty: Callable[[], bool]) -> bool:
         """Time to send the subscription (``backlog_empty`` is only asked after a killed connection)."""
@@ -91,10 +99,15 @@ class CommandRoute:
         next step and whether the status document changes.
         """
         if step == "todo" and self.due(now, backlog_empty):
-            return ("sent" if s.subscribe(f"{self.prefix}+") else step), False
+            if not s.subscribe(f"{self.prefix}+"):
+                return step, False
+            self._sent_at = now
+            return "sent", self._subscribing()
         answered, refusal = s.suback()
-        if step != "sent" or not answered:
+        if step != "sent":
             return step, False
+        if not answered:
+            return self._unanswered(s, now)
         if refusal is None:
             return "done", self.granted()
         changed = self.failed(
@@ -104,6 +117,32 @@ class CommandRoute:
             killed_session=False,
         )
         log.error("broker %s: %s; events keep flowing, commands are unavailable", s.broker, self.reason)
+        return "todo", changed
+
+    def wait_s(self, step: str, now: float) -> float:
+        """Seconds until this session's subscription needs a look (its SUBACK's deadline, or a retry's time)."""
+        if step == "sent":
+            return max(0.0, self._sent_at + self.answer_s - now)
+        if step == "todo" and self._retry_at > now:
+            return self._retry_at - now
+        return math.inf
+
+    def _subscribing(self) -> bool:
+        """A new subscription went: a grant from an earlier connection says nothing about it."""
+        if not self.available:
+            return False  # keep the reason it failed last: it is the likelier news
+        self.available, self.reason = False, SUBSCRIBING
+        return True
+
+    def _unanswered(self, s: Session, now: float) -> tuple[str, bool]:
+        if now - self._sent_at < self.answer_s:
+            return "sent", False
+        changed = self.failed(
+            f"broker did not answer the subscription to {self.prefix}+ within {self.answer_s:.0f} s",
+            now,
+            killed_session=False,
+        )
+        log.error("broker %s: %s; events keep flowing, commands are unavailable until a retry", s.broker, self.reason)
         return "todo", changed
 
     def ended(self, s: Session, step: str, now: float) -> None:

@@ -13,6 +13,10 @@ The rule, so an alarm is never slower because of a photo:
   stall every later photo behind it;
 * a new connection forgets what was in flight; the store still holds it, so
   it is sent again (at least once, like events);
+* the photo in flight has the events' PUBACK deadline (:meth:`PhotoDrain.waited`),
+  counted from when its bytes could have gone on a slow link: a broker that
+  keeps it without a PUBACK ends the connection like one that keeps an event,
+  or every later photo would wait for as long as the link lives;
 * the sender never waits on the store nor fails for it: while a camera
   worker's commit holds it, no photo goes this round (the commit wakes the
   sender); a PUBACK the store cannot record now (busy, a full disk) is kept
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "image/jpeg"
 STRIKES = 3  # connections in a row that ended with the same photo in flight
+SLOW_LINK_BYTES_PER_S = 8000.0  # 64 kbit/s: a photo's bytes may take this long before its PUBACK is late
 _TOO_BIG_PER_TAKE = 16  # photos over the broker's limit dropped in one call at most
 
 
@@ -104,6 +109,7 @@ class PhotoDrain:
         self.mqtt5 = False
         self._on_failed = on_failed
         self._inflight: tuple[int, Photo] | None = None
+        self._sent_at: float | None = None  # when the photo in flight went (the sender's monotonic clock)
         self._strikes: tuple[tuple[str, str], int] | None = None  # the photo in flight when connections ended
         self._done: dict[tuple[str, str], None] = {}  # delivered or dropped, not yet deleted from the store
         self._trouble: str | None = None  # the store error last logged, so it is logged once
@@ -135,18 +141,25 @@ class PhotoDrain:
             )
         return None
 
-    def sent(self, mid: int, message: PhotoMessage) -> None:
-        """``message`` went out with paho message id ``mid``."""
+    def sent(self, mid: int, message: PhotoMessage, *, at: float | None = None) -> None:
+        """``message`` went out with paho message id ``mid`` at monotonic time ``at`` (None: not timed)."""
         photo = self._photo_of(message)
         self._inflight = (mid, photo)
+        self._sent_at = None if at is None else at + len(message.payload) / SLOW_LINK_BYTES_PER_S
         self.sent_count += 1
+
+    def waited(self, now: float) -> tuple[float, str] | None:
+        """(seconds waited for its PUBACK once its bytes could have gone, what) for the photo in flight, or None."""
+        if self._inflight is None or self._sent_at is None:
+            return None
+        return now - self._sent_at, f"photo {self.root}/snapshot/{self._inflight[1].event_id}"
 
     def settle(self, mid: int, *, refused: bool = False) -> bool:
         """A PUBACK for ``mid``: True when it was this drain's photo (then it is acked or dropped)."""
         if self._inflight is None or self._inflight[0] != mid:
             return False
         photo = self._inflight[1]
-        self._inflight = None
+        self._inflight = self._sent_at = None
         self._strikes = None
         if refused:
             self._drop(
@@ -170,7 +183,7 @@ class PhotoDrain:
         if self._inflight is None:
             return
         photo = self._inflight[1]
-        self._inflight = None
+        self._inflight = self._sent_at = None
         if self.mqtt5 or self.limit is not None:  # MQTT 5: the photo fits what the broker announced
             self._strikes = None
             return

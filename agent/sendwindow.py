@@ -76,6 +76,7 @@ class _Lane:
     urgent: bool
     cursor: int = 0
     retry_at: dict[int, float] = field(default_factory=dict)
+    read_short: bool = False  # this take read the outbox and found fewer rows than it asked for
 
 
 class SendWindow:
@@ -108,6 +109,8 @@ class SendWindow:
         self._suspect: set[int] = set()  # mids in flight when rows were evicted: maybe no longer pending
         self.refused_alarms = 0  # refusals of real alarms since start: each one is also logged as CRITICAL
         self.beside = 0  # events in flight outside the window that share its slots (held ones, agent/sidelane.py)
+        self.beside_seqs: frozenset[int] = frozenset()  # their seqs (a held event may be stored meanwhile)
+        self._read = 0  # rows this take read past the lanes' cursors
 
     def reset(self) -> None:
         """A new connection: nothing is in flight, everything is sent again (real alarms first)."""
@@ -138,6 +141,8 @@ class SendWindow:
         """
         self._paced = False
         self._now = now
+        self._read = 0
+        self._alarms.read_short = self._routine.read_short = False
         room = self.max_inflight - len(self._inflight) - self.beside
         if room <= 0:
             return []
@@ -162,6 +167,8 @@ class SendWindow:
         spare = 1 if self.max_inflight > 1 else 0
         rows += self._from_lane(self._routine, now, min(budget, room - spare) - len(rows))
         self._paced = len(rows) == budget < room
+        if self._alarms.read_short and self._routine.read_short:
+            self._look_below_cursors(now)
         return rows
 
     def sent(self, mid: int, row: OutboxRow) -> None:
@@ -221,10 +228,41 @@ class SendWindow:
         rows = self._due_retries(lane, now, room)
         if len(rows) < room:
             if self._memory is None:
-                rows += self.outbox.next_batch(lane.cursor, room - len(rows), urgent=lane.urgent)
+                ahead = self.outbox.next_batch(lane.cursor, room - len(rows), urgent=lane.urgent)
+                lane.read_short = len(ahead) < room - len(rows)
+                self._read += len(ahead)
+                rows += ahead
             else:
                 rows += [r for r in self._memory if r.urgent == lane.urgent][: room - len(rows)]
         return rows
+
+    def _look_below_cursors(self, now: float) -> None:
+        """Schedule pending rows at or below a lane's cursor that nothing is sending; they go at once.
+
+        A held event is stored later under the seq it was given (agent/recorder.py,
+        ``flush_held``), which may be below the cursor of a lane that has sent a
+        later row meanwhile: no read past the cursor finds it, so without this
+        it would wait for the next connection.  Only when both lanes have read
+        everything past their cursors and the outbox still counts more rows than
+        are known (in flight, waiting for a retry, just read, or held in flight
+        beside the window) is the outbox read from the start: never for a press
+        sent from memory, and no row in flight is sent twice.
+        """
+        retries = len(self._alarms.retry_at) + len(self._routine.retry_at)
+        known = len(self._inflight) + retries + self._read + self.beside
+        pending = self.outbox.pending()
+        if pending <= known:
+            return
+        busy = {r.seq for r in self._inflight.values()} | self.beside_seqs
+        for lane in (self._alarms, self._routine):
+            if lane.cursor == 0:
+                continue
+            for row in self.outbox.next_batch(0, pending - self._read, urgent=lane.urgent):
+                if row.seq > lane.cursor:
+                    break
+                if row.seq not in busy and row.seq not in lane.retry_at:
+                    log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
+                    lane.retry_at[row.seq] = now
 
     def _forget_handed(self) -> None:
         """Drop every hand-off so far; one still on its way for a row committed before now is ignored too.

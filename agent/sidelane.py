@@ -111,7 +111,7 @@ class SideLane:
         try:
             return min(retry, self._send(s, rows))
         finally:
-            self._window.beside = len(self._inflight)
+            self._share_slots()
 
     def _send(self, s: Publisher, rows: list[OutboxRow]) -> float:
         """Publish ``rows`` (alarms first) while the window has slots; how long until the pace allows the next."""
@@ -144,7 +144,7 @@ class SideLane:
         if msg is not None:
             mid = s.publish(msg.topic, msg.payload, content_type=msg.content_type, user=msg.user_properties)
             if mid is not None:
-                self._photos.sent(mid, msg)
+                self._photos.sent(mid, msg, at=self._mono())
 
     def settle(self, mid: int, refusal: str | None) -> bool:
         """A PUBACK: True when ``mid`` was a held event or a photo (then it is dealt with here)."""
@@ -154,7 +154,7 @@ class SideLane:
         if held is None:
             return False
         self._sent_at.pop(mid, None)
-        self._window.beside = len(self._inflight)
+        self._share_slots()
         if refusal is not None:
             self._refused(held, refusal)
         else:
@@ -171,15 +171,24 @@ class SideLane:
         mid = min(self._sent_at, key=self._sent_at.__getitem__)
         return now - self._sent_at[mid], self._inflight[mid]
 
+    def photo_waited(self, now: float) -> tuple[float, str] | None:
+        """(seconds waited, what) for the photo in flight without a PUBACK, or None."""
+        return None if self._photos is None else self._photos.waited(now)
+
     def reset(self) -> None:
         """The connection ended: nothing of ours is in flight any more; a refused event may go at once."""
         self._inflight.clear()
         self._sent_at.clear()
         self._retry_at.clear()
         self._refusals.clear()
-        self._window.beside = 0
+        self._share_slots()
         if self._photos is not None:
             self._photos.reset()
+
+    def _share_slots(self) -> None:
+        """Tell the window which held events are in flight: they take its slots, and it must not resend them."""
+        self._window.beside = len(self._inflight)
+        self._window.beside_seqs = frozenset(r.seq for r in self._inflight.values())
 
     def _refused(self, row: OutboxRow, refusal: str) -> None:
         n = self._refusals.get(row.id, 0)

@@ -76,7 +76,8 @@ class Uplink(Closing):
             link is up, acknowledged through ``on_delivered`` and never acked
             in the outbox by the sender.
         photos: stills of alarms (agent/photos.py), sent one at a time when no
-            event is waiting, so a new alarm overtakes them.
+            event is waiting, so a new alarm overtakes them; never in the last
+            slot of a broker's Receive Maximum, which an alarm may need.
 
     """
 
@@ -118,12 +119,14 @@ class Uplink(Closing):
         self._session: Session | None = None
         self._dialect: Dialect | None = None  # of the last session the broker accepted
         self._dialects = Dialects(cfg.protocol)
-        self._commands = CommandRoute(f"{topic_root}/cmd/")
+        self._commands = CommandRoute(f"{topic_root}/cmd/", answer_s=self._puback_deadline_s())
         self._broker_index = 0
         self._connected_since: float | None = None
         self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
         self._session_s = 0.0  # how long the last accepted session lasted
         self._lost_code: int | None = None  # the broker's DISCONNECT reason that ended it, if it sent one
+        self._overdue = False  # the last session was ended because its broker kept an event without a PUBACK
+        self._photo_slot = True  # the broker's Receive Maximum leaves an alarm a slot beside a photo
         self._last_error: str | None = None
         self._status_broken = False  # the status builder raised: said once, until it works again
         self._window = SendWindow(outbox, max_inflight=cfg.max_inflight, rate_per_s=cfg.drain_rate_per_s)
@@ -224,12 +227,12 @@ class Uplink(Closing):
                 failure = ConnectFailure("internal", self._last_error)
             if self._stopping.is_set():
                 break
-            if failure is None and self._session_s >= _STABLE_S and self._lost_code not in _MOVE_ON:
+            if failure is None and self._session_held_up():
                 attempt = short = 0  # a session that lasted: try that broker first again, soon
             else:  # a broker that accepts and then drops us at once must not get a reconnect a second
                 attempt += 1
                 self._broker_index += 1
-                short = short + 1 if failure is None else 0
+                short = short + 1 if failure is None and not self._overdue else 0
                 if short == _SHORT_STREAK:
                     self._say_dropped_at_once(broker, short)
             nxt = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
@@ -245,6 +248,16 @@ class Uplink(Closing):
                 delay,
             )
             self._sleep(delay)
+
+    def _session_held_up(self) -> bool:
+        """Whether the last accepted session worked: it lasted, was not sent away, and its broker acked.
+
+        A broker that keeps an event without a PUBACK (its storage stuck)
+        answers pings for as long as the agent stays; ending that session is a
+        failed attempt, or the agent would reconnect to it forever and never
+        try the next broker.
+        """
+        return self._session_s >= _STABLE_S and self._lost_code not in _MOVE_ON and not self._overdue
 
     def _say_dropped_at_once(self, broker: BrokerAddress, times: int) -> None:
         log.warning(
@@ -321,6 +334,7 @@ class Uplink(Closing):
 
     def _serve(self, s: Session) -> None:
         began = self._mono()
+        self._overdue = False
         try:
             self._serve_session(s)
         finally:
@@ -357,7 +371,8 @@ class Uplink(Closing):
             self._window.max_inflight = self._inflight_for(s)
             self._events.live = s
             wait = self._send_round(s)  # events first: never behind a status document or the subscription
-        subscription = self._tend_commands(s, "todo")
+        subscription = self._tend_commands(s, "todo", announce=False)  # the birth says it
+        wait = min(wait, max(0.05, self._commands.wait_s(subscription, self._mono())))
         if (birth := self._fresh_status()) is not None:  # after SUBSCRIBE: a central that sees "online" can command
             self._publish_status(s, birth)
         self._notify_link()
@@ -377,34 +392,44 @@ class Uplink(Closing):
             overdue = self._puback_overdue(s, oldest)
             if overdue is not None:
                 self._commands.ended(s, subscription, self._mono())
-                self._last_error = overdue
+                self._last_error, self._overdue = overdue, True
                 return  # closed cleanly on the way out (no will); the next session sends it again
+            if oldest is not None:  # no news may come: look again when it is due
+                wait = min(wait, max(0.05, self._puback_deadline_s() - oldest[0]))
+            wait = min(wait, max(0.05, self._commands.wait_s(subscription, self._mono())))
         if s.lost_code == RETAIN_NOT_SUPPORTED:
             self._dialects.retain_refused(s.broker, s.dialect)
         self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
 
-    def _oldest_unacked(self) -> tuple[float, OutboxRow] | None:
-        """The event (outbox row or held) waiting longest for its PUBACK, with the seconds waited."""
+    def _oldest_unacked(self) -> tuple[float, str] | None:
+        """What (an outbox row, a held event, a photo) waits longest for its PUBACK, with the seconds waited."""
         now = self._mono()
-        waits = [w for w in (self._window.oldest(now), self._side.oldest(now)) if w is not None]
+        waits = [
+            (w[0], f"seq {w[1].seq} ({w[1].type})") for w in (self._window.oldest(now), self._side.oldest(now)) if w
+        ]
+        if (photo := self._side.photo_waited(now)) is not None:
+            waits.append(photo)
         return max(waits, key=lambda w: w[0]) if waits else None
 
-    def _puback_overdue(self, s: Session, oldest: tuple[float, OutboxRow] | None) -> str | None:
+    def _puback_overdue(self, s: Session, oldest: tuple[float, str] | None) -> str | None:
         """Why to end a session whose broker keeps an event without a PUBACK, or None.
 
         MQTT sends a publish again only on a new connection; a broker that
         answers pings but lost a PUBLISH (or its PUBACK) would otherwise keep
         that event, an alarm perhaps, in flight for as long as the link lives,
-        and a full window stops every event behind it.
+        and a full window stops every event behind it (a photo: every later photo).
         """
-        deadline = max(_STABLE_S, float(self.cfg.keepalive_s))
-        if oldest is None or oldest[0] < deadline:
+        if oldest is None or oldest[0] < self._puback_deadline_s():
             return None
-        waited, row = oldest
-        why = f"no PUBACK for seq {row.seq} ({row.type}) in {waited:.0f} s"
+        waited, what = oldest
+        why = f"no PUBACK for {what} in {waited:.0f} s"
         log.warning("broker %s: %s while the link answers; reconnecting so it is sent again", s.broker, why)
         return why
+
+    def _puback_deadline_s(self) -> float:
+        """Seconds an event may wait for its PUBACK before the session is given up."""
+        return max(_STABLE_S, float(self.cfg.keepalive_s))
 
     def _inflight_for(self, s: Session) -> int:
         """Events in flight at most on ``s``: ``max_inflight``, within the broker's Receive Maximum.
@@ -416,18 +441,25 @@ class Uplink(Closing):
         paho's queue), and the events keep one slot free for them.
         """
         r = s.receive_maximum
+        self._photo_slot = r is None or r > 1
         if r is None:
             return self.cfg.max_inflight
         s.limit_inflight(r)
+        if not self._photo_slot and self._photos is not None:
+            log.warning(
+                "broker %s takes one unacknowledged publish at a time (Receive Maximum 1): photos are not sent "
+                "on it, so an alarm never waits behind one; raise its receive maximum",
+                s.broker,
+            )
         if r < self.cfg.max_inflight + 1:
             log.info(
                 "broker %s takes %d unacknowledged publishes at most; events in flight: %d", s.broker, r, max(1, r - 1)
             )
         return min(self.cfg.max_inflight, max(1, r - 1))
 
-    def _tend_commands(self, s: Session, subscription: str) -> str:
+    def _tend_commands(self, s: Session, subscription: str, *, announce: bool = True) -> str:
         subscription, changed = self._commands.tend(s, subscription, self._mono(), lambda: self.outbox.pending() == 0)
-        if changed and (doc := self._fresh_status()) is not None:
+        if changed and announce and (doc := self._fresh_status()) is not None:
             self.publish_status(doc)
         return subscription
 
@@ -466,7 +498,8 @@ class Uplink(Closing):
             self._publish_status(s, status)
         for topic, payload in replies:
             s.publish(topic, payload)
-        self._side.send_photo(s, events_idle=len(self._window) == 0 and self.outbox.pending() == 0)
+        idle = self._photo_slot and len(self._window) == 0 and self.outbox.pending() == 0
+        self._side.send_photo(s, events_idle=idle)
         return wait
 
     def _publish_status(self, s: Session, doc: dict[str, Any]) -> int | None:
