@@ -172,5 +172,4 @@ def test_uplink__a_held_alarm_refused_once_then_stored_behind_a_later_press_is_d
             assert len(fb.conns) == 1, "on the same connection"
         finally:
             up.close()
-            fb.listener.shutdown(2)  # ends its accept() at once (else Fake5.close waits 5 s for it)
             fb.close()

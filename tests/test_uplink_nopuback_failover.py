@@ -12,8 +12,6 @@ The deadline is ``max(_STABLE_S, keepalive)``; the test shortens both to 1 s.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,10 +22,7 @@ from tests.support.waiting import eventually
 
 
 def close(*brokers: Fake5) -> None:
-    """Close the fake brokers; shutting the listener down first ends its accept() at once (else 5 s each)."""
     for b in brokers:
-        with contextlib.suppress(OSError):
-            b.listener.shutdown(socket.SHUT_RDWR)
         b.close()
 
 

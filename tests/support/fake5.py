@@ -189,6 +189,8 @@ class Fake5:
             self.on_publish(c, pid, topic, payload)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # close() alone leaves a blocked accept() waiting
         self.listener.close()
         for c in list(self.conns):
             c.close()
