@@ -91,8 +91,12 @@ class AckDesk:
         """A new panic or tamper event: it may now be acknowledged."""
         self._unacked[alarm.event_id] = alarm
         self._unacked.move_to_end(alarm.event_id)
-        if len(self._unacked) > _MAX_UNACKED:
-            self._unacked.popitem(last=False)
+        if len(self._unacked) > _MAX_UNACKED:  # a test press goes first: a real alarm must stay ackable
+            oldest_test = next((k for k, a in self._unacked.items() if a.test), None)
+            if oldest_test is not None:
+                del self._unacked[oldest_test]
+            else:
+                self._unacked.popitem(last=False)
 
     def next_unacked(self) -> Alarm | None:
         """The alarm Enter acknowledges: the newest real one waiting, else the newest test press, else ``None``.

@@ -159,32 +159,26 @@ class _Session:
         self.desk = AckDesk(prefix)
         self.saver = saver
         self.photos = PhotoDesk()
+        self._next_table: float | None = None
+        self._next_tick = 0.0
 
     def run(self, stop: threading.Event, pressed: queue.SimpleQueue[str]) -> int:
         start = self.wall()
         end = start + self.opts.duration_s if self.opts.duration_s is not None else None
         every = self.opts.table_every_s
-        next_table = start + min(_FIRST_TABLE_S, every) if every > 0 else None
-        next_tick = start + TICK_S
+        self._next_table = start + min(_FIRST_TABLE_S, every) if every > 0 else None
+        self._next_tick = start + TICK_S
         try:
             while not stop.is_set():
                 now = self.wall()
                 if end is not None and now >= end:
                     break
-                wait = min(_IDLE_S, *(t - now for t in (end, next_table, next_tick) if t is not None))
-                self._drain(max(0.0, wait))
-                self._saved()
-                if not self._keys(pressed):
-                    break
-                now = self.wall()
-                if now >= next_tick:
-                    since = self.link.listening_since
-                    if since is not None and now - since >= SETTLE_S:  # a deaf monitor is not a silent fleet
-                        self._emit(self.fleet.tick(now) + self.desk.tick(now))
-                    next_tick = now + TICK_S
-                if next_table is not None and now >= next_table:
-                    self._board(now, full=self.opts.full_table)
-                    next_table = now + every
+                try:
+                    if not self._turn(now, end, pressed):
+                        break
+                except Exception as exc:  # one turn's surprise (the board, a tick, a photo) must not end the watch
+                    self._note(self.wall(), LineKind.WARNING, f"the monitor's loop failed ({_why(exc)}); carrying on")
+                    stop.wait(_IDLE_S)
         except KeyboardInterrupt:
             pass
         if self.saver is not None:
@@ -192,6 +186,28 @@ class _Session:
             self._saved()
         self._board(self.wall(), full=self.opts.full_table)
         return EXIT_OK
+
+    def _turn(self, now: float, end: float | None, pressed: queue.SimpleQueue[str]) -> bool:
+        """Messages, keys, the tick and the board, each once; False when the user asked to quit.
+
+        Each timer moves on before its work, so work that raises runs again
+        only when next due, never in a loop.
+        """
+        due = (end, self._next_table, self._next_tick)
+        self._drain(max(0.0, min(_IDLE_S, *(t - now for t in due if t is not None))))
+        self._saved()
+        if not self._keys(pressed):
+            return False
+        now = self.wall()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_S
+            since = self.link.listening_since
+            if since is not None and now - since >= SETTLE_S:  # a deaf monitor is not a silent fleet
+                self._emit(self.fleet.tick(now) + self.desk.tick(now))
+        if self._next_table is not None and now >= self._next_table:
+            self._next_table = now + self.opts.table_every_s
+            self._board(now, full=self.opts.full_table)
+        return True
 
     def _drain(self, wait: float) -> None:
         """Handle what has arrived, events first; at most a batch, so keys and ticks still get their turn."""

@@ -53,6 +53,17 @@ def test_ack_desk__test_press_comes_once_the_real_alarms_are_acknowledged() -> N
     assert desk.next_unacked() == real
 
 
+def test_ack_desk__past_its_bound_a_test_press_is_forgotten_before_a_real_alarm() -> None:
+    desk = AckDesk()
+    desk.offer(_alarm(0, test=False))  # the oldest: a real panic nobody has acknowledged yet
+    for n in range(1, 1001):
+        desk.offer(_alarm(n, test=True))  # a technician's round of test presses
+    assert len(desk.unacked()) == 1000
+    assert _alarm(0, test=False) in desk.unacked(), "the real panic can no longer be acknowledged"
+    assert desk.next_unacked() == _alarm(0, test=False)
+    assert _alarm(1, test=True) not in desk.unacked(), "the oldest test press went instead"
+
+
 class _Link:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, object]]] = []

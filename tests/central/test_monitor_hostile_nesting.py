@@ -11,6 +11,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import queue
+import threading
+import time
+import types
 from typing import Any
 
 import pytest
@@ -21,6 +25,7 @@ from agent.central.session import MonitorOptions, _Session
 from tests.central.test_monitor import MonitorRun, enc, event, topic
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
+from tests.support.waiting import eventually
 
 T = 1.8e9
 DEVICE = "gate-north-1"
@@ -116,3 +121,34 @@ def test_monitor__deep_nan_event_does_not_end_the_json_monitor(broker: Broker, c
         assert run.thread.is_alive()
     finally:
         run.close()
+
+
+def test_session__a_board_that_raises_is_a_warning_and_the_watch_goes_on() -> None:
+    """Only KeyboardInterrupt was caught around the loop: one failing board (or tick, or photo) ended the monitor."""
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    link = types.SimpleNamespace(listening_since=None)
+    out = io.StringIO()
+    session = _Session(link, inbox, "campus", MonitorOptions(table_every_s=0.05), out, wall=time.time)  # type: ignore[arg-type]
+    boards: list[float] = []
+
+    def board(now: float, *, full: bool) -> None:
+        boards.append(now)
+        if len(boards) == 1:
+            raise ValueError("a board that cannot be drawn")
+
+    session._board = board  # type: ignore[method-assign]
+    stop = threading.Event()
+    watch = threading.Thread(target=session.run, args=(stop, queue.SimpleQueue()), daemon=True)
+    watch.start()
+    try:
+        eventually(lambda: len(boards) >= 1, what="the first board")
+        later = event(DEVICE, seq=7)
+        inbox.put(Incoming(topic("event/panic", DEVICE), enc(later), False, time.time()))
+        eventually(lambda: later["id"] in out.getvalue(), what="the next event printed")
+        assert watch.is_alive()
+        assert "the monitor's loop failed (ValueError: a board that cannot be drawn); carrying on" in out.getvalue()
+        eventually(lambda: len(boards) >= 3, what="boards drawn again")
+    finally:
+        stop.set()
+        watch.join(5.0)
+    assert not watch.is_alive()
