@@ -24,14 +24,13 @@ centre's commands) is :mod:`agent.handlers`; this module only wires it in.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from agent.carryover import carry_alarms, resumable_test_mode_s
 from agent.closing import Closing
 from agent.config.model import Config
 from agent.control import ControlServer
@@ -53,32 +52,10 @@ from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
 log = logging.getLogger(__name__)
-_CARRIED_ALARMS = 64  # the newest pending alarms shown as sending again at start, and known to the centre's acks
 
 _STATUS_EVERY_S = 10.0
 _STALL_AFTER_S = 20.0  # twice the 10 s idle wake-ups of every watched thread (docs/architecture.md)
 _SERVE_TICK_S = 10.0  # without a systemd watchdog; with one, half its interval
-
-
-def newest_alarms(outbox: Outbox, n: int) -> list[OutboxRow]:
-    """The newest ``n`` pending real alarms, oldest first.
-
-    The outbox reads the oldest rows above a seq, so this searches (by
-    halving) for the highest seq with ``n`` alarms above it: one indexed read
-    of ``n`` rows per bit of the top seq (25 ms with 50,000 rows pending).
-    """
-    rows = outbox.next_batch(0, n, urgent=True)
-    if len(rows) < n:
-        return rows
-    lo, hi = 0, outbox.top_seq()  # n alarms above lo; none above hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        above = outbox.next_batch(mid, n, urgent=True)
-        if len(above) == n:
-            lo, rows = mid, above
-        else:
-            hi = mid
-    return rows
 
 
 class Agent(Closing):
@@ -400,65 +377,22 @@ class Agent(Closing):
             )
 
     def _carry_alarms(self, before: State) -> None:
-        """Alarms of the last run: the ones the centre may still acknowledge, and the ones still pending.
-
-        The newest pending alarms show ``sending`` again, so the person who
-        pressed sees them go out and be acknowledged after a restart too; the
-        latest delivered ones (the state file's) are carried as delivered, so
-        the centre's ack of one is shown as it would have been without the
-        restart.  Called before the inputs are armed: a press at start must
-        rank as the newest alarm.
-        """
+        """The last run's alarms to the LED and buzzer (agent/carryover.py); before the inputs are armed."""
         assert self.recorder is not None
         assert self.outbox is not None
         assert self.indicators is not None
-        pending = newest_alarms(self.outbox, _CARRIED_ALARMS)
-        pending_ids = [r.id for r in pending]
-        self.recorder.remember([*reversed(before.alarms), *pending_ids])
-        silent = any(self._silent.values())  # its input is not known: a silent input's ack must not sound
-        for event_id in reversed(before.alarms):  # oldest first, and older than the pending ones
-            if event_id not in pending_ids:
-                self.indicators.alarm_carried(event_id, silent=silent)
-        for row in pending:
-            try:
-                source = json.loads(row.payload).get("source")
-            except ValueError:
-                source = None
-            self.indicators.alarm_recorded(row.id, silent=self._silent.get(str(source), False))
+        carry_alarms(
+            before, outbox=self.outbox, recorder=self.recorder, indicators=self.indicators, silent=self._silent
+        )
 
     def _resume_test_mode(self, before: State) -> None:
-        """Test mode set before a restart goes on to its end, if a clock can say when that is.
-
-        Within one boot the monotonic clock carries on across the restart; after
-        a reboot only the wall clock can tell how much is left, and only when it
-        was synchronised both when test mode was set (``test_until`` is saved
-        only then) and now.
-        """
+        """Test mode set before a restart goes on to its end, if a clock can say when (agent/carryover.py)."""
         from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - the limit only, not the command handler
 
-        if before.boot_id == self.clock.boot_id and before.test_until_mono is not None:
-            left = before.test_until_mono - self.clock.mono()
-        elif before.test_until is not None:
-            left = before.test_until - self.clock.wall()
-            if left > 0 and not self.clock.synced():
-                left = math.inf  # cannot be told: not resumed, and said so
-        else:
-            if before.test_until_mono is not None:
-                log.warning(
-                    "test mode was on before the reboot, set while the clock was not synchronised: its end "
-                    "cannot be told, so it is not resumed; presses now go out as REAL alarms; set test mode again"
-                )
-            return
-        if left <= 0:
-            return
-        if left > MAX_MINUTES * 60:
-            log.warning(
-                "test mode was on before the restart; not resumed (the clock is not synchronised, or reads "
-                "earlier than when it was set): presses now go out as REAL alarms; set test mode again",
-            )
-            return
-        until = self.test_mode.set(left / 60)
-        log.warning("test mode resumed after the restart, until %s: presses go out as tests", until)
+        left = resumable_test_mode_s(before, self.clock, MAX_MINUTES)
+        if left is not None:
+            until = self.test_mode.set(left / 60)
+            log.warning("test mode resumed after the restart, until %s: presses go out as tests", until)
 
     # ---- what the other parts call back ------------------------------------------
 

@@ -1,4 +1,4 @@
-"""What the LED and buzzer show after a restart (agent/daemon.py, ``_carry_alarms``; agent/indicators.py).
+"""What the LED and buzzer show after a restart (agent/carryover.py; agent/indicators.py).
 
 A hunt found two gaps: only the OLDEST 64 pending alarms were handed to the
 indicators (after a long outage the newest presses, the ones the presser
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.carryover import newest_alarms
 from agent.config import load_config
 from agent.config.model import Config
-from agent.daemon import Agent, newest_alarms
+from agent.daemon import Agent
 from agent.events import Event, EventType
 from agent.indicators import Indicators
 from agent.notify import Notifier
