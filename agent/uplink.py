@@ -29,12 +29,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent import failover
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.dialects import RECHECK, Dialects
 from agent.errors import OutboxError
 from agent.eventsend import EventSender
+from agent.failover import Ended, Failover
 from agent.linkstate import CommandHandler, CommandRoute, LinkState
 from agent.outbox import Outbox, OutboxRow
 from agent.outgoing import Outgoing, encode
@@ -53,10 +55,7 @@ StatusProvider = Callable[[], dict[str, Any]]
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
 _IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing progress (stop wakes it at once)
 _IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
-_STABLE_S = 10.0  # a session shorter than this counts as a failed attempt: the backoff grows, failover goes on
 _TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with this client id (mosquitto 2.0 closes first)
-_SHORT_STREAK = 3  # accepted sessions in a row that ended at once: said in the log
-_MOVE_ON = frozenset({0x9C, 0x9D})  # DISCONNECT: use another server, server moved
 
 
 class Uplink(Closing):
@@ -106,7 +105,7 @@ class Uplink(Closing):
         self._on_command = on_command
         self._on_link = on_link
         self._photos = photos
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._failover = Failover(cfg, rng or random.Random())  # noqa: S311 - jitter, not cryptography
         self._wall = wall
         self._mono = mono
         self._status_topic = f"{topic_root}/status"
@@ -120,12 +119,10 @@ class Uplink(Closing):
         self._dialect: Dialect | None = None  # of the last session the broker accepted
         self._dialects = Dialects(cfg.protocol)
         self._commands = CommandRoute(f"{topic_root}/cmd/", answer_s=self._puback_deadline_s())
-        self._broker_index = 0
         self._connected_since: float | None = None
         self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
-        self._session_s = 0.0  # how long the last accepted session lasted
-        self._lost_code: int | None = None  # the broker's DISCONNECT reason that ended it, if it sent one
-        self._overdue = False  # the last session was ended because its broker kept an event without a PUBACK
+        self._ended = Ended(None)  # how the last accepted session ended
+        self._overdue = False  # the session is ending because its broker kept an event without a PUBACK
         self._photo_slot = True  # the broker's Receive Maximum leaves an alarm a slot beside a photo
         self._last_error: str | None = None
         self._status_broken = False  # the status builder raised: said once, until it works again
@@ -215,10 +212,9 @@ class Uplink(Closing):
     # ---- the sender thread: attempts, failover, backoff ----------------------
 
     def _run(self) -> None:
-        attempt = short = 0  # failed attempts in a row; accepted sessions in a row that ended at once
         while not self._stopping.is_set():
             self.progress = self._mono()
-            broker = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
+            broker = self._failover.broker
             try:
                 failure = self._attempt(broker)
             except Exception:  # e.g. an ack failing past the outbox's busy timeout: the rows stay, sent again
@@ -227,48 +223,18 @@ class Uplink(Closing):
                 failure = ConnectFailure("internal", self._last_error)
             if self._stopping.is_set():
                 break
-            if failure is None and self._session_held_up():
-                attempt = short = 0  # a session that lasted: try that broker first again, soon
-            else:  # a broker that accepts and then drops us at once must not get a reconnect a second
-                attempt += 1
-                self._broker_index += 1
-                short = short + 1 if failure is None and not self._overdue else 0
-                if short == _SHORT_STREAK:
-                    self._say_dropped_at_once(broker, short)
-            nxt = self.cfg.brokers[self._broker_index % len(self.cfg.brokers)]
-            delay = backoff_delay(attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
-            moving = f" on {nxt}" if nxt != broker else ""
+            delay = self._failover.after(self._ended if failure is None else Ended(failure))
+            nxt = self._failover.broker
             log.warning(
                 "broker %s %s (%s); %d events buffered; retrying%s in %.1f s",
                 broker,
                 "connection lost" if failure is None else "unreachable",
                 self._last_error,
                 self.outbox.pending(),
-                moving,
+                f" on {nxt}" if nxt != broker else "",
                 delay,
             )
             self._sleep(delay)
-
-    def _session_held_up(self) -> bool:
-        """Whether the last accepted session worked: it lasted, was not sent away, and its broker acked.
-
-        A broker that keeps an event without a PUBACK (its storage stuck)
-        answers pings for as long as the agent stays; ending that session is a
-        failed attempt, or the agent would reconnect to it forever and never
-        try the next broker.
-        """
-        return self._session_s >= _STABLE_S and self._lost_code not in _MOVE_ON and not self._overdue
-
-    def _say_dropped_at_once(self, broker: BrokerAddress, times: int) -> None:
-        log.warning(
-            "broker %s accepted the connection and closed it within %g s, %d times in a row: another client "
-            "with this device's client id %r may be taking the session over (two devices sharing a client id "
-            "or a certificate), or the broker drops this client (its log says why); reconnecting with backoff",
-            broker,
-            _STABLE_S,
-            times,
-            self.cfg.client_id,
-        )
 
     def _sleep(self, seconds: float) -> None:
         deadline = self._mono() + seconds
@@ -338,7 +304,7 @@ class Uplink(Closing):
         try:
             self._serve_session(s)
         finally:
-            self._session_s, self._lost_code = self._mono() - began, s.lost_code
+            self._ended = Ended(None, self._mono() - began, s.lost_code, self._overdue)
         if s.lost_code == _TAKEN_OVER:
             log.error(
                 "broker %s: another client connected with this device's client id %r and took the session over; "
@@ -347,7 +313,7 @@ class Uplink(Closing):
                 s.broker,
                 self.cfg.client_id,
             )
-        elif s.lost_code in _MOVE_ON:
+        elif s.lost_code in failover.MOVE_ON:
             log.warning("broker %s: it asked the agent to use another server; trying the next broker", s.broker)
 
     def _serve_session(self, s: Session) -> None:
@@ -429,7 +395,7 @@ class Uplink(Closing):
 
     def _puback_deadline_s(self) -> float:
         """Seconds an event may wait for its PUBACK before the session is given up."""
-        return max(_STABLE_S, float(self.cfg.keepalive_s))
+        return max(failover.STABLE_S, float(self.cfg.keepalive_s))
 
     def _inflight_for(self, s: Session) -> int:
         """Events in flight at most on ``s``: ``max_inflight``, within the broker's Receive Maximum.

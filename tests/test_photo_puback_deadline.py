@@ -8,7 +8,7 @@ alarm queued behind it.  Now the photo in flight has the events' PUBACK
 deadline (the session ends and the photo goes again), and no photo is sent
 where it would take the slot an alarm may need.
 
-The deadline is ``max(_STABLE_S, keepalive)``; the tests shorten both to 1 s.
+The deadline is ``max(STABLE_S, keepalive)``; the tests shorten both to 1 s.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ ROOT = f"campus/main/{NAME}"
 
 @pytest.fixture(autouse=True)
 def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("agent.uplink._STABLE_S", 1.0)
+    monkeypatch.setattr("agent.failover.STABLE_S", 1.0)
 
 
 @contextlib.contextmanager

@@ -93,7 +93,7 @@ class _MuteLater(fake5.Conn):
 def test_uplink__an_unanswered_subscribe_after_a_reconnect_is_reported_and_sent_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.uplink._STABLE_S", 1.0)  # the deadline: max(_STABLE_S, keepalive)
+    monkeypatch.setattr("agent.failover.STABLE_S", 1.0)  # the deadline: max(STABLE_S, keepalive)
     monkeypatch.setattr("agent.linkstate.RETRY_MIN_S", 0.3)
     monkeypatch.setattr(fake5, "Conn", _MuteLater)
     _MuteLater.subscribes = []

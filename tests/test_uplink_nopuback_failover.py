@@ -1,13 +1,13 @@
 """A broker that accepts the agent but never sends a PUBACK must not keep it: the next broker is tried.
 
 Found by a hunt: the no-PUBACK check ends such a session cleanly after its
-deadline, but the session had lasted ``_STABLE_S`` by then, so the sender
+deadline, but the session had lasted ``failover.STABLE_S`` by then, so the sender
 counted it as one that worked, reset the backoff and reconnected to the same
 broker, resending the alarm into it for ever while a healthy second broker
 was never tried.  A session ended by the no-PUBACK check now counts as a
 failed attempt: failover goes on and the backoff grows.
 
-The deadline is ``max(_STABLE_S, keepalive)``; the test shortens both to 1 s.
+The deadline is ``max(STABLE_S, keepalive)``; the test shortens both to 1 s.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def close(*brokers: Fake5) -> None:
 def test_uplink__a_broker_that_never_pubacks_is_left_for_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.uplink._STABLE_S", 1.0)
+    monkeypatch.setattr("agent.failover.STABLE_S", 1.0)
     stuck = Fake5(on_publish=lambda *_a: None)  # takes every PUBLISH, never PUBACKs (its storage stuck)
     good = Fake5()
     rig = Rig(tmp_path, mqtt_cfg(stuck.port, good.port, client_id="main/np", keepalive_s=1), "np")

@@ -5,7 +5,7 @@ devices sharing a client id (a cloned SD card; the example broker makes the
 certificate's CN the id) took the session from each other about once a
 second for ever, every kick flipping the retained status through the will,
 with nothing in the log naming the cause.  Now a session shorter than
-``_STABLE_S`` counts as a failed attempt (the backoff grows, failover goes
+``failover.STABLE_S`` counts as a failed attempt (the backoff grows, failover goes
 on), a streak of them is named in the log (as MQTT 5's "session taken over"
 is, from brokers that get it out), and "use another server" moves to the
 next broker.
@@ -48,7 +48,7 @@ def _record_delays(up: Uplink) -> list[float]:
         up._stopping.wait(0.02)
 
     up._sleep = sleep  # type: ignore[method-assign]
-    up._rng = _Ceiling()
+    up._failover._rng = _Ceiling()
     return delays
 
 
