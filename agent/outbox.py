@@ -580,9 +580,10 @@ class Outbox(ClosingFile):
             OutboxError: the database failed in another way (locked past the busy timeout, I/O).
 
         """
-        taken = self._into_intake([event], wait=True, seqs=None if seq is None else [seq])
-        if taken is not None:
-            return taken[0]
+        if seq is None:  # a given seq (a held event's) is committed: the caller learns that SQLite works
+            taken = self._take_in([event])
+            if taken is not None:
+                return taken[0]
         row = self._row(event, seq, int(self._wall() * 1000))
         with self._lock:
             self._check_open()
@@ -724,8 +725,8 @@ class Outbox(ClosingFile):
             self._refresh_limits()  # a disk that fills while nothing happens shows up in the next status
             row = self._conn.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
             created = [row[0] / 1000.0] if row is not None else []
-            if self._live:
-                created.append(next(iter(self._live.values())).created)
+            if self._live:  # in seq order, but a held event's reserved seq may have been written last
+                created.append(min(r.created for r in self._live.values()))
             pages, _ = self._page_counts()
             return OutboxStats(
                 pending=self._pending,

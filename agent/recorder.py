@@ -157,11 +157,11 @@ class Recorder(Closing):
             test = type_.is_alarm and self._test_mode(stamp.mono if stamp is not None else self._clock.mono())
             made.append((Event.create(self._clock, type_, source, at=stamp, test=test, data=data), test))
         events = [e for e, _ in made]
-        rows, reserved = self._store(made)
+        rows, reserved, held_early = self._store(made)
         seqs = [r.seq if r is not None else None for r in rows]
         held = [e for e, s in zip(events, seqs, strict=True) if s is None]
-        if held:
-            self._hold(held, reserved)
+        if late := [e for e in held if e.id not in held_early]:
+            self._hold(late, reserved)
         with self._lock:
             fresh = tuple(
                 RecentEvent(
@@ -195,46 +195,59 @@ class Recorder(Closing):
 
         return later
 
-    def _store(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int]]:
-        """Make (event, test) pairs durable; None for each event that is to be held, and the seqs reserved."""
+    def _store(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int], set[str]]:
+        """Make (event, test) pairs durable: a row each, or None for one to be held.
+
+        Also returns the seqs reserved and the ids of the events already held (:meth:`_queue_behind`).
+        """
         events = [e for e, _ in made]
         with self._lock:
             queue_behind = bool(self._held) or self._failing
         if not queue_behind:
             if self._put_lock.acquire(timeout=WRITE_WAIT_S):
                 try:
-                    return self._put(events), {}
+                    return self._put(events), {}, set()
                 finally:
                     self._put_lock.release()
             log.warning("another commit to the outbox is still running; %d events join the memory queue", len(events))
         return self._queue_behind(made)
 
-    def _queue_behind(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int]]:
-        """Events behind held ones (or a stuck commit) get seqs in their order; real alarms go to the intake.
+    def _queue_behind(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int], set[str]]:
+        """Events behind held ones (or a stuck commit) keep the batch's seq order; real alarms go to the intake.
 
         A power cut must not take a press with the memory queue, so each real
         alarm is made durable in the outbox's intake when that takes it
-        without a long wait and without SQLite (:meth:`Outbox.take_in_now`),
-        under the seq reserved for it here: seqs keep the order of the batch
-        whichever way each event goes.  ``_failing`` stays as it is; the retry
-        thread stores the held events.  Test presses are held: stored ahead of
-        the held events, they would overtake them in the routine lane
-        (contract, "Order").
+        without a long wait and without SQLite (:meth:`Outbox.take_in_now`).
+        A batch of real alarms alone is numbered by the intake (out of the
+        saved mark until its block is synced).  In a mixed batch every event
+        gets its seq reserved in the batch's order, and the others are held,
+        visible in seq order, before the alarms' wait for the intake: a camera
+        event held meanwhile gets a higher seq and comes after them.
+        ``_failing`` stays as it is; the retry thread stores the held events.
+        Test presses are held: stored ahead of the held events, they would
+        overtake them in the routine lane (contract, "Order").
         """
         events = [e for e, _ in made]
         rows: list[OutboxRow | None] = [None] * len(events)
         alarms = [i for i, (e, test) in enumerate(made) if e.type.is_alarm and not test]
         if not alarms:
-            return rows, {}
+            return rows, {}, set()
+        if len(alarms) == len(events):
+            return list(self._into_intake(events, None) or rows), {}, set()
         reserved = {e.id: self.outbox.reserve_seq() for e in events}
-        try:
-            taken = self.outbox.take_in_now([events[i] for i in alarms], [reserved[events[i].id] for i in alarms])
-        except Exception:
-            log.exception("recording %d alarms in the outbox's intake failed; kept in memory", len(alarms))
-            taken = None
+        others = [e for i, e in enumerate(events) if i not in set(alarms)]
+        self._hold(others, reserved)
+        taken = self._into_intake([events[i] for i in alarms], [reserved[events[i].id] for i in alarms])
         for i, row in zip(alarms, taken or (), strict=False):
             rows[i] = row
-        return rows, reserved
+        return rows, reserved, {e.id for e in others}
+
+    def _into_intake(self, events: list[Event], seqs: list[int] | None) -> list[OutboxRow] | None:
+        try:
+            return self.outbox.take_in_now(events, seqs)
+        except Exception:
+            log.exception("recording %d alarms in the outbox's intake failed; kept in memory", len(events))
+            return None
 
     def _put(self, events: list[Event]) -> list[OutboxRow | None]:
         """Commit what the outbox takes; None for each event it did not."""
@@ -288,6 +301,7 @@ class Recorder(Closing):
         self._call(self.hooks.mark)
         created = self._clock.wall()
         with self._lock:
+            last = next(reversed(self._held.values())).row.seq if self._held else 0
             for event in events:
                 seq = reserved[event.id]
                 row = OutboxRow(
@@ -295,6 +309,8 @@ class Recorder(Closing):
                 )
                 self._held[event.id] = _Held(event, row)
                 self._was_held[event.id] = False
+            if min(reserved[e.id] for e in events) < last:  # another thread's hold came in between: seq order
+                self._held = dict(sorted(self._held.items(), key=lambda kv: kv[1].row.seq))
             while len(self._held) > self._max_held:
                 self._drop_one()
         self._ensure_thread()

@@ -9,6 +9,7 @@ in memory for as long as SQLite failed.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -220,4 +221,125 @@ def test_contention__a_commit_stuck_past_the_wait_holds_the_press_instead_of_sta
         ob.gate.set()
         cam.join(10.0)
         rec.close()
+        ob.close()
+
+
+class CountingSqlite(BrokenSqlite):
+    """Which threads tried a SQLite commit."""
+
+    callers: list[str]
+
+    def _insert(self, rows: Any, *, all_alarms: bool) -> list[int]:
+        self.callers.append(threading.current_thread().name)
+        return super()._insert(rows, all_alarms=all_alarms)
+
+
+def test_contention__a_held_press_stored_in_the_intake_leaves_sqlite_known_to_fail(tmp_path: Path) -> None:
+    """Stored through the intake, a held press used to clear "failing": the next mixed batch then ran a SQLite
+    commit known to fail on the inputs thread (a busy timeout long) and its press was held in memory only."""
+    ob = CountingSqlite(tmp_path / "outbox.db", site="main", device="gate-1")
+    ob.callers = []
+    rec = Recorder(ob, clock=CLOCK, site="main", device="gate-1", retry_s=60.0)
+    try:
+        intake, ob._intake = ob._intake, None  # the intake cannot take it (full, the link down)
+        rec.record(EventType.PANIC, "panic", CLOCK.stamp(), PRESS)
+        ob._intake = intake
+        assert rec.held_count() == 1
+        rec.flush_held()
+        eventually(lambda: rec.held_count() == 0, what="the held press in the intake")
+        me = threading.current_thread().name
+        before = ob.callers.count(me)
+        rec.record_deferring(
+            [
+                (EventType.INPUT_RESTORED, "back-door", CLOCK.stamp(), {}),
+                (EventType.PANIC, "panic", CLOCK.stamp(), PRESS),
+            ]
+        )()
+        assert ob.callers.count(me) == before, "the inputs thread ran a SQLite commit known to fail"
+        assert rec.recent()[0]["on_disk"]
+    finally:
+        ob.broken = False
+        rec.close()
+        ob.close()
+
+
+class SlowIntake(BrokenSqlite):
+    """The intake's write waits until the test lets go (another thread holds the outbox's lock meanwhile)."""
+
+    entered: threading.Event
+    go: threading.Event
+
+    def take_in_now(self, events: Any, seqs: Any = None, **kw: Any) -> Any:
+        self.entered.set()
+        self.go.wait(10.0)
+        return super().take_in_now(events, seqs, **kw)
+
+
+def test_contention__a_camera_event_held_during_a_presss_intake_write_comes_after_the_batch(tmp_path: Path) -> None:
+    ob = SlowIntake(tmp_path / "outbox.db", site="main", device="gate-1")
+    ob.entered, ob.go = threading.Event(), threading.Event()
+    rec = Recorder(ob, clock=CLOCK, site="main", device="gate-1", retry_s=60.0)
+
+    def poll() -> None:
+        rec.record_deferring(
+            [
+                (EventType.INPUT_RESTORED, "back-door", CLOCK.stamp(), {}),
+                (EventType.PANIC, "panic", CLOCK.stamp(), PRESS),
+            ]
+        )()
+
+    inputs = threading.Thread(target=poll, name="inputs", daemon=True)
+    try:
+        rec.record(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {})
+        inputs.start()
+        assert ob.entered.wait(10.0)
+        rec.record(EventType.CAMERA_FAULT, "cam2", CLOCK.stamp(), {})  # a camera thread, meanwhile
+        ob.go.set()
+        inputs.join(10.0)
+        held = [(r.seq, r.type) for r in rec.held()]
+        assert held == sorted(held), "held events are sent in this order: it must be seq order"
+        assert [t for _, t in held] == ["camera_fault", "input_restored", "camera_fault"]
+    finally:
+        ob.go.set()
+        ob.broken = False
+        rec.close()
+        ob.close()
+
+
+def test_contention__a_press_behind_held_events_is_out_of_the_saved_mark_until_its_block_is_synced(
+    broken: BrokenSqlite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mark saved (by the heartbeat) during the sync, then a power cut: the same outbox looked replaced."""
+    rec = Recorder(broken, clock=CLOCK, site="main", device="gate-1", retry_s=60.0)
+    try:
+        rec.record(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {})
+        held_seq = rec.recent()[0]["seq"]
+        marks: list[int] = []
+        real = os.fdatasync
+
+        def sync(fd: int) -> None:
+            marks.append(broken.top_seq())
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", sync)
+        rec.record(EventType.PANIC, "panic", CLOCK.stamp(), PRESS)
+        monkeypatch.undo()
+        assert rec.recent()[0]["on_disk"]
+        assert marks == [held_seq], "the press's seq counted in the mark before its block was on disk"
+    finally:
+        rec.close()
+
+
+def test_contention__the_oldest_pending_age_counts_a_held_event_written_to_the_intake_last(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    ob = Outbox(tmp_path / "outbox.db", site="main", device="gate-1", wall=lambda: now[0])
+    try:
+        low = ob.reserve_seq()  # a press held in memory
+        assert ob.take_in_now([Event.create(CLOCK, EventType.PANIC, "b", test=False, data=PRESS)]) is not None
+        now[0] += 600.0
+        assert ob.take_in_now([Event.create(CLOCK, EventType.PANIC, "a", test=False, data=PRESS)], [low])
+        age = ob.stats().oldest_age_s
+        assert age is not None
+        assert age >= 600.0, "the oldest pending event waits since before the held one was written"
+    finally:
         ob.close()
