@@ -429,7 +429,12 @@ class Outbox(ClosingFile):
         return self._into_intake(events, wait=True)
 
     def take_in_now(
-        self, events: list[Event], seqs: list[int] | None = None, *, wait_s: float = TAKE_IN_WAIT_S
+        self,
+        events: list[Event],
+        seqs: list[int] | None = None,
+        *,
+        wait_s: float = TAKE_IN_WAIT_S,
+        created: float | None = None,
     ) -> list[OutboxRow] | None:
         """Make a batch of alarms durable in the intake without a long wait and without SQLite; else None.
 
@@ -437,7 +442,8 @@ class Outbox(ClosingFile):
         another thread may be inside a commit, holding the outbox's lock for up
         to the busy timeout, so the lock is waited for ``wait_s`` at most.
         ``seqs``: the ones :meth:`reserve_seq` gave these events (else new
-        ones).  None also where :meth:`_take_in` says None, and when the intake
+        ones); ``created``: when they were recorded (held in memory since;
+        else now).  None also where :meth:`_take_in` says None, and when the intake
         write fails: then nothing of the batch is on disk (the intake is
         dropped), the seqs stay unused or the caller's (a block may still hold
         them after a crash, so they are never handed out again) and the caller
@@ -447,7 +453,7 @@ class Outbox(ClosingFile):
             OutboxError: the outbox is closed.
 
         """
-        return self._into_intake(events, wait=False, seqs=seqs, wait_s=wait_s)
+        return self._into_intake(events, wait=False, seqs=seqs, wait_s=wait_s, created=created)
 
     def _takes(self, events: list[Event]) -> bool:
         """Whether the intake takes this batch: while it takes new events, has the blocks, and for alarms only.
@@ -463,7 +469,13 @@ class Outbox(ClosingFile):
         )
 
     def _into_intake(
-        self, events: list[Event], *, wait: bool, seqs: list[int] | None = None, wait_s: float = 0.0
+        self,
+        events: list[Event],
+        *,
+        wait: bool,
+        seqs: list[int] | None = None,
+        wait_s: float = 0.0,
+        created: float | None = None,
     ) -> list[OutboxRow] | None:
         """:meth:`_take_in` (``wait``) and :meth:`take_in_now` (not: a bounded wait for the lock, no SQLite)."""
         if not self._takes(events):
@@ -472,7 +484,7 @@ class Outbox(ClosingFile):
         payloads = [payload_of(e.id, e.type.value, b) for e, b in zip(events, bodies, strict=True)]
         if any(len(p) > MAX_PAYLOAD for p in payloads):
             return None
-        created_ms = int(self._wall() * 1000)
+        created_ms = int((self._wall() if created is None else created) * 1000)
         if not self._lock.acquire(timeout=-1 if wait else wait_s):
             return None
         try:
@@ -565,12 +577,15 @@ class Outbox(ClosingFile):
 
     # ---- the public surface --------------------------------------------------
 
-    def put(self, event: Event, *, seq: int | None = None) -> int:
+    def put(self, event: Event, *, seq: int | None = None, created: float | None = None) -> int:
         """Commit ``event`` durably and return its ``seq`` (see :meth:`put_row`)."""
-        return self.put_row(event, seq=seq).seq
+        return self.put_row(event, seq=seq, created=created).seq
 
-    def put_row(self, event: Event, *, seq: int | None = None) -> OutboxRow:
+    def put_row(self, event: Event, *, seq: int | None = None, created: float | None = None) -> OutboxRow:
         """Commit ``event`` durably and return the stored row (``seq``: one :meth:`reserve_seq` gave it).
+
+        ``created``: when it was recorded (an event held in memory since keeps
+        its wait in the transmission time); else now.
 
         The row is what :meth:`next_batch` would read back, so the sender can
         publish it from memory (agent/sendwindow.py, the hand-off).
@@ -584,7 +599,7 @@ class Outbox(ClosingFile):
             taken = self._take_in([event])
             if taken is not None:
                 return taken[0]
-        row = self._row(event, seq, int(self._wall() * 1000))
+        row = self._row(event, seq, int((self._wall() if created is None else created) * 1000))
         with self._lock:
             self._check_open()
             for _attempt in range(1000):

@@ -157,11 +157,12 @@ class Recorder(Closing):
             test = type_.is_alarm and self._test_mode(stamp.mono if stamp is not None else self._clock.mono())
             made.append((Event.create(self._clock, type_, source, at=stamp, test=test, data=data), test))
         events = [e for e, _ in made]
-        rows, reserved, held_early = self._store(made)
+        created = self._clock.wall()  # a held event keeps it: its wait counts in the transmission time
+        rows, reserved, held_early = self._store(made, created)
         seqs = [r.seq if r is not None else None for r in rows]
         held = [e for e, s in zip(events, seqs, strict=True) if s is None]
         if late := [e for e in held if e.id not in held_early]:
-            self._hold(late, reserved)
+            self._hold(late, reserved, created)
         with self._lock:
             fresh = tuple(
                 RecentEvent(
@@ -195,7 +196,9 @@ class Recorder(Closing):
 
         return later
 
-    def _store(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int], set[str]]:
+    def _store(
+        self, made: list[tuple[Event, bool]], created: float
+    ) -> tuple[list[OutboxRow | None], dict[str, int], set[str]]:
         """Make (event, test) pairs durable: a row each, or None for one to be held.
 
         Also returns the seqs reserved and the ids of the events already held (:meth:`_queue_behind`).
@@ -210,9 +213,11 @@ class Recorder(Closing):
                 finally:
                     self._put_lock.release()
             log.warning("another commit to the outbox is still running; %d events join the memory queue", len(events))
-        return self._queue_behind(made)
+        return self._queue_behind(made, created)
 
-    def _queue_behind(self, made: list[tuple[Event, bool]]) -> tuple[list[OutboxRow | None], dict[str, int], set[str]]:
+    def _queue_behind(
+        self, made: list[tuple[Event, bool]], created: float
+    ) -> tuple[list[OutboxRow | None], dict[str, int], set[str]]:
         """Events behind held ones (or a stuck commit) keep the batch's seq order; real alarms go to the intake.
 
         A power cut must not take a press with the memory queue, so each real
@@ -236,7 +241,7 @@ class Recorder(Closing):
             return list(self._into_intake(events, None) or rows), {}, set()
         reserved = {e.id: self.outbox.reserve_seq() for e in events}
         others = [e for i, e in enumerate(events) if i not in set(alarms)]
-        self._hold(others, reserved)
+        self._hold(others, reserved, created)
         taken = self._into_intake([events[i] for i in alarms], [reserved[events[i].id] for i in alarms])
         for i, row in zip(alarms, taken or (), strict=False):
             rows[i] = row
@@ -287,7 +292,7 @@ class Recorder(Closing):
                 one_by_one.append(None)
         return one_by_one
 
-    def _hold(self, events: list[Event], reserved: dict[str, int]) -> None:
+    def _hold(self, events: list[Event], reserved: dict[str, int], created: float) -> None:
         """Hold ``events`` in memory under reserved seqs, saved as the high-water mark before anyone can send them.
 
         The sender publishes held events as soon as they are in :meth:`held`;
@@ -299,7 +304,6 @@ class Recorder(Closing):
             if event.id not in reserved:
                 reserved[event.id] = self.outbox.reserve_seq()
         self._call(self.hooks.mark)
-        created = self._clock.wall()
         with self._lock:
             last = next(reversed(self._held.values())).row.seq if self._held else 0
             for event in events:
@@ -369,12 +373,16 @@ class Recorder(Closing):
                 if sqlite_failed and not real:
                     continue
                 try:
-                    seq = self._intake_only(event, held.seq) if sqlite_failed else self.outbox.put(event, seq=held.seq)
+                    seq = (
+                        self._intake_only(event, held)
+                        if sqlite_failed
+                        else self.outbox.put(event, seq=held.seq, created=held.created)
+                    )
                 except OutboxFullError:
                     continue  # a non-alarm that does not fit must not keep an alarm behind it off the disk
                 except OutboxError:
                     sqlite_failed = True
-                    seq = self._intake_only(event, held.seq) if real else None
+                    seq = self._intake_only(event, held) if real else None
                 if seq is not None:
                     self._now_stored(held.id, seq, sqlite_works=not sqlite_failed)
                     stored += 1
@@ -395,10 +403,10 @@ class Recorder(Closing):
         if delivered_meanwhile:
             self._ack_stored(seq)
 
-    def _intake_only(self, event: Event, seq: int) -> int | None:
-        """``seq`` if the outbox's intake took the held alarm (SQLite untouched), else None."""
+    def _intake_only(self, event: Event, held: OutboxRow) -> int | None:
+        """Its seq if the outbox's intake took the held alarm (SQLite untouched), else None."""
         try:
-            taken = self.outbox.take_in_now([event], [seq], wait_s=RETRY_S)
+            taken = self.outbox.take_in_now([event], [held.seq], wait_s=RETRY_S, created=held.created)
         except OutboxError:
             return None
         return None if taken is None else taken[0].seq

@@ -121,6 +121,7 @@ def test_contention__a_press_in_a_mixed_batch_reaches_the_intake_while_sqlite_fa
 
 def test_contention__a_held_press_moves_into_the_intake_while_sqlite_still_fails(broken: BrokenSqlite) -> None:
     rec = Recorder(broken, clock=CLOCK, site="main", device="gate-1", retry_s=60.0)
+    rec._ensure_thread = lambda: None  # type: ignore[method-assign]  # only the test's flushes store them
     try:
         rec.record(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {})
         intake = broken._intake
@@ -137,7 +138,7 @@ def test_contention__a_held_press_moves_into_the_intake_while_sqlite_still_fails
         assert [(r.seq, r.id) for r in broken.next_batch(0, 10)] == [(press["seq"], press["id"])]
 
         broken.broken = False
-        eventually(lambda: rec.flush_held() >= 0 and rec.held_count() == 0, what="the camera fault stored")
+        assert rec.flush_held() == 1
         assert [r.type for r in broken.next_batch(0, 10)] == ["camera_fault", "panic"]
     finally:
         rec.close()
@@ -342,4 +343,29 @@ def test_contention__the_oldest_pending_age_counts_a_held_event_written_to_the_i
         assert age is not None
         assert age >= 600.0, "the oldest pending event waits since before the held one was written"
     finally:
+        ob.close()
+
+
+def test_contention__a_held_event_keeps_its_recording_time_when_stored(tmp_path: Path) -> None:
+    """Stored after the disk came back, a held event got the time of storing: its wait in memory was lost from
+    the transmission time (status link.stats) and from the outbox's oldest age."""
+    now = [1_000_000.0]
+    ob = BrokenSqlite(tmp_path / "outbox.db", site="main", device="gate-1", wall=lambda: now[0])
+    rec = Recorder(ob, clock=CLOCK, site="main", device="gate-1", retry_s=60.0)
+    rec._ensure_thread = lambda: None  # type: ignore[method-assign]  # only the test's flushes store them
+    try:
+        rec.record(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {})
+        recorded = rec.held()[0].created
+        intake, ob._intake = ob._intake, None
+        rec.record(EventType.PANIC, "panic", CLOCK.stamp(), PRESS)  # held too: the intake cannot take it
+        ob._intake = intake
+        press_recorded = rec.held()[1].created
+        now[0] += 600.0
+        assert rec.flush_held() == 1, "SQLite still fails: the press goes to the intake"
+        ob.broken = False
+        assert rec.flush_held() == 1
+        stored = {r.type: r.created for r in ob.next_batch(0, 10)}
+        assert stored == {"camera_fault": pytest.approx(recorded, abs=0.01), "panic": pytest.approx(press_recorded)}
+    finally:
+        rec.close()
         ob.close()
