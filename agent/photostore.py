@@ -9,7 +9,10 @@ whole photo or none), the WAL with ``synchronous=FULL`` keeps a committed photo
 through a power cut, and oldest-first reads are an index scan.
 
 Each row is one camera's still of one event: ``(event_id, camera)`` is unique,
-so a photo stored twice (a retried capture) replaces the first.  ``part`` and
+so a photo stored twice (a retried capture) replaces the first.  A delivery
+deletes only the copy the sender was handed (:meth:`PhotoStore.oldest`), never a
+newer copy stored under the same key meanwhile: each copy goes on its own
+PUBACK, or the retry would be deleted unsent.  ``part`` and
 ``parts`` number an event's photos in the order its cameras are configured;
 they become the ``part`` user property on the wire (``1/2``, ``2/2``).
 
@@ -18,7 +21,10 @@ aside (``photos.db.damaged-<time>``) and a new one started: photos are
 evidence, but never worth stopping the agent for.  A file that cannot be
 opened for any other reason (a full disk, an I/O or permission error) is left
 as it is: the store runs without it (:attr:`PhotoStore.error`; every still is
-reported ``store_error``) and tries again at the next still.
+reported ``store_error``) and tries again at the first still after a backoff
+(:data:`RETRY_FIRST_S` doubling to :data:`RETRY_MAX_S`): an open runs
+``quick_check``, seconds of disk reads on a big file, which no still should
+pay for again and again beside the button's path.
 
 Photos never take the outbox's room either: a photo is stored only while the
 filesystem keeps the outbox's headroom free (``HEADROOM_BYTES``, what it
@@ -60,6 +66,9 @@ CREATE TABLE IF NOT EXISTS photos (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _SLACK = 256 * 1024  # bytes beyond a photo's own for SQLite's pages and its WAL, kept free too
+RETRY_FIRST_S = 30.0  # an unopenable photos.db is tried again this long after the first failure ...
+RETRY_MAX_S = 600.0  # ... doubling after each failure up to this
+_HANDED_MEMORY = 64  # copies handed to the sender and not yet acked, remembered by seq
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ class PhotoStore(ClosingFile):
         max_mb: the cap on stored JPEG bytes (MiB).
         wall: the wall clock (s), for the moved-aside file's name.
         headroom: bytes left free on the filesystem for the outbox beside it.
+        mono: the monotonic clock (s) that paces attempts to open an unopenable file.
 
     """
 
@@ -108,12 +118,17 @@ class PhotoStore(ClosingFile):
         max_mb: float = 50.0,
         wall: Callable[[], float] = time.time,
         headroom: int = HEADROOM_BYTES,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self.cap_bytes = int(max_mb * (1 << 20))
         self.headroom = headroom
         self.error: str | None = None  # why the file cannot be used now; None while it can
         self._wall = wall
+        self._mono = mono
+        self._retry_s = RETRY_FIRST_S  # the wait after the next failed open
+        self._retry_at = 0.0  # no open is tried before this (monotonic s)
+        self._handed: dict[tuple[str, str], int] = {}  # (event_id, camera) -> seq of the copy oldest() gave
         self._lock = threading.Lock()
         self._closed = False
         self._conn: sqlite3.Connection | None = None
@@ -132,19 +147,30 @@ class PhotoStore(ClosingFile):
                 conn.close()
                 raise
         except (sqlite3.Error, OSError) as exc:
-            first = self.error is None
-            self.error = printable(f"{self.path.name} unavailable ({type(exc).__name__}: {exc})")
-            if first:
-                log.error(  # noqa: TRY400 - the message says it all
-                    "photo store %s: %s; stills are reported store_error until it opens (alarms are not affected)",
-                    self.path,
-                    self.error,
-                )
+            self._open_failed(exc)
             return
         if self.error is not None:
             log.warning("photo store %s is available again", self.path)
         self._conn, self.error = conn, None
+        self._retry_s = RETRY_FIRST_S
         self._counts = (int(row[0]), int(row[1]), int(got[0]) if got else 0)
+
+    def _open_failed(self, exc: BaseException) -> None:
+        """Remember why, and when to try again: each attempt may read the whole file (``quick_check``)."""
+        first = self.error is None
+        self.error = printable(f"{self.path.name} unavailable ({type(exc).__name__}: {exc})")
+        self._retry_at = self._mono() + self._retry_s
+        if first:
+            log.error(
+                "photo store %s: %s; stills are reported store_error until it opens, tried again in %g s "
+                "and less often after each failure (alarms are not affected)",
+                self.path,
+                self.error,
+                self._retry_s,
+            )
+        else:
+            log.info("photo store %s still unavailable; next try in %g s", self.path, self._retry_s)
+        self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -184,13 +210,15 @@ class PhotoStore(ClosingFile):
             return self._connect()
 
     def _live(self, *, reopen: bool = True) -> sqlite3.Connection:
-        """The connection (under the lock), opening the file again if it could not be before and ``reopen``."""
+        """The connection (under the lock); with ``reopen``, an unopened file is tried once its backoff is over."""
         if self._closed:
             raise OutboxError(f"photo store {self.path} is closed")
-        if self._conn is None and reopen:
+        if self._conn is None and reopen and self._mono() >= self._retry_at:
             self._open()
         if self._conn is None:
-            raise OutboxError(self.error or f"photo store {self.path} unavailable")
+            left = max(0.0, self._retry_at - self._mono())
+            why = self.error or f"photo store {self.path} unavailable"
+            raise OutboxError(f"{why}; next try in {left:.0f} s")
         return self._conn
 
     def _room(self, stored: int, size: int) -> int:
@@ -299,12 +327,24 @@ class PhotoStore(ClosingFile):
             e, c, j, t, p, n = conn.execute(
                 "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos WHERE seq = ?", (seq,)
             ).fetchone()
+            self._hand(str(e), str(c), int(seq))
         finally:
             self._lock.release()
         return Photo(e, c, bytes(j), t / 1000.0, p, n)
 
+    def _hand(self, event_id: str, camera: str, seq: int) -> None:
+        """Remember which copy of (event_id, camera) the sender has, so its PUBACK deletes that copy only."""
+        self._handed.pop((event_id, camera), None)
+        self._handed[event_id, camera] = seq
+        while len(self._handed) > _HANDED_MEMORY:  # one in flight; more only for copies dropped for room
+            del self._handed[next(iter(self._handed))]
+
     def ack(self, event_id: str, camera: str | None = None) -> int:
-        """Delete the photo(s) of ``event_id`` (only ``camera``'s when given) after the broker's PUBACK."""
+        """Delete the photo(s) of ``event_id`` (only ``camera``'s when given) after the broker's PUBACK.
+
+        With ``camera``, only the copy :meth:`oldest` last gave for it, if it gave one: a
+        retried capture stored since is a copy of its own, sent and deleted on its own PUBACK.
+        """
         with self._lock:
             return self._delete(self._live(), event_id, camera)
 
@@ -332,7 +372,12 @@ class PhotoStore(ClosingFile):
     def _delete(self, conn: sqlite3.Connection, event_id: str, camera: str | None) -> int:
         if camera is None:
             cur = conn.execute("DELETE FROM photos WHERE event_id = ?", (event_id,))
-        else:
+            for key in [k for k in self._handed if k[0] == event_id]:
+                del self._handed[key]
+        elif (seq := self._handed.get((event_id, camera))) is not None:
+            cur = conn.execute("DELETE FROM photos WHERE seq = ?", (seq,))
+            del self._handed[event_id, camera]
+        else:  # never handed out in this run (acked before it was sent, or after a restart)
             cur = conn.execute("DELETE FROM photos WHERE event_id = ? AND camera = ?", (event_id, camera))
         gone = int(cur.rowcount)
         if gone:

@@ -17,7 +17,7 @@ import pytest
 from agent.errors import OutboxError
 from agent.events import Clock, Event, EventType
 from agent.outbox import HEADROOM_BYTES, Outbox
-from agent.photostore import Photo, PhotoStore
+from agent.photostore import RETRY_FIRST_S, Photo, PhotoStore
 from tests.support.agentproc import AgentFactory
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
@@ -59,7 +59,8 @@ def test_photostore__full_disk_at_open_is_unavailable_not_damaged(small_fs: Path
     with PhotoStore(small_fs / "photos.db", max_mb=1) as s:
         s.put(Photo("a" * 32, "cam", make_jpeg(50_000), 1.0))
     filler = fill(small_fs)
-    store = PhotoStore(small_fs / "photos.db", max_mb=1)
+    now = [0.0]
+    store = PhotoStore(small_fs / "photos.db", max_mb=1, mono=lambda: now[0])
     try:
         assert sorted(p.name for p in small_fs.iterdir() if "damaged" in p.name) == []
         assert store.error is not None
@@ -68,6 +69,7 @@ def test_photostore__full_disk_at_open_is_unavailable_not_damaged(small_fs: Path
         with pytest.raises(OutboxError, match=r"^photos\.db unavailable \("):
             store.put(Photo("b" * 32, "cam", make_jpeg(10_000), 2.0))
         filler.unlink()
+        now[0] += RETRY_FIRST_S  # the first still after the backoff tries the file again
         assert store.put(Photo("b" * 32, "cam", make_jpeg(10_000), 2.0)) == []
         assert "unavailable" not in repr(store)
         assert [p.event_id for p in store.pending()] == ["a" * 32, "b" * 32]
