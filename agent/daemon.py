@@ -75,6 +75,7 @@ class Agent(Closing):
             wall=self.clock.wall,
             mono=self.clock.mono,
             save_every_s=cfg.heartbeat.interval_s,
+            synced=self.clock.synced,
         )
         # Built now, started later: its changed() is safe to call from the first press on, no guards.
         self.heartbeat = Heartbeat(

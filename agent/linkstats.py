@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 BUCKETS_PER_DOUBLING = 4
 BUCKET_FLOOR_S = 0.001  # bucket 0 holds everything below 1 ms
-BUCKETS = 4 * 32  # up to 2**32 ms (about 50 days); the last bucket also holds anything longer
+BUCKETS = 4 * 32  # bucket i ends at 2**(i/4) ms; the last holds everything from 2**31.5 ms (about 35 days) up
+MAX_LATENCY_S = 1e10  # about 317 years: only a broken clock gives a longer wait, and it counts as this
 MAX_PATHS = 8  # brokers remembered; the least recently used beyond this are forgotten
 
 _MINUTE, _HOUR, _DAY = 60, 3600, 86400
@@ -99,7 +100,11 @@ class _Hist:
             self.buckets[b] = self.buckets.get(b, 0) + c
 
     def quantile(self, q: float) -> float | None:
-        """Nearest-rank quantile, read as its bucket's upper edge but never above the exact maximum."""
+        """Nearest-rank quantile, read as its bucket's upper edge but never above the exact maximum.
+
+        The last bucket has no upper edge (it holds every wait over about 35
+        days): a quantile in it reads as the maximum, so it never reads low.
+        """
         if self.count == 0:
             return None
         rank = max(1, math.ceil(q * self.count))
@@ -107,7 +112,7 @@ class _Hist:
         for b in sorted(self.buckets):
             seen += self.buckets[b]
             if seen >= rank:
-                return min(bucket_upper(b), self.top)
+                return self.top if b == BUCKETS - 1 else min(bucket_upper(b), self.top)
         return self.top
 
     def dump(self) -> list[Any]:
@@ -115,11 +120,18 @@ class _Hist:
 
     @classmethod
     def load(cls, doc: Any) -> _Hist:
+        """A saved slot; :class:`_DamagedError` for times no slot can hold (NaN, negative, a mean above the max)."""
         count, total, top, pairs = doc
         h = cls(int(count), float(total), float(top), {int(b): int(c) for b, c in pairs})
         if h.count < 0 or any(not 0 <= b < BUCKETS or c < 0 for b, c in h.buckets.items()):
             raise ValueError("histogram out of range")
+        if not 0.0 <= h.top <= MAX_LATENCY_S or not 0.0 <= h.total <= h.count * h.top * (1 + 1e-6) + 1e-6:
+            raise _DamagedError(f"transmission times sum {h.total!r}, max {h.top!r}")
         return h
+
+
+class _DamagedError(ValueError):
+    """A saved value out of range in a readable file: that slot (or figure) is dropped, the rest kept."""
 
 
 class _Ring:
@@ -181,6 +193,7 @@ class LinkStats:
         self._mark = now or 0.0  # time up to which up/down seconds have been attributed
         self._outage_start: float | None = None
         self._hold: float | None = None  # restored with the clock before this save time: down until it passes
+        self.restored_save: float | None = None  # the last run's save time (wall clock), when its figures were kept
 
     def __repr__(self) -> str:
         with self._lock:
@@ -191,7 +204,7 @@ class LinkStats:
 
     def delivered(self, broker: str, latency_s: float, now: float) -> None:
         """One event acknowledged by ``broker``, ``latency_s`` seconds after it was recorded."""
-        latency_s = max(0.0, latency_s) if math.isfinite(latency_s) else 0.0
+        latency_s = 0.0 if math.isnan(latency_s) else min(max(0.0, latency_s), MAX_LATENCY_S)
         with self._lock:
             path = self._paths.get(broker)
             if path is None:
@@ -303,8 +316,8 @@ class LinkStats:
 
     def _avail_doc(self, now: float, hours: int) -> dict[str, Any]:
         start, slots = self._hours.window(now, hours)
-        up = sum(h.up_s for h in slots)
-        down = sum(h.down_s for h in slots)
+        up = _finite(sum(h.up_s for h in slots))
+        down = _finite(sum(h.down_s for h in slots))
         outages = sum(h.outages for h in slots)
         longest = max((h.longest_s for h in slots), default=0.0)
         if self._outage_start is not None:
@@ -316,7 +329,7 @@ class LinkStats:
             "observed_s": round(observed),
             "percent": round(100.0 * up / observed, 3) if observed > 0 else None,
             "outages": outages,
-            "longest_outage_s": round(longest, 1),
+            "longest_outage_s": round(_finite(longest), 1),
         }
 
     # ---- persistence ---------------------------------------------------------
@@ -344,50 +357,70 @@ class LinkStats:
             }
 
     @classmethod
-    def from_state(cls, doc: Any, now: float) -> LinkStats:
+    def from_state(cls, doc: Any, now: float, *, source: str = "the state file") -> LinkStats:
         """Restore saved figures; the time since the save counts as down until the next :meth:`link_up`.
 
         A missing, foreign or damaged document gives fresh statistics (logged), never an exception.
+        A readable one with values no figure can hold (NaN, infinite, negative, an hour of more
+        than 3,600 s: a damaged ``source``) loses those slots and keeps the rest, logged once:
+        they would make the status invalid JSON, or every snapshot raise.
         """
         stats = cls(now)
         if doc is None:
             return stats
+        damaged: list[str] = []
         try:
-            stats._load(doc, now)
+            stats._load(doc, now, damaged)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             log.warning(
-                "link statistics in the state file are unreadable (%s: %s); starting them afresh",
+                "link statistics in %s are unreadable (%s: %s); starting them afresh",
+                source,
                 type(exc).__name__,
                 exc,
             )
             return cls(now)
+        if damaged:
+            log.warning(
+                "link statistics in %s have %d damaged parts (first: %s); those are dropped, the rest kept",
+                source,
+                len(damaged),
+                damaged[0],
+            )
         return stats
 
-    def _load(self, doc: Any, now: float) -> None:
+    def _load(self, doc: Any, now: float, damaged: list[str]) -> None:
         if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
             raise ValueError(f"not version {STATE_VERSION} statistics")
         saved = float(doc["saved"])
+        if not 0.0 <= saved < math.inf:
+            raise ValueError(f"saved at {saved!r}")
         if saved > now + _FUTURE_SAVE_S:  # written by a clock far ahead: held "down" until then, i.e. for good
             raise ValueError(f"saved {saved - now:.0f} s ahead of the clock")
-        since = doc["since"]
+        self.restored_save = saved
         for broker, p in dict(doc["paths"]).items():
             path = _Path()
-            path.used = float(p["used"])
-            path.minutes.slots = _load_ring(p["minutes"])
-            path.days.slots = _load_ring(p["days"])
+            path.used = _saved_time(p["used"], f"paths.{broker}.used", damaged) or 0.0
+            path.minutes.slots = _load_ring(p["minutes"], f"paths.{broker}.minutes", damaged)
+            path.days.slots = _load_ring(p["days"], f"paths.{broker}.days", damaged)
             for ring in (path.minutes, path.days):
                 ring.prune(now)
             self._paths[str(broker)] = path
         self._forget_paths()
-        for i, up_s, down_s, outages, longest in doc["hours"]:
-            self._hours.slots[int(i)] = _Hour(float(up_s), float(down_s), int(outages), float(longest))
+        since = doc["since"]
+        if (
+            since is not None
+            and _saved_time(since, "since (availability dropped with it)", damaged, upto=saved) is None
+        ):
+            return  # availability counts from it: without it, none of the hours can be placed
+        self._hours.slots = _load_hours(doc["hours"], damaged)
         self._hours.prune(now)
         if since is None:
             self._mark = now
             return
         self._since = float(since)
         start = doc.get("outage_start")
-        self._outage_start = float(start) if start is not None else saved
+        started = None if start is None else _saved_time(start, "outage_start", damaged, upto=saved)
+        self._outage_start = saved if started is None else started
         self._mark = saved  # up to here was counted before the restart
         self._hold = saved if now < saved else None
         self._up = None
@@ -397,13 +430,55 @@ class LinkStats:
 _FUTURE_SAVE_S = 31 * 86400.0  # the longest period the figures keep: a save further ahead is no clock step back
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 1)
+_HOUR_SLACK_S = 1e-3  # an hour's up and down seconds are sums of floats: a hair over 3,600 is rounding
+
+
+def _ms(seconds: float) -> float | None:
+    """Milliseconds to 0.1, or ``None`` for a value that is not finite: the status stays strict JSON."""
+    ms = round(seconds * 1000.0, 1)
+    return ms if math.isfinite(ms) else None
+
+
+def _finite(seconds: float) -> float:
+    """``seconds``, or 0 if not finite: loading keeps such values out, and the status must stay strict JSON."""
+    return seconds if math.isfinite(seconds) else 0.0
+
+
+def _saved_time(value: Any, what: str, damaged: list[str], *, upto: float = math.inf) -> float | None:
+    """A saved wall-clock time, or ``None`` (noted in ``damaged``) if it is not one in ``[0, upto]``."""
+    t = float(value)
+    if 0.0 <= t <= upto and math.isfinite(t):
+        return t
+    damaged.append(f"{what} = {value!r:.20}")
+    return None
 
 
 def _dump_ring(items: Iterable[tuple[int, Any]]) -> list[Any]:
     return [[i, h.dump()] for i, h in items]
 
 
-def _load_ring(doc: Any) -> dict[int, Any]:
-    return {int(i): _Hist.load(h) for i, h in doc}
+def _load_ring(doc: Any, what: str, damaged: list[str]) -> dict[int, Any]:
+    slots: dict[int, Any] = {}
+    for i, h in doc:
+        try:
+            slots[int(i)] = _Hist.load(h)
+        except _DamagedError as exc:
+            damaged.append(f"{what} slot {i!r:.20}: {exc}")
+    return slots
+
+
+def _load_hours(doc: Any, damaged: list[str]) -> dict[int, _Hour]:
+    slots: dict[int, _Hour] = {}
+    for i, up_s, down_s, outages, longest in doc:
+        hour = _Hour(float(up_s), float(down_s), int(outages), float(longest))
+        if (
+            hour.up_s >= 0.0
+            and hour.down_s >= 0.0
+            and hour.up_s + hour.down_s <= _HOUR + _HOUR_SLACK_S
+            and hour.outages >= 0
+            and 0.0 <= hour.longest_s < math.inf
+        ):
+            slots[int(i)] = hour
+        else:
+            damaged.append(f"hours slot {i!r:.20}: {up_s!r:.20} s up, {down_s!r:.20} s down, longest {longest!r:.20}")
+    return slots

@@ -23,6 +23,14 @@ miscounted by the first step (tests/test_transmission.py, the property
 test, samples between steps).  Only events recorded by this process are corrected: a step
 before it started cannot be seen, and an event of an earlier run (pressed,
 then a power cut) counts with its whole wall-clock wait.
+
+That wait needs a right clock now: a Pi back from a power cut on fake-hwclock
+may deliver the press before NTP answers, on a clock hours behind, which would
+count the clock's error (or 0) instead of the wait.  So such a delivery is
+held while the clock is not synchronised or reads behind the last run's save,
+and counted once it is right, its delivery placed by the monotonic clock (at
+most :data:`DEFERRED_KEPT`; held ones are lost, not counted, if the agent stops
+first).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ log = logging.getLogger(__name__)
 STEP_S = 1.0  # a change of the wall-monotonic offset larger than this is a clock step, not a slew
 _STEPS_KEPT = 16
 _EPS = 1e-3  # s: a wall-clock time near 2e9 s carries a float error of a few 1e-7 s
+DEFERRED_KEPT = 10_000  # earlier-run deliveries held until the clock is right; more are not counted
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ class Transmission(Closing):
         wall: the wall clock (s); the figures are per calendar hour and day.
         mono: the monotonic clock (s) that paces the saves.
         save_every_s: least time between two saves.
+        synced: whether the wall clock is NTP-synchronised (``Clock.synced``); ``None``: not known, and
+            then only a clock behind the last save holds an earlier run's deliveries back.
 
     """
 
@@ -76,10 +87,12 @@ class Transmission(Closing):
         wall: Callable[[], float],
         mono: Callable[[], float],
         save_every_s: float,
+        synced: Callable[[], bool] | None = None,
     ) -> None:
         self.path = path
         self._wall = wall
         self._mono = mono
+        self._synced = synced
         self._every = save_every_s
         self._saved_at: float | None = None
         self._warned = False
@@ -88,7 +101,10 @@ class Transmission(Closing):
         self._steps: deque[_Step] = deque(maxlen=_STEPS_KEPT)
         self._sampling = threading.Lock()
         self._mark = (mono(), wall() - mono())  # (monotonic, wall - monotonic) at the last sample
-        self.stats = LinkStats.from_state(self._read(), wall())
+        self._deferred: list[tuple[str, float]] = []  # (broker, monotonic delivery time - recorded wall time)
+        self._deferring = threading.Lock()
+        self._deferred_full = False
+        self.stats = LinkStats.from_state(self._read(), wall(), source=str(path))
 
     def _read(self) -> Any:
         try:
@@ -121,12 +137,45 @@ class Transmission(Closing):
         if broker is None:
             return
         now = self._sample()
+        if not this_run and not self._clock_right(now):
+            self._defer(broker, self._mark[0] - recorded_wall)
+            return
+        self._settle(now)
         if not this_run or not self._steps:
             self.stats.delivered(broker, now - recorded_wall, now)
             return
         recorded = self._recorded_mono(recorded_wall)
         if recorded is not None:  # else recorded while the clock stepped: its time cannot be told
             self.stats.delivered(broker, self._mark[0] - recorded, now)
+
+    def _clock_right(self, now: float) -> bool:
+        """Whether an earlier run's recording time can be compared with ``now``: synchronised, past the last save."""
+        saved = self.stats.restored_save
+        return (saved is None or now >= saved) and (self._synced is None or self._synced())
+
+    def _defer(self, broker: str, gap: float) -> None:
+        """Hold an earlier run's delivery (``gap``: monotonic delivery time less wall recording time)."""
+        with self._deferring:
+            if len(self._deferred) < DEFERRED_KEPT:
+                self._deferred.append((broker, gap))
+                return
+            full, self._deferred_full = self._deferred_full, True
+        if not full:
+            log.warning(
+                "%d deliveries of events from before the restart wait for a synchronised clock; "
+                "more are not counted in the transmission times (check NTP)",
+                DEFERRED_KEPT,
+            )
+
+    def _settle(self, now: float) -> None:
+        """Count the held deliveries once the clock is right: each at its monotonic time on today's clock."""
+        if not self._deferred or not self._clock_right(now):
+            return
+        with self._deferring:
+            held, self._deferred = self._deferred, []
+        offset = self._mark[1]
+        for broker, gap in held:
+            self.stats.delivered(broker, offset + gap, now)
 
     def _recorded_mono(self, recorded_wall: float) -> float | None:
         """The monotonic time a wall-clock recording time stands for, if only one clock between steps fits it.
@@ -159,7 +208,9 @@ class Transmission(Closing):
 
     def snapshot(self) -> dict[str, Any]:
         """The status document's ``link.stats``."""
-        return self.stats.snapshot(self._sample())
+        now = self._sample()
+        self._settle(now)
+        return self.stats.snapshot(now)
 
     def save(self, *, force: bool = False) -> None:
         """Write the figures if ``save_every_s`` has passed since the last write (or ``force``)."""
