@@ -170,10 +170,10 @@ def format_status(reply: dict[str, Any]) -> str:
 
 
 def _camera_verdict(ok: object) -> str:
-    """A camera's ``ok`` in words: ``null`` (no probe has run yet, per the contract) is no fault."""
+    """A camera's ``ok`` in words: ``null`` (no verdict yet: fewer than ``fail_after`` failed probes) is no fault."""
     if ok is True:
         return "ok"
-    return "FAULT" if ok is False else "not probed yet"
+    return "FAULT" if ok is False else "no verdict yet"
 
 
 def _stats_lines(stats: dict[str, Any] | None) -> list[str]:

@@ -202,6 +202,7 @@ class Agent(Closing):
                 warnings=self.notices.lines,
                 link_stats=self.transmission.snapshot,
                 photos=self.photos.status if self.photos is not None else None,
+                held=self.recorder.held,
             ),
             test_mode=self.test_mode,
             heartbeat_s=cfg.heartbeat.interval_s,

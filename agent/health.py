@@ -26,11 +26,12 @@ from agent.closing import Closing
 from agent.events import CONTRACT_VERSION, Clock, Stamp, iso_ms
 from agent.inputs import InputState
 from agent.outbox import Outbox
+from agent.outbox_rows import OutboxRow
 from agent.uplink import LinkState
 
 log = logging.getLogger(__name__)
 
-MAX_DETAIL = 120  # characters of a camera detail or warning in status: keeps it under 4 KiB
+MAX_DETAIL = 120  # characters of a camera detail or warning in status: its size bound (docs/contract.md)
 MAX_WARNINGS = 3
 _NO_SECTION = object()  # an optional section that failed: left out of the document
 
@@ -47,6 +48,7 @@ class StatusSources:
     warnings: Callable[[], list[str]] = list
     link_stats: Callable[[], dict[str, Any]] | None = None  # agent/transmission.py: times and availability
     photos: Callable[[], dict[str, Any]] | None = None  # agent/photos.py: stills waiting to be sent
+    held: Callable[[], list[OutboxRow]] = list  # Recorder.held: events kept in memory, counted as pending
 
 
 _WINDOWS_KEPT = 4  # test-mode windows remembered for presses recorded late
@@ -65,9 +67,7 @@ class TestMode:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._until_mono: float | None = None
-        self._until_wall: float | None = None
-        self._wall_trusted = False
+        self._until_mono: float | None = None  # the only end kept: a wall-clock end is worked out when asked
         self._windows: list[list[float]] = []  # the last few [start, end) in monotonic time
         self._lock = threading.Lock()
 
@@ -77,18 +77,16 @@ class TestMode:
         with self._lock:
             window = self._windows[-1] if self._windows and self._windows[-1][1] > now else None
             if minutes <= 0:
-                self._until_mono = self._until_wall = None
+                self._until_mono = None
                 if window is not None:
                     window[1] = now
                 return None
             self._until_mono = now + minutes * 60
-            self._until_wall = self._clock.wall() + minutes * 60
-            self._wall_trusted = self._clock.synced()  # a wall-clock end is kept across a reboot only then
             if window is not None:
                 window[1] = self._until_mono  # extended (or shortened) from now on
             else:
                 self._windows = [*self._windows[-(_WINDOWS_KEPT - 1) :], [now, self._until_mono]]
-            return iso_ms(self._until_wall)
+        return iso_ms(self._clock.wall() + minutes * 60)
 
     def active_at(self, mono: float) -> bool:
         """Whether test mode was on at ``mono`` (a press's stamp)."""
@@ -100,20 +98,36 @@ class TestMode:
             if self._until_mono is None:
                 return False
             if self._clock.mono() >= self._until_mono:
-                self._until_mono = self._until_wall = None
+                self._until_mono = None
                 log.info("test mode ended")
                 return False
             return True
 
     def until(self) -> str | None:
-        return iso_ms(self._until_wall) if self.active() and self._until_wall is not None else None
+        """The end as ISO time on the wall clock now, or None when test mode is off.
+
+        Worked out from the monotonic end each time: a wall clock stepped since
+        test mode was set (NTP after an offline boot) moves the end with it.
+        """
+        if not self.active():
+            return None
+        with self._lock:
+            until_mono = self._until_mono
+        return None if until_mono is None else iso_ms(self._clock.wall() + (until_mono - self._clock.mono()))
 
     def ends(self) -> tuple[float | None, float | None]:
-        """The end as (wall-clock, monotonic) seconds while test mode is on (what the state file keeps)."""
+        """The end as (wall-clock, monotonic) seconds while test mode is on (what the state file keeps).
+
+        The wall-clock end only while the clock is synchronised: only such an
+        end can be resumed after a reboot (agent/carryover.py).
+        """
         with self._lock:
-            if self._until_mono is None or self._clock.mono() >= self._until_mono:
-                return None, None
-            return (self._until_wall if self._wall_trusted else None), self._until_mono
+            until_mono = self._until_mono
+        mono = self._clock.mono()
+        if until_mono is None or mono >= until_mono:
+            return None, None
+        wall = self._clock.wall() + (until_mono - mono) if self._clock.synced() else None
+        return wall, until_mono
 
 
 def read_cpu_temp(root: Path = Path("/sys/class/thermal")) -> float | None:
@@ -189,6 +203,7 @@ class Health:
             "state": "online",
             "ts": iso_ms(now.wall),
             "clock_synced": now.synced,
+            "mono_ms": int(now.mono * 1000),  # with agent.boot_id: re-times this boot's unsynced events
             "agent": {
                 "version": __version__,
                 "boot_id": self.clock.boot_id,
@@ -245,12 +260,31 @@ class Health:
         }
 
     def _outbox(self) -> dict[str, Any]:
+        """The outbox's figures with the events held in memory added: they are as unsent as its rows.
+
+        Held events are read first: one stored meanwhile is then counted in
+        the outbox too (once more, for one status), never in neither.
+        """
+        held = self.sources.held()
         ob = self.outbox.stats()
-        return {"pending": ob.pending, "oldest_age_s": ob.oldest_age_s, "dropped": ob.dropped, "disk_low": ob.disk_low}
+        oldest = ob.oldest_age_s
+        if held:
+            held_age = max(0.0, round(self.clock.wall() - min(r.created for r in held), 3))
+            oldest = held_age if oldest is None else max(oldest, held_age)
+        return {
+            "pending": ob.pending + len(held),
+            "oldest_age_s": oldest,
+            "dropped": ob.dropped,
+            "disk_low": ob.disk_low,
+        }
 
     def _outbox_from_memory(self) -> dict[str, Any]:
         """The counts the outbox keeps in memory: a consumer must never read a made-up ``pending: 0`` as "drained"."""
-        return {"pending": self.outbox.pending(), "oldest_age_s": None, "dropped": self.outbox.dropped}
+        try:
+            held = len(self.sources.held())
+        except Exception:  # the section is already named in warnings; the outbox's count still goes
+            held = 0
+        return {"pending": self.outbox.pending() + held, "oldest_age_s": None, "dropped": self.outbox.dropped}
 
     def _inputs(self) -> dict[str, Any]:
         return {

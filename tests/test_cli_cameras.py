@@ -1,7 +1,9 @@
 """`campus-agent status`: a camera's verdict as the technician at the gate reads it.
 
-The contract's camera ``ok`` is ``null`` until the first probe has run; it was
-printed as FAULT, sending a technician after a camera fault that does not exist.
+The contract's camera ``ok`` is ``null`` until the first verdict (``fail_after``
+failed probes in a row, or one good one); it was printed as FAULT, sending a
+technician after a camera fault that does not exist, then as "not probed yet"
+while probes were failing.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ def _reply(camera: dict[str, Any]) -> dict[str, Any]:
     [
         (True, "200 image/jpeg 48213 bytes in 41 ms", "ok"),
         (False, "connection refused", "FAULT"),
-        (None, "not checked yet", "not probed yet"),
-        (None, "not probed: busy with a still for 5 s", "not probed yet"),
+        (None, "not checked yet", "no verdict yet"),
+        (None, "not probed: busy with a still for 5 s", "no verdict yet"),
+        (None, "connection refused by 127.0.0.1:1: camera off or wrong port", "no verdict yet"),
     ],
 )
 def test_format_status__camera_verdict(ok: bool | None, detail: str, verdict: str) -> None:
