@@ -119,7 +119,7 @@ class Uplink(Closing):
         self._dialect: Dialect | None = None  # of the last session the broker accepted
         self._dialects = Dialects(cfg.protocol)
         self._commands = CommandRoute(f"{topic_root}/cmd/", answer_s=self._puback_deadline_s())
-        self._connected_since: float | None = None
+        self._connected_since: float | None = None  # monotonic: the wall-clock time is worked out when asked
         self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
         self._ended = Ended(None)  # how the last accepted session ended
         self._overdue = False  # the session is ending because its broker kept an event without a PUBACK
@@ -161,12 +161,16 @@ class Uplink(Closing):
         self._outgoing.reply(f"{self.root}/{subtopic}", doc)
         self._wake.set()
 
+    def _up_for(self) -> float:
+        """Seconds this connection has lasted (on the monotonic clock: a clock step moves its start with it)."""
+        return 0.0 if self._connected_since is None else self._mono() - self._connected_since
+
     def state(self) -> LinkState:
         s, d = self._session, self._dialect
         return LinkState(
             connected=self._connected_since is not None,
             broker=str(s.broker) if s is not None else None,
-            connected_since=self._connected_since,
+            connected_since=None if self._connected_since is None else self._wall() - self._up_for(),
             reconnects=max(0, self._sessions - 1),
             last_error=self._last_error,
             inflight=len(self._window),
@@ -321,7 +325,7 @@ class Uplink(Closing):
         if self._photos is not None:
             self._photos.limit = s.max_packet_size  # a photo over it would end the session, again and again
             self._photos.mqtt5 = s.dialect.protocol == "5"  # strikes count only where no limit can be announced
-        self._connected_since = self._wall()
+        self._connected_since = self._mono()
         self._sessions += 1
         self._last_error = None
         self._outgoing.drop_status()

@@ -12,7 +12,9 @@ import paho.mqtt.client as paho_client
 import pytest
 
 from agent import session
+from agent.outbox import Outbox
 from agent.session import MAX_PACKET_SIZE
+from agent.uplink import Uplink
 from tests.support.broker import Broker, free_port
 from tests.support.faultproxy import FaultProxy
 from tests.support.mqtt import Central
@@ -170,3 +172,29 @@ def test_uplink__passes_the_retain_flag_of_commands(
         assert rig.commands == [("old", 2, True), ("new", 2, False)]
     finally:
         central.publish(f"{rig.root}/cmd/old", b"", retain=True)
+
+
+def test_uplink__connected_since_follows_a_clock_step(broker: Broker, tmp_path: Path, device: str) -> None:
+    """Kept on the wall clock of the connect, it stayed hours off after NTP stepped a Pi's clock."""
+    offset = [0.0]
+    ob = Outbox(tmp_path / "outbox.db", site="main", device=device)
+    up = Uplink(
+        mqtt_cfg(broker.port, client_id=f"main/{device}"),
+        topic_root=f"campus/main/{device}",
+        outbox=ob,
+        status=lambda: {"v": 1, "state": "online"},
+        offline=lambda reason: {"v": 1, "state": "offline", "reason": reason},
+        wall=lambda: time.time() + offset[0],
+    )
+    try:
+        up.start()
+        eventually(lambda: up.state().connected, what="connected")
+        since = up.state().connected_since
+        assert since is not None
+        offset[0] = 3 * 86400.0  # NTP puts the clock three days ahead
+        stepped = up.state().connected_since
+        assert stepped is not None
+        assert stepped - since == pytest.approx(3 * 86400.0, abs=1.0)
+    finally:
+        up.stop()
+        ob.close()
