@@ -85,6 +85,28 @@ def test_consumer__retimes_unsynced_events_of_the_same_boot() -> None:
     assert "1970-01-01T00:00:01.000Z?" in unknown[0]
 
 
+def test_consumer__retimes_from_a_synced_status_of_the_same_boot() -> None:
+    """After a power cut the next synced document of a boot is usually a heartbeat, not a press."""
+    c = ref.Consumer()
+    status = {
+        "v": 1,
+        "state": "online",
+        "ts": "2026-11-29T06:00:10.000Z",
+        "clock_synced": True,
+        "mono_ms": 10_000,
+        "agent": {"boot_id": "b1"},
+    }
+    c.handle("campus/main/g1/status", json.dumps(status).encode())
+    line = c.handle(
+        "campus/main/g1/event/panic", event(1, synced=False, ts="1970-01-01T00:00:30.000Z", mono_ms=25_500)
+    )[0]
+    assert "at 2026-11-29T06:00:25.500Z~" in line
+    older = {k: v for k, v in status.items() if k != "mono_ms"}  # an older agent's status cannot serve
+    c = ref.Consumer()
+    c.handle("campus/main/g1/status", json.dumps(older).encode())
+    assert "?" in c.handle("campus/main/g1/event/panic", event(1, synced=False, ts="1970-01-01T00:00:30.000Z"))[0]
+
+
 def test_consumer__ignores_garbage() -> None:
     c = ref.Consumer()
     assert c.handle("campus/main/g1/event/panic", b"\xff") == ["ignored non-JSON message on campus/main/g1/event/panic"]

@@ -139,6 +139,7 @@ class Consumer:
         dev = self.devices.setdefault((parts[1], parts[2]), Device())
         if parts[3] == "status":
             dev.status = doc
+            self._learn_offset(dev, doc)
             return [f"{parts[1]}/{parts[2]} is {doc.get('state')}"]
         if parts[3] != "event":
             return []
@@ -165,6 +166,13 @@ class Consumer:
             f"{doc['type'].upper()}{test} at {doc['site']}/{doc['device']} from {doc['source']} at {when} seq {seq}"
         )
         return out
+
+    @staticmethod
+    def _learn_offset(dev: Device, status: dict[str, Any]) -> None:
+        """A synced status of a boot gives its clock offset too: after a power cut it often comes before any press."""
+        boot, mono_ms, ts = status.get("agent", {}).get("boot_id"), status.get("mono_ms"), status.get("ts")
+        if status.get("clock_synced") is True and isinstance(boot, str) and isinstance(mono_ms, int) and ts:
+            dev.boot_offsets[boot] = dt.datetime.fromisoformat(ts).timestamp() - mono_ms / 1000.0
 
     def retime(self, dev: Device, doc: dict[str, Any]) -> str:
         """Best known wall time of an event; marked '~' when re-timed, '?' when unknown."""
