@@ -115,10 +115,14 @@ class AckDesk:
         """Every alarm not yet acknowledged from here, newest first (at most 1,000)."""
         return list(reversed(self._unacked.values()))
 
-    def sent(self, alarm: Alarm, cmd_id: str, now: float) -> None:
-        """``cmd_id`` acknowledges ``alarm``; its reply is now expected."""
+    def sent(self, alarm: Alarm, cmd_id: str, now: float, *, mono: float | None = None) -> None:
+        """``cmd_id`` acknowledges ``alarm``; its reply is now expected.
+
+        ``mono`` is ``now`` on the monotonic clock (default ``now``): the reply
+        timeout is a span, which a step of the wall clock must not stretch.
+        """
         self._unacked.pop(alarm.event_id, None)
-        self._sent[cmd_id] = (alarm, now)
+        self._sent[cmd_id] = (alarm, now if mono is None else mono)
 
     def failed(self, cmd_id: str) -> None:
         """The ack ``cmd_id`` could not be published: offer its alarm again."""
@@ -158,11 +162,12 @@ class AckDesk:
         }
         return [Line(LineKind.REPLY, text, record)]
 
-    def tick(self, now: float) -> list[Line]:
-        """Give up on acks that got no reply in time, and offer their alarms again."""
+    def tick(self, now: float, *, mono: float | None = None) -> list[Line]:
+        """Give up on acks that got no reply in time, and offer their alarms again; ``mono`` as in :meth:`sent`."""
+        m = now if mono is None else mono
         lines: list[Line] = []
         for cmd_id, (alarm, sent_at) in list(self._sent.items()):
-            if now - sent_at > self.reply_timeout_s:
+            if m - sent_at > self.reply_timeout_s:
                 del self._sent[cmd_id]
                 self.offer(alarm)
                 lines.append(

@@ -112,12 +112,14 @@ def summary(
     tz: dt.tzinfo | None = None,
     photo_of: Callable[[str], str | None] = _no_photo,
     down_since: float | None = None,
+    mono: float | None = None,
 ) -> str:
     """The header, the devices that need attention (at most ``limit``), then every unacknowledged alarm.
 
-    ``photo_of`` gives an alarm's saved photo by event id (``monitor --snapshots``).
+    ``photo_of`` gives an alarm's saved photo by event id (``monitor --snapshots``);
+    ``mono`` is ``now`` on the monotonic clock (:class:`~agent.central.fleet.FleetView`).
     """
-    rows, total = fleet.attention(now, limit)
+    rows, total = fleet.attention(now, limit, mono=mono)
     real, tests = tally(alarms)
     out = [header(fleet, real, now, tz, tests=tests, down_since=down_since)]
     if rows:
@@ -142,10 +144,11 @@ def table(
     *,
     tests: int = 0,
     down_since: float | None = None,
+    mono: float | None = None,
 ) -> str:
-    """The header and every device, problem first."""
+    """The header and every device, problem first; ``mono`` is ``now`` on the monotonic clock."""
     top = header(fleet, alarms, now, tz, tests=tests, down_since=down_since)
-    return "\n".join([top, *_table_lines(fleet.rows(now), now)])
+    return "\n".join([top, *_table_lines(fleet.rows(now, mono=mono), now)])
 
 
 def summary_lines(
@@ -157,11 +160,12 @@ def summary_lines(
     limit: int = ATTENTION_LINES,
     photo_of: Callable[[str], str | None] = _no_photo,
     down_since: float | None = None,
+    mono: float | None = None,
 ) -> list[Line]:
     """For ``--json``: a ``summary`` record, then a ``device`` record per device shown, then the alarms."""
     n = fleet.counts()
     real, tests = tally(alarms)
-    rows, total = (fleet.rows(now), len(fleet)) if full else fleet.attention(now, limit)
+    rows, total = (fleet.rows(now, mono=mono), len(fleet)) if full else fleet.attention(now, limit, mono=mono)
     record = {
         "kind": "summary",
         "at": iso_ms(now),

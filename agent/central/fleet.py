@@ -38,8 +38,12 @@ Decisions:
   (:func:`~agent.central.display.escape`), and the fields the contract
   restricts (site, device, event id, type) are checked first; a message that
   fails becomes one warning naming its topic.
-- All times are wall-clock seconds (``time.time()``): the delay shown for an
-  event is arrival minus its ``ts``, which only the wall clock can give.
+- **Two clocks.**  Each time passed in is wall-clock seconds (``time.time()``)
+  for the printed times and what is compared with a device's ``ts`` (an
+  event's delay, a retained status's age), plus ``mono`` (``time.monotonic()``)
+  for every span: deadlines, gaps, ages.  A step of the monitor host's clock
+  (NTP, a resumed VM) then neither hides a dead device nor flags a live
+  fleet.  ``mono`` defaults to the wall time given: one fake clock for tests.
 """
 
 from __future__ import annotations
@@ -129,11 +133,14 @@ class FleetView:
 
     # ---- input -------------------------------------------------------------
 
-    def feed(self, topic: str, payload: bytes, arrival: float, *, retained: bool = False) -> list[Line]:
-        """Take one message; return what to print about it (often nothing)."""
+    def feed(
+        self, topic: str, payload: bytes, arrival: float, *, retained: bool = False, mono: float | None = None
+    ) -> list[Line]:
+        """Take one message that arrived at wall time ``arrival`` (monotonic ``mono``); return what to print."""
+        m = arrival if mono is None else mono
         known = self._status_topics.get(topic)
         if known is not None:  # the common case: a heartbeat from a device already shown
-            return self._status(topic, known.site, known.device, payload, arrival, retained=retained)
+            return self._status(topic, known.site, known.device, payload, arrival, mono=m, retained=retained)
         head = f"{self.prefix}/"
         levels = topic[len(head) :].split("/") if topic.startswith(head) else []
         if len(levels) < 3 or not levels[0] or not levels[1]:
@@ -147,20 +154,21 @@ class FleetView:
             ]
         msg = Msg(topic, levels[0], levels[1], tuple(levels[2:]), payload, arrival, retained)
         if msg.rest == ("status",):
-            return self._status(topic, msg.site, msg.device, payload, arrival, retained=retained)
+            return self._status(topic, msg.site, msg.device, payload, arrival, mono=m, retained=retained)
         if msg.rest[0] == "event":
-            return self._retained_event(msg) if retained else self._event(msg)
+            return self._retained_event(msg) if retained else self._event(msg, m)
         return []  # replies are the AckDesk's; commands are not shown
 
-    def tick(self, now: float) -> list[Line]:
+    def tick(self, now: float, *, mono: float | None = None) -> list[Line]:
         """Flag devices whose heartbeat deadline has passed; costs one heap pop per deadline passed."""
+        m = now if mono is None else mono
         lines: list[Line] = []
-        for key in self._deadlines.pop_passed(now):
+        for key in self._deadlines.pop_passed(m):
             dev = self._devices[key]
             if dev.state is not DeviceState.ONLINE:
                 continue
             self._set_state(dev, DeviceState.OVERDUE)
-            silent = span(now - dev.heard) if dev.heard is not None else "?"
+            silent = span(m - dev.heard) if dev.heard is not None else "?"
             limit = (
                 f"overdue after {span(self.overdue_after_s)}"
                 if self.overdue_after_s is not None
@@ -178,32 +186,35 @@ class FleetView:
     def __len__(self) -> int:
         return len(self._devices)
 
-    def attention(self, now: float, limit: int) -> tuple[list[DeviceRow], int]:
+    def attention(self, now: float, limit: int, *, mono: float | None = None) -> tuple[list[DeviceRow], int]:
         """Up to ``limit`` rows of devices not online or under 95 % availability, problem first, and how many."""
+        m = now if mono is None else mono
         keys = heapq.nsmallest(limit, self._attention, key=lambda k: (RANK[self._devices[k].state], k))
-        return [self._row(self._devices[k], now) for k in keys], len(self._attention)
+        return [self._row(self._devices[k], now, m) for k in keys], len(self._attention)
 
-    def rows(self, now: float, *, site: str | None = None) -> list[DeviceRow]:
+    def rows(self, now: float, *, site: str | None = None, mono: float | None = None) -> list[DeviceRow]:
         """Every device (or one site's), problem first: the full table, a scan on request only."""
-        rows = [self._row(d, now) for d in self._devices.values() if site is None or d.site == site]
+        m = now if mono is None else mono
+        rows = [self._row(d, now, m) for d in self._devices.values() if site is None or d.site == site]
         return sorted(rows, key=lambda r: (RANK[r.state], r.key))
 
-    def _row(self, d: Device, now: float) -> DeviceRow:
+    def _row(self, d: Device, now: float, mono: float) -> DeviceRow:
+        """``d`` as of ``now``; its times are put on the wall clock as it reads now, so ages are true spans."""
         state = d.state
         due = self._deadlines.due(f"{d.site}/{d.device}")
-        if state is DeviceState.ONLINE and due is not None and due < now:
+        if state is DeviceState.ONLINE and due is not None and due < mono:
             state = DeviceState.OVERDUE  # between ticks: the table is exact at its own ``now``
         return DeviceRow(
             site=d.site,
             device=d.device,
             state=state,
             reason=d.reason,
-            heard=d.heard,
-            offline_at=d.offline_at,
+            heard=_on_wall(d.heard, now, mono),
+            offline_at=_on_wall(d.offline_at, now, mono),
             interval_s=self._interval(d),
             pending=d.pending,
             last_event=d.last_event,
-            last_event_at=d.last_event_at,
+            last_event_at=_on_wall(d.last_event_at, now, mono),
             link=d.link,
         )
 
@@ -215,7 +226,7 @@ class FleetView:
             self._warn(msg.at, f"{escape(msg.topic)}: a retained event (the contract never retains events); not shown")
         ]
 
-    def _event(self, msg: Msg) -> list[Line]:
+    def _event(self, msg: Msg, mono: float) -> list[Line]:
         doc, at, site, device = decode(msg.payload), msg.at, msg.site, msg.device
         where = escape(msg.topic)
         if isinstance(doc, str):
@@ -247,12 +258,12 @@ class FleetView:
                 late = dev.max_seq
         if seq is not None:
             dev.max_seq = max(seq, dev.max_seq or 0)
-        dev.last_event, dev.last_event_at = msg.rest[1], at
+        dev.last_event, dev.last_event_at = msg.rest[1], mono
         lines.append(event_line(msg, doc, eid, seq=seq, late=late, clock=self._clock(at)))
         return lines
 
-    def _status(  # the message's parts, unpacked once by feed()
-        self, topic: str, site: str, device: str, payload: bytes, at: float, *, retained: bool
+    def _status(  # the message's parts, unpacked once by feed(); ``at`` wall, ``mono`` monotonic
+        self, topic: str, site: str, device: str, payload: bytes, at: float, *, mono: float, retained: bool
     ) -> list[Line]:
         doc = decode(payload)
         if isinstance(doc, str):
@@ -275,8 +286,8 @@ class FleetView:
         was = dev.state
         quiet = retained and was is DeviceState.UNKNOWN  # a device's first status read at subscribe: on the board
         if state == "offline":
-            return self._offline(dev, doc, at, retained=retained, quiet=quiet)
-        heard, ts = self._heard_at(doc, at, retained=retained), doc.get("ts")
+            return self._offline(dev, doc, at, mono, retained=retained, quiet=quiet)
+        heard, ts = self._heard_at(doc, at, mono, retained=retained), doc.get("ts")
         if retained and was in _HEARD and dev.heard is not None and (heard <= dev.heard or _same(ts, dev.ts)):
             return []  # a status already taken, resent by the broker at a subscribe: nothing changed
         if not retained and dev.heard_live and was in _HEARD and dev.heard is not None and heard > dev.heard:
@@ -297,13 +308,15 @@ class FleetView:
         lines = [] if quiet or was is DeviceState.ONLINE else [self._state_line(dev, at, "online", _BACK[was])]
         return lines + self._figures(dev, doc, topic, at, quiet=quiet)
 
-    def _offline(self, dev: Device, doc: dict[str, Any], at: float, *, retained: bool, quiet: bool) -> list[Line]:
+    def _offline(
+        self, dev: Device, doc: dict[str, Any], at: float, mono: float, *, retained: bool, quiet: bool
+    ) -> list[Line]:
         reason = escape(text_or(doc.get("reason"), "?")[:40])
         if dev.state is DeviceState.OFFLINE and (retained or reason == dev.reason):
             return []  # said already; a redelivered will keeps the time it was first seen
         self._deadlines.cancel(dev.key)
         self._set_state(dev, DeviceState.OFFLINE)
-        dev.reason, dev.offline_at = reason, None if retained else at
+        dev.reason, dev.offline_at = reason, None if retained else mono
         dev.gaps.clear()
         dev.candidate = None
         if quiet:
@@ -361,11 +374,12 @@ class FleetView:
         return max(self.default_interval_s, max(dev.gaps, default=0.0))
 
     @staticmethod
-    def _heard_at(doc: dict[str, Any], at: float, *, retained: bool) -> float:
+    def _heard_at(doc: dict[str, Any], at: float, mono: float, *, retained: bool) -> float:
+        """When the status was sent, on the monotonic clock: a synchronised retained ``ts`` is aged on the wall."""
         if not retained:
-            return at
+            return mono
         ts = parse_ts(doc.get("ts"))
-        return ts if ts is not None and doc.get("clock_synced") is True and ts <= at else at
+        return mono - (at - ts) if ts is not None and doc.get("clock_synced") is True and ts <= at else mono
 
     def _clock(self, at: float) -> str:
         return clock_text(at, self._tz)
@@ -385,6 +399,11 @@ class FleetView:
 
     def _warn(self, at: float, text: str) -> Line:
         return warning_line(at, text, self._tz)
+
+
+def _on_wall(t: float | None, now: float, mono: float) -> float | None:
+    """Monotonic time ``t`` as the wall clock reading ``now`` (at monotonic ``mono``) puts it."""
+    return None if t is None else now + (t - mono)
 
 
 def _same(ts: object, last: object) -> bool:

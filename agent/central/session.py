@@ -14,6 +14,10 @@ Decisions, for a centre with tens of thousands of devices:
   renewed subscriptions are confirmed: the retained statuses that re-arm
   the deadlines come behind that SUBACK (a second at 20,000 devices), and a
   deaf monitor must not call a heartbeating device overdue.
+- **Spans on the monotonic clock** (``mono``): the loop's timers, the settle
+  time and what the fleet view and the ack desk measure; the wall clock
+  (``wall``) only for printed times and comparing with devices' ``ts``.  A
+  step of the host's clock must not hide a dead device or flag a live fleet.
 - **Photos after events** (``--snapshots DIR``): a photo is checked here and
   written on :class:`~agent.central.photos.PhotoSaver`'s thread; its PHOTO
   line is printed when the file is in place (:mod:`agent.central.photos`).
@@ -99,6 +103,7 @@ def run_monitor(
     keys: TextIO | None = None,
     stop: threading.Event | None = None,
     wall: Callable[[], float] = time.time,
+    mono: Callable[[], float] = time.monotonic,
 ) -> int:
     """Connect, subscribe and print until ``stop``, the duration, ``q`` or Ctrl-C.
 
@@ -135,7 +140,7 @@ def run_monitor(
         pressed: queue.SimpleQueue[str] = queue.SimpleQueue()
         if keys is not None:
             threading.Thread(target=_read_keys, args=(keys, pressed), name="monitor-keys", daemon=True).start()
-        session = _Session(link, inbox, target.prefix, opts, out, wall=wall, saver=saver)
+        session = _Session(link, inbox, target.prefix, opts, out, wall=wall, mono=mono, saver=saver)
         return session.run(stop or threading.Event(), pressed)
 
 
@@ -151,9 +156,10 @@ class _Session:
         out: TextIO,
         *,
         wall: Callable[[], float],
+        mono: Callable[[], float] = time.monotonic,
         saver: PhotoSaver | None = None,
     ) -> None:
-        self.link, self.inbox, self.opts, self.out, self.wall = link, inbox, opts, out, wall
+        self.link, self.inbox, self.opts, self.out, self.wall, self.mono = link, inbox, opts, out, wall, mono
         self.prefix = prefix
         self.fleet = FleetView(prefix, overdue_after_s=opts.overdue_after_s)
         self.desk = AckDesk(prefix)
@@ -161,16 +167,17 @@ class _Session:
         self.photos = PhotoDesk()
         self._next_table: float | None = None
         self._next_tick = 0.0
+        self._listening: tuple[float, float] | None = None  # the link's SUBACK stamp, and when it was seen here
 
     def run(self, stop: threading.Event, pressed: queue.SimpleQueue[str]) -> int:
-        start = self.wall()
+        start = self.mono()
         end = start + self.opts.duration_s if self.opts.duration_s is not None else None
         every = self.opts.table_every_s
         self._next_table = start + min(_FIRST_TABLE_S, every) if every > 0 else None
         self._next_tick = start + TICK_S
         try:
             while not stop.is_set():
-                now = self.wall()
+                now = self.mono()
                 if end is not None and now >= end:
                     break
                 try:
@@ -190,24 +197,40 @@ class _Session:
     def _turn(self, now: float, end: float | None, pressed: queue.SimpleQueue[str]) -> bool:
         """Messages, keys, the tick and the board, each once; False when the user asked to quit.
 
-        Each timer moves on before its work, so work that raises runs again
-        only when next due, never in a loop.
+        ``now`` and the timers are monotonic.  Each timer moves on before its
+        work, so work that raises runs again only when next due, never in a loop.
         """
         due = (end, self._next_table, self._next_tick)
         self._drain(max(0.0, min(_IDLE_S, *(t - now for t in due if t is not None))))
         self._saved()
         if not self._keys(pressed):
             return False
-        now = self.wall()
+        now = self.mono()
+        settled = self._settled(now)
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
-            since = self.link.listening_since
-            if since is not None and now - since >= SETTLE_S:  # a deaf monitor is not a silent fleet
-                self._emit(self.fleet.tick(now) + self.desk.tick(now))
+            if settled:  # a deaf monitor is not a silent fleet
+                wall = self.wall()
+                self._emit(self.fleet.tick(wall, mono=now) + self.desk.tick(wall, mono=now))
         if self._next_table is not None and now >= self._next_table:
             self._next_table = now + self.opts.table_every_s
-            self._board(now, full=self.opts.full_table)
+            self._board(self.wall(), full=self.opts.full_table)
         return True
+
+    def _settled(self, mono: float) -> bool:
+        """True once the link has listened :data:`SETTLE_S` seconds, timed on the monotonic clock.
+
+        The link stamps its SUBACK on the wall clock; this loop times each new
+        stamp from the turn that first sees it (a fraction of a second late,
+        never early), so a step of the wall clock cannot stop the ticks.
+        """
+        since = self.link.listening_since
+        if since is None:
+            self._listening = None
+            return False
+        if self._listening is None or self._listening[0] != since:
+            self._listening = (since, mono)
+        return mono - self._listening[1] >= SETTLE_S
 
     def _drain(self, wait: float) -> None:
         """Handle what has arrived, events first; at most a batch, so keys and ticks still get their turn."""
@@ -215,6 +238,7 @@ class _Session:
             first = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
         except queue.Empty:
             return
+        mono = self.mono()  # the batch's arrival on the monotonic clock: the fleet's deadlines count from it
         batch = list(unpack(first))
         try:
             while len(batch) < _BATCH:
@@ -225,7 +249,7 @@ class _Session:
         photos: list[Incoming] = []
         for item in batch:
             if isinstance(item, Incoming) and "/event/" in item.topic:
-                self._incoming(item)
+                self._incoming(item, mono)
             elif isinstance(item, Incoming) and self.saver is not None and is_snapshot(self.prefix, item.topic):
                 photos.append(item)
             else:
@@ -233,7 +257,7 @@ class _Session:
         del batch
         for item in rest:
             if isinstance(item, Incoming):
-                self._incoming(item)
+                self._incoming(item, mono)
             else:
                 self._note(self.wall(), LineKind.LINK, item.text)
         if self.saver is not None:
@@ -262,9 +286,10 @@ class _Session:
         for outcome in self.saver.outcomes():
             self._emit(self.photos.lines(outcome, now))
 
-    def _incoming(self, item: Incoming) -> None:
+    def _incoming(self, item: Incoming, mono: float | None = None) -> None:
+        """Show one message; ``mono`` is its arrival on the monotonic clock (``None``: its wall ``arrival``)."""
         try:
-            lines = self.fleet.feed(item.topic, item.payload, item.arrival, retained=item.retained)
+            lines = self.fleet.feed(item.topic, item.payload, item.arrival, retained=item.retained, mono=mono)
             if item.topic.endswith("/reply"):
                 lines += self.desk.feed(item.topic, item.payload, item.arrival)
             self._emit(lines, topic=item.topic)
@@ -291,7 +316,7 @@ class _Session:
             self._note(now, LineKind.WARNING, "nothing to acknowledge: no unacknowledged panic or tamper event")
             return
         cmd_id, payload = ack_command(alarm.event_id, now)
-        self.desk.sent(alarm, cmd_id, now)
+        self.desk.sent(alarm, cmd_id, now, mono=self.mono())
         try:
             self.link.publish(self.desk.command_topic(alarm), payload)
         except AgentError as exc:
@@ -360,16 +385,18 @@ class _Session:
             return json_line({"kind": "warning", "arrived": iso_ms(now), "text": text}) if self.opts.json else warning
 
     def _board(self, now: float, *, full: bool) -> None:
-        alarms, down = self.desk.unacked(), self.link.down_since
+        alarms, down, mono = self.desk.unacked(), self.link.down_since, self.mono()
         photo_of = self.photos.photo_of
         if self.opts.json:
-            self._emit(board.summary_lines(self.fleet, alarms, now, full=full, photo_of=photo_of, down_since=down))
+            self._emit(
+                board.summary_lines(self.fleet, alarms, now, full=full, photo_of=photo_of, down_since=down, mono=mono)
+            )
             return
         real, tests = board.tally(alarms)
         text = (
-            board.table(self.fleet, real, now, tests=tests, down_since=down)
+            board.table(self.fleet, real, now, tests=tests, down_since=down, mono=mono)
             if full
-            else board.summary(self.fleet, alarms, now, photo_of=photo_of, down_since=down)
+            else board.summary(self.fleet, alarms, now, photo_of=photo_of, down_since=down, mono=mono)
         )
         self.out.write("\n" + "\n".join(escape(ln, backslash=False) for ln in text.splitlines()) + "\n\n")
         self.out.flush()
