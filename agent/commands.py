@@ -60,6 +60,9 @@ class CommandHandler:
         on_test_mode: called with minutes (0 ends it); returns the end as ISO
             time, or None when test mode is off.
         reply: publishes one reply document on ``R/reply``.
+        defer_reply: given the sending of a ``test_mode`` reply, runs it once test
+            mode's new end is saved (another thread; the reply must not promise
+            what a restart would undo); None sends it at once.
         rate_per_min: commands a minute carried out, per command name; more are refused.
         wall: the wall clock (seconds), for the replies' ``ts`` and the commands' age.
         mono: the monotonic clock (seconds), for the rate limit, replay window and log throttling.
@@ -78,6 +81,7 @@ class CommandHandler:
         on_test_mode: Callable[[int], str | None],
         reply: Callable[[dict[str, Any]], None],
         rate_per_min: int,
+        defer_reply: Callable[[Callable[[], None]], None] | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         synced: Callable[[], bool] = kernel_clock_synced,
@@ -88,6 +92,7 @@ class CommandHandler:
         self._on_ping = on_ping
         self._on_test_mode = on_test_mode
         self._reply = reply
+        self._defer_reply = defer_reply
         self._rate = rate_per_min
         self._wall = wall
         self._mono = mono
@@ -158,6 +163,10 @@ class CommandHandler:
             return
         with self._lock:
             self._accepted += 1
+        if cmd.name == "test_mode" and self._defer_reply is not None:
+            cmd_id = cmd.id
+            self._defer_reply(lambda: self._send(cmd_id, None, now, extra))
+            return
         self._send(cmd.id, None, now, extra)
 
     def _carry_out(self, cmd: Command, extra: dict[str, Any]) -> str | None:

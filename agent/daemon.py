@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.carryover import carry_alarms, resumable_test_mode_s
+from agent.chores import Chores
 from agent.closing import Closing
 from agent.config.model import Config
 from agent.control import ControlServer
@@ -105,6 +106,7 @@ class Agent(Closing):
         self._instance = InstanceLock(cfg.outbox.path)
         self._state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
         self._state_lock = threading.Lock()
+        self.chores = Chores()  # the state file after a command from the centre (agent/chores.py)
         self._start_reason = "boot"
         self._run_from_seq = 1
         # The sender's allowance: a connect attempt holds it for up to two connect timeouts.
@@ -246,6 +248,7 @@ class Agent(Closing):
         closers: list[tuple[str, Callable[[], None] | None]] = [
             ("control", self.control.close if self.control is not None else None),
             ("cameras", self.cameras.close if self.cameras is not None else None),
+            ("chores", self.chores.close),
             ("heartbeat", self.heartbeat.close),
             ("uplink", self.uplink.stop if self.uplink is not None else None),
             ("photos", self.photos.close if self.photos is not None else None),

@@ -12,6 +12,7 @@ the first command (memory: most posts hear a command rarely).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import CommandError
@@ -78,16 +79,22 @@ class Handlers:
         return {"test_mode_until": until}
 
     def _cmd_test_mode(self, minutes: int) -> str | None:
-        """The centre's ``test_mode``, on paho's network thread: set at once, saved on the heartbeat's thread.
+        """The centre's ``test_mode``, on paho's network thread: set in memory; the file is saved elsewhere.
 
         Writing the state file here (two fsyncs, and ``_state_lock``) would hold
         paho's thread, and with it the PUBLISH of an alarm pressed meanwhile,
-        for as long as the SD card takes.  The reply claims only what is done:
-        test mode is on (or off) from now; the file follows within milliseconds.
+        for as long as the SD card takes.  The reply waits for the save
+        (:meth:`_save_then`): a restart before it would undo what it says.
         """
-        until = self._set_test_mode(float(minutes), " (command from the centre)")
-        self._agent.heartbeat.run_soon(self._agent.save_state)
-        return until
+        return self._set_test_mode(float(minutes), " (command from the centre)")
+
+    def _save_then(self, send: Callable[[], None]) -> None:
+        """On the agent's chores thread: save test mode's new end, then send the command's reply."""
+        try:
+            self._agent.save_state()
+        except Exception:
+            log.exception("saving test mode's end failed; the reply goes all the same (the change holds until a stop)")
+        send()
 
     def _set_test_mode(self, minutes: float, origin: str) -> str | None:
         """Set test mode in memory (the caller has the state file saved); never blocks."""
@@ -110,6 +117,7 @@ class Handlers:
                 on_test_mode=self._cmd_test_mode,
                 reply=lambda doc: agent.uplink.publish("reply", doc) if agent.uplink is not None else None,
                 rate_per_min=agent.cfg.commands.rate_per_min,
+                defer_reply=lambda send: agent.chores.run_soon(lambda: self._save_then(send)),
                 wall=agent.clock.wall,
                 mono=agent.clock.mono,
             )

@@ -314,9 +314,8 @@ class Heartbeat(Closing):
     """The timer thread: periodic status, status on change, and small periodic tasks.
 
     ``ticks`` run every ``tick_s`` seconds on this thread (test-mode expiry,
-    retrying events held in memory); they must be quick.  :meth:`run_soon`
-    hands this thread a task at once (disk I/O that paho's network thread must
-    not do).  ``progress`` is what the watchdog looks at.
+    retrying events held in memory); they must be quick.  ``progress`` is what
+    the watchdog looks at.
     """
 
     interval_s: float
@@ -334,8 +333,6 @@ class Heartbeat(Closing):
         self._changed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._soon: list[Callable[[], None]] = []
-        self._soon_lock = threading.Lock()
         self.progress = self.mono()
 
     def changed(self) -> None:
@@ -349,26 +346,6 @@ class Heartbeat(Closing):
             self._changed = True
             self._wake.set()  # once: the thread then sleeps until the change is due
 
-    def run_soon(self, task: Callable[[], None]) -> None:
-        """Run ``task`` on this thread as soon as it is free, once however often asked meanwhile (any thread).
-
-        Returns at once: the caller never waits for the task, nor for a tick
-        in progress.  A task asked for before :meth:`start` runs once started.
-        """
-        with self._soon_lock:
-            if task not in self._soon:
-                self._soon.append(task)
-        self._wake.set()
-
-    def _run_soon_tasks(self) -> None:
-        with self._soon_lock:
-            tasks, self._soon = self._soon, []
-        for task in tasks:
-            try:
-                task()
-            except Exception:
-                log.exception("a task handed to the heartbeat failed; carrying on")
-
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
@@ -378,7 +355,6 @@ class Heartbeat(Closing):
         next_tick = self.mono()
         last = -1e9
         while not self._stop.is_set():
-            self._run_soon_tasks()
             now = self.mono()
             self.progress = now
             if now >= next_tick:

@@ -3,7 +3,9 @@
 A hunt found the state file written (two fsyncs) from ``on_message``, with the
 session's socket lock held: a real panic pressed meanwhile reached the centre
 1.7 s late behind a 2 s write.  The command now only sets test mode; the
-heartbeat's thread saves the file, and the reply claims nothing about it.
+agent's chores thread saves the file and only then sends the reply (a review
+found the save first handed to the heartbeat, which may wait behind a slow
+commit: a crash meanwhile resumed the test mode the reply had ended).
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent import statefile
+from agent.chores import Chores
 from agent.config import load_config
 from agent.daemon import Agent
 from agent.events import Clock
-from agent.health import Heartbeat
 from agent.notify import Notifier
 from agent.statefile import StateFile
 from tests.support.agentproc import write_config
@@ -37,6 +40,7 @@ def test_test_mode_command__a_slow_state_write_does_not_hold_back_an_alarm(
     real_write = statefile.write_atomic
     slow, writing = threading.Event(), threading.Event()
     writers: list[str] = []
+    written: list[float] = []
 
     def slow_write(path: Path, data: bytes) -> None:
         if slow.is_set():
@@ -44,6 +48,7 @@ def test_test_mode_command__a_slow_state_write_does_not_hold_back_an_alarm(
             writing.set()
             time.sleep(SLOW_S)  # the fault injected: the write itself is slow, whoever does it
         real_write(path, data)
+        written.append(time.monotonic())
 
     monkeypatch.setattr(statefile, "write_atomic", slow_write)
     cfg = load_config(write_config(tmp_path, broker.port, device=device))
@@ -66,30 +71,39 @@ def test_test_mode_command__a_slow_state_write_does_not_hold_back_an_alarm(
         assert msg.at - pressed < SLOW_S / 2, (
             f"a real panic reached the centre {msg.at - pressed:.2f} s after the press"
         )
-        reply = eventually(  # from central.all: it may have come before the panic
-            lambda: next((m.doc for m in list(central.all) if m.topic.endswith("/reply")), None), what="the reply"
+        got = eventually(  # from central.all: it may have come before the panic
+            lambda: next((m for m in list(central.all) if m.topic.endswith("/reply")), None), what="the reply"
         )
+        reply = got.doc
         assert (reply["cmd_id"], reply["ok"], reply["test_mode_until"]) == ("c-slow-1", True, None), reply
         state = StateFile(cfg.outbox.path.with_name("agent-state.json"))
-        eventually(lambda: state.load().test_until_mono is None, timeout=3 * SLOW_S, what="test mode's end saved")
-        assert set(writers) == {"heartbeat"}, writers  # never paho's network thread
+        assert state.load().test_until_mono is None, "the reply came before test mode's end was saved"
+        assert got.at >= written[-1], "the reply went before the save had ended"
+        assert set(writers) == {"chores"}, writers  # never paho's network thread, nor the heartbeat
 
 
-def test_heartbeat__run_soon_runs_a_task_once_on_its_thread_even_if_asked_before_start() -> None:
-    ran: list[str] = []
-    done = threading.Event()
+def test_chores__run_in_order_on_their_thread_and_close_runs_what_is_queued() -> None:
+    ran: list[tuple[int, str]] = []
+    gate = threading.Event()
+    chores = Chores()
 
-    def task() -> None:
-        ran.append(threading.current_thread().name)
-        done.set()
+    def note(n: int) -> Callable[[], None]:
+        return lambda: ran.append((n, threading.current_thread().name))
 
-    beat = Heartbeat(interval_s=60.0, publish=lambda: None, mono=time.monotonic)
-    beat.run_soon(task)
-    beat.run_soon(task)  # asked twice before it ran: run once
-    with beat:
-        beat.start()
-        assert done.wait(5)
-        done.clear()
-        beat.run_soon(task)
-        assert done.wait(5)
-    assert ran == ["heartbeat", "heartbeat"]
+    def fail() -> None:
+        raise RuntimeError("a chore that fails: logged, and the next one runs")
+
+    def hold() -> None:
+        gate.wait(5)
+
+    chores.run_soon(hold)
+    for n in range(3):
+        chores.run_soon(note(n))
+    chores.run_soon(fail)
+    chores.run_soon(note(3))
+    assert ran == [], "queued behind the first"
+    gate.set()
+    chores.close()
+    assert ran == [(0, "chores"), (1, "chores"), (2, "chores"), (3, "chores")]
+    chores.run_soon(note(4))  # after close: at once, on the caller's thread
+    assert ran[-1] == (4, threading.current_thread().name)
