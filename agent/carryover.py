@@ -56,21 +56,39 @@ def carry_alarms(
     pressed sees them go out and be acknowledged after a restart too; the
     latest delivered ones (the state file's) are carried as delivered, so
     the centre's ack of one is shown as it would have been without the
-    restart.  ``silent``: per input name, whether its feedback is LED only.
+    restart.  All in the order they were pressed: the newest is what an ack
+    shows on (:func:`in_press_order`).  ``silent``: per input name, whether
+    its feedback is LED only.
     """
-    pending = newest_alarms(outbox, CARRIED_ALARMS)
-    pending_ids = [r.id for r in pending]
-    recorder.remember([*reversed(before.alarms), *pending_ids])
-    any_silent = any(silent.values())  # its input is not known: a silent input's ack must not sound
-    for event_id in reversed(before.alarms):  # oldest first, and older than the pending ones
-        if event_id not in pending_ids:
+    pending = {r.id: r for r in newest_alarms(outbox, CARRIED_ALARMS)}
+    order = in_press_order(before, pending)
+    recorder.remember(order)
+    any_silent = any(silent.values())  # a delivered alarm's input is not known: a silent input's ack must not sound
+    for event_id in order:
+        row = pending.get(event_id)
+        if row is None:
             indicators.alarm_carried(event_id, silent=any_silent)
-    for row in pending:
+            continue
         try:
             source = json.loads(row.payload).get("source")
         except ValueError:
             source = None
         indicators.alarm_recorded(row.id, silent=silent.get(str(source), False))
+
+
+def in_press_order(before: State, pending: Mapping[str, OutboxRow]) -> list[str]:
+    """The state file's alarms and the pending ones, oldest first.
+
+    The state file keeps the latest alarms' ids in order, saved with the seq
+    mark; a pending alarm it does not list is older than all of them if its
+    seq is at or below that mark (beyond the ones kept), newer if above (pressed
+    after the last save).
+    """
+    listed = set(before.alarms)
+    rest = sorted((r for r in pending.values() if r.id not in listed), key=lambda r: r.seq)
+    older = [r.id for r in rest if r.seq <= before.last_seq]
+    newer = [r.id for r in rest if r.seq > before.last_seq]
+    return [*older, *reversed(before.alarms), *newer]
 
 
 def resumable_test_mode_s(before: State, clock: Clock, max_minutes: float) -> float | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.carryover import newest_alarms
+from agent.carryover import in_press_order, newest_alarms
 from agent.config import load_config
 from agent.config.model import Config
 from agent.daemon import Agent
@@ -20,6 +20,7 @@ from agent.events import Event, EventType
 from agent.indicators import Indicators
 from agent.notify import Notifier
 from agent.outbox import Outbox
+from agent.outbox_rows import OutboxRow
 from agent.statefile import State, StateFile
 from tests.support.agentproc import write_config
 from tests.support.broker import free_port
@@ -132,3 +133,42 @@ def test_indicators__a_carried_alarm_is_delivered_with_its_hold_over(mock_factor
     ind.alarm_recorded("b" * 32, silent=False)  # a press after the restart ranks newer
     ind.acknowledged("a" * 32)
     assert ind.patterns()["ack_led"]["pattern"] == "sending"
+
+
+def test_restart__a_delivered_alarm_newer_than_a_pending_one_stays_the_newest(tmp_path: Path) -> None:
+    """A review found every delivered alarm ranked older than every pending one: the ack of the newest did not show."""
+    ft = FakeTime()
+    cfg = load_config(write_config(tmp_path, free_port(), device="carry-x", outputs=OUTPUTS))
+    clock = ft.clock()
+    with Outbox(cfg.outbox.path, site=cfg.device.site, device=cfg.device.id, intake=False) as ob:
+        a = Event.create(clock, EventType.PANIC, "panic", data={"pin": 17})
+        ft.advance(5)
+        b = Event.create(clock, EventType.PANIC, "panic", data={"pin": 17})
+        ob.put(a)
+        ob.ack([ob.put(b)])  # B delivered, A still pending (refused, say)
+        top = ob.top_seq()
+    StateFile(cfg.outbox.path.with_name("agent-state.json")).save(State("b-old", top, alarms=(b.id, a.id)))
+    ft.advance(60)
+    with Agent(cfg, clock=ft.clock(), notifier=Notifier(env={})) as agent:
+        agent.start()
+        assert agent.indicators is not None
+        assert agent.recorder is not None
+        assert agent.recorder.latest_alarms()[:2] == [b.id, a.id], "the next state file keeps the order"
+        agent.indicators.alarm_delivered(a.id)
+        assert agent.indicators.acknowledged(b.id)  # the centre acks the newest press
+        assert agent.indicators.patterns()["ack_led"]["pattern"] == "acknowledged"
+
+
+def test_carry__pending_alarms_the_state_file_does_not_list_go_by_the_saved_mark() -> None:
+    def row(seq: int) -> OutboxRow:
+        return OutboxRow(seq, f"{seq:032x}", "panic", True, 0.0, "{}")
+
+    listed = (f"{9:032x}", f"{7:032x}")  # newest first, saved with mark 10
+    pending = {r.id: r for r in (row(2), row(7), row(12), row(11))}  # 2: beyond the kept; 11, 12: after the save
+    assert in_press_order(State("b", 10, alarms=listed), pending) == [
+        f"{2:032x}",
+        f"{7:032x}",
+        f"{9:032x}",
+        f"{11:032x}",
+        f"{12:032x}",
+    ]
