@@ -50,7 +50,7 @@ from agent.config.model import Contact, InputConfig, InputKind
 from agent.debounce import Debouncer
 from agent.errors import HardwareError
 from agent.events import Clock, EventType, Stamp
-from agent.pins import edge_stamp, is_mock
+from agent.pins import edge_age, edge_stamp, is_mock
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,10 @@ class Inputs(Closing):
     def _raw_edge(self, item: _Input, *, pin_low: bool, ticks: object) -> None:
         # gpiozero's thread: stamp, queue, notify; nothing else.  Stamped under the lock, so each pin's
         # edges are queued in stamp order and each one is seen at or after the poll that did not take it.
+        age = edge_age(item.factory, ticks)  # outside the lock: it may ask the pin daemon (pigpio)
         with self._cond:
             seen = self._clock.stamp()
-            stamp = edge_stamp(item.factory, ticks, seen=seen, previous=item.last_edge)
+            stamp = edge_stamp(age, seen=seen, previous=item.last_edge)
             item.last_edge = stamp.mono
             self._edges.append((item.cfg.name, pin_low, stamp, seen.mono))
             self._cond.notify()

@@ -48,8 +48,8 @@ def is_mock(factory: Any) -> bool:
     return type(factory).__name__ == "MockFactory"
 
 
-def edge_stamp(factory: Any, ticks: object, *, seen: Stamp, previous: float) -> Stamp:
-    """When an edge happened: ``seen`` (its callback's time) less its age by the ``ticks``, wall time included.
+def edge_stamp(age: float | None, *, seen: Stamp, previous: float) -> Stamp:
+    """When an edge happened: ``seen`` (its callback's time) less its ``age`` (:func:`edge_age`), wall time included.
 
     Wall and monotonic time move back by the same age, so a step of the wall
     clock moves no edge on the monotonic clock, the one debounce judges by.
@@ -57,13 +57,12 @@ def edge_stamp(factory: Any, ticks: object, *, seen: Stamp, previous: float) -> 
     edge (monotonic seconds; ticks from another clock, a counter that wrapped)
     is not believed, nor ticks that cannot tell: the callback's time stands.
     """
-    age = _edge_age(factory, ticks)
     if age is None or age <= 0 or seen.mono - age < previous:
         return seen
     return Stamp(wall=seen.wall - age, mono=seen.mono - age, synced=seen.synced)
 
 
-def _edge_age(factory: Any, ticks: object) -> float | None:
+def edge_age(factory: Any, ticks: object) -> float | None:
     """Seconds since the edge that gpiozero stamped ``ticks``, or None when the ticks cannot tell.
 
     A pin callback gets the edge's own time as the factory's ticks (lgpio: the
@@ -72,6 +71,8 @@ def _edge_age(factory: Any, ticks: object) -> float | None:
     factory's ``ticks_diff`` against its own ``ticks()`` turns them into
     seconds, wrap-around included.  The mock calls back at once, on the thread
     that drives the pin, so its ticks say nothing the callback's time does not.
+    Asked before the inputs' lock is taken: pigpio's ``ticks()`` is a round
+    trip to its daemon.
     """
     if ticks is None or factory is None or is_mock(factory):
         return None

@@ -244,3 +244,18 @@ def test_inputs__a_press_late_by_any_delay_is_recorded_once_at_its_own_time_if_i
         assert rig.inputs.states()["panic"].state == "ok"
     finally:
         rig.close()
+
+
+def test_ticks__the_factory_is_asked_outside_the_inputs_lock() -> None:
+    """pigpio's ticks() is a round trip to its daemon: under the lock, every poll would wait for it (a review)."""
+    rig = Rig()
+    held: list[bool] = []
+    ticks = rig.factory.ticks
+
+    def watched() -> int:
+        held.append(rig.inputs._cond._is_owned())  # type: ignore[attr-defined]
+        return ticks()
+
+    rig.factory.ticks = watched  # type: ignore[method-assign]
+    rig.deliver(happened=sec(0), at=sec(1), pressed=True)
+    assert held == [False]
