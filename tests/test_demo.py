@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.broker
 def test_demo__shows_panic_events_and_stops(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--duration", "8", "--every", "2"],
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--duration", "4", "--every", "0.5"],
         capture_output=True,
         text=True,
         timeout=120,

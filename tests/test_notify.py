@@ -99,7 +99,12 @@ def test_notifier__sends_to_path_and_abstract_sockets(notify_socket: NotifySocke
 def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(
     notify_socket: NotifySocket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """READY arrives with the broker down; WATCHDOG stops once the sender thread hangs."""
+    """READY arrives with the broker down; WATCHDOG stops once the sender thread hangs.
+
+    Seeing the hang takes ``stall_after_s`` (15 s) and does not depend on the
+    kind of socket, so only the path socket waits for it; the abstract one
+    checks READY, WATCHDOG and STOPPING.
+    """
     cfg = load_config(write_config(tmp_path, free_port(), device="wd-1"))
     env = {"NOTIFY_SOCKET": notify_socket.env_value, "WATCHDOG_USEC": "400000"}
     agent = Agent(cfg, notifier=Notifier(env=env))
@@ -113,37 +118,43 @@ def test_watchdog__fed_while_healthy_and_stops_when_sender_hangs(
         assert "inputs armed" in ready["STATUS"]
         for _ in range(3):
             notify_socket.until(lambda m: m.get("WATCHDOG") == "1", 5)
-        assert agent.uplink is not None
-
-        def stuck_round(_s: Session) -> float:
-            hang.wait(30)
-            return 0.1
-
-        def stuck_sleep(_s: float) -> None:
-            hang.wait(30)
-
-        monkeypatch.setattr(agent.uplink, "_send_round", stuck_round)
-        monkeypatch.setattr(
-            agent.uplink, "_sleep", stuck_sleep
-        )  # the sender is between attempts while the broker is down
-        stalled = notify_socket.until(lambda m: m.get("STATUS", "").startswith("stalled"), 30)
-        assert "uplink-sender" in stalled["STATUS"]
-        seen: list[dict[str, str]] = []
-
-        def watchdog_ping() -> bool:
-            got = notify_socket.recv(0.05)
-            if got is not None:
-                seen.append(got[1])
-            return got is not None and "WATCHDOG" in got[1]
-
-        never(watchdog_ping, 2.0, "WATCHDOG=1 while a thread is stuck")  # five watchdog intervals
-        assert seen, "the agent should keep reporting its stalled status"
+        if notify_socket.path is not None:
+            _hang_the_sender(agent, notify_socket, hang, monkeypatch)
     finally:
         hang.set()
         agent.request_stop()
         server.join(5)
         agent.stop()
     assert notify_socket.until(lambda m: "STOPPING" in m, 5)["STOPPING"] == "1"
+
+
+def _hang_the_sender(
+    agent: Agent, notify_socket: NotifySocket, hang: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hang the sender thread until ``hang`` is set; the agent must say so and stop feeding the watchdog."""
+    assert agent.uplink is not None
+
+    def stuck_round(_s: Session) -> float:
+        hang.wait(30)
+        return 0.1
+
+    def stuck_sleep(_s: float) -> None:
+        hang.wait(30)
+
+    monkeypatch.setattr(agent.uplink, "_send_round", stuck_round)
+    monkeypatch.setattr(agent.uplink, "_sleep", stuck_sleep)  # the sender is between attempts while the broker is down
+    stalled = notify_socket.until(lambda m: m.get("STATUS", "").startswith("stalled"), 30)
+    assert "uplink-sender" in stalled["STATUS"]
+    seen: list[dict[str, str]] = []
+
+    def watchdog_ping() -> bool:
+        got = notify_socket.recv(0.05)
+        if got is not None:
+            seen.append(got[1])
+        return got is not None and "WATCHDOG" in got[1]
+
+    never(watchdog_ping, 1.0, "WATCHDOG=1 while a thread is stuck")  # five feeding periods (0.2 s)
+    assert seen, "the agent should keep reporting its stalled status"
 
 
 def test_paths_fit_unix_socket_limit() -> None:

@@ -1,7 +1,8 @@
 """paho's network thread, idle, waits until the keepalive is due instead of waking every second.
 
-A real mosquitto and a real Session with a 5 s keepalive (the least the
-config takes).  The thread's select() waits are recorded: while idle they
+A real mosquitto and a real Session with a 3 s keepalive (below the 5 s the
+config takes: the same code, and two keepalives pass in 6 s instead of 10 s).
+The thread's select() waits are recorded: while idle they
 follow the keepalive, the PINGREQs still go out on time (the broker would
 close a session silent for 1.5 keepalives), and close() ends the thread at
 once although it may be in a long wait.
@@ -9,6 +10,7 @@ once although it may be in a long wait.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from tests.support.waiting import eventually
 
 
 def test_idle__select_waits_follow_the_keepalive_and_pings_go_out(tmp_path: Path, broker: Broker) -> None:
-    s = new_session(tmp_path, broker.port, "idle", keepalive_s=5)
+    s = new_session(tmp_path, broker.port, "idle")
+    s.cfg = dataclasses.replace(s.cfg, keepalive_s=3)  # read at connect; max(waits) > 2.0 still tells it from 1 s
     waits: list[float] = []
     pings: list[float] = []
     loop, ping = s.client._loop, s.client._send_pingreq

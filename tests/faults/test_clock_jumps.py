@@ -98,6 +98,7 @@ def test_clock_jumps__ts_follows__seq_and_ids_hold__nothing_stalls(
         total = 0
         slowest_record = slowest_delivery = 0.0
         beats: list[float] = []
+        previous = 0
         for i, offset in enumerate(jumps):
             _set_offset(offset_file, offset)
             eventually(
@@ -128,7 +129,12 @@ def test_clock_jumps__ts_follows__seq_and_ids_hold__nothing_stalls(
                     lambda: not sink.missing({new[0].id}), 5, f"the press to be delivered after a {offset:+d} s jump"
                 )
                 slowest_delivery = max(slowest_delivery, time.monotonic() - t)
-            # the periodic heartbeat still beats (not one triggered by a change), with the shifted clock
+            # the periodic heartbeat still beats (not one triggered by a change), with the shifted clock; it
+            # waits a whole interval, and only a jump back can stall a timer read off the wall clock (one forward
+            # fires it early), so the short run looks after the jumps back only
+            back, previous = offset < previous, offset
+            if mode != "full" and not back:
+                continue
             quiet = time.monotonic() + 1.0
             beat_t, _ = sink.wait_status(
                 lambda d: d.get("state") == "online" and _near(d["ts"], offset),
