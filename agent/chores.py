@@ -10,8 +10,8 @@ this thread: the reply goes only once what it says survives a restart.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from agent.closing import Closing
@@ -26,8 +26,8 @@ class Chores(Closing):
 
     def __init__(self, name: str = "chores") -> None:
         self._name = name
-        self._queue: queue.SimpleQueue[Chore | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._queue: deque[Chore | None] = deque()  # not the queue module: an idle agent does not load it (memory)
+        self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -41,12 +41,19 @@ class Chores(Closing):
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                     self._thread.start()
-                self._queue.put(chore)
+                self._queue.append(chore)
+                self._lock.notify()
         if run:
             self._do(chore)
 
     def _run(self) -> None:
-        while (chore := self._queue.get()) is not None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._lock.wait()
+                chore = self._queue.popleft()
+            if chore is None:
+                return
             self._do(chore)
 
     @staticmethod
@@ -63,7 +70,8 @@ class Chores(Closing):
                 return
             self._closed = True
             thread = self._thread
-            self._queue.put(None)
+            self._queue.append(None)
+            self._lock.notify()
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
