@@ -7,10 +7,11 @@ subscription queue's home node is down).  :class:`CommandRoute` records which
 happened, says so in words for the status document, and decides when to try
 again: after a back-off, and after a connection killed by it only once the
 backlog is empty, so that a retry never costs an alarm its delivery.  Each
-connection's subscription is its own: commands count as available only once
-its SUBACK grants it, and a SUBACK that does not come within a deadline is a
-failure like a refusal (said in status, retried after the back-off), not a
-grant remembered from an earlier connection.
+connection subscribes again; while its SUBACK is pending, status keeps the
+last thing learnt (a reconnect does not flap it).  A SUBACK that does not come
+within a deadline is a failure like a refusal (said in status, retried after
+the back-off, and at once on the next connection); one that comes later still
+grants the subscription.
 """
 
 from __future__ import annotations
@@ -58,8 +59,12 @@ class LinkState:
 class CommandRoute:
     """Whether commands reach the agent, and when to subscribe to ``cmd/+`` again.
 
-    The state is the last thing learnt, kept across connections, so a
-    reconnect does not flap the status document.
+    The state is the last thing learnt, kept across connections and through a
+    reconnect's pending SUBACK, so a reconnect does not flap the status
+    document: it changes only on a grant, a refusal, a SUBACK past its
+    deadline, or a connection killed at the subscription.  A session's
+    ``step`` is ``todo``, ``sent``, ``late`` (past the deadline, failed, but
+    its SUBACK still counts) or ``done``.
     """
 
     def __init__(self, prefix: str, *, answer_s: float = 10.0) -> None:
@@ -71,22 +76,28 @@ class CommandRoute:
         self._delay = RETRY_MIN_S
         self._after_backlog = False
         self._sent_at = 0.0  # when this connection's subscription went
+        self._timed_out = False  # the last failure was a SUBACK past its deadline
 
     def due(self, now: float, backlog_empty: Callable[[], bool]) -> bool:
         """Time to send the subscription (``backlog_empty`` is only asked after a killed connection)."""
         return now >= self._retry_at and (not self._after_backlog or backlog_empty())
 
+    def begin(self) -> None:
+        """A new connection: one whose SUBACK was merely late last time subscribes at once."""
+        if self._timed_out:
+            self._retry_at = 0.0
+
     def granted(self) -> bool:
         """The SUBACK granted it; True when that changes what status says."""
         changed = not self.available
         self.available, self.reason = True, None
-        self._delay, self._after_backlog = RETRY_MIN_S, False
+        self._delay, self._after_backlog, self._timed_out = RETRY_MIN_S, False, False
         return changed
 
     def failed(self, reason: str, now: float, *, killed_session: bool) -> bool:
         """Refused, or the connection died at it; True when that changes what status says."""
         changed = self.available or self.reason != reason
-        self.available, self.reason = False, reason
+        self.available, self.reason, self._timed_out = False, reason, False
         self._retry_at = now + self._delay
         self._delay = min(self._delay * 2, RETRY_MAX_S)
         self._after_backlog = self._after_backlog or killed_session
@@ -95,19 +106,19 @@ class CommandRoute:
     def tend(self, s: Session, step: str, now: float, backlog_empty: Callable[[], bool]) -> tuple[str, bool]:
         """One round of session ``s``: subscribe when due, settle the SUBACK.
 
-        ``step`` is this session's ``todo``, ``sent`` or ``done``; returns the
-        next step and whether the status document changes.
+        ``step`` is this session's ``todo``, ``sent``, ``late`` or ``done``;
+        returns the next step and whether the status document changes.
         """
-        if step == "todo" and self.due(now, backlog_empty):
+        if step in ("todo", "late") and self.due(now, backlog_empty):
             if not s.subscribe(f"{self.prefix}+"):
                 return step, False
             self._sent_at = now
-            return "sent", self._subscribing()
+            return "sent", False  # status keeps the last thing learnt until the SUBACK says
         answered, refusal = s.suback()
-        if step != "sent":
+        if step not in ("sent", "late"):
             return step, False
         if not answered:
-            return self._unanswered(s, now)
+            return self._unanswered(s, now) if step == "sent" else (step, False)
         if refusal is None:
             return "done", self.granted()
         changed = self.failed(
@@ -123,16 +134,9 @@ class CommandRoute:
         """Seconds until this session's subscription needs a look (its SUBACK's deadline, or a retry's time)."""
         if step == "sent":
             return max(0.0, self._sent_at + self.answer_s - now)
-        if step == "todo" and self._retry_at > now:
+        if step in ("todo", "late") and self._retry_at > now:
             return self._retry_at - now
         return math.inf
-
-    def _subscribing(self) -> bool:
-        """A new subscription went: a grant from an earlier connection says nothing about it."""
-        if not self.available:
-            return False  # keep the reason it failed last: it is the likelier news
-        self.available, self.reason = False, SUBSCRIBING
-        return True
 
     def _unanswered(self, s: Session, now: float) -> tuple[str, bool]:
         if now - self._sent_at < self.answer_s:
@@ -142,8 +146,9 @@ class CommandRoute:
             now,
             killed_session=False,
         )
+        self._timed_out = True
         log.error("broker %s: %s; events keep flowing, commands are unavailable until a retry", s.broker, self.reason)
-        return "todo", changed
+        return "late", changed  # a SUBACK that still comes grants it
 
     def ended(self, s: Session, step: str, now: float) -> None:
         """Session ``s`` is over: if its SUBACK never came, the subscription killed it."""

@@ -13,10 +13,11 @@ The rule, so an alarm is never slower because of a photo:
   stall every later photo behind it;
 * a new connection forgets what was in flight; the store still holds it, so
   it is sent again (at least once, like events);
-* the photo in flight has the events' PUBACK deadline (:meth:`PhotoDrain.waited`),
-  counted from when its bytes could have gone on a slow link: a broker that
-  keeps it without a PUBACK ends the connection like one that keeps an event,
-  or every later photo would wait for as long as the link lives;
+* the photo in flight has a PUBACK deadline (:meth:`PhotoDrain.waited`),
+  counted from when its bytes could have gone on a 64 kbit/s link: past it,
+  a PUBACK for anything sent after it (brokers ack in order) or a far longer
+  wait ends the connection (agent/uplink.py), or every later photo would wait
+  for as long as the link lives; a link slower still only delays it;
 * the sender never waits on the store nor fails for it: while a camera
   worker's commit holds it, no photo goes this round (the commit wakes the
   sender); a PUBACK the store cannot record now (busy, a full disk) is kept
@@ -27,7 +28,8 @@ The rule, so an alarm is never slower because of a photo:
   broker would close the connection at it, and the photo would go again at
   every connection.  It is dropped and reported ``too_large``.  Under MQTT
   3.1.1, where a broker cannot say, one that closes the connection while the
-  same photo is in flight :data:`STRIKES` connections in a row gets it
+  same photo is in flight :data:`STRIKES` connections in a row (the broker or
+  the link closed them, not the agent's own deadline) gets it
   dropped and reported ``refused``; under MQTT 5 a photo within the
   announced limit (or with none announced) is only ever lost to a flaky link
   by its cap, never dropped for it.
@@ -110,6 +112,7 @@ class PhotoDrain:
         self._on_failed = on_failed
         self._inflight: tuple[int, Photo] | None = None
         self._sent_at: float | None = None  # when the photo in flight went (the sender's monotonic clock)
+        self._allowance = 0.0  # seconds its bytes may take on a slow link
         self._strikes: tuple[tuple[str, str], int] | None = None  # the photo in flight when connections ended
         self._done: dict[tuple[str, str], None] = {}  # delivered or dropped, not yet deleted from the store
         self._trouble: str | None = None  # the store error last logged, so it is logged once
@@ -145,14 +148,26 @@ class PhotoDrain:
         """``message`` went out with paho message id ``mid`` at monotonic time ``at`` (None: not timed)."""
         photo = self._photo_of(message)
         self._inflight = (mid, photo)
-        self._sent_at = None if at is None else at + len(message.payload) / SLOW_LINK_BYTES_PER_S
+        self._sent_at = at
+        self._allowance = len(message.payload) / SLOW_LINK_BYTES_PER_S
         self.sent_count += 1
 
     def waited(self, now: float) -> tuple[float, str] | None:
         """(seconds waited for its PUBACK once its bytes could have gone, what) for the photo in flight, or None."""
+        timed = self.in_flight()
+        if timed is None:
+            return None
+        return now - timed[0] - timed[1], timed[2]
+
+    def in_flight(self) -> tuple[float, float, str] | None:
+        """(when it went, seconds its bytes may take, what) for the timed photo in flight, or None."""
         if self._inflight is None or self._sent_at is None:
             return None
-        return now - self._sent_at, f"photo {self.root}/snapshot/{self._inflight[1].event_id}"
+        return self._sent_at, self._allowance, f"photo {self.root}/snapshot/{self._inflight[1].event_id}"
+
+    def sent_time(self, mid: int) -> float | None:
+        """When the photo sent as ``mid`` went, if it is the one in flight and was timed."""
+        return self._sent_at if self._inflight is not None and self._inflight[0] == mid else None
 
     def settle(self, mid: int, *, refused: bool = False) -> bool:
         """A PUBACK for ``mid``: True when it was this drain's photo (then it is acked or dropped)."""
@@ -172,18 +187,22 @@ class PhotoDrain:
             self._forget_done()
         return True
 
-    def reset(self) -> None:
+    def reset(self, *, by_peer: bool = True) -> None:
         """The connection ended: nothing is in flight; the store still has the photo, so it goes again.
 
-        Unless, under MQTT 3.1.1, connections keep ending while that same photo
-        is in flight: a broker that closes the connection at a packet it will
-        not take (over a size limit it cannot announce) would otherwise get it
-        forever.
+        Unless, under MQTT 3.1.1, the broker or the link keeps ending
+        connections while that same photo is in flight: a broker that closes
+        the connection at a packet it will not take (over a size limit it
+        cannot announce) would otherwise get it forever.  A connection the
+        agent ended itself (``by_peer`` False: its PUBACK deadline on a slow
+        link, a stop) says nothing about the photo and is no strike.
         """
         if self._inflight is None:
             return
         photo = self._inflight[1]
         self._inflight = self._sent_at = None
+        if not by_peer:
+            return
         if self.mqtt5 or self.limit is not None:  # MQTT 5: the photo fits what the broker announced
             self._strikes = None
             return

@@ -12,6 +12,7 @@ alarm) and the row is retried by the window (agent/sendwindow.py).
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -52,6 +53,12 @@ class PubAcks:
         self._on_delivered = on_delivered
         self.delivered = 0
         self.refused = 0
+        self.last_at = 0.0  # when a PUBACK of any kind was last settled (or the session began)
+        self.latest_sent = -math.inf  # the latest send time among the events and photos acked this session
+
+    def begin(self, now: float) -> None:
+        """A new session: nothing acked on it yet."""
+        self.last_at, self.latest_sent = now, -math.inf
 
     def put(self, mid: int, refusal: str | None) -> None:
         """Paho's thread: a PUBACK arrived (``refusal`` None on success, else the reason in words)."""
@@ -66,7 +73,9 @@ class PubAcks:
                 mid, refusal = self._queue.popleft()
             except IndexError:
                 break
+            self.last_at = now
             try:
+                self._note_sent(mid)
                 if self._side.settle(mid, refusal):
                     continue
             except Exception:  # a photo or held event's trouble must not cost the events' acks in this pass
@@ -85,6 +94,14 @@ class PubAcks:
                 for row in done:
                     self._on_delivered(row)
         return others
+
+    def _note_sent(self, mid: int) -> None:
+        """Note how recent what a PUBACK acked was, if known (an event or a photo)."""
+        at = self._window.sent_time(mid)
+        if at is None:
+            at = self._side.sent_time(mid)
+        if at is not None:
+            self.latest_sent = max(self.latest_sent, at)
 
     def _refused(self, row: OutboxRow, refusal: str | None, retry_in: float) -> None:
         self.refused += 1

@@ -362,6 +362,7 @@ class Recorder(Closing):
         on disk while SQLite still fails.
         """
         stored = 0
+        handed: list[OutboxRow] = []  # still held when stored: the sender learns of each (it may be below a cursor)
         sqlite_failed = False
         with self._put_lock:
             for held in self.held():
@@ -383,15 +384,20 @@ class Recorder(Closing):
                 except OutboxError:
                     sqlite_failed = True
                     seq = self._intake_only(event, held) if real else None
-                if seq is not None:
-                    self._now_stored(held.id, seq, sqlite_works=not sqlite_failed)
-                    stored += 1
+                if seq is None:
+                    continue
+                stored += 1
+                if self._now_stored(held.id, seq, sqlite_works=not sqlite_failed):
+                    handed.append(held)
+        if handed and self.hooks.offer is not None:
+            self._call(self.hooks.offer, handed)  # due at once, even below its lane's cursor
         if stored:
             self._call(self.hooks.wake)
             self._call(self.hooks.changed)
         return stored
 
-    def _now_stored(self, event_id: str, seq: int, *, sqlite_works: bool) -> None:
+    def _now_stored(self, event_id: str, seq: int, *, sqlite_works: bool) -> bool:
+        """Bookkeeping for a held event just stored; False when it had been delivered meanwhile."""
         if sqlite_works:
             self._failing = False
         with self._lock:
@@ -402,6 +408,7 @@ class Recorder(Closing):
         log.warning("event %s kept in memory is now recorded as seq %d", event_id, seq)
         if delivered_meanwhile:
             self._ack_stored(seq)
+        return not delivered_meanwhile
 
     def _intake_only(self, event: Event, held: OutboxRow) -> int | None:
         """Its seq if the outbox's intake took the held alarm (SQLite untouched), else None."""

@@ -32,12 +32,15 @@ thread) reads the outbox as before: the outbox stays the truth.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from agent.outbox import Outbox, OutboxRow
 
 log = logging.getLogger(__name__)
+
+_DONE_KEPT = 256  # real alarms delivered on a connection kept in mind (their delete may lag the PUBACK)
 
 REFUSED_RETRY_MIN_S = 5.0
 REFUSED_RETRY_MAX_S = 600.0
@@ -111,6 +114,7 @@ class SendWindow:
         self.beside = 0  # events in flight outside the window that share its slots (held ones, agent/sidelane.py)
         self.beside_seqs: frozenset[int] = frozenset()  # their seqs (a held event may be stored meanwhile)
         self._read = 0  # rows this take read past the lanes' cursors
+        self._alarms_done: set[int] = set()  # real alarms delivered on this connection, maybe not yet deleted
 
     def reset(self) -> None:
         """A new connection: nothing is in flight, everything is sent again (real alarms first)."""
@@ -120,6 +124,7 @@ class SendWindow:
         self._routine = _Lane(urgent=False)
         self._refusals.clear()
         self._suspect.clear()
+        self._alarms_done.clear()
         self._forget_handed()  # the new connection reads everything from the outbox first
 
     def hand(self, rows: list[OutboxRow]) -> None:
@@ -127,8 +132,10 @@ class SendWindow:
         self._handed.extend(rows)
 
     def handed_waiting(self) -> bool:
-        """Whether a handed row is still unsent (the sender must look at it)."""
-        return bool(self._handed) or any(r.seq > self._lane(r).cursor for r in self._fresh)
+        """Whether a handed row is still unsent, or one stored late is due (the sender must look at it)."""
+        if self._handed or any(r.seq > self._lane(r).cursor for r in self._fresh):
+            return True
+        return any(t <= self._now for lane in (self._alarms, self._routine) for t in lane.retry_at.values())
 
     def __len__(self) -> int:
         return len(self._inflight)
@@ -162,6 +169,8 @@ class SendWindow:
         if memory_only and self._memory is None:
             return []
         rows = self._from_lane(self._alarms, now, budget)
+        if self._alarms.read_short and len(rows) < budget:  # a real alarm stored late goes in this take
+            rows += self._look_below_alarm_cursor(now)[: budget - len(rows)]
         # The last free slot is kept for an alarm, so one recorded later never waits for a routine
         # row's PUBACK (a slow broker's round trip) before it can go.
         spare = 1 if self.max_inflight > 1 else 0
@@ -191,6 +200,10 @@ class SendWindow:
             return None, None
         if not refused:
             self._refusals.pop(row.seq, None)
+            if row.urgent:
+                self._alarms_done.add(row.seq)
+                if len(self._alarms_done) > _DONE_KEPT:  # a long connection sending from memory never prunes it
+                    self._alarms_done = set(sorted(self._alarms_done)[-_DONE_KEPT // 2 :])
             return row, None
         n = self._refusals.get(row.seq, 0)
         if row.urgent:
@@ -199,6 +212,10 @@ class SendWindow:
         self._refusals[row.seq] = n + 1
         self._lane(row).retry_at[row.seq] = now + delay
         return row, delay
+
+    def sent_time(self, mid: int) -> float | None:
+        """When the row in flight as ``mid`` went, or None."""
+        return self._sent_at.get(mid)
 
     def oldest(self, now: float) -> tuple[float, OutboxRow] | None:
         """(seconds waited, row) of the row in flight longest without a PUBACK, or None."""
@@ -264,6 +281,48 @@ class SendWindow:
                     log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
                     lane.retry_at[row.seq] = now
 
+    def _look_below_alarm_cursor(self, now: float) -> list[OutboxRow]:
+        """Real alarms stored late at or below the alarm lane's cursor (scheduled now); a read of a few rows.
+
+        Runs whenever the alarm lane has read everything past its cursor, so a
+        routine backlog never keeps such an alarm back (the full scan waits for
+        both lanes).  The pending alarms at or below the cursor are the known
+        ones (in flight, waiting for a retry, held beside, delivered but maybe
+        not yet deleted) and any stored late,
+        so the lane's first ``known + 1`` rows hold a late one if there is any.
+        """
+        lane = self._alarms
+        if lane.cursor == 0:
+            return []
+        busy = {r.seq for r in self._inflight.values() if r.urgent} | self.beside_seqs | self._alarms_done
+        late: list[OutboxRow] = []
+        rows = self.outbox.next_batch(0, len(busy) + len(lane.retry_at) + 1, urgent=True)
+        first = rows[0].seq if rows else math.inf  # delivered ones below the first pending alarm are gone
+        self._alarms_done = {seq for seq in self._alarms_done if seq >= first}
+        for row in rows:
+            if row.seq > lane.cursor:
+                break
+            if row.seq not in busy and row.seq not in lane.retry_at:
+                log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
+                lane.retry_at[row.seq] = now
+                late.append(row)
+        return late
+
+    def _stored_late(self, row: OutboxRow) -> None:
+        """A handed row at or below its lane's cursor: stored after a later one went (a held event); due now.
+
+        The recorder hands a held event over once it stores it under its old
+        seq; without this it would wait for the scan, which runs only once
+        both lanes have read everything (a routine backlog would keep a held
+        alarm back).  A row this window or the side lane has in flight is left
+        alone; one already acked is dropped by the retry's read.
+        """
+        busy = {r.seq for r in self._inflight.values()} | self.beside_seqs
+        lane = self._lane(row)
+        if row.seq not in busy and row.seq not in lane.retry_at:
+            log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
+            lane.retry_at[row.seq] = self._now
+
     def _forget_handed(self) -> None:
         """Drop every hand-off so far; one still on its way for a row committed before now is ignored too.
 
@@ -291,7 +350,11 @@ class SendWindow:
         if handed:
             while handed:
                 row = handed.popleft()
-                if row.seq > self._stale_upto:
+                if row.seq <= self._stale_upto:
+                    continue
+                if row.seq <= self._lane(row).cursor:
+                    self._stored_late(row)
+                else:
                     self._fresh.append(row)
             self._fresh.sort(key=lambda r: r.seq)  # hand-offs from two threads may arrive out of order
         self._fresh = fresh = [r for r in self._fresh if r.seq > self._lane(r).cursor]  # the rest went out
@@ -309,7 +372,7 @@ class SendWindow:
         for seq in sorted(retry_at):
             if len(rows) >= room:
                 break
-            if retry_at[seq] > now:
+            if retry_at[seq] > now or seq in self.beside_seqs:  # the side lane sends it (held, stored meanwhile)
                 continue
             row = self.outbox.get(seq)
             if row is None:

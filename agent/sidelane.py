@@ -171,19 +171,28 @@ class SideLane:
         mid = min(self._sent_at, key=self._sent_at.__getitem__)
         return now - self._sent_at[mid], self._inflight[mid]
 
-    def photo_waited(self, now: float) -> tuple[float, str] | None:
-        """(seconds waited, what) for the photo in flight without a PUBACK, or None."""
-        return None if self._photos is None else self._photos.waited(now)
+    def photo_in_flight(self) -> tuple[float, float, str] | None:
+        """(when it went, seconds its bytes may take, what) for the photo in flight without a PUBACK, or None."""
+        return None if self._photos is None else self._photos.in_flight()
 
-    def reset(self) -> None:
-        """The connection ended: nothing of ours is in flight any more; a refused event may go at once."""
+    def sent_time(self, mid: int) -> float | None:
+        """When the held event or photo sent as ``mid`` went, or None when ``mid`` is not one of ours."""
+        if (at := self._sent_at.get(mid)) is not None:
+            return at
+        return None if self._photos is None else self._photos.sent_time(mid)
+
+    def reset(self, *, by_peer: bool = True) -> None:
+        """The connection ended (``by_peer``: the broker or the link ended it, not the agent).
+
+        Nothing of ours is in flight any more; a refused event may go at once.
+        """
         self._inflight.clear()
         self._sent_at.clear()
         self._retry_at.clear()
         self._refusals.clear()
         self._share_slots()
         if self._photos is not None:
-            self._photos.reset()
+            self._photos.reset(by_peer=by_peer)
 
     def _share_slots(self) -> None:
         """Tell the window which held events are in flight: they take its slots, and it must not resend them."""

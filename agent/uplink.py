@@ -51,10 +51,12 @@ if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], dict[str, Any]]
+_Waiting = tuple[list[tuple[float, str]], tuple[float, float, str] | None]  # events (sent, what); photo in flight
 
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
 _IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing progress (stop wakes it at once)
 _IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
+_BACKSTOP = 6  # deadlines a PUBACK may take on a link that still acks something, before the session ends
 _TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with this client id (mosquitto 2.0 closes first)
 
 
@@ -122,7 +124,8 @@ class Uplink(Closing):
         self._connected_since: float | None = None  # monotonic: the wall-clock time is worked out when asked
         self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
         self._ended = Ended(None)  # how the last accepted session ended
-        self._overdue = False  # the session is ending because its broker kept an event without a PUBACK
+        self._overdue = False  # the session is ending because its broker lost an event (a failed attempt)
+        self._by_agent = False  # the agent ended the session (a deadline, a stop), not the broker or the link
         self._photo_slot = True  # the broker's Receive Maximum leaves an alarm a slot beside a photo
         self._last_error: str | None = None
         self._status_broken = False  # the status builder raised: said once, until it works again
@@ -304,7 +307,7 @@ class Uplink(Closing):
 
     def _serve(self, s: Session) -> None:
         began = self._mono()
-        self._overdue = False
+        self._overdue = self._by_agent = False
         try:
             self._serve_session(s)
         finally:
@@ -336,15 +339,19 @@ class Uplink(Closing):
             "" if self._dialect.retain else ", retain unavailable",
             self.outbox.pending(),
         )
+        self._pubacks.begin(self._mono())
         with self._events.lock:
             self._window.reset()
             self._window.max_inflight = self._inflight_for(s)
             self._events.live = s
-            wait = self._send_round(s)  # events first: never behind a status document or the subscription
+            wait = self._send_round(s, photo=False)  # events first: never behind a status document or the subscription
+        self._commands.begin()
         subscription = self._tend_commands(s, "todo", announce=False)  # the birth says it
         wait = min(wait, max(0.05, self._commands.wait_s(subscription, self._mono())))
         if (birth := self._fresh_status()) is not None:  # after SUBSCRIBE: a central that sees "online" can command
             self._publish_status(s, birth)
+        with self._events.lock:  # a photo's bytes on a slow link would hold up the SUBACK and the birth
+            self._send_photo(s)
         self._notify_link()
         while not s.lost.is_set():
             self._wake.wait(wait)
@@ -353,46 +360,75 @@ class Uplink(Closing):
             if self._stopping.is_set():
                 with self._events.lock:
                     self._events.live = None  # offer() leaves the window alone from here on
+                self._by_agent = True
                 self._say_goodbye(s)
                 return
             with self._events.lock:
                 wait = self._send_round(s)
-                oldest = self._oldest_unacked()  # under the lock the round holds anyway
+                waiting = self._waiting()  # under the lock the round holds anyway
             subscription = self._tend_commands(s, subscription)
-            overdue = self._puback_overdue(s, oldest)
+            overdue = self._puback_overdue(s, waiting)
             if overdue is not None:
                 self._commands.ended(s, subscription, self._mono())
-                self._last_error, self._overdue = overdue, True
+                self._last_error, self._by_agent = overdue, True
                 return  # closed cleanly on the way out (no will); the next session sends it again
-            if oldest is not None:  # no news may come: look again when it is due
-                wait = min(wait, max(0.05, self._puback_deadline_s() - oldest[0]))
+            if waiting[0] or waiting[1] is not None:  # no news may come: look again in a while
+                wait = min(wait, max(0.05, self._puback_deadline_s() / 4))
             wait = min(wait, max(0.05, self._commands.wait_s(subscription, self._mono())))
         if s.lost_code == RETAIN_NOT_SUPPORTED:
             self._dialects.retain_refused(s.broker, s.dialect)
         self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
 
-    def _oldest_unacked(self) -> tuple[float, str] | None:
-        """What (an outbox row, a held event, a photo) waits longest for its PUBACK, with the seconds waited."""
+    def _waiting(self) -> _Waiting:
+        """(when it went, what) for each event waiting for its PUBACK, and the photo in flight (with its allowance)."""
         now = self._mono()
-        waits = [
-            (w[0], f"seq {w[1].seq} ({w[1].type})") for w in (self._window.oldest(now), self._side.oldest(now)) if w
+        events = [
+            (now - w[0], f"seq {w[1].seq} ({w[1].type})")
+            for w in (self._window.oldest(now), self._side.oldest(now))
+            if w
         ]
-        if (photo := self._side.photo_waited(now)) is not None:
-            waits.append(photo)
-        return max(waits, key=lambda w: w[0]) if waits else None
+        return events, self._side.photo_in_flight()
 
-    def _puback_overdue(self, s: Session, oldest: tuple[float, str] | None) -> str | None:
-        """Why to end a session whose broker keeps an event without a PUBACK, or None.
+    def _puback_overdue(self, s: Session, waiting: _Waiting) -> str | None:
+        """Why to end a session whose broker lost a PUBLISH or its PUBACK, or None; sets ``_overdue`` for an event.
 
         MQTT sends a publish again only on a new connection; a broker that
         answers pings but lost a PUBLISH (or its PUBACK) would otherwise keep
         that event, an alarm perhaps, in flight for as long as the link lives,
         and a full window stops every event behind it (a photo: every later photo).
+        A slow link that is still carrying a photo's bytes must not look like
+        that: an event behind the photo gets its PUBACK only after them.  So
+        past the deadline, the session ends only when the link acks nothing at
+        all (for a deadline plus the photo's byte allowance), when something
+        sent later was acked (brokers ack in order: the earlier one was lost),
+        or, as a backstop, after :data:`_BACKSTOP` deadlines.  Only a lost
+        event makes the attempt a failed one (the next broker is tried); a
+        photo alone is sent again on a new connection to the same broker.
         """
-        if oldest is None or oldest[0] < self._puback_deadline_s():
-            return None
-        waited, what = oldest
+        now, deadline = self._mono(), self._puback_deadline_s()
+        events, photo = waiting
+        allowance = 0.0 if photo is None else photo[1]  # no PUBACK comes before the photo's bytes are through
+        if events:
+            sent, what = min(events)
+            waited = now - sent
+            quiet = now - self._pubacks.last_at >= deadline + allowance
+            late = quiet or self._acked_after(sent) or waited >= _BACKSTOP * deadline + allowance
+            if waited >= deadline and late:
+                self._overdue = True  # a failed attempt: the broker lost an event
+                return self._say_overdue(s, what, waited)
+        if photo is not None:
+            sent, _bytes_s, what = photo
+            waited = now - sent - allowance
+            if waited >= deadline and (self._acked_after(sent) or waited >= _BACKSTOP * deadline):
+                return self._say_overdue(s, what, waited + allowance)
+        return None
+
+    def _acked_after(self, sent: float) -> bool:
+        """Whether something sent after ``sent`` was acked on this session (it was lost, then)."""
+        return self._pubacks.latest_sent > sent
+
+    def _say_overdue(self, s: Session, what: str, waited: float) -> str:
         why = f"no PUBACK for {what} in {waited:.0f} s"
         log.warning("broker %s: %s while the link answers; reconnecting so it is sent again", s.broker, why)
         return why
@@ -454,8 +490,8 @@ class Uplink(Closing):
         except Exception:
             log.exception("command %r could not be handled; ignoring it", name)
 
-    def _send_round(self, s: Session) -> float:
-        """Process acks, send status/replies and fill the window; return how long to wait."""
+    def _send_round(self, s: Session, *, photo: bool = True) -> float:
+        """Process acks, send status/replies and fill the window (and a photo if ``photo``); return how long to wait."""
         self._pubacks.settle(self._mono())
         try:
             wait = self._events.fill(s, self._mono())  # events first: an alarm never queues behind a status document
@@ -468,9 +504,13 @@ class Uplink(Closing):
             self._publish_status(s, status)
         for topic, payload in replies:
             s.publish(topic, payload)
+        if photo:
+            self._send_photo(s)
+        return wait
+
+    def _send_photo(self, s: Session) -> None:
         idle = self._photo_slot and len(self._window) == 0 and self.outbox.pending() == 0
         self._side.send_photo(s, events_idle=idle)
-        return wait
 
     def _publish_status(self, s: Session, doc: dict[str, Any]) -> int | None:
         return s.publish(self._status_topic, encode(doc), retain=True)
@@ -496,7 +536,7 @@ class Uplink(Closing):
             self._pubacks.settle(self._mono())  # PUBACKs that came in after the last round still count
         finally:  # the next session's paho numbers its messages from 1 again: nothing of this one may stay
             self._window.reset()
-            self._side.reset()
+            self._side.reset(by_peer=not self._by_agent)  # the agent's own deadline is no photo's strike
         if was_up:
             self._notify_link()
 

@@ -4,9 +4,11 @@ Found by a hunt: one photo is in flight at a time, and the no-PUBACK check
 looked only at events, so a broker that lost one photo's PUBACK (pings still
 answered) held every later photo back for as long as the link lived.  Under a
 broker's Receive Maximum 1 the photo also held paho's only slot, and each new
-alarm queued behind it.  Now the photo in flight has the events' PUBACK
-deadline (the session ends and the photo goes again), and no photo is sent
-where it would take the slot an alarm may need.
+alarm queued behind it.  Now the photo in flight has a PUBACK deadline (the
+session ends and the photo goes again) once something sent after it is acked,
+or after a backstop of several deadlines (a slow link may still be carrying
+it: tests/test_uplink_slow_link.py), and no photo is sent where it would take
+the slot an alarm may need.
 
 The deadline is ``max(STABLE_S, keepalive)``; the tests shorten both to 1 s.
 """
@@ -69,23 +71,49 @@ def photos(broker: Fake5) -> list[str]:
     return [t.rsplit("/", 1)[1] for _n, t, _p in broker.published if "/snapshot/" in t]
 
 
-def test_uplink__a_photo_without_a_puback_does_not_hold_later_photos(tmp_path: Path) -> None:
-    lost: list[int] = []
-
-    def lose_first_photo(c: Conn, pid: int, topic: str, _payload: bytes) -> None:
+def lose_first_photo(lost: list[int]) -> Publish:
+    def on_publish(c: Conn, pid: int, topic: str, _payload: bytes) -> None:
         if "/snapshot/" in topic and not lost:
             lost.append(pid)  # the broker lost this PUBLISH or its PUBACK; pings are still answered
             return
         c.puback(pid)
 
-    broker = Fake5(on_publish=lose_first_photo)
+    return on_publish
+
+
+def test_uplink__a_photo_lost_before_a_later_puback_does_not_hold_later_photos(tmp_path: Path) -> None:
+    """Brokers ack in order: an event sent after the photo and acked proves the photo lost."""
+    lost: list[int] = []
+    broker = Fake5(on_publish=lose_first_photo(lost))
+    with link(tmp_path, broker, "e1", "e2") as (up, ob, delivered):
+        eventually(lambda: lost, 3.0, "the first photo")
+        row = ob.put_row(Event.create(CLOCK, EventType.INPUT_FAULT, "door"))
+        up.offer([row])
+        eventually(lambda: row.id in delivered, 2.0, "the event behind the photo")
+        eventually(
+            lambda: "e2" in photos(broker),
+            4.0,
+            lambda: f"the second photo never went; photos={photos(broker)} conns={len(broker.conns)}",
+        )
+        assert photos(broker)[:2] == ["e1", "e1"], "the lost one went again on the next connection"
+
+
+def test_uplink__a_lone_lost_photo_is_sent_again_after_the_backstop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing acked after it: a slow link or a lost photo; only the backstop (here 2 deadlines) ends the session."""
+    monkeypatch.setattr("agent.uplink._BACKSTOP", 2)
+    broker = Fake5(on_publish=lose_first_photo([]))
     with link(tmp_path, broker, "e1", "e2"):
+        eventually(lambda: photos(broker), 3.0, "the first photo")
+        t0 = time.monotonic()
         eventually(
             lambda: "e2" in photos(broker),
             5.0,
             lambda: f"the second photo never went; photos={photos(broker)} conns={len(broker.conns)}",
         )
-        assert photos(broker)[:2] == ["e1", "e1"], "the lost one went again on the next connection"
+        assert time.monotonic() - t0 > 1.5, "not at the first deadline: a slow link may still be carrying it"
+        assert photos(broker)[:2] == ["e1", "e1"]
 
 
 def test_uplink__no_photo_takes_the_only_slot_of_a_receive_maximum_of_one(tmp_path: Path) -> None:

@@ -369,3 +369,33 @@ def test_contention__a_held_event_keeps_its_recording_time_when_stored(tmp_path:
     finally:
         rec.close()
         ob.close()
+
+
+def test_contention__held_events_stored_are_handed_to_the_sender(tmp_path: Path) -> None:
+    """A held alarm stored below its lane's cursor waited for the whole routine backlog: nothing told the sender."""
+    offered: list[list[int]] = []
+    ob = BrokenSqlite(tmp_path / "outbox.db", site="main", device="gate-1")
+    rec = Recorder(
+        ob,
+        clock=CLOCK,
+        site="main",
+        device="gate-1",
+        retry_s=60.0,
+        hooks=Hooks(offer=lambda rows: offered.append([r.seq for r in rows])),
+    )
+    rec._ensure_thread = lambda: None  # type: ignore[method-assign]  # only the test's flushes store them
+    try:
+        rec.record(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {})
+        intake, ob._intake = ob._intake, None
+        rec.record(EventType.PANIC, "panic", CLOCK.stamp(), PRESS)
+        ob._intake = intake
+        fault, press = (r.seq for r in rec.held())
+        offered.clear()
+        assert rec.flush_held() == 1
+        assert offered == [[press]], "the press stored in the intake is handed over"
+        ob.broken = False
+        assert rec.flush_held() == 1
+        assert offered == [[press], [fault]]
+    finally:
+        rec.close()
+        ob.close()

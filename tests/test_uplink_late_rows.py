@@ -8,6 +8,10 @@ retries it after a refusal), and the window only ever read past its cursor:
 the alarm waited for the next reconnect, hours on a good link.  The window now
 notices pending rows behind its cursors that nothing sends, without reading
 SQLite for a press sent from memory and without sending a row in flight twice.
+A review found that a real alarm stored so waited for the whole routine
+backlog (the scan ran only once both lanes had read everything): the alarm
+lane now looks behind its cursor whenever it reads short, and a row handed over
+(``Uplink.offer``) below its lane's cursor is due at once.
 """
 
 from __future__ import annotations
@@ -107,6 +111,54 @@ def test_window__a_held_alarm_in_flight_beside_the_window_is_not_sent_again_once
     assert take_soon(window, fake_time()) == [held.seq]
 
 
+def test_window__an_alarm_stored_below_the_cursor_overtakes_a_routine_backlog(
+    outbox: Outbox, fake_time: FakeTime
+) -> None:
+    alarm = panic()
+    held = held_row(outbox, alarm)
+    window = SendWindow(outbox, max_inflight=10, rate_per_s=1e6)
+    send_later_press(window, outbox, fake_time())
+    for _ in range(300):  # a routine backlog recorded meanwhile
+        outbox.put(Event.create(CLOCK, EventType.PANIC, "panic", test=True))
+    outbox.put(alarm, seq=held.seq)  # flush_held, with no hand-off
+    assert held.seq in [r.seq for r in window.take(fake_time())], "before the routine backlog, not after it"
+
+
+def test_window__a_routine_row_handed_over_below_its_cursor_is_due_at_once(outbox: Outbox, fake_time: FakeTime) -> None:
+    event = Event.create(CLOCK, EventType.INPUT_FAULT, "door")
+    held = OutboxRow(outbox.reserve_seq(), event.id, "input_fault", False, 0.0, event.body("main", "gate-1"))
+    window = SendWindow(outbox, max_inflight=4, rate_per_s=1e6)
+    first = outbox.put_row(Event.create(CLOCK, EventType.INPUT_FAULT, "door"))
+    assert window.take(fake_time()) == [first]  # the routine cursor passes the held seq
+    window.sent(1, first)
+    for _ in range(50):  # a routine backlog behind it
+        outbox.put(Event.create(CLOCK, EventType.INPUT_FAULT, "door"))
+    stored = outbox.put_row(event, seq=held.seq)
+    window.hand([stored])  # the recorder hands over what flush_held stored (Uplink.offer)
+    assert window.take(fake_time(), memory_only=True) == [], "a backlog: the sender's work"
+    assert window.handed_waiting(), "the sender is woken for it"
+    assert [r.seq for r in window.take(fake_time())][:1] == [held.seq]
+
+
+def test_window__a_late_row_scheduled_then_sent_by_the_side_lane_is_not_sent_twice(
+    outbox: Outbox, fake_time: FakeTime
+) -> None:
+    alarm = panic()
+    held = held_row(outbox, alarm)
+    window = SendWindow(outbox, max_inflight=10, rate_per_s=1e6)
+    side = SideLane(ROOT, held=lambda: [held], photos=None, on_delivered=None, window=window, mono=fake_time)
+    send_later_press(window, outbox, fake_time())
+    outbox.put(alarm, seq=held.seq)  # stored, still listed in held() for a moment
+    window.take(fake_time())  # scheduled; its publish does not happen (the connection is going)
+    fake_time.advance(0.1)
+    wire = Wire()
+    side.send_held(wire)  # the side lane sends it meanwhile
+    assert len(wire.sent) == 1
+    for _ in range(3):
+        assert held.seq not in [r.seq for r in window.take(fake_time())], "in flight beside the window already"
+        fake_time.advance(1.0)
+
+
 def test_window__a_press_sent_from_memory_reads_nothing_from_sqlite(
     outbox: Outbox, fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,3 +225,15 @@ def test_uplink__a_held_alarm_refused_once_then_stored_behind_a_later_press_is_d
         finally:
             up.close()
             fb.close()
+
+
+def test_window__alarms_delivered_over_a_long_connection_are_not_remembered_for_ever(tmp_path: Path) -> None:
+    """The alarms delivered on a connection were kept until a pending alarm showed up: on a link that lasts
+    months, every take then read and compared more of them."""
+    with Outbox(tmp_path / "outbox.db", site="main", device="gate-1") as ob:
+        window = SendWindow(ob, max_inflight=4, rate_per_s=1000.0)
+        window.reset()
+        for n in range(600):
+            send_later_press(window, ob, float(n))
+            window.take(float(n) + 0.5)
+        assert len(window._alarms_done) <= 256
