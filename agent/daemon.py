@@ -248,9 +248,9 @@ class Agent(Closing):
         closers: list[tuple[str, Callable[[], None] | None]] = [
             ("control", self.control.close if self.control is not None else None),
             ("cameras", self.cameras.close if self.cameras is not None else None),
-            ("chores", self.chores.close),
             ("heartbeat", self.heartbeat.close),
             ("uplink", self.uplink.stop if self.uplink is not None else None),
+            ("chores", self.chores.close),  # after the uplink: no command (and its save) comes after this
             ("photos", self.photos.close if self.photos is not None else None),
             ("transmission figures", self.transmission.close),
             ("indicators", self.indicators.close if self.indicators is not None else None),

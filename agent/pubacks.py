@@ -73,9 +73,8 @@ class PubAcks:
                 mid, refusal = self._queue.popleft()
             except IndexError:
                 break
-            self.last_at = now
             try:
-                self._note_sent(mid)
+                self._note_sent(mid, now)
                 if self._side.settle(mid, refusal):
                     continue
             except Exception:  # a photo or held event's trouble must not cost the events' acks in this pass
@@ -95,12 +94,17 @@ class PubAcks:
                     self._on_delivered(row)
         return others
 
-    def _note_sent(self, mid: int) -> None:
-        """Note how recent what a PUBACK acked was, if known (an event or a photo)."""
+    def _note_sent(self, mid: int, now: float) -> None:
+        """An event's or a photo's PUBACK: the link acks, and how recent what it acked was.
+
+        A status's or a reply's does not count: a broker that lost one alarm
+        while it acks the heartbeats would look alive for as long as it lasts.
+        """
         at = self._window.sent_time(mid)
         if at is None:
             at = self._side.sent_time(mid)
         if at is not None:
+            self.last_at = now
             self.latest_sent = max(self.latest_sent, at)
 
     def _refused(self, row: OutboxRow, refusal: str | None, retry_in: float) -> None:

@@ -41,6 +41,7 @@ from agent.outbox import Outbox, OutboxRow
 log = logging.getLogger(__name__)
 
 _DONE_KEPT = 256  # real alarms delivered on a connection kept in mind (their delete may lag the PUBACK)
+_LOOK_BELOW_EVERY_S = 2.0  # the alarm lane's backstop read behind its cursor, at most this often
 
 REFUSED_RETRY_MIN_S = 5.0
 REFUSED_RETRY_MAX_S = 600.0
@@ -115,6 +116,7 @@ class SendWindow:
         self.beside_seqs: frozenset[int] = frozenset()  # their seqs (a held event may be stored meanwhile)
         self._read = 0  # rows this take read past the lanes' cursors
         self._alarms_done: set[int] = set()  # real alarms delivered on this connection, maybe not yet deleted
+        self._look_below_at = 0.0  # the alarm lane looks behind its cursor again from then (monotonic s)
 
     def reset(self) -> None:
         """A new connection: nothing is in flight, everything is sent again (real alarms first)."""
@@ -169,7 +171,8 @@ class SendWindow:
         if memory_only and self._memory is None:
             return []
         rows = self._from_lane(self._alarms, now, budget)
-        if self._alarms.read_short and len(rows) < budget:  # a real alarm stored late goes in this take
+        if self._alarms.read_short and len(rows) < budget and now >= self._look_below_at:
+            self._look_below_at = now + _LOOK_BELOW_EVERY_S  # a backstop: a late row is handed over (hand())
             rows += self._look_below_alarm_cursor(now)[: budget - len(rows)]
         # The last free slot is kept for an alarm, so one recorded later never waits for a routine
         # row's PUBACK (a slow broker's round trip) before it can go.
@@ -230,7 +233,8 @@ class SendWindow:
             return idle_s
         if self._paced:
             return max(0.0, self._next_send - now)
-        due = [t for lane in (self._alarms, self._routine) for t in lane.retry_at.values()]
+        beside = self.beside_seqs  # the side lane sends those: no wake-up for them
+        due = [t for lane in (self._alarms, self._routine) for seq, t in lane.retry_at.items() if seq not in beside]
         if due:
             return min(idle_s, max(0.01, min(due) - now))
         return idle_s
@@ -350,8 +354,8 @@ class SendWindow:
         if handed:
             while handed:
                 row = handed.popleft()
-                if row.seq <= self._stale_upto:
-                    continue
+                if row.seq <= self._stale_upto or row.seq in self.beside_seqs:
+                    continue  # stale, or a held event the side lane has in flight (its PUBACK settles it)
                 if row.seq <= self._lane(row).cursor:
                     self._stored_late(row)
                 else:

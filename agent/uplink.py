@@ -412,7 +412,8 @@ class Uplink(Closing):
         if events:
             sent, what = min(events)
             waited = now - sent
-            quiet = now - self._pubacks.last_at >= deadline + allowance
+            busy_until = self._pubacks.last_at if photo is None else max(self._pubacks.last_at, photo[0] + allowance)
+            quiet = now - busy_until >= deadline  # nothing acked for a deadline since the photo's bytes were through
             late = quiet or self._acked_after(sent) or waited >= _BACKSTOP * deadline + allowance
             if waited >= deadline and late:
                 self._overdue = True  # a failed attempt: the broker lost an event

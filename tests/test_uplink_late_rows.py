@@ -237,3 +237,59 @@ def test_window__alarms_delivered_over_a_long_connection_are_not_remembered_for_
             send_later_press(window, ob, float(n))
             window.take(float(n) + 0.5)
         assert len(window._alarms_done) <= 256
+
+
+def test_window__a_routine_backlog_does_not_read_the_alarm_lane_from_zero_every_round(
+    outbox: Outbox, fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    window = SendWindow(outbox, max_inflight=4, rate_per_s=1e6)
+    alarm = outbox.put_row(panic())
+    assert window.take(fake_time()) == [alarm]
+    window.sent(1, alarm)
+    window.settle(1, refused=False, now=fake_time())
+    outbox.ack([alarm.seq])  # delivered: the alarm lane's cursor is past 0, nothing below it pending
+    for _ in range(200):
+        outbox.put(Event.create(CLOCK, EventType.PANIC, "panic", test=True))  # a routine backlog
+    reads: list[tuple[int, bool]] = []
+    real = outbox.next_batch
+
+    def counting(after_seq: int, limit: int, *, urgent: bool | None = None) -> list[OutboxRow]:
+        if after_seq == 0 and urgent:
+            reads.append((limit, urgent))
+        return real(after_seq, limit, urgent=urgent)
+
+    monkeypatch.setattr(outbox, "next_batch", counting)
+    mid = 10
+    rounds = 0
+    while outbox.pending():
+        rows = window.take(fake_time())
+        rounds += 1
+        for r in rows:
+            mid += 1
+            window.sent(mid, r)
+        for m in list(range(mid - len(rows) + 1, mid + 1)):
+            row, _ = window.settle(m, refused=False, now=fake_time())
+            assert row is not None
+            outbox.ack([row.seq])
+        fake_time.advance(0.01)
+    assert len(reads) <= 1, f"{len(reads)} reads of the alarm lane from seq 0 in {rounds} rounds, none stored late"
+
+
+def test_window__the_sender_is_not_told_to_spin_while_the_side_lane_has_the_row(
+    outbox: Outbox, fake_time: FakeTime
+) -> None:
+    alarm = panic()
+    held = held_row(outbox, alarm)
+    window = SendWindow(outbox, max_inflight=10, rate_per_s=1e6)
+    side = SideLane(ROOT, held=lambda: [held], photos=None, on_delivered=None, window=window, mono=fake_time)
+    send_later_press(window, outbox, fake_time())
+    outbox.put(alarm, seq=held.seq)  # stored, still listed in held() for a moment
+    window.take(fake_time())  # scheduled; its publish does not happen (the connection is going)
+    fake_time.advance(0.1)
+    side.send_held(Wire())  # the side lane sends it meanwhile: in flight beside the window
+    waits = []
+    for _ in range(5):
+        assert held.seq not in [r.seq for r in window.take(fake_time())]
+        waits.append(window.wait_s(fake_time(), 10.0))
+        fake_time.advance(0.01)
+    assert min(waits) > 0.5, f"the sender is told to come back every {min(waits) * 1000:.0f} ms: {waits}"

@@ -179,3 +179,37 @@ def test_uplink__sessions_the_agent_ends_with_a_photo_in_flight_are_no_strikes_u
     with link(tmp_path, broker, size=4_000, protocol="3.1.1") as (_up, _ob, _d, failed):
         eventually(lambda: len(set(broker.sends("/snapshot/"))) >= 4, 10.0, "four sessions ended with the photo")
         assert not failed, f"a photo the broker takes was dropped: {failed}"
+
+
+def test_uplink__an_alarm_behind_a_photo_sent_after_an_idle_spell_keeps_the_healthy_session(tmp_path: Path) -> None:
+    """Quiet was counted from the last PUBACK, not from the photo's end: after an idle spell it failed over (a review)."""
+    slow, other = SlowLink(SLOW_LINK_BYTES_PER_S), Fake5()
+    delivered: list[str] = []
+    with PhotoStore(tmp_path / "photos.db") as store, Outbox(tmp_path / "ob.db", site="main", device=NAME) as ob:
+        up = Uplink(
+            mqtt_cfg(slow.port, other.port, client_id=f"main/{NAME}", keepalive_s=1, protocol="5"),
+            topic_root=ROOT,
+            outbox=ob,
+            status=lambda: {"v": 1, "state": "online"},
+            offline=lambda r: {"v": 1, "state": "offline", "reason": r},
+            photos=PhotoDrain(store, ROOT, on_failed=Failures()),
+            on_delivered=lambda row: delivered.append(row.id),
+        )
+        up.start()
+        try:
+            eventually(lambda: slow.acked, 3.0, "the birth's PUBACK")
+            time.sleep(2.5)  # an idle link: more than a deadline (1 s) since the last PUBACK
+            store.put(Photo("e1", "cam", make_jpeg(24_000, 1), taken=1_799_971_200.5))  # 3 s of bytes at 64 kbit/s
+            up.wake()
+            eventually(lambda: slow.sends("/snapshot/"), 3.0, "the photo")
+            alarm = ob.put_row(Event.create(CLOCK, EventType.PANIC, "panic"))
+            up.offer([alarm])
+            eventually(lambda: alarm.id in delivered, 8.0, "the alarm")
+            assert (len(slow.conns), len(other.conns)) == (1, 0), (
+                f"healthy 64 kbit/s session ended: conns slow={len(slow.conns)} other={len(other.conns)}, "
+                f"last error {up.state()!r}"
+            )
+        finally:
+            up.close()
+            slow.close()
+            other.close()
