@@ -112,8 +112,7 @@ class SendWindow:
         self._dropped_seen = outbox.dropped
         self._suspect: set[int] = set()  # mids in flight when rows were evicted: maybe no longer pending
         self.refused_alarms = 0  # refusals of real alarms since start: each one is also logged as CRITICAL
-        self.beside = 0  # events in flight outside the window that share its slots (held ones, agent/sidelane.py)
-        self.beside_seqs: frozenset[int] = frozenset()  # their seqs (a held event may be stored meanwhile)
+        self.beside_seqs: frozenset[int] = frozenset()  # events in flight beside the window (held ones, sidelane.py)
         self._read = 0  # rows this take read past the lanes' cursors
         self._alarms_done: set[int] = set()  # real alarms delivered on this connection, maybe not yet deleted
         self._look_below_at = 0.0  # the alarm lane looks behind its cursor again from then (monotonic s)
@@ -182,6 +181,11 @@ class SendWindow:
         if self._alarms.read_short and self._routine.read_short:
             self._look_below_cursors(now)
         return rows
+
+    @property
+    def beside(self) -> int:
+        """Events in flight outside the window that share its slots."""
+        return len(self.beside_seqs)
 
     def sent(self, mid: int, row: OutboxRow) -> None:
         """``row`` went out as paho message ``mid``."""
@@ -281,16 +285,15 @@ class SendWindow:
             for row in self.outbox.next_batch(0, pending - self._read, urgent=lane.urgent):
                 if row.seq > lane.cursor:
                     break
-                if row.seq not in busy and row.seq not in lane.retry_at:
-                    log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
-                    lane.retry_at[row.seq] = now
+                self._schedule_late(lane, row, busy, now)
 
     def _look_below_alarm_cursor(self, now: float) -> list[OutboxRow]:
         """Real alarms stored late at or below the alarm lane's cursor (scheduled now); a read of a few rows.
 
-        Runs whenever the alarm lane has read everything past its cursor, so a
-        routine backlog never keeps such an alarm back (the full scan waits for
-        both lanes).  The pending alarms at or below the cursor are the known
+        A backstop to the hand-off (:meth:`_stored_late`), run at most every
+        :data:`_LOOK_BELOW_EVERY_S` when the alarm lane has read everything past
+        its cursor, so a routine backlog never keeps such an alarm back (the
+        full scan waits for both lanes).  The pending alarms at or below the cursor are the known
         ones (in flight, waiting for a retry, held beside, delivered but maybe
         not yet deleted) and any stored late,
         so the lane's first ``known + 1`` rows hold a late one if there is any.
@@ -306,9 +309,7 @@ class SendWindow:
         for row in rows:
             if row.seq > lane.cursor:
                 break
-            if row.seq not in busy and row.seq not in lane.retry_at:
-                log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
-                lane.retry_at[row.seq] = now
+            if self._schedule_late(lane, row, busy, now):
                 late.append(row)
         return late
 
@@ -321,11 +322,18 @@ class SendWindow:
         alarm back).  A row this window or the side lane has in flight is left
         alone; one already acked is dropped by the retry's read.
         """
-        busy = {r.seq for r in self._inflight.values()} | self.beside_seqs
-        lane = self._lane(row)
-        if row.seq not in busy and row.seq not in lane.retry_at:
-            log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
-            lane.retry_at[row.seq] = self._now
+        self._schedule_late(
+            self._lane(row), row, {r.seq for r in self._inflight.values()} | self.beside_seqs, self._now
+        )
+
+    @staticmethod
+    def _schedule_late(lane: _Lane, row: OutboxRow, busy: set[int] | frozenset[int], now: float) -> bool:
+        """Make a row stored behind its lane's cursor due ``now``, unless it is in flight or due already."""
+        if row.seq in busy or row.seq in lane.retry_at:
+            return False
+        log.info("outbox: %s event seq %d was stored behind later ones; sending it now", row.type, row.seq)
+        lane.retry_at[row.seq] = now
+        return True
 
     def _forget_handed(self) -> None:
         """Drop every hand-off so far; one still on its way for a row committed before now is ignored too.

@@ -196,7 +196,6 @@ class SideLane:
 
     def _share_slots(self) -> None:
         """Tell the window which held events are in flight: they take its slots, and it must not resend them."""
-        self._window.beside = len(self._inflight)
         self._window.beside_seqs = frozenset(r.seq for r in self._inflight.values())
 
     def _refused(self, row: OutboxRow, refusal: str) -> None:
