@@ -33,13 +33,14 @@ PRESS = {"pin": 17, "contact": "normally_open"}
 
 
 class SlowOutbox(Outbox):
-    """A camera thread's commit that takes as long as the test says (an SD card's slow fsync)."""
+    """A camera thread's commit that takes as long as the test says (an SD card's slow fsync): until ``gate``."""
 
-    gate: threading.Event | None = None
-    inside = threading.Event()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.gate, self.inside = threading.Event(), threading.Event()
+        super().__init__(*args, **kwargs)
 
     def _insert(self, rows: Any, *, all_alarms: bool) -> list[int]:
-        if self.gate is not None and threading.current_thread().name == "camera":
+        if threading.current_thread().name == "camera":
             self.inside.set()
             self.gate.wait(10.0)
         return super()._insert(rows, all_alarms=all_alarms)
@@ -56,6 +57,16 @@ class BrokenSqlite(Outbox):
         return super()._insert(rows, all_alarms=all_alarms)
 
 
+def camera_commit(tmp_path: Path) -> tuple[SlowOutbox, Recorder, threading.Thread]:
+    """An outbox, its recorder, and a camera thread whose commit waits for ``ob.gate`` once started."""
+    ob = SlowOutbox(tmp_path / "outbox.db", site="main", device="gate-1")
+    rec = Recorder(ob, clock=CLOCK, site="main", device="gate-1")
+    cam = threading.Thread(
+        target=rec.record, args=(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {}), name="camera", daemon=True
+    )
+    return ob, rec, cam
+
+
 @pytest.fixture
 def broken(tmp_path: Path) -> Iterator[BrokenSqlite]:
     ob = BrokenSqlite(tmp_path / "outbox.db", site="main", device="gate-1")
@@ -67,12 +78,7 @@ def broken(tmp_path: Path) -> Iterator[BrokenSqlite]:
 def test_contention__a_press_during_another_threads_healthy_commit_waits_for_it_and_is_on_disk(
     tmp_path: Path,
 ) -> None:
-    ob = SlowOutbox(tmp_path / "outbox.db", site="main", device="gate-1")
-    ob.gate, ob.inside = threading.Event(), threading.Event()
-    rec = Recorder(ob, clock=CLOCK, site="main", device="gate-1")
-    cam = threading.Thread(
-        target=rec.record, args=(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {}), name="camera", daemon=True
-    )
+    ob, rec, cam = camera_commit(tmp_path)
     try:
         cam.start()
         assert ob.inside.wait(10.0), "the camera's commit never started"
@@ -202,12 +208,7 @@ def test_contention__a_camera_named_like_an_input_leaves_the_inputs_last_event_a
 def test_contention__a_commit_stuck_past_the_wait_holds_the_press_instead_of_stalling_the_inputs(
     tmp_path: Path,
 ) -> None:
-    ob = SlowOutbox(tmp_path / "outbox.db", site="main", device="gate-1")
-    ob.gate, ob.inside = threading.Event(), threading.Event()
-    rec = Recorder(ob, clock=CLOCK, site="main", device="gate-1")
-    cam = threading.Thread(
-        target=rec.record, args=(EventType.CAMERA_FAULT, "cam", CLOCK.stamp(), {}), name="camera", daemon=True
-    )
+    ob, rec, cam = camera_commit(tmp_path)
     try:
         cam.start()
         assert ob.inside.wait(10.0)
