@@ -13,7 +13,7 @@ The rule, so an alarm is never slower because of a photo:
   stall every later photo behind it;
 * a new connection forgets what was in flight; the store still holds it, so
   it is sent again (at least once, like events);
-* the photo in flight has a PUBACK deadline (:meth:`PhotoDrain.waited`),
+* the photo in flight has a PUBACK deadline (:meth:`PhotoDrain.in_flight`),
   counted from when its bytes could have gone on a 64 kbit/s link: past it,
   a PUBACK for anything sent after it (brokers ack in order) or a far longer
   wait ends the connection (agent/uplink.py), or every later photo would wait
@@ -151,13 +151,6 @@ class PhotoDrain:
         self._sent_at = at
         self._allowance = len(message.payload) / SLOW_LINK_BYTES_PER_S
         self.sent_count += 1
-
-    def waited(self, now: float) -> tuple[float, str] | None:
-        """(seconds waited for its PUBACK once its bytes could have gone, what) for the photo in flight, or None."""
-        timed = self.in_flight()
-        if timed is None:
-            return None
-        return now - timed[0] - timed[1], timed[2]
 
     def in_flight(self) -> tuple[float, float, str] | None:
         """(when it went, seconds its bytes may take, what) for the timed photo in flight, or None."""

@@ -143,9 +143,10 @@ def test_photo_drain__a_big_photo_has_time_for_its_bytes_on_a_slow_link(tmp_path
         drain = PhotoDrain(store, ROOT, on_failed=Failures())
         big = photo_message(ROOT, Photo("e1", "cam", b"j" * 400_000, taken=0.0))
         drain.sent(1, big, at=100.0)
-        waited = drain.waited(100.0 + 55.0)
-        assert waited is not None
-        assert waited[0] == pytest.approx(5.0), "counted from when its bytes could have gone"
-        assert waited[1] == f"photo {ROOT}/snapshot/e1"
+        timed = drain.in_flight()
+        assert timed is not None
+        sent, allowance, what = timed
+        assert 100.0 + 55.0 - sent - allowance == pytest.approx(5.0), "counted from when its bytes could have gone"
+        assert what == f"photo {ROOT}/snapshot/e1"
         assert drain.settle(1)
-        assert drain.waited(200.0) is None
+        assert drain.in_flight() is None
