@@ -38,6 +38,7 @@ from tests.support.agentproc import write_config
 from tests.support.broker import Broker
 from tests.support.clocks import FakeTime
 from tests.support.waiting import eventually
+from tests.test_held_durable import CountingOutbox
 
 Validate = Any
 LINK = LinkState(True, "b:1883", 1.7e9, 0, None, 0, 0, 0, 0, "5", True, True, None)
@@ -62,21 +63,10 @@ def _health(clock: Clock, outbox: Outbox, **sources: Any) -> Health:
 # ---- outbox.pending counts held events ------------------------------------------------------
 
 
-class _FailCount(Outbox):
-    failed = 0
-
-    def _insert(self, rows: Any, *, all_alarms: bool) -> list[int]:
-        try:
-            return super()._insert(rows, all_alarms=all_alarms)
-        except sqlite3.Error:
-            self.failed += 1
-            raise
-
-
 @pytest.fixture
-def locked(tmp_path: Path, fake_time: FakeTime) -> Iterator[tuple[_FailCount, sqlite3.Connection]]:
+def locked(tmp_path: Path, fake_time: FakeTime) -> Iterator[tuple[CountingOutbox, sqlite3.Connection]]:
     """An outbox whose SQLite write lock another connection holds: its commits fail after 0.1 s."""
-    ob = _FailCount(tmp_path / "outbox.db", site="main", device="gate-1", wall=fake_time.wall, busy_timeout_s=0.1)
+    ob = CountingOutbox(tmp_path / "outbox.db", site="main", device="gate-1", wall=fake_time.wall, busy_timeout_s=0.1)
     conn = sqlite3.connect(ob.path, isolation_level=None, timeout=10)
     conn.execute("BEGIN IMMEDIATE")
     yield ob, conn
@@ -87,7 +77,7 @@ def locked(tmp_path: Path, fake_time: FakeTime) -> Iterator[tuple[_FailCount, sq
 
 
 def test_status__pending_counts_an_event_held_in_memory(
-    locked: tuple[_FailCount, sqlite3.Connection], fake_time: FakeTime, validate: Validate
+    locked: tuple[CountingOutbox, sqlite3.Connection], fake_time: FakeTime, validate: Validate
 ) -> None:
     outbox, conn = locked
     clock = fake_time.clock()
