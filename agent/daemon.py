@@ -19,7 +19,9 @@ nothing of the other's).  SIGTERM only sets a
 signal handler); every wait in the stop path is bounded.
 
 What the agent answers from outside (the control socket's requests, the
-centre's commands) is :mod:`agent.handlers`; this module only wires it in.
+centre's commands) is :mod:`agent.handlers`, and what a recorded event does to
+the other parts (and the state file) is :mod:`agent.buttonpath`; this module
+only wires them in.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from agent.carryover import carry_alarms, resumable_test_mode_s
+from agent.buttonpath import ButtonPath
 from agent.chores import Chores
 from agent.closing import Closing
 from agent.config.model import Config
 from agent.control import ControlServer
 from agent.errors import HardwareError
-from agent.events import Clock, EventType
+from agent.events import Clock
 from agent.handlers import Handlers
 from agent.health import Health, Heartbeat, StatusSources, TestMode
 from agent.indicators import Indicators
@@ -44,10 +46,10 @@ from agent.inputs import Inputs
 from agent.instance import InstanceLock
 from agent.notices import Notices
 from agent.notify import Notifier
-from agent.outbox import Outbox, OutboxRow
+from agent.outbox import Outbox
 from agent.pins import close_pin_factory, make_pin_factory
-from agent.recorder import Hooks, Recorder
-from agent.statefile import State, StateFile
+from agent.recorder import Recorder
+from agent.statefile import StateFile
 from agent.stopflag import StopFlag
 from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
@@ -59,7 +61,7 @@ _STALL_AFTER_S = 20.0  # twice the 10 s idle wake-ups of every watched thread (d
 _SERVE_TICK_S = 10.0  # without a systemd watchdog; with one, half its interval
 
 
-class Agent(Closing):
+class Agent(ButtonPath, Closing):
     """One running agent: owns every part and the order they start and stop in."""
 
     def __init__(self, cfg: Config, *, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
@@ -320,85 +322,6 @@ class Agent(Closing):
     def request_stop(self) -> None:
         self._stop.set()
 
-    # ---- the button's path (agent/recorder.py records) -----------------------------------
-
-    def _recorder_hooks(self) -> Hooks:
-        def alarm_recorded(event_id: str, source: str) -> None:  # committed (or held) already
-            if self.indicators is not None:
-                self.indicators.alarm_recorded(event_id, silent=self._silent.get(source, False))
-            if self.photos is not None:
-                self.photos.request(event_id, source)
-
-        def alarm_delivered(event_id: str) -> None:
-            if self.indicators is not None:
-                self.indicators.alarm_delivered(event_id)
-            if self.photos is not None:
-                self.photos.alarm_delivered(event_id)
-
-        def noted(source: str, ts: str, test: bool) -> None:
-            if self.inputs is not None:
-                self.inputs.note_event(source, ts, test=test)
-
-        return Hooks(
-            wake=lambda: self.uplink.wake() if self.uplink is not None else None,
-            offer=lambda rows: self.uplink.offer(rows) if self.uplink is not None else None,
-            changed=self.heartbeat.changed,
-            alarm_recorded=alarm_recorded,
-            alarm_delivered=alarm_delivered,
-            noted=noted,
-            mark=self.save_state,
-        )
-
-    def _record_started(self) -> None:
-        assert self.outbox is not None
-        assert self.recorder is not None
-        rec = self.outbox.recovery
-        data: dict[str, Any] = {"reason": self._start_reason, "pending": rec.pending}
-        if rec.moved_aside is not None:
-            data["outbox_recovered"] = {"moved_aside": str(rec.moved_aside), "salvaged": rec.salvaged}
-        if rec.seq_resumed_above is not None:
-            data["seq_resumed_above"] = rec.seq_resumed_above
-        if self.outbox.foreign is not None:  # another device's waiting events, kept unsent: the centre should know
-            aside, owner = self.outbox.foreign
-            data["outbox_foreign"] = {"moved_aside": str(aside), "owner": owner}
-        self.recorder.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
-        self.save_state()
-
-    def save_state(self) -> None:
-        """Keep the boot id, the seq high-water mark (reserved seqs included) and test mode's end outside the outbox.
-
-        Any thread may call it (the heartbeat's tick, a held event's reservation, a test-mode
-        command): reading the state and writing it happen under one lock, so an older mark
-        never lands after a newer one.
-        """
-        if self.outbox is None:
-            return
-        with self._state_lock:  # what is read too: a snapshot saved after a newer one would undo it
-            inputs = self.inputs.states() if self.inputs is not None else {}
-            alarms = tuple(self.recorder.latest_alarms()) if self.recorder is not None else ()
-            kept = tuple((n, i.last_event, i.last_test) for n, i in inputs.items())
-            self._state.save(
-                State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends(), alarms=alarms, inputs=kept)
-            )
-
-    def _carry_alarms(self, before: State) -> None:
-        """The last run's alarms to the LED and buzzer (agent/carryover.py); before the inputs are armed."""
-        assert self.recorder is not None
-        assert self.outbox is not None
-        assert self.indicators is not None
-        carry_alarms(
-            before, outbox=self.outbox, recorder=self.recorder, indicators=self.indicators, silent=self._silent
-        )
-
-    def _resume_test_mode(self, before: State) -> None:
-        """Test mode set before a restart goes on to its end, if a clock can say when (agent/carryover.py)."""
-        from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - the limit only, not the command handler
-
-        left = resumable_test_mode_s(before, self.clock, MAX_MINUTES)
-        if left is not None:
-            until = self.test_mode.set(left / 60)
-            log.warning("test mode resumed after the restart, until %s: presses go out as tests", until)
-
     # ---- what the other parts call back ------------------------------------------
 
     def status_doc(self) -> dict[str, Any]:
@@ -408,21 +331,6 @@ class Agent(Closing):
         if self.health is None:
             raise RuntimeError("health is built before the uplink starts")
         return self.health.offline(reason)
-
-    def _snapshot_failed(self, event_id: str, camera: str, reason: str, detail: str) -> None:
-        """A photo of alarm ``event_id`` will not come: say why, as an event of its own (any thread)."""
-        assert self.recorder is not None
-        self.recorder.record(
-            EventType.SNAPSHOT_FAILED,
-            camera,
-            self.clock.stamp(),
-            {"event_id": event_id, "reason": reason, "detail": detail[:200]},
-        )
-
-    def _delivered(self, row: OutboxRow) -> None:
-        assert self.recorder is not None
-        self.recorder.delivered(row)
-        self.transmission.delivered(row.created, this_run=row.seq >= self._run_from_seq)
 
     def _on_link(self, state: LinkState) -> None:
         self.transmission.link(state.connected, state.broker)

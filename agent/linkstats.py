@@ -31,6 +31,10 @@ was off: the restart outage then runs until the clock passes the save, so the
 step counts as down, never as up.  Before the very first connect nothing is
 counted: an uninstalled device has no path to measure.
 
+The slots themselves (histograms, rings of slots, hours) and their saved
+form are :mod:`agent.linkslots`; this module keeps the windows, the outages
+and the restarts.
+
 Thread-safe: the sender thread calls :meth:`delivered`, :meth:`link_up` and
 :meth:`link_down`; the heartbeat thread calls :meth:`snapshot` and
 :meth:`to_state`.  Every call is O(slots) at most and never blocks on I/O.
@@ -41,19 +45,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import iso_ms
+from agent.linkslots import MAX_LATENCY_S, Hist, Hour, Ring, dump_ring, load_hours, load_ring
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-BUCKETS_PER_DOUBLING = 4
-BUCKET_FLOOR_S = 0.001  # bucket 0 holds everything below 1 ms
-BUCKETS = 4 * 32  # bucket i ends at 2**(i/4) ms; the last holds everything from 2**31.5 ms (about 35 days) up
-MAX_LATENCY_S = 1e10  # about 317 years: only a broken clock gives a longer wait, and it counts as this
 MAX_PATHS = 8  # brokers remembered; the least recently used beyond this are forgotten
 
 _MINUTE, _HOUR, _DAY = 60, 3600, 86400
@@ -63,116 +62,10 @@ _AVAIL_RING = (_HOUR, 7 * 24)
 _PERIODS_AV = (("24h", 24), ("7d", 7 * 24))
 
 
-def bucket_of(latency_s: float) -> int:
-    """The histogram bucket of a transmission time in seconds (0 below 1 ms, capped at the last)."""
-    if not latency_s >= BUCKET_FLOOR_S:  # also catches NaN
-        return 0
-    i = 1 + int(math.log2(latency_s / BUCKET_FLOOR_S) * BUCKETS_PER_DOUBLING)
-    return min(i, BUCKETS - 1)
-
-
-def bucket_upper(index: int) -> float:
-    """The upper edge (seconds) of a bucket: bucket ``i`` holds ``[upper(i-1), upper(i))``."""
-    return BUCKET_FLOOR_S * 2 ** (index / BUCKETS_PER_DOUBLING)
-
-
-@dataclass
-class _Hist:
-    """One slot's transmission times: exact count, sum and max, and the bucket counts."""
-
-    count: int = 0
-    total: float = 0.0
-    top: float = 0.0
-    buckets: dict[int, int] = field(default_factory=dict)
-
-    def add(self, latency_s: float, n: int = 1) -> None:
-        self.count += n
-        self.total += latency_s * n
-        self.top = max(self.top, latency_s)
-        b = bucket_of(latency_s)
-        self.buckets[b] = self.buckets.get(b, 0) + n
-
-    def merge(self, other: _Hist) -> None:
-        self.count += other.count
-        self.total += other.total
-        self.top = max(self.top, other.top)
-        for b, c in other.buckets.items():
-            self.buckets[b] = self.buckets.get(b, 0) + c
-
-    def quantile(self, q: float) -> float | None:
-        """Nearest-rank quantile, read as its bucket's upper edge but never above the exact maximum.
-
-        The last bucket has no upper edge (it holds every wait over about 35
-        days): a quantile in it reads as the maximum, so it never reads low.
-        """
-        if self.count == 0:
-            return None
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for b in sorted(self.buckets):
-            seen += self.buckets[b]
-            if seen >= rank:
-                return self.top if b == BUCKETS - 1 else min(bucket_upper(b), self.top)
-        return self.top
-
-    def dump(self) -> list[Any]:
-        return [self.count, round(self.total, 6), self.top, sorted(self.buckets.items())]
-
-    @classmethod
-    def load(cls, doc: Any) -> _Hist:
-        """A saved slot; :class:`_DamagedError` for times no slot can hold (NaN, negative, a mean above the max)."""
-        count, total, top, pairs = doc
-        h = cls(int(count), float(total), float(top), {int(b): int(c) for b, c in pairs})
-        if h.count < 0 or any(not 0 <= b < BUCKETS or c < 0 for b, c in h.buckets.items()):
-            raise ValueError("histogram out of range")
-        if not 0.0 <= h.top <= MAX_LATENCY_S or not 0.0 <= h.total <= h.count * h.top * (1 + 1e-6) + 1e-6:
-            raise _DamagedError(f"transmission times sum {h.total!r}, max {h.top!r}")
-        return h
-
-
-class _DamagedError(ValueError):
-    """A saved value out of range in a readable file: that slot (or figure) is dropped, the rest kept."""
-
-
-class _Ring:
-    """Slots of ``width`` seconds, at most ``keep`` of them, keyed by ``floor(wall / width)``."""
-
-    def __init__(self, width: int, keep: int) -> None:
-        self.width = width
-        self.keep = keep
-        self.slots: dict[int, Any] = {}
-
-    def index(self, now: float) -> int:
-        return int(now // self.width)
-
-    def prune(self, now: float) -> None:
-        cur = self.index(now)
-        stale = [i for i in self.slots if i <= cur - self.keep or i > cur + 1]
-        for i in stale:
-            del self.slots[i]
-
-    def window(self, now: float, slots: int | None = None) -> tuple[float, list[Any]]:
-        """(start of the window's first slot, the slots inside it), for the last ``slots`` slots."""
-        cur = self.index(now)
-        n = self.keep if slots is None else slots
-        first = cur - n + 1
-        return first * self.width, [v for i, v in self.slots.items() if first <= i <= cur + 1]
-
-
-@dataclass
-class _Hour:
-    """One hour of the link: seconds connected and not, outages that ended in it and the longest (s)."""
-
-    up_s: float = 0.0
-    down_s: float = 0.0
-    outages: int = 0
-    longest_s: float = 0.0
-
-
 class _Path:
     def __init__(self) -> None:
-        self.minutes = _Ring(*_HOUR_RING)
-        self.days = _Ring(*_MONTH_RING)
+        self.minutes = Ring(*_HOUR_RING)
+        self.days = Ring(*_MONTH_RING)
         self.used = 0.0
 
 
@@ -187,7 +80,7 @@ class LinkStats:
     def __init__(self, now: float | None = None) -> None:
         self._lock = threading.Lock()
         self._paths: dict[str, _Path] = {}
-        self._hours = _Ring(*_AVAIL_RING)
+        self._hours = Ring(*_AVAIL_RING)
         self._since: float | None = None  # first connect ever: availability is counted from here
         self._up: str | None = None  # broker in use, None while disconnected
         self._mark = now or 0.0  # time up to which up/down seconds have been attributed
@@ -217,7 +110,7 @@ class LinkStats:
                 slot = ring.slots.get(i)
                 if slot is None:
                     ring.prune(now)
-                    slot = ring.slots[i] = _Hist()
+                    slot = ring.slots[i] = Hist()
                 slot.add(latency_s)
 
     def link_up(self, broker: str, now: float) -> None:
@@ -266,11 +159,11 @@ class LinkStats:
             if self._up is not None and self._outage_start is not None:
                 self._end_outage(now)
 
-    def _hour(self, t: float) -> _Hour:
+    def _hour(self, t: float) -> Hour:
         i = self._hours.index(t)
         slot = self._hours.slots.get(i)
         if slot is None:
-            slot = self._hours.slots[i] = _Hour()
+            slot = self._hours.slots[i] = Hour()
         return slot
 
     def _end_outage(self, now: float) -> None:
@@ -301,7 +194,7 @@ class LinkStats:
         out: dict[str, Any] = {}
         for name, ring in (("1h", path.minutes), ("31d", path.days)):
             start, slots = ring.window(now)
-            total = _Hist()
+            total = Hist()
             for s in slots:
                 total.merge(s)
             p95 = total.quantile(0.95)
@@ -346,8 +239,8 @@ class LinkStats:
                 "paths": {
                     b: {
                         "used": p.used,
-                        "minutes": _dump_ring(p.minutes.slots.items()),
-                        "days": _dump_ring(p.days.slots.items()),
+                        "minutes": dump_ring(p.minutes.slots.items()),
+                        "days": dump_ring(p.days.slots.items()),
                     }
                     for b, p in self._paths.items()
                 },
@@ -400,8 +293,8 @@ class LinkStats:
         for broker, p in dict(doc["paths"]).items():
             path = _Path()
             path.used = _saved_time(p["used"], f"paths.{broker}.used", damaged) or 0.0
-            path.minutes.slots = _load_ring(p["minutes"], f"paths.{broker}.minutes", damaged)
-            path.days.slots = _load_ring(p["days"], f"paths.{broker}.days", damaged)
+            path.minutes.slots = load_ring(p["minutes"], f"paths.{broker}.minutes", damaged)
+            path.days.slots = load_ring(p["days"], f"paths.{broker}.days", damaged)
             for ring in (path.minutes, path.days):
                 ring.prune(now)
             self._paths[str(broker)] = path
@@ -412,7 +305,7 @@ class LinkStats:
             and _saved_time(since, "since (availability dropped with it)", damaged, upto=saved) is None
         ):
             return  # availability counts from it: without it, none of the hours can be placed
-        self._hours.slots = _load_hours(doc["hours"], damaged)
+        self._hours.slots = load_hours(doc["hours"], damaged)
         self._hours.prune(now)
         if since is None:
             self._mark = now
@@ -428,9 +321,6 @@ class LinkStats:
 
 
 _FUTURE_SAVE_S = 31 * 86400.0  # the longest period the figures keep: a save further ahead is no clock step back
-
-
-_HOUR_SLACK_S = 1e-3  # an hour's up and down seconds are sums of floats: a hair over 3,600 is rounding
 
 
 def _ms(seconds: float) -> float | None:
@@ -451,34 +341,3 @@ def _saved_time(value: Any, what: str, damaged: list[str], *, upto: float = math
         return t
     damaged.append(f"{what} = {value!r:.20}")
     return None
-
-
-def _dump_ring(items: Iterable[tuple[int, Any]]) -> list[Any]:
-    return [[i, h.dump()] for i, h in items]
-
-
-def _load_ring(doc: Any, what: str, damaged: list[str]) -> dict[int, Any]:
-    slots: dict[int, Any] = {}
-    for i, h in doc:
-        try:
-            slots[int(i)] = _Hist.load(h)
-        except _DamagedError as exc:
-            damaged.append(f"{what} slot {i!r:.20}: {exc}")
-    return slots
-
-
-def _load_hours(doc: Any, damaged: list[str]) -> dict[int, _Hour]:
-    slots: dict[int, _Hour] = {}
-    for i, up_s, down_s, outages, longest in doc:
-        hour = _Hour(float(up_s), float(down_s), int(outages), float(longest))
-        if (
-            hour.up_s >= 0.0
-            and hour.down_s >= 0.0
-            and hour.up_s + hour.down_s <= _HOUR + _HOUR_SLACK_S
-            and hour.outages >= 0
-            and 0.0 <= hour.longest_s < math.inf
-        ):
-            slots[int(i)] = hour
-        else:
-            damaged.append(f"hours slot {i!r:.20}: {up_s!r:.20} s up, {down_s!r:.20} s down, longest {longest!r:.20}")
-    return slots

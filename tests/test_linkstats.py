@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.linkstats import BUCKETS, MAX_PATHS, LinkStats, bucket_of
+from agent.linkslots import BUCKETS, bucket_of
+from agent.linkstats import MAX_PATHS, LinkStats
 from agent.schemas import load as load_schema
 
 T0 = 1_799_971_200.0  # 2027-01-15T00:00:00Z, a whole UTC day

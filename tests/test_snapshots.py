@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from agent.config import schema
+from agent.config.marked import load_marked
 from agent.config.model import CameraConfig, CameraKind, Secret
-from agent.config.reader import Ctx, Section, load_marked
+from agent.config.reader import Ctx, Section
 from agent.config.snapshots import CAMERA_KEYS, INPUT_KEYS, SnapshotsConfig, parse_snapshot_config
 from agent.photostore import PhotoStore
 from agent.snapshots import QUEUE_PER_CAMERA, Snapshots

@@ -1,0 +1,149 @@
+"""The button's path through the agent: what a recorded event does to the other parts, and what it leaves on disk.
+
+Mixed into :class:`agent.daemon.Agent` (one object: the parts are the agent's,
+built in its start order), apart from the wiring because it is one rule set of
+its own: a recorded alarm lights the LED and asks for its photo, a delivered
+one shows as sent and counts in the transmission figures, an input's last
+event is noted; the agent's own events (started, a photo that will not come)
+are recorded; and the state file keeps the seq mark, test mode's end and the
+latest alarms, which the next start reads back (agent/carryover.py) before
+the inputs are armed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from agent.carryover import carry_alarms, resumable_test_mode_s
+from agent.events import Clock, EventType
+from agent.outbox import OutboxRow
+from agent.recorder import Hooks
+from agent.statefile import State
+
+if TYPE_CHECKING:
+    from agent.health import Heartbeat, TestMode
+    from agent.indicators import Indicators
+    from agent.inputs import Inputs
+    from agent.outbox import Outbox
+    from agent.recorder import Recorder
+    from agent.statefile import StateFile
+    from agent.transmission import Transmission
+    from agent.uplink import Uplink
+
+# The daemon's own logger: these lines read as they did before the split.
+log = logging.getLogger("agent.daemon")
+
+
+class ButtonPath:
+    """The recorder's side of :class:`~agent.daemon.Agent`: its hooks, its own events and the state file."""
+
+    if TYPE_CHECKING:  # the agent's parts and state, which these methods share
+        clock: Clock
+        outbox: Outbox | None
+        recorder: Recorder | None
+        inputs: Inputs | None
+        uplink: Uplink | None
+        indicators: Indicators | None
+        photos: Any
+        heartbeat: Heartbeat
+        test_mode: TestMode
+        transmission: Transmission
+        _silent: dict[str, bool]
+        _state: StateFile
+        _state_lock: threading.Lock
+        _start_reason: str
+        _run_from_seq: int
+
+    def _recorder_hooks(self) -> Hooks:
+        def alarm_recorded(event_id: str, source: str) -> None:  # committed (or held) already
+            if self.indicators is not None:
+                self.indicators.alarm_recorded(event_id, silent=self._silent.get(source, False))
+            if self.photos is not None:
+                self.photos.request(event_id, source)
+
+        def alarm_delivered(event_id: str) -> None:
+            if self.indicators is not None:
+                self.indicators.alarm_delivered(event_id)
+            if self.photos is not None:
+                self.photos.alarm_delivered(event_id)
+
+        def noted(source: str, ts: str, test: bool) -> None:
+            if self.inputs is not None:
+                self.inputs.note_event(source, ts, test=test)
+
+        return Hooks(
+            wake=lambda: self.uplink.wake() if self.uplink is not None else None,
+            offer=lambda rows: self.uplink.offer(rows) if self.uplink is not None else None,
+            changed=self.heartbeat.changed,
+            alarm_recorded=alarm_recorded,
+            alarm_delivered=alarm_delivered,
+            noted=noted,
+            mark=self.save_state,
+        )
+
+    def _record_started(self) -> None:
+        assert self.outbox is not None
+        assert self.recorder is not None
+        rec = self.outbox.recovery
+        data: dict[str, Any] = {"reason": self._start_reason, "pending": rec.pending}
+        if rec.moved_aside is not None:
+            data["outbox_recovered"] = {"moved_aside": str(rec.moved_aside), "salvaged": rec.salvaged}
+        if rec.seq_resumed_above is not None:
+            data["seq_resumed_above"] = rec.seq_resumed_above
+        if self.outbox.foreign is not None:  # another device's waiting events, kept unsent: the centre should know
+            aside, owner = self.outbox.foreign
+            data["outbox_foreign"] = {"moved_aside": str(aside), "owner": owner}
+        self.recorder.record(EventType.AGENT_STARTED, "agent", self.clock.stamp(), data)
+        self.save_state()
+
+    def save_state(self) -> None:
+        """Keep the boot id, the seq high-water mark (reserved seqs included) and test mode's end outside the outbox.
+
+        Any thread may call it (the heartbeat's tick, a held event's reservation, a test-mode
+        command): reading the state and writing it happen under one lock, so an older mark
+        never lands after a newer one.
+        """
+        if self.outbox is None:
+            return
+        with self._state_lock:  # what is read too: a snapshot saved after a newer one would undo it
+            inputs = self.inputs.states() if self.inputs is not None else {}
+            alarms = tuple(self.recorder.latest_alarms()) if self.recorder is not None else ()
+            kept = tuple((n, i.last_event, i.last_test) for n, i in inputs.items())
+            self._state.save(
+                State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends(), alarms=alarms, inputs=kept)
+            )
+
+    def _carry_alarms(self, before: State) -> None:
+        """The last run's alarms to the LED and buzzer (agent/carryover.py); before the inputs are armed."""
+        assert self.recorder is not None
+        assert self.outbox is not None
+        assert self.indicators is not None
+        carry_alarms(
+            before, outbox=self.outbox, recorder=self.recorder, indicators=self.indicators, silent=self._silent
+        )
+
+    def _resume_test_mode(self, before: State) -> None:
+        """Test mode set before a restart goes on to its end, if a clock can say when (agent/carryover.py)."""
+        from agent.cmdparse import MAX_MINUTES  # noqa: PLC0415 - the limit only, not the command handler
+
+        left = resumable_test_mode_s(before, self.clock, MAX_MINUTES)
+        if left is not None:
+            until = self.test_mode.set(left / 60)
+            log.warning("test mode resumed after the restart, until %s: presses go out as tests", until)
+
+    def _snapshot_failed(self, event_id: str, camera: str, reason: str, detail: str) -> None:
+        """A photo of alarm ``event_id`` will not come: say why, as an event of its own (any thread)."""
+        assert self.recorder is not None
+        self.recorder.record(
+            EventType.SNAPSHOT_FAILED,
+            camera,
+            self.clock.stamp(),
+            {"event_id": event_id, "reason": reason, "detail": detail[:200]},
+        )
+
+    def _delivered(self, row: OutboxRow) -> None:
+        assert self.recorder is not None
+        self.recorder.delivered(row)
+        self.transmission.delivered(row.created, this_run=row.seq >= self._run_from_seq)
