@@ -41,17 +41,17 @@ the buzzer's pattern is computed from audible alarms only, so neither their
 press nor their ack sounds it; the LED still shows them.
 
 Callers (the inputs thread, the uplink sender, the command handler) only update
-state under a lock and wake this module's one thread, which computes each
-output's level with :func:`level` and touches a pin only when it changes.  A
-write that fails is tried again within ``_RETRY_S`` (a buzzer left sounding,
-or an LED left steady, says the wrong thing) and the output is named by
+state under a lock (the alarms' bookkeeping: :mod:`agent.recent_alarms`) and
+wake this module's one thread, which computes each output's level with
+:func:`level` and touches a pin only when it changes.  A write that fails is
+tried again within ``_RETRY_S`` (a buzzer left sounding, or an LED left
+steady, says the wrong thing) and the output is named by
 :meth:`Indicators.failing` until a write succeeds, for the status warnings.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter
@@ -65,21 +65,13 @@ from agent.errors import HardwareError
 from agent.patterns import BUZZER as _BUZZER
 from agent.patterns import LED as _LED
 from agent.patterns import Pattern, level, next_edge
+from agent.recent_alarms import RecentAlarms, Restart
 
 log = logging.getLogger(__name__)
 
 SENT_HOLD_S = 120.0
-_RECENT_ALARMS = 256
-_EARLY_NEWS = 64  # deliveries and acks of alarms not recorded yet: a few milliseconds' worth, or ids not ours
 _MAX_WAIT_S = 10.0  # longest sleep without an edge due: news wakes the thread; the watchdog allows 20 s
 _RETRY_S = 0.2  # a failed pin write is tried again this soon: a 1 s tone must not become a 10 s one
-
-
-@dataclass
-class _Alarm:
-    silent: bool
-    delivered_at: float | None = None
-    acked_at: float | None = None
 
 
 @dataclass
@@ -125,12 +117,10 @@ class Indicators(Closing):
         self._cfg = cfg
         self._factory = pin_factory
         self._mono = mono
-        self._sent_hold_s = sent_hold_s
         self._outputs = [_Output(n, c) for n, c in ((_LED, cfg.ack_led), (_BUZZER, cfg.buzzer)) if c is not None]
         self._cond = threading.Condition()
         self._tick_lock = threading.Lock()
-        self._alarms: dict[str, _Alarm] = {}  # recent alarms, oldest first
-        self._early: dict[str, _Alarm] = {}  # delivered or acked before alarm_recorded came (it runs a little later)
+        self._alarms = RecentAlarms(ack_hold_s=cfg.ack_hold_s, sent_hold_s=sent_hold_s)
         self._generations: Counter[tuple[bool, Pattern]] = Counter()
         self._connected = False
         self._down_since = mono()
@@ -182,17 +172,7 @@ class Indicators(Closing):
         starts from what is already known, never from ``sending`` again.
         """
         with self._cond:
-            if event_id in self._alarms:
-                return
-            early = self._early.pop(event_id, None)
-            alarm = _Alarm(silent=silent)
-            if early is not None:
-                alarm.delivered_at, alarm.acked_at = early.delivered_at, early.acked_at
-            self._add(event_id, alarm)
-            if alarm.acked_at is not None:
-                self._bump(Pattern.ACKNOWLEDGED, buzzer=not silent)
-            else:
-                self._bump(Pattern.SENDING if alarm.delivered_at is None else Pattern.SENT, buzzer=not silent)
+            self._bump(self._alarms.recorded(event_id, silent=silent))
 
     def alarm_carried(self, event_id: str, *, silent: bool) -> None:
         """An alarm of the last run, delivered then and not known to be acknowledged: its ack may still come.
@@ -205,32 +185,13 @@ class Indicators(Closing):
         alarm), and an older ack changes nothing.
         """
         with self._cond:
-            if event_id not in self._alarms:
-                self._add(event_id, _Alarm(silent=silent, delivered_at=self._mono() - self._sent_hold_s))
-
-    def _add(self, event_id: str, alarm: _Alarm) -> None:
-        """Keep ``alarm`` as the newest, forgetting the oldest delivered one beyond the bound.  Hold _cond."""
-        self._alarms[event_id] = alarm
-        while len(self._alarms) > _RECENT_ALARMS:  # the oldest delivered one goes first
-            old = next((k for k, a in self._alarms.items() if a.delivered_at is not None), None)
-            del self._alarms[old if old is not None else next(iter(self._alarms))]
+            self._alarms.carried(event_id, silent=silent, now=self._mono())
 
     def alarm_delivered(self, event_id: str) -> None:
         """The broker acknowledged the alarm (PUBACK); repeats are ignored, an id not yet recorded is kept."""
         with self._cond:
-            alarm = self._alarms.get(event_id)
-            if alarm is None:
-                self._note_early(event_id).delivered_at = self._mono()
-            elif alarm.delivered_at is None:
-                alarm.delivered_at = self._mono()
+            if self._alarms.delivered(event_id, self._mono()):
                 self._wake()
-
-    def _note_early(self, event_id: str) -> _Alarm:
-        """News of an alarm not recorded yet (or not ours: the memory is small and bounded).  Hold _cond."""
-        early = self._early.setdefault(event_id, _Alarm(silent=False))
-        while len(self._early) > _EARLY_NEWS:
-            del self._early[next(iter(self._early))]
-        return early
 
     def acknowledged(self, event_id: str) -> bool:
         """The centre acknowledged ``event_id``; True if it is a recent alarm of ours.
@@ -241,24 +202,9 @@ class Indicators(Closing):
         sounds the tone again nor extends the hold.
         """
         with self._cond:
-            alarm = self._alarms.get(event_id)
-            if alarm is None:
-                early = self._note_early(event_id)  # shown once recorded, if it is ours
-                if early.acked_at is None:
-                    early.acked_at = self._mono()
-                    if early.delivered_at is None:
-                        early.delivered_at = early.acked_at
-                return False
-            if alarm.acked_at is not None:
-                return True
-            alarm.acked_at = self._mono()
-            if alarm.delivered_at is None:
-                alarm.delivered_at = alarm.acked_at
-            newest_audible = next((k for k, a in reversed(self._alarms.items()) if not a.silent), None)
-            self._bump(
-                Pattern.ACKNOWLEDGED, led=next(reversed(self._alarms)) == event_id, buzzer=newest_audible == event_id
-            )
-            return True
+            ours, restart = self._alarms.acknowledged(event_id, self._mono())
+            self._bump(restart)
+            return ours
 
     def link(self, connected: bool) -> None:
         """The broker connection came up or went down."""
@@ -345,46 +291,29 @@ class Indicators(Closing):
         self._dirty = True
         self._cond.notify_all()
 
-    def _bump(self, pattern: Pattern, *, led: bool = True, buzzer: bool) -> None:
-        """Restart ``pattern`` from its beginning (a new chirp) on the outputs named (the LED sees every alarm)."""
-        if led:
-            self._generations[(False, pattern)] += 1
-        if buzzer:
-            self._generations[(True, pattern)] += 1
+    def _bump(self, restart: Restart | None) -> None:
+        """Restart a pattern from its beginning (a new chirp) on the outputs named (the LED sees every alarm)."""
+        if restart is None:
+            return
+        if restart.led:
+            self._generations[(False, restart.pattern)] += 1
+        if restart.buzzer:
+            self._generations[(True, restart.pattern)] += 1
         self._wake()
 
     def _pattern(self, now: float, *, audible_only: bool) -> Pattern:
         """The pattern of one output: the LED sees every alarm, the buzzer audible ones only."""
-        sending = sent = newer_acked = False
-        newest = True
-        for a in reversed(self._alarms.values()):  # newest first: only the newest alarm's ack is shown
-            if audible_only and a.silent:
-                continue
-            if newest and a.acked_at is not None and now - a.acked_at < self._cfg.ack_hold_s:
-                return Pattern.ACKNOWLEDGED
-            newest = False
-            if a.delivered_at is None:
-                sending = True
-            elif a.acked_at is None and not newer_acked and now - a.delivered_at < self._sent_hold_s:
-                sent = True
-            newer_acked = newer_acked or a.acked_at is not None
-        if sending:
-            return Pattern.SENDING
-        if sent:
-            return Pattern.SENT
+        shown = self._alarms.pattern(now, audible_only=audible_only)
+        if shown is not None:
+            return shown
         if not self._connected and now - self._down_since > self._cfg.fault_after_s:
             return Pattern.FAULT
         return Pattern.IDLE
 
     def _next_state_change(self, now: float) -> float:
         """The next time a pattern may change by the clock alone (ack or sent hold ends, fault starts)."""
-        times = [] if self._connected else [self._down_since + self._cfg.fault_after_s]
-        for a in self._alarms.values():
-            if a.acked_at is not None:
-                times.append(a.acked_at + self._cfg.ack_hold_s)
-            elif a.delivered_at is not None:
-                times.append(a.delivered_at + self._sent_hold_s)
-        return min((t for t in times if t > now), default=math.inf)
+        fault = [] if self._connected else [self._down_since + self._cfg.fault_after_s]
+        return min([self._alarms.next_change(now), *(t for t in fault if t > now)])
 
     # ---- lifetime ------------------------------------------------------------------------------
 

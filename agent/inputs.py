@@ -10,9 +10,10 @@ the other to ground.
 
 gpiozero's callback thread only records the raw edge with its time stamp and
 returns; the debounce (our own: gpiozero's mock pins ignore ``bounce_time``),
-the stuck-input supervision and the durable put run on this module's thread.
-An edge is accepted once the level has been stable for ``debounce_ms``; the
-event keeps the time of the first edge, i.e. when the person pressed.
+the stuck-input supervision (one input's rules: :mod:`agent.watched_input`)
+and the durable put run on this module's thread.  An edge is accepted once
+the level has been stable for ``debounce_ms``; the event keeps the time of the
+first edge, i.e. when the person pressed.
 
 The stamp is the edge's own time (gpiozero's ``ticks``, when lgpio or pigpio
 saw it), not the time the callback runs: that thread can run late (the GIL, a
@@ -38,71 +39,26 @@ twice, never none.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from agent.closing import Closing
-from agent.config.model import Contact, InputConfig, InputKind
-from agent.debounce import Debouncer
+from agent.config.model import Contact, InputConfig
 from agent.errors import HardwareError
-from agent.events import Clock, EventType, Stamp
+from agent.events import Clock, Stamp
 from agent.pins import edge_age, edge_stamp, is_mock
+from agent.watched_input import InputState, Item, WatchedInput
 
 log = logging.getLogger(__name__)
 
 # Returns what may wait (agent/recorder.py, record_deferring), or None.
-Emit = Callable[[list[tuple[EventType, str, Stamp, Mapping[str, Any]]]], Callable[[], None] | None]
+Emit = Callable[[list[Item]], Callable[[], None] | None]
 _IDLE_S = 10.0  # longest sleep with nothing to do: often enough for the watchdog (20 s), rare enough to idle cheaply
 _ERROR_PAUSE_S = 0.5  # after a failed poll: retry soon, but never spin
 _CLOSE_JOIN_S = 15.0  # close() waits this long for a poll stuck in a commit (the outbox's busy timeout is 10 s)
 LATER_S = 0.005  # the thread runs what may wait this long after a poll: the PUBLISH has travelled by then
-
-
-@dataclass(frozen=True)
-class InputState:
-    """One input as the status document and ``campus-agent status`` show it."""
-
-    name: str
-    kind: str
-    pin: int
-    state: str
-    active_since: float | None
-    last_event: str | None
-    last_test: str | None
-
-
-class _Input:
-    def __init__(self, cfg: InputConfig, button: Any, raw_edge: Callable[..., None]) -> None:
-        self.cfg = cfg
-        self.button = button
-        self.factory = button.pin_factory  # gpiozero's, also when gpio.pin_factory is "default"
-        self._raw_edge = raw_edge
-        self.debouncer = Debouncer(cfg.debounce_ms / 1000.0, initial=False)
-        self.active_since: float | None = None
-        self.faulted = False
-        self.last_event: str | None = None
-        self.last_test: str | None = None
-        self.last_edge = -math.inf  # monotonic time of the latest edge queued, or of arming; under Inputs._cond
-
-    def pin_changed(self, ticks: object, state: object) -> None:
-        """Runs on gpiozero's callback thread; ``ticks`` is the edge's own time, ``state`` its new level (high = 1).
-
-        lgpio reports a watchdog timeout as level 2, which is no edge.
-        """
-        if state == 0 or state == 1:  # noqa: PLR1714 - a bool is 0 or 1 too; `in (0, 1)` reads as a type test
-            self._raw_edge(self, pin_low=not state, ticks=ticks)
-
-    def active_from_raw(self, pin_low: bool) -> bool:
-        return pin_low if self.cfg.contact is Contact.NORMALLY_OPEN else not pin_low
-
-    def state(self) -> str:
-        if self.faulted:
-            return "fault"
-        return "active" if self.debouncer.stable else "ok"
 
 
 class Inputs(Closing):
@@ -139,11 +95,11 @@ class Inputs(Closing):
         self._factory = pin_factory
         self._clock = clock
         self._emit = emit
-        self._batch: list[tuple[EventType, str, Stamp, Mapping[str, Any]]] = []
+        self._batch: list[Item] = []
         self._changes = 0  # accepted changes in this poll: on_change runs once, after the emit
         self._later: list[Callable[[], None]] = []  # what may wait; swapped under _cond
         self._later_due: float | None = None  # time.monotonic() when it runs (real time: it is about the CPU)
-        self._inputs: dict[str, _Input] = {}
+        self._inputs: dict[str, WatchedInput] = {}
         self._cond = threading.Condition()
         self._poll_lock = threading.Lock()  # one poll at a time: the thread's, or close()'s last one
         self._edges: list[tuple[str, bool, Stamp, float]] = []  # name, pin low, edge's stamp, mono when seen
@@ -173,7 +129,7 @@ class Inputs(Closing):
                     f"inputs: cannot claim GPIO{cfg.pin} for input '{cfg.name}': {exc}; "
                     "check that no other program uses the pin and the user is in the gpio group",
                 ) from exc
-            item = _Input(cfg, button, self._raw_edge)
+            item = WatchedInput(cfg, button, self._raw_edge)
             item.last_edge = self._clock.mono()  # no edge of this pin can be older than its arming
             self._inputs[cfg.name] = item
             # The pin's own callback, not the device's when_activated: gpiozero's event layer (value
@@ -193,7 +149,7 @@ class Inputs(Closing):
         else:
             self.poll(self._clock.mono())
 
-    def _raw_edge(self, item: _Input, *, pin_low: bool, ticks: object) -> None:
+    def _raw_edge(self, item: WatchedInput, *, pin_low: bool, ticks: object) -> None:
         # gpiozero's thread: stamp, queue, notify; nothing else.  Stamped under the lock, so each pin's
         # edges are queued in stamp order and each one is seen at or after the poll that did not take it.
         age = edge_age(item.factory, ticks)  # outside the lock: it may ask the pin daemon (pigpio)
@@ -241,8 +197,9 @@ class Inputs(Closing):
             d = item.debouncer.deadline()
             if d is not None:
                 deadlines.append(d)
-            if item.active_since is not None and not item.faulted and item.cfg.stuck_after_s > 0:
-                deadlines.append(item.active_since + item.cfg.stuck_after_s)
+            stuck = item.stuck_due()
+            if stuck is not None:
+                deadlines.append(stuck)
         return min(deadlines) if deadlines else None
 
     def poll(self, now: float | None = None) -> None:
@@ -291,9 +248,6 @@ class Inputs(Closing):
             except Exception:
                 log.exception("inputs: the work after a poll failed; the events themselves are recorded")
 
-    def _out(self, kind: EventType, name: str, stamp: Stamp, data: Mapping[str, Any]) -> None:
-        self._batch.append((kind, name, stamp, data))
-
     def _poll(self, at: float | None) -> None:
         with self._cond:
             edges, self._edges = self._edges, []
@@ -315,54 +269,24 @@ class Inputs(Closing):
                 self._changed(item, first)
             self._check_stuck(item, now)
 
-    def _changed(self, item: _Input, stamp: Stamp) -> None:
-        self._accept(item, stamp)
+    def _changed(self, item: WatchedInput, stamp: Stamp) -> None:
+        event = item.accept(stamp)
+        if event is not None:
+            self._batch.append(event)
         self._changes += 1
 
-    def _accept(self, item: _Input, stamp: Stamp) -> None:
-        name = item.cfg.name
-        if item.debouncer.stable:
-            item.active_since = stamp.mono
-            kind = EventType.PANIC if item.cfg.kind is InputKind.PANIC_BUTTON else EventType.TAMPER
-            log.debug("input %s active (GPIO%d)", name, item.cfg.pin)  # the 'recorded' line follows at INFO
-            self._out(kind, name, stamp, {"pin": item.cfg.pin, "contact": item.cfg.contact.value})
-            return
-        held = stamp.mono - (item.active_since or stamp.mono)
-        item.active_since = None
-        log.info("input %s released after %.2f s", name, held)
-        if item.faulted:
-            item.faulted = False
-            self._out(EventType.INPUT_RESTORED, name, stamp, {"held_s": round(held, 3)})
-
-    def _check_stuck(self, item: _Input, now: float) -> None:
-        limit = item.cfg.stuck_after_s
-        if item.faulted or item.active_since is None or limit <= 0 or now - item.active_since < limit:
-            return
-        item.faulted = True
-        nc = item.cfg.contact is Contact.NORMALLY_CLOSED
-        reason = "open_loop" if nc else "stuck"
-        log.error(
-            "input %s (GPIO%d) has been active for %.0f s: %s; no further alarms from it until it returns; "
-            "check the %s",
-            item.cfg.name,
-            item.cfg.pin,
-            now - item.active_since,
-            reason.replace("_", " "),
-            "wiring for a cut or loose wire" if nc else "button for a jam",
-        )
-        stamp = Stamp(wall=self._clock.wall(), mono=now, synced=self._clock.synced())
-        data = {"reason": reason, "active_s": round(now - item.active_since, 3)}
-        self._out(EventType.INPUT_FAULT, item.cfg.name, stamp, data)
-        self._changes += 1
+    def _check_stuck(self, item: WatchedInput, now: float) -> None:
+        fault = item.check_stuck(now, self._clock)
+        if fault is not None:
+            self._batch.append(fault)
+            self._changes += 1
 
     # ---- technician and status helpers ---------------------------------------
 
     def note_event(self, name: str, ts: str, *, test: bool) -> None:
         item = self._inputs.get(name)
         if item is not None:
-            item.last_event = ts
-            if test:
-                item.last_test = ts
+            item.note_event(ts, test=test)
 
     def restore(self, name: str, last_event: str | None, last_test: str | None) -> None:
         """What an earlier run knew (agent-state.json): the status must not forget when a button was last tested."""
@@ -383,23 +307,10 @@ class Inputs(Closing):
         item = self._inputs.get(name)
         if item is None:
             raise HardwareError(f"no input named '{name}'; configured: {', '.join(self._inputs) or 'none'}")
-        pin_low = active if item.cfg.contact is Contact.NORMALLY_OPEN else not active
-        pin = item.button.pin
-        pin.drive_low() if pin_low else pin.drive_high()
+        item.simulate(active=active)
 
     def states(self) -> dict[str, InputState]:
-        return {
-            name: InputState(
-                name=name,
-                kind=item.cfg.kind.value,
-                pin=item.cfg.pin,
-                state=item.state(),
-                active_since=item.active_since,
-                last_event=item.last_event,
-                last_test=item.last_test,
-            )
-            for name, item in self._inputs.items()
-        }
+        return {name: item.view() for name, item in self._inputs.items()}
 
     def close(self) -> None:
         """Stop the thread, record what is still queued or debouncing (module doc), release the pins."""
@@ -432,3 +343,6 @@ class Inputs(Closing):
 
     def _repr_state(self) -> str:
         return ", ".join(f"{n}={i.state()}" for n, i in self._inputs.items())
+
+
+__all__ = ["LATER_S", "Emit", "InputState", "Inputs"]

@@ -11,9 +11,9 @@ import pytest
 
 from agent.config.model import InputKind
 from agent.health import Health, Heartbeat, StatusSources, TestMode, read_cpu_temp
-from agent.inputs import InputState
 from agent.outbox import Outbox
 from agent.uplink import LinkState
+from agent.watched_input import InputState
 from tests.support.agentproc import AgentFactory
 from tests.support.broker import Broker
 from tests.support.camservers import HttpCamera

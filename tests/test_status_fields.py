@@ -26,7 +26,6 @@ from agent.config import load_config
 from agent.daemon import Agent
 from agent.events import Clock, Event, EventType
 from agent.health import Health, StatusSources, TestMode
-from agent.inputs import InputState
 from agent.linkstate import LinkState
 from agent.linkstats import MAX_PATHS, LinkStats
 from agent.notify import Notifier
@@ -34,6 +33,7 @@ from agent.outbox import Outbox
 from agent.outbox_rows import OutboxRow
 from agent.outgoing import encode
 from agent.recorder import Recorder
+from agent.watched_input import InputState
 from tests.support.agentproc import write_config
 from tests.support.broker import Broker
 from tests.support.clocks import FakeTime

@@ -14,9 +14,9 @@ from agent import health as health_module
 from agent.config.model import InputKind
 from agent.events import Clock, Event, EventType
 from agent.health import Health, StatusSources, TestMode
-from agent.inputs import InputState
 from agent.outbox import Outbox
 from agent.uplink import LinkState, Uplink
+from agent.watched_input import InputState
 from tests.support.broker import Broker
 from tests.support.clocks import FakeTime
 from tests.support.contract import Validate

@@ -1,0 +1,146 @@
+"""One input as the inputs thread watches it: its level, its stuck timer, and what its changes make.
+
+Kept apart from :mod:`agent.inputs` (which owns the pins' claiming, the edge
+queue, the thread and its locks) so the rules of a single input read in one
+place: which level counts as active for its contact type, the event an
+accepted change makes (an alarm, or ``input_restored`` after a fault), when a
+level held too long becomes ``input_fault``, and how the status shows it.
+Nothing here locks or queues; :class:`agent.inputs.Inputs` calls it on its
+own thread, except :meth:`WatchedInput.pin_changed` (gpiozero's thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config.model import Contact, InputConfig, InputKind
+from agent.debounce import Debouncer
+from agent.events import Clock, EventType, Stamp
+
+log = logging.getLogger("agent.inputs")  # the lines an operator reads (and filters on) keep their logger
+
+Item = tuple[EventType, str, Stamp, Mapping[str, Any]]  # one event for the emit: type, input name, stamp, data
+
+
+@dataclass(frozen=True)
+class InputState:
+    """One input as the status document and ``campus-agent status`` show it."""
+
+    name: str
+    kind: str
+    pin: int
+    state: str
+    active_since: float | None
+    last_event: str | None
+    last_test: str | None
+
+
+class WatchedInput:
+    """One configured input: its gpiozero device, its debouncer and its supervision.
+
+    Args:
+        cfg: the input's config.
+        button: its gpiozero device (kept here, never handed out).
+        raw_edge: :meth:`agent.inputs.Inputs._raw_edge`, called on gpiozero's thread.
+
+    """
+
+    def __init__(self, cfg: InputConfig, button: Any, raw_edge: Callable[..., None]) -> None:
+        self.cfg = cfg
+        self.button = button
+        self.factory = button.pin_factory  # gpiozero's, also when gpio.pin_factory is "default"
+        self._raw_edge = raw_edge
+        self.debouncer = Debouncer(cfg.debounce_ms / 1000.0, initial=False)
+        self.active_since: float | None = None
+        self.faulted = False
+        self.last_event: str | None = None
+        self.last_test: str | None = None
+        self.last_edge = -math.inf  # monotonic time of the latest edge queued, or of arming; under Inputs._cond
+
+    def pin_changed(self, ticks: object, state: object) -> None:
+        """Runs on gpiozero's callback thread; ``ticks`` is the edge's own time, ``state`` its new level (high = 1).
+
+        lgpio reports a watchdog timeout as level 2, which is no edge.
+        """
+        if state == 0 or state == 1:  # noqa: PLR1714 - a bool is 0 or 1 too; `in (0, 1)` reads as a type test
+            self._raw_edge(self, pin_low=not state, ticks=ticks)
+
+    def active_from_raw(self, pin_low: bool) -> bool:
+        """Whether the contact is active, given that the pin reads low (``pin_low``) or high."""
+        return pin_low if self.cfg.contact is Contact.NORMALLY_OPEN else not pin_low
+
+    def state(self) -> str:
+        if self.faulted:
+            return "fault"
+        return "active" if self.debouncer.stable else "ok"
+
+    def view(self) -> InputState:
+        """What the status shows of this input."""
+        return InputState(
+            name=self.cfg.name,
+            kind=self.cfg.kind.value,
+            pin=self.cfg.pin,
+            state=self.state(),
+            active_since=self.active_since,
+            last_event=self.last_event,
+            last_test=self.last_test,
+        )
+
+    def stuck_due(self) -> float | None:
+        """Monotonic time the active level becomes a fault; None when no stuck timer runs."""
+        if self.active_since is not None and not self.faulted and self.cfg.stuck_after_s > 0:
+            return self.active_since + self.cfg.stuck_after_s
+        return None
+
+    def accept(self, stamp: Stamp) -> Item | None:
+        """The debouncer accepted a change at ``stamp``: the event it makes, if any (a release makes none)."""
+        name = self.cfg.name
+        if self.debouncer.stable:
+            self.active_since = stamp.mono
+            kind = EventType.PANIC if self.cfg.kind is InputKind.PANIC_BUTTON else EventType.TAMPER
+            log.debug("input %s active (GPIO%d)", name, self.cfg.pin)  # the 'recorded' line follows at INFO
+            return (kind, name, stamp, {"pin": self.cfg.pin, "contact": self.cfg.contact.value})
+        held = stamp.mono - (self.active_since or stamp.mono)
+        self.active_since = None
+        log.info("input %s released after %.2f s", name, held)
+        if self.faulted:
+            self.faulted = False
+            return (EventType.INPUT_RESTORED, name, stamp, {"held_s": round(held, 3)})
+        return None
+
+    def check_stuck(self, now: float, clock: Clock) -> Item | None:
+        """The ``input_fault`` event if the level has been active ``stuck_after_s`` by monotonic ``now``; once."""
+        limit = self.cfg.stuck_after_s
+        if self.faulted or self.active_since is None or limit <= 0 or now - self.active_since < limit:
+            return None
+        self.faulted = True
+        nc = self.cfg.contact is Contact.NORMALLY_CLOSED
+        reason = "open_loop" if nc else "stuck"
+        log.error(
+            "input %s (GPIO%d) has been active for %.0f s: %s; no further alarms from it until it returns; "
+            "check the %s",
+            self.cfg.name,
+            self.cfg.pin,
+            now - self.active_since,
+            reason.replace("_", " "),
+            "wiring for a cut or loose wire" if nc else "button for a jam",
+        )
+        stamp = Stamp(wall=clock.wall(), mono=now, synced=clock.synced())
+        data = {"reason": reason, "active_s": round(now - self.active_since, 3)}
+        return (EventType.INPUT_FAULT, self.cfg.name, stamp, data)
+
+    def note_event(self, ts: str, *, test: bool) -> None:
+        """An event of this input was recorded at ``ts``; a test press is also its last test."""
+        self.last_event = ts
+        if test:
+            self.last_test = ts
+
+    def simulate(self, *, active: bool) -> None:
+        """Drive the (mock) pin as the switch would, pressed or released."""
+        pin_low = active if self.cfg.contact is Contact.NORMALLY_OPEN else not active
+        pin = self.button.pin
+        pin.drive_low() if pin_low else pin.drive_high()
