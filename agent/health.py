@@ -24,10 +24,10 @@ from typing import Any
 from agent import __version__
 from agent.closing import Closing
 from agent.events import CONTRACT_VERSION, Clock, Stamp, iso_ms
-from agent.inputs import InputState
 from agent.outbox import Outbox
 from agent.outbox_rows import OutboxRow
 from agent.uplink import LinkState
+from agent.watched_input import InputState
 
 log = logging.getLogger(__name__)
 

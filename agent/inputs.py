@@ -343,6 +343,3 @@ class Inputs(Closing):
 
     def _repr_state(self) -> str:
         return ", ".join(f"{n}={i.state()}" for n, i in self._inputs.items())
-
-
-__all__ = ["LATER_S", "Emit", "InputState", "Inputs"]
