@@ -32,6 +32,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SEQ_MARGIN = 1000
+MAX_MARK = 2**62  # far above any real seq, and mark + margin still fits SQLite's signed 64-bit INTEGER
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class StateFile:
             seq = doc.get("last_seq", 0)
             return State(
                 boot if isinstance(boot, str) else None,
-                seq if isinstance(seq, int) else 0,
+                _mark(seq, self.path),
                 _seconds(doc.get("test_until")),
                 _seconds(doc.get("test_until_mono")),
                 _ids(doc.get("alarms")),
@@ -108,6 +109,14 @@ def sync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _mark(seq: object, path: Path) -> int:
+    """The saved seq mark; a damaged one reads as none (the outbox's own counters still hold)."""
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_MARK:
+        return seq
+    log.warning("%s: last_seq %.40r is not a seq mark (0 to 2^62); ignored", path, seq)
+    return 0
 
 
 _MAX_IDS = 32

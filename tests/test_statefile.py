@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from agent.statefile import State, StateFile
+from agent.outbox import Outbox
+from agent.statefile import MAX_MARK, State, StateFile
+from tests.test_outbox import ev
 
 
 def test_statefile__round_trip_and_damage(tmp_path: Path) -> None:
@@ -82,3 +85,22 @@ def test_statefile__the_mark_never_goes_down(tmp_path: Path) -> None:
     sf.save(State("b", 1, 1.8e9, 10.0))
     sf.save(State("b", 0, None, None))  # the late, older save: test mode ended meanwhile
     assert sf.load() == State("b", 1, None, None)
+
+
+@pytest.mark.parametrize("mark", [2**63 - 10, 2**62 + 1, -5, True, "12", 1.5])
+def test_statefile__a_mark_out_of_range_is_ignored_and_the_outbox_still_opens(tmp_path: Path, mark: object) -> None:
+    """A hand-edited or damaged mark past SQLite's INTEGER stopped every start (OverflowError)."""
+    (tmp_path / "agent-state.json").write_text(json.dumps({"boot_id": "b", "last_seq": mark}))
+    loaded = StateFile(tmp_path / "agent-state.json").load()
+    assert loaded.last_seq == 0
+    assert loaded.boot_id == "b"
+    with Outbox(tmp_path / "outbox.db", site="s", device="d", seq_mark=loaded.last_seq) as ob:
+        assert ob.put(ev()) == 1
+
+
+def test_statefile__the_largest_mark_still_opens(tmp_path: Path) -> None:
+    (tmp_path / "agent-state.json").write_text(json.dumps({"last_seq": MAX_MARK}))
+    loaded = StateFile(tmp_path / "agent-state.json").load()
+    assert loaded.last_seq == MAX_MARK
+    with Outbox(tmp_path / "outbox.db", site="s", device="d", seq_mark=loaded.last_seq) as ob:
+        assert ob.top_seq() >= MAX_MARK
