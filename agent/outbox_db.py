@@ -91,12 +91,14 @@ def close_checkpointed(conn: sqlite3.Connection) -> None:
     conn.close()
 
 
-def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:
+def _open_checked(path: Path, busy_s: float) -> tuple[sqlite3.Connection, bool]:
+    """The checked connection, and whether its outbox table is new (a missing, empty or emptied file)."""
     conn = connect(path, busy_s)
     try:
         result = conn.execute("PRAGMA quick_check").fetchone()[0]
         if result != "ok":
             raise CorruptError(f"quick_check: {result}")
+        new = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone() is None
         conn.executescript(_SCHEMA)
         conn.executescript(LANE_INDEX)  # also upgrades an outbox written before the alarm lane
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -110,7 +112,7 @@ def _open_checked(path: Path, busy_s: float) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, new
 
 
 def owner(path: Path) -> str | None:
@@ -170,26 +172,26 @@ def open_or_recover(
 
     ``outside_top``: the highest seq kept outside SQLite (the intake's), which
     counts as the file's own when it is compared with the mark.  When either
-    half of the outbox is new while a mark exists (``path`` did not exist or
-    was moved aside; or ``intake_new``, the intake file was created, and the
-    file says an intake was in use), the other half's top proves nothing:
-    seqs the lost half gave out after the mark was saved are unknown, so seq
-    resumes above the mark or the top, whichever is higher.
+    half of the outbox is new while a mark exists (``path`` held no outbox
+    table: missing, or emptied in place; or it was moved aside; or
+    ``intake_new``, the intake file was created, and the file says an intake
+    was in use), the other half's top proves nothing: seqs the lost half gave
+    out after the mark was saved are unknown, so seq resumes above the mark or
+    the top, whichever is higher.
 
     Restartable: salvage looks for every moved-aside file not yet salvaged,
     so a crash between moving a file and the salvage commit loses nothing.
     """
     reason: str | None = None
-    db_new = not path.exists()
     try:
         try:
-            conn = _open_checked(path, busy_s)
+            conn, db_new = _open_checked(path, busy_s)
         except sqlite3.DatabaseError as exc:
             if not is_corruption(exc):
                 raise OutboxError(f"cannot open outbox {path}: {exc}; {_open_hint(path)}") from exc
             reason = " ".join(str(exc).split())  # quick_check's report spans lines; a log line must not
             move_aside(path, exc)
-            conn = _open_checked(path, busy_s)
+            conn, db_new = _open_checked(path, busy_s)
     except OutboxError:
         raise
     except OSError as exc:
