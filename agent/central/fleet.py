@@ -7,14 +7,12 @@ It is not thread-safe: one thread feeds it.
 
 Decisions:
 
-- **De-dup** on event ``id`` over the last :data:`DEDUP_IDS` ids (an LRU),
-  as the contract asks of every consumer; suppressed copies are counted.
-- **Heartbeat interval** is the status's ``heartbeat_s`` when it names one
-  (agents from this version on do); otherwise it is learned from the gaps
-  between consecutive live ``online`` statuses: the largest of the last 32.  The agent restarts its
-  heartbeat timer after every status sent on a change, so gaps are at most one
-  interval and the largest is the interval.  Until 3 gaps are known the default
-  is a floor (the burst of statuses at an agent's start is not a heartbeat).
+- **Events** (:mod:`agent.central.fleetevents`, mixed in): de-dup on event
+  ``id`` over the last :data:`DEDUP_IDS` ids (an LRU), as the contract asks
+  of every consumer; suppressed copies are counted.
+- **Heartbeat interval** is the status's ``heartbeat_s`` when it names one,
+  otherwise learned from the gaps between live ``online`` statuses
+  (:mod:`agent.central.heartbeats` says how).
   A gap that ends a silence past the deadline may be a hang: it is learned only
   when the next gap matches it (a long heartbeat repeats, a hang does not), and
   never over an hour, the agent's largest interval.  A gap from a retained
@@ -63,20 +61,20 @@ from agent.central.display import (
     device_key,
     escape,
     int_or_none,
-    parse_ts,
     span,
     text_or,
     valid_id,
     warning_line,
 )
-from agent.central.fleetmsg import Device, Msg, event_line, gap_text, learn_gap, restricted
+from agent.central.fleetevents import FleetEvents
+from agent.central.fleetmsg import Device, Msg, learn_gap
+from agent.central.heartbeats import heard_at, interval, interval_named, same_status
 from agent.central.linkfigures import UNKNOWN, availability_line, read_link_stats
-from agent.events import is_event_id, iso_ms
+from agent.events import iso_ms
 
 DEFAULT_INTERVAL_S = 30.0
 OVERDUE_FACTOR = 3.0
 DEDUP_IDS = 10_000
-_MIN_GAPS = 3
 _HEARD = (DeviceState.ONLINE, DeviceState.OVERDUE)
 _BACK = {
     DeviceState.OVERDUE: "(heartbeat back)",
@@ -86,7 +84,7 @@ _BACK = {
 _OFFLINE_WHY = {"lost": "the broker lost its connection (will)", "shutdown": "the agent stopped cleanly"}
 
 
-class FleetView:
+class FleetView(FleetEvents):
     """Turns status and event messages into printable lines and device counts.
 
     Args:
@@ -172,7 +170,7 @@ class FleetView:
             limit = (
                 f"overdue after {span(self.overdue_after_s)}"
                 if self.overdue_after_s is not None
-                else f"expected every {span(self._interval(dev))}"
+                else f"expected every {span(interval(dev, self.default_interval_s))}"
             )
             lines.append(self._state_line(dev, now, "OVERDUE", f"no heartbeat for {silent} ({limit})"))
         return lines
@@ -211,7 +209,7 @@ class FleetView:
             reason=d.reason,
             heard=_on_wall(d.heard, now, mono),
             offline_at=_on_wall(d.offline_at, now, mono),
-            interval_s=self._interval(d),
+            interval_s=interval(d, self.default_interval_s),
             pending=d.pending,
             last_event=d.last_event,
             last_event_at=_on_wall(d.last_event_at, now, mono),
@@ -219,48 +217,6 @@ class FleetView:
         )
 
     # ---- message kinds -----------------------------------------------------------
-
-    def _retained_event(self, msg: Msg) -> list[Line]:
-        """A stale copy the broker replays at every subscribe (someone published it retained): never an alarm."""
-        return [
-            self._warn(msg.at, f"{escape(msg.topic)}: a retained event (the contract never retains events); not shown")
-        ]
-
-    def _event(self, msg: Msg, mono: float) -> list[Line]:
-        doc, at, site, device = decode(msg.payload), msg.at, msg.site, msg.device
-        where = escape(msg.topic)
-        if isinstance(doc, str):
-            return [self._warn(at, f"{where}: {doc}; ignored")]
-        eid = doc.get("id")
-        if not isinstance(eid, str) or not eid:
-            return [self._warn(at, f"{where}: event without an id; ignored")]
-        if not is_event_id(eid):
-            return [self._warn(at, f"{where}: event id '{escape(eid[:40])}' is not 32 hex digits; ignored")]
-        problem = restricted(doc, msg)
-        if problem is not None:
-            return [self._warn(at, f"{where}: {problem}; ignored")]
-        if eid in self._seen:
-            self._seen.move_to_end(eid)
-            self.duplicates += 1
-            return []
-        self._seen[eid] = None
-        if len(self._seen) > self._dedup_ids:
-            self._seen.popitem(last=False)
-        self.events += 1
-        dev = self._device(site, device)
-        seq = int_or_none(doc.get("seq"))
-        lines: list[Line] = []
-        late = None
-        if seq is not None and dev.max_seq is not None:
-            if seq > dev.max_seq + 1:
-                lines.append(self._warn(at, gap_text(dev, seq, doc if msg.rest[1] == "agent_started" else None)))
-            elif seq < dev.max_seq:
-                late = dev.max_seq
-        if seq is not None:
-            dev.max_seq = max(seq, dev.max_seq or 0)
-        dev.last_event, dev.last_event_at = msg.rest[1], mono
-        lines.append(event_line(msg, doc, eid, seq=seq, late=late, clock=self._clock(at)))
-        return lines
 
     def _status(  # the message's parts, unpacked once by feed(); ``at`` wall, ``mono`` monotonic
         self, topic: str, site: str, device: str, payload: bytes, at: float, *, mono: float, retained: bool
@@ -287,8 +243,8 @@ class FleetView:
         quiet = retained and was is DeviceState.UNKNOWN  # a device's first status read at subscribe: on the board
         if state == "offline":
             return self._offline(dev, doc, at, mono, retained=retained, quiet=quiet)
-        heard, ts = self._heard_at(doc, at, mono, retained=retained), doc.get("ts")
-        if retained and was in _HEARD and dev.heard is not None and (heard <= dev.heard or _same(ts, dev.ts)):
+        heard, ts = heard_at(doc, at, mono, retained=retained), doc.get("ts")
+        if retained and was in _HEARD and dev.heard is not None and (heard <= dev.heard or same_status(ts, dev.ts)):
             return []  # a status already taken, resent by the broker at a subscribe: nothing changed
         if not retained and dev.heard_live and was in _HEARD and dev.heard is not None and heard > dev.heard:
             due = self._deadlines.due(dev.key)
@@ -296,10 +252,14 @@ class FleetView:
         if dev.heard is None or heard >= dev.heard:
             dev.heard, dev.heard_live = heard, not retained
         dev.ts = ts
-        dev.announced = _interval_named(doc)
+        dev.announced = interval_named(doc)
         dev.reason, dev.offline_at = None, None
         self._set_state(dev, DeviceState.ONLINE)
-        limit = self.overdue_after_s if self.overdue_after_s is not None else OVERDUE_FACTOR * self._interval(dev)
+        limit = (
+            self.overdue_after_s
+            if self.overdue_after_s is not None
+            else OVERDUE_FACTOR * interval(dev, self.default_interval_s)
+        )
         self._deadlines.set(dev.key, dev.heard + limit)
         outbox = doc.get("outbox")
         if isinstance(outbox, dict):
@@ -366,21 +326,6 @@ class FleetView:
         else:
             self._attention.add(key)
 
-    def _interval(self, dev: Device) -> float:
-        if dev.announced is not None:  # the device says how often it reports: nothing to learn
-            return dev.announced
-        if len(dev.gaps) >= _MIN_GAPS:
-            return max(dev.gaps)
-        return max(self.default_interval_s, max(dev.gaps, default=0.0))
-
-    @staticmethod
-    def _heard_at(doc: dict[str, Any], at: float, mono: float, *, retained: bool) -> float:
-        """When the status was sent, on the monotonic clock: a synchronised retained ``ts`` is aged on the wall."""
-        if not retained:
-            return mono
-        ts = parse_ts(doc.get("ts"))
-        return mono - (at - ts) if ts is not None and doc.get("clock_synced") is True and ts <= at else mono
-
     def _clock(self, at: float) -> str:
         return clock_text(at, self._tz)
 
@@ -404,16 +349,3 @@ class FleetView:
 def _on_wall(t: float | None, now: float, mono: float) -> float | None:
     """Monotonic time ``t`` as the wall clock reading ``now`` (at monotonic ``mono``) puts it."""
     return None if t is None else now + (t - mono)
-
-
-def _same(ts: object, last: object) -> bool:
-    """True when a status's ``ts`` is the one last taken: the same document again, whatever the clocks say."""
-    return ts is not None and ts == last
-
-
-def _interval_named(doc: dict[str, Any]) -> float | None:
-    """The status's ``heartbeat_s`` when it is a plausible interval (5 s to 1 h), else None (then learned)."""
-    value = doc.get("heartbeat_s")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 5 <= value <= 3600:
-        return None
-    return float(value)

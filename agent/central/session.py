@@ -21,10 +21,10 @@ Decisions, for a centre with tens of thousands of devices:
 - **Photos after events** (``--snapshots DIR``): a photo is checked here and
   written on :class:`~agent.central.photos.PhotoSaver`'s thread; its PHOTO
   line is printed when the file is in place (:mod:`agent.central.photos`).
-- **Every line is scrubbed on the way out**: fields were escaped where they
-  were read, and :func:`~agent.central.display.escape` runs once more over
-  each line (backslashes left alone) so no control character from a device
-  can reach the terminal, whatever code path built the line.
+- **Every line is scrubbed on the way out** (:mod:`agent.central.screen`,
+  mixed in here): no control character from a device reaches the terminal,
+  whatever code path built the line.  Keys pressed are acted on between
+  batches, on this thread (:mod:`agent.central.keyboard`, mixed in too).
 """
 
 from __future__ import annotations
@@ -39,16 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from agent.central import board
 from agent.central.acks import AckDesk, Reply, ack_command, parse_reply
-from agent.central.display import Line, LineKind, clock_text, device_key, escape, json_line
+from agent.central.display import LineKind, escape
 from agent.central.fleet import FleetView
+from agent.central.keyboard import Keyboard, read_keys
 from agent.central.link import CentralLink, Inbox, Incoming, LinkNote, unpack
 from agent.central.photos import PhotoDesk, PhotoSaver, check, is_snapshot
 from agent.central.photos import subscription as photo_subscription
+from agent.central.screen import Screen, why
 from agent.central.settings import LinkSettings
 from agent.errors import AgentError
-from agent.events import iso_ms
 
 EXIT_OK, EXIT_FAIL = 0, 1
 TABLE_EVERY_S = 10.0
@@ -139,12 +139,12 @@ def run_monitor(
         )
         pressed: queue.SimpleQueue[str] = queue.SimpleQueue()
         if keys is not None:
-            threading.Thread(target=_read_keys, args=(keys, pressed), name="monitor-keys", daemon=True).start()
+            threading.Thread(target=read_keys, args=(keys, pressed), name="monitor-keys", daemon=True).start()
         session = _Session(link, inbox, target.prefix, opts, out, wall=wall, mono=mono, saver=saver)
         return session.run(stop or threading.Event(), pressed)
 
 
-class _Session:
+class _Session(Keyboard, Screen):
     """The print loop: the only thread that touches the fleet view, the desk and ``out``."""
 
     def __init__(
@@ -184,7 +184,7 @@ class _Session:
                     if not self._turn(now, end, pressed):
                         break
                 except Exception as exc:  # one turn's surprise (the board, a tick, a photo) must not end the watch
-                    self._note(self.wall(), LineKind.WARNING, f"the monitor's loop failed ({_why(exc)}); carrying on")
+                    self._note(self.wall(), LineKind.WARNING, f"the monitor's loop failed ({why(exc)}); carrying on")
                     stop.wait(_IDLE_S)
         except KeyboardInterrupt:
             pass
@@ -295,120 +295,8 @@ class _Session:
             self._emit(lines, topic=item.topic)
         except Exception as exc:  # one unforeseen message must not end the watch (retained: at every start)
             self._note(
-                item.arrival, LineKind.WARNING, f"a message on {escape(item.topic[:200])} was not read ({_why(exc)})"
+                item.arrival, LineKind.WARNING, f"a message on {escape(item.topic[:200])} was not read ({why(exc)})"
             )
-
-    def _keys(self, pressed: queue.SimpleQueue[str]) -> bool:
-        """Act on keys pressed; False when the user asked to quit."""
-        while not pressed.empty():
-            key = pressed.get_nowait()
-            if key in ("q", "quit"):
-                return False
-            if key in ("", "a"):
-                self._ack(self.wall())
-            elif key in ("t", "table"):
-                self._board(self.wall(), full=True)
-        return True
-
-    def _ack(self, now: float) -> None:
-        alarm = self.desk.next_unacked()
-        if alarm is None:
-            self._note(now, LineKind.WARNING, "nothing to acknowledge: no unacknowledged panic or tamper event")
-            return
-        cmd_id, payload = ack_command(alarm.event_id, now)
-        self.desk.sent(alarm, cmd_id, now, mono=self.mono())
-        try:
-            self.link.publish(self.desk.command_topic(alarm), payload)
-        except AgentError as exc:
-            self.desk.failed(cmd_id)
-            self._note(now, LineKind.WARNING, f"ack not sent: {exc}")
-            return
-        what = f"TEST {alarm.type} (no real alarm waits)" if alarm.test else alarm.type
-        text = (
-            f"{clock_text(now, None)}  {device_key(alarm.site, alarm.device)}  ack sent for {what} "
-            f"{alarm.event_id} as {cmd_id}; waiting for the reply"
-        )
-        self._emit(
-            [
-                Line(
-                    LineKind.ACK,
-                    text,
-                    {
-                        "kind": "ack",
-                        "sent": iso_ms(now),
-                        "site": alarm.site,
-                        "device": alarm.device,
-                        "event_id": alarm.event_id,
-                        "cmd_id": cmd_id,
-                        "test": alarm.test,
-                    },
-                )
-            ]
-        )
-
-    def _note(self, now: float, kind: LineKind, text: str) -> None:
-        label = "WARNING" if kind is LineKind.WARNING else "LINK   "
-        self._emit(
-            [
-                Line(
-                    kind,
-                    f"{clock_text(now, None)}  {label}  {text}",
-                    {"kind": kind.value, "arrived": iso_ms(now), "text": text},
-                )
-            ]
-        )
-
-    def _emit(self, lines: list[Line], *, topic: str | None = None) -> None:
-        for line in lines:
-            self.out.write(self._render(line, topic) + "\n")
-            if line.alarm is not None:  # offered even if its line could not be printed: the board lists it
-                self.desk.offer(line.alarm)
-                self.photos.alarm(line.alarm)
-        if lines:
-            self.out.flush()
-
-    def _render(self, line: Line, topic: str | None) -> str:
-        """``line`` as printed; one that cannot be (a record no encoder takes) becomes a warning naming its source.
-
-        The message was already acknowledged to the broker: an exception here
-        would lose it to the monitor and end the watch, every later alarm unshown.
-        """
-        try:
-            return json_line(line.record) if self.opts.json else escape(line.text, backslash=False)
-        except Exception as exc:
-            site, device = line.record.get("site"), line.record.get("device")
-            who = f"{site}/{device}" if isinstance(site, str) and isinstance(device, str) else "?"
-            where = f" on {topic[:200]}" if topic is not None else ""
-            text = escape(f"{who}: {line.kind.value} line{where} not printed ({_why(exc)})")
-            now = self.wall()
-            warning = f"{clock_text(now, None)}  WARNING  {text}"
-            return json_line({"kind": "warning", "arrived": iso_ms(now), "text": text}) if self.opts.json else warning
-
-    def _board(self, now: float, *, full: bool) -> None:
-        alarms, down, mono = self.desk.unacked(), self.link.down_since, self.mono()
-        photo_of = self.photos.photo_of
-        if self.opts.json:
-            self._emit(
-                board.summary_lines(self.fleet, alarms, now, full=full, photo_of=photo_of, down_since=down, mono=mono)
-            )
-            return
-        real, tests = board.tally(alarms)
-        text = (
-            board.table(self.fleet, real, now, tests=tests, down_since=down, mono=mono)
-            if full
-            else board.summary(self.fleet, alarms, now, photo_of=photo_of, down_since=down, mono=mono)
-        )
-        self.out.write("\n" + "\n".join(escape(ln, backslash=False) for ln in text.splitlines()) + "\n\n")
-        self.out.flush()
-
-
-def _why(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:100]}"
-
-
-def _read_keys(keys: TextIO, pressed: queue.SimpleQueue[str]) -> None:
-    for line in iter(keys.readline, ""):
-        pressed.put(line.strip().lower())
 
 
 def send_ack(target: Target, site: str, device: str, event_id: str, *, timeout: float) -> tuple[str, Reply | None]:
