@@ -10,6 +10,10 @@ That includes the end paho itself never reports: an exception that kills its
 network thread (a MemoryError while reading a huge packet).  The link would
 otherwise look "connected" while nothing is read or sent any more; here it
 counts as a lost connection, and the sender reconnects.
+
+The CONNACK's wait and verdict, and the plain values an attempt is judged
+by (:class:`Dialect`, :class:`ConnectFailure`), are agent/connack.py's,
+mixed in and re-exported here: they need no paho.
 """
 
 from __future__ import annotations
@@ -19,9 +23,7 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -33,52 +35,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.brokers import describe_connect_error, tls_context
 from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
+from agent.connack import (
+    RETAIN_NOT_SUPPORTED,
+    UNSUPPORTED_PROTOCOL,
+    ConnackWait,
+    ConnectFailure,
+    Dialect,
+    positive,
+    stage,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_PACKET_SIZE = 64 * 1024  # bytes; sent at CONNECT under MQTT 5 (docs/contract.md, commands)
-UNSUPPORTED_PROTOCOL = 0x84  # CONNACK; paho also maps a 3.1.1-form CONNACK 0x01 to it
-RETAIN_NOT_SUPPORTED = 0x9A  # CONNACK (a retained will) or DISCONNECT (a retained publish)
-_LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad user/password, not authorised, banned, bad auth
 _LOOP_WAIT_MAX_S = 10.0  # paho's network thread, idle: longest select() (a lost wake-up costs at most this)
 _LOOP_WAIT_MIN_S = 0.01
-_STOP_CHECK_S = 0.2  # the CONNACK wait looks at the stop flag this often
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """How to talk to one broker: the MQTT version and whether retain may be used."""
-
-    protocol: str  # "5" or "3.1.1"
-    retain: bool
-
-
-@dataclass(frozen=True)
-class ConnectFailure:
-    """Why an attempt ended before a successful CONNACK, with the stage it failed in.
-
-    ``kind`` is ``setup``, ``connect`` (TCP or TLS, named in ``words``),
-    ``timeout`` (no CONNACK), ``stopped`` (the agent stopped while waiting
-    for it), ``closed`` (closed before any CONNACK),
-    ``refused`` (a CONNACK with a failure ``code``), ``lost`` (closed right
-    after an accepting CONNACK) or ``recheck`` (accepted, but closed unused to
-    try MQTT 5 again: agent/dialects.py).
-    """
-
-    kind: str
-    words: str
-    code: int | None = None
-
-
-def refusal_words(code: int, words: str) -> str:
-    """A refused CONNACK in words, blaming the credentials only when the code says so."""
-    if code in _LOGIN_REFUSED:
-        return f"CONNACK refused: {words}; check mqtt.username, password_file or the client certificate"
-    if code == UNSUPPORTED_PROTOCOL:
-        return f"CONNACK refused: {words}; the broker does not speak this MQTT version (mqtt.protocol)"
-    if code == RETAIN_NOT_SUPPORTED:
-        return f"CONNACK refused: {words} (the broker has retain switched off)"
-    return f"CONNACK refused: {words}"
 
 
 class _Client(mqtt.Client):
@@ -218,7 +189,7 @@ class _Client(mqtt.Client):
                 self._wake_w.send(b"0")
 
 
-class Session(Closing):
+class Session(ConnackWait, Closing):
     """One connection attempt and, if the broker accepts it, the session that follows.
 
     Args:
@@ -295,8 +266,8 @@ class Session(Closing):
         self.code, self.code_words = int(rc.value), str(rc)
         if props is not None and getattr(props, "RetainAvailable", 1) == 0:
             self.retain_available = False
-        self.max_packet_size = _positive(getattr(props, "MaximumPacketSize", None))
-        self.receive_maximum = _positive(getattr(props, "ReceiveMaximum", None))
+        self.max_packet_size = positive(getattr(props, "MaximumPacketSize", None))
+        self.receive_maximum = positive(getattr(props, "ReceiveMaximum", None))
         self.connack.set()
         self._wake()
 
@@ -336,47 +307,10 @@ class Session(Closing):
             self.client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s, properties=props)
         except (OSError, ValueError) as exc:
             words = describe_connect_error(exc, self.cfg.connect_timeout_s)
-            return ConnectFailure("connect", words if words.startswith("TLS") else f"{_stage(exc)}: {words}")
+            return ConnectFailure("connect", words if words.startswith("TLS") else f"{stage(exc)}: {words}")
         self.client.loop_start()
         self._open = True
         return None
-
-    def verdict(self, timeout_s: float, stop: threading.Event | None = None) -> ConnectFailure | None:
-        """Wait for the CONNACK; None when accepted.  ``stop`` is looked at every 0.2 s (a blackholed broker)."""
-        deadline = time.monotonic() + timeout_s
-        got = self.connack.is_set()
-        while not got and (left := deadline - time.monotonic()) > 0:
-            if stop is not None and stop.is_set():
-                return ConnectFailure("stopped", "stopping before the CONNACK came")
-            got = self.connack.wait(min(left, _STOP_CHECK_S))
-        if self.code is None:
-            if not got:
-                return ConnectFailure(
-                    "timeout", f"no CONNACK within {timeout_s:g} s (the broker accepted TCP but did not answer MQTT)"
-                )
-            return self._closed_before_connack()
-        if self.code >= 0x80:
-            return ConnectFailure("refused", refusal_words(self.code, self.code_words), self.code)
-        if self.lost.is_set():
-            return ConnectFailure("lost", f"connection lost right after CONNACK ({self.lost_reason})")
-        return None
-
-    def _closed_before_connack(self) -> ConnectFailure:
-        alert = self.client.tls_alert
-        if alert is not None:  # not about the MQTT version: no dialect to fall back to
-            return ConnectFailure(
-                "connect",
-                f"the broker ended TLS before CONNACK ({alert}); check the client certificate "
-                "(mqtt.tls.cert_file: expired, or not signed by a CA the broker trusts)",
-            )
-        return ConnectFailure(
-            "closed", f"closed by the broker before CONNACK (MQTT {self.dialect.protocol}: {self.lost_reason})"
-        )
-
-    @property
-    def can_retain(self) -> bool:
-        """Whether retained publishes are allowed: the dialect says so and the CONNACK did not say otherwise."""
-        return self.dialect.retain and self.retain_available
 
     def publish(
         self,
@@ -451,16 +385,10 @@ class Session(Closing):
         return "connecting" if self._open else "new"
 
 
-def _positive(value: object) -> int | None:
-    """A CONNACK property that is a positive integer, else None (absent: no limit)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _stage(exc: BaseException) -> str:
-    """The layer a connect() error came from (TLS errors name themselves)."""
-    return "DNS" if isinstance(exc, socket.gaierror) else "TCP"
-
-
 def _refusal(rc: ReasonCode | None) -> str | None:
     """A PUBACK reason >= 0x80 (MQTT 5): the broker did not take the message, whatever paho says."""
     return str(rc) if rc is not None and rc.is_failure else None
+
+
+# The CONNACK's values live in agent/connack.py; importers of this module keep finding them here.
+__all__ = ["MAX_PACKET_SIZE", "RETAIN_NOT_SUPPORTED", "UNSUPPORTED_PROTOCOL", "ConnectFailure", "Dialect", "Session"]

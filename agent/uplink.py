@@ -15,8 +15,10 @@ attempt, and failed attempts walk the broker list.  A failure that is about the
 dialect (MQTT 5 not spoken, retain switched off; see :mod:`agent.dialects`) is
 retried on the same broker at once in the dialect that works.
 
-Reconnects use exponential backoff with full jitter (no lock-step storms).
-Events never wait for the command subscription (see :mod:`agent.linkstate`).
+Reconnects use exponential backoff with full jitter (no lock-step storms;
+the attempts are :mod:`agent.attempts`, mixed in).  A session whose broker
+keeps a publish unacknowledged ends (:mod:`agent.overdue`).  Events never wait
+for the command subscription (see :mod:`agent.linkstate`).
 """
 
 from __future__ import annotations
@@ -29,20 +31,23 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent import failover
+from agent.attempts import Attempts
 from agent.brokers import backoff_delay, describe_connect_error, tls_context
 from agent.closing import Closing
-from agent.config.model import BrokerAddress, MqttConfig
-from agent.dialects import RECHECK, Dialects
+from agent.config.model import MqttConfig
+from agent.connack import RETAIN_NOT_SUPPORTED, Dialect
+from agent.dialects import Dialects
 from agent.errors import OutboxError
 from agent.eventsend import EventSender
 from agent.failover import Ended, Failover
 from agent.linkstate import CommandHandler, CommandRoute, LinkState
 from agent.outbox import Outbox, OutboxRow
 from agent.outgoing import Outgoing, encode
+from agent.overdue import PubackDeadline, Waiting, deadline_s
 from agent.pubacks import PubAcks
+from agent.receivemax import inflight_for
 from agent.sendwindow import SendWindow
-from agent.session import RETAIN_NOT_SUPPORTED, ConnectFailure, Dialect, Session
+from agent.session import Session
 from agent.sidelane import SideLane
 
 if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
@@ -51,16 +56,12 @@ if TYPE_CHECKING:  # photos are imported only by agents that take them (memory)
 log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], dict[str, Any]]
-_Waiting = tuple[list[tuple[float, str]], tuple[float, float, str] | None]  # events (sent, what); photo in flight
 
 _SHUTDOWN_ACK_TIMEOUT_S = 2.0
-_IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing progress (stop wakes it at once)
 _IDLE_S = 10.0  # longest wait while connected with nothing due; any news wakes the sender at once
-_BACKSTOP = 6  # deadlines a PUBACK may take on a link that still acks something, before the session ends
-_TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with this client id (mosquitto 2.0 closes first)
 
 
-class Uplink(Closing):
+class Uplink(Attempts, Closing):
     """Drains the outbox to the broker and carries status, replies and commands.
 
     Args:
@@ -120,7 +121,7 @@ class Uplink(Closing):
         self._session: Session | None = None
         self._dialect: Dialect | None = None  # of the last session the broker accepted
         self._dialects = Dialects(cfg.protocol)
-        self._commands = CommandRoute(f"{topic_root}/cmd/", answer_s=self._puback_deadline_s())
+        self._commands = CommandRoute(f"{topic_root}/cmd/", answer_s=deadline_s(cfg.keepalive_s))
         self._connected_since: float | None = None  # monotonic: the wall-clock time is worked out when asked
         self._sessions = 0  # accepted by a CONNACK; every one after the first is a reconnect
         self._ended = Ended(None)  # how the last accepted session ended
@@ -135,6 +136,7 @@ class Uplink(Closing):
         )
         self._events = EventSender(self._window, topic_root, _IDLE_S)  # its lock: the window and the live session
         self._pubacks = PubAcks(self._window, self._side, outbox, topic_root, on_delivered)
+        self._deadline = PubackDeadline(self._window, self._side, self._pubacks, cfg.keepalive_s, mono)
         self.progress = self._mono()
 
     # ---- public surface ------------------------------------------------------
@@ -216,112 +218,7 @@ class Uplink(Closing):
             where = f"disconnected ({st.last_error or 'connecting'})"
         return f"{where} inflight={st.inflight}"
 
-    # ---- the sender thread: attempts, failover, backoff ----------------------
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self.progress = self._mono()
-            broker = self._failover.broker
-            try:
-                failure = self._attempt(broker)
-            except Exception:  # e.g. an ack failing past the outbox's busy timeout: the rows stay, sent again
-                log.exception("uplink: the connection to %s failed unexpectedly; reconnecting", broker)
-                self._last_error = "internal error (see the log)"
-                failure = ConnectFailure("internal", self._last_error)
-            if self._stopping.is_set():
-                break
-            delay = self._failover.after(self._ended if failure is None else Ended(failure))
-            nxt = self._failover.broker
-            log.warning(
-                "broker %s %s (%s); %d events buffered; retrying%s in %.1f s",
-                broker,
-                "connection lost" if failure is None else "unreachable",
-                self._last_error,
-                self.outbox.pending(),
-                f" on {nxt}" if nxt != broker else "",
-                delay,
-            )
-            self._sleep(delay)
-
-    def _sleep(self, seconds: float) -> None:
-        deadline = self._mono() + seconds
-        while not self._stopping.is_set():
-            self.progress = self._mono()
-            left = deadline - self._mono()
-            if left <= 0:
-                return
-            self._stopping.wait(min(left, _IDLE_WAKE_S))
-
-    def _attempt(self, broker: BrokerAddress) -> ConnectFailure | None:
-        """Connect to ``broker``, falling back at once to a dialect it speaks; None if a session ran."""
-        dialect = self._dialects.first(broker)
-        while True:
-            failure = self._connect_and_serve(broker, dialect)
-            if failure is None or self._stopping.is_set():
-                return failure
-            nxt = self._dialects.fallback(broker, dialect, failure)
-            if nxt is None:
-                return failure
-            log.info(
-                "broker %s: %s; retrying at once with MQTT %s%s",
-                broker,
-                failure.words,
-                nxt.protocol,
-                "" if nxt.retain else " without retain",
-            )
-            dialect = nxt
-
-    def _connect_and_serve(self, broker: BrokerAddress, dialect: Dialect) -> ConnectFailure | None:
-        """Run one connection from attempt to end; None if the broker accepted it (it ran as a session)."""
-        will = (self._status_topic, encode(self._offline("lost")))
-        try:
-            s = Session(
-                self.cfg,
-                broker,
-                dialect,
-                will=will,
-                wake=self._wake.set,
-                on_ack=self._pubacks.put,
-                on_message=self._command,
-            )
-        except (OSError, ValueError) as exc:
-            self._last_error = f"cannot set up the client: {exc}"
-            return ConnectFailure("setup", self._last_error)
-        self._session = s
-        with s:
-            failure = s.open() or s.verdict(self.cfg.connect_timeout_s, self._stopping)
-            if s.code is not None:
-                usable = self._dialects.answered(broker, dialect, retain_available=s.retain_available)
-                if failure is None and not usable:
-                    failure = RECHECK  # closed cleanly on the way out: no will, nothing sent
-            if failure is not None:
-                self._last_error = failure.words
-                return failure
-            try:
-                self._serve(s)
-            finally:
-                self._teardown(s)
-        return None
-
     # ---- one accepted session ------------------------------------------------
-
-    def _serve(self, s: Session) -> None:
-        began = self._mono()
-        self._overdue = self._by_agent = False
-        try:
-            self._serve_session(s)
-        finally:
-            self._ended = Ended(None, self._mono() - began, s.lost_code, self._overdue)
-        if s.lost_code == _TAKEN_OVER:
-            log.error(
-                "broker %s: another client connected with this device's client id %r and took the session over; "
-                "two devices share a client id or a certificate (the broker may use its CN as the id): "
-                "give each device its own",
-                s.broker,
-                self.cfg.client_id,
-            )
-        elif s.lost_code in failover.MOVE_ON:
-            log.warning("broker %s: it asked the agent to use another server; trying the next broker", s.broker)
 
     def _serve_session(self, s: Session) -> None:
         self._dialect = Dialect(s.dialect.protocol, s.can_retain)
@@ -342,7 +239,8 @@ class Uplink(Closing):
         self._pubacks.begin(self._mono())
         with self._events.lock:
             self._window.reset()
-            self._window.max_inflight = self._inflight_for(s)
+            inflight, self._photo_slot = inflight_for(s, self.cfg.max_inflight, photos=self._photos is not None)
+            self._window.max_inflight = inflight
             self._events.live = s
             wait = self._send_round(s, photo=False)  # events first: never behind a status document or the subscription
         self._commands.begin()
@@ -365,7 +263,7 @@ class Uplink(Closing):
                 return
             with self._events.lock:
                 wait = self._send_round(s)
-                waiting = self._waiting()  # under the lock the round holds anyway
+                waiting = self._deadline.waiting()  # under the lock the round holds anyway
             subscription = self._tend_commands(s, subscription)
             overdue = self._puback_overdue(s, waiting)
             if overdue is not None:
@@ -373,96 +271,29 @@ class Uplink(Closing):
                 self._last_error, self._by_agent = overdue, True
                 return  # closed cleanly on the way out (no will); the next session sends it again
             if waiting[0] or waiting[1] is not None:  # no news may come: look again in a while
-                wait = min(wait, max(0.05, self._puback_deadline_s() / 4))
+                wait = min(wait, max(0.05, self._deadline.deadline_s / 4))
             wait = min(wait, max(0.05, self._commands.wait_s(subscription, self._mono())))
         if s.lost_code == RETAIN_NOT_SUPPORTED:
             self._dialects.retain_refused(s.broker, s.dialect)
         self._commands.ended(s, subscription, self._mono())
         self._last_error = f"connection lost: {s.lost_reason}"
 
-    def _waiting(self) -> _Waiting:
-        """(when it went, what) for each event waiting for its PUBACK, and the photo in flight (with its allowance)."""
-        now = self._mono()
-        events = [
-            (now - w[0], f"seq {w[1].seq} ({w[1].type})")
-            for w in (self._window.oldest(now), self._side.oldest(now))
-            if w
-        ]
-        return events, self._side.photo_in_flight()
-
-    def _puback_overdue(self, s: Session, waiting: _Waiting) -> str | None:
+    def _puback_overdue(self, s: Session, waiting: Waiting) -> str | None:
         """Why to end a session whose broker lost a PUBLISH or its PUBACK, or None; sets ``_overdue`` for an event.
 
-        MQTT sends a publish again only on a new connection; a broker that
-        answers pings but lost a PUBLISH (or its PUBACK) would otherwise keep
-        that event, an alarm perhaps, in flight for as long as the link lives,
-        and a full window stops every event behind it (a photo: every later photo).
-        A slow link that is still carrying a photo's bytes must not look like
-        that: an event behind the photo gets its PUBACK only after them.  So
-        past the deadline, the session ends only when the link acks nothing at
-        all (for a deadline plus the photo's byte allowance), when something
-        sent later was acked (brokers ack in order: the earlier one was lost),
-        or, as a backstop, after :data:`_BACKSTOP` deadlines.  Only a lost
-        event makes the attempt a failed one (the next broker is tried); a
-        photo alone is sent again on a new connection to the same broker.
+        The rule is agent/overdue.py's; only a lost event makes the attempt a failed one.
         """
-        now, deadline = self._mono(), self._puback_deadline_s()
-        events, photo = waiting
-        allowance = 0.0 if photo is None else photo[1]  # no PUBACK comes before the photo's bytes are through
-        if events:
-            sent, what = min(events)
-            waited = now - sent
-            busy_until = self._pubacks.last_at if photo is None else max(self._pubacks.last_at, photo[0] + allowance)
-            quiet = now - busy_until >= deadline  # nothing acked for a deadline since the photo's bytes were through
-            late = quiet or self._acked_after(sent) or waited >= _BACKSTOP * deadline + allowance
-            if waited >= deadline and late:
-                self._overdue = True  # a failed attempt: the broker lost an event
-                return self._say_overdue(s, what, waited)
-        if photo is not None:
-            sent, _bytes_s, what = photo
-            waited = now - sent - allowance
-            if waited >= deadline and (self._acked_after(sent) or waited >= _BACKSTOP * deadline):
-                return self._say_overdue(s, what, waited + allowance)
-        return None
-
-    def _acked_after(self, sent: float) -> bool:
-        """Whether something sent after ``sent`` was acked on this session (it was lost, then)."""
-        return self._pubacks.latest_sent > sent
+        late = self._deadline.late(waiting)
+        if late is None:
+            return None
+        if late.event:
+            self._overdue = True  # a failed attempt: the broker lost an event
+        return self._say_overdue(s, late.what, late.waited)
 
     def _say_overdue(self, s: Session, what: str, waited: float) -> str:
         why = f"no PUBACK for {what} in {waited:.0f} s"
         log.warning("broker %s: %s while the link answers; reconnecting so it is sent again", s.broker, why)
         return why
-
-    def _puback_deadline_s(self) -> float:
-        """Seconds an event may wait for its PUBACK before the session is given up."""
-        return max(failover.STABLE_S, float(self.cfg.keepalive_s))
-
-    def _inflight_for(self, s: Session) -> int:
-        """Events in flight at most on ``s``: ``max_inflight``, within the broker's Receive Maximum.
-
-        An MQTT 5 broker may close the connection of a client with more QoS 1
-        publishes unacknowledged than it announced (EMQX: DISCONNECT 0x93);
-        paho would send them all.  paho is held to the broker's figure too, so
-        a status or a photo beside the events never goes over it (it waits in
-        paho's queue), and the events keep one slot free for them.
-        """
-        r = s.receive_maximum
-        self._photo_slot = r is None or r > 1
-        if r is None:
-            return self.cfg.max_inflight
-        s.limit_inflight(r)
-        if not self._photo_slot and self._photos is not None:
-            log.warning(
-                "broker %s takes one unacknowledged publish at a time (Receive Maximum 1): photos are not sent "
-                "on it, so an alarm never waits behind one; raise its receive maximum",
-                s.broker,
-            )
-        if r < self.cfg.max_inflight + 1:
-            log.info(
-                "broker %s takes %d unacknowledged publishes at most; events in flight: %d", s.broker, r, max(1, r - 1)
-            )
-        return min(self.cfg.max_inflight, max(1, r - 1))
 
     def _tend_commands(self, s: Session, subscription: str, *, announce: bool = True) -> str:
         subscription, changed = self._commands.tend(s, subscription, self._mono(), lambda: self.outbox.pending() == 0)
@@ -526,20 +357,6 @@ class Uplink(Closing):
             self._wake.clear()
         s.close()
         log.info("disconnected from broker %s (shutdown)", s.broker)
-
-    def _teardown(self, s: Session) -> None:
-        was_up = self._connected_since is not None
-        self._connected_since = None
-        with self._events.lock:
-            self._events.live = None
-        s.close()  # paho's thread has ended: no ack arrives after this
-        try:
-            self._pubacks.settle(self._mono())  # PUBACKs that came in after the last round still count
-        finally:  # the next session's paho numbers its messages from 1 again: nothing of this one may stay
-            self._window.reset()
-            self._side.reset(by_peer=not self._by_agent)  # the agent's own deadline is no photo's strike
-        if was_up:
-            self._notify_link()
 
     def _notify_link(self) -> None:
         if self._on_link is not None:

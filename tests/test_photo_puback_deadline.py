@@ -102,7 +102,7 @@ def test_uplink__a_lone_lost_photo_is_sent_again_after_the_backstop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing acked after it: a slow link or a lost photo; only the backstop (here 2 deadlines) ends the session."""
-    monkeypatch.setattr("agent.uplink._BACKSTOP", 2)
+    monkeypatch.setattr("agent.overdue._BACKSTOP", 2)
     broker = Fake5(on_publish=lose_first_photo([]))
     with link(tmp_path, broker, "e1", "e2"):
         eventually(lambda: photos(broker), 3.0, "the first photo")

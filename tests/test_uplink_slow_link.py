@@ -174,7 +174,7 @@ def test_uplink__sessions_the_agent_ends_with_a_photo_in_flight_are_no_strikes_u
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three connections ended with the photo in flight drop it as too big, but only if the broker ended them."""
-    monkeypatch.setattr("agent.uplink._BACKSTOP", 1)  # the agent ends each session at the photo's deadline
+    monkeypatch.setattr("agent.overdue._BACKSTOP", 1)  # the agent ends each session at the photo's deadline
     broker = SlowLink(1e6, mqtt311=True, lose_photos=True)
     with link(tmp_path, broker, size=4_000, protocol="3.1.1") as (_up, _ob, _d, failed):
         eventually(lambda: len(set(broker.sends("/snapshot/"))) >= 4, 10.0, "four sessions ended with the photo")
