@@ -11,14 +11,15 @@ Rules it keeps (architecture.md):
 * Disk is bounded.  A WAL database on a 100 % full filesystem cannot even
   delete, so ``max_page_count`` is kept below the filesystem's free space minus
   a headroom for the WAL, and non-alarm events may use only
-  ``NON_ALARM_SHARE`` of the cap: the rest is the documented reserve for alarms.
+  ``NON_ALARM_SHARE`` of the cap: the rest is the documented reserve for alarms
+  (outbox_space.py).
 * A database that SQLite cannot read at start is moved aside, loudly, its
   readable rows are salvaged into a fresh file, and ``seq`` carries on above
-  the highest one seen; restartably (outbox_db.py, outbox_recovery.py).
+  the highest one seen; restartably (outbox_db.py, outbox_recovery.py, outbox_opening.py).
 * ``seq`` never goes back: a file whose counter is below the high-water mark
   kept outside it (``seq_mark``, agent-state.json) was deleted or replaced, and
   ``seq`` resumes above the mark; seqs :meth:`Outbox.reserve_seq` handed out
-  for events held in memory are never reused.
+  for events held in memory are never reused (outbox_seqs.py).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -36,11 +35,10 @@ from pathlib import Path
 
 from agent.ballast import BALLAST_BYTES, keep, release
 from agent.closing import ClosingFile
-from agent.errors import OutboxError, OutboxFullError, printable
+from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
 from agent.outbox_db import (
-    Recovery,
     claim,
     close_checkpointed,
     count,
@@ -48,35 +46,26 @@ from agent.outbox_db import (
     is_full,
     last_seq,
     open_or_recover,
-    owner,
     owner_in,
     raise_seq,
     set_intake_in_use,
 )
 from agent.outbox_intake import Found, Intake
 from agent.outbox_lanes import select_batch, select_one
-from agent.outbox_recovery import move_foreign
+from agent.outbox_opening import log_recovery, set_aside_foreign
 from agent.outbox_rows import OutboxRow, OutboxStats, Row, stored
+from agent.outbox_seqs import Seqs
+from agent.outbox_space import EVICT_CHUNK, Space, free_bytes
 from agent.outbox_takein import TakeIn, open_intake
 
 log = logging.getLogger(__name__)
 
-NON_ALARM_SHARE = 0.8
 HEADROOM_BYTES = 4 * 1024 * 1024
-_EVICT_CHUNK = 64
-_LIMITS_TTL_S = 1.0
 # Every row is inserted with its seq: the outbox's counter gives it (``_numbered``), or it was reserved.
 _INSERT = "INSERT INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def _free(folder: Path) -> int:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return BALLAST_BYTES  # cannot tell: leave the reserve alone
-
-
-class Outbox(TakeIn, ClosingFile):
+class Outbox(Space, Seqs, TakeIn, ClosingFile):
     """SQLite outbox shared by the input threads (put) and the sender (batch/ack).
 
     One connection behind one lock: puts are short and the lock is never held
@@ -118,25 +107,14 @@ class Outbox(TakeIn, ClosingFile):
         self._disk_low = False
         self._dropped_dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if _free(self.path.parent) < BALLAST_BYTES:  # SQLite could not even open: use the agent's reserve
+        if free_bytes(self.path.parent) < BALLAST_BYTES:  # SQLite could not even open: use the agent's reserve
             release(self.path)
         self._live: dict[int, OutboxRow] = {}  # seq -> row on disk in the intake only; in seq order
         self._intake: Intake | None = None
         intake_path = self.path.with_name(self.path.name + ".intake")
         self._who = f"{site}/{device}"
-        was = owner(self.path)
-        self.foreign: tuple[Path, str] | None = None  # (where another device's outbox went, its site/device)
-        if was is not None and was != self._who:
-            aside = move_foreign(self.path, intake_path, was)
-            self.foreign = (aside, was)
-            log.critical(
-                "outbox %s was written by device %s, not %s (a cloned SD card, or a new device id); moved it "
-                "and its intake to %s unsent: its events are not this device's to send",
-                self.path,
-                printable(was),
-                self._who,
-                aside,
-            )
+        # (where another device's outbox went, its site/device)
+        self.foreign: tuple[Path, str] | None = set_aside_foreign(self.path, intake_path, self._who)
         was_there = intake_path.exists()
         # An intake left by a run with it on is read even when it is off now: its events and seqs are the outbox's.
         opened = open_intake(intake_path) if intake or was_there else None
@@ -167,7 +145,7 @@ class Outbox(TakeIn, ClosingFile):
 
     def _settle_in(self, opened: tuple[Intake, Found] | None, max_mb: float, busy_timeout_s: float) -> None:
         """The rest of opening, once SQLite is open: counters, limits, and what the intake holds."""
-        self._log_recovery(self.recovery)
+        log_recovery(self.path, self.recovery)
         self._top = last_seq(self._conn)  # highest seq used or reserved
         self._reserved_top = 0  # highest seq reserved for an event held in memory
         self._in_commit = range(0)  # seqs a SQLite commit has taken and not yet committed
@@ -191,87 +169,6 @@ class Outbox(TakeIn, ClosingFile):
         self.recovery = dataclasses.replace(self.recovery, pending=self._pending)
         self._dropped = self._meta("dropped")
         self._refresh_limits(force=True)
-
-    def _log_recovery(self, rec: Recovery) -> None:
-        if rec.moved_aside is not None:
-            log.critical(
-                "outbox %s was unreadable (%s); moved it to %s, salvaged %d events into a new outbox; "
-                "keep the old file for inspection",
-                self.path,
-                rec.reason,
-                rec.moved_aside,
-                rec.salvaged,
-            )
-        if rec.seq_resumed_above is not None:
-            log.warning(
-                "outbox %s counts seq lower than agent-state.json's mark %s: it was deleted or replaced; "
-                "seq resumes above %d so it never goes back",
-                self.path,
-                rec.seq_mark,
-                rec.seq_resumed_above,
-            )
-
-    # ---- limits and eviction -------------------------------------------------
-
-    def _meta(self, key: str) -> int:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def _page_counts(self) -> tuple[int, int]:
-        pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
-        free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
-        return pages, free
-
-    def _refresh_limits(self, *, force: bool = False) -> None:
-        now = self._mono()
-        if not force and now - self._limits_at < _LIMITS_TTL_S:
-            return
-        self._limits_at = now
-        pages, _ = self._page_counts()
-        try:
-            st = os.statvfs(self.path.parent)
-            fs_free = st.f_bavail * st.f_frsize
-        except OSError:
-            fs_free = self._cap_pages * self._page_size
-        room = max(0, (fs_free - self._headroom) // self._page_size)
-        allowed = max(pages, min(self._cap_pages, pages + room))
-        was_low = self._disk_low
-        self._disk_low = allowed < self._cap_pages
-        if self._disk_low and not was_low:
-            log.error(
-                "outbox filesystem %s is nearly full (%.1f MB free); outbox capped at its current %.1f MB "
-                "instead of %.1f MB; alarms are still recorded, other events are evicted first; free disk space",
-                self.path.parent,
-                fs_free / 1e6,
-                allowed * self._page_size / 1e6,
-                self._cap_pages * self._page_size / 1e6,
-            )
-        elif was_low and not self._disk_low:
-            log.warning("outbox filesystem %s has room again; full cap restored", self.path.parent)
-        if allowed != self._allowed_pages:
-            self._conn.execute(f"PRAGMA max_page_count={int(allowed)}")
-            self._allowed_pages = allowed
-
-    def _evict(self, count: int) -> int:
-        """Delete the oldest ``count`` non-alarm rows; return how many went."""
-        cur = self._conn.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE alarm = 0 ORDER BY seq LIMIT ?)",
-            (count,),
-        )
-        n = max(0, cur.rowcount)
-        if n:
-            self._dropped += n
-            self._pending -= n
-            self._save_dropped()
-            log.warning("outbox full: evicted %d oldest non-alarm events (%d dropped so far)", n, self._dropped)
-        return n
-
-    def _make_room_for_non_alarm(self) -> None:
-        pages, free = self._page_counts()
-        limit = int(self._allowed_pages * NON_ALARM_SHARE)
-        if pages - free >= limit:
-            with self._txn():
-                self._evict(_EVICT_CHUNK)
 
     def _insert(self, rows: list[Row], *, all_alarms: bool) -> list[int]:
         """One transaction for ``rows``; raw sqlite3 errors, the callers turn them into words."""
@@ -302,30 +199,6 @@ class Outbox(TakeIn, ClosingFile):
             self._in_commit = range(0)
         return seqs
 
-    def _numbered(self, rows: list[Row]) -> tuple[list[Row], range]:
-        """Give each row without a seq the next one, under the seq lock (not SQLite's AUTOINCREMENT).
-
-        ``reserve_seq`` takes only the seq lock, so it may run while a commit
-        is inside its transaction; a seq SQLite picked there could be the one
-        just reserved for a held event.
-        """
-        n = sum(1 for row in rows if row[0] is None)
-        if not n:
-            return rows, range(0)
-        with self._seq_lock:
-            fresh = range(self._top + 1, self._top + 1 + n)
-            self._top += n
-            self._in_commit = fresh
-        it = iter(fresh)
-        return [row if row[0] is not None else (next(it), *row[1:]) for row in rows], fresh
-
-    def _give_back(self, fresh: range) -> None:
-        """A commit failed: its seqs are free again unless one was given out after them (then a gap)."""
-        with self._seq_lock:
-            if fresh and self._top == fresh[-1]:
-                self._top = fresh[0] - 1
-            self._in_commit = range(0)
-
     def _row(self, event: Event, seq: int | None, created_ms: int) -> Row:
         return (
             seq,
@@ -334,12 +207,6 @@ class Outbox(TakeIn, ClosingFile):
             int(event.type.is_alarm),
             created_ms,
             event.body(self._site, self._device),
-        )
-
-    def _save_dropped(self) -> None:
-        self._conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('dropped', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (self._dropped,),
         )
 
     @contextlib.contextmanager
@@ -392,7 +259,7 @@ class Outbox(TakeIn, ClosingFile):
                         continue  # the disk has room again: try at once, evict nothing
                     try:
                         with self._txn():
-                            evicted = self._evict(_EVICT_CHUNK)
+                            evicted = self._evict(EVICT_CHUNK)
                     except sqlite3.Error:
                         evicted = 0
                     if not evicted:
@@ -430,39 +297,6 @@ class Outbox(TakeIn, ClosingFile):
                     raise OutboxFullError(f"outbox {self.path} has no room for {len(events)} events at once") from exc
                 raise OutboxError(f"outbox {self.path}: cannot record {len(events)} events: {exc}") from exc
         return [stored(row, seq) for row, seq in zip(rows, seqs, strict=True)]
-
-    def reserve_seq(self) -> int:
-        """A seq for an event held in memory: sendable now, stored later with :meth:`put` (``seq=``).
-
-        Memory only (the outbox may be unusable); every later insert keeps
-        SQLite's counter above it, and the caller saves it as the high-water mark.
-        """
-        with self._seq_lock:
-            self._top += 1
-            self._reserved_top = self._top
-            return self._top
-
-    def top_seq(self) -> int:
-        """The highest seq used or reserved; memory only, so it never waits behind a stuck commit.
-
-        Seqs a SQLite commit has taken are left out until it returns (it may
-        give them back): saved as the state file's mark and then lost with a
-        crash, they would make the same file look replaced at the next start.
-        """
-        with self._seq_lock:
-            f = self._in_commit
-            return f[0] - 1 if f and self._top == f[-1] else self._top
-
-    @property
-    def dropped(self) -> int:
-        """Events lost so far (evicted, or dropped from memory); a change tells the sender's hand-off to re-read."""
-        return self._dropped
-
-    def note_dropped(self, n: int) -> None:
-        """Count ``n`` events lost outside the file (the memory fallback overflowed) in ``dropped``."""
-        with self._seq_lock:
-            self._dropped += n
-            self._dropped_dirty = True  # persisted with the next commit
 
     def next_batch(self, after_seq: int, limit: int, *, urgent: bool | None = None) -> list[OutboxRow]:
         """The oldest ``limit`` rows with ``seq > after_seq``, in ``seq`` order.
@@ -548,4 +382,4 @@ class Outbox(TakeIn, ClosingFile):
         return f"pending={self._pending} dropped={self._dropped}"
 
 
-__all__ = ["HEADROOM_BYTES", "NON_ALARM_SHARE", "Outbox", "OutboxRow", "OutboxStats"]
+__all__ = ["HEADROOM_BYTES", "Outbox", "OutboxRow", "OutboxStats"]

@@ -20,13 +20,17 @@ Held events keep ``seq`` order and never lose their place:
   disk even while SQLite fails (it may arrive before the held events);
 * the ``recorder-retry`` thread stores them as soon as the outbox takes
   writes again (tried every :data:`RETRY_S`, at once when news arrives); an
-  alarm is tried even when a non-alarm before it does not fit a full disk;
+  alarm is tried even when a non-alarm before it does not fit a full disk
+  (agent/recorder_held.py);
 * the uplink reads :meth:`Recorder.held` after the outbox rows and sends them
   directly while the link is up; one acknowledged that way is not stored at
   all, one already stored is deleted from the outbox.
 * The memory queue is bounded (:data:`MAX_HELD`); past it the oldest
   non-alarm goes first, an alarm only when nothing else is left, and every
   drop is counted in the status's ``outbox.dropped``.
+
+The ids a centre may acknowledge across a restart are agent/recorder_known.py's;
+the hooks the rest of the agent hears through, agent/recorder_hooks.py's.
 
 Recent events (agent/recent.py) are frozen values in a tuple that is
 replaced, never changed in place, so readers on other threads (the control
@@ -38,8 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.closing import Closing
@@ -47,45 +50,21 @@ from agent.errors import OutboxError, OutboxFullError
 from agent.events import Clock, Event, EventType, Stamp
 from agent.outbox import Outbox, OutboxRow
 from agent.recent import RecentEvent, RecentEvents
+from agent.recorder_held import RETRY_S, Held, HeldEvents
+from agent.recorder_hooks import Hooks
+from agent.recorder_known import KnownAlarms
 
 log = logging.getLogger(__name__)
 
 Item = tuple[EventType, str, Stamp, Mapping[str, Any]]
 MAX_HELD = 10_000
-RETRY_S = 1.0
 # How long an event waits for another thread's commit before it is held instead: a healthy commit (an fsync on
 # an SD card) ends well within it; one stuck in SQLite's busy timeout does not, and the inputs thread goes on.
 WRITE_WAIT_S = 0.4
 _INPUT_TYPES = frozenset((EventType.PANIC, EventType.TAMPER, EventType.INPUT_FAULT, EventType.INPUT_RESTORED))
-_REMEMBERED = 128  # alarm ids of earlier runs the centre may still acknowledge
-_ALARM_TYPES = frozenset(t.value for t in EventType if t.is_alarm)
 
 
-def _nothing(*_args: object) -> None:
-    return None
-
-
-@dataclass
-class Hooks:
-    """What the rest of the agent hears from the recorder; a hook that raises is logged, never fatal."""
-
-    wake: Callable[[], None] = _nothing  # the sender: something new to send
-    # The sender, handed the rows just committed (it may publish them at once); wake is not called then.
-    offer: Callable[[list[OutboxRow]], None] | None = None
-    changed: Callable[[], None] = _nothing  # the heartbeat: the status changed
-    alarm_recorded: Callable[[str, str], None] = _nothing  # (event id, source): LED/buzzer
-    alarm_delivered: Callable[[str], None] = _nothing  # event id
-    noted: Callable[[str, str, bool], None] = _nothing  # (input name, ts, test): the status's last_event
-    mark: Callable[[], None] = _nothing  # seqs were reserved: save the high-water mark now
-
-
-@dataclass(frozen=True)
-class _Held:
-    event: Event
-    row: OutboxRow
-
-
-class Recorder(Closing):
+class Recorder(HeldEvents, KnownAlarms, Closing):
     """Makes events durable (or holds them), keeps the recent list, answers the uplink about held events.
 
     Args:
@@ -122,7 +101,7 @@ class Recorder(Closing):
         self._put_lock = threading.Lock()  # one writer of the outbox at a time, in seq order
         self._lock = threading.Lock()  # guards the fields below; never held across I/O
         self._recent = RecentEvents()  # replaced under _lock; readers take a snapshot (agent/recent.py)
-        self._held: dict[str, _Held] = {}  # insertion order is seq order
+        self._held: dict[str, Held] = {}  # insertion order is seq order
         self._was_held: dict[str, bool] = {}  # id -> stored since; forgotten once delivered
         self._remembered: dict[str, None] = {}  # alarm ids from before a restart, oldest first
         self._dropped = 0
@@ -311,7 +290,7 @@ class Recorder(Closing):
                 row = OutboxRow(
                     seq, event.id, event.type.value, event.type.is_alarm, created, event.body(self._site, self._device)
                 )
-                self._held[event.id] = _Held(event, row)
+                self._held[event.id] = Held(event, row)
                 self._was_held[event.id] = False
             if min(reserved[e.id] for e in events) < last:  # another thread's hold came in between: seq order
                 self._held = dict(sorted(self._held.items(), key=lambda kv: kv[1].row.seq))
@@ -344,104 +323,6 @@ class Recorder(Closing):
         else:
             log.error("held %s in memory, not yet on disk (id %s); reserved seq %s", what, event.id, reserved)
 
-    # ---- held events ------------------------------------------------------------------
-
-    def held(self) -> list[OutboxRow]:
-        """Events held in memory, oldest first, ready to send directly (the uplink's hook; it sends alarms first)."""
-        with self._lock:
-            return [h.row for h in self._held.values()]
-
-    def held_count(self) -> int:
-        return len(self._held)
-
-    def flush_held(self) -> int:
-        """Store held events the outbox takes now, in seq order; return how many were stored.
-
-        Once SQLite fails in a round, only real alarms are tried further, in
-        the outbox's intake alone: a press held while a commit was stuck gets
-        on disk while SQLite still fails.
-        """
-        stored = 0
-        handed: list[OutboxRow] = []  # still held when stored: the sender learns of each (it may be below a cursor)
-        sqlite_failed = False
-        with self._put_lock:
-            for held in self.held():
-                with self._lock:
-                    if held.id not in self._held:
-                        continue  # delivered directly meanwhile: nothing left to store
-                    event = self._held[held.id].event
-                real = event.type.is_alarm and not event.test
-                if sqlite_failed and not real:
-                    continue
-                try:
-                    seq = (
-                        self._intake_only(event, held)
-                        if sqlite_failed
-                        else self.outbox.put(event, seq=held.seq, created=held.created)
-                    )
-                except OutboxFullError:
-                    continue  # a non-alarm that does not fit must not keep an alarm behind it off the disk
-                except OutboxError:
-                    sqlite_failed = True
-                    seq = self._intake_only(event, held) if real else None
-                if seq is None:
-                    continue
-                stored += 1
-                if self._now_stored(held.id, seq, sqlite_works=not sqlite_failed):
-                    handed.append(held)
-        if handed and self.hooks.offer is not None:
-            self._call(self.hooks.offer, handed)  # due at once, even below its lane's cursor
-        if stored:
-            self._call(self.hooks.wake)
-            self._call(self.hooks.changed)
-        return stored
-
-    def _now_stored(self, event_id: str, seq: int, *, sqlite_works: bool) -> bool:
-        """Bookkeeping for a held event just stored; False when it had been delivered meanwhile."""
-        if sqlite_works:
-            self._failing = False
-        with self._lock:
-            delivered_meanwhile = self._held.pop(event_id, None) is None
-            if not delivered_meanwhile:
-                self._was_held[event_id] = True
-            self._recent.mark(event_id, on_disk=True)
-        log.warning("event %s kept in memory is now recorded as seq %d", event_id, seq)
-        if delivered_meanwhile:
-            self._ack_stored(seq)
-        return not delivered_meanwhile
-
-    def _intake_only(self, event: Event, held: OutboxRow) -> int | None:
-        """Its seq if the outbox's intake took the held alarm (SQLite untouched), else None."""
-        try:
-            taken = self.outbox.take_in_now([event], [held.seq], wait_s=RETRY_S, created=held.created)
-        except OutboxError:
-            return None
-        return None if taken is None else taken[0].seq
-
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is not None or self._closed:
-                return
-            self._thread = threading.Thread(target=self._run_retry, name="recorder-retry", daemon=True)
-            self._thread.start()
-
-    def _run_retry(self) -> None:
-        while True:
-            self._retry.wait(self._retry_s if self._held else None)
-            self._retry.clear()
-            if self._closed:
-                return
-            try:
-                self.flush_held()
-            except Exception:
-                log.exception("storing events held in memory failed; they are kept and retried")
-
-    def _ack_stored(self, seq: int) -> None:
-        try:
-            self.outbox.ack([seq])
-        except OutboxError as exc:
-            log.warning("%s; the event may be sent once more", exc)
-
     # ---- delivery and the recent list ----------------------------------------------------
 
     def delivered(self, row: OutboxRow) -> None:
@@ -458,25 +339,6 @@ class Recorder(Closing):
     def recent(self) -> list[dict[str, Any]]:
         """The last :data:`~agent.recent.RECENT` events, newest first, as plain dicts (a snapshot)."""
         return self._recent.as_dicts()
-
-    def knows(self, event_id: str) -> bool:
-        """Whether the centre may acknowledge ``event_id``: a recent event, or an alarm from before a restart."""
-        return event_id in self._remembered or self._recent.knows(event_id)
-
-    def remember(self, event_ids: Iterable[str]) -> None:
-        """Alarms of an earlier run (still pending, or among the latest): the centre's ack of one is ours."""
-        with self._lock:
-            for event_id in event_ids:
-                self._remembered[event_id] = None
-            while len(self._remembered) > _REMEMBERED:
-                del self._remembered[next(iter(self._remembered))]
-
-    def latest_alarms(self, n: int = 16) -> list[str]:
-        """Ids of the latest ``n`` alarms, newest first, remembered ones after this run's (for the state file)."""
-        with self._lock:
-            remembered = list(reversed(self._remembered))
-        ids = [e["id"] for e in self._recent.as_dicts() if e["type"] in _ALARM_TYPES]
-        return list(dict.fromkeys(ids + remembered))[:n]
 
     @property
     def dropped(self) -> int:
@@ -520,3 +382,6 @@ class Recorder(Closing):
 
     def _repr_state(self) -> str:
         return f"recent={len(self._recent)} held={len(self._held)} dropped={self._dropped}"
+
+
+__all__ = ["MAX_HELD", "RETRY_S", "WRITE_WAIT_S", "Hooks", "Item", "Recorder"]

@@ -21,7 +21,8 @@ import pytest
 
 from agent.events import EventType
 from agent.outbox import Outbox
-from agent.recorder import Hooks, Recorder
+from agent.recorder import Recorder
+from agent.recorder_hooks import Hooks
 from tests.support.clocks import synced_clock
 from tests.support.waiting import eventually
 

@@ -12,7 +12,8 @@ import pytest
 
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event, EventType
-from agent.outbox import NON_ALARM_SHARE, Outbox
+from agent.outbox import Outbox
+from agent.outbox_space import NON_ALARM_SHARE
 from tests.support.clocks import synced_clock
 from tests.support.outboxfile import intake_live, pending
 

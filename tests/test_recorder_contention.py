@@ -23,7 +23,8 @@ from agent.config.model import Contact, InputConfig, InputKind
 from agent.events import Event, EventType
 from agent.inputs import Inputs
 from agent.outbox import Outbox
-from agent.recorder import Hooks, Recorder
+from agent.recorder import Recorder
+from agent.recorder_hooks import Hooks
 from tests.support.clocks import synced_clock
 from tests.support.outboxfile import abandon
 from tests.support.waiting import eventually

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from agent.events import Clock, EventType
 from agent.outbox import Outbox, OutboxRow
-from agent.recorder import Hooks, Recorder
+from agent.recorder import Recorder
+from agent.recorder_hooks import Hooks
 
 
 def test_order__the_recent_list_shows_an_event_before_it_is_offered_and_feedback_follows(tmp_path: Path) -> None:
