@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from agent.central.linkfigures import MAX_MS, LinkFigures, read_link_stats
-from agent.linkstats import MAX_LATENCY_S, LinkStats
+from agent.linkslots import MAX_LATENCY_S
+from agent.linkstats import LinkStats
 from agent.transmission import Transmission
 from tests.support.contract import Validate
 

@@ -38,7 +38,7 @@ from agent.events import iso_ms
 LOW_AVAILABILITY_PERCENT = 95.0
 MIN_OBSERVED_S = 3600
 MAX_PATHS = 16  # the agent keeps at most 8; more is not an agent's document
-MAX_MS = 1e13  # what an agent sends at most (agent.linkstats.MAX_LATENCY_S): a p95 over 35 days is the maximum
+MAX_MS = 1e13  # what an agent sends at most (agent.linkslots.MAX_LATENCY_S): a p95 over 35 days is the maximum
 MAX_OBSERVED_S = 169 * 3600  # 168 hour slots, plus the one a clock step may leave ahead
 MAX_COUNT = 2**53
 
