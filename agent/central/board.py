@@ -130,7 +130,7 @@ def summary(
         photo = photo_of(a.event_id)
         out.append(
             f"ALARM  {a.key:<{_KEY_COL - 8}} {a.type:<10}{'TEST  ' if a.test else ''}"
-            f"{ago(now - a.arrival):<18}id {a.event_id} "
+            f"{ago(a.age_s(now, mono)):<18}id {a.event_id} "
             "not acknowledged" + (f"  photo {photo}" if photo is not None else "")
         )
     return "\n".join(out)

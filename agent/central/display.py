@@ -145,6 +145,13 @@ class Alarm:
     type: str
     arrival: float
     test: bool = False
+    mono: float | None = None  # the arrival on the monitor's monotonic clock: its age does not follow a clock step
+
+    def age_s(self, now: float, mono: float | None) -> float:
+        """Seconds since it arrived: on the monotonic clock when both times are on it, else the wall clock's."""
+        if self.mono is not None and mono is not None:
+            return mono - self.mono
+        return now - self.arrival
 
     @property
     def key(self) -> str:

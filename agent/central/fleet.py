@@ -154,7 +154,7 @@ class FleetView(FleetEvents):
         if msg.rest == ("status",):
             return self._status(topic, msg.site, msg.device, payload, arrival, mono=m, retained=retained)
         if msg.rest[0] == "event":
-            return self._retained_event(msg) if retained else self._event(msg, m)
+            return self._retained_event(msg) if retained else self._event(msg, m, alarm_mono=mono)
         return []  # replies are the AckDesk's; commands are not shown
 
     def tick(self, now: float, *, mono: float | None = None) -> list[Line]:

@@ -39,7 +39,7 @@ class FleetEvents:
             self._warn(msg.at, f"{escape(msg.topic)}: a retained event (the contract never retains events); not shown")
         ]
 
-    def _event(self, msg: Msg, mono: float) -> list[Line]:  # noqa: C901 (checks in order, inline: no call per event)
+    def _event(self, msg: Msg, mono: float, *, alarm_mono: float | None = None) -> list[Line]:  # noqa: C901 (checks in order, inline: no call per event)
         doc, at, site, device = decode(msg.payload), msg.at, msg.site, msg.device
         where = escape(msg.topic)
         if isinstance(doc, str):
@@ -72,5 +72,5 @@ class FleetEvents:
         if seq is not None:
             dev.max_seq = max(seq, dev.max_seq or 0)
         dev.last_event, dev.last_event_at = msg.rest[1], mono
-        lines.append(event_line(msg, doc, eid, seq=seq, late=late, clock=self._clock(at)))
+        lines.append(event_line(msg, doc, eid, seq=seq, late=late, clock=self._clock(at), mono=alarm_mono))
         return lines

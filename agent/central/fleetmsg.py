@@ -78,7 +78,9 @@ def restricted(doc: dict[str, Any], msg: Msg) -> str | None:
     return None
 
 
-def event_line(msg: Msg, doc: dict[str, Any], eid: str, *, seq: int | None, late: int | None, clock: str) -> Line:
+def event_line(
+    msg: Msg, doc: dict[str, Any], eid: str, *, seq: int | None, late: int | None, clock: str, mono: float | None = None
+) -> Line:
     """The printed line and JSON record of a new event; ``late`` is the seq it arrived after, if out of order."""
     at, site, device, etype = msg.at, msg.site, msg.device, msg.rest[1]
     ts = parse_ts(doc.get("ts"))
@@ -115,7 +117,7 @@ def event_line(msg: Msg, doc: dict[str, Any], eid: str, *, seq: int | None, late
         "late": late is not None,
         "data": doc.get("data"),
     }
-    alarm = Alarm(site, device, eid, etype, at, test=test) if etype in ALARM_TYPES else None
+    alarm = Alarm(site, device, eid, etype, at, test=test, mono=mono) if etype in ALARM_TYPES else None
     return Line(LineKind.EVENT, "  ".join(parts), record, alarm)
 
 

@@ -136,6 +136,20 @@ def test_board__ages_count_real_seconds_across_a_step() -> None:
     assert ages["quiet"] == pytest.approx(95.0)
 
 
+@pytest.mark.parametrize("step", [-HOUR, HOUR], ids=["back", "forward"])
+def test_board__an_alarm_waiting_for_its_ack_ages_in_real_seconds_across_a_step(step: float) -> None:
+    """Its age was the wall clock's: a step back showed an alarm waiting 95 s as arrived in the future."""
+    c, fleet = Clocks(), FleetView(tz=dt.UTC)
+    doc = {"v": 1, "id": "a" * 32, "seq": 1, "type": "panic", "source": "panic", "ts": iso_ms(c.wall), "data": {}}
+    lines = fleet.feed("campus/main/gate-1/event/panic", json.dumps(doc).encode(), c.wall, mono=c.mono)
+    alarms = [ln.alarm for ln in lines if ln.alarm is not None]
+    assert len(alarms) == 1
+    c.step(step)
+    c.advance(95)
+    text = board.summary(fleet, alarms, c.wall, mono=c.mono)
+    assert "95 s ago" in text.splitlines()[-1]
+
+
 @pytest.mark.parametrize(("step", "timed_out"), [(-HOUR, True), (HOUR, False)], ids=["back", "forward"])
 def test_ack_desk__a_reply_timeout_counts_real_seconds_across_a_step(step: float, timed_out: bool) -> None:
     c, desk = Clocks(), AckDesk(reply_timeout_s=10, tz=dt.UTC)
