@@ -126,7 +126,7 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
                 busy_timeout_s,
                 seq_mark,
                 outside_top=opened[1].top if opened else 0,
-                intake_new=not was_there or (opened is not None and opened[0].grown),
+                intake_new=opened is None or opened[0].grown or opened[1].lost_top,
             )
         except BaseException:
             if opened is not None:
@@ -156,6 +156,7 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
         self._allowed_pages = -1  # forces the first _refresh_limits to set max_page_count
         if opened is not None:
             self._adopt(*opened)
+            self._settle_intake(opened[0])
         in_use = intake_in_use(self._conn)
         # In use from before any seq it gives out, so its loss is noticed (outbox_db.py); no longer in use
         # once none is open (the one check that counted on it has run above).
@@ -218,7 +219,13 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # a failed COMMIT (SQLITE_FULL, I/O) may leave it open
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            raise
 
     # ---- the public surface --------------------------------------------------
 
@@ -258,16 +265,20 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
                     if self._allowed_pages > before:
                         continue  # the disk has room again: try at once, evict nothing
                     try:
-                        with self._txn():
-                            evicted = self._evict(EVICT_CHUNK)
-                    except sqlite3.Error:
-                        evicted = 0
+                        evicted = self._evict(EVICT_CHUNK)
+                    except sqlite3.Error as evict_exc:
+                        raise self._full_error(
+                            f"{self._pending} events; even evicting old ones failed: {evict_exc}",
+                        ) from evict_exc
                     if not evicted:
                         break
-            raise OutboxFullError(
-                f"outbox {self.path} is full ({self._pending} events, all alarms) and the disk has no room; "
-                "the event is not recorded on disk; free disk space or raise outbox.max_mb",
-            )
+            raise self._full_error(f"{self._pending} events, all alarms")
+
+    def _full_error(self, what: str) -> OutboxFullError:
+        return OutboxFullError(
+            f"outbox {self.path} is full ({what}) and the disk has no room; "
+            "the event is not recorded on disk; free disk space or raise outbox.max_mb",
+        )
 
     def put_many(self, events: list[Event]) -> list[int]:
         """Commit ``events`` in one transaction (one fsync) and return their seqs (see :meth:`put_rows`)."""

@@ -174,10 +174,11 @@ def open_or_recover(
     counts as the file's own when it is compared with the mark.  When either
     half of the outbox is new while a mark exists (``path`` held no outbox
     table: missing, or emptied in place; or it was moved aside; or
-    ``intake_new``, the intake file was created, and the file says an intake
-    was in use), the other half's top proves nothing: seqs the lost half gave
-    out after the mark was saved are unknown, so seq resumes above the mark or
-    the top, whichever is higher.
+    ``intake_new``, the intake file was created, cut short, moved aside or
+    cannot vouch for its top (``Found.lost_top``: damaged, or no block
+    readable), and the file says an intake was in use), the other half's top
+    proves nothing: seqs the lost half gave out after the mark was saved are
+    unknown, so seq resumes above the mark or the top, whichever is higher.
 
     Restartable: salvage looks for every moved-aside file not yet salvaged,
     so a crash between moving a file and the salvage commit loses nothing.

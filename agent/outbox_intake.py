@@ -16,7 +16,8 @@ The file is ``SLOTS`` blocks of ``SLOT_BYTES``; one event per block:
   the payload's length, a CRC-32 of those and the payload, then the payload
   (``id`` NUL ``type`` NUL ``body``, UTF-8).  A block whose CRC does not match
   was being written when the power went: its event was never published (the
-  publish waits for ``fdatasync``), so it is skipped.
+  publish waits for ``fdatasync``), so it is skipped (bit rot may have hit a
+  published one: see below).
 * Marking a block ``DONE`` (acknowledged, or moved into SQLite) is one byte
   written without a sync: if a power cut loses it, the event is sent once
   more after the restart, which the contract allows (ids de-duplicate);
@@ -26,6 +27,12 @@ The file is ``SLOTS`` blocks of ``SLOT_BYTES``; one event per block:
   every event since the last SQLite commit went through here, and a write cut
   short by a power cut can only damage a block whose seq was never published.
   It is freed when a later write holds a higher seq.
+* So a file that was ever written always has a readable block.  A file with
+  none (zero-filled in place) or with a damaged block (a torn write, or the
+  disk) cannot vouch for its highest seq: :attr:`Found.lost_top`, and the
+  outbox counts it as a new file.  :meth:`Intake.settle` then blanks the
+  damaged blocks and gives an empty file a done block of seq 0, its marker,
+  so the next start does not count it again.
 * Only alarms come here (the outbox decides): a non-alarm that waits here
   could neither be evicted nor kept out of the alarms' reserve.
 """
@@ -63,7 +70,13 @@ class Found:
 
     live: list[OutboxRow]
     top: int
-    damaged: int  # blocks with the magic but a bad CRC (a write cut short)
+    damaged: int  # blocks with the magic but a bad CRC (a write cut short, or the disk)
+    readable: int  # blocks whose CRC matches, done or live
+
+    @property
+    def lost_top(self) -> bool:
+        """Whether the file may have lost its highest seq: no block readable, or a damaged one."""
+        return self.damaged > 0 or self.readable == 0
 
 
 def payload_of(event_id: str, type_: str, body: str) -> bytes:
@@ -129,21 +142,25 @@ class Intake(ClosingFile):
             os.close(self._fd)
             raise
         self._free: list[int] = []
+        self._damaged: list[int] = []
 
     def read(self) -> Found:
         """Every block's event: the live ones (in seq order) stay claimed, the others become free."""
         data = os.pread(self._fd, self._slots * SLOT_BYTES, 0)
         live: list[tuple[int, OutboxRow]] = []
-        damaged = 0
+        self._damaged = []
         free = []
+        readable = 0
         self._top = None
         for i in range(self._slots):
             block = data[i * SLOT_BYTES : (i + 1) * SLOT_BYTES]
             got = decode(block)
             if got is None:
-                damaged += block[: len(MAGIC)] == MAGIC
+                if block[: len(MAGIC)] == MAGIC:
+                    self._damaged.append(i)
                 free.append(i)
                 continue
+            readable += 1
             state, row = got
             if self._top is None or row.seq > self._top[0]:
                 self._top = (row.seq, i)
@@ -154,7 +171,29 @@ class Intake(ClosingFile):
         live.sort(key=lambda t: t[1].seq)
         self._slot_of = {row.seq: i for i, row in live}
         self._free = [i for i in free if self._top is None or i != self._top[1]]
-        return Found([row for _, row in live], 0 if self._top is None else self._top[0], damaged)
+        top = 0 if self._top is None else self._top[0]
+        return Found([row for _, row in live], top, len(self._damaged), readable)
+
+    def settle(self) -> None:
+        """Once the outbox has counted :attr:`Found.lost_top`: blank the damaged blocks, mark an empty file; synced.
+
+        Left as they are, the next start would count the same loss again and
+        resume seq 1,000 higher at every restart.
+        """
+        if not self._damaged and self._top is not None:
+            return
+        for i in self._damaged:
+            _pwrite_all(self._fd, bytes(len(MAGIC) + 1), i * SLOT_BYTES)
+        if self._top is None:
+            i = self._free.pop()
+            marker = bytearray(
+                encode(OutboxRow(seq=0, id="", type="", alarm=False, created=0.0, body=""), payload_of("", "", ""))
+            )
+            marker[len(MAGIC)] = DONE
+            _pwrite_all(self._fd, bytes(marker), i * SLOT_BYTES)
+            self._top = (0, i)
+        os.fdatasync(self._fd)
+        self._damaged = []
 
     @property
     def free(self) -> int:

@@ -104,16 +104,23 @@ class Space:
             self._allowed_pages = allowed
 
     def _evict(self, count: int) -> int:
-        """Delete the oldest ``count`` non-alarm rows; return how many went."""
-        cur = self._conn.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE alarm = 0 ORDER BY seq LIMIT ?)",
-            (count,),
-        )
-        n = max(0, cur.rowcount)
+        """Delete the oldest ``count`` non-alarm rows in a transaction of their own; return how many went.
+
+        ``dropped``, ``pending`` and the log change only once COMMIT succeeded: on a
+        disk full to the byte the COMMIT fails and the rows are still there.
+        """
+        with self._txn():
+            cur = self._conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE alarm = 0 ORDER BY seq LIMIT ?)",
+                (count,),
+            )
+            n = max(0, cur.rowcount)
+            if n:
+                self._save_dropped(self._dropped + n)
         if n:
-            self._dropped += n
+            with self._seq_lock:  # note_dropped adds under it, from another thread
+                self._dropped += n
             self._pending -= n
-            self._save_dropped()
             log.warning("outbox full: evicted %d oldest non-alarm events (%d dropped so far)", n, self._dropped)
         return n
 
@@ -121,13 +128,13 @@ class Space:
         pages, free = self._page_counts()
         limit = int(self._allowed_pages * NON_ALARM_SHARE)
         if pages - free >= limit:
-            with self._txn():
-                self._evict(EVICT_CHUNK)
+            self._evict(EVICT_CHUNK)
 
-    def _save_dropped(self) -> None:
+    def _save_dropped(self, value: int | None = None) -> None:
+        """Write ``dropped`` (``value``, else the count now) into the open transaction."""
         self._conn.execute(
             "INSERT INTO meta (key, value) VALUES ('dropped', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (self._dropped,),
+            (self._dropped if value is None else value,),
         )
 
     @property

@@ -11,6 +11,7 @@ or at stop, and is never moved at all when its PUBACK comes first.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import sqlite3
 import threading
@@ -34,12 +35,11 @@ TAKE_IN_WAIT_S = 0.05
 _MOVE_IN = "INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def open_intake(path: Path) -> tuple[Intake, Found] | None:
+def open_intake(path: Path, *, retry: bool = True) -> tuple[Intake, Found] | None:
     """The intake and what it holds; None (logged) when it cannot be used: SQLite then takes every event.
 
-    Raises:
-        OutboxError: the file exists but cannot be read back (its events would be lost unseen).
-
+    A file that cannot be read back is moved aside and a new one started: the
+    agent must start, or every later press is lost to save the few in it.
     """
     try:
         intake = Intake(path)
@@ -50,15 +50,47 @@ def open_intake(path: Path) -> tuple[Intake, Found] | None:
         found = intake.read()
     except OSError as exc:
         intake.close()
-        raise OutboxError(f"outbox intake {path} cannot be read: {exc}; check the disk") from exc
+        if not retry or not _move_unreadable(path, exc):
+            return None
+        return open_intake(path, retry=False)
     if found.damaged:
         log.warning(
-            "outbox intake %s: %d blocks were cut short by a power cut or crash; their events were never "
-            "published or reported recorded",
+            "outbox intake %s: %d blocks were cut short by a power cut or crash, or damaged on disk since; "
+            "their events are skipped, and the file's highest seq is not trusted (seq resumes above the saved mark)",
             path,
             found.damaged,
         )
     return intake, found
+
+
+def _move_unreadable(path: Path, exc: OSError) -> bool:
+    """Rename an intake that cannot be read to ``<name>.corrupt-<UTC time>``; whether it moved (logged both ways)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    try:
+        path.rename(aside)
+        sync_dir(path.parent)
+    except OSError as err:
+        log.critical(
+            "outbox intake %s cannot be read (%s) nor moved aside (%s); its waiting alarms are lost; every event "
+            "is committed to SQLite; check the disk",
+            path,
+            exc,
+            err,
+        )
+        return False
+    log.critical(
+        "outbox intake %s cannot be read (%s); moved aside to %s, a new one started; its waiting alarms "
+        "are not sent and seq resumes above the last one saved; check the disk",
+        path,
+        exc,
+        aside,
+    )
+    return True
 
 
 class TakeIn:
@@ -109,6 +141,17 @@ class TakeIn:
             self._top = found.top
             self._reserved_top = found.top  # the next SQLite commit raises the file's counter to it
         self._intake = intake
+
+    def _settle_intake(self, intake: Intake) -> None:
+        """After SQLite counted the intake's losses (``open_or_recover``): make sure the next start does not again."""
+        try:
+            intake.settle()
+        except OSError as exc:
+            log.warning(
+                "outbox intake %s: cannot clear its damaged blocks (%s); the next start counts them again",
+                intake.path,
+                exc,
+            )
 
     def _drop_intake(self, exc: OSError) -> None:
         """No new events go to the intake; the file stays open for its events' done marks until the stop.
