@@ -43,6 +43,10 @@ class OutboxFullError(OutboxError):
     """The outbox has no room left for this event, even after eviction."""
 
 
+class OutboxBusyError(OutboxError):
+    """A commit has held the outbox past a reader's wait (a slow disk, another process's lock)."""
+
+
 class HardwareError(AgentError, RuntimeError):
     """A GPIO pin or other device could not be set up."""
 

@@ -30,6 +30,7 @@ from agent.uplink import LinkState
 from agent.watched_input import InputState
 
 log = logging.getLogger(__name__)
+OUTBOX_WAIT_S = 0.25  # a commit stuck in SQLite's busy timeout holds the outbox 10 s: status goes without it
 
 MAX_DETAIL = 120  # characters of a camera detail or warning in status: its size bound (docs/contract.md)
 MAX_WARNINGS = 3
@@ -266,7 +267,7 @@ class Health:
         the outbox too (once more, for one status), never in neither.
         """
         held = self.sources.held()
-        ob = self.outbox.stats()
+        ob = self.outbox.stats(wait_s=OUTBOX_WAIT_S)
         oldest = ob.oldest_age_s
         if held:
             held_age = max(0.0, round(self.clock.wall() - min(r.created for r in held), 3))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from agent.ballast import BALLAST_BYTES, keep, release
 from agent.closing import ClosingFile
-from agent.errors import OutboxError, OutboxFullError
+from agent.errors import OutboxBusyError, OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_acks import PUT_CHECKPOINT_PAGES, Acks
 from agent.outbox_db import (
@@ -357,8 +357,17 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
     def pending(self) -> int:
         return self._pending
 
-    def stats(self) -> OutboxStats:
-        with self._lock:
+    def stats(self, *, wait_s: float = -1) -> OutboxStats:
+        """The figures status shows; ``wait_s``: how long to wait for a commit in progress (-1: as long as it takes).
+
+        Raises:
+            OutboxBusyError: a commit held the outbox past ``wait_s`` (one stuck in
+                SQLite's busy timeout holds it for seconds; status must not wait).
+
+        """
+        if not self._lock.acquire(timeout=wait_s):
+            raise OutboxBusyError(f"a commit has held it over {wait_s:g} s (slow disk, or the database locked)")
+        try:
             self._check_open()
             self._refresh_limits()  # a disk that fills while nothing happens shows up in the next status
             row = self._conn.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
@@ -375,6 +384,8 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
                 disk_low=self._disk_low,
                 last_seq=max(self._top, last_seq(self._conn)),
             )
+        finally:
+            self._lock.release()
 
     def _check_open(self) -> None:
         if self._closed:

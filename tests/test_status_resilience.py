@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,6 +14,7 @@ import pytest
 
 from agent import health as health_module
 from agent.config.model import InputKind
+from agent.errors import OutboxError
 from agent.events import Clock, Event, EventType
 from agent.health import Health, StatusSources, TestMode
 from agent.outbox import Outbox
@@ -38,7 +41,7 @@ LINK = LinkState(
 PANIC = InputState("panic", InputKind.PANIC_BUTTON.value, 17, "ok", None, None, None)
 
 
-def disk_error(*_args: object) -> NoReturn:
+def disk_error(*_args: object, **_kw: object) -> NoReturn:
     raise sqlite3.OperationalError("disk I/O error")
 
 
@@ -182,3 +185,34 @@ def test_uplink__a_status_that_cannot_be_built_does_not_end_the_session(
         assert (uplink.state().reconnects, uplink.state().connected, links) == (0, True, [True])
     said = [r for r in caplog.records if "status document cannot be built" in r.getMessage()]
     assert len(said) == 1, "said once, not at every session or status"
+
+
+def test_status__a_commit_stuck_in_the_busy_timeout_does_not_hold_the_status(
+    tmp_path: Path, fake_time: FakeTime, validate: Validate
+) -> None:
+    """The status (a heartbeat, `campus-agent status`, doctor) waited as long as the commit: 10 s of SQLite's busy
+    timeout, when the outbox is in trouble and the technician asks; it goes with the counts kept in memory."""
+    ob = Outbox(tmp_path / "outbox.db", site="main", device="gate-1", busy_timeout_s=5.0)
+    ob.put(Event.create(fake_time.clock(), EventType.PANIC, "panic"))
+    blocker = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the database: the next commit waits its busy timeout
+
+    def camera_fault() -> None:
+        with contextlib.suppress(OutboxError):
+            ob.put(Event.create(fake_time.clock(), EventType.CAMERA_FAULT, "cam"))
+
+    stuck = threading.Thread(target=camera_fault, daemon=True)
+    try:
+        stuck.start()
+        eventually(lambda: ob._lock.locked() and stuck.is_alive(), timeout=5, what="the camera fault's commit waits")
+        doc = validate("status", make_health(ob, fake_time).status())
+        assert stuck.is_alive()  # answered while the commit still waits
+        assert doc["outbox"]["pending"] == 1
+        assert doc["warnings"][0].startswith(
+            "status incomplete, cannot read: outbox (OutboxBusyError: a commit has held"
+        )
+    finally:
+        blocker.rollback()
+        blocker.close()
+        stuck.join(10)
+        ob.close()
