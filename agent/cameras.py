@@ -11,6 +11,10 @@ Hysteresis: ``fail_after`` consecutive failures emit one ``camera_fault``; the
 first success after that, one ``camera_restored``.  ``ok`` is None until the
 first success or fault and then follows those events, so status and events
 never disagree; ``detail`` is always the latest probe's finding.
+
+A still holds the camera's lock while it captures; a probe that cannot get
+it is skipped as busy, until a still has held it for twice the still's time
+budget: then each such probe counts as failed (the camera or network is stuck).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from agent.closing import Closing
 from agent.config.model import CameraConfig, CameraKind
 from agent.errors import CameraError
 from agent.events import Clock, EventType, Stamp, iso_ms
+from agent.stills import still_budget_s
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,9 @@ class _Camera:
         self.first_failure = 0.0
         self.hung: threading.Thread | None = None  # a probe that overran its budget and is still running
         self.hung_since = 0.0
+        # A still ends within its budget (stills.py); one holding the camera twice that long is stuck.
+        self.stuck_after_s = 2 * still_budget_s(cfg)
+        self.busy_since: float | None = None  # monotonic s: a probe first found the camera held by a still
         self.probe_lock = threading.Lock()
         self.progress = 0.0  # monotonic time of its worker's last sign of life
 
@@ -119,6 +127,7 @@ class Cameras(Closing):
         while not self._stop.is_set():
             now = cam.progress = self._clock.mono()
             if now < due:
+                self._note_free(cam)
                 self._stop.wait(min(1.0, due - now))
                 continue
             due = now + cam.cfg.probe_interval_s
@@ -143,6 +152,8 @@ class Cameras(Closing):
         t0 = time.monotonic()
         if not self._lock_camera(cam):
             return self._busy(cam, t0)
+        with self._lock:
+            cam.busy_since = None  # ours now: a still that held it has let go
         try:
             result = self._bounded(cam)
         finally:
@@ -160,10 +171,29 @@ class Cameras(Closing):
                 return False
         return True
 
+    def _note_free(self, cam: _Camera) -> None:
+        """The camera was seen free: a still holding it later is a new one, timed afresh."""
+        if not cam.probe_lock.locked():
+            with self._lock:
+                cam.busy_since = None
+
     def _busy(self, cam: _Camera, t0: float) -> ProbeResult:
-        """A still holds the camera (a stuck one, perhaps, reported by the stills): not a failed probe."""
+        """A still holds the camera: no failure while a still may take that long, a failed probe once it is stuck.
+
+        Held since (at least) the first probe that found it held, and the camera
+        not seen free since.
+        """
+        with self._lock:
+            if cam.busy_since is None:
+                cam.busy_since = t0
+            held_s = time.monotonic() - cam.busy_since
+        if held_s > cam.stuck_after_s and not self._stop.is_set():
+            detail = f"a still has held the camera for {held_s:.0f} s: camera or network stuck"
+            result = ProbeResult(ok=False, detail=one_line(detail), elapsed_ms=elapsed_ms(t0))
+            self._record(cam, result)
+            return result
         result = ProbeResult(
-            ok=False, detail=one_line(f"not probed: busy with a still for {cam.limit_s:g} s"), elapsed_ms=elapsed_ms(t0)
+            ok=False, detail=one_line(f"not probed: busy with a still for {held_s:.1f} s"), elapsed_ms=elapsed_ms(t0)
         )
         log.info("camera %s: %s", cam.cfg.name, result.detail)
         with self._lock:

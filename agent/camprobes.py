@@ -3,7 +3,8 @@
 * ``http_snapshot``: GET the snapshot URL with requests (basic or digest auth,
   password from a file): status, content type, JPEG start and end markers,
   size and time taken.
-* ``rtsp``: an ``OPTIONS`` request over a plain socket, expecting ``RTSP/1.0 200``.
+* ``rtsp``: an ``OPTIONS`` request over a plain socket, expecting ``RTSP/1.0 200``;
+  a 401 is answered once with the camera's login (Digest MD5, or Basic).
 * ``picamera2``: libcamera lists the camera, a still arrives within the time
   budget, and the frame is neither uniformly dark (``covered``) nor identical
   to the previous one (``frozen``).
@@ -16,9 +17,15 @@ in ``cameras.py``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import http.client
 import importlib
+import os
+import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,7 +106,40 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
+def answer_problem(exc: BaseException, where: str) -> tuple[str, str] | None:
+    """(still reason, detail) when ``exc`` shows the camera did answer, but with a certificate or bytes we refuse.
+
+    A self-signed certificate or a head of 150 lines is no network trouble:
+    sending the technician after the network would waste the visit.
+    """
+    causes = _causes(exc)
+    for e in causes:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            why = e.verify_message or e.reason or "not verified"
+            return "unreachable", (
+                f"the certificate of {where} is not trusted: {why[:50]}; use http:// or a publicly trusted certificate"
+            )
+    cert = next((e for e in causes if isinstance(e, ssl.SSLError)), None)
+    if cert is not None:
+        return "unreachable", f"TLS with {where} failed ({cert.reason or cert}): check https:// against the camera"
+    odd = next((e for e in causes if _malformed_http(e)), None)
+    if odd is not None:
+        return "http_error", f"{where} answered, but not with a camera's HTTP: {type(odd).__name__}: {odd}"
+    return None
+
+
+def _malformed_http(exc: BaseException) -> bool:
+    """An HTTP head broken or too large (not a dropped connection, nor a wrong port's non-HTTP answer)."""
+    dropped = (http.client.RemoteDisconnected, http.client.IncompleteRead, http.client.BadStatusLine)
+    return isinstance(exc, http.client.HTTPException) and not isinstance(exc, dropped)
+
+
 def _network_detail(exc: BaseException, host: str, where: str, timeout_s: float) -> str:
+    problem = answer_problem(exc, where)
+    return problem[1] if problem is not None else _reach_detail(exc, host, where, timeout_s)
+
+
+def _reach_detail(exc: BaseException, host: str, where: str, timeout_s: float) -> str:
     causes = _causes(exc)
     names = {type(e).__name__ for e in causes}
     if any(isinstance(e, ConnectionRefusedError) for e in causes):
@@ -149,15 +189,18 @@ def probe_http(cfg: CameraConfig) -> ProbeResult:
 
     Checks, in order: the connection, the status code, the content type, the
     JPEG start (FF D8) and end (FF D9) markers and a plausible size.  Connect
-    and each read wait at most ``timeout_s`` seconds, and the body must be
-    complete ``timeout_s`` seconds after the start.  A redirect is reported,
+    and each read wait at most ``timeout_s`` seconds, the body must be
+    complete ``timeout_s`` seconds after the start, and the whole exchange (a
+    digest login's two round trips) ``2 * timeout_s``, however the camera
+    trickles.  A certificate the agent does not trust (it trusts public CAs
+    only) and a head no camera sends are named as such.  A redirect is reported,
     not followed.  The password (``auth``: basic or digest) goes to the
     camera only, never into a detail or a log.
     """
     import requests  # noqa: PLC0415 - only HTTP cameras pay for requests
     from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
-    from agent.stills import camera_get, camera_login  # noqa: PLC0415 - loaded with requests, for HTTP cameras
+    from agent.stills import AnswerTimeoutError, camera_get, camera_login  # noqa: PLC0415 - loaded with requests
 
     url = cfg.url or ""
     host, _, where = address_of(url, 443 if url.startswith("https:") else 80)
@@ -165,11 +208,15 @@ def probe_http(cfg: CameraConfig) -> ProbeResult:
 
     def check(t0: float) -> str:
         try:
-            with camera_get(url, auth, cfg.timeout_s, _USER_AGENT) as resp:
+            with camera_get(url, auth, cfg.timeout_s, _USER_AGENT, budget_s=2 * cfg.timeout_s) as resp:
                 if resp.status_code != 200:
                     raise CameraError(_http_status_detail(resp.status_code, host, has_login=auth is not None))
                 ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 body = _read_body(resp, t0 + cfg.timeout_s, where, cfg.timeout_s)
+        except AnswerTimeoutError:
+            raise CameraError(
+                f"{where} answered too slowly: unfinished after {2 * cfg.timeout_s:g} s; camera overloaded or bad link"
+            ) from None
         except (requests.RequestException, HTTPError) as exc:
             raise CameraError(_network_detail(exc, host, where, cfg.timeout_s)) from None
         if ctype not in _JPEG_TYPES:
@@ -194,43 +241,125 @@ def probe_http(cfg: CameraConfig) -> ProbeResult:
 
 
 def probe_rtsp(cfg: CameraConfig) -> ProbeResult:
-    """Send RTSP ``OPTIONS`` over a plain socket and expect ``RTSP/1.0 200``, all within ``timeout_s`` seconds.
+    """Send RTSP ``OPTIONS`` over a plain socket and expect ``RTSP/1.0 200``, within ``timeout_s`` seconds a try.
 
-    This proves the camera's streaming server answers, without pulling any video.
+    This proves the camera's streaming server answers, without pulling any
+    video.  A 401 is answered once with the camera's login (Digest MD5 when the
+    camera offers it, else Basic), so a try more: at most ``2 * timeout_s``.
+    The password goes to the camera only, never into a detail or a log.
     """
     url = cfg.url or ""
     host, port, where = address_of(url, 554)
     parts = urlsplit(url)
     target = urlunsplit(("rtsp", parts.netloc.rpartition("@")[2], parts.path or "/", parts.query, ""))
-    request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: {_USER_AGENT}\r\n\r\n".encode()
 
     def check(t0: float) -> str:
-        head = b""
-        try:
-            with socket.create_connection((host, port), timeout=cfg.timeout_s) as sock:
-                sock.sendall(request)
-                while b"\r\n\r\n" not in head and len(head) < _RTSP_MAX_HEAD:
-                    sock.settimeout(max(0.001, t0 + cfg.timeout_s - time.monotonic()))
-                    chunk = sock.recv(1024)
-                    if not chunk:
-                        break
-                    head += chunk
-        except OSError as exc:
-            if not head:  # once the status line is in, a reset or a stall still leaves enough to judge
-                raise CameraError(_network_detail(exc, host, where, cfg.timeout_s)) from None
-        if not head:
-            raise CameraError(f"{where} closed the connection without answering: not an RTSP server? check the port")
-        status = head.split(b"\r\n", 1)[0].decode("latin-1").strip()
-        if not status.startswith("RTSP/1.0 "):
-            raise CameraError(f"not an RTSP answer from {where} (got {status[:40]!r}): check the port in the URL")
-        if status.split()[1:2] != ["200"]:
-            hint = (
-                "the camera wants a login even for OPTIONS" if " 401" in status else "check the stream path in the URL"
+        head = _rtsp_options(host, port, where, target, cseq=1, login=None, timeout_s=cfg.timeout_s)
+        status = _rtsp_status(head, where)
+        if " 401" in status and cfg.username is not None:
+            login = _rtsp_login(cfg, _rtsp_challenges(head), target)
+            if login is None:
+                offered = ", ".join(sorted({c[0] for c in _rtsp_challenges(head)})) or "none"
+                raise CameraError(
+                    f"{status[:60]} from {host}: it asks for a login the probe cannot send (offers {offered[:30]})"
+                )
+            status = _rtsp_status(
+                _rtsp_options(host, port, where, target, cseq=2, login=login, timeout_s=cfg.timeout_s), where
             )
-            raise CameraError(f"{status[:60]} from {host}: {hint}")
+        if status.split()[1:2] != ["200"]:
+            raise CameraError(f"{status[:60]} from {host}: {_rtsp_hint(status, has_login=cfg.username is not None)}")
         return f"{status[:60]} in {elapsed_ms(t0)} ms"
 
     return _timed(check)
+
+
+def _rtsp_hint(status: str, *, has_login: bool) -> str:
+    if " 401" not in status:
+        return "check the stream path in the URL"
+    if has_login:
+        return "login refused; check the camera's username and password_file"
+    return "the camera wants a login even for OPTIONS; set username and password_file"
+
+
+def _rtsp_options(
+    host: str, port: int, where: str, target: str, *, cseq: int, login: str | None, timeout_s: float
+) -> bytes:
+    """One ``OPTIONS`` exchange on its own connection: the answer's head, all within ``timeout_s`` seconds."""
+    t0 = time.monotonic()
+    auth = f"Authorization: {login}\r\n" if login else ""
+    request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: {cseq}\r\n{auth}User-Agent: {_USER_AGENT}\r\n\r\n".encode()
+    head = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(request)
+            while b"\r\n\r\n" not in head and len(head) < _RTSP_MAX_HEAD:
+                sock.settimeout(max(0.001, t0 + timeout_s - time.monotonic()))
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError as exc:
+        if not head:  # once the status line is in, a reset or a stall still leaves enough to judge
+            raise CameraError(_network_detail(exc, host, where, timeout_s)) from None
+    if not head:
+        raise CameraError(f"{where} closed the connection without answering: not an RTSP server? check the port")
+    return head
+
+
+def _rtsp_status(head: bytes, where: str) -> str:
+    status = head.split(b"\r\n", 1)[0].decode("latin-1").strip()
+    if not status.startswith("RTSP/1.0 "):
+        raise CameraError(f"not an RTSP answer from {where} (got {status[:40]!r}): check the port in the URL")
+    return status
+
+
+_AUTH_PARAM = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+def _rtsp_challenges(head: bytes) -> list[tuple[str, dict[str, str]]]:
+    """Each ``WWW-Authenticate`` of an RTSP head: (scheme in lower case, its parameters with lower-case names)."""
+    found = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() != "www-authenticate" or not value.strip():
+            continue
+        scheme, _, rest = value.strip().partition(" ")
+        params = {m[1].lower(): m[3] if m[2] is None else m[2].replace("\\", "") for m in _AUTH_PARAM.finditer(rest)}
+        found.append((scheme.lower(), params))
+    return found
+
+
+def _rtsp_login(cfg: CameraConfig, challenges: list[tuple[str, dict[str, str]]], target: str) -> str | None:
+    """The ``Authorization`` value answering the camera's challenge (Digest MD5 first), or None if none fits."""
+    user = cfg.username or ""
+    secret = cfg.password.reveal() if cfg.password is not None else ""
+    for scheme, params in challenges:
+        if scheme == "digest" and params.get("algorithm", "MD5").upper() == "MD5" and "nonce" in params:
+            return _digest(user, secret, params, target)
+    if any(scheme == "basic" for scheme, _ in challenges):
+        return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+    return None
+
+
+def _digest(user: str, secret: str, params: dict[str, str], uri: str) -> str:
+    """RFC 2617 Digest (MD5, ``qop=auth`` when offered) for ``OPTIONS uri``."""
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+    realm, nonce = params.get("realm", ""), params["nonce"]
+    ha1, ha2 = md5(f"{user}:{realm}:{secret}"), md5(f"OPTIONS:{uri}")
+    fields = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
+    if "auth" in [q.strip() for q in params.get("qop", "").split(",")]:
+        cnonce = os.urandom(8).hex()
+        response = md5(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}")
+        fields += ["qop=auth", "nc=00000001", f'cnonce="{cnonce}"']
+    else:
+        response = md5(f"{ha1}:{nonce}:{ha2}")
+    fields.append(f'response="{response}"')
+    if "opaque" in params:
+        fields.append(f'opaque="{params["opaque"]}"')
+    return "Digest " + ", ".join(fields)
 
 
 def _sample(frame: Any) -> bytes:

@@ -6,8 +6,9 @@ and ``limit_s``, the budget (s) a capture gets before :mod:`agent.snapshots`
 gives up on it as ``hung``.  Neither keeps the camera open between stills.
 
 The HTTP fetch is shared with the health probe (``camprobes.probe_http``):
-:func:`camera_get` follows no redirect and reads no 401's body (requests
-reads either whole, however large), and :func:`read_capped` reads the body
+:func:`camera_get` follows no redirect, reads no 401's body (requests
+reads either whole, however large) and shuts its connections down at the
+exchange's deadline (a head trickled a byte at a time), and :func:`read_capped` reads the body
 one receive at a time against a deadline and a cap, uncompressed only, so a
 camera that trickles, stalls or sends a bomb costs neither time nor memory.
 """
@@ -18,15 +19,19 @@ import contextlib
 import functools
 import importlib
 import io
+import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from agent.config.model import CameraConfig
+from agent.config.model import CameraConfig, CameraKind
 from agent.config.snapshots import SnapshotsConfig
 from agent.errors import CameraError, printable
 
 if TYPE_CHECKING:
     import requests
+    from requests.adapters import HTTPAdapter
     from requests.auth import AuthBase, HTTPDigestAuth
 
 _WARMUP_FRAMES = 3  # auto exposure settles within a few frames after start
@@ -35,6 +40,7 @@ _QUALITY_FLOOR = 30  # ... but not below this: a smaller but useless photo helps
 _PI_START_S = 2.0  # seconds a Pi camera may take to open and start on top of timeout_s
 _USER_AGENT = "campus-edge-agent snapshot"
 _READ = 65536  # bytes at most per read of a body
+_LATE_POLL_S = 0.05  # after the deadline, how often a connection still being opened is looked for
 
 REASONS = (
     "unreachable",
@@ -96,6 +102,10 @@ class BodyTimeoutError(CameraError, TimeoutError):
     """A camera's answer was still unfinished at its deadline."""
 
 
+class AnswerTimeoutError(CameraError, TimeoutError):
+    """A camera's whole answer (head and body) was unfinished at the deadline of :func:`camera_get`."""
+
+
 class BodyEncodedError(CameraError):
     """A camera's answer came compressed (``Content-Encoding``) though asked for none; the message is the coding."""
 
@@ -130,21 +140,140 @@ def _no_redirects() -> type[requests.Session]:
     return _NoRedirects
 
 
-def camera_get(url: str, auth: AuthBase | None, timeout_s: float, user_agent: str) -> requests.Response:
-    """GET ``url`` for a JPEG, body not yet read; a redirect is returned as it is, its body unread.
+def still_budget_s(cfg: CameraConfig) -> float:
+    """The time (s) one still may take: a Pi camera opens and starts, digest auth takes two round trips."""
+    return cfg.timeout_s + _PI_START_S if cfg.kind is CameraKind.PICAMERA2 else 2 * cfg.timeout_s + 1.0
 
-    Connect and each read of the head wait at most ``timeout_s`` seconds; read
-    the body with :func:`read_capped`.
+
+class _Deadline:
+    """Shuts a camera's connections down at a deadline: requests' timeouts bound each read, never the exchange.
+
+    A camera that sends its head a byte at a time, each well inside the read
+    timeout, would otherwise hold the caller (and the camera's lock) for ever.
     """
-    with _no_redirects()() as session:
-        return session.get(
-            url,
-            auth=auth,
-            stream=True,
-            allow_redirects=False,
-            timeout=(timeout_s, timeout_s),
-            headers={"Accept": "image/jpeg", "Accept-Encoding": "identity", "User-Agent": user_agent},
-        )
+
+    def __init__(self, budget_s: float) -> None:
+        self.expired = False
+        self._conns: list[Any] = []
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = self._arm(budget_s)
+
+    def _arm(self, after_s: float) -> threading.Timer:
+        timer = threading.Timer(after_s, self._fire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def watch(self, conn: Any) -> None:
+        """Shut ``conn`` down at the deadline (a urllib3 connection, its socket opened later)."""
+        with self._lock:
+            self._conns.append(conn)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for conn in self._conns:
+                sock = getattr(conn, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # already closed, or a TLS socket not yet wrapped
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            self._timer = self._arm(_LATE_POLL_S)  # a connection still being opened gets its socket later
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._done = True
+            self._timer.cancel()
+
+
+@functools.cache
+def _deadline_adapter() -> Callable[[_Deadline], HTTPAdapter]:
+    from requests.adapters import HTTPAdapter  # noqa: PLC0415 - only HTTP cameras pay for requests
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager  # noqa: PLC0415
+    from urllib3.connection import HTTPConnection, HTTPSConnection  # noqa: PLC0415
+
+    class _Http(HTTPConnectionPool):
+        deadline: _Deadline
+
+        def _new_conn(self) -> HTTPConnection:
+            conn: HTTPConnection = super()._new_conn()  # type: ignore[assignment]
+            self.deadline.watch(conn)
+            return conn
+
+    class _Https(HTTPSConnectionPool):
+        deadline: _Deadline
+
+        def _new_conn(self) -> HTTPSConnection:
+            conn: HTTPSConnection = super()._new_conn()  # type: ignore[assignment]
+            self.deadline.watch(conn)
+            return conn
+
+    class _Pools(PoolManager):
+        def __init__(self, deadline: _Deadline, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.deadline = deadline
+            self.pool_classes_by_scheme = {"http": _Http, "https": _Https}
+
+        def _new_pool(
+            self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+        ) -> HTTPConnectionPool:
+            pool = super()._new_pool(scheme, host, port, request_context)
+            pool.deadline = self.deadline  # type: ignore[attr-defined]
+            return pool
+
+    class _DeadlineAdapter(HTTPAdapter):
+        """Every connection it opens is shut down at the deadline."""
+
+        def __init__(self, deadline: _Deadline) -> None:
+            self.deadline = deadline
+            super().__init__()
+
+        def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: Any) -> None:
+            self._pool_connections, self._pool_maxsize, self._pool_block = connections, maxsize, block
+            self.poolmanager = _Pools(self.deadline, num_pools=connections, maxsize=maxsize, block=block, **kw)
+
+    return _DeadlineAdapter
+
+
+@contextlib.contextmanager
+def camera_get(
+    url: str, auth: AuthBase | None, timeout_s: float, user_agent: str, *, budget_s: float
+) -> Iterator[requests.Response]:
+    """GET ``url`` for a JPEG, the body left for :func:`read_capped`; a redirect is returned as it is, body unread.
+
+    Connect and each read wait at most ``timeout_s`` seconds, and the whole
+    exchange (head, body, a digest login's second round trip) ``budget_s``
+    seconds: then its connections are shut down.
+
+    Raises:
+        AnswerTimeoutError: the exchange was unfinished within ``budget_s`` (whatever broke of it).
+
+    """
+    deadline = _Deadline(budget_s)
+    try:
+        with _no_redirects()() as session:
+            adapter = _deadline_adapter()(deadline)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            with session.get(
+                url,
+                auth=auth,
+                stream=True,
+                allow_redirects=False,
+                timeout=(timeout_s, timeout_s),
+                headers={"Accept": "image/jpeg", "Accept-Encoding": "identity", "User-Agent": user_agent},
+            ) as resp:
+                yield resp
+    except Exception:
+        if deadline.expired:
+            raise AnswerTimeoutError(f"unfinished within {budget_s:g} s") from None
+        raise
+    finally:
+        deadline.cancel()
+    if deadline.expired:  # the body may have ended early because its socket was shut down
+        raise AnswerTimeoutError(f"unfinished within {budget_s:g} s")
 
 
 def camera_login(cfg: CameraConfig) -> AuthBase | None:
@@ -204,22 +333,29 @@ class HttpStill:
         self.cfg = cfg
         self.url = url
         self.max_bytes = max_bytes
-        self.limit_s = 2 * cfg.timeout_s + 1.0  # digest auth takes two round trips
+        self.limit_s = still_budget_s(cfg)
 
     def take(self) -> bytes:
         import requests  # noqa: PLC0415 - only agents with HTTP cameras pay for requests
         from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
+        from agent.camprobes import address_of, answer_problem  # noqa: PLC0415 - camprobes loads stills lazily
+
         cfg = self.cfg
         auth = camera_login(cfg)
         t0 = time.monotonic()
         try:
-            with camera_get(self.url, auth, cfg.timeout_s, _USER_AGENT) as resp:
+            with camera_get(self.url, auth, cfg.timeout_s, _USER_AGENT, budget_s=self.limit_s) as resp:
                 self._check_status(resp.status_code, has_login=auth is not None)
                 body = self._read(resp, t0)
+        except AnswerTimeoutError:
+            raise SnapshotError("timeout", f"still from {cfg.name} unfinished within {self.limit_s:g} s") from None
         except (requests.RequestException, HTTPError) as exc:
             if isinstance(exc, requests.Timeout) or _read_timed_out(exc):
                 raise SnapshotError("timeout", f"no still from {cfg.name} within {cfg.timeout_s:g} s") from None
+            answer = answer_problem(exc, address_of(self.url, 443 if self.url.startswith("https:") else 80)[2])
+            if answer is not None:
+                raise SnapshotError(answer[0], f"{cfg.name}: {answer[1]}") from None
             raise SnapshotError(
                 "unreachable",
                 f"cannot fetch a still from {cfg.name} ({type(exc).__name__}); check the network and snapshot URL",
@@ -270,7 +406,7 @@ class PiStill:
         self.size = (snaps.width, snaps.height)
         self.quality = snaps.quality
         self.max_bytes = max_bytes
-        self.limit_s = cfg.timeout_s + _PI_START_S
+        self.limit_s = still_budget_s(cfg)
         self._module: Any = None
 
     def take(self) -> bytes:
