@@ -23,6 +23,7 @@ from agent.recorder import Hooks
 from agent.statefile import State
 
 if TYPE_CHECKING:
+    from agent.chores import Chores
     from agent.health import Heartbeat, TestMode
     from agent.indicators import Indicators
     from agent.inputs import Inputs
@@ -50,6 +51,7 @@ class ButtonPath:
         heartbeat: Heartbeat
         test_mode: TestMode
         transmission: Transmission
+        chores: Chores
         _silent: dict[str, bool]
         _state: StateFile
         _state_lock: threading.Lock
@@ -134,14 +136,18 @@ class ButtonPath:
             log.warning("test mode resumed after the restart, until %s: presses go out as tests", until)
 
     def _snapshot_failed(self, event_id: str, camera: str, reason: str, detail: str) -> None:
-        """A photo of alarm ``event_id`` will not come: say why, as an event of its own (any thread)."""
-        assert self.recorder is not None
-        self.recorder.record(
-            EventType.SNAPSHOT_FAILED,
-            camera,
-            self.clock.stamp(),
-            {"event_id": event_id, "reason": reason, "detail": detail[:200]},
-        )
+        """A photo of alarm ``event_id`` will not come: say why, as an event of its own (any thread).
+
+        Stamped now, committed on the chores thread: ``busy`` (an alarm storm) and
+        ``stopped`` come from the inputs thread's deferred step, where a commit
+        (up to the recorder's write wait, then an fsync) held the next press.  One
+        queue for every thread's reports keeps them in the order they were made.
+        """
+        recorder = self.recorder
+        assert recorder is not None
+        stamp = self.clock.stamp()
+        data = {"event_id": event_id, "reason": reason, "detail": detail[:200]}
+        self.chores.run_soon(lambda: recorder.record(EventType.SNAPSHOT_FAILED, camera, stamp, data))
 
     def _delivered(self, row: OutboxRow) -> None:
         assert self.recorder is not None

@@ -5,6 +5,10 @@ the state file there (two fsyncs) would hold the PUBLISH of an alarm pressed
 meanwhile, and the heartbeat's thread may itself be waiting (a status waits on
 the outbox behind a slow commit).  So the command hands "save, then reply" to
 this thread: the reply goes only once what it says survives a restart.
+
+A ``snapshot_failed`` event is committed here too (agent/buttonpath.py): in an
+alarm storm, or while the agent stops, the inputs thread reports stills it
+cannot queue, and a commit there would hold the next press.
 """
 
 from __future__ import annotations

@@ -252,11 +252,13 @@ class Agent(ButtonPath, Closing):
             ("cameras", self.cameras.close if self.cameras is not None else None),
             ("heartbeat", self.heartbeat.close),
             ("uplink", self.uplink.stop if self.uplink is not None else None),
-            ("chores", self.chores.close),  # after the uplink: no command (and its save) comes after this
             ("photos", self.photos.close if self.photos is not None else None),
             ("transmission figures", self.transmission.close),
             ("indicators", self.indicators.close if self.indicators is not None else None),
             ("inputs", self.inputs.close if self.inputs is not None else None),
+            # After the uplink (no command, and its save, comes after this) and the inputs (their last
+            # poll's snapshot_failed reports are recorded here, off their thread), before the recorder.
+            ("chores", self.chores.close),
             ("recorder", self.recorder.close if self.recorder is not None else None),
             ("pin factory", lambda: close_pin_factory(self._factory)),
             ("state file", self.save_state),

@@ -21,10 +21,17 @@ aside (``photos.db.damaged-<time>``) and a new one started: photos are
 evidence, but never worth stopping the agent for.  A file that cannot be
 opened for any other reason (a full disk, an I/O or permission error) is left
 as it is: the store runs without it (:attr:`PhotoStore.error`; every still is
-reported ``store_error``) and tries again at the first still after a backoff
-(:data:`RETRY_FIRST_S` doubling to :data:`RETRY_MAX_S`): an open runs
-``quick_check``, seconds of disk reads on a big file, which no still should
-pay for again and again beside the button's path.
+reported ``store_error``) and tries again after a backoff
+(:data:`RETRY_FIRST_S` doubling to :data:`RETRY_MAX_S`), on a camera worker
+(at a still, or idle: :meth:`PhotoStore.reopen`), never on the sender's
+thread: an open runs ``quick_check``, seconds of disk reads on a big file,
+which no still should pay for again and again beside the button's path.  A file that fails later,
+while open (an I/O error, a read-only remount, pages damaged under the
+connection), is treated the same: the connection is dropped, :attr:`error`
+says why, and the file is opened again after the same backoff, with the same
+recovery (a damaged one is moved aside then).  A busy file (another process
+writing it) or a full disk is not the file's failure: the call fails, the
+connection stays (the sender keeps a delete it could not make in memory).
 
 Photos never take the outbox's room either: a photo is stored only while the
 filesystem keeps the outbox's headroom free (``HEADROOM_BYTES``, what it
@@ -39,7 +46,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +179,23 @@ class PhotoStore(ClosingFile):
             log.info("photo store %s still unavailable; next try in %g s", self.path, self._retry_s)
         self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
 
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Under the lock: a working file that fails (I/O, read-only, damaged) is dropped until its backoff is over.
+
+        Without this, :attr:`error` stayed unset while every still failed, and a
+        file damaged at runtime was never moved aside until a restart.
+        """
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if not _passing(exc) and self._conn is not None:
+                conn, self._conn = self._conn, None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+                self._open_failed(exc)
+            raise
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
         try:
@@ -221,6 +245,21 @@ class PhotoStore(ClosingFile):
             raise OutboxError(f"{why}; next try in {left:.0f} s")
         return self._conn
 
+    def reopen_in(self) -> float | None:
+        """Seconds (0: now) until the dropped or unopened file is tried again; None while it is open or closed."""
+        if self._conn is not None or self._closed:
+            return None
+        return max(0.0, self._retry_at - self._mono())
+
+    def reopen(self) -> None:
+        """Try the file again once its backoff is over, so photos waiting in it go out without a new still.
+
+        A camera worker calls it when idle: an open may take seconds (``quick_check``).
+        """
+        with self._lock:
+            if self._conn is None and not self._closed and self._mono() >= self._retry_at:
+                self._open()
+
     def _room(self, stored: int, size: int) -> int:
         """Bytes of photos the store may hold with this one: its cap, or less to leave the outbox its headroom."""
         st = os.statvfs(self.path.parent)
@@ -243,7 +282,7 @@ class PhotoStore(ClosingFile):
         size = len(photo.jpeg)
         if size > self.cap_bytes:
             raise OutboxError(f"photo of {size} bytes is larger than the photo store's cap ({self.cap_bytes} bytes)")
-        with self._lock:
+        with self._lock, self._guarded():
             conn = self._live()
             room = self._room(self._counts[1], size)
             if size > room:
@@ -293,7 +332,7 @@ class PhotoStore(ClosingFile):
 
     def pending(self, limit: int = 8) -> list[Photo]:
         """The oldest ``limit`` photos still waiting for a PUBACK, oldest first (waits for the store)."""
-        with self._lock:
+        with self._lock, self._guarded():
             rows = (
                 self._live()
                 .execute(
@@ -319,14 +358,15 @@ class PhotoStore(ClosingFile):
         try:
             if self._conn is None and not self._closed:
                 return None  # no file, no photos: reopening is the camera workers' to try
-            conn = self._live(reopen=False)
-            rows = conn.execute("SELECT seq, event_id, camera FROM photos ORDER BY seq").fetchall()  # no blobs
-            seq = next((seq for seq, eid, cam in rows if (eid, cam) not in skip), None)
-            if seq is None:
-                return None
-            e, c, j, t, p, n = conn.execute(
-                "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos WHERE seq = ?", (seq,)
-            ).fetchone()
+            with self._guarded():
+                conn = self._live(reopen=False)
+                rows = conn.execute("SELECT seq, event_id, camera FROM photos ORDER BY seq").fetchall()  # no blobs
+                seq = next((seq for seq, eid, cam in rows if (eid, cam) not in skip), None)
+                if seq is None:
+                    return None
+                e, c, j, t, p, n = conn.execute(
+                    "SELECT event_id, camera, jpeg, taken_ms, part, parts FROM photos WHERE seq = ?", (seq,)
+                ).fetchone()
             self._hand(str(e), str(c), int(seq))
         finally:
             self._lock.release()
@@ -345,7 +385,7 @@ class PhotoStore(ClosingFile):
         With ``camera``, only the copy :meth:`oldest` last gave for it, if it gave one: a
         retried capture stored since is a copy of its own, sent and deleted on its own PUBACK.
         """
-        with self._lock:
+        with self._lock, self._guarded():
             return self._delete(self._live(), event_id, camera)
 
     def try_ack(self, event_id: str, camera: str) -> bool:
@@ -359,12 +399,13 @@ class PhotoStore(ClosingFile):
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            conn = self._live(reopen=False)
-            conn.execute("PRAGMA busy_timeout = 0")  # another process writing the file: try again later
-            try:
-                self._delete(conn, event_id, camera)
-            finally:
-                conn.execute("PRAGMA busy_timeout = 10000")
+            with self._guarded():
+                conn = self._live(reopen=False)
+                conn.execute("PRAGMA busy_timeout = 0")  # another process writing the file: try again later
+                try:
+                    self._delete(conn, event_id, camera)
+                finally:
+                    conn.execute("PRAGMA busy_timeout = 10000")
         finally:
             self._lock.release()
         return True
@@ -402,3 +443,9 @@ class PhotoStore(ClosingFile):
         pending, stored, dropped = self._counts
         state = f"pending={pending} bytes={stored}/{self.cap_bytes} dropped={dropped}"
         return state if self.error is None else f"{state} unavailable"
+
+
+def _passing(exc: sqlite3.Error) -> bool:
+    """Another process holds the file, or the disk is full: the file is fine, only this call failed."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL")) or "database is locked" in str(exc)

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 OnFailed = Callable[[str, str, str, str], None]  # (event_id, camera, reason, detail)
 QUEUE_PER_CAMERA = 8  # stills waiting per camera; beyond it an alarm storm gets "busy", not a backlog
+_REOPEN_MIN_WAIT_S = 0.05  # a worker idle while the photo store is down never spins on its reopen
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class Snapshots(Closing):
 
     def _run(self, w: _Worker) -> None:
         while True:
-            job = w.jobs.get()
+            job = self._next_job(w)
             if job is None or self._stop.is_set():
                 if job is not None:
                     self._failed(job.event_id, w.cfg.name, SnapshotError("stopped", "the agent stopped first"))
@@ -167,6 +168,15 @@ class Snapshots(Closing):
                 self._take(w, job)
             except Exception:  # a surprise in the bookkeeping must not end this camera's photos
                 log.exception("snapshot %s for %s: unexpected failure", w.cfg.name, job.event_id)
+
+    def _next_job(self, w: _Worker) -> _Job | None:
+        """The next job; while the store cannot be used, wake when its backoff ends to open it again."""
+        while True:
+            wait = self._store.reopen_in()
+            try:
+                return w.jobs.get(timeout=None if wait is None else max(wait, _REOPEN_MIN_WAIT_S))
+            except queue.Empty:
+                self._call(self._store.reopen)
 
     def _take(self, w: _Worker, job: _Job) -> None:
         name = w.cfg.name
