@@ -65,15 +65,14 @@ class Notices:
 
     def lines(self) -> list[str]:
         """Most urgent first: the status keeps only the first few."""
-        out = list(self.hardware)
+        held = self.held()
+        out = [f"{held} events held in memory: outbox cannot write"] if held else []  # alarms at risk: first
+        out.extend(self.hardware)
         failing = self.outputs()
         if failing:
             out.append(f"LED/buzzer pin failing: {', '.join(failing)} cannot be switched (see the log)")
         cert = self.cert_warning()
         if cert:
             out.append(cert)
-        held = self.held()
-        if held:
-            out.append(f"{held} events held in memory: outbox cannot write")
         out.extend(self.cfg.warnings)  # weakened security the config asks for (agent/config/model.py)
         return out

@@ -66,15 +66,20 @@ def test_notices__a_failing_output_pin_is_a_warning(tmp_path: Path, mock_factory
 
 
 def test_notices__order_most_urgent_first(tmp_path: Path, fake_time: FakeTime) -> None:
-    """The status keeps the first three lines: hardware first, then the outputs, then held events."""
+    """The status keeps the first three lines: held events first (alarms at risk), then hardware, then the outputs.
+
+    Held events came third: behind two hardware lines and the status's own "incomplete" line, the one warning
+    that means alarms are at risk never reached the status or doctor.
+    """
     notices = Notices(
         config(tmp_path), wall=fake_time.wall, mono=fake_time, held=lambda: 2, outputs=lambda: ["buzzer on GPIO23"]
     )
     notices.hardware.append("LED/buzzer unavailable: GPIO22 busy")
+    notices.hardware.append("LED/buzzer unavailable: GPIO24 busy")
     assert notices.lines()[:3] == [
-        "LED/buzzer unavailable: GPIO22 busy",
-        "LED/buzzer pin failing: buzzer on GPIO23 cannot be switched (see the log)",
         "2 events held in memory: outbox cannot write",
+        "LED/buzzer unavailable: GPIO22 busy",
+        "LED/buzzer unavailable: GPIO24 busy",
     ]
 
 
