@@ -372,17 +372,27 @@ def under_systemd(systemctl: str | None, pid1_comm: Path) -> bool:
         return False
 
 
-def check_systemd(systemctl: str | None, pid1_comm: Path = Path("/proc/1/comm"), unit: str = SERVICE) -> Check:
+def check_systemd(
+    systemctl: str | None, pid1_comm: Path = Path("/proc/1/comm"), unit: str = SERVICE, *, agent_listens: bool = False
+) -> Check:
     """``systemctl is-active`` and ``is-enabled`` of the service, when systemd runs this machine."""
     if systemctl is None or not under_systemd(systemctl, pid1_comm):
         return Check.ok("not under systemd: service state not checked (skipped)")
-    active = _systemctl(systemctl, "is-active", unit)
     enabled = _systemctl(systemctl, "is-enabled", unit)
-    state = f"service {unit}: {active}, {enabled}"
     if "not-found" in enabled or "No such file" in enabled:
         return Check.warn(f"service {unit} is not installed", "install it: sudo scripts/install.sh")
-    if active == "failed":
-        return Check.fail(state, f"read why: journalctl -u {unit} -n 50; then systemctl restart {unit}")
+    return _service_state(unit, _systemctl(systemctl, "is-active", unit), enabled, agent_listens=agent_listens)
+
+
+def _service_state(unit: str, active: str, enabled: str, *, agent_listens: bool) -> Check:
+    """Restarted forever (``StartLimitIntervalSec=0``), a crash loop shows "activating", never "failed"."""
+    state = f"service {unit}: {active}, {enabled}"
+    if active == "failed" or (active == "activating" and not agent_listens):
+        loop = ", no agent answers: it exits at start and is restarted over and over (or is only starting)"
+        what = state if active == "failed" else state + loop
+        return Check.fail(what, f"read why: journalctl -u {unit} -n 50; fix it, then systemctl restart {unit}")
+    if active == "activating":
+        return Check.warn(f"{state}: the agent is starting", "run doctor again in a minute")
     if active != "active":
         return Check.warn(state, f"start it: systemctl enable --now {unit}")
     if enabled not in ("enabled", "enabled-runtime", "static"):

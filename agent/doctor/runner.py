@@ -42,6 +42,7 @@ from agent.doctor.checks import (
     split_hint,
     utc_now,
 )
+from agent.doctor.running import check_held_pins, check_running_agent
 from agent.doctor.tls import check_client_cert
 from agent.errors import ConfigError, ControlError, HardwareError
 from agent.events import kernel_clock_synced
@@ -51,7 +52,6 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 5.0
 _CONTROL_TIMEOUT_S = 2.0
-_BACKLOG_WARN_S = 60.0
 _MIN_SECRET = 4  # characters; shorter values would blank out ordinary words
 
 
@@ -105,99 +105,6 @@ def probe_agent(path: Path, timeout_s: float = _CONTROL_TIMEOUT_S) -> AgentProbe
         return AgentProbe(problem=str(exc), denied=denied)
 
 
-def _same_file(a: str | None, b: Path) -> bool:
-    try:
-        return a is None or Path(a).resolve() == b.resolve()
-    except OSError:
-        return True
-
-
-def _link_checks(broker: object, link: dict[str, Any]) -> list[Check]:
-    """The connected agent's link as its status shows it: MQTT version, retain, commands."""
-    proto = f" (MQTT {link['protocol']})" if link.get("protocol") else ""
-    found = [Check.ok(f"agent connected to broker {broker}{proto}")]
-    if link.get("retain") is False:
-        found.append(
-            Check.warn(
-                "agent: retain unavailable on this broker; status and will are sent without retain",
-                "ask the broker's admin to allow retain (mosquitto: retain_available true)",
-            )
-        )
-    cmds = link.get("commands") or {}
-    if cmds.get("available") is False and cmds.get("reason") != "subscribing":  # a fresh connection is no fault
-        found.append(
-            Check.warn(
-                f"agent: commands unavailable ({cmds.get('reason')}); events are still delivered",
-                "check the broker's ACL and log for the cmd/+ subscription",
-            )
-        )
-    return found
-
-
-def check_running_agent(reply: dict[str, Any], cfg: Config) -> list[Check]:
-    """The running agent's own view: itself, its broker link, and its outbox backlog."""
-    st, link = reply.get("status", {}), reply.get("link", {})
-    agent = st.get("agent", {})
-    found = [Check.ok(f"agent running: version {agent.get('version', '?')}, up {agent.get('uptime_s', '?')} s")]
-    if not _same_file(reply.get("config"), cfg.source):
-        found.append(
-            Check.warn(
-                f"the running agent uses {reply.get('config')}, not {cfg.source}",
-                f"run doctor -c {reply.get('config')}, or restart the agent with this file",
-            )
-        )
-    if link.get("connected"):
-        found.extend(_link_checks(link.get("broker"), st.get("link", {})))
-    else:
-        found.append(
-            Check.fail(
-                f"agent not connected to a broker: {link.get('last_error') or 'connecting'}",
-                "see the broker lines below; presses are kept in the outbox meanwhile",
-            )
-        )
-    ob = st.get("outbox", {})
-    pending, dropped, age = int(ob.get("pending", 0)), int(ob.get("dropped", 0)), ob.get("oldest_age_s")
-    depth = f"agent outbox: {pending} events waiting" + (f", oldest {age:.0f} s" if age is not None else "")
-    if ob.get("disk_low"):
-        found.append(Check.warn(f"{depth}; disk nearly full, outbox capped", "free disk space on the outbox's disk"))
-    elif dropped:
-        found.append(
-            Check.warn(
-                f"{depth}; {dropped} non-alarm events dropped for lack of room",
-                "free disk space or raise outbox.max_mb",
-            )
-        )
-    elif pending and age is not None and age > _BACKLOG_WARN_S:
-        found.append(Check.warn(depth, "they go out once the broker link works: see the broker lines"))
-    else:
-        found.append(Check.ok(depth))
-    return found
-
-
-def check_held_pins(reply: dict[str, Any], cfg: Config) -> list[Check]:
-    """The inputs as the agent that holds their pins sees them."""
-    inputs: dict[str, Any] = reply.get("status", {}).get("inputs", {})
-    pins = {i.name: i.pin for i in cfg.inputs}
-    shown = ", ".join(f"{name} {i.get('state')} (GPIO{pins.get(name, '?')})" for name, i in inputs.items())
-    found = [Check.ok(f"GPIO held by the running agent: {shown or 'no inputs'}")]
-    for name, i in inputs.items():
-        if i.get("state") == "fault":
-            found.append(
-                Check.warn(
-                    f"input {name} reports a fault (stuck, or an open loop)",
-                    "check the button for a jam and the wiring for a cut or loose wire",
-                )
-            )
-        elif i.get("state") == "active":
-            found.append(
-                Check.warn(
-                    f"input {name} is active right now (pressed, or its loop is open)",
-                    "release it; if nobody presses it, check the wiring",
-                )
-            )
-    return found
-
-
 # ---- the run -------------------------------------------------------------------------
 
 
@@ -228,7 +135,8 @@ def _agent(cfg: Config, agent: AgentProbe) -> list[Check]:
         return [
             Check.warn(
                 f"cannot ask the agent on {cfg.control.socket}: no permission",
-                "run doctor with sudo, or add this user to the campus-agent group",
+                "run doctor with sudo (it reads the secrets too); for campus-agent status without sudo: "
+                "usermod -aG campus-agent-ctl <user>",
             )
         ]
     if agent.problem is not None:
@@ -238,7 +146,8 @@ def _agent(cfg: Config, agent: AgentProbe) -> list[Check]:
                 "restart it: systemctl restart campus-agent",
             )
         ]
-    return []
+    # OK: on a bench doctor may well run first; under systemd the service line below judges it.
+    return [Check.ok(f"agent not running (nothing on {cfg.control.socket}): doctor checks the GPIO pins itself")]
 
 
 Step = Callable[[], Iterable[Check]]
@@ -260,7 +169,8 @@ def checks(cfg: Config, timeout_s: float, host: Host) -> Iterator[Check]:
     ]
     steps += [(f"broker {b}", partial(check_broker, cfg, b, timeout_s, host.now())) for b in cfg.mqtt.brokers]
     steps += [(f"camera {c.name}", partial(_one, check_camera, c)) for c in cfg.cameras]
-    steps.append(("systemd", lambda: [check_systemd(host.systemctl, host.pid1_comm)]))
+    listens = agent.reply is not None or agent.problem is not None  # a socket there: started, or starting
+    steps.append(("systemd", lambda: [check_systemd(host.systemctl, host.pid1_comm, agent_listens=listens)]))
     for name, step in steps:
         try:
             yield from step()
