@@ -104,11 +104,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ask(args: argparse.Namespace, cmd: str, **fields: Any) -> dict[str, Any]:
+def _ask(args: argparse.Namespace, cmd: str, *, unsure: str = "", **fields: Any) -> dict[str, Any]:
+    """One request to the running agent; ``unsure`` says how to check a change that got no answer."""
     # Only control.socket: a technician in the control group may not read the secrets (docs/install.md).
     from agent.config import load_control_socket  # noqa: PLC0415 - see _CONFIG
 
-    return request(load_control_socket(args.config), cmd, **fields)
+    return request(load_control_socket(args.config), cmd, unsure=unsure, **fields)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -199,14 +200,18 @@ def _stats_lines(stats: dict[str, Any] | None) -> list[str]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    reply = _ask(args, "simulate", input=args.input, action=args.action)
+    unsure = f"check with `campus-agent status` (the line of input {args.input})"
+    reply = _ask(args, "simulate", unsure=unsure, input=args.input, action=args.action)
     print(f"{reply['action']}ed {reply['input']}" if reply["action"] == "press" else f"released {reply['input']}")
     return EXIT_OK
 
 
 def cmd_test_mode(args: argparse.Namespace) -> int:
     minutes = 0 if args.state == "off" else args.minutes
-    reply = _ask(args, "test_mode", minutes=minutes)
+    unsure = "check with `campus-agent status`: its 'test' line shows test mode on, no such line shows it off" + (
+        "; end it with `campus-agent test-mode off` if need be" if minutes else ""
+    )
+    reply = _ask(args, "test_mode", unsure=unsure, minutes=minutes)
     until = reply["test_mode_until"]
     print(f"test mode on until {until}: presses are sent with test: true" if until else "test mode off")
     return EXIT_OK

@@ -1,11 +1,22 @@
 """The local control socket: how ``campus-agent status`` and ``simulate`` reach the agent.
 
 A UNIX stream socket (mode 0660, so a technicians' group can use it), one JSON
-request line in, one JSON reply line out.  Requests are served one at a time,
-each within an overall deadline (:data:`REQUEST_DEADLINE_S` from accept to the
-last byte of the reply, not per ``recv``), so a client that trickles a byte
-at a time cannot hold ``status`` for longer than that, and a stuck client
-cannot pile up threads; nothing here is on the button's path.
+request line in, one JSON reply line out.  Each connection is served on its
+own short-lived thread, at most :data:`MAX_CONNECTIONS` at once (one more is
+turned away with a one-line error, never queued), so an idle or slow client
+cannot make a healthy agent look dead.  Each is read and answered within an
+overall deadline (:data:`REQUEST_DEADLINE_S` from accept to the last byte of
+the reply, not per ``recv``), so a client that trickles a byte at a time holds
+only its own thread, and only that long.
+
+Requests that change state (all but those marked :func:`read_only`) are
+carried out one at a time, so their order and replies stay sane.  A request
+may carry the client's deadline (``deadline_mono``: seconds on
+CLOCK_MONOTONIC, which every process on the machine shares); one that arrives
+after it, or could only be started after it, is refused and changes nothing:
+a ``test-mode on`` the technician was told had failed must not be switched on
+later.  A request without it (an older client) keeps working.  Nothing here
+is on the button's path.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import socket
 import stat
@@ -31,8 +43,13 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 REQUEST_DEADLINE_S = 2.0
+MAX_CONNECTIONS = 4  # one thread each; one more is turned away at once
+DEADLINE_FIELD = "deadline_mono"
+START_MARGIN_S = 0.25  # a request starts at least this long before the client's deadline, so the reply is heard
+CLOSE_WAIT_S = 2.0
 ACCEPT_RETRY_S = 0.5  # pause after a failed accept(): a descriptor or memory shortage lasts
 ACCEPT_LOG_EVERY_S = 60.0
+_STOPPING = {"ok": False, "error": "the agent is stopping; request not carried out, nothing changed"}
 
 
 class ControlServer(Closing):
@@ -48,6 +65,9 @@ class ControlServer(Closing):
         self._closed = threading.Event()
         self._accept_failures = 0
         self._accept_logged: float | None = None
+        self._active: dict[socket.socket, threading.Thread] = {}  # connection -> its thread, under _active_lock
+        self._active_lock = threading.Lock()
+        self._changes = threading.Lock()  # held while a request that changes state is carried out
 
     def start(self) -> None:
         """Bind the socket (replacing a stale one) and serve in a thread.
@@ -116,11 +136,37 @@ class ControlServer(Closing):
                     return
                 self._accept_failed(exc)
                 continue
-            try:
-                with conn:
-                    self._serve_one(conn, time.monotonic() + REQUEST_DEADLINE_S)
-            except Exception:
-                log.exception("control request failed; serving the next one")
+            self._dispatch(conn, time.monotonic())
+
+    def _dispatch(self, conn: socket.socket, accepted: float) -> None:
+        """Serve ``conn`` on a thread of its own, or turn it away at once: the accept loop never waits."""
+        with self._active_lock:
+            if self._closed.is_set():
+                conn.close()
+                return
+            if len(self._active) < MAX_CONNECTIONS:
+                worker = threading.Thread(
+                    target=self._work, args=(conn, accepted + REQUEST_DEADLINE_S), name="control-conn", daemon=True
+                )
+                self._active[conn] = worker
+                try:
+                    worker.start()  # under the lock: close() never sees a thread it cannot join
+                except RuntimeError as exc:  # no thread to be had: memory, or a task limit
+                    del self._active[conn]
+                    conn.close()
+                    log.warning("control socket %s: cannot start a thread for a request (%s)", self.path, exc)
+                return
+        _turn_away(conn)
+
+    def _work(self, conn: socket.socket, deadline: float) -> None:
+        try:
+            self._serve_one(conn, deadline)
+        except Exception:
+            log.exception("control request failed")
+        finally:
+            with self._active_lock:  # out of the table before closing: close() shuts down only open sockets
+                del self._active[conn]
+            conn.close()
 
     def _accept_failed(self, exc: OSError) -> None:
         """Pause before accepting again: at its descriptor limit (EMFILE) accept() fails at once, forever.
@@ -150,23 +196,56 @@ class ControlServer(Closing):
 
     def _serve_one(self, conn: socket.socket, deadline: float) -> None:
         try:
-            raw = _read_line(conn, deadline)
-            reply = self._answer(raw)
+            raw = _read_line(conn, deadline)  # close() ends a read early: nothing is carried out then
+            reply = _STOPPING if self._closed.is_set() else self._answer(raw, deadline)
             conn.settimeout(max(0.01, deadline - time.monotonic()))
             conn.sendall(json.dumps(reply).encode() + b"\n")
         except (OSError, ValueError) as exc:
             log.debug("control client went away or was too slow: %s", exc)
 
-    def _answer(self, raw: bytes) -> dict[str, Any]:
+    def _answer(self, raw: bytes, deadline: float) -> dict[str, Any]:
+        parsed = self._parse(raw, deadline)
+        if isinstance(parsed, str):
+            return {"ok": False, "error": parsed}
+        req, handler, start_by = parsed
+        if time.monotonic() >= start_by:
+            return _refused(req["cmd"], "it reached the agent after the deadline its client gave")
+        if isinstance(handler, _ReadOnly):
+            return self._call(handler, req)
+        return self._change(handler, req, start_by)
+
+    def _parse(self, raw: bytes, deadline: float) -> tuple[dict[str, Any], Handler, float] | str:
+        """The request, its handler and the last moment it may start; or what is wrong with it."""
         try:
             req = json.loads(raw)
         except (ValueError, RecursionError):
-            return {"ok": False, "error": "request is not JSON"}
+            return "request is not JSON"
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-            return {"ok": False, "error": "request needs a 'cmd' string"}
+            return "request needs a 'cmd' string"
         handler = self._handlers.get(req["cmd"])
         if handler is None:
-            return {"ok": False, "error": f"unknown request '{req['cmd']}'; known: {', '.join(sorted(self._handlers))}"}
+            return f"unknown request '{req['cmd']}'; known: {', '.join(sorted(self._handlers))}"
+        start_by = _start_by(req.pop(DEADLINE_FIELD, None), deadline)
+        if start_by is None:
+            return f"'{DEADLINE_FIELD}' must be a number: seconds on the monotonic clock"
+        return req, handler, start_by
+
+    def _change(self, handler: Handler, req: dict[str, Any], start_by: float) -> dict[str, Any]:
+        """Carry out a request that changes state once the one before it is done, if still in time."""
+        cmd = req["cmd"]
+        if not self._changes.acquire(timeout=max(0.0, start_by - time.monotonic())):
+            return _refused(cmd, "the agent was still busy with another change when its client's deadline came")
+        try:
+            if self._closed.is_set():
+                return _refused(cmd, "the agent is stopping")
+            if time.monotonic() >= start_by:
+                return _refused(cmd, "its client's deadline came while it waited for another change")
+            return self._call(handler, req)
+        finally:
+            self._changes.release()
+
+    @staticmethod
+    def _call(handler: Handler, req: dict[str, Any]) -> dict[str, Any]:
         try:
             return {"ok": True, **handler(req)}
         except AgentError as exc:
@@ -183,8 +262,16 @@ class ControlServer(Closing):
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
             self._sock.close()
+        give_up = time.monotonic() + CLOSE_WAIT_S
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(CLOSE_WAIT_S)
+        with self._active_lock:
+            workers = list(self._active.values())
+            for conn in self._active:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RD)  # wakes a read; a reply being made can still be sent
+        for worker in workers:
+            worker.join(max(0.0, give_up - time.monotonic()))
         self._unlink_own()
 
     @property
@@ -196,6 +283,48 @@ class ControlServer(Closing):
 
     def _repr_state(self) -> str:
         return "serving"
+
+
+class _ReadOnly:
+    """A handler that changes nothing: it runs beside others, without waiting for the change lock."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def __call__(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self._handler(req)
+
+
+def read_only(handler: Handler) -> Handler:
+    """Mark ``handler`` as changing nothing (``status``); every other handler is carried out one at a time."""
+    return _ReadOnly(handler)
+
+
+def _start_by(client: object, own: float) -> float | None:
+    """The last moment a request may start: before the server's own deadline and, if given, the client's.
+
+    None when the client's deadline is not a number.
+    """
+    if client is None:
+        return own
+    if isinstance(client, bool) or not isinstance(client, (int, float)) or not math.isfinite(client):
+        return None
+    return min(own, client - START_MARGIN_S)
+
+
+def _refused(cmd: str, why: str) -> dict[str, Any]:
+    return {"ok": False, "error": f"request '{cmd}' not carried out, nothing changed: {why}; try again"}
+
+
+def _turn_away(conn: socket.socket) -> None:
+    """Say why, without waiting on the client: a fresh socket's buffer takes one short line at once."""
+    error = (
+        f"the agent is already serving {MAX_CONNECTIONS} control connections (a stuck script, or an open "
+        "`nc -U`?); nothing changed: try again in a few seconds"
+    )
+    with conn, contextlib.suppress(OSError):
+        conn.setblocking(False)  # noqa: FBT003 - the socket API's own spelling
+        conn.send(json.dumps({"ok": False, "error": error}).encode() + b"\n")
 
 
 def _read_line(conn: socket.socket, deadline: float) -> bytes:
@@ -225,24 +354,27 @@ def _is_listening(path: Path) -> bool:
         return True
 
 
-def request(path: Path, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-    """Send one request to a running agent and return its reply.
+def request(path: Path, cmd: str, timeout: float = 5.0, *, unsure: str = "", **fields: Any) -> dict[str, Any]:
+    """Send one request to a running agent and return its reply, all within ``timeout`` seconds.
+
+    The request carries that deadline: the agent refuses it, changing
+    nothing, once the deadline has passed, so a request given up on here is
+    not carried out later.  ``unsure`` is added to the error when the request
+    went out and no answer came (it may have been carried out all the same):
+    say there how to check.
 
     Raises:
         ControlError: the agent is not running, not reachable, or refused the request.
 
     """
+    deadline = time.monotonic() + timeout
+    sent = False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            sent = True
+            data = _exchange(s, {"cmd": cmd, **fields, DEADLINE_FIELD: deadline}, deadline)
     except (FileNotFoundError, ConnectionRefusedError):  # no file, or the one a killed agent left
         raise ControlError(
             f"no agent is listening on {path}: is it running? (systemctl status campus-agent)",
@@ -250,13 +382,34 @@ def request(path: Path, cmd: str, timeout: float = 5.0, **fields: Any) -> dict[s
     except PermissionError:
         raise ControlError(f"no permission to use {path}: run as root or as a member of its group") from None
     except OSError as exc:
-        raise ControlError(f"cannot talk to the agent on {path}: {exc}") from None
+        raise ControlError(f"cannot talk to the agent on {path}: {exc}{_unsure(sent, unsure)}") from None
     try:
         reply = json.loads(data)
     except ValueError:
-        raise ControlError(f"the agent on {path} gave no usable answer") from None
+        raise ControlError(f"the agent on {path} gave no usable answer{_unsure(sent, unsure)}") from None
     if not isinstance(reply, dict):
-        raise ControlError(f"the agent on {path} gave no usable answer")
+        raise ControlError(f"the agent on {path} gave no usable answer{_unsure(sent, unsure)}")
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error", "refused")))
     return reply
+
+
+def _exchange(s: socket.socket, req: dict[str, Any], deadline: float) -> bytes:
+    """Send ``req`` and read the reply line, both before ``deadline`` (monotonic)."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # turned away before we spoke: read why
+        s.sendall(json.dumps(req).encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        s.settimeout(left)
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _unsure(sent: bool, hint: str) -> str:
+    return f"; the request went out and may have been carried out all the same: {hint}" if sent and hint else ""

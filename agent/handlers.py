@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.control import read_only
 from agent.errors import CommandError
 
 if TYPE_CHECKING:
@@ -34,9 +35,12 @@ class Handlers:
     # ---- the control socket -----------------------------------------------------------
 
     def control(self) -> dict[str, Any]:
-        """The handlers :class:`~agent.control.ControlServer` dispatches to, by request name."""
+        """The handlers :class:`~agent.control.ControlServer` dispatches to, by request name.
+
+        Only ``status`` runs beside the others; a change waits for the one before it.
+        """
         return {
-            "status": self._ctl_status,
+            "status": read_only(self._ctl_status),
             "simulate": self._ctl_simulate,
             "test_mode": self._ctl_test_mode,
         }
