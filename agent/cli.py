@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from agent import __version__
-from agent.control import request
+from agent.control_client import request
 from agent.errors import AgentError, ConfigError, ControlError, printable
 
 if TYPE_CHECKING:

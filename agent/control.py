@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.closing import Closing
+from agent.control_client import DEADLINE_FIELD
 from agent.errors import AgentError, ControlError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 REQUEST_DEADLINE_S = 2.0
 MAX_CONNECTIONS = 4  # one thread each; one more is turned away at once
-DEADLINE_FIELD = "deadline_mono"
 START_MARGIN_S = 0.25  # a request starts at least this long before the client's deadline, so the reply is heard
 CLOSE_WAIT_S = 2.0
 ACCEPT_RETRY_S = 0.5  # pause after a failed accept(): a descriptor or memory shortage lasts
@@ -352,64 +352,3 @@ def _is_listening(path: Path) -> bool:
         except OSError:
             return False
         return True
-
-
-def request(path: Path, cmd: str, timeout: float = 5.0, *, unsure: str = "", **fields: Any) -> dict[str, Any]:
-    """Send one request to a running agent and return its reply, all within ``timeout`` seconds.
-
-    The request carries that deadline: the agent refuses it, changing
-    nothing, once the deadline has passed, so a request given up on here is
-    not carried out later.  ``unsure`` is added to the error when the request
-    went out and no answer came (it may have been carried out all the same):
-    say there how to check.
-
-    Raises:
-        ControlError: the agent is not running, not reachable, or refused the request.
-
-    """
-    deadline = time.monotonic() + timeout
-    sent = False
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            sent = True
-            data = _exchange(s, {"cmd": cmd, **fields, DEADLINE_FIELD: deadline}, deadline)
-    except (FileNotFoundError, ConnectionRefusedError):  # no file, or the one a killed agent left
-        raise ControlError(
-            f"no agent is listening on {path}: is it running? (systemctl status campus-agent)",
-        ) from None
-    except PermissionError:
-        raise ControlError(f"no permission to use {path}: run as root or as a member of its group") from None
-    except OSError as exc:
-        raise ControlError(f"cannot talk to the agent on {path}: {exc}{_unsure(sent, unsure)}") from None
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise ControlError(f"the agent on {path} gave no usable answer{_unsure(sent, unsure)}") from None
-    if not isinstance(reply, dict):
-        raise ControlError(f"the agent on {path} gave no usable answer{_unsure(sent, unsure)}")
-    if not reply.get("ok"):
-        raise ControlError(str(reply.get("error", "refused")))
-    return reply
-
-
-def _exchange(s: socket.socket, req: dict[str, Any], deadline: float) -> bytes:
-    """Send ``req`` and read the reply line, both before ``deadline`` (monotonic)."""
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # turned away before we spoke: read why
-        s.sendall(json.dumps(req).encode() + b"\n")
-    data = b""
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("timed out")
-        s.settimeout(left)
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def _unsure(sent: bool, hint: str) -> str:
-    return f"; the request went out and may have been carried out all the same: {hint}" if sent and hint else ""

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent.control import REQUEST_DEADLINE_S, ControlServer, request
+from agent.control import REQUEST_DEADLINE_S, ControlServer
+from agent.control_client import request
 from agent.errors import ControlError
 from tests.support.agentproc import short_socket_path
 

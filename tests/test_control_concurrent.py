@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from agent.control import MAX_CONNECTIONS, ControlServer, read_only, request
+from agent.control import MAX_CONNECTIONS, ControlServer, read_only
+from agent.control_client import request
 from agent.errors import ControlError
 from tests.support.agentproc import short_socket_path
 from tests.support.waiting import eventually

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from agent import cli
-from agent.control import DEADLINE_FIELD, START_MARGIN_S, ControlServer, read_only, request
+from agent.control import START_MARGIN_S, ControlServer, read_only
+from agent.control_client import DEADLINE_FIELD, request
 from agent.errors import ControlError
 from tests.support.agentproc import short_socket_path
 

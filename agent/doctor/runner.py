@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from agent.config import DEFAULT_PATH, Config, load_config
-from agent.control import request
+from agent.control_client import request
 from agent.doctor.broker import check_broker
 from agent.doctor.checks import (
     Check,

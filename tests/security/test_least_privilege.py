@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.control import request
+from agent.control_client import request
 from agent.errors import ControlError
 from agent.events import kernel_clock_synced
 from tests.security.conftest import ROOT

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from agent.control import request
+from agent.control_client import request
 from agent.errors import ControlError
 from tests.support.waiting import eventually
 
