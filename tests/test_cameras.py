@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 
+from agent.camera_verdicts import ProbeResult
 from agent.cameras import Cameras
-from agent.camprobes import PiCameraProbe, ProbeResult, probe_http, probe_rtsp
+from agent.camprobes import PiCameraProbe, probe_http
 from agent.config.model import CameraConfig, CameraKind, Secret
 from agent.errors import CameraError
 from agent.events import Clock, Event, EventType, Stamp, with_seq
+from agent.rtsp_probe import probe_rtsp
 from tests.support.camservers import HttpCamera, RtspServer
 from tests.support.clocks import synced_clock
 from tests.support.contract import Validate

@@ -23,7 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from agent.errors import OutboxError
 from agent.photosend import PhotoDrain
-from agent.photostore import RETRY_FIRST_S, RETRY_MAX_S, Photo, PhotoStore
+from agent.photostore import Photo, PhotoStore
+from agent.photostore_file import RETRY_FIRST_S, RETRY_MAX_S
 from tests.support.snapcam import make_jpeg
 
 ROOT = "campus/main/gate-1"

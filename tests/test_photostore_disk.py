@@ -17,7 +17,8 @@ import pytest
 from agent.errors import OutboxError
 from agent.events import Clock, Event, EventType
 from agent.outbox import HEADROOM_BYTES, Outbox
-from agent.photostore import RETRY_FIRST_S, Photo, PhotoStore
+from agent.photostore import Photo, PhotoStore
+from agent.photostore_file import RETRY_FIRST_S
 from tests.support.agentproc import AgentFactory
 from tests.support.broker import Broker
 from tests.support.mqtt import Central

@@ -22,7 +22,8 @@ import pytest
 from agent.config import load_config
 from agent.errors import OutboxError
 from agent.photos import Photos
-from agent.photostore import RETRY_FIRST_S, Photo, PhotoStore
+from agent.photostore import Photo, PhotoStore
+from agent.photostore_file import RETRY_FIRST_S
 from agent.snapshots import Snapshots
 from tests.support.agentproc import write_config
 from tests.support.snapcam import SnapCamera, make_jpeg

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.camprobes import probe_rtsp
 from agent.config.model import CameraConfig, CameraKind, Secret
+from agent.rtsp_probe import probe_rtsp
 
 USER, PASSWORD = "tech", "s3cret-Pa55"
 REALM, NONCE = "IP Camera(21563)", "6b1e0f3a9c2d4e5f"

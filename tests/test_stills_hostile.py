@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from agent.camprobes import ProbeResult, probe_http
+from agent.camera_verdicts import ProbeResult
+from agent.camprobes import probe_http
 from agent.config.model import CameraKind, Secret
 from agent.stills import HttpStill, SnapshotError
 from tests.support.snapcam import SnapCamera, make_jpeg

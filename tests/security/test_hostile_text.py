@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent.camprobes import probe_http, probe_rtsp
+from agent.camprobes import probe_http
 from agent.central.fleet import FleetView
 from agent.central.link import Incoming
 from agent.central.monitor import MonitorOptions, Target, run_monitor
@@ -29,6 +29,7 @@ from agent.config import BrokerAddress
 from agent.config.model import CameraConfig, CameraKind
 from agent.doctor.checks import check_camera
 from agent.events import new_id
+from agent.rtsp_probe import probe_rtsp
 from tests.support.agentproc import unique_id
 from tests.support.broker import Broker
 from tests.support.mqtt import Central
