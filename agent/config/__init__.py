@@ -103,6 +103,32 @@ def load_control_socket(path: Path | str) -> Path:
     return socket
 
 
+class _DoctorLines:
+    """Problems of the doctor section, each on the line of its key like every other config problem.
+
+    :class:`Config` keeps no lines, so the file is read again: only doctor asks, and only on a problem.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self.ctx = Ctx(source)
+        self._lines: dict[str, int] | None = None
+
+    def error(self, key: str, message: str) -> None:
+        self.ctx.error(self._line(key), f"doctor.{key}", message)
+
+    def _line(self, key: str) -> int:
+        if self._lines is None:
+            self._lines = {}
+            try:
+                data, _structural = load_marked(self.ctx.file)
+            except Invalid:
+                data = None
+            section = data.get("doctor") if isinstance(data, MarkedMap) else None
+            if isinstance(section, MarkedMap):
+                self._lines = {"": section.line, **section.key_lines}
+        return self._lines.get(key, self._lines.get("", 1))
+
+
 def doctor_mqtt(cfg: Config) -> MqttConfig:
     """The MQTT settings ``doctor`` logs in with: the device's, with doctor's own identity when one is given.
 
@@ -117,19 +143,22 @@ def doctor_mqtt(cfg: Config) -> MqttConfig:
     d, mq = cfg.doctor, cfg.mqtt
     if not d.given:
         return mq
-    problems: list[str] = []
+    where = _DoctorLines(cfg.source)
     base = cfg.source.parent
 
     def check(key: str, value: Path, *, secret: bool) -> Path:
         try:
-            return (secret_file if secret else trusted_file)(base)(str(value))  # type: ignore[no-any-return]
+            # Doctor reads its own files under sudo: they need not be readable by the service user.
+            return (secret_file if secret else trusted_file)(base, service=False)(str(value))  # type: ignore[no-any-return]
         except Invalid as exc:
-            problems.append(f"{cfg.source}: doctor.{key}: {exc}")
+            where.error(key, str(exc))
             return value
 
+    problems = where.ctx.problems
     if d.cert_file is not None and d.key_file is not None:
         if mq.tls is None:
-            raise ConfigError(f"{cfg.source}: doctor.cert_file: a client certificate needs TLS; add mqtt.tls")
+            where.error("cert_file", "a client certificate needs TLS; add mqtt.tls")
+            raise ConfigError(problems)
         with_cert = dataclasses.replace(
             mq.tls,
             cert_file=check("cert_file", d.cert_file, secret=False),
@@ -139,12 +168,14 @@ def doctor_mqtt(cfg: Config) -> MqttConfig:
     else:
         assert d.password_file is not None
         if mq.tls is None:
-            raise ConfigError(f"{cfg.source}: doctor.password_file: a password needs TLS; add mqtt.tls")
+            where.error("password_file", "a password needs TLS; add mqtt.tls")
+            raise ConfigError(problems)
         secret_path = check("password_file", d.password_file, secret=True)
         try:
-            text = "" if problems else secret_path.read_text(encoding="utf-8").strip()
+            # utf-8-sig: Windows Notepad starts the file with a BOM, which is no part of the password.
+            text = "" if problems else secret_path.read_text(encoding="utf-8-sig").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{cfg.source}: doctor.password_file: cannot read {secret_path}: {exc}")
+            where.error("password_file", f"cannot read {secret_path}: {exc}; save it as UTF-8 text")
             text = ""
         no_cert = dataclasses.replace(mq.tls, cert_file=None, key_file=None)
         out = dataclasses.replace(mq, tls=no_cert, username=d.username, password=Secret(text, secret_path))

@@ -70,8 +70,12 @@ def _line(node: yaml.Node) -> int:
 
 
 _INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 _DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
 MAX_NODES = 20_000  # a technician's config has a few hundred; more is an alias bomb or the wrong file
+MAX_BYTES = 1 << 20  # the largest real config is a few KiB; a bigger file is a log or an image passed by mistake
+MAX_DIGITS = 30  # no setting needs more; Python refuses to read over 4,300 with advice meant for programmers
 _CONSTRUCT_ERRORS = (yaml.YAMLError, ValueError, TypeError, OverflowError, AttributeError)
 
 
@@ -94,7 +98,7 @@ class _Composer:
             return self.built[id(node)]
         self.count += 1
         if self.count > MAX_NODES:
-            raise Invalid(f"more than {MAX_NODES} values (nested aliases?); this is not an agent config")
+            raise _TooMany(_line(node))
         if isinstance(node, yaml.MappingNode):
             out: Any = self._mapping(node, path)
         elif isinstance(node, yaml.SequenceNode):
@@ -109,6 +113,11 @@ class _Composer:
         return out
 
     def _scalar(self, node: yaml.Node, path: str) -> Any:
+        text = node.value if isinstance(node.value, str) else ""
+        if node.tag in (_INT_TAG, _FLOAT_TAG) and sum(c.isdigit() for c in text) > MAX_DIGITS:
+            message = f"number too large ({sum(c.isdigit() for c in text)} digits); write the value this key expects"
+            self.errors.append((_line(node), path or "(top level)", message))
+            return UNREADABLE
         try:
             value = self.constructor.construct_object(node, deep=True)
         except _CONSTRUCT_ERRORS as exc:
@@ -116,11 +125,10 @@ class _Composer:
             message = f"cannot read this value ({why}); quote it if it is meant as text"
             self.errors.append((_line(node), path or "(top level)", message))
             return UNREADABLE
-        text = node.value if isinstance(node.value, str) else ""
-        if node.tag == _INT_TAG and getattr(node, "style", None) is None and not _DECIMAL.fullmatch(text):
+        if _not_as_written(node, text):
             # YAML 1.1 reads 017 as octal (15), 0x11 as hex, 1:30 as base 60: "pin: 017" armed GPIO15.
-            digits = text.lstrip("+-0") or "0"
-            hint = f"write {digits} without the leading 0" if digits.isdigit() else "write it in decimal"
+            bare = text.lstrip("+-0") or "0"
+            hint = f"write {bare} without the leading 0" if bare.isdigit() else "write it in decimal"
             message = (
                 f"YAML reads {text} as the number {value}, not as written; {hint} (or quote it if it is meant as text)"
             )
@@ -144,7 +152,7 @@ class _Composer:
         for n, (key_node, value_node) in enumerate(node.value):
             key = self._scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                self.errors.append((_line(key_node), path or "(top level)", "keys must be words"))
+                self.errors.append((_line(key_node), path or "(top level)", _not_a_word(key_node, key)))
                 continue
             sub = f"{path}.{key}" if path else key
             if key in out and key not in from_merge:
@@ -160,30 +168,104 @@ class _Composer:
         return out
 
 
+def _not_as_written(node: yaml.Node, text: str) -> bool:
+    """A plain number YAML 1.1 reads otherwise than a person does: 017, 0x11, 1:30, 1:30.0."""
+    if getattr(node, "style", None) is not None:
+        return False
+    if node.tag == _INT_TAG:
+        return not _DECIMAL.fullmatch(text)
+    return node.tag == _FLOAT_TAG and ":" in text
+
+
+def _not_a_word(node: yaml.Node, key: Any) -> str:
+    """Why a key is refused: ``on:`` is a word to a person but ``true`` to YAML 1.1."""
+    if isinstance(node, yaml.ScalarNode) and node.tag in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG) and key is not UNREADABLE:
+        text = printable(str(node.value))
+        return f"YAML reads the key {text} as {key!r}, not as a word; quote it: '{text}':"
+    return "keys must be words; write a plain word before the ':'"
+
+
+class _TooMany(Exception):  # noqa: N818 - internal signal, turned into Invalid with the file name
+    """More nodes than any config has; carries the line where counting stopped."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _CountingLoader(yaml.SafeLoader):
+    """A SafeLoader that stops composing after :data:`MAX_NODES` nodes, so a wrong file costs little."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooMany(int(self.peek_event().start_mark.line) + 1)  # type: ignore[no-untyped-call]
+        return super().compose_node(parent, index)
+
+
+def _read_text(path: Path, where: str) -> str:
+    """The file as text, refused before parsing when far bigger than any config or not UTF-8."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        # check-config takes the file as its argument, every other command as -c/--config FILE (agent/cli.py).
+        raise Invalid(
+            f"{where}: file not found; give the right path (check-config FILE, the other commands --config FILE)"
+        ) from None
+    except OSError as exc:
+        raise Invalid(f"{where}: cannot read: {printable(str(exc))}") from None
+    if len(data) > MAX_BYTES:
+        raise Invalid(
+            f"{where}: larger than {MAX_BYTES // 1024} KiB, and an agent config is a few KiB; "
+            "is this the right file (not a log or an image)?"
+        )
+    try:
+        return data.decode("utf-8")  # a BOM Notepad adds is skipped by the YAML reader
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise Invalid(
+            f"{where}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} in column {column}); "
+            "save the file as UTF-8, or retype that character"
+        ) from None
+
+
+def _syntax_hint(problem: str) -> str:
+    """The fix for the one syntax error people make most: an editor that indents with a tab."""
+    return "; indent with spaces, not tabs" if "'\\t'" in problem or "tab character" in problem else ""
+
+
 def load_marked(path: Path) -> tuple[Any, list[tuple[int, str, str]]]:
     """Parse ``path`` into marked values; return them with structural problems.
 
     Raises:
-        Invalid: the file cannot be read or is not YAML at all.
+        Invalid: the file cannot be read, is far too big or is not YAML at all.
 
     """
     where = printable(str(path))
+    text = _read_text(path, where)
+    loader: _CountingLoader | None = None
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise Invalid(f"{where}: file not found; pass the right path with -c FILE") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Invalid(f"{where}: cannot read: {exc}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _CountingLoader(text)  # reads the whole text at once: may raise ReaderError
+        node = loader.get_single_node()
         errors: list[tuple[int, str, str]] = []
         if node is None:
             return MarkedMap(1), errors
         return _Composer(errors).value(node, ""), errors
+    except _TooMany as exc:
+        raise Invalid(
+            f"{where}:{exc.line}: more than {MAX_NODES} values (nested aliases?), and an agent config has "
+            "a few hundred; is this the right file?"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         at = f"{where}:{mark.line + 1}" if mark is not None else where
-        raise Invalid(f"{at}: not valid YAML: {exc.problem}") from None
+        raise Invalid(f"{at}: not valid YAML: {exc.problem}{_syntax_hint(str(exc.problem))}") from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, max(0, exc.position)) + 1
         raise Invalid(f"{where}:{line}: not valid YAML: {exc.reason} (character {exc.character!r})") from None
@@ -191,3 +273,6 @@ def load_marked(path: Path) -> tuple[Any, list[tuple[int, str, str]]]:
         raise Invalid(f"{where}: not valid YAML: {printable(str(exc).splitlines()[0])}") from None
     except RecursionError:
         raise Invalid(f"{where}: not valid as a config: nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()

@@ -62,7 +62,7 @@ def _read_secret(sec: Section, key: str, base: Path) -> Secret | None:
     if p is None:
         return None
     try:
-        value = p.read_text(encoding="utf-8").strip()
+        value = p.read_text(encoding="utf-8-sig").strip()
     except (OSError, UnicodeDecodeError) as exc:
         sec.ctx.error(sec.key_line(key), sec.sub(key), f"cannot read {p}: {exc}")
         return None

@@ -238,7 +238,7 @@ def test_doctor__missing_config_is_one_fail(tmp_path: Path) -> None:
     rc, lines = doctor(tmp_path / "nope.yaml")
     assert rc == 1
     assert lines == [
-        f"FAIL  {tmp_path / 'nope.yaml'}: file not found  → pass the right path with -c FILE",
+        f"FAIL  {tmp_path / 'nope.yaml'}: file not found  → give the right path (check-config FILE, the other commands --config FILE)",
         "doctor: 0 OK, 0 WARN, 1 FAIL",
     ]
 
