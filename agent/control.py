@@ -225,7 +225,9 @@ class ControlServer(Closing):
         handler = self._handlers.get(req["cmd"])
         if handler is None:
             return f"unknown request '{req['cmd']}'; known: {', '.join(sorted(self._handlers))}"
-        start_by = _start_by(req.pop(DEADLINE_FIELD, None), deadline)
+        # A late status changes nothing: only a change needs the margin that keeps it from landing unheard.
+        margin = 0.0 if isinstance(handler, _ReadOnly) else START_MARGIN_S
+        start_by = _start_by(req.pop(DEADLINE_FIELD, None), deadline, margin_s=margin)
         if start_by is None:
             return f"'{DEADLINE_FIELD}' must be a number: seconds on the monotonic clock"
         return req, handler, start_by
@@ -300,16 +302,23 @@ def read_only(handler: Handler) -> Handler:
     return _ReadOnly(handler)
 
 
-def _start_by(client: object, own: float) -> float | None:
+def _start_by(client: object, own: float, *, margin_s: float = START_MARGIN_S) -> float | None:
     """The last moment a request may start: before the server's own deadline and, if given, the client's.
 
-    None when the client's deadline is not a number.
+    ``margin_s`` before the client's, so the reply can still reach it.  None
+    when the client's deadline is not a number.
     """
     if client is None:
         return own
-    if isinstance(client, bool) or not isinstance(client, (int, float)) or not math.isfinite(client):
+    if isinstance(client, bool) or not isinstance(client, (int, float)):
         return None
-    return min(own, client - START_MARGIN_S)
+    try:
+        at = float(client)  # an integer past a float's range overflows here, not in the serving thread
+    except OverflowError:
+        return None
+    if not math.isfinite(at):
+        return None
+    return min(own, at - margin_s)
 
 
 def _refused(cmd: str, why: str) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def test_control_deadline__a_client_without_a_deadline_keeps_working(agent: tupl
     assert fake.test_mode_minutes == [5.0]
 
 
-@pytest.mark.parametrize("deadline", ["soon", True, float("nan")], ids=["text", "bool", "nan"])
+@pytest.mark.parametrize("deadline", ["soon", True, float("nan"), 10**400], ids=["text", "bool", "nan", "past-a-float"])
 def test_control_deadline__a_deadline_that_is_not_a_number_is_refused(
     agent: tuple[_Agent, ControlServer], deadline: object
 ) -> None:
@@ -153,3 +153,11 @@ def test_control_deadline__too_little_time_to_answer_is_refused_at_once(agent: t
     with pytest.raises(ControlError, match="request 'test_mode' not carried out, nothing changed"):
         request(srv.path, "test_mode", timeout=START_MARGIN_S / 2, minutes=5)
     assert fake.test_mode_minutes == []
+
+
+def test_control_deadline__a_status_asked_with_a_short_timeout_is_answered(
+    agent: tuple[_Agent, ControlServer],
+) -> None:
+    """A late status changes nothing: only changes keep the margin (doctor --timeout 0.2 called a live agent dead)."""
+    _fake, srv = agent
+    assert request(srv.path, "status", timeout=START_MARGIN_S / 2) == {"ok": True, "state": "fine"}
