@@ -23,6 +23,7 @@ from typing import Any
 
 from agent import __version__
 from agent.closing import Closing
+from agent.errors import OutboxBusyError
 from agent.events import CONTRACT_VERSION, Clock, Stamp, iso_ms
 from agent.outbox import Outbox
 from agent.outbox_rows import OutboxRow
@@ -30,7 +31,7 @@ from agent.uplink import LinkState
 from agent.watched_input import InputState
 
 log = logging.getLogger(__name__)
-OUTBOX_WAIT_S = 0.25  # a commit stuck in SQLite's busy timeout holds the outbox 10 s: status goes without it
+OUTBOX_WAIT_S = 1.0  # past a slow SD card's commit; one stuck in SQLite's busy timeout holds the outbox 10 s
 
 MAX_DETAIL = 120  # characters of a camera detail or warning in status: its size bound (docs/contract.md)
 MAX_WARNINGS = 3
@@ -185,6 +186,7 @@ class Health:
     def status(self) -> dict[str, Any]:
         """The live status document; never raises for a section (see the module docstring)."""
         failed: list[str] = []
+        busy: list[str] = []  # the outbox's figures came from memory: a commit held it (not a read failure)
 
         def part(name: str, build: Callable[[], Any], empty: Callable[[], Any]) -> Any:
             try:
@@ -211,7 +213,7 @@ class Health:
                 "uptime_s": int(now.mono - self._started),
             },
             "link": part("link", self._link, lambda: {"connected_since": None, "reconnects": 0}),
-            "outbox": part("outbox", self._outbox, self._outbox_from_memory),
+            "outbox": part("outbox", lambda: self._outbox(busy), self._outbox_from_memory),
             "inputs": part("inputs", self._inputs, dict),
             "cameras": part("cameras", self._cameras, dict),
             "system": part("system", lambda: system_vitals(self.outbox.path.parent), _no_vitals),
@@ -230,6 +232,7 @@ class Health:
             if value is not _NO_SECTION:
                 into[key] = value
         warnings = part("warnings", self.sources.warnings, list)
+        warnings = [*busy, *warnings]
         if failed:  # first: it explains the empty sections above it
             warnings = [f"status incomplete, cannot read: {', '.join(failed)}", *warnings]
         if warnings:
@@ -260,14 +263,20 @@ class Health:
             "commands": {"available": link.commands_available, "reason": link.commands_reason},
         }
 
-    def _outbox(self) -> dict[str, Any]:
+    def _outbox(self, busy: list[str]) -> dict[str, Any]:
         """The outbox's figures with the events held in memory added: they are as unsent as its rows.
 
         Held events are read first: one stored meanwhile is then counted in
-        the outbox too (once more, for one status), never in neither.
+        the outbox too (once more, for one status), never in neither.  While a
+        commit holds the outbox, the counts it keeps in memory go, and ``busy``
+        gets the warning that says so.
         """
         held = self.sources.held()
-        ob = self.outbox.stats(wait_s=OUTBOX_WAIT_S)
+        try:
+            ob = self.outbox.stats(wait_s=OUTBOX_WAIT_S)
+        except OutboxBusyError as exc:
+            busy.append(f"outbox busy: {exc}")
+            return self._outbox_from_memory()
         oldest = ob.oldest_age_s
         if held:
             held_age = max(0.0, round(self.clock.wall() - min(r.created for r in held), 3))
