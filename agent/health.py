@@ -56,6 +56,11 @@ class StatusSources:
 _WINDOWS_KEPT = 4  # test-mode windows remembered for presses recorded late
 
 
+def _cut(text: str) -> str:
+    """A warning at the status's bound; a cut one ends in "…", so a reader knows more was said (doctor judges it)."""
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
+
+
 class TestMode:
     """Presses are sent with ``test: true`` until the deadline (monotonic time).
 
@@ -236,7 +241,7 @@ class Health:
         if failed:  # first: it explains the empty sections above it
             warnings = [f"status incomplete, cannot read: {', '.join(failed)}", *warnings]
         if warnings:
-            doc["warnings"] = [w[:MAX_DETAIL] for w in warnings[:MAX_WARNINGS]]
+            doc["warnings"] = [_cut(w) for w in warnings[:MAX_WARNINGS]]
         return doc
 
     def _note(self, section: str, exc: Exception | None) -> None:

@@ -217,3 +217,22 @@ def test_existing_file__own_unreadable_file_says_chmod(folder: Path) -> None:
     secret.chmod(0)
     with pytest.raises(Invalid, match=rf"not readable by its owner .*\(mode 0000\); run 'chmod u\+r {secret}'"):
         existing_file(folder)("mqtt.pass")
+
+
+@as_root
+def test_existing_file__the_service_itself_is_told_the_chown_not_sudo(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent under systemd (User=campus-agent) meeting a root-owned secret: its start error went to the journal
+    as 'run this command with sudo', a fix the service cannot apply."""
+    monkeypatch.setattr(files, "SERVICE_USER", "nobody")  # nobody stands in for the service user running
+    _gate(folder)
+    secret = folder / "mqtt.pass"
+    assert _as_nobody(existing_file(folder), "mqtt.pass") == (
+        f"file {secret} (owner root, mode 0600) is not readable by the service user nobody; "
+        f"run 'chown nobody {secret}' (a secret keeps mode 600)"
+    )
+    (folder / "inner").mkdir(mode=0o700)
+    assert _as_nobody(existing_file(folder), "inner/x.pass").endswith(
+        f"as nobody; run 'chmod o+x {folder / 'inner'}' or keep the file in /etc/campus-agent"
+    )

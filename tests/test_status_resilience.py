@@ -215,3 +215,27 @@ def test_status__a_commit_stuck_in_the_busy_timeout_does_not_hold_the_status(
         blocker.close()
         stuck.join(10)
         ob.close()
+
+
+def test_status__a_cut_warning_says_so_and_doctor_does_not_take_it_for_whole(
+    outbox: Outbox, fake_time: FakeTime, validate: Validate, tmp_path: Path
+) -> None:
+    """Cut at 120 characters just after a ')', "status incomplete" hid the unreadable warnings section (which may hold
+    the held-events line), and doctor judged the rest a side matter: WARN instead of FAIL."""
+    from agent.config import load_config
+    from agent.doctor.checks import Level
+    from agent.doctor.running import _judge
+    from tests.support.agentproc import write_config
+
+    head = "status incomplete, cannot read: cameras (OSError: "
+    text = "x" * (health_module.MAX_DETAIL - len(head) - len("(y)") - 1) + "(y)"
+
+    def cameras() -> NoReturn:
+        raise OSError(text)
+
+    doc = validate("status", make_health(outbox, fake_time, cameras=cameras, warnings=disk_error).status())
+    first = doc["warnings"][0]
+    assert len(first) == health_module.MAX_DETAIL
+    assert first.endswith("…")
+    level, _ = _judge(first, load_config(write_config(tmp_path, 1883, device="gate-1")))
+    assert level is Level.FAIL

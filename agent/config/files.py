@@ -60,6 +60,11 @@ def existing_file(base: Path) -> Any:
         try:
             st = p.stat()
         except PermissionError:
+            if _am_service():  # the agent itself, started by systemd: sudo is no fix it can apply
+                raise Invalid(
+                    f"cannot look into the folder of {p} as {_me()}; run 'chmod o+x {p.parent}' or keep the file "
+                    "in /etc/campus-agent"
+                ) from None
             raise Invalid(f"cannot look into the folder of {p} as {_me()}; run this command with sudo") from None
         except OSError:
             st = None
@@ -86,12 +91,23 @@ def _me() -> str:
 def _unreadable(p: Path, st: os.stat_result) -> str:
     """Why this user cannot read ``p``, and the fix: sudo when the file is someone else's."""
     mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid() and _am_service():  # the agent itself, started by systemd
+        return (
+            f"file {p} (owner {_name(st.st_uid)}, mode {mode:04o}) is not readable by the service user {_me()}; "
+            f"run 'chown {SERVICE_USER} {p}' (a secret keeps mode 600)"
+        )
     if st.st_uid != os.geteuid():
         return (
             f"file {p} (owner {_name(st.st_uid)}, mode {mode:04o}) is not readable by {_me()}; "
             "run this command with sudo (do not loosen the file's mode)"
         )
     return f"file {p} is not readable by its owner {_me()} (mode {mode:04o}); run 'chmod u+r {p}'"
+
+
+def _am_service() -> bool:
+    """Whether this process runs as the service user (the agent under systemd), not a technician."""
+    ids = _service_ids()
+    return ids is not None and ids[0] == os.geteuid()
 
 
 def _service_ids() -> tuple[int, set[int]] | None:

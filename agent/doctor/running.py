@@ -130,7 +130,7 @@ def _judge(text: str, cfg: Config) -> tuple[Level, str]:
 def _side_sections_only(text: str) -> bool:
     """True when every section a "status incomplete" warning names is outside an alarm's way out.
 
-    A text cut at the status's length limit may hide further sections: then False.
+    A text cut at the status's length limit (it ends in "…") may hide further sections: then False.
     """
     names = _SECTION.findall(text)
     return bool(names) and text.endswith(")") and set(names) <= _SIDE_SECTIONS
