@@ -92,6 +92,12 @@ class ButtonPath:
         data: dict[str, Any] = {"reason": self._start_reason, "pending": rec.pending}
         if rec.moved_aside is not None:
             data["outbox_recovered"] = {"moved_aside": str(rec.moved_aside), "salvaged": rec.salvaged}
+        if rec.intake is not None:  # alarms in it may never come: the centre must not wait on the seq jump alone
+            aside = rec.intake.moved_aside
+            data["intake_recovered"] = {
+                "moved_aside": None if aside is None else str(aside),
+                "unreadable_blocks": rec.intake.unreadable_blocks,
+            }
         if rec.seq_resumed_above is not None:
             data["seq_resumed_above"] = rec.seq_resumed_above
         if self.outbox.foreign is not None:  # another device's waiting events, kept unsent: the centre should know

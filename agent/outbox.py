@@ -117,7 +117,7 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
         self.foreign: tuple[Path, str] | None = set_aside_foreign(self.path, intake_path, self._who)
         was_there = intake_path.exists()
         # An intake left by a run with it on is read even when it is off now: its events and seqs are the outbox's.
-        opened = open_intake(intake_path) if intake or was_there else None
+        opened, intake_lost = open_intake(intake_path) if intake or was_there else (None, None)
         self._take_new = intake and opened is not None  # new alarms may go to the intake
         self._retire = not intake  # at a clean stop, once its events are in SQLite, the file goes
         try:
@@ -133,6 +133,7 @@ class Outbox(Space, Seqs, TakeIn, ClosingFile):
                 opened[0].close()
             raise
         try:
+            self.recovery = dataclasses.replace(self.recovery, intake=intake_lost)
             self._settle_in(opened, max_mb, busy_timeout_s)
         except BaseException:
             if opened is not None:

@@ -38,6 +38,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 
 @dataclass(frozen=True)
+class IntakeRecovery:
+    """Blocks of the intake the disk would not read at start: alarms in them may never be sent."""
+
+    moved_aside: Path | None  # no block could be read: the whole file went there
+    unreadable_blocks: int
+
+
+@dataclass(frozen=True)
 class Recovery:
     """What opening found: shown in ``agent_started`` and logged."""
 
@@ -47,6 +55,7 @@ class Recovery:
     reason: str | None = None  # why the file was moved aside (SQLite's words)
     seq_mark: int | None = None  # the state file's mark, when seq had to jump over it
     seq_resumed_above: int | None = None
+    intake: IntakeRecovery | None = None  # set by the outbox, which opens the intake
 
 
 def is_full(exc: sqlite3.Error) -> bool:

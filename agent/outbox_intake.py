@@ -33,6 +33,10 @@ The file is ``SLOTS`` blocks of ``SLOT_BYTES``; one event per block:
   outbox counts it as a new file.  :meth:`Intake.settle` then blanks the
   damaged blocks and gives an empty file a done block of seq 0, its marker,
   so the next start does not count it again.
+* A block the disk will not read (EIO, a bad sector) is read around: the
+  others' events are sent, it counts as damaged for the top, and it is never
+  blanked nor reused, so it is counted again at each start while it stays
+  unreadable.  Only a file with no readable block is moved aside (the outbox).
 * Only alarms come here (the outbox decides): a non-alarm that waits here
   could neither be evicted nor kept out of the alarms' reserve.
 """
@@ -72,11 +76,12 @@ class Found:
     top: int
     damaged: int  # blocks with the magic but a bad CRC (a write cut short, or the disk)
     readable: int  # blocks whose CRC matches, done or live
+    unreadable: int = 0  # blocks the disk would not read (EIO): whatever they hold is unknown
 
     @property
     def lost_top(self) -> bool:
-        """Whether the file may have lost its highest seq: no block readable, or a damaged one."""
-        return self.damaged > 0 or self.readable == 0
+        """Whether the file may have lost its highest seq: no block readable, or a damaged or unreadable one."""
+        return self.damaged > 0 or self.unreadable > 0 or self.readable == 0
 
 
 def payload_of(event_id: str, type_: str, body: str) -> bytes:
@@ -124,6 +129,7 @@ class Intake(ClosingFile):
         self._slot_of: dict[int, int] = {}  # seq -> block, for the blocks in use
         self._top: tuple[int, int] | None = None  # (seq, block) of the highest seq written: never reused
         self.failed: list[int] = []  # blocks of the last write whose sync failed
+        self.unreadable = 0  # blocks the last read could not read
         self._closed = False
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -145,15 +151,31 @@ class Intake(ClosingFile):
         self._damaged: list[int] = []
 
     def read(self) -> Found:
-        """Every block's event: the live ones (in seq order) stay claimed, the others become free."""
-        data = os.pread(self._fd, self._slots * SLOT_BYTES, 0)
+        """Every block's event: the live ones (in seq order) stay claimed, the others become free.
+
+        Read one block at a time, at start only: one bad sector then costs its
+        block, not the alarms in the others.  A block that cannot be read is
+        neither free nor blanked (:meth:`settle`): a later read may still
+        return a live alarm from it, and a write there would destroy it.
+
+        Raises:
+            OSError: no block could be read at all.
+
+        """
         live: list[tuple[int, OutboxRow]] = []
         self._damaged = []
         free = []
         readable = 0
+        unreadable = 0
         self._top = None
+        error: OSError | None = None
         for i in range(self._slots):
-            block = data[i * SLOT_BYTES : (i + 1) * SLOT_BYTES]
+            try:
+                block = os.pread(self._fd, SLOT_BYTES, i * SLOT_BYTES).ljust(SLOT_BYTES, b"\0")
+            except OSError as exc:
+                unreadable += 1
+                error = error or exc
+                continue
             got = decode(block)
             if got is None:
                 if block[: len(MAGIC)] == MAGIC:
@@ -168,17 +190,22 @@ class Intake(ClosingFile):
                 live.append((i, row))
             else:
                 free.append(i)
+        if error is not None and unreadable == self._slots:
+            raise error
+        self.unreadable = unreadable
         live.sort(key=lambda t: t[1].seq)
         self._slot_of = {row.seq: i for i, row in live}
         self._free = [i for i in free if self._top is None or i != self._top[1]]
         top = 0 if self._top is None else self._top[0]
-        return Found([row for _, row in live], top, len(self._damaged), readable)
+        return Found([row for _, row in live], top, len(self._damaged), readable, unreadable)
 
     def settle(self) -> None:
         """Once the outbox has counted :attr:`Found.lost_top`: blank the damaged blocks, mark an empty file; synced.
 
         Left as they are, the next start would count the same loss again and
-        resume seq 1,000 higher at every restart.
+        resume seq 1,000 higher at every restart.  Blocks that could not be
+        read are left alone (see :meth:`read`): while they stay unreadable each
+        start counts them again, and says so (``agent_started``).
         """
         if not self._damaged and self._top is not None:
             return

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
-from agent.outbox_db import is_full, raise_seq, set_intake_in_use
-from agent.outbox_intake import MAX_PAYLOAD, Found, Intake, payload_of
+from agent.outbox_db import IntakeRecovery, is_full, raise_seq, set_intake_in_use
+from agent.outbox_intake import MAX_PAYLOAD, SLOTS, Found, Intake, payload_of
 from agent.outbox_rows import OutboxRow, Row, as_row
 from agent.statefile import sync_dir
 
@@ -35,11 +35,48 @@ TAKE_IN_WAIT_S = 0.05
 _MOVE_IN = "INSERT OR IGNORE INTO outbox (seq, id, type, alarm, created_ms, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def open_intake(path: Path, *, retry: bool = True) -> tuple[Intake, Found] | None:
-    """The intake and what it holds; None (logged) when it cannot be used: SQLite then takes every event.
+def open_intake(path: Path) -> tuple[tuple[Intake, Found] | None, IntakeRecovery | None]:
+    """The intake and what it holds, or None (logged) when it cannot be used: SQLite then takes every event.
 
-    A file that cannot be read back is moved aside and a new one started: the
-    agent must start, or every later press is lost to save the few in it.
+    Second: what of it could not be read, for ``agent_started`` (else None).
+    A bad sector costs only its block (:meth:`Intake.read`).  A file none of
+    whose blocks can be read is moved aside and a new one started: the agent
+    must start, or every later press is lost to save the few in it.
+    """
+    try:
+        opened = _read_intake(path)
+    except OSError as exc:
+        aside = _move_unreadable(path, exc)
+        lost = IntakeRecovery(aside, SLOTS)
+        if aside is None:
+            return None, lost
+        try:
+            return _read_intake(path), lost
+        except OSError as again:
+            log.warning(
+                "outbox intake %s: the new file cannot be read either (%s); every event is committed to SQLite "
+                "instead; check the disk",
+                path,
+                again,
+            )
+            return None, lost
+    if opened is None or not opened[1].unreadable:
+        return opened, None
+    log.critical(
+        "outbox intake %s: %d of its blocks cannot be read; alarms waiting in them are not sent while they "
+        "stay unreadable, the others are; seq resumes above the last one saved; check the disk",
+        path,
+        opened[1].unreadable,
+    )
+    return opened, IntakeRecovery(None, opened[1].unreadable)
+
+
+def _read_intake(path: Path) -> tuple[Intake, Found] | None:
+    """Open and read ``path``; None (logged) when it cannot be opened.
+
+    Raises:
+        OSError: no block of it can be read.
+
     """
     try:
         intake = Intake(path)
@@ -48,11 +85,9 @@ def open_intake(path: Path, *, retry: bool = True) -> tuple[Intake, Found] | Non
         return None
     try:
         found = intake.read()
-    except OSError as exc:
+    except OSError:
         intake.close()
-        if not retry or not _move_unreadable(path, exc):
-            return None
-        return open_intake(path, retry=False)
+        raise
     if found.damaged:
         log.warning(
             "outbox intake %s: %d blocks were cut short by a power cut or crash, or damaged on disk since; "
@@ -63,8 +98,8 @@ def open_intake(path: Path, *, retry: bool = True) -> tuple[Intake, Found] | Non
     return intake, found
 
 
-def _move_unreadable(path: Path, exc: OSError) -> bool:
-    """Rename an intake that cannot be read to ``<name>.corrupt-<UTC time>``; whether it moved (logged both ways)."""
+def _move_unreadable(path: Path, exc: OSError) -> Path | None:
+    """Rename an intake that cannot be read to ``<name>.corrupt-<UTC time>``; where it went (logged both ways)."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -82,7 +117,7 @@ def _move_unreadable(path: Path, exc: OSError) -> bool:
             exc,
             err,
         )
-        return False
+        return None
     log.critical(
         "outbox intake %s cannot be read (%s); moved aside to %s, a new one started; its waiting alarms "
         "are not sent and seq resumes above the last one saved; check the disk",
@@ -90,7 +125,7 @@ def _move_unreadable(path: Path, exc: OSError) -> bool:
         exc,
         aside,
     )
-    return True
+    return aside
 
 
 class TakeIn:
@@ -350,7 +385,9 @@ class TakeIn:
                     exc,
                 )
         else:
-            if self._retire:  # switched off: its events and top seq are in SQLite now
+            # Switched off: its events and top seq are in SQLite now; but a block the disk would not read may
+            # still hold an alarm a later start can read.
+            if self._retire and not intake.unreadable:
                 with contextlib.suppress(OSError):
                     intake.path.unlink()
                     sync_dir(intake.path.parent)
