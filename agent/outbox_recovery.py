@@ -31,14 +31,23 @@ log = logging.getLogger(__name__)
 SALVAGED = ".salvaged"
 
 
+def aside_path(path: Path, tag: str, *, taken: tuple[str, ...] = ("",)) -> Path:
+    """``<name>.<tag>-<UTC time>``, numbered on when taken with any of ``taken``'s suffixes.
+
+    A Pi without a battery clock repeats its seconds after a power cut.
+    """
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
+    n = 1
+    while any(aside.with_name(aside.name + suffix).exists() for suffix in taken):
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+        n += 1
+    return aside
+
+
 def move_aside(path: Path, exc: Exception) -> Path:
     """Rename the database and its -wal/-shm files to ``<name>.corrupt-<UTC time>``; never delete them."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists() or aside.with_name(aside.name + SALVAGED).exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
+    aside = aside_path(path, "corrupt", taken=("", SALVAGED))
     try:
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{path}{suffix}")
@@ -56,12 +65,7 @@ def move_foreign(path: Path, intake: Path, owner: str) -> Path:
     other device's waiting events on this device's topic with the other
     device's name in them.
     """
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.foreign-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.foreign-{stamp}-{n}")
-        n += 1
+    aside = aside_path(path, "foreign")
     try:
         for src, dst in ((Path(f"{path}{x}"), Path(f"{aside}{x}")) for x in ("-wal", "-shm", "")):
             if src.exists():

@@ -11,7 +11,6 @@ or at stop, and is never moved at all when its PUBACK comes first.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import sqlite3
 import threading
@@ -23,6 +22,7 @@ from agent.errors import OutboxError, OutboxFullError
 from agent.events import Event
 from agent.outbox_db import IntakeRecovery, is_full, raise_seq, set_intake_in_use
 from agent.outbox_intake import MAX_PAYLOAD, SLOTS, Found, Intake, payload_of
+from agent.outbox_recovery import aside_path
 from agent.outbox_rows import OutboxRow, Row, as_row
 from agent.statefile import sync_dir
 
@@ -100,12 +100,7 @@ def _read_intake(path: Path) -> tuple[Intake, Found] | None:
 
 def _move_unreadable(path: Path, exc: OSError) -> Path | None:
     """Rename an intake that cannot be read to ``<name>.corrupt-<UTC time>``; where it went (logged both ways)."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
+    aside = aside_path(path, "corrupt")
     try:
         path.rename(aside)
         sync_dir(path.parent)
