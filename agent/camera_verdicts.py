@@ -82,21 +82,25 @@ def answer_problem(exc: BaseException, where: str) -> tuple[str, str] | None:
     """(still reason, detail) when ``exc`` shows the camera did answer, but with a certificate or bytes we refuse.
 
     A self-signed certificate or a head of 150 lines is no network trouble:
-    sending the technician after the network would waste the visit.
+    sending the technician after the network would waste the visit.  The
+    detail quotes what the camera sent, so it is :func:`one_line` like a
+    probe's: a still's reaches its ``snapshot_failed`` event and the log as is.
     """
     causes = _causes(exc)
     for e in causes:
         if isinstance(e, ssl.SSLCertVerificationError):
             why = e.verify_message or e.reason or "not verified"
-            return "unreachable", (
+            return "unreachable", one_line(
                 f"the certificate of {where} is not trusted: {why[:50]}; use http:// or a publicly trusted certificate"
             )
     cert = next((e for e in causes if isinstance(e, ssl.SSLError)), None)
     if cert is not None:
-        return "unreachable", f"TLS with {where} failed ({cert.reason or cert}): check https:// against the camera"
+        return "unreachable", one_line(
+            f"TLS with {where} failed ({cert.reason or cert}): check https:// against the camera"
+        )
     odd = next((e for e in causes if _malformed_http(e)), None)
     if odd is not None:
-        return "http_error", f"{where} answered, but not with a camera's HTTP: {type(odd).__name__}: {odd}"
+        return "http_error", one_line(f"{where} answered, but not with a camera's HTTP: {type(odd).__name__}: {odd}")
     return None
 
 

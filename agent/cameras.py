@@ -12,9 +12,12 @@ first success after that, one ``camera_restored``.  ``ok`` is None until the
 first success or fault and then follows those events, so status and events
 never disagree; ``detail`` is always the latest probe's finding.
 
-A still holds the camera's lock while it captures; a probe that cannot get
-it is skipped as busy, until a still has held it for twice the still's time
-budget: then each such probe counts as failed (the camera or network is stuck).
+A still holds the camera's lock (:class:`CameraHold`) while it captures; a
+probe that cannot get it is skipped as busy, until the still holding it now
+has held it for twice the still's time budget: then each such probe counts as
+failed (the camera or network is stuck).  The holder itself records when it
+took the lock: back-to-back stills leave the camera free for only a moment
+between them, which a probe sampling it would miss and take for one stuck still.
 """
 
 from __future__ import annotations
@@ -37,6 +40,47 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[EventType, str, Stamp, Mapping[str, Any]], None]
 _HANG_GRACE_S = 1.0
+
+
+class CameraHold:
+    """The lock a camera's stills and its probe share, and since when (monotonic s) its holder has had it.
+
+    Works like ``threading.Lock`` (``acquire``, ``release``, ``with``); each
+    acquire stamps :attr:`held_since`, each release clears it, so a probe
+    judges the still holding the camera now, never an earlier one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held_since: float | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self.held_since = time.monotonic()
+        return True
+
+    def release(self) -> None:
+        self.held_since = None
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def held_s(self) -> float:
+        """Seconds the current holder has held it; 0 when free (or just taken, not yet stamped)."""
+        since = self.held_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = f"held for {self.held_s():.1f} s" if self.locked() else "free"
+        return f"<CameraHold {state}>"
 
 
 def _hang_detail(cfg: CameraConfig, limit_s: float) -> str:
@@ -66,8 +110,7 @@ class _Camera:
         self.hung_since = 0.0
         # A still ends within its budget (stills.py); one holding the camera twice that long is stuck.
         self.stuck_after_s = 2 * still_budget_s(cfg)
-        self.busy_since: float | None = None  # monotonic s: a probe first found the camera held by a still
-        self.probe_lock = threading.Lock()
+        self.probe_lock = CameraHold()
         self.progress = 0.0  # monotonic time of its worker's last sign of life
 
 
@@ -127,7 +170,6 @@ class Cameras(Closing):
         while not self._stop.is_set():
             now = cam.progress = self._clock.mono()
             if now < due:
-                self._note_free(cam)
                 self._stop.wait(min(1.0, due - now))
                 continue
             due = now + cam.cfg.probe_interval_s
@@ -152,8 +194,6 @@ class Cameras(Closing):
         t0 = time.monotonic()
         if not self._lock_camera(cam):
             return self._busy(cam, t0)
-        with self._lock:
-            cam.busy_since = None  # ours now: a still that held it has let go
         try:
             result = self._bounded(cam)
         finally:
@@ -171,22 +211,9 @@ class Cameras(Closing):
                 return False
         return True
 
-    def _note_free(self, cam: _Camera) -> None:
-        """The camera was seen free: a still holding it later is a new one, timed afresh."""
-        if not cam.probe_lock.locked():
-            with self._lock:
-                cam.busy_since = None
-
     def _busy(self, cam: _Camera, t0: float) -> ProbeResult:
-        """A still holds the camera: no failure while a still may take that long, a failed probe once it is stuck.
-
-        Held since (at least) the first probe that found it held, and the camera
-        not seen free since.
-        """
-        with self._lock:
-            if cam.busy_since is None:
-                cam.busy_since = t0
-            held_s = time.monotonic() - cam.busy_since
+        """A still holds the camera: no failure while a still may take that long, a failed probe once it is stuck."""
+        held_s = cam.probe_lock.held_s()
         if held_s > cam.stuck_after_s and not self._stop.is_set():
             detail = f"a still has held the camera for {held_s:.0f} s: camera or network stuck"
             result = ProbeResult(ok=False, detail=one_line(detail), elapsed_ms=elapsed_ms(t0))
@@ -262,7 +289,7 @@ class Cameras(Closing):
         except Exception:  # the daemon's callbacks report their own trouble; a camera thread must survive them
             log.exception("camera callback %r failed", fn)
 
-    def locks(self) -> dict[str, threading.Lock]:
+    def locks(self) -> dict[str, CameraHold]:
         """Per camera, the lock its probe holds: a still taken under it never opens the Pi camera twice."""
         return {name: cam.probe_lock for name, cam in self._cams.items()}
 

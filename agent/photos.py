@@ -23,7 +23,7 @@ from agent.closing import Closing
 from agent.config.model import Config
 from agent.photosend import PhotoDrain
 from agent.photostore import PhotoStore
-from agent.snapshots import Snapshots
+from agent.snapshots import CameraLock, Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Photos(Closing):
         *,
         wake: Callable[[], None],
         on_failed: OnFailed,
-        locks: Mapping[str, threading.Lock] | None,
+        locks: Mapping[str, CameraLock] | None,
         wall: Callable[[], float],
     ) -> None:
         self.store = PhotoStore(cfg.outbox.path.with_name("photos.db"), max_mb=cfg.snapshots.max_mb, wall=wall)

@@ -12,7 +12,10 @@ Each row is one camera's still of one event: ``(event_id, camera)`` is unique,
 so a photo stored twice (a retried capture) replaces the first.  A delivery
 deletes only the copy the sender was handed (:meth:`PhotoStore.oldest`), never a
 newer copy stored under the same key meanwhile: each copy goes on its own
-PUBACK, or the retry would be deleted unsent.  ``part`` and
+PUBACK, or the retry would be deleted unsent.  Nor a photo of a new file: a
+copy handed out before its file was moved aside is remembered with that file's
+id, and its late PUBACK deletes nothing from the new file (the photo was
+delivered; its row stays in the moved-aside file).  ``part`` and
 ``parts`` number an event's photos in the order its cameras are configured;
 they become the ``part`` user property on the wire (``1/2``, ``2/2``).
 
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.closing import ClosingFile
-from agent.errors import OutboxError
+from agent.errors import OutboxError, printable
 from agent.outbox import HEADROOM_BYTES
 from agent.outbox_db import close_checkpointed
 from agent.photostore_file import RETRY_FIRST_S, PhotoFile
@@ -107,7 +110,8 @@ class PhotoStore(PhotoFile, ClosingFile):
         self._mono = mono
         self._retry_s = RETRY_FIRST_S  # the wait after the next failed open
         self._retry_at = 0.0  # no open is tried before this (monotonic s)
-        self._handed: dict[tuple[str, str], int] = {}  # (event_id, camera) -> seq of the copy oldest() gave
+        self.file_id = 0  # the open file's id (meta key ``file``); 0 before any opened
+        self._handed: dict[tuple[str, str], tuple[int, int]] = {}  # (event_id, camera) -> (file_id, seq) oldest() gave
         self._lock = threading.Lock()
         self._closed = False
         self._conn: sqlite3.Connection | None = None
@@ -229,7 +233,7 @@ class PhotoStore(PhotoFile, ClosingFile):
     def _hand(self, event_id: str, camera: str, seq: int) -> None:
         """Remember which copy of (event_id, camera) the sender has, so its PUBACK deletes that copy only."""
         self._handed.pop((event_id, camera), None)
-        self._handed[event_id, camera] = seq
+        self._handed[event_id, camera] = (self.file_id, seq)
         while len(self._handed) > _HANDED_MEMORY:  # one in flight; more only for copies dropped for room
             del self._handed[next(iter(self._handed))]
 
@@ -269,8 +273,16 @@ class PhotoStore(PhotoFile, ClosingFile):
             cur = conn.execute("DELETE FROM photos WHERE event_id = ?", (event_id,))
             for key in [k for k in self._handed if k[0] == event_id]:
                 del self._handed[key]
-        elif (seq := self._handed.get((event_id, camera))) is not None:
-            cur = conn.execute("DELETE FROM photos WHERE seq = ?", (seq,))
+        elif (handed := self._handed.get((event_id, camera))) is not None:
+            if handed[0] != self.file_id:
+                del self._handed[event_id, camera]
+                log.info(
+                    "photo %s/%s was delivered from a photos.db since moved aside; nothing to delete in the new one",
+                    printable(event_id),
+                    printable(camera),
+                )
+                return 0
+            cur = conn.execute("DELETE FROM photos WHERE seq = ?", (handed[1],))
             del self._handed[event_id, camera]
         else:  # never handed out in this run (acked before it was sent, or after a restart)
             cur = conn.execute("DELETE FROM photos WHERE event_id = ? AND camera = ?", (event_id, camera))

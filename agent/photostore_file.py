@@ -20,12 +20,18 @@ says why, and the file is opened again after the same backoff, with the same
 recovery (a damaged one is moved aside then).  A busy file (another process
 writing it) or a full disk is not the file's failure: the call fails, the
 connection stays (the sender keeps a delete it could not make in memory).
+
+Each file carries a random id (``meta`` key ``file``), so the store can tell
+a reopened file from a new one: a new file numbers its photos from 1 again,
+and a late PUBACK for a photo of the old file must not delete the new file's
+photo of the same number.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -69,6 +75,7 @@ class PhotoFile:
         _closed: bool
         _conn: sqlite3.Connection | None
         _counts: tuple[int, int, int]
+        file_id: int
 
     def _open(self) -> None:
         """Open the file, or remember why not (:attr:`error`): a store that cannot open never stops the agent."""
@@ -78,6 +85,7 @@ class PhotoFile:
             try:
                 row = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM photos").fetchone()
                 got = conn.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+                file_id = _file_id(conn)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -86,7 +94,7 @@ class PhotoFile:
             return
         if self.error is not None:
             log.warning("photo store %s is available again", self.path)
-        self._conn, self.error = conn, None
+        self._conn, self.error, self.file_id = conn, None, file_id
         self._retry_s = RETRY_FIRST_S
         self._counts = (int(row[0]), int(row[1]), int(got[0]) if got else 0)
 
@@ -187,6 +195,16 @@ class PhotoFile:
         with self._lock:
             if self._conn is None and not self._closed and self._mono() >= self._retry_at:
                 self._open()
+
+
+def _file_id(conn: sqlite3.Connection) -> int:
+    """The file's own id, given once (a file from before ids gets one now); read-only unless missing."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'file'").fetchone()
+    if row is not None:
+        return int(row[0])
+    made = secrets.randbits(62)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('file', ?)", (made,))
+    return made
 
 
 def _passing(exc: sqlite3.Error) -> bool:

@@ -13,7 +13,9 @@ a missing photo always says why.
   memory as JPEG at ``quality`` (lowered step by step until it fits
   ``max_kb``), then stopped and closed.  The health probe does not keep the
   camera open either, so neither holds it between uses; a ``lock`` shared with
-  the probe keeps them from opening it at the same moment.
+  the probe keeps them from opening it at the same moment (the health checks'
+  :class:`~agent.cameras.CameraHold`, which also records since when the still
+  has held it, so the probe can tell a stuck still from back-to-back ones).
 * ``http_snapshot``, and ``rtsp`` with a ``snapshot_url``: one GET through
   requests with the camera's basic or digest login, read up to ``max_kb``.
 
@@ -35,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent.closing import Closing
 from agent.config.model import CameraConfig, CameraKind
@@ -57,10 +59,18 @@ class _Job:
     parts: int
 
 
+class CameraLock(Protocol):
+    """What a still needs of the lock it shares with its camera's probe: ``threading.Lock`` or ``CameraHold``."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class _Worker:
     """One camera's queue, thread and hung-capture marker."""
 
-    def __init__(self, cfg: CameraConfig, taker: HttpStill | PiStill, lock: threading.Lock) -> None:
+    def __init__(self, cfg: CameraConfig, taker: HttpStill | PiStill, lock: CameraLock) -> None:
         self.cfg = cfg
         self.taker = taker
         self.lock = lock
@@ -95,7 +105,7 @@ class Snapshots(Closing):
         *,
         on_stored: Callable[[], None],
         on_failed: OnFailed,
-        locks: Mapping[str, threading.Lock] | None = None,
+        locks: Mapping[str, CameraLock] | None = None,
         wall: Callable[[], float] = time.time,
         gate: Callable[[str], None] | None = None,
     ) -> None:
@@ -121,7 +131,7 @@ class Snapshots(Closing):
             else:  # the config refuses this; kept as a log line should a caller build its own config
                 log.warning("camera %s has no still URL; no photos from it", cam.name)
                 continue
-            lock = (locks or {}).get(cam.name) or threading.Lock()
+            lock: CameraLock = (locks or {}).get(cam.name) or threading.Lock()
             self._workers[cam.name] = _Worker(cam, taker, lock)
 
     def start(self) -> None:

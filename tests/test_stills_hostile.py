@@ -269,3 +269,21 @@ def test_http_still__trailing_bytes_after_the_end_marker_are_not_stored() -> Non
         assert body == jpeg
     finally:
         cam.stop()
+
+
+def test_http_still__camera_bytes_in_its_detail_are_escaped_and_bounded(
+    raw_camera: Callable[[Answer], RawCamera],
+) -> None:
+    """The status line's version went into the detail as sent: an ESC reached ``snapshot_failed`` and the log."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/9.9\x1b]0;owned\x07\x1b[2J" + b"x" * 1000 + b" 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    cam = raw_camera(answer)
+    got = take(HttpStill(cam_cfg(url=cam.url, timeout_s=2.0), cam.url, 400 * 1024))
+    assert isinstance(got, SnapshotError), got
+    assert got.reason == "http_error"
+    detail = str(got)
+    assert detail.isprintable(), detail
+    assert "\\x1b]0;owned\\x07" in detail
+    assert len(detail) <= 200, len(detail)
