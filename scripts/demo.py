@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.control import request  # noqa: E402
+from agent.control_client import request  # noqa: E402
 from agent.errors import ControlError  # noqa: E402
 from agent.stopflag import StopFlag  # noqa: E402
 
