@@ -24,12 +24,13 @@ from agent.statefile import State
 
 if TYPE_CHECKING:
     from agent.chores import Chores
-    from agent.health import Heartbeat, TestMode
+    from agent.health import Heartbeat
     from agent.indicators import Indicators
     from agent.inputs import Inputs
     from agent.outbox import Outbox
     from agent.recorder import Recorder
     from agent.statefile import StateFile
+    from agent.testmode import TestMode
     from agent.transmission import Transmission
     from agent.uplink import Uplink
 

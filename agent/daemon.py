@@ -40,7 +40,7 @@ from agent.control import ControlServer
 from agent.errors import HardwareError
 from agent.events import Clock
 from agent.handlers import Handlers
-from agent.health import Health, Heartbeat, StatusSources, TestMode
+from agent.health import Health, Heartbeat, StatusSources
 from agent.indicators import Indicators
 from agent.inputs import Inputs
 from agent.instance import InstanceLock
@@ -51,6 +51,7 @@ from agent.pins import close_pin_factory, make_pin_factory
 from agent.recorder import Recorder
 from agent.statefile import StateFile
 from agent.stopflag import StopFlag
+from agent.testmode import TestMode
 from agent.transmission import Transmission
 from agent.uplink import LinkState, Uplink
 
