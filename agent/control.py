@@ -2,9 +2,9 @@
 
 A UNIX stream socket (mode 0660, so a technicians' group can use it), one JSON
 request line in, one JSON reply line out.  Each connection is served on its
-own short-lived thread, at most :data:`MAX_CONNECTIONS` at once (one more is
-turned away with a one-line error, never queued), so an idle or slow client
-cannot make a healthy agent look dead.  Each is read and answered within an
+own short-lived thread, at most :data:`MAX_CONNECTIONS` at once (one more
+waits :data:`SLOT_WAIT_S` for a slot, then is turned away with a one-line
+error), so an idle or slow client cannot make a healthy agent look dead.  Each is read and answered within an
 overall deadline (:data:`REQUEST_DEADLINE_S` from accept to the last byte of
 the reply, not per ``recv``), so a client that trickles a byte at a time holds
 only its own thread, and only that long.
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 REQUEST_DEADLINE_S = 2.0
-MAX_CONNECTIONS = 4  # one thread each; one more is turned away at once
+MAX_CONNECTIONS = 8  # one thread each; one more waits SLOT_WAIT_S for a slot, then is turned away
+SLOT_WAIT_S = 0.25  # a client's next request can come before the thread that answered its last one has ended
 START_MARGIN_S = 0.25  # a request starts at least this long before the client's deadline, so the reply is heard
 CLOSE_WAIT_S = 2.0
 ACCEPT_RETRY_S = 0.5  # pause after a failed accept(): a descriptor or memory shortage lasts
@@ -67,6 +68,7 @@ class ControlServer(Closing):
         self._accept_logged: float | None = None
         self._active: dict[socket.socket, threading.Thread] = {}  # connection -> its thread, under _active_lock
         self._active_lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._active_lock)
         self._changes = threading.Lock()  # held while a request that changes state is carried out
 
     def start(self) -> None:
@@ -139,8 +141,13 @@ class ControlServer(Closing):
             self._dispatch(conn, time.monotonic())
 
     def _dispatch(self, conn: socket.socket, accepted: float) -> None:
-        """Serve ``conn`` on a thread of its own, or turn it away at once: the accept loop never waits."""
+        """Serve ``conn`` on a thread of its own; or, once every slot stayed taken SLOT_WAIT_S, turn it away.
+
+        The short wait is for a thread that has sent its reply and not yet
+        ended: a script's next request, made at once, must not be refused for it.
+        """
         with self._active_lock:
+            self._slot_freed.wait_for(lambda: len(self._active) < MAX_CONNECTIONS, timeout=SLOT_WAIT_S)
             if self._closed.is_set():
                 conn.close()
                 return
@@ -166,6 +173,7 @@ class ControlServer(Closing):
         finally:
             with self._active_lock:  # out of the table before closing: close() shuts down only open sockets
                 del self._active[conn]
+                self._slot_freed.notify()
             conn.close()
 
     def _accept_failed(self, exc: OSError) -> None:

@@ -80,7 +80,7 @@ def test_control_concurrent__idle_clients_do_not_hold_status(server: ControlServ
         assert request(server.path, "status", timeout=1.0) == {"ok": True, "state": "fine"}  # was 2 s per idle client
 
 
-def test_control_concurrent__beyond_the_cap_a_client_is_turned_away_at_once(server: ControlServer) -> None:
+def test_control_concurrent__beyond_the_cap_a_client_is_turned_away_soon(server: ControlServer) -> None:
     with ExitStack() as stack:
         _idle(stack, server.path, MAX_CONNECTIONS)  # accepted in order: these take every slot
         t0 = time.monotonic()
@@ -126,3 +126,18 @@ def test_control_concurrent__a_request_beside_idle_clients_is_answered_by_its_ow
         server.close()  # the idle clients are still connected
         assert time.monotonic() - t0 < 1.0, "close() waited out the idle clients"
     assert _conn_threads() == 0
+
+
+def test_control_concurrent__a_slot_freed_a_moment_later_serves_the_next_client(server: ControlServer) -> None:
+    """A script's next request can arrive before the thread that answered its last one has ended: with every slot
+    taken for that moment it was turned away at once (a fault test's presses, one after another, were refused)."""
+    with ExitStack() as stack:
+        idle = _idle(stack, server.path, MAX_CONNECTIONS)
+        eventually(lambda: _conn_threads() >= MAX_CONNECTIONS, 5, "every slot taken")
+        answer: list[object] = []
+        asking = threading.Thread(target=lambda: answer.append(request(server.path, "status", timeout=2.0)))
+        asking.start()
+        time.sleep(0.05)  # the request is waiting at the accept loop meanwhile
+        idle[0].close()  # its thread sees the end of the stream and frees its slot
+        asking.join(5)
+    assert answer == [{"ok": True, "state": "fine"}]
