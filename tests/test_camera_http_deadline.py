@@ -16,8 +16,9 @@ from typing import TypeVar
 import pytest
 
 from agent.camprobes import probe_http
-from agent.config.model import CameraConfig, CameraKind
+from agent.config.model import CameraConfig
 from agent.stills import HttpStill, SnapshotError
+from tests.support.camservers import camera_cfg
 
 T = TypeVar("T")
 _DRIP_S = 0.02  # one header byte this often: far inside any read timeout
@@ -74,19 +75,7 @@ def trickle() -> Iterator[_TrickleCamera]:
 
 
 def _cfg(url: str) -> CameraConfig:
-    """Built directly: validation would refuse the short timeout that keeps this test fast."""
-    return CameraConfig(
-        name="gate-cam",
-        kind=CameraKind.HTTP_SNAPSHOT,
-        url=url,
-        timeout_s=0.3,
-        probe_interval_s=60,
-        fail_after=3,
-        username=None,
-        password=None,
-        auth="basic",
-        camera_num=0,
-    )
+    return camera_cfg(url, timeout_s=0.3)
 
 
 def _within(fn: Callable[[], T], wait_s: float) -> tuple[T | SnapshotError, float]:

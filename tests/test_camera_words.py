@@ -18,25 +18,14 @@ from pathlib import Path
 import pytest
 
 from agent.camprobes import probe_http
-from agent.config.model import CameraConfig, CameraKind
+from agent.config.model import CameraConfig
 from agent.stills import HttpStill, SnapshotError
+from tests.support.camservers import camera_cfg
 from tests.support.certs import issue, make_ca
 
 
 def _cfg(url: str) -> CameraConfig:
-    """Built directly: validation would refuse the short timeout that keeps this test fast."""
-    return CameraConfig(
-        name="gate-cam",
-        kind=CameraKind.HTTP_SNAPSHOT,
-        url=url,
-        timeout_s=2.0,
-        probe_interval_s=60,
-        fail_after=3,
-        username=None,
-        password=None,
-        auth="basic",
-        camera_num=0,
-    )
+    return camera_cfg(url, timeout_s=2.0)
 
 
 def _still_error(url: str) -> SnapshotError:

@@ -40,7 +40,7 @@ from agent.doctor.checks import (
 from agent.doctor.runner import Host, _Printer, add_doctor_parser, cmd_doctor, probe_agent, run_doctor
 from tests.support.agentproc import AgentProc, short_socket_path, write_config
 from tests.support.broker import Broker, free_port
-from tests.support.camservers import HttpCamera, RtspServer
+from tests.support.camservers import HttpCamera, RtspServer, camera_cfg
 from tests.support.certs import Issued, issue, make_pki
 from tests.support.waiting import eventually
 
@@ -603,18 +603,7 @@ def test_doctor__acl_without_the_doctor_line_fails_the_round_trip(
 
 
 def camera(kind: CameraKind, url: str | None, name: str = "cam") -> CameraConfig:
-    return CameraConfig(
-        name=name,
-        kind=kind,
-        url=url,
-        timeout_s=1.0,
-        probe_interval_s=60,
-        fail_after=3,
-        username=None,
-        password=None,
-        auth="basic",
-        camera_num=0,
-    )
+    return camera_cfg(url, kind=kind, name=name)
 
 
 def test_check_camera__http_500_fails_with_the_detail() -> None:

@@ -14,8 +14,28 @@ import threading
 import urllib.request
 from typing import Any, Self
 
+from agent.config.model import CameraConfig, CameraKind
+
 # A JPEG as far as any probe can tell: SOI + APP0 header, filler, EOI.
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + bytes(range(256)) * 8 + b"\xff\xd9"
+
+
+def camera_cfg(
+    url: str | None, *, kind: CameraKind = CameraKind.HTTP_SNAPSHOT, timeout_s: float = 1.0, name: str = "gate-cam"
+) -> CameraConfig:
+    """A camera built directly: validation would refuse the short timeouts that keep these tests fast."""
+    return CameraConfig(
+        name=name,
+        kind=kind,
+        url=url,
+        timeout_s=timeout_s,
+        probe_interval_s=60,
+        fail_after=3,
+        username=None,
+        password=None,
+        auth="basic",
+        camera_num=0,
+    )
 
 
 def _md5(text: str) -> str:
