@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import cli
-from agent.control import START_MARGIN_S, ControlServer, read_only
+from agent.control import START_MARGIN_S, ControlServer, _start_by, read_only
 from agent.control_client import DEADLINE_FIELD, request
 from agent.errors import ControlError
 from tests.support.agentproc import short_socket_path
@@ -161,3 +163,21 @@ def test_control_deadline__a_status_asked_with_a_short_timeout_is_answered(
     """A late status changes nothing: only changes keep the margin (doctor --timeout 0.2 called a live agent dead)."""
     _fake, srv = agent
     assert request(srv.path, "status", timeout=START_MARGIN_S / 2) == {"ok": True, "state": "fine"}
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(client=_JSON | st.integers(min_value=-(10**400), max_value=10**400), own=st.floats(0, 1e9))
+def test_control_deadline__any_json_deadline_gives_a_start_time_or_a_refusal(client: object, own: float) -> None:
+    """Whatever a client puts in ``deadline_mono``: a time no later than the server's own, or None; never a raise."""
+    for margin in (0.0, START_MARGIN_S):
+        start_by = _start_by(client, own, margin_s=margin)
+        assert start_by is None or (isinstance(start_by, float) and start_by <= own)
+        if start_by is None:
+            assert client is not None
