@@ -8,6 +8,13 @@ event is noted; the agent's own events (started, a photo that will not come)
 are recorded; and the state file keeps the seq mark, test mode's end and the
 latest alarms, which the next start reads back (agent/carryover.py) before
 the inputs are armed.
+
+The inputs are armed before the photo store is opened (its ``quick_check``
+may read a big file for seconds; the button comes first), so an alarm
+recorded in between (a press as the agent starts, a button held through a
+restart) waits in :attr:`_photo_wait` and is handed to the photos as they are
+built (:meth:`_photos_built`); should the start fail first, the stop reports
+it ``stopped`` (:meth:`_photos_never_came`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from agent.statefile import State
 
 if TYPE_CHECKING:
     from agent.chores import Chores
+    from agent.config.model import Config
     from agent.health import Heartbeat
     from agent.indicators import Indicators
     from agent.inputs import Inputs
@@ -42,6 +50,7 @@ class ButtonPath:
     """The recorder's side of :class:`~agent.daemon.Agent`: its hooks, its own events and the state file."""
 
     if TYPE_CHECKING:  # the agent's parts and state, which these methods share
+        cfg: Config
         clock: Clock
         outbox: Outbox | None
         recorder: Recorder | None
@@ -49,6 +58,8 @@ class ButtonPath:
         uplink: Uplink | None
         indicators: Indicators | None
         photos: Any
+        _photo_wait: list[tuple[str, str]] | None  # (event id, source) asked for before the photos were built
+        _photo_lock: threading.Lock
         heartbeat: Heartbeat
         test_mode: TestMode
         transmission: Transmission
@@ -63,8 +74,7 @@ class ButtonPath:
         def alarm_recorded(event_id: str, source: str) -> None:  # committed (or held) already
             if self.indicators is not None:
                 self.indicators.alarm_recorded(event_id, silent=self._silent.get(source, False))
-            if self.photos is not None:
-                self.photos.request(event_id, source)
+            self._ask_photo(event_id, source)
 
         def alarm_delivered(event_id: str) -> None:
             if self.indicators is not None:
@@ -85,6 +95,41 @@ class ButtonPath:
             noted=noted,
             mark=self.save_state,
         )
+
+    def _ask_photo(self, event_id: str, source: str) -> None:
+        """Queue the alarm's stills, or keep the request while the photos are still being built (never waits)."""
+        photos = self.photos
+        if photos is None:
+            with self._photo_lock:  # against the hand-over: a request kept after it would never be made
+                photos = self.photos
+                if photos is None:
+                    if self._photo_wait is not None:
+                        self._photo_wait.append((event_id, source))
+                    return
+        photos.request(event_id, source)
+
+    def _photos_built(self, photos: Any) -> None:
+        """Make ``photos`` the agent's, first handing it the requests kept since the inputs were armed.
+
+        Handed over in the order they were made, before any later one: requests only
+        queue (agent/snapshots.py), so the lock is held for no capture.
+        """
+        with self._photo_lock:
+            for event_id, source in self._photo_wait or ():
+                photos.request(event_id, source)
+            self._photo_wait = None
+            self.photos = photos
+
+    def _photos_never_came(self) -> None:
+        """A start that failed before the photos were built: its kept requests are reported ``stopped``.
+
+        Called once the inputs are closed (no alarm comes after), before the chores are.
+        """
+        with self._photo_lock:
+            kept, self._photo_wait = self._photo_wait or [], None
+        for event_id, source in kept:
+            for camera in self.cfg.snapshots.cameras_for(source):
+                self._snapshot_failed(event_id, camera, "stopped", "the agent stopped before its cameras started")
 
     def _record_started(self) -> None:
         assert self.outbox is not None
@@ -119,9 +164,17 @@ class ButtonPath:
         with self._state_lock:  # what is read too: a snapshot saved after a newer one would undo it
             inputs = self.inputs.states() if self.inputs is not None else {}
             alarms = tuple(self.recorder.latest_alarms()) if self.recorder is not None else ()
+            seqs = tuple(self.recorder.latest_alarm_seqs()) if self.recorder is not None else ()
             kept = tuple((n, i.last_event, i.last_test) for n, i in inputs.items())
             self._state.save(
-                State(self.clock.boot_id, self.outbox.top_seq(), *self.test_mode.ends(), alarms=alarms, inputs=kept)
+                State(
+                    self.clock.boot_id,
+                    self.outbox.top_seq(),
+                    *self.test_mode.ends(),
+                    alarms=alarms,
+                    inputs=kept,
+                    alarm_seqs=seqs,
+                )
             )
 
     def _carry_alarms(self, before: State) -> None:

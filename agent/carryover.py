@@ -52,7 +52,8 @@ def carry_alarms(
 ) -> None:
     """Alarms of the last run: the ones the centre may still acknowledge, and the ones still pending.
 
-    The newest pending alarms show ``sending`` again, so the person who
+    The newest pending alarms, and the test presses the state file lists
+    that are still pending, show ``sending`` again, so the person who
     pressed sees them go out and be acknowledged after a restart too; the
     latest delivered ones (the state file's) are carried as delivered, so
     the centre's ack of one is shown as it would have been without the
@@ -61,8 +62,9 @@ def carry_alarms(
     its feedback is LED only.
     """
     pending = {r.id: r for r in newest_alarms(outbox, CARRIED_ALARMS)}
+    pending.update((r.id, r) for r in listed_pending(before, outbox) if r.id not in pending)
     order = in_press_order(before, pending)
-    recorder.remember(order)
+    recorder.remember(order, {**dict(before.alarm_seqs), **{r.id: r.seq for r in pending.values()}})
     any_silent = any(silent.values())  # a delivered alarm's input is not known: a silent input's ack must not sound
     for event_id in order:
         row = pending.get(event_id)
@@ -74,6 +76,22 @@ def carry_alarms(
         except ValueError:
             source = None
         indicators.alarm_recorded(row.id, silent=silent.get(str(source), False))
+
+
+def listed_pending(before: State, outbox: Outbox) -> list[OutboxRow]:
+    """The state file's alarms still pending, test presses included (the urgent lane holds real alarms only).
+
+    Found by the seq the state file keeps beside each id (at most a few dozen
+    reads by primary key); a file an older agent wrote has none, and its
+    alarms not in the urgent lane read as delivered, as they did then.
+    """
+    listed = set(before.alarms)
+    found = []
+    for event_id, seq in before.alarm_seqs:
+        row = outbox.get(seq) if event_id in listed else None
+        if row is not None and row.id == event_id:  # a replaced or recovered outbox may hold another event there
+            found.append(row)
+    return found
 
 
 def in_press_order(before: State, pending: Mapping[str, OutboxRow]) -> list[str]:

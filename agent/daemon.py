@@ -10,11 +10,12 @@ Stop order, each part closed once even if another fails: the control socket,
 the cameras, the heartbeat, the uplink (``offline``/``shutdown`` while
 connected), the photo queue, the transmission figures, the indicators, then
 the inputs, whose last poll records what is still queued or debouncing, then
-the recorder, which stores what it still holds in memory, then the pin
-factory, the state file, the outbox and, last, the instance lock
-(agent/instance.py: taken before anything else at start, so an agent turned
-away because another runs on the same outbox touches nothing and stops
-nothing of the other's).  SIGTERM only sets a
+the photo requests of a start that failed before the photos were built
+(reported ``stopped``), then the recorder, which stores what it still holds
+in memory, then the pin factory, the state file, the outbox and, last, the
+instance lock (agent/instance.py: taken before anything else at start, so an
+agent turned away because another runs on the same outbox touches nothing
+and stops nothing of the other's).  SIGTERM only sets a
 :class:`~agent.stopflag.StopFlag` (a ``threading.Event`` can deadlock in a
 signal handler); every wait in the stop path is bounded.
 
@@ -94,6 +95,8 @@ class Agent(ButtonPath, Closing):
         self.indicators: Indicators | None = None
         self.cameras: Any = None  # agent.cameras.Cameras, imported only when cameras are configured
         self.photos: Any = None  # agent.photos.Photos, imported only when an input names a camera to photograph
+        self._photo_wait = [] if cfg.snapshots.enabled else None  # alarms before photos is built (buttonpath)
+        self._photo_lock = threading.Lock()
         self._indicators_ok = False
         self._silent = {i.name: i.silent for i in cfg.inputs}
         self.notices = Notices(
@@ -172,13 +175,14 @@ class Agent(ButtonPath, Closing):
         if cfg.snapshots.enabled:
             from agent.photos import Photos  # noqa: PLC0415 - posts without photos do not pay for them
 
-            self.photos = Photos(
+            photos = Photos(
                 cfg,
                 wake=lambda: self.uplink.wake() if self.uplink else None,
                 on_failed=self._snapshot_failed,
                 wall=self.clock.wall,
                 locks=self.cameras.locks() if self.cameras is not None else None,
             )
+            self._photos_built(photos)  # with the requests of alarms recorded since the inputs were armed
         self.uplink = Uplink(
             cfg.mqtt,
             topic_root=cfg.topic_root,
@@ -257,6 +261,7 @@ class Agent(ButtonPath, Closing):
             ("transmission figures", self.transmission.close),
             ("indicators", self.indicators.close if self.indicators is not None else None),
             ("inputs", self.inputs.close if self.inputs is not None else None),
+            ("photo requests of a failed start", self._photos_never_came),
             # After the uplink (no command, and its save, comes after this) and the inputs (their last
             # poll's snapshot_failed reports are recorded here, off their thread), before the recorder.
             ("chores", self.chores.close),

@@ -103,7 +103,8 @@ class Recorder(HeldEvents, KnownAlarms, Closing):
         self._recent = RecentEvents()  # replaced under _lock; readers take a snapshot (agent/recent.py)
         self._held: dict[str, Held] = {}  # insertion order is seq order
         self._was_held: dict[str, bool] = {}  # id -> stored since; forgotten once delivered
-        self._remembered: dict[str, None] = {}  # alarm ids from before a restart, oldest first
+        self._remembered: dict[str, int | None] = {}  # alarm id -> seq from before a restart, oldest first
+        self._latest: dict[str, int] = {}  # this run's alarm id -> seq, oldest first (agent/recorder_known.py)
         self._dropped = 0
         self._failing = False  # the last write failed and none has worked since
         self._retry = threading.Event()
@@ -156,6 +157,7 @@ class Recorder(HeldEvents, KnownAlarms, Closing):
                 for (e, test), s in zip(made, seqs, strict=True)
             )
             self._recent.add(fresh)
+            self._note_alarms(fresh)
         for event, test in made:  # the inputs' last_event/last_test in status: before a central can have it
             if event.type in _INPUT_TYPES:  # a camera may share an input's name
                 self._call(self.hooks.noted, event.source, event.ts, test)

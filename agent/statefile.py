@@ -43,6 +43,7 @@ class State:
     test_until_mono: float | None = None  # the same on the monotonic clock, which only this boot shares
     alarms: tuple[str, ...] = ()  # ids of the latest alarms: the centre may still acknowledge them
     inputs: tuple[tuple[str, str | None, str | None], ...] = ()  # (name, last_event, last_test)
+    alarm_seqs: tuple[tuple[str, int], ...] = ()  # (id, seq) of those alarms: a pending one is found in the outbox
 
 
 class StateFile:
@@ -65,6 +66,7 @@ class StateFile:
                 _seconds(doc.get("test_until_mono")),
                 _ids(doc.get("alarms")),
                 _inputs(doc.get("inputs")),
+                _id_seqs(doc.get("alarm_seqs")),
             )
         except (OSError, ValueError, AttributeError):
             return State(None, 0)
@@ -85,6 +87,7 @@ class StateFile:
             "test_until_mono": state.test_until_mono,
             "alarms": list(state.alarms),
             "inputs": {name: {"last_event": ev, "last_test": test} for name, ev, test in state.inputs},
+            "alarm_seqs": dict(state.alarm_seqs),
         }
         data = json.dumps(doc).encode()
         try:
@@ -126,6 +129,17 @@ def _ids(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
     return tuple(v for v in value[:_MAX_IDS] if isinstance(v, str) and len(v) <= 64)
+
+
+def _id_seqs(value: object) -> tuple[tuple[str, int], ...]:
+    """The alarms' seqs; missing in a file an older agent wrote (its pending test presses then read as delivered)."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple(
+        (k, v)
+        for k, v in list(value.items())[:_MAX_IDS]
+        if isinstance(k, str) and len(k) <= 64 and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_MARK
+    )
 
 
 _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
