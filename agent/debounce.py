@@ -54,6 +54,14 @@ class Debouncer:
                 self._first = stamp
         return accepted
 
+    def pending(self) -> Stamp | None:
+        """The stamp an unaccepted change away from ``stable`` would carry, while the level still differs from it.
+
+        A release still inside its debounce is judged by this stamp (when the
+        person let go), not by when the thread happens to look.
+        """
+        return self._first if self._first is not None and self._level != self.stable else None
+
     def deadline(self) -> float | None:
         if self._first is None:
             return None

@@ -33,7 +33,10 @@ are applied, and a level still within its debounce is waited for (at most
 during shutdown is recorded before the outbox closes.  A press still held at
 stop is recorded once it has held ``debounce_ms``; if it is still held at the
 next start it is recorded again there ("active at start"): at worst one alarm
-twice, never none.
+twice, never none.  A thread stuck in a commit is waited for at most
+:data:`_CLOSE_JOIN_S`; then the last poll is skipped, with an error naming the
+commit and the edges left, so the rest of the stop (the recorder, the state
+file, the outbox) still runs within systemd's ``TimeoutStopSec``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ log = logging.getLogger(__name__)
 Emit = Callable[[list[Item]], Callable[[], None] | None]
 _IDLE_S = 10.0  # longest sleep with nothing to do: often enough for the watchdog (20 s), rare enough to idle cheaply
 _ERROR_PAUSE_S = 0.5  # after a failed poll: retry soon, but never spin
-_CLOSE_JOIN_S = 15.0  # close() waits this long for a poll stuck in a commit (the outbox's busy timeout is 10 s)
+_CLOSE_JOIN_S = 5.0  # close() waits this long for a poll stuck in a commit; well under TimeoutStopSec=15s
 LATER_S = 0.005  # the thread runs what may wait this long after a poll: the PUBLISH has travelled by then
 
 
@@ -102,6 +105,7 @@ class Inputs(Closing):
         self._inputs: dict[str, WatchedInput] = {}
         self._cond = threading.Condition()
         self._poll_lock = threading.Lock()  # one poll at a time: the thread's, or close()'s last one
+        self._committing: list[Item] = []  # the batch inside the emit, for close()'s error if it is stuck
         self._edges: list[tuple[str, bool, Stamp, float]] = []  # name, pin low, edge's stamp, mono when seen
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -212,25 +216,38 @@ class Inputs(Closing):
         self._poll_once(now)
         self._run_later()
 
-    def _poll_once(self, now: float | None) -> None:
-        with self._poll_lock:
-            later = None
+    def _poll_once(self, now: float | None, *, wait_s: float = -1) -> bool:
+        """One poll and its emit under the poll lock; False if the lock stayed taken ``wait_s`` (-1: no bound)."""
+        if not self._poll_lock.acquire(timeout=wait_s):
+            return False
+        try:
+            self._poll_and_emit(now)
+        finally:
+            self._poll_lock.release()
+        return True
+
+    def _poll_and_emit(self, now: float | None) -> None:
+        """Hold _poll_lock."""
+        later = None
+        try:
+            self._poll(now)
+        finally:
+            batch, self._batch = self._batch, []
             try:
-                self._poll(now)
+                if batch:
+                    self._committing = batch
+                    try:
+                        later = self._emit(batch)
+                    except BaseException:
+                        self._batch = batch + self._batch
+                        raise
+                    finally:
+                        self._committing = []
             finally:
-                batch, self._batch = self._batch, []
-                try:
-                    if batch:
-                        try:
-                            later = self._emit(batch)
-                        except BaseException:
-                            self._batch = batch + self._batch
-                            raise
-                finally:
-                    # After the emit: the status never wakes a thread ahead of the alarm.
-                    changed = self._on_change if self._changes else None
-                    self._changes = 0
-                    self._defer([w for w in (later, changed) if w is not None])
+                # After the emit: the status never wakes a thread ahead of the alarm.
+                changed = self._on_change if self._changes else None
+                self._changes = 0
+                self._defer([w for w in (later, changed) if w is not None])
 
     def _defer(self, work: list[Callable[[], None]]) -> None:
         if work:
@@ -313,23 +330,29 @@ class Inputs(Closing):
         return {name: item.view() for name, item in self._inputs.items()}
 
     def close(self) -> None:
-        """Stop the thread, record what is still queued or debouncing (module doc), release the pins."""
+        """Stop the thread, record what is still queued or debouncing (module doc), release the pins.
+
+        Bounded by :data:`_CLOSE_JOIN_S` (plus ``debounce_ms``) even when the
+        thread is stuck in a commit: the rest of the stop must run before systemd's SIGKILL.
+        """
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._cond.notify_all()
+        deadline = time.monotonic() + _CLOSE_JOIN_S
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(_CLOSE_JOIN_S)
         try:
-            self._last_poll()
+            self._last_poll(deadline)
         except Exception:
             log.exception("inputs: the last poll at stop failed")
         for item in self._inputs.values():
             item.button.close()
 
-    def _last_poll(self) -> None:
-        self.poll()
+    def _last_poll(self, deadline: float) -> None:
+        if not self._last_poll_once(deadline):
+            return
         # A level still within its debounce is waited for (at most debounce_ms), then judged by its stamps.
         due = [d for i in self._inputs.values() if (d := i.debouncer.deadline()) is not None]
         if not due:
@@ -339,7 +362,31 @@ class Inputs(Closing):
         if 0 < left <= max(i.cfg.debounce_ms for i in self._inputs.values()) / 1000.0:
             with self._cond:
                 self._cond.wait_for(lambda: self._clock.mono() >= until, timeout=left)
-        self.poll()
+        self._last_poll_once(deadline)
+
+    def _last_poll_once(self, deadline: float) -> bool:
+        """A poll at stop, unless the thread still holds the poll lock at ``deadline``: then log what is stuck."""
+        if self._poll_once(None, wait_s=max(0.0, deadline - time.monotonic())):
+            self._run_later()
+            return True
+        committing = self._committing
+        with self._cond:
+            queued = sorted({name for name, *_ in self._edges})
+        stuck = (
+            f"its commit of {len(committing)} events ({', '.join(f'{k.value} from {n}' for k, n, *_ in committing)})"
+            if committing
+            else "its poll"
+        )
+        log.error(
+            "inputs: the last poll at stop is skipped: the inputs thread is still in %s after %.0f s (stuck storage "
+            "under the outbox?); those events are recorded only if it returns before the process ends, the edges "
+            "still queued (inputs: %s) are not, and a press still held is recorded again at the next start; "
+            "check the SD card and the outbox's log lines",
+            stuck,
+            _CLOSE_JOIN_S,
+            ", ".join(queued) or "none",
+        )
+        return False
 
     def _repr_state(self) -> str:
         return ", ".join(f"{n}={i.state()}" for n, i in self._inputs.items())

@@ -91,10 +91,17 @@ class WatchedInput:
         )
 
     def stuck_due(self) -> float | None:
-        """Monotonic time the active level becomes a fault; None when no stuck timer runs."""
-        if self.active_since is not None and not self.faulted and self.cfg.stuck_after_s > 0:
-            return self.active_since + self.cfg.stuck_after_s
-        return None
+        """Monotonic time the active level becomes a fault; None when no stuck timer runs.
+
+        None also while a release stamped before that time is inside its
+        debounce: the release's own deadline wakes the thread, and the
+        release, once accepted, ends the press before the limit.
+        """
+        if self.active_since is None or self.faulted or self.cfg.stuck_after_s <= 0:
+            return None
+        due = self.active_since + self.cfg.stuck_after_s
+        release = self.debouncer.pending()
+        return None if release is not None and release.mono < due else due
 
     def accept(self, stamp: Stamp) -> Item | None:
         """The debouncer accepted a change at ``stamp``: the event it makes, if any (a release makes none)."""
@@ -113,9 +120,13 @@ class WatchedInput:
         return None
 
     def check_stuck(self, now: float, clock: Clock) -> Item | None:
-        """The ``input_fault`` event if the level has been active ``stuck_after_s`` by monotonic ``now``; once."""
-        limit = self.cfg.stuck_after_s
-        if self.faulted or self.active_since is None or limit <= 0 or now - self.active_since < limit:
+        """The ``input_fault`` event if the level has been active ``stuck_after_s`` by monotonic ``now``; once.
+
+        Judged by the release's stamp, not ``now``, while a release is inside
+        its debounce (:meth:`stuck_due`): a press let go just before the limit
+        is no fault.
+        """
+        if self.active_since is None or self.stuck_due() is None or now - self.active_since < self.cfg.stuck_after_s:
             return None
         self.faulted = True
         nc = self.cfg.contact is Contact.NORMALLY_CLOSED
