@@ -168,7 +168,7 @@ class Recorder(HeldEvents, KnownAlarms, Closing):
         if held or not stored or self.hooks.offer is None:
             self._call(self.hooks.wake)  # held events go out in the sender's round
         if held:
-            self._retry.set()
+            self._retry_held()
 
         def later() -> None:
             for (event, test), seq in zip(made, seqs, strict=True):
@@ -374,6 +374,23 @@ class Recorder(HeldEvents, KnownAlarms, Closing):
         if self._held:
             log.critical(
                 "stopping with %d events not on disk (ids %s); they are lost",
+                len(self._held),
+                ", ".join(list(self._held)[:20]),
+            )
+
+    def _retry_held(self) -> None:
+        """Wake the retry thread; after the stop (a commit stuck through it failed at last) try here, and say so."""
+        self._retry.set()
+        if not self._closed:
+            return
+        try:
+            self.flush_held()
+        except Exception:
+            log.exception("storing events held after the stop failed")
+        if self._held:
+            log.critical(
+                "a commit stuck through the stop failed: %d events not on disk (ids %s); they are lost "
+                "if the process ends now",
                 len(self._held),
                 ", ".join(list(self._held)[:20]),
             )
