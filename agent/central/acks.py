@@ -28,6 +28,7 @@ from agent.events import CONTRACT_VERSION, is_event_id, iso_ms, new_id
 
 REPLY_TIMEOUT_S = 10.0
 _MAX_UNACKED = 1000
+_MAX_LATE = 256
 valid_event_id = is_event_id
 
 
@@ -63,7 +64,10 @@ class AckDesk:
 
     An alarm whose ack is refused, or unanswered after ``reply_timeout_s``
     seconds, is offered again: the operator should not believe a device
-    signalled "help is coming" when it did not.
+    signalled "help is coming" when it did not.  An ack given up on may still
+    arrive (the link sends it again after a reconnect), so its reply is still
+    matched later (the newest 256) and shown.  A reply counts only from the
+    device the ack went to: another device cannot confirm an ack it never got.
 
     Args:
         prefix: the topic prefix (``mqtt.topic_prefix``).
@@ -78,8 +82,10 @@ class AckDesk:
         self.prefix = prefix
         self.reply_timeout_s = reply_timeout_s
         self._tz = tz
-        self._unacked: OrderedDict[str, Alarm] = OrderedDict()
+        self._unacked: OrderedDict[tuple[str, str, str], Alarm] = OrderedDict()  # (site, device, id)
         self._sent: dict[str, tuple[Alarm, float]] = {}
+        self._late: OrderedDict[str, Alarm] = OrderedDict()
+        self._unconfirmed: dict[str, tuple[int, float]] = {}
 
     def __repr__(self) -> str:
         return f"<AckDesk {len(self._unacked)} alarms unacknowledged, {len(self._sent)} acks awaiting a reply>"
@@ -89,8 +95,8 @@ class AckDesk:
 
     def offer(self, alarm: Alarm) -> None:
         """A new panic or tamper event: it may now be acknowledged."""
-        self._unacked[alarm.event_id] = alarm
-        self._unacked.move_to_end(alarm.event_id)
+        self._unacked[_key(alarm)] = alarm
+        self._unacked.move_to_end(_key(alarm))
         if len(self._unacked) > _MAX_UNACKED:  # a test press goes first: a real alarm must stay ackable
             oldest_test = next((k for k, a in self._unacked.items() if a.test), None)
             if oldest_test is not None:
@@ -115,17 +121,38 @@ class AckDesk:
         """Every alarm not yet acknowledged from here, newest first (at most 1,000)."""
         return list(reversed(self._unacked.values()))
 
-    def sent(self, alarm: Alarm, cmd_id: str, now: float, *, mono: float | None = None) -> None:
+    def sent(
+        self, alarm: Alarm, cmd_id: str, now: float, *, mono: float | None = None, token: int | None = None
+    ) -> None:
         """``cmd_id`` acknowledges ``alarm``; its reply is now expected.
 
         ``mono`` is ``now`` on the monotonic clock (default ``now``): the reply
         timeout is a span, which a step of the wall clock must not stretch.
+        ``token`` names the publish while the broker has not confirmed it
+        (:meth:`unconfirmed`).
         """
-        self._unacked.pop(alarm.event_id, None)
-        self._sent[cmd_id] = (alarm, now if mono is None else mono)
+        self._unacked.pop(_key(alarm), None)
+        m = now if mono is None else mono
+        self._sent[cmd_id] = (alarm, m)
+        if token is not None:
+            self._unconfirmed[cmd_id] = (token, m)
+
+    def unconfirmed(self) -> list[tuple[str, Alarm | None, int, float]]:
+        """Acks the broker has not confirmed yet: (cmd_id, its alarm while a reply is awaited, token, sent at)."""
+        return [(c, self.awaiting(c), token, at) for c, (token, at) in self._unconfirmed.items()]
+
+    def confirmed(self, cmd_id: str) -> None:
+        """The broker answered ``cmd_id``'s publish, or nobody waits for that answer any more."""
+        self._unconfirmed.pop(cmd_id, None)
+
+    def awaiting(self, cmd_id: str) -> Alarm | None:
+        """The alarm ``cmd_id`` acknowledges while its reply is awaited, else ``None``."""
+        entry = self._sent.get(cmd_id)
+        return entry[0] if entry is not None else None
 
     def failed(self, cmd_id: str) -> None:
-        """The ack ``cmd_id`` could not be published: offer its alarm again."""
+        """The ack ``cmd_id`` was not published, or the broker refused it: offer its alarm again."""
+        self._unconfirmed.pop(cmd_id, None)
         entry = self._sent.pop(cmd_id, None)
         if entry is not None:
             self.offer(entry[0])
@@ -139,13 +166,22 @@ class AckDesk:
             problem = decode(payload)
             why = problem if isinstance(problem, str) else "no cmd_id or ok"
             return [warning_line(at, f"{escape(topic)}: unreadable reply ({why}); ignored", self._tz)]
-        entry = self._sent.pop(reply.cmd_id, None)
-        if entry is None:
+        entry = self._sent.get(reply.cmd_id)
+        alarm = entry[0] if entry is not None else self._late.get(reply.cmd_id)
+        if alarm is None:
             return []  # a reply to another client's command
-        alarm = entry[0]
+        if topic != f"{self.prefix}/{alarm.site}/{alarm.device}/reply":
+            why = f"{escape(topic)}: a reply to ack {reply.cmd_id} of {alarm.key}, from another device; ignored"
+            return [warning_line(at, why, self._tz)]
+        self._sent.pop(reply.cmd_id, None)
+        self._late.pop(reply.cmd_id, None)
         if not reply.ok:
             self.offer(alarm)
+        elif entry is None:  # given up on and offered again meanwhile: acknowledged after all
+            self._unacked.pop(_key(alarm), None)
         verdict = "accepted" if reply.ok else f"REFUSED: {(reply.error or 'no reason given')[:MAX_REASON]}"
+        if entry is None:
+            verdict += f" (late: after the {self.reply_timeout_s:g} s wait)"
         text = (
             f"{clock_text(at, self._tz)}  {device_key(alarm.site, alarm.device)}  "
             f"ack of {alarm.type} {alarm.event_id} {escape(verdict)}"
@@ -169,6 +205,7 @@ class AckDesk:
         for cmd_id, (alarm, sent_at) in list(self._sent.items()):
             if m - sent_at > self.reply_timeout_s:
                 del self._sent[cmd_id]
+                self._remember_late(cmd_id, alarm)
                 self.offer(alarm)
                 lines.append(
                     warning_line(
@@ -179,3 +216,12 @@ class AckDesk:
                     )
                 )
         return lines
+
+    def _remember_late(self, cmd_id: str, alarm: Alarm) -> None:
+        self._late[cmd_id] = alarm
+        if len(self._late) > _MAX_LATE:
+            self._late.popitem(last=False)
+
+
+def _key(alarm: Alarm) -> tuple[str, str, str]:
+    return (alarm.site, alarm.device, alarm.event_id)

@@ -27,6 +27,10 @@ before any CONNACK twice (a single close may be a link resetting), tries MQTT
 3.1.1 on the same broker at once, and keeps to it for the life of the process.  TLS always verifies the broker's
 certificate against ``--cafile`` (or the system's CAs), TLS 1.2 at least;
 there is no switch to turn that off.
+
+With more than one broker, a link down for two connect timeouts moves to
+the next broker, round robin (:class:`~agent.central.clients.Dialing`),
+and a line names it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokers import describe_connect_error
 from agent.central import reader
-from agent.central.clients import KEEPALIVE_S, connect_properties, forget_session, leaving_properties, new_client
+from agent.central.clients import (
+    KEEPALIVE_S,
+    UNSUPPORTED_PROTOCOL,
+    Dialing,
+    PublishBook,
+    connect_properties,
+    forget_session,
+    leaving_properties,
+    new_client,
+)
 from agent.central.inbox import Burst, Inbox, Incoming, LinkNote, unpack
 from agent.central.settings import DEFAULT_CONNECT_TIMEOUT_S, LinkSettings
 from agent.central.wire import Publish
@@ -53,12 +66,10 @@ from agent.errors import AgentError
 
 __all__ = ["Burst", "CentralLink", "Inbox", "Incoming", "LinkNote", "unpack"]
 
-# "I do not speak this protocol": MQTT 5's 0x84, or 0x01 when a 3.1.1 broker answers a v5 CONNECT.
-_UNSUPPORTED_PROTOCOL = frozenset({0x84, 0x01})
 _NO_SESSION = " (the broker kept no session for us: events sent meanwhile are not shown; see the devices' seq)"
 
 
-class CentralLink(Closing):
+class CentralLink(Dialing, Closing):
     """One MQTT connection for a monitor or an ack; use as a context manager.
 
     Args:
@@ -81,6 +92,14 @@ class CentralLink(Closing):
         self._topics: list[str] = []
         self._done = threading.Condition()
         self._results: dict[int, str | None] = {}
+        self._book = PublishBook()
+        self._generation = 0
+        self._session_present = False
+        self._rounds_failed = 0
+        self._down_mono: float | None = None
+        self._swap = threading.Lock()
+        self._halt = threading.Event()
+        self._watch: threading.Thread | None = None
         self._renewals: set[int] = set()
         self._connack = threading.Event()
         self._refused: str | None = None
@@ -122,25 +141,6 @@ class CentralLink(Closing):
         """The MQTT version in use (or to be tried next): ``5`` or ``3.1.1``."""
         return self._version
 
-    def connect(self) -> BrokerAddress:
-        """Connect to the first broker that answers.
-
-        Raises:
-            AgentError: no broker could be reached; the message names each
-                ``host:port`` tried and why it failed.
-
-        """
-        failures: list[str] = []
-        for broker in self.settings.brokers:
-            why = self._try(broker)
-            if why is None:
-                self.broker = broker
-                return broker
-            failures.append(f"{broker} ({why})")
-        if len(failures) == 1:
-            raise AgentError(f"cannot reach broker {failures[0]}")
-        raise AgentError(f"cannot reach any broker: {'; '.join(failures)}")
-
     def subscribe(self, topics: Sequence[str], timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
         """Subscribe and wait for the SUBACK; renewed after every reconnect.
 
@@ -163,21 +163,52 @@ class CentralLink(Closing):
         self._listening_since = self._wall()
 
     def publish(self, topic: str, payload: bytes, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
-        """Publish at QoS 1 and wait for a successful PUBACK."""
-        info = self._connected_client().publish(topic, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise AgentError(f"could not publish to {topic}: {mqtt.error_string(info.rc)}")
-        why = self._wait(info.mid, timeout, "PUBACK")
+        """Publish at QoS 1 and wait for a successful PUBACK (``campus-agent ack``: nothing else to do meanwhile)."""
+        settled, why = self._book.wait(self.send(topic, payload), timeout)
+        if not settled:
+            raise AgentError(f"no PUBACK from {self.broker} within {timeout:g} s")
         if why is not None:
             raise AgentError(
                 f"broker {self.broker} refused the publish to {topic} ({why}); check its ACL for this user"
             )
 
+    def send(self, topic: str, payload: bytes) -> int:
+        """Publish at QoS 1 without waiting; a token for :meth:`settled`.
+
+        Once this returns, paho holds the message and sends it again after a
+        reconnect until the broker takes it: it may be delivered at any later
+        time, whatever :meth:`settled` has said so far.
+
+        Raises:
+            AgentError: the link is down, or paho would not take the message:
+                nothing was queued.
+
+        """
+        client, generation = self._connected_client(), self._generation
+        info = client.publish(topic, payload, qos=1)
+        # NO_CONN: paho noticed a drop first, and keeps the message for the reconnect
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise AgentError(f"could not publish to {topic}: {mqtt.error_string(info.rc)}")
+        return self._book.bind(generation, info.mid)
+
+    def settled(self, token: int) -> tuple[bool, str | None]:
+        """Whether the broker answered the :meth:`send` of ``token``; a settled token is forgotten.
+
+        (False, None): not yet; (True, None): taken; (True, why): refused.
+        """
+        return self._book.take(token)
+
+    def forget(self, token: int) -> None:
+        """Stop tracking a :meth:`send` whose answer nobody waits for any more."""
+        self._book.forget(token)
+
     def close(self) -> None:
         """Disconnect, ending our session on the broker, and stop paho's thread; safe to call more than once."""
         self._closing = True
-        was_up = self._up
-        self._drop_client(end_session=True)
+        self._halt.set()
+        with self._swap:  # a failover under way finishes its attempt first
+            was_up = self._up
+            self._drop_client(end_session=True)
         if was_up and self._persistent and self._version == "3.1.1" and self.broker is not None:
             forget_session(self.settings, self.client_id, self.broker)
 
@@ -190,54 +221,11 @@ class CentralLink(Closing):
             else:
                 client.disconnect()
             client.loop_stop()
+            self._book.drop_generation(self._generation)
         self._up = False
         self._listening_since = None
 
     # ---- inside ------------------------------------------------------------------
-
-    def _try(self, broker: BrokerAddress) -> str | None:
-        """Connect to ``broker``, falling back from MQTT 5 to 3.1.1 under ``auto``; ``None`` when up.
-
-        A close before any CONNACK is no proof: a link resetting as it heals,
-        or a broker still starting, closes a connection too.  So when MQTT
-        3.1.1 answers after one, the 3.1.1 session is closed unused and MQTT
-        5 is tried once more on the link now known to work; only a second
-        close keeps the monitor on 3.1.1.
-        """
-        why = self._attempt(broker)
-        if why is None or self.settings.protocol != "auto" or self._version != "5":
-            return why
-        if self._refused_code not in _UNSUPPORTED_PROTOCOL and not self._closed_early:
-            return why
-        closed_early = self._closed_early
-        retry = self._fall_back(broker, recheck=closed_early)
-        if retry is None:
-            if self._version == "3.1.1":
-                self._inbox.put(
-                    LinkNote(
-                        up=True,
-                        text=f"{broker} does not speak MQTT 5 ({why}); using MQTT 3.1.1, "
-                        "which cannot report a refused publish",
-                    )
-                )
-            return None
-        self._version = "5"
-        if closed_early and self._closed_early:  # the same answer to both: say it once
-            return f"{why}; MQTT 3.1.1 the same"
-        return f"MQTT 5: {why}; MQTT 3.1.1: {retry}"
-
-    def _fall_back(self, broker: BrokerAddress, *, recheck: bool) -> str | None:
-        """MQTT 3.1.1 on ``broker``; with ``recheck``, MQTT 5 once more when 3.1.1 answers.  None when up."""
-        self._version = "3.1.1"
-        retry = self._attempt(broker)
-        if retry is not None or not recheck:
-            return retry
-        self._drop_client()
-        self._version = "5"
-        if self._attempt(broker) is None:
-            return None
-        self._version = "3.1.1"  # MQTT 5 failed again, whichever way: 3.1.1 just worked here
-        return self._attempt(broker)
 
     def _attempt(self, broker: BrokerAddress) -> str | None:
         """One connection attempt; ``None`` when it is up, else why not."""
@@ -270,6 +258,8 @@ class CentralLink(Closing):
 
     def _make_client(self) -> mqtt.Client:
         client = new_client(self.settings, self.client_id, self._version, clean=not self._persistent)
+        self._generation += 1
+        client.user_data_set(self._generation)  # tells a PUBACK of this client from one of a client dropped
         reader.install(client, self._deliver)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -303,31 +293,39 @@ class CentralLink(Closing):
             self._refused_code = rc.value
             hint = (
                 "the broker does not speak this MQTT version; try --protocol"
-                if rc.value in _UNSUPPORTED_PROTOCOL
+                if rc.value in UNSUPPORTED_PROTOCOL
                 else "check the username, password or certificate"
             )
             self._refused = f"broker refused the connection: {rc}; {hint}"
             self._connack.set()
             return
-        self._listening_since = None
+        self._listening_since, self._down_mono = None, None
+        self._session_present = bool(getattr(flags, "session_present", True))
         if self._connack.is_set() and self._topics:
-            # A reconnect: renewed so that the broker sends every retained status again (QoS 0 ones
-            # are not queued); nobody waits for this SUBACK.
-            _rc, mid = client.subscribe(_with_qos(self._topics))
-            if mid is not None:
-                self._renewals.add(mid)
-            lost = "" if getattr(flags, "session_present", True) or not self._persistent else _NO_SESSION
-            self._inbox.put(LinkNote(up=True, text=f"reconnected to {self.broker}{lost}"))
+            self._renew(client, f"reconnected to {self.broker}")
         elif self._connack.is_set():  # a reconnect with nothing to renew: heard as soon as it is up
             self._listening_since, self.down_since = self._wall(), None
         self._up = True
         self._connack.set()
+
+    def _renew(self, client: mqtt.Client, said: str) -> None:
+        """Subscribe again and say so; nobody waits for this SUBACK.
+
+        Renewed so that the broker sends every retained status again: QoS 0 ones are not queued.
+        """
+        _rc, mid = client.subscribe(_with_qos(self._topics))
+        if mid is not None:
+            self._renewals.add(mid)
+        lost = "" if self._session_present or not self._persistent else _NO_SESSION
+        self._inbox.put(LinkNote(up=True, text=f"{said}{lost}"))
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         was_up, self._up = self._up, False
         self._listening_since = None
         if was_up and self.down_since is None:
             self.down_since = self._wall()
+        if was_up:
+            self._down_mono = time.monotonic()
         if not self._connack.is_set():
             self._closed_early = True
             self._refused = (
@@ -376,8 +374,8 @@ class CentralLink(Closing):
         refused = [str(rc) for rc in rcs if rc.is_failure]
         self._settle(mid, ", ".join(refused) if refused else None)
 
-    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
-        self._settle(mid, str(rc) if rc.is_failure else None)
+    def _on_publish(self, _c: Any, generation: int, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self._book.settle(generation, mid, str(rc) if rc.is_failure else None)
 
     def _settle(self, mid: int, why: str | None) -> None:
         with self._done:

@@ -71,6 +71,10 @@ class _Link:
     def publish(self, topic: str, payload: bytes) -> None:
         self.sent.append((topic, json.loads(payload)))
 
+    def send(self, topic: str, payload: bytes) -> int:
+        self.publish(topic, payload)
+        return len(self.sent)
+
 
 def _press(session: _Session, device: str, *, test: bool, at: float) -> str:
     doc = event(device, test=test)
