@@ -7,9 +7,12 @@ It is not thread-safe: one thread feeds it.
 
 Decisions:
 
-- **Events** (:mod:`agent.central.fleetevents`, mixed in): de-dup on event
-  ``id`` over the last :data:`DEDUP_IDS` ids (an LRU), as the contract asks
-  of every consumer; suppressed copies are counted.
+- **Events** (:mod:`agent.central.fleetevents`, mixed in): de-dup on (device,
+  event ``id``), the last 512 ids per device and :data:`DEDUP_IDS` in all
+  (:class:`~agent.central.fleetevents.RecentIds`), as the contract asks
+  of every consumer; suppressed copies are counted.  An ``agent_started``
+  saying alarms may be lost (``intake_recovered``) or the outbox was another
+  device's (``outbox_foreign``) adds a warning for the operator.
 - **Heartbeat interval** is the status's ``heartbeat_s`` when it names one,
   otherwise learned from the gaps between live ``online`` statuses
   (:mod:`agent.central.heartbeats` says how).
@@ -48,7 +51,6 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-from collections import OrderedDict
 from typing import Any
 
 from agent.central.board import RANK, DeviceRow, DeviceState
@@ -67,7 +69,7 @@ from agent.central.display import (
     warning_line,
 )
 from agent.central.fleetevents import FleetEvents
-from agent.central.fleetmsg import Device, Msg, learn_gap
+from agent.central.fleetmsg import Device, Msg, forget_gaps, learn_gap, started_warnings
 from agent.central.heartbeats import heard_at, interval, interval_named, same_status
 from agent.central.linkfigures import UNKNOWN, availability_line, read_link_stats
 from agent.events import iso_ms
@@ -117,7 +119,6 @@ class FleetView(FleetEvents):
         self._counts = dict.fromkeys(DeviceState, 0)
         self._attention: set[str] = set()
         self.low_availability = 0
-        self._seen: OrderedDict[str, None] = OrderedDict()
         self.events = 0
         self.duplicates = 0
 
@@ -154,8 +155,16 @@ class FleetView(FleetEvents):
         if msg.rest == ("status",):
             return self._status(topic, msg.site, msg.device, payload, arrival, mono=m, retained=retained)
         if msg.rest[0] == "event":
-            return self._retained_event(msg) if retained else self._event(msg, m, alarm_mono=mono)
+            return self._retained_event(msg) if retained else self._told(msg, self._event(msg, m, alarm_mono=mono))
         return []  # replies are the AckDesk's; commands are not shown
+
+    def _told(self, msg: Msg, lines: list[Line]) -> list[Line]:
+        """``lines`` of a new event, and after an ``agent_started`` what it says the operator must hear."""
+        if msg.rest != ("event", "agent_started") or not any(ln.kind is LineKind.EVENT for ln in lines):
+            return lines  # not a start, or a copy, or refused: nothing more
+        doc = decode(msg.payload)  # again, for the one rare event type that needs it
+        texts = started_warnings(f"{msg.site}/{msg.device}", doc) if isinstance(doc, dict) else []
+        return lines + [self._warn(msg.at, text) for text in texts]
 
     def tick(self, now: float, *, mono: float | None = None) -> list[Line]:
         """Flag devices whose heartbeat deadline has passed; costs one heap pop per deadline passed."""
@@ -248,7 +257,8 @@ class FleetView(FleetEvents):
             return []  # a status already taken, resent by the broker at a subscribe: nothing changed
         if not retained and dev.heard_live and was in _HEARD and dev.heard is not None and heard > dev.heard:
             due = self._deadlines.due(dev.key)
-            learn_gap(dev, heard - dev.heard, stretch=was is DeviceState.OVERDUE or (due is not None and heard > due))
+            stretch = was is DeviceState.OVERDUE or (due is not None and heard > due)
+            learn_gap(dev, heard - dev.heard, stretch=stretch, at=heard)
         if dev.heard is None or heard >= dev.heard:
             dev.heard, dev.heard_live = heard, not retained
         dev.ts = ts
@@ -277,8 +287,7 @@ class FleetView(FleetEvents):
         self._deadlines.cancel(dev.key)
         self._set_state(dev, DeviceState.OFFLINE)
         dev.reason, dev.offline_at = reason, None if retained else mono
-        dev.gaps.clear()
-        dev.candidate = None
+        forget_gaps(dev)
         if quiet:
             return []
         return [self._state_line(dev, at, "OFFLINE", f"{dev.reason}: {_OFFLINE_WHY.get(dev.reason, '?')}")]

@@ -10,7 +10,7 @@ than one message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agent.central.board import DeviceState
@@ -19,7 +19,9 @@ from agent.central.linkfigures import UNKNOWN, LinkFigures
 from agent.events import iso_ms
 
 ALARM_TYPES = frozenset({"panic", "tamper"})
-GAP_WINDOW = 32  # heartbeat gaps remembered per device; the interval is the largest
+MIN_GAPS = 3  # gaps learned before the learned interval is trusted below the default
+MIN_GAP_S = 5.0  # the agent's smallest heartbeat.interval_s: a shorter gap is a burst of changes, not learned
+GAP_HOLD_S = 7200.0  # the largest gap is kept for two to four hours: a burst of changes cannot push it out
 _MAX_INTERVAL_S = 3600.0  # the agent's largest heartbeat.interval_s: a longer gap is never a heartbeat
 _MATCH = 0.25  # two gaps within 25 % of each other are the same interval
 
@@ -51,7 +53,10 @@ class Device:
     ts: object = None  # the last online status's ``ts`` as sent: a redelivered copy carries the same
     candidate: float | None = None  # a gap too long to learn at once: learned when the next one matches
     offline_at: float | None = None
-    gaps: list[float] = field(default_factory=list)
+    peak: float = 0.0  # the largest heartbeat gap learned since ``peak_since``
+    peak_before: float = 0.0  # the largest in the window before that one
+    peak_since: float = 0.0  # monotonic start of the current window
+    learned: int = 0  # gaps learned since the device came online, counted up to MIN_GAPS
     announced: float | None = None  # the heartbeat interval the device's status names (heartbeat_s)
     pending: int | None = None
     dropped: int | None = None
@@ -127,28 +132,72 @@ def gap_text(dev: Device, seq: int, started: dict[str, Any] | None) -> str:
     An ``agent_started`` carrying ``seq_resumed_above`` explains its jump (the
     device's outbox was deleted or replaced and seq skipped about 1,000): the
     contract says there is nothing to wait for, so the warning must not say
-    events are on their way.
+    events are on their way.  One carrying ``intake_recovered`` may have lost
+    alarms for good: the warning must not promise them either
+    (:func:`started_warnings` says more).
     """
     last = dev.max_seq or 0
     data = started.get("data") if started is not None else None
     floor = data.get("seq_resumed_above") if isinstance(data, dict) else None
+    lost = "; some may be alarms lost at start, not late (intake unreadable)" if _intake(data) is not None else ""
     head = f"{dev.key}: seq jumped {last} -> {seq}: "
     waiting = f"(outbox pending {opt(dev.pending)}, dropped {opt(dev.dropped)})"
     if isinstance(floor, int) and not isinstance(floor, bool) and last <= floor < seq:
         text = f"{head}its outbox was deleted or replaced and seq resumed above {floor}; nothing to wait for"
         missing = seq - floor - 1
-        return text + (f", but {missing} event(s) above {floor} not seen yet {waiting}" if missing else "")
-    return f"{head}{seq - last - 1} event(s) not seen yet {waiting}"
+        return text + (f", but {missing} event(s) above {floor} not seen yet {waiting}" if missing else "") + lost
+    return f"{head}{seq - last - 1} event(s) not seen yet {waiting}{lost}"
 
 
-def learn_gap(dev: Device, gap: float, *, stretch: bool) -> None:
-    """Learn a heartbeat gap; one that ended a silence past the deadline only when the next gap matches it.
+def started_warnings(key: str, doc: dict[str, Any]) -> list[str]:
+    """What an ``agent_started`` says an operator must hear: alarms lost to its intake, an outbox not its own.
+
+    Neither shows as a gap in ``seq`` that fills later: the contract says to
+    raise both to an operator.  Every text the device sent is escaped.
+    """
+    data = doc.get("data")
+    seq = doc.get("seq")
+    below = f"seq {seq}" if isinstance(seq, int) and not isinstance(seq, bool) else "this start"
+    texts: list[str] = []
+    intake = _intake(data)
+    if intake is not None:
+        blocks = intake.get("unreadable_blocks")
+        count = f" ({blocks} block(s))" if isinstance(blocks, int) and not isinstance(blocks, bool) else ""
+        aside = intake.get("moved_aside")
+        where = f"; the file was moved aside to {escape(aside[:200])}" if isinstance(aside, str) else ""
+        texts.append(
+            f"{key}: intake unreadable at start{count}: alarms before {below} may be lost, not late, and "
+            f"outbox.dropped does not count them{where}; tell an operator and check the device's disk"
+        )
+    foreign = data.get("outbox_foreign") if isinstance(data, dict) else None
+    if isinstance(foreign, dict):
+        owner = escape(text_or(foreign.get("owner"), "?")[:140])
+        aside = foreign.get("moved_aside")
+        where = f" to {escape(aside[:200])}" if isinstance(aside, str) else ""
+        texts.append(
+            f"{key}: the outbox found at start was written by '{owner}' (a cloned SD card or a changed id): "
+            f"its events were moved aside{where} unsent and will not arrive; check the device's identity"
+        )
+    return texts
+
+
+def _intake(data: object) -> dict[str, Any] | None:
+    intake = data.get("intake_recovered") if isinstance(data, dict) else None
+    return intake if isinstance(intake, dict) else None
+
+
+def learn_gap(dev: Device, gap: float, *, stretch: bool, at: float) -> None:
+    """Learn a heartbeat gap ending at monotonic ``at``; one ending a silence past the deadline when the next matches.
 
     A device that hung for an hour and came back must not teach the
     monitor an hour-long heartbeat (it would then be flagged after three);
     a device with a long heartbeat goes overdue at the default deadline
-    until two equal gaps in a row show its interval.
+    until two equal gaps in a row show its interval.  A gap under
+    :data:`MIN_GAP_S` is a status sent on a change, never a heartbeat: not
+    learned, and a burst of them cannot lower what was learned.
     """
+    if gap < MIN_GAP_S:
+        return
     if gap > _MAX_INTERVAL_S * (1 + _MATCH):
         dev.candidate = None
         return
@@ -156,12 +205,35 @@ def learn_gap(dev: Device, gap: float, *, stretch: bool) -> None:
         cand, dev.candidate = dev.candidate, gap
         if cand is None or abs(gap - cand) > _MATCH * cand:
             return
-        dev.gaps.append(cand)
+        _take(dev, cand, at)
         dev.candidate = None
     else:
         dev.candidate = None
-    dev.gaps.append(gap)
-    del dev.gaps[:-GAP_WINDOW]
+    _take(dev, gap, at)
+
+
+def learned_gap(dev: Device) -> float:
+    """The largest gap learned over the last two to four hours (0 when none): the heartbeat interval.
+
+    The agent restarts its heartbeat timer after each status it sends on a
+    change, so every gap is at most one interval, and the largest is it.
+    """
+    return max(dev.peak, dev.peak_before)
+
+
+def forget_gaps(dev: Device) -> None:
+    """Start learning again (the device went offline: it may come back with another interval)."""
+    dev.peak = dev.peak_before = 0.0
+    dev.learned = 0
+    dev.candidate = None
+
+
+def _take(dev: Device, gap: float, at: float) -> None:
+    """Keep ``gap`` in the current window; a window older than :data:`GAP_HOLD_S` becomes the one before."""
+    if dev.learned == 0 or at - dev.peak_since >= GAP_HOLD_S:
+        dev.peak_before, dev.peak, dev.peak_since = dev.peak, 0.0, at
+    dev.peak = max(dev.peak, gap)
+    dev.learned = min(dev.learned + 1, MIN_GAPS)
 
 
 def opt(value: int | None) -> str:

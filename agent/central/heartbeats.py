@@ -4,11 +4,13 @@ Pure functions of one status or one device, for
 :class:`~agent.central.fleet.FleetView`.  The **heartbeat interval** is the
 status's ``heartbeat_s`` when it names one (agents from this version on do);
 otherwise it is learned from the gaps between consecutive live ``online``
-statuses (:func:`~agent.central.fleetmsg.learn_gap`): the largest of the last
-32.  The agent restarts its heartbeat timer after every status sent on a
-change, so gaps are at most one interval and the largest is the interval.
-Until 3 gaps are known the view's default is a floor (the burst of statuses
-at an agent's start is not a heartbeat).  A retained status is reckoned from
+statuses (:func:`~agent.central.fleetmsg.learn_gap`): the largest over the
+last two to four hours, gaps under 5 s (the agent's smallest interval: a
+burst of statuses sent on changes) left out.  The agent restarts its
+heartbeat timer after every status sent on a change, so gaps are at most one
+interval and the largest is the interval; a burst of changes cannot push it
+out.  Until 3 gaps are learned the view's default is a floor (the burst of
+statuses at an agent's start is not a heartbeat).  A retained status is reckoned from
 its ``ts`` when that can be trusted (:func:`heard_at`).
 """
 
@@ -17,18 +19,15 @@ from __future__ import annotations
 from typing import Any
 
 from agent.central.display import parse_ts
-from agent.central.fleetmsg import Device
-
-MIN_GAPS = 3
+from agent.central.fleetmsg import MIN_GAPS, Device, learned_gap
 
 
 def interval(dev: Device, default_s: float) -> float:
     """``dev``'s heartbeat interval in seconds: named, learned, or at least ``default_s`` until learned."""
     if dev.announced is not None:  # the device says how often it reports: nothing to learn
         return dev.announced
-    if len(dev.gaps) >= MIN_GAPS:
-        return max(dev.gaps)
-    return max(default_s, max(dev.gaps, default=0.0))
+    learned = learned_gap(dev)
+    return learned if dev.learned >= MIN_GAPS else max(default_s, learned)
 
 
 def heard_at(doc: dict[str, Any], at: float, mono: float, *, retained: bool) -> float:

@@ -5,20 +5,25 @@ paho's thread only puts messages in the inbox (:mod:`agent.central.link`).
 
 Decisions, for a centre with tens of thousands of devices:
 
-- **Alarms first.** Everything already queued is taken at once (up to
-  :data:`_BATCH`), and events are handled before statuses and replies, so a
+- **Alarms first.** Each turn takes everything already queued
+  (:class:`~agent.central.inbox.Backlog`) and handles its events at once,
+  then at most :data:`_BATCH` of the statuses, replies and photos, so a
   panic that arrives behind 20,000 retained statuses is printed first.
+  Events are told by their topic level, never by a substring.
 - **Ticks at most once a second**, never per message: overdue detection is
   a heap pop per passed deadline (:mod:`agent.central.deadlines`).  No tick
   while the link is down, nor until :data:`SETTLE_S` after a reconnect's
   renewed subscriptions are confirmed: the retained statuses that re-arm
   the deadlines come behind that SUBACK (a second at 20,000 devices), and a
-  deaf monitor must not call a heartbeating device overdue.
+  deaf monitor must not call a heartbeating device overdue.  A board ticks
+  first when nothing waits unread and the run is settled or on its first
+  subscription, and the final board (``--once``) always: its header then
+  counts what its rows show.
 - **Spans on the monotonic clock** (``mono``): the loop's timers, the settle
   time and what the fleet view and the ack desk measure; the wall clock
   (``wall``) only for printed times and comparing with devices' ``ts``.  A
   step of the host's clock must not hide a dead device or flag a live fleet.
-- **Photos after events** (``--snapshots DIR``): a photo is checked here and
+- **Photos after events** (``--snapshots DIR``): a photo, in turn with the statuses, is checked here and
   written on :class:`~agent.central.photos.PhotoSaver`'s thread; its PHOTO
   line is printed when the file is in place (:mod:`agent.central.photos`).
 - **Every line is scrubbed on the way out** (:mod:`agent.central.screen`,
@@ -42,6 +47,7 @@ from typing import TextIO
 from agent.central.acks import AckDesk, Reply, ack_command, parse_reply
 from agent.central.display import LineKind, escape
 from agent.central.fleet import FleetView
+from agent.central.inbox import Backlog
 from agent.central.keyboard import Keyboard, read_keys
 from agent.central.link import CentralLink, Inbox, Incoming, LinkNote, unpack
 from agent.central.photos import PhotoDesk, PhotoSaver, check, is_snapshot
@@ -57,6 +63,7 @@ SETTLE_S = 2.0
 _FIRST_TABLE_S = 1.0
 _IDLE_S = 0.25
 _BATCH = 5000
+_FINISH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,9 @@ class _Session(Keyboard, Screen):
         self._next_table: float | None = None
         self._next_tick = 0.0
         self._listening: tuple[float, float] | None = None  # the link's SUBACK stamp, and when it was seen here
+        self._first_listening: float | None = None  # the run's first SUBACK stamp: before it, no device was known
+        self._closing = False
+        self.backlog = Backlog(inbox, prefix)
 
     def run(self, stop: threading.Event, pressed: queue.SimpleQueue[str]) -> int:
         start = self.mono()
@@ -188,9 +198,11 @@ class _Session(Keyboard, Screen):
                     stop.wait(_IDLE_S)
         except KeyboardInterrupt:
             pass
+        self._catch_up()
         if self.saver is not None:
             self.saver.close()  # what is queued is written first, so its lines are printed below
             self._saved()
+        self._closing = True  # the last board ticks whatever the state: there is no later one
         self._board(self.wall(), full=self.opts.full_table)
         return EXIT_OK
 
@@ -228,41 +240,53 @@ class _Session(Keyboard, Screen):
         if since is None:
             self._listening = None
             return False
+        if self._first_listening is None:
+            self._first_listening = since
         if self._listening is None or self._listening[0] != since:
             self._listening = (since, mono)
         return mono - self._listening[1] >= SETTLE_S
 
     def _drain(self, wait: float) -> None:
-        """Handle what has arrived, events first; at most a batch, so keys and ticks still get their turn."""
-        try:
-            first = self.inbox.get(timeout=wait) if wait > 0 else self.inbox.get_nowait()
-        except queue.Empty:
-            return
-        mono = self.mono()  # the batch's arrival on the monotonic clock: the fleet's deadlines count from it
-        batch = list(unpack(first))
-        try:
-            while len(batch) < _BATCH:
-                batch.extend(unpack(self.inbox.get_nowait()))
-        except queue.Empty:
-            pass
-        rest: list[Incoming | LinkNote] = []
-        photos: list[Incoming] = []
-        for item in batch:
-            if isinstance(item, Incoming) and "/event/" in item.topic:
-                self._incoming(item, mono)
-            elif isinstance(item, Incoming) and self.saver is not None and is_snapshot(self.prefix, item.topic):
-                photos.append(item)
-            else:
-                rest.append(item)
-        del batch
-        for item in rest:
-            if isinstance(item, Incoming):
-                self._incoming(item, mono)
-            else:
+        """Handle every event that has arrived, then at most a batch of the rest, so keys and ticks get their turn.
+
+        Waits up to ``wait`` seconds for a first message only when nothing is left over from an earlier turn.
+        """
+        mono, events = self.backlog.take(0.0 if self.backlog else wait, self.mono)
+        for event in events:
+            self._incoming(event, mono)
+        del events
+        for at, item in self.backlog.handed(_BATCH):
+            if isinstance(item, LinkNote):
                 self._note(self.wall(), LineKind.LINK, item.text)
-        if self.saver is not None:
-            while photos:
-                self._photo(self.saver, photos.pop(0))
+            elif self.saver is not None and is_snapshot(self.prefix, item.topic):
+                self._photo(self.saver, item)
+            else:
+                self._incoming(item, at)
+
+    def _drained(self) -> bool:
+        return not self.backlog and self.inbox.empty()
+
+    def _board(self, now: float, *, full: bool) -> None:
+        """Print the board, ticking first when that is safe, so its header counts what its rows show.
+
+        Safe: the subscriptions confirmed and nothing waiting unread, and either
+        settled or still on the run's first subscription (no device's deadline
+        predates it).  The final board always ticks: there is no later one.
+        """
+        mono = self.mono()
+        settled = self._settled(mono)  # also notes the run's first SUBACK stamp
+        since = self.link.listening_since
+        first = since is not None and since == self._first_listening
+        if self._closing or (since is not None and self._drained() and (first or settled)):
+            self._next_tick = mono + TICK_S
+            self._emit(self.fleet.tick(now, mono=mono) + self.desk.tick(now, mono=mono))
+        super()._board(now, full=full)
+
+    def _catch_up(self) -> None:
+        """Handle what is already queued, for at most :data:`_FINISH_S`: the final board shows it."""
+        end = self.mono() + _FINISH_S
+        while not self._drained() and self.mono() < end:
+            self._drain(0.0)
 
     def _photo(self, saver: PhotoSaver, item: Incoming) -> None:
         """Check a photo and hand it to the saver; a refusal is a warning now, a saved photo a line later."""
