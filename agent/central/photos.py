@@ -16,7 +16,8 @@ Decisions:
   will not do (a symlink in the way).
 - **Shown on its alarm.**  :class:`PhotoDesk` remembers the last
   :data:`RECENT_ALARMS` alarms, so a photo line names its alarm's type; the
-  board's alarm list shows the first photo saved for each alarm.
+  board's alarm list shows the first photo saved for each alarm.  A photo
+  is its alarm's only when its site and device are the alarm's too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from agent.events import is_event_id, iso_ms
 MAX_PHOTO_BYTES = 16 * 1024 * 1024
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 RECENT_ALARMS = 10_000
+MAX_DEVICES_PER_ID = 8
 CONTENT_TYPE = "image/jpeg"
 _PART = re.compile(r"([1-9][0-9]?)/([1-9][0-9]?)")
 _STOP_WAIT_S = 10.0
@@ -216,6 +218,9 @@ class PhotoSaver(Closing):
 class PhotoDesk:
     """Which alarms this monitor has seen, which photos each has, and the lines to print about photos.
 
+    A photo belongs to an alarm only when its site, device and event id all
+    match: an id is the sending device's, and another device may send the
+    same one (by mistake or to plant its photo on a neighbour's alarm).
     Not thread-safe: the print loop uses it.
 
     Args:
@@ -225,23 +230,38 @@ class PhotoDesk:
 
     def __init__(self, *, tz: dt.tzinfo | None = None) -> None:
         self._tz = tz
-        self._alarms: OrderedDict[str, Alarm] = OrderedDict()
-        self._paths: OrderedDict[str, list[str]] = OrderedDict()
+        self._alarms: OrderedDict[str, dict[tuple[str, str], Alarm]] = OrderedDict()  # event id -> by device
+        self._paths: OrderedDict[tuple[str, str, str], list[str]] = OrderedDict()  # (site, device, event id)
 
     def __repr__(self) -> str:
-        return f"<PhotoDesk {len(self._alarms)} alarms remembered, {len(self._paths)} with photos>"
+        return f"<PhotoDesk {len(self._alarms)} alarm ids remembered, {len(self._paths)} with photos>"
 
     def alarm(self, alarm: Alarm) -> None:
-        """An alarm was printed: a photo for it names it."""
-        self._alarms[alarm.event_id] = alarm
+        """An alarm was printed: a photo from its device for it names it."""
+        by_device = self._alarms.setdefault(alarm.event_id, {})
+        if len(by_device) < MAX_DEVICES_PER_ID or (alarm.site, alarm.device) in by_device:
+            by_device[alarm.site, alarm.device] = alarm
         self._alarms.move_to_end(alarm.event_id)
         if len(self._alarms) > RECENT_ALARMS:
             self._alarms.popitem(last=False)
 
-    def photo_of(self, event_id: str) -> str | None:
-        """The first photo saved for ``event_id``, or ``None``."""
-        paths = self._paths.get(event_id)
+    def photo_for(self, alarm: Alarm) -> str | None:
+        """The first photo saved for ``alarm`` by its own device, or ``None``."""
+        paths = self._paths.get((alarm.site, alarm.device, alarm.event_id))
         return paths[0] if paths else None
+
+    def photo_of(self, event_id: str) -> str | None:
+        """The first photo saved for the alarm ``event_id`` by its own device, or ``None``.
+
+        Another device's photo for the same id is never named; nor is any when
+        alarms of several devices carry the id (which one is meant is unknown):
+        :meth:`photo_for`, given the alarm, needs no such care.
+        """
+        by_device = self._alarms.get(event_id)
+        if by_device is None or len(by_device) != 1:
+            return None
+        [alarm] = by_device.values()
+        return self.photo_for(alarm)
 
     def refused(self, at: float, why: str) -> Line:
         return warning_line(at, why, self._tz)
@@ -258,13 +278,14 @@ class PhotoDesk:
             ]
         if outcome.duplicate:
             return []
-        paths = self._paths.setdefault(p.event_id, [])
+        key = (p.site, p.device, p.event_id)
+        paths = self._paths.setdefault(key, [])
         if outcome.path not in paths:
             paths.append(outcome.path)
-        self._paths.move_to_end(p.event_id)
+        self._paths.move_to_end(key)
         if len(self._paths) > RECENT_ALARMS:
             self._paths.popitem(last=False)
-        alarm = self._alarms.get(p.event_id)
+        alarm = self._alarms.get(p.event_id, {}).get((p.site, p.device))
         of = f"of {alarm.type}" if alarm is not None else "of an event not seen here,"
         camera = f"camera {p.camera or '?'}" + (f" {p.part}/{p.parts}" if p.part is not None else "")
         text = (

@@ -4,11 +4,17 @@ Shows the four things every central server must get right:
 
 1. a persistent session (MQTT 5 clean_start=False with a session expiry), so
    events published while the consumer is down wait at the broker;
-2. de-duplication on the event ``id`` (delivery is at least once);
+2. de-duplication on the event ``id`` of each device (delivery is at least once);
 3. gap detection on ``seq`` per device (a gap is either still in flight or
    was evicted under the documented disk rule: look at the status's
    ``outbox.dropped``);
 4. re-timing events stamped while the device clock was not synchronised;
+
+and two every consumer needs against a faulty or hostile device: a message
+it cannot handle is one warning line, never an exception out of paho's
+callback (which would stop the loop before the PUBACK, and the persistent
+session would bring the message back at every restart); and nothing a device
+sends is printed raw, nor placed anywhere but where its topic says;
 
 and, with ``--snapshots DIR``, saves alarm photos (``R/snapshot/{event_id}``)
 as ``DIR/{site}/{device}/{event_id}.jpg`` (``{event_id}-{n}.jpg`` for part
@@ -32,11 +38,12 @@ import json
 import os
 import re
 import sys
+import unicodedata
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -45,6 +52,8 @@ from paho.mqtt.properties import Properties
 
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # site and device ids (contract)
 _EVENT_ID = re.compile(r"[0-9a-f]{32}")
+_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")  # event types: the topic's last level
+_UNSAFE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # controls, bidi and other format characters, separators
 _PART = re.compile(r"([1-9][0-9]?)/([1-9][0-9]?)")
 MAX_PHOTO_BYTES = 16 * 1024 * 1024
 
@@ -111,6 +120,26 @@ def _free_name(dir_fd: int, event_id: str, numbers: range | list[int], payload: 
     raise OSError(f"64 different photos for {event_id} already")
 
 
+def shown(value: object) -> str:
+    r"""``value`` as text with nothing a terminal acts on: ESC shows as ``\x1b``, a bidi override as ``\u202e``.
+
+    Every field a device sends is text it chose; printed raw, it could move
+    the cursor, clear the screen or forge a line ("all clear").
+    """
+    text = value if isinstance(value, str) else "?" if value is None else json.dumps(value)
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # the common case
+    return "".join(_shown_char(ch) for ch in text)
+
+
+def _shown_char(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch == " " or (ch.isprintable() and unicodedata.category(ch) not in _UNSAFE):
+        return ch
+    return ch.encode("unicode_escape").decode("ascii")
+
+
 @dataclass
 class Device:
     last_seq: int = 0
@@ -122,70 +151,128 @@ class Consumer:
     """Pure logic: feed it (topic, payload) and it returns what a person should see."""
 
     def __init__(self, dedup_size: int = 100_000) -> None:
-        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # (site, device, id): ids are per device
         self.dedup_size = dedup_size
         self.devices: dict[tuple[str, str], Device] = {}
 
-    def handle(self, topic: str, payload: bytes) -> list[str]:
+    def handle(self, topic: str, payload: bytes | bytearray) -> list[str]:
+        """The lines for one message; never raises.
+
+        A message that cannot be handled is one warning line.  An exception
+        out of paho's on_message would stop loop_forever before the PUBACK, and
+        the persistent session would hand the same message back at every
+        restart: one bad event would stop the consumer for good.
+        """
+        try:
+            return self._handle(topic, payload)
+        except Exception as exc:
+            return [f"WARNING ignored message on {shown(topic)}: {type(exc).__name__}: {shown(str(exc))}"]
+
+    def _handle(self, topic: str, payload: bytes | bytearray) -> list[str]:
         parts = topic.split("/")
         if len(parts) < 4:
             return []
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            return [f"ignored non-JSON message on {topic}"]
-        if not isinstance(doc, dict) or doc.get("v") != 1:
-            return [f"ignored message of unknown version on {topic}"]
-        dev = self.devices.setdefault((parts[1], parts[2]), Device())
-        if parts[3] == "status":
+        site, device = parts[1], parts[2]  # the place is the topic's (an ACL ties it to a device)
+        if not (_ID.fullmatch(site) and _ID.fullmatch(device)):
+            return [f"ignored message on {shown(topic)}: site or device is not a contract id"]
+        doc = _document(payload)
+        if isinstance(doc, str):
+            return [f"ignored {doc} on {shown(topic)}"]
+        if parts[3:] == ["status"]:
+            dev = self.devices.setdefault((site, device), Device())
             dev.status = doc
             self._learn_offset(dev, doc)
-            return [f"{parts[1]}/{parts[2]} is {doc.get('state')}"]
-        if parts[3] != "event":
-            return []
-        return self._event(dev, doc)
+            return [f"{site}/{device} is {shown(doc.get('state'))}"]
+        if len(parts) == 5 and parts[3] == "event" and _TYPE.fullmatch(parts[4]):
+            why = _refused(doc, site, device, parts[4])
+            return [f"ignored event on {shown(topic)}: {why}"] if why else self._event(site, device, parts[4], doc)
+        return []
 
-    def _event(self, dev: Device, doc: dict[str, Any]) -> list[str]:
+    def _event(self, site: str, device: str, etype: str, doc: dict[str, Any]) -> list[str]:
+        key = (site, device, doc["id"])
+        if key in self.seen:  # at-least-once: a redelivery after a reconnect
+            self.seen.move_to_end(key)
+            return []
+        dev = self.devices.setdefault((site, device), Device())
         out: list[str] = []
-        if doc["id"] in self.seen:  # at-least-once: a redelivery after a reconnect
-            return out
-        self.seen[doc["id"]] = None
+        seq = doc["seq"]
+        if dev.last_seq and seq > dev.last_seq + 1:
+            outbox = dev.status.get("outbox")
+            dropped = outbox.get("dropped") if isinstance(outbox, dict) else None
+            out.append(
+                f"gap: seq {dev.last_seq + 1}..{seq - 1} from {site}/{device} not seen "
+                f"(still in flight, or evicted: device reports {shown(dropped)} dropped)"
+            )
+        test = " (TEST)" if doc.get("test") is True else ""
+        when = self.retime(dev, doc)
+        out.append(f"{etype.upper()}{test} at {site}/{device} from {shown(doc.get('source'))} at {when} seq {seq}")
+        self.seen[key] = None  # only once it is shown: an event that failed comes back as new
         if len(self.seen) > self.dedup_size:
             self.seen.popitem(last=False)
-        seq = int(doc["seq"])
-        if dev.last_seq and seq > dev.last_seq + 1:
-            dropped = dev.status.get("outbox", {}).get("dropped")
-            out.append(
-                f"gap: seq {dev.last_seq + 1}..{seq - 1} from {doc['site']}/{doc['device']} not seen "
-                f"(still in flight, or evicted: device reports {dropped} dropped)"
-            )
         dev.last_seq = max(dev.last_seq, seq)
-        when = self.retime(dev, doc)
-        test = " (TEST)" if doc["test"] else ""
-        out.append(
-            f"{doc['type'].upper()}{test} at {doc['site']}/{doc['device']} from {doc['source']} at {when} seq {seq}"
-        )
         return out
 
     @staticmethod
     def _learn_offset(dev: Device, status: dict[str, Any]) -> None:
         """A synced status of a boot gives its clock offset too: after a power cut it often comes before any press."""
-        boot, mono_ms, ts = status.get("agent", {}).get("boot_id"), status.get("mono_ms"), status.get("ts")
-        if status.get("clock_synced") is True and isinstance(boot, str) and isinstance(mono_ms, int) and ts:
-            dev.boot_offsets[boot] = dt.datetime.fromisoformat(ts).timestamp() - mono_ms / 1000.0
+        agent, mono_ms, wall = status.get("agent"), status.get("mono_ms"), _timestamp(status.get("ts"))
+        boot = agent.get("boot_id") if isinstance(agent, dict) else None
+        if status.get("clock_synced") is True and isinstance(boot, str) and _whole(mono_ms) and wall is not None:
+            dev.boot_offsets[boot] = wall - mono_ms / 1000.0
 
     def retime(self, dev: Device, doc: dict[str, Any]) -> str:
         """Best known wall time of an event; marked '~' when re-timed, '?' when unknown."""
-        ts = dt.datetime.fromisoformat(doc["ts"]).timestamp()
-        offset = ts - doc["mono_ms"] / 1000.0
-        if doc["clock_synced"]:
-            dev.boot_offsets[doc["boot_id"]] = offset
-            return doc["ts"]
-        known = dev.boot_offsets.get(doc["boot_id"])
+        ts, mono_ms, boot, wall = doc.get("ts"), doc.get("mono_ms"), doc.get("boot_id"), _timestamp(doc.get("ts"))
+        if wall is None or not _whole(mono_ms) or not isinstance(boot, str):
+            return f"{shown(ts)}?"  # nothing to re-time with
+        if doc.get("clock_synced") is True:
+            dev.boot_offsets[boot] = wall - mono_ms / 1000.0
+            return shown(ts)
+        known = dev.boot_offsets.get(boot)
         if known is None:
-            return f"{doc['ts']}?"  # re-time later, once a synced event of this boot arrives
-        fixed = dt.datetime.fromtimestamp(known + doc["mono_ms"] / 1000.0, dt.UTC)
+            return f"{shown(ts)}?"  # re-time later, once a synced event of this boot arrives
+        try:
+            fixed = dt.datetime.fromtimestamp(known + mono_ms / 1000.0, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return f"{shown(ts)}?"
         return fixed.isoformat(timespec="milliseconds").replace("+00:00", "Z") + "~"
+
+
+def _refused(doc: dict[str, Any], site: str, device: str, etype: str) -> str | None:
+    """Why an event is not shown, or None: its place is its topic's, and de-dup and gaps need its id and seq."""
+    for name, expected in (("site", site), ("device", device), ("type", etype)):
+        if doc.get(name, expected) != expected:
+            return f"{name} {shown(doc[name])[:70]} is not the topic's ({expected})"
+    if not isinstance(doc.get("id"), str) or not _EVENT_ID.fullmatch(doc["id"]):
+        return f"id {shown(doc.get('id'))[:40]} is not 32 lower-case hex digits"
+    if not _whole(doc.get("seq")) or doc["seq"] < 1:
+        return f"seq {shown(doc.get('seq'))[:40]} is not a whole number from 1"
+    return None
+
+
+def _document(payload: bytes | bytearray) -> dict[str, Any] | str:
+    """The payload as a contract v1 document, or what it is instead."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return "non-JSON message"
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        return "message of unknown version"
+    return doc
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _timestamp(ts: object) -> float | None:
+    """``ts`` (ISO 8601) in seconds since the epoch, or None when it is not a time."""
+    if not isinstance(ts, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(ts).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -231,18 +318,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"subscribed to {events} and campus/+/+/status{also}", file=sys.stderr, flush=True)
 
     def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
-        if args.snapshots and m.topic.split("/")[3:4] == ["snapshot"]:
-            props = dict(getattr(m.properties, "UserProperty", None) or [])
-            print(save_photo(args.snapshots, m.topic, bytes(m.payload), props), flush=True)
-            return
-        for line in consumer.handle(m.topic, m.payload):
-            print(line, flush=True)
+        try:
+            if args.snapshots and m.topic.split("/")[3:4] == ["snapshot"]:
+                props = dict(getattr(m.properties, "UserProperty", None) or [])
+                print(save_photo(args.snapshots, m.topic, bytes(m.payload), props), flush=True)
+                return
+            for line in consumer.handle(m.topic, m.payload):
+                print(line, flush=True)
+        except Exception as exc:  # raised out of here, paho would stop before the PUBACK: see Consumer.handle
+            print(f"WARNING message on {m.topic!a} not handled: {type(exc).__name__}: {str(exc)!a}", flush=True)
 
     _login(client, args)
     client.on_connect = on_connect
     client.on_message = on_message
     client.on_subscribe = on_subscribe
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 7 * 24 * 3600  # keep queued events for a week while we are down
     client.connect(args.host, args.port, keepalive=30, clean_start=False, properties=props)
     try:
