@@ -10,7 +10,7 @@ the other to ground.
 
 gpiozero's callback thread only records the raw edge with its time stamp and
 returns; the debounce (our own: gpiozero's mock pins ignore ``bounce_time``),
-the stuck-input supervision (one input's rules: :mod:`agent.watched_input`)
+the stuck-input and flapping supervision (one input's rules: :mod:`agent.watched_input`)
 and the durable put run on this module's thread.  An edge is accepted once
 the level has been stable for ``debounce_ms``; the event keeps the time of the
 first edge, i.e. when the person pressed.
@@ -201,9 +201,9 @@ class Inputs(Closing):
             d = item.debouncer.deadline()
             if d is not None:
                 deadlines.append(d)
-            stuck = item.stuck_due()
-            if stuck is not None:
-                deadlines.append(stuck)
+            due = item.due()  # stuck, or the end of a flapping shutdown
+            if due is not None:
+                deadlines.append(due)
         return min(deadlines) if deadlines else None
 
     def poll(self, now: float | None = None) -> None:
@@ -284,7 +284,7 @@ class Inputs(Closing):
             first = item.debouncer.settle(now)
             if first is not None:
                 self._changed(item, first)
-            self._check_stuck(item, now)
+            self._check_due(item, now)
 
     def _changed(self, item: WatchedInput, stamp: Stamp) -> None:
         event = item.accept(stamp)
@@ -292,10 +292,10 @@ class Inputs(Closing):
             self._batch.append(event)
         self._changes += 1
 
-    def _check_stuck(self, item: WatchedInput, now: float) -> None:
-        fault = item.check_stuck(now, self._clock)
-        if fault is not None:
-            self._batch.append(fault)
+    def _check_due(self, item: WatchedInput, now: float) -> None:
+        event = item.check_due(now, self._clock)
+        if event is not None:
+            self._batch.append(event)
             self._changes += 1
 
     # ---- technician and status helpers ---------------------------------------

@@ -4,7 +4,8 @@ Kept apart from :mod:`agent.inputs` (which owns the pins' claiming, the edge
 queue, the thread and its locks) so the rules of a single input read in one
 place: which level counts as active for its contact type, the event an
 accepted change makes (an alarm, or ``input_restored`` after a fault), when a
-level held too long becomes ``input_fault``, and how the status shows it.
+level held too long becomes ``input_fault``, when a flapping tamper loop is
+shut down (:mod:`agent.flapping`), and how the status shows it.
 Nothing here locks or queues; :class:`agent.inputs.Inputs` calls it on its
 own thread, except :meth:`WatchedInput.pin_changed` (gpiozero's thread).
 """
@@ -20,6 +21,7 @@ from typing import Any
 from agent.config.model import Contact, InputConfig, InputKind
 from agent.debounce import Debouncer
 from agent.events import Clock, EventType, Stamp
+from agent.flapping import FlapGuard, Verdict
 
 log = logging.getLogger("agent.inputs")  # the lines an operator reads (and filters on) keep their logger
 
@@ -56,7 +58,12 @@ class WatchedInput:
         self._raw_edge = raw_edge
         self.debouncer = Debouncer(cfg.debounce_ms / 1000.0, initial=False)
         self.active_since: float | None = None
-        self.faulted = False
+        self.faulted = False  # stuck or open loop, until released
+        self.flap = (
+            FlapGuard(cfg.flap_limit, cfg.flap_window_s)
+            if cfg.kind is InputKind.TAMPER and cfg.flap_limit > 0  # a panic button is a person: never limited
+            else None
+        )
         self.last_event: str | None = None
         self.last_test: str | None = None
         self.last_edge = -math.inf  # monotonic time of the latest edge queued, or of arming; under Inputs._cond
@@ -73,8 +80,13 @@ class WatchedInput:
         """Whether the contact is active, given that the pin reads low (``pin_low``) or high."""
         return pin_low if self.cfg.contact is Contact.NORMALLY_OPEN else not pin_low
 
+    @property
+    def flapping(self) -> bool:
+        """Shut down for flapping: no alarms until it has stayed at rest ``flap_window_s``."""
+        return self.flap is not None and self.flap.shut
+
     def state(self) -> str:
-        if self.faulted:
+        if self.faulted or self.flapping:
             return "fault"
         return "active" if self.debouncer.stable else "ok"
 
@@ -97,27 +109,79 @@ class WatchedInput:
         debounce: the release's own deadline wakes the thread, and the
         release, once accepted, ends the press before the limit.
         """
-        if self.active_since is None or self.faulted or self.cfg.stuck_after_s <= 0:
+        if self.active_since is None or self.faulted or self.flapping or self.cfg.stuck_after_s <= 0:
             return None
         due = self.active_since + self.cfg.stuck_after_s
         release = self.debouncer.pending()
         return None if release is not None and release.mono < due else due
+
+    def due(self) -> float | None:
+        """Monotonic time of this input's next timer (stuck, or the end of a flapping shutdown); None if none."""
+        times = [t for t in (self.stuck_due(), self.restore_due()) if t is not None]
+        return min(times) if times else None
+
+    def check_due(self, now: float, clock: Clock) -> Item | None:
+        """The event a timer due by monotonic ``now`` makes (:meth:`check_stuck`, :meth:`check_restore`)."""
+        return self.check_stuck(now, clock) or self.check_restore(now, clock)
 
     def accept(self, stamp: Stamp) -> Item | None:
         """The debouncer accepted a change at ``stamp``: the event it makes, if any (a release makes none)."""
         name = self.cfg.name
         if self.debouncer.stable:
             self.active_since = stamp.mono
-            kind = EventType.PANIC if self.cfg.kind is InputKind.PANIC_BUTTON else EventType.TAMPER
             log.debug("input %s active (GPIO%d)", name, self.cfg.pin)  # the 'recorded' line follows at INFO
-            return (kind, name, stamp, {"pin": self.cfg.pin, "contact": self.cfg.contact.value})
+            return self._activated(stamp)
         held = stamp.mono - (self.active_since or stamp.mono)
         self.active_since = None
-        log.info("input %s released after %.2f s", name, held)
+        quiet = logging.DEBUG if self.flapping else logging.INFO  # a loose wire must not fill the journal
+        log.log(quiet, "input %s released after %.2f s", name, held)
+        if self.flap is not None and self.flap.shut:
+            self.flap.released(stamp.mono)
+            return None
         if self.faulted:
             self.faulted = False
             return (EventType.INPUT_RESTORED, name, stamp, {"held_s": round(held, 3)})
         return None
+
+    def _activated(self, stamp: Stamp) -> Item | None:
+        """The alarm an activation makes, or the flapping fault instead, or nothing while shut down."""
+        verdict = Verdict.ALARM if self.flap is None else self.flap.activation(stamp.mono)
+        if verdict is Verdict.ALARM:
+            kind = EventType.PANIC if self.cfg.kind is InputKind.PANIC_BUTTON else EventType.TAMPER
+            return (kind, self.cfg.name, stamp, {"pin": self.cfg.pin, "contact": self.cfg.contact.value})
+        if verdict is Verdict.SILENT or self.flap is None:
+            return None
+        log.error(
+            "input %s (GPIO%d) opened %d times in %.1f s and again: flapping; no further alarms from it until it "
+            "has stayed at rest for %.0f s; check the loop's wiring for a loose wire or a worn contact",
+            self.cfg.name,
+            self.cfg.pin,
+            self.flap.limit,
+            self.flap.span_s(stamp.mono),
+            self.flap.window_s,
+        )
+        data = {"reason": "flapping", "alarms": self.flap.limit, "window_s": self.flap.window_s}
+        return (EventType.INPUT_FAULT, self.cfg.name, stamp, data)
+
+    def restore_due(self) -> float | None:
+        """Monotonic time a flapping shutdown ends if the input stays at rest; None when it cannot yet.
+
+        None also while an activation stamped before that time is inside its
+        debounce: its own deadline wakes the thread, and once accepted it ends the quiet.
+        """
+        due = None if self.flap is None or self.active_since is not None else self.flap.restore_due()
+        pending = self.debouncer.pending()
+        return None if due is None or (pending is not None and pending.mono < due) else due
+
+    def check_restore(self, now: float, clock: Clock) -> Item | None:
+        """The ``input_restored`` ending a flapping shutdown once the input stayed at rest ``flap_window_s``."""
+        due = self.restore_due()
+        if self.flap is None or due is None or now < due:
+            return None
+        held = self.flap.restore()
+        log.info("input %s at rest for %.0f s: no longer flapping, alarms again", self.cfg.name, self.flap.window_s)
+        stamp = Stamp(wall=clock.wall(), mono=now, synced=clock.synced())
+        return (EventType.INPUT_RESTORED, self.cfg.name, stamp, {"held_s": round(held, 3)})
 
     def check_stuck(self, now: float, clock: Clock) -> Item | None:
         """The ``input_fault`` event if the level has been active ``stuck_after_s`` by monotonic ``now``; once.

@@ -116,6 +116,10 @@ class InputConfig:
     debounce_ms: int
     stuck_after_s: float
     silent: bool
+    # Swinger shutdown (agent/flapping.py), tamper only.  0 = off here: code that builds an InputConfig
+    # itself opts in; a config file's tamper input gets schema.py's defaults.
+    flap_limit: int = 0
+    flap_window_s: float = 60.0
 
 
 @dataclass(frozen=True)

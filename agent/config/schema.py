@@ -175,8 +175,21 @@ def _mqtt(root: Section, device: DeviceConfig, base: Path) -> MqttConfig:
     return cfg
 
 
+def _flap(sec: Section, kind: InputKind, known: bool) -> tuple[int, float]:
+    """Swinger shutdown (agent/flapping.py): 5 alarms a minute is more than a real intrusion opens a lid."""
+    if kind is InputKind.TAMPER:
+        limit = sec.get("flap_limit", integer(0, 1000, "alarms (0 = never limit)"), 5)
+        return limit, sec.get("flap_window_s", number(1, 86400, "seconds"), 60.0)
+    for key in ("flap_limit", "flap_window_s"):
+        if sec.raw(key) is not None and known:
+            why = "a panic_button is never limited: every press is a person calling for help"
+            sec.ctx.error(sec.key_line(key), sec.sub(key), f"{why}; remove {key} (it is for kind: tamper)")
+    return 0, 60.0
+
+
 def _input(sec: Section) -> InputConfig:
     kind = sec.get("kind", lambda v: InputKind(one_of(*(k.value for k in InputKind))(v)), InputKind.PANIC_BUTTON)
+    flap_limit, flap_window_s = _flap(sec, kind, known=sec.ok)  # a wrong kind is its own error, not a panic's
     default_contact = Contact.NORMALLY_CLOSED if kind is InputKind.TAMPER else Contact.NORMALLY_OPEN
     cfg = InputConfig(
         name=sec.get("name", topic_id),
@@ -188,6 +201,8 @@ def _input(sec: Section) -> InputConfig:
             "stuck_after_s", number(0, 86400, "seconds (0 = never)"), 0.0 if kind is InputKind.TAMPER else 120.0
         ),
         silent=sec.get("silent", boolean, False),
+        flap_limit=flap_limit,
+        flap_window_s=flap_window_s,
     )
     sec.done(INPUT_KEYS)  # read by agent/config/snapshots.py
     return cfg
