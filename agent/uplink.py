@@ -24,6 +24,7 @@ for the command subscription (see :mod:`agent.linkstate`).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import sqlite3
 import threading
@@ -42,7 +43,7 @@ from agent.eventsend import EventSender
 from agent.failover import Ended, Failover
 from agent.linkstate import CommandHandler, CommandRoute, LinkState
 from agent.outbox import Outbox, OutboxRow
-from agent.outgoing import Outgoing, encode
+from agent.outgoing import MAX_BESIDE, Outgoing, beside_slots, encode
 from agent.overdue import PubackDeadline, Waiting, deadline_s
 from agent.pubacks import PubAcks
 from agent.receivemax import inflight_for
@@ -118,6 +119,7 @@ class Uplink(Attempts, Closing):
         self._closed = False
         self._thread: threading.Thread | None = None
         self._outgoing = Outgoing()  # the newest status and the command replies
+        self._beside = MAX_BESIDE  # of them unacknowledged at most: the slots no event takes (outgoing.py)
         self._session: Session | None = None
         self._dialect: Dialect | None = None  # of the last session the broker accepted
         self._dialects = Dialects(cfg.protocol)
@@ -228,7 +230,7 @@ class Uplink(Attempts, Closing):
         self._connected_since = self._mono()
         self._sessions += 1
         self._last_error = None
-        self._outgoing.drop_status()
+        self._outgoing.new_session()
         log.info(
             "connected to broker %s (MQTT %s%s); %d events to send",
             s.broker,
@@ -241,14 +243,16 @@ class Uplink(Attempts, Closing):
             self._window.reset()
             inflight, self._photo_slot = inflight_for(s, self.cfg.max_inflight, photos=self._photos is not None)
             self._window.max_inflight = inflight
+            self._beside = beside_slots(s.receive_maximum, inflight)
             self._events.live = s
-            wait = self._send_round(s, photo=False)  # events first: never behind a status document or the subscription
+            wait = self._send_round(s, first=True)  # events first: never behind a status document or the subscription
         self._commands.begin()
         subscription = self._tend_commands(s, "todo", announce=False)  # the birth says it
         wait = min(wait, max(0.05, self._commands.wait_s(subscription, self._mono())))
         if (birth := self._fresh_status()) is not None:  # after SUBSCRIBE: a central that sees "online" can command
-            self._publish_status(s, birth)
+            self._outgoing.sent(self._publish_status(s, birth), self._mono())
         with self._events.lock:  # a photo's bytes on a slow link would hold up the SUBACK and the birth
+            wait = min(wait, self._send_beside(s))  # replies from the last session, behind the birth
             self._send_photo(s)
         self._notify_link()
         while not s.lost.is_set():
@@ -322,23 +326,34 @@ class Uplink(Attempts, Closing):
         except Exception:
             log.exception("command %r could not be handled; ignoring it", name)
 
-    def _send_round(self, s: Session, *, photo: bool = True) -> float:
-        """Process acks, send status/replies and fill the window (and a photo if ``photo``); return how long to wait."""
-        self._pubacks.settle(self._mono())
+    def _send_round(self, s: Session, *, first: bool = False) -> float:
+        """Settle acks, fill the window, then status/replies and a photo (not in the ``first``); how long to wait."""
+        self._outgoing.acked(self._pubacks.settle(self._mono()))
         try:
             wait = self._events.fill(s, self._mono())  # events first: an alarm never queues behind a status document
         except (OutboxError, sqlite3.Error) as exc:  # the outbox cannot be read: held events still go
             log.error("outbox: %s; sending only the events held in memory", exc)  # noqa: TRY400 - says it all
             wait = _IDLE_S
         wait = min(wait, self._side.send_held(s))  # a held event waiting for the pace is due then
-        status, replies = self._outgoing.take()
-        if status is not None:
-            self._publish_status(s, status)
-        for topic, payload in replies:
-            s.publish(topic, payload)
-        if photo:
+        if not first:
+            wait = min(wait, self._send_beside(s))
             self._send_photo(s)
         return wait
+
+    def _send_beside(self, s: Session) -> float:
+        """The waiting status and replies, in the slots no event takes; how long until one more may go, if one waits.
+
+        paho sends its queue in order: one handed over beyond the broker's
+        Receive Maximum would hold the next alarm up (outgoing.py).
+        """
+        now, stale_s = self._mono(), self._deadline.deadline_s
+        photo = 1 if self._side.photo_in_flight() is not None else 0
+        status, replies = self._outgoing.take(self._beside - photo - self._outgoing.unacked(now, stale_s))
+        if status is not None:
+            self._outgoing.sent(self._publish_status(s, status), now)
+        for reply in replies:
+            self._outgoing.sent(s.publish(*reply), now, reply)
+        return self._outgoing.stale_in(now, stale_s) if self._outgoing.waiting else math.inf
 
     def _send_photo(self, s: Session) -> None:
         idle = self._photo_slot and len(self._window) == 0 and self.outbox.pending() == 0
@@ -349,9 +364,13 @@ class Uplink(Attempts, Closing):
 
     def _say_goodbye(self, s: Session) -> None:
         mid = self._publish_status(s, self._offline("shutdown"))
+        waits = set() if mid is None else {mid}
+        if mid is not None:  # replies still waiting go behind it, in the same wait: a stop is no reason to lose them
+            waits |= {m for reply in self._outgoing.take()[1] if (m := s.publish(*reply)) is not None}
         deadline = self._mono() + _SHUTDOWN_ACK_TIMEOUT_S
-        while mid is not None and self._mono() < deadline and not s.lost.is_set():
-            if mid in self._pubacks.settle(self._mono()):
+        while waits and self._mono() < deadline and not s.lost.is_set():
+            waits -= self._pubacks.settle(self._mono())
+            if not waits:
                 break
             self._wake.wait(0.05)
             self._wake.clear()
