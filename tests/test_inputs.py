@@ -333,9 +333,9 @@ def test_inputs__arm_leaves_polling_to_the_inputs_thread(mock_factory: Any) -> N
     threads: list[str] = []
 
     class Watched(Inputs):
-        def _poll_once(self, now: float | None) -> None:  # every poll, the thread's and poll()'s
+        def _poll_once(self, now: float | None, *, wait_s: float = -1) -> bool:  # every poll, the thread's and poll()'s
             threads.append(threading.current_thread().name)
-            super()._poll_once(now)
+            return super()._poll_once(now, wait_s=wait_s)
 
     rec = Recorder()
     inputs = Watched((cfg(debounce_ms=0),), pin_factory=mock_factory, clock=Clock(synced=lambda: False), emit=rec)
