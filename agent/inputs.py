@@ -168,11 +168,11 @@ class Inputs(Closing):
         while True:
             with self._cond:
                 if self._closed:
-                    return
+                    break
                 if not self._edges and not self._batch:  # a batch kept after a failed emit goes again now
                     self._cond.wait(timeout=self._idle_wait())
             if self.closed:
-                return
+                break
             try:
                 self._poll_once(None)
                 if self._later_due is not None and time.monotonic() >= self._later_due:
@@ -182,6 +182,15 @@ class Inputs(Closing):
                 log.exception("inputs: a poll failed; its edges and events are kept and retried")
                 with self._cond:
                     self._cond.wait(_ERROR_PAUSE_S)
+        self._exit_poll()
+
+    def _exit_poll(self) -> None:
+        """One more poll on the way out: close() may have given up on this thread's stuck commit and skipped its own."""
+        try:
+            self._poll_once(None)
+            self._run_later()
+        except Exception:
+            log.exception("inputs: the poll after a stuck commit at stop failed")
 
     def _idle_wait(self) -> float:
         """Until the next debounce or stuck deadline, or what may wait is due; at most ``_IDLE_S``.  Hold _cond."""
@@ -379,8 +388,8 @@ class Inputs(Closing):
         )
         log.error(
             "inputs: the last poll at stop is skipped: the inputs thread is still in %s after %.0f s (stuck storage "
-            "under the outbox?); those events are recorded only if it returns before the process ends, the edges "
-            "still queued (inputs: %s) are not, and a press still held is recorded again at the next start; "
+            "under the outbox?); those events, and the edges still queued (inputs: %s), are recorded only if it "
+            "returns before the process ends; a press still held is recorded again at the next start; "
             "check the SD card and the outbox's log lines",
             stuck,
             _CLOSE_JOIN_S,

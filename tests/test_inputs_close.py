@@ -88,7 +88,7 @@ def test_inputs_close__bounded_and_names_what_is_stuck_when_a_commit_hangs(
     thread = inputs._thread
     assert thread is not None
     eventually(lambda: not thread.is_alive(), 5, "the inputs thread to end once its commit returns")
-    assert emit.kinds == [("panic", "gate")], "the stuck commit's press is still handed over when it returns"
+    assert emit.kinds == [("panic", "gate"), ("panic", "desk")], "the stuck press, then the one queued behind it"
 
 
 def test_inputs_close__a_commit_that_returns_within_the_bound_still_gets_the_last_poll(
@@ -111,3 +111,36 @@ def test_inputs_close__a_commit_that_returns_within_the_bound_still_gets_the_las
     assert emit.kinds == [("panic", "gate"), ("panic", "desk")], (
         "the press queued behind the commit is recorded at stop"
     )
+
+
+def test_inputs_close__a_press_queued_behind_a_commit_that_returns_after_the_bound_is_recorded(
+    mock_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() skipped its last poll; the inputs thread, once its commit returns, polls once more on its way out."""
+    monkeypatch.setattr(inputs_mod, "_CLOSE_JOIN_S", 0.3)
+    entered, release = threading.Event(), threading.Event()
+    kinds: list[tuple[str, str]] = []
+
+    def slow_commit(batch: list[Any]) -> None:
+        entered.set()
+        release.wait(10)
+        kinds.extend((k.value, n) for k, n, *_ in batch)
+
+    two = (
+        InputConfig("gate", InputKind.PANIC_BUTTON, 17, Contact.NORMALLY_OPEN, 0, 0.0, False),
+        InputConfig("desk", InputKind.PANIC_BUTTON, 18, Contact.NORMALLY_OPEN, 0, 0.0, False),
+    )
+    inputs = Inputs(two, pin_factory=mock_factory, clock=synced_clock(), emit=slow_commit)
+    inputs.arm()
+    mock_factory.pin(17).drive_low()
+    assert entered.wait(5)
+    mock_factory.pin(18).drive_low()  # a second panic, queued behind the slow commit
+    closer = threading.Thread(target=inputs.close, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()
+    release.set()
+    thread = inputs._thread
+    assert thread is not None
+    eventually(lambda: not thread.is_alive(), 5, "the inputs thread to end")
+    assert ("panic", "desk") in kinds, f"the queued panic was never recorded: {kinds}"
