@@ -271,13 +271,15 @@ class _Session(Keyboard, Screen):
 
         Safe: the subscriptions confirmed and nothing waiting unread, and either
         settled or still on the run's first subscription (no device's deadline
-        predates it).  The final board always ticks: there is no later one.
+        predates it).  The final board ticks whether or not all was read (there
+        is no later one), but never while the link is down: a deaf monitor
+        must not call a silent fleet overdue.
         """
         mono = self.mono()
         settled = self._settled(mono)  # also notes the run's first SUBACK stamp
         since = self.link.listening_since
         first = since is not None and since == self._first_listening
-        if self._closing or (since is not None and self._drained() and (first or settled)):
+        if since is not None and (first or settled) and (self._closing or self._drained()):
             self._next_tick = mono + TICK_S
             self._emit(self.fleet.tick(now, mono=mono) + self.desk.tick(now, mono=mono))
         super()._board(now, full=full)
