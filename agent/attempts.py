@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent import failover
+from agent.addresses import Address
+from agent.brokers import describe_attempt_error
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.connack import ConnectFailure, Dialect
 from agent.dialects import RECHECK, Dialects
@@ -35,6 +37,7 @@ from agent.sidelane import SideLane
 log = logging.getLogger("agent.uplink")
 
 _IDLE_WAKE_S = 10.0  # longest wait between connection attempts without showing progress (stop wakes it at once)
+_NOT_THE_ADDRESS = frozenset({"stopped", "recheck"})  # failures that say nothing about the address tried
 _TAKEN_OVER = 0x8E  # DISCONNECT: another client connected with this client id (mosquitto 2.0 closes first)
 
 
@@ -102,10 +105,21 @@ class Attempts:
             self._stopping.wait(min(left, _IDLE_WAKE_S))
 
     def _attempt(self, broker: BrokerAddress) -> ConnectFailure | None:
-        """Connect to ``broker``, falling back at once to a dialect it speaks; None if a session ran."""
+        """Connect to ``broker``, falling back at once to a dialect it speaks; None if a session ran.
+
+        The name is resolved now (a DNS change is followed) and its addresses
+        tried in agent/addresses.py's order; a dialect fallback goes to the
+        address that answered.
+        """
+        try:
+            found = self._failover.addresses.order(broker)
+        except (OSError, UnicodeError) as exc:  # socket.gaierror; a name the IDNA codec refuses
+            self._last_error = describe_attempt_error("DNS", exc, self.cfg.connect_timeout_s)
+            return ConnectFailure("connect", self._last_error)
+        addresses: list[Address] = found
         dialect = self._dialects.first(broker)
         while True:
-            failure = self._connect_and_serve(broker, dialect)
+            failure, at = self._connect_and_serve(broker, dialect, addresses, several=len(found) > 1)
             if failure is None or self._stopping.is_set():
                 return failure
             nxt = self._dialects.fallback(broker, dialect, failure)
@@ -114,14 +128,18 @@ class Attempts:
             log.info(
                 "broker %s: %s; retrying at once with MQTT %s%s",
                 broker,
-                failure.words,
+                self._last_error,
                 nxt.protocol,
                 "" if nxt.retain else " without retain",
             )
             dialect = nxt
+            addresses = [at] if at is not None else found
 
-    def _connect_and_serve(self, broker: BrokerAddress, dialect: Dialect) -> ConnectFailure | None:
-        """Run one connection from attempt to end; None if the broker accepted it (it ran as a session)."""
+    def _connect_and_serve(
+        self, broker: BrokerAddress, dialect: Dialect, addresses: list[Address], *, several: bool
+    ) -> tuple[ConnectFailure | None, Address | None]:
+        """Run one connection from attempt to end: its failure (None if it ran as a session) and its address."""
+        self.progress = self._mono()  # each connection is given the watchdog's whole allowance (agent/daemon.py)
         will = (self._status_topic, encode(self._offline("lost")))
         try:
             s = Session(
@@ -132,25 +150,34 @@ class Attempts:
                 wake=self._wake.set,
                 on_ack=self._pubacks.put,
                 on_message=self._command,
+                addresses=addresses,
             )
         except (OSError, ValueError) as exc:
             self._last_error = f"cannot set up the client: {exc}"
-            return ConnectFailure("setup", self._last_error)
+            return ConnectFailure("setup", self._last_error), None
         self._session = s
+        book, dial = self._failover.addresses, s.dial
         with s:
             failure = s.open() or s.verdict(self.cfg.connect_timeout_s, self._stopping)
+            for a in dial.unreachable:
+                book.failed(broker, a)
             if s.code is not None:
                 usable = self._dialects.answered(broker, dialect, retain_available=s.retain_available)
                 if failure is None and not usable:
                     failure = RECHECK  # closed cleanly on the way out: no will, nothing sent
             if failure is not None:
-                self._last_error = failure.words
-                return failure
+                if dial.address is not None and failure.kind not in _NOT_THE_ADDRESS:
+                    book.failed(broker, dial.address)
+                where = dial.at if several else None
+                self._last_error = failure.words if where is None else f"{where}: {failure.words}"
+                return failure, dial.address
             try:
                 self._serve(s)
             finally:
                 self._teardown(s)
-        return None
+        if dial.address is not None:
+            (book.worked if failover.held_up(self._ended) else book.failed)(broker, dial.address)
+        return None, dial.address
 
     def _serve(self, s: Session) -> None:
         began = self._mono()

@@ -37,6 +37,23 @@ def describe_connect_error(exc: BaseException, timeout_s: float) -> str:
     return str(exc)
 
 
+def describe_attempt_error(phase: str, exc: BaseException, timeout_s: float) -> str:
+    """A connect error in words, led by the phase it came in: ``DNS``, ``TCP``, ``TLS`` or ``MQTT``.
+
+    A TLS handshake that times out or is reset says so, and that TCP
+    connected: the broker's TLS side is silent, not the network.
+    ``timeout_s`` is what the phase was given.
+    """
+    words = describe_connect_error(exc, timeout_s)
+    if isinstance(exc, socket.gaierror):
+        return f"DNS: {words}"
+    if words.startswith("TLS"):  # certificate and handshake failures name themselves
+        return words
+    if phase == "TLS":
+        return f"TLS handshake: {words} (TCP connected)"
+    return f"{phase}: {words}"
+
+
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     """Server verification always on; host name checking only off when configured."""
     assert cfg.tls is not None

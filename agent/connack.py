@@ -11,7 +11,6 @@ the sender's thread and judges it.  Nothing here imports paho.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -65,11 +64,6 @@ def refusal_words(code: int, words: str) -> str:
 def positive(value: object) -> int | None:
     """A CONNACK property that is a positive integer, else None (absent: no limit)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def stage(exc: BaseException) -> str:
-    """The layer a connect() error came from (TLS errors name themselves)."""
-    return "DNS" if isinstance(exc, socket.gaierror) else "TCP"
 
 
 class ConnackWait:

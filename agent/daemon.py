@@ -115,7 +115,8 @@ class Agent(ButtonPath, Closing):
         self.chores = Chores()  # the state file after a command from the centre (agent/chores.py)
         self._start_reason = "boot"
         self._run_from_seq = 1
-        # The sender's allowance: a connect attempt holds it for up to two connect timeouts.
+        # The sender's allowance: one connection holds it for at most two connect timeouts, TCP and TLS sharing
+        # one (however many addresses the name has: agent/addresses.py), the CONNACK the other.
         self.stall_after_s = max(_STALL_AFTER_S, 2 * cfg.mqtt.connect_timeout_s + 5.0)
 
     # ---- start and stop ----------------------------------------------------------

@@ -7,6 +7,11 @@ the list, and a backoff that grows with full jitter (no lock-step storms when
 a campus of devices loses its broker at once).  A broker that accepts and then
 drops the agent at once, again and again, is said in the log: another device
 may be using this one's client id.
+
+Within one configured broker, each address its name resolves to is a target
+of its own (agent/addresses.py, :attr:`Failover.addresses`): the one that
+failed is tried last, so a half-dead node of a cluster behind one name does
+not keep the agent from the live ones.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+from agent.addresses import AddressBook
 from agent.brokers import backoff_delay
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.session import ConnectFailure
@@ -40,6 +46,7 @@ class Failover:
     """The broker to try, and the wait before the next attempt once one has ended."""
 
     def __init__(self, cfg: MqttConfig, rng: random.Random) -> None:
+        self.addresses = AddressBook()  # which of each broker's addresses failed: they go last
         self._cfg = cfg
         self._rng = rng
         self._index = 0

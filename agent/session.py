@@ -23,7 +23,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,7 +32,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.brokers import describe_connect_error, tls_context
+from agent.addresses import Address, Dial
+from agent.brokers import tls_context
 from agent.closing import Closing
 from agent.config.model import BrokerAddress, MqttConfig
 from agent.connack import (
@@ -42,7 +43,6 @@ from agent.connack import (
     ConnectFailure,
     Dialect,
     positive,
-    stage,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class _Client(mqtt.Client):
     """
 
     crashed: Callable[[BaseException], None] | None = None
+    dial: Dial  # set by Session before connect()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.io = threading.RLock()  # before paho's __init__: nothing may read or write without it
@@ -87,21 +88,20 @@ class _Client(mqtt.Client):
         self._wake_w = sock
 
     def _create_socket_connection(self) -> socket.socket:
-        """paho's, with an ASCII host name handed to the resolver as bytes.
+        """TCP by :attr:`dial` (agent/addresses.py): one address after another within one connect timeout.
 
-        ``getaddrinfo()`` encodes a str host with the "idna" codec, whose import
-        (``encodings.idna``, ``stringprep``, ``unicodedata``) is about 0.4 MB of
-        the daemon's memory (bench: RSS); for an ASCII name the codec returns
-        the same bytes.  A proxy or a non-ASCII name goes paho's way, and TLS
-        (SNI, the hostname check) still uses the str name paho holds.
+        A proxy (PySocks installed and configured) goes paho's way.
         """
-        if not self._host.isascii() or self._get_proxy():
+        if self._get_proxy():
             return super()._create_socket_connection()
-        return socket.create_connection(
-            (self._host.encode("ascii"), self._port),  # type: ignore[arg-type]  # typeshed: str; getaddrinfo takes bytes
-            timeout=self._connect_timeout,
-            source_address=(self._bind_address, self._bind_port),
-        )
+        return self.dial.tcp()
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        # paho's, the handshake given what TCP left of the connect timeout; SNI and the host check use the name
+        self._connect_timeout = self.dial.phase_timeout_s
+        sock = super()._ssl_wrap_socket(tcp_sock)
+        self.dial.tls_done()
+        return sock
 
     def _packet_read(self) -> MQTTErrorCode:
         with self.io:
@@ -196,6 +196,7 @@ class Session(ConnackWait, Closing):
         cfg: the ``mqtt`` section (credentials, TLS, timeouts).
         broker: where to connect.
         dialect: the MQTT version and whether the will is retained.
+        addresses: ``broker``'s addresses to try, in order (agent/addresses.py); None resolves it here.
         will: topic and payload of the ``offline``/``lost`` will.
         wake: called on paho's thread whenever something happened.
         on_ack: ``(mid, refusal)`` per PUBACK; ``refusal`` is None on success, else the reason in words.
@@ -213,6 +214,7 @@ class Session(ConnackWait, Closing):
         wake: Callable[[], None],
         on_ack: Callable[[int, str | None], None],
         on_message: Callable[[str, bytes, bool], None],
+        addresses: Sequence[Address] | None = None,
     ) -> None:
         self.cfg = cfg
         self.broker = broker
@@ -243,7 +245,8 @@ class Session(ConnackWait, Closing):
             reconnect_on_failure=False,
         )
         c = self.client
-        c.connect_timeout = cfg.connect_timeout_s
+        self.dial = c.dial = Dial(broker, cfg.connect_timeout_s, addresses, tls=cfg.tls is not None)
+        c.connect_timeout = cfg.connect_timeout_s  # a proxy's (paho's own path)
         self._max_inflight = cfg.max_inflight + 16
         c.max_inflight_messages_set(self._max_inflight)
         c.max_queued_messages_set(0)
@@ -306,8 +309,7 @@ class Session(ConnackWait, Closing):
         try:
             self.client.connect(self.broker.host, self.broker.port, keepalive=self.cfg.keepalive_s, properties=props)
         except (OSError, ValueError) as exc:
-            words = describe_connect_error(exc, self.cfg.connect_timeout_s)
-            return ConnectFailure("connect", words if words.startswith("TLS") else f"{stage(exc)}: {words}")
+            return ConnectFailure("connect", self.dial.words(exc))
         self.client.loop_start()
         self._open = True
         return None
